@@ -1,0 +1,30 @@
+"""Shared fixtures: the real MicroPython unix port that board code is tested on."""
+
+from __future__ import annotations
+
+import pytest
+
+from tools.micropython import MicroPythonNotFound, find_micropython, micropython_version
+
+
+def _locate() -> tuple[str | None, str]:
+    try:
+        path = find_micropython()
+    except MicroPythonNotFound as err:
+        return None, str(err)
+    return path, micropython_version(path)
+
+
+_MICROPYTHON, _MP_VERSION = _locate()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"micropython: {_MICROPYTHON} ({_MP_VERSION})"
+
+
+@pytest.fixture(scope="session")
+def micropython() -> str:
+    """Path of the MicroPython interpreter; a missing one fails the test, never skips it."""
+    if _MICROPYTHON is None:
+        pytest.fail(_MP_VERSION, pytrace=False)
+    return _MICROPYTHON

@@ -1,0 +1,42 @@
+"""The `ota` command line: a table of command groups, each living in its own module."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+
+import click
+
+# Each module defines `register(cli: click.Group) -> None`; one module per responsibility.
+_COMMAND_MODULES: tuple[str, ...] = (
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mpota", prog_name="ota")
+def cli() -> None:
+    """mpota: signed over-the-air updates and factory provisioning for MicroPython fleets."""
+
+
+for _name in _COMMAND_MODULES:
+    importlib.import_module(_name).register(cli)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status instead of exiting, so tests can call it in-process."""
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="ota",
+                 standalone_mode=False)
+    except click.exceptions.Exit as done:
+        return done.exit_code
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    except click.exceptions.Abort:
+        click.echo("ota: aborted", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
