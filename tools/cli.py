@@ -9,6 +9,9 @@ import click
 
 # Each module defines `register(cli: click.Group) -> None`; one module per responsibility.
 _COMMAND_MODULES: tuple[str, ...] = (
+    "tools.cmd_provision",
+    "tools.cmd_keys",
+    "tools.cmd_server",
 )
 
 

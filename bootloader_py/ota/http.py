@@ -1,0 +1,176 @@
+# Streaming HTTP/1.1 client over socket (+ tls for https), micropython-lib style.
+#
+# One request per connection (Connection: close). The body is never read whole: the caller
+# pulls it with readinto() through its own buffer, and reading stops at Content-Length. Every
+# request has an overall deadline, so a server that drips bytes cannot hold the board forever.
+import socket
+import time
+
+from micropython import const
+
+_MAX_HEADER_LINES = const(48)
+_LINE = const(200)
+
+
+class HttpError(Exception):
+    """Transport failure: connect, timeout, reset, malformed or truncated response."""
+
+
+class Response:
+    """Status, the few headers the client needs, and the body via readinto()."""
+
+    def __init__(self, sock, deadline):
+        self.sock = sock
+        self.deadline = deadline
+        self.status = 0
+        self.length = None
+        self.root = None
+        self.range_start = None
+        self.left = 0
+
+    def _time_left(self):
+        left = time.ticks_diff(self.deadline, time.ticks_ms())
+        if left <= 0:
+            raise HttpError("timeout")
+        return left
+
+    def readinto(self, mv):
+        """Fill up to len(mv) body bytes; 0 only at the end of the declared body."""
+        n = min(len(mv), self.left)
+        if n == 0:
+            return 0
+        self._time_left()
+        try:
+            got = self.sock.readinto(mv[:n])
+        except OSError as e:
+            raise HttpError("read failed: " + str(e))
+        if not got:
+            raise HttpError("truncated body")
+        self.left -= got
+        return got
+
+    def read_small(self, cap):
+        """The whole body as bytes, refusing one longer than `cap` (for short JSON answers)."""
+        if self.length is None or self.length > cap:
+            raise HttpError("body too large")
+        buf = bytearray(self.length)
+        mv = memoryview(buf)
+        got = 0
+        while got < self.length:
+            got += self.readinto(mv[got:])
+        return buf
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def _readline(self):
+        self._time_left()
+        try:
+            line = self.sock.readline(_LINE)
+        except OSError as e:
+            raise HttpError("read failed: " + str(e))
+        if not line:
+            raise HttpError("connection closed in headers")
+        return line
+
+    def _read_head(self):
+        parts = self._readline().split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+            raise HttpError("bad status line")
+        try:
+            self.status = int(parts[1])
+        except ValueError:
+            raise HttpError("bad status line")
+        for _ in range(_MAX_HEADER_LINES):
+            line = self._readline()
+            if line[-1:] != b"\n":
+                while line[-1:] != b"\n":  # longer than any header we read: skip it
+                    line = self._readline()
+                continue
+            if line == b"\r\n" or line == b"\n":
+                self.left = self.length or 0
+                return
+            self._header(line)
+        raise HttpError("too many headers")
+
+    def _header(self, line):
+        colon = line.find(b":")
+        if colon < 0:
+            raise HttpError("bad header")
+        name = line[:colon].strip().lower()
+        value = line[colon + 1:].strip()
+        try:
+            if name == b"content-length":
+                self.length = int(value)
+            elif name == b"x-ota-root":
+                self.root = int(value)
+            elif name == b"content-range":
+                # "bytes START-END/TOTAL"
+                self.range_start = int(value.split(b" ")[1].split(b"-")[0])
+            elif name == b"transfer-encoding" and value.lower() != b"identity":
+                raise HttpError("transfer-encoding not supported")
+        except (ValueError, IndexError):
+            raise HttpError("bad header value")
+
+
+def split_url(url):
+    """'http://host:port/prefix' -> (scheme, host, port, prefix without trailing slash)."""
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("http", "https") or not rest:
+        raise HttpError("bad server url")
+    hostport, slash, prefix = rest.partition("/")
+    host, colon, port = hostport.partition(":")
+    port = int(port) if colon else (443 if scheme == "https" else 80)
+    prefix = (slash + prefix).rstrip("/")
+    return scheme, host, port, prefix
+
+
+def _connect(scheme, host, port, timeout_s):
+    ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+    sock = socket.socket(ai[0], socket.SOCK_STREAM, ai[2])
+    try:
+        sock.settimeout(timeout_s)
+        sock.connect(ai[-1])
+        if scheme == "https":
+            import tls
+            ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+            # No CA store on boards: TLS is privacy only; every byte is verified by signature
+            # or hash (docs/board.md).
+            ctx.verify_mode = tls.CERT_NONE
+            sock = ctx.wrap_socket(sock, server_hostname=host)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def request(url, method, path, headers, body, timeout_s):
+    """Send one request; returns a Response whose body is still on the socket.
+
+    `path` is the full path with the server's prefix; `headers` is a str of "Name: v\\r\\n" lines.
+    Raises HttpError on any transport failure. The caller must close() the response.
+    """
+    scheme, host, port, _ = split_url(url)
+    deadline = time.ticks_add(time.ticks_ms(), int(timeout_s * 1000))
+    try:
+        sock = _connect(scheme, host, port, timeout_s)
+    except OSError as e:
+        raise HttpError("connect failed: " + str(e))
+    resp = Response(sock, deadline)
+    try:
+        head = "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n%sContent-Length: %d\r\n\r\n" % (
+            method, path, host, headers, len(body))
+        sock.write(head.encode())
+        if body:
+            sock.write(body)
+        resp._read_head()
+    except OSError as e:
+        resp.close()
+        raise HttpError("request failed: " + str(e))
+    except BaseException:
+        resp.close()
+        raise
+    return resp

@@ -1,0 +1,62 @@
+# A small record that survives power loss on littlefs and FAT alike.
+#
+# Two files, BASE0 and BASE1, each "<json>\n<hex sha256 of json>\n". The json carries a
+# sequence number "seq"; the newest record whose checksum holds wins. A write always goes to
+# the file that does NOT hold the newest valid record, so a write torn by a power cut leaves
+# the previous record intact: no rename needed, so no reliance on an atomic rename (FAT has none).
+import binascii
+import hashlib
+import json
+
+from micropython import const
+
+_MAX_RECORD = const(1024)
+
+
+def _tag(body):
+    return binascii.hexlify(hashlib.sha256(body).digest())
+
+
+def _read_one(path):
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_RECORD)
+    except OSError:
+        return None
+    nl = data.find(b"\n")
+    if nl < 0 or data[nl + 1:nl + 65] != _tag(data[:nl]):
+        return None
+    try:
+        rec = json.loads(data[:nl])
+    except ValueError:
+        return None
+    if not isinstance(rec, dict) or not isinstance(rec.get("seq"), int):
+        return None
+    return rec
+
+
+def read(base):
+    """Return (record, index) of the newest valid record, or (None, 1) when there is none."""
+    best = None
+    index = 1
+    for i in (0, 1):
+        rec = _read_one(base + str(i))
+        if rec is not None and (best is None or rec["seq"] > best["seq"]):
+            best = rec
+            index = i
+    return best, index
+
+
+def write(base, rec, index):
+    """Write `rec` as the successor of the record read at `index`; returns the new index.
+
+    Increments rec["seq"] (read-modify-write). Raises OSError when the flash refuses it.
+    """
+    rec["seq"] = rec.get("seq", 0) + 1
+    target = 1 - index
+    body = json.dumps(rec).encode()
+    if len(body) + 66 > _MAX_RECORD:
+        raise ValueError("record too large")
+    with open(base + str(target), "wb") as f:
+        f.write(body + b"\n" + _tag(body) + b"\n")  # one write: one flash program
+    return target

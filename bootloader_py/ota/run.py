@@ -1,0 +1,127 @@
+# What main.py runs: the OTA check when due, then the active slot's app.
+import sys
+import time
+
+from ota import state
+
+_DEFAULT_ENTRY = "app_main"
+_BACKOFF_MIN_S = 30
+_BACKOFF_MAX_S = 3600
+
+_next_poll = None
+_failures = 0
+
+
+def _queue_note(st):
+    """Move the report boot.py or the last install left in the state into the queue."""
+    if st.rec["note"] is not None:
+        from ota import reports
+        reports.enqueue(st.rec["note"])
+        st.take_note()
+
+
+def _check(st, cfg):
+    """Wi-Fi, time, then one conversation with the server; True when it answered."""
+    from ota import client, net
+    if not net.wifi_up(cfg):
+        print("ota: wifi not connected")
+        return False
+    return client.check(st, cfg, now=net.trusted_now())
+
+
+def _schedule(cfg, ok):
+    """Next poll: every_min after success; exponential backoff with jitter after failures."""
+    global _next_poll, _failures
+    import os
+    if ok:
+        _failures = 0
+        delay_s = cfg["poll"].get("every_min", 60) * 60
+    else:
+        _failures += 1
+        delay_s = min(_BACKOFF_MAX_S, _BACKOFF_MIN_S << min(_failures, 8))
+        delay_s = delay_s // 2 + (os.urandom(1)[0] * delay_s) // 512  # jitter in [d/2, d)
+    _next_poll = time.ticks_add(time.ticks_ms(), delay_s * 1000)
+
+
+def poll(force=False):
+    """For the app's main loop: run the OTA check when it is due. Returns True if one ran."""
+    from ota import config
+    if not force and _next_poll is not None and time.ticks_diff(_next_poll, time.ticks_ms()) > 0:
+        return False
+    cfg = config.load()
+    if not force and _next_poll is None and not cfg["poll"].get("every_min"):
+        return False
+    st = state.BootState()
+    ok = False
+    try:
+        ok = _check(st, cfg)
+    except Exception as e:
+        sys.print_exception(e)
+    _schedule(cfg, ok)
+    return True
+
+
+def confirm(st=None, cfg=None, send=True):
+    """Confirm the running slot; queues a `confirmed` report and tries to send it now."""
+    from ota import reports
+    st = st or state.BootState()
+    _queue_note(st)
+    if not st.confirm():
+        return False
+    _queue_note(st)
+    if send:
+        try:
+            from ota import client, config
+            reports.flush(client.Session(cfg or config.load()))
+        except Exception as e:
+            print("ota: report not sent:", e)
+    return True
+
+
+def _boot_check(st):
+    """The OTA part of a boot; returns (config or None, True when the server answered)."""
+    from ota import config
+    cfg = config.load()
+    _queue_note(st)
+    if not cfg["poll"].get("at_boot", True):
+        return cfg, False
+    ok = _check(st, cfg)
+    _schedule(cfg, ok)
+    return cfg, ok
+
+
+def main():
+    """Boot: OTA check when due (errors never stop the app), then the app's entry module."""
+    st = state.BootState()
+    cfg = None
+    answered = False
+    try:
+        cfg, answered = _boot_check(st)
+    except Exception as e:
+        print("ota: check failed")
+        sys.print_exception(e)
+    run_app(st, cfg, answered)
+
+
+def run_app(st, cfg, answered):
+    """Import the entry module and call its main() if it has one.
+
+    On trial, a crash resets the board so that boot.py's trial counter decides; auto-confirm
+    (config auto_confirm) happens once the entry imported cleanly and the server answered.
+    """
+    info = st.info()
+    entry = info["entry"] if info else _DEFAULT_ENTRY
+    try:
+        mod = __import__(entry)
+        if st.on_trial and answered and cfg and cfg["auto_confirm"]:
+            confirm(st, cfg)
+        fn = getattr(mod, "main", None)
+        if fn is not None:
+            fn()
+    except Exception as e:
+        if not st.on_trial:
+            raise
+        sys.print_exception(e)
+        print("ota: app failed on trial, resetting")
+        import machine
+        machine.reset()

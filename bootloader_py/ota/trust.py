@@ -1,0 +1,501 @@
+"""The board's trust decisions: DSSE envelopes, root metadata and rotation, release manifests.
+
+Bytes and a reference time in, a verified object out, or one TrustError subclass; no network
+and no clock reads.  Same rules, order of checks and error names as the host's signing/
+package (docs/manifest.md, docs/board-trust.md), so both refuse exactly the same documents.
+
+    root = load_root("/ota/trust.json")
+    manifest = verify_manifest(buf, root, board="esp32", installed_sequence=3, now=None)
+    new_root = verify_rotation(root, buf, now=None)
+
+`now` None means the board has no trustworthy time (no NTP yet): expiry is then not checked;
+signatures, board and sequence still are.
+"""
+
+import binascii
+import hashlib
+import json
+import re
+
+from ota import p256
+
+# Caps, as data: the OTA client may override them (the host's defaults are the contract).
+MAX_ENVELOPE_BYTES = 12288
+MAX_FILES = 128
+MAX_PATH_LENGTH = 64
+
+ROOT_PAYLOAD_TYPE = "application/vnd.mpota.root+json"
+MANIFEST_PAYLOAD_TYPE = "application/vnd.mpota.manifest+json"
+KEYTYPE = "ecdsa-p256"
+# DER SubjectPublicKeyInfo header of a P-256 key; a keyid is sha256(header + 65-byte point).
+_SPKI_PREFIX = b"0Y0\x13\x06\x07*\x86H\xce=\x02\x01\x06\x08*\x86H\xce=\x03\x01\x07\x03B\x00"
+_B64_CHUNK = 768  # bytes re-encoded at a time when checking base64 is canonical
+
+_HEX = re.compile("[0-9a-f]*$")
+_SEMVER = re.compile(
+    "(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)"
+    "(-[0-9A-Za-z-]+(\\.[0-9A-Za-z-]+)*)?(\\+[0-9A-Za-z-]+(\\.[0-9A-Za-z-]+)*)?$"
+)
+_MP_VERSION = re.compile("[0-9]+\\.[0-9]+(\\.[0-9]+)?$")
+_MODULE = re.compile("[A-Za-z_][A-Za-z0-9_]*(\\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_NAME = re.compile("[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class TrustError(Exception):
+    """Base of every verification failure: the data must not be trusted."""
+
+
+class MalformedError(TrustError):
+    """Not JSON, wrong types, missing fields, bad base64, bad path, sig not 64 bytes..."""
+
+
+class PayloadTypeError(TrustError):
+    """The envelope's payloadType is not the expected one."""
+
+
+class TooLargeError(TrustError):
+    """The envelope is over the size cap (checked before parsing)."""
+
+
+class ThresholdError(TrustError):
+    """Fewer valid signatures from distinct trusted keyids than the role's threshold."""
+
+
+class ExpiredError(TrustError):
+    """expires <= now."""
+
+
+class RollbackError(TrustError):
+    """The manifest's sequence is lower than the installed one."""
+
+
+class SameSequenceError(RollbackError):
+    """The manifest's sequence equals the installed one: the normal "nothing new"."""
+
+
+class WrongBoardError(TrustError):
+    """This board is not among the manifest's boards."""
+
+
+class RotationError(TrustError):
+    """A new root's version is not exactly the trusted version + 1."""
+
+
+class FileMismatchError(TrustError):
+    """A file's bytes do not match its manifest entry."""
+
+
+class HashMismatchError(FileMismatchError):
+    """The SHA-256 of the bytes differs from the manifest's."""
+
+
+class LengthMismatchError(FileMismatchError):
+    """The bytes are shorter or longer than the manifest's size."""
+
+
+class Root:
+    """Verified root metadata: keys by keyid (p256.Key) and the two roles."""
+
+    def __init__(self, version, expires, keys, root_keyids, root_threshold, release_keyids,
+                 release_threshold):
+        self.version = version
+        self.expires = expires
+        self.keys = keys
+        self.root_keyids = root_keyids
+        self.root_threshold = root_threshold
+        self.release_keyids = release_keyids
+        self.release_threshold = release_threshold
+
+    def precompute(self):
+        """Build comb tables (p256.KEY_TEETH wide) for the release keys; idempotent.
+
+        Costs ~10 ms and (2^w - 1) * 64 bytes per key; KEY_TEETH = 0 skips it (slower verify).
+        """
+        teeth = p256.KEY_TEETH
+        if not teeth:
+            return
+        for kid in self.release_keyids:
+            key = self.keys[kid]
+            if key.comb is None or key.comb.teeth != teeth:
+                key.precompute(teeth)
+
+
+# -- envelopes ---------------------------------------------------------------------------------
+
+def _field(obj, name, kind, where):
+    value = obj.get(name)
+    # type() and not isinstance(): True must not pass for an int.
+    if type(value) is not kind:
+        raise MalformedError(where + ": '" + name + "' missing or not a " + kind.__name__)
+    return value
+
+
+def _b64decode(text, what):
+    """Strict base64: MicroPython's decoder skips junk, so the text must re-encode to itself."""
+    try:
+        data = binascii.a2b_base64(text)
+    except ValueError:
+        raise MalformedError(what + ": bad base64")
+    # Compare hashes of the text and of its re-encoding, chunk by chunk, to avoid a second
+    # full-size copy of a payload on a small heap.
+    again = hashlib.sha256()
+    view = memoryview(data)
+    for i in range(0, len(data), _B64_CHUNK):
+        again.update(binascii.b2a_base64(view[i:i + _B64_CHUNK], newline=False))
+    if again.digest() != hashlib.sha256(text).digest():
+        raise MalformedError(what + ": bad base64")
+    return data
+
+
+def _loads(buf, what):
+    """json.loads, plus the one check MicroPython's lenient parser skips that matters here.
+
+    The parser closes brackets still open at the end of the input, so a document cut short
+    would parse.  Every bracket must be closed: the brackets counted in the raw bytes, minus
+    those inside parsed strings, must balance.  (A bracket written as a \\u escape inside a
+    string would be refused; no mpota signer writes one.)
+    """
+    try:
+        doc = json.loads(buf)
+    except (ValueError, UnicodeError):
+        raise MalformedError(what + ": not JSON")
+    if _raw_brackets(buf) != _string_brackets(doc):
+        raise MalformedError(what + ": not JSON (cut short: brackets left open)")
+    return doc
+
+
+def _raw_brackets(buf):
+    # bytes/bytearray count in C; a memoryview (no count()) is counted in small copies.
+    if hasattr(buf, "count"):
+        return buf.count(b"{") - buf.count(b"}"), buf.count(b"[") - buf.count(b"]")
+    braces = squares = 0
+    for i in range(0, len(buf), _B64_CHUNK):
+        chunk = bytes(buf[i:i + _B64_CHUNK])
+        braces += chunk.count(b"{") - chunk.count(b"}")
+        squares += chunk.count(b"[") - chunk.count(b"]")
+    return braces, squares
+
+
+def _string_brackets(doc):
+    # Iterative walk: a hostile, deeply nested document must not exhaust the C stack.
+    braces = squares = 0
+    todo = [doc]
+    while todo:
+        item = todo.pop()
+        kind = type(item)
+        if kind is str:
+            braces += item.count("{") - item.count("}")
+            squares += item.count("[") - item.count("]")
+        elif kind is dict:
+            for k in item:
+                todo.append(k)
+                todo.append(item[k])
+        elif kind is list:
+            todo.extend(item)
+    return braces, squares
+
+
+def _read_envelope(buf, payload_type):
+    """(payload bytes, [(keyid, sig64)], PAE digest); size cap first, then JSON and shape."""
+    if len(buf) > MAX_ENVELOPE_BYTES:
+        raise TooLargeError("envelope is " + str(len(buf)) + " bytes, over the cap of "
+                            + str(MAX_ENVELOPE_BYTES))
+    doc = _loads(buf, "envelope")
+    if type(doc) is not dict:
+        raise MalformedError("envelope: not a JSON object")
+    kind = _field(doc, "payloadType", str, "envelope")
+    text = _field(doc, "payload", str, "envelope")
+    entries = _field(doc, "signatures", list, "envelope")
+    if kind != payload_type:
+        raise PayloadTypeError("payloadType is '" + kind[:60] + "', expected '"
+                               + payload_type + "'")
+    doc = None
+    payload = _b64decode(text, "envelope payload")
+    text = None
+    sigs = []
+    for i in range(len(entries)):
+        entry = entries[i]
+        where = "envelope signature " + str(i)
+        if type(entry) is not dict:
+            raise MalformedError(where + ": not a JSON object")
+        sig = _b64decode(_field(entry, "sig", str, where), where)
+        if len(sig) != 64:
+            raise MalformedError(where + ": sig is " + str(len(sig)) + " bytes, not 64")
+        sigs.append((_field(entry, "keyid", str, where), sig))
+    return payload, sigs, _pae_digest(kind, payload)
+
+
+def _pae_digest(kind, payload):
+    # PAE(type, body) = "DSSEv1" SP LEN(type) SP type SP LEN(body) SP body, hashed in pieces.
+    kind = kind.encode()
+    h = hashlib.sha256(b"DSSEv1 ")
+    h.update(str(len(kind)))
+    h.update(b" ")
+    h.update(kind)
+    h.update(b" ")
+    h.update(str(len(payload)))
+    h.update(b" ")
+    h.update(payload)
+    return h.digest()
+
+
+def _require_threshold(digest, sigs, keys, keyids, threshold, role):
+    """Raise ThresholdError unless `threshold` distinct keyids of the role signed the digest.
+
+    Unknown keyids are ignored, a keyid counts once, and checking stops once the threshold
+    is met (the outcome is the same as counting all).
+    """
+    valid = []
+    for kid, sig in sigs:
+        if len(valid) >= threshold:
+            return
+        if kid in valid or kid not in keyids:
+            continue
+        if p256.verify(keys[kid], digest, sig):
+            valid.append(kid)
+    if len(valid) < threshold:
+        raise ThresholdError(role + ": " + str(len(valid)) + " valid signature(s) from trusted"
+                             " keys, threshold is " + str(threshold))
+
+
+# -- root metadata -----------------------------------------------------------------------------
+
+def _count(obj, name, where, minimum=0):
+    value = obj.get(name)
+    if type(value) is not int or value < minimum:
+        raise MalformedError(where + ": '" + name + "' missing or not an integer >= "
+                             + str(minimum))
+    return value
+
+
+def _public_key(kid, entry, old_keys):
+    where = "root: key " + kid[:16]
+    if type(entry) is not dict or entry.get("keytype") != KEYTYPE:
+        raise MalformedError(where + ": keytype must be '" + KEYTYPE + "'")
+    point = _b64decode(_field(entry, "public", str, where), where)
+    # Without this one key could sit under two keyids and count twice towards a threshold.
+    if binascii.hexlify(hashlib.sha256(_SPKI_PREFIX + point).digest()).decode() != kid:
+        raise MalformedError(where + ": keyid is not the SHA-256 of the key's SPKI")
+    old = old_keys.get(kid) if old_keys else None
+    if old is not None:
+        return old  # same keyid, same point: keep its comb table across a rotation
+    try:
+        return p256.Key(point, 0)
+    except ValueError:
+        raise MalformedError(where + ": not an uncompressed point on P-256")
+
+
+def _role(name, entry, keys):
+    where = "root: role '" + name + "'"
+    if type(entry) is not dict:
+        raise MalformedError(where + ": missing or not an object")
+    keyids = entry.get("keyids")
+    if type(keyids) is not list:
+        raise MalformedError(where + ": 'keyids' must be a list of strings")
+    seen = []
+    for kid in keyids:
+        if type(kid) is not str:
+            raise MalformedError(where + ": 'keyids' must be a list of strings")
+        if kid in seen:
+            raise MalformedError(where + ": duplicate keyid")
+        seen.append(kid)
+    for kid in keyids:
+        if kid not in keys:
+            raise MalformedError(where + ": keyid " + kid[:16] + " is not in 'keys'")
+    threshold = entry.get("threshold")
+    if type(threshold) is not int or not 1 <= threshold <= len(keyids):
+        raise MalformedError(where + ": threshold must be an integer in 1.."
+                             + str(len(keyids)))
+    return tuple(keyids), threshold
+
+
+def _parse_root(payload, old_keys=None):
+    doc = _loads(payload, "root")
+    if type(doc) is not dict or doc.get("_type") != "root":
+        raise MalformedError("root: not a root document (_type must be 'root')")
+    version = _count(doc, "version", "root", 1)
+    expires = _count(doc, "expires", "root")
+    raw = doc.get("keys")
+    if type(raw) is not dict:
+        raise MalformedError("root: 'keys' missing or not an object")
+    keys = {}
+    for kid in raw:
+        if type(kid) is not str:
+            raise MalformedError("root: key ids must be strings")
+        keys[kid] = _public_key(kid, raw[kid], old_keys)
+    roles = doc.get("roles")
+    if type(roles) is not dict:
+        raise MalformedError("root: 'roles' missing or not an object")
+    root_ids, root_t = _role("root", roles.get("root"), keys)
+    rel_ids, rel_t = _role("release", roles.get("release"), keys)
+    return Root(version, expires, keys, root_ids, root_t, rel_ids, rel_t)
+
+
+def parse_root(buf, precompute=True):
+    """A self-signed root envelope (its own root threshold met) as a Root; expiry unchecked.
+
+    What the board was provisioned with is trusted as given, even past its expiry (the next
+    rotation replaces it).  Raises TooLargeError, MalformedError, PayloadTypeError or
+    ThresholdError.  precompute builds the release keys' comb tables now (see Root.precompute).
+    """
+    payload, sigs, digest = _read_envelope(buf, ROOT_PAYLOAD_TYPE)
+    root = _parse_root(payload)
+    _require_threshold(digest, sigs, root.keys, root.root_keyids, root.root_threshold, "root")
+    if precompute:
+        root.precompute()
+    return root
+
+
+def load_root(path="/ota/trust.json", precompute=True):
+    """parse_root() of a file; the file is size-checked before it is read into one buffer.
+
+    OSError when the file cannot be read; TooLargeError when it is over the envelope cap.
+    """
+    import os
+
+    size = os.stat(path)[6]
+    if size > MAX_ENVELOPE_BYTES:
+        raise TooLargeError(path + " is " + str(size) + " bytes, over the cap of "
+                            + str(MAX_ENVELOPE_BYTES))
+    buf = bytearray(size)
+    with open(path, "rb") as f:
+        got = f.readinto(buf)
+    if got != size:
+        raise MalformedError(path + ": short read")
+    return parse_root(buf, precompute)
+
+
+def verify_rotation(root, buf, now=None):
+    """Root N+1 from trusted root N: version N+1, both root thresholds met, unexpired.
+
+    The old root's threshold is checked before the new payload is parsed, so unvouched JSON
+    is never interpreted.  Expiry is checked only when now is not None.  Raises
+    TooLargeError, MalformedError, PayloadTypeError, ThresholdError, RotationError or
+    ExpiredError.  Keys kept across the rotation keep their comb tables.
+    """
+    payload, sigs, digest = _read_envelope(buf, ROOT_PAYLOAD_TYPE)
+    _require_threshold(digest, sigs, root.keys, root.root_keyids, root.root_threshold,
+                       "root (trusted)")
+    new = _parse_root(payload, root.keys)
+    if new.version != root.version + 1:
+        raise RotationError("root version " + str(new.version) + " does not follow trusted "
+                            "version " + str(root.version))
+    _require_threshold(digest, sigs, new.keys, new.root_keyids, new.root_threshold,
+                       "root (new)")
+    if now is not None and new.expires <= now:
+        raise ExpiredError("root version " + str(new.version) + " expired at "
+                           + str(new.expires) + " (now " + str(now) + ")")
+    return new
+
+
+# -- release manifests ------------------------------------------------------------------------
+
+def check_path(path):
+    """Raise MalformedError unless path is relative, '/'-separated and stays inside the app."""
+    if not path or len(path) > MAX_PATH_LENGTH:
+        raise MalformedError("file path '" + path[:80] + "': length must be 1.."
+                             + str(MAX_PATH_LENGTH))
+    if path[0] == "/" or "\\" in path:
+        raise MalformedError("file path '" + path + "': must be relative and '/'-separated")
+    if min(path) < " " or "\x7f" in path:
+        raise MalformedError("file path: control character")
+    for segment in path.split("/"):
+        if segment == "" or segment == "." or segment == "..":
+            raise MalformedError("file path '" + path + "': empty, '.' or '..' segment")
+
+
+def _matching(obj, name, pattern, what, where="manifest"):
+    value = _field(obj, name, str, where)
+    if not pattern.match(value):
+        raise MalformedError(where + ": '" + name + "' is not " + what)
+    return value
+
+
+def _check_file(entry, index, seen):
+    where = "manifest file " + str(index)
+    if type(entry) is not dict:
+        raise MalformedError(where + ": not a JSON object")
+    path = _field(entry, "path", str, where)
+    check_path(path)
+    where = "manifest file '" + path + "'"
+    sha = _matching(entry, "sha256", _HEX, "64 lowercase hex digits", where)
+    if len(sha) != 64:
+        raise MalformedError(where + ": 'sha256' must be 64 lowercase hex digits")
+    size = _count(entry, "size", where)
+    encoding = _field(entry, "encoding", str, where)
+    if encoding != "plain" and encoding != "deflate":
+        raise MalformedError(where + ": encoding must be one of plain, deflate")
+    blob = _matching(entry, "blob", _HEX, "64 lowercase hex digits", where)
+    if len(blob) != 64:
+        raise MalformedError(where + ": 'blob' must be 64 lowercase hex digits")
+    transfer = _count(entry, "transfer_size", where)
+    if encoding == "plain" and (blob != sha or transfer != size):
+        raise MalformedError(where + ": plain file must have blob == sha256 and "
+                             "transfer_size == size")
+    if path in seen:
+        raise MalformedError("manifest: duplicate file path '" + path + "'")
+    seen[path] = 1
+
+
+def check_manifest(doc):
+    """Raise MalformedError unless doc has the manifest's documented fields and shapes.
+
+    Unknown top-level fields are ignored (room for later versions), as on the host.
+    """
+    if type(doc) is not dict or doc.get("_type") != "manifest":
+        raise MalformedError("manifest: not a manifest document (_type must be 'manifest')")
+    app = _matching(doc, "app", _NAME, "an app name ([A-Za-z0-9._-], 1..64)")
+    if len(app) > 64:
+        raise MalformedError("manifest: 'app' is not an app name ([A-Za-z0-9._-], 1..64)")
+    _matching(doc, "version", _SEMVER, "a semantic version (MAJOR.MINOR.PATCH)")
+    _count(doc, "sequence", "manifest")
+    _count(doc, "created", "manifest")
+    _count(doc, "expires", "manifest")
+    boards = _field(doc, "boards", list, "manifest")
+    if not boards:
+        raise MalformedError("manifest: 'boards' must be a non-empty list of names")
+    for b in boards:
+        if type(b) is not str or not b:
+            raise MalformedError("manifest: 'boards' must be a non-empty list of names")
+    _matching(doc, "min_micropython", _MP_VERSION, "a version like 1.20.0")
+    _matching(doc, "entry", _MODULE, "a module name")
+    files = _field(doc, "files", list, "manifest")
+    if len(files) > MAX_FILES:
+        raise MalformedError("manifest: " + str(len(files)) + " files, more than the cap of "
+                             + str(MAX_FILES))
+    seen = {}
+    for i in range(len(files)):
+        _check_file(files[i], i, seen)
+
+
+def verify_manifest(buf, root, board=None, installed_sequence=None, now=None):
+    """The manifest payload as a dict, once signed by a threshold of root's release keys.
+
+    buf: the envelope (bytes, bytearray or memoryview; at most MAX_ENVELOPE_BYTES).
+    board None skips the board check, installed_sequence None the sequence check, now None
+    the expiry check (no trustworthy time).  Order of checks, as on the host: size, envelope,
+    payloadType, release threshold, manifest fields, board, sequence, expiry.
+    Raises TooLargeError, MalformedError, PayloadTypeError, ThresholdError, WrongBoardError,
+    RollbackError, SameSequenceError or ExpiredError.
+    """
+    payload, sigs, digest = _read_envelope(buf, MANIFEST_PAYLOAD_TYPE)
+    root.precompute()
+    _require_threshold(digest, sigs, root.keys, root.release_keyids, root.release_threshold,
+                       "release")
+    sigs = None
+    doc = _loads(payload, "manifest")
+    payload = None
+    check_manifest(doc)
+    if board is not None and board not in doc["boards"]:
+        raise WrongBoardError("board '" + board + "' is not in the manifest's boards")
+    seq = doc["sequence"]
+    if installed_sequence is not None:
+        if seq == installed_sequence:
+            raise SameSequenceError("sequence " + str(seq) + " is already installed")
+        if seq < installed_sequence:
+            raise RollbackError("sequence " + str(seq) + " is lower than installed "
+                                + str(installed_sequence))
+    if now is not None and doc["expires"] <= now:
+        raise ExpiredError("manifest expired at " + str(doc["expires"]) + " (now " + str(now)
+                           + ")")
+    return doc

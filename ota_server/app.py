@@ -1,0 +1,105 @@
+"""The application factory: one route table, typed state, storage opened in cleanup_ctx."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from ota_server import openapi, routes_device, routes_publisher, state
+from ota_server.device_auth import DeviceAuthenticator
+from ota_server.metrics import Metrics
+from ota_server.middleware import auth_middleware, errors_middleware, log_middleware, public
+from ota_server.settings import Settings
+from ota_server.storage.blobs import FileBlobStore
+from ota_server.storage.sqlite import SqliteStore
+from ota_server.trust import TrustAnchor
+
+
+@public
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness and readiness: the store answers."""
+    request.app[state.STORE].schema_version()
+    return web.json_response({"status": "ok"})
+
+
+@public
+async def metrics(request: web.Request) -> web.Response:
+    text = request.app[state.METRICS].render(request.app[state.STORE])
+    return web.Response(text=text, content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
+@public
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.json_response(openapi.document())
+
+
+P = routes_publisher
+D = routes_device
+
+# The one route table: (method, path, handler). Auth is declared on each handler.
+ROUTES: list[tuple[str, str, object]] = [
+    ("GET", "/healthz", healthz),
+    ("GET", "/metrics", metrics),
+    ("GET", "/openapi.json", openapi_document),
+    # boards
+    ("POST", "/v1/device/checkin", D.checkin),
+    ("GET", "/v1/device/root/{version}", D.root_metadata),
+    ("GET", "/v1/blobs/{sha256}", D.blob),
+    ("POST", "/v1/device/report", D.report),
+    # publishers
+    ("PUT", "/v1/blobs/{sha256}", P.put_blob),
+    ("POST", "/v1/blobs/missing", P.missing_blobs),
+    ("POST", "/v1/releases", P.register_release),
+    ("GET", "/v1/releases", P.list_releases),
+    ("POST", "/v1/roots", P.upload_root),
+    ("GET", "/v1/roots", P.list_roots),
+    ("POST", "/v1/devices", P.register_device),
+    ("GET", "/v1/devices", P.list_devices),
+    ("GET", "/v1/devices/{device_id}", P.show_device),
+    ("POST", "/v1/devices/{device_id}/revoke", P.revoke_device),
+    ("GET", "/v1/channels", P.list_channels),
+    ("GET", "/v1/channels/{channel}/rollout", P.rollout_status),
+    ("POST", "/v1/channels/{channel}/rollout", P.rollout_start),
+    ("POST", "/v1/channels/{channel}/rollout/pause", P.rollout_pause),
+    ("POST", "/v1/channels/{channel}/rollout/resume", P.rollout_resume),
+    ("POST", "/v1/channels/{channel}/rollout/abort", P.rollout_abort),
+    ("POST", "/v1/channels/{channel}/rollout/advance", P.rollout_advance),
+]
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The server as an aiohttp application; storage opens on startup, closes on cleanup.
+
+    Startup raises ota_server.trust.TrustSetupError when no trust anchor can be set up.
+    """
+    app = web.Application(
+        middlewares=[log_middleware, errors_middleware, auth_middleware],
+        # Bodies read whole (JSON, envelopes) stay under this; blobs stream with their own cap.
+        client_max_size=max(settings.limits.max_json_bytes, settings.limits.max_envelope_bytes),
+    )
+    app[state.SETTINGS] = settings
+    app[state.METRICS] = Metrics()
+    app[state.ENVELOPES] = {}
+    app.cleanup_ctx.append(_storage)
+    for method, path, handler in ROUTES:
+        # GET routes answer HEAD too, as HTTP requires; the auth is the same.
+        if method == "GET":
+            app.router.add_get(path, handler)  # type: ignore[arg-type]
+        else:
+            app.router.add_route(method, path, handler)  # type: ignore[arg-type]
+    return app
+
+
+async def _storage(app: web.Application) -> AsyncIterator[None]:
+    settings = app[state.SETTINGS]
+    store = SqliteStore(settings.db_path)
+    try:
+        app[state.STORE] = store
+        app[state.BLOBS] = FileBlobStore(settings.blob_dir)
+        app[state.TRUST] = TrustAnchor.load(store, settings.root_path)
+        app[state.DEVICE_AUTH] = DeviceAuthenticator(store)
+        yield
+    finally:
+        store.close()

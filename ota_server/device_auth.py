@@ -1,0 +1,131 @@
+"""Board request authentication: `Authorization: Mpota-P256 id=..,ctr=..,sig=..`.
+
+The board signs (ECDSA P-256, SHA-256, raw low-S r||s) the string
+
+    mpota-req-v1\\n<METHOD>\\n<path with query>\\n<device_id>\\n<counter>\\n<hex sha256(body)>
+
+and the counter must be strictly greater than the last one accepted from that board. Checks run
+cheapest first; the counter is advanced only after the signature verified, so nobody but the
+board can burn its counters.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from dataclasses import dataclass
+
+from ota_server.errors import Forbidden, Unauthorized
+from ota_server.storage import Device, MetadataStore
+from signing.errors import MalformedError
+from signing.keys import PrivateKey, PublicKey, public_key_from_point, sign_raw, verify_raw
+
+SCHEME = "Mpota-P256"
+REQUEST_CONTEXT = b"mpota-req-v1"
+DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_PARAM = re.compile(r"^(id|ctr|sig)=([^,\s]+)$")
+_MAX_COUNTER = 2**63 - 1  # SQLite INTEGER
+
+
+@dataclass(frozen=True)
+class DeviceCredential:
+    device_id: str
+    counter: int
+    signature: bytes
+
+
+def parse_authorization(header: str | None) -> DeviceCredential:
+    """Parse the header; raises Unauthorized (`missing_credentials` / `bad_credentials`)."""
+    if not header:
+        raise Unauthorized("this endpoint needs an `Authorization: Mpota-P256 ...` header",
+                           code="missing_credentials")
+    scheme, _, rest = header.partition(" ")
+    if scheme != SCHEME:
+        raise Unauthorized(f"authorization scheme must be {SCHEME}", code="bad_credentials")
+    params: dict[str, str] = {}
+    for part in rest.strip().split(","):
+        match = _PARAM.match(part.strip())
+        if match is None or match.group(1) in params:
+            raise Unauthorized("authorization must be id=<device>,ctr=<n>,sig=<base64>",
+                               code="bad_credentials")
+        params[match.group(1)] = match.group(2)
+    if set(params) != {"id", "ctr", "sig"}:
+        raise Unauthorized("authorization needs id, ctr and sig", code="bad_credentials")
+    if not DEVICE_ID.match(params["id"]):
+        raise Unauthorized("authorization id is not a valid device id", code="bad_credentials")
+    if not params["ctr"].isdigit() or int(params["ctr"]) > _MAX_COUNTER:
+        raise Unauthorized("authorization ctr must be a non-negative decimal integer",
+                           code="bad_credentials")
+    try:
+        signature = base64.b64decode(params["sig"], validate=True)
+    except (binascii.Error, ValueError):
+        raise Unauthorized("authorization sig is not base64", code="bad_credentials") from None
+    if len(signature) != 64:
+        raise Unauthorized("authorization sig must be 64 bytes r||s", code="bad_credentials")
+    return DeviceCredential(params["id"], int(params["ctr"]), signature)
+
+
+def signed_string(method: str, path_qs: str, device_id: str, counter: int, body: bytes) -> bytes:
+    """The exact bytes a board signs for one request."""
+    return b"\n".join((
+        REQUEST_CONTEXT,
+        method.upper().encode("ascii"),
+        path_qs.encode("utf-8"),
+        device_id.encode("ascii"),
+        str(counter).encode("ascii"),
+        hashlib.sha256(body).hexdigest().encode("ascii"),
+    ))
+
+
+def authorization_header(device_id: str, counter: int, signature: bytes) -> str:
+    """The header value a board sends (used by test boards, the bench and the virtual board)."""
+    sig = base64.b64encode(signature).decode("ascii")
+    return f"{SCHEME} id={device_id},ctr={counter},sig={sig}"
+
+
+def sign_request(private_key: PrivateKey, device_id: str, counter: int, method: str,
+                 path_qs: str, body: bytes = b"") -> str:
+    """The Authorization header for one request, signed as a board signs it (host side:
+    simulated boards in tests and benchmarks)."""
+    message = signed_string(method, path_qs, device_id, counter, body)
+    return authorization_header(device_id, counter, sign_raw(private_key, message))
+
+
+class DeviceAuthenticator:
+    """Verifies board requests against the registry; caches parsed public keys by point."""
+
+    def __init__(self, store: MetadataStore):
+        self._store = store
+        self._keys: dict[bytes, PublicKey] = {}
+
+    def _public_key(self, point: bytes) -> PublicKey:
+        key = self._keys.get(point)
+        if key is None:
+            key = public_key_from_point(point)
+            if len(self._keys) > 100_000:  # bound the cache; a rebuild is cheap
+                self._keys.clear()
+            self._keys[point] = key
+        return key
+
+    def authenticate(self, header: str | None, method: str, path_qs: str, body: bytes) -> Device:
+        """Return the board that signed this request, or raise Unauthorized / Forbidden."""
+        cred = parse_authorization(header)
+        device = self._store.device(cred.device_id)
+        if device is None:
+            raise Unauthorized(f"unknown device {cred.device_id!r}", code="unknown_device")
+        if device.revoked is not None:
+            raise Forbidden(f"device {cred.device_id!r} is revoked", code="revoked")
+        try:
+            key = self._public_key(device.public_key)
+        except MalformedError:
+            raise Forbidden("the registered public key is unusable", code="revoked") from None
+        message = signed_string(method, path_qs, cred.device_id, cred.counter, body)
+        if not verify_raw(key, message, cred.signature):
+            raise Unauthorized("request signature does not verify", code="bad_signature")
+        if not self._store.advance_counter(cred.device_id, cred.counter):
+            raise Unauthorized(
+                f"counter {cred.counter} is not greater than the last accepted one",
+                code="replay")
+        return device

@@ -1,0 +1,141 @@
+"""Middlewares: domain errors -> JSON bodies, per-route authentication, request logging.
+
+Every handler declares who may call it with one of the decorators `@public`, `@publisher` or
+`@device`; a handler without a declaration is refused (deny by default).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+from aiohttp import web
+
+from ota_server import state
+from ota_server.errors import ApiError, PayloadTooLarge, Unauthorized
+from ota_server.tokens import token_hash
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+AuthKind = Literal["public", "publisher", "device"]
+_AUTH_ATTR = "mpota_auth"
+log = logging.getLogger("ota_server")
+
+
+def _declare(kind: AuthKind) -> Callable[[Handler], Handler]:
+    def mark(handler: Handler) -> Handler:
+        setattr(handler, _AUTH_ATTR, kind)
+        return handler
+    return mark
+
+
+public = _declare("public")
+publisher = _declare("publisher")
+device = _declare("device")
+
+
+def auth_kind(handler: Any) -> AuthKind | None:
+    """The declared auth of a route handler (None: undeclared, so refused)."""
+    return getattr(handler, _AUTH_ATTR, None)
+
+
+def error_body(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"code": code, "message": message}, status=status)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map ApiError and aiohttp's own HTTP errors to `{"code", "message"}` JSON."""
+    try:
+        return await handler(request)
+    except ApiError as err:
+        if err.status == 401:
+            request.app[state.METRICS].inc("mpota_auth_failures_total", code=err.code)
+        return error_body(err.status, err.code, err.message)
+    except web.HTTPException as err:
+        if err.status < 400:
+            raise
+        code = _HTTP_CODES.get(err.status, "http_error")
+        response = error_body(err.status, code, err.reason if err.text is None else
+                              _http_message(err))
+        for name in ("Allow",):
+            if name in err.headers:
+                response.headers[name] = err.headers[name]
+        return response
+    except Exception:
+        # A bug, not the client's fault: log it, answer without leaking internals.
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_body(500, "internal", "internal server error")
+
+
+def _http_message(err: web.HTTPException) -> str:
+    text = (err.text or "").strip()
+    if err.status == 413:
+        return f"request body too large ({text})"
+    return text or err.reason
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate by the route's declared kind before the handler runs."""
+    if request.match_info.http_exception is not None:
+        return await handler(request)  # no such route: 404/405 without asking who
+    kind = auth_kind(request.match_info.handler)
+    if kind == "public":
+        return await handler(request)
+    if kind == "publisher":
+        _require_publisher(request)
+        return await handler(request)
+    if kind == "device":
+        await _authenticate_device(request)
+        return await handler(request)
+    log.error("route %s %s declares no auth; refused", request.method, request.path)
+    raise Unauthorized("this route is not open to anyone", code="no_auth_declared")
+
+
+def _require_publisher(request: web.Request) -> None:
+    header = request.headers.get("Authorization", "")
+    if not header:
+        raise Unauthorized("this endpoint needs `Authorization: Bearer <publisher token>`",
+                           code="missing_credentials")
+    scheme, _, token = header.partition(" ")
+    if scheme != "Bearer" or not token.strip():
+        raise Unauthorized("publisher endpoints take `Authorization: Bearer <token>`",
+                           code="bad_credentials")
+    digest = token_hash(token.strip())
+    if not request.app[state.STORE].token_valid(digest):
+        raise Unauthorized("unknown or revoked publisher token", code="bad_token")
+
+
+async def _authenticate_device(request: web.Request) -> None:
+    limit = request.app[state.SETTINGS].limits.max_device_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"device request bodies are limited to {limit} bytes")
+    body = await request.content.read(limit + 1) if request.can_read_body else b""
+    if len(body) > limit:
+        raise PayloadTooLarge(f"device request bodies are limited to {limit} bytes")
+    found = request.app[state.DEVICE_AUTH].authenticate(
+        request.headers.get("Authorization"), request.method, request.raw_path, body)
+    request[state.DEVICE] = found
+    request[state.BODY] = body
+
+
+@web.middleware
+async def log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One log line per request: method, path, status, duration, board (never credentials)."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        found = request.get(state.DEVICE)
+        log.info("%s %s %d %.1fms", request.method, request.path, status,
+                 (time.perf_counter() - started) * 1000,
+                 extra={"method": request.method, "path": request.path, "status": status,
+                        "device_id": found.device_id if found else None})

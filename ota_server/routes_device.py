@@ -1,0 +1,204 @@
+"""Board endpoints: check-in, root metadata, blobs, status reports (docs/protocol.md).
+
+Every handler here is `@device`: the auth middleware has already verified the board's signed
+request and its counter, and put the board and the exact body bytes on the request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from ota_server import rollout, state
+from ota_server.errors import BadRequest, NotFound
+from ota_server.metrics import Metrics
+from ota_server.middleware import device
+from ota_server.storage import DEPLOYMENT_STATUSES, Device
+from ota_server.storage.records import FINAL_STATUSES
+from ota_server.validation import blob_id, name, optional, parse_json_object, required
+
+ENVELOPE_TYPE = "application/vnd.dsse+json"
+BLOB_CACHE = "public, max-age=31536000, immutable"
+_MAX_REASON = 256
+
+
+def _envelope(app: web.Application, release_id: int) -> bytes:
+    cache = app[state.ENVELOPES]
+    envelope = cache.get(release_id)
+    if envelope is None:  # releases are immutable, so the cache never goes stale
+        envelope = cache[release_id] = app[state.STORE].envelope(release_id)
+    return envelope
+
+
+def _counter(doc: dict[str, Any], field: str, what: str) -> int | None:
+    value = optional(doc, field, int, what)
+    if value is not None and value < 0:
+        raise BadRequest(f"{what}: field {field!r} must not be negative", code="bad_field")
+    return value
+
+
+@device
+async def checkin(request: web.Request) -> web.Response:
+    """204: nothing new; 200: the envelope of the manifest to install. Records inventory."""
+    found: Device = request[state.DEVICE]
+    doc = parse_json_object(request[state.BODY], "check-in")
+    what = "check-in"
+    app_name = optional(doc, "app", str, what)
+    if app_name:
+        name(app_name, "check-in app")
+    sequence = _counter(doc, "sequence", what)
+    root_version = _counter(doc, "root_version", what)
+    board = optional(doc, "board", str, what)
+    slot = optional(doc, "slot", (str, int), what)
+    inventory = {
+        "app": app_name, "version": optional(doc, "version", str, what),
+        "sequence": sequence, "root_version": root_version,
+        "micropython": optional(doc, "micropython", str, what),
+        "mem_free": _counter(doc, "mem_free", what),
+        "slot": None if slot is None else str(slot),
+    }
+    store = request.app[state.STORE]
+    store.record_checkin(found.device_id, inventory)
+    headers = {}
+    latest = request.app[state.TRUST].latest.version
+    if root_version is not None and latest > root_version:
+        headers["X-Ota-Root"] = str(latest)
+    metrics = request.app[state.METRICS]
+    offer = rollout.release_for(store, found, app_name, sequence or 0, board or found.board)
+    if offer is None:
+        metrics.inc("mpota_checkins_total", outcome="nothing_new")
+        return web.Response(status=204, headers=headers)
+    if store.deployment_status(found.device_id, offer.id) is None:
+        store.set_deployment(found.device_id, offer.id, "offered")
+    metrics.inc("mpota_checkins_total", outcome="offered")
+    return web.Response(body=_envelope(request.app, offer.id), content_type=ENVELOPE_TYPE,
+                        headers=headers)
+
+
+@device
+async def root_metadata(request: web.Request) -> web.Response:
+    """The root metadata envelope of one version, for a board walking a rotation."""
+    raw = request.match_info["version"]
+    if not raw.isdigit() or len(raw) > 9:
+        raise BadRequest(f"root version must be a positive integer, got {raw[:20]!r}",
+                         code="bad_version")
+    envelope = request.app[state.TRUST].envelope(int(raw))
+    if envelope is None:
+        raise NotFound(f"no root metadata version {int(raw)}", code="unknown_root")
+    return web.Response(body=envelope, content_type=ENVELOPE_TYPE)
+
+
+class BlobResponse(web.FileResponse):
+    """A FileResponse (sendfile, Range) whose ETag is the strong content address instead of
+    aiohttp's mtime-size tag; counts what it sent once aiohttp has prepared it."""
+
+    def __init__(self, path: Any, sha256: str, metrics: Metrics):
+        super().__init__(path, headers={"Cache-Control": BLOB_CACHE})
+        self._sha256 = sha256
+        self._metrics = metrics
+
+    async def prepare(self, request: web.BaseRequest) -> Any:
+        writer = await super().prepare(request)
+        self._metrics.inc("mpota_blob_requests_total", code=str(self.status))
+        if request.method != "HEAD":
+            self._metrics.inc("mpota_blob_bytes_served_total", self.content_length or 0)
+        return writer
+
+    @property  # type: ignore[override]
+    def etag(self) -> Any:
+        return super().etag
+
+    @etag.setter
+    def etag(self, value: Any) -> None:
+        # FileResponse assigns its own mtime-size tag while preparing; keep ours.
+        web.FileResponse.etag.fset(self, self._sha256)  # type: ignore[attr-defined]
+
+
+def _strong_tag(sha256: str) -> str:
+    return f'"{sha256}"'
+
+
+@device
+async def blob(request: web.Request) -> web.StreamResponse:
+    """A blob by content address: Range, strong ETag, immutable caching, sendfile."""
+    sha256 = blob_id(request.match_info["sha256"])
+    blobs = request.app[state.BLOBS]
+    metrics = request.app[state.METRICS]
+    path = blobs.path(sha256)
+    if not path.is_file():
+        metrics.inc("mpota_blob_requests_total", code="404")
+        raise NotFound(f"no blob {sha256}", code="unknown_blob")
+    tag = _strong_tag(sha256)
+    if_none_match = request.headers.get("If-None-Match", "")
+    if tag in if_none_match or if_none_match.strip() == "*":
+        metrics.inc("mpota_blob_requests_total", code="304")
+        return web.Response(status=304, headers={"ETag": tag, "Cache-Control": BLOB_CACHE})
+    if_range = request.headers.get("If-Range")
+    if if_range is not None and if_range.strip() != tag:
+        # A range of some other version: RFC 9110 says send the whole (current) content.
+        request = request.clone(headers={k: v for k, v in request.headers.items()
+                                         if k.lower() not in ("range", "if-range")})
+    return BlobResponse(path, sha256, metrics)
+
+
+# Once confirmed, a deployment only changes again by a rollback.
+def _may_replace(old: str | None, new: str) -> bool:
+    return old != "confirmed" or new == "rolled_back"
+
+
+@device
+async def report(request: web.Request) -> web.Response:
+    """Move the board's deployment of a release to `status`; may pause or advance the rollout."""
+    found: Device = request[state.DEVICE]
+    what = "report"
+    doc = parse_json_object(request[state.BODY], what)
+    app_name = name(required(doc, "app", str, what), "report app")
+    sequence = _counter(doc, "sequence", what)
+    if sequence is None:
+        raise BadRequest("report: field 'sequence' is required", code="bad_field")
+    status = required(doc, "status", str, what)
+    if status not in DEPLOYMENT_STATUSES:
+        raise BadRequest(f"report: status must be one of {list(DEPLOYMENT_STATUSES)}, "
+                         f"got {status[:40]!r}", code="bad_status")
+    version = optional(doc, "version", str, what)
+    reason = optional(doc, "reason", str, what, max_len=_MAX_REASON)
+    store = request.app[state.STORE]
+    release_id = _deployment_for(store, found.device_id, app_name, sequence, status)
+    if release_id is None:
+        raise NotFound(f"no release {app_name!r} sequence {sequence} for this board",
+                       code="unknown_release")
+    if _may_replace(store.deployment_status(found.device_id, release_id), status):
+        store.set_deployment(found.device_id, release_id, status, reason)
+    inventory: dict[str, Any] = {"last_status": status}
+    if status in ("failed", "rolled_back"):
+        inventory["last_error"] = reason or status
+    if status == "confirmed":
+        release = store.release_by_id(release_id)
+        assert release is not None
+        inventory.update(app=release.app, version=release.version, sequence=release.sequence,
+                         last_error=None)
+    elif status == "rolled_back" and version is not None:
+        inventory["version"] = version
+    store.record_checkin(found.device_id, inventory)
+    request.app[state.METRICS].inc("mpota_reports_total", status=status)
+    if status in FINAL_STATUSES:
+        rollout.after_report(store, found.channel, release_id)
+    return web.Response(status=204)
+
+
+def _deployment_for(store: Any, device_id: str, app: str, sequence: int,
+                    status: str) -> int | None:
+    """Which release a report is about.
+
+    `failed` and `rolled_back` may name the version the board really runs (the old one), so
+    they go to the board's unfinished deployment of a newer release first.
+    """
+    if status in ("failed", "rolled_back"):
+        open_id = store.open_deployment(device_id, app)
+        if open_id is not None:
+            opened = store.release_by_id(open_id)
+            if opened is not None and opened.sequence >= sequence:
+                return int(open_id)
+    release = store.release(app, sequence)
+    return None if release is None else release.id

@@ -1,0 +1,324 @@
+"""Publisher endpoints (bearer token): blobs, releases, roots, boards, channels and rollouts."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import sqlite3
+import time
+from typing import Any
+
+from aiohttp import web
+
+from ota_server import rollout, state
+from ota_server.errors import (
+    ApiError,
+    BadRequest,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+)
+from ota_server.middleware import publisher
+from ota_server.rollout import bucket_of, normalize_policy, percent_policy
+from ota_server.storage.blobs import BlobHashMismatch, BlobTooLarge
+from ota_server.validation import blob_id, name, optional, read_json, required
+from signing import errors as trust_errors
+from signing.keys import POINT_SIZE, public_key_from_point
+from signing.verify import verify_manifest
+
+_MAX_MISSING_QUERY = 10_000
+_MAX_TAGS = 32
+_CHUNK = 256 * 1024
+
+# TrustError class -> (status, stable code) for refused uploads.
+_TRUST_CODES: list[tuple[type[Exception], int, str]] = [
+    (trust_errors.TooLargeError, 413, "too_large"),
+    (trust_errors.PayloadTypeError, 422, "wrong_payload_type"),
+    (trust_errors.MalformedError, 422, "malformed"),
+    (trust_errors.ThresholdError, 422, "signature_threshold"),
+    (trust_errors.ExpiredError, 422, "expired"),
+    (trust_errors.RotationError, 422, "bad_rotation"),
+    (trust_errors.TrustError, 422, "untrusted"),
+]
+
+
+def trust_error(err: Exception, what: str) -> ApiError:
+    for kind, status, code in _TRUST_CODES:
+        if isinstance(err, kind):
+            return ApiError(f"{what}: {type(err).__name__}: {err}", code=code, status=status)
+    raise err
+
+
+async def _read_body(request: web.Request, limit: int, what: str) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"{what}: body is larger than {limit} bytes")
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise PayloadTooLarge(f"{what}: body is larger than {limit} bytes")
+    return body
+
+
+# -- blobs ------------------------------------------------------------------------------------
+
+@publisher
+async def put_blob(request: web.Request) -> web.Response:
+    """Upload one blob under its SHA-256; 201 new, 200 already present. Streamed to disk."""
+    sha256 = blob_id(request.match_info["sha256"])
+    limit = request.app[state.SETTINGS].limits.max_blob_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"blob is larger than the limit of {limit} bytes")
+    blobs = request.app[state.BLOBS]
+    if blobs.exists(sha256):
+        await request.release()  # drain; the content is already here
+        return web.json_response({"blob": sha256, "created": False}, status=200)
+    try:
+        created = await blobs.put_stream(sha256, request.content.iter_chunked(_CHUNK), limit)
+    except BlobTooLarge as err:
+        raise PayloadTooLarge(str(err)) from None
+    except BlobHashMismatch as err:
+        raise BadRequest(str(err), code="hash_mismatch") from None
+    return web.json_response({"blob": sha256, "created": created}, status=201 if created else 200)
+
+
+@publisher
+async def missing_blobs(request: web.Request) -> web.Response:
+    """Which of the given blob ids the server does not have yet."""
+    doc = await read_json(request, "missing blobs", request.app[state.SETTINGS].limits
+                          .max_envelope_bytes * 4)
+    wanted = required(doc, "blobs", list, "missing blobs")
+    if len(wanted) > _MAX_MISSING_QUERY:
+        raise BadRequest(f"missing blobs: at most {_MAX_MISSING_QUERY} ids", code="bad_field")
+    if not all(isinstance(b, str) for b in wanted):
+        raise BadRequest("missing blobs: 'blobs' must be a list of strings", code="bad_field")
+    blobs = request.app[state.BLOBS]
+    return web.json_response(
+        {"missing": [b for b in dict.fromkeys(wanted) if not blobs.exists(blob_id(b))]})
+
+
+# -- releases ---------------------------------------------------------------------------------
+
+@publisher
+async def register_release(request: web.Request) -> web.Response:
+    """Register a signed manifest envelope: verified, every blob present, sequence new.
+
+    Re-sending the envelope of an already registered release answers 200 (retry after a
+    crash); any other release with an existing or lower sequence is a 409.
+    """
+    limits = request.app[state.SETTINGS].limits
+    envelope = await _read_body(request, limits.max_envelope_bytes, "release")
+    trust = request.app[state.TRUST]
+    now = int(time.time())
+    if trust.latest.expires <= now:
+        raise Conflict(f"the server's newest root (version {trust.latest.version}) has expired; "
+                       f"upload a rotated root first", code="root_expired")
+    try:
+        manifest = verify_manifest(envelope, trust.latest, now=now)
+    except trust_errors.TrustError as err:
+        raise trust_error(err, "release") from None
+    store = request.app[state.STORE]
+    existing = store.release(manifest.app, manifest.sequence)
+    if existing is not None:
+        if store.envelope(existing.id) == envelope:
+            return web.json_response(existing.view(), status=200)
+        raise Conflict(f"{manifest.app} sequence {manifest.sequence} is already registered "
+                       f"with a different manifest", code="sequence_not_greater")
+    latest = store.max_sequence(manifest.app)
+    if latest is not None and manifest.sequence <= latest:
+        raise Conflict(f"{manifest.app} sequence {manifest.sequence} is not greater than the "
+                       f"latest registered sequence {latest}", code="sequence_not_greater")
+    blobs = request.app[state.BLOBS]
+    needed: dict[str, int] = {}
+    for entry in manifest.files:
+        needed[entry.blob] = entry.transfer_size
+    missing = [b for b in needed if not blobs.exists(b)]
+    if missing:
+        raise Conflict(f"{len(missing)} blob(s) not uploaded yet: {', '.join(missing[:5])}",
+                       code="missing_blobs")
+    wrong = [b for b, size in needed.items() if blobs.size(b) != size]
+    if wrong:
+        raise Conflict(f"blob {wrong[0]} is not the transfer_size the manifest declares",
+                       code="blob_size_mismatch")
+    try:
+        release = store.add_release(manifest.app, manifest.version, manifest.sequence,
+                                    manifest.boards, envelope, sorted(needed.items()))
+    except sqlite3.IntegrityError:
+        raise Conflict(f"{manifest.app} sequence {manifest.sequence} was registered "
+                       f"concurrently", code="sequence_not_greater") from None
+    request.app[state.METRICS].inc("mpota_releases_registered_total")
+    return web.json_response(release.view(), status=201)
+
+
+@publisher
+async def list_releases(request: web.Request) -> web.Response:
+    app_name = request.query.get("app")
+    if app_name is not None:
+        name(app_name, "app")
+    releases = request.app[state.STORE].list_releases(app_name)
+    return web.json_response({"releases": [r.view() for r in releases]})
+
+
+# -- roots ------------------------------------------------------------------------------------
+
+@publisher
+async def upload_root(request: web.Request) -> web.Response:
+    """Accept root metadata N+1, verified against the server's newest root N."""
+    envelope = await _read_body(request, request.app[state.SETTINGS].limits.max_envelope_bytes,
+                                "root")
+    try:
+        new = request.app[state.TRUST].rotate(envelope)
+    except trust_errors.TrustError as err:
+        raise trust_error(err, "root") from None
+    return web.json_response({"version": new.version, "expires": new.expires}, status=201)
+
+
+@publisher
+async def list_roots(request: web.Request) -> web.Response:
+    versions = [v for v, _ in request.app[state.STORE].roots()]
+    return web.json_response({"versions": versions,
+                              "latest": request.app[state.TRUST].latest.version})
+
+
+# -- boards -----------------------------------------------------------------------------------
+
+def _tags(doc: dict[str, Any]) -> list[str]:
+    tags = optional(doc, "tags", list, "device") or []
+    if len(tags) > _MAX_TAGS or not all(isinstance(t, str) for t in tags):
+        raise BadRequest(f"device: 'tags' must be a list of at most {_MAX_TAGS} names",
+                         code="bad_field")
+    return [name(t, "tag") for t in tags]
+
+
+@publisher
+async def register_device(request: web.Request) -> web.Response:
+    """Add a board: id, public key (base64 65-byte point), board type, tags, channel.
+
+    Registering the same id with the same key again answers 200 (a station retry); another
+    key for an existing id is a 409.
+    """
+    from ota_server.device_auth import DEVICE_ID
+
+    doc = await read_json(request, "device", request.app[state.SETTINGS].limits.max_json_bytes)
+    device_id = required(doc, "device_id", str, "device")
+    if not DEVICE_ID.match(device_id):
+        raise BadRequest(f"device_id {device_id[:80]!r} must match {DEVICE_ID.pattern}",
+                         code="bad_device_id")
+    try:
+        point = base64.b64decode(required(doc, "public_key", str, "device", max_len=200),
+                                 validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("device: public_key is not base64", code="bad_public_key") from None
+    try:
+        public_key_from_point(point)
+    except trust_errors.MalformedError as err:
+        raise BadRequest(f"device: public_key: {err} ({POINT_SIZE} bytes expected)",
+                         code="bad_public_key") from None
+    board = name(required(doc, "board", str, "device"), "board")
+    channel = name(optional(doc, "channel", str, "device") or "stable", "channel")
+    tags = _tags(doc)
+    store = request.app[state.STORE]
+    existing = store.device(device_id)
+    if existing is not None:
+        if existing.public_key == point and existing.revoked is None:
+            return web.json_response(existing.public_view(), status=200)
+        raise Conflict(f"device {device_id!r} is already registered with another key or "
+                       f"revoked", code="device_exists")
+    try:
+        added = store.add_device(device_id, point, board, tags, channel, bucket_of(device_id))
+    except sqlite3.IntegrityError:
+        raise Conflict(f"device {device_id!r} was registered concurrently",
+                       code="device_exists") from None
+    return web.json_response(added.public_view(), status=201)
+
+
+@publisher
+async def list_devices(request: web.Request) -> web.Response:
+    devices = request.app[state.STORE].list_devices()
+    channel = request.query.get("channel")
+    return web.json_response({"devices": [d.public_view() for d in devices
+                                          if channel is None or d.channel == channel]})
+
+
+def _device_or_404(request: web.Request) -> Any:
+    device_id = request.match_info["device_id"]
+    found = request.app[state.STORE].device(device_id)
+    if found is None:
+        raise NotFound(f"no device {device_id[:80]!r}", code="unknown_device")
+    return found
+
+
+@publisher
+async def show_device(request: web.Request) -> web.Response:
+    return web.json_response(_device_or_404(request).public_view())
+
+
+@publisher
+async def revoke_device(request: web.Request) -> web.Response:
+    """Revoke a board: its requests are refused from now on (403 `revoked`)."""
+    found = _device_or_404(request)
+    store = request.app[state.STORE]
+    store.revoke_device(found.device_id)
+    revoked = store.device(found.device_id)
+    assert revoked is not None
+    return web.json_response(revoked.public_view())
+
+
+# -- channels and rollouts --------------------------------------------------------------------
+
+def _channel(request: web.Request) -> str:
+    return name(request.match_info["channel"], "channel")
+
+
+@publisher
+async def list_channels(request: web.Request) -> web.Response:
+    store = request.app[state.STORE]
+    return web.json_response(
+        {"channels": [rollout.status(store, c) for c in store.list_channels()]})
+
+
+@publisher
+async def rollout_status(request: web.Request) -> web.Response:
+    return web.json_response(rollout.status(request.app[state.STORE], _channel(request)))
+
+
+@publisher
+async def rollout_start(request: web.Request) -> web.Response:
+    """Point a channel at a release: {app, sequence, policy} or {app, sequence, percent}."""
+    channel = _channel(request)
+    what = "rollout"
+    doc = await read_json(request, what, request.app[state.SETTINGS].limits.max_json_bytes)
+    app_name = name(required(doc, "app", str, what), "app")
+    sequence = required(doc, "sequence", int, what)
+    percent = optional(doc, "percent", (int, float), what)
+    if percent is not None and "policy" in doc:
+        raise BadRequest("rollout: give either 'percent' or 'policy', not both", code="bad_policy")
+    if percent is not None:
+        if not 0 < percent <= 100:
+            raise BadRequest("rollout: percent must be in (0, 100]", code="bad_policy")
+        policy = percent_policy(percent)
+    else:
+        raw = doc.get("policy", request.app[state.SETTINGS].default_policy)
+        policy = normalize_policy(raw)
+    store = request.app[state.STORE]
+    release = store.release(app_name, sequence)
+    if release is None:
+        raise NotFound(f"no release {app_name!r} sequence {sequence}", code="unknown_release")
+    rollout.start(store, channel, release, policy)
+    return web.json_response(rollout.status(store, channel), status=201)
+
+
+def _action(action: Any) -> Any:
+    @publisher
+    async def handler(request: web.Request) -> web.Response:
+        store = request.app[state.STORE]
+        channel = _channel(request)
+        action(store, channel)
+        return web.json_response(rollout.status(store, channel))
+    handler.__name__ = f"rollout_{action.__name__}"
+    handler.__doc__ = f"{action.__name__.capitalize()} the channel's rollout."
+    return handler
+
+
+rollout_pause = _action(rollout.pause)
+rollout_resume = _action(rollout.resume)
+rollout_abort = _action(rollout.abort)
+rollout_advance = _action(rollout.advance)

@@ -1,0 +1,100 @@
+"""Server settings: one frozen value built from fleet values, then the environment, then flags.
+
+Later sources win. Limits are data here, not literals in the handlers. Reading fleet.yaml
+itself is tools.fleet's job; `ota serve` passes what it found (root path, port, rollout policy).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names which one and where."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request size caps, in bytes."""
+
+    max_blob_bytes: int = 16 * 1024 * 1024
+    max_json_bytes: int = 64 * 1024
+    max_envelope_bytes: int = 256 * 1024
+    max_device_body_bytes: int = 4 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    root_path: Path | None = None
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    json_logs: bool = False
+    limits: Limits = field(default_factory=Limits)
+    # The policy of rollouts started without one (from fleet.yaml's `rollout:`); None means
+    # ota_server.rollout.DEFAULT_STAGES and friends.
+    default_policy: dict[str, Any] | None = None
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "mpota.sqlite3"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+
+# Environment variable -> (settings field, parser).
+_ENV: dict[str, tuple[str, Any]] = {
+    "MPOTA_DATA": ("data_dir", Path),
+    "MPOTA_ROOT": ("root_path", Path),
+    "MPOTA_HOST": ("host", str),
+    "MPOTA_PORT": ("port", int),
+    "MPOTA_JSON_LOGS": ("json_logs", lambda v: v.strip().lower() in ("1", "true", "yes")),
+}
+
+
+def load_settings(
+    flags: Mapping[str, Any],
+    *,
+    fleet_values: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge `fleet_values`, then MPOTA_* environment variables, then non-None `flags`.
+
+    Raises SettingsError naming the setting when a value is missing or malformed.
+    """
+    values: dict[str, Any] = dict(fleet_values or {})
+    env = os.environ if environ is None else environ
+    for var, (name, parse) in _ENV.items():
+        if var in env and env[var] != "":
+            try:
+                values[name] = parse(env[var])
+            except ValueError as err:
+                raise SettingsError(f"environment variable {var}: {err}") from err
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if "data_dir" not in values:
+        raise SettingsError("no data directory: give --data DIR or set MPOTA_DATA")
+    try:
+        port = int(values.get("port", DEFAULT_PORT))
+    except (TypeError, ValueError) as err:
+        raise SettingsError(f"port: not an integer: {values.get('port')!r}") from err
+    if not 0 <= port <= 65535:
+        raise SettingsError(f"port: {port} is out of range")
+    settings = Settings(data_dir=Path(values["data_dir"]))
+    root = values.get("root_path")
+    return replace(
+        settings,
+        root_path=Path(root) if root is not None else None,
+        host=str(values.get("host", DEFAULT_HOST)),
+        port=port,
+        json_logs=bool(values.get("json_logs", False)),
+        default_policy=values.get("default_policy"),
+    )

@@ -1,0 +1,24 @@
+"""Typed application and request state keys, shared by the app factory and the handlers."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ota_server.device_auth import DeviceAuthenticator
+from ota_server.metrics import Metrics
+from ota_server.settings import Settings
+from ota_server.storage import Device
+from ota_server.storage.blobs import FileBlobStore
+from ota_server.storage.sqlite import SqliteStore
+from ota_server.trust import TrustAnchor
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", SqliteStore)
+BLOBS = web.AppKey("blobs", FileBlobStore)
+TRUST = web.AppKey("trust", TrustAnchor)
+DEVICE_AUTH = web.AppKey("device_auth", DeviceAuthenticator)
+METRICS = web.AppKey("metrics", Metrics)
+ENVELOPES = web.AppKey("envelopes", dict[int, bytes])
+
+DEVICE = web.RequestKey("device", Device)
+BODY = web.RequestKey("body", bytes)

@@ -1,0 +1,87 @@
+"""Plain records the storage backends return; no behaviour, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+DEPLOYMENT_STATUSES = ("downloading", "installed", "confirmed", "failed", "rolled_back")
+# A deployment in one of these has finished; the rest are in progress.
+FINAL_STATUSES = ("confirmed", "failed", "rolled_back")
+STARTED_STATUSES = ("downloading", "installed")
+
+
+@dataclass(frozen=True)
+class Device:
+    device_id: str
+    public_key: bytes
+    board: str
+    tags: tuple[str, ...]
+    channel: str
+    bucket: int
+    counter: int
+    created: int
+    revoked: int | None = None
+    inventory: dict[str, Any] = field(default_factory=dict)
+
+    def public_view(self) -> dict[str, Any]:
+        """What the publisher API shows: no counter, the key as base64."""
+        import base64
+
+        return {
+            "device_id": self.device_id,
+            "public_key": base64.b64encode(self.public_key).decode("ascii"),
+            "board": self.board,
+            "tags": list(self.tags),
+            "channel": self.channel,
+            "created": self.created,
+            "revoked": self.revoked,
+            **self.inventory,
+        }
+
+
+@dataclass(frozen=True)
+class Release:
+    id: int
+    app: str
+    version: str
+    sequence: int
+    created: int
+    boards: tuple[str, ...] = ()
+    blobs: tuple[str, ...] = ()
+
+    def view(self) -> dict[str, Any]:
+        return {"id": self.id, "app": self.app, "version": self.version,
+                "sequence": self.sequence, "boards": list(self.boards), "created": self.created,
+                "blobs": len(self.blobs)}
+
+
+@dataclass(frozen=True)
+class Rollout:
+    id: int
+    channel: str
+    release: Release
+    policy: dict[str, Any]
+    stage: int
+    state: str
+    reason: str | None
+    created: int
+    updated: int
+
+
+@dataclass(frozen=True)
+class DeploymentCounts:
+    offered: int = 0
+    downloading: int = 0
+    installed: int = 0
+    confirmed: int = 0
+    failed: int = 0
+    rolled_back: int = 0
+
+    @property
+    def results(self) -> int:
+        return self.confirmed + self.failed + self.rolled_back
+
+    @property
+    def failures(self) -> int:
+        return self.failed + self.rolled_back

@@ -1,0 +1,339 @@
+"""The embedded metadata store: one SQLite file in WAL mode with versioned migrations.
+
+Calls are synchronous and short (indexed lookups, one small transaction each); on one machine
+that is cheaper than a thread hop per request. Every write is one transaction, so a crash leaves
+either all of a change or none of it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ota_server.storage.records import DeploymentCounts, Device, Release, Rollout
+
+_INVENTORY = ("app", "version", "sequence", "root_version", "micropython", "mem_free", "slot",
+              "last_seen", "last_status", "last_error")
+_DEVICE_COLUMNS = ("device_id, public_key, board, tags, channel, bucket, counter, created, "
+                   "revoked, " + ", ".join(_INVENTORY))
+
+
+def _migrations() -> list[tuple[int, str]]:
+    """The migration scripts shipped with the package, as (version, sql), in order."""
+    folder = resources.files("ota_server.storage") / "migrations"
+    out = []
+    for entry in folder.iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:4].isdigit():
+            out.append((int(name[:4]), entry.read_text(encoding="utf-8")))
+    return sorted(out)
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+class SqliteStore:
+    """MetadataStore on one SQLite database file."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a power cut can lose the last commits but never corrupts the file.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        current = self._db.execute("PRAGMA user_version").fetchone()[0]
+        for version, sql in _migrations():
+            if version <= current:
+                continue
+            # One script, one transaction: a crash mid-migration leaves the old schema.
+            script = f"BEGIN IMMEDIATE;\n{sql}\n;PRAGMA user_version={version:d};\nCOMMIT;"
+            try:
+                self._db.executescript(script)
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def _tx(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def integrity_check(self) -> str:
+        return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- tokens -------------------------------------------------------------------------------
+
+    def create_token(self, name: str, token_hash: str) -> int:
+        with self._tx():
+            cur = self._db.execute(
+                "INSERT INTO tokens (name, token_hash, created) VALUES (?, ?, ?)",
+                (name, token_hash, _now()))
+        return int(cur.lastrowid or 0)
+
+    def revoke_token(self, name: str) -> int:
+        with self._tx():
+            cur = self._db.execute(
+                "UPDATE tokens SET revoked = ? WHERE name = ? AND revoked IS NULL", (_now(), name))
+        return cur.rowcount
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT id, name, created, revoked FROM tokens ORDER BY id")
+        return [dict(row) for row in rows]
+
+    def token_valid(self, token_hash: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM tokens WHERE token_hash = ? AND revoked IS NULL", (token_hash,)
+        ).fetchone()
+        return row is not None
+
+    # -- roots --------------------------------------------------------------------------------
+
+    def roots(self) -> list[tuple[int, bytes]]:
+        rows = self._db.execute("SELECT version, envelope FROM roots ORDER BY version")
+        return [(int(r["version"]), bytes(r["envelope"])) for r in rows]
+
+    def add_root(self, version: int, envelope: bytes) -> None:
+        with self._tx():
+            self._db.execute("INSERT INTO roots (version, envelope, created) VALUES (?, ?, ?)",
+                             (version, envelope, _now()))
+
+    # -- releases -----------------------------------------------------------------------------
+
+    def max_sequence(self, app: str) -> int | None:
+        row = self._db.execute(
+            "SELECT MAX(sequence) FROM releases WHERE app = ?", (app,)).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def add_release(self, app: str, version: str, sequence: int, boards: Sequence[str],
+                    envelope: bytes, blobs: Sequence[tuple[str, int]]) -> Release:
+        with self._tx():
+            cur = self._db.execute(
+                "INSERT INTO releases (app, version, sequence, boards, envelope, created) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (app, version, sequence, json.dumps(list(boards)), envelope, _now()))
+            release_id = int(cur.lastrowid or 0)
+            self._db.executemany(
+                "INSERT OR IGNORE INTO release_blobs (release_id, blob, size) VALUES (?, ?, ?)",
+                [(release_id, blob, size) for blob, size in blobs])
+        found = self.release_by_id(release_id)
+        assert found is not None
+        return found
+
+    def _release(self, row: sqlite3.Row | None) -> Release | None:
+        if row is None:
+            return None
+        blobs = tuple(r[0] for r in self._db.execute(
+            "SELECT blob FROM release_blobs WHERE release_id = ? ORDER BY blob", (row["id"],)))
+        return Release(id=int(row["id"]), app=row["app"], version=row["version"],
+                       sequence=int(row["sequence"]), boards=tuple(json.loads(row["boards"])),
+                       created=int(row["created"]), blobs=blobs)
+
+    def release(self, app: str, sequence: int) -> Release | None:
+        return self._release(self._db.execute(
+            "SELECT id, app, version, sequence, boards, created FROM releases "
+            "WHERE app = ? AND sequence = ?", (app, sequence)).fetchone())
+
+    def release_by_id(self, release_id: int) -> Release | None:
+        return self._release(self._db.execute(
+            "SELECT id, app, version, sequence, boards, created FROM releases WHERE id = ?",
+            (release_id,)).fetchone())
+
+    def envelope(self, release_id: int) -> bytes:
+        row = self._db.execute("SELECT envelope FROM releases WHERE id = ?", (release_id,))
+        return bytes(row.fetchone()[0])
+
+    def list_releases(self, app: str | None = None) -> list[Release]:
+        sql = "SELECT id, app, version, sequence, boards, created FROM releases"
+        args: tuple[Any, ...] = ()
+        if app is not None:
+            sql += " WHERE app = ?"
+            args = (app,)
+        rows = self._db.execute(sql + " ORDER BY app, sequence", args).fetchall()
+        return [r for r in (self._release(row) for row in rows) if r is not None]
+
+    def release_blob_refs(self) -> list[str]:
+        """Every blob any release refers to (the crash-consistency check uses it)."""
+        return [r[0] for r in self._db.execute("SELECT DISTINCT blob FROM release_blobs")]
+
+    # -- devices ------------------------------------------------------------------------------
+
+    def add_device(self, device_id: str, public_key: bytes, board: str, tags: Iterable[str],
+                   channel: str, bucket: int) -> Device:
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO devices (device_id, public_key, board, tags, channel, bucket, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (device_id, public_key, board, json.dumps(sorted(set(tags))), channel, bucket,
+                 _now()))
+        found = self.device(device_id)
+        assert found is not None
+        return found
+
+    @staticmethod
+    def _device(row: sqlite3.Row | None) -> Device | None:
+        if row is None:
+            return None
+        inventory = {k: row[k] for k in _INVENTORY}
+        return Device(device_id=row["device_id"], public_key=bytes(row["public_key"]),
+                      board=row["board"], tags=tuple(json.loads(row["tags"])),
+                      channel=row["channel"], bucket=int(row["bucket"]),
+                      counter=int(row["counter"]), created=int(row["created"]),
+                      revoked=row["revoked"], inventory=inventory)
+
+    def device(self, device_id: str) -> Device | None:
+        return self._device(self._db.execute(
+            f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = ?",  # noqa: S608
+            (device_id,)).fetchone())
+
+    def list_devices(self) -> list[Device]:
+        rows = self._db.execute(
+            f"SELECT {_DEVICE_COLUMNS} FROM devices ORDER BY device_id")  # noqa: S608
+        return [d for d in (self._device(r) for r in rows) if d is not None]
+
+    def revoke_device(self, device_id: str) -> bool:
+        with self._tx():
+            cur = self._db.execute(
+                "UPDATE devices SET revoked = ? WHERE device_id = ? AND revoked IS NULL",
+                (_now(), device_id))
+        return cur.rowcount == 1
+
+    def advance_counter(self, device_id: str, counter: int) -> bool:
+        """Accept `counter` only if it is greater than the last one; atomic, so two requests
+        racing with the same counter cannot both pass."""
+        with self._tx():
+            cur = self._db.execute(
+                "UPDATE devices SET counter = ? WHERE device_id = ? AND counter < ?",
+                (counter, device_id, counter))
+        return cur.rowcount == 1
+
+    def record_checkin(self, device_id: str, inventory: dict[str, Any]) -> None:
+        fields = {k: v for k, v in inventory.items() if k in _INVENTORY}
+        fields["last_seen"] = _now()
+        assigns = ", ".join(f"{k} = ?" for k in fields)
+        with self._tx():
+            self._db.execute(f"UPDATE devices SET {assigns} WHERE device_id = ?",  # noqa: S608
+                             (*fields.values(), device_id))
+
+    # -- channels and rollouts ----------------------------------------------------------------
+
+    def base_release(self, channel: str) -> Release | None:
+        row = self._db.execute("SELECT base_release_id FROM channels WHERE name = ?", (channel,))
+        found = row.fetchone()
+        if found is None or found[0] is None:
+            return None
+        return self.release_by_id(int(found[0]))
+
+    def set_base_release(self, channel: str, release_id: int) -> None:
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO channels (name, base_release_id) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET base_release_id = excluded.base_release_id",
+                (channel, release_id))
+
+    def _rollout(self, row: sqlite3.Row | None) -> Rollout | None:
+        if row is None:
+            return None
+        release = self.release_by_id(int(row["release_id"]))
+        assert release is not None
+        return Rollout(id=int(row["id"]), channel=row["channel"], release=release,
+                       policy=json.loads(row["policy"]), stage=int(row["stage"]),
+                       state=row["state"], reason=row["reason"], created=int(row["created"]),
+                       updated=int(row["updated"]))
+
+    def current_rollout(self, channel: str) -> Rollout | None:
+        return self._rollout(self._db.execute(
+            "SELECT * FROM rollouts WHERE channel = ? AND state != 'superseded' "
+            "ORDER BY id DESC LIMIT 1", (channel,)).fetchone())
+
+    def start_rollout(self, channel: str, release_id: int, policy: dict[str, Any]) -> Rollout:
+        now = _now()
+        with self._tx():
+            self._db.execute("INSERT OR IGNORE INTO channels (name) VALUES (?)", (channel,))
+            self._db.execute(
+                "UPDATE rollouts SET state = 'superseded', updated = ? "
+                "WHERE channel = ? AND state != 'superseded'", (now, channel))
+            cur = self._db.execute(
+                "INSERT INTO rollouts (channel, release_id, policy, stage, state, created, updated)"
+                " VALUES (?, ?, ?, 0, 'active', ?, ?)",
+                (channel, release_id, json.dumps(policy), now, now))
+        found = self._rollout(self._db.execute(
+            "SELECT * FROM rollouts WHERE id = ?", (cur.lastrowid,)).fetchone())
+        assert found is not None
+        return found
+
+    def update_rollout(self, rollout_id: int, *, stage: int | None = None,
+                       state: str | None = None, reason: str | None = None) -> None:
+        with self._tx():
+            self._db.execute(
+                "UPDATE rollouts SET stage = COALESCE(?, stage), state = COALESCE(?, state), "
+                "reason = COALESCE(?, reason), updated = ? WHERE id = ?",
+                (stage, state, reason, _now(), rollout_id))
+
+    def list_channels(self) -> list[str]:
+        rows = self._db.execute(
+            "SELECT name FROM channels UNION SELECT channel FROM devices ORDER BY 1")
+        return [r[0] for r in rows]
+
+    # -- deployments --------------------------------------------------------------------------
+
+    def deployment_status(self, device_id: str, release_id: int) -> str | None:
+        row = self._db.execute(
+            "SELECT status FROM deployments WHERE device_id = ? AND release_id = ?",
+            (device_id, release_id)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_deployment(self, device_id: str, release_id: int, status: str,
+                       reason: str | None = None) -> None:
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO deployments (device_id, release_id, status, reason, updated) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(device_id, release_id) DO UPDATE SET "
+                "status = excluded.status, reason = excluded.reason, updated = excluded.updated",
+                (device_id, release_id, status, reason, _now()))
+
+    def deployment_counts(self, release_id: int) -> DeploymentCounts:
+        rows = self._db.execute(
+            "SELECT status, COUNT(*) FROM deployments WHERE release_id = ? GROUP BY status",
+            (release_id,))
+        return DeploymentCounts(**{str(r[0]): int(r[1]) for r in rows})
+
+    def open_deployment(self, device_id: str, app: str) -> int | None:
+        """The release id of the device's newest unfinished deployment of `app`, if any."""
+        row = self._db.execute(
+            "SELECT d.release_id FROM deployments d JOIN releases r ON r.id = d.release_id "
+            "WHERE d.device_id = ? AND r.app = ? "
+            "AND d.status IN ('offered', 'downloading', 'installed') "
+            "ORDER BY r.sequence DESC LIMIT 1", (device_id, app)).fetchone()
+        return None if row is None else int(row[0])
+
+
+class _Transaction:
+    """`with store._tx():` — BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")

@@ -1,0 +1,78 @@
+"""The server's trust anchor: the root metadata chain, used to check uploads.
+
+The first root comes from `--root` at the first start; later ones only by a verified rotation
+(`POST /v1/roots`). The server checks uploads so it can refuse junk early; boards verify again.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ota_server.storage import MetadataStore
+from signing.errors import TrustError
+from signing.root import RootMetadata, verify_root, verify_root_signatures, verify_rotation
+
+
+class TrustSetupError(Exception):
+    """The trust anchor cannot be set up; the server must not start."""
+
+
+class TrustAnchor:
+    """The stored root chain and the newest verified root."""
+
+    def __init__(self, store: MetadataStore, latest: RootMetadata):
+        self._store = store
+        self.latest = latest
+
+    @classmethod
+    def load(cls, store: MetadataStore, root_path: Path | None) -> TrustAnchor:
+        """Open the chain stored in `store`, seeding it from `root_path` on the first start.
+
+        Raises TrustSetupError naming the file and the reason.
+        """
+        stored = store.roots()
+        given: bytes | None = None
+        if root_path is not None:
+            try:
+                given = root_path.read_bytes()
+            except OSError as err:
+                raise TrustSetupError(f"cannot read root metadata {root_path}: "
+                                      f"{err.strerror}") from err
+        if not stored:
+            if given is None:
+                raise TrustSetupError("no trust anchor yet: give --root ROOT_JSON at the first "
+                                      "start")
+            try:
+                root = verify_root(given, now=int(time.time()))
+            except TrustError as err:
+                raise TrustSetupError(f"{root_path}: {type(err).__name__}: {err}") from err
+            store.add_root(root.version, given)
+            return cls(store, root)
+        if given is not None and all(given.strip() != env.strip() for _, env in stored):
+            raise TrustSetupError(
+                f"{root_path} is not among the stored roots (versions "
+                f"{[v for v, _ in stored]}); later roots come only by verified rotation "
+                f"(ota keys rotate + upload)")
+        try:
+            # Each stored root was verified when it was accepted; re-check the signatures of
+            # the chain so a tampered database cannot swap the anchor. Expiry is checked on use.
+            root = verify_root_signatures(stored[0][1])
+            for _, envelope in stored[1:]:
+                root = verify_rotation(root, envelope, now=0)
+        except TrustError as err:
+            raise TrustSetupError(f"stored root chain does not verify: {err}") from err
+        return cls(store, root)
+
+    def rotate(self, envelope: bytes) -> RootMetadata:
+        """Accept root N+1 signed by N's and its own root threshold; raises TrustError."""
+        new = verify_rotation(self.latest, envelope, now=int(time.time()))
+        self._store.add_root(new.version, envelope)
+        self.latest = new
+        return new
+
+    def envelope(self, version: int) -> bytes | None:
+        for stored_version, envelope in self._store.roots():
+            if stored_version == version:
+                return envelope
+        return None

@@ -1,0 +1,75 @@
+"""Small checks for request input; each raises BadRequest naming the field."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+
+from ota_server.errors import BadRequest, PayloadTooLarge
+from ota_server.storage.blobs import check_blob_id
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def parse_json_object(body: bytes, what: str) -> dict[str, Any]:
+    """Parse a JSON object; raises BadRequest (`bad_json`) with the reason."""
+    try:
+        doc = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise BadRequest(f"{what}: body is not JSON ({err})", code="bad_json") from None
+    if not isinstance(doc, dict):
+        raise BadRequest(f"{what}: body must be a JSON object", code="bad_json")
+    return doc
+
+
+async def read_json(request: web.Request, what: str, limit: int) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"{what}: body is larger than {limit} bytes")
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise PayloadTooLarge(f"{what}: body is larger than {limit} bytes")
+    return parse_json_object(body, what)
+
+
+def optional(doc: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str,
+             *, max_len: int = 64) -> Any:
+    """`doc[name]` if present and of `kind` (bool is never an int here), else None."""
+    value = doc.get(name)
+    if value is None:
+        return None
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise BadRequest(f"{what}: field {name!r} must be {names}, got "
+                         f"{type(value).__name__}", code="bad_field")
+    if isinstance(value, str) and len(value) > max_len:
+        raise BadRequest(f"{what}: field {name!r} is longer than {max_len} characters",
+                         code="bad_field")
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise BadRequest(f"{what}: field {name!r} is out of range", code="bad_field")
+    return value
+
+
+def required(doc: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str,
+             *, max_len: int = 64) -> Any:
+    value = optional(doc, name, kind, what, max_len=max_len)
+    if value is None:
+        raise BadRequest(f"{what}: field {name!r} is required", code="bad_field")
+    return value
+
+
+def name(value: str, what: str) -> str:
+    """An app, channel or tag name: [A-Za-z0-9._-], 1..64, not starting with punctuation."""
+    if not NAME.match(value):
+        raise BadRequest(f"{what} {value[:80]!r} must match [A-Za-z0-9][A-Za-z0-9._-]{{0,63}}",
+                         code="bad_name")
+    return value
+
+
+def blob_id(value: str) -> str:
+    try:
+        return check_blob_id(value)
+    except ValueError as err:
+        raise BadRequest(str(err), code="bad_blob_id") from None

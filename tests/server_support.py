@@ -1,0 +1,228 @@
+"""Shared pieces of the server tests: a fleet's keys, signed releases, simulated boards.
+
+Simulated boards sign their requests exactly as docs/protocol.md says (through
+ota_server.device_auth.sign_request, which the protocol test pins against an independent
+implementation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ota_server.device_auth import sign_request
+from ota_server.settings import Settings
+from ota_server.storage.sqlite import SqliteStore
+from ota_server.tokens import create_token
+from signing import keys as keymod
+from signing.bundle import build_bundle, sign_bundle
+from signing.root import new_root, sign_root
+
+DAY = 86400
+
+
+@dataclass
+class FleetKeys:
+    """A root key, a release key, and root metadata v1 written to `root_path`."""
+
+    root_key: keymod.PrivateKey
+    release_key: keymod.PrivateKey
+    root_path: Path
+
+    @classmethod
+    def create(cls, directory: Path, *, expires_in: int = 365 * DAY) -> FleetKeys:
+        root_key = keymod.generate_private_key()
+        release_key = keymod.generate_private_key()
+        root = new_root(version=1, expires=int(time.time()) + expires_in,
+                        root_keys=[root_key], release_keys=[release_key])
+        path = directory / "root.json"
+        path.write_bytes(sign_root(root, [root_key]))
+        return cls(root_key, release_key, path)
+
+    def rotated_root(self, version: int = 2) -> tuple[bytes, keymod.PrivateKey]:
+        """Root metadata `version` with a new root key, signed by the old and the new one."""
+        new_key = keymod.generate_private_key()
+        root = new_root(version=version, expires=int(time.time()) + 365 * DAY,
+                        root_keys=[new_key], release_keys=[self.release_key])
+        return sign_root(root, [self.root_key, new_key]), new_key
+
+
+def make_bundle(directory: Path, files: dict[str, bytes], *, version: str, sequence: int,
+                key: keymod.PrivateKey, app: str = "demo", boards: tuple[str, ...] = ("unix",),
+                deflate: bool = False) -> Path:
+    """Build and sign a bundle of `files` into `directory`/bundle-<sequence>; return its path."""
+    app_dir = directory / f"app-{app}-{sequence}"
+    for rel, data in files.items():
+        target = app_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    out = directory / f"bundle-{app}-{sequence}"
+    now = int(time.time())
+    build_bundle(app_dir, out, version=version, sequence=sequence, boards=boards,
+                 entry="app_main", min_micropython="1.20.0", mpy=False, deflate=deflate,
+                 created=now, expires=now + 30 * DAY, app=app)
+    sign_bundle(out, key)
+    return out
+
+
+def bundle_blobs(bundle: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (bundle / "blobs").iterdir()}
+
+
+def new_data_dir(directory: Path) -> tuple[Settings, str]:
+    """Settings for a fresh data dir under `directory`, and a publisher token created in it."""
+    settings = Settings(data_dir=directory / "data")
+    store = SqliteStore(settings.db_path)
+    try:
+        token = create_token(store, "tests")
+    finally:
+        store.close()
+    return settings, token
+
+
+@dataclass
+class SimBoard:
+    """A board on the host: its key, its counter, what it runs."""
+
+    device_id: str
+    board: str = "unix"
+    channel: str = "stable"
+    tags: tuple[str, ...] = ()
+    key: keymod.PrivateKey = field(default_factory=keymod.generate_private_key)
+    counter: int = 0
+    app: str = "demo"
+    sequence: int = 0
+
+    @property
+    def point(self) -> bytes:
+        return keymod.public_point(self.key)
+
+    def registration(self) -> dict[str, Any]:
+        import base64
+
+        return {"device_id": self.device_id, "board": self.board, "channel": self.channel,
+                "tags": list(self.tags),
+                "public_key": base64.b64encode(self.point).decode("ascii")}
+
+    def auth(self, method: str, path_qs: str, body: bytes = b"") -> dict[str, str]:
+        """Headers for one request; every call uses a new, larger counter."""
+        self.counter += 1
+        return {"Authorization": sign_request(self.key, self.device_id, self.counter, method,
+                                              path_qs, body)}
+
+    def checkin_body(self, **extra: Any) -> bytes:
+        doc = {"app": self.app, "version": "0.0.0", "sequence": self.sequence,
+               "root_version": 1, "micropython": "1.25.0", "board": self.board,
+               "mem_free": 50000, "slot": "a"}
+        doc.update(extra)
+        return json.dumps(doc).encode()
+
+    def report_body(self, status: str, sequence: int, reason: str | None = None) -> bytes:
+        return json.dumps({"app": self.app, "sequence": sequence, "version": "x",
+                           "status": status, "reason": reason}).encode()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def store_fingerprint(settings: Settings) -> dict[str, Any]:
+    """Everything a refused request must not change: row counts, counters, states, blobs."""
+    import sqlite3
+
+    db = sqlite3.connect(settings.db_path)
+    try:
+        out: dict[str, Any] = {}
+        for table in ("tokens", "roots", "releases", "release_blobs", "devices", "channels",
+                      "rollouts", "deployments"):
+            out[table] = db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        out["counters"] = db.execute("SELECT device_id, counter, revoked FROM devices "
+                                     "ORDER BY device_id").fetchall()
+        out["rollout_states"] = db.execute("SELECT id, state, stage FROM rollouts").fetchall()
+        out["deployment_states"] = db.execute(
+            "SELECT device_id, release_id, status FROM deployments ORDER BY 1, 2").fetchall()
+        out["inventory"] = db.execute("SELECT device_id, version, sequence, last_status "
+                                      "FROM devices ORDER BY 1").fetchall()
+    finally:
+        db.close()
+    blob_dir = settings.blob_dir
+    out["blobs"] = sorted(p.name for p in blob_dir.rglob("*") if p.is_file()) \
+        if blob_dir.exists() else []
+    return out
+
+
+class ServerEnv:
+    """A `create_app` server under pytest-aiohttp with a token, keys and helpers."""
+
+    def __init__(self, client: Any, settings: Settings, token: str, keys: FleetKeys,
+                 workdir: Path):
+        self.client = client
+        self.settings = settings
+        self.token = token
+        self.keys = keys
+        self.workdir = workdir
+
+    @property
+    def bearer(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def app(self) -> Any:
+        return self.client.server.app
+
+    async def upload_bundle(self, bundle: Path) -> dict[str, Any]:
+        for sha, data in bundle_blobs(bundle).items():
+            resp = await self.client.put(f"/v1/blobs/{sha}", data=data, headers=self.bearer)
+            assert resp.status in (200, 201), await resp.text()
+        resp = await self.client.post("/v1/releases",
+                                      data=(bundle / "manifest.dsse.json").read_bytes(),
+                                      headers=self.bearer)
+        assert resp.status in (200, 201), await resp.text()
+        result: dict[str, Any] = await resp.json()
+        return result
+
+    async def publish(self, files: dict[str, bytes], *, version: str, sequence: int,
+                      app: str = "demo", boards: tuple[str, ...] = ("unix",)) -> dict[str, Any]:
+        bundle = make_bundle(self.workdir, files, version=version, sequence=sequence,
+                             key=self.keys.release_key, app=app, boards=boards)
+        return await self.upload_bundle(bundle)
+
+    async def add_board(self, board: SimBoard) -> SimBoard:
+        resp = await self.client.post("/v1/devices", json=board.registration(),
+                                      headers=self.bearer)
+        assert resp.status == 201, await resp.text()
+        return board
+
+    async def start_rollout(self, channel: str, app: str, sequence: int,
+                            **spec: Any) -> dict[str, Any]:
+        resp = await self.client.post(f"/v1/channels/{channel}/rollout",
+                                      json={"app": app, "sequence": sequence, **spec},
+                                      headers=self.bearer)
+        assert resp.status == 201, await resp.text()
+        result: dict[str, Any] = await resp.json()
+        return result
+
+    async def rollout(self, channel: str = "stable") -> dict[str, Any]:
+        resp = await self.client.get(f"/v1/channels/{channel}/rollout", headers=self.bearer)
+        assert resp.status == 200
+        result: dict[str, Any] = (await resp.json())["rollout"]
+        return result
+
+    async def checkin(self, board: SimBoard, **extra: Any) -> Any:
+        body = board.checkin_body(**extra)
+        return await self.client.post("/v1/device/checkin", data=body,
+                                      headers=board.auth("POST", "/v1/device/checkin", body))
+
+    async def report(self, board: SimBoard, status: str, sequence: int,
+                     reason: str | None = None) -> Any:
+        body = board.report_body(status, sequence, reason)
+        return await self.client.post("/v1/device/report", data=body,
+                                      headers=board.auth("POST", "/v1/device/report", body))
+
+    async def get_blob(self, board: SimBoard, sha: str, **headers: str) -> Any:
+        path = f"/v1/blobs/{sha}"
+        return await self.client.get(path, headers={**board.auth("GET", path), **headers})

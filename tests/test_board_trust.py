@@ -1,0 +1,388 @@
+"""The board's trust core (bootloader_py/ota/trust.py) on the real MicroPython interpreter.
+
+Envelopes are made here with `cryptography` alone (DSSE PAE, raw low-S r||s), independently of
+the host's signing/ package; every case changes one thing and expects exactly one outcome.
+All cases run in one MicroPython process.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+import signing.errors
+
+BOARD_DIR = Path(__file__).resolve().parent.parent / "bootloader_py"
+N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+SPKI_PREFIX = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200")
+ROOT_TYPE = "application/vnd.mpota.root+json"
+MANIFEST_TYPE = "application/vnd.mpota.manifest+json"
+NOW = 1_800_000_000
+SHA_A = hashlib.sha256(b"a").hexdigest()
+SHA_B = hashlib.sha256(b"b").hexdigest()
+
+
+class Key:
+    """A P-256 key pair for the tests' own signer."""
+
+    def __init__(self) -> None:
+        self.private = ec.generate_private_key(ec.SECP256R1())
+        nums = self.private.public_key().public_numbers()
+        self.point = b"\x04" + nums.x.to_bytes(32, "big") + nums.y.to_bytes(32, "big")
+        self.keyid = hashlib.sha256(SPKI_PREFIX + self.point).hexdigest()
+
+    def sign(self, message: bytes, high_s: bool = False) -> bytes:
+        r, s = decode_dss_signature(self.private.sign(message, ec.ECDSA(hashes.SHA256())))
+        s = min(s, N - s)
+        if high_s:
+            s = N - s
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    kind = payload_type.encode()
+    return b"DSSEv1 %d %b %d %b" % (len(kind), kind, len(payload), payload)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def envelope(payload_type: str, payload: bytes, signers: list[Key], *,
+             signed_type: str | None = None, signed_payload: bytes | None = None,
+             high_s: bool = False) -> dict[str, Any]:
+    signed = payload if signed_payload is None else signed_payload
+    message = pae(signed_type or payload_type, signed)
+    return {"payloadType": payload_type, "payload": b64(payload),
+            "signatures": [{"keyid": k.keyid, "sig": b64(k.sign(message, high_s))}
+                           for k in signers]}
+
+
+def dump(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def root_doc(version: int, root_keys: list[Key], release_keys: list[Key], *,
+             root_threshold: int = 1, release_threshold: int = 1,
+             expires: int = NOW + 1000) -> dict[str, Any]:
+    keys = {k.keyid: {"keytype": "ecdsa-p256", "public": b64(k.point)}
+            for k in root_keys + release_keys}
+    return {"_type": "root", "version": version, "expires": expires, "keys": keys,
+            "roles": {"root": {"keyids": [k.keyid for k in root_keys],
+                               "threshold": root_threshold},
+                      "release": {"keyids": [k.keyid for k in release_keys],
+                                  "threshold": release_threshold}}}
+
+
+def manifest_doc(**changes: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "_type": "manifest", "app": "demo", "version": "1.1.0", "sequence": 4,
+        "created": NOW - 100, "expires": NOW + 100, "boards": ["unix", "esp32"],
+        "min_micropython": "1.20.0", "entry": "app_main",
+        "files": [
+            {"path": "main_app.py", "sha256": SHA_A, "size": 1, "encoding": "plain",
+             "blob": SHA_A, "transfer_size": 1},
+            {"path": "lib/util.py", "sha256": SHA_B, "size": 1, "encoding": "deflate",
+             "blob": SHA_A, "transfer_size": 9},
+        ],
+    }
+    doc.update(changes)
+    return doc
+
+
+def with_file(**changes: Any) -> dict[str, Any]:
+    entry = {"path": "lib/x.py", "sha256": SHA_A, "size": 1, "encoding": "plain",
+             "blob": SHA_A, "transfer_size": 1}
+    entry.update(changes)
+    doc = manifest_doc()
+    doc["files"] = [*doc["files"], entry]
+    return doc
+
+
+@dataclass
+class World:
+    """Root v1 (root key r1, release keys rel1/rel2), plus keys nobody trusts."""
+
+    r1: Key = field(default_factory=Key)
+    r2: Key = field(default_factory=Key)
+    rel1: Key = field(default_factory=Key)
+    rel2: Key = field(default_factory=Key)
+    stranger: Key = field(default_factory=Key)
+
+    def root_v1(self, **kw: Any) -> dict[str, Any]:
+        return root_doc(1, [self.r1], [self.rel1, self.rel2], **kw)
+
+    def manifest(self, doc: dict[str, Any] | None = None, signers: list[Key] | None = None,
+                 **kw: Any) -> bytes:
+        payload = dump(doc if doc is not None else manifest_doc())
+        return dump(envelope(MANIFEST_TYPE, payload, [self.rel1] if signers is None else signers,
+                             **kw))
+
+
+@dataclass
+class Case:
+    kind: str  # "manifest" | "rotation" | "load"
+    expect: str  # "ok" or the error class name
+    envelope: bytes = b""
+    root: dict[str, Any] | None = None  # root payload; None: the world's v1
+    root_signers: list[str] = field(default_factory=lambda: ["r1"])
+    board: str | None = "unix"
+    installed_sequence: int | None = 3
+    now: int | None = NOW
+    limits: dict[str, int] = field(default_factory=dict)
+
+
+def _cases(w: World) -> dict[str, Case]:
+    good = w.manifest()
+    tampered = json.loads(good)
+    tampered["payload"] = b64(dump(manifest_doc(sequence=99)))
+    two_of_two = w.root_v1(release_threshold=2)
+    v2 = root_doc(2, [w.r2], [w.rel2])
+    v2_both = dump(envelope(ROOT_TYPE, dump(v2), [w.r1, w.r2]))
+    bad_b64 = json.loads(good)
+    bad_b64["payload"] = bad_b64["payload"][:-4] + "!!" + bad_b64["payload"][-4:]
+    short_sig = json.loads(good)
+    short_sig["signatures"][0]["sig"] = b64(w.rel1.sign(pae(MANIFEST_TYPE, b"x"))[:63])
+    missing_payload = json.loads(good)
+    del missing_payload["payload"]
+    unknown_first = json.loads(good)
+    unknown_first["signatures"].insert(0, {"keyid": "ab" * 32, "sig": b64(bytes(64))})
+    bad_point = w.root_v1()
+    off_curve = w.rel1.point[:-1] + bytes([w.rel1.point[-1] ^ 1])
+    bad_point["keys"][w.rel1.keyid]["public"] = b64(off_curve)
+    wrong_keyid = w.root_v1()
+    wrong_keyid["keys"][w.rel1.keyid]["public"] = b64(w.rel2.point)
+    return {
+        "valid_manifest": Case("manifest", "ok", good),
+        "valid_without_board_sequence_or_time": Case(
+            "manifest", "ok", good, board=None, installed_sequence=None, now=None),
+        "valid_with_second_release_key": Case("manifest", "ok", w.manifest(signers=[w.rel2])),
+        "unknown_keyid_is_ignored": Case("manifest", "ok", dump(unknown_first)),
+        "tampered_payload": Case("manifest", "ThresholdError", dump(tampered)),
+        "signed_by_a_stranger": Case("manifest", "ThresholdError",
+                                     w.manifest(signers=[w.stranger])),
+        "signed_by_root_key_not_release": Case("manifest", "ThresholdError",
+                                               w.manifest(signers=[w.r1])),
+        "unsigned": Case("manifest", "ThresholdError", w.manifest(signers=[])),
+        "signed_over_other_payload_type": Case(
+            "manifest", "ThresholdError", w.manifest(signed_type=ROOT_TYPE)),
+        "high_s": Case("manifest", "ThresholdError", w.manifest(high_s=True)),
+        "threshold_two_one_sig": Case("manifest", "ThresholdError", good, root=two_of_two),
+        "threshold_two_duplicate_sig": Case(
+            "manifest", "ThresholdError", w.manifest(signers=[w.rel1, w.rel1]), root=two_of_two),
+        "threshold_two_two_sigs": Case(
+            "manifest", "ok", w.manifest(signers=[w.rel2, w.rel1]), root=two_of_two),
+        "wrong_payload_type": Case("manifest", "PayloadTypeError", dump(envelope(
+            ROOT_TYPE, dump(manifest_doc()), [w.rel1]))),
+        "not_json": Case("manifest", "MalformedError", b"\x00not json"),
+        # MicroPython's json closes brackets left open at the end: the board must not.
+        "envelope_cut_before_last_brace": Case("manifest", "MalformedError", good[:-1]),
+        "envelope_cut_inside_signatures": Case("manifest", "MalformedError", good[:-2]),
+        "envelope_deeply_nested": Case("manifest", "MalformedError", b"[" * 6000),
+        "envelope_brackets_inside_strings_are_fine": Case(
+            "manifest", "ok", dump(unknown_first | {"note": "}]]{ not structure"})),
+        "rotation_cut_short": Case("rotation", "MalformedError", v2_both[:-2]),
+        "not_an_object": Case("manifest", "MalformedError", b"[1, 2]"),
+        "payload_missing": Case("manifest", "MalformedError", dump(missing_payload)),
+        "payload_bad_base64": Case("manifest", "MalformedError", dump(bad_b64)),
+        "sig_63_bytes": Case("manifest", "MalformedError", dump(short_sig)),
+        "oversize_checked_before_parsing": Case("manifest", "TooLargeError", b"x" * 12289),
+        "oversize_valid_envelope": Case("manifest", "TooLargeError", good,
+                                        limits={"MAX_ENVELOPE_BYTES": len(good) - 1}),
+        "wrong_board": Case("manifest", "WrongBoardError", good, board="rp2"),
+        "lower_sequence": Case("manifest", "RollbackError", good, installed_sequence=5),
+        "same_sequence": Case("manifest", "SameSequenceError", good, installed_sequence=4),
+        "expired": Case("manifest", "ExpiredError", w.manifest(manifest_doc(expires=NOW))),
+        "expired_but_no_time": Case("manifest", "ok", w.manifest(manifest_doc(expires=NOW)),
+                                    now=None),
+        "path_parent": Case("manifest", "MalformedError", w.manifest(with_file(path="../boot.py"))),
+        "path_inner_parent": Case("manifest", "MalformedError",
+                                  w.manifest(with_file(path="lib/../../main.py"))),
+        "path_absolute": Case("manifest", "MalformedError", w.manifest(with_file(path="/main.py"))),
+        "path_dot": Case("manifest", "MalformedError", w.manifest(with_file(path="./a.py"))),
+        "path_empty_segment": Case("manifest", "MalformedError",
+                                   w.manifest(with_file(path="a//b"))),
+        "path_trailing_slash": Case("manifest", "MalformedError", w.manifest(with_file(path="a/"))),
+        "path_backslash": Case("manifest", "MalformedError", w.manifest(with_file(path="a\\b.py"))),
+        "path_control_char": Case("manifest", "MalformedError", w.manifest(with_file(path="a\nb"))),
+        "path_empty": Case("manifest", "MalformedError", w.manifest(with_file(path=""))),
+        "path_65_chars": Case("manifest", "MalformedError", w.manifest(with_file(path="a" * 65))),
+        "path_64_chars": Case("manifest", "ok", w.manifest(with_file(path="a" * 64))),
+        "path_duplicate": Case("manifest", "MalformedError",
+                               w.manifest(with_file(path="lib/util.py"))),
+        "too_many_files": Case("manifest", "MalformedError", good, limits={"MAX_FILES": 1}),
+        "files_at_cap": Case("manifest", "ok", good, limits={"MAX_FILES": 2}),
+        "sha_uppercase": Case("manifest", "MalformedError",
+                              w.manifest(with_file(sha256=SHA_A.upper(), blob=SHA_A.upper()))),
+        "sha_short": Case("manifest", "MalformedError",
+                          w.manifest(with_file(sha256=SHA_A[:-2], blob=SHA_A[:-2]))),
+        "size_negative": Case("manifest", "MalformedError",
+                              w.manifest(with_file(size=-1, transfer_size=-1))),
+        "size_bool": Case("manifest", "MalformedError",
+                          w.manifest(with_file(size=True, transfer_size=True))),
+        "encoding_unknown": Case("manifest", "MalformedError",
+                                 w.manifest(with_file(encoding="gzip"))),
+        "plain_blob_differs": Case("manifest", "MalformedError",
+                                   w.manifest(with_file(blob=SHA_B))),
+        "sequence_string": Case("manifest", "MalformedError",
+                                w.manifest(manifest_doc(sequence="5"))),
+        "version_not_semver": Case("manifest", "MalformedError",
+                                   w.manifest(manifest_doc(version="1.1"))),
+        "boards_empty": Case("manifest", "MalformedError", w.manifest(manifest_doc(boards=[]))),
+        "entry_not_module": Case("manifest", "MalformedError",
+                                 w.manifest(manifest_doc(entry="app-main"))),
+        "wrong_type_field": Case("manifest", "MalformedError",
+                                 w.manifest(manifest_doc(_type="root"))),
+        "payload_not_json": Case("manifest", "MalformedError", dump(envelope(
+            MANIFEST_TYPE, b"{not json", [w.rel1]))),
+        "rotation_ok": Case("rotation", "ok", v2_both),
+        "rotation_expired_new_root": Case("rotation", "ExpiredError", dump(envelope(
+            ROOT_TYPE, dump(root_doc(2, [w.r2], [w.rel2], expires=NOW)), [w.r1, w.r2]))),
+        "rotation_expired_but_no_time": Case("rotation", "ok", dump(envelope(
+            ROOT_TYPE, dump(root_doc(2, [w.r2], [w.rel2], expires=NOW)), [w.r1, w.r2])),
+            now=None),
+        "rotation_skips_a_version": Case("rotation", "RotationError", dump(envelope(
+            ROOT_TYPE, dump(root_doc(3, [w.r2], [w.rel2])), [w.r1, w.r2]))),
+        "rotation_same_version": Case("rotation", "RotationError", dump(envelope(
+            ROOT_TYPE, dump(root_doc(1, [w.r2], [w.rel2])), [w.r1, w.r2]))),
+        "rotation_missing_old_threshold": Case("rotation", "ThresholdError", dump(envelope(
+            ROOT_TYPE, dump(v2), [w.r2]))),
+        "rotation_missing_new_threshold": Case("rotation", "ThresholdError", dump(envelope(
+            ROOT_TYPE, dump(v2), [w.r1]))),
+        "rotation_wrong_payload_type": Case("rotation", "PayloadTypeError", dump(envelope(
+            MANIFEST_TYPE, dump(v2), [w.r1, w.r2]))),
+        "load_provisioned_root": Case("load", "ok"),
+        "load_root_not_self_signed": Case("load", "ThresholdError", root_signers=["stranger"]),
+        "load_root_threshold_two_one_sig": Case(
+            "load", "ThresholdError", root=root_doc(1, [w.r1, w.r2], [w.rel1], root_threshold=2)),
+        "load_root_bad_point": Case("load", "MalformedError", root=bad_point),
+        "load_root_keyid_not_spki_hash": Case("load", "MalformedError", root=wrong_keyid),
+        "load_root_threshold_zero": Case("load", "MalformedError",
+                                         root=w.root_v1(release_threshold=0)),
+        "load_root_threshold_over_keys": Case("load", "MalformedError",
+                                              root=w.root_v1(release_threshold=3)),
+        "load_root_unknown_role_keyid": Case("load", "MalformedError", root=root_doc(
+            1, [w.r1], [w.rel1]) | {"roles": {"root": {"keyids": [w.r1.keyid], "threshold": 1},
+                                           "release": {"keyids": ["ab" * 32], "threshold": 1}}}),
+    }
+
+
+BOARD_RUNNER = """
+import sys, json
+sys.path.insert(0, BOARD_DIR)
+from ota import trust
+import binascii
+data = json.loads(sys.stdin.read())
+defaults = {}
+for name in ("MAX_ENVELOPE_BYTES", "MAX_FILES", "MAX_PATH_LENGTH"):
+    defaults[name] = getattr(trust, name)
+for c in data:
+    for name in c["limits"]:
+        setattr(trust, name, c["limits"][name])
+    try:
+        root = trust.load_root(c["root_file"])
+        if c["kind"] == "load":
+            res = ["ok", root.version]
+        elif c["kind"] == "manifest":
+            m = trust.verify_manifest(binascii.unhexlify(c["envelope"]), root, board=c["board"],
+                                      installed_sequence=c["installed_sequence"], now=c["now"])
+            res = ["ok", m]
+        else:
+            new = trust.verify_rotation(root, memoryview(binascii.unhexlify(c["envelope"])),
+                                        now=c["now"])
+            res = ["ok", new.version, list(new.release_keyids)]
+    except trust.TrustError as e:
+        res = [type(e).__name__, str(e)]
+    for name in defaults:
+        setattr(trust, name, defaults[name])
+    print(json.dumps(res))
+"""
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return World()
+
+
+@pytest.fixture(scope="module")
+def outcomes(micropython: str, world: World, tmp_path_factory: pytest.TempPathFactory,
+             ) -> dict[str, list[Any]]:
+    tmp = tmp_path_factory.mktemp("trust")
+    cases = _cases(world)
+    payload = []
+    for i, (name, case) in enumerate(cases.items()):
+        root = case.root if case.root is not None else world.root_v1()
+        signers = [getattr(world, s) for s in case.root_signers]
+        root_file = tmp / f"root{i}.json"
+        root_file.write_bytes(dump(envelope(ROOT_TYPE, dump(root), signers)))
+        payload.append({"name": name, "kind": case.kind, "envelope": case.envelope.hex(),
+                        "root_file": str(root_file), "board": case.board,
+                        "installed_sequence": case.installed_sequence, "now": case.now,
+                        "limits": case.limits})
+    done = subprocess.run(
+        [micropython, "-c", BOARD_RUNNER.replace("BOARD_DIR", repr(str(BOARD_DIR)))],
+        input=json.dumps(payload), capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == len(cases), done.stdout
+    return {name: json.loads(line) for name, line in zip(cases, lines, strict=True)}
+
+
+def _case_names() -> list[str]:
+    # The names are data-independent; build them with throw-away keys.
+    return list(_cases(World()))
+
+
+@pytest.mark.parametrize("name", _case_names())
+def test_board_gives_exactly_the_expected_outcome(outcomes: dict[str, list[Any]], world: World,
+                                                  name: str) -> None:
+    assert outcomes[name][0] == _cases(world)[name].expect, outcomes[name]
+
+
+def test_valid_manifest_is_returned_as_signed(outcomes: dict[str, list[Any]]) -> None:
+    assert outcomes["valid_manifest"] == ["ok", manifest_doc()]
+
+
+def test_rotation_returns_the_new_root(outcomes: dict[str, list[Any]], world: World) -> None:
+    assert outcomes["rotation_ok"] == ["ok", 2, [world.rel2.keyid]]
+
+
+def test_error_messages_name_what_is_wrong(outcomes: dict[str, list[Any]]) -> None:
+    assert "payloadType" in outcomes["wrong_payload_type"][1]
+    assert "../boot.py" in outcomes["path_parent"][1]
+    assert "12289" in outcomes["oversize_checked_before_parsing"][1]
+    assert "release" in outcomes["tampered_payload"][1]
+
+
+def _hierarchy(module: Any) -> dict[str, str]:
+    return {
+        name: obj.__mro__[1].__name__
+        for name, obj in vars(module).items()
+        if isinstance(obj, type) and issubclass(obj, module.TrustError)
+    }
+
+
+def test_board_error_classes_match_the_host_hierarchy(micropython: str) -> None:
+    script = (
+        f"import sys, json\nsys.path.insert(0, {str(BOARD_DIR)!r})\nfrom ota import trust\n"
+        "out = {}\n"
+        "for name in dir(trust):\n"
+        "    obj = getattr(trust, name)\n"
+        "    if isinstance(obj, type) and issubclass(obj, trust.TrustError):\n"
+        "        out[name] = obj.__bases__[0].__name__\n"
+        "print(json.dumps(out))\n"
+    )
+    done = subprocess.run([micropython, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert json.loads(done.stdout) == _hierarchy(signing.errors)
+

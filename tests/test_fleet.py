@@ -1,0 +1,133 @@
+"""fleet.yaml: the example loads, and each kind of mistake is refused with its line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tools.fleet import FleetError, SecretRef, load_fleet, parse_fleet
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GOOD = """\
+version: 1
+server:
+  url: http://127.0.0.1:8080
+  publisher_token_env: TOKEN
+channels:
+  stable: {}
+groups:
+  canary:
+    tags: [canary]
+rollout:
+  canary_group: canary
+  stages: [10, 100]
+wifi:
+  lab:
+    ssid: lab
+    password_env: LAB_WIFI
+boards:
+  esp32:
+    chip: esp32
+    flash_size: 0x400000
+    fs_offset: 0x200000
+    fs_size: 0x200000
+provisioning:
+  p:
+    board: esp32
+    method: image
+    wifi: lab
+    channel: stable
+"""
+
+
+def parse(text: str) -> object:
+    return parse_fleet(text, Path("/fleets/fleet.yaml"))
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(FleetError) as caught:
+        parse(text)
+    return str(caught.value)
+
+
+def test_the_example_fleet_loads_with_every_section() -> None:
+    fleet = load_fleet(ROOT / "fleet.yaml")
+    assert set(fleet.channels) == {"stable", "beta"}
+    assert fleet.rollout.canary_group == "canary"
+    assert fleet.rollout.stages[-1] == 100
+    profile = fleet.profile("esp32-field")
+    assert profile.board.fs_offset == 0x200000 and profile.board.fs_size == 0x200000
+    assert profile.method == "image"
+    assert profile.wifi is not None
+    assert profile.wifi.password.file == ROOT / "secrets/field-wifi.txt"
+    assert fleet.server.publisher_token == SecretRef(env="MPOTA_PUBLISHER_TOKEN")
+    assert fleet.profile("lab-virtual").board.chip == "unix"
+
+
+def test_good_fleet_resolves_references() -> None:
+    fleet = parse(GOOD)
+    profile = fleet.profile("p")  # type: ignore[attr-defined]
+    assert profile.wifi.ssid == "lab"
+    assert profile.wifi.password == SecretRef(env="LAB_WIFI")
+    assert profile.channel.name == "stable"
+    assert profile.board.fs_size == 0x200000
+
+
+def test_literal_wifi_password_is_refused_naming_its_line() -> None:
+    text = GOOD.replace("    password_env: LAB_WIFI\n", "    password: hunter2\n")
+    message = error_of(text)
+    assert message.startswith("/fleets/fleet.yaml:16:")
+    assert "password_env" in message
+    assert "hunter2" not in message
+
+
+def test_literal_publisher_token_is_refused() -> None:
+    text = GOOD.replace("  publisher_token_env: TOKEN\n", "  token: abc\n")
+    assert error_of(text).startswith("/fleets/fleet.yaml:4:")
+
+
+def test_unknown_reference_names_the_line_and_known_names() -> None:
+    message = error_of(GOOD.replace("    channel: stable", "    channel: nightly"))
+    assert message.startswith("/fleets/fleet.yaml:28:")
+    assert "nightly" in message and "stable" in message
+
+
+def test_wrong_type_names_the_line() -> None:
+    assert error_of(GOOD.replace("fs_size: 0x200000", "fs_size: big")).startswith(
+        "/fleets/fleet.yaml:22:")
+
+
+def test_partition_must_be_whole_blocks() -> None:
+    assert "multiples of 4096" in error_of(GOOD.replace("fs_size: 0x200000", "fs_size: 0x200001"))
+
+
+def test_rollout_stages_must_end_at_100() -> None:
+    message = error_of(GOOD.replace("stages: [10, 100]", "stages: [10, 50]"))
+    assert message.startswith("/fleets/fleet.yaml:12:")
+
+
+def test_duplicate_key_names_its_line() -> None:
+    text = GOOD.replace("  stable: {}\n", "  stable: {}\n  stable: {}\n")
+    assert error_of(text).startswith("/fleets/fleet.yaml:7: duplicate key")
+
+
+def test_yaml_syntax_error_names_the_line() -> None:
+    assert error_of(GOOD + "  bad: [\n").startswith("/fleets/fleet.yaml:")
+
+
+def test_unknown_key_is_refused() -> None:
+    assert "unknown key 'colour'" in error_of(GOOD.replace("    chip: esp32\n",
+                                                           "    chip: esp32\n    colour: red\n"))
+
+
+def test_env_and_file_together_are_refused() -> None:
+    text = GOOD.replace("    password_env: LAB_WIFI\n",
+                        "    password_env: LAB_WIFI\n    password_file: wifi.txt\n")
+    assert "not both" in error_of(text)
+
+
+def test_missing_file_is_a_fleet_error(tmp_path: Path) -> None:
+    with pytest.raises(FleetError, match="cannot read"):
+        load_fleet(tmp_path / "nope.yaml")

@@ -1,0 +1,241 @@
+"""The real mpremote CLI works against a virtual board's raw-REPL endpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tools.virtual_board import VirtualBoard
+from tools.virtual_board.repl import ReplAgent
+
+BANNER = b"raw REPL; CTRL-B to exit\r\n>"
+MPREMOTE = str(Path(sys.executable).with_name("mpremote"))
+
+
+def _mpremote(port: int, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [MPREMOTE, "connect", f"socket://127.0.0.1:{port}", *args],
+        capture_output=True, text=True, timeout=60, cwd=cwd,
+    )
+
+
+@pytest.fixture
+def flash(tmp_path: Path) -> Path:
+    root = tmp_path / "flash"
+    root.mkdir()
+    (root / "lib").mkdir()
+    (root / "lib" / "greeting.py").write_text("WORDS = 'hello from flash'\n")
+    return root
+
+
+@pytest.fixture
+def port(flash: Path, micropython: str) -> Iterator[int]:
+    with VirtualBoard(flash, micropython=micropython).serve_repl() as served:
+        yield served
+
+
+def test_exec_prints_on_the_board(port: int) -> None:
+    done = _mpremote(port, "exec", "print(1+1)")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "2\n", "")
+
+
+def test_exec_runs_on_the_flash_with_board_imports(port: int) -> None:
+    done = _mpremote(port, "exec", "import os, greeting; print(os.listdir('/'), greeting.WORDS)")
+    assert done.stdout == "['lib'] hello from flash\n", done.stderr
+
+
+def test_binary_file_copied_onto_the_board_lists_and_reads_back_identical(
+    port: int, flash: Path, tmp_path: Path
+) -> None:
+    payload = bytes(range(256)) * 12 + b"\x00\x04\r\n\x03tail"
+    local = tmp_path / "local.bin"
+    local.write_bytes(payload)
+
+    copied = _mpremote(port, "cp", str(local), ":remote.bin")
+    assert copied.returncode == 0, copied.stderr
+    assert (flash / "remote.bin").read_bytes() == payload
+
+    listing = _mpremote(port, "ls")
+    assert listing.returncode == 0, listing.stderr
+    assert f"{len(payload)} remote.bin" in listing.stdout
+    assert "lib/" in listing.stdout
+
+    back = tmp_path / "back.bin"
+    fetched = _mpremote(port, "cp", ":remote.bin", str(back))
+    assert fetched.returncode == 0, fetched.stderr
+    assert back.read_bytes() == payload
+
+    # A second copy of the same file is skipped by mpremote after hashing it on the board.
+    again = _mpremote(port, "cp", str(local), ":remote.bin")
+    assert again.returncode == 0, again.stderr
+    assert "Up to date" in again.stdout
+    hashed = _mpremote(port, "exec", (
+        "import hashlib, binascii\n"
+        "h = hashlib.sha256()\n"
+        "f = open('remote.bin', 'rb')\n"
+        "h.update(f.read())\n"
+        "print(binascii.hexlify(h.digest()).decode())\n"
+    ))
+    assert hashed.stdout.strip() == hashlib.sha256(payload).hexdigest()
+
+
+def test_fs_cat_mkdir_rm_and_run(port: int, flash: Path, tmp_path: Path) -> None:
+    (flash / "note.txt").write_text("line one\nline two\n")
+    cat = _mpremote(port, "fs", "cat", ":note.txt")
+    assert cat.stdout == "line one\nline two\n", cat.stderr
+
+    assert _mpremote(port, "mkdir", ":app").returncode == 0
+    assert (flash / "app").is_dir()
+    assert _mpremote(port, "rm", ":note.txt").returncode == 0
+    assert not (flash / "note.txt").exists()
+
+    script = tmp_path / "script.py"
+    script.write_text("import os\nprint(sorted(os.listdir('/')))\n")
+    ran = _mpremote(port, "run", str(script))
+    assert ran.stdout == "['app', 'lib']\n", ran.stderr
+
+
+def test_board_errors_reach_mpremote(port: int) -> None:
+    missing = _mpremote(port, "fs", "cat", ":absent.txt")
+    assert missing.returncode != 0
+    assert "absent.txt" in missing.stderr + missing.stdout
+
+    raised = _mpremote(port, "exec", "raise ValueError('board says no')")
+    assert raised.returncode == 1
+    assert "ValueError: board says no" in raised.stdout + raised.stderr
+    assert "_vb_repl" not in raised.stdout + raised.stderr
+
+
+def test_globals_persist_between_execs_of_one_session(port: int) -> None:
+    done = _mpremote(port, "exec", "x = 41", "exec", "print(x + 1)")
+    assert done.stdout == "42\n", done.stderr
+
+
+def test_raw_repl_protocol_bytes(port: int) -> None:
+    """The exact exchange mpremote relies on, including the declined raw-paste request."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        reader = conn.makefile("rb")
+
+        def read_until(ending: bytes) -> bytes:
+            data = b""
+            while not data.endswith(ending):
+                byte = reader.read(1)
+                assert byte, f"connection closed; got {data!r}"
+                data += byte
+            return data
+
+        conn.sendall(b"\r\x03\r\x01")
+        assert read_until(BANNER).endswith(BANNER)
+        conn.sendall(b"\x04")
+        assert read_until(b">") == b"OK\r\nMPY: soft reboot\r\nraw REPL; CTRL-B to exit\r\n>"
+        conn.sendall(b"\x05A\x01")
+        assert reader.read(2) == b"R\x00"
+        conn.sendall(b"print('out')\nimport sys\nsys.stdout.write('x')\nundefined_name\x04")
+        reply = read_until(b"\x04>")
+        out, err, prompt = reply.split(b"\x04")
+        assert out == b"OKout\nx"
+        assert err.startswith(b"Traceback (most recent call last):")
+        assert b"NameError: name 'undefined_name' isn't defined" in err
+        assert prompt == b">"
+
+
+def test_ctrl_c_interrupts_running_code(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        reader = conn.makefile("rb")
+        conn.sendall(b"\x01")
+        assert reader.read(len(BANNER)) == BANNER
+        conn.sendall(b"import time\nprint('spinning')\nwhile True: time.sleep_ms(5)\x04")
+        assert reader.read(2) == b"OK"
+        assert reader.readline() == b"spinning\n"
+        conn.sendall(b"\x03")
+        reply = b""
+        while not reply.endswith(b"\x04>"):
+            reply += reader.read(1)
+        assert b"KeyboardInterrupt" in reply
+
+
+def test_several_boards_serve_their_own_flash_at_once(tmp_path: Path, micropython: str) -> None:
+    boards = []
+    for n in range(3):
+        root = tmp_path / f"board{n}"
+        root.mkdir()
+        (root / "id.txt").write_text(f"board {n}")
+        boards.append(VirtualBoard(root, micropython=micropython))
+    with boards[0].serve_repl() as p0, boards[1].serve_repl() as p1, boards[2].serve_repl() as p2:
+        assert len({p0, p1, p2}) == 3
+        for n, port in enumerate((p0, p1, p2)):
+            assert _mpremote(port, "fs", "cat", ":id.txt").stdout == f"board {n}"
+
+
+def test_closing_the_endpoint_stops_the_interpreter(flash: Path, micropython: str) -> None:
+    board = VirtualBoard(flash, micropython=micropython)
+    with board.serve_repl() as port:
+        assert _mpremote(port, "exec", "print('up')").stdout == "up\n"
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+    assert not [line for line in ps.stdout.splitlines() if str(flash) in line]
+
+
+def test_power_cut_through_the_repl_stops_a_copy_midway_and_the_board_stays_off(
+    flash: Path, micropython: str, tmp_path: Path
+) -> None:
+    payload = bytes(range(256)) * 3  # mpremote writes it in three 256-byte chunks
+    local = tmp_path / "big.bin"
+    local.write_bytes(payload)
+    board = VirtualBoard(flash, micropython=micropython)
+    with board.repl_server(cut_at=3) as server:  # 1: open for writing, 2: first chunk, 3: cut
+        copied = _mpremote(server.port, "cp", str(local), ":big.bin")
+        assert copied.returncode != 0
+        assert server.powered_off
+        assert server.fs_ops == 2
+        assert (flash / "big.bin").read_bytes() == payload[:256]
+        after = _mpremote(server.port, "exec", "print('alive')")
+        assert after.returncode != 0
+        assert "alive" not in after.stdout
+
+
+def test_repl_counts_mutations_over_soft_reboots(flash: Path, micropython: str) -> None:
+    board = VirtualBoard(flash, micropython=micropython)
+    with board.repl_server() as server:
+        made = _mpremote(server.port, "exec", "import os; os.mkdir('a'); open('a/f', 'w').close()")
+        assert made.returncode == 0, made.stderr
+        again = _mpremote(server.port, "exec", "import os; os.rename('a/f', 'a/g')")
+        assert again.returncode == 0, again.stderr
+        assert server.fs_ops == 3
+        assert not server.powered_off
+
+
+@given(st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=60))
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_reply_parser_finds_the_end_of_output_however_the_stream_is_split(
+    tmp_path: Path, sizes: list[int]
+) -> None:
+    agent = ReplAgent(VirtualBoard(tmp_path, micropython="unused"))
+    try:
+        output = b"printed \x00 text\x00\n" * 3
+        stream = output + agent._sentinel + b"7 5\nerror" + b"next"
+        got, errors, at = b"", [], 0
+        for size in itertools.cycle(sizes):
+            if at >= len(stream):
+                break
+            out, error = agent.feed(stream[at : at + size])
+            at += size
+            got += out
+            if error is not None:
+                errors.append(error)
+        assert got == output
+        assert errors == [b"error"]
+        assert agent.fs_ops == 7
+    finally:
+        agent.close()

@@ -1,0 +1,207 @@
+"""The esptool path: esptool's real library code, with a fake only at the serial port.
+
+tests/fake_esp_serial.py is that fake (an ESP32 ROM bootloader over SLIP, backed by a flash
+file); everything else here is the station's code and esptool's.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import fake_esp_serial
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from littlefs import LittleFS
+from test_station_image import mount_in_micropython
+
+from signing.keys import generate_private_key, keyid_of_point, public_point
+from signing.root import new_root, sign_root
+from tools.fleet import Board, parse_fleet
+from tools.local_server import LocalServer
+from tools.station.flashing import FlashError, connect_esp_board
+from tools.station.identify import IdentifyError, device_id_for, identify_esp
+from tools.station.image import BLOCK_SIZE, PartitionGeometry, build_littlefs_image
+from tools.station.log import StationLog
+from tools.station.secrets import Secret
+from tools.station.station import Station, StationJob
+from tools.station.targets import Target
+
+ESP32 = Board(name="esp32", chip="esp32", flash_size=0x400000, firmware_offset=0x1000,
+              fs_offset=0x200000, fs_size=0x200000, prog_size=32)
+
+
+@pytest.fixture(autouse=True)
+def _fake_serial_handler() -> None:
+    fake_esp_serial.register()
+
+
+def flash_file(tmp_path: Path, mib: int = 4) -> Path:
+    return fake_esp_serial.new_flash_file(tmp_path / "flash.bin", mib)
+
+
+def test_identify_reads_chip_mac_from_efuses_and_flash_size(tmp_path: Path) -> None:
+    url = fake_esp_serial.url_for(flash_file(tmp_path), "24:0a:c4:12:34:56", flash_mib=8)
+    with connect_esp_board(url) as esp:
+        found = esp.identify()
+        who = identify_esp(esp, ESP32)
+    assert found.chip == "ESP32"
+    assert found.mac == "24:0a:c4:12:34:56"
+    assert found.flash_size == "8MB"
+    assert device_id_for(ESP32, who.hardware_id) == "esp32-240ac4123456"
+
+
+def test_identify_refuses_a_chip_the_profile_does_not_expect(tmp_path: Path) -> None:
+    s3 = Board(name="esp32s3", chip="esp32s3")
+    with connect_esp_board(fake_esp_serial.url_for(flash_file(tmp_path), "24:0a:c4:00:00:01")) \
+            as esp, pytest.raises(IdentifyError, match="esp32s3"):
+        identify_esp(esp, s3)
+
+
+def test_image_written_at_the_partition_offset_and_verified(tmp_path: Path) -> None:
+    path = flash_file(tmp_path)
+    files = {"/boot.py": b"import ota\n", "/ota/device.key": os.urandom(32)}
+    image = build_littlefs_image(files, PartitionGeometry(0x200000, 0x200000))
+    progress: list[tuple[int, int]] = []
+    with connect_esp_board(fake_esp_serial.url_for(path, "24:0a:c4:00:00:02")) as esp:
+        esp.write(0x200000, image, lambda done, total: progress.append((done, total)))
+    flash = path.read_bytes()
+    assert hashlib.sha256(flash[0x200000:]).digest() == hashlib.sha256(image).digest()
+    assert flash[:0x200000] == b"\xff" * 0x200000  # nothing written outside the partition
+    assert progress and progress[-1][0] == progress[-1][1]
+
+
+def test_a_bad_flash_cell_fails_the_verify(tmp_path: Path) -> None:
+    url = fake_esp_serial.url_for(flash_file(tmp_path), "24:0a:c4:00:00:03", flip_at=0x200100)
+    with connect_esp_board(url) as esp, pytest.raises(FlashError, match="0x200000"):
+        esp.write(0x200000, os.urandom(8192))
+
+
+def test_power_cut_during_the_write_is_a_flash_error(tmp_path: Path) -> None:
+    url = fake_esp_serial.url_for(flash_file(tmp_path), "24:0a:c4:00:00:04", cut_after=20_000)
+    with connect_esp_board(url) as esp, pytest.raises(FlashError):
+        esp.write(0x200000, os.urandom(64 * 1024))
+
+
+def test_no_bootloader_on_the_port_is_a_flash_error(tmp_path: Path) -> None:
+    with pytest.raises(FlashError, match="no Espressif bootloader"), \
+            connect_esp_board(f"fakeesp://{tmp_path}/missing.bin", attempts=1):
+        pass
+
+
+# -- the whole station on the esptool path ------------------------------------------------------
+
+FLEET = """\
+version: 1
+server: {{url: "{url}", publisher_token_env: T}}
+channels: {{stable: {{}}}}
+rollout: {{stages: [100]}}
+wifi: {{factory: {{ssid: factory, password_env: W}}}}
+boards:
+  esp32: {{chip: esp32, flash_size: 0x400000, firmware_offset: 0x1000, fs_offset: 0x200000,
+          fs_size: 0x200000, prog_size: 32}}
+provisioning:
+  line: {{board: esp32, method: image, wifi: factory, channel: stable, tags: [batch-7]}}
+"""
+WIFI_PASSWORD = "esp-wifi-" + "Zr8yK2"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    base = tmp_path_factory.mktemp("server")
+    root_key = generate_private_key()
+    root = new_root(version=1, expires=int(time.time()) + 86400 * 30, root_keys=[root_key],
+                    release_keys=[root_key])
+    (base / "root.json").write_bytes(sign_root(root, [root_key]))
+    with LocalServer(base / "data", base / "root.json") as running:
+        yield running
+
+
+def esp_job(server: LocalServer, tmp_path: Path, **overrides: object) -> StationJob:
+    fleet = parse_fleet(FLEET.format(url=server.url), tmp_path / "fleet.yaml")
+    settings: dict[str, object] = dict(
+        station="jig-2", operator="bo", profile=fleet.profile("line"), server_url=server.url,
+        publisher_token=Secret(server.token, "token"),
+        wifi_password=Secret(WIFI_PASSWORD, "wifi"), trust_json=server.root_json.read_bytes(),
+        worker_setup=("fake_esp_serial:register",))
+    settings.update(overrides)
+    return StationJob(**settings)  # type: ignore[arg-type]
+
+
+def test_station_images_esp32_boards_over_esptool_and_registers_only_verified_ones(
+        tmp_path: Path, server: LocalServer, micropython: str) -> None:
+    flashes = [fake_esp_serial.new_flash_file(tmp_path / f"flash{i}.bin") for i in range(3)]
+    urls = [fake_esp_serial.url_for(flashes[0], "24:0a:c4:aa:00:01"),
+            # This board loses power half-way through its image.
+            fake_esp_serial.url_for(flashes[1], "24:0a:c4:aa:00:02", cut_after=300_000),
+            fake_esp_serial.url_for(flashes[2], "24:0a:c4:aa:00:03")]
+    log = StationLog(tmp_path / "station.db")
+    records = Station(esp_job(server, tmp_path), log, timeout_s=120).run(
+        [Target("serial", u) for u in urls])
+
+    assert [r.outcome for r in records] == ["provisioned", "failed", "provisioned"], \
+        [r.error for r in records]
+    assert records[1].failed_step == "write" and not records[1].registered
+    registered = {d["device_id"]: d for d in server.client().list_devices()}
+    assert "esp32-240ac4aa0002" not in registered
+    geometry = PartitionGeometry(0x200000, 0x200000, 32)
+    for record, flash in ((records[0], flashes[0]), (records[2], flashes[2])):
+        assert record.chip and record.chip.startswith("ESP32")
+        assert record.flash_size == "4MB" and record.method == "image"
+        image = tmp_path / f"{record.device_id}.img"
+        image.write_bytes(flash.read_bytes()[0x200000:])
+        on_board = mount_in_micropython(micropython, image, geometry)
+        assert {"boot.py", "main.py", "ota/config.json", "ota/device.key",
+                "ota/trust.json"} <= set(on_board)
+        assert on_board["ota/trust.json"] == hashlib.sha256(
+            server.root_json.read_bytes()).hexdigest()
+        # The key in the image is the private half of what the server registered.
+        files = read_image_files(image, geometry)
+        scalar = int.from_bytes(files["ota/device.key"], "big")
+        point = public_point(ec.derive_private_key(scalar, ec.SECP256R1()))
+        device = registered[str(record.device_id)]
+        assert base64.b64decode(device["public_key"]) == point
+        assert keyid_of_point(point) == record.key_fingerprint
+        assert json.loads(files["ota/config.json"])["device_id"] == record.device_id
+        assert device["tags"] == ["batch-7"]
+    logged = {r.port: r.outcome for r in log.records()}  # in the order boards finished
+    assert logged == {r.port: r.outcome for r in records}
+
+
+def test_factory_image_merges_firmware_and_filesystem_and_is_written_whole(
+        tmp_path: Path, server: LocalServer) -> None:
+    flash = fake_esp_serial.new_flash_file(tmp_path / "flash.bin")
+    firmware = os.urandom(200_000)
+    out = tmp_path / "factory"
+    out.mkdir()
+    job = esp_job(server, tmp_path, firmware=firmware, factory_image_dir=out)
+    (record,) = Station(job, StationLog(tmp_path / "s.jsonl"), timeout_s=120).run(
+        [Target("serial", fake_esp_serial.url_for(flash, "24:0a:c4:bb:00:01"))])
+    assert record.outcome == "provisioned", record.error
+    assert record.firmware_sha256 == hashlib.sha256(firmware).hexdigest()
+    (saved,) = out.iterdir()
+    assert saved.name == f"{record.device_id}@0x1000.bin"
+    assert saved.stat().st_mode & 0o777 == 0o600  # it holds the board's private key
+    written = flash.read_bytes()
+    assert written[0x1000:0x1000 + len(firmware)] == firmware
+    assert written[0x1000:] == saved.read_bytes()
+
+
+def read_image_files(image: Path, geometry: PartitionGeometry) -> dict[str, bytes]:
+    """The files of a littlefs image, read on the host (the MicroPython mount checks hashes)."""
+    fs = LittleFS(block_size=BLOCK_SIZE, block_count=geometry.block_count, mount=False,
+                  read_size=geometry.prog_size, prog_size=geometry.prog_size, lookahead_size=32)
+    fs.context.buffer[:] = image.read_bytes()
+    fs.mount()
+    out = {}
+    for root, _dirs, names in fs.walk("/"):
+        for name in names:
+            path = f"{root.rstrip('/')}/{name}"
+            with fs.open(path, "rb") as handle:
+                out[path.lstrip("/")] = handle.read()
+    return out

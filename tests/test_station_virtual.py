@@ -1,0 +1,222 @@
+"""The station end to end on virtual boards: real mpremote over socket://, a real server.
+
+Each board is MicroPython's unix port on a flash directory (tools/virtual_board), reached by
+mpremote's serial transport at socket://127.0.0.1:PORT; the server is `ota serve` as a real
+process (tools/local_server.py). Nothing here is faked.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from signing.keys import generate_private_key
+from signing.root import new_root, sign_root
+from tools.cli import main as ota
+from tools.fleet import load_fleet
+from tools.local_server import LocalServer
+from tools.station.log import StationLog
+from tools.station.secrets import Secret
+from tools.station.station import Station, StationJob, virtual_unique_id
+from tools.station.targets import Target
+from tools.virtual_board import VirtualBoard
+
+WIFI_PASSWORD = "wifi-Pa55-" + "q7Zx9"
+TOKEN_ENV = "MPOTA_TEST_PUBLISHER_TOKEN"
+WIFI_ENV = "MPOTA_TEST_WIFI"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    base = tmp_path_factory.mktemp("server")
+    root_key, release_key = generate_private_key(), generate_private_key()
+    root = new_root(version=1, expires=int(time.time()) + 86400 * 30, root_keys=[root_key],
+                    release_keys=[release_key])
+    (base / "root.json").write_bytes(sign_root(root, [root_key]))
+    with LocalServer(base / "data", base / "root.json") as running:
+        yield running
+
+
+@pytest.fixture
+def fleet_file(tmp_path: Path, server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(TOKEN_ENV, server.token)
+    monkeypatch.setenv(WIFI_ENV, WIFI_PASSWORD)
+    path = tmp_path / "fleet.yaml"
+    path.write_text(f"""\
+version: 1
+server:
+  url: {server.url}
+  publisher_token_env: {TOKEN_ENV}
+  root: {server.root_json}
+channels:
+  stable: {{}}
+rollout:
+  stages: [100]
+wifi:
+  lab:
+    ssid: lab
+    password_env: {WIFI_ENV}
+boards:
+  unix:
+    chip: unix
+provisioning:
+  lab:
+    board: unix
+    wifi: lab
+    channel: stable
+    tags: [lab]
+    poll_interval_s: 60
+""")
+    return path
+
+
+def flash_dirs(tmp_path: Path, count: int) -> list[Path]:
+    dirs = []
+    for index in range(count):
+        path = tmp_path / f"board{index}"
+        path.mkdir()
+        dirs.append(path)
+    return dirs
+
+
+def job_for(fleet_file: Path, server: LocalServer, **overrides: object) -> StationJob:
+    fleet = load_fleet(fleet_file)
+    settings: dict[str, object] = dict(
+        station="test-station", operator="tester", profile=fleet.profile("lab"),
+        server_url=server.url, publisher_token=Secret(server.token, "token"),
+        wifi_password=Secret(WIFI_PASSWORD, "wifi"), trust_json=server.root_json.read_bytes())
+    settings.update(overrides)
+    return StationJob(**settings)  # type: ignore[arg-type]
+
+
+def devices(server: LocalServer) -> dict[str, dict[str, object]]:
+    return {d["device_id"]: d for d in server.client().list_devices()}
+
+
+def test_four_virtual_boards_provisioned_in_parallel_boot_and_check_in(
+        tmp_path: Path, server: LocalServer, fleet_file: Path,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    boards = flash_dirs(tmp_path, 4)
+    log_path = tmp_path / "station.jsonl"
+    args = ["provision", "--fleet", str(fleet_file), "--profile", "lab", "--log", str(log_path),
+            "--station", "line-1", "--operator", "ana"]
+    for board in boards:
+        args += ["--virtual", str(board)]
+
+    assert ota(args) == 0
+    out, err = capfd.readouterr()
+
+    records = StationLog(log_path).records()
+    assert [r.outcome for r in records] == ["provisioned"] * 4, [r.error for r in records]
+    registered = devices(server)
+    for board, record in zip(boards, sorted(records, key=lambda r: r.port), strict=True):
+        assert record.port == f"virtual:{board.name}"
+        assert record.device_id == f"unix-{virtual_unique_id(board).hex()}"
+        assert record.station == "line-1" and record.operator == "ana"
+        assert record.method == "mpremote" and record.registered
+        assert set(record.steps) >= {"identify", "check", "key", "files", "write", "register"}
+        # What the server holds is the public half of the key the board holds.
+        device = registered[record.device_id]
+        assert device["revoked"] is None and device["tags"] == ["lab"]
+        config = json.loads((board / "ota" / "config.json").read_text())
+        assert config["device_id"] == record.device_id and config["server"] == server.url
+        assert (board / "ota" / "device.key").stat().st_size == 32
+
+    # The four workers really overlapped: every write started before the first one ended.
+    writes = [r.steps["write"] for r in records]
+    assert max(start for start, _ in writes) < min(end for _, end in writes)
+
+    for board, record in zip(boards, sorted(records, key=lambda r: r.port), strict=True):
+        run = VirtualBoard(board, unique_id=virtual_unique_id(board)).run(max_boots=3,
+                                                                           timeout=60)
+        assert run.ended in ("exit", "timeout"), run.output
+        device = server.client().device(str(record.device_id))
+        assert device.get("last_seen"), f"{record.device_id} never checked in:\n{run.output}"
+
+    listed = _cli_devices_list(server, capfd)
+    for record in records:
+        assert record.device_id in listed
+
+    _assert_no_secret_in([out, err, log_path.read_text()], boards, server)
+
+
+def _cli_devices_list(server: LocalServer, capfd: pytest.CaptureFixture[str]) -> str:
+    code = ota(["devices", "list", "--server", server.url, "--token-env", TOKEN_ENV])
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    return out
+
+
+def _assert_no_secret_in(texts: list[str], boards: list[Path], server: LocalServer) -> None:
+    secrets = [WIFI_PASSWORD, server.token]
+    for board in boards:
+        key = (board / "ota" / "device.key").read_bytes()
+        secrets += [key.hex(), base64.b64encode(key).decode(), repr(key)]
+    for text in texts:
+        for secret in secrets:
+            assert secret not in text
+
+
+def test_power_cut_mid_write_fails_that_board_only_and_it_is_not_registered(
+        tmp_path: Path, server: LocalServer, fleet_file: Path) -> None:
+    boards = flash_dirs(tmp_path, 3)
+    victim = Target("virtual", str(boards[1].resolve()))
+    # Cut the power at the board's 6th filesystem change: in the middle of copying its files.
+    job = job_for(fleet_file, server, virtual_cut_at={victim.label: 6})
+    log = StationLog(tmp_path / "station.db")
+    records = Station(job, log, timeout_s=120).run(
+        [Target("virtual", str(b.resolve())) for b in boards])
+
+    by_port = {r.port: r for r in records}
+    failed = by_port[victim.label]
+    assert failed.outcome == "failed" and failed.failed_step == "write", failed
+    assert not failed.registered
+    assert failed.device_id not in devices(server)
+    others = [r for r in records if r.port != victim.label]
+    assert [r.outcome for r in others] == ["provisioned", "provisioned"]
+    assert {r.port: r.outcome for r in log.records()} == {r.port: r.outcome for r in records}
+
+
+def test_reprovision_is_explicit_and_revokes_the_old_key(
+        tmp_path: Path, server: LocalServer, fleet_file: Path) -> None:
+    (board,) = flash_dirs(tmp_path, 1)
+    target = Target("virtual", str(board.resolve()))
+    log = StationLog(tmp_path / "station.jsonl")
+    (first,) = Station(job_for(fleet_file, server), log).run([target])
+    assert first.outcome == "provisioned"
+
+    (again,) = Station(job_for(fleet_file, server), log).run([target])
+    assert again.outcome == "failed" and again.failed_step == "check"
+    assert "--reprovision" in (again.error or "")
+    assert devices(server)[str(first.device_id)]["revoked"] is None
+
+    (second,) = Station(job_for(fleet_file, server, reprovision=True), log).run([target])
+    assert second.outcome == "provisioned", second.error
+    assert second.device_id == f"{first.device_id}-r2"
+    assert second.revoked == [first.device_id]
+    known = devices(server)
+    assert known[str(first.device_id)]["revoked"] is not None
+    assert known[str(second.device_id)]["revoked"] is None
+    assert second.key_fingerprint != first.key_fingerprint
+    config = json.loads((board / "ota" / "config.json").read_text())
+    assert config["device_id"] == second.device_id
+
+
+def test_missing_secret_is_refused_before_touching_any_board(
+        tmp_path: Path, fleet_file: Path, monkeypatch: pytest.MonkeyPatch,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv(WIFI_ENV)
+    (board,) = flash_dirs(tmp_path, 1)
+    code = ota(["provision", "--fleet", str(fleet_file), "--profile", "lab",
+                "--log", str(tmp_path / "log.jsonl"), "--virtual", str(board)])
+    _, err = capfd.readouterr()
+    assert code == 1
+    assert WIFI_ENV in err
+    assert not any(board.iterdir()) and not (tmp_path / "log.jsonl").exists()
+    assert os.environ.get(WIFI_ENV) is None

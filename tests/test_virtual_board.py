@@ -1,0 +1,285 @@
+"""The virtual board boots, resets, crashes and loses power like a board (real MicroPython)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from tools.virtual_board import VirtualBoard, random_cut
+
+
+def _flash(tmp_path: Path, files: dict[str, str]) -> Path:
+    flash = tmp_path / "flash"
+    flash.mkdir(parents=True)
+    for name, text in files.items():
+        target = flash / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    return flash
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    """Every path under root: file contents, or None for a directory."""
+    return {
+        str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def test_board_reboots_after_machine_reset_and_sees_the_file_it_wrote(
+    tmp_path: Path, micropython: str
+) -> None:
+    flash = _flash(tmp_path, {"main.py": (
+        "import machine, os\n"
+        "if 'note.txt' in os.listdir('/'):\n"
+        "    print('second boot read', open('/note.txt').read(), machine.reset_cause())\n"
+        "else:\n"
+        "    with open('/note.txt', 'w') as f:\n"
+        "        f.write('written before reset')\n"
+        "    machine.reset()\n"
+        "    print('never printed')\n"
+    )})
+    result = VirtualBoard(flash, micropython=micropython).run(max_boots=5)
+
+    assert [boot.ended for boot in result.boots] == ["reset", "exit"]
+    assert "never printed" not in result.output
+    assert "second boot read written before reset 5" in result.boots[1].output
+    assert result.boots[0].reset_cause == 1  # PWRON_RESET, then SOFT_RESET after machine.reset()
+    assert result.fs_ops == 2  # the open for writing and the one write
+
+
+def test_boot_py_runs_before_main_py_with_shared_globals(tmp_path: Path, micropython: str) -> None:
+    flash = _flash(tmp_path, {
+        "boot.py": "print('boot'); slot = 'a'\n",
+        "main.py": "print('main', slot, __name__)\n",
+    })
+    result = VirtualBoard(flash, micropython=micropython).run()
+    assert result.output == "boot\nmain a __main__\n"
+    assert result.ended == "exit"
+
+
+def test_flash_directory_is_the_board_root_and_imports_come_from_it(
+    tmp_path: Path, micropython: str
+) -> None:
+    flash = _flash(tmp_path, {
+        "lib/helper.py": "WHERE = 'lib'\n",
+        "ota/config.json": '{"device_id": "b1"}',
+        "app/a/x.py": "X = 1\n",
+        "main.py": (
+            "import os, json, helper\n"
+            "print(sorted(os.listdir('/')))\n"
+            "print(json.load(open('/ota/config.json'))['device_id'], helper.WHERE)\n"
+            "os.chdir('/app/a'); print(os.getcwd(), os.listdir())\n"
+            "print(open('../../ota/config.json').read() == open('/ota/config.json').read())\n"
+            "print(os.listdir('/../..') == os.listdir('/'))\n"
+        ),
+    })
+    result = VirtualBoard(flash, micropython=micropython).run()
+    assert result.output.splitlines() == [
+        "['app', 'lib', 'main.py', 'ota']",
+        "b1 lib",
+        "/app/a ['x.py']",
+        "True",
+        "True",
+    ]
+
+
+def test_unhandled_exception_is_a_crash_with_its_traceback(
+    tmp_path: Path, micropython: str
+) -> None:
+    flash = _flash(tmp_path, {"main.py": "print('starting')\nx = {}\nx['missing']\n"})
+    result = VirtualBoard(flash, micropython=micropython).run(max_boots=3)
+
+    assert len(result.boots) == 1
+    crash = result.boots[0]
+    assert crash.ended == "crash"
+    assert crash.traceback is not None
+    assert 'File "/main.py", line 3' in crash.traceback
+    assert "KeyError: missing" in crash.traceback
+    assert crash.output.startswith("starting\n")
+
+
+def test_max_boots_bounds_a_reset_loop(tmp_path: Path, micropython: str) -> None:
+    flash = _flash(tmp_path, {"main.py": "import machine\nprint('up')\nmachine.reset()\n"})
+    result = VirtualBoard(flash, micropython=micropython).run(max_boots=4)
+    assert [boot.ended for boot in result.boots] == ["reset"] * 4
+    assert result.output == "up\n" * 4
+
+
+def test_board_that_never_ends_is_stopped_at_the_timeout(tmp_path: Path, micropython: str) -> None:
+    forever = "import time\nprint('looping')\nwhile True: time.sleep_ms(5)\n"
+    flash = _flash(tmp_path, {"main.py": forever})
+    result = VirtualBoard(flash, micropython=micropython).run(timeout=1.0)
+    assert [boot.ended for boot in result.boots] == ["timeout"]
+    assert result.boots[0].exit_code is None
+    assert "looping" in result.output
+
+
+_FIVE_OPS = (
+    "import os\n"
+    "f = open('/one.txt', 'w')\n"     # op 1: create
+    "f.write('first')\n"              # op 2: write
+    "f.close()\n"
+    "os.mkdir('/dir')\n"              # op 3
+    "os.rename('/one.txt', '/dir/one.txt')\n"  # op 4
+    "os.remove('/dir/one.txt')\n"     # op 5
+    "print('all done')\n"
+)
+
+
+def test_power_cut_at_third_operation_leaves_effects_of_the_first_two(
+    tmp_path: Path, micropython: str
+) -> None:
+    flash = _flash(tmp_path, {"main.py": _FIVE_OPS, "keep.txt": "untouched"})
+    board = VirtualBoard(flash, micropython=micropython)
+
+    result = board.run(cut_at=3)
+
+    assert [boot.ended for boot in result.boots] == ["power_cut"]
+    assert result.fs_ops == 2
+    assert "all done" not in result.output
+    assert _tree(flash) == {
+        "keep.txt": b"untouched",
+        "main.py": _FIVE_OPS.encode(),
+        "one.txt": b"first",  # ops 1 and 2 happened; the mkdir (op 3) did not
+    }
+
+
+def test_every_cut_point_of_a_script_leaves_exactly_the_prefix_of_its_operations(
+    tmp_path: Path, micropython: str
+) -> None:
+    script = (
+        "import os, machine\n"
+        "if 'state' not in os.listdir('/'):\n"
+        "    os.mkdir('/state')\n"                              # 1
+        "    with open('/state/a.bin', 'wb') as f:\n"           # 2
+        "        f.write(b'A' * 10)\n"                          # 3
+        "        f.write(b'B' * 10)\n"                          # 4
+        "    machine.reset()\n"
+        "with open('/state/b.tmp', 'w') as f:\n"                # 5
+        "    f.write('new')\n"                                  # 6
+        "os.rename('/state/b.tmp', '/state/b')\n"               # 7
+        "os.remove('/state/a.bin')\n"                           # 8
+    )
+    expected_after = [  # the flash after mutation k (index k), besides main.py
+        {},
+        {"state": None},
+        {"state": None, "state/a.bin": b""},
+        {"state": None, "state/a.bin": b"A" * 10},
+        {"state": None, "state/a.bin": b"A" * 10 + b"B" * 10},
+        {"state": None, "state/a.bin": b"A" * 10 + b"B" * 10, "state/b.tmp": b""},
+        {"state": None, "state/a.bin": b"A" * 10 + b"B" * 10, "state/b.tmp": b"new"},
+        {"state": None, "state/a.bin": b"A" * 10 + b"B" * 10, "state/b": b"new"},
+        {"state": None, "state/b": b"new"},
+    ]
+    full = VirtualBoard(_flash(tmp_path / "full", {"main.py": script}), micropython=micropython)
+    assert full.run().fs_ops == 8
+
+    for cut in range(1, 9):
+        flash = _flash(tmp_path / f"cut{cut}", {"main.py": script})
+        result = VirtualBoard(flash, micropython=micropython).run(cut_at=cut)
+        assert result.ended == "power_cut", cut
+        assert result.fs_ops == cut - 1
+        tree = _tree(flash)
+        del tree["main.py"]
+        assert tree == expected_after[cut - 1], f"cut before mutation {cut}"
+
+    beyond = VirtualBoard(_flash(tmp_path / "beyond", {"main.py": script}), micropython=micropython)
+    assert beyond.run(cut_at=9).ended == "exit"
+
+
+def test_power_cut_cannot_be_caught_by_board_code(tmp_path: Path, micropython: str) -> None:
+    flash = _flash(tmp_path, {"main.py": (
+        "try:\n"
+        "    open('/x', 'w')\n"
+        "except BaseException:\n"
+        "    print('caught')\n"
+        "finally:\n"
+        "    print('finally')\n"
+    )})
+    result = VirtualBoard(flash, micropython=micropython).run(cut_at=1)
+    assert result.ended == "power_cut"
+    assert result.output == ""
+    assert not (flash / "x").exists()
+
+
+def test_random_cut_picks_a_point_inside_the_run() -> None:
+    rng = random.Random(7)
+    picks = {random_cut(5, rng) for _ in range(200)}
+    assert picks == {1, 2, 3, 4, 5}
+    with pytest.raises(ValueError, match="no filesystem mutation"):
+        random_cut(0)
+
+
+def test_wifi_connects_or_fails_as_configured(tmp_path: Path, micropython: str) -> None:
+    flash = _flash(tmp_path, {"main.py": (
+        "import network\n"
+        "wlan = network.WLAN(network.STA_IF)\n"
+        "wlan.active(True)\n"
+        "wlan.connect('factory-ssid', 'secret-pass')\n"
+        "print(wlan.isconnected(), wlan.status() == network.STAT_GOT_IP, wlan.ifconfig()[0])\n"
+        "print(network.WLAN(network.STA_IF).isconnected())\n"
+    )})
+    up = VirtualBoard(flash, micropython=micropython, wifi_ok=True).run()
+    down = VirtualBoard(flash, micropython=micropython, wifi_ok=False).run()
+    assert up.output.splitlines() == ["True True 127.0.0.1", "True"]
+    assert down.output.splitlines() == ["False False 0.0.0.0", "False"]
+    assert "secret-pass" not in up.output + down.output
+
+
+def test_machine_stand_in_gives_unique_id_rtc_freq_and_a_feedable_watchdog(
+    tmp_path: Path, micropython: str
+) -> None:
+    flash = _flash(tmp_path, {"main.py": (
+        "import machine, ntptime, binascii, time\n"
+        "print(binascii.hexlify(machine.unique_id()).decode())\n"
+        "wdt = machine.WDT(timeout=300)\n"
+        "for _ in range(6):\n"
+        "    time.sleep_ms(100)\n"
+        "    wdt.feed()\n"
+        "ntptime.settime()\n"
+        "print(machine.RTC().datetime()[0] >= 2024, machine.freq() > 0)\n"
+    )})
+    board_id = bytes.fromhex("a1b2c3d4e5f6")
+    result = VirtualBoard(flash, micropython=micropython, unique_id=board_id).run()
+    assert result.output.splitlines() == ["a1b2c3d4e5f6", "True True"]
+    assert result.ended == "exit"
+
+
+def test_watchdog_resets_a_board_that_stops_feeding_it(tmp_path: Path, micropython: str) -> None:
+    flash = _flash(tmp_path, {"main.py": (
+        "import machine, time\n"
+        "print('cause', machine.reset_cause())\n"
+        "if machine.reset_cause() != machine.WDT_RESET:\n"
+        "    wdt = machine.WDT(timeout=200)\n"
+        "    while True:\n"
+        "        time.sleep_ms(10)\n"
+    )})
+    result = VirtualBoard(flash, micropython=micropython).run(max_boots=3, timeout=10)
+    assert [boot.ended for boot in result.boots] == ["watchdog", "exit"]
+    assert result.output == "cause 1\ncause 3\n"
+
+
+def test_ticks_sleep_and_mem_free_work_on_the_board(tmp_path: Path, micropython: str) -> None:
+    flash = _flash(tmp_path, {"main.py": (
+        "import time, gc\n"
+        "t0 = time.ticks_ms()\n"
+        "time.sleep_ms(30)\n"
+        "spent = time.ticks_diff(time.ticks_ms(), t0)\n"
+        "gc.collect()\n"
+        "print(30 <= spent < 1000, gc.mem_free() > 0, gc.mem_free() < 64 * 1024)\n"
+    )})
+    result = VirtualBoard(flash, micropython=micropython, heapsize="64k").run()
+    assert result.output == "True True True\n"
+
+
+def test_bad_board_arguments_are_refused(tmp_path: Path, micropython: str) -> None:
+    with pytest.raises(NotADirectoryError, match="missing"):
+        VirtualBoard(tmp_path / "missing", micropython=micropython)
+    board = VirtualBoard(tmp_path, micropython=micropython)
+    with pytest.raises(ValueError, match="max_boots"):
+        board.run(max_boots=0)
+    with pytest.raises(ValueError, match="cut_at"):
+        board.run(cut_at=0)

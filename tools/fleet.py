@@ -1,0 +1,463 @@
+"""Load and validate `fleet.yaml`: the fleet's server, channels, groups, rollout policy,
+Wi-Fi profiles, boards and provisioning profiles.
+
+Every error names the file and line of the offending entry, and nothing is half-loaded: a fleet
+either validates completely or `FleetError` is raised. Secrets are never values in the file:
+a Wi-Fi profile or the server names an environment variable or a file that holds them, and a
+literal password or token is refused.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SUPPORTED_VERSION = 1
+WRITE_METHODS = ("mpremote", "image")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+# Keys that would put a secret value into the file itself; refused wherever they appear.
+_LITERAL_SECRET_KEYS = ("password", "psk", "passphrase", "token", "publisher_token", "secret")
+
+
+class FleetError(ValueError):
+    """fleet.yaml is malformed or inconsistent; the message names file and line."""
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """Where a secret lives: an environment variable or a file (never the value itself)."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    def describe(self) -> str:
+        return f"${self.env}" if self.env else f"file {self.file}"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    url: str
+    publisher_token: SecretRef
+    root: Path | None = None  # signed root metadata the boards get as trust.json
+
+
+@dataclass(frozen=True)
+class Channel:
+    name: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    tags: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RolloutPolicy:
+    canary_group: str | None
+    stages: tuple[int, ...]  # percentages of the channel's boards, strictly increasing, last 100
+    failure_threshold: float  # pause when failed / results passes this ...
+    min_results: int  # ... after at least this many results
+
+
+@dataclass(frozen=True)
+class WifiProfile:
+    name: str
+    ssid: str
+    password: SecretRef
+
+
+@dataclass(frozen=True)
+class Board:
+    """A board type: what the station must know to identify and flash one."""
+
+    name: str
+    chip: str  # esptool chip name ("esp32", ...), "rp2" or "unix" (virtual board)
+    flash_size: int = 0
+    firmware_offset: int = 0
+    fs_offset: int = 0  # the littlefs `vfs` partition
+    fs_size: int = 0
+    prog_size: int = 32  # littlefs read/prog size MicroPython uses on this port
+
+    @property
+    def is_espressif(self) -> bool:
+        return self.chip.startswith("esp")
+
+
+@dataclass(frozen=True)
+class ProvisioningProfile:
+    name: str
+    board: Board
+    wifi: WifiProfile | None
+    channel: Channel
+    tags: tuple[str, ...] = ()
+    method: str = "mpremote"
+    firmware: Path | None = None
+    poll_interval_s: int = 3600
+    mpy: bool = True
+
+
+@dataclass(frozen=True)
+class Fleet:
+    path: Path
+    server: ServerSettings
+    channels: dict[str, Channel]
+    groups: dict[str, Group]
+    rollout: RolloutPolicy
+    wifi: dict[str, WifiProfile]
+    boards: dict[str, Board]
+    provisioning: dict[str, ProvisioningProfile] = field(default_factory=dict)
+
+    def profile(self, name: str) -> ProvisioningProfile:
+        try:
+            return self.provisioning[name]
+        except KeyError:
+            known = ", ".join(sorted(self.provisioning)) or "none"
+            raise FleetError(
+                f"{self.path}: no provisioning profile {name!r} (known: {known})"
+            ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML with line numbers
+
+
+class _Map(dict[str, Any]):
+    """A mapping that remembers the line of itself and of each key (1-based)."""
+
+    line: int = 0
+    key_lines: dict[str, int]
+
+
+class _LineLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> _Map:
+    result = _Map()
+    result.line = node.start_mark.line + 1
+    result.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str):
+            raise FleetError(f"line {key_node.start_mark.line + 1}: keys must be strings")
+        if key in result:
+            raise FleetError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}")
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.key_lines[key] = key_node.start_mark.line + 1
+    return result
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
+
+
+class _Reader:
+    """Typed access to the parsed document; every complaint carries file:line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, line: int, message: str) -> FleetError:
+        return FleetError(f"{self.path}:{line}: {message}")
+
+    def mapping(self, parent: _Map, key: str, *, required: bool = True) -> _Map:
+        value = parent.get(key)
+        if value is None:
+            if required:
+                raise self.fail(parent.line, f"missing section {key!r}")
+            empty = _Map()
+            empty.line, empty.key_lines = parent.line, {}
+            return empty
+        if not isinstance(value, _Map):
+            raise self.fail(parent.key_lines[key], f"{key!r} must be a mapping")
+        return value
+
+    def field(self, parent: _Map, key: str, kind: type | tuple[type, ...], *,
+              default: Any = ..., where: str) -> Any:
+        if key not in parent or parent[key] is None:
+            if default is ...:
+                raise self.fail(parent.line, f"{where}: missing {key!r}")
+            return default
+        value = parent[key]
+        # bool is an int in Python; a `true` where a number belongs is a mistake.
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise self.fail(parent.key_lines[key], f"{where}: {key!r} must be a {names}")
+        return value
+
+    def strings(self, parent: _Map, key: str, *, where: str) -> tuple[str, ...]:
+        value = self.field(parent, key, list, default=[], where=where)
+        if not all(isinstance(item, str) for item in value):
+            raise self.fail(parent.key_lines[key], f"{where}: {key!r} must be a list of strings")
+        return tuple(value)
+
+    def only(self, entry: _Map, allowed: tuple[str, ...], *, where: str) -> None:
+        for key in entry:
+            if key.lower() in _LITERAL_SECRET_KEYS:
+                raise self.fail(
+                    entry.key_lines[key],
+                    f"{where}: {key!r} would put a secret in fleet.yaml; name it instead with "
+                    f"{key}_env (an environment variable) or {key}_file (a file)",
+                )
+            if key not in allowed:
+                raise self.fail(
+                    entry.key_lines[key],
+                    f"{where}: unknown key {key!r} (allowed: {', '.join(allowed)})",
+                )
+
+    def name(self, parent: _Map, key: str, *, where: str) -> str:
+        if not _NAME.match(key):
+            raise self.fail(parent.key_lines[key],
+                            f"{where}: name {key!r} must match {_NAME.pattern}")
+        return key
+
+    def secret(self, entry: _Map, stem: str, *, where: str, required: bool = True
+               ) -> SecretRef | None:
+        env = self.field(entry, f"{stem}_env", str, default=None, where=where)
+        file = self.field(entry, f"{stem}_file", str, default=None, where=where)
+        if env and file:
+            raise self.fail(entry.key_lines[f"{stem}_file"],
+                            f"{where}: give {stem}_env or {stem}_file, not both")
+        if env is None and file is None:
+            if required:
+                raise self.fail(entry.line, f"{where}: missing {stem}_env or {stem}_file")
+            return None
+        if env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env):
+            raise self.fail(entry.key_lines[f"{stem}_env"],
+                            f"{where}: {stem}_env must be an environment variable name")
+        return SecretRef(env=env, file=self.relative(file) if file else None)
+
+    def relative(self, value: str) -> Path:
+        """Paths in fleet.yaml are relative to the file itself, so the fleet can move."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.path.parent / path
+
+
+def _integer(reader: _Reader, entry: _Map, key: str, *, where: str, default: int = ...  # type: ignore[assignment]
+             ) -> int:
+    value = reader.field(entry, key, int, default=default, where=where)
+    if value < 0:
+        raise reader.fail(entry.key_lines[key], f"{where}: {key!r} must not be negative")
+    return int(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# sections
+
+
+def _server(r: _Reader, doc: _Map) -> ServerSettings:
+    entry = r.mapping(doc, "server")
+    r.only(entry, ("url", "publisher_token_env", "publisher_token_file", "root"), where="server")
+    url = r.field(entry, "url", str, where="server")
+    if not re.match(r"^https?://[^\s/]+", url):
+        raise r.fail(entry.key_lines["url"], f"server: url {url!r} must be http(s)://host[...]")
+    token = r.secret(entry, "publisher_token", where="server")
+    assert token is not None
+    root = r.field(entry, "root", str, default=None, where="server")
+    return ServerSettings(url=url.rstrip("/"), publisher_token=token,
+                          root=r.relative(root) if root else None)
+
+
+def _channels(r: _Reader, doc: _Map) -> dict[str, Channel]:
+    section = r.mapping(doc, "channels")
+    channels = {}
+    for key, value in section.items():
+        where = f"channel {key!r}"
+        name = r.name(section, key, where=where)
+        entry = value if isinstance(value, _Map) else None
+        if value is not None and entry is None:
+            raise r.fail(section.key_lines[key], f"{where}: must be a mapping (or empty)")
+        description = ""
+        if entry is not None:
+            r.only(entry, ("description",), where=where)
+            description = r.field(entry, "description", str, default="", where=where)
+        channels[name] = Channel(name=name, description=description)
+    if not channels:
+        raise r.fail(section.line, "channels: at least one channel is needed")
+    return channels
+
+
+def _groups(r: _Reader, doc: _Map) -> dict[str, Group]:
+    section = r.mapping(doc, "groups", required=False)
+    groups = {}
+    for key, entry in section.items():
+        where = f"group {key!r}"
+        name = r.name(section, key, where=where)
+        if not isinstance(entry, _Map):
+            raise r.fail(section.key_lines[key], f"{where}: must be a mapping")
+        r.only(entry, ("tags", "devices"), where=where)
+        groups[name] = Group(name=name, tags=r.strings(entry, "tags", where=where),
+                             devices=r.strings(entry, "devices", where=where))
+    return groups
+
+
+def _rollout(r: _Reader, doc: _Map, groups: dict[str, Group]) -> RolloutPolicy:
+    entry = r.mapping(doc, "rollout")
+    where = "rollout"
+    r.only(entry, ("canary_group", "stages", "failure_threshold", "min_results"), where=where)
+    canary = r.field(entry, "canary_group", str, default=None, where=where)
+    if canary is not None and canary not in groups:
+        raise r.fail(entry.key_lines["canary_group"], f"{where}: no group {canary!r}")
+    stages = r.field(entry, "stages", list, default=[100], where=where)
+    line = entry.key_lines.get("stages", entry.line)
+    if not stages or not all(isinstance(s, int) and not isinstance(s, bool) for s in stages):
+        raise r.fail(line, f"{where}: stages must be a non-empty list of integer percentages")
+    if any(b <= a for a, b in itertools.pairwise(stages)) or stages[0] <= 0 \
+            or stages[-1] != 100:
+        raise r.fail(line, f"{where}: stages must increase strictly from above 0 up to 100")
+    threshold = r.field(entry, "failure_threshold", (int, float), default=0.2, where=where)
+    if not 0 < threshold <= 1:
+        raise r.fail(entry.key_lines["failure_threshold"],
+                     f"{where}: failure_threshold must be in (0, 1]")
+    min_results = _integer(r, entry, "min_results", where=where, default=10)
+    return RolloutPolicy(canary_group=canary, stages=tuple(stages),
+                         failure_threshold=float(threshold), min_results=min_results)
+
+
+def _wifi(r: _Reader, doc: _Map) -> dict[str, WifiProfile]:
+    section = r.mapping(doc, "wifi", required=False)
+    profiles = {}
+    for key, entry in section.items():
+        where = f"wifi profile {key!r}"
+        name = r.name(section, key, where=where)
+        if not isinstance(entry, _Map):
+            raise r.fail(section.key_lines[key], f"{where}: must be a mapping")
+        r.only(entry, ("ssid", "password_env", "password_file"), where=where)
+        ssid = r.field(entry, "ssid", str, where=where)
+        if not 1 <= len(ssid.encode()) <= 32:
+            raise r.fail(entry.key_lines["ssid"], f"{where}: ssid must be 1 to 32 bytes")
+        password = r.secret(entry, "password", where=where)
+        assert password is not None
+        profiles[name] = WifiProfile(name=name, ssid=ssid, password=password)
+    return profiles
+
+
+def _boards(r: _Reader, doc: _Map) -> dict[str, Board]:
+    section = r.mapping(doc, "boards")
+    boards = {}
+    allowed = ("chip", "flash_size", "firmware_offset", "fs_offset", "fs_size", "prog_size")
+    for key, entry in section.items():
+        where = f"board {key!r}"
+        name = r.name(section, key, where=where)
+        if not isinstance(entry, _Map):
+            raise r.fail(section.key_lines[key], f"{where}: must be a mapping")
+        r.only(entry, allowed, where=where)
+        board = Board(
+            name=name,
+            chip=r.field(entry, "chip", str, where=where),
+            flash_size=_integer(r, entry, "flash_size", where=where, default=0),
+            firmware_offset=_integer(r, entry, "firmware_offset", where=where, default=0),
+            fs_offset=_integer(r, entry, "fs_offset", where=where, default=0),
+            fs_size=_integer(r, entry, "fs_size", where=where, default=0),
+            prog_size=_integer(r, entry, "prog_size", where=where, default=32),
+        )
+        line = entry.line
+        # littlefs needs whole 4 KiB blocks, and the partition must fit in the flash.
+        if board.fs_offset % 4096 or board.fs_size % 4096:
+            raise r.fail(line, f"{where}: fs_offset and fs_size must be multiples of 4096")
+        if board.flash_size and board.fs_offset + board.fs_size > board.flash_size:
+            raise r.fail(line, f"{where}: the fs partition ends past flash_size")
+        if board.prog_size not in (32, 64, 128, 256):
+            raise r.fail(line, f"{where}: prog_size must be 32, 64, 128 or 256")
+        boards[name] = board
+    return boards
+
+
+def _provisioning(r: _Reader, doc: _Map, boards: dict[str, Board], wifi: dict[str, WifiProfile],
+                  channels: dict[str, Channel]) -> dict[str, ProvisioningProfile]:
+    section = r.mapping(doc, "provisioning")
+    allowed = ("board", "wifi", "channel", "tags", "method", "firmware", "poll_interval_s", "mpy")
+    profiles = {}
+    for key, entry in section.items():
+        where = f"provisioning profile {key!r}"
+        name = r.name(section, key, where=where)
+        if not isinstance(entry, _Map):
+            raise r.fail(section.key_lines[key], f"{where}: must be a mapping")
+        r.only(entry, allowed, where=where)
+
+        def pick(table: dict[str, Any], field_name: str, required: bool = True,
+                 _entry: _Map = entry, _where: str = where) -> Any:
+            ref = r.field(_entry, field_name, str, default=None if not required else ...,
+                          where=_where)
+            if ref is None:
+                return None
+            if ref not in table:
+                known = ", ".join(sorted(table)) or "none"
+                raise r.fail(_entry.key_lines[field_name],
+                             f"{_where}: no {field_name} {ref!r} (known: {known})")
+            return table[ref]
+
+        board = pick(boards, "board")
+        method = r.field(entry, "method", str, default="mpremote", where=where)
+        if method not in WRITE_METHODS:
+            raise r.fail(entry.key_lines["method"],
+                         f"{where}: method must be one of {', '.join(WRITE_METHODS)}")
+        if method == "image" and not board.fs_size:
+            raise r.fail(entry.key_lines["method"],
+                         f"{where}: the image method needs fs_offset/fs_size on board "
+                         f"{board.name!r}")
+        firmware = r.field(entry, "firmware", str, default=None, where=where)
+        poll = _integer(r, entry, "poll_interval_s", where=where, default=3600)
+        if poll < 10:
+            raise r.fail(entry.key_lines["poll_interval_s"],
+                         f"{where}: poll_interval_s must be at least 10")
+        profiles[name] = ProvisioningProfile(
+            name=name, board=board, wifi=pick(wifi, "wifi", required=False),
+            channel=pick(channels, "channel"), tags=r.strings(entry, "tags", where=where),
+            method=method, firmware=r.relative(firmware) if firmware else None,
+            poll_interval_s=poll, mpy=r.field(entry, "mpy", bool, default=True, where=where),
+        )
+    return profiles
+
+
+def parse_fleet(text: str, path: Path) -> Fleet:
+    """Parse fleet.yaml text; `path` is used in messages and to resolve relative paths.
+
+    Raises FleetError naming the line of the first problem.
+    """
+    try:
+        doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+    except FleetError as err:
+        raise FleetError(f"{path}:{str(err).removeprefix('line ')}") from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        line = mark.line + 1 if mark else 0
+        raise FleetError(f"{path}:{line}: not valid YAML: {err.problem}") from None
+    except yaml.YAMLError as err:
+        raise FleetError(f"{path}: not valid YAML: {err}") from None
+    r = _Reader(path)
+    if not isinstance(doc, _Map):
+        raise FleetError(f"{path}:1: fleet.yaml must be a mapping of sections")
+    r.only(doc, ("version", "server", "channels", "groups", "rollout", "wifi", "boards",
+                 "provisioning"), where="fleet")
+    version = r.field(doc, "version", int, where="fleet")
+    if version != SUPPORTED_VERSION:
+        raise r.fail(doc.key_lines["version"],
+                     f"fleet: version {version} is not supported (this tool reads "
+                     f"{SUPPORTED_VERSION})")
+    server = _server(r, doc)
+    channels = _channels(r, doc)
+    groups = _groups(r, doc)
+    rollout = _rollout(r, doc, groups)
+    wifi = _wifi(r, doc)
+    boards = _boards(r, doc)
+    provisioning = _provisioning(r, doc, boards, wifi, channels)
+    return Fleet(path=path, server=server, channels=channels, groups=groups, rollout=rollout,
+                 wifi=wifi, boards=boards, provisioning=provisioning)
+
+
+def load_fleet(path: str | Path) -> Fleet:
+    """Read and validate a fleet.yaml file. Raises FleetError (with file:line) on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise FleetError(f"{path}: cannot read: {err.strerror}") from None
+    return parse_fleet(text, path)

@@ -1,0 +1,181 @@
+"""`ota serve` as a real subprocess on 127.0.0.1, for tests, the demo and benchmarks.
+
+    with LocalServer(data_dir, root_json) as srv:
+        srv.client().publish(bundle_dir, channel="stable", percent=100)
+        srv.kill(); srv.restart()          # crash tests
+
+A publisher token is created in the data directory before the first start; the server's
+output goes to `<data_dir>/server.log`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from tools.api_client import ApiClient
+from tools.micropython import PROJECT_ROOT
+
+STARTUP_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+
+
+class LocalServerError(RuntimeError):
+    """The server did not come up (the message carries the tail of its log)."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the kernel says is free right now on `host`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+class LocalServer:
+    """Start, stop, kill and restart one `ota serve` process bound to 127.0.0.1."""
+
+    def __init__(self, data_dir: Path | str, root_json: Path | str, *,
+                 port: int | None = None, extra_args: Sequence[str] = (),
+                 env: dict[str, str] | None = None, publisher: str = "local"):
+        self.data_dir = Path(data_dir)
+        self.root_json = Path(root_json)
+        self.host = "127.0.0.1"
+        self.port = port or free_port(self.host)
+        self.extra_args = list(extra_args)
+        self._env = env
+        self._publisher = publisher
+        self._token: str | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def token(self) -> str:
+        if self._token is None:
+            raise LocalServerError("the server has not been started yet")
+        return self._token
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "server.log"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def client(self) -> ApiClient:
+        return ApiClient(self.url, self.token)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> LocalServer:
+        """Start the process and wait until /healthz answers; raises LocalServerError."""
+        if self._process is not None and self._process.poll() is None:
+            return self
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._token is None:
+            self._token = _create_token(self.data_dir, self._publisher)
+        command = [sys.executable, "-m", "tools.cli", "serve", "--data", str(self.data_dir),
+                   "--root", str(self.root_json), "--host", self.host, "--port", str(self.port),
+                   *self.extra_args]
+        env = dict(os.environ if self._env is None else self._env)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT),
+                                                          env.get("PYTHONPATH")]))
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 -- lives as long as the process
+        self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env, cwd=PROJECT_ROOT)
+        self._wait_healthy()
+        return self
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        assert self._process is not None
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                self._close_log()
+                raise LocalServerError(f"ota serve exited with {self._process.returncode}:\n"
+                                       f"{self._log_tail()}")
+            try:
+                health = self.url + "/healthz"  # always http://127.0.0.1:port
+                with urllib.request.urlopen(health, timeout=1) as answer:  # noqa: S310
+                    if answer.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.05)
+        self.kill()
+        raise LocalServerError(f"ota serve did not answer /healthz within {STARTUP_TIMEOUT}s:\n"
+                               f"{self._log_tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM and wait for a clean exit (SIGKILL if it does not come)."""
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+        self._close_log()
+
+    def kill(self) -> None:
+        """SIGKILL, as a power cut or an OOM kill would: no clean-up runs."""
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.wait()
+        self._process = None
+        self._close_log()
+
+    def restart(self) -> LocalServer:
+        self.stop()
+        return self.start()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def _log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def _create_token(data_dir: Path, name: str) -> str:
+    # In-process, before the server runs: one writer, and the token never crosses a pipe.
+    from ota_server.settings import Settings
+    from ota_server.storage.sqlite import SqliteStore
+    from ota_server.tokens import create_token
+
+    store = SqliteStore(Settings(data_dir=data_dir).db_path)
+    try:
+        return create_token(store, name)
+    finally:
+        store.close()

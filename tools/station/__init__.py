@@ -1,0 +1,1 @@
+"""The factory provisioning station (`ota provision`): identify, key, write, register, log."""

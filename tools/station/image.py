@@ -1,0 +1,97 @@
+"""The filesystem image method: a littlefs v2 image of a board's files, built with MicroPython's
+own settings so the board mounts it as its `vfs` partition, and the merged factory image
+(firmware + filesystem) a flashing jig writes in one go.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from littlefs import LittleFS
+
+BLOCK_SIZE = 4096  # MicroPython formats flash partitions in 4 KiB erase blocks
+LOOKAHEAD = 32  # MicroPython's vfs_lfs2 default lookahead size, bytes
+
+
+class ImageError(ValueError):
+    """The files do not fit, or a path or partition is unusable; names what and where."""
+
+
+@dataclass(frozen=True)
+class PartitionGeometry:
+    """Where the filesystem lives and how MicroPython's port formats it."""
+
+    offset: int
+    size: int
+    prog_size: int = 32  # read/prog size: 32 on ESP32, 256 on RP2
+
+    @property
+    def block_count(self) -> int:
+        return self.size // BLOCK_SIZE
+
+    def check(self) -> None:
+        if self.size <= 0 or self.size % BLOCK_SIZE or self.offset % BLOCK_SIZE:
+            raise ImageError(
+                f"filesystem partition at {self.offset:#x}, {self.size:#x} bytes: offset and size "
+                f"must be positive multiples of {BLOCK_SIZE}"
+            )
+
+
+def build_littlefs_image(files: dict[str, bytes], geometry: PartitionGeometry) -> bytes:
+    """A littlefs v2 image of exactly `geometry.size` bytes holding `files`.
+
+    Paths are board paths ("ota/config.json", "/boot.py"); directories are created as needed.
+    Raises ImageError when a path is unusable or the files do not fit the partition.
+    """
+    geometry.check()
+    fs = LittleFS(
+        block_size=BLOCK_SIZE,
+        block_count=geometry.block_count,
+        read_size=geometry.prog_size,
+        prog_size=geometry.prog_size,
+        lookahead_size=LOOKAHEAD,
+        # MicroPython's littlefs caches one prog unit; the on-disk format does not depend on it.
+        cache_size=geometry.prog_size,
+    )
+    for path, data in sorted(files.items()):
+        parts = [p for p in path.split("/") if p]
+        if not parts or any(p in (".", "..") for p in parts):
+            raise ImageError(f"unusable board path {path!r} for the filesystem image")
+        if len(parts) > 1:
+            fs.makedirs("/".join(parts[:-1]), exist_ok=True)
+        try:
+            with fs.open("/".join(parts), "wb") as handle:
+                handle.write(data)
+        except Exception as err:  # littlefs raises LittleFSError(-28) when full
+            raise ImageError(
+                f"{path!r} ({len(data)} bytes) does not fit the {geometry.size:#x}-byte "
+                f"filesystem partition: {err}"
+            ) from err
+    fs.unmount()
+    image = bytes(fs.context.buffer)
+    assert len(image) == geometry.size
+    return image
+
+
+def merge_factory_image(chip: str, firmware: bytes, firmware_offset: int, fs_image: bytes,
+                        fs_offset: int) -> tuple[int, bytes]:
+    """One image for a flashing jig: firmware at its offset, filesystem at the partition offset.
+
+    Built by esptool's own `merge_bin` (which also normalises the firmware header); returns
+    (offset to write it at, bytes). Raises ImageError when the two overlap.
+    """
+    if firmware_offset + len(firmware) > fs_offset:
+        raise ImageError(
+            f"firmware ({len(firmware)} bytes at {firmware_offset:#x}) overlaps the filesystem "
+            f"partition at {fs_offset:#x}"
+        )
+    from esptool.cmds import merge_bin  # esptool is slow to import; only this path needs it
+
+    merged = merge_bin(
+        [(firmware_offset, firmware), (fs_offset, fs_image)],
+        chip=chip,
+        output=None,
+        target_offset=firmware_offset,
+    )
+    assert merged is not None
+    return firmware_offset, bytes(merged)

@@ -1,0 +1,414 @@
+"""The station: provision every target at once, one process per port, and log each board.
+
+Why processes: esptool's logger (and its serial state) is process-wide, and a board that hangs
+or crashes its worker must not take the others with it. The parent only starts workers, shows
+their events, writes the station log and sums up; each worker runs `BoardProvisioner` for one
+port from start to finish and sends back one `BoardRecord`.
+
+Per board, in order (DESIGN.md "Provisioning station", docs/provisioning.md):
+identify -> check for an existing identity -> [flash MicroPython] -> generate the key ->
+build the files -> write and verify them -> register with the server -> reset the board.
+Registration comes only after the write verified; a failure after registration revokes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import multiprocessing
+import os
+import queue
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tools.fleet import ProvisioningProfile
+from tools.station.log import BoardRecord, StationLog
+from tools.station.secrets import Redactor, Secret
+from tools.station.targets import Target
+
+Event = tuple[str, str, Any]  # (kind, target label, payload)
+EventSink = Callable[[str, Any], None]
+
+STEPS = ("identify", "firmware", "boot", "check", "key", "files", "write", "register", "reset")
+
+
+@dataclass(frozen=True)
+class StationJob:
+    """Everything a worker needs; pickled once per worker (secrets included, over a pipe)."""
+
+    station: str
+    operator: str
+    profile: ProvisioningProfile
+    server_url: str
+    publisher_token: Secret
+    wifi_password: Secret | None
+    trust_json: bytes
+    firmware: bytes | None = None
+    reprovision: bool = False
+    esptool_before: str = "default-reset"
+    factory_image_dir: Path | None = None
+    # "module:function" called first in every worker, e.g. to register a pyserial URL handler.
+    worker_setup: tuple[str, ...] = ()
+    # Virtual boards only: cut the board's power before this filesystem mutation, per label.
+    virtual_cut_at: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        return self.profile.method
+
+    def redactor(self) -> Redactor:
+        values = [self.publisher_token.reveal()]
+        if self.wifi_password is not None:
+            values.append(self.wifi_password.reveal())
+        return Redactor(values)
+
+
+class StepFailed(RuntimeError):
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+# -- the worker ---------------------------------------------------------------------------------
+
+
+class BoardProvisioner:
+    """Provision the one board on `target`; every outcome ends as a BoardRecord."""
+
+    def __init__(self, job: StationJob, target: Target, emit: EventSink) -> None:
+        self.job = job
+        self.target = target
+        self.emit = emit
+        self.redact = job.redactor()
+        self.record = BoardRecord(
+            station=job.station, operator=job.operator, port=target.label, method=job.method,
+            profile=job.profile.name,
+            firmware_sha256=hashlib.sha256(job.firmware).hexdigest() if job.firmware else None,
+        )
+        self._api: Any = None
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = time.time()
+        self.emit("step", name)
+        try:
+            yield
+        except StepFailed:
+            raise
+        except Exception as err:  # every failure becomes this board's failure, never the run's
+            message = self.redact(f"{type(err).__name__}: {err}" if not str(err) else str(err))
+            raise StepFailed(name, message) from err
+        finally:
+            self.record.steps[name] = [round(started, 4), round(time.time(), 4)]
+
+    def progress(self, done: int, total: int) -> None:
+        self.emit("progress", (done, total))
+
+    def run(self) -> BoardRecord:
+        self.record.started = time.time()
+        try:
+            with ExitStack() as stack:
+                self._provision(stack)
+            self.record.outcome = "provisioned"
+        except StepFailed as failed:
+            self.record.failed_step = failed.step
+            self.record.error = str(failed)
+            self._revoke_after_failure()
+        self.record.finished = time.time()
+        return self.record
+
+    # The sequence; connections opened into `stack` are closed whatever happens.
+    def _provision(self, stack: ExitStack) -> None:
+        from tools.station import identify
+
+        job, board = self.job, self.job.profile.board
+        esp = mp = None
+        with self.step("identify"):
+            if board.is_espressif:
+                from tools.station.flashing import connect_esp_board
+
+                esp = stack.enter_context(connect_esp_board(self.target.address,
+                                                            before=job.esptool_before))
+                who = identify.identify_esp(esp, board)
+                self.record.flash_size = who.flash_size
+            else:
+                mp = stack.enter_context(self._micropython_board(stack))
+                who = identify.identify_micropython(mp, board)
+            self.record.chip, self.record.mac = who.chip, who.mac
+            base_id = identify.device_id_for(board, who.hardware_id)
+        merged = job.method == "image" and job.factory_image_dir is not None
+        if job.firmware is not None and esp is not None and not merged:
+            with self.step("firmware"):
+                esp.write(board.firmware_offset, job.firmware, self.progress)
+        if esp is not None and job.method == "mpremote":
+            # The files go through MicroPython's REPL: leave the ROM bootloader, boot it.
+            with self.step("boot"):
+                esp.hard_reset()
+                stack.close()
+                esp = None
+                mp = stack.enter_context(self._micropython_board(stack))
+        with self.step("check"):
+            device_id = self._choose_device_id(base_id, on_board_key=(
+                mp is not None and mp.exists("/ota/device.key")))
+            self.record.device_id = device_id
+        with self.step("key"):
+            from signing.keys import generate_private_key, keyid, public_point
+
+            key = generate_private_key()
+            point = public_point(key)
+            self.record.key_fingerprint = keyid(key)
+        with self.step("files"):
+            files = self._board_files(device_id, key)
+            # The key's own bytes must never leak into a message either.
+            self.redact.add(files["/ota/device.key"].hex())
+            image = self._image(files, device_id) if job.method == "image" else None
+        with self.step("write"):
+            if image is not None:
+                if esp is None:
+                    raise StepFailed("write", "the image method needs an Espressif board")
+                offset, data = image
+                esp.write(offset, data, self.progress)
+            else:
+                if mp is None:
+                    raise StepFailed("write", "the mpremote method needs MicroPython running "
+                                              "on the board (flash it first, then re-run)")
+                mp.write_files(files, self.progress)
+        with self.step("register"):
+            self._server().register_device(device_id, point, board=board.name,
+                                           channel=job.profile.channel.name,
+                                           tags=list(job.profile.tags))
+            self.record.registered = True
+        with self.step("reset"):
+            if esp is not None:
+                esp.hard_reset()
+            elif mp is not None:
+                mp.soft_reset()
+
+    @contextmanager
+    def _micropython_board(self, stack: ExitStack) -> Iterator[Any]:
+        from tools.station.writer_mpremote import MpremoteBoard
+
+        port = self.target.address
+        if self.target.kind == "virtual":
+            port = stack.enter_context(self._serve_virtual(Path(self.target.address)))
+        board = MpremoteBoard(port)
+        try:
+            yield board
+        finally:
+            board.close()
+
+    @contextmanager
+    def _serve_virtual(self, flash_dir: Path) -> Iterator[str]:
+        from tools.virtual_board import VirtualBoard
+
+        virtual = VirtualBoard(flash_dir, unique_id=virtual_unique_id(flash_dir))
+        cut_at = self.job.virtual_cut_at.get(self.target.label)
+        kwargs = {"cut_at": cut_at} if cut_at is not None else {}
+        with virtual.serve_repl(**kwargs) as tcp_port:
+            yield f"socket://127.0.0.1:{tcp_port}"
+
+    def _server(self) -> Any:
+        if self._api is None:
+            from tools.api_client import ApiClient
+
+            self._api = ApiClient(self.job.server_url, self.job.publisher_token.reveal())
+        return self._api
+
+    def _choose_device_id(self, base_id: str, on_board_key: bool) -> str:
+        """The id to register: `base_id`, or `base_id-rN` after earlier identities.
+
+        The server never re-keys a device id (a revoked id stays revoked, for audit), so a
+        re-provisioned board gets the next generation. An active identity (on the server or a
+        key on the board) is only replaced with --reprovision, which revokes it first.
+        """
+        known = {}
+        for device in self._server().list_devices():
+            device_id = str(device["device_id"])
+            if device_id == base_id or device_id.startswith(base_id + "-r"):
+                known[device_id] = device
+        active = sorted(d for d, v in known.items() if not v.get("revoked"))
+        if (active or on_board_key) and not self.job.reprovision:
+            where = f"server: {', '.join(active)}" if active else "a key on the board"
+            raise StepFailed("check", f"board already has an identity ({where}); "
+                                      f"re-run with --reprovision to replace it")
+        for device_id in active:
+            self._server().revoke_device(device_id)
+            self.record.revoked.append(device_id)
+        if not known:
+            return base_id
+        generations = [int(d.rsplit("-r", 1)[1]) for d in known
+                       if d != base_id and d.rsplit("-r", 1)[1].isdigit()]
+        return f"{base_id}-r{max([1, *generations]) + 1}"
+
+    def _board_files(self, device_id: str, key: Any) -> dict[str, bytes]:
+        from tools.board_files import BoardConfig, board_files
+
+        job, profile = self.job, self.job.profile
+        wifi = profile.wifi
+        config = BoardConfig(
+            device_id=device_id, server=job.server_url, board=profile.board.name,
+            channel=profile.channel.name,
+            wifi_ssid=wifi.ssid if wifi else "",
+            wifi_password=job.wifi_password.reveal() if job.wifi_password else "",
+            poll_every_min=max(1, profile.poll_interval_s // 60),
+        )
+        return board_files(config, key, job.trust_json, mpy=profile.mpy)
+
+    def _image(self, files: dict[str, bytes], device_id: str) -> tuple[int, bytes]:
+        """The littlefs image at the partition offset, or firmware + image merged when a
+        factory image directory is set (then also saved there for a flashing jig)."""
+        from tools.station.image import (
+            PartitionGeometry,
+            build_littlefs_image,
+            merge_factory_image,
+        )
+
+        board = self.job.profile.board
+        geometry = PartitionGeometry(board.fs_offset, board.fs_size, board.prog_size)
+        fs_image = build_littlefs_image(files, geometry)
+        if self.job.factory_image_dir is None or self.job.firmware is None:
+            return board.fs_offset, fs_image
+        offset, merged = merge_factory_image(board.chip, self.job.firmware,
+                                             board.firmware_offset, fs_image, board.fs_offset)
+        out = self.job.factory_image_dir / f"{device_id}@{offset:#x}.bin"
+        # The image holds the board's private key: owner-only, like every key on disk.
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(merged)
+        return offset, merged
+
+    def _revoke_after_failure(self) -> None:
+        if not self.record.registered or self.record.device_id is None:
+            return
+        try:
+            self._server().revoke_device(self.record.device_id)
+            self.record.revoked.append(self.record.device_id)
+            self.record.registered = False
+        except Exception as err:
+            self.record.error = f"{self.record.error}; revoking it failed too: " + self.redact(
+                str(err))
+
+
+def virtual_unique_id(flash_dir: Path) -> bytes:
+    """A virtual board has no silicon: its serial number is a function of where its flash
+    lives, so the same directory is always the same board (6 bytes, like an ESP32 MAC)."""
+    return hashlib.sha256(str(flash_dir.resolve()).encode()).digest()[:6]
+
+
+def _worker_main(job: StationJob, target: Target, events: Any) -> None:
+    """Entry point of a worker process: provision one board, send events and one result."""
+
+    def emit(kind: str, payload: Any) -> None:
+        events.put((kind, target.label, payload))
+
+    try:
+        for hook in job.worker_setup:
+            module, _, function = hook.partition(":")
+            getattr(importlib.import_module(module), function)()
+        record = BoardProvisioner(job, target, emit).run()
+    except BaseException as err:  # the record must reach the parent whatever happened
+        record = BoardRecord(station=job.station, operator=job.operator, port=target.label,
+                             method=job.method, profile=job.profile.name,
+                             error=job.redactor()(f"station worker crashed: {err!r}"),
+                             failed_step="worker")
+        traceback.print_exc()
+    events.put(("result", target.label, record.to_json()))
+
+
+# -- the parent ---------------------------------------------------------------------------------
+
+
+class StationView:
+    """What the operator sees; tools.station.view.LiveView implements it with rich."""
+
+    def started(self, labels: list[str]) -> None:
+        pass
+
+    def step(self, label: str, step: str) -> None:
+        pass
+
+    def progress(self, label: str, done: int, total: int) -> None:
+        pass
+
+    def finished(self, record: BoardRecord) -> None:
+        pass
+
+    def summary(self, records: list[BoardRecord]) -> None:
+        pass
+
+
+@dataclass
+class Station:
+    """Provision `targets` in parallel and append one log record per board to `log`."""
+
+    job: StationJob
+    log: StationLog
+    view: StationView = field(default_factory=StationView)
+    timeout_s: float = 600.0  # per run: a hung board is reported failed, never waited on forever
+    _dead_since: dict[str, float] = field(default_factory=dict)
+
+    def run(self, targets: list[Target]) -> list[BoardRecord]:
+        ctx = multiprocessing.get_context("spawn")
+        events = ctx.Queue()
+        workers = {
+            t.label: ctx.Process(target=_worker_main, args=(self.job, t, events),
+                                 name=f"station-{t.label}", daemon=True)
+            for t in targets
+        }
+        self.view.started(list(workers))
+        for worker in workers.values():
+            worker.start()
+        results: dict[str, BoardRecord] = {}
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            while len(results) < len(workers):
+                try:
+                    kind, label, payload = events.get(timeout=0.2)
+                except queue.Empty:
+                    self._reap(workers, results, deadline)
+                    continue
+                if kind == "step":
+                    self.view.step(label, payload)
+                elif kind == "progress":
+                    self.view.progress(label, *payload)
+                elif kind == "result" and label not in results:
+                    self._finish(results, BoardRecord.from_json(payload))
+        finally:
+            for worker in workers.values():
+                worker.join(timeout=5)
+                if worker.is_alive():
+                    worker.terminate()
+        records = [results[label] for label in workers]
+        self.view.summary(records)
+        return records
+
+    def _finish(self, results: dict[str, BoardRecord], record: BoardRecord) -> None:
+        results[record.port] = record
+        self.log.append(record)
+        self.view.finished(record)
+
+    def _reap(self, workers: dict[str, Any], results: dict[str, BoardRecord],
+              deadline: float) -> None:
+        """A worker that died or ran out of time without a result is a failed board."""
+        timed_out = time.monotonic() > deadline
+        for label, worker in workers.items():
+            if label in results or (worker.is_alive() and not timed_out):
+                continue
+            if worker.is_alive():
+                worker.terminate()
+                why = f"no result within {self.timeout_s:.0f} s; worker stopped"
+            else:
+                # Its result may still be in the pipe: give the queue a moment before judging.
+                since = self._dead_since.setdefault(label, time.monotonic())
+                if time.monotonic() - since < 2.0:
+                    continue
+                why = f"worker exited ({worker.exitcode}) without a result"
+            self._finish(results, BoardRecord(
+                station=self.job.station, operator=self.job.operator, port=label,
+                method=self.job.method, profile=self.job.profile.name, error=why,
+                failed_step="worker", started=time.time(), finished=time.time()))

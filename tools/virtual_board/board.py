@@ -1,0 +1,245 @@
+"""A virtual board: the MicroPython unix port booting from a host directory as its flash.
+
+Each boot is a new MicroPython process running standins/_vb_boot.py, which mounts the flash
+directory as "/" and runs /boot.py then /main.py, as a board's firmware does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tools.micropython import find_micropython
+from tools.virtual_board import power
+from tools.virtual_board.power import Ended
+
+if TYPE_CHECKING:
+    from tools.virtual_board.repl import ReplServer
+
+STANDINS_DIR = Path(__file__).resolve().parent / "standins"
+_BOOT_SCRIPT = STANDINS_DIR / "_vb_boot.py"
+_DEFAULT_UNIQUE_ID = b"\x00\x01\x02\x03\x04\x05"
+_READ_CHUNK = 65536
+
+OutputSink = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BootRecord:
+    """One boot: what the board printed and how the boot ended."""
+
+    output: str  # stdout and stderr, in order
+    ended: Ended
+    traceback: str | None  # text of the unhandled exception, for a crash
+    fs_ops: int  # filesystem mutations this boot made (a power-cut boot: those before the cut)
+    reset_cause: int  # what machine.reset_cause() returned during this boot
+    exit_code: int | None  # the process's exit status (None when killed at timeout)
+    seconds: float
+
+
+@dataclass
+class RunResult:
+    """The boots of one run, from power-on until a boot ended without a reset."""
+
+    boots: list[BootRecord] = field(default_factory=list)
+    fs_ops: int = 0  # mutations over all boots: cut points 1..fs_ops each hit one of them
+
+    @property
+    def output(self) -> str:
+        return "".join(boot.output for boot in self.boots)
+
+    @property
+    def ended(self) -> Ended:
+        """How the last boot ended ('reset' here means max_boots stopped a reset loop)."""
+        return self.boots[-1].ended
+
+
+class VirtualBoard:
+    """A MicroPython board whose flash is `flash_dir`, with stand-ins for machine and network."""
+
+    def __init__(
+        self,
+        flash_dir: Path | str,
+        *,
+        micropython: str | None = None,
+        unique_id: bytes = _DEFAULT_UNIQUE_ID,
+        wifi_ok: bool = True,
+        heapsize: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.flash_dir = Path(flash_dir).resolve()
+        if not self.flash_dir.is_dir():
+            raise NotADirectoryError(f"board flash directory {self.flash_dir} does not exist")
+        if not unique_id:
+            raise ValueError("unique_id must not be empty")
+        self.micropython = micropython or find_micropython()
+        self.unique_id = unique_id
+        self.wifi_ok = wifi_ok
+        self.heapsize = heapsize
+        self.extra_env = dict(env or {})
+
+    def command(self, script: Path) -> list[str]:
+        """The command line that runs a stand-in script on this board's interpreter."""
+        heap = ["-X", f"heapsize={self.heapsize}"] if self.heapsize else []
+        return [self.micropython, *heap, str(script)]
+
+    def environment(self, **board_vars: str) -> dict[str, str]:
+        """The process environment of a board: only what the interpreter and stand-ins need."""
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        for inherited in ("LD_LIBRARY_PATH", "LANG", "TMPDIR"):
+            if inherited in os.environ:
+                env[inherited] = os.environ[inherited]
+        env.update(self.extra_env)
+        env.update(
+            VB_FLASH=str(self.flash_dir),
+            VB_STANDINS=str(STANDINS_DIR),
+            VB_UNIQUE_ID=self.unique_id.hex(),
+            VB_WIFI_OK="1" if self.wifi_ok else "0",
+        )
+        env.update(board_vars)
+        return env
+
+    def run(
+        self,
+        max_boots: int = 5,
+        timeout: float = 30.0,
+        cut_at: int | None = None,
+        on_output: OutputSink | None = None,
+    ) -> RunResult:
+        """Power the board on and boot it until a boot ends without a reset, or `max_boots`.
+
+        `timeout` bounds the whole run; a boot still running then is killed ('timeout').
+        `cut_at=N` cuts power just BEFORE the Nth filesystem mutation of the run (counted over
+        all boots): the flash holds exactly the effects of mutations 1..N-1.
+        `on_output` receives the board's output as it is printed.
+        """
+        if max_boots < 1:
+            raise ValueError(f"max_boots must be at least 1, not {max_boots}")
+        if cut_at is not None and cut_at < 1:
+            raise ValueError(f"cut_at counts mutations from 1, not {cut_at}")
+        deadline = time.monotonic() + timeout
+        result = RunResult()
+        reset_cause = power.PWRON_RESET
+        for _ in range(max_boots):
+            cut_in = cut_at - result.fs_ops if cut_at is not None else 0
+            boot = self._boot(reset_cause, cut_in, deadline, on_output)
+            result.boots.append(boot)
+            result.fs_ops += boot.fs_ops
+            if boot.ended not in power.REBOOTS:
+                break
+            reset_cause = power.REBOOTS[boot.ended]
+        return result
+
+    @contextlib.contextmanager
+    def serve_repl(self, port: int = 0, cut_at: int | None = None) -> Iterator[int]:
+        """Serve this board's raw REPL on 127.0.0.1 (port 0: any free one); yields the port.
+
+        `mpremote connect socket://127.0.0.1:PORT ...` then works on the board's flash.
+        `cut_at=N` cuts power just before the Nth filesystem mutation made through the REPL:
+        the client's connection drops and every later one is dropped at once.
+        Everything started is stopped when the context exits.
+        """
+        with self.repl_server(port, cut_at) as server:
+            yield server.port
+
+    def repl_server(self, port: int = 0, cut_at: int | None = None) -> ReplServer:
+        """The REPL endpoint itself (a context manager), for callers that want fs_ops or
+        powered_off as well as the port."""
+        from tools.virtual_board.repl import ReplServer  # repl.py imports this module
+
+        if cut_at is not None and cut_at < 1:
+            raise ValueError(f"cut_at counts mutations from 1, not {cut_at}")
+        return ReplServer(self, port, cut_at)
+
+    def _boot(
+        self, reset_cause: int, cut_in: int, deadline: float, on_output: OutputSink | None
+    ) -> BootRecord:
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="vboard-") as scratch:
+            report = Path(scratch) / "report"
+            env = self.environment(
+                VB_RESET_CAUSE=str(reset_cause), VB_CUT_AT=str(cut_in), VB_REPORT=str(report)
+            )
+            output, exit_code = _run_process(
+                self.command(_BOOT_SCRIPT), env, self.flash_dir, deadline, on_output
+            )
+            report_text = report.read_text() if report.exists() else ""
+        ended, fs_ops, traceback = _read_report(report_text, exit_code, output)
+        if ended == "power_cut":
+            fs_ops = cut_in - 1
+        return BootRecord(
+            output=output,
+            ended=ended,
+            traceback=traceback,
+            fs_ops=fs_ops,
+            reset_cause=reset_cause,
+            exit_code=exit_code,
+            seconds=time.monotonic() - started,
+        )
+
+
+def _run_process(
+    command: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    deadline: float,
+    on_output: OutputSink | None,
+) -> tuple[str, int | None]:
+    """Run one boot, relaying output; returns (output, exit status or None if killed)."""
+    chunks: list[bytes] = []
+    with subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=env, cwd=cwd,
+    ) as proc:
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        killed = False
+        while True:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([fd], [], [], max(left, 0))
+            if not ready:
+                proc.kill()
+                killed = True
+                break
+            chunk = os.read(fd, _READ_CHUNK)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if on_output is not None:
+                on_output(chunk.decode("utf-8", "replace"))
+        exit_code = proc.wait()
+    return b"".join(chunks).decode("utf-8", "replace"), None if killed else exit_code
+
+
+def _read_report(report: str, exit_code: int | None, output: str) -> tuple[Ended, int, str | None]:
+    """How the boot ended, its mutation count and traceback, from the stand-ins' report."""
+    if exit_code is None:
+        return "timeout", _reported_ops(report), None
+    first, _, traceback = report.partition("\n")
+    kind, _, ops = first.partition(" ")
+    ended = power.ENDED_BY_EXIT_CODE.get(exit_code)
+    if ended is None or kind != ended:
+        # The interpreter itself died (a fault, or an error in the harness): report a crash with
+        # whatever it printed, so the failure is visible rather than mistaken for a clean exit.
+        return "crash", _reported_ops(report), _traceback_in(output) or output[-2000:]
+    return ended, int(ops or 0), traceback or None
+
+
+def _reported_ops(report: str) -> int:
+    with contextlib.suppress(ValueError, IndexError):
+        return int(report.split("\n", 1)[0].split(" ")[1])
+    return 0
+
+
+def _traceback_in(output: str) -> str | None:
+    start = output.rfind("Traceback (most recent call last):")
+    return output[start:] if start >= 0 else None
+

@@ -1,0 +1,217 @@
+# Virtual-board harness, MicroPython side: the flash VFS, fs-mutation counting and the power cut.
+# Runs only on the unix port (it uses ffi and env vars); it never goes onto a real board.
+# mypy: ignore-errors
+import os
+import sys
+
+import ffi
+import io
+import vfs
+
+# Exit codes the host harness reads; keep in step with tools/virtual_board/power.py.
+EXIT_RESET = 86
+EXIT_POWER_CUT = 87
+EXIT_CRASH = 88
+EXIT_WATCHDOG = 89
+_EXIT_CODES = {
+    "reset": EXIT_RESET,
+    "power_cut": EXIT_POWER_CUT,
+    "crash": EXIT_CRASH,
+    "watchdog": EXIT_WATCHDOG,
+    "exit": 0,
+}
+STANDINS = "/.standins"  # virtual prefix mapped to the stand-ins directory, never listed in "/"
+_STANDINS_LEN = len(STANDINS)
+_WRITE_MODES = "wax+"
+
+_exit = ffi.open("libc.so.6").func("v", "_exit", "i")
+flash = None  # the mounted FlashVfs
+_report = None  # host file the harness reads after the boot (outside the flash)
+unique_id = b"\x00\x01\x02\x03\x04\x05"
+wifi_ok = True
+reset_cause = 1
+
+
+def _normalize(path):
+    # Resolve "." and ".." the way a board does: ".." at the root stays at the root, so a path
+    # can never leave the flash directory.
+    parts = []
+    for part in path.split("/"):
+        if part == "..":
+            if parts:
+                parts.pop()
+        elif part and part != ".":
+            parts.append(part)
+    return "/" + "/".join(parts)
+
+
+class FlashVfs:
+    """A user VFS over a host directory; counts mutations and cuts power before the Nth one."""
+
+    def __init__(self, root, standins, cut_at):
+        self._posix = vfs.VfsPosix()
+        self._root = root.rstrip("/")
+        self._standins = standins.rstrip("/")
+        self._cwd = "/"
+        self.ops = 0
+        self._cut_at = cut_at  # 0: never
+
+    def mutation(self):
+        # Called BEFORE the operation: a cut at N leaves exactly the effects of operations 1..N-1.
+        self.ops += 1
+        if self.ops == self._cut_at:
+            self.ops -= 1
+            end_boot("power_cut")
+
+    def _host(self, path):
+        if path[:1] != "/":
+            path = self._cwd + "/" + path
+        if "/." in path or "//" in path:
+            path = _normalize(path)
+        if path[:_STANDINS_LEN] == STANDINS and path[_STANDINS_LEN:_STANDINS_LEN + 1] in ("", "/"):
+            return self._standins + path[_STANDINS_LEN:]
+        return self._root + path
+
+    def mount(self, readonly, mkfs):
+        pass
+
+    def umount(self):
+        pass
+
+    def open(self, path, mode):
+        for c in mode:
+            if c in _WRITE_MODES:
+                self.mutation()
+                return WriteFile(self._posix.open(self._host(path), mode), self)
+        return self._posix.open(self._host(path), mode)
+
+    def ilistdir(self, path):
+        # Board filesystems give (name, type, inode, size); VfsPosix omits the size.
+        host = self._host(path)
+        stat = self._posix.stat
+        for entry in self._posix.ilistdir(host):
+            kind = entry[1]
+            if kind == 0x4000:
+                yield (entry[0], kind, 0, 0)
+            else:
+                st = stat(host + "/" + entry[0])
+                yield (entry[0], st[0] & 0xF000, 0, st[6])
+
+    def stat(self, path):
+        return self._posix.stat(self._host(path))
+
+    def statvfs(self, path):
+        return self._posix.statvfs(self._root)
+
+    def mkdir(self, path):
+        self.mutation()
+        self._posix.mkdir(self._host(path))
+
+    def rmdir(self, path):
+        self.mutation()
+        self._posix.rmdir(self._host(path))
+
+    def remove(self, path):
+        self.mutation()
+        self._posix.remove(self._host(path))
+
+    def rename(self, old, new):
+        self.mutation()
+        self._posix.rename(self._host(old), self._host(new))
+
+    def chdir(self, path):
+        if path[:1] != "/":
+            path = self._cwd + "/" + path
+        path = _normalize(path)
+        if not self._posix.stat(self._host(path))[0] & 0x4000:
+            raise OSError(20)  # ENOTDIR
+        self._cwd = path
+
+    def getcwd(self):
+        return self._cwd
+
+
+class WriteFile(io.IOBase):
+    """A file opened for writing: every write() is one counted mutation; reads pass through."""
+
+    def __init__(self, f, fs):
+        self._f = f
+        self._fs = fs
+
+    def write(self, buf):
+        self._fs.mutation()
+        return self._f.write(buf)
+
+    def read(self, *args):
+        return self._f.read(*args)
+
+    def readinto(self, buf, *args):
+        return self._f.readinto(buf, *args)
+
+    def readline(self, *args):
+        return self._f.readline(*args)
+
+    def seek(self, *args):
+        return self._f.seek(*args)
+
+    def tell(self):
+        return self._f.tell()
+
+    def flush(self):
+        return self._f.flush()
+
+    def close(self):
+        return self._f.close()
+
+    def ioctl(self, request, arg):
+        if request == 4:  # MP_STREAM_CLOSE, from native code such as `with` on a raw stream
+            self._f.close()
+        return 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        line = self._f.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+
+def _env_int(name, default):
+    value = os.getenv(name)
+    return int(value) if value else default
+
+
+def start():
+    """Mount the flash directory as "/" and make sys.path look like a board's."""
+    global flash, _report, unique_id, wifi_ok, reset_cause
+    import binascii
+
+    unique_id = binascii.unhexlify(os.getenv("VB_UNIQUE_ID") or "000102030405")
+    wifi_ok = os.getenv("VB_WIFI_OK") != "0"
+    reset_cause = _env_int("VB_RESET_CAUSE", 1)
+    report_path = os.getenv("VB_REPORT")
+    if report_path:
+        _report = open(report_path, "w")  # opened before the host root goes away
+    flash = FlashVfs(os.getenv("VB_FLASH"), os.getenv("VB_STANDINS"), _env_int("VB_CUT_AT", 0))
+    vfs.umount("/")
+    vfs.mount(flash, "/")
+    os.chdir("/")
+    sys.path[:] = ["", ".frozen", "/lib", STANDINS]
+
+
+def end_boot(ended, traceback=None):
+    """End this boot at once (no finally, no atexit: a reset or power loss); tell the host."""
+    if _report is not None:
+        _report.write("%s %d\n" % (ended, flash.ops if flash else 0))
+        if traceback:
+            _report.write(traceback)
+        _report.close()
+    _exit(_EXIT_CODES[ended])
