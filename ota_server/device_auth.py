@@ -27,6 +27,7 @@ REQUEST_CONTEXT = b"mpota-req-v1"
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 _PARAM = re.compile(r"^(id|ctr|sig)=([^,\s]+)$")
 _MAX_COUNTER = 2**63 - 1  # SQLite INTEGER
+_DECIMAL = re.compile(r"[0-9]{1,19}")
 
 
 @dataclass(frozen=True)
@@ -46,16 +47,16 @@ def parse_authorization(header: str | None) -> DeviceCredential:
         raise Unauthorized(f"authorization scheme must be {SCHEME}", code="bad_credentials")
     params: dict[str, str] = {}
     for part in rest.strip().split(","):
-        match = _PARAM.match(part.strip())
+        match = _PARAM.fullmatch(part.strip())
         if match is None or match.group(1) in params:
             raise Unauthorized("authorization must be id=<device>,ctr=<n>,sig=<base64>",
                                code="bad_credentials")
         params[match.group(1)] = match.group(2)
     if set(params) != {"id", "ctr", "sig"}:
         raise Unauthorized("authorization needs id, ctr and sig", code="bad_credentials")
-    if not DEVICE_ID.match(params["id"]):
+    if not DEVICE_ID.fullmatch(params["id"]):
         raise Unauthorized("authorization id is not a valid device id", code="bad_credentials")
-    if not params["ctr"].isdigit() or int(params["ctr"]) > _MAX_COUNTER:
+    if not _DECIMAL.fullmatch(params["ctr"]) or int(params["ctr"]) > _MAX_COUNTER:
         raise Unauthorized("authorization ctr must be a non-negative decimal integer",
                            code="bad_credentials")
     try:

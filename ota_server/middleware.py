@@ -134,8 +134,13 @@ async def log_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         status = response.status
         return response
     finally:
-        found = request.get(state.DEVICE)
-        log.info("%s %s %d %.1fms", request.method, request.path, status,
-                 (time.perf_counter() - started) * 1000,
-                 extra={"method": request.method, "path": request.path, "status": status,
-                        "device_id": found.device_id if found else None})
+        if log.isEnabledFor(logging.INFO):
+            _log_request(request, status, started)
+
+
+def _log_request(request: web.Request, status: int, started: float) -> None:
+    found = request.get(state.DEVICE)
+    log.info("%s %s %d %.1fms", request.method, request.path, status,
+             (time.perf_counter() - started) * 1000,
+             extra={"method": request.method, "path": request.path, "status": status,
+                    "device_id": found.device_id if found else None})

@@ -6,6 +6,7 @@ request and its counter, and put the board and the exact body bytes on the reque
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aiohttp import web
@@ -59,7 +60,10 @@ async def checkin(request: web.Request) -> web.Response:
         "slot": None if slot is None else str(slot),
     }
     store = request.app[state.STORE]
-    store.record_checkin(found.device_id, inventory)
+    # `found` was read just before the counter moved; write only what changed (last_seen
+    # moved with the counter).
+    changed = {k: v for k, v in inventory.items() if found.inventory.get(k) != v}
+    store.record_checkin(found.device_id, changed)
     headers = {}
     latest = request.app[state.TRUST].latest.version
     if root_version is not None and latest > root_version:
@@ -80,7 +84,7 @@ async def checkin(request: web.Request) -> web.Response:
 async def root_metadata(request: web.Request) -> web.Response:
     """The root metadata envelope of one version, for a board walking a rotation."""
     raw = request.match_info["version"]
-    if not raw.isdigit() or len(raw) > 9:
+    if not re.fullmatch(r"[0-9]{1,9}", raw):
         raise BadRequest(f"root version must be a positive integer, got {raw[:20]!r}",
                          code="bad_version")
     envelope = request.app[state.TRUST].envelope(int(raw))
@@ -93,12 +97,16 @@ class BlobResponse(web.FileResponse):
     """A FileResponse (sendfile, Range) whose ETag is the strong content address instead of
     aiohttp's mtime-size tag; counts what it sent once aiohttp has prepared it."""
 
-    def __init__(self, path: Any, sha256: str, metrics: Metrics):
+    def __init__(self, path: Any, sha256: str, metrics: Metrics, *, whole: bool = False):
         super().__init__(path, headers={"Cache-Control": BLOB_CACHE})
         self._sha256 = sha256
         self._metrics = metrics
+        self._whole = whole
 
     async def prepare(self, request: web.BaseRequest) -> Any:
+        if self._whole:
+            request = request.clone(headers={k: v for k, v in request.headers.items()
+                                             if k.lower() not in ("range", "if-range")})
         writer = await super().prepare(request)
         self._metrics.inc("mpota_blob_requests_total", code=str(self.status))
         if request.method != "HEAD":
@@ -135,11 +143,9 @@ async def blob(request: web.Request) -> web.StreamResponse:
         metrics.inc("mpota_blob_requests_total", code="304")
         return web.Response(status=304, headers={"ETag": tag, "Cache-Control": BLOB_CACHE})
     if_range = request.headers.get("If-Range")
-    if if_range is not None and if_range.strip() != tag:
-        # A range of some other version: RFC 9110 says send the whole (current) content.
-        request = request.clone(headers={k: v for k, v in request.headers.items()
-                                         if k.lower() not in ("range", "if-range")})
-    return BlobResponse(path, sha256, metrics)
+    # A range of some other version: RFC 9110 says send the whole (current) content.
+    whole = if_range is not None and if_range.strip() != tag
+    return BlobResponse(path, sha256, metrics, whole=whole)
 
 
 # Once confirmed, a deployment only changes again by a rollback.

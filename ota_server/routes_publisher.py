@@ -83,8 +83,8 @@ async def put_blob(request: web.Request) -> web.Response:
 @publisher
 async def missing_blobs(request: web.Request) -> web.Response:
     """Which of the given blob ids the server does not have yet."""
-    doc = await read_json(request, "missing blobs", request.app[state.SETTINGS].limits
-                          .max_envelope_bytes * 4)
+    doc = await read_json(request, "missing blobs",
+                          request.app[state.SETTINGS].limits.max_query_bytes)
     wanted = required(doc, "blobs", list, "missing blobs")
     if len(wanted) > _MAX_MISSING_QUERY:
         raise BadRequest(f"missing blobs: at most {_MAX_MISSING_QUERY} ids", code="bad_field")
@@ -199,7 +199,7 @@ async def register_device(request: web.Request) -> web.Response:
 
     doc = await read_json(request, "device", request.app[state.SETTINGS].limits.max_json_bytes)
     device_id = required(doc, "device_id", str, "device")
-    if not DEVICE_ID.match(device_id):
+    if not DEVICE_ID.fullmatch(device_id):
         raise BadRequest(f"device_id {device_id[:80]!r} must match {DEVICE_ID.pattern}",
                          code="bad_device_id")
     try:

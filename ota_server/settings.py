@@ -26,7 +26,9 @@ class Limits:
 
     max_blob_bytes: int = 16 * 1024 * 1024
     max_json_bytes: int = 64 * 1024
-    max_envelope_bytes: int = 256 * 1024
+    # Read cap for envelope uploads; signing.limits then enforces the board's smaller cap.
+    max_envelope_bytes: int = 64 * 1024
+    max_query_bytes: int = 1024 * 1024
     max_device_body_bytes: int = 4 * 1024
 
 

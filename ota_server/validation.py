@@ -62,7 +62,7 @@ def required(doc: dict[str, Any], name: str, kind: type | tuple[type, ...], what
 
 def name(value: str, what: str) -> str:
     """An app, channel or tag name: [A-Za-z0-9._-], 1..64, not starting with punctuation."""
-    if not NAME.match(value):
+    if not NAME.fullmatch(value):
         raise BadRequest(f"{what} {value[:80]!r} must match [A-Za-z0-9][A-Za-z0-9._-]{{0,63}}",
                          code="bad_name")
     return value

@@ -148,6 +148,11 @@ def save_private_key(
     _write_atomic(target, private_key_pem(key, passphrase), 0o600)
 
 
+def is_encrypted_pem(data: bytes) -> bool:
+    """True for an encrypted PKCS#8 or traditional PEM private key."""
+    return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data or b"Proc-Type: 4,ENCRYPTED" in data
+
+
 def load_private_key(path: str | os.PathLike[str], passphrase: bytes | None) -> PrivateKey:
     """Read a PEM private key; raises KeyFileError naming the file and what is wrong."""
     target = Path(path)
@@ -155,12 +160,12 @@ def load_private_key(path: str | os.PathLike[str], passphrase: bytes | None) -> 
         data = target.read_bytes()
     except OSError as err:
         raise KeyFileError(f"{target}: cannot read key file ({err.strerror})") from err
+    if not is_encrypted_pem(data):
+        passphrase = None  # a passphrase meant for other keys does not stop a plain one loading
     try:
         key = serialization.load_pem_private_key(data, password=passphrase or None)
     except TypeError as err:
-        # cryptography says TypeError for "encrypted but no passphrase" and the reverse.
-        hint = "is encrypted: set MPOTA_KEY_PASSPHRASE" if not passphrase else "is not encrypted"
-        raise KeyFileError(f"{target}: key {hint}") from err
+        raise KeyFileError(f"{target}: key is encrypted: set MPOTA_KEY_PASSPHRASE") from err
     except ValueError as err:
         raise KeyFileError(f"{target}: not a PEM private key, or wrong passphrase") from err
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":

@@ -2,7 +2,7 @@
 
 Order of checks (the first failing one decides the error):
 size cap, envelope JSON and shape, payloadType, release threshold, manifest fields, board,
-sequence (rollback, then same), expiry. Signatures come before the payload is parsed, so
+sequence (same or lower), expiry. Signatures come before the payload is parsed, so
 unsigned JSON is never interpreted beyond the envelope.
 """
 

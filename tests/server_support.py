@@ -212,10 +212,10 @@ class ServerEnv:
         result: dict[str, Any] = (await resp.json())["rollout"]
         return result
 
-    async def checkin(self, board: SimBoard, **extra: Any) -> Any:
-        body = board.checkin_body(**extra)
+    async def checkin(self, sim: SimBoard, **extra: Any) -> Any:
+        body = sim.checkin_body(**extra)
         return await self.client.post("/v1/device/checkin", data=body,
-                                      headers=board.auth("POST", "/v1/device/checkin", body))
+                                      headers=sim.auth("POST", "/v1/device/checkin", body))
 
     async def report(self, board: SimBoard, status: str, sequence: int,
                      reason: str | None = None) -> Any:

@@ -253,3 +253,13 @@ def test_sign_refuses_out_of_range_private_keys(micropython: str) -> None:
         "print(json.dumps(out))\n"
     )
     assert run_board(micropython, script) == [["ValueError"] * 4]
+
+
+def test_embedded_generator_table_is_what_the_board_computes(micropython: str) -> None:
+    script = (
+        "from ota import p256\n"
+        "built = p256.Comb(p256.GX, p256.GY, p256._G_TABLE_TEETH).table\n"
+        "print(json.dumps([p256._G_TABLE_TEETH == p256.G_TEETH, bytes(built) == p256._G_TABLE,"
+        " len(p256._G_TABLE)]))\n"
+    )
+    assert run_board(micropython, script) == [[True, True, 64 << 5]]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import random
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 import signing.errors
+import signing.root
+import signing.verify
 
 BOARD_DIR = Path(__file__).resolve().parent.parent / "bootloader_py"
 N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -131,7 +134,7 @@ class World:
 
 @dataclass
 class Case:
-    kind: str  # "manifest" | "rotation" | "load"
+    kind: str  # ["deferred-"] + "manifest" | "rotation" | "load"
     expect: str  # "ok" or the error class name
     envelope: bytes = b""
     root: dict[str, Any] | None = None  # root payload; None: the world's v1
@@ -262,6 +265,13 @@ def _cases(w: World) -> dict[str, Case]:
         "rotation_wrong_payload_type": Case("rotation", "PayloadTypeError", dump(envelope(
             MANIFEST_TYPE, dump(v2), [w.r1, w.r2]))),
         "load_provisioned_root": Case("load", "ok"),
+        # defer_check: the root's own signatures are checked at its first use, never skipped.
+        "deferred_check_root_loads": Case("deferred-load", "ok", root_signers=["stranger"]),
+        "deferred_check_refuses_manifest": Case("deferred-manifest", "ThresholdError", good,
+                                                root_signers=["stranger"]),
+        "deferred_check_refuses_rotation": Case("deferred-rotation", "ThresholdError", v2_both,
+                                                root_signers=["stranger"]),
+        "deferred_check_good_root": Case("deferred-manifest", "ok", good),
         "load_root_not_self_signed": Case("load", "ThresholdError", root_signers=["stranger"]),
         "load_root_threshold_two_one_sig": Case(
             "load", "ThresholdError", root=root_doc(1, [w.r1, w.r2], [w.rel1], root_threshold=2)),
@@ -290,10 +300,14 @@ for c in data:
     for name in c["limits"]:
         setattr(trust, name, c["limits"][name])
     try:
-        root = trust.load_root(c["root_file"])
-        if c["kind"] == "load":
+        kind = c["kind"]
+        deferred = kind.startswith("deferred-")
+        if deferred:
+            kind = kind[9:]
+        root = trust.load_root(c["root_file"], precompute=c["precompute"], defer_check=deferred)
+        if kind == "load":
             res = ["ok", root.version]
-        elif c["kind"] == "manifest":
+        elif kind == "manifest":
             m = trust.verify_manifest(binascii.unhexlify(c["envelope"]), root, board=c["board"],
                                       installed_sequence=c["installed_sequence"], now=c["now"])
             res = ["ok", m]
@@ -328,7 +342,7 @@ def outcomes(micropython: str, world: World, tmp_path_factory: pytest.TempPathFa
         payload.append({"name": name, "kind": case.kind, "envelope": case.envelope.hex(),
                         "root_file": str(root_file), "board": case.board,
                         "installed_sequence": case.installed_sequence, "now": case.now,
-                        "limits": case.limits})
+                        "limits": case.limits, "precompute": i % 2 == 0})
     done = subprocess.run(
         [micropython, "-c", BOARD_RUNNER.replace("BOARD_DIR", repr(str(BOARD_DIR)))],
         input=json.dumps(payload), capture_output=True, text=True, timeout=300, check=False)
@@ -386,3 +400,140 @@ def test_board_error_classes_match_the_host_hierarchy(micropython: str) -> None:
                           timeout=60, check=True)
     assert json.loads(done.stdout) == _hierarchy(signing.errors)
 
+
+
+JSON_VALUES: list[Any] = [None, True, False, 0, -1, 2**70, 1.5, "", "x", "../a", [], {}, [1],
+                          {"a": 1}, "ab" * 32]
+
+
+def _mutate_doc(doc: Any, rng: random.Random) -> Any:
+    """`doc` with one value somewhere replaced by a random JSON value, or one key dropped."""
+    doc = json.loads(json.dumps(doc))
+    parent: Any = None
+    key: Any = None
+    node = doc
+    while isinstance(node, dict | list) and node and rng.random() < 0.7:
+        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+        parent, key = node, rng.choice(keys)
+        node = parent[key]
+    if parent is None:
+        return rng.choice(JSON_VALUES)
+    if isinstance(parent, dict) and rng.random() < 0.2:
+        del parent[key]
+    else:
+        parent[key] = rng.choice(JSON_VALUES)
+    return doc
+
+
+def _mutate_bytes(data: bytes, rng: random.Random) -> bytes:
+    pos = rng.randrange(len(data))
+    choice = rng.randrange(3)
+    if choice == 0:
+        return data[:pos] + bytes([data[pos] ^ (1 << rng.randrange(8))]) + data[pos + 1:]
+    if choice == 1:
+        return data[:pos]
+    return data[:pos] + bytes([rng.randrange(256)]) + data[pos:]
+
+
+FUZZ_RUNNER = """
+import sys, json
+sys.path.insert(0, BOARD_DIR)
+from ota import trust
+import binascii
+data = json.loads(sys.stdin.read())
+root = trust.load_root(data["root_file"])
+for kind, env in data["cases"]:
+    buf = binascii.unhexlify(env)
+    try:
+        if kind == "manifest":
+            trust.verify_manifest(buf, root, board="unix", installed_sequence=3, now=1800000000)
+        elif kind == "rotation":
+            trust.verify_rotation(root, buf, now=1800000000)
+        else:
+            trust.parse_root(buf)
+        res = "ok"
+    except Exception as e:
+        res = type(e).__name__ + (": " + str(e) if not isinstance(e, trust.TrustError) else "")
+    print(json.dumps(res))
+"""
+
+
+def test_mutated_documents_end_in_trust_errors_only(micropython: str, world: World,
+                                                   tmp_path: Path) -> None:
+    rng = random.Random(4)
+    good = world.manifest()
+    root_file = tmp_path / "root.json"
+    root_file.write_bytes(dump(envelope(ROOT_TYPE, dump(world.root_v1()), [world.r1])))
+    cases: list[tuple[str, str]] = []
+    for _ in range(120):  # raw bytes of a valid envelope
+        cases.append(("manifest", _mutate_bytes(good, rng).hex()))
+    for _ in range(60):  # the envelope's JSON
+        cases.append(("manifest", dump(_mutate_doc(json.loads(good), rng)).hex()))
+    for _ in range(150):  # validly signed manifests with one field broken: reach payload checks
+        cases.append(("manifest", world.manifest(_mutate_doc(manifest_doc(), rng)).hex()))
+    v2 = root_doc(2, [world.r2], [world.rel2])
+    for _ in range(80):  # validly signed roots with one field broken
+        doc = _mutate_doc(v2, rng)
+        signed = dump(envelope(ROOT_TYPE, dump(doc), [world.r1, world.r2]))
+        cases.append(("rotation", signed.hex()))
+        cases.append(("root", dump(envelope(ROOT_TYPE, dump(_mutate_doc(world.root_v1(), rng)),
+                                            [world.r1])).hex()))
+    done = subprocess.run(
+        [micropython, "-c", FUZZ_RUNNER.replace("BOARD_DIR", repr(str(BOARD_DIR)))],
+        input=json.dumps({"root_file": str(root_file), "cases": cases}), capture_output=True,
+        text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    outcomes = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(outcomes) == len(cases)
+    allowed = {"ok"} | set(_hierarchy(signing.errors))
+    strays = [(kind, out) for (kind, _), out in zip(cases, outcomes, strict=True)
+              if out not in allowed]
+    assert strays == []
+    # The corpus reaches deep: payload and root rules refuse most, and some still pass.
+    assert outcomes.count("MalformedError") > 100
+    assert "ok" in outcomes
+    # Where the JSON is well formed (all but the raw byte mutations), the host's verifier
+    # must reach exactly the same verdict.
+    trusted = signing.root.verify_root_signatures(root_file.read_bytes())
+    differ = []
+    for (kind, env), board_says in list(zip(cases, outcomes, strict=True))[120:]:
+        host_says = _host_verdict(kind, bytes.fromhex(env), trusted)
+        if host_says != board_says:
+            differ.append((kind, bytes.fromhex(env)[:300], host_says, board_says))
+    assert differ == []
+
+
+def _host_verdict(kind: str, data: bytes, trusted: signing.root.RootMetadata) -> str:
+    try:
+        if kind == "manifest":
+            signing.verify.verify_manifest(data, trusted, now=NOW, board="unix",
+                                           installed_sequence=3)
+        elif kind == "rotation":
+            signing.root.verify_rotation(trusted, data, now=NOW)
+        else:
+            signing.root.verify_root_signatures(data)
+    except signing.errors.TrustError as err:
+        return type(err).__name__
+    return "ok"
+
+
+def test_buffers_of_every_kind_verify_alike_and_missing_root_is_oserror(
+        micropython: str, world: World, tmp_path: Path) -> None:
+    root_file = tmp_path / "trust.json"
+    root_file.write_bytes(dump(envelope(ROOT_TYPE, dump(world.root_v1()), [world.r1])))
+    script = (
+        f"import sys, json\nsys.path.insert(0, {str(BOARD_DIR)!r})\nfrom ota import trust\n"
+        "env = sys.stdin.buffer.read()\n"
+        f"root = trust.load_root({str(root_file)!r})\n"
+        "out = [trust.verify_manifest(b, root, board='unix', installed_sequence=3)['sequence']"
+        " for b in (env, bytearray(env), memoryview(env), memoryview(bytearray(env)))]\n"
+        "try:\n"
+        f"    trust.load_root({str(tmp_path / 'missing.json')!r})\n"
+        "    out.append('loaded')\n"
+        "except OSError:\n"
+        "    out.append('OSError')\n"
+        "print(json.dumps(out))\n"
+    )
+    done = subprocess.run([micropython, "-c", script], input=world.manifest(),
+                          capture_output=True, timeout=60, check=True)
+    assert json.loads(done.stdout) == [4, 4, 4, 4, "OSError"]

@@ -131,3 +131,12 @@ def test_env_and_file_together_are_refused() -> None:
 def test_missing_file_is_a_fleet_error(tmp_path: Path) -> None:
     with pytest.raises(FleetError, match="cannot read"):
         load_fleet(tmp_path / "nope.yaml")
+
+
+def test_first_app_is_parsed_and_checked() -> None:
+    text = GOOD + "    app: {dir: app, name: demo, version: 1.2.0, sequence: 3}\n"
+    app = parse(text).profile("p").app  # type: ignore[attr-defined]
+    assert (app.directory, app.name, app.version, app.sequence, app.entry) == (
+        Path("/fleets/app"), "demo", "1.2.0", 3, "app_main")
+    bad = GOOD + "    app:\n      dir: app\n      name: demo\n      version: one\n"
+    assert error_of(bad).startswith("/fleets/fleet.yaml:32:")  # the version line

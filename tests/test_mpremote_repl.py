@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
+import re
+import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,6 +23,19 @@ from tools.virtual_board.repl import ReplAgent
 
 BANNER = b"raw REPL; CTRL-B to exit\r\n>"
 MPREMOTE = str(Path(sys.executable).with_name("mpremote"))
+
+
+def _processes_in(directory: Path) -> list[int]:
+    """Processes whose working directory is `directory` (board interpreters run in their flash)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.readlink(entry / "cwd") == str(directory.resolve()):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 def _mpremote(port: int, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -180,10 +197,10 @@ def test_closing_the_endpoint_stops_the_interpreter(flash: Path, micropython: st
     board = VirtualBoard(flash, micropython=micropython)
     with board.serve_repl() as port:
         assert _mpremote(port, "exec", "print('up')").stdout == "up\n"
+        assert len(_processes_in(flash)) == 1  # the board's interpreter
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
-    assert not [line for line in ps.stdout.splitlines() if str(flash) in line]
+    assert _processes_in(flash) == []
 
 
 def test_power_cut_through_the_repl_stops_a_copy_midway_and_the_board_stays_off(
@@ -224,7 +241,7 @@ def test_reply_parser_finds_the_end_of_output_however_the_stream_is_split(
     agent = ReplAgent(VirtualBoard(tmp_path, micropython="unused"))
     try:
         output = b"printed \x00 text\x00\n" * 3
-        stream = output + agent._sentinel + b"7 5\nerror" + b"next"
+        stream = output + agent._sentinel + b"7 5\nerror" + b"next command's output"
         got, errors, at = b"", [], 0
         for size in itertools.cycle(sizes):
             if at >= len(stream):
@@ -234,8 +251,61 @@ def test_reply_parser_finds_the_end_of_output_however_the_stream_is_split(
             got += out
             if error is not None:
                 errors.append(error)
-        assert got == output
+        got += agent.feed(b"")[0]  # what arrived behind the reply waits for the next read
+        assert got == output + b"next command's output"
         assert errors == [b"error"]
         assert agent.fs_ops == 7
     finally:
         agent.close()
+
+
+def test_ota_board_repl_serves_until_interrupted(flash: Path, micropython: str) -> None:
+    env = {**os.environ, "MICROPYTHON": micropython}
+    ota = str(Path(sys.executable).with_name("ota"))
+    served = subprocess.Popen([ota, "board", "repl", str(flash)], stderr=subprocess.PIPE,
+                              text=True, env=env)
+    try:
+        assert served.stderr is not None
+        banner = served.stderr.readline()
+        port = int(re.search(r"127\.0\.0\.1:(\d+);", banner).group(1))  # type: ignore[union-attr]
+        done = _mpremote(port, "exec", "print('via ota board repl')")
+        assert done.stdout == "via ota board repl\n"
+        assert len(_processes_in(flash)) == 1
+    finally:
+        served.send_signal(signal.SIGINT)
+        assert served.wait(timeout=10) == 0
+    assert _processes_in(flash) == []
+
+
+def _read_until(reader: Any, ending: bytes) -> bytes:
+    data = b""
+    while not data.endswith(ending):
+        byte = reader.read(1)
+        assert byte, f"connection closed; got {data!r}"
+        data += byte
+    return data
+
+
+def test_friendly_repl_echoes_values_and_takes_typed_ahead_lines(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        reader = conn.makefile("rb")
+        conn.sendall(b"\x02")
+        assert _read_until(reader, b">>> ").startswith(b"\r\nMicroPython virtual board")
+        conn.sendall(b"x = [1, 2]\rx\rundefined\r")
+        assert _read_until(reader, b">>> ") == b"x = [1, 2]\r\n>>> "
+        assert _read_until(reader, b">>> ") == b"x\r\n[1, 2]\r\n>>> "
+        failed = _read_until(reader, b">>> ")
+        assert b"NameError: name 'undefined' isn't defined\r\n>>> " in failed
+
+
+def test_machine_reset_from_the_repl_restarts_the_interpreter(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        reader = conn.makefile("rb")
+        conn.sendall(b"\x01")
+        _read_until(reader, BANNER)
+        conn.sendall(b"kept = 1\nimport machine\nmachine.reset()\x04")
+        reply = _read_until(reader, b"\x04>")
+        said = b"the virtual board reset (machine.reset) while running this code\n"
+        assert reply == b"OK\x04" + said + b"\x04>"
+        conn.sendall(b"print('kept' in globals())\x04")
+        assert _read_until(reader, b"\x04>") == b"OKFalse\n\x04\x04>"

@@ -66,8 +66,7 @@ async def test_checkin_says_nothing_new_then_offers_the_release(env: ServerEnv) 
     assert resp.status == 200
     assert resp.headers["Content-Type"] == "application/vnd.dsse+json"
     envelope = await resp.read()
-    root = RootMetadata.from_payload(json.loads(json.dumps(True)) and
-                                     _root_payload(env.keys.root_path))
+    root = RootMetadata.from_payload(_root_payload(env.keys.root_path))
     manifest = verify_manifest(envelope, root, now=int(time.time()), board="unix",
                                installed_sequence=0)
     assert (manifest.app, manifest.sequence) == ("demo", 1)

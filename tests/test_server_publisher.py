@@ -170,7 +170,8 @@ def _tampered(envelope: bytes) -> bytes:
                  "signatures": []}).encode(), 422, "wrong_payload_type"),
     (json.dumps({"payloadType": MANIFEST_PAYLOAD_TYPE, "payload": "!!notbase64",
                  "signatures": []}).encode(), 422, "malformed"),
-    (b"{" + b" " * 300_000 + b"}", 413, "too_large"),
+    (b"{" + b" " * 300_000 + b"}", 413, "too_large"),       # over the server's read cap
+    (b'{"x": "' + b"a" * 20_000 + b'"}', 413, "too_large"),  # over the board's envelope cap
 ])
 async def test_bad_envelopes_get_4xx_and_change_nothing(env: ServerEnv, body: bytes,
                                                          status: int, code: str) -> None:

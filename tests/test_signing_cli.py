@@ -185,3 +185,45 @@ def test_show_and_user_errors(keydir: Path, tmp_path: Path,
     (tmp_path / "junk.json").write_text("{}")
     assert main(["verify", str(tmp_path / "junk.json"), "--root", root]) == 1
     assert capsys.readouterr().err.startswith("ota: MalformedError: envelope: 'payloadType'")
+
+
+def test_keys_init_can_prompt_for_the_passphrase(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from tools.cli import cli
+
+    monkeypatch.delenv("MPOTA_KEY_PASSPHRASE", raising=False)
+    target = tmp_path / "k"
+    result = CliRunner().invoke(cli, ["keys", "init", str(target), "--prompt-passphrase"],
+                                input="Zebra-Quartz-91\nZebra-Quartz-91\n")
+    assert result.exit_code == 0, result.output
+    assert "Zebra-Quartz-91" not in result.output
+    key = load_private_key(target / "root.key", b"Zebra-Quartz-91")
+    for secret in _secret_renderings(key):
+        assert secret not in result.output
+
+
+def test_rotate_without_flags_renews_expiry_and_keeps_keys(
+    keydir: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    v1 = verify_root((keydir / "root.json").read_bytes(), now=0)
+    assert main(["keys", "rotate", str(keydir), "--expires-days", "800"]) == 0
+    v2 = verify_rotation(v1, (keydir / "root.json").read_bytes(), now=0)
+    assert (v2.version, v2.root, v2.release) == (2, v1.root, v1.release)
+    assert v2.expires > v1.expires
+    assert not (keydir / "retired").exists()
+    assert (keydir / "root.2.json").read_bytes() == (keydir / "root.json").read_bytes()
+
+
+def test_rotate_refuses_a_root_key_the_metadata_does_not_trust(
+    keydir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["keys", "init", str(tmp_path / "other")]) == 0
+    (keydir / "root.key").write_bytes((tmp_path / "other" / "root.key").read_bytes())
+    before = (keydir / "root.json").read_bytes()
+    capsys.readouterr()
+    assert main(["keys", "rotate", str(keydir), "--release"]) == 1
+    assert "is not a root key of root.json" in capsys.readouterr().err
+    assert (keydir / "root.json").read_bytes() == before
+    assert not (keydir / "root.2.json").exists()

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from signing import dsse, errors, keys
-from signing.manifest import MANIFEST_PAYLOAD_TYPE
+from signing.manifest import MANIFEST_PAYLOAD_TYPE, FileEntry, Manifest
 from signing.root import verify_root, verify_rotation
 from signing.verify import verify_manifest
 
@@ -79,6 +79,13 @@ def test_mutated_rotation_envelope(data: bytes) -> None:
 
 
 @FUZZ
+@given(mutated((VECTORS / "root-2of3.json").read_bytes()))
+def test_mutated_self_signed_root(data: bytes) -> None:
+    with contextlib.suppress(errors.TrustError):
+        verify_root(data, now=NOW)
+
+
+@FUZZ
 @given(st.dictionaries(st.sampled_from(["payloadType", "payload", "signatures", "x"]),
                        json_values | st.just(MANIFEST_PAYLOAD_TYPE), max_size=4))
 def test_random_envelope_shapes(doc: dict[str, Any]) -> None:
@@ -117,3 +124,46 @@ def test_validly_signed_random_payload_bytes(payload: bytes) -> None:
         verify_manifest(envelope, ROOT_V1, now=NOW)
     except errors.TrustError as err:
         assert isinstance(err, errors.MalformedError)
+
+
+_segment = st.text("abcdefghijklmnopqrstuvwxyz0123456789_-.", min_size=1, max_size=10).filter(
+    lambda s: s not in (".", ".."))
+_paths = st.lists(_segment, min_size=1, max_size=4).map("/".join).filter(lambda p: len(p) <= 64)
+_hex = st.binary(min_size=32, max_size=32).map(bytes.hex)
+
+
+@st.composite
+def manifests(draw: st.DrawFn) -> Manifest:
+    files = []
+    for path in draw(st.lists(_paths, max_size=8, unique=True)):
+        sha, size = draw(_hex), draw(st.integers(0, 1 << 20))
+        if draw(st.booleans()):
+            files.append(FileEntry(path, sha, size))
+        else:
+            files.append(FileEntry(path, sha, size, "deflate", draw(_hex),
+                                   draw(st.integers(0, 1 << 20))))
+    return Manifest(
+        app=draw(st.from_regex(r"[a-z0-9][a-z0-9._-]{0,20}", fullmatch=True)),
+        version=draw(st.from_regex(r"(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]?)\.(0|[1-9])"
+                                   r"(-rc\.[1-9])?", fullmatch=True)),
+        sequence=draw(st.integers(0, 1 << 40)), created=draw(st.integers(0, NOW)),
+        expires=draw(st.integers(NOW + 1, 1 << 40)),
+        boards=tuple(draw(st.lists(st.sampled_from(["esp32", "rp2", "unix"]), min_size=1,
+                                   max_size=3, unique=True))),
+        min_micropython=draw(st.sampled_from(["1.20", "1.20.0", "1.25.0"])),
+        entry=draw(st.from_regex(r"[a-z_][a-z0-9_]{0,10}(\.[a-z_][a-z0-9_]{0,10})?",
+                                 fullmatch=True)),
+        files=tuple(files),
+    )
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(manifests())
+def test_any_valid_manifest_round_trips_through_sign_and_verify(manifest: Manifest) -> None:
+    envelope = dsse.envelope_bytes(dsse.sign_envelope(MANIFEST_PAYLOAD_TYPE,
+                                                      manifest.to_payload(), [RELEASE_A]))
+    board = manifest.boards[0]
+    verified = verify_manifest(envelope, ROOT_V1, now=NOW, board=board,
+                               installed_sequence=manifest.sequence - 1 if manifest.sequence
+                               else None)
+    assert verified == manifest

@@ -117,3 +117,12 @@ def test_public_key_files_and_bad_key_files(tmp_path: Path, key: keys.PrivateKey
     garbage.write_bytes(b"not a key")
     with pytest.raises(KeyFileError, match="not a PEM public key"):
         keys.load_public_key(garbage)
+
+
+def test_a_passphrase_meant_for_other_keys_does_not_block_a_plain_key(
+    tmp_path: Path, key: keys.PrivateKey,
+) -> None:
+    path = tmp_path / "ci.key"
+    keys.save_private_key(path, key, None)
+    assert not keys.is_encrypted_pem(path.read_bytes())
+    assert keys.keyid(keys.load_private_key(path, b"for the root key")) == keys.keyid(key)

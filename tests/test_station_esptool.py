@@ -205,3 +205,78 @@ def read_image_files(image: Path, geometry: PartitionGeometry) -> dict[str, byte
             with fs.open(path, "rb") as handle:
                 out[path.lstrip("/")] = handle.read()
     return out
+
+
+def test_secrets_stay_out_of_the_sqlite_log_and_the_output(
+        tmp_path: Path, server: LocalServer, capfd: pytest.CaptureFixture[str]) -> None:
+    flash = fake_esp_serial.new_flash_file(tmp_path / "flash.bin")
+    log_path = tmp_path / "station.db"
+    (record,) = Station(esp_job(server, tmp_path), StationLog(log_path), timeout_s=120).run(
+        [Target("serial", fake_esp_serial.url_for(flash, "24:0a:c4:cc:00:01"))])
+    assert record.outcome == "provisioned", record.error
+    out, err = capfd.readouterr()
+    files = read_image_files_from_flash(flash)
+    key = files["ota/device.key"]
+    assert WIFI_PASSWORD.encode() in files["ota/config.json"]  # it did reach the board
+    raw_log = log_path.read_bytes()
+    assert str(record.device_id).encode() in raw_log
+    for secret in (WIFI_PASSWORD, server.token, key.hex(), base64.b64encode(key).decode()):
+        assert secret not in out and secret not in err
+        assert secret.encode() not in raw_log
+    assert key not in raw_log
+
+
+def test_a_worker_that_dies_is_a_failed_board_not_a_hung_station(
+        tmp_path: Path, server: LocalServer) -> None:
+    flash = fake_esp_serial.new_flash_file(tmp_path / "flash.bin")
+    job = esp_job(server, tmp_path, worker_setup=("os:abort",))
+    (record,) = Station(job, StationLog(tmp_path / "s.jsonl"), timeout_s=60).run(
+        [Target("serial", fake_esp_serial.url_for(flash, "24:0a:c4:dd:00:01"))])
+    assert record.outcome == "failed" and record.failed_step == "worker"
+    assert "exited" in (record.error or "")
+
+
+def read_image_files_from_flash(flash: Path) -> dict[str, bytes]:
+    image = flash.with_suffix(".vfs")
+    image.write_bytes(flash.read_bytes()[0x200000:])
+    return read_image_files(image, PartitionGeometry(0x200000, 0x200000, 32))
+
+
+def test_firmware_is_flashed_first_then_the_image_each_at_its_offset(
+        tmp_path: Path, server: LocalServer) -> None:
+    flash = fake_esp_serial.new_flash_file(tmp_path / "flash.bin")
+    firmware = os.urandom(150_000)
+    job = esp_job(server, tmp_path, firmware=firmware)
+    (record,) = Station(job, StationLog(tmp_path / "s.jsonl"), timeout_s=120).run(
+        [Target("serial", fake_esp_serial.url_for(flash, "24:0a:c4:ee:00:01"))])
+    assert record.outcome == "provisioned", record.error
+    assert list(record.steps)[:2] == ["identify", "firmware"]
+    written = flash.read_bytes()
+    assert written[0x1000:0x1000 + len(firmware)] == firmware
+    assert set(written[0x1000 + len(firmware):0x200000]) == {0xFF}
+    assert "ota/device.key" in read_image_files_from_flash(flash)
+
+
+def test_cli_exits_non_zero_when_a_board_fails_and_the_others_still_finish(
+        tmp_path: Path, server: LocalServer, monkeypatch: pytest.MonkeyPatch,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    from tools.cli import main as ota
+
+    monkeypatch.setenv("T", server.token)
+    monkeypatch.setenv("W", WIFI_PASSWORD)
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(FLEET.format(url=server.url))
+    good = fake_esp_serial.new_flash_file(tmp_path / "good.bin")
+    code = ota(["provision", "--fleet", str(fleet), "--profile", "line",
+                "--root", str(server.root_json), "--log", str(tmp_path / "log.jsonl"),
+                "--worker-setup", "fake_esp_serial:register",
+                "--port", fake_esp_serial.url_for(good, "24:0a:c4:ff:00:01"),
+                "--port", f"fakeesp://{tmp_path}/no-such-board.bin"])
+    out, err = capfd.readouterr()
+    assert code == 1
+    assert "1 of 2 board(s) failed" in err
+    assert "1 provisioned, 1 failed" in out
+    records = StationLog(tmp_path / "log.jsonl").records()
+    assert sorted(r.outcome for r in records) == ["failed", "provisioned"]
+    for secret in (WIFI_PASSWORD, server.token):
+        assert secret not in out + err

@@ -47,6 +47,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
 def fleet_file(tmp_path: Path, server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv(TOKEN_ENV, server.token)
     monkeypatch.setenv(WIFI_ENV, WIFI_PASSWORD)
+    app = tmp_path / "first-app"
+    app.mkdir()
+    (app / "app_main.py").write_text("def main():\n    print('first app up')\n")
     path = tmp_path / "fleet.yaml"
     path.write_text(f"""\
 version: 1
@@ -72,6 +75,7 @@ provisioning:
     channel: stable
     tags: [lab]
     poll_interval_s: 60
+    app: {{dir: first-app, name: demo, version: 1.0.0, sequence: 1}}
 """)
     return path
 
@@ -101,7 +105,7 @@ def devices(server: LocalServer) -> dict[str, dict[str, object]]:
 
 def test_four_virtual_boards_provisioned_in_parallel_boot_and_check_in(
         tmp_path: Path, server: LocalServer, fleet_file: Path,
-        capfd: pytest.CaptureFixture[str]) -> None:
+        capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     boards = flash_dirs(tmp_path, 4)
     log_path = tmp_path / "station.jsonl"
     args = ["provision", "--fleet", str(fleet_file), "--profile", "lab", "--log", str(log_path),
@@ -133,21 +137,30 @@ def test_four_virtual_boards_provisioned_in_parallel_boot_and_check_in(
     assert max(start for start, _ in writes) < min(end for _, end in writes)
 
     for board, record in zip(boards, sorted(records, key=lambda r: r.port), strict=True):
-        run = VirtualBoard(board, unique_id=virtual_unique_id(board)).run(max_boots=3,
+        # The board boots from its new files, checks in, then runs its first app.
+        run = VirtualBoard(board, unique_id=virtual_unique_id(board)).run(max_boots=1,
                                                                            timeout=60)
-        assert run.ended in ("exit", "timeout"), run.output
+        assert run.ended == "exit" and "first app up" in run.output, run.output
+        assert "ota: check failed" not in run.output, run.output
         device = server.client().device(str(record.device_id))
         assert device.get("last_seen"), f"{record.device_id} never checked in:\n{run.output}"
 
-    listed = _cli_devices_list(server, capfd)
+    listed = _cli_devices_list(server, capfd, monkeypatch)
     for record in records:
         assert record.device_id in listed
 
+    # The operator saw every board (so the output below is not vacuously clean) ...
+    for record in records:
+        assert str(record.device_id) in out
+    assert "4 provisioned, 0 failed" in out
+    # ... and no secret: not the Wi-Fi password, the token, or any board's private key.
     _assert_no_secret_in([out, err, log_path.read_text()], boards, server)
 
 
-def _cli_devices_list(server: LocalServer, capfd: pytest.CaptureFixture[str]) -> str:
-    code = ota(["devices", "list", "--server", server.url, "--token-env", TOKEN_ENV])
+def _cli_devices_list(server: LocalServer, capfd: pytest.CaptureFixture[str],
+                      monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("MPOTA_TOKEN", server.token)
+    code = ota(["devices", "list", "--server", server.url])
     out, err = capfd.readouterr()
     assert code == 0, err
     return out
@@ -220,3 +233,26 @@ def test_missing_secret_is_refused_before_touching_any_board(
     assert WIFI_ENV in err
     assert not any(board.iterdir()) and not (tmp_path / "log.jsonl").exists()
     assert os.environ.get(WIFI_ENV) is None
+
+
+def test_failure_after_registration_revokes_the_new_identity(
+        tmp_path: Path, server: LocalServer, fleet_file: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Run one board's provisioning in this process so the reset can be made to fail: the board
+    # drops off the link right after its files were verified and it was registered.
+    from tools.station import writer_mpremote
+    from tools.station.station import BoardProvisioner
+
+    def board_vanishes(self: writer_mpremote.MpremoteBoard) -> None:
+        raise writer_mpremote.WriteError("soft reset failed: board vanished")
+
+    monkeypatch.setattr(writer_mpremote.MpremoteBoard, "soft_reset", board_vanishes)
+    (board,) = flash_dirs(tmp_path, 1)
+    events: list[tuple[str, object]] = []
+    record = BoardProvisioner(job_for(fleet_file, server), Target("virtual", str(board)),
+                              lambda kind, payload: events.append((kind, payload))).run()
+    assert record.outcome == "failed" and record.failed_step == "reset"
+    assert record.device_id is not None and record.revoked == [record.device_id]
+    assert not record.registered
+    assert devices(server)[record.device_id]["revoked"] is not None
+    assert [p for k, p in events if k == "step"][-2:] == ["register", "reset"]

@@ -60,22 +60,35 @@ def _user_errors() -> Iterator[None]:
         raise UserError(str(err)) from err
 
 
-def _passphrase_for_new_key() -> bytes | None:
-    """From $MPOTA_KEY_PASSPHRASE; unset or empty means the key is stored unencrypted."""
+def _passphrase_for_new_key(prompt: bool = False) -> bytes | None:
+    """From a hidden prompt (`prompt`) or $MPOTA_KEY_PASSPHRASE; none means unencrypted."""
+    if prompt:
+        typed = click.prompt("passphrase for the new private keys", hide_input=True,
+                             confirmation_prompt=True)
+        return typed.encode("utf-8") if typed else None
     value = os.environ.get(PASSPHRASE_ENV)
     return value.encode("utf-8") if value else None
+
+
+_PROMPT_OPTION = click.option(
+    "--prompt-passphrase", "prompt", is_flag=True,
+    help=f"ask for the passphrase of new keys instead of reading ${PASSPHRASE_ENV}",
+)
 
 
 def load_signing_key(path: Path) -> keymod.PrivateKey:
     """Load a private key, with $MPOTA_KEY_PASSPHRASE or, on a terminal, a hidden prompt."""
     passphrase = _passphrase_for_new_key()
+    if passphrase is None and sys.stdin.isatty() and _is_encrypted(path):
+        passphrase = click.prompt(f"passphrase for {path}", hide_input=True).encode("utf-8")
+    return keymod.load_private_key(path, passphrase)
+
+
+def _is_encrypted(path: Path) -> bool:
     try:
-        return keymod.load_private_key(path, passphrase)
-    except KeyFileError:
-        if passphrase is not None or not sys.stdin.isatty():
-            raise
-    typed = click.prompt(f"passphrase for {path}", hide_input=True)
-    return keymod.load_private_key(path, typed.encode("utf-8"))
+        return keymod.is_encrypted_pem(path.read_bytes())
+    except OSError:
+        return False  # load_private_key reports the unreadable file
 
 
 def _save_key_pair(directory: Path, key_name: str, pub_name: str, key: keymod.PrivateKey,
@@ -108,13 +121,14 @@ def keys_group() -> None:
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--expires-days", type=click.IntRange(min=1), default=365, show_default=True,
               help="validity of root metadata v1")
-def keys_init(directory: Path, expires_days: int) -> None:
+@_PROMPT_OPTION
+def keys_init(directory: Path, expires_days: int, prompt: bool) -> None:
     """Create DIRECTORY/root.key, release.key (0600), their .pub files and root.json (v1)."""
     existing = [n for n in (ROOT_KEY, RELEASE_KEY, ROOT_JSON) if (directory / n).exists()]
     if existing:
         raise UserError(f"{directory / existing[0]} already exists; refusing to overwrite keys")
+    passphrase = _passphrase_for_new_key(prompt)
     directory.mkdir(parents=True, exist_ok=True)
-    passphrase = _passphrase_for_new_key()
     root_key, release_key = keymod.generate_private_key(), keymod.generate_private_key()
     root = new_root(version=1, expires=_now() + expires_days * DAY,
                     root_keys=[root_key], release_keys=[release_key])
@@ -122,7 +136,8 @@ def keys_init(directory: Path, expires_days: int) -> None:
         _save_key_pair(directory, ROOT_KEY, ROOT_PUB, root_key, passphrase)
         _save_key_pair(directory, RELEASE_KEY, RELEASE_PUB, release_key, passphrase)
         _write_root(directory, sign_root(root, [root_key]), 1)
-    state = "encrypted" if passphrase else f"NOT encrypted (set {PASSPHRASE_ENV} to encrypt)"
+    state = "encrypted" if passphrase else (
+        f"NOT encrypted (set {PASSPHRASE_ENV} or use --prompt-passphrase to encrypt)")
     click.echo(f"wrote keys to {directory}: private keys are mode 0600, {state}")
     for line in _describe_root(root):
         click.echo(line)
@@ -135,7 +150,9 @@ def keys_init(directory: Path, expires_days: int) -> None:
 @click.option("--root", "new_root_key", is_flag=True, help="replace the root key")
 @click.option("--expires-days", type=click.IntRange(min=1), default=365, show_default=True,
               help="validity of the new root metadata")
-def keys_rotate(directory: Path, new_release: bool, new_root_key: bool, expires_days: int) -> None:
+@_PROMPT_OPTION
+def keys_rotate(directory: Path, new_release: bool, new_root_key: bool, expires_days: int,
+                prompt: bool) -> None:
     """Write root metadata N+1, signed by the current root key (and the new one, if any).
 
     Without --release or --root it only renews the expiry. Replaced private keys move to
@@ -147,7 +164,7 @@ def keys_rotate(directory: Path, new_release: bool, new_root_key: bool, expires_
         old_root = load_signing_key(directory / ROOT_KEY)
         if keymod.keyid(old_root) not in current.root.keyids:
             raise UserError(f"{directory / ROOT_KEY} is not a root key of {ROOT_JSON}")
-        passphrase = _passphrase_for_new_key()
+        passphrase = _passphrase_for_new_key(prompt) if (new_root_key or new_release) else None
         fresh: dict[str, keymod.PrivateKey] = {}
         if new_root_key:
             fresh[ROOT_KEY] = keymod.generate_private_key()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from tools.board_files import BoardFilesError, InitialApp
 from tools.errors import UserError
 from tools.fleet import WRITE_METHODS, FleetError, ProvisioningProfile, load_fleet
 from tools.station.secrets import SecretError, resolve_secret
@@ -35,6 +36,17 @@ def _read_trust(path: Path | None) -> bytes:
     if not isinstance(doc, dict) or "payloadType" not in doc or "signatures" not in doc:
         raise UserError(f"trust root {path} is not a signed root envelope (DSSE)")
     return data
+
+
+def _read_first_app(profile: ProvisioningProfile) -> InitialApp | None:
+    if profile.app is None:
+        return None
+    first = profile.app
+    try:
+        return InitialApp.from_dir(first.directory, first.name, first.version, first.sequence,
+                                   first.entry)
+    except (BoardFilesError, OSError) as err:
+        raise UserError(f"profile {profile.name!r}: first app: {err}") from None
 
 
 def _read_firmware(path: Path | None) -> bytes | None:
@@ -122,7 +134,8 @@ def provision(fleet_path: Path, profile: str, ports: tuple[str, ...], all_ports:
         station=station, operator=operator or getpass.getuser(), profile=chosen,
         server_url=(server_url or fleet.server.url).rstrip("/"), publisher_token=token,
         wifi_password=wifi_password, trust_json=_read_trust(root_path or fleet.server.root),
-        firmware=firmware, reprovision=reprovision, esptool_before=esptool_before,
+        firmware=firmware, app=_read_first_app(chosen), reprovision=reprovision,
+        esptool_before=esptool_before,
         factory_image_dir=factory_image_dir, worker_setup=worker_setup,
     )
     records = Station(job, StationLog(log_path), LiveView(), timeout_s=timeout_s).run(targets)

@@ -92,6 +92,17 @@ class Board:
 
 
 @dataclass(frozen=True)
+class FirstApp:
+    """The app a board leaves the factory with, in slot a (later ones come over the air)."""
+
+    directory: Path
+    name: str
+    version: str
+    sequence: int
+    entry: str
+
+
+@dataclass(frozen=True)
 class ProvisioningProfile:
     name: str
     board: Board
@@ -102,6 +113,7 @@ class ProvisioningProfile:
     firmware: Path | None = None
     poll_interval_s: int = 3600
     mpy: bool = True
+    app: FirstApp | None = None
 
 
 @dataclass(frozen=True)
@@ -373,7 +385,8 @@ def _boards(r: _Reader, doc: _Map) -> dict[str, Board]:
 def _provisioning(r: _Reader, doc: _Map, boards: dict[str, Board], wifi: dict[str, WifiProfile],
                   channels: dict[str, Channel]) -> dict[str, ProvisioningProfile]:
     section = r.mapping(doc, "provisioning")
-    allowed = ("board", "wifi", "channel", "tags", "method", "firmware", "poll_interval_s", "mpy")
+    allowed = ("board", "wifi", "channel", "tags", "method", "firmware", "poll_interval_s", "mpy",
+               "app")
     profiles = {}
     for key, entry in section.items():
         where = f"provisioning profile {key!r}"
@@ -413,8 +426,31 @@ def _provisioning(r: _Reader, doc: _Map, boards: dict[str, Board], wifi: dict[st
             channel=pick(channels, "channel"), tags=r.strings(entry, "tags", where=where),
             method=method, firmware=r.relative(firmware) if firmware else None,
             poll_interval_s=poll, mpy=r.field(entry, "mpy", bool, default=True, where=where),
+            app=_first_app(r, entry, where),
         )
     return profiles
+
+
+def _first_app(r: _Reader, profile: _Map, where: str) -> FirstApp | None:
+    if profile.get("app") is None:
+        return None
+    entry = r.mapping(profile, "app")
+    where = f"{where}: app"
+    r.only(entry, ("dir", "name", "version", "sequence", "entry"), where=where)
+    version = r.field(entry, "version", str, where=where)
+    if not re.fullmatch(r"\d+\.\d+\.\d+", version):
+        raise r.fail(entry.key_lines["version"], f"{where}: version must be MAJOR.MINOR.PATCH")
+    sequence = _integer(r, entry, "sequence", where=where, default=1)
+    if sequence < 1:
+        raise r.fail(entry.key_lines["sequence"], f"{where}: sequence starts at 1")
+    entry_module = r.field(entry, "entry", str, default="app_main", where=where)
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", entry_module):
+        raise r.fail(entry.key_lines["entry"], f"{where}: entry must be a module name")
+    name = r.field(entry, "name", str, where=where)
+    if not _NAME.match(name):
+        raise r.fail(entry.key_lines["name"], f"{where}: name must match {_NAME.pattern}")
+    return FirstApp(directory=r.relative(r.field(entry, "dir", str, where=where)), name=name,
+                    version=version, sequence=sequence, entry=entry_module)
 
 
 def parse_fleet(text: str, path: Path) -> Fleet:

@@ -177,17 +177,19 @@ def check(st, cfg, now=None):
         reports.flush(sess)
         from ota import update
         slot = update.stage(sess, st, m, sess.buf)
-    except http.HttpError:
-        return False  # unreachable: nothing was offered, so nothing to report
+    except http.HttpError as e:
+        if not answered:
+            return False  # unreachable: nothing was offered, so nothing to report
+        reason = "http: " + str(e)
     except UpdateFailed as e:
-        _report(target or st.info() or {}, "failed", str(e))
-        reports.flush(sess)
-        return answered
+        reason = str(e)
     except OSError as e:  # the flash refused a write (full, worn): the old slot still runs
-        _report(target or st.info() or {}, "failed", "flash: " + str(e))
-        reports.flush(sess)
-        return answered
-    st.flip(slot, {"app": m["app"], "version": m["version"], "sequence": m["sequence"],
-                   "entry": m["entry"]}, cfg["trial_boots"])
-    import machine
-    machine.reset()
+        reason = "flash: " + str(e)
+    else:
+        st.flip(slot, {"app": m["app"], "version": m["version"], "sequence": m["sequence"],
+                       "entry": m["entry"]}, cfg["trial_boots"])
+        import machine
+        machine.reset()
+    _report(target or st.info() or {}, "failed", reason)
+    reports.flush(sess)
+    return answered

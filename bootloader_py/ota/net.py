@@ -18,12 +18,23 @@ def wifi_up(cfg):
     wifi = cfg.get("wifi") or {}
     wlan.connect(wifi.get("ssid", ""), wifi.get("password", ""))
     deadline = time.ticks_add(time.ticks_ms(), int(cfg["wifi_timeout_s"] * 1000))
+    failed = _failures(network)
     while not wlan.isconnected():
-        if time.ticks_diff(deadline, time.ticks_ms()) <= 0:
+        if wlan.status() in failed or time.ticks_diff(deadline, time.ticks_ms()) <= 0:
             wlan.active(False)
             return False
         time.sleep_ms(50)
     return True
+
+
+def _failures(network):
+    # Statuses after which waiting longer does not help (not every port defines all of them).
+    out = []
+    for name in ("STAT_NO_AP_FOUND", "STAT_WRONG_PASSWORD", "STAT_CONNECT_FAIL"):
+        code = getattr(network, name, None)
+        if code is not None:
+            out.append(code)
+    return out
 
 
 def trusted_now():

@@ -22,8 +22,9 @@ GX = 0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296
 GY = 0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5
 HALF_N = N >> 1
 
-# Comb widths: table size is (2^w - 1) * 64 bytes.  The OTA client may lower these before the
-# first verify to save heap (w=4: 960 B per table), or raise them for speed (w=8: 16 KB).
+# Comb widths (teeth w, 1..8): a table holds 2^(w-1) points, 64 bytes each (w=6: 2 KB).  The OTA
+# client may change these before the first verify: lower to save heap (w=4: 512 B), higher for
+# speed (w=8: 8 KB).  G_TEETH == _G_TABLE_TEETH uses the table embedded below (no build time).
 G_TEETH = 6
 KEY_TEETH = 6
 # Keys verified without a precomputed table get a throw-away comb this wide.
@@ -33,45 +34,32 @@ _G_COMB = None
 
 
 class Comb:
-    """A fixed-base comb table for one point: `teeth` w, `spacing` d, packed affine points."""
+    """A signed fixed-base comb (teeth w, spacing d, w * d >= 257) for one point P.
 
-    def __init__(self, x, y, teeth):
+    An odd scalar k < 2^(w*d) is a sum of 2^i * s_i with every s_i = +-1 (s_i = 2 b_i - 1 for
+    the bits b_i of (k + 2^(w*d) - 1) / 2); an even k is replaced by k + n, the same multiple.
+    Column j's digits s_(i*d + j) select sum_i s * 2^(i*d) * P, which is +-T[b] with
+    T[b] = P + sum_(i>=1) (+-1) 2^(i*d) P: 2^(w-1) entries, and every column costs exactly one
+    addition (d - 1 doublings, d additions per scalar).
+    """
+
+    def __init__(self, x, y, teeth, table=None):
         if teeth < 1 or teeth > 8:
             raise ValueError("comb teeth must be 1..8")
-        d = (256 + teeth - 1) // teeth
         self.teeth = teeth
-        self.spacing = d
-        size = (1 << teeth) - 1
-        tab = bytearray(64 * size)
-        # Base points B_i = 2^(i*d) * P, each written at index 1 << i.
-        bx, by = x, y
-        for i in range(teeth):
-            _put(tab, 1 << i, bx, by)
-            if i + 1 < teeth:
-                X, Y, Z = bx, by, 1
-                for _ in range(d):
-                    X, Y, Z = _jdouble(X, Y, Z)
-                bx, by = _to_affine(X, Y, Z)
-        # Every other index is its lower bits' entry plus its top base point.  Affine adds with
-        # one inversion each keep the build's heap flat (no list of Jacobian points).
-        for idx in range(3, size + 1):
-            top = 1
-            while top << 1 <= idx:
-                top <<= 1
-            if idx == top:
-                continue
-            x1, y1 = _get(tab, idx - top)
-            x2, y2 = _get(tab, top)
-            x3, y3 = _affine_add(x1, y1, x2, y2)
-            _put(tab, idx, x3, y3)
-        self.table = tab
+        self.spacing = (257 + teeth - 1) // teeth
+        self.table = table if table is not None else _build_table(x, y, teeth, self.spacing)
 
-    def digits(self, u, length):
-        """Column digits of scalar u: digit j has bit i set when bit i*d + j of u is set."""
+    def digits(self, u):
+        """The w-bit column patterns of scalar u (0 <= u < n), one byte per column."""
+        if not u & 1:
+            u += N
+        w = self.teeth
         d = self.spacing
-        out = bytearray(length)
+        u = (u + (1 << (w * d)) - 1) >> 1
+        out = bytearray(d)
         mask = (1 << d) - 1
-        for i in range(self.teeth):
+        for i in range(w):
             c = (u >> (i * d)) & mask
             bit = 1 << i
             j = 0
@@ -89,14 +77,101 @@ class Comb:
         return out
 
 
+def _build_table(x, y, teeth, d):
+    # Base points B_i = 2^(i*d) P and D_i = 2 B_i; T[0] = B_0 - B_1 - ...;
+    # T[b + 2^t] = T[b] + D_(t+1).  Points are made in Jacobian form and brought to affine in
+    # batches of at most _BATCH with one inversion each (an inversion costs ~80 multiplications).
+    p = P
+    jac = [(x, y, 1)]
+    for i in range(1, teeth):
+        X, Y, Z = jac[-1]
+        for _ in range(d):
+            X, Y, Z = _jdouble(X, Y, Z)
+        jac.append((X, Y, Z))
+    for i in range(1, teeth):
+        jac.append(_jdouble(*jac[i]))
+    pts = _normalize(jac)  # B_0..B_(w-1), then D_1..D_(w-1)
+    jac = None
+    tab = bytearray(64 << (teeth - 1))
+    X, Y, Z = x, y, 1
+    for i in range(1, teeth):
+        X, Y, Z = _madd(X, Y, Z, pts[i][0], p - pts[i][1])
+    tx, ty = _normalize([(X, Y, Z)])[0]
+    _put(tab, 0, tx, ty)
+    top = 1
+    while top < 1 << (teeth - 1):
+        dx, dy = pts[teeth - 1 + _bit_length(top)]
+        # Entries [top, 2 top) depend only on [0, top), already in the table.
+        for start in range(top, 2 * top, _BATCH):
+            stop = min(start + _BATCH, 2 * top)
+            batch = []
+            for b in range(start, stop):
+                x1, y1 = _get(tab, b - top)
+                batch.append(_madd(x1, y1, 1, dx, dy))
+            batch = _normalize(batch)
+            for b in range(start, stop):
+                _put(tab, b, batch[b - start][0], batch[b - start][1])
+        top <<= 1
+    return tab
+
+
+_BATCH = 16
+
+
+def _normalize(points):
+    """Jacobian points (none at infinity) to affine with one inversion (Montgomery's trick)."""
+    p = P
+    prefix = []
+    acc = 1
+    for X, Y, Z in points:
+        acc = acc * Z % p
+        prefix.append(acc)
+    if not acc:
+        raise ValueError("point at infinity in table")
+    inv = _inv(acc, p)
+    out = [None] * len(points)
+    for i in range(len(points) - 1, -1, -1):
+        X, Y, Z = points[i]
+        zi = inv * prefix[i - 1] % p if i else inv
+        inv = inv * Z % p
+        zi2 = zi * zi % p
+        out[i] = (X * zi2 % p, Y * zi2 * zi % p)
+    return out
+
+
+def _madd(X, Y, Z, x2, y2):
+    """Jacobian (X, Y, Z) + affine (x2, y2), with the equal and opposite cases."""
+    p = P
+    if not Z:
+        return x2, y2, 1
+    z2 = Z * Z % p
+    H = (x2 * z2 - X) % p
+    R = (y2 * (Z * z2 % p) - Y) % p
+    if not H:
+        return _jdouble(X, Y, Z) if not R else (0, 1, 0)
+    HH = H * H % p
+    HHH = H * HH % p
+    V = X * HH % p
+    X3 = (R * R - HHH - 2 * V) % p
+    return X3, (R * (V - X3) - Y * HHH) % p, Z * H % p
+
+
+def _bit_length(v):
+    n = 0
+    while v:
+        v >>= 1
+        n += 1
+    return n
+
+
 def _put(tab, idx, x, y):
-    o = (idx - 1) * 64
+    o = idx * 64
     tab[o:o + 32] = x.to_bytes(32, "big")
     tab[o + 32:o + 64] = y.to_bytes(32, "big")
 
 
 def _get(tab, idx):
-    o = (idx - 1) * 64
+    o = idx * 64
     return int.from_bytes(tab[o:o + 32], "big"), int.from_bytes(tab[o + 32:o + 64], "big")
 
 
@@ -130,18 +205,6 @@ def _to_affine(X, Y, Z):
     return X * zi2 % p, Y * zi2 * zi % p
 
 
-def _affine_add(x1, y1, x2, y2):
-    p = P
-    if x1 == x2:
-        if (y1 + y2) % p == 0:
-            raise ValueError("point at infinity in table")
-        lam = 3 * (x1 * x1 - 1) * _inv(2 * y1, p) % p
-    else:
-        lam = (y2 - y1) * _inv(x2 - x1, p) % p
-    x3 = (lam * lam - x1 - x2) % p
-    return x3, (lam * (x1 - x3) - y1) % p
-
-
 def _comb_mul(combs, scalars):
     """Sum of scalars[i] * point(combs[i]) as Jacobian (X, Y, Z); Z == 0 is infinity."""
     p = P
@@ -149,9 +212,8 @@ def _comb_mul(combs, scalars):
     for c in combs:
         if c.spacing > length:
             length = c.spacing
-    digs = [combs[i].digits(scalars[i], length) for i in range(len(combs))]
-    tabs = [c.table for c in combs]
-    pairs = list(zip(digs, tabs))
+    jobs = [(combs[i].digits(scalars[i]), combs[i].table, (1 << combs[i].teeth) - 1,
+             combs[i].spacing) for i in range(len(combs))]
     X, Y, Z = 0, 1, 0
     for j in range(length - 1, -1, -1):
         if Z:
@@ -163,13 +225,19 @@ def _comb_mul(combs, scalars):
             Z = 2 * Y * Z % p
             X = (alpha * alpha - 8 * beta) % p
             Y = (alpha * (4 * beta - X) - 8 * gamma * gamma) % p
-        for dig, tab in pairs:
-            idx = dig[j]
-            if not idx:
+        for dig, tab, mask, spacing in jobs:
+            if j >= spacing:
                 continue
-            o = (idx - 1) * 64
-            x2 = int.from_bytes(tab[o:o + 32], "big")
-            y2 = int.from_bytes(tab[o + 32:o + 64], "big")
+            v = dig[j]
+            if v & 1:
+                o = (v >> 1) << 6
+                x2 = int.from_bytes(tab[o:o + 32], "big")
+                y2 = int.from_bytes(tab[o + 32:o + 64], "big")
+            else:
+                # Sign digit -1: the column is minus the entry of the complemented pattern.
+                o = ((v ^ mask) >> 1) << 6
+                x2 = int.from_bytes(tab[o:o + 32], "big")
+                y2 = p - int.from_bytes(tab[o + 32:o + 64], "big")
             if not Z:
                 X, Y, Z = x2, y2, 1
                 continue
@@ -197,7 +265,8 @@ def g_comb():
     global _G_COMB
     if _G_COMB is None or _G_COMB.teeth != G_TEETH:
         _G_COMB = None
-        _G_COMB = Comb(GX, GY, G_TEETH)
+        table = _G_TABLE if G_TEETH == _G_TABLE_TEETH else None
+        _G_COMB = Comb(GX, GY, G_TEETH, table)
     return _G_COMB
 
 
@@ -349,3 +418,78 @@ def public_point(d):
     """65-byte uncompressed public point of 32-byte private key d."""
     x, y = _mul_g(_scalar(d))
     return b"\x04" + x.to_bytes(32, "big") + y.to_bytes(32, "big")
+
+
+# The generator's comb table for G_TEETH == 6 (2 KB), so the first signature of a boot (request
+# authentication) does not pay ~12 ms to build it.  Generated by Comb(GX, GY, 6) on the host;
+# tests/test_board_p256.py checks it equals what the board computes.
+_G_TABLE_TEETH = 6
+_G_TABLE = (
+    b'\xac\xb4\x1aTMp\xbcv\xd6K\x82\x1a\x90\xc9\xe3M`\x1b\xd3\xcc(\xbfN\x8e\xd2.\x1b\x90\x9c@%'
+    b'\xfd\xa8\xcaf\xdb\x84\xd1\x9d+yE\x8f\x19\xebM\x8c.\xb7\xbc\xe8\xe2\xbb\xff\xb3Wp\x80uym>'
+    b'\xe3~S\x08\x05\x1b\\\xbf[\x11\xa5\x90\xa5\xbd;\xfd\x8bY\xd6\x07,j\xea3\xd2\xec\xbfQ\t\xc9'
+    b'\xef=\x0c\xa4\x1b[\x89\xf6\xbd\x8d\xc6\xf9Y\xaaCK\x9fk\x16\x0b\xec\xa0\x94\xd9W}\xf8\xe4'
+    b'\x80[o\\\xcd*\xe6z\x9d\xf67\x809\x8bP1c\x9d\xafZ\x83Q\xf0\x8b}\xd4\xf8kr$\x87\xf1 \xb4#G'
+    b'\x06\xcf7S0\xbc \xe4\x1c\x9aV\xadE\xfc\xaf\xe7\x9b/I\xc8~\xcf\x96\xbc\xa5\x1f\xd8Z\xd9'
+    b'\xb3G\xe2c\\;n}\x02\xbf\xc9S\xa5Y\x7f\x81O\xcd\x93\xa3?\x02\x1az\xc3k`\xf2TIF\xcb\xfe\xd9'
+    b'\xc9\xfc\xbe\xb8\x01\x8d\xfd\x8c\x85\x15:]\x86 \xeb\x9d\xd2\x9b\x96\xd0\x0b\xa0\x9f?\xc7'
+    b"\xec%\xa4\x02\xd9@X};\x02\x8f(\x7f\xe2`+\x94\xd1|\x8f\xc0\xf7'\xdf\x851\xf8U\x97$\xb50P4["
+    b"z\x0eG\xb7\x14\xae\xc1\x93\xd7\xba\xbfnXs\xd3\x8a\xc4V?\x82\x85\x14Y\x9d\xc0\x0bQ\xcdm'V"
+    b'\xb0\x03Je\x13\x0f\x0cY\x80\xfe\xef\xa5\x1e\xba!2l\x8bnh\x9b\x1ec8\xa4\x96j \xad\x98.S'
+    b'\x939\x16\xc9\r\xc2\x13\x1f\xc7\x11VD\xac\xbe\xe7\xeb\xce\x0c\xef\xab\xf7\xb4C\x86KR*\x1f'
+    b'\xc41]\x83\xffg\xaf\x8c\x01\x98\xed\xeb\xde\xc8>\x13\xe43Y>\x8a\xd7 \xbf\x82%P*\x17]\x94]'
+    b'|"i\x10\xb0s\xd1#\x9e\x0b\x1a}\xb6$\xbd*#En\x06\xea^\xaf\xcf\xaa[i\xcde\x9bc!\xa8\xf9@~'
+    b'\x99\xdc\x97\x95L\xd8(\x7f\r\xac\x81\xb0W\x8a\xe6"\xe0\xed\xeeII\xfc\xcf\x80\x00&\x99\xb6'
+    b'M\xff\xc5\x866\x18\xc3\xaf\x0f8\xd4F\x9b\xf3\xd7\xb8\x97\x83\xe27\x19T^\x93\x11(0\xc2oSz'
+    b"\xd9}\xc4\xf3$\x1e9\xe9x\xd5\xa1[)DSE\x14\x04\xecw\x07\x11\x047\xf0'\x0c\\:\xde\xcc\xb4"
+    b'\xa6u7\xd9\xe7[\t\xf3\x06\x0f\xefL;9\xf7\x07+3|\x91\xd0\xddca\x93I\x82\xe6\xdf\xaa\xbd'
+    b'\x1a^d\x8ap\xba\xc7G\xfc\xcb\xea\xb5\xb9)\xab\xb7\xc5\xf3\xa1\xc39dW\xe8A\xd3 \xb7\x8a'
+    b"\x98\xd3\x9a\x1e\x96\x95N'W\xe0y&\x8aR4\xfa\xe3\x00\xda\x96ExF\x97\xe5\xdc\xfc\x81;\xa5L"
+    b'\xa3\xfc \xf0+\xe9f\x88\xbclJ\t\xc7\x12^\x0e\xd0\x87_Y^eO\xc5\xb0\x99\xbe\xd7\n8Q0\xaf,'
+    b'\x1f\x88(y_\xf0\xddb\xea@\x823K\x03\xf9\xf4\x8d\xf1\xab$%\x90]\xd8\xe7\xd6\xc8\x93\xd6'
+    b'\xea\xa8\x944\x91\rH\xa4\xab\xf6\x03NK\xb8\xa6\xc5\x1au\xe3t\x8d\xbf\xb3B\xfd\xca\x18\xb0'
+    b'}2T\x08\xe0]S\x02GZ\x9a2\xa5\x12O"\xd5m|?\xa7\x7f\x82D\x0c\xceh\xaf\xf9\x04s\\)\x04\xf3'
+    b'\xf9\xc8\xa4\xaaf\x97\xf4\xaf\xc6\xd3\xf1\x84k\x83`:p\xdb\xcf#s3K\xafM\xf8\xeay7{\xa25'
+    b'\xa2a\t\xe3x|\xc8DI\xf2>W`\xdc\xe3\xac\x0e\xb9\x01\x18\xe5K\x8d\xe2\x99\xb4os\x8fGS\x01o'
+    b'\x13\xbb#e\x1c\xf8\x94\xdb\xa3\xb6\x0f\x17\x0frbr;\x87\x84Z\x9ck\x9b9\x19\xb2\x9cV\xef'
+    b'\xe4\x9d\xa1\x8cyKUr4\xe6\xeaUS\xa1\xca\xbc\x150\xc29\xcfr]qx\x1e\x0f\x10<\x1d"\x06\x9b'
+    b'\xaa1\xf9o\xc5\xebQ\xf0xry\xac\xaf7rc-t\xc0\xdeq\x8b\xf5y\xe3\xeb\x10Aq#\x154\xb5d.\xc6Q'
+    b'\xc5*\xccg\xd2\x05\xb1kZGo\xbd\x84\xf4>\x93\x05v9\x07f\xf2\xea\xdc\xac\xb6\xee\xdd\x0fnpV'
+    b'W\x8c\xf6\x99:\xc3\xbe\xa6\x8cy\xd2Z\x94\x8c\xf6\x07\x85\xa6\x16\xe4\xab\xe6\x0cK\x18\xa4'
+    b'v\xfd\xab\r\xb5\x9c\x1a\xc3vxU\xb4\x11\x8b\xe0\x11;\xd0K\xb6y\xf1\x95-\xd3Fc\x02z\xf9\x8a'
+    b'\x18\x04rJq7==\xe9>\x04\xa8\x8c\xf0G\x08\xab;\x8e\x9c\x86,ZP\xa2\xf0\x0eC9cJ\x1d(\xa5\xd1'
+    b'A\xbf\xc2dB<\xf2_|\xbc\x15T\xc3\xd0\xc8\x03\xd6\x06\t\r\t*P\x13\xe1\xe0}\xb3B\x7f\xa6\xe8'
+    b'O\x04\x8aU\x9d\xfb\x89\x9c|\xbe\x14\xdaAc\x04\x0f\x07R\xccG\xc9\xbap\x8b\xb8\xf8Q\xfe{'
+    b'\x8eo\x85K=\x9ah\x9e\xf4\xf3\xc4\xb3\xb0\x06\x04\x88\x1c\xdcR\x94\\K,|\xb5\x06\xdaz\xee;'
+    b'\xcclO\xa7\xcbS\xb1\x9bS8lk\x05\xef\xd1\xd7<\x18\x96\x1c\xf4h\xff\xe8|\x90\xbc\xa1\x8a'
+    b'\xda\x01\xb4Y\xf2\x8e\x93\xb3d\xaa\xaf{\xc5-n\x03\xd10]z\xfa8t~\x98E\x00rd\xfe\x15\x9aL'
+    b'\xcc\x8d&\xdb\xec\xaa\xa8\xab\xb0(\xce\x1e\xe1G\xbeD\x9av\x8f(\x11$e\xadTF\xb5\x98\x86o'
+    b'\x08\xb1\x86\x1f\xff\x9e%\xf9i\xce+\xc6M\x7f6e\xe5a \xda\xea\x05\xac#D]?\xc2\xe8Y\xfb\xa9'
+    b'@\x1b\xb3<\xd3\xdb\x1a\xc1\xe3\x1a/\x05\xcf\xa5\x0b\x1d\n\r\x9f\x83<\xdd\xb0\xcfQ\xe9('
+    b"\xae06/p\xb6\xc6'\xa2[\xd6\x99\xd8\xae\xf3\xef\xb00Tz\x8d V\xcaa\xdc7\xf2\xae\xe5\x13\xe1"
+    b'\x8a\x93\xceb\x81\xaf\x1b\xa4\x04\xd1\xad\x9d\xd4\xf9,\xa4(G8-.\xd78\xc9`\xff\xf4\t_\xee='
+    b"Cl3\x92\xee;A\x1c\x8bd\xb1\xf1\x03\x0c$\xf4\xf3\x05'\xb7\xde\xf5\xd2m\xd4W\x89n\x0fj\xfc"
+    b'\xf2\xa7\xe2\xa37\xe1>\x93\xf8\x8e0,\xab\xbe\xdf\xf8S<Lk\xcd\x96\x92\xe4\x994m\x98\xf1d'
+    b'\xc9`\xa2]\xc9\x1f\xb8\xe3\x01\x07\x8a\xc1\xd1\xcf\xcc]\xea \xbb\xb6NW,\xe8\x85"\xf4\xc8'
+    b'\xc6\xb4\x16\x1a!k\x0eQ,nW\xcb\xef\xf6$\xc7\xd0\xfb\n\x10x\x18:\xect\xfa!\xac\xf1+.`\xd0'
+    b'\xc6\xfd\xd3P"\xd0\x94\xbe\xd0\x1d%i9\xa5\xe4\xfd\x9e\x96k\x9c\x8b=&*\xfa\xb3\xd5\xac\r'
+    b'\xed@\x93\x8dgL@\x93\xa8\xc37ZT\xb7\x0eA\x9d)\x1a\xc3\xe7D\x87\xfd\xe9\\\xa1\xf4\x00\xd9;'
+    b'\x123^>\x04\xd4\xa7\x8f\xbb\xb8CbR\xeb\xaa\xe0\x00\xbb\x7f\xa1\x1f\xb4\xc1c\xebi\xadOj'
+    b'\x05u\xd4\x8d\x99\x81Q\x7f\xa7\xc4\x08(\xc3\xe6\xfa\xda\xda0\x1e+B\x02P1\x14\xf6v\x12\xc6'
+    b'\xdc7\x1aE\xc9\x13\xea\x93Y\x10\xe9\xef]\xecS\xf2\x8a\xd6\x1f\xf2\x979\x1c\xfdU\x8d\xe8'
+    b'\x1fJp(\x89S\x81\x9f\x96\x06\xf9Q\xc6Iw\xf6\x03y\xb9\r B\xf1\xf7\x9e\xf8;\xb2\xc5\xbc\xab'
+    b'\xd9\xc5M3\xfbnf\xb4\x1c\xe3\x86\xbf\x17\x16 \xc1\x8e\xd6\xb7\xb2\xfd\x1e\x0c/\x8d\xa3>'
+    b'\xe8\x0c\xb3\x86\xac.\xf4\x83s\xca\xd5\xb5j>\xe9\x0b\x12sx\x92\xec\x00\xad\x80\xa7\xab9]'
+    b'\xa0(Z\x0cP\\;S\x1a\xf7\x8e\xe9\xd2\xa0\xb7\xfd\xd2\rN\x04w\x8a\xd7\xd7\x88\xf8\xe0\xcf'
+    b"\x95q\xa0\x1e%'\x99\xf7\x945n;KoqW&\x81Z\x04\xa6.\xb02\x1f\x17\x1b\x12O\x9f\xa0\x0f\xbe2!"
+    b'\x1d7\xf4*ub\x98\xe2u<V3uH\xf4\xac\xcf\x9c\x17\t\x91\x80\xbf>\xcb\xbe\xfd\xea\x00\x02\xd2'
+    b"o\x97\xabeZ'\xd2\xff\x07?\xa4\x82\x06\xb5z\xa7\x83&\xbd\xe7\x038\x04E\xcf\xaf?\x05\xe1"
+    b'\x044T\r\xb1:w\xdc\x93\xea\x97\x00\x06\x0fJ<4\xad\x96\xd0\xdaX\x1d\xc3\xc1\x08\xc3HJ\xd2'
+    b'\xec\xb9\xa0\xfb\xc5\xdc\xdc.\x0f-\x1d.uN\xedd\x84\xd5\x13;\x857\xd3\x89,?lY|\xd0\x1b\x98'
+    b'xo\x01_BG\x07D\xa0\x1e;\x1f\xf3\x0b\x96,<g\x04\xa9\x13C\xbd:)\xc8\x1f!\xea\x9e:\r6mANh]I'
+    b'\x83\xd9\x10$\xfe\xb2\xac\xa24\xb9n\xbd5\xd6\xf50\xcd\xbf\x9c\x05\xad\xd4\x1f8\xb5k\x86'
+    b'\x8cp\x02\xdc\xa5TT\x0e\x99\xfb6,#k0>\x85\n\x16ht\xf2\xc6s\x8d\xe6\xd8\xe6\xd6\x03\xa4'
+    b'\xc0\xee\xd2\xef\xa7B\xbc"\xae\x1b%\x18743\xc7Tm\xe6\xc0\xe1-\xbbX\x0c\x9aO\x1f\xb2\xd6:'
+    b'\xda+S\xb9\xe47\xf4\xaf\xcc+\xefS\x1f0\x7f\xb4\x8f!\xf2*\x0cz~\x9c\xe6\xf4\x9f,\xb9\xb9'
+    b'\xb3\xa1\x85\xaeF\xab\x12\xd9\x0f\xbf\xd9/\xb9'
+)

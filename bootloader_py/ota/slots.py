@@ -64,27 +64,31 @@ def _makedirs(path):
         at = path.find("/", at + 1)
         if at < 0:
             return
-        try:
+        if not _exists(path[:at]):
             os.mkdir(path[:at])
-        except OSError:
-            pass  # exists
 
 
-def hash_file(path, buf, h=None, upto=-1):
-    """(hex sha256, size) of a file streamed through `buf`, or (None, -1) when it is missing."""
-    if h is None:
-        h = hashlib.sha256()
+def hash_into(path, buf, h):
+    """Feed a file through `buf` into the hash `h`; returns its size, -1 when it is missing."""
     size = 0
     try:
         with open(path, "rb") as f:
-            while upto < 0 or size < upto:
-                want = len(buf) if upto < 0 else min(len(buf), upto - size)
-                n = f.readinto(buf[:want])
+            while True:
+                n = f.readinto(buf)
                 if not n:
                     break
                 h.update(buf[:n])
                 size += n
     except OSError:
+        return -1
+    return size
+
+
+def hash_file(path, buf):
+    """(hex sha256, size) of a file streamed through `buf`, or (None, -1) when it is missing."""
+    h = hashlib.sha256()
+    size = hash_into(path, buf, h)
+    if size < 0:
         return None, -1
     return binascii.hexlify(h.digest()).decode(), size
 
@@ -142,7 +146,7 @@ def active_files(slot):
 
 def write_meta(slot, files):
     with open(meta_path(slot), "w") as f:
-        json.dump({"files": [[e["path"], e["sha256"]] for e in files]}, f)
+        f.write(json.dumps({"files": [[e["path"], e["sha256"]] for e in files]}))  # one write
 
 
 def copy_verified(src, dest, sha, size, buf):

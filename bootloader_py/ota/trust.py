@@ -31,7 +31,6 @@ KEYTYPE = "ecdsa-p256"
 _SPKI_PREFIX = b"0Y0\x13\x06\x07*\x86H\xce=\x02\x01\x06\x08*\x86H\xce=\x03\x01\x07\x03B\x00"
 _B64_CHUNK = 768  # bytes re-encoded at a time when checking base64 is canonical
 
-_HEX = re.compile("[0-9a-f]*$")
 _SEMVER = re.compile(
     "(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)"
     "(-[0-9A-Za-z-]+(\\.[0-9A-Za-z-]+)*)?(\\+[0-9A-Za-z-]+(\\.[0-9A-Za-z-]+)*)?$"
@@ -105,6 +104,19 @@ class Root:
         self.root_threshold = root_threshold
         self.release_keyids = release_keyids
         self.release_threshold = release_threshold
+        self._unchecked = None  # (digest, sigs) of a self-signature check still to do
+
+    def check(self):
+        """Run a deferred self-signature check (see parse_root); ThresholdError if it fails.
+
+        Every trust decision made with this root calls it first, so an unchecked root is only
+        ever used for what needs no trust (e.g. reporting its version in a check-in).
+        """
+        if self._unchecked is not None:
+            digest, sigs = self._unchecked
+            _require_threshold(digest, sigs, self.keys, self.root_keyids, self.root_threshold,
+                               "root")
+            self._unchecked = None
 
     def precompute(self):
         """Build comb tables (p256.KEY_TEETH wide) for the release keys; idempotent.
@@ -148,51 +160,45 @@ def _b64decode(text, what):
 
 
 def _loads(buf, what):
-    """json.loads, plus the one check MicroPython's lenient parser skips that matters here.
-
-    The parser closes brackets still open at the end of the input, so a document cut short
-    would parse.  Every bracket must be closed: the brackets counted in the raw bytes, minus
-    those inside parsed strings, must balance.  (A bracket written as a \\u escape inside a
-    string would be refused; no mpota signer writes one.)
-    """
     try:
-        doc = json.loads(buf)
+        return json.loads(buf)
     except (ValueError, UnicodeError):
         raise MalformedError(what + ": not JSON")
-    if _raw_brackets(buf) != _string_brackets(doc):
-        raise MalformedError(what + ": not JSON (cut short: brackets left open)")
-    return doc
 
 
-def _raw_brackets(buf):
-    # bytes/bytearray count in C; a memoryview (no count()) is counted in small copies.
+def _check_closed(buf, doc, skip):
+    """Refuse an envelope cut short, which MicroPython's json would accept.
+
+    That parser closes brackets still open at the end of the input.  A JSON object is complete
+    when its braces balance outside strings: braces in the raw bytes minus those inside the
+    parsed strings must be zero.  `skip` are strings that are checked as base64 afterwards
+    (no braces unless refused anyway), so the big payload is not scanned twice.  A brace
+    written as a \\u escape inside a string is refused; no mpota signer writes one.  Signed
+    payloads need no such check: a cut-short payload fails its signature.
+    """
     if hasattr(buf, "count"):
-        return buf.count(b"{") - buf.count(b"}"), buf.count(b"[") - buf.count(b"]")
-    braces = squares = 0
-    for i in range(0, len(buf), _B64_CHUNK):
-        chunk = bytes(buf[i:i + _B64_CHUNK])
-        braces += chunk.count(b"{") - chunk.count(b"}")
-        squares += chunk.count(b"[") - chunk.count(b"]")
-    return braces, squares
-
-
-def _string_brackets(doc):
+        braces = buf.count(b"{") - buf.count(b"}")
+    else:  # memoryview: count in small copies
+        braces = 0
+        for i in range(0, len(buf), _B64_CHUNK):
+            chunk = bytes(buf[i:i + _B64_CHUNK])
+            braces += chunk.count(b"{") - chunk.count(b"}")
     # Iterative walk: a hostile, deeply nested document must not exhaust the C stack.
-    braces = squares = 0
     todo = [doc]
     while todo:
         item = todo.pop()
         kind = type(item)
         if kind is str:
-            braces += item.count("{") - item.count("}")
-            squares += item.count("[") - item.count("]")
+            if item not in skip:
+                braces -= item.count("{") - item.count("}")
         elif kind is dict:
             for k in item:
                 todo.append(k)
                 todo.append(item[k])
         elif kind is list:
             todo.extend(item)
-    return braces, squares
+    if braces:
+        raise MalformedError("envelope: not JSON (cut short: brackets left open)")
 
 
 def _read_envelope(buf, payload_type):
@@ -203,6 +209,15 @@ def _read_envelope(buf, payload_type):
     doc = _loads(buf, "envelope")
     if type(doc) is not dict:
         raise MalformedError("envelope: not a JSON object")
+    text = doc.get("payload")
+    skip = [text] if type(text) is str else []
+    entries = doc.get("signatures")
+    if type(entries) is list:
+        for entry in entries:
+            if type(entry) is dict and type(entry.get("sig")) is str:
+                skip.append(entry["sig"])
+    _check_closed(buf, doc, skip)
+    skip = None
     kind = _field(doc, "payloadType", str, "envelope")
     text = _field(doc, "payload", str, "envelope")
     entries = _field(doc, "signatures", list, "envelope")
@@ -331,22 +346,29 @@ def _parse_root(payload, old_keys=None):
     return Root(version, expires, keys, root_ids, root_t, rel_ids, rel_t)
 
 
-def parse_root(buf, precompute=True):
+def parse_root(buf, precompute=False, defer_check=False):
     """A self-signed root envelope (its own root threshold met) as a Root; expiry unchecked.
 
     What the board was provisioned with is trusted as given, even past its expiry (the next
     rotation replaces it).  Raises TooLargeError, MalformedError, PayloadTypeError or
-    ThresholdError.  precompute builds the release keys' comb tables now (see Root.precompute).
+    ThresholdError.
+
+    precompute: build the release keys' comb tables now (~7 ms) instead of at the first
+    verify_manifest.  defer_check: parse and validate now, but check the root's own signatures
+    (~8 ms per signature, no table for root keys) only at the first verify_manifest or
+    verify_rotation (Root.check), so a boot with nothing new pays no ECDSA at all.
     """
     payload, sigs, digest = _read_envelope(buf, ROOT_PAYLOAD_TYPE)
     root = _parse_root(payload)
-    _require_threshold(digest, sigs, root.keys, root.root_keyids, root.root_threshold, "root")
+    root._unchecked = (digest, sigs)
+    if not defer_check:
+        root.check()
     if precompute:
         root.precompute()
     return root
 
 
-def load_root(path="/ota/trust.json", precompute=True):
+def load_root(path="/ota/trust.json", precompute=False, defer_check=False):
     """parse_root() of a file; the file is size-checked before it is read into one buffer.
 
     OSError when the file cannot be read; TooLargeError when it is over the envelope cap.
@@ -358,11 +380,15 @@ def load_root(path="/ota/trust.json", precompute=True):
         raise TooLargeError(path + " is " + str(size) + " bytes, over the cap of "
                             + str(MAX_ENVELOPE_BYTES))
     buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
     with open(path, "rb") as f:
-        got = f.readinto(buf)
-    if got != size:
-        raise MalformedError(path + ": short read")
-    return parse_root(buf, precompute)
+        while got < size:
+            n = f.readinto(view[got:])
+            if not n:
+                raise MalformedError(path + ": shorter than its size")
+            got += n
+    return parse_root(buf, precompute, defer_check)
 
 
 def verify_rotation(root, buf, now=None):
@@ -373,6 +399,7 @@ def verify_rotation(root, buf, now=None):
     TooLargeError, MalformedError, PayloadTypeError, ThresholdError, RotationError or
     ExpiredError.  Keys kept across the rotation keep their comb tables.
     """
+    root.check()
     payload, sigs, digest = _read_envelope(buf, ROOT_PAYLOAD_TYPE)
     _require_threshold(digest, sigs, root.keys, root.root_keyids, root.root_threshold,
                        "root (trusted)")
@@ -411,27 +438,44 @@ def _matching(obj, name, pattern, what, where="manifest"):
     return value
 
 
+def _is_hex64(value):
+    # A round trip through binascii (C) is ~7x faster than a regex here, and strict:
+    # unhexlify's leniency shows up as a difference, hexlify writes lowercase only.
+    if type(value) is not str or len(value) != 64:
+        return False
+    try:
+        return binascii.hexlify(binascii.unhexlify(value)) == value.encode()
+    except ValueError:
+        return False
+
+
+def _bad_file(where, problem):
+    raise MalformedError("manifest file " + where + ": " + problem)
+
+
 def _check_file(entry, index, seen):
-    where = "manifest file " + str(index)
+    # One tight function per entry: up to 128 of them, so messages are built only on failure.
     if type(entry) is not dict:
-        raise MalformedError(where + ": not a JSON object")
-    path = _field(entry, "path", str, where)
+        _bad_file(str(index), "not a JSON object")
+    path = entry.get("path")
+    if type(path) is not str:
+        _bad_file(str(index), "'path' missing or not a str")
     check_path(path)
-    where = "manifest file '" + path + "'"
-    sha = _matching(entry, "sha256", _HEX, "64 lowercase hex digits", where)
-    if len(sha) != 64:
-        raise MalformedError(where + ": 'sha256' must be 64 lowercase hex digits")
-    size = _count(entry, "size", where)
-    encoding = _field(entry, "encoding", str, where)
-    if encoding != "plain" and encoding != "deflate":
-        raise MalformedError(where + ": encoding must be one of plain, deflate")
-    blob = _matching(entry, "blob", _HEX, "64 lowercase hex digits", where)
-    if len(blob) != 64:
-        raise MalformedError(where + ": 'blob' must be 64 lowercase hex digits")
-    transfer = _count(entry, "transfer_size", where)
-    if encoding == "plain" and (blob != sha or transfer != size):
-        raise MalformedError(where + ": plain file must have blob == sha256 and "
-                             "transfer_size == size")
+    sha = entry.get("sha256")
+    blob = entry.get("blob")
+    size = entry.get("size")
+    transfer = entry.get("transfer_size")
+    encoding = entry.get("encoding")
+    if not _is_hex64(sha) or (blob is not sha and blob != sha and not _is_hex64(blob)):
+        _bad_file("'" + path + "'", "'sha256' and 'blob' must be 64 lowercase hex digits")
+    if type(size) is not int or size < 0 or type(transfer) is not int or transfer < 0:
+        _bad_file("'" + path + "'", "'size' and 'transfer_size' must be integers >= 0")
+    if encoding == "plain":
+        if blob != sha or transfer != size:
+            _bad_file("'" + path + "'", "plain file must have blob == sha256 and "
+                      "transfer_size == size")
+    elif encoding != "deflate" or type(encoding) is not str:
+        _bad_file("'" + path + "'", "encoding must be one of plain, deflate")
     if path in seen:
         raise MalformedError("manifest: duplicate file path '" + path + "'")
     seen[path] = 1
@@ -478,6 +522,7 @@ def verify_manifest(buf, root, board=None, installed_sequence=None, now=None):
     Raises TooLargeError, MalformedError, PayloadTypeError, ThresholdError, WrongBoardError,
     RollbackError, SameSequenceError or ExpiredError.
     """
+    root.check()
     payload, sigs, digest = _read_envelope(buf, MANIFEST_PAYLOAD_TYPE)
     root.precompute()
     _require_threshold(digest, sigs, root.keys, root.release_keyids, root.release_threshold,

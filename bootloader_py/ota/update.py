@@ -16,7 +16,7 @@ def _fetch(sess, entry, part, buf):
         have = 0
     h = hashlib.sha256()
     if have > 0:
-        slots.hash_file(part, buf, h)
+        have = slots.hash_into(part, buf, h)  # resume: the hash must cover what is there
     else:
         have = 0
     if have < entry["transfer_size"]:
@@ -29,7 +29,10 @@ def _fetch(sess, entry, part, buf):
 def _download(sess, entry, part, buf, h, have):
     """Append the rest of the blob to `part`, hashing it into `h`; returns the hash."""
     extra = "Range: bytes=%d-\r\n" % have if have else ""
-    resp = sess.request("GET", "/v1/blobs/" + entry["blob"], b"", extra)
+    try:
+        resp = sess.request("GET", "/v1/blobs/" + entry["blob"], b"", extra)
+    except HttpError as e:
+        raise UpdateFailed("blob %s: %s" % (entry["path"], e))
     try:
         if resp.status == 200 and have:
             import hashlib

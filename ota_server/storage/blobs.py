@@ -30,7 +30,7 @@ def check_blob_id(sha256: str) -> str:
 
     This is the only thing standing between a URL and a file name, so it is strict.
     """
-    if not SHA256_HEX.match(sha256):
+    if not SHA256_HEX.fullmatch(sha256):
         raise ValueError(f"blob id must be 64 lowercase hex digits, got {sha256[:80]!r}")
     return sha256
 

@@ -1,8 +1,13 @@
 """The embedded metadata store: one SQLite file in WAL mode with versioned migrations.
 
 Calls are synchronous and short (indexed lookups, one small transaction each); on one machine
-that is cheaper than a thread hop per request. Every write is one transaction, so a crash leaves
-either all of a change or none of it.
+that is cheaper than a thread hop per request. Every write is one transaction (a single
+statement in autocommit mode is one), so a crash leaves either all of a change or none of it.
+
+Releases are immutable and cached; channel rollouts and base releases are cached too and the
+cache is dropped on every write through this object. That is correct because `ota serve` is
+the only writer of those tables (the CLI's local commands touch only tokens); a multi-replica
+backend would not cache.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ class SqliteStore:
     """MetadataStore on one SQLite database file."""
 
     def __init__(self, path: Path):
+        self._releases: dict[int, Release] = {}
+        self._rollouts: dict[str, Rollout | None] = {}
+        self._bases: dict[str, Release | None] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
@@ -153,9 +161,15 @@ class SqliteStore:
             "WHERE app = ? AND sequence = ?", (app, sequence)).fetchone())
 
     def release_by_id(self, release_id: int) -> Release | None:
-        return self._release(self._db.execute(
+        cached = self._releases.get(release_id)
+        if cached is not None:
+            return cached
+        found = self._release(self._db.execute(
             "SELECT id, app, version, sequence, boards, created FROM releases WHERE id = ?",
             (release_id,)).fetchone())
+        if found is not None:
+            self._releases[release_id] = found
+        return found
 
     def envelope(self, release_id: int) -> bytes:
         row = self._db.execute("SELECT envelope FROM releases WHERE id = ?", (release_id,))
@@ -210,39 +224,44 @@ class SqliteStore:
         return [d for d in (self._device(r) for r in rows) if d is not None]
 
     def revoke_device(self, device_id: str) -> bool:
-        with self._tx():
-            cur = self._db.execute(
-                "UPDATE devices SET revoked = ? WHERE device_id = ? AND revoked IS NULL",
-                (_now(), device_id))
+        cur = self._db.execute(
+            "UPDATE devices SET revoked = ? WHERE device_id = ? AND revoked IS NULL",
+            (_now(), device_id))
         return cur.rowcount == 1
 
     def advance_counter(self, device_id: str, counter: int) -> bool:
-        """Accept `counter` only if it is greater than the last one; atomic, so two requests
-        racing with the same counter cannot both pass."""
-        with self._tx():
-            cur = self._db.execute(
-                "UPDATE devices SET counter = ? WHERE device_id = ? AND counter < ?",
-                (counter, device_id, counter))
+        """Accept `counter` only if it is greater than the last one (and mark the board seen);
+        one statement, so two requests racing with the same counter cannot both pass."""
+        cur = self._db.execute(
+            "UPDATE devices SET counter = ?, last_seen = ? WHERE device_id = ? AND counter < ?",
+            (counter, _now(), device_id, counter))
         return cur.rowcount == 1
 
     def record_checkin(self, device_id: str, inventory: dict[str, Any]) -> None:
         fields = {k: v for k, v in inventory.items() if k in _INVENTORY}
-        fields["last_seen"] = _now()
+        if not fields:
+            return
         assigns = ", ".join(f"{k} = ?" for k in fields)
-        with self._tx():
-            self._db.execute(f"UPDATE devices SET {assigns} WHERE device_id = ?",  # noqa: S608
-                             (*fields.values(), device_id))
+        self._db.execute(f"UPDATE devices SET {assigns} WHERE device_id = ?",  # noqa: S608
+                         (*fields.values(), device_id))
 
     # -- channels and rollouts ----------------------------------------------------------------
 
     def base_release(self, channel: str) -> Release | None:
+        if channel in self._bases:
+            return self._bases[channel]
         row = self._db.execute("SELECT base_release_id FROM channels WHERE name = ?", (channel,))
         found = row.fetchone()
-        if found is None or found[0] is None:
-            return None
-        return self.release_by_id(int(found[0]))
+        base = None if found is None or found[0] is None else self.release_by_id(int(found[0]))
+        self._bases[channel] = base
+        return base
+
+    def _forget_channels(self) -> None:
+        self._rollouts.clear()
+        self._bases.clear()
 
     def set_base_release(self, channel: str, release_id: int) -> None:
+        self._forget_channels()
         with self._tx():
             self._db.execute(
                 "INSERT INTO channels (name, base_release_id) VALUES (?, ?) "
@@ -260,11 +279,16 @@ class SqliteStore:
                        updated=int(row["updated"]))
 
     def current_rollout(self, channel: str) -> Rollout | None:
-        return self._rollout(self._db.execute(
+        if channel in self._rollouts:
+            return self._rollouts[channel]
+        found = self._rollout(self._db.execute(
             "SELECT * FROM rollouts WHERE channel = ? AND state != 'superseded' "
             "ORDER BY id DESC LIMIT 1", (channel,)).fetchone())
+        self._rollouts[channel] = found
+        return found
 
     def start_rollout(self, channel: str, release_id: int, policy: dict[str, Any]) -> Rollout:
+        self._forget_channels()
         now = _now()
         with self._tx():
             self._db.execute("INSERT OR IGNORE INTO channels (name) VALUES (?)", (channel,))
@@ -282,6 +306,7 @@ class SqliteStore:
 
     def update_rollout(self, rollout_id: int, *, stage: int | None = None,
                        state: str | None = None, reason: str | None = None) -> None:
+        self._forget_channels()
         with self._tx():
             self._db.execute(
                 "UPDATE rollouts SET stage = COALESCE(?, stage), state = COALESCE(?, state), "
@@ -303,12 +328,11 @@ class SqliteStore:
 
     def set_deployment(self, device_id: str, release_id: int, status: str,
                        reason: str | None = None) -> None:
-        with self._tx():
-            self._db.execute(
-                "INSERT INTO deployments (device_id, release_id, status, reason, updated) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(device_id, release_id) DO UPDATE SET "
-                "status = excluded.status, reason = excluded.reason, updated = excluded.updated",
-                (device_id, release_id, status, reason, _now()))
+        self._db.execute(
+            "INSERT INTO deployments (device_id, release_id, status, reason, updated) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(device_id, release_id) DO UPDATE SET "
+            "status = excluded.status, reason = excluded.reason, updated = excluded.updated",
+            (device_id, release_id, status, reason, _now()))
 
     def deployment_counts(self, release_id: int) -> DeploymentCounts:
         rows = self._db.execute(

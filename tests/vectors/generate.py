@@ -71,6 +71,10 @@ def base_manifest() -> dict[str, Any]:
     }
 
 
+def _adds_file(path: str) -> Callable[[dict[str, Any]], None]:
+    return lambda doc: doc["files"].append(_file(path, b"x"))
+
+
 def _payload(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode("utf-8")
 
@@ -241,6 +245,18 @@ def manifest_cases(k: Keys, out: Writer) -> None:
     del no_sigs["signatures"]
     ok("envelope-no-signatures-field", "manifest", v1, no_sigs, "MalformedError",
        "envelope without 'signatures'")
+    extra = copy.deepcopy(good)
+    extra["note"] = "fields the envelope format does not define are ignored"
+    ok("ok-envelope-extra-field", "manifest", v1, extra, "ok", "an extra envelope field")
+    not_object = copy.deepcopy(good)
+    not_object["signatures"].append("sig")
+    ok("sig-entry-not-object", "manifest", v1, not_object, "MalformedError",
+       "a signature entry that is a string")
+    keyid_number = copy.deepcopy(good)
+    keyid_number["signatures"][0]["keyid"] = 7
+    ok("keyid-not-string", "manifest", v1, keyid_number, "MalformedError", "keyid is 7")
+    ok("envelope-is-array", "manifest", v1, b"[" + dsse.envelope_bytes(good) + b"]",
+       "MalformedError", "the envelope wrapped in a JSON array")
     ok("wrong-payload-type", "manifest", v1,
        signed(base_manifest(), "release_a", kind=ROOT_PAYLOAD_TYPE), "PayloadTypeError",
        "a manifest signed as root metadata")
@@ -278,7 +294,7 @@ def manifest_cases(k: Keys, out: Writer) -> None:
         ("path-too-long", "lib/" + "p" * 58 + ".py", "65 characters"),
         ("path-control-char", "lib/a\nb.py", "newline in a path"),
     ):
-        malformed(name, lambda d, p=path: d["files"].append(_file(p, b"x")), why)
+        malformed(name, _adds_file(path), why)
     malformed("duplicate-path", lambda d: d["files"].append(_file("lib/util.py", b"again")),
               "lib/util.py twice")
     malformed("plain-blob-differs", lambda d: d["files"][0].update(blob="0" * 64),

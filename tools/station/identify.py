@@ -16,6 +16,8 @@ from tools.station.flashing import EspBoard
 from tools.station.writer_mpremote import MpremoteBoard
 
 _DEVICE_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+# sys.platform a board of each chip family reports; the virtual board is the unix port.
+_PLATFORMS = {"unix": ("linux", "darwin"), "rp2": ("rp2",)}
 
 
 class IdentifyError(RuntimeError):
@@ -50,11 +52,11 @@ def identify_esp(esp: EspBoard, board: Board) -> BoardIdentity:
 
 def identify_micropython(mp: MpremoteBoard, board: Board) -> BoardIdentity:
     unique_id = mp.unique_id()
-    platform = mp.eval("__import__('sys').platform")
-    chip = str(platform)
-    if board.chip == "unix" and chip not in ("linux", "darwin", "unix"):
-        raise IdentifyError(f"found a {chip} board but the profile's board {board.name!r} is a "
-                            f"virtual (unix) board")
+    chip = str(mp.eval("__import__('sys').platform"))
+    expected = _PLATFORMS.get(board.chip, (board.chip,))
+    if chip not in expected:
+        raise IdentifyError(f"found a {chip!r} MicroPython but the profile's board "
+                            f"{board.name!r} is {board.chip!r}")
     # On ESP32 MicroPython the unique id is the MAC; elsewhere it is just a serial number.
     mac = ":".join(f"{b:02x}" for b in unique_id) if len(unique_id) == 6 else None
     return BoardIdentity(chip=chip, hardware_id=unique_id, mac=mac, flash_size=None)

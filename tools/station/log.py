@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -68,8 +70,11 @@ class StationLog:
                     + ", ".join(_COLUMNS) + ")"
                 )
 
-    def _db(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=30)
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """One connection per operation, committed and closed (the log is written rarely)."""
+        with closing(sqlite3.connect(self.path, timeout=30)) as db, db:
+            yield db
 
     def append(self, record: BoardRecord) -> None:
         data = record.to_json()

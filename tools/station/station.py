@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tools.board_files import InitialApp
 from tools.fleet import ProvisioningProfile
 from tools.station.log import BoardRecord, StationLog
 from tools.station.secrets import Redactor, Secret
@@ -34,7 +35,9 @@ from tools.station.targets import Target
 Event = tuple[str, str, Any]  # (kind, target label, payload)
 EventSink = Callable[[str, Any], None]
 
-STEPS = ("identify", "firmware", "boot", "check", "key", "files", "write", "register", "reset")
+# Every step a board can go through, in order; a record's `steps` holds the ones it went through.
+STEPS = ("identify", "firmware", "boot", "inspect", "check", "key", "files", "write", "register",
+         "reset")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class StationJob:
     wifi_password: Secret | None
     trust_json: bytes
     firmware: bytes | None = None
+    app: InitialApp | None = None  # the first app, in slot a (tools.board_files.InitialApp)
     reprovision: bool = False
     esptool_before: str = "default-reset"
     factory_image_dir: Path | None = None
@@ -119,6 +123,11 @@ class BoardProvisioner:
             self.record.failed_step = failed.step
             self.record.error = str(failed)
             self._revoke_after_failure()
+        except Exception as err:  # closing a connection failed: the run is not trustworthy
+            self.record.outcome = "failed"
+            self.record.failed_step = "close"
+            self.record.error = self.redact(f"{type(err).__name__}: {err}")
+            self._revoke_after_failure()
         self.record.finished = time.time()
         return self.record
 
@@ -152,9 +161,13 @@ class BoardProvisioner:
                 stack.close()
                 esp = None
                 mp = stack.enter_context(self._micropython_board(stack))
+        on_board_key = False
+        if mp is not None:
+            with self.step("inspect"):
+                # A key already on the board is an identity too, even one the server never saw.
+                on_board_key = mp.exists("/ota/device.key")
         with self.step("check"):
-            device_id = self._choose_device_id(base_id, on_board_key=(
-                mp is not None and mp.exists("/ota/device.key")))
+            device_id = self._choose_device_id(base_id, on_board_key)
             self.record.device_id = device_id
         with self.step("key"):
             from signing.keys import generate_private_key, keyid, public_point
@@ -226,12 +239,8 @@ class BoardProvisioner:
         re-provisioned board gets the next generation. An active identity (on the server or a
         key on the board) is only replaced with --reprovision, which revokes it first.
         """
-        known = {}
-        for device in self._server().list_devices():
-            device_id = str(device["device_id"])
-            if device_id == base_id or device_id.startswith(base_id + "-r"):
-                known[device_id] = device
-        active = sorted(d for d, v in known.items() if not v.get("revoked"))
+        known = self._generations(base_id)
+        active = [d for d, device in known if not device.get("revoked")]
         if (active or on_board_key) and not self.job.reprovision:
             where = f"server: {', '.join(active)}" if active else "a key on the board"
             raise StepFailed("check", f"board already has an identity ({where}); "
@@ -239,11 +248,24 @@ class BoardProvisioner:
         for device_id in active:
             self._server().revoke_device(device_id)
             self.record.revoked.append(device_id)
-        if not known:
-            return base_id
-        generations = [int(d.rsplit("-r", 1)[1]) for d in known
-                       if d != base_id and d.rsplit("-r", 1)[1].isdigit()]
-        return f"{base_id}-r{max([1, *generations]) + 1}"
+        return base_id if not known else f"{base_id}-r{len(known) + 1}"
+
+    def _generations(self, base_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """The server's records of `base_id`, `base_id-r2`, ... up to the first unknown id.
+
+        One lookup per generation, not a listing of the whole fleet.
+        """
+        from tools.api_client import ApiClientError
+
+        found: list[tuple[str, dict[str, Any]]] = []
+        while True:
+            device_id = base_id if not found else f"{base_id}-r{len(found) + 1}"
+            try:
+                found.append((device_id, self._server().device(device_id)))
+            except ApiClientError as err:
+                if err.status == 404:
+                    return found
+                raise
 
     def _board_files(self, device_id: str, key: Any) -> dict[str, bytes]:
         from tools.board_files import BoardConfig, board_files
@@ -257,7 +279,7 @@ class BoardProvisioner:
             wifi_password=job.wifi_password.reveal() if job.wifi_password else "",
             poll_every_min=max(1, profile.poll_interval_s // 60),
         )
-        return board_files(config, key, job.trust_json, mpy=profile.mpy)
+        return board_files(config, key, job.trust_json, mpy=profile.mpy, app=job.app)
 
     def _image(self, files: dict[str, bytes], device_id: str) -> tuple[int, bytes]:
         """The littlefs image at the partition offset, or firmware + image merged when a

@@ -76,7 +76,8 @@ class LiveView(StationView):
         good = sum(r.outcome == "provisioned" for r in records)
         bad = len(records) - good
         style = "green" if not bad else "red"
-        self.console.print(f"[{style}]station: {good} provisioned, {bad} failed[/{style}]")
+        self.console.print(f"[{style}]station: {good} provisioned, {bad} failed[/{style}]",
+                           highlight=False)
 
     def _refresh(self) -> None:
         if self._live is not None:

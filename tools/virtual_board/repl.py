@@ -28,13 +28,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tools.virtual_board.board import STANDINS_DIR
 from tools.virtual_board.power import EXIT_POWER_CUT, EXIT_RESET
 
 if TYPE_CHECKING:
     from tools.virtual_board.board import VirtualBoard
 
-_AGENT_SCRIPT = STANDINS_DIR / "_vb_repl.py"
 _AGENT_START_TIMEOUT = 10.0
 _READ_CHUNK = 65536
 
@@ -80,20 +78,29 @@ class ReplAgent:
         )
         self._report.unlink(missing_ok=True)
         self._proc = subprocess.Popen(
-            self._board.command(_AGENT_SCRIPT), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            self._board.command("_vb_repl"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, env=env, cwd=self._board.flash_dir,
+            start_new_session=True,  # a terminal's Ctrl-C stops the server, which stops this
         )
         self._pending, self._error_left, self._error = b"", None, b""
         deadline = time.monotonic() + _AGENT_START_TIMEOUT
+        said = b""
         while True:
-            ready, _, _ = select.select([self.fileno()], [], [], deadline - time.monotonic())
+            left = max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([self.fileno()], [], [], left)
             chunk = os.read(self.fileno(), _READ_CHUNK) if ready else b""
             if not chunk:
                 self.stop()
-                raise AgentDied("the virtual board's interpreter did not start")
-            _, done = self.feed(chunk)
+                raise AgentDied("the virtual board's interpreter did not start: "
+                                + said.decode("utf-8", "replace")[-500:])
+            output, done = self.feed(chunk)
+            said += output
             if done is not None:
                 return
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None
 
     @property
     def fs_ops(self) -> int:
@@ -202,6 +209,7 @@ class ReplSession:
         self.busy = False
         self._friendly_running = False
         self._line = bytearray()
+        self._typeahead = bytearray()
         self._paste_request = b""
 
     def on_client(self, data: bytes) -> None:
@@ -231,7 +239,9 @@ class ReplSession:
         if self.busy:
             if byte == _CTRL_C:
                 self._agent.interrupt()
-            return  # a board would queue this as stdin; board code here reads no stdin
+            else:  # typed ahead: handled once the running code has finished
+                self._typeahead += byte
+            return
         if self._paste_request or (byte == _CTRL_E and self.raw and not self._line):
             self._on_paste_request(byte)
         elif byte == _CTRL_A:
@@ -298,6 +308,8 @@ class ReplSession:
             self._send(error.replace(b"\n", b"\r\n") + b">>> ")
         else:
             self._send(b"\x04" + error + b"\x04>")
+        typeahead, self._typeahead = bytes(self._typeahead), bytearray()
+        self.on_client(typeahead)
 
 
 class ReplServer:
@@ -314,7 +326,7 @@ class ReplServer:
 
     def start(self) -> int:
         """Start the interpreter and the listener; returns the TCP port."""
-        self._agent.start()  # a failure here (e.g. cut_at=1 can't happen: no mutation yet) raises
+        self._agent.start()
         try:
             self._listener = socket.create_server(("127.0.0.1", self._requested_port))
         except OSError:
@@ -371,9 +383,11 @@ class ReplServer:
                 if self._agent.powered_off:
                     continue  # no power: the "port" drops every connection
                 try:
+                    if not self._agent.running:
+                        self._agent.start()  # after an interpreter that failed to restart
                     if self._session(conn):
                         return
-                except PowerCut:
+                except AgentDied:  # a power cut, or no interpreter: drop this client
                     continue
                 except OSError:  # the client vanished mid-reply: serve the next one
                     with contextlib.suppress(AgentDied, OSError):

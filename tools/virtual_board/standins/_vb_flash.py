@@ -72,6 +72,9 @@ class FlashVfs:
             return self._standins + path[_STANDINS_LEN:]
         return self._root + path
 
+    def __repr__(self):
+        return "<VirtualFlash>"
+
     def mount(self, readonly, mkfs):
         pass
 
@@ -142,26 +145,14 @@ class WriteFile(io.IOBase):
         self._fs.mutation()
         return self._f.write(buf)
 
-    def read(self, *args):
-        return self._f.read(*args)
-
-    def readinto(self, buf, *args):
+    def readinto(self, buf, *args):  # looked up by native stream code, so not via __getattr__
         return self._f.readinto(buf, *args)
-
-    def readline(self, *args):
-        return self._f.readline(*args)
-
-    def seek(self, *args):
-        return self._f.seek(*args)
-
-    def tell(self):
-        return self._f.tell()
-
-    def flush(self):
-        return self._f.flush()
 
     def close(self):
         return self._f.close()
+
+    def __getattr__(self, name):  # read, readline, seek, tell, flush: straight to the file
+        return getattr(self._f, name)
 
     def ioctl(self, request, arg):
         if request == 4:  # MP_STREAM_CLOSE, from native code such as `with` on a raw stream
@@ -175,13 +166,7 @@ class WriteFile(io.IOBase):
         self._f.close()
 
     def __iter__(self):
-        return self
-
-    def __next__(self):
-        line = self._f.readline()
-        if not line:
-            raise StopIteration
-        return line
+        return iter(self._f)
 
 
 def _env_int(name, default):

@@ -1,0 +1,347 @@
+"""Server benchmarks S1-S3: `ota serve` next to nginx, measured by one load generator.
+
+S1  signed check-ins per second / nginx static responses per second of the same size
+S2  blob download MB/s / nginx MB/s, 1 MB file
+S3  10,000 simulated boards checking in over 60 s: p50, p99, errors
+
+Both servers run on 127.0.0.1 with one worker process each (`ota serve` is one process);
+the load generator is this process (asyncio + aiohttp client), with requests signed before
+the clock starts. nginx is the Debian package: `nginx` on PATH, else the .deb fetched with
+`apt-get download` and unpacked under .cache/nginx (nothing is installed system-wide, no
+service is started). Everything is bounded in count and time.
+
+    python bench/bench_server.py [--quick]
+
+The last line printed is one JSON object with the figure ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from server_support import FleetKeys, make_bundle  # noqa: E402
+
+from ota_server.device_auth import sign_request  # noqa: E402
+from ota_server.rollout import bucket_of  # noqa: E402
+from ota_server.settings import Settings  # noqa: E402
+from ota_server.storage.sqlite import SqliteStore  # noqa: E402
+from signing import keys as keymod  # noqa: E402
+from tools.local_server import LocalServer, free_port  # noqa: E402
+
+NGINX_CACHE = ROOT / ".cache" / "nginx"
+PHASE_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class Scale:
+    checkins: int          # S1 requests per server
+    concurrency: int       # S1/S2 connections
+    downloads: int         # S2 downloads of 1 MB per server
+    s3_boards: int
+    s3_seconds: float
+    s1_boards: int = 64
+
+
+FULL = Scale(checkins=8000, concurrency=32, downloads=300, s3_boards=10_000, s3_seconds=60.0)
+QUICK = Scale(checkins=600, concurrency=16, downloads=30, s3_boards=300, s3_seconds=3.0)
+
+
+# -- nginx --------------------------------------------------------------------------------------
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or (shutil.which("nginx", path="/usr/sbin"))
+    if found:
+        return found
+    cached = NGINX_CACHE / "usr" / "sbin" / "nginx"
+    if cached.exists():
+        return str(cached)
+    NGINX_CACHE.mkdir(parents=True, exist_ok=True)
+    print("fetching the Debian nginx package (apt-get download) ...", flush=True)
+    subprocess.run(["apt-get", "download", "nginx"], cwd=NGINX_CACHE, check=True,
+                   capture_output=True, timeout=300)
+    deb = next(NGINX_CACHE.glob("nginx_*.deb"))
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(NGINX_CACHE)], check=True, timeout=120)
+    return str(cached)
+
+
+class Nginx:
+    """nginx serving `root` on 127.0.0.1:port, one worker, config in a temp dir."""
+
+    def __init__(self, root: Path, workdir: Path):
+        self.root = root
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Nginx:
+        conf = self.workdir / "nginx.conf"
+        tmp = self.workdir / "nginx-tmp"
+        tmp.mkdir(exist_ok=True)
+        conf.write_text(f"""
+daemon off;
+master_process on;
+worker_processes 1;
+pid {self.workdir}/nginx.pid;
+error_log {self.workdir}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{self.port};
+        root {self.root};
+    }}
+}}
+""")
+        for path in (self.workdir, self.root, *self.root.iterdir()):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        self.process = subprocess.Popen([nginx_binary(), "-p", str(self.workdir), "-c", str(conf),
+                                         "-e", str(self.workdir / "nginx-error.log")],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        import socket
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("nginx did not start: "
+                           + (self.workdir / "nginx-error.log").read_text(errors="replace"))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+# -- load generator -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Req:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes | None = None
+
+
+async def _closed_loop(lanes: list[list[Req]], concurrency: int) -> tuple[float, int, int]:
+    """Send every lane's requests in order, lanes in parallel; (seconds, bytes, errors)."""
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    received = errors = 0
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def run(lane: list[Req]) -> None:
+            nonlocal received, errors
+            for req in lane:
+                try:
+                    async with session.request(req.method, req.url, data=req.body,
+                                               headers=req.headers) as resp:
+                        body = await resp.read()  # await first: += would race
+                        received += len(body)
+                        if resp.status >= 400:
+                            errors += 1
+                except aiohttp.ClientError:
+                    errors += 1
+
+        started = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*(run(lane) for lane in lanes)), PHASE_TIMEOUT)
+        return time.perf_counter() - started, received, errors
+
+
+def _lanes(requests: list[Req], count: int) -> list[list[Req]]:
+    return [requests[i::count] for i in range(count)]
+
+
+# -- set-up -------------------------------------------------------------------------------------
+
+@dataclass
+class Board:
+    device_id: str
+    key: keymod.PrivateKey
+    counter: int = 0
+
+    def signed(self, base: str, method: str, path: str, body: bytes = b"") -> Req:
+        self.counter += 1
+        header = sign_request(self.key, self.device_id, self.counter, method, path, body)
+        return Req(method, base + path, {"Authorization": header,
+                                         "Content-Type": "application/json"}, body or None)
+
+
+def register_boards(settings: Settings, prefix: str, count: int) -> list[Board]:
+    store = SqliteStore(settings.db_path)
+    boards = []
+    try:
+        for i in range(count):
+            board = Board(f"{prefix}-{i:05d}", keymod.generate_private_key())
+            store.add_device(board.device_id, keymod.public_point(board.key), "unix", [],
+                             "stable", bucket_of(board.device_id))
+            boards.append(board)
+    finally:
+        store.close()
+    return boards
+
+
+def checkin_body(device_id: str) -> bytes:
+    return json.dumps({"app": "demo", "version": "0.0.0", "sequence": 0, "root_version": 1,
+                       "micropython": "1.25.0", "board": "unix", "mem_free": 60000,
+                       "slot": "a"}).encode()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# -- the phases ---------------------------------------------------------------------------------
+
+async def s1(srv: LocalServer, nginx: Nginx, boards: list[Board], envelope_size: int,
+             scale: Scale) -> float:
+    per_board = scale.checkins // len(boards) + 1
+    lanes: list[list[Req]] = [[] for _ in range(scale.concurrency)]
+    for index, board in enumerate(boards):  # one board, one lane: its counters stay in order
+        body = checkin_body(board.device_id)
+        lanes[index % scale.concurrency].extend(
+            board.signed(srv.url, "POST", "/v1/device/checkin", body) for _ in range(per_board))
+    ota_secs, ota_bytes, ota_errors = await _closed_loop(lanes, scale.concurrency)
+    ota_count = sum(len(lane) for lane in lanes)
+    static = [Req("GET", nginx.url + "/envelope.json", {}) for _ in range(ota_count)]
+    ngx_secs, _ngx_bytes, ngx_errors = await _closed_loop(_lanes(static, scale.concurrency),
+                                                         scale.concurrency)
+    ota_rps, ngx_rps = ota_count / ota_secs, ota_count / ngx_secs
+    print(f"S1 ota serve: {ota_count} signed check-ins (200, {envelope_size} B envelope) in "
+          f"{ota_secs:.2f}s = {ota_rps:.0f}/s, errors {ota_errors}, body bytes {ota_bytes}")
+    print(f"S1 nginx:     {ota_count} static {envelope_size} B responses in {ngx_secs:.2f}s = "
+          f"{ngx_rps:.0f}/s, errors {ngx_errors}")
+    if ota_errors or ngx_errors or ota_bytes != ota_count * envelope_size:
+        raise RuntimeError("S1 had errors; the figure would mean nothing")
+    return ota_rps / ngx_rps
+
+
+async def s2(srv: LocalServer, nginx: Nginx, boards: list[Board], sha: str, size: int,
+             scale: Scale) -> float:
+    conc = min(8, scale.concurrency)
+    lanes: list[list[Req]] = [[] for _ in range(conc)]
+    for i in range(scale.downloads):
+        board = boards[i % len(boards)]
+        lanes[(i % len(boards)) % conc].append(board.signed(srv.url, "GET", f"/v1/blobs/{sha}"))
+    ota_secs, ota_bytes, ota_errors = await _closed_loop(lanes, conc)
+    static = [Req("GET", nginx.url + "/blob.bin", {}) for _ in range(scale.downloads)]
+    ngx_secs, ngx_bytes, ngx_errors = await _closed_loop(_lanes(static, conc), conc)
+    expected = scale.downloads * size
+    if ota_errors or ngx_errors or ota_bytes != expected or ngx_bytes != expected:
+        raise RuntimeError(f"S2 errors: ota {ota_errors}/{ota_bytes}, nginx {ngx_errors}/"
+                           f"{ngx_bytes}, expected {expected} bytes each")
+    ota_mbs, ngx_mbs = ota_bytes / ota_secs / 1e6, ngx_bytes / ngx_secs / 1e6
+    print(f"S2 ota serve: {scale.downloads} x 1 MB blob in {ota_secs:.2f}s = {ota_mbs:.0f} MB/s")
+    print(f"S2 nginx:     {scale.downloads} x 1 MB file in {ngx_secs:.2f}s = {ngx_mbs:.0f} MB/s")
+    return ota_mbs / ngx_mbs
+
+
+async def s3(srv: LocalServer, boards: list[Board], scale: Scale) -> tuple[float, float, int]:
+    """Open loop: board i checks in at i * T / N on its own connection."""
+    requests = [b.signed(srv.url, "POST", "/v1/device/checkin", checkin_body(b.device_id))
+                for b in boards]
+    latencies: list[float] = []
+    late: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        start = time.perf_counter() + 0.5
+        step = scale.s3_seconds / len(requests)
+
+        async def board(i: int, req: Req) -> None:
+            nonlocal errors
+            await asyncio.sleep(max(0.0, start + i * step - time.perf_counter()))
+            sent = time.perf_counter()
+            late.append(sent - (start + i * step))
+            try:
+                async with session.post(req.url, data=req.body, headers=req.headers) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        errors += 1
+            except (TimeoutError, aiohttp.ClientError):
+                errors += 1
+            latencies.append(time.perf_counter() - sent)
+
+        await asyncio.wait_for(asyncio.gather(*(board(i, r) for i, r in enumerate(requests))),
+                               scale.s3_seconds + PHASE_TIMEOUT)
+    p50, p99 = percentile(latencies, 0.50) * 1000, percentile(latencies, 0.99) * 1000
+    print(f"S3 ota serve: {len(requests)} boards over {scale.s3_seconds:.0f}s: "
+          f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(latencies) * 1000:.1f} ms, "
+          f"errors {errors}; generator lateness p99 {percentile(late, 0.99) * 1000:.1f} ms, "
+          f"mean {statistics.mean(late) * 1000:.1f} ms")
+    return p50, p99, errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    args = parser.parse_args(argv)
+    scale = QUICK if args.quick else FULL
+    with tempfile.TemporaryDirectory(prefix="bench-server-") as scratch:
+        work = Path(scratch)
+        keys = FleetKeys.create(work)
+        blob = os.urandom(1 << 20)
+        bundle = make_bundle(work, {"app_main.py": b"print('bench')\n", "lib/data.bin": blob},
+                             version="1.0.0", sequence=1, key=keys.release_key)
+        envelope = (bundle / "manifest.dsse.json").read_bytes()
+        settings = Settings(data_dir=work / "data")
+        t0 = time.perf_counter()
+        s1_boards = register_boards(settings, "s1", scale.s1_boards)
+        s3_boards = register_boards(settings, "s3", scale.s3_boards)
+        print(f"set-up: {scale.s1_boards + scale.s3_boards} boards registered in "
+              f"{time.perf_counter() - t0:.1f}s", flush=True)
+        static = work / "static"
+        static.mkdir()
+        (static / "envelope.json").write_bytes(envelope)
+        (static / "blob.bin").write_bytes(blob)
+        sha = hashlib.sha256(blob).hexdigest()
+        with LocalServer(settings.data_dir, keys.root_path, extra_args=["--quiet"]) as srv, \
+                Nginx(static, work) as nginx:
+            srv.client().publish(bundle, "stable", percent=100)
+            ratio1 = asyncio.run(s1(srv, nginx, s1_boards, len(envelope), scale))
+            ratio2 = asyncio.run(s2(srv, nginx, s1_boards, sha, len(blob), scale))
+            _, p99, errors = asyncio.run(s3(srv, s3_boards, scale))
+    figures = {"S1_ratio": round(ratio1, 3), "S2_ratio": round(ratio2, 3),
+               "S3_p99_ms": round(p99, 1), "S3_errors": errors}
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

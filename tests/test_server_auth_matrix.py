@@ -1,0 +1,218 @@
+"""Every route of the app x every kind of bad credential is refused with the right status,
+and a refused request changes nothing. The routes come from the app itself, so a new route
+fails here until it is declared public or given a path parameter value below."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+from server_support import FleetKeys, ServerEnv, SimBoard, new_data_dir, store_fingerprint
+
+from ota_server.app import create_app
+from ota_server.middleware import auth_kind
+from ota_server.settings import Settings
+from ota_server.storage.sqlite import SqliteStore
+from ota_server.tokens import create_token
+
+# Routes anyone may call: health, metrics and the API description. Nothing else.
+PUBLIC_ROUTES = {("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/openapi.json"),
+                 ("HEAD", "/healthz"), ("HEAD", "/metrics"), ("HEAD", "/openapi.json")}
+
+
+def _routes() -> list[tuple[str, str, str | None]]:
+    app = create_app(Settings(data_dir=Path("/nonexistent")))
+    out = []
+    for route in app.router.routes():
+        info = route.resource.get_info() if route.resource else {}
+        path = info.get("path") or info.get("formatter")
+        out.append((route.method, path, auth_kind(route.handler)))
+    return sorted(out, key=lambda r: (r[1], r[0]))
+
+
+ROUTES = _routes()
+
+
+def test_every_route_declares_its_auth_and_only_the_listed_ones_are_public() -> None:
+    assert all(kind in ("public", "publisher", "device") for _, _, kind in ROUTES), ROUTES
+    public = {(m, p) for m, p, kind in ROUTES if kind == "public"}
+    assert public == PUBLIC_ROUTES
+
+
+@dataclass
+class Matrix:
+    env: ServerEnv
+    board: SimBoard        # a registered board
+    other: SimBoard        # another registered board
+    revoked: SimBoard      # a revoked board
+    revoked_token: str
+    blob: str
+
+
+@pytest.fixture
+async def matrix(aiohttp_client, tmp_path: Path) -> Matrix:
+    keys = FleetKeys.create(tmp_path)
+    settings, token = new_data_dir(tmp_path)
+    store = SqliteStore(settings.db_path)
+    revoked_token = create_token(store, "gone")
+    store.revoke_token("gone")
+    store.close()
+    settings = replace(settings, root_path=keys.root_path)
+    client = await aiohttp_client(create_app(settings))
+    env = ServerEnv(client, settings, token, keys, tmp_path)
+    board = await env.add_board(SimBoard("board-a", tags=("canary",)))
+    other = await env.add_board(SimBoard("board-b"))
+    revoked = await env.add_board(SimBoard("board-r"))
+    assert (await client.post("/v1/devices/board-r/revoke", headers=env.bearer)).status == 200
+    release = await env.publish({"app_main.py": b"print(1)\n"}, version="1.0.0", sequence=1)
+    await env.start_rollout("stable", "demo", 1, percent=100)
+    blob = (await (await client.get("/v1/releases", headers=env.bearer)).json())
+    assert blob["releases"][0]["id"] == release["id"]
+    sha = next(p.name for p in settings.blob_dir.rglob("*") if p.is_file()
+               and len(p.name) == 64)
+    return Matrix(env, board, other, revoked, revoked_token, sha)
+
+
+def _concrete(path: str, m: Matrix) -> str:
+    values = {"sha256": m.blob, "version": "1", "device_id": m.board.device_id,
+              "channel": "stable"}
+    return re.sub(r"\{(\w+)\}", lambda g: values[g.group(1)], path)
+
+
+def _body(method: str, path: str, m: Matrix) -> bytes:
+    if method not in ("POST", "PUT"):
+        return b""
+    if path == "/v1/device/checkin":
+        return m.board.checkin_body()
+    if path == "/v1/device/report":
+        return m.board.report_body("downloading", 1)
+    return json.dumps({"app": "demo", "sequence": 1}).encode()
+
+
+Credential = Callable[[Matrix, str, str, str, bytes], dict[str, str]]
+
+
+def _none(m: Matrix, kind: str, method: str, path: str, body: bytes) -> dict[str, str]:
+    return {}
+
+
+def _wrong(m: Matrix, kind: str, method: str, path: str, body: bytes) -> dict[str, str]:
+    """A credential of the right form that proves nothing."""
+    if kind == "publisher":
+        return {"Authorization": "Bearer mpota_not-a-real-token"}
+    stranger = SimBoard(m.board.device_id, counter=10**9)  # same id, a key nobody registered
+    return stranger.auth(method, path, body)
+
+
+def _other_board(m: Matrix, kind: str, method: str, path: str, body: bytes) -> dict[str, str]:
+    """Board B's key signing as board A; on publisher routes, a board's valid signature."""
+    if kind == "publisher":
+        return m.other.auth(method, path, body)
+    impostor = SimBoard(m.board.device_id, key=m.other.key, counter=10**9)
+    return impostor.auth(method, path, body)
+
+
+def _revoked(m: Matrix, kind: str, method: str, path: str, body: bytes) -> dict[str, str]:
+    if kind == "publisher":
+        return {"Authorization": f"Bearer {m.revoked_token}"}
+    return m.revoked.auth(method, path, body)
+
+
+CASES: dict[str, tuple[Credential, dict[str, tuple[int, str]]]] = {
+    # case: (credential, {route kind: (status, code)})
+    "no credential": (_none, {"publisher": (401, "missing_credentials"),
+                              "device": (401, "missing_credentials")}),
+    "wrong credential": (_wrong, {"publisher": (401, "bad_token"),
+                                  "device": (401, "bad_signature")}),
+    "another board's credential": (_other_board, {"publisher": (401, "bad_credentials"),
+                                                  "device": (401, "bad_signature")}),
+    "revoked": (_revoked, {"publisher": (401, "bad_token"), "device": (403, "revoked")}),
+}
+
+
+KINDS = {(m, p): kind for m, p, kind in ROUTES}
+
+
+PROTECTED = [(m, p) for m, p, kind in ROUTES if kind != "public"]
+
+
+@pytest.mark.parametrize(("method", "template"), PROTECTED,
+                         ids=[f"{m} {p}" for m, p in PROTECTED])
+@pytest.mark.parametrize("case", list(CASES))
+async def test_bad_credentials_are_refused_and_change_nothing(
+        matrix: Matrix, method: str, template: str, case: str) -> None:
+    path = _concrete(template, matrix)
+    body = _body(method, template, matrix)
+    credential, expected = CASES[case]
+    kind = KINDS[(method, template)]
+    status, code = expected[kind]
+    headers = credential(matrix, kind, method, path, body)
+    before = store_fingerprint(matrix.env.settings)
+    resp = await matrix.env.client.request(method, path, data=body or None, headers=headers)
+    assert resp.status == status
+    if method != "HEAD":
+        doc = await resp.json()
+        assert doc["code"] == code
+    assert store_fingerprint(matrix.env.settings) == before
+
+
+DEVICE_ROUTES = [(m, p) for m, p, kind in ROUTES if kind == "device"]
+
+
+@pytest.mark.parametrize(("method", "template"), DEVICE_ROUTES,
+                         ids=[f"{m} {p}" for m, p in DEVICE_ROUTES])
+async def test_replayed_board_request_is_refused(matrix: Matrix, method: str,
+                                                 template: str) -> None:
+    path = _concrete(template, matrix)
+    body = _body(method, template, matrix)
+    headers = matrix.board.auth(method, path, body)
+    first = await matrix.env.client.request(method, path, data=body or None, headers=headers)
+    assert first.status < 400, await first.text()
+    before = store_fingerprint(matrix.env.settings)
+    again = await matrix.env.client.request(method, path, data=body or None, headers=headers)
+    assert again.status == 401
+    if method != "HEAD":
+        assert (await again.json())["code"] == "replay"
+    assert store_fingerprint(matrix.env.settings) == before
+    # an older counter is a replay too
+    older = replace(matrix.board, counter=matrix.board.counter - 5)
+    stale = await matrix.env.client.request(method, path, data=body or None,
+                                            headers=older.auth(method, path, body))
+    assert stale.status == 401
+
+
+PUBLISHER_ROUTES = [(m, p) for m, p, kind in ROUTES if kind == "publisher"]
+
+
+@pytest.mark.parametrize(("method", "template"), PUBLISHER_ROUTES,
+                         ids=[f"{m} {p}" for m, p in PUBLISHER_ROUTES])
+async def test_a_boards_valid_signature_does_not_open_publisher_routes(
+        matrix: Matrix, method: str, template: str) -> None:
+    """The publisher side of "replayed request": a board's fresh, valid request."""
+    path = _concrete(template, matrix)
+    body = _body(method, template, matrix)
+    before = store_fingerprint(matrix.env.settings)
+    resp = await matrix.env.client.request(method, path, data=body or None,
+                                           headers=matrix.board.auth(method, path, body))
+    assert resp.status == 401
+    assert store_fingerprint(matrix.env.settings) == before
+
+
+async def test_changing_body_or_path_after_signing_breaks_the_signature(
+        matrix: Matrix) -> None:
+    path = "/v1/device/checkin"
+    body = matrix.board.checkin_body()
+    headers = matrix.board.auth("POST", path, body)
+    tampered = body.replace(b'"sequence": 0', b'"sequence": 9')
+    assert tampered != body
+    resp = await matrix.env.client.post(path, data=tampered, headers=headers)
+    assert resp.status == 401
+    assert (await resp.json())["code"] == "bad_signature"
+    headers = matrix.board.auth("POST", path, body)
+    moved = await matrix.env.client.post("/v1/device/report", data=body, headers=headers)
+    assert moved.status == 401
+    assert (await moved.json())["code"] == "bad_signature"
