@@ -1,8 +1,9 @@
 """D2: time for the board to verify a release manifest, on the MicroPython unix port.
 
-The manifest is the reference update's shape: 20 files (1-12 KB, ~100 KB in all, fixed seed),
-signed by one release key under a 1-of-1 root.  The board loads the root with precompute=True
-(building the release key's comb table, which otherwise happens in the first verify), then times
+The manifest is the reference update's (bench/reference_app.py: 20 files, release 1.1.0 with
+deflate transfer copies), built and signed with signing/ under a 1-of-1 root.  The board loads
+the root with precompute=True (building the release key's comb table, which otherwise happens
+in the first verify), then times
 `trust.verify_manifest` 20 times: envelope bytes in, verified manifest dict out (JSON, base64,
 PAE hash, ECDSA P-256, every field and path check).  The figure is the median in ms.
 
@@ -14,24 +15,18 @@ Last line: {"D2_verify_ms": <median>}.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import random
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
-
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 ROOT = Path(__file__).resolve().parent.parent
 BOARD_DIR = ROOT / "bootloader_py"
-N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-SPKI_PREFIX = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200")
 RUNS = 20
+if str(ROOT) not in sys.path:  # bench/ and tools/ from a plain `python bench/...` run
+    sys.path.insert(0, str(ROOT))
 
 BOARD_SCRIPT = """
 import sys, json, gc, time
@@ -60,9 +55,10 @@ times = []
 for i in range(@RUNS@):
     gc.collect()
     t = time.ticks_us()
-    m = trust.verify_manifest(manifest, root, board="unix", installed_sequence=1, now=None)
+    m = trust.verify_manifest(manifest, root, board="unix", installed_sequence=1,
+                              now=@NOW@)
     times.append(time.ticks_diff(time.ticks_us(), t))
-assert len(m["files"]) == 20
+assert len(m["files"]) == 20 and m["version"] == "1.1.0"
 first = times[0]
 times.sort()
 print(json.dumps({"median_us": times[len(times) // 2], "first_us": first, "min_us": times[0],
@@ -72,65 +68,15 @@ print(json.dumps({"median_us": times[len(times) // 2], "first_us": first, "min_u
 """
 
 
-def _key(seed: int) -> ec.EllipticCurvePrivateKey:
-    # A fixed, test-only key so every run signs the same bytes.
-    d = int.from_bytes(hashlib.sha256(b"mpota-bench-key-%d" % seed).digest(), "big") % (N - 1) + 1
-    return ec.derive_private_key(d, ec.SECP256R1())
-
-
-def _point(key: ec.EllipticCurvePrivateKey) -> bytes:
-    nums = key.public_key().public_numbers()
-    return b"\x04" + nums.x.to_bytes(32, "big") + nums.y.to_bytes(32, "big")
-
-
-def _keyid(key: ec.EllipticCurvePrivateKey) -> str:
-    return hashlib.sha256(SPKI_PREFIX + _point(key)).hexdigest()
-
-
-def _envelope(payload_type: str, payload: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
-    kind = payload_type.encode()
-    pae = b"DSSEv1 %d %b %d %b" % (len(kind), kind, len(payload), payload)
-    der = key.sign(pae, ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
-    r, s = decode_dss_signature(der)
-    sig = r.to_bytes(32, "big") + min(s, N - s).to_bytes(32, "big")
-    doc = {"payloadType": payload_type, "payload": base64.b64encode(payload).decode(),
-           "signatures": [{"keyid": _keyid(key), "sig": base64.b64encode(sig).decode()}]}
-    return json.dumps(doc, separators=(",", ":")).encode()
-
-
-def _reference_manifest() -> bytes:
-    rng = random.Random(20)
-    files = []
-    for i in range(20):
-        size = rng.randrange(1024, 12 * 1024)
-        digest = hashlib.sha256(rng.randbytes(32)).hexdigest()
-        path = ("lib/mod%02d.py" if i % 3 else "data/table%02d.bin") % i
-        plain = i % 2 == 0
-        blob = digest if plain else hashlib.sha256(digest.encode()).hexdigest()
-        files.append({"path": path, "sha256": digest, "size": size,
-                      "encoding": "plain" if plain else "deflate", "blob": blob,
-                      "transfer_size": size if plain else size // 3})
-    doc = {"_type": "manifest", "app": "demo", "version": "1.1.0", "sequence": 2,
-           "created": 1764000000, "expires": 1795536000, "boards": ["unix", "esp32"],
-           "min_micropython": "1.20.0", "entry": "app_main", "files": files}
-    return json.dumps(doc, separators=(",", ":")).encode()
-
-
 def _write_inputs(folder: Path) -> tuple[Path, Path]:
-    root_key, release_key = _key(1), _key(2)
-    root = {"_type": "root", "version": 1, "expires": 1800000000,
-            "keys": {_keyid(k): {"keytype": "ecdsa-p256",
-                                 "public": base64.b64encode(_point(k)).decode()}
-                     for k in (root_key, release_key)},
-            "roles": {"root": {"keyids": [_keyid(root_key)], "threshold": 1},
-                      "release": {"keyids": [_keyid(release_key)], "threshold": 1}}}
+    """The reference release 1.1.0 (bench/reference_app.py), signed; its root as trust.json."""
+    from bench.reference_app import build_release, make_keys, reference_files
+
+    keys = make_keys()
+    bundle = build_release(folder, reference_files("1.1.0"), "1.1.0", 2, keys)
     root_file = folder / "trust.json"
-    root_file.write_bytes(_envelope("application/vnd.mpota.root+json",
-                                    json.dumps(root, separators=(",", ":")).encode(), root_key))
-    manifest_file = folder / "manifest.json"
-    manifest_file.write_bytes(_envelope("application/vnd.mpota.manifest+json",
-                                        _reference_manifest(), release_key))
-    return root_file, manifest_file
+    root_file.write_bytes(keys.root_envelope)
+    return root_file, bundle / "manifest.dsse.json"
 
 
 def run_board(micropython: str, g_teeth: int | None = None, key_teeth: int | None = None,
@@ -142,7 +88,8 @@ def run_board(micropython: str, g_teeth: int | None = None, key_teeth: int | Non
         script = (BOARD_SCRIPT.replace("@BOARD_DIR@", repr(str(BOARD_DIR)))
                   .replace("@ROOT_FILE@", repr(str(root_file)))
                   .replace("@MANIFEST@", repr(str(manifest_file)))
-                  .replace("@TEETH@", teeth).replace("@RUNS@", str(RUNS)))
+                  .replace("@TEETH@", teeth).replace("@RUNS@", str(RUNS))
+                  .replace("@NOW@", str(int(time.time()))))
         done = subprocess.run([micropython, "-c", script], capture_output=True, text=True,
                               timeout=300, check=False)
     if done.returncode != 0:
@@ -157,7 +104,6 @@ def measure_d2(micropython: str) -> float:
 
 
 def main() -> None:
-    sys.path.insert(0, str(ROOT))
     from tools.micropython import find_micropython
 
     micropython = find_micropython()

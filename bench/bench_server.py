@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
@@ -277,6 +277,7 @@ async def s3(srv: LocalServer, boards: list[Board], scale: Scale) -> tuple[float
                 for b in boards]
     latencies: list[float] = []
     late: list[float] = []
+    slow: list[tuple[float, int]] = []
     errors = 0
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     timeout = aiohttp.ClientTimeout(total=10)
@@ -297,6 +298,8 @@ async def s3(srv: LocalServer, boards: list[Board], scale: Scale) -> tuple[float
             except (TimeoutError, aiohttp.ClientError):
                 errors += 1
             latencies.append(time.perf_counter() - sent)
+            if latencies[-1] > 0.1:
+                slow.append((round(sent - start, 2), round(latencies[-1] * 1000)))
 
         await asyncio.wait_for(asyncio.gather(*(board(i, r) for i, r in enumerate(requests))),
                                scale.s3_seconds + PHASE_TIMEOUT)
@@ -305,14 +308,21 @@ async def s3(srv: LocalServer, boards: list[Board], scale: Scale) -> tuple[float
           f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(latencies) * 1000:.1f} ms, "
           f"errors {errors}; generator lateness p99 {percentile(late, 0.99) * 1000:.1f} ms, "
           f"mean {statistics.mean(late) * 1000:.1f} ms")
+    if slow:
+        print(f"S3 slow (> 100 ms) check-ins, (second, ms): {len(slow)}, first {slow[:8]}")
     return p50, p99, errors
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--s3-boards", type=int, default=None, help="override S3's board count")
+    parser.add_argument("--s3-seconds", type=float, default=None, help="override S3's span")
     args = parser.parse_args(argv)
     scale = QUICK if args.quick else FULL
+    if args.s3_boards or args.s3_seconds:
+        scale = replace(scale, s3_boards=args.s3_boards or scale.s3_boards,
+                        s3_seconds=args.s3_seconds or scale.s3_seconds)
     with tempfile.TemporaryDirectory(prefix="bench-server-") as scratch:
         work = Path(scratch)
         keys = FleetKeys.create(work)

@@ -138,7 +138,7 @@ def make_keys(expires: int | None = None) -> Keys:
 
 def build_release(work: Path, files: Mapping[str, bytes], version: str, sequence: int,
                   keys: Keys, *, deflate: bool = True, app: str = APP, entry: str = ENTRY,
-                  boards: tuple[str, ...] = ("unix",)) -> Path:
+                  boards: tuple[str, ...] = ("unix",), mpy: bool = False) -> Path:
     """Build and sign a bundle of `files`; returns the bundle directory."""
     from signing.bundle import build_bundle, sign_bundle
 
@@ -150,10 +150,24 @@ def build_release(work: Path, files: Mapping[str, bytes], version: str, sequence
     out = work / f"bundle-{app}-{version}"
     now = int(time.time())
     build_bundle(source, out, version=version, sequence=sequence, boards=boards, entry=entry,
-                 min_micropython="1.20.0", mpy=False, deflate=deflate, created=now,
+                 min_micropython="1.20.0", mpy=mpy, deflate=deflate, created=now,
                  expires=now + 30 * 86400, app=app)
     sign_bundle(out, keys.release)
     return out
+
+
+def bundle_files(bundle_dir: Path) -> dict[str, bytes]:
+    """The files of a built bundle as the board stores them (blobs inflated)."""
+    import zlib
+
+    from signing.bundle import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    files = {}
+    for entry in bundle.manifest.files:
+        data = bundle.blob_path(entry).read_bytes()
+        files[entry.path] = zlib.decompress(data) if entry.encoding == "deflate" else data
+    return files
 
 
 def provision_board(flash: Path, api: Any, device_id: str, server_url: str, keys: Keys,

@@ -206,9 +206,10 @@ def success_target(store: MetadataStore, rollout: Rollout) -> int:
     spec = rollout.policy["stages"][rollout.stage]
     if "success" in spec:
         return int(spec["success"])
-    count = sum(1 for d in store.list_devices()
-                if d.channel == rollout.channel and d.revoked is None
-                and eligible(d, rollout.policy, rollout.stage))
+    stages = rollout.policy["stages"][: rollout.stage + 1]
+    tags = [s["tag"] for s in stages if "tag" in s]
+    limit = max([s["percent"] * (BUCKETS // 100) for s in stages if "percent" in s], default=0)
+    count = store.count_eligible(rollout.channel, tags, limit)
     return max(1, math.ceil(count / 2))
 
 

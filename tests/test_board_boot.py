@@ -162,3 +162,26 @@ def test_trial_boot_count_follows_the_configured_number(tmp_path, micropython, t
     result = VirtualBoard(flash, micropython=micropython).run(max_boots=8, timeout=60)
     assert result.output.count("APP 1.1.0") == tries
     assert result.boots[-1].output.count("APP 1.0.0") == 1
+
+
+def test_poll_backs_off_exponentially_with_jitter_after_failures(micropython):
+    import subprocess
+    client_dir = str(Path(__file__).resolve().parent.parent / "bootloader_py")
+    script = "\n".join([
+        "import sys, time",
+        f"sys.path.insert(0, {client_dir!r})",
+        "from ota import run",
+        "cfg = {'poll': {'every_min': 60}}",
+        "for _ in range(7):",
+        "    run._schedule(cfg, False)",
+        "    print(time.ticks_diff(run._next_poll, time.ticks_ms()) // 1000)",
+        "run._schedule(cfg, True)",
+        "print(time.ticks_diff(run._next_poll, time.ticks_ms()) // 1000)",
+    ])
+    out = subprocess.run([micropython, "-c", script], capture_output=True, text=True,
+                         timeout=30, check=True).stdout.split()
+    delays = [int(x) for x in out]
+    for failures, delay in enumerate(delays[:-1], start=1):
+        nominal = min(3600, 30 << failures)
+        assert nominal // 2 - 1 <= delay < nominal, (failures, delay)
+    assert delays[-1] in (3599, 3600)  # success: back to every_min

@@ -537,3 +537,42 @@ def test_buffers_of_every_kind_verify_alike_and_missing_root_is_oserror(
     done = subprocess.run([micropython, "-c", script], input=world.manifest(),
                           capture_output=True, timeout=60, check=True)
     assert json.loads(done.stdout) == [4, 4, 4, 4, "OSError"]
+
+
+def test_failed_rotation_changes_nothing_and_small_table_modes_verify(
+        micropython: str, world: World, tmp_path: Path) -> None:
+    root_file = tmp_path / "trust.json"
+    root_file.write_bytes(dump(envelope(ROOT_TYPE, dump(world.root_v1()), [world.r1])))
+    v2 = dump(root_doc(2, [world.r2], [world.rel2]))
+    bad_rotation = dump(envelope(ROOT_TYPE, v2, [world.r2]))  # old root did not sign
+    good_rotation = dump(envelope(ROOT_TYPE, v2, [world.r1, world.r2]))
+    script = (
+        f"import sys, json\nsys.path.insert(0, {str(BOARD_DIR)!r})\nfrom ota import trust, p256\n"
+        "bad, good, m1, m2 = [bytes.fromhex(x) for x in json.loads(sys.stdin.read())]\n"
+        "out = []\n"
+        "def verdict(f):\n"
+        "    try:\n"
+        "        f()\n"
+        "        return 'ok'\n"
+        "    except trust.TrustError as e:\n"
+        "        return type(e).__name__\n"
+        "for g, k in ((6, 6), (4, 0), (2, 3)):\n"
+        "    p256.G_TEETH, p256.KEY_TEETH = g, k\n"
+        f"    root = trust.load_root({str(root_file)!r})\n"
+        "    row = [verdict(lambda: trust.verify_rotation(root, bad))]\n"
+        "    row.append(verdict(lambda: trust.verify_manifest(m1, root)))\n"
+        "    new = trust.verify_rotation(root, good)\n"
+        "    row += [root.version, new.version, verdict(lambda: trust.verify_manifest(m1, root)),\n"
+        "            verdict(lambda: trust.verify_manifest(m1, new)),\n"
+        "            verdict(lambda: trust.verify_manifest(m2, new))]\n"
+        "    tables = [root.keys[kid].comb is not None for kid in root.release_keyids]\n"
+        "    out.append([row, tables])\n"
+        "print(json.dumps(out))\n"
+    )
+    data = [bad_rotation.hex(), good_rotation.hex(), world.manifest().hex(),
+            world.manifest(signers=[world.rel2]).hex()]
+    done = subprocess.run([micropython, "-c", script], input=json.dumps(data),
+                          capture_output=True, text=True, timeout=120, check=True)
+    row = ["ThresholdError", "ok", 1, 2, "ok", "ThresholdError", "ok"]
+    assert json.loads(done.stdout) == [[row, [True, True]], [row, [False, False]],
+                                       [row, [True, True]]]

@@ -24,6 +24,7 @@ from faultproxy import FaultProxy
 from bench.reference_app import (
     Keys,
     build_release,
+    bundle_files,
     changed_paths,
     make_keys,
     provision_board,
@@ -52,9 +53,9 @@ class Rig:
         return self.server.client()
 
     def publish(self, app: str, files: dict[str, bytes], version: str, sequence: int,
-                channel: str, deflate: bool = True) -> Any:
+                channel: str, deflate: bool = True, mpy: bool = False) -> Any:
         bundle = build_release(self.work, files, version, sequence, self.keys, app=app,
-                               deflate=deflate)
+                               deflate=deflate, mpy=mpy)
         self.api.publish(bundle, channel=channel, percent=100)
         return load_bundle(bundle).manifest
 
@@ -301,3 +302,39 @@ def test_checkin_with_a_foreign_key_is_refused_and_the_app_still_runs(case):
     statuses = [e.status for e in rig.proxy.exchanges if e.path.endswith("/checkin")]
     assert statuses == [401]
 
+
+
+def test_mpy_client_updates_the_reference_app_in_a_bounded_heap(case):
+    rig, name = case
+    old_bundle = build_release(rig.work, reference_files("1.0.0"), "1.0.0", 1, rig.keys,
+                               app=f"{name}-old", mpy=True)
+    new_files = reference_files("1.1.0")
+    manifest = rig.publish(name, new_files, "1.1.0", 2, channel=name, mpy=True)
+    flash = rig.work / name
+    provision_board(flash, rig.api, name, rig.proxy.url, rig.keys, bundle_files(old_bundle),
+                    app=name, channel=name, mpy=True)
+    assert (flash / "ota" / "client.mpy").exists() and not (flash / "ota" / "client.py").exists()
+    board = VirtualBoard(flash, micropython=rig.micropython, heapsize="192k")
+    result = board.run(max_boots=3, timeout=60)
+    assert [b.ended for b in result.boots] == ["reset", "exit"], result.output
+    assert "APP 1.1.0" in result.boots[-1].output
+    assert slot_files(flash, "b") == {e.path: e.sha256 for e in manifest.files}
+
+
+def test_reports_wait_on_flash_while_offline_and_arrive_later(case):
+    rig, name = case
+    bad = small_app("1.1.0", {"app_main.py": b"raise ValueError('boom')\n"})
+    rig.publish(name, bad, "1.1.0", 2, channel=name)
+    flash = rig.board(name, name, small_app("1.0.0"), channel=name, trial_boots=1)
+    installed = rig.boot(flash, max_boots=2)  # update, reset, one crashing trial boot
+    assert [b.ended for b in installed.boots] == ["reset", "reset"], installed.output
+    offline = VirtualBoard(flash, micropython=rig.micropython, wifi_ok=False)
+    rolled = offline.run(max_boots=2, timeout=60)  # rollback happens with no network
+    assert rolled.ended == "exit" and "APP 1.0.0" in rolled.output, rolled.output
+    queue = (flash / "ota" / "reports").read_text().splitlines()
+    assert [json.loads(line)["status"] for line in queue] == ["rolled_back"]
+    assert not [r for r in _reports(rig) if r["status"] == "rolled_back"]
+    online = rig.boot(flash, max_boots=2)
+    assert online.ended == "exit"
+    assert [r["version"] for r in _reports(rig) if r["status"] == "rolled_back"] == ["1.0.0"]
+    assert not (flash / "ota" / "reports").exists()

@@ -233,3 +233,25 @@ def test_server_answers_on_loopback_only(tmp_path: Path, keys: FleetKeys) -> Non
             assert all("127.0.0.1:" in line for line in out.strip().splitlines()), out
         with urllib.request.urlopen(srv.url + "/healthz", timeout=5) as answer:
             assert json.loads(answer.read()) == {"status": "ok"}
+
+
+def test_json_logs_have_one_object_per_request_and_no_secrets(tmp_path: Path,
+                                                              keys: FleetKeys) -> None:
+    with LocalServer(tmp_path / "data", keys.root_path, extra_args=["--json-logs"]) as srv:
+        srv.client().list_releases()
+        board = SimBoard("log-board")
+        srv.client().register_device(board.device_id, board.point, board="unix")
+        body = board.checkin_body()
+        request = urllib.request.Request(
+            srv.url + "/v1/device/checkin", data=body, method="POST",
+            headers=board.auth("POST", "/v1/device/checkin", body))
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 204
+        token = srv.token
+    lines = [json.loads(line) for line in srv.log_path.read_text().splitlines()
+             if line.startswith("{")]
+    checkins = [doc for doc in lines if doc.get("path") == "/v1/device/checkin"]
+    assert checkins and checkins[0]["status"] == 204
+    assert checkins[0]["device_id"] == "log-board"
+    text = srv.log_path.read_text()
+    assert token not in text and "Mpota-P256" not in text

@@ -156,3 +156,16 @@ async def test_rollout_must_be_newer_than_the_base(env: ServerEnv) -> None:
                                  headers=env.bearer)
     assert resp.status == 409
     assert (await resp.json())["code"] == "not_newer"
+
+
+async def test_default_success_count_is_half_the_eligible_boards(env: ServerEnv) -> None:
+    canaries = [await env.add_board(SimBoard(f"c-{i}", tags=("canary",))) for i in range(4)]
+    await env.add_board(SimBoard("other-channel", channel="beta", tags=("canary",)))
+    await env.publish({"app_main.py": b"v1\n"}, version="1.0.0", sequence=1)
+    await env.start_rollout("stable", "demo", 1, policy={
+        "stages": [{"tag": "canary"}, {"percent": 100}]})
+    assert len(await _offered(env, canaries)) == 4
+    await env.report(canaries[0], "confirmed", 1)
+    assert (await env.rollout())["stage"] == 0  # 1 of the 2 needed (half of 4 canaries)
+    await env.report(canaries[1], "confirmed", 1)
+    assert (await env.rollout())["stage"] == 1

@@ -42,7 +42,8 @@ def _fleet_values(path: Path) -> dict[str, Any]:
         raise UserError(str(err)) from err
     values: dict[str, Any] = {}
     if fleet.server.root is not None:
-        values["root_path"] = fleet.server.root
+        root = Path(fleet.server.root)
+        values["root_path"] = root if root.is_absolute() else path.parent / root
     port = urlsplit(fleet.server.url).port
     if port is not None:
         values["port"] = port

@@ -86,6 +86,18 @@ def rotate_root(sess, root, newest, now):
     return root
 
 
+def _forget(name):
+    """Unload a module this check no longer needs, so its code and tables can be collected."""
+    import gc
+    import ota
+    sys.modules.pop("ota." + name, None)
+    try:
+        delattr(ota, name)
+    except AttributeError:
+        pass
+    gc.collect()
+
+
 def _why(err):
     return err.__class__.__name__ + (": " + str(err) if str(err) else "")
 
@@ -114,6 +126,8 @@ def checkin(sess, st, cfg, root):
         cap = trust.MAX_ENVELOPE_BYTES
         if resp.length is not None and resp.length > cap:  # refused before a byte is read
             raise UpdateFailed("manifest too large: %d bytes" % resp.length)
+        import gc
+        gc.collect()  # the envelope needs one contiguous block
         return resp.read_small(cap), resp.root
     except http.HttpError as e:
         raise UpdateFailed("checkin: " + str(e))
@@ -133,6 +147,8 @@ def verify(st, cfg, root, envelope, now):
     from ota import trust
     info = st.info() or {}
     installed = max(info.get("sequence", 0), st.rec["reject"])
+    import gc
+    gc.collect()  # the verifier decodes the payload into one more contiguous block
     try:
         m = trust.verify_manifest(envelope, root, board=cfg["board"],
                                   installed_sequence=installed, now=now)
@@ -170,6 +186,7 @@ def check(st, cfg, now=None):
             return True  # never replace the rollback target while on trial
         m = verify(st, cfg, root, envelope, now)
         envelope = root = None  # the heap is needed for the transfer now
+        _forget("trust")
         if m is None:
             return True
         target = m

@@ -4,11 +4,13 @@ verify(pub, h, sig)   -> bool    (pub: 65-byte point, (x, y) or a Key with a pre
 sign(d, h)            -> r||s    (RFC 6979 deterministic nonce, low S)
 public_point(d)       -> 65-byte uncompressed point
 
-Speed comes from comb tables (Lim-Lee, "teeth" w, spacing d = ceil(256 / w)): a table holds
-the 2^w - 1 sums of {2^(i*d) P}, so k*P costs d - 1 doublings and ~d additions.  The generator's
-table is built once per process; a release key's table is built by Key(...) so verification of
+Speed comes from signed comb tables (see Comb): with w "teeth", k*P costs about 257/w
+doublings and as many mixed additions instead of 256 doublings.  The generator's table is
+embedded (G_TEETH == 6); a release key's table is built by Key(...), so verification of
 u1*G + u2*Q shares one run of doublings ("joint comb").  Tables are packed bytes (64 bytes per
-affine point) because a bigint costs ~100 bytes of heap on its own.
+affine point) because a bigint costs ~100 bytes of heap on its own.  Bigint `%` is most of the
+time (a 512-bit reduction costs twice a 256-bit multiplication), so formulas are chosen for
+few reductions, not few additions.
 """
 
 import hashlib
@@ -261,7 +263,7 @@ def _comb_mul(combs, scalars):
 
 
 def g_comb():
-    """The generator's comb table, built on first use (G_TEETH wide)."""
+    """The generator's comb table, G_TEETH wide: the embedded one for 6, else built once."""
     global _G_COMB
     if _G_COMB is None or _G_COMB.teeth != G_TEETH:
         _G_COMB = None
@@ -336,20 +338,20 @@ def verify(pub, h, sig):
     return r + n < p and ((r + n) * zz - X) % p == 0
 
 
+_IPAD = int.from_bytes(b"\x36" * 32, "big")
+_OPAD = int.from_bytes(b"\x5c" * 32, "big")
+
+
 def _hmac(key, *parts):
-    # HMAC-SHA256 from hashlib alone (MicroPython has no hmac module); key is 32 bytes.
-    ipad = bytearray(64)
-    opad = bytearray(64)
-    for i in range(32):
-        ipad[i] = key[i] ^ 0x36
-        opad[i] = key[i] ^ 0x5C
-    for i in range(32, 64):
-        ipad[i] = 0x36
-        opad[i] = 0x5C
-    inner = hashlib.sha256(ipad)
+    # HMAC-SHA256 from hashlib alone (MicroPython has no hmac module); key is 32 bytes, so it
+    # is XORed with the pads as one integer instead of byte by byte.
+    k = int.from_bytes(key, "big")
+    inner = hashlib.sha256((k ^ _IPAD).to_bytes(32, "big"))
+    inner.update(b"\x36" * 32)
     for part in parts:
         inner.update(part)
-    outer = hashlib.sha256(opad)
+    outer = hashlib.sha256((k ^ _OPAD).to_bytes(32, "big"))
+    outer.update(b"\x5c" * 32)
     outer.update(inner.digest())
     return outer.digest()
 

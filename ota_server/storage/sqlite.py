@@ -223,6 +223,15 @@ class SqliteStore:
             f"SELECT {_DEVICE_COLUMNS} FROM devices ORDER BY device_id")  # noqa: S608
         return [d for d in (self._device(r) for r in rows) if d is not None]
 
+    def count_eligible(self, channel: str, tags: Sequence[str], bucket_limit: float) -> int:
+        """Active boards of `channel` with one of `tags` or a bucket below `bucket_limit`."""
+        marks = ", ".join("?" for _ in tags) or "NULL"  # placeholders only, never values
+        sql = ("SELECT COUNT(*) FROM devices WHERE channel = ? AND revoked IS NULL AND "  # noqa: S608
+               "(bucket < ? OR EXISTS (SELECT 1 FROM json_each(devices.tags) "
+               f"WHERE value IN ({marks})))")
+        row = self._db.execute(sql, (channel, bucket_limit, *tags)).fetchone()
+        return int(row[0])
+
     def revoke_device(self, device_id: str) -> bool:
         cur = self._db.execute(
             "UPDATE devices SET revoked = ? WHERE device_id = ? AND revoked IS NULL",

@@ -20,6 +20,12 @@ from esptool.util import FatalError
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
+_EspLog: Any
+try:  # esptool >= 5.x keeps its logger singleton in esp-pylib (installed with it)
+    from esp_pylib.logger import EspLog as _EspLog
+except ImportError:  # older esptool 5: the station logger then stays installed
+    _EspLog = None
+
 
 class FlashError(RuntimeError):
     """esptool could not reach, identify, write or verify the board; the message says which."""
@@ -66,15 +72,18 @@ class _StationLogger(TemplateLogger):
         pass
 
 
-_LOGGER: _StationLogger | None = None
-
-
-def _station_logger() -> _StationLogger:
-    global _LOGGER
-    if _LOGGER is None:
-        _LOGGER = _StationLogger()
-        log.set_logger(_LOGGER)
-    return _LOGGER
+@contextmanager
+def _station_logger() -> Iterator[_StationLogger]:
+    """esptool's process-wide logger is ours while a board is connected, then given back (a
+    worker process does not care; a test or another tool in the same process does)."""
+    previous = _EspLog.instance if _EspLog is not None else None
+    logger = _StationLogger()
+    log.set_logger(logger)
+    try:
+        yield logger
+    finally:
+        if _EspLog is not None:
+            _EspLog.instance = previous
 
 
 class EspBoard:
@@ -128,12 +137,12 @@ def connect_esp_board(port: str, before: str = "default-reset", attempts: int = 
 
     Raises FlashError when no Espressif bootloader answers.
     """
-    logger = _station_logger()
-    try:
-        esp = detect_chip(port, connect_mode=before, connect_attempts=attempts)
-    except (FatalError, OSError, ValueError) as err:
-        raise FlashError(f"no Espressif bootloader answered on {port}: {err}") from err
-    try:
-        yield EspBoard(esp, logger)
-    finally:
-        esp._port.close()
+    with _station_logger() as logger:
+        try:
+            esp = detect_chip(port, connect_mode=before, connect_attempts=attempts)
+        except (FatalError, OSError, ValueError) as err:
+            raise FlashError(f"no Espressif bootloader answered on {port}: {err}") from err
+        try:
+            yield EspBoard(esp, logger)
+        finally:
+            esp._port.close()

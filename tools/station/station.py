@@ -6,8 +6,9 @@ their events, writes the station log and sums up; each worker runs `BoardProvisi
 port from start to finish and sends back one `BoardRecord`.
 
 Per board, in order (DESIGN.md "Provisioning station", docs/provisioning.md):
-identify -> check for an existing identity -> [flash MicroPython] -> generate the key ->
-build the files -> write and verify them -> register with the server -> reset the board.
+identify -> [flash MicroPython] -> [boot it, look for a key already on the board] -> check the
+server for an existing identity -> generate the key -> build the files -> write and verify
+them -> register with the server -> reset the board.
 Registration comes only after the write verified; a failure after registration revokes it.
 """
 
@@ -34,6 +35,8 @@ from tools.station.targets import Target
 
 Event = tuple[str, str, Any]  # (kind, target label, payload)
 EventSink = Callable[[str, Any], None]
+
+_INTERRUPT_GRACE_S = 10.0  # after Ctrl-C, how long workers get to revoke and report
 
 # Every step a board can go through, in order; a record's `steps` holds the ones it went through.
 STEPS = ("identify", "firmware", "boot", "inspect", "check", "key", "files", "write", "register",
@@ -95,10 +98,12 @@ class BoardProvisioner:
             firmware_sha256=hashlib.sha256(job.firmware).hexdigest() if job.firmware else None,
         )
         self._api: Any = None
+        self._current_step = "start"
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
         started = time.time()
+        self._current_step = name
         self.emit("step", name)
         try:
             yield
@@ -127,6 +132,11 @@ class BoardProvisioner:
             self.record.outcome = "failed"
             self.record.failed_step = "close"
             self.record.error = self.redact(f"{type(err).__name__}: {err}")
+            self._revoke_after_failure()
+        except KeyboardInterrupt:
+            self.record.outcome = "failed"
+            self.record.failed_step = self._current_step
+            self.record.error = "interrupted by the operator"
             self._revoke_after_failure()
         self.record.finished = time.time()
         return self.record
@@ -220,9 +230,8 @@ class BoardProvisioner:
         from tools.virtual_board import VirtualBoard
 
         virtual = VirtualBoard(flash_dir, unique_id=virtual_unique_id(flash_dir))
-        cut_at = self.job.virtual_cut_at.get(self.target.label)
-        kwargs = {"cut_at": cut_at} if cut_at is not None else {}
-        with virtual.serve_repl(**kwargs) as tcp_port:
+        with virtual.serve_repl(cut_at=self.job.virtual_cut_at.get(self.target.label)) \
+                as tcp_port:
             yield f"socket://127.0.0.1:{tcp_port}"
 
     def _server(self) -> Any:
@@ -386,20 +395,13 @@ class Station:
         for worker in workers.values():
             worker.start()
         results: dict[str, BoardRecord] = {}
-        deadline = time.monotonic() + self.timeout_s
         try:
-            while len(results) < len(workers):
-                try:
-                    kind, label, payload = events.get(timeout=0.2)
-                except queue.Empty:
-                    self._reap(workers, results, deadline)
-                    continue
-                if kind == "step":
-                    self.view.step(label, payload)
-                elif kind == "progress":
-                    self.view.progress(label, *payload)
-                elif kind == "result" and label not in results:
-                    self._finish(results, BoardRecord.from_json(payload))
+            self._collect(events, workers, results, time.monotonic() + self.timeout_s)
+        except KeyboardInterrupt:
+            # The workers got the same Ctrl-C: they revoke what they registered and report.
+            # Log those reports (briefly) so the log matches the server, then stop.
+            self._collect(events, workers, results, time.monotonic() + _INTERRUPT_GRACE_S)
+            raise
         finally:
             for worker in workers.values():
                 worker.join(timeout=5)
@@ -408,6 +410,22 @@ class Station:
         records = [results[label] for label in workers]
         self.view.summary(records)
         return records
+
+    def _collect(self, events: Any, workers: dict[str, Any], results: dict[str, BoardRecord],
+                 deadline: float) -> None:
+        """Show events and log results until every worker reported (or was reaped)."""
+        while len(results) < len(workers):
+            try:
+                kind, label, payload = events.get(timeout=0.2)
+            except queue.Empty:
+                self._reap(workers, results, deadline)
+                continue
+            if kind == "step":
+                self.view.step(label, payload)
+            elif kind == "progress":
+                self.view.progress(label, *payload)
+            elif kind == "result" and label not in results:
+                self._finish(results, BoardRecord.from_json(payload))
 
     def _finish(self, results: dict[str, BoardRecord], record: BoardRecord) -> None:
         results[record.port] = record

@@ -55,5 +55,8 @@ def collect_targets(ports: tuple[str, ...], all_ports: bool, virtual_dirs: tuple
     if duplicates:
         raise TargetError(f"given twice: {', '.join(duplicates)}")
     if not targets:
+        if all_ports:
+            raise TargetError("--all: no serial port with a board's USB vendor id was found "
+                              f"(known: {', '.join(BOARD_USB_VIDS.values())})")
         raise TargetError("no boards: give --port PORT, --all or --virtual DIR")
     return targets

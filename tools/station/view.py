@@ -58,6 +58,7 @@ class LiveView(StationView):
     def finished(self, record: BoardRecord) -> None:
         line = self.lines.setdefault(record.port, _Line())
         line.outcome = record.outcome
+        line.step = "done" if record.outcome == "provisioned" else f"{record.failed_step}"
         if record.outcome == "provisioned":
             line.detail = f"{record.device_id}  key {(record.key_fingerprint or '')[:16]}"
         else:

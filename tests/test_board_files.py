@@ -1,0 +1,83 @@
+"""tools/board_files.py: what goes on a board's flash, and that the board can use it."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tools.board_files import (
+    BoardConfig,
+    BoardFilesError,
+    InitialApp,
+    board_files,
+    client_files,
+    code_size,
+    install_board,
+    read_state,
+    slot_files,
+)
+from tools.virtual_board import VirtualBoard
+
+APP = InitialApp("demo", "1.0.0", 1, "app_main", {"app_main.py": b"print('APP 1.0.0')\n"})
+CONFIG = BoardConfig(device_id="b-1", server="http://127.0.0.1:9", wifi_ssid="lab",
+                     wifi_password="s3cret-pass", poll_at_boot=False)
+
+
+def test_board_files_hold_bootloader_client_config_key_trust_state_and_app():
+    key = ec.generate_private_key(ec.SECP256R1())
+    files = board_files(CONFIG, key, b'{"payloadType": "x"}', app=APP)
+    assert {"/boot.py", "/main.py", "/ota/config.json", "/ota/device.key", "/ota/trust.json",
+            "/ota/state0", "/ota/slot_a.json", "/app/a/app_main.py"} <= set(files)
+    assert files["/ota/device.key"] == key.private_numbers().private_value.to_bytes(32, "big")
+    config = json.loads(files["/ota/config.json"])
+    assert config["wifi"] == {"ssid": "lab", "password": "s3cret-pass"}
+    assert config["trial_boots"] == 3 and config["poll"]["at_boot"] is False
+    assert "s3cret-pass" not in repr(CONFIG)
+
+
+def test_mpy_client_compiles_every_module_and_boots(tmp_path, micropython):
+    compiled = client_files(mpy=True)
+    sources = client_files(mpy=False)
+    assert {p[:-4] for p in compiled if p.endswith(".mpy")} == {
+        p[:-3] for p in sources if p.startswith("/ota/")}
+    assert compiled["/boot.py"] == sources["/boot.py"]  # boot.py and main.py stay source
+    sizes = code_size(True)
+    assert 0 < sizes["ota"] < code_size(False)["ota"]
+    flash = tmp_path / "flash"
+    install_board(flash, CONFIG, b"\x05" * 32, b"{}", mpy=True, app=APP)
+    result = VirtualBoard(flash, micropython=micropython).run(max_boots=1, timeout=30)
+    assert result.ended == "exit" and "APP 1.0.0" in result.output, result.output
+
+
+def test_installed_board_has_a_private_key_file_and_a_confirmed_slot_a(tmp_path):
+    flash = tmp_path / "flash"
+    install_board(flash, CONFIG, b"\x05" * 32, b"{}", app=APP)
+    assert stat.S_IMODE((flash / "ota" / "device.key").stat().st_mode) == 0o600
+    state = read_state(flash)
+    assert state is not None
+    assert (state["active"], state["ok"], state["slots"]["a"]["version"]) == ("a", 1, "1.0.0")
+    assert list(slot_files(flash, "a")) == ["app_main.py"]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"device_key": b"short"}, "32-byte"),
+    ({"trust_json": b"not json"}, "trust root is not JSON"),
+    ({"config": BoardConfig(device_id="b", server="ftp://x")}, "server URL"),
+    ({"config": BoardConfig(device_id="b", server="http://x", trial_boots=0)}, "trial_boots"),
+    ({"app": InitialApp("d", "1.0.0", 1, "m", {"../boot.py": b""})}, "escapes the slot"),
+])
+def test_bad_input_is_refused_with_a_clear_error_and_writes_nothing(tmp_path, change, message):
+    args = {"config": CONFIG, "device_key": b"\x05" * 32, "trust_json": b"{}", "app": APP}
+    args.update(change)
+    flash = tmp_path / "flash"
+    with pytest.raises(BoardFilesError, match=message):
+        install_board(flash, **args)
+    assert not flash.exists()
+
+
+def test_a_key_on_another_curve_is_refused():
+    with pytest.raises(BoardFilesError, match="P-256"):
+        board_files(CONFIG, ec.generate_private_key(ec.SECP384R1()), b"{}")

@@ -1,0 +1,64 @@
+"""Root rotation on the board: a new root (announced by X-Ota-Root) is taken only after
+trust.verify_rotation, and persisted only then; a forged successor changes nothing.
+Real MicroPython (virtual board), real server (LocalServer), fault proxy in between."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from tools.micropython import PROJECT_ROOT
+
+if str(PROJECT_ROOT) not in sys.path:  # bench/ is not an installed package
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+from faultproxy import FaultProxy
+
+from bench.reference_app import build_release, make_keys, provision_board, small_app
+from signing import keys as keymod
+from signing.root import new_root, sign_root
+from tools.board_files import app_hashes, slot_files
+from tools.local_server import LocalServer
+from tools.virtual_board import VirtualBoard
+
+
+def test_board_takes_a_new_root_only_after_verifying_it(tmp_path, micropython):
+    keys = make_keys()
+    (tmp_path / "root.json").write_bytes(keys.root_envelope)
+    expires = int(time.time()) + 86400 * 30
+    new_release = keymod.generate_private_key()
+    root_v2 = sign_root(new_root(version=2, expires=expires, root_keys=[keys.root],
+                                 release_keys=[new_release]), [keys.root])
+    stranger = keymod.generate_private_key()
+    forged_v2 = sign_root(new_root(version=2, expires=expires, root_keys=[stranger],
+                                   release_keys=[stranger]), [stranger])
+    with LocalServer(tmp_path / "data", tmp_path / "root.json") as server, \
+            FaultProxy(server.url) as proxy:
+        api = server.client()
+        old, new = small_app("1.0.0"), small_app("1.1.0")
+        flash = tmp_path / "board"
+        provision_board(flash, api, "rot-1", proxy.url, keys, old, app="rot")
+        api.upload_root(root_v2)
+        keys.release = new_release  # 1.1.0 is signed by the release key root v2 names
+        api.publish(build_release(tmp_path, new, "1.1.0", 2, keys, app="rot"),
+                    channel="stable", percent=100)
+        trust_v1 = (flash / "ota" / "trust.json").read_bytes()
+
+        proxy.inject("replace", match="/v1/device/root/2", body=forged_v2)
+        refused = VirtualBoard(flash, micropython=micropython).run(max_boots=2, timeout=60)
+        assert [b.ended for b in refused.boots] == ["exit"], refused.output
+        assert "APP 1.0.0" in refused.output
+        assert (flash / "ota" / "trust.json").read_bytes() == trust_v1
+        assert slot_files(flash, "a") == app_hashes(old)
+        sent = [json.loads(e.request.partition(b"\r\n\r\n")[2]) for e in proxy.exchanges
+                if e.path.endswith("/report")]
+        assert [r["status"] for r in sent] == ["failed"]
+        assert sent[0]["reason"].startswith("root 2 refused: ThresholdError")
+
+        updated = VirtualBoard(flash, micropython=micropython).run(max_boots=3, timeout=60)
+        assert [b.ended for b in updated.boots] == ["reset", "exit"], updated.output
+        assert "APP 1.1.0" in updated.boots[-1].output
+        assert (flash / "ota" / "trust.json").read_bytes() == root_v2
+        assert slot_files(flash, "b") == app_hashes(new)
+        assert api.device("rot-1")["root_version"] == 2

@@ -1,0 +1,43 @@
+"""Server settings: fleet.yaml, then environment, then flags; clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ota_server.settings import SettingsError, load_settings
+from tools.cmd_server import _fleet_values
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_fleet_values_come_from_the_example_fleet() -> None:
+    values = _fleet_values(ROOT / "fleet.yaml")
+    assert values["root_path"] == ROOT / "keys" / "root.json"
+    policy = values["default_policy"]
+    assert policy["stages"][0] == {"tag": "canary"}
+    assert policy["stages"][-1] == {"percent": 100}
+    assert (policy["failure_threshold"], policy["min_results"]) == (0.2, 10)
+
+
+def test_later_sources_win(tmp_path: Path) -> None:
+    fleet = {"root_path": tmp_path / "fleet-root.json", "port": 9000}
+    env = {"MPOTA_DATA": str(tmp_path / "env-data"), "MPOTA_PORT": "9001"}
+    settings = load_settings({"port": None, "host": None}, fleet_values=fleet, environ=env)
+    assert (settings.data_dir, settings.port, settings.host) == \
+        (tmp_path / "env-data", 9001, "127.0.0.1")
+    assert settings.root_path == tmp_path / "fleet-root.json"
+    flags = load_settings({"port": 9002, "data_dir": tmp_path / "flag"}, fleet_values=fleet,
+                          environ=env)
+    assert (flags.data_dir, flags.port) == (tmp_path / "flag", 9002)
+
+
+@pytest.mark.parametrize(("flags", "env", "needle"), [
+    ({}, {}, "data directory"),
+    ({"data_dir": Path("/d")}, {"MPOTA_PORT": "eighty"}, "MPOTA_PORT"),
+    ({"data_dir": Path("/d"), "port": 70000}, {}, "port"),
+])
+def test_bad_settings_name_what_is_wrong(flags: dict, env: dict, needle: str) -> None:
+    with pytest.raises(SettingsError, match=needle):
+        load_settings(flags, environ=env)
