@@ -154,6 +154,8 @@ def request(url, method, path, headers, body, timeout_s):
     Raises HttpError on any transport failure. The caller must close() the response.
     """
     scheme, host, port, _ = split_url(url)
+    default_port = 443 if scheme == "https" else 80
+    host_header = host if port == default_port else "%s:%d" % (host, port)
     deadline = time.ticks_add(time.ticks_ms(), int(timeout_s * 1000))
     try:
         sock = _connect(scheme, host, port, timeout_s)
@@ -162,7 +164,7 @@ def request(url, method, path, headers, body, timeout_s):
     resp = Response(sock, deadline)
     try:
         head = "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n%sContent-Length: %d\r\n\r\n" % (
-            method, path, host, headers, len(body))
+            method, path, host_header, headers, len(body))
         sock.write(head.encode())
         if body:
             sock.write(body)

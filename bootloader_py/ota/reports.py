@@ -91,5 +91,6 @@ def flush(sess):
         if resp.status >= 500:
             break
         sent += 1
-    _rewrite(lines[sent:])
+    if sent:
+        _rewrite(lines[sent:])  # nothing delivered: leave the flash alone
     return sent == len(lines)

@@ -36,7 +36,8 @@ def safe_path(path):
     return True
 
 
-def _exists(path):
+def exists(path):
+    """True when the path exists (file or directory)."""
     try:
         os.stat(path)
         return True
@@ -44,27 +45,30 @@ def _exists(path):
         return False
 
 
-def _size(path):
+def size(path):
+    """Size in bytes, -1 when missing."""
     try:
         return os.stat(path)[6]
     except OSError:
         return -1
 
 
-def _remove(path):
+def remove(path):
+    """Remove a file if it is there."""
     try:
         os.remove(path)
     except OSError:
         pass
 
 
-def _makedirs(path):
+def makedirs(path):
+    """Create the missing parent directories of `path` (only those: mkdir is a flash write)."""
     at = 0
     while True:
         at = path.find("/", at + 1)
         if at < 0:
             return
-        if not _exists(path[:at]):
+        if not exists(path[:at]):
             os.mkdir(path[:at])
 
 
@@ -105,7 +109,7 @@ def _walk(top, out):
 
 def clear_strays(root, wanted):
     """Remove every file and directory under `root` that the new file set does not need."""
-    _makedirs(root + "/")
+    makedirs(root + "/")
     dirs = set()
     for path in wanted:
         at = path.rfind("/")
@@ -125,7 +129,7 @@ def clear_strays(root, wanted):
 
 def clear_parts(keep):
     """Drop partial downloads that no file of the current manifest needs."""
-    _makedirs(PART_DIR + "/")
+    makedirs(PART_DIR + "/")
     for entry in os.ilistdir(PART_DIR):
         if entry[0] not in keep:
             os.remove(PART_DIR + "/" + entry[0])

@@ -10,9 +10,9 @@ def _fetch(sess, entry, part, buf):
     """Complete /ota/part/<blob> from the server, resuming with Range; verify its SHA-256."""
     import binascii
     import hashlib
-    have = slots._size(part)
+    have = slots.size(part)
     if have > entry["transfer_size"]:
-        slots._remove(part)
+        slots.remove(part)
         have = 0
     h = hashlib.sha256()
     if have > 0:
@@ -22,7 +22,7 @@ def _fetch(sess, entry, part, buf):
     if have < entry["transfer_size"]:
         h = _download(sess, entry, part, buf, h, have)
     if binascii.hexlify(h.digest()).decode() != entry["blob"]:
-        slots._remove(part)
+        slots.remove(part)
         raise UpdateFailed("hash mismatch: " + entry["path"])
 
 
@@ -38,7 +38,7 @@ def _download(sess, entry, part, buf, h, have):
             import hashlib
             have = 0  # the server ignored Range: start over
             h = hashlib.sha256()
-            slots._remove(part)
+            slots.remove(part)
         elif resp.status != 200 and not (resp.status == 206 and resp.range_start == have):
             raise UpdateFailed("blob %s: http %d" % (entry["path"], resp.status))
         left = entry["transfer_size"] - have
@@ -63,7 +63,7 @@ def _place(sess, entry, dest, olds, active_root, buf):
     size = entry["size"]
     if slots.hash_file(dest, buf) == (sha, size):
         return  # an earlier attempt already put it here
-    slots._makedirs(dest)
+    slots.makedirs(dest)
     src = olds.get(sha)
     if src is not None:
         try:
@@ -74,13 +74,13 @@ def _place(sess, entry, dest, olds, active_root, buf):
     part = slots.PART_DIR + "/" + entry["blob"]
     _fetch(sess, entry, part, buf)
     if entry["encoding"] == "plain":
-        slots._remove(dest)
+        slots.remove(dest)
         os.rename(part, dest)
     elif not slots.inflate_verified(part, dest, sha, size, buf):
-        slots._remove(part)
+        slots.remove(part)
         raise UpdateFailed("inflated file does not match: " + entry["path"])
     else:
-        slots._remove(part)
+        slots.remove(part)
 
 
 def stage(sess, st, manifest, buf):
