@@ -309,7 +309,11 @@ async def s3(srv: LocalServer, boards: list[Board], scale: Scale) -> tuple[float
           f"errors {errors}; generator lateness p99 {percentile(late, 0.99) * 1000:.1f} ms, "
           f"mean {statistics.mean(late) * 1000:.1f} ms")
     if slow:
-        print(f"S3 slow (> 100 ms) check-ins, (second, ms): {len(slow)}, first {slow[:8]}")
+        per_second: dict[int, int] = {}
+        for second, _ in slow:
+            per_second[int(second)] = per_second.get(int(second), 0) + 1
+        print(f"S3 slow (> 100 ms) check-ins: {len(slow)}; by second of the run: "
+              f"{sorted(per_second.items())}")
     return p50, p99, errors
 
 

@@ -44,7 +44,8 @@ def error_body(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"code": code, "message": message}, status=status)
 
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large",
+               416: "range_not_satisfiable"}
 
 
 @web.middleware
@@ -62,7 +63,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         code = _HTTP_CODES.get(err.status, "http_error")
         response = error_body(err.status, code, err.reason if err.text is None else
                               _http_message(err))
-        for name in ("Allow",):
+        for name in ("Allow", "Content-Range"):
             if name in err.headers:
                 response.headers[name] = err.headers[name]
         return response

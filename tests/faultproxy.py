@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import threading
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -54,6 +55,7 @@ class _Rule:
 class FaultProxy:
     upstream_url: str
     drip_delay_s: float = 0.05
+    tls: ssl.SSLContext | None = None  # serve boards over TLS (https://) with this context
     exchanges: list[Exchange] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -84,7 +86,7 @@ class FaultProxy:
         self._loop.close()
 
     async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _stop(self) -> None:
@@ -95,7 +97,8 @@ class FaultProxy:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     # configuration and accounting --------------------------------------------------------
 
@@ -145,7 +148,7 @@ class FaultProxy:
             answer = await self._forward(head + body)
             rule = self._take_fault(path.decode())
             await self._answer(writer, head + body, answer, rule)
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
             pass
         finally:
             with contextlib.suppress(Exception):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import ssl
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -124,7 +125,7 @@ def test_board_updates_and_only_changed_files_travel(case):
     assert rig.api.device(name)["version"] == "1.1.0"
 
 
-def test_board_with_nothing_new_does_not_write_flash(case):
+def test_board_with_nothing_new_writes_only_its_counter_reservation(case):
     rig, name = case
     flash = rig.board(name, name, small_app("1.0.0"), channel=name)
     board = VirtualBoard(flash, micropython=rig.micropython)
@@ -338,3 +339,60 @@ def test_reports_wait_on_flash_while_offline_and_arrive_later(case):
     assert online.ended == "exit"
     assert [r["version"] for r in _reports(rig) if r["status"] == "rolled_back"] == ["1.0.0"]
     assert not (flash / "ota" / "reports").exists()
+
+
+def _tls_context(tmp: Path) -> ssl.SSLContext:
+    """A server context with a throw-away self-signed P-256 certificate for 127.0.0.1."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    (tmp / "tls.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp / "tls.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp / "tls.pem", tmp / "tls.key")
+    return context
+
+
+def test_board_updates_over_https(case, tmp_path):
+    rig, name = case
+    old, new = small_app("1.0.0"), small_app("1.1.0", {"lib/util.py": b"X = 2\n"})
+    rig.publish(name, new, "1.1.0", 2, channel=name)
+    with FaultProxy(rig.server.url, tls=_tls_context(tmp_path)) as tls_front:
+        assert tls_front.url.startswith("https://")
+        flash = rig.work / name
+        provision_board(flash, rig.api, name, tls_front.url, rig.keys, old, app=name,
+                        channel=name)
+        result = rig.boot(flash)
+        served = [e.path for e in tls_front.exchanges]
+    assert [b.ended for b in result.boots] == ["reset", "exit"], result.output
+    assert "APP 1.1.0" in result.boots[-1].output
+    assert slot_files(flash, "b") == app_hashes(new)
+    assert any("/v1/blobs/" in p for p in served) and any(p.endswith("/checkin") for p in served)
+
+
+def test_board_whose_counter_records_are_lost_is_still_accepted(case):
+    rig, name = case
+    flash = rig.board(name, name, small_app("1.0.0"), channel=name)
+    assert rig.boot(flash, max_boots=1).ended == "exit"
+    for record in (flash / "ota").glob("ctr[01]"):
+        record.unlink()  # flash damage: the reservation mark is gone
+    assert rig.boot(flash, max_boots=1).ended == "exit"
+    statuses = [e.status for e in rig.proxy.exchanges if e.path.endswith("/checkin")]
+    assert statuses == [204, 204]  # the clock floor keeps counters above the lost ones

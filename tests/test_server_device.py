@@ -139,6 +139,14 @@ async def test_blobs_support_range_strong_etag_and_immutable_caching(env: Server
     stale = await env.get_blob(board, sha, Range="bytes=0-9", **{"If-Range": '"other"'})
     assert stale.status == 200
     assert await stale.read() == data
+    suffix = await env.get_blob(board, sha, Range="bytes=-16")
+    assert suffix.status == 206
+    assert await suffix.read() == data[-16:]
+    beyond = await env.get_blob(board, sha, Range=f"bytes={len(data)}-")
+    assert beyond.status == 416
+    assert beyond.headers["Content-Range"] == f"bytes */{len(data)}"
+    junk = await env.get_blob(board, sha, Range="bytes=zz")
+    assert junk.status == 416
     cached = await env.get_blob(board, sha, **{"If-None-Match": f'"{sha}"'})
     assert cached.status == 304
     assert cached.headers["ETag"] == f'"{sha}"'
@@ -151,7 +159,7 @@ async def test_blobs_support_range_strong_etag_and_immutable_caching(env: Server
     assert (await absent.json())["code"] == "unknown_blob"
     metrics = await (await env.client.get("/metrics")).text()
     line = next(x for x in metrics.splitlines() if x.startswith("mpota_blob_bytes_served_total"))
-    assert float(line.split()[-1]) == len(data) * 2 + 100 + (len(data) - 10000)
+    assert float(line.split()[-1]) == len(data) * 2 + 100 + (len(data) - 10000) + 16
 
 
 async def test_reports_move_the_deployment_and_the_inventory(env: ServerEnv) -> None:

@@ -358,3 +358,16 @@ def test_wifi_connect_needs_an_active_interface_and_env_reaches_the_board(
     )})
     result = VirtualBoard(flash, micropython=micropython, env={"FLEET_LABEL": "lab-3"}).run()
     assert result.output == "refused: Wifi Not Started\nlab-3\n"
+
+
+def test_main_py_still_runs_after_boot_py_raised_and_the_boot_counts_as_a_crash(
+    tmp_path: Path, micropython: str
+) -> None:
+    flash = _flash(tmp_path, {"boot.py": "raise OSError(5)\n"})
+    for main_py in ("import sys\nprint('main ran')\nsys.exit()\nprint('not reached')\n",
+                    "print('main ran')\n"):
+        (flash / "main.py").write_text(main_py)
+        (boot,) = VirtualBoard(flash, micropython=micropython).run().boots
+        assert boot.ended == "crash"
+        assert boot.traceback is not None and 'File "/boot.py", line 1' in boot.traceback
+        assert boot.output.endswith("main ran\n")

@@ -29,17 +29,16 @@ for _name in _COMMAND_MODULES:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status instead of exiting, so tests can call it in-process."""
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="ota",
-                 standalone_mode=False)
-    except click.exceptions.Exit as done:
-        return done.exit_code
+        # Without standalone mode click returns ctx.exit()'s code instead of raising Exit.
+        status = cli.main(args=list(argv) if argv is not None else None, prog_name="ota",
+                          standalone_mode=False)
     except click.ClickException as err:
         err.show()
         return err.exit_code
     except click.exceptions.Abort:
         click.echo("ota: aborted", err=True)
         return 1
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

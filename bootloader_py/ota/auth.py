@@ -4,6 +4,7 @@
 # and cost a write per request, so the board reserves counters in blocks: the record holds the
 # first counter NOT yet reserved; a boot that needs counters moves that mark up by a block
 # (one write) and hands out the block from RAM. A power cut only wastes the rest of a block.
+# Counters also never fall below the clock in milliseconds (when it looks set).
 import binascii
 import hashlib
 
@@ -14,6 +15,23 @@ from ota import records
 KEY_PATH = "/ota/device.key"
 COUNTER_BASE = "/ota/ctr"
 _BLOCK = const(64)
+
+
+def _clock_floor():
+    """Unix milliseconds when the clock looks set, else 0.
+
+    Counters never go below it, so a board whose counter records were lost (flash damage)
+    still sends counters above every one it used before, once its clock is right: a request
+    takes milliseconds (signing alone), so counters never run ahead of the clock.
+    """
+    import time
+    if hasattr(time, "time_ns"):
+        now_ms = time.time_ns() // 1000000
+    else:
+        now_ms = time.time() * 1000
+    if time.gmtime(0)[0] == 2000:  # ports whose epoch is 2000-01-01
+        now_ms += 946684800000
+    return now_ms if now_ms > 1600000000000 else 0
 
 
 def _hex(data):
@@ -37,7 +55,7 @@ class Signer:
             rec, index = records.read(COUNTER_BASE)
             if rec is None:
                 rec = {"seq": 0, "mark": 1}
-            start = max(rec["mark"], self._next)
+            start = max(rec["mark"], self._next, _clock_floor())
             rec["mark"] = start + _BLOCK
             records.write(COUNTER_BASE, rec, index)
             self._next = start
