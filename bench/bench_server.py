@@ -58,9 +58,10 @@ class Scale:
     s3_boards: int
     s3_seconds: float
     s1_boards: int = 64
+    s2_concurrency: int = 8
 
 
-FULL = Scale(checkins=8000, concurrency=32, downloads=300, s3_boards=10_000, s3_seconds=60.0)
+FULL = Scale(checkins=8000, concurrency=32, downloads=1000, s3_boards=10_000, s3_seconds=60.0)
 QUICK = Scale(checkins=600, concurrency=16, downloads=30, s3_boards=300, s3_seconds=3.0)
 
 
@@ -147,6 +148,24 @@ http {{
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process (Linux /proc), to show who was busy in a phase."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def nginx_cpu(nginx: Nginx) -> float:
+    """CPU of nginx's master and its worker (the worker is the master's only child)."""
+    assert nginx.process is not None
+    total = cpu_seconds(nginx.process.pid)
+    children = Path(f"/proc/{nginx.process.pid}/task/{nginx.process.pid}/children")
+    for child in children.read_text().split():
+        total += cpu_seconds(int(child))
+    return total
 
 
 # -- load generator -----------------------------------------------------------------------------
@@ -253,21 +272,27 @@ async def s1(srv: LocalServer, nginx: Nginx, boards: list[Board], envelope_size:
 
 async def s2(srv: LocalServer, nginx: Nginx, boards: list[Board], sha: str, size: int,
              scale: Scale) -> float:
-    conc = min(8, scale.concurrency)
+    conc = scale.s2_concurrency
     lanes: list[list[Req]] = [[] for _ in range(conc)]
     for i in range(scale.downloads):
         board = boards[i % len(boards)]
         lanes[(i % len(boards)) % conc].append(board.signed(srv.url, "GET", f"/v1/blobs/{sha}"))
+    cpu = cpu_seconds(srv.pid), time.process_time()
     ota_secs, ota_bytes, ota_errors = await _closed_loop(lanes, conc)
+    ota_cpu = cpu_seconds(srv.pid) - cpu[0], time.process_time() - cpu[1]
     static = [Req("GET", nginx.url + "/blob.bin", {}) for _ in range(scale.downloads)]
+    cpu = nginx_cpu(nginx), time.process_time()
     ngx_secs, ngx_bytes, ngx_errors = await _closed_loop(_lanes(static, conc), conc)
+    ngx_cpu = nginx_cpu(nginx) - cpu[0], time.process_time() - cpu[1]
     expected = scale.downloads * size
     if ota_errors or ngx_errors or ota_bytes != expected or ngx_bytes != expected:
         raise RuntimeError(f"S2 errors: ota {ota_errors}/{ota_bytes}, nginx {ngx_errors}/"
                            f"{ngx_bytes}, expected {expected} bytes each")
     ota_mbs, ngx_mbs = ota_bytes / ota_secs / 1e6, ngx_bytes / ngx_secs / 1e6
-    print(f"S2 ota serve: {scale.downloads} x 1 MB blob in {ota_secs:.2f}s = {ota_mbs:.0f} MB/s")
-    print(f"S2 nginx:     {scale.downloads} x 1 MB file in {ngx_secs:.2f}s = {ngx_mbs:.0f} MB/s")
+    print(f"S2 ota serve: {scale.downloads} x 1 MB blob in {ota_secs:.2f}s = {ota_mbs:.0f} MB/s"
+          f" (CPU: server {ota_cpu[0]:.2f}s, generator {ota_cpu[1]:.2f}s)")
+    print(f"S2 nginx:     {scale.downloads} x 1 MB file in {ngx_secs:.2f}s = {ngx_mbs:.0f} MB/s"
+          f" (CPU: nginx {ngx_cpu[0]:.2f}s, generator {ngx_cpu[1]:.2f}s)")
     return ota_mbs / ngx_mbs
 
 
@@ -322,8 +347,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--s3-boards", type=int, default=None, help="override S3's board count")
     parser.add_argument("--s3-seconds", type=float, default=None, help="override S3's span")
+    parser.add_argument("--s2-concurrency", type=int, default=None,
+                        help="override S2's number of connections")
+    parser.add_argument("--s2-downloads", type=int, default=None, help="override S2's count")
     args = parser.parse_args(argv)
     scale = QUICK if args.quick else FULL
+    if args.s2_concurrency:
+        scale = replace(scale, s2_concurrency=args.s2_concurrency)
+    if args.s2_downloads:
+        scale = replace(scale, downloads=args.s2_downloads)
     if args.s3_boards or args.s3_seconds:
         scale = replace(scale, s3_boards=args.s3_boards or scale.s3_boards,
                         s3_seconds=args.s3_seconds or scale.s3_seconds)

@@ -84,6 +84,9 @@ def test_sigkill_mid_blob_upload_leaves_nothing_visible_and_publish_retries(
         result = srv.client().publish(bundle, "stable", percent=100)
         assert result.release["sequence"] == 1
         check_store_consistent(tmp_path / "data")
+        again = srv.client().publish(bundle, "stable", percent=100)  # a retry after success
+        assert again.uploaded == [] and again.release["id"] == result.release["id"]
+        assert again.rollout is not None and again.rollout["rollout"]["state"] == "active"
 
 
 def test_sigkill_at_any_point_of_a_publish_keeps_the_store_consistent(
@@ -255,3 +258,17 @@ def test_json_logs_have_one_object_per_request_and_no_secrets(tmp_path: Path,
     assert checkins[0]["device_id"] == "log-board"
     text = srv.log_path.read_text()
     assert token not in text and "Mpota-P256" not in text
+
+
+def test_restart_keeps_port_token_and_data(tmp_path: Path, keys: FleetKeys) -> None:
+    with LocalServer(tmp_path / "data", keys.root_path) as srv:
+        board = SimBoard("kept")
+        srv.client().register_device(board.device_id, board.point, board="unix")
+        url, token, pid = srv.url, srv.token, srv.pid
+        srv.restart()
+        assert (srv.url, srv.token) == (url, token)
+        assert srv.pid != pid
+        assert srv.client().device("kept")["device_id"] == "kept"
+    with pytest.raises(ApiClientError) as down:
+        ApiClient(url, token, timeout=2).list_releases()
+    assert (down.value.status, down.value.code) == (0, "unreachable")

@@ -147,8 +147,13 @@ class ApiClient:
         release = self.register_release(envelope)
         started = None
         if channel is not None:
-            started = self.rollout_start(channel, policy, app=release["app"],
-                                         sequence=release["sequence"], percent=percent)
+            try:
+                started = self.rollout_start(channel, policy, app=release["app"],
+                                             sequence=release["sequence"], percent=percent)
+            except ApiClientError as err:
+                if err.code != "already_rolling_out":  # a retry of a publish that finished
+                    raise
+                started = self.rollout_status(channel)
         return PublishResult(release, uploaded, sorted(set(paths) - missing), started)
 
     # -- roots --------------------------------------------------------------------------------

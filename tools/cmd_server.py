@@ -92,9 +92,14 @@ def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, p
     except SettingsError as err:
         raise UserError(str(err)) from err
     configure_logging(settings.json_logs, logging.WARNING if quiet else logging.INFO)
+    log = logging.getLogger("ota_server")
+
+    def announce(text: str) -> None:  # aiohttp's "Running on ..." banner, as one log line
+        log.info(" ".join(text.replace("=", " ").split()))
+
     try:
         web.run_app(create_app(settings), host=settings.host, port=settings.port,
-                    access_log=None, print=lambda text: None, shutdown_timeout=5)
+                    access_log=None, print=announce, shutdown_timeout=5)
     except TrustSetupError as err:
         raise UserError(str(err)) from err
     except OSError as err:

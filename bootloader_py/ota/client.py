@@ -4,11 +4,15 @@ import sys
 
 from micropython import const
 
-from ota import http, reports
-from ota.fail import UpdateFailed
+from ota.fail import HttpError, UpdateFailed
+
+# ota.http and ota.reports are imported where used, never held here: the client unloads
+# them while the manifest is verified (_forget) and they load again for the transfer.
 
 TRUST_PATH = "/ota/trust.json"
 _MAX_ROOT = const(8192)
+# trust.MAX_ENVELOPE_BYTES, kept here so a check-in needs no verifier loaded (a test pins both).
+MAX_ENVELOPE = const(12288)
 _MAX_ROOT_STEPS = const(8)
 _BUF = const(1024)
 
@@ -17,15 +21,19 @@ class Session:
     """The server URL, the request signer and the one transfer buffer of this conversation."""
 
     def __init__(self, cfg):
-        from ota import auth
+        import gc
+        from ota import auth, p256  # noqa: F401  loaded now, packed low in a clean heap
+        gc.collect()
         self.url = cfg["server"]
+        from ota import http
         self.prefix = http.split_url(self.url)[3]
         self.timeout = cfg["timeout_s"]
         self.signer = auth.signer(cfg["device_id"])
         self.buf = memoryview(bytearray(_BUF))
 
     def request(self, method, path, body=b"", extra=""):
-        """Signed request; raises http.HttpError on transport failures."""
+        """Signed request; raises HttpError on transport failures."""
+        from ota import http
         path = self.prefix + path
         headers = "Authorization: " + self.signer.authorization(method, path, body) + "\r\n"
         if body:
@@ -33,20 +41,41 @@ class Session:
         return http.request(self.url, method, path, headers + extra, body, self.timeout)
 
 
-def _root_version(root):
-    return root["version"] if isinstance(root, dict) else root.version
-
-
 def load_root():
-    """The trusted root metadata; falls back to the copy a rotation left half-renamed."""
+    """The trusted root metadata; falls back to the copy a rotation left half-renamed.
+
+    Its own signatures are checked at its first use (Root.check in verify_manifest and
+    verify_rotation), so loading it costs no ECDSA.
+    """
     from ota import trust
-    # No comb tables yet: most check-ins find nothing new, and verify_manifest builds them.
     try:
-        return trust.load_root(TRUST_PATH, precompute=False)
+        return trust.load_root(TRUST_PATH, defer_check=True)
     except OSError:
         import os
         os.rename(TRUST_PATH + ".new", TRUST_PATH)
-        return trust.load_root(TRUST_PATH, precompute=False)
+        return trust.load_root(TRUST_PATH, defer_check=True)
+
+
+def root_version():
+    """The version of the root the board holds, for the check-in body.
+
+    Read without the verifier (most check-ins find nothing new and never load it): the
+    number only tells the server which root to offer; every trust decision loads and
+    checks the root itself (load_root).  A file the plain read cannot make sense of goes
+    through load_root, which raises its exact error.
+    """
+    import binascii
+    import os
+    try:
+        size = os.stat(TRUST_PATH)[6]
+        with open(TRUST_PATH, "rb") as f:
+            env = json.loads(f.read(min(size, MAX_ENVELOPE)))
+    except OSError:
+        return load_root().version  # the rename after a rotation was cut short
+    try:
+        return json.loads(binascii.a2b_base64(env["payload"]))["version"]
+    except (ValueError, KeyError, TypeError):
+        return load_root().version
 
 
 def _get_small(sess, path, cap, what):
@@ -55,7 +84,7 @@ def _get_small(sess, path, cap, what):
         if resp.status != 200:
             raise UpdateFailed("%s: http %d" % (what, resp.status))
         return resp.read_small(cap)
-    except http.HttpError as e:
+    except HttpError as e:
         raise UpdateFailed("%s: %s" % (what, e))
     finally:
         resp.close()
@@ -68,7 +97,7 @@ def rotate_root(sess, root, newest, now):
     """
     from ota import trust
     import os
-    version = _root_version(root)
+    version = root.version
     if newest - version > _MAX_ROOT_STEPS:
         newest = version + _MAX_ROOT_STEPS
     envelope = None
@@ -78,7 +107,7 @@ def rotate_root(sess, root, newest, now):
             root = trust.verify_rotation(root, envelope, now=now)
         except trust.TrustError as e:
             raise UpdateFailed("root %d refused: %s" % (version + 1, _why(e)))
-        version = _root_version(root)
+        version = root.version
     if envelope is not None:
         with open(TRUST_PATH + ".new", "wb") as f:
             f.write(envelope)
@@ -94,7 +123,7 @@ def _forget(name):
     sys.modules.pop("ota." + name, None)
     try:
         delattr(ota, name)
-    except AttributeError:
+    except (AttributeError, KeyError):  # MicroPython raises KeyError for a missing one
         pass
     gc.collect()
 
@@ -103,34 +132,32 @@ def _why(err):
     return err.__class__.__name__ + (": " + str(err) if str(err) else "")
 
 
-def checkin_body(st, cfg, root):
+def checkin_body(st, cfg, root_v):
     import gc
     info = st.info() or {}
     v = sys.implementation.version
     return json.dumps({
         "app": info.get("app", ""), "version": info.get("version", ""),
-        "sequence": info.get("sequence", 0), "root_version": _root_version(root),
+        "sequence": info.get("sequence", 0), "root_version": root_v,
         "micropython": "%d.%d.%d" % (v[0], v[1], v[2]), "board": cfg["board"],
         "mem_free": gc.mem_free(), "slot": st.active}).encode()
 
 
-def checkin(sess, st, cfg, root):
-    """POST the check-in; returns (envelope bytes or None, X-Ota-Root or None)."""
+def checkin(sess, st, cfg, root_v):
+    """POST the check-in; returns (envelope bytearray or None, X-Ota-Root or None)."""
     # A transport error here (server unreachable) propagates as HttpError: no report for it.
-    resp = sess.request("POST", "/v1/device/checkin", checkin_body(st, cfg, root))
+    resp = sess.request("POST", "/v1/device/checkin", checkin_body(st, cfg, root_v))
     try:
         if resp.status == 204:
             return None, resp.root
         if resp.status != 200:
             raise UpdateFailed("checkin: http %d" % resp.status)
-        from ota import trust
-        cap = trust.MAX_ENVELOPE_BYTES
-        if resp.length is not None and resp.length > cap:  # refused before a byte is read
+        if resp.length is not None and resp.length > MAX_ENVELOPE:  # refused before reading
             raise UpdateFailed("manifest too large: %d bytes" % resp.length)
         import gc
         gc.collect()  # the envelope needs one contiguous block
-        return resp.read_small(cap), resp.root
-    except http.HttpError as e:
+        return resp.read_small(MAX_ENVELOPE), resp.root
+    except HttpError as e:
         raise UpdateFailed("checkin: " + str(e))
     finally:
         resp.close()
@@ -148,11 +175,10 @@ def verify(st, cfg, root, envelope, now):
     from ota import trust
     info = st.info() or {}
     installed = max(info.get("sequence", 0), st.rec["reject"])
-    import gc
-    gc.collect()  # the verifier decodes the payload into one more contiguous block
     try:
+        # consume: the payload is decoded over the envelope's own buffer
         m = trust.verify_manifest(envelope, root, board=cfg["board"],
-                                  installed_sequence=installed, now=now)
+                                  installed_sequence=installed, now=now, consume=True)
     except trust.SameSequenceError:
         return None
     except trust.TrustError as e:
@@ -162,7 +188,55 @@ def verify(st, cfg, root, envelope, now):
     return m
 
 
+def trusted_update(sess, st, cfg, envelope, newest, now):
+    """Rotate the root if the server has a newer one, then verify the offered manifest.
+
+    Returns the release to install as (info dict, files as update.entry tuples), or None.
+    The verifier is loaded only here and unloaded before returning, so the transfer that
+    follows has its heap; running out of heap while verifying is a `failed` update, not a
+    crash (the old app keeps running).
+    """
+    import gc
+    from ota import p256
+    _forget("http")  # loaded again for the transfer; verifying needs the heap more
+    _forget("reports")
+    # One verify per check: a throw-away comb (~8 ms, garbage at once) costs no more time
+    # than building the 2 KB release key table (~7 ms) and then using it once (~2 ms).
+    p256.KEY_TEETH = 0
+    gc.collect()
+    try:
+        root = load_root()
+        if newest is not None and newest > root.version:
+            root = rotate_root(sess, root, newest, now)
+            _forget("http")
+        _forget("rootmeta")  # root parsing is done: its code is not needed for the verify
+        if envelope is None or st.on_trial:
+            return None  # never replace the rollback target while on trial
+        m = verify(st, cfg, root, envelope, now)
+        envelope = root = None
+        if m is None:
+            return None
+        files = []
+        for e in m["files"]:  # compact tuples: a third of the dicts' heap
+            files.append((e["path"], e["sha256"], e["size"], e["encoding"], e["blob"],
+                          e["transfer_size"]))
+        return {"app": m["app"], "version": m["version"], "sequence": m["sequence"],
+                "entry": m["entry"]}, files
+    except MemoryError:
+        envelope = root = None
+        raise UpdateFailed("out of memory verifying the manifest")
+    finally:
+        _forget("rootmeta")
+        _forget("trust")
+
+
+def _flush(sess):
+    from ota import reports
+    reports.flush(sess)
+
+
 def _report(m, status, reason=""):
+    from ota import reports
     reports.enqueue({"app": m.get("app", ""), "sequence": m.get("sequence", 0),
                      "version": m.get("version", ""), "status": status, "reason": reason})
 
@@ -172,30 +246,32 @@ def check(st, cfg, now=None):
 
     On a staged and verified update the state flips to the new slot on trial and the board
     resets. Any failure leaves the active slot as it was and queues a `failed` report.
+    Phases, each loading only what it needs: check-in (no verifier), verify (verifier loaded,
+    then dropped), staging (update + slots).
     """
     sess = Session(cfg)
-    reports.flush(sess)
-    root = load_root()
+    _flush(sess)
+    version = root_version()
     target = None
     answered = False
     try:
-        envelope, newest = checkin(sess, st, cfg, root)
+        envelope, newest = checkin(sess, st, cfg, version)
         answered = True
-        if newest is not None and newest > _root_version(root):
-            root = rotate_root(sess, root, newest, now)
-        if envelope is None or st.on_trial:
-            return True  # never replace the rollback target while on trial
-        m = verify(st, cfg, root, envelope, now)
-        envelope = root = None  # the heap is needed for the transfer now
-        _forget("trust")
-        if m is None:
+        if newest is not None and newest <= version:
+            newest = None
+        if newest is None and (envelope is None or st.on_trial):
             return True
-        target = m
-        _report(m, "downloading")
-        reports.flush(sess)
+        release = trusted_update(sess, st, cfg, envelope, newest, now)
+        envelope = None
+        if release is None:
+            return True
+        target, files = release
+        release = None
+        _report(target, "downloading")
+        _flush(sess)
         from ota import update
-        slot = update.stage(sess, st, m, sess.buf)
-    except http.HttpError as e:
+        slot = update.stage(sess, st, files, sess.buf)
+    except HttpError as e:
         if not answered:
             return False  # unreachable: nothing was offered, so nothing to report
         reason = "http: " + str(e)
@@ -204,10 +280,9 @@ def check(st, cfg, now=None):
     except OSError as e:  # the flash refused a write (full, worn): the old slot still runs
         reason = "flash: " + str(e)
     else:
-        st.flip(slot, {"app": m["app"], "version": m["version"], "sequence": m["sequence"],
-                       "entry": m["entry"]}, cfg["trial_boots"])
+        st.flip(slot, target, cfg["trial_boots"])
         import machine
         machine.reset()
     _report(target or st.info() or {}, "failed", reason)
-    reports.flush(sess)
+    _flush(sess)
     return answered

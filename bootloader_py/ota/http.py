@@ -8,12 +8,10 @@ import time
 
 from micropython import const
 
+from ota.fail import HttpError  # ota.http.HttpError; defined where the client shares it
+
 _MAX_HEADER_LINES = const(48)
 _LINE = const(200)
-
-
-class HttpError(Exception):
-    """Transport failure: connect, timeout, reset, malformed or truncated response."""
 
 
 class Response:

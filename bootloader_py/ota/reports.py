@@ -75,7 +75,7 @@ def flush(sess):
     if not lines:
         return True
     sent = 0
-    from ota.http import HttpError
+    from ota.fail import HttpError
     for line in lines:
         try:
             body = line[:-1].encode()

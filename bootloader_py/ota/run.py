@@ -2,11 +2,14 @@
 import sys
 import time
 
+from micropython import const
+
 from ota import state
 
 _DEFAULT_ENTRY = "app_main"
 _BACKOFF_MIN_S = 30
 _BACKOFF_MAX_S = 3600
+_GC_EVERY = const(4096)  # bytes allocated between collections while the client runs
 
 _next_poll = None
 _failures = 0
@@ -22,11 +25,21 @@ def _queue_note(st):
 
 def _check(st, cfg):
     """Wi-Fi, time, then one conversation with the server; True when it answered."""
-    from ota import client, net
-    if not net.wifi_up(cfg):
-        print("ota: wifi not connected")
-        return False
-    return client.check(st, cfg, now=net.trusted_now())
+    import gc
+    # Frequent collections keep the heap packed low. Without them allocation sweeps up the
+    # whole heap before the first collection, long-lived objects (module code) end up
+    # sprinkled everywhere, and the update's few large blocks no longer fit anywhere.
+    gc.collect()
+    old = gc.threshold()
+    gc.threshold(_GC_EVERY)
+    try:
+        from ota import client, net
+        if not net.wifi_up(cfg):
+            print("ota: wifi not connected")
+            return False
+        return client.check(st, cfg, now=net.trusted_now())
+    finally:
+        gc.threshold(old)
 
 
 def _schedule(cfg, ok):

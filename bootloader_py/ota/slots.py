@@ -149,8 +149,9 @@ def active_files(slot):
 
 
 def write_meta(slot, files):
+    """Record the slot's [(path, sha256), ...] (one write)."""
     with open(meta_path(slot), "w") as f:
-        f.write(json.dumps({"files": [[e["path"], e["sha256"]] for e in files]}))  # one write
+        f.write(json.dumps({"files": files}))
 
 
 def copy_verified(src, dest, sha, size, buf):

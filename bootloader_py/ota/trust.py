@@ -27,9 +27,9 @@ MAX_PATH_LENGTH = 64
 ROOT_PAYLOAD_TYPE = "application/vnd.mpota.root+json"
 MANIFEST_PAYLOAD_TYPE = "application/vnd.mpota.manifest+json"
 KEYTYPE = "ecdsa-p256"
-# DER SubjectPublicKeyInfo header of a P-256 key; a keyid is sha256(header + 65-byte point).
-_SPKI_PREFIX = b"0Y0\x13\x06\x07*\x86H\xce=\x02\x01\x06\x08*\x86H\xce=\x03\x01\x07\x03B\x00"
 _B64_CHUNK = 768  # bytes re-encoded at a time when checking base64 is canonical
+_B64_TEXT = 1024  # base64 characters decoded at a time (a multiple of 4)
+_SPACE = (b" ", b"\t", b"\n", b"\r")
 
 _SEMVER = re.compile(
     "(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)"
@@ -145,10 +145,18 @@ def _field(obj, name, kind, where):
 
 def _b64decode(text, what):
     """Strict base64: MicroPython's decoder skips junk, so the text must re-encode to itself."""
+    data = _b64_strict(text)
+    if data is None:
+        raise MalformedError(what + ": bad base64")
+    return data
+
+
+def _b64_strict(text):
+    """The bytes of canonical base64 `text` (str, bytes or memoryview), else None."""
     try:
         data = binascii.a2b_base64(text)
     except ValueError:
-        raise MalformedError(what + ": bad base64")
+        return None
     # Compare hashes of the text and of its re-encoding, chunk by chunk, to avoid a second
     # full-size copy of a payload on a small heap.
     again = hashlib.sha256()
@@ -156,7 +164,7 @@ def _b64decode(text, what):
     for i in range(0, len(data), _B64_CHUNK):
         again.update(binascii.b2a_base64(view[i:i + _B64_CHUNK], newline=False))
     if again.digest() != hashlib.sha256(text).digest():
-        raise MalformedError(what + ": bad base64")
+        return None
     return data
 
 
@@ -200,11 +208,117 @@ def _check_closed(buf, doc):
         raise MalformedError("envelope: not JSON (cut short: brackets left open)")
 
 
-def _read_envelope(buf, payload_type):
+def _read_envelope(buf, payload_type, consume=False):
     """(payload bytes, [(keyid, sig64)], PAE digest); size cap first, then JSON and shape."""
     if len(buf) > MAX_ENVELOPE_BYTES:
         raise TooLargeError("envelope is " + str(len(buf)) + " bytes, over the cap of "
                             + str(MAX_ENVELOPE_BYTES))
+    got = _read_lean(buf, payload_type, consume)
+    if got is None:  # anything unusual: the full parse decides, with its exact errors
+        got = _read_full(buf, payload_type)
+    return got
+
+
+def _payload_span(buf):
+    """(start, end) of the payload's base64 text in the raw envelope, or None.
+
+    Only for plain envelopes: bytes/bytearray, no backslash anywhere (so every raw quote
+    delimits a string) and exactly one raw '"payload"'.  _read_lean then checks that the
+    parser sees this very string as the top-level payload.
+    """
+    if not hasattr(buf, "find") or buf.find(b"\\") >= 0:
+        return None
+    at = buf.find(b'"payload"')
+    if at < 0 or buf.find(b'"payload"', at + 1) >= 0:
+        return None
+    at += 9
+    while buf[at:at + 1] in _SPACE:
+        at += 1
+    if buf[at:at + 1] != b":":
+        return None
+    at += 1
+    while buf[at:at + 1] in _SPACE:
+        at += 1
+    if buf[at:at + 1] != b'"':
+        return None
+    end = buf.find(b'"', at + 1)
+    return None if end < 0 else (at + 1, end)
+
+
+def _read_lean(buf, payload_type, consume):
+    """_read_full's result without ever holding the payload as a JSON string.
+
+    The envelope is parsed with its payload text cut out (a few hundred bytes instead of a
+    6 KB string plus the parser's 8 KB scratch), and the base64 is decoded straight from the
+    caller's buffer: with `consume`, into that very buffer (the payload is then a memoryview
+    of its start).  None when the envelope is not plain or anything in it is wrong: the full
+    parse then gives the same verdict it always did (the buffer is still intact then).
+    """
+    span = _payload_span(buf)
+    if span is None:
+        return None
+    start, end = span
+    head = buf[:start] + buf[end:]
+    try:
+        doc = json.loads(head)
+    except (ValueError, UnicodeError):
+        return None
+    if type(doc) is not dict or doc.get("payload") != "" or start == end:
+        return None
+    try:
+        _check_closed(head, doc)
+        kind = _field(doc, "payloadType", str, "envelope")
+        entries = _field(doc, "signatures", list, "envelope")
+    except MalformedError:
+        return None
+    if kind != payload_type:
+        return None
+    doc = head = None
+    size = (end - start) // 4 * 3 - (buf[end - 1] == 61) - (buf[end - 2] == 61)  # 61: "="
+    h = _pae_start(kind, size)
+    if size < 0 or _b64_chunks(buf, start, end, h.update) != size:
+        return None
+    sigs = _signatures(entries)
+    if consume and type(buf) is bytearray:
+        view = memoryview(buf)
+        out = [0]
+
+        def put(data):
+            view[out[0]:out[0] + len(data)] = data  # never past what is already read
+            out[0] += len(data)
+
+        _b64_chunks(buf, start, end, put)
+        payload = view[:size]
+    else:
+        payload = binascii.a2b_base64(memoryview(buf)[start:end])
+    return payload, sigs, h.digest()
+
+
+def _b64_chunks(buf, start, end, sink):
+    """Decode the canonical base64 buf[start:end] chunk by chunk into sink(bytes).
+
+    Returns the decoded length, or -1 when the text is not canonical (it must re-encode to
+    itself, and only the last chunk may end in padding).
+    """
+    view = memoryview(buf)
+    total = 0
+    while start < end:
+        stop = min(start + _B64_TEXT, end)
+        text = view[start:stop]
+        try:
+            data = binascii.a2b_base64(text)
+        except ValueError:
+            return -1
+        if (stop < end and len(data) * 4 != len(text) * 3) or binascii.b2a_base64(
+                data, newline=False) != bytes(text):
+            return -1
+        sink(data)
+        total += len(data)
+        start = stop
+    return total
+
+
+def _read_full(buf, payload_type):
     doc = _loads(buf, "envelope")
     if type(doc) is not dict:
         raise MalformedError("envelope: not a JSON object")
@@ -218,6 +332,10 @@ def _read_envelope(buf, payload_type):
     doc = None
     payload = _b64decode(text, "envelope payload")
     text = None
+    return payload, _signatures(entries), _pae_digest(kind, payload)
+
+
+def _signatures(entries):
     sigs = []
     for i in range(len(entries)):
         entry = entries[i]
@@ -228,10 +346,10 @@ def _read_envelope(buf, payload_type):
         if len(sig) != 64:
             raise MalformedError(where + ": sig is " + str(len(sig)) + " bytes, not 64")
         sigs.append((_field(entry, "keyid", str, where), sig))
-    return payload, sigs, _pae_digest(kind, payload)
+    return sigs
 
 
-def _pae_digest(kind, payload):
+def _pae_start(kind, size):
     # PAE(type, body) = "DSSEv1" SP LEN(type) SP type SP LEN(body) SP body, hashed in pieces.
     kind = kind.encode()
     h = hashlib.sha256(b"DSSEv1 ")
@@ -239,8 +357,13 @@ def _pae_digest(kind, payload):
     h.update(b" ")
     h.update(kind)
     h.update(b" ")
-    h.update(str(len(payload)))
+    h.update(str(size))
     h.update(b" ")
+    return h
+
+
+def _pae_digest(kind, payload):
+    h = _pae_start(kind, len(payload))
     h.update(payload)
     return h.digest()
 
@@ -274,69 +397,6 @@ def _count(obj, name, where, minimum=0):
     return value
 
 
-def _public_key(kid, entry, old_keys):
-    where = "root: key " + kid[:16]
-    if type(entry) is not dict or entry.get("keytype") != KEYTYPE:
-        raise MalformedError(where + ": keytype must be '" + KEYTYPE + "'")
-    point = _b64decode(_field(entry, "public", str, where), where)
-    # Without this one key could sit under two keyids and count twice towards a threshold.
-    if binascii.hexlify(hashlib.sha256(_SPKI_PREFIX + point).digest()).decode() != kid:
-        raise MalformedError(where + ": keyid is not the SHA-256 of the key's SPKI")
-    old = old_keys.get(kid) if old_keys else None
-    if old is not None:
-        return old  # same keyid, same point: keep its comb table across a rotation
-    try:
-        return p256.Key(point, 0)
-    except ValueError:
-        raise MalformedError(where + ": not an uncompressed point on P-256")
-
-
-def _role(name, entry, keys):
-    where = "root: role '" + name + "'"
-    if type(entry) is not dict:
-        raise MalformedError(where + ": missing or not an object")
-    keyids = entry.get("keyids")
-    if type(keyids) is not list:
-        raise MalformedError(where + ": 'keyids' must be a list of strings")
-    seen = []
-    for kid in keyids:
-        if type(kid) is not str:
-            raise MalformedError(where + ": 'keyids' must be a list of strings")
-        if kid in seen:
-            raise MalformedError(where + ": duplicate keyid")
-        seen.append(kid)
-    for kid in keyids:
-        if kid not in keys:
-            raise MalformedError(where + ": keyid " + kid[:16] + " is not in 'keys'")
-    threshold = entry.get("threshold")
-    if type(threshold) is not int or not 1 <= threshold <= len(keyids):
-        raise MalformedError(where + ": threshold must be an integer in 1.."
-                             + str(len(keyids)))
-    return tuple(keyids), threshold
-
-
-def _parse_root(payload, old_keys=None):
-    doc = _loads(payload, "root")
-    if type(doc) is not dict or doc.get("_type") != "root":
-        raise MalformedError("root: not a root document (_type must be 'root')")
-    version = _count(doc, "version", "root", 1)
-    expires = _count(doc, "expires", "root")
-    raw = doc.get("keys")
-    if type(raw) is not dict:
-        raise MalformedError("root: 'keys' missing or not an object")
-    keys = {}
-    for kid in raw:
-        if type(kid) is not str:
-            raise MalformedError("root: key ids must be strings")
-        keys[kid] = _public_key(kid, raw[kid], old_keys)
-    roles = doc.get("roles")
-    if type(roles) is not dict:
-        raise MalformedError("root: 'roles' missing or not an object")
-    root_ids, root_t = _role("root", roles.get("root"), keys)
-    rel_ids, rel_t = _role("release", roles.get("release"), keys)
-    return Root(version, expires, keys, root_ids, root_t, rel_ids, rel_t)
-
-
 def parse_root(buf, precompute=False, defer_check=False):
     """A self-signed root envelope (its own root threshold met) as a Root; expiry unchecked.
 
@@ -349,14 +409,8 @@ def parse_root(buf, precompute=False, defer_check=False):
     (~8 ms per signature, no table for root keys) only at the first verify_manifest or
     verify_rotation (Root.check), so a boot with nothing new pays no ECDSA at all.
     """
-    payload, sigs, digest = _read_envelope(buf, ROOT_PAYLOAD_TYPE)
-    root = _parse_root(payload)
-    root._unchecked = (digest, sigs)
-    if not defer_check:
-        root.check()
-    if precompute:
-        root.precompute()
-    return root
+    from ota import rootmeta  # root parsing lives apart: a client unloads it after use
+    return rootmeta.parse_root(buf, precompute, defer_check)
 
 
 def load_root(path="/ota/trust.json", precompute=False, defer_check=False):
@@ -364,22 +418,8 @@ def load_root(path="/ota/trust.json", precompute=False, defer_check=False):
 
     OSError when the file cannot be read; TooLargeError when it is over the envelope cap.
     """
-    import os
-
-    size = os.stat(path)[6]
-    if size > MAX_ENVELOPE_BYTES:
-        raise TooLargeError(path + " is " + str(size) + " bytes, over the cap of "
-                            + str(MAX_ENVELOPE_BYTES))
-    buf = bytearray(size)
-    view = memoryview(buf)
-    got = 0
-    with open(path, "rb") as f:
-        while got < size:
-            n = f.readinto(view[got:])
-            if not n:
-                raise MalformedError(path + ": shorter than its size")
-            got += n
-    return parse_root(buf, precompute, defer_check)
+    from ota import rootmeta
+    return rootmeta.load_root(path, precompute, defer_check)
 
 
 def verify_rotation(root, buf, now=None):
@@ -390,20 +430,8 @@ def verify_rotation(root, buf, now=None):
     TooLargeError, MalformedError, PayloadTypeError, ThresholdError, RotationError or
     ExpiredError.  Keys kept across the rotation keep their comb tables.
     """
-    root.check()
-    payload, sigs, digest = _read_envelope(buf, ROOT_PAYLOAD_TYPE)
-    _require_threshold(digest, sigs, root.keys, root.root_keyids, root.root_threshold,
-                       "root (trusted)")
-    new = _parse_root(payload, root.keys)
-    if new.version != root.version + 1:
-        raise RotationError("root version " + str(new.version) + " does not follow trusted "
-                            "version " + str(root.version))
-    _require_threshold(digest, sigs, new.keys, new.root_keyids, new.root_threshold,
-                       "root (new)")
-    if now is not None and new.expires <= now:
-        raise ExpiredError("root version " + str(new.version) + " expired at "
-                           + str(new.expires) + " (now " + str(now) + ")")
-    return new
+    from ota import rootmeta
+    return rootmeta.verify_rotation(root, buf, now)
 
 
 # -- release manifests ------------------------------------------------------------------------
@@ -503,18 +531,21 @@ def check_manifest(doc):
         _check_file(files[i], i, seen)
 
 
-def verify_manifest(buf, root, board=None, installed_sequence=None, now=None):
+def verify_manifest(buf, root, board=None, installed_sequence=None, now=None, consume=False):
     """The manifest payload as a dict, once signed by a threshold of root's release keys.
 
     buf: the envelope (bytes, bytearray or memoryview; at most MAX_ENVELOPE_BYTES).
     board None skips the board check, installed_sequence None the sequence check, now None
-    the expiry check (no trustworthy time).  Order of checks, as on the host: size, envelope,
+    the expiry check (no trustworthy time).  consume=True lets a bytearray buf be overwritten
+    with the decoded payload (one payload-sized block less at the peak; the caller must not
+    use buf afterwards).  Order of checks, as on the host: size, envelope,
     payloadType, release threshold, manifest fields, board, sequence, expiry.
     Raises TooLargeError, MalformedError, PayloadTypeError, ThresholdError, WrongBoardError,
     RollbackError, SameSequenceError or ExpiredError.
     """
     root.check()
-    payload, sigs, digest = _read_envelope(buf, MANIFEST_PAYLOAD_TYPE)
+    payload, sigs, digest = _read_envelope(buf, MANIFEST_PAYLOAD_TYPE, consume)
+    buf = None
     root.precompute()
     _require_threshold(digest, sigs, root.keys, root.release_keyids, root.release_threshold,
                        "release")

@@ -1,9 +1,19 @@
 # Staging a verified manifest into the inactive slot and flipping to it.
 import os
 
+from micropython import const
+
 from ota import slots, state
-from ota.fail import UpdateFailed
-from ota.http import HttpError
+from ota.fail import HttpError, UpdateFailed
+
+# A manifest file entry as the client hands it over (client.trusted_update): a tuple
+# (path, sha256, size, encoding, blob, transfer_size), a third of a dict's heap.
+PATH = const(0)
+SHA = const(1)
+SIZE = const(2)
+ENCODING = const(3)
+BLOB = const(4)
+TRANSFER = const(5)
 
 
 def _fetch(sess, entry, part, buf):
@@ -11,7 +21,7 @@ def _fetch(sess, entry, part, buf):
     import binascii
     import hashlib
     have = slots.size(part)
-    if have > entry["transfer_size"]:
+    if have > entry[TRANSFER]:
         slots.remove(part)
         have = 0
     h = hashlib.sha256()
@@ -19,20 +29,20 @@ def _fetch(sess, entry, part, buf):
         have = slots.hash_into(part, buf, h)  # resume: the hash must cover what is there
     else:
         have = 0
-    if have < entry["transfer_size"]:
+    if have < entry[TRANSFER]:
         h = _download(sess, entry, part, buf, h, have)
-    if binascii.hexlify(h.digest()).decode() != entry["blob"]:
+    if binascii.hexlify(h.digest()).decode() != entry[BLOB]:
         slots.remove(part)
-        raise UpdateFailed("hash mismatch: " + entry["path"])
+        raise UpdateFailed("hash mismatch: " + entry[PATH])
 
 
 def _download(sess, entry, part, buf, h, have):
     """Append the rest of the blob to `part`, hashing it into `h`; returns the hash."""
     extra = "Range: bytes=%d-\r\n" % have if have else ""
     try:
-        resp = sess.request("GET", "/v1/blobs/" + entry["blob"], b"", extra)
+        resp = sess.request("GET", "/v1/blobs/" + entry[BLOB], b"", extra)
     except HttpError as e:
-        raise UpdateFailed("blob %s: %s" % (entry["path"], e))
+        raise UpdateFailed("blob %s: %s" % (entry[PATH], e))
     try:
         if resp.status == 200 and have:
             import hashlib
@@ -40,11 +50,11 @@ def _download(sess, entry, part, buf, h, have):
             h = hashlib.sha256()
             slots.remove(part)
         elif resp.status != 200 and not (resp.status == 206 and resp.range_start == have):
-            raise UpdateFailed("blob %s: http %d" % (entry["path"], resp.status))
-        left = entry["transfer_size"] - have
+            raise UpdateFailed("blob %s: http %d" % (entry[PATH], resp.status))
+        left = entry[TRANSFER] - have
         if resp.length != left:
             raise UpdateFailed("blob %s: length %s, expected %d" % (
-                entry["path"], resp.length, left))
+                entry[PATH], resp.length, left))
         with open(part, "ab") as f:
             while left:
                 n = resp.readinto(buf[:min(len(buf), left)])
@@ -52,15 +62,15 @@ def _download(sess, entry, part, buf, h, have):
                 f.write(buf[:n])
                 left -= n
     except HttpError as e:
-        raise UpdateFailed("blob %s: %s" % (entry["path"], e))
+        raise UpdateFailed("blob %s: %s" % (entry[PATH], e))
     finally:
         resp.close()
     return h
 
 
 def _place(sess, entry, dest, olds, active_root, buf):
-    sha = entry["sha256"]
-    size = entry["size"]
+    sha = entry[SHA]
+    size = entry[SIZE]
     if slots.hash_file(dest, buf) == (sha, size):
         return  # an earlier attempt already put it here
     slots.makedirs(dest)
@@ -71,38 +81,40 @@ def _place(sess, entry, dest, olds, active_root, buf):
                 return
         except OSError:
             pass  # the active copy is unreadable: download instead
-    part = slots.PART_DIR + "/" + entry["blob"]
+    part = slots.PART_DIR + "/" + entry[BLOB]
     _fetch(sess, entry, part, buf)
-    if entry["encoding"] == "plain":
+    if entry[ENCODING] == "plain":
         slots.remove(dest)
         os.rename(part, dest)
     elif not slots.inflate_verified(part, dest, sha, size, buf):
         slots.remove(part)
-        raise UpdateFailed("inflated file does not match: " + entry["path"])
+        raise UpdateFailed("inflated file does not match: " + entry[PATH])
     else:
         slots.remove(part)
 
 
-def stage(sess, st, manifest, buf):
-    """Build the inactive slot for `manifest`; returns the slot name. Raises UpdateFailed."""
+def stage(sess, st, files, buf):
+    """Build the inactive slot for the verified entries `files`; returns the slot name.
+
+    Raises UpdateFailed (OSError when the flash refuses a write).
+    """
     target = state.other(st.active)
     root = state.slot_path(target)
-    files = manifest["files"]
     wanted = set()
     blobs = set()
     for e in files:
-        if not slots.safe_path(e["path"]) or e["encoding"] not in ("plain", "deflate"):
-            raise UpdateFailed("bad file entry: " + str(e.get("path")))
-        wanted.add(e["path"])
-        blobs.add(e["blob"])
+        if not slots.safe_path(e[PATH]) or e[ENCODING] not in ("plain", "deflate"):
+            raise UpdateFailed("bad file entry: " + str(e[PATH]))
+        wanted.add(e[PATH])
+        blobs.add(e[BLOB])
     slots.clear_strays(root, wanted)
     slots.clear_parts(blobs)
     olds = slots.active_files(st.active)
     active_root = state.slot_path(st.active)
     for e in files:
-        _place(sess, e, root + "/" + e["path"], olds, active_root, buf)
+        _place(sess, e, root + "/" + e[PATH], olds, active_root, buf)
     for e in files:  # read back every file from flash before trusting the slot
-        if slots.hash_file(root + "/" + e["path"], buf) != (e["sha256"], e["size"]):
-            raise UpdateFailed("verify failed: " + e["path"])
-    slots.write_meta(target, files)
+        if slots.hash_file(root + "/" + e[PATH], buf) != (e[SHA], e[SIZE]):
+            raise UpdateFailed("verify failed: " + e[PATH])
+    slots.write_meta(target, [(e[PATH], e[SHA]) for e in files])
     return target

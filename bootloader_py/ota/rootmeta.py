@@ -1,0 +1,145 @@
+# Root metadata: parsing the provisioned root and verifying rotations (docs/board-trust.md).
+#
+# The API is trust.parse_root / load_root / verify_rotation; this module holds their code so
+# that a client can unload it once the root is loaded: it is not needed while a manifest is
+# verified, the heap's peak.
+import binascii
+import hashlib
+
+from ota import p256
+from ota import trust as t
+
+# DER SubjectPublicKeyInfo header of a P-256 key; a keyid is sha256(header + 65-byte point).
+_SPKI_PREFIX = b"0Y0\x13\x06\x07*\x86H\xce=\x02\x01\x06\x08*\x86H\xce=\x03\x01\x07\x03B\x00"
+
+
+def _public_key(kid, entry, old_keys):
+    where = "root: key " + kid[:16]
+    if type(entry) is not dict or entry.get("keytype") != t.KEYTYPE:
+        raise t.MalformedError(where + ": keytype must be '" + t.KEYTYPE + "'")
+    point = t._b64decode(t._field(entry, "public", str, where), where)
+    # Without this one key could sit under two keyids and count twice towards a threshold.
+    if binascii.hexlify(hashlib.sha256(_SPKI_PREFIX + point).digest()).decode() != kid:
+        raise t.MalformedError(where + ": keyid is not the SHA-256 of the key's SPKI")
+    old = old_keys.get(kid) if old_keys else None
+    if old is not None:
+        return old  # same keyid, same point: keep its comb table across a rotation
+    try:
+        return p256.Key(point, 0)
+    except ValueError:
+        raise t.MalformedError(where + ": not an uncompressed point on P-256")
+
+
+def _role(name, entry, keys):
+    where = "root: role '" + name + "'"
+    if type(entry) is not dict:
+        raise t.MalformedError(where + ": missing or not an object")
+    keyids = entry.get("keyids")
+    if type(keyids) is not list:
+        raise t.MalformedError(where + ": 'keyids' must be a list of strings")
+    seen = []
+    for kid in keyids:
+        if type(kid) is not str:
+            raise t.MalformedError(where + ": 'keyids' must be a list of strings")
+        if kid in seen:
+            raise t.MalformedError(where + ": duplicate keyid")
+        seen.append(kid)
+    for kid in keyids:
+        if kid not in keys:
+            raise t.MalformedError(where + ": keyid " + kid[:16] + " is not in 'keys'")
+    threshold = entry.get("threshold")
+    if type(threshold) is not int or not 1 <= threshold <= len(keyids):
+        raise t.MalformedError(where + ": threshold must be an integer in 1.."
+                             + str(len(keyids)))
+    return tuple(keyids), threshold
+
+
+def _parse_root(payload, old_keys=None):
+    doc = t._loads(payload, "root")
+    if type(doc) is not dict or doc.get("_type") != "root":
+        raise t.MalformedError("root: not a root document (_type must be 'root')")
+    version = t._count(doc, "version", "root", 1)
+    expires = t._count(doc, "expires", "root")
+    raw = doc.get("keys")
+    if type(raw) is not dict:
+        raise t.MalformedError("root: 'keys' missing or not an object")
+    keys = {}
+    for kid in raw:
+        if type(kid) is not str:
+            raise t.MalformedError("root: key ids must be strings")
+        keys[kid] = _public_key(kid, raw[kid], old_keys)
+    roles = doc.get("roles")
+    if type(roles) is not dict:
+        raise t.MalformedError("root: 'roles' missing or not an object")
+    root_ids, root_t = _role("root", roles.get("root"), keys)
+    rel_ids, rel_t = _role("release", roles.get("release"), keys)
+    return t.Root(version, expires, keys, root_ids, root_t, rel_ids, rel_t)
+
+
+def parse_root(buf, precompute=False, defer_check=False):
+    """trust.parse_root (documented there).
+
+    What the board was provisioned with is trusted as given, even past its expiry (the next
+    rotation replaces it).  Raises t.TooLargeError, t.MalformedError, PayloadTypeError or
+    ThresholdError.
+
+    precompute: build the release keys' comb tables now (~7 ms) instead of at the first
+    verify_manifest.  defer_check: parse and validate now, but check the root's own signatures
+    (~8 ms per signature, no table for root keys) only at the first verify_manifest or
+    verify_rotation (t.Root.check), so a boot with nothing new pays no ECDSA at all.
+    """
+    payload, sigs, digest = t._read_envelope(buf, t.ROOT_PAYLOAD_TYPE)
+    root = _parse_root(payload)
+    root._unchecked = (digest, sigs)
+    if not defer_check:
+        root.check()
+    if precompute:
+        root.precompute()
+    return root
+
+
+def load_root(path="/ota/trust.json", precompute=False, defer_check=False):
+    """trust.load_root (documented there): parse_root() of a size-checked file.
+
+    OSError when the file cannot be read; t.TooLargeError when it is over the envelope cap.
+    """
+    import os
+
+    size = os.stat(path)[6]
+    if size > t.MAX_ENVELOPE_BYTES:
+        raise t.TooLargeError(path + " is " + str(size) + " bytes, over the cap of "
+                            + str(t.MAX_ENVELOPE_BYTES))
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    with open(path, "rb") as f:
+        while got < size:
+            n = f.readinto(view[got:])
+            if not n:
+                raise t.MalformedError(path + ": shorter than its size")
+            got += n
+    return parse_root(buf, precompute, defer_check)
+
+
+def verify_rotation(root, buf, now=None):
+    """trust.verify_rotation (documented there): root N+1 from trusted root N.
+
+    The old root's threshold is checked before the new payload is parsed, so unvouched JSON
+    is never interpreted.  Expiry is checked only when now is not None.  Raises
+    t.TooLargeError, t.MalformedError, PayloadTypeError, ThresholdError, t.RotationError or
+    t.ExpiredError.  Keys kept across the rotation keep their comb tables.
+    """
+    root.check()
+    payload, sigs, digest = t._read_envelope(buf, t.ROOT_PAYLOAD_TYPE)
+    t._require_threshold(digest, sigs, root.keys, root.root_keyids, root.root_threshold,
+                       "root (trusted)")
+    new = _parse_root(payload, root.keys)
+    if new.version != root.version + 1:
+        raise t.RotationError("root version " + str(new.version) + " does not follow trusted "
+                            "version " + str(root.version))
+    t._require_threshold(digest, sigs, new.keys, new.root_keyids, new.root_threshold,
+                       "root (new)")
+    if now is not None and new.expires <= now:
+        raise t.ExpiredError("root version " + str(new.version) + " expired at "
+                           + str(new.expires) + " (now " + str(now) + ")")
+    return new
