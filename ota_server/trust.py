@@ -49,11 +49,6 @@ class TrustAnchor:
                 raise TrustSetupError(f"{root_path}: {type(err).__name__}: {err}") from err
             store.add_root(root.version, given)
             return cls(store, root)
-        if given is not None and all(given.strip() != env.strip() for _, env in stored):
-            raise TrustSetupError(
-                f"{root_path} is not among the stored roots (versions "
-                f"{[v for v, _ in stored]}); later roots come only by verified rotation "
-                f"(ota keys rotate + upload)")
         try:
             # Each stored root was verified when it was accepted; re-check the signatures of
             # the chain so a tampered database cannot swap the anchor. Expiry is checked on use.
@@ -62,7 +57,19 @@ class TrustAnchor:
                 root = verify_rotation(root, envelope, now=0)
         except TrustError as err:
             raise TrustSetupError(f"stored root chain does not verify: {err}") from err
-        return cls(store, root)
+        anchor = cls(store, root)
+        if given is not None and all(given.strip() != env.strip() for _, env in stored):
+            # `ota keys rotate` rewrites root.json: a root that is a verified rotation of the
+            # newest stored one is accepted here as it would be by `ota roots upload`.
+            try:
+                anchor.rotate(given)
+            except TrustError as err:
+                raise TrustSetupError(
+                    f"{root_path} is not among the stored roots (versions "
+                    f"{[v for v, _ in stored]}) and not a verified rotation of version "
+                    f"{root.version} ({type(err).__name__}: {err}); later roots come only by "
+                    f"verified rotation (`ota keys rotate`, then `ota roots upload`)") from err
+        return anchor
 
     def rotate(self, envelope: bytes) -> RootMetadata:
         """Accept root N+1 signed by N's and its own root threshold; raises TrustError."""

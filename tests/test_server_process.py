@@ -181,6 +181,12 @@ def test_cli_publish_rollout_devices_and_tokens_against_a_real_server(
         assert code == 0 and "active" in out
         code, _, err = _run(["rollout", "resume", "stable"], capsys)
         assert code == 1 and err.startswith("ota: ") and "bad_rollout_state" in err
+        rotated, _ = keys.rotated_root(version=2)
+        (tmp_path / "root.2.json").write_bytes(rotated)
+        code, out, _ = _run(["roots", "upload", str(tmp_path / "root.2.json")], capsys)
+        assert code == 0 and "version 2 accepted" in out
+        code, _, err = _run(["roots", "upload", str(tmp_path / "root.2.json")], capsys)
+        assert code == 1 and "bad_rotation" in err
         code, out, _ = _run(["devices", "revoke", "cli-board"], capsys)
         assert code == 0
         assert client.device("cli-board")["revoked"] is not None
@@ -218,13 +224,19 @@ def test_serve_refuses_to_start_without_a_valid_trust_anchor(tmp_path: Path,
              "--port", "0", *root_args], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 1
         assert proc.stderr.startswith("ota: ")
-    # a different root on a later start is refused: rotation only by verified upload
+    # a different root on a later start is refused unless it is a verified rotation
     with LocalServer(tmp_path / "d2", keys.root_path):
         pass
     (tmp_path / "other").mkdir()
     other = FleetKeys.create(tmp_path / "other")
-    with pytest.raises(LocalServerError, match="not among the stored roots"):
+    with pytest.raises(LocalServerError, match="not a verified rotation"):
         LocalServer(tmp_path / "d2", other.root_path).start()
+    rotated, _ = keys.rotated_root(version=2)
+    (tmp_path / "root.2.json").write_bytes(rotated)
+    with LocalServer(tmp_path / "d2", tmp_path / "root.2.json") as srv:
+        assert srv.client().list_roots() == {"versions": [1, 2], "latest": 2}
+    with LocalServer(tmp_path / "d2", keys.root_path) as srv:  # an older stored root is fine
+        assert srv.client().list_roots()["latest"] == 2
 
 
 def test_server_answers_on_loopback_only(tmp_path: Path, keys: FleetKeys) -> None:

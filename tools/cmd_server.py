@@ -379,6 +379,31 @@ _rollout_action("abort", "Stop the rollout; boards keep what they run, the base 
 _rollout_action("advance", "Move the rollout to its next stage by hand.")
 
 
+# -- roots ------------------------------------------------------------------------------------
+
+@click.group("roots")
+def roots_group() -> None:
+    """Root metadata on the server (the trust anchor boards rotate to)."""
+
+
+@roots_group.command("upload")
+@click.argument("root_json", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@_client_options
+def roots_upload(root_json: Path, server: str, token_file: Path | None) -> None:
+    """Upload root metadata N+1 (from `ota keys rotate`); the server verifies the rotation."""
+    with _api_errors():
+        result = _client(server, token_file).upload_root(root_json.read_bytes())
+    click.echo(f"root metadata version {result['version']} accepted")
+
+
+@roots_group.command("list")
+@_client_options
+def roots_list(server: str, token_file: Path | None) -> None:
+    with _api_errors():
+        result = _client(server, token_file).list_roots()
+    click.echo(f"versions {result['versions']}, latest {result['latest']}")
+
+
 # -- devices ----------------------------------------------------------------------------------
 
 @click.group("devices")
@@ -451,5 +476,5 @@ def devices_add(device_id: str, public_key: str, board: str, channel: str,
 
 def register(cli: click.Group) -> None:
     for command in (serve_cmd, tokens_group, publish_cmd, releases_group, rollout_group,
-                    devices_group):
+                    roots_group, devices_group):
         cli.add_command(command)

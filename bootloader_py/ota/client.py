@@ -18,7 +18,7 @@ _BUF = const(1024)
 
 
 class Session:
-    """The server URL, the request signer and the one transfer buffer of this conversation."""
+    """The server URL and the request signer of this conversation."""
 
     def __init__(self, cfg):
         import gc
@@ -29,7 +29,6 @@ class Session:
         self.prefix = http.split_url(self.url)[3]
         self.timeout = cfg["timeout_s"]
         self.signer = auth.signer(cfg["device_id"])
-        self.buf = memoryview(bytearray(_BUF))
 
     def request(self, method, path, body=b"", extra=""):
         """Signed request; raises HttpError on transport failures."""
@@ -270,7 +269,8 @@ def check(st, cfg, now=None):
         _report(target, "downloading")
         _flush(sess)
         from ota import update
-        slot = update.stage(sess, st, files, sess.buf)
+        # the one transfer buffer, allocated only now: a check finding nothing never needs it
+        slot = update.stage(sess, st, files, memoryview(bytearray(_BUF)))
     except HttpError as e:
         if not answered:
             return False  # unreachable: nothing was offered, so nothing to report
