@@ -15,6 +15,10 @@
   (so what remains is the check itself: Wi-Fi stand-in, key load, signing, request).
   Median of 15.
 
+Also printed (not a figure): the live heap after each phase of the update as the client
+runs it (`phase_heap`: the client's .mpy modules loaded phase by phase, the reference
+envelope verified, on the unix port), for docs/board.md's memory budget.
+
 The last line printed is one JSON object with the four figure ids.
 """
 
@@ -24,10 +28,12 @@ import json
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 if str(PROJECT_ROOT) not in sys.path:
@@ -46,7 +52,7 @@ from bench.reference_app import (  # noqa: E402
     reference_files,
 )
 from signing.bundle import load_bundle  # noqa: E402
-from tools.board_files import code_size, read_state  # noqa: E402
+from tools.board_files import client_files, code_size, read_state  # noqa: E402
 from tools.local_server import LocalServer  # noqa: E402
 from tools.micropython import find_micropython  # noqa: E402
 from tools.virtual_board import VirtualBoard  # noqa: E402
@@ -93,6 +99,76 @@ class Bench:
               and state is not None and (state["active"], state["ok"]) == ("b", 1))
         shutil.rmtree(flash)
         return ok
+
+
+# The client's phases (bootloader_py/ota/client.py), as a script for the unix port: live heap
+# after gc.collect() at each step, in bytes. Transient peaks inside a step (the ECDSA's
+# garbage, the JSON parser's scratch) do not show here; D1 measures them end to end.
+PHASE_SCRIPT = """
+import gc, sys, json
+def used():
+    gc.collect()
+    return gc.mem_alloc()
+def forget(name):
+    sys.modules.pop("ota." + name, None)
+    import ota
+    try:
+        delattr(ota, name)
+    except (AttributeError, KeyError):
+        pass
+out = [["interpreter", used()]]
+from ota import state, records
+st = state.BootState()
+out.append(["boot.py: state, records", used()])
+from ota import run, config, net, client, fail
+out.append(["main.py: run, config, net, client", used()])
+from ota import auth, p256, http, reports
+out.append(["check-in: auth, p256, http, reports", used()])
+with open(@ENVELOPE@, "rb") as f:
+    envelope = bytearray(f.read())
+out.append(["check-in answer: the envelope", used()])
+http = reports = None
+forget("http")
+forget("reports")
+out.append(["verify: http, reports unloaded", used()])
+from ota import trust, rootmeta
+out.append(["verify: trust, rootmeta loaded", used()])
+root = trust.load_root(@ROOT@, defer_check=True)
+rootmeta = None
+forget("rootmeta")
+out.append(["verify: root loaded, rootmeta unloaded", used()])
+p256.KEY_TEETH = 0
+m = trust.verify_manifest(envelope, root, board="unix", installed_sequence=1, consume=True)
+out.append(["verify: manifest verified (dict)", used()])
+files = [(e["path"], e["sha256"], e["size"], e["encoding"], e["blob"], e["transfer_size"])
+         for e in m["files"]]
+m = envelope = root = trust = None
+forget("trust")
+out.append(["verified: trust unloaded, file list as tuples", used()])
+from ota import http, reports, update, slots
+buf = memoryview(bytearray(1024))
+out.append(["staging: http, reports, update, slots, buffer", used()])
+print(json.dumps(out))
+"""
+
+
+def phase_heap(bench: Bench) -> list[tuple[str, int]]:
+    """Live heap (bytes) after each phase of the update, .mpy client on the unix port."""
+    client = bench.work / "phase-client"
+    for name, data in client_files(True).items():
+        target = client / name.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    script = (PHASE_SCRIPT.replace("@ENVELOPE@", repr(str(bench.new_bundle / "manifest.dsse.json")))
+              .replace("@ROOT@", repr(str(bench.work / "root.json"))))
+    done = subprocess.run([bench.micropython, "-X", "heapsize=512k", "-c", script],
+                          cwd=client, env={"MICROPYPATH": str(client)}, capture_output=True,
+                          text=True, timeout=60, check=False)
+    if done.returncode != 0:
+        raise RuntimeError("phase script failed: " + done.stderr.strip()[-500:])
+    steps: list[list[Any]] = json.loads(done.stdout.strip().splitlines()[-1])
+    base = steps[0][1]
+    return [(name, used - base) for name, used in steps[1:]]
 
 
 def measure_d1(bench: Bench) -> int:
@@ -167,6 +243,8 @@ def main() -> int:
         with LocalServer(Path(tmp) / "data", Path(tmp) / "root.json") as server:
             bench.setup(server)
             print("code size (bytes):", json.dumps(code_size(True)), flush=True)
+            for step, used in phase_heap(bench):
+                print(f"heap after {step}: {used} bytes", flush=True)
             d3 = measure_d3(bench)
             print("D3:", json.dumps(d3), flush=True)
             d4 = measure_d4(bench)

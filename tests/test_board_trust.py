@@ -576,3 +576,103 @@ def test_failed_rotation_changes_nothing_and_small_table_modes_verify(
     row = ["ThresholdError", "ok", 1, 2, "ok", "ThresholdError", "ok"]
     assert json.loads(done.stdout) == [[row, [True, True]], [row, [False, False]],
                                        [row, [True, True]]]
+
+
+CONSUME_RUNNER = """
+import sys, json, binascii
+sys.path.insert(0, BOARD_DIR)
+from ota import trust
+data = json.loads(sys.stdin.read())
+root = trust.load_root(data["root_file"])
+def verdict(buf, consume):
+    try:
+        m = trust.verify_manifest(buf, root, board="unix", installed_sequence=3,
+                                  now=1800000000, consume=consume)
+        return ["ok", m["sequence"], [f["path"] for f in m["files"]]]
+    except trust.TrustError as e:
+        return [type(e).__name__, str(e)]
+for env in data["cases"]:
+    raw = binascii.unhexlify(env)
+    scratch = bytearray(raw)
+    print(json.dumps([verdict(raw, False), verdict(scratch, True),
+                      verdict(memoryview(raw), False), bytes(scratch[:8]).decode()]))
+"""
+
+
+def _raw(*members: str) -> bytes:
+    return ("{" + ",".join(members) + "}").encode()
+
+
+def _unusual_envelopes(w: World) -> dict[str, tuple[bytes, str]]:
+    """Envelopes the board's lean reader must leave to the full parse, with the host's verdict.
+
+    The lean reader takes the payload's base64 straight from the raw bytes; each of these
+    makes the raw text and the parsed document disagree about where (or what) it is.
+    """
+    good = w.manifest()
+    doc = json.loads(good)
+    payload = doc["payload"]
+    sigs = json.dumps(doc["signatures"])
+    other = b64(dump(manifest_doc(sequence=99)))
+    pt = json.dumps(MANIFEST_TYPE)
+    cases = {
+        "plain": good,
+        "spaces_around_colon": good.replace(b'"payload":', b'"payload" \n:\t '),
+        "escaped_key": _raw(f'"payloadType":{pt}', f'"p\\u0061yload":"{payload}"',
+                            f'"signatures":{sigs}'),
+        "escaped_slash_in_payload": _raw(f'"payloadType":{pt}',
+                                         '"payload":"' + payload.replace("/", "\\/") + '"',
+                                         f'"signatures":{sigs}'),
+        "payload_twice_last_wins": _raw(f'"payloadType":{pt}', f'"payload":"{other}"',
+                                        f'"payload":"{payload}"', f'"signatures":{sigs}'),
+        "payload_twice_other_last": _raw(f'"payloadType":{pt}', f'"payload":"{payload}"',
+                                         f'"payload":"{other}"', f'"signatures":{sigs}'),
+        "nested_payload_and_escaped_top": _raw(
+            f'"payloadType":{pt}', '"x":{"payload":"' + other + '"}',
+            f'"p\\u0061yload":"{payload}"', f'"signatures":{sigs}'),
+        "quote_escaped_key_then_empty_payload": _raw(
+            f'"payloadType":{pt}', f'"x\\"payload":"{payload}"', '"p\\u0061yload":""',
+            f'"signatures":{sigs}'),
+        "padding_in_the_middle": _raw(f'"payloadType":{pt}', f'"payload":"QQ=={payload}"',
+                                      f'"signatures":{sigs}'),
+        "empty_payload": _raw(f'"payloadType":{pt}', '"payload":""', f'"signatures":{sigs}'),
+        "cut_short": good[:-2],
+    }
+    trusted = signing.root.verify_root_signatures(
+        dump(envelope(ROOT_TYPE, dump(w.root_v1()), [w.r1])))
+    out = {name: (env, _host_verdict("manifest", env, trusted)) for name, env in cases.items()}
+    # documented difference (docs/board-trust.md): the host refuses duplicate keys in the
+    # envelope, the board's JSON takes the last one (the signatures still decide)
+    for name, board_says in (("payload_twice_last_wins", "ok"),
+                             ("payload_twice_other_last", "ThresholdError")):
+        assert out[name][1] == "MalformedError"
+        out[name] = (out[name][0], board_says)
+    return out
+
+
+def test_lean_envelope_reader_and_consume_agree_with_the_full_parse_and_the_host(
+        micropython: str, world: World, tmp_path: Path) -> None:
+    root_file = tmp_path / "root.json"
+    root_file.write_bytes(dump(envelope(ROOT_TYPE, dump(world.root_v1()), [world.r1])))
+    cases = _unusual_envelopes(world)
+    done = subprocess.run(
+        [micropython, "-c", CONSUME_RUNNER.replace("BOARD_DIR", repr(str(BOARD_DIR)))],
+        input=json.dumps({"root_file": str(root_file),
+                          "cases": [env.hex() for env, _ in cases.values()]}),
+        capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(rows) == len(cases)
+    for (name, (_, host)), (plain, consumed, view, _) in zip(cases.items(), rows, strict=True):
+        # bytes (lean reader), a consumed bytearray, and a memoryview (always the full
+        # parse) give one and the same verdict, and it is the host's
+        assert plain == consumed == view, name
+        assert plain[0] == host, f"{name}: board {plain}, expected {host}"
+    # the cases reach both sides: valid envelopes verify, tricked ones are refused
+    assert rows[0][0] == ["ok", 4, ["main_app.py", "lib/util.py"]]
+    # consume: a plain envelope's bytearray now holds the decoded payload (the lean reader
+    # ran); one left to the full parse is untouched
+    assert [row[3] for row in rows[:3]] == ['{"_type"', '{"_type"', '{"payloa']
+    assert cases["escaped_key"][1] == "ok"
+    assert cases["nested_payload_and_escaped_top"][1] == "ok"
+    assert cases["quote_escaped_key_then_empty_payload"][1] != "ok"

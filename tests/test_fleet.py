@@ -62,7 +62,7 @@ def test_the_example_fleet_loads_with_every_section() -> None:
     assert profile.method == "image"
     assert profile.wifi is not None
     assert profile.wifi.password.file == ROOT / "secrets/field-wifi.txt"
-    assert fleet.server.publisher_token == SecretRef(env="MPOTA_PUBLISHER_TOKEN")
+    assert fleet.server.publisher_token == SecretRef(env="MPOTA_TOKEN")
     assert fleet.profile("lab-virtual").board.chip == "unix"
 
 

@@ -169,15 +169,14 @@ def _version_tuple(text):
     return tuple(out)
 
 
-def verify(st, cfg, root, envelope, now):
-    """The verified manifest dict, or None when there is nothing new. Raises UpdateFailed."""
+def _accept(st, cfg, payload, now):
+    """The signed payload's manifest dict, or None when there is nothing new (UpdateFailed)."""
     from ota import trust
     info = st.info() or {}
     installed = max(info.get("sequence", 0), st.rec["reject"])
     try:
-        # consume: the payload is decoded over the envelope's own buffer
-        m = trust.verify_manifest(envelope, root, board=cfg["board"],
-                                  installed_sequence=installed, now=now, consume=True)
+        m = trust.accept_manifest(payload, board=cfg["board"], installed_sequence=installed,
+                                  now=now)
     except trust.SameSequenceError:
         return None
     except trust.TrustError as e:
@@ -190,10 +189,12 @@ def verify(st, cfg, root, envelope, now):
 def trusted_update(sess, st, cfg, envelope, newest, now):
     """Rotate the root if the server has a newer one, then verify the offered manifest.
 
-    Returns the release to install as (info dict, files as update.entry tuples), or None.
-    The verifier is loaded only here and unloaded before returning, so the transfer that
-    follows has its heap; running out of heap while verifying is a `failed` update, not a
-    crash (the old app keeps running).
+    Returns the release to install as (info dict, files as update.py's entry tuples), or
+    None. trust.verify_manifest in two halves, so that the root and ota.p256 are let go once
+    the signatures are checked, before the payload's JSON is parsed (the heap's peak). The
+    verifier is loaded only here and unloaded before returning, so the transfer that follows
+    has its heap; running out of heap while verifying is a `failed` update, not a crash (the
+    old app keeps running).
     """
     import gc
     from ota import p256
@@ -202,8 +203,10 @@ def trusted_update(sess, st, cfg, envelope, newest, now):
     # One verify per check: a throw-away comb (~8 ms, garbage at once) costs no more time
     # than building the 2 KB release key table (~7 ms) and then using it once (~2 ms).
     p256.KEY_TEETH = 0
+    p256 = None
     gc.collect()
     try:
+        from ota import trust
         root = load_root()
         if newest is not None and newest > root.version:
             root = rotate_root(sess, root, newest, now)
@@ -211,8 +214,16 @@ def trusted_update(sess, st, cfg, envelope, newest, now):
         _forget("rootmeta")  # root parsing is done: its code is not needed for the verify
         if envelope is None or st.on_trial:
             return None  # never replace the rollback target while on trial
-        m = verify(st, cfg, root, envelope, now)
+        try:
+            # consume: the payload is decoded over the envelope's own buffer
+            payload = trust.signed_manifest(envelope, root, consume=True)
+        except trust.TrustError as e:
+            raise UpdateFailed("manifest refused: " + _why(e))
         envelope = root = None
+        _forget("dsse")  # signatures checked: their code goes, the next signed request
+        _forget("p256")  # loads p256 again
+        m = _accept(st, cfg, payload, now)
+        payload = None
         if m is None:
             return None
         files = []
@@ -222,11 +233,11 @@ def trusted_update(sess, st, cfg, envelope, newest, now):
         return {"app": m["app"], "version": m["version"], "sequence": m["sequence"],
                 "entry": m["entry"]}, files
     except MemoryError:
-        envelope = root = None
+        envelope = root = payload = None
         raise UpdateFailed("out of memory verifying the manifest")
     finally:
-        _forget("rootmeta")
-        _forget("trust")
+        for name in ("rootmeta", "dsse", "rules", "trust"):
+            _forget(name)
 
 
 def _flush(sess):

@@ -6,7 +6,7 @@
 import binascii
 import hashlib
 
-from ota import p256
+from ota import dsse, p256
 from ota import trust as t
 
 # DER SubjectPublicKeyInfo header of a P-256 key; a keyid is sha256(header + 65-byte point).
@@ -88,7 +88,7 @@ def parse_root(buf, precompute=False, defer_check=False):
     (~8 ms per signature, no table for root keys) only at the first verify_manifest or
     verify_rotation (t.Root.check), so a boot with nothing new pays no ECDSA at all.
     """
-    payload, sigs, digest = t._read_envelope(buf, t.ROOT_PAYLOAD_TYPE)
+    payload, sigs, digest = dsse.read_envelope(buf, t.ROOT_PAYLOAD_TYPE)
     root = _parse_root(payload)
     root._unchecked = (digest, sigs)
     if not defer_check:
@@ -130,14 +130,14 @@ def verify_rotation(root, buf, now=None):
     t.ExpiredError.  Keys kept across the rotation keep their comb tables.
     """
     root.check()
-    payload, sigs, digest = t._read_envelope(buf, t.ROOT_PAYLOAD_TYPE)
-    t._require_threshold(digest, sigs, root.keys, root.root_keyids, root.root_threshold,
+    payload, sigs, digest = dsse.read_envelope(buf, t.ROOT_PAYLOAD_TYPE)
+    dsse.require_threshold(digest, sigs, root.keys, root.root_keyids, root.root_threshold,
                        "root (trusted)")
     new = _parse_root(payload, root.keys)
     if new.version != root.version + 1:
         raise t.RotationError("root version " + str(new.version) + " does not follow trusted "
                             "version " + str(root.version))
-    t._require_threshold(digest, sigs, new.keys, new.root_keyids, new.root_threshold,
+    dsse.require_threshold(digest, sigs, new.keys, new.root_keyids, new.root_threshold,
                        "root (new)")
     if now is not None and new.expires <= now:
         raise t.ExpiredError("root version " + str(new.version) + " expired at "

@@ -1,0 +1,132 @@
+# The release manifest's rules for the board's verifier: fields, shapes, paths, then board,
+# sequence and expiry (docs/manifest.md, "Rules every verifier applies").
+#
+# Part of trust.py's API (docs/board-trust.md): trust.accept_manifest, check_manifest and
+# check_path load it.  Kept apart so it is not in the heap while signatures are checked.
+import binascii
+import re
+
+from ota import trust as t
+
+_SEMVER = re.compile(
+    "(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)"
+    "(-[0-9A-Za-z-]+(\\.[0-9A-Za-z-]+)*)?(\\+[0-9A-Za-z-]+(\\.[0-9A-Za-z-]+)*)?$"
+)
+_MP_VERSION = re.compile("[0-9]+\\.[0-9]+(\\.[0-9]+)?$")
+_MODULE = re.compile("[A-Za-z_][A-Za-z0-9_]*(\\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_NAME = re.compile("[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_path(path):
+    """Raise MalformedError unless path is relative, '/'-separated and stays inside the app."""
+    if not path or len(path) > t.MAX_PATH_LENGTH:
+        raise t.MalformedError("file path '" + path[:80] + "': length must be 1.."
+                             + str(t.MAX_PATH_LENGTH))
+    if path[0] == "/" or "\\" in path:
+        raise t.MalformedError("file path '" + path + "': must be relative and '/'-separated")
+    if min(path) < " " or "\x7f" in path:
+        raise t.MalformedError("file path: control character")
+    for segment in path.split("/"):
+        if segment == "" or segment == "." or segment == "..":
+            raise t.MalformedError("file path '" + path + "': empty, '.' or '..' segment")
+
+
+def _matching(obj, name, pattern, what, where="manifest"):
+    value = t._field(obj, name, str, where)
+    if not pattern.match(value):
+        raise t.MalformedError(where + ": '" + name + "' is not " + what)
+    return value
+
+
+def _is_hex64(value):
+    # A round trip through binascii (C) is ~7x faster than a regex here, and strict:
+    # unhexlify's leniency shows up as a difference, hexlify writes lowercase only.
+    if type(value) is not str or len(value) != 64:
+        return False
+    try:
+        return binascii.hexlify(binascii.unhexlify(value)) == value.encode()
+    except ValueError:
+        return False
+
+
+def _bad_file(where, problem):
+    raise t.MalformedError("manifest file " + where + ": " + problem)
+
+
+def _check_file(entry, index, seen):
+    # One tight function per entry: up to 128 of them, so messages are built only on failure.
+    if type(entry) is not dict:
+        _bad_file(str(index), "not a JSON object")
+    path = entry.get("path")
+    if type(path) is not str:
+        _bad_file(str(index), "'path' missing or not a str")
+    check_path(path)
+    sha = entry.get("sha256")
+    blob = entry.get("blob")
+    size = entry.get("size")
+    transfer = entry.get("transfer_size")
+    encoding = entry.get("encoding")
+    if not _is_hex64(sha) or (blob is not sha and blob != sha and not _is_hex64(blob)):
+        _bad_file("'" + path + "'", "'sha256' and 'blob' must be 64 lowercase hex digits")
+    if type(size) is not int or size < 0 or type(transfer) is not int or transfer < 0:
+        _bad_file("'" + path + "'", "'size' and 'transfer_size' must be integers >= 0")
+    if encoding == "plain":
+        if blob != sha or transfer != size:
+            _bad_file("'" + path + "'", "plain file must have blob == sha256 and "
+                      "transfer_size == size")
+    elif encoding != "deflate" or type(encoding) is not str:
+        _bad_file("'" + path + "'", "encoding must be one of plain, deflate")
+    if path in seen:
+        raise t.MalformedError("manifest: duplicate file path '" + path + "'")
+    seen[path] = 1
+
+
+def check_manifest(doc):
+    """Raise MalformedError unless doc has the manifest's documented fields and shapes.
+
+    Unknown top-level fields are ignored (room for later versions), as on the host.
+    """
+    if type(doc) is not dict or doc.get("_type") != "manifest":
+        raise t.MalformedError("manifest: not a manifest document (_type must be 'manifest')")
+    app = _matching(doc, "app", _NAME, "an app name ([A-Za-z0-9._-], 1..64)")
+    if len(app) > 64:
+        raise t.MalformedError("manifest: 'app' is not an app name ([A-Za-z0-9._-], 1..64)")
+    _matching(doc, "version", _SEMVER, "a semantic version (MAJOR.MINOR.PATCH)")
+    t._count(doc, "sequence", "manifest")
+    t._count(doc, "created", "manifest")
+    t._count(doc, "expires", "manifest")
+    boards = t._field(doc, "boards", list, "manifest")
+    if not boards:
+        raise t.MalformedError("manifest: 'boards' must be a non-empty list of names")
+    for b in boards:
+        if type(b) is not str or not b:
+            raise t.MalformedError("manifest: 'boards' must be a non-empty list of names")
+    _matching(doc, "min_micropython", _MP_VERSION, "a version like 1.20.0")
+    _matching(doc, "entry", _MODULE, "a module name")
+    files = t._field(doc, "files", list, "manifest")
+    if len(files) > t.MAX_FILES:
+        raise t.MalformedError("manifest: " + str(len(files)) + " files, more than the cap of "
+                             + str(t.MAX_FILES))
+    seen = {}
+    for i in range(len(files)):
+        _check_file(files[i], i, seen)
+
+
+def accept_manifest(payload, board, installed_sequence, now):
+    """trust.accept_manifest (documented there)."""
+    doc = t._loads(payload, "manifest")
+    payload = None
+    check_manifest(doc)
+    if board is not None and board not in doc["boards"]:
+        raise t.WrongBoardError("board '" + board + "' is not in the manifest's boards")
+    seq = doc["sequence"]
+    if installed_sequence is not None:
+        if seq == installed_sequence:
+            raise t.SameSequenceError("sequence " + str(seq) + " is already installed")
+        if seq < installed_sequence:
+            raise t.RollbackError("sequence " + str(seq) + " is lower than installed "
+                                + str(installed_sequence))
+    if now is not None and doc["expires"] <= now:
+        raise t.ExpiredError("manifest expired at " + str(doc["expires"]) + " (now " + str(now)
+                           + ")")
+    return doc
