@@ -12,6 +12,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "tools.cmd_provision",
     "tools.cmd_keys",
     "tools.cmd_server",
+    "tools.cmd_publisher",
     "tools.cmd_board",
 )
 

@@ -13,7 +13,6 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from signing.root import (
 )
 from signing.verify import verify_blob, verify_manifest
 from tools.errors import UserError
+from tools.timefmt import iso_utc
 
 PASSPHRASE_ENV = "MPOTA_KEY_PASSPHRASE"  # noqa: S105 (a variable name, not a secret)
 DAY = 86400
@@ -44,9 +44,6 @@ RETIRED_DIR = "retired"
 def _now() -> int:
     return int(time.time())
 
-
-def _iso(when: int) -> str:
-    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @contextmanager
@@ -105,7 +102,7 @@ def _write_root(directory: Path, envelope: bytes, version: int) -> None:
 
 
 def _describe_root(root: RootMetadata) -> list[str]:
-    lines = [f"root metadata version {root.version}, expires {_iso(root.expires)}"]
+    lines = [f"root metadata version {root.version}, expires {iso_utc(root.expires)}"]
     for name, role in (("root", root.root), ("release", root.release)):
         lines.append(f"  {name} role: threshold {role.threshold} of {len(role.keyids)}")
         lines.extend(f"    keyid {kid}" for kid in role.keyids)

@@ -290,6 +290,8 @@ def check(st, cfg, now=None):
         reason = str(e)
     except OSError as e:  # the flash refused a write (full, worn): the old slot still runs
         reason = "flash: " + str(e)
+    except MemoryError:  # the heap is freed as the stack unwinds: there is room to report
+        reason = "out of memory"
     else:
         st.flip(slot, target, cfg["trial_boots"])
         import machine

@@ -1,0 +1,341 @@
+"""The publisher's commands against a running server: `ota publish`, `ota releases`,
+`ota rollout`, `ota roots`, `ota devices`.
+
+They find the server in --server / $MPOTA_SERVER and the publisher token in $MPOTA_TOKEN or
+--token-file (never on the command line, where `ps` would show it).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tools.errors import UserError
+from tools.timefmt import iso_utc
+
+TOKEN_ENV = "MPOTA_TOKEN"  # noqa: S105 -- the variable's name, not a secret
+SERVER_ENV = "MPOTA_SERVER"
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+DAY = 86400
+
+
+# -- client commands --------------------------------------------------------------------------
+
+
+def _client(server: str, token_file: Path | None) -> Any:
+    from tools.api_client import ApiClient
+
+    if token_file is not None:
+        try:
+            token = token_file.read_text(encoding="utf-8").strip()
+        except OSError as err:
+            raise UserError(f"cannot read token file {token_file}: {err.strerror}") from err
+    else:
+        token = os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        raise UserError(f"no publisher token: set ${TOKEN_ENV} or give --token-file "
+                        f"(create one with `ota tokens create NAME --data DIR`)")
+    return ApiClient(server, token)
+
+
+def _client_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--token-file", type=click.Path(dir_okay=False, exists=True,
+                                                        path_type=Path),
+                        help=f"file holding the publisher token [default: ${TOKEN_ENV}]")(func)
+    func = click.option("--server", envvar=SERVER_ENV, default=DEFAULT_SERVER,
+                        show_default=True, help=f"server URL [env {SERVER_ENV}]")(func)
+    return func
+
+
+@contextmanager
+def _api_errors() -> Iterator[None]:
+    from tools.api_client import ApiClientError
+
+    try:
+        yield
+    except ApiClientError as err:
+        raise UserError(str(err)) from err
+
+
+def _echo_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=True))
+
+
+@click.command("publish")
+@click.argument("app_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--version", "version", required=True, help="semantic version, e.g. 1.2.0")
+@click.option("--channel", default=None, help="start a rollout of the release on this channel")
+@click.option("--percent", type=click.FloatRange(0, 100, min_open=True), default=None,
+              help="one-stage rollout to this percentage [default: the server's policy]")
+@click.option("--key", "key_paths", multiple=True, required=True,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="a release private key (repeat for a threshold) [passphrase: "
+                   "$MPOTA_KEY_PASSPHRASE]")
+@click.option("--board", "boards", multiple=True, required=True,
+              help="a compatible board (repeat)")
+@click.option("--sequence", type=click.IntRange(min=0), default=None,
+              help="anti-rollback sequence [default: as `ota build`]")
+@click.option("--entry", default="app_main", show_default=True, help="the app's entry module")
+@click.option("--app", "app", default=None, help="app name [default: APP_DIR's name]")
+@click.option("--min-micropython", default="1.20.0", show_default=True)
+@click.option("--expires-days", type=click.IntRange(min=1), default=365, show_default=True)
+@click.option("--mpy", is_flag=True, help="compile .py to .mpy with mpy-cross")
+@click.option("--deflate", is_flag=True, help="send files deflated when that is smaller")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="keep the bundle here [default: a temporary directory]")
+@_client_options
+def publish_cmd(app_dir: Path, version: str, channel: str | None, percent: float | None,
+                key_paths: tuple[Path, ...], boards: tuple[str, ...], sequence: int | None,
+                entry: str, app: str | None, min_micropython: str, expires_days: int,
+                mpy: bool, deflate: bool, out_dir: Path | None, server: str,
+                token_file: Path | None) -> None:
+    """Build APP_DIR, sign it locally, upload the missing blobs, register, roll out."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from signing.bundle import build_bundle, sign_bundle
+    from signing.errors import BundleError, KeyFileError, TrustError
+    from tools.cmd_keys import load_signing_key
+
+    client = _client(server, token_file)
+    with tempfile.TemporaryDirectory(prefix="ota-publish-") as scratch:
+        target = out_dir or Path(scratch) / "bundle"
+        created = int(time.time())
+        try:
+            signers = [load_signing_key(path) for path in key_paths]
+            bundle = build_bundle(app_dir, target, version=version, sequence=sequence,
+                                  boards=boards, entry=entry, min_micropython=min_micropython,
+                                  mpy=mpy, deflate=deflate, created=created,
+                                  expires=created + expires_days * DAY, app=app)
+            sign_bundle(target, signers)
+        except (BundleError, KeyFileError) as err:
+            raise UserError(str(err)) from err
+        except TrustError as err:
+            raise UserError(f"{type(err).__name__}: {err}") from err
+        manifest = bundle.manifest
+        with Progress(TextColumn("uploading"), BarColumn(), DownloadColumn(),
+                      transient=True) as bar, _api_errors():
+            task = bar.add_task("upload", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            result = client.publish(target, channel, percent=percent, progress=progress)
+    click.echo(f"published {manifest.app} {manifest.version} sequence {manifest.sequence}: "
+               f"{len(result.uploaded)} blob(s) uploaded, {len(result.skipped)} already there")
+    if result.rollout is not None:
+        _print_rollout(result.rollout)
+
+
+# -- releases ---------------------------------------------------------------------------------
+
+@click.group("releases")
+def releases_group() -> None:
+    """Releases registered on the server."""
+
+
+@releases_group.command("list")
+@click.option("--app", default=None, help="only this app")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@_client_options
+def releases_list(app: str | None, as_json: bool, server: str, token_file: Path | None) -> None:
+    with _api_errors():
+        releases = _client(server, token_file).list_releases(app)
+    if as_json:
+        _echo_json(releases)
+        return
+    for rel in releases:
+        click.echo(f"{rel['app']}\t{rel['version']}\tsequence {rel['sequence']}\t"
+                   f"boards {','.join(rel['boards'])}\t{iso_utc(rel['created'])}")
+
+
+# -- rollouts ---------------------------------------------------------------------------------
+
+def _print_rollout(status: dict[str, Any]) -> None:
+    base = status.get("base")
+    click.echo(f"channel {status['channel']}: base "
+               + (f"{base['app']} {base['version']} (sequence {base['sequence']})"
+                  if base else "none"))
+    rollout = status.get("rollout")
+    if rollout is None:
+        click.echo("  no rollout")
+        return
+    rel = rollout["release"]
+    stage = rollout["current_stage"]
+    where = f"tag {stage['tag']}" if "tag" in stage else f"{stage['percent']}%"
+    click.echo(f"  rollout of {rel['app']} {rel['version']} (sequence {rel['sequence']}): "
+               f"{rollout['state']}, stage {rollout['stage'] + 1}/{len(rollout['stages'])} "
+               f"({where})")
+    if rollout.get("reason"):
+        click.echo(f"  reason: {rollout['reason']}")
+    counts = rollout["counts"]
+    click.echo("  " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+@click.group("rollout")
+def rollout_group() -> None:
+    """Staged rollouts per channel."""
+
+
+@rollout_group.command("status")
+@click.argument("channel")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@_client_options
+def rollout_status(channel: str, as_json: bool, server: str, token_file: Path | None) -> None:
+    """Show the channel's base release and rollout with deployment counts."""
+    with _api_errors():
+        status = _client(server, token_file).rollout_status(channel)
+    _echo_json(status) if as_json else _print_rollout(status)
+
+
+@rollout_group.command("start")
+@click.argument("channel")
+@click.option("--app", "app", required=True, help="the release's app")
+@click.option("--sequence", type=int, required=True, help="the release's sequence")
+@click.option("--percent", type=click.FloatRange(0, 100, min_open=True), default=None,
+              help="one stage to this percentage (100: everyone now)")
+@click.option("--policy", "policy_file", type=click.Path(dir_okay=False, exists=True,
+                                                         path_type=Path),
+              default=None, help="a JSON rollout policy (docs/operations.md)")
+@_client_options
+def rollout_start(channel: str, app: str, sequence: int, percent: float | None,
+                  policy_file: Path | None, server: str, token_file: Path | None) -> None:
+    """Point CHANNEL at a release with a staged policy."""
+    if percent is not None and policy_file is not None:
+        raise UserError("give --percent or --policy, not both")
+    policy = None
+    if policy_file is not None:
+        try:
+            policy = json.loads(policy_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise UserError(f"{policy_file}: not a JSON policy ({err})") from err
+    with _api_errors():
+        status = _client(server, token_file).rollout_start(
+            channel, policy, app=app, sequence=sequence, percent=percent)
+    _print_rollout(status)
+
+
+def _rollout_action(name: str, help_text: str) -> None:
+    @rollout_group.command(name, help=help_text)
+    @click.argument("channel")
+    @_client_options
+    def action(channel: str, server: str, token_file: Path | None) -> None:
+        with _api_errors():
+            client = _client(server, token_file)
+            status = getattr(client, f"rollout_{name}")(channel)
+        _print_rollout(status)
+
+
+_rollout_action("pause", "Stop offering the release to boards that have not started it.")
+_rollout_action("resume", "Resume a paused rollout.")
+_rollout_action("abort", "Stop the rollout; boards keep what they run, the base stays.")
+_rollout_action("advance", "Move the rollout to its next stage by hand.")
+
+
+# -- roots ------------------------------------------------------------------------------------
+
+@click.group("roots")
+def roots_group() -> None:
+    """Root metadata on the server (the trust anchor boards rotate to)."""
+
+
+@roots_group.command("upload")
+@click.argument("root_json", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@_client_options
+def roots_upload(root_json: Path, server: str, token_file: Path | None) -> None:
+    """Upload root metadata N+1 (from `ota keys rotate`); the server verifies the rotation."""
+    with _api_errors():
+        result = _client(server, token_file).upload_root(root_json.read_bytes())
+    click.echo(f"root metadata version {result['version']} accepted")
+
+
+@roots_group.command("list")
+@_client_options
+def roots_list(server: str, token_file: Path | None) -> None:
+    with _api_errors():
+        result = _client(server, token_file).list_roots()
+    click.echo(f"versions {result['versions']}, latest {result['latest']}")
+
+
+# -- devices ----------------------------------------------------------------------------------
+
+@click.group("devices")
+def devices_group() -> None:
+    """The board registry and inventory."""
+
+
+@devices_group.command("list")
+@click.option("--channel", default=None, help="only boards of this channel")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@_client_options
+def devices_list(channel: str | None, as_json: bool, server: str,
+                 token_file: Path | None) -> None:
+    with _api_errors():
+        devices = _client(server, token_file).list_devices(channel)
+    if as_json:
+        _echo_json(devices)
+        return
+    for dev in devices:
+        state = "revoked" if dev["revoked"] else (dev.get("last_status") or "-")
+        click.echo(f"{dev['device_id']}\t{dev['board']}\t{dev['channel']}\t"
+                   f"{dev.get('app') or '-'} {dev.get('version') or '-'}\t{state}\t"
+                   f"last seen {iso_utc(dev.get('last_seen'))}")
+
+
+@devices_group.command("show")
+@click.argument("device_id")
+@_client_options
+def devices_show(device_id: str, server: str, token_file: Path | None) -> None:
+    with _api_errors():
+        _echo_json(_client(server, token_file).device(device_id))
+
+
+@devices_group.command("revoke")
+@click.argument("device_id")
+@_client_options
+def devices_revoke(device_id: str, server: str, token_file: Path | None) -> None:
+    """Refuse every further request from DEVICE_ID."""
+    with _api_errors():
+        _client(server, token_file).revoke_device(device_id)
+    click.echo(f"revoked {device_id}")
+
+
+@devices_group.command("add")
+@click.argument("device_id")
+@click.option("--public-key", "public_key", required=True,
+              help="base64 of the 65-byte uncompressed P-256 point, or @FILE holding it")
+@click.option("--board", required=True, help="board type")
+@click.option("--channel", default="stable", show_default=True)
+@click.option("--tag", "tags", multiple=True, help="a tag (repeat)")
+@_client_options
+def devices_add(device_id: str, public_key: str, board: str, channel: str,
+                tags: tuple[str, ...], server: str, token_file: Path | None) -> None:
+    """Register a board by hand (the provisioning station does this for you)."""
+    text = public_key
+    if public_key.startswith("@"):
+        try:
+            text = Path(public_key[1:]).read_text(encoding="utf-8").strip()
+        except OSError as err:
+            raise UserError(f"cannot read {public_key[1:]}: {err.strerror}") from err
+    try:
+        point = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise UserError("--public-key is not base64") from err
+    with _api_errors():
+        _client(server, token_file).register_device(device_id, point, board=board,
+                                                    channel=channel, tags=tags)
+    click.echo(f"registered {device_id}")
+
+
+def register(cli: click.Group) -> None:
+    for command in (publish_cmd, releases_group, rollout_group, roots_group, devices_group):
+        cli.add_command(command)
