@@ -30,11 +30,18 @@ def b64encode(data: bytes) -> str:
 
 
 def b64decode(text: str, what: str) -> bytes:
-    """Strict standard base64; raises MalformedError naming `what`."""
+    """Strict, canonical standard base64; raises MalformedError naming `what`.
+
+    Canonical: the text must be exactly what encoding its bytes gives (no stray padding bits),
+    the rule the board applies too, so host and board never disagree on an envelope.
+    """
     try:
-        return base64.b64decode(text, validate=True)
+        data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as err:
         raise MalformedError(f"{what}: bad base64") from err
+    if base64.b64encode(data).decode("ascii") != text:
+        raise MalformedError(f"{what}: base64 is not canonical (non-zero padding bits)")
+    return data
 
 
 def sign_envelope(

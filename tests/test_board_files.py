@@ -56,6 +56,7 @@ def test_installed_board_has_a_private_key_file_and_a_confirmed_slot_a(tmp_path)
     flash = tmp_path / "flash"
     install_board(flash, CONFIG, b"\x05" * 32, b"{}", app=APP)
     assert stat.S_IMODE((flash / "ota" / "device.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((flash / "ota" / "config.json").stat().st_mode) == 0o600
     state = read_state(flash)
     assert state is not None
     assert (state["active"], state["ok"], state["slots"]["a"]["version"]) == ("a", 1, "1.0.0")

@@ -227,3 +227,21 @@ def test_rotate_refuses_a_root_key_the_metadata_does_not_trust(
     assert "is not a root key of root.json" in capsys.readouterr().err
     assert (keydir / "root.json").read_bytes() == before
     assert not (keydir / "root.2.json").exists()
+
+
+def test_rotate_never_writes_a_clear_key_beside_encrypted_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    keys = tmp_path / "enc-keys"
+    monkeypatch.setenv("MPOTA_KEY_PASSPHRASE", "correct horse")
+    assert main(["keys", "init", str(keys)]) == 0
+    before = {p.name: p.read_bytes() for p in keys.iterdir() if p.is_file()}
+    capsys.readouterr()
+    # The old keys open (passphrase typed at a prompt, say) but no passphrase for new ones.
+    monkeypatch.setattr("tools.cmd_keys._passphrase_for_new_key", lambda prompt=False: None)
+    monkeypatch.setattr(
+        "tools.cmd_keys.load_signing_key",
+        lambda path: load_private_key(path, b"correct horse"))
+    assert main(["keys", "rotate", str(keys), "--release"]) == 1
+    assert "encrypted" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in keys.iterdir() if p.is_file()} == before

@@ -371,3 +371,16 @@ def test_main_py_still_runs_after_boot_py_raised_and_the_boot_counts_as_a_crash(
         assert boot.ended == "crash"
         assert boot.traceback is not None and 'File "/boot.py", line 1' in boot.traceback
         assert boot.output.endswith("main ran\n")
+
+
+def test_what_a_board_writes_to_its_flash_is_readable_by_this_user_only(
+        tmp_path: Path, micropython: str) -> None:
+    flash = _flash(tmp_path, {"main.py": (
+        "import os\n"
+        "os.mkdir('/ota')\n"
+        "with open('/ota/device.key', 'wb') as f:\n"
+        "    f.write(b'k' * 32)\n")})
+    result = VirtualBoard(flash, micropython=micropython).run(max_boots=1, timeout=30)
+    assert result.ended == "exit", result.output
+    assert (flash / "ota" / "device.key").stat().st_mode & 0o077 == 0
+    assert (flash / "ota").stat().st_mode & 0o077 == 0

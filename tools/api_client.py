@@ -25,6 +25,17 @@ ENVELOPE_TYPE = "application/vnd.dsse+json"
 Progress = Callable[[int, int], None]
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Refuse redirects: urllib would carry the bearer token to wherever one points."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                         headers: Any, newurl: str) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect())
+
+
 class ApiClientError(Exception):
     """The server refused a request (status >= 400) or could not be reached (status 0)."""
 
@@ -70,9 +81,14 @@ class ApiClient:
         request = urllib.request.Request(self.url + path, data=body, method=method,  # noqa: S310
                                          headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+            with _OPENER.open(request, timeout=self.timeout) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as err:
+            if 300 <= err.code < 400:
+                raise ApiClientError(err.code, "redirect", f"the server answered {err.code} "
+                                     "(a redirect); the publisher API does not follow redirects, "
+                                     "so the token never leaves for another host: fix the URL"
+                                     ) from None
             raw = err.read()
             try:
                 doc = json.loads(raw)

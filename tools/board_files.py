@@ -30,6 +30,7 @@ CONFIG_PATH = "/ota/config.json"
 KEY_PATH = "/ota/device.key"
 TRUST_PATH = "/ota/trust.json"
 STATE_BASE = "/ota/state"
+SECRET_PATHS = frozenset((CONFIG_PATH, KEY_PATH))
 _MAX_RECORD = 1024  # records.py _MAX_RECORD
 
 
@@ -186,9 +187,13 @@ def write_files(flash_dir: Path, files: Mapping[str, bytes]) -> None:
     for path, data in files.items():
         target = root / path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-        if path == KEY_PATH:
-            os.chmod(target, 0o600)
+        # The key and the config (Wi-Fi password) are created 0600: never readable by others,
+        # not even for the moment between creating and chmod-ing them.
+        mode = 0o600 if path in SECRET_PATHS else 0o644
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(fd, mode)
+            out.write(data)
 
 
 def install_board(flash_dir: Path, config: BoardConfig,

@@ -162,6 +162,11 @@ def keys_rotate(directory: Path, new_release: bool, new_root_key: bool, expires_
         if keymod.keyid(old_root) not in current.root.keyids:
             raise UserError(f"{directory / ROOT_KEY} is not a root key of {ROOT_JSON}")
         passphrase = _passphrase_for_new_key(prompt) if (new_root_key or new_release) else None
+        if (new_root_key or new_release) and passphrase is None and (
+                _is_encrypted(directory / ROOT_KEY) or _is_encrypted(directory / RELEASE_KEY)):
+            # Never downgrade: a rotation must not leave a new key in clear beside encrypted ones.
+            raise UserError(f"the keys in {directory} are encrypted: give the new keys a "
+                            f"passphrase (${PASSPHRASE_ENV} or --prompt-passphrase)")
         fresh: dict[str, keymod.PrivateKey] = {}
         if new_root_key:
             fresh[ROOT_KEY] = keymod.generate_private_key()
@@ -180,6 +185,9 @@ def keys_rotate(directory: Path, new_release: bool, new_root_key: bool, expires_
         _install_rotation(directory, current.version, fresh, passphrase)
         _write_root(directory, envelope, root.version)
     click.echo(f"rotated {directory}: {', '.join(fresh) or 'expiry only'}")
+    if fresh and passphrase is None:
+        click.echo(f"new private keys are mode 0600, NOT encrypted (set ${PASSPHRASE_ENV} or "
+                   "use --prompt-passphrase to encrypt)")
     for line in _describe_root(root):
         click.echo(line)
 

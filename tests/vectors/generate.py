@@ -239,6 +239,14 @@ def manifest_cases(k: Keys, out: Writer) -> None:
     bad_sig = copy.deepcopy(good)
     bad_sig["signatures"][0]["sig"] = bad_sig["signatures"][0]["sig"][:-4] + "****"
     ok("bad-base64-sig", "manifest", v1, bad_sig, "MalformedError", "sig is not base64")
+    loose_sig = copy.deepcopy(good)
+    text = loose_sig["signatures"][0]["sig"]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    # 64 bytes end in one byte + "==": the last data character carries 4 padding bits.
+    last = alphabet[alphabet.index(text[-3]) | 1]
+    loose_sig["signatures"][0]["sig"] = text[:-3] + last + "=="
+    ok("noncanonical-base64-sig", "manifest", v1, loose_sig, "MalformedError",
+       "sig base64 with a non-zero padding bit (decodes to the same bytes)")
     ok("envelope-not-json", "manifest", v1, dsse.envelope_bytes(good)[:-1], "MalformedError",
        "envelope JSON cut short by one byte")
     no_sigs = copy.deepcopy(good)

@@ -212,7 +212,7 @@ def _run_process(
     chunks: list[bytes] = []
     with subprocess.Popen(
         command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env=env, cwd=cwd,
+        env=env, cwd=cwd, umask=power.FLASH_UMASK,
     ) as proc:
         assert proc.stdout is not None
         fd = proc.stdout.fileno()

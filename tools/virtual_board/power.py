@@ -15,6 +15,10 @@ EXIT_POWER_CUT = 87
 EXIT_CRASH = 88
 EXIT_WATCHDOG = 89
 
+# Every board process runs with this umask: the flash holds the board's private key and Wi-Fi
+# password, and nobody but this user can read a virtual board's flash, as on a real board.
+FLASH_UMASK = 0o077
+
 # machine.reset_cause() values (ESP32 numbering) the next boot sees.
 PWRON_RESET = 1
 WDT_RESET = 3

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tools.virtual_board.power import EXIT_POWER_CUT, EXIT_RESET
+from tools.virtual_board.power import EXIT_POWER_CUT, EXIT_RESET, FLASH_UMASK
 
 if TYPE_CHECKING:
     from tools.virtual_board.board import VirtualBoard
@@ -79,7 +79,7 @@ class ReplAgent:
         self._report.unlink(missing_ok=True)
         self._proc = subprocess.Popen(
             self._board.command("_vb_repl"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, env=env, cwd=self._board.flash_dir,
+            stderr=subprocess.STDOUT, env=env, cwd=self._board.flash_dir, umask=FLASH_UMASK,
             start_new_session=True,  # a terminal's Ctrl-C stops the server, which stops this
         )
         self._pending, self._error_left, self._error = b"", None, b""
