@@ -121,33 +121,50 @@ from ota import state, records
 st = state.BootState()
 out.append(["boot.py: state, records", used()])
 from ota import run, config, net, client, fail
-out.append(["main.py: run, config, net, client", used()])
+config = net = None
+forget("config")
+forget("net")
+out.append(["main.py: run, client (config, net loaded, unloaded)", used()])
 from ota import auth, p256, http, reports
-out.append(["check-in: auth, p256, http, reports", used()])
+reports = None
+forget("reports")
+out.append(["check-in: auth, p256, http (reports flushed, unloaded)", used()])
 with open(@ENVELOPE@, "rb") as f:
     envelope = bytearray(f.read())
 out.append(["check-in answer: the envelope", used()])
-http = reports = None
+http = None
 forget("http")
-forget("reports")
-out.append(["verify: http, reports unloaded", used()])
-from ota import trust, rootmeta
-out.append(["verify: trust, rootmeta loaded", used()])
+out.append(["verify: http unloaded", used()])
+from ota import trust
 root = trust.load_root(@ROOT@, defer_check=True)
-rootmeta = None
 forget("rootmeta")
-out.append(["verify: root loaded, rootmeta unloaded", used()])
+out.append(["verify: trust loaded, root parsed (rootmeta unloaded)", used()])
 p256.KEY_TEETH = 0
-m = trust.verify_manifest(envelope, root, board="unix", installed_sequence=1, consume=True)
-out.append(["verify: manifest verified (dict)", used()])
+payload = trust.signed_manifest(envelope, root, consume=True)
+out.append(["verify: signatures checked (dsse, p256, root)", used()])
+envelope = root = p256 = None
+forget("dsse")
+forget("p256")
+out.append(["verify: root, dsse, p256 let go", used()])
+m = trust.accept_manifest(payload, board="unix", installed_sequence=1)
+out.append(["verify: manifest dict (rules loaded)", used()])
 files = [(e["path"], e["sha256"], e["size"], e["encoding"], e["blob"], e["transfer_size"])
          for e in m["files"]]
-m = envelope = root = trust = None
-forget("trust")
-out.append(["verified: trust unloaded, file list as tuples", used()])
-from ota import http, reports, update, slots
+m = payload = trust = None
+for name in ("rules", "trust"):
+    forget(name)
+out.append(["verified: verifier unloaded, file list as tuples", used()])
+from ota import p256, http, update, slots
 buf = memoryview(bytearray(1024))
-out.append(["staging: http, reports, update, slots, buffer", used()])
+olds = {}  # as slots.active_files builds it from /ota/slot_<active>.json
+shas = {}
+for e in files:
+    shas[e[1]] = e[1]
+for path, sha in json.loads(json.dumps([[e[0], e[1]] for e in files])):
+    if sha in shas:
+        olds[shas[sha]] = path  # keyed by the manifest's own hash strings
+shas = None
+out.append(["staging: p256, http, update, slots, buffer, active slot's file map", used()])
 print(json.dumps(out))
 """
 

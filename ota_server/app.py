@@ -9,7 +9,13 @@ from aiohttp import web
 from ota_server import openapi, routes_device, routes_publisher, state
 from ota_server.device_auth import DeviceAuthenticator
 from ota_server.metrics import Metrics
-from ota_server.middleware import auth_middleware, errors_middleware, log_middleware, public
+from ota_server.middleware import (
+    auth_middleware,
+    errors_middleware,
+    log_middleware,
+    public,
+    trim_headers,
+)
 from ota_server.settings import Settings
 from ota_server.storage.blobs import FileBlobStore
 from ota_server.storage.sqlite import SqliteStore
@@ -83,6 +89,7 @@ def create_app(settings: Settings) -> web.Application:
     app[state.METRICS] = Metrics()
     app[state.ENVELOPES] = {}
     app.cleanup_ctx.append(_storage)
+    app.on_response_prepare.append(trim_headers)
     for method, path, handler in ROUTES:
         # GET routes answer HEAD too, as HTTP requires; the auth is the same.
         if method == "GET":

@@ -17,6 +17,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from ota_server.counters import CounterCommits
 from ota_server.errors import Forbidden, Unauthorized
 from ota_server.storage import Device, MetadataStore
 from signing.errors import MalformedError
@@ -100,6 +101,7 @@ class DeviceAuthenticator:
     def __init__(self, store: MetadataStore):
         self._store = store
         self._keys: dict[bytes, PublicKey] = {}
+        self._counters = CounterCommits(store)
 
     def _public_key(self, point: bytes) -> PublicKey:
         key = self._keys.get(point)
@@ -110,8 +112,11 @@ class DeviceAuthenticator:
             self._keys[point] = key
         return key
 
-    def authenticate(self, header: str | None, method: str, path_qs: str, body: bytes) -> Device:
-        """Return the board that signed this request, or raise Unauthorized / Forbidden."""
+    async def authenticate(self, header: str | None, method: str, path_qs: str,
+                           body: bytes) -> Device:
+        """Return the board that signed this request, or raise Unauthorized / Forbidden.
+
+        Returns only once the new counter is committed (ota_server.counters)."""
         cred = parse_authorization(header)
         device = self._store.device(cred.device_id)
         if device is None:
@@ -125,7 +130,7 @@ class DeviceAuthenticator:
         message = signed_string(method, path_qs, cred.device_id, cred.counter, body)
         if not verify_raw(key, message, cred.signature):
             raise Unauthorized("request signature does not verify", code="bad_signature")
-        if not self._store.advance_counter(cred.device_id, cred.counter):
+        if not await self._counters.advance(cred.device_id, cred.counter):
             raise Unauthorized(
                 f"counter {cred.counter} is not greater than the last accepted one",
                 code="replay")

@@ -119,10 +119,28 @@ async def _authenticate_device(request: web.Request) -> None:
     body = await request.content.read(limit + 1) if request.can_read_body else b""
     if len(body) > limit:
         raise PayloadTooLarge(f"device request bodies are limited to {limit} bytes")
-    found = request.app[state.DEVICE_AUTH].authenticate(
+    found = await request.app[state.DEVICE_AUTH].authenticate(
         request.headers.get("Authorization"), request.method, request.raw_path, body)
     request[state.DEVICE] = found
     request[state.BODY] = body
+
+
+# Headers aiohttp adds that no client of ours reads. Boards pay for every header byte (figure
+# D3); `Server` also names our software and versions to anyone who asks.
+_UNREAD_HEADERS = ("Server",)
+_UNREAD_BY_BOARDS = ("Server", "Date")
+
+
+async def trim_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: drop headers nobody reads, before they are written.
+
+    Board answers also go without `Date`: boards have no use for it (they are told whether
+    something is new, blobs are immutable), and RFC 9111 has a cache that stores an answer
+    without `Date` add its own.
+    """
+    board = auth_kind(request.match_info.handler) == "device"
+    for name in _UNREAD_BY_BOARDS if board else _UNREAD_HEADERS:
+        response.headers.popall(name, None)
 
 
 @web.middleware

@@ -676,3 +676,15 @@ def test_lean_envelope_reader_and_consume_agree_with_the_full_parse_and_the_host
     assert cases["escaped_key"][1] == "ok"
     assert cases["nested_payload_and_escaped_top"][1] == "ok"
     assert cases["quote_escaped_key_then_empty_payload"][1] != "ok"
+
+
+def test_client_envelope_cap_is_the_verifiers(micropython: str) -> None:
+    # The client refuses an oversized check-in answer without loading the verifier, so it
+    # keeps its own copy of the cap; both must say the same.
+    script = (f"import sys\nsys.path.insert(0, {str(BOARD_DIR)!r})\n"
+              "from ota import client, trust\n"
+              "print(client.MAX_ENVELOPE, trust.MAX_ENVELOPE_BYTES)\n")
+    done = subprocess.run([micropython, "-c", script], capture_output=True, text=True,
+                          timeout=30, check=True)
+    client_cap, trust_cap = done.stdout.split()
+    assert client_cap == trust_cap == "12288"

@@ -7,6 +7,21 @@ def confirm():
     return run.confirm()
 
 
+def forget(name):
+    """Unload ota.<name> so its code can be collected; the next import loads it again.
+
+    The client keeps only the modules of the phase it is in (docs/board.md, Memory budget).
+    """
+    import gc
+    import sys
+    sys.modules.pop("ota." + name, None)
+    try:
+        delattr(sys.modules["ota"], name)
+    except (AttributeError, KeyError):  # MicroPython raises KeyError for a missing one
+        pass
+    gc.collect()
+
+
 def poll(force=False):
     """Check for an update if the poll policy says it is due; True if a check ran."""
     from ota import run

@@ -11,7 +11,8 @@ from ota.fail import HttpError, UpdateFailed
 
 TRUST_PATH = "/ota/trust.json"
 _MAX_ROOT = const(8192)
-# trust.MAX_ENVELOPE_BYTES, kept here so a check-in needs no verifier loaded (a test pins both).
+# trust.MAX_ENVELOPE_BYTES, kept here so a check-in needs no verifier loaded
+# (tests/test_board_trust.py checks they are equal).
 MAX_ENVELOPE = const(12288)
 _MAX_ROOT_STEPS = const(8)
 _BUF = const(1024)
@@ -69,12 +70,14 @@ def root_version():
         size = os.stat(TRUST_PATH)[6]
         with open(TRUST_PATH, "rb") as f:
             env = json.loads(f.read(min(size, MAX_ENVELOPE)))
-    except OSError:
-        return load_root().version  # the rename after a rotation was cut short
-    try:
-        return json.loads(binascii.a2b_base64(env["payload"]))["version"]
-    except (ValueError, KeyError, TypeError):
-        return load_root().version
+        version = json.loads(binascii.a2b_base64(env["payload"]))["version"]
+        if type(version) is int:
+            return version
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # missing (a rotation's rename cut short) or odd: load_root sorts it out
+    version = load_root().version
+    _unload_verifier()
+    return version
 
 
 def _get_small(sess, path, cap, what):
@@ -116,15 +119,13 @@ def rotate_root(sess, root, newest, now):
 
 
 def _forget(name):
-    """Unload a module this check no longer needs, so its code and tables can be collected."""
-    import gc
     import ota
-    sys.modules.pop("ota." + name, None)
-    try:
-        delattr(ota, name)
-    except (AttributeError, KeyError):  # MicroPython raises KeyError for a missing one
-        pass
-    gc.collect()
+    ota.forget(name)
+
+
+def _unload_verifier():
+    for name in ("rootmeta", "dsse", "rules", "trust"):
+        _forget(name)
 
 
 def _why(err):
@@ -199,7 +200,6 @@ def trusted_update(sess, st, cfg, envelope, newest, now):
     import gc
     from ota import p256
     _forget("http")  # loaded again for the transfer; verifying needs the heap more
-    _forget("reports")
     # One verify per check: a throw-away comb (~8 ms, garbage at once) costs no more time
     # than building the 2 KB release key table (~7 ms) and then using it once (~2 ms).
     p256.KEY_TEETH = 0
@@ -236,13 +236,14 @@ def trusted_update(sess, st, cfg, envelope, newest, now):
         envelope = root = payload = None
         raise UpdateFailed("out of memory verifying the manifest")
     finally:
-        for name in ("rootmeta", "dsse", "rules", "trust"):
-            _forget(name)
+        _unload_verifier()
 
 
 def _flush(sess):
     from ota import reports
     reports.flush(sess)
+    reports = None
+    _forget("reports")  # used at the start and the end of a check only
 
 
 def _report(m, status, reason=""):

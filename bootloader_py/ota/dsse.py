@@ -51,7 +51,7 @@ def read_envelope(buf, payload_type, consume=False):
     """(payload bytes, [(keyid, sig64)], PAE digest); size cap first, then JSON and shape."""
     if len(buf) > t.MAX_ENVELOPE_BYTES:
         raise t.TooLargeError("envelope is " + str(len(buf)) + " bytes, over the cap of "
-                            + str(t.MAX_ENVELOPE_BYTES))
+                              + str(t.MAX_ENVELOPE_BYTES))
     got = _read_lean(buf, payload_type, consume)
     if got is None:  # anything unusual: the full parse decides, with its exact errors
         got = _read_full(buf, payload_type)
@@ -167,7 +167,7 @@ def _read_full(buf, payload_type):
     entries = t._field(doc, "signatures", list, "envelope")
     if kind != payload_type:
         raise t.PayloadTypeError("payloadType is '" + kind[:60] + "', expected '"
-                               + payload_type + "'")
+                                 + payload_type + "'")
     doc = None
     payload = t._b64decode(text, "envelope payload")
     text = None
@@ -224,4 +224,4 @@ def require_threshold(digest, sigs, keys, keyids, threshold, role):
             valid.append(kid)
     if len(valid) < threshold:
         raise t.ThresholdError(role + ": " + str(len(valid)) + " valid signature(s) from trusted"
-                             " keys, threshold is " + str(threshold))
+                               " keys, threshold is " + str(threshold))

@@ -50,7 +50,7 @@ def _role(name, entry, keys):
     threshold = entry.get("threshold")
     if type(threshold) is not int or not 1 <= threshold <= len(keyids):
         raise t.MalformedError(where + ": threshold must be an integer in 1.."
-                             + str(len(keyids)))
+                               + str(len(keyids)))
     return tuple(keyids), threshold
 
 
@@ -77,17 +77,7 @@ def _parse_root(payload, old_keys=None):
 
 
 def parse_root(buf, precompute=False, defer_check=False):
-    """trust.parse_root (documented there).
-
-    What the board was provisioned with is trusted as given, even past its expiry (the next
-    rotation replaces it).  Raises t.TooLargeError, t.MalformedError, PayloadTypeError or
-    ThresholdError.
-
-    precompute: build the release keys' comb tables now (~7 ms) instead of at the first
-    verify_manifest.  defer_check: parse and validate now, but check the root's own signatures
-    (~8 ms per signature, no table for root keys) only at the first verify_manifest or
-    verify_rotation (t.Root.check), so a boot with nothing new pays no ECDSA at all.
-    """
+    """trust.parse_root (documented there)."""
     payload, sigs, digest = dsse.read_envelope(buf, t.ROOT_PAYLOAD_TYPE)
     root = _parse_root(payload)
     root._unchecked = (digest, sigs)
@@ -99,16 +89,13 @@ def parse_root(buf, precompute=False, defer_check=False):
 
 
 def load_root(path="/ota/trust.json", precompute=False, defer_check=False):
-    """trust.load_root (documented there): parse_root() of a size-checked file.
-
-    OSError when the file cannot be read; t.TooLargeError when it is over the envelope cap.
-    """
+    """trust.load_root (documented there)."""
     import os
 
     size = os.stat(path)[6]
     if size > t.MAX_ENVELOPE_BYTES:
         raise t.TooLargeError(path + " is " + str(size) + " bytes, over the cap of "
-                            + str(t.MAX_ENVELOPE_BYTES))
+                              + str(t.MAX_ENVELOPE_BYTES))
     buf = bytearray(size)
     view = memoryview(buf)
     got = 0
@@ -122,13 +109,7 @@ def load_root(path="/ota/trust.json", precompute=False, defer_check=False):
 
 
 def verify_rotation(root, buf, now=None):
-    """trust.verify_rotation (documented there): root N+1 from trusted root N.
-
-    The old root's threshold is checked before the new payload is parsed, so unvouched JSON
-    is never interpreted.  Expiry is checked only when now is not None.  Raises
-    t.TooLargeError, t.MalformedError, PayloadTypeError, ThresholdError, t.RotationError or
-    t.ExpiredError.  Keys kept across the rotation keep their comb tables.
-    """
+    """trust.verify_rotation (documented there)."""
     root.check()
     payload, sigs, digest = dsse.read_envelope(buf, t.ROOT_PAYLOAD_TYPE)
     dsse.require_threshold(digest, sigs, root.keys, root.root_keyids, root.root_threshold,
@@ -136,10 +117,10 @@ def verify_rotation(root, buf, now=None):
     new = _parse_root(payload, root.keys)
     if new.version != root.version + 1:
         raise t.RotationError("root version " + str(new.version) + " does not follow trusted "
-                            "version " + str(root.version))
+                              "version " + str(root.version))
     dsse.require_threshold(digest, sigs, new.keys, new.root_keyids, new.root_threshold,
                        "root (new)")
     if now is not None and new.expires <= now:
         raise t.ExpiredError("root version " + str(new.version) + " expired at "
-                           + str(new.expires) + " (now " + str(now) + ")")
+                             + str(new.expires) + " (now " + str(now) + ")")
     return new

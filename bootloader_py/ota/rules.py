@@ -21,7 +21,7 @@ def check_path(path):
     """Raise MalformedError unless path is relative, '/'-separated and stays inside the app."""
     if not path or len(path) > t.MAX_PATH_LENGTH:
         raise t.MalformedError("file path '" + path[:80] + "': length must be 1.."
-                             + str(t.MAX_PATH_LENGTH))
+                               + str(t.MAX_PATH_LENGTH))
     if path[0] == "/" or "\\" in path:
         raise t.MalformedError("file path '" + path + "': must be relative and '/'-separated")
     if min(path) < " " or "\x7f" in path:
@@ -106,7 +106,7 @@ def check_manifest(doc):
     files = t._field(doc, "files", list, "manifest")
     if len(files) > t.MAX_FILES:
         raise t.MalformedError("manifest: " + str(len(files)) + " files, more than the cap of "
-                             + str(t.MAX_FILES))
+                               + str(t.MAX_FILES))
     seen = {}
     for i in range(len(files)):
         _check_file(files[i], i, seen)
@@ -125,8 +125,8 @@ def accept_manifest(payload, board, installed_sequence, now):
             raise t.SameSequenceError("sequence " + str(seq) + " is already installed")
         if seq < installed_sequence:
             raise t.RollbackError("sequence " + str(seq) + " is lower than installed "
-                                + str(installed_sequence))
+                                  + str(installed_sequence))
     if now is not None and doc["expires"] <= now:
         raise t.ExpiredError("manifest expired at " + str(doc["expires"]) + " (now " + str(now)
-                           + ")")
+                             + ")")
     return doc

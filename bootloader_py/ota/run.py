@@ -30,14 +30,19 @@ def _check(st, cfg):
     # whole heap before the first collection, long-lived objects (module code) end up
     # sprinkled everywhere, and the update's few large blocks no longer fit anywhere.
     gc.collect()
-    old = gc.threshold()
+    old = gc.threshold()  # on every port that enables MICROPY_GC_ALLOC_THRESHOLD (the default)
     gc.threshold(_GC_EVERY)
     try:
-        from ota import client, net
-        if not net.wifi_up(cfg):
+        from ota import net
+        up = net.wifi_up(cfg)
+        now = net.trusted_now() if up else None
+        net = None
+        _unload("net")  # not needed again during this check: its heap goes to the update
+        if not up:
             print("ota: wifi not connected")
             return False
-        return client.check(st, cfg, now=net.trusted_now())
+        from ota import client
+        return client.check(st, cfg, now=now)
     finally:
         gc.threshold(old)
 
@@ -58,10 +63,9 @@ def _schedule(cfg, ok):
 
 def poll(force=False):
     """For the app's main loop: run the OTA check when it is due. Returns True if one ran."""
-    from ota import config
     if not force and _next_poll is not None and time.ticks_diff(_next_poll, time.ticks_ms()) > 0:
         return False
-    cfg = config.load()
+    cfg = _config()
     if not force and _next_poll is None and not cfg["poll"].get("every_min"):
         return False
     st = state.BootState()
@@ -84,17 +88,30 @@ def confirm(st=None, cfg=None, send=True):
     _queue_note(st)
     if send:
         try:
-            from ota import client, config
-            reports.flush(client.Session(cfg or config.load()))
+            from ota import client
+            reports.flush(client.Session(cfg or _config()))
         except Exception as e:
             print("ota: report not sent:", e)
     return True
 
 
-def _boot_check(st):
-    """The OTA part of a boot; returns (config or None, True when the server answered)."""
+def _config():
+    """The config dict; the module that reads it is unloaded again (the heap is tight)."""
     from ota import config
     cfg = config.load()
+    config = None
+    _unload("config")
+    return cfg
+
+
+def _unload(name):
+    import ota
+    ota.forget(name)
+
+
+def _boot_check(st):
+    """The OTA part of a boot; returns (config or None, True when the server answered)."""
+    cfg = _config()
     _queue_note(st)
     if not cfg["poll"].get("at_boot", True):
         return cfg, False

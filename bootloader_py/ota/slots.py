@@ -135,8 +135,12 @@ def clear_parts(keep):
             os.remove(PART_DIR + "/" + entry[0])
 
 
-def active_files(slot):
-    """{sha256: path} of the files the given (active) slot holds, per its recorded file list."""
+def active_files(slot, wanted):
+    """{sha256: path} of the files the given (active) slot holds, per its recorded file list,
+    for the hashes in `wanted` ({sha256: sha256}) only.
+
+    The keys are wanted's own strings, so the map costs no second copy of the hashes.
+    """
     try:
         with open(meta_path(slot)) as f:
             files = json.load(f)["files"]
@@ -144,7 +148,9 @@ def active_files(slot):
         return {}
     out = {}
     for path, sha in files:
-        out[sha] = path
+        key = wanted.get(sha)
+        if key is not None:
+            out[key] = path
     return out
 
 

@@ -27,7 +27,6 @@ KEYTYPE = "ecdsa-p256"
 _B64_CHUNK = 768  # bytes re-encoded at a time when checking base64 is canonical
 
 
-
 class TrustError(Exception):
     """Base of every verification failure: the data must not be trusted."""
 
@@ -165,26 +164,6 @@ def _loads(buf, what):
         raise MalformedError(what + ": not JSON")
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 # -- root metadata -----------------------------------------------------------------------------
 
 def _count(obj, name, where, minimum=0):
@@ -234,18 +213,6 @@ def verify_rotation(root, buf, now=None):
 
 # -- release manifests ------------------------------------------------------------------------
 
-
-
-
-
-
-
-
-
-
-
-
-
 def verify_manifest(buf, root, board=None, installed_sequence=None, now=None, consume=False):
     """The manifest payload as a dict, once signed by a threshold of root's release keys.
 
@@ -282,8 +249,6 @@ def signed_manifest(buf, root, consume=False):
                            root.release_threshold, "release")
     return payload
 
-
-# -- release manifests ------------------------------------------------------------------------
 
 def check_path(path):
     """Raise MalformedError unless path is relative, '/'-separated and stays inside the app."""

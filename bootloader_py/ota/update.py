@@ -109,7 +109,11 @@ def stage(sess, st, files, buf):
         blobs.add(e[BLOB])
     slots.clear_strays(root, wanted)
     slots.clear_parts(blobs)
-    olds = slots.active_files(st.active)
+    shas = {}
+    for e in files:
+        shas[e[SHA]] = e[SHA]
+    olds = slots.active_files(st.active, shas)
+    shas = None
     active_root = state.slot_path(st.active)
     for e in files:
         _place(sess, e, root + "/" + e[PATH], olds, active_root, buf)

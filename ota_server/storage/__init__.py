@@ -80,6 +80,10 @@ class MetadataStore(Protocol):
         """Atomically accept a counter greater than the last one; also sets last_seen."""
         ...
 
+    def advance_counters(self, advances: Sequence[tuple[str, int]]) -> list[bool]:
+        """advance_counter for each (device_id, counter) in order, all in one transaction."""
+        ...
+
     def record_checkin(self, device_id: str, inventory: dict[str, Any]) -> None:
         """Overwrite the given inventory fields."""
         ...

@@ -9,6 +9,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import BinaryIO
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -40,6 +41,7 @@ class FileBlobStore:
 
     def __init__(self, root: Path):
         self.root = root
+        self._root_name = os.fspath(root)
         self._tmp = root / "tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
         # Leftovers of uploads cut short by a crash are never visible; drop them.
@@ -49,6 +51,15 @@ class FileBlobStore:
     def path(self, sha256: str) -> Path:
         check_blob_id(sha256)
         return self.root / sha256[:2] / sha256
+
+    def open_blob(self, sha256: str) -> BinaryIO:
+        """The stored blob opened for reading; FileNotFoundError when there is none.
+
+        The name is joined as a string: this runs once per board download and pathlib's
+        object building was a measurable part of serving a small blob.
+        """
+        check_blob_id(sha256)
+        return open(os.path.join(self._root_name, sha256[:2], sha256), "rb")
 
     def exists(self, sha256: str) -> bool:
         return self.path(sha256).is_file()

@@ -24,6 +24,9 @@ from ota_server.storage.records import DeploymentCounts, Device, Release, Rollou
 
 _INVENTORY = ("app", "version", "sequence", "root_version", "micropython", "mem_free", "slot",
               "last_seen", "last_status", "last_error")
+# The replay check and the write are one statement: it matches only a smaller stored counter.
+_ADVANCE_COUNTER = ("UPDATE devices SET counter = ?, last_seen = ? "
+                    "WHERE device_id = ? AND counter < ?")
 _DEVICE_COLUMNS = ("device_id, public_key, board, tags, channel, bucket, counter, created, "
                    "revoked, " + ", ".join(_INVENTORY))
 
@@ -241,10 +244,16 @@ class SqliteStore:
     def advance_counter(self, device_id: str, counter: int) -> bool:
         """Accept `counter` only if it is greater than the last one (and mark the board seen);
         one statement, so two requests racing with the same counter cannot both pass."""
-        cur = self._db.execute(
-            "UPDATE devices SET counter = ?, last_seen = ? WHERE device_id = ? AND counter < ?",
-            (counter, _now(), device_id, counter))
+        cur = self._db.execute(_ADVANCE_COUNTER, (counter, _now(), device_id, counter))
         return cur.rowcount == 1
+
+    def advance_counters(self, advances: Sequence[tuple[str, int]]) -> list[bool]:
+        """advance_counter for each pair in order, in one transaction: one commit (the cost
+        of a counter write) for the lot; either all of them are durable or none is."""
+        now = _now()
+        with self._tx():
+            return [self._db.execute(_ADVANCE_COUNTER, (counter, now, device_id, counter))
+                    .rowcount == 1 for device_id, counter in advances]
 
     def record_checkin(self, device_id: str, inventory: dict[str, Any]) -> None:
         fields = {k: v for k, v in inventory.items() if k in _INVENTORY}
