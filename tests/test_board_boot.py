@@ -185,3 +185,42 @@ def test_poll_backs_off_exponentially_with_jitter_after_failures(micropython):
         nominal = min(3600, 30 << failures)
         assert nominal // 2 - 1 <= delay < nominal, (failures, delay)
     assert delays[-1] in (3599, 3600)  # success: back to every_min
+
+
+def test_board_boots_the_recorded_slot_when_the_trial_count_cannot_be_written(tmp_path,
+                                                                              micropython):
+    flash = _board(tmp_path)
+    plain = {"app_main.py": b"import util\nprint('APP', util.VERSION)\n",
+             "util.py": b"VERSION = '1.1.0'\n"}
+    _stage_trial(flash, plain)  # state1 names b on trial; the next write goes to state0
+    state0 = flash / "ota" / "state0"
+    state0.unlink()
+    state0.mkdir()  # the flash refuses that write (as a full one would)
+    result = VirtualBoard(flash, micropython=micropython).run(max_boots=2, timeout=30)
+    assert result.ended == "exit", result.output
+    assert "OSError" in result.output  # boot.py's guard printed why
+    assert "APP 1.1.0" in result.output and "APP 1.0.0" not in result.output
+    state = read_state(flash)
+    assert state is not None and (state["active"], state["ok"], state["trial"]) == ("b", 0, 0)
+
+
+def test_board_with_no_readable_state_and_a_broken_client_boots_slot_a(tmp_path, micropython):
+    flash = _board(tmp_path)
+    _stage_trial(flash, CONFIRMING)
+    (flash / "ota" / "records.py").write_text("raise ImportError('flash corrupted')\n")
+    result = VirtualBoard(flash, micropython=micropython).run(max_boots=1, timeout=30)
+    assert "APP 1.0.0" in result.output, result.output
+
+
+def test_app_of_a_slot_the_state_does_not_name_is_never_confirmed(tmp_path, micropython):
+    flash = _board(tmp_path)
+    _stage_trial(flash, CRASHING)  # the state names b, on trial
+    # A boot.py that put slot a on sys.path anyway (its state write landed, then it failed).
+    (flash / "boot.py").write_text("import sys\nsys.path.insert(1, '/app/a')\n")
+    (flash / "app" / "a" / "app_main.py").write_bytes(
+        b"import ota\nprint('APP A', ota.confirm())\nraise RuntimeError('late')\n")
+    result = VirtualBoard(flash, micropython=micropython).run(max_boots=3, timeout=30)
+    assert [b.ended for b in result.boots] == ["crash"], result.output  # no trial reset
+    assert "APP A False" in result.output and "state names b" in result.output
+    state = read_state(flash)
+    assert state is not None and (state["active"], state["ok"]) == ("b", 0)

@@ -62,3 +62,49 @@ def test_board_takes_a_new_root_only_after_verifying_it(tmp_path, micropython):
         assert (flash / "ota" / "trust.json").read_bytes() == root_v2
         assert slot_files(flash, "b") == app_hashes(new)
         assert api.device("rot-1")["root_version"] == 2
+
+
+def test_board_follows_a_root_chain_through_an_expired_intermediate_root(tmp_path, micropython):
+    keys = make_keys()
+    (tmp_path / "root.json").write_bytes(keys.root_envelope)
+    now = int(time.time())
+    valid, expired = now + 86400 * 30, now - 86400
+    new_release = keymod.generate_private_key()
+
+    def root(version: int, expires: int) -> bytes:
+        release = keys.release if version == 2 else new_release
+        return sign_root(new_root(version=version, expires=expires, root_keys=[keys.root],
+                                  release_keys=[release]), [keys.root])
+
+    with LocalServer(tmp_path / "data", tmp_path / "root.json") as server, \
+            FaultProxy(server.url) as proxy:
+        api = server.client()
+        old, new = small_app("1.0.0"), small_app("1.1.0")
+        flash = tmp_path / "board"
+        provision_board(flash, api, "rot-2", proxy.url, keys, old, app="rot")
+        api.upload_root(root(2, valid))  # the server takes no expired root
+        root_v3 = root(3, valid)
+        api.upload_root(root_v3)
+        keys.release = new_release
+        api.publish(build_release(tmp_path, new, "1.1.0", 2, keys, app="rot"),
+                    channel="stable", percent=100)
+        trust_v1 = (flash / "ota" / "trust.json").read_bytes()
+
+        # Root 2 as a board that was offline meets it: signed alike, but expired by now.
+        # An expired final root is still refused.
+        proxy.inject("replace", match="/v1/device/root/2", body=root(2, expired))
+        proxy.inject("replace", match="/v1/device/root/3", body=root(3, expired))
+        refused = VirtualBoard(flash, micropython=micropython).run(max_boots=2, timeout=60)
+        assert [b.ended for b in refused.boots] == ["exit"], refused.output
+        assert (flash / "ota" / "trust.json").read_bytes() == trust_v1
+        sent = [json.loads(e.request.partition(b"\r\n\r\n")[2]) for e in proxy.exchanges
+                if e.path.endswith("/report")]
+        assert [r["reason"].split(":")[0] for r in sent] == ["root 3 refused"], sent
+        assert "ExpiredError" in sent[0]["reason"]
+
+        proxy.inject("replace", match="/v1/device/root/2", body=root(2, expired))
+        updated = VirtualBoard(flash, micropython=micropython).run(max_boots=3, timeout=60)
+        assert [b.ended for b in updated.boots] == ["reset", "exit"], updated.output
+        assert "APP 1.1.0" in updated.boots[-1].output
+        assert (flash / "ota" / "trust.json").read_bytes() == root_v3
+        assert slot_files(flash, "b") == app_hashes(new)

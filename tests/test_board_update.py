@@ -396,3 +396,167 @@ def test_board_whose_counter_records_are_lost_is_still_accepted(case):
     assert rig.boot(flash, max_boots=1).ended == "exit"
     statuses = [e.status for e in rig.proxy.exchanges if e.path.endswith("/checkin")]
     assert statuses == [204, 204]  # the clock floor keeps counters above the lost ones
+
+
+def _bare_board(rig: Rig, name: str, **config: Any) -> Path:
+    """A board provisioned without an app (slot a holds nothing), registered on `name`."""
+    from signing import keys as keymod
+    from tools.board_files import BoardConfig, install_board
+
+    key = keymod.generate_private_key()
+    rig.api.register_device(name, keymod.public_point(key), board="unix", channel=name)
+    flash = rig.work / name
+    flash.mkdir()
+    config.setdefault("timeout_s", 3)
+    install_board(flash, BoardConfig(device_id=name, server=rig.proxy.url, channel=name,
+                                     **config), key, rig.keys.root_envelope)
+    return flash
+
+
+def _set_config(flash: Path, **values: Any) -> None:
+    """Add keys to a provisioned board's /ota/config.json (BoardConfig has no field for them)."""
+    path = flash / "ota" / "config.json"
+    doc = json.loads(path.read_bytes())
+    doc.update(values)
+    path.write_text(json.dumps(doc))
+
+
+def test_first_app_that_never_confirms_ends_its_trial_and_a_fixed_release_installs(case):
+    rig, name = case
+    bad = small_app("1.1.0", {"app_main.py": b"print('APP 1.1.0')\nraise ValueError('boom')\n"})
+    rig.publish(name, bad, "1.1.0", 2, channel=name)
+    flash = _bare_board(rig, name, trial_boots=2)
+    result = rig.boot(flash, max_boots=8)
+    # update+reset, trial 1 crash, trial 2 crash; then the trial ends: the app runs unconfirmed
+    # and off trial, so its crash no longer resets the board
+    assert [b.ended for b in result.boots] == ["reset", "reset", "reset", "crash"], result.output
+    state = read_state(flash)
+    assert state is not None
+    assert (state["active"], state["ok"], state["trial"], state["reject"]) == ("b", 1, 0, 0)
+    failed = [r for r in _reports(rig) if r["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["sequence"] == 2, failed
+    assert "no previous app to roll back to" in failed[0]["reason"]
+    assert rig.api.device(name)["last_status"] == "failed"
+    again = rig.boot(flash, max_boots=3)  # no more trial boots counted
+    assert [b.ended for b in again.boots] == ["crash"], again.output
+    assert read_state(flash) == state
+    fixed = small_app("1.2.0")
+    rig.publish(name, fixed, "1.2.0", 3, channel=name)
+    result = rig.boot(flash, max_boots=3)
+    assert [b.ended for b in result.boots] == ["reset", "exit"], result.output
+    assert "APP 1.2.0" in result.boots[-1].output
+    state = read_state(flash)
+    assert state is not None and (state["active"], state["ok"]) == ("a", 1)
+    assert slot_files(flash, "a") == app_hashes(fixed)
+    assert _reports(rig)[-1]["status"] == "confirmed"
+    assert (rig.api.device(name)["version"], rig.api.device(name)["last_status"]) == (
+        "1.2.0", "confirmed")
+
+
+def test_app_whose_main_raises_at_once_is_not_auto_confirmed_but_rolled_back(case):
+    rig, name = case
+    crashing_main = b"def main():\n    print('APP 1.1.0')\n    raise ValueError('boom')\n"
+    bad = small_app("1.1.0", {"app_main.py": crashing_main})
+    rig.publish(name, bad, "1.1.0", 2, channel=name)
+    flash = rig.board(name, name, small_app("1.0.0"), channel=name, trial_boots=2)
+    result = rig.boot(flash, max_boots=6)
+    assert [b.ended for b in result.boots] == ["reset", "reset", "reset", "exit"], result.output
+    assert "APP 1.0.0" in result.boots[-1].output
+    state = read_state(flash)
+    assert state is not None and (state["active"], state["ok"], state["reject"]) == ("a", 1, 2)
+    statuses = [r["status"] for r in _reports(rig)]
+    assert "confirmed" not in statuses and statuses[-1] == "rolled_back", statuses
+    assert rig.api.device(name)["last_status"] == "rolled_back"
+
+
+def test_app_whose_main_returns_is_auto_confirmed(case):
+    rig, name = case
+    good = small_app("1.1.0", {"app_main.py": b"def main():\n    print('APP 1.1.0')\n"})
+    rig.publish(name, good, "1.1.0", 2, channel=name)
+    flash = rig.board(name, name, small_app("1.0.0"), channel=name, trial_boots=1)
+    result = rig.boot(flash)
+    assert [b.ended for b in result.boots] == ["reset", "exit"], result.output
+    state = read_state(flash)
+    assert state is not None and (state["active"], state["ok"]) == ("b", 1)
+    assert rig.api.device(name)["last_status"] == "confirmed"
+
+
+def test_app_whose_main_confirms_itself_then_fails_stays_confirmed(case):
+    rig, name = case
+    good = small_app("1.1.0", {"app_main.py": (
+        b"import ota\ndef main():\n    print('APP 1.1.0')\n    ota.confirm()\n"
+        b"    raise ValueError('late failure')\n")})
+    rig.publish(name, good, "1.1.0", 2, channel=name)
+    flash = rig.board(name, name, small_app("1.0.0"), channel=name, trial_boots=1)
+    result = rig.boot(flash)
+    # confirmed: the failure afterwards is an ordinary crash, not a trial reset
+    assert [b.ended for b in result.boots] == ["reset", "crash"], result.output
+    assert "late failure" in result.boots[-1].output
+    state = read_state(flash)
+    assert state is not None and (state["active"], state["ok"]) == ("b", 1)
+    assert rig.api.device(name)["last_status"] == "confirmed"
+
+
+_LOOP_APP = (b"import ota, time\n"
+             b"def main():\n"
+             b"    print('APP 1.1.0')\n"
+             b"    start = time.ticks_ms()\n"
+             b"    while time.ticks_diff(time.ticks_ms(), start) < 1500:\n"
+             b"        ota.poll()\n"
+             b"        time.sleep_ms(50)\n"
+             b"    raise SystemExit  # ends the boot as a power-off would, main() never returns\n")
+
+
+@pytest.mark.parametrize(("confirm_after_s", "confirmed"), [(1, True), (60, False)])
+def test_looping_app_is_auto_confirmed_at_a_poll_after_its_health_period(case, confirm_after_s,
+                                                                          confirmed):
+    rig, name = case
+    rig.publish(name, small_app("1.1.0", {"app_main.py": _LOOP_APP}), "1.1.0", 2, channel=name)
+    flash = rig.board(name, name, small_app("1.0.0"), channel=name, trial_boots=1)
+    _set_config(flash, confirm_after_s=confirm_after_s)
+    result = rig.boot(flash)
+    assert [b.ended for b in result.boots] == ["reset", "exit"], result.output
+    assert "APP 1.1.0" in result.boots[-1].output
+    state = read_state(flash)
+    assert state is not None and (state["active"], state["ok"]) == ("b", int(confirmed))
+    assert (rig.api.device(name)["last_status"] == "confirmed") is confirmed
+
+
+def _counter_record(flash: Path) -> dict[str, Any]:
+    """The newest valid request-counter record of a board's flash."""
+    import hashlib
+    records = []
+    for path in (flash / "ota").glob("ctr[01]"):
+        body, tag = path.read_bytes().split(b"\n")[:2]
+        if hashlib.sha256(body).hexdigest().encode() == tag:
+            records.append(json.loads(body))
+    return max(records, key=lambda r: r["seq"])
+
+
+def test_board_whose_state_records_are_both_lost_still_refuses_an_older_release(case):
+    rig, name = case
+    current = small_app("3.0.0")
+    flash = rig.board(name, name, current, channel=name, version="3.0.0", sequence=3)
+    first = rig.boot(flash, max_boots=1)
+    assert first.ended == "exit" and "APP 3.0.0" in first.output, first.output
+    assert _counter_record(flash)["floor"] == 3
+    rig.publish(name, small_app("1.1.0"), "1.1.0", 2, channel=name)  # older, validly signed
+    for record in (flash / "ota").glob("state[01]"):
+        record.write_bytes(b"\x00garbage\n")  # flash damage: no boot state left
+    result = rig.boot(flash, max_boots=2)
+    assert [b.ended for b in result.boots] == ["exit"], result.output
+    assert "APP 3.0.0" in result.output
+    assert not any("/v1/blobs/" in e.path for e in rig.proxy.exchanges)
+    assert slot_files(flash, "b") == {} and slot_files(flash, "a") == app_hashes(current)
+    failed = _sent(rig, "failed")
+    assert len(failed) == 1 and "RollbackError" in failed[0]["reason"], failed
+
+
+def test_update_keeps_the_new_sequence_floor_in_the_counter_record(case):
+    rig, name = case
+    rig.publish(name, small_app("1.1.0"), "1.1.0", 5, channel=name)
+    flash = rig.board(name, name, small_app("1.0.0"), channel=name)
+    # one boot only: the update and its reset, before any later check-in could write it
+    result = rig.boot(flash, max_boots=1)
+    assert [b.ended for b in result.boots] == ["reset"], result.output
+    assert _counter_record(flash)["floor"] == 5

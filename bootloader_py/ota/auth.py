@@ -5,6 +5,9 @@
 # first counter NOT yet reserved; a boot that needs counters moves that mark up by a block
 # (one write) and hands out the block from RAM. A power cut only wastes the rest of a block.
 # Counters also never fall below the clock in milliseconds (when it looks set).
+# The record also keeps "floor", the board's anti-rollback sequence floor (the highest release
+# sequence installed or rejected), a second copy of what the boot state holds: should both
+# state records be lost, the board still refuses releases below it (docs/board.md).
 import binascii
 import hashlib
 
@@ -49,6 +52,8 @@ class Signer:
             raise ValueError("device key must be 32 bytes")
         self._next = 0
         self._limit = 0
+        # Anti-rollback floor: raised by the client, merged with the record's at each write.
+        self.floor = 0
 
     def _counter(self):
         if self._next >= self._limit:
@@ -57,12 +62,24 @@ class Signer:
                 rec = {"seq": 0, "mark": 1}
             start = max(rec["mark"], self._next, _clock_floor())
             rec["mark"] = start + _BLOCK
+            # the floor read back here is what the client checks against
+            self.floor = rec["floor"] = max(rec.get("floor", 0), self.floor)
             records.write(COUNTER_BASE, rec, index)
             self._next = start
             self._limit = start + _BLOCK
         ctr = self._next
         self._next += 1
         return ctr
+
+    def keep_floor(self, sequence):
+        """Raise the sequence floor in the counter record now (one write when it rises)."""
+        self.floor = max(self.floor, sequence)
+        rec, index = records.read(COUNTER_BASE)
+        if rec is None:
+            rec = {"seq": 0, "mark": max(self._limit, 1)}
+        if rec.get("floor", 0) < self.floor:
+            rec["floor"] = self.floor
+            records.write(COUNTER_BASE, rec, index)
 
     def authorization(self, method, path, body):
         """The Authorization header value for one request (uses up one counter)."""
@@ -84,3 +101,4 @@ def signer(device_id):
     if _signer is None or _signer.device_id != device_id:
         _signer = Signer(device_id)
     return _signer
+

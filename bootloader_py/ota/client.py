@@ -95,10 +95,14 @@ def _get_small(sess, path, cap, what):
 def rotate_root(sess, root, newest, now):
     """Walk root versions up to `newest`, each verified by its predecessor, then persist it.
 
-    Only the last verified envelope is written (a new file, then a rename).
+    Only the server's newest root must be unexpired (as the host's verify_root_chain): an
+    intermediate one may have expired while the board was offline, and checking it would
+    block the chain for good. Only the last verified envelope is written (a new file, then
+    a rename).
     """
     from ota import trust
     import os
+    final = newest
     version = root.version
     if newest - version > _MAX_ROOT_STEPS:
         newest = version + _MAX_ROOT_STEPS
@@ -106,7 +110,8 @@ def rotate_root(sess, root, newest, now):
     while version < newest:
         envelope = _get_small(sess, "/v1/device/root/%d" % (version + 1), _MAX_ROOT, "root")
         try:
-            root = trust.verify_rotation(root, envelope, now=now)
+            root = trust.verify_rotation(root, envelope,
+                                         now=now if version + 1 == final else None)
         except trust.TrustError as e:
             raise UpdateFailed("root %d refused: %s" % (version + 1, _why(e)))
         version = root.version
@@ -170,11 +175,14 @@ def _version_tuple(text):
     return tuple(out)
 
 
-def _accept(st, cfg, payload, now):
-    """The signed payload's manifest dict, or None when there is nothing new (UpdateFailed)."""
+def _accept(st, cfg, payload, now, floor):
+    """The signed payload's manifest dict, or None when there is nothing new (UpdateFailed).
+
+    `floor`: the counter record's copy of the anti-rollback floor (Signer.floor), which
+    survives both state records being lost (factory state: sequence 0, reject 0).
+    """
     from ota import trust
-    info = st.info() or {}
-    installed = max(info.get("sequence", 0), st.rec["reject"])
+    installed = max(sequence_floor(st), floor)
     try:
         m = trust.accept_manifest(payload, board=cfg["board"], installed_sequence=installed,
                                   now=now)
@@ -185,6 +193,12 @@ def _accept(st, cfg, payload, now):
     if _version_tuple(m.get("min_micropython", "0")) > tuple(sys.implementation.version[:3]):
         raise UpdateFailed("needs MicroPython " + m["min_micropython"])
     return m
+
+
+def sequence_floor(st):
+    """The highest release sequence the boot state says was installed or rolled back."""
+    info = st.info() or {}
+    return max(info.get("sequence", 0), st.rec["reject"])
 
 
 def trusted_update(sess, st, cfg, envelope, newest, now):
@@ -222,7 +236,7 @@ def trusted_update(sess, st, cfg, envelope, newest, now):
         envelope = root = None
         _forget("dsse")  # signatures checked: their code goes, the next signed request
         _forget("p256")  # loads p256 again
-        m = _accept(st, cfg, payload, now)
+        m = _accept(st, cfg, payload, now, sess.signer.floor)
         payload = None
         if m is None:
             return None
@@ -261,6 +275,8 @@ def check(st, cfg, now=None):
     then dropped), staging (update + slots).
     """
     sess = Session(cfg)
+    # kept in the counter record at its next write, merged there with the record's own
+    sess.signer.floor = max(sess.signer.floor, sequence_floor(st))
     _flush(sess)
     version = root_version()
     target = None
@@ -295,6 +311,10 @@ def check(st, cfg, now=None):
         reason = "out of memory"
     else:
         st.flip(slot, target, cfg["trial_boots"])
+        try:
+            sess.signer.keep_floor(target["sequence"])
+        except OSError as e:  # the state holds it; the next check-in writes it again
+            print("ota: floor not kept:", e)
         import machine
         machine.reset()
     _report(target or st.info() or {}, "failed", reason)

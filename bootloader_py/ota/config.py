@@ -6,6 +6,7 @@ PATH = "/ota/config.json"
 DEFAULTS = {
     "trial_boots": 3,
     "auto_confirm": True,
+    "confirm_after_s": 10,
     "timeout_s": 20,
     "wifi_timeout_s": 15,
     "poll": {"at_boot": True, "every_min": 60},

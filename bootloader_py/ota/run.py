@@ -6,13 +6,21 @@ from micropython import const
 
 from ota import state
 
-_DEFAULT_ENTRY = "app_main"
 _BACKOFF_MIN_S = 30
 _BACKOFF_MAX_S = 3600
 _GC_EVERY = const(4096)  # bytes allocated between collections while the client runs
 
 _next_poll = None
 _failures = 0
+_st = None  # this process's BootState: all its state writes go through this one object
+_answered = False  # the server answered an authenticated check-in during this boot
+
+
+def _state():
+    global _st
+    if _st is None:
+        _st = state.BootState()
+    return _st
 
 
 def _queue_note(st):
@@ -62,26 +70,46 @@ def _schedule(cfg, ok):
 
 
 def poll(force=False):
-    """For the app's main loop: run the OTA check when it is due. Returns True if one ran."""
+    """For the app's main loop: run the OTA check when it is due. Returns True if one ran.
+
+    Also where auto-confirm happens for an app whose main() does not return: at the first
+    call once main() has run confirm_after_s seconds and the server has answered.
+    """
+    global _answered
+    _app_healthy()
     if not force and _next_poll is not None and time.ticks_diff(_next_poll, time.ticks_ms()) > 0:
         return False
     cfg = _config()
     if not force and _next_poll is None and not cfg["poll"].get("every_min"):
         return False
-    st = state.BootState()
     ok = False
     try:
-        ok = _check(st, cfg)
+        ok = _check(_state(), cfg)
     except Exception as e:
         sys.print_exception(e)
     _schedule(cfg, ok)
+    if ok:
+        _answered = True
+        _app_healthy()
     return True
+
+
+def _app_healthy():
+    app = sys.modules.get("ota.app")  # loaded once the app runs (ota/app.py)
+    if app is not None and _answered:
+        app.confirm_if_healthy()
 
 
 def confirm(st=None, cfg=None, send=True):
     """Confirm the running slot; queues a `confirmed` report and tries to send it now."""
     from ota import reports
-    st = st or state.BootState()
+    app = sys.modules.get("ota.app")
+    if app is not None:
+        app.armed = None
+        if app.astray:
+            print("ota: not confirmed: booted slot is not the active one")
+            return False
+    st = st or _state()
     _queue_note(st)
     if not st.confirm():
         return False
@@ -122,36 +150,13 @@ def _boot_check(st):
 
 def main():
     """Boot: OTA check when due (errors never stop the app), then the app's entry module."""
-    st = state.BootState()
+    global _answered
+    st = _state()
     cfg = None
-    answered = False
     try:
-        cfg, answered = _boot_check(st)
+        cfg, _answered = _boot_check(st)
     except Exception as e:
         print("ota: check failed")
         sys.print_exception(e)
-    run_app(st, cfg, answered)
-
-
-def run_app(st, cfg, answered):
-    """Import the entry module and call its main() if it has one.
-
-    On trial, a crash resets the board so that boot.py's trial counter decides; auto-confirm
-    (config auto_confirm) happens once the entry imported cleanly and the server answered.
-    """
-    info = st.info()
-    entry = info["entry"] if info else _DEFAULT_ENTRY
-    try:
-        mod = __import__(entry)
-        if st.on_trial and answered and cfg and cfg["auto_confirm"]:
-            confirm(st, cfg)
-        fn = getattr(mod, "main", None)
-        if fn is not None:
-            fn()
-    except Exception as e:
-        if not st.on_trial:
-            raise
-        sys.print_exception(e)
-        print("ota: app failed on trial, resetting")
-        import machine
-        machine.reset()
+    from ota import app
+    app.start(st, cfg)

@@ -53,33 +53,9 @@ class BootState:
         return self.rec["slots"].get(slot or self.rec["active"])
 
     def boot(self):
-        """Decide the slot for this boot, counting a trial boot or rolling back; returns it.
-
-        Writes the state at most once. Called by boot.py before the app runs.
-        """
-        rec = self.rec
-        if rec["ok"]:
-            return rec["active"]
-        if rec["trial"] >= rec["tries"] and self.info(other(rec["active"])):
-            self._roll_back()
-        else:
-            rec["trial"] += 1
-        self.save()
-        return rec["active"]
-
-    def _roll_back(self):
-        rec = self.rec
-        bad = self.info()
-        good = other(rec["active"])
-        rec["active"] = good
-        rec["ok"] = 1
-        rec["trial"] = 0
-        rec["reject"] = max(rec["reject"], bad["sequence"])
-        now = self.info(good)
-        rec["note"] = {"status": "rolled_back", "app": bad["app"], "sequence": bad["sequence"],
-                       "version": now["version"],
-                       "reason": "not confirmed after %d boots of %s" % (rec["tries"],
-                                                                        bad["version"])}
+        """Decide the slot for this boot (ota/trial.py); returns it. Writes at most once."""
+        from ota import trial
+        return trial.boot(self)
 
     def flip(self, slot, info, tries):
         """Make `slot` (fully staged and verified) the active one, on trial. One write."""

@@ -1,0 +1,58 @@
+# The trial-boot decision boot.py makes before the app runs: count one more trial boot, roll
+# back, or end a trial that has nothing to roll back to. Only boot.py needs it: the module
+# unloads itself when done, so its code is not in the heap while the client updates.
+from ota import state
+
+
+def boot(st):
+    """Decide the slot for this boot from BootState `st`, counting a trial boot or rolling
+    back; returns the slot. Writes the state at most once (OSError when the flash refuses).
+    """
+    try:
+        rec = st.rec
+        if rec["ok"]:
+            return rec["active"]
+        if rec["trial"] < rec["tries"]:
+            rec["trial"] += 1
+        elif st.info(state.other(rec["active"])):
+            _roll_back(st)
+        else:
+            _keep(st)
+        st.save()
+        return rec["active"]
+    finally:
+        import ota
+        ota.forget("trial")
+
+
+def _note(info, status, version, reason):
+    return {"status": status, "app": info["app"], "sequence": info["sequence"],
+            "version": version, "reason": reason}
+
+
+def _roll_back(st):
+    rec = st.rec
+    bad = st.info()
+    good = state.other(rec["active"])
+    rec["active"] = good
+    rec["ok"] = 1
+    rec["trial"] = 0
+    rec["reject"] = max(rec["reject"], bad["sequence"])
+    rec["note"] = _note(bad, "rolled_back", st.info(good)["version"],
+                        "not confirmed after %d boots of %s" % (rec["tries"], bad["version"]))
+
+
+def _keep(st):
+    """End the trial of an app that has nothing to roll back to (the board's first app).
+
+    Counting on would block every later update (none starts while on trial), so the app
+    stays active with its trial ended and the failure is reported: the next release can
+    install, with this one as its rollback target. Nothing is rejected: it is installed.
+    """
+    rec = st.rec
+    rec["ok"] = 1
+    rec["trial"] = 0
+    bad = st.info()
+    rec["note"] = _note(bad, "failed", bad["version"],
+                        "not confirmed after %d boots; no previous app to roll back to, kept"
+                        % rec["tries"])
