@@ -552,11 +552,13 @@ def test_board_whose_state_records_are_both_lost_still_refuses_an_older_release(
     assert len(failed) == 1 and "RollbackError" in failed[0]["reason"], failed
 
 
-def test_update_keeps_the_new_sequence_floor_in_the_counter_record(case):
+def test_counter_record_keeps_the_installed_sequence_as_anti_rollback_floor(case):
     rig, name = case
     rig.publish(name, small_app("1.1.0"), "1.1.0", 5, channel=name)
     flash = rig.board(name, name, small_app("1.0.0"), channel=name)
-    # one boot only: the update and its reset, before any later check-in could write it
-    result = rig.boot(flash, max_boots=1)
-    assert [b.ended for b in result.boots] == ["reset"], result.output
+    update = rig.boot(flash, max_boots=1)
+    assert [b.ended for b in update.boots] == ["reset"], update.output
+    assert _counter_record(flash)["floor"] == 1  # written with the check-in, before the flip
+    trial = rig.boot(flash, max_boots=1)  # the trial boot's check-in writes the new floor
+    assert trial.ended == "exit" and "APP 1.1.0" in trial.output, trial.output
     assert _counter_record(flash)["floor"] == 5

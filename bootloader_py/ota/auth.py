@@ -52,7 +52,7 @@ class Signer:
             raise ValueError("device key must be 32 bytes")
         self._next = 0
         self._limit = 0
-        # Anti-rollback floor: raised by the client, merged with the record's at each write.
+        # Anti-rollback floor: set by the client, merged with the record's at each reservation.
         self.floor = 0
 
     def _counter(self):
@@ -70,16 +70,6 @@ class Signer:
         ctr = self._next
         self._next += 1
         return ctr
-
-    def keep_floor(self, sequence):
-        """Raise the sequence floor in the counter record now (one write when it rises)."""
-        self.floor = max(self.floor, sequence)
-        rec, index = records.read(COUNTER_BASE)
-        if rec is None:
-            rec = {"seq": 0, "mark": max(self._limit, 1)}
-        if rec.get("floor", 0) < self.floor:
-            rec["floor"] = self.floor
-            records.write(COUNTER_BASE, rec, index)
 
     def authorization(self, method, path, body):
         """The Authorization header value for one request (uses up one counter)."""

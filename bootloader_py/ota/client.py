@@ -311,10 +311,6 @@ def check(st, cfg, now=None):
         reason = "out of memory"
     else:
         st.flip(slot, target, cfg["trial_boots"])
-        try:
-            sess.signer.keep_floor(target["sequence"])
-        except OSError as e:  # the state holds it; the next check-in writes it again
-            print("ota: floor not kept:", e)
         import machine
         machine.reset()
     _report(target or st.info() or {}, "failed", reason)
