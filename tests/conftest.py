@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from tools.micropython import MicroPythonNotFound, find_micropython, micropython_version
@@ -28,3 +31,11 @@ def micropython() -> str:
     if _MICROPYTHON is None:
         pytest.fail(_MP_VERSION, pytrace=False)
     return _MICROPYTHON
+
+
+@pytest.fixture
+async def env(aiohttp_client: Any, tmp_path: Path) -> Any:
+    """The server under pytest-aiohttp with a fresh fleet (tests/server_support.py)."""
+    from server_support import start_env
+
+    return await start_env(aiohttp_client, tmp_path)

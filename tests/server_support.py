@@ -226,3 +226,16 @@ class ServerEnv:
     async def get_blob(self, board: SimBoard, sha: str, **headers: str) -> Any:
         path = f"/v1/blobs/{sha}"
         return await self.client.get(path, headers={**board.auth("GET", path), **headers})
+
+
+async def start_env(aiohttp_client: Any, tmp_path: Path) -> ServerEnv:
+    """A fresh fleet: keys, a data directory, a publisher token, the app under pytest-aiohttp."""
+    from dataclasses import replace
+
+    from ota_server.app import create_app
+
+    keys = FleetKeys.create(tmp_path)
+    settings, token = new_data_dir(tmp_path)
+    settings = replace(settings, root_path=keys.root_path)
+    client = await aiohttp_client(create_app(settings))
+    return ServerEnv(client, settings, token, keys, tmp_path)

@@ -9,25 +9,13 @@ import hashlib
 import os
 import socket
 import time
-from dataclasses import replace
-from pathlib import Path
 
 import pytest
-from server_support import FleetKeys, ServerEnv, SimBoard, new_data_dir
+from server_support import ServerEnv, SimBoard
 
 from ota_server import routes_device
-from ota_server.app import create_app
 
 BLOB = os.urandom(3 * 1024 * 1024 + 17)
-
-
-@pytest.fixture
-async def env(aiohttp_client, tmp_path: Path) -> ServerEnv:
-    keys = FleetKeys.create(tmp_path)
-    settings, token = new_data_dir(tmp_path)
-    settings = replace(settings, root_path=keys.root_path)
-    client = await aiohttp_client(create_app(settings))
-    return ServerEnv(client, settings, token, keys, tmp_path)
 
 
 def _slow_get(port: int, request: bytes) -> tuple[bytes, bytes]:

@@ -5,29 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from server_support import FleetKeys, ServerEnv, SimBoard, new_data_dir, store_fingerprint
+from server_support import ServerEnv, SimBoard, store_fingerprint
 
-from ota_server.app import create_app
 from signing.root import RootMetadata
 from signing.verify import verify_manifest
 
 P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-
-
-@pytest.fixture
-async def env(aiohttp_client, tmp_path: Path) -> ServerEnv:
-    keys = FleetKeys.create(tmp_path)
-    settings, token = new_data_dir(tmp_path)
-    settings = replace(settings, root_path=keys.root_path)
-    client = await aiohttp_client(create_app(settings))
-    return ServerEnv(client, settings, token, keys, tmp_path)
 
 
 def _without_counters(fingerprint: dict) -> dict:

@@ -5,25 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import replace
 from pathlib import Path
 
-import pytest
-from server_support import FleetKeys, ServerEnv, SimBoard, new_data_dir
+from server_support import ServerEnv, SimBoard
 
 from ota_server.app import create_app
 from ota_server.logs import JsonFormatter
 from ota_server.middleware import auth_kind
 from ota_server.settings import Settings
-
-
-@pytest.fixture
-async def env(aiohttp_client, tmp_path: Path) -> ServerEnv:
-    keys = FleetKeys.create(tmp_path)
-    settings, token = new_data_dir(tmp_path)
-    settings = replace(settings, root_path=keys.root_path)
-    client = await aiohttp_client(create_app(settings))
-    return ServerEnv(client, settings, token, keys, tmp_path)
 
 
 def _real_routes() -> dict[tuple[str, str], str | None]:

@@ -4,33 +4,19 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 
 import pytest
 from server_support import (
-    FleetKeys,
     ServerEnv,
     SimBoard,
     bundle_blobs,
     make_bundle,
-    new_data_dir,
     sha256_hex,
     store_fingerprint,
 )
 
-from ota_server.app import create_app
 from signing import keys as keymod
 from signing.manifest import MANIFEST_PAYLOAD_TYPE
-
-
-@pytest.fixture
-async def env(aiohttp_client, tmp_path: Path) -> ServerEnv:
-    keys = FleetKeys.create(tmp_path)
-    settings, token = new_data_dir(tmp_path)
-    from dataclasses import replace
-    settings = replace(settings, root_path=keys.root_path)
-    client = await aiohttp_client(create_app(settings))
-    return ServerEnv(client, settings, token, keys, tmp_path)
 
 
 async def test_blob_upload_is_content_addressed_and_idempotent(env: ServerEnv) -> None:

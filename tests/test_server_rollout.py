@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-from pathlib import Path
+from server_support import ServerEnv, SimBoard
 
-import pytest
-from server_support import FleetKeys, ServerEnv, SimBoard, new_data_dir
-
-from ota_server.app import create_app
 from ota_server.rollout import BUCKETS, bucket_of
 
 FLEET_SIZE = 100
-
-
-@pytest.fixture
-async def env(aiohttp_client, tmp_path: Path) -> ServerEnv:
-    keys = FleetKeys.create(tmp_path)
-    settings, token = new_data_dir(tmp_path)
-    settings = replace(settings, root_path=keys.root_path)
-    client = await aiohttp_client(create_app(settings))
-    return ServerEnv(client, settings, token, keys, tmp_path)
 
 
 async def _fleet(env: ServerEnv, count: int = FLEET_SIZE, **kwargs) -> list[SimBoard]:
