@@ -151,19 +151,6 @@ def compress_for_board(data: bytes) -> bytes:
     return packer.compress(data) + packer.flush()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def previous_sequence(out_dir: Path) -> int | None:
     """The sequence of a manifest already in `out_dir`, if there is a readable one."""
     try:
@@ -284,9 +271,9 @@ def _write_bundle(target: Path, payload: bytes, blobs: dict[str, bytes]) -> None
     for name, data in blobs.items():
         path = blob_dir / name
         if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != name:
-            _write_atomic(path, data)
+            keymod.write_atomic(path, data, 0o644)
     (target / ENVELOPE_NAME).unlink(missing_ok=True)
-    _write_atomic(target / MANIFEST_NAME, payload)
+    keymod.write_atomic(target / MANIFEST_NAME, payload, 0o644)
     for stale in blob_dir.iterdir():
         if _HEX256.fullmatch(stale.name) and stale.name not in blobs:
             stale.unlink()
@@ -334,5 +321,5 @@ def sign_bundle(
     if len(data) > limits.max_envelope_bytes:
         raise BundleError(f"signed manifest is {len(data)} bytes, over the board's cap of "
                           f"{limits.max_envelope_bytes}")
-    _write_atomic(bundle.envelope_path, data)
+    keymod.write_atomic(bundle.envelope_path, data, 0o644)
     return bundle.envelope_path

@@ -111,8 +111,9 @@ def verify_raw(public_key: PublicKey, message: bytes, sig: bytes) -> bool:
     return True
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write via a temp file in the same directory, fsync, rename: never a half-written key."""
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write via a temp file in the same directory (created with `mode`), fsync, rename:
+    never a half-written file, never a moment with looser permissions."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -150,7 +151,7 @@ def save_private_key(
     target = Path(path)
     if target.exists() and not overwrite:
         raise KeyFileError(f"{target}: already exists; refusing to overwrite a key")
-    _write_atomic(target, private_key_pem(key, passphrase), 0o600)
+    write_atomic(target, private_key_pem(key, passphrase), 0o600)
 
 
 def is_encrypted_pem(data: bytes) -> bool:
@@ -183,7 +184,7 @@ def save_public_key(path: str | os.PathLike[str], key: PublicKey | PrivateKey) -
     pem = _public(key).public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    _write_atomic(Path(path), pem, 0o644)
+    write_atomic(Path(path), pem, 0o644)
 
 
 def load_public_key(path: str | os.PathLike[str]) -> PublicKey:
