@@ -52,12 +52,15 @@ class BoardConfig:
     poll_every_min: int = 60
     trial_boots: int = 3
     auto_confirm: bool = True
+    confirm_after_s: int = 10
     timeout_s: int = 20
     wifi_timeout_s: int = 15
 
     def to_json(self) -> bytes:
         if self.trial_boots < 1:
             raise BoardFilesError("trial_boots must be at least 1")
+        if self.confirm_after_s < 0:
+            raise BoardFilesError("confirm_after_s must not be negative")
         if not self.server.startswith(("http://", "https://")):
             raise BoardFilesError(f"server URL must be http:// or https://, not {self.server!r}")
         doc = {
@@ -69,6 +72,7 @@ class BoardConfig:
             "poll": {"at_boot": self.poll_at_boot, "every_min": self.poll_every_min},
             "trial_boots": self.trial_boots,
             "auto_confirm": self.auto_confirm,
+            "confirm_after_s": self.confirm_after_s,
             "timeout_s": self.timeout_s,
             "wifi_timeout_s": self.wifi_timeout_s,
         }
