@@ -1,4 +1,5 @@
-"""`make demo` keeps showing the whole chain: it ends with every board confirmed on 1.1.0."""
+"""`make demo` keeps showing the whole chain: every board confirms 1.1.0, then a crashing 1.2.0
+is rolled back by the first two boards on their own and the rollout pauses before the third."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 from tools.micropython import PROJECT_ROOT
 
 
-def test_demo_updates_every_board_and_prints_the_fleet(tmp_path: Path) -> None:
+def test_demo_updates_every_board_rolls_back_a_bad_release_and_prints_the_fleet(
+        tmp_path: Path) -> None:
     wifi_password = "demo-wifi-" + "s3cret-xq"
     env = dict(os.environ, MPOTA_DEMO_DIR=str(tmp_path / "demo"), COLUMNS="200",
                MPOTA_DEMO_WIFI=wifi_password)
@@ -19,11 +21,14 @@ def test_demo_updates_every_board_and_prints_the_fleet(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "tools.demo"], cwd=PROJECT_ROOT, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    fleet = [line for line in done.stdout.splitlines() if line.startswith("unix-")]
-    assert len(fleet) == 3
-    for line in fleet:
-        assert "demo 1.1.0" in line and "confirmed" in line, line
+    # 1.1.0 reached every board ...
     assert "confirmed 3, failed 0, rolled_back 0" in done.stdout
+    # ... 1.2.0 was rolled back by two, which paused its rollout before the third.
+    assert "rollout of demo 1.2.0 (sequence 3): paused" in done.stdout
+    assert "confirmed 0, failed 0, rolled_back 2" in done.stdout
+    fleet = [line.split("\t") for line in done.stdout.splitlines() if line.startswith("unix-")]
+    assert [row[3] for row in fleet] == ["demo 1.1.0"] * 3
+    assert sorted(row[4] for row in fleet) == ["confirmed", "rolled_back", "rolled_back"]
     assert wifi_password not in done.stdout + done.stderr
     log = (tmp_path / "demo" / "station-log.jsonl").read_text()
     assert wifi_password not in log

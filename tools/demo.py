@@ -3,11 +3,14 @@
 Keys are created, `ota serve` runs on 127.0.0.1 with SQLite and a blob directory, three virtual
 boards are provisioned through real mpremote with app 1.0.0, they boot and check in, release
 1.1.0 is published and rolled out, the boards pull it, verify it, swap, boot it on trial and
-confirm it, and the fleet is printed. Everything started here is stopped at the end.
+confirm it. Then a bad release, 1.2.0, crashes on start: the first two boards roll back on
+their own, the rollout pauses itself, and the third board is never offered it. The fleet is
+printed; everything started here is stopped at the end.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -37,7 +40,10 @@ VERSION = "{version}"
 _SENSOR = {
     "1.0.0": "def read():\n    return 21\n",
     "1.1.0": "def read():\n    # calibrated\n    return 21 + 0.5\n",
+    "1.2.0": "def read():\n    raise OSError('sensor bus not found')\n",
 }
+# Pause when more than 20% of the results are failures, from the second result on.
+_CAREFUL_POLICY = {"stages": [{"percent": 100}], "failure_threshold": 0.2, "min_results": 2}
 _README = "The demo app: app_main.py is the entry, sensor.py its one module.\n"
 
 
@@ -141,8 +147,20 @@ def demo() -> None:
 
         _step("6. The boards check in, verify, download the changed file, swap, confirm")
         _boot_all(boards, boots=4)
+        _run("rollout", "status", "stable")
 
-        _step("7. The fleet")
+        _step("7. A bad release: 1.2.0 crashes at start; the rollout pauses after 2 failures")
+        bad = _write_app("1.2.0")
+        _run("publish", str(bad), "--version", "1.2.0", "--sequence", "3", "--app", "demo",
+             "--board", "unix", "--key", str(keys / "release.key"), "--deflate")
+        policy = DEMO_DIR / "careful-policy.json"
+        policy.write_text(json.dumps(_CAREFUL_POLICY))
+        _run("rollout", "start", "stable", "--app", "demo", "--sequence", "3",
+             "--policy", str(policy))
+        # 1 boot to update, 3 trial boots that crash, 1 boot back on 1.1.0 that reports it.
+        _boot_all(boards, boots=8)
+
+        _step("8. The fleet")
         _run("rollout", "status", "stable")
         _run("devices", "list")
     console.print("[green]demo done: server stopped; everything is in", DEMO_DIR)
