@@ -53,6 +53,7 @@ ROUTES: list[tuple[str, str, object]] = [
     ("POST", "/v1/device/checkin", D.checkin),
     ("GET", "/v1/device/root/{version}", D.root_metadata),
     ("GET", "/v1/blobs/{sha256}", D.blob),
+    ("GET", "/v1/device/pack", D.pack),
     ("POST", "/v1/device/report", D.report),
     # publishers
     ("PUT", "/v1/blobs/{sha256}", P.put_blob),
@@ -74,6 +75,10 @@ ROUTES: list[tuple[str, str, object]] = [
     ("POST", "/v1/channels/{channel}/rollout/advance", P.rollout_advance),
 ]
 
+# GET routes without HEAD: a board knows a pack's length from its manifest, so a HEAD would
+# spend a signed request (and a counter) to learn nothing; it gets 405.
+GET_WITHOUT_HEAD = frozenset({"/v1/device/pack"})
+
 
 def create_app(settings: Settings) -> web.Application:
     """The server as an aiohttp application; storage opens on startup, closes on cleanup.
@@ -91,9 +96,11 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_storage)
     app.on_response_prepare.append(trim_headers)
     for method, path, handler in ROUTES:
-        # GET routes answer HEAD too, as HTTP requires; the auth is the same.
+        # GET routes answer HEAD too, as HTTP expects (but GET_WITHOUT_HEAD); the auth is the
+        # same.
         if method == "GET":
-            app.router.add_get(path, handler)  # type: ignore[arg-type]
+            app.router.add_get(path, handler,  # type: ignore[arg-type]
+                               allow_head=path not in GET_WITHOUT_HEAD)
         else:
             app.router.add_route(method, path, handler)  # type: ignore[arg-type]
     return app

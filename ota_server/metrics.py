@@ -25,8 +25,10 @@ class Metrics:
 
     _HELP = {
         "mpota_checkins_total": ("counter", "Board check-ins by outcome (offered, nothing_new)."),
-        "mpota_blob_bytes_served_total": ("counter", "Blob bytes sent to boards."),
+        "mpota_blob_bytes_served_total": ("counter",
+                                          "Blob bytes sent to boards, single blobs and packs."),
         "mpota_blob_requests_total": ("counter", "Blob requests from boards by status code."),
+        "mpota_pack_requests_total": ("counter", "Pack requests from boards by status code."),
         "mpota_reports_total": ("counter", "Board status reports by status."),
         "mpota_auth_failures_total": ("counter", "Refused credentials by error code."),
         "mpota_releases_registered_total": ("counter", "Releases registered since start."),

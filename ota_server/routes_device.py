@@ -1,4 +1,4 @@
-"""Board endpoints: check-in, root metadata, blobs, status reports (docs/protocol.md).
+"""Board endpoints: check-in, root metadata, blobs, packs, status reports (docs/protocol.md).
 
 Every handler here is `@device`: the auth middleware has already verified the board's signed
 request and its counter, and put the board and the exact body bytes on the request.
@@ -9,21 +9,26 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from typing import Any
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO
 
 from aiohttp import web
 
 from ota_server import rollout, state
-from ota_server.errors import BadRequest, NotFound
+from ota_server.errors import ApiError, BadRequest, NotFound
 from ota_server.metrics import Metrics
 from ota_server.middleware import device
 from ota_server.storage import DEPLOYMENT_STATUSES, Device
+from ota_server.storage.blobs import FileBlobStore, check_blob_id
 from ota_server.storage.records import FINAL_STATUSES
 from ota_server.validation import blob_id, name, optional, parse_json_object, required
 
 ENVELOPE_TYPE = "application/vnd.dsse+json"
 BLOB_CACHE = "public, max-age=31536000, immutable"
 _MAX_REASON = 256
+# Blobs one pack request may name: a 64-id query line stays near 4 KiB.
+MAX_PACK_BLOBS = 64
 
 
 def _envelope(app: web.Application, release_id: int) -> bytes:
@@ -95,55 +100,85 @@ async def root_metadata(request: web.Request) -> web.Response:
     return web.Response(body=envelope, content_type=ENVELOPE_TYPE)
 
 
+@dataclass(frozen=True)
+class FileSpan:
+    """`count` bytes of an open blob file, from `offset`."""
+
+    fobj: BinaryIO
+    offset: int
+    count: int
+
+
 class BlobResponse(web.StreamResponse):
-    """One blob (or a range of it) sent with sendfile from an already open file.
+    """Spans of already open blob files, sent back to back with sendfile: one blob, a range of
+    it, or a pack (several blobs, or a range of their concatenation).
 
     Not aiohttp's FileResponse: that opens and closes the file through the thread pool (two
     thread hops per request, the largest cost of a small download here) and tags files by
     mtime; blobs are immutable, local and named by their hash, so the tag is the hash.
+
+    The response owns `files` from construction on and closes every one of them once it was
+    prepared, whatever the outcome (sent, HEAD, client gone mid-body). `spans` say what is sent
+    and refer to some of `files`. Once the whole body is out it counts the request under
+    `requests_metric` by status, and the bytes in `mpota_blob_bytes_served_total`.
     """
 
-    def __init__(self, fobj: Any, offset: int, count: int, *, status: int,
-                 headers: dict[str, str], metrics: Metrics):
+    def __init__(self, files: Sequence[BinaryIO], spans: Sequence[FileSpan], *, status: int,
+                 headers: dict[str, str], metrics: Metrics, requests_metric: str):
         super().__init__(status=status, headers=headers)
-        self.content_length = count
-        self._fobj = fobj
-        self._offset = offset
-        self._count = count
+        self._files = files
+        self._spans = spans
+        self._count = sum(span.count for span in spans)
+        self.content_length = self._count
         self._metrics = metrics
+        self._requests_metric = requests_metric
 
     async def prepare(self, request: web.BaseRequest) -> Any:
         try:
             writer = await super().prepare(request)
             if request.method != "HEAD" and self._count:
-                await self._send(request, writer)
+                for span in self._spans:
+                    await _send_span(request, writer, span)
                 await super().write_eof()
-            self._metrics.inc("mpota_blob_requests_total", code=str(self.status))
+            self._metrics.inc(self._requests_metric, code=str(self.status))
             if request.method != "HEAD":
                 self._metrics.inc("mpota_blob_bytes_served_total", self._count)
             return writer
         finally:
-            self._fobj.close()
+            _close_all(self._files)
 
-    async def _send(self, request: web.BaseRequest, writer: Any) -> None:
-        transport = request.transport
-        if transport is None:
-            raise ConnectionResetError("connection lost")
-        sent = _sendfile_now(transport, self._fobj, self._offset, self._count)
-        if sent == self._count:
-            return
-        try:
-            await asyncio.get_running_loop().sendfile(transport, self._fobj, self._offset + sent,
-                                                      self._count - sent)
-        except NotImplementedError:  # a transport without sendfile (TLS): copy in chunks
-            self._fobj.seek(self._offset + sent)
-            left = self._count - sent
-            while left:
-                chunk = self._fobj.read(min(left, 256 * 1024))
-                if not chunk:
-                    raise ConnectionResetError("blob shorter than its size") from None
-                left -= len(chunk)
-                await writer.write(chunk)
+
+async def _send_span(request: web.BaseRequest, writer: Any, span: FileSpan) -> None:
+    """Send one span after whatever went before it; raises ConnectionResetError when the
+    connection is gone or the file is shorter than the span."""
+    if not span.count:  # nothing to send (and asyncio's copying sendfile reads 0 as "to EOF")
+        return
+    transport = request.transport
+    # loop.sendfile raises RuntimeError on a closing transport; aiohttp takes a ConnectionError
+    # as the client having gone (a board cut off between two blobs of a pack), anything else
+    # as a server bug.
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("connection lost")
+    sent = _sendfile_now(transport, span.fobj, span.offset, span.count)
+    if sent == span.count:
+        return
+    try:
+        # loop.sendfile waits for the transport's queue to drain first, so bytes of an
+        # earlier span still queued go out before these.
+        sent += await asyncio.get_running_loop().sendfile(transport, span.fobj,
+                                                          span.offset + sent, span.count - sent)
+        if sent < span.count:  # it stops quietly at the end of the file
+            # Content-Length promised more: cut the connection rather than let the board wait
+            raise ConnectionResetError("blob shorter than its size")
+    except NotImplementedError:  # a transport without sendfile (TLS): copy in chunks
+        span.fobj.seek(span.offset + sent)
+        left = span.count - sent
+        while left:
+            chunk = span.fobj.read(min(left, 256 * 1024))
+            if not chunk:
+                raise ConnectionResetError("blob shorter than its size") from None
+            left -= len(chunk)
+            await writer.write(chunk)
 
 
 def _sendfile_now(transport: asyncio.BaseTransport, fobj: Any, offset: int, count: int) -> int:
@@ -168,12 +203,17 @@ def _sendfile_now(transport: asyncio.BaseTransport, fobj: Any, offset: int, coun
         return 0
 
 
+def _close_all(files: Iterable[BinaryIO]) -> None:
+    for fobj in files:
+        fobj.close()
+
+
 def _strong_tag(sha256: str) -> str:
     return f'"{sha256}"'
 
 
 def _byte_range(request: web.Request, size: int) -> tuple[int, int] | None:
-    """(offset, count) of the requested Range, None for the whole blob.
+    """(offset, count) of the requested Range over `size` bytes, None for all of them.
 
     Raises HTTPRequestRangeNotSatisfiable for a malformed or unsatisfiable range.
     """
@@ -193,6 +233,24 @@ def _byte_range(request: web.Request, size: int) -> tuple[int, int] | None:
     if start >= size or stop <= start:
         raise unsatisfiable
     return start, stop - start
+
+
+def _wanted_range(request: web.Request, size: int, tag: str | None) -> tuple[int, int] | None:
+    """(offset, count) to send of content of `size` bytes whose strong tag is `tag` (None: the
+    content has no tag), or None for all of it.
+
+    A range of some other version (an `If-Range` that is not `tag`, and any `If-Range` when
+    there is no tag): RFC 9110 says send the whole current content. Raises
+    HTTPRequestRangeNotSatisfiable as _byte_range does.
+    """
+    if_range = request.headers.get("If-Range")
+    if if_range is not None and (tag is None or if_range.strip() != tag):
+        return None
+    return _byte_range(request, size)
+
+
+def _content_range(offset: int, count: int, size: int) -> str:
+    return f"bytes {offset}-{offset + count - 1}/{size}"
 
 
 @device
@@ -216,18 +274,127 @@ async def blob(request: web.Request) -> web.StreamResponse:
             metrics.inc("mpota_blob_requests_total", code="304")
             fobj.close()
             return web.Response(status=304, headers=headers)
-        if_range = request.headers.get("If-Range")
-        # A range of some other version: RFC 9110 says send the whole (current) content.
-        wanted = None if if_range is not None and if_range.strip() != tag else \
-            _byte_range(request, size)
+        wanted = _wanted_range(request, size, tag)
     except BaseException:
         fobj.close()
         raise
-    if wanted is None:
-        return BlobResponse(fobj, 0, size, status=200, headers=headers, metrics=metrics)
-    offset, count = wanted
-    headers["Content-Range"] = f"bytes {offset}-{offset + count - 1}/{size}"
-    return BlobResponse(fobj, offset, count, status=206, headers=headers, metrics=metrics)
+    status, offset, count = (200, 0, size) if wanted is None else (206, *wanted)
+    if status == 206:
+        headers["Content-Range"] = _content_range(offset, count, size)
+    return BlobResponse([fobj], [FileSpan(fobj, offset, count)], status=status,
+                        headers=headers, metrics=metrics,
+                        requests_metric="mpota_blob_requests_total")
+
+
+def pack_blob_ids(raw_query: str) -> list[str]:
+    """The blob ids of a pack request's query string, exactly as sent (not percent-decoded).
+
+    The query is `blobs=<sha256>,<sha256>,...` and nothing else: 1..MAX_PACK_BLOBS ids, each
+    64 lowercase hex digits, none repeated. Raises BadRequest naming what is wrong and where:
+    `bad_blob_id` for a malformed id, `bad_field` for anything else.
+    """
+    value: str | None = None
+    for part in raw_query.split("&") if raw_query else ():
+        param, _, given = part.partition("=")
+        if param != "blobs":
+            raise BadRequest(f"pack: unknown query parameter {param[:40]!r}; the query is "
+                             f"blobs=<sha256>,<sha256>,...", code="bad_field")
+        if value is not None:
+            raise BadRequest("pack: query parameter 'blobs' is given more than once",
+                             code="bad_field")
+        value = given
+    if value is None:
+        raise BadRequest("pack: query parameter 'blobs' is required "
+                         "(?blobs=<sha256>,<sha256>,...)", code="bad_field")
+    if not value:
+        raise BadRequest(f"pack: 'blobs' is empty; give 1 to {MAX_PACK_BLOBS} blob ids",
+                         code="bad_field")
+    ids = value.split(",")
+    if len(ids) > MAX_PACK_BLOBS:
+        raise BadRequest(f"pack: 'blobs' has {len(ids)} ids, at most {MAX_PACK_BLOBS} are "
+                         f"allowed", code="bad_field")
+    seen: dict[str, int] = {}
+    for position, sha256 in enumerate(ids):
+        try:
+            check_blob_id(sha256)
+        except ValueError as err:
+            raise BadRequest(f"pack: blobs[{position}]: {err}", code="bad_blob_id") from None
+        if sha256 in seen:
+            raise BadRequest(f"pack: blobs[{position}] repeats blobs[{seen[sha256]}] "
+                             f"({sha256})", code="bad_field")
+        seen[sha256] = position
+    return ids
+
+
+def _open_blobs(blobs: FileBlobStore, ids: Sequence[str]) -> list[BinaryIO]:
+    """Every blob of `ids` opened for reading, in order.
+
+    Raises NotFound (`unknown_blob`) naming the first id that is not stored; nothing is left
+    open then.
+    """
+    files: list[BinaryIO] = []
+    try:
+        for position, sha256 in enumerate(ids):
+            try:
+                files.append(blobs.open_blob(sha256))
+            except FileNotFoundError:
+                raise NotFound(f"pack: blobs[{position}]: no blob {sha256}",
+                               code="unknown_blob") from None
+    except BaseException:
+        _close_all(files)
+        raise
+    return files
+
+
+def pack_spans(files: Sequence[BinaryIO], sizes: Sequence[int], offset: int,
+               count: int) -> list[FileSpan]:
+    """The parts of `files` (of `sizes` bytes) that lie within bytes `offset` ..
+    `offset + count - 1` of their concatenation, in order; files outside that get no span."""
+    spans: list[FileSpan] = []
+    stop = offset + count
+    begins = 0  # where the current file begins in the concatenation
+    for fobj, size in zip(files, sizes, strict=True):
+        first, last = max(offset, begins), min(stop, begins + size)
+        if first < last:
+            spans.append(FileSpan(fobj, first - begins, last - first))
+        begins += size
+    return spans
+
+
+def _pack_response(request: web.Request, metrics: Metrics) -> BlobResponse:
+    """The pack answer, files open; raises BadRequest, NotFound or
+    HTTPRequestRangeNotSatisfiable, with no file left open."""
+    ids = pack_blob_ids(request.rel_url.raw_query_string)
+    # open/fstat of local files take microseconds: cheaper inline than a thread hop
+    files = _open_blobs(request.app[state.BLOBS], ids)
+    try:
+        sizes = [os.fstat(fobj.fileno()).st_size for fobj in files]
+        total = sum(sizes)
+        wanted = _wanted_range(request, total, None)
+    except BaseException:
+        _close_all(files)
+        raise
+    # No ETag and no Cache-Control: a pack is one board's transfer of one update, not a
+    # resource worth caching (docs/protocol.md); the per-blob GET is the cacheable one.
+    headers = {"Content-Type": "application/octet-stream"}
+    status, offset, count = (200, 0, total) if wanted is None else (206, *wanted)
+    if status == 206:
+        headers["Content-Range"] = _content_range(offset, count, total)
+    return BlobResponse(files, pack_spans(files, sizes, offset, count), status=status,
+                        headers=headers, metrics=metrics,
+                        requests_metric="mpota_pack_requests_total")
+
+
+@device
+async def pack(request: web.Request) -> web.StreamResponse:
+    """Several blobs back to back in one answer (`?blobs=<sha256>,...`): Range over their
+    concatenation, sendfile file by file. Refusals are counted here, answers once sent."""
+    metrics = request.app[state.METRICS]
+    try:
+        return _pack_response(request, metrics)
+    except (ApiError, web.HTTPException) as err:
+        metrics.inc("mpota_pack_requests_total", code=str(err.status))
+        raise
 
 
 # Once confirmed, a deployment only changes again by a rollback.

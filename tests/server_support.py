@@ -227,6 +227,26 @@ class ServerEnv:
         path = f"/v1/blobs/{sha}"
         return await self.client.get(path, headers={**board.auth("GET", path), **headers})
 
+    async def get_pack(self, board: SimBoard, query: str | None, **headers: str) -> Any:
+        """`GET /v1/device/pack?<query>` (no `?` for None), the query sent and signed exactly
+        as given."""
+        from yarl import URL
+
+        path = "/v1/device/pack" if query is None else f"/v1/device/pack?{query}"
+        # encoded=True: yarl would otherwise re-encode the query (`%2C` -> `,`) after signing
+        return await self.client.get(URL(path, encoded=True),
+                                     headers={**board.auth("GET", path), **headers})
+
+    async def put_blobs(self, *blobs: bytes) -> list[str]:
+        """Store `blobs` through the publisher API; their ids, in order."""
+        ids = []
+        for data in blobs:
+            sha = sha256_hex(data)
+            resp = await self.client.put(f"/v1/blobs/{sha}", data=data, headers=self.bearer)
+            assert resp.status in (200, 201), await resp.text()
+            ids.append(sha)
+        return ids
+
 
 async def start_env(aiohttp_client: Any, tmp_path: Path) -> ServerEnv:
     """A fresh fleet: keys, a data directory, a publisher token, the app under pytest-aiohttp."""

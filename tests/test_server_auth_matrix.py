@@ -1,6 +1,6 @@
 """Every route of the app x every kind of bad credential is refused with the right status,
 and a refused request changes nothing. The routes come from the app itself, so a new route
-fails here until it is declared public or given a path parameter value below."""
+fails here until it is declared public or given a path parameter value (or query) below."""
 
 from __future__ import annotations
 
@@ -77,10 +77,17 @@ async def matrix(aiohttp_client, tmp_path: Path) -> Matrix:
     return Matrix(env, board, other, revoked, revoked_token, sha)
 
 
+# Routes that take a query: the one a valid request carries (it is signed with the path).
+QUERIES: dict[str, Callable[[Matrix], str]] = {
+    "/v1/device/pack": lambda m: f"?blobs={m.blob}",
+}
+
+
 def _concrete(path: str, m: Matrix) -> str:
     values = {"sha256": m.blob, "version": "1", "device_id": m.board.device_id,
               "channel": "stable"}
-    return re.sub(r"\{(\w+)\}", lambda g: values[g.group(1)], path)
+    query = QUERIES[path](m) if path in QUERIES else ""
+    return re.sub(r"\{(\w+)\}", lambda g: values[g.group(1)], path) + query
 
 
 def _body(method: str, path: str, m: Matrix) -> bytes:
