@@ -17,7 +17,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tools.board_files import ClientLayout
 
 SEED = 20261123
 APP = "refapp"
@@ -173,8 +176,9 @@ def bundle_files(bundle_dir: Path) -> dict[str, bytes]:
 def provision_board(flash: Path, api: Any, device_id: str, server_url: str, keys: Keys,
                     files: Mapping[str, bytes], version: str = "1.0.0", sequence: int = 1,
                     *, app: str = APP, mpy: bool = False, channel: str = "stable",
-                    **config: Any) -> Any:
-    """Register a new board with the server and write its flash; returns its private key."""
+                    client: ClientLayout = "files", **config: Any) -> Any:
+    """Register a new board with the server and write its flash (and, with client="romfs",
+    its ROM partition image); returns its private key."""
     from signing import keys as keymod
     from tools.board_files import BoardConfig, InitialApp, install_board
 
@@ -184,7 +188,8 @@ def provision_board(flash: Path, api: Any, device_id: str, server_url: str, keys
     cfg = BoardConfig(device_id=device_id, server=server_url, board="unix", channel=channel,
                       **config)
     install_board(flash, cfg, key, keys.root_envelope, mpy=mpy,
-                  app=InitialApp(app, version, sequence, ENTRY, dict(files)))
+                  app=InitialApp(app, version, sequence, ENTRY, dict(files)),
+                  client=client)
     return key
 
 

@@ -3,6 +3,11 @@
 # reads the same record), or slot a, the factory app, when no record could be read.
 import sys
 
+# A ROMFS client (docs/board.md, Filesystem) must come before "" (the filesystem's /ota/ holds
+# only data); firmware mounts /rom but may not put it first. A board without one: no harm.
+if "/rom" in sys.path:
+    sys.path.remove("/rom")
+sys.path.insert(0, "/rom")
 _slot = "a"
 try:
     from ota import state
@@ -13,4 +18,4 @@ try:
 except Exception as e:
     sys.print_exception(e)
 _st = None  # the app's heap
-sys.path.insert(1, "/app/" + _slot)
+sys.path.insert(2, "/app/" + _slot)  # after "/rom" and ""

@@ -30,7 +30,7 @@ def test_board_files_hold_bootloader_client_config_key_trust_state_and_app():
     key = ec.generate_private_key(ec.SECP256R1())
     files = board_files(CONFIG, key, b'{"payloadType": "x"}', app=APP)
     assert {"/boot.py", "/main.py", "/ota/config.json", "/ota/device.key", "/ota/trust.json",
-            "/ota/state0", "/ota/slot_a.json", "/app/a/app_main.py"} <= set(files)
+            "/ota/state0", "/ota/slot_a.lst", "/app/a/app_main.py"} <= set(files)
     assert files["/ota/device.key"] == key.private_numbers().private_value.to_bytes(32, "big")
     config = json.loads(files["/ota/config.json"])
     assert config["wifi"] == {"ssid": "lab", "password": "s3cret-pass"}

@@ -140,3 +140,43 @@ def test_first_app_is_parsed_and_checked() -> None:
         Path("/fleets/app"), "demo", "1.2.0", 3, "app_main")
     bad = GOOD + "    app:\n      dir: app\n      name: demo\n      version: one\n"
     assert error_of(bad).startswith("/fleets/fleet.yaml:32:")  # the version line
+
+
+ROMFS = GOOD + "    client: romfs\n    romfs_offset: 0x1e0000\n"
+_ADDED = GOOD.count("\n") + 1  # the line of the first key added after GOOD
+
+
+def test_client_layout_defaults_to_files_and_romfs_takes_its_partition_offset() -> None:
+    assert parse(GOOD).profile("p").client == "files"  # type: ignore[attr-defined]
+    profile = parse(ROMFS).profile("p")  # type: ignore[attr-defined]
+    assert (profile.client, profile.romfs_offset) == ("romfs", 0x1E0000)
+    example = load_fleet(ROOT / "fleet.yaml")
+    assert example.profile("esp32-lean").client == "romfs"
+    assert example.profile("lab-virtual-romfs").client == "romfs"
+
+
+@pytest.mark.parametrize(("text", "line", "words"), [
+    (GOOD + "    client: flash\n", _ADDED, ["client must be one of files, romfs", "'flash'"]),
+    (GOOD + "    client: romfs\n", _ADDED, ["needs romfs_offset"]),
+    (GOOD.replace("method: image", "method: mpremote") + "    client: romfs\n", _ADDED,
+     ["needs the image method", "esptool", "mpremote method writes only the filesystem"]),
+    (GOOD + "    romfs_offset: 0x1e0000\n", _ADDED, ["romfs_offset is only used with client"]),
+    (ROMFS.replace("0x1e0000", "0x1e0800"), _ADDED + 1, ["must be a multiple of 4096"]),
+    (ROMFS.replace("0x1e0000", "0x210000"), _ADDED + 1, ["inside the fs partition"]),
+    (ROMFS.replace("0x1e0000", "0x400000"), _ADDED + 1, ["inside the flash"]),
+    (ROMFS + "    mpy: false\n", _ADDED + 2, ["always ships the client as .mpy"]),
+], ids=["bad-layout", "no-offset", "mpremote-on-esp32", "offset-without-romfs", "unaligned",
+        "in-fs-partition", "past-flash", "mpy-false"])
+def test_client_and_romfs_offset_mistakes_are_refused_naming_the_key_and_line(
+        text: str, line: int, words: list[str]) -> None:
+    message = error_of(text)
+    assert message.startswith(f"/fleets/fleet.yaml:{line}:"), message
+    for word in words:
+        assert word in message, message
+
+
+def test_romfs_through_mpremote_is_fine_for_a_virtual_board() -> None:
+    text = GOOD.replace("  esp32:\n", "  unix:\n    chip: unix\n  esp32:\n", 1) + (
+        "  v:\n    board: unix\n    wifi: lab\n    channel: stable\n    client: romfs\n")
+    profile = parse(text).profile("v")  # type: ignore[attr-defined]
+    assert (profile.method, profile.client, profile.romfs_offset) == ("mpremote", "romfs", None)

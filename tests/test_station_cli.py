@@ -95,3 +95,20 @@ def test_live_view_draws_one_line_per_port_and_a_summary() -> None:
     text = screen.getvalue()
     assert "esp32-01" in text and "no bootloader [x]" in text
     assert "1 provisioned, 1 failed" in text
+
+
+def test_romfs_client_through_mpremote_is_refused_for_a_real_board(
+        fleet: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    fleet.write_text(FLEET + (
+        "  esp-lean: {board: esp32, wifi: lab, channel: stable, method: image, client: romfs,\n"
+        "             romfs_offset: 0x1e0000}\n"
+        "  lab-lean: {board: unix, wifi: lab, channel: stable, client: romfs}\n"))
+    log = fleet.parent / "log.jsonl"
+    code, text = run(capfd, "--fleet", str(fleet), "--profile", "esp-lean", "--root", str(fleet),
+                     "--method", "mpremote", "--port", "/dev/ttyUSB9", "--log", str(log))
+    assert code == 1
+    assert "profile 'esp-lean'" in text and "method: image" in text and "esptool" in text
+    code, text = run(capfd, "--fleet", str(fleet), "--profile", "lab-lean", "--root", str(fleet),
+                     "--port", "/dev/ttyUSB9", "--log", str(log))
+    assert code == 1 and "virtual boards only" in text
+    assert not log.exists()  # refused before any board or log was touched

@@ -18,10 +18,12 @@ import fake_esp_serial
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from littlefs import LittleFS
+from test_board_romfs import list_romfs
 from test_station_image import mount_in_micropython
 
 from signing.keys import generate_private_key, keyid_of_point, public_point
 from signing.root import new_root, sign_root
+from tools.board_files import client_romfs
 from tools.fleet import Board, parse_fleet
 from tools.local_server import LocalServer
 from tools.station.flashing import FlashError, connect_esp_board
@@ -107,6 +109,8 @@ boards:
           fs_size: 0x200000, prog_size: 32}}
 provisioning:
   line: {{board: esp32, method: image, wifi: factory, channel: stable, tags: [batch-7]}}
+  lean: {{board: esp32, method: image, wifi: factory, channel: stable, client: romfs,
+         romfs_offset: 0x1e0000}}
 """
 WIFI_PASSWORD = "esp-wifi-" + "Zr8yK2"
 
@@ -122,10 +126,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
         yield running
 
 
-def esp_job(server: LocalServer, tmp_path: Path, **overrides: object) -> StationJob:
+def esp_job(server: LocalServer, tmp_path: Path, profile: str = "line",
+            **overrides: object) -> StationJob:
     fleet = parse_fleet(FLEET.format(url=server.url), tmp_path / "fleet.yaml")
     settings: dict[str, object] = dict(
-        station="jig-2", operator="bo", profile=fleet.profile("line"), server_url=server.url,
+        station="jig-2", operator="bo", profile=fleet.profile(profile), server_url=server.url,
         publisher_token=Secret(server.token, "token"),
         wifi_password=Secret(WIFI_PASSWORD, "wifi"), trust_json=server.root_json.read_bytes(),
         worker_setup=("fake_esp_serial:register",))
@@ -280,3 +285,64 @@ def test_cli_exits_non_zero_when_a_board_fails_and_the_others_still_finish(
     assert sorted(r.outcome for r in records) == ["failed", "provisioned"]
     for secret in (WIFI_PASSWORD, server.token):
         assert secret not in out + err
+
+
+ROMFS_OFFSET = 0x1E0000
+
+
+def test_romfs_client_is_flashed_at_romfs_offset_beside_the_filesystem_image(
+        tmp_path: Path, server: LocalServer, micropython: str) -> None:
+    flash = fake_esp_serial.new_flash_file(tmp_path / "flash.bin")
+    log = StationLog(tmp_path / "station.jsonl")
+    (record,) = Station(esp_job(server, tmp_path, "lean"), log, timeout_s=120).run(
+        [Target("serial", fake_esp_serial.url_for(flash, "24:0a:c4:ab:00:01"))])
+    assert record.outcome == "provisioned", record.error
+    assert (record.client, record.method) == ("romfs", "image")
+    assert [r.client for r in log.records()] == ["romfs"]
+
+    written = flash.read_bytes()
+    rom = client_romfs()
+    assert written[ROMFS_OFFSET:ROMFS_OFFSET + len(rom)] == rom
+    assert set(written[ROMFS_OFFSET + len(rom):0x200000]) == {0xFF}  # the rest: erased
+    assert set(written[:ROMFS_OFFSET]) == {0xFF}  # no firmware in this job: nothing below
+    # What the board will mount from its ROM partition: every client module.
+    region = tmp_path / "romfs.bin"
+    region.write_bytes(written[ROMFS_OFFSET:0x200000])
+    assert "ota/client.mpy" in list_romfs(micropython, region)
+    # The filesystem holds the data files and no client code.
+    files = read_image_files_from_flash(flash)
+    assert {"boot.py", "main.py", "ota/config.json", "ota/device.key"} <= set(files)
+    assert not [p for p in files if p.startswith("ota/") and p.endswith((".py", ".mpy"))]
+
+
+def test_factory_image_of_a_romfs_board_merges_firmware_romfs_and_filesystem(
+        tmp_path: Path, server: LocalServer) -> None:
+    flash = fake_esp_serial.new_flash_file(tmp_path / "flash.bin")
+    firmware = os.urandom(180_000)
+    out = tmp_path / "factory"
+    out.mkdir()
+    job = esp_job(server, tmp_path, "lean", firmware=firmware, factory_image_dir=out)
+    (record,) = Station(job, StationLog(tmp_path / "s.jsonl"), timeout_s=120).run(
+        [Target("serial", fake_esp_serial.url_for(flash, "24:0a:c4:ab:00:02"))])
+    assert record.outcome == "provisioned", record.error
+    (saved,) = out.iterdir()
+    merged = saved.read_bytes()
+    rom = client_romfs()
+    start = ROMFS_OFFSET - 0x1000  # the merged image starts at the firmware offset
+    assert merged[:len(firmware)] == firmware
+    assert merged[start:start + len(rom)] == rom
+    assert flash.read_bytes()[0x1000:] == merged
+    assert "ota/device.key" in read_image_files_from_flash(flash)
+
+
+def test_firmware_that_would_run_into_the_romfs_partition_is_refused_before_any_write(
+        tmp_path: Path, server: LocalServer) -> None:
+    flash = fake_esp_serial.new_flash_file(tmp_path / "flash.bin")
+    firmware = os.urandom(ROMFS_OFFSET)  # from 0x1000 it runs into the ROMFS partition
+    job = esp_job(server, tmp_path, "lean", firmware=firmware)
+    (record,) = Station(job, StationLog(tmp_path / "s.jsonl"), timeout_s=120).run(
+        [Target("serial", fake_esp_serial.url_for(flash, "24:0a:c4:ab:00:03"))])
+    assert record.outcome == "failed" and record.failed_step == "firmware", record
+    assert "overlaps the ROMFS partition at 0x1e0000" in (record.error or "")
+    assert not record.registered
+    assert set(flash.read_bytes()) == {0xFF}  # nothing was written

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import pickle
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -91,3 +94,21 @@ def test_targets_refuse_duplicates_missing_dirs_and_nothing(tmp_path: Path) -> N
     (tmp_path / "b1").mkdir()
     targets = collect_targets(("/dev/ttyUSB0",), False, (str(tmp_path / "b1"),))
     assert [t.label for t in targets] == ["/dev/ttyUSB0", "virtual:b1"]
+
+
+def test_sqlite_log_of_an_older_station_gains_the_client_column_and_keeps_its_rows(
+        tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = dataclasses.asdict(sample("/dev/ttyUSB0"))
+    del old["client"]  # what a station before the romfs layout logged
+    with sqlite3.connect(path) as db:
+        db.execute(f"CREATE TABLE boards (id INTEGER PRIMARY KEY, {', '.join(old)})")
+        db.execute(f"INSERT INTO boards ({', '.join(old)}) VALUES ({', '.join('?' * len(old))})",
+                   [json.dumps(v) if k in ("revoked", "steps") else v for k, v in old.items()])
+    db.close()
+
+    log = StationLog(path)
+    newer = dataclasses.replace(sample("/dev/ttyUSB1"), client="romfs")
+    log.append(newer)
+    assert log.records() == [sample("/dev/ttyUSB0"), newer]
+    assert log.records()[0].client == "files"

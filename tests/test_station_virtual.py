@@ -18,6 +18,7 @@ import pytest
 
 from signing.keys import generate_private_key
 from signing.root import new_root, sign_root
+from tools.board_files import client_romfs
 from tools.cli import main as ota
 from tools.fleet import load_fleet
 from tools.local_server import LocalServer
@@ -25,7 +26,7 @@ from tools.station.log import StationLog
 from tools.station.secrets import Secret
 from tools.station.station import Station, StationJob, virtual_unique_id
 from tools.station.targets import Target
-from tools.virtual_board import VirtualBoard
+from tools.virtual_board import VirtualBoard, rom_image_path
 
 WIFI_PASSWORD = "wifi-Pa55-" + "q7Zx9"
 TOKEN_ENV = "MPOTA_TEST_PUBLISHER_TOKEN"
@@ -75,6 +76,14 @@ provisioning:
     channel: stable
     tags: [lab]
     poll_interval_s: 60
+    app: {{dir: first-app, name: demo, version: 1.0.0, sequence: 1}}
+  lab-romfs:
+    board: unix
+    wifi: lab
+    channel: stable
+    tags: [lab]
+    poll_interval_s: 60
+    client: romfs
     app: {{dir: first-app, name: demo, version: 1.0.0, sequence: 1}}
 """)
     return path
@@ -256,3 +265,33 @@ def test_failure_after_registration_revokes_the_new_identity(
     assert not record.registered
     assert devices(server)[record.device_id]["revoked"] is not None
     assert [p for k, p in events if k == "step"][-2:] == ["register", "reset"]
+
+
+def test_virtual_board_provisioned_with_the_romfs_client_boots_it_from_its_rom_partition(
+        tmp_path: Path, server: LocalServer, fleet_file: Path,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    (board,) = flash_dirs(tmp_path, 1)
+    # The app shows where its client came from.
+    (tmp_path / "first-app" / "app_main.py").write_text(
+        "import ota\ndef main():\n    print('first app up, ota from', ota.__path__)\n")
+    log_path = tmp_path / "station.jsonl"
+    assert ota(["provision", "--fleet", str(fleet_file), "--profile", "lab-romfs",
+                "--log", str(log_path), "--virtual", str(board)]) == 0
+    out, err = capfd.readouterr()
+
+    (record,) = StationLog(log_path).records()
+    assert record.outcome == "provisioned", record.error
+    assert (record.client, record.method) == ("romfs", "mpremote")
+    assert f"{record.device_id}" in out and "client romfs" in out
+    # The station wrote the ROM partition (the image beside the flash directory) ...
+    assert rom_image_path(board).read_bytes() == client_romfs()
+    # ... and no client code onto the filesystem: only boot.py and main.py, as source.
+    assert sorted(p.name for p in board.rglob("*.py")) == ["app_main.py", "boot.py", "main.py"]
+    assert not list(board.rglob("*.mpy"))
+
+    run = VirtualBoard(board, unique_id=virtual_unique_id(board)).run(max_boots=1, timeout=60)
+    assert run.ended == "exit", run.output
+    assert "first app up, ota from /rom/ota" in run.output, run.output
+    assert "ota: check failed" not in run.output, run.output
+    assert server.client().device(str(record.device_id)).get("last_seen")
+    _assert_no_secret_in([out, err, log_path.read_text()], [board], server)

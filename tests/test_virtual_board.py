@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tools.cli import main
-from tools.virtual_board import VirtualBoard, random_cut
+from tools.virtual_board import VirtualBoard, random_cut, rom_image_path
 
 
 def _flash(tmp_path: Path, files: dict[str, str]) -> Path:
@@ -384,3 +386,161 @@ def test_what_a_board_writes_to_its_flash_is_readable_by_this_user_only(
     assert result.ended == "exit", result.output
     assert (flash / "ota" / "device.key").stat().st_mode & 0o077 == 0
     assert (flash / "ota").stat().st_mode & 0o077 == 0
+
+
+# -- the ROM partition: a ROMFS image, memory-mapped and mounted at /rom ----------------------
+
+
+def _romfs(files: dict[str, bytes]) -> bytes:
+    """A ROMFS image of `files` ({"dir/name": bytes}, one directory level), made by mpremote's
+    own writer (what `mpremote romfs build` uses)."""
+    from mpremote.romfs import VfsRomWriter
+
+    writer = VfsRomWriter()
+    by_dir: dict[str, dict[str, bytes]] = {}
+    for path, data in files.items():
+        directory, _, name = path.rpartition("/")
+        by_dir.setdefault(directory, {})[name] = data
+    for name, data in sorted(by_dir.pop("", {}).items()):
+        writer.mkfile(name, data)
+    for directory, entries in sorted(by_dir.items()):
+        writer.opendir(directory)
+        for name, data in sorted(entries.items()):
+            writer.mkfile(name, data)
+        writer.closedir()
+    return bytes(writer.finalise())
+
+
+_WHERE_FROM = (
+    "import sys, os, shadowed\n"
+    "print(sys.path[0], os.listdir('/rom'), shadowed.__file__, shadowed.WHERE)\n"
+)
+
+
+def test_rom_partition_is_mounted_at_rom_and_searched_before_the_flash(
+        tmp_path: Path, micropython: str) -> None:
+    flash = _flash(tmp_path, {"main.py": _WHERE_FROM, "shadowed.py": "WHERE = 'flash'\n"})
+    image = rom_image_path(flash)
+    assert image == tmp_path / "flash.romfs"  # beside the flash directory, not inside it
+    assert VirtualBoard(flash, micropython=micropython).rom is None
+    image.write_bytes(_romfs({"shadowed.py": b"WHERE = 'rom'\n"}))
+
+    board = VirtualBoard(flash, micropython=micropython)
+    assert board.rom == image
+    result = board.run(max_boots=1)
+    assert result.ended == "exit", result.output
+    assert result.output == "/rom ['shadowed.py'] /rom/shadowed.py rom\n"
+    assert sorted(p.name for p in flash.iterdir()) == ["main.py", "shadowed.py"]
+
+
+def test_an_explicit_rom_image_is_used_and_a_missing_one_is_refused(
+        tmp_path: Path, micropython: str) -> None:
+    flash = _flash(tmp_path, {"main.py": _WHERE_FROM, "shadowed.py": "WHERE = 'flash'\n"})
+    other = tmp_path / "elsewhere.img"
+    other.write_bytes(_romfs({"shadowed.py": b"WHERE = 'other rom'\n"}))
+    result = VirtualBoard(flash, micropython=micropython, rom=other).run(max_boots=1)
+    assert result.output.endswith("other rom\n"), result.output
+    with pytest.raises(FileNotFoundError, match=r"absent\.romfs"):
+        VirtualBoard(flash, micropython=micropython, rom=tmp_path / "absent.romfs")
+
+
+def test_writes_under_rom_fail_as_on_a_board_and_power_cuts_count_only_the_flash(
+        tmp_path: Path, micropython: str) -> None:
+    flash = _flash(tmp_path, {"main.py": (
+        "import os\n"
+        "try:\n"
+        "    open('/rom/new.txt', 'w')\n"
+        "except OSError as err:\n"
+        "    print('open for writing:', err.errno)\n"
+        "for name, call in (('mkdir', lambda: os.mkdir('/rom/d')),\n"
+        "                   ('remove', lambda: os.remove('/rom/keep.txt'))):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except Exception as err:\n"  # VfsRom has no mkdir/remove: AttributeError
+        "        print(name + ':', type(err).__name__)\n"
+        "print(open('/rom/keep.txt').read())\n"
+        "with open('/flash.txt', 'w') as f:\n"
+        "    f.write('x')\n"
+    )})
+    rom_image_path(flash).write_bytes(_romfs({"keep.txt": b"kept"}))
+    board = VirtualBoard(flash, micropython=micropython)
+
+    result = board.run(max_boots=1)
+    assert result.output.splitlines() == [
+        "open for writing: 30",  # EROFS
+        "mkdir: AttributeError",
+        "remove: AttributeError",
+        "kept",
+    ]
+    assert result.fs_ops == 2  # the flash's open and write; nothing under /rom counted
+    cut = board.run(cut_at=2)
+    assert cut.ended == "power_cut" and (flash / "flash.txt").read_bytes() == b""
+
+
+@pytest.mark.parametrize("content", [b"not a ROMFS image", b""], ids=["junk", "empty"])
+def test_board_with_an_invalid_rom_image_boots_without_rom_and_says_so_once(
+        tmp_path: Path, micropython: str, content: bytes) -> None:
+    flash = _flash(tmp_path, {"main.py": "import sys, os\nprint('/rom' in sys.path, "
+                                         "'rom' in os.listdir('/'))\n"})
+    rom_image_path(flash).write_bytes(content)
+    result = VirtualBoard(flash, micropython=micropython).run(max_boots=1)
+    assert result.ended == "exit"
+    lines = result.output.splitlines()
+    assert len(lines) == 2 and lines[1] == "False False", result.output
+    assert lines[0].startswith("vboard: no /rom: ROM image ") and "ENODEV" in lines[0]
+
+
+def test_mapping_the_rom_costs_the_board_no_heap(tmp_path: Path, micropython: str) -> None:
+    probe = "import gc\ngc.collect()\nprint(gc.mem_free())\n"
+    flash = _flash(tmp_path, {"main.py": probe})
+    # An image larger than the whole heap: it is mapped, never read into the heap.
+    big = _romfs({"blob.bin": bytes(range(256)) * 160, "lib/x.py": b"X = 1\n"})
+    assert len(big) > 32 * 1024
+    other = tmp_path / "big.romfs"
+    other.write_bytes(big)
+
+    def free(heapsize: str, rom: Path | None) -> int:
+        result = VirtualBoard(flash, micropython=micropython, heapsize=heapsize, rom=rom).run()
+        assert result.ended == "exit", result.output
+        return int(result.output)
+
+    for heapsize, size in (("32k", 32 * 1024), ("64k", 64 * 1024)):
+        without, with_rom = free(heapsize, None), free(heapsize, other)
+        assert 0 <= without - with_rom <= 256  # the VfsRom object and its mount entry
+        # HARNESS_HEAP_BYTES still covers the harness: board code gets what it asked for.
+        assert 0.95 * size < with_rom <= size
+
+
+def test_raw_repl_serves_the_same_rom(tmp_path: Path, micropython: str) -> None:
+    flash = _flash(tmp_path, {})
+    rom_image_path(flash).write_bytes(_romfs({"lib/inrom.py": b"WHERE = 'rom'\n"}))
+    mpremote = str(Path(sys.executable).with_name("mpremote"))
+    with VirtualBoard(flash, micropython=micropython).serve_repl() as port:
+        connect = [mpremote, "connect", f"socket://127.0.0.1:{port}"]
+        done = subprocess.run([*connect, "exec", "import sys, os; print(sys.path[0], "
+                               "os.listdir('/rom/lib'))"],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.stdout == "/rom ['inrom.py']\n", done.stderr
+        refused = subprocess.run([*connect, "fs", "touch", ":/rom/new.txt"],
+                                 capture_output=True, text=True, timeout=60, check=False)
+        assert refused.returncode != 0
+
+
+def test_ota_board_run_picks_up_the_sibling_rom_image_or_the_one_given(
+    tmp_path: Path, micropython: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MICROPYTHON", micropython)
+    flash = _flash(tmp_path, {"main.py": _WHERE_FROM, "shadowed.py": "WHERE = 'flash'\n"})
+    rom_image_path(flash).write_bytes(_romfs({"shadowed.py": b"WHERE = 'rom'\n"}))
+    given = tmp_path / "given.img"
+    given.write_bytes(_romfs({"shadowed.py": b"WHERE = 'given'\n"}))
+
+    assert main(["board", "run", str(flash)]) == 0
+    out, err = capsys.readouterr()
+    assert out.endswith(" rom\n") and f"ROM partition: {rom_image_path(flash)}" in err
+    assert main(["board", "run", str(flash), "--rom", str(given)]) == 0
+    out, err = capsys.readouterr()
+    assert out.endswith(" given\n") and f"ROM partition: {given}" in err
+    assert main(["board", "run", str(flash), "--rom", str(tmp_path / "absent.img")]) == 1
+    assert "--rom" in capsys.readouterr().err

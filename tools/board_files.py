@@ -1,10 +1,17 @@
 """Everything that goes on a board's flash: bootloader, OTA client, config, key, trust, first app.
 
-`board_files()` returns the files as a {board path: bytes} map (the provisioning station writes
-it through mpremote or into a littlefs image); `install_board()` writes it into a directory
-that a virtual board uses as its flash. The boot-state record format is the board's
-(bootloader_py/ota/records.py); it is reproduced here so a freshly provisioned board boots its
-first app confirmed, with no OTA write needed.
+Two client layouts (`ClientLayout`): "files" puts the `ota` package on the filesystem
+(`/ota/*.py` or `/ota/*.mpy`); "romfs" puts it, compiled to .mpy, in a ROMFS image for the
+board's ROM partition (mounted at /rom, first on sys.path), from which MicroPython runs the
+bytecode in place instead of copying it into the heap. The data files (`/ota/config.json`,
+key, trust root, state, `/app/a/`) are on the filesystem in both.
+
+`board_files()` returns the filesystem's files as a {board path: bytes} map (the provisioning
+station writes it through mpremote or into a littlefs image); `client_romfs()` returns the
+ROM partition's image, which the romfs layout needs besides. `install_board()` writes both for a
+virtual board: the files into its flash directory, the image to `rom_image_path(flash_dir)`.
+The boot-state record format is the board's (bootloader_py/ota/records.py); it is reproduced
+here so a freshly provisioned board boots its first app confirmed, with no OTA write needed.
 """
 
 from __future__ import annotations
@@ -15,13 +22,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from signing.errors import BundleError
 from tools.micropython import PROJECT_ROOT
 from tools.mpy_cache import cached_mpy
+from tools.virtual_board.board import rom_image_path
 
 BOOTLOADER_DIR = PROJECT_ROOT / "bootloader_py"
 CLIENT_PACKAGE = "ota"
@@ -32,6 +40,9 @@ TRUST_PATH = "/ota/trust.json"
 STATE_BASE = "/ota/state"
 SECRET_PATHS = frozenset((CONFIG_PATH, KEY_PATH))
 _MAX_RECORD = 1024  # records.py _MAX_RECORD
+
+ClientLayout = Literal["files", "romfs"]
+CLIENT_LAYOUTS: tuple[ClientLayout, ...] = ("files", "romfs")
 
 
 class BoardFilesError(ValueError):
@@ -133,15 +144,24 @@ def _initial_state(app: InitialApp | None, trial_boots: int) -> dict[str, bytes]
     return {STATE_BASE + "0": record_bytes(rec)}
 
 
+def slot_list_line(path: str, data: bytes) -> str:
+    """One line of a slot's file list as the board reads it (bootloader_py/ota/slots.py):
+    `<sha256> <size> <encoding> <blob> <transfer_size> <path>`; a provisioned file is plain."""
+    sha = hashlib.sha256(data).hexdigest()
+    return f"{sha} {len(data)} plain {sha} {len(data)} {path}\n"
+
+
 def _app_files(app: InitialApp) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     listing = []
     for path, data in sorted(app.files.items()):
         if path.startswith("/") or ".." in path.split("/") or "" in path.split("/"):
             raise BoardFilesError(f"app file path {path!r} escapes the slot")
+        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
+            raise BoardFilesError(f"app file path {path!r} holds a control character")
         out["/app/a/" + path] = data
-        listing.append([path, hashlib.sha256(data).hexdigest()])
-    out["/ota/slot_a.json"] = json.dumps({"files": listing}).encode()
+        listing.append(slot_list_line(path, data))
+    out["/ota/slot_a.lst"] = "".join(listing).encode()
     return out
 
 
@@ -152,13 +172,30 @@ def _compile_client_module(source: Path) -> bytes:
         raise BoardFilesError(str(err)) from None
 
 
-def client_files(mpy: bool = False) -> dict[str, bytes]:
-    """boot.py and main.py (always source) and the ota package (.mpy when `mpy`)."""
+def _check_layout(client: str) -> None:
+    if client not in CLIENT_LAYOUTS:
+        raise BoardFilesError(f"client layout {client!r} is not one of "
+                              f"{', '.join(CLIENT_LAYOUTS)}")
+
+
+def _client_sources() -> list[Path]:
+    return sorted((BOOTLOADER_DIR / CLIENT_PACKAGE).glob("*.py"))
+
+
+def client_files(mpy: bool = False, client: ClientLayout = "files") -> dict[str, bytes]:
+    """boot.py and main.py (always source) and, in the "files" layout, the ota package (.mpy
+    when `mpy`). The "romfs" layout has no client code on the filesystem: see client_romfs().
+
+    Raises BoardFilesError for an unknown layout or a module that does not compile.
+    """
+    _check_layout(client)
     out = {
         "/boot.py": (BOOTLOADER_DIR / "boot.py").read_bytes(),
         "/main.py": (BOOTLOADER_DIR / "main.py").read_bytes(),
     }
-    for source in sorted((BOOTLOADER_DIR / CLIENT_PACKAGE).glob("*.py")):
+    if client == "romfs":
+        return out
+    for source in _client_sources():
         name = f"/{CLIENT_PACKAGE}/{source.name}"
         if mpy:
             out[name[:-3] + ".mpy"] = _compile_client_module(source)
@@ -167,15 +204,38 @@ def client_files(mpy: bool = False) -> dict[str, bytes]:
     return out
 
 
+def client_romfs() -> bytes:
+    """The ROM partition image of the "romfs" layout: a ROMFS holding `ota/` with every client
+    module as .mpy (source would be compiled into the heap, which is what ROMFS avoids).
+
+    Built with mpremote's own writer (what `mpremote romfs build` uses); MicroPython mounts it
+    with `vfs.VfsRom`. Holds no secret. Raises BoardFilesError when a module does not compile.
+    """
+    from mpremote.romfs import VfsRomWriter
+
+    writer = VfsRomWriter()
+    writer.opendir(CLIENT_PACKAGE)
+    for source in _client_sources():
+        writer.mkfile(source.stem + ".mpy", _compile_client_module(source))
+    writer.closedir()
+    return bytes(writer.finalise())
+
+
 def board_files(config: BoardConfig, device_key: ec.EllipticCurvePrivateKey | bytes,
                 trust_json: bytes, mpy: bool = False,
-                app: InitialApp | None = None) -> dict[str, bytes]:
-    """Every file of a freshly provisioned board, keyed by its absolute path on the board."""
+                app: InitialApp | None = None,
+                client: ClientLayout = "files") -> dict[str, bytes]:
+    """Every file of a freshly provisioned board's filesystem, keyed by its absolute path on
+    the board. With `client="romfs"` that excludes the client code, which goes in the ROM
+    partition (client_romfs()); `mpy` only matters to the "files" layout.
+
+    Raises BoardFilesError for bad input (key, trust root, config, app, layout).
+    """
     try:
         json.loads(trust_json)
     except ValueError as err:
         raise BoardFilesError(f"trust root is not JSON: {err}") from None
-    files = client_files(mpy)
+    files = client_files(mpy, client)
     files[CONFIG_PATH] = config.to_json()
     files[KEY_PATH] = device_key_bytes(device_key)
     files[TRUST_PATH] = trust_json
@@ -185,36 +245,66 @@ def board_files(config: BoardConfig, device_key: ec.EllipticCurvePrivateKey | by
     return files
 
 
+def _write_file(target: Path, data: bytes, mode: int) -> None:
+    # Created with its final mode: a key-bearing file is never readable by others, not even
+    # for the moment between creating and chmod-ing it; fchmod fixes a file that existed.
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(fd, mode)
+        out.write(data)
+
+
 def write_files(flash_dir: Path, files: Mapping[str, bytes]) -> None:
-    """Write a {board path: bytes} map under a directory that stands for the board's root."""
+    """Write a {board path: bytes} map under a directory that stands for the board's root.
+
+    The key and the config (Wi-Fi password) are mode 0600, everything else 0644.
+    """
     root = Path(flash_dir)
     for path, data in files.items():
         target = root / path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
-        # The key and the config (Wi-Fi password) are created 0600: never readable by others,
-        # not even for the moment between creating and chmod-ing them.
-        mode = 0o600 if path in SECRET_PATHS else 0o644
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(fd, mode)
-            out.write(data)
+        _write_file(target, data, 0o600 if path in SECRET_PATHS else 0o644)
+
+
+def write_rom_image(flash_dir: Path, image: bytes) -> Path:
+    """Write a virtual board's ROM partition (`rom_image_path(flash_dir)`, mode 0644: the
+    client's code, no secret) through a temporary file and a rename, so a board booting
+    meanwhile maps either the old image or the new one. Returns the image's path."""
+    target = rom_image_path(flash_dir)
+    partial = target.with_name(target.name + ".partial")
+    _write_file(partial, image, 0o644)
+    os.replace(partial, target)
+    return target
 
 
 def install_board(flash_dir: Path, config: BoardConfig,
                   device_key: ec.EllipticCurvePrivateKey | bytes, trust_json: bytes,
-                  mpy: bool = False, app: InitialApp | None = None) -> dict[str, bytes]:
-    """Provision a virtual board's flash directory; returns the files written."""
-    files = board_files(config, device_key, trust_json, mpy=mpy, app=app)
+                  mpy: bool = False, app: InitialApp | None = None,
+                  client: ClientLayout = "files") -> dict[str, bytes]:
+    """Provision a virtual board: its filesystem's files into `flash_dir` and, for the "romfs"
+    layout, its ROM image to `rom_image_path(flash_dir)`; returns the filesystem files written.
+
+    With the "files" layout an existing ROM image there is removed (the partition erased): its
+    /rom/ota would come first on sys.path and shadow the client just written. Raises
+    BoardFilesError for bad input, before anything is written.
+    """
+    files = board_files(config, device_key, trust_json, mpy=mpy, app=app, client=client)
+    image = client_romfs() if client == "romfs" else None
     write_files(flash_dir, files)
+    if image is not None:
+        write_rom_image(flash_dir, image)
+    else:
+        rom_image_path(flash_dir).unlink(missing_ok=True)
     return files
 
 
 def code_size(mpy: bool) -> dict[str, int]:
-    """Bytes of boot.py, main.py and the client package as they go on a board."""
+    """Bytes of boot.py, main.py and the client package as they go on a board's filesystem
+    ("files" layout, .mpy when `mpy`), and of the "romfs" layout's ROM image ("romfs")."""
     files = client_files(mpy)
     client = sum(len(v) for k, v in files.items() if k.startswith(f"/{CLIENT_PACKAGE}/"))
     return {"boot.py": len(files["/boot.py"]), "main.py": len(files["/main.py"]),
-            "ota": client}
+            "ota": client, "romfs": len(client_romfs())}
 
 
 # Reading a board's flash directory (tests, the demo's fleet view) --------------------------

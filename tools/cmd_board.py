@@ -26,14 +26,20 @@ def _unique_id(value: str) -> bytes:
     return unique_id
 
 
-def _board(flash_dir: Path, unique_id: str, wifi: bool, heapsize: str | None) -> VirtualBoard:
+def _board(flash_dir: Path, unique_id: str, wifi: bool, heapsize: str | None,
+           rom: Path | None) -> VirtualBoard:
     if not flash_dir.is_dir():
         raise UserError(f"board flash directory {flash_dir} does not exist")
+    if rom is not None and not rom.is_file():
+        raise UserError(f"--rom {rom}: no such ROM image file")
     try:
-        return VirtualBoard(flash_dir, unique_id=_unique_id(unique_id), wifi_ok=wifi,
-                            heapsize=heapsize)
-    except MicroPythonNotFound as err:
+        board = VirtualBoard(flash_dir, unique_id=_unique_id(unique_id), wifi_ok=wifi,
+                             heapsize=heapsize, rom=rom)
+    except (MicroPythonNotFound, ValueError, OSError) as err:
         raise UserError(str(err)) from None
+    if board.rom is not None:
+        click.echo(f"ROM partition: {board.rom} (mounted at /rom)", err=True)
+    return board
 
 
 _DIR = click.argument("flash_dir", metavar="DIR", type=click.Path(path_type=Path))
@@ -42,6 +48,9 @@ _UNIQUE_ID = click.option("--unique-id", default="000102030405", show_default=Tr
 _WIFI = click.option("--wifi/--no-wifi", default=True, show_default=True,
                      help="Whether network.WLAN().connect() succeeds.")
 _HEAPSIZE = click.option("--heapsize", default=None, help="MicroPython heap size, e.g. 96k.")
+_ROM = click.option("--rom", default=None, type=click.Path(dir_okay=False, path_type=Path),
+                    help="ROMFS image of the board's ROM partition, mounted at /rom "
+                         "(default: DIR.romfs beside DIR, if it exists).")
 
 
 @click.group("board")
@@ -60,10 +69,11 @@ def board_group() -> None:
 @_UNIQUE_ID
 @_WIFI
 @_HEAPSIZE
+@_ROM
 def run_command(flash_dir: Path, max_boots: int, timeout: float, cut_at: int | None,
-                unique_id: str, wifi: bool, heapsize: str | None) -> None:
+                unique_id: str, wifi: bool, heapsize: str | None, rom: Path | None) -> None:
     """Boot the board in DIR (boot.py, then main.py) and show what it prints."""
-    board = _board(flash_dir, unique_id, wifi, heapsize)
+    board = _board(flash_dir, unique_id, wifi, heapsize, rom)
 
     def show(text: str) -> None:
         sys.stdout.write(text)
@@ -84,10 +94,11 @@ def run_command(flash_dir: Path, max_boots: int, timeout: float, cut_at: int | N
 @_UNIQUE_ID
 @_WIFI
 @_HEAPSIZE
+@_ROM
 def repl_command(flash_dir: Path, port: int, unique_id: str, wifi: bool,
-                 heapsize: str | None) -> None:
+                 heapsize: str | None, rom: Path | None) -> None:
     """Serve the raw REPL of the board in DIR to mpremote until Ctrl-C."""
-    board = _board(flash_dir, unique_id, wifi, heapsize)
+    board = _board(flash_dir, unique_id, wifi, heapsize, rom)
     try:
         served = board.serve_repl(port)
         with served as tcp_port:

@@ -15,7 +15,13 @@ import click
 
 from tools.board_files import BoardFilesError, InitialApp
 from tools.errors import UserError
-from tools.fleet import WRITE_METHODS, FleetError, ProvisioningProfile, load_fleet
+from tools.fleet import (
+    WRITE_METHODS,
+    FleetError,
+    ProvisioningProfile,
+    load_fleet,
+    romfs_method_problem,
+)
 from tools.station.secrets import SecretError, resolve_secret
 from tools.station.targets import TargetError, collect_targets
 
@@ -84,8 +90,8 @@ def _read_firmware(path: Path | None) -> bytes | None:
 @click.option("--no-firmware", is_flag=True, help="Do not flash MicroPython.")
 @click.option("--factory-image-dir", default=None,
               type=click.Path(file_okay=False, path_type=Path),
-              help="Image method: merge firmware + filesystem into one image per board, save it "
-                   "here (mode 0600) and write that.")
+              help="Image method: merge firmware + filesystem (+ the ROMFS image, client romfs) "
+                   "into one image per board, save it here (mode 0600) and write that.")
 @click.option("--before", "esptool_before", default="default-reset", show_default=True,
               type=click.Choice(["default-reset", "usb-reset", "no-reset"]),
               help="How esptool puts a board into its bootloader.")
@@ -125,6 +131,14 @@ def provision(fleet_path: Path, profile: str, ports: tuple[str, ...], all_ports:
                         f"{chosen.board.name!r}")
     if chosen.method == "image" and not chosen.board.is_espressif:
         raise UserError("the image method writes with esptool: Espressif boards only")
+    if chosen.client == "romfs":
+        problem = romfs_method_problem(chosen.board, chosen.method, chosen.romfs_offset)
+        if problem is None and chosen.method == "mpremote" and any(
+                t.kind == "serial" for t in targets):
+            problem = ("client romfs with the mpremote method works on virtual boards only: a "
+                       "board's ROMFS partition is flashed with esptool (method: image)")
+        if problem is not None:
+            raise UserError(f"profile {chosen.name!r}: {problem}")
     firmware = None if no_firmware else _read_firmware(firmware_path or chosen.firmware)
     if factory_image_dir is not None:
         if firmware is None:

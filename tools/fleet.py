@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from tools.board_files import CLIENT_LAYOUTS, ClientLayout
+
 SUPPORTED_VERSION = 1
 WRITE_METHODS = ("mpremote", "image")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -114,6 +116,8 @@ class ProvisioningProfile:
     poll_interval_s: int = 3600
     mpy: bool = True
     app: FirstApp | None = None
+    client: ClientLayout = "files"  # where the OTA client's code goes (tools/board_files.py)
+    romfs_offset: int | None = None  # image method, client romfs: the ROMFS partition's offset
 
 
 @dataclass(frozen=True)
@@ -386,7 +390,7 @@ def _provisioning(r: _Reader, doc: _Map, boards: dict[str, Board], wifi: dict[st
                   channels: dict[str, Channel]) -> dict[str, ProvisioningProfile]:
     section = r.mapping(doc, "provisioning")
     allowed = ("board", "wifi", "channel", "tags", "method", "firmware", "poll_interval_s", "mpy",
-               "app")
+               "app", "client", "romfs_offset")
     profiles = {}
     for key, entry in section.items():
         where = f"provisioning profile {key!r}"
@@ -421,14 +425,65 @@ def _provisioning(r: _Reader, doc: _Map, boards: dict[str, Board], wifi: dict[st
         if poll < 10:
             raise r.fail(entry.key_lines["poll_interval_s"],
                          f"{where}: poll_interval_s must be at least 10")
+        mpy = r.field(entry, "mpy", bool, default=True, where=where)
+        client, romfs_offset = _client_layout(r, entry, where, board, method, mpy)
         profiles[name] = ProvisioningProfile(
             name=name, board=board, wifi=pick(wifi, "wifi", required=False),
             channel=pick(channels, "channel"), tags=r.strings(entry, "tags", where=where),
             method=method, firmware=r.relative(firmware) if firmware else None,
-            poll_interval_s=poll, mpy=r.field(entry, "mpy", bool, default=True, where=where),
-            app=_first_app(r, entry, where),
+            poll_interval_s=poll, mpy=mpy, app=_first_app(r, entry, where),
+            client=client, romfs_offset=romfs_offset,
         )
     return profiles
+
+
+def romfs_method_problem(board: Board, method: str, romfs_offset: int | None) -> str | None:
+    """Why `client: romfs` cannot be provisioned on `board` with `method`, or None when it can.
+
+    Shared by fleet.yaml validation and `ota provision --method`, so both refuse alike.
+    """
+    if method == "mpremote" and board.chip != "unix":
+        return (f"client romfs needs the image method on board {board.name!r}: the ROMFS "
+                f"partition is flashed with esptool (method: image, romfs_offset), and the "
+                f"mpremote method writes only the filesystem")
+    if method == "image" and romfs_offset is None:
+        return ("client romfs with the image method needs romfs_offset (where the firmware's "
+                "ROMFS partition starts)")
+    return None
+
+
+def _client_layout(r: _Reader, entry: _Map, where: str, board: Board, method: str,
+                   mpy: bool) -> tuple[ClientLayout, int | None]:
+    """The profile's `client` and `romfs_offset`, checked against its board and method."""
+    client = r.field(entry, "client", str, default="files", where=where)
+    line = entry.key_lines.get("client", entry.line)
+    if client not in CLIENT_LAYOUTS:
+        raise r.fail(line, f"{where}: client must be one of {', '.join(CLIENT_LAYOUTS)}, "
+                           f"not {client!r}")
+    offset = None
+    if "romfs_offset" in entry:
+        offset_line = entry.key_lines["romfs_offset"]
+        if client != "romfs" or method != "image":
+            raise r.fail(offset_line, f"{where}: romfs_offset is only used with client: romfs "
+                                      f"and method: image")
+        offset = _integer(r, entry, "romfs_offset", where=where)
+        if offset % 4096:
+            raise r.fail(offset_line, f"{where}: romfs_offset must be a multiple of 4096")
+        if offset <= board.firmware_offset or (board.flash_size and offset >= board.flash_size):
+            raise r.fail(offset_line, f"{where}: romfs_offset {offset:#x} must lie after the "
+                                      f"firmware offset and inside the flash of board "
+                                      f"{board.name!r}")
+        if board.fs_offset <= offset < board.fs_offset + board.fs_size:
+            raise r.fail(offset_line, f"{where}: romfs_offset {offset:#x} is inside the fs "
+                                      f"partition of board {board.name!r}")
+    if client == "romfs":
+        if not mpy:
+            raise r.fail(entry.key_lines["mpy"], f"{where}: client romfs always ships the "
+                                                 f"client as .mpy; drop mpy: false")
+        problem = romfs_method_problem(board, method, offset)
+        if problem is not None:
+            raise r.fail(line, f"{where}: {problem}")
+    return client, offset
 
 
 def _first_app(r: _Reader, profile: _Map, where: str) -> FirstApp | None:

@@ -1,10 +1,12 @@
 """The filesystem image method: a littlefs v2 image of a board's files, built with MicroPython's
-own settings so the board mounts it as its `vfs` partition, and the merged factory image
-(firmware + filesystem) a flashing jig writes in one go.
+own settings so the board mounts it as its `vfs` partition, where each image goes in the flash
+(filesystem, and for the romfs client layout the ROMFS partition), and the merged factory image
+(firmware + ROMFS + filesystem) a flashing jig writes in one go.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 from littlefs import LittleFS
@@ -73,22 +75,54 @@ def build_littlefs_image(files: dict[str, bytes], geometry: PartitionGeometry) -
     return image
 
 
+@dataclass(frozen=True)
+class FlashRegion:
+    """Bytes to write at an offset of the flash, and what they are (for messages)."""
+
+    what: str  # "firmware", "ROMFS image", "filesystem partition"
+    offset: int
+    data: bytes
+
+    @property
+    def end(self) -> int:
+        return self.offset + len(self.data)
+
+
+def check_regions(regions: list[FlashRegion], flash_size: int = 0) -> list[FlashRegion]:
+    """`regions` in flash order; raises ImageError naming the two that overlap, or the one
+    that ends past `flash_size` (0: unknown, not checked)."""
+    ordered = sorted(regions, key=lambda region: region.offset)
+    for first, second in itertools.pairwise(ordered):
+        if first.end > second.offset:
+            raise ImageError(
+                f"{first.what} ({len(first.data)} bytes at {first.offset:#x}) overlaps the "
+                f"{second.what} at {second.offset:#x}"
+            )
+    if flash_size and ordered and ordered[-1].end > flash_size:
+        last = ordered[-1]
+        raise ImageError(f"{last.what} ({len(last.data)} bytes at {last.offset:#x}) ends past "
+                         f"the {flash_size:#x}-byte flash")
+    return ordered
+
+
 def merge_factory_image(chip: str, firmware: bytes, firmware_offset: int, fs_image: bytes,
-                        fs_offset: int) -> tuple[int, bytes]:
-    """One image for a flashing jig: firmware at its offset, filesystem at the partition offset.
+                        fs_offset: int, romfs: tuple[int, bytes] | None = None,
+                        flash_size: int = 0) -> tuple[int, bytes]:
+    """One image for a flashing jig: firmware at its offset, the filesystem at the partition
+    offset and, when given, the ROMFS image (offset, bytes) at its partition's offset.
 
     Built by esptool's own `merge_bin` (which also normalises the firmware header); returns
-    (offset to write it at, bytes). Raises ImageError when the two overlap.
+    (offset to write it at, bytes). Raises ImageError when two parts overlap.
     """
-    if firmware_offset + len(firmware) > fs_offset:
-        raise ImageError(
-            f"firmware ({len(firmware)} bytes at {firmware_offset:#x}) overlaps the filesystem "
-            f"partition at {fs_offset:#x}"
-        )
+    regions = [FlashRegion("firmware", firmware_offset, firmware),
+               FlashRegion("filesystem partition", fs_offset, fs_image)]
+    if romfs is not None:
+        regions.append(FlashRegion("ROMFS image", *romfs))
+    ordered = check_regions(regions, flash_size)
     from esptool.cmds import merge_bin  # esptool is slow to import; only this path needs it
 
     merged = merge_bin(
-        [(firmware_offset, firmware), (fs_offset, fs_image)],
+        [(region.offset, region.data) for region in ordered],
         chip=chip,
         output=None,
         target_offset=firmware_offset,

@@ -3,8 +3,9 @@
 Two formats, chosen by the file name: `.jsonl` (one JSON object a line, append-only, easy to
 ship) or anything else as SQLite (one table, `boards`, easy to query). A record holds who
 (station, operator), where (port), what (MAC, chip, flash size, firmware SHA-256, device id,
-public-key fingerprint, method), when (per-step start/end times) and the outcome. It never holds
-a private key or a secret: `BoardRecord` has no field that could carry one.
+public-key fingerprint, method, client layout), when (per-step start/end times) and the
+outcome. It never holds a private key or a secret: `BoardRecord` has no field that could
+carry one.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class BoardRecord:
     port: str
     method: str
     profile: str
+    client: str = "files"  # the client layout: "files" (on the filesystem) or "romfs"
     outcome: str = "failed"
     started: float = 0.0  # Unix seconds
     finished: float = 0.0
@@ -54,6 +56,20 @@ class BoardRecord:
 
 _COLUMNS = [f.name for f in fields(BoardRecord)]
 _JSON_COLUMNS = ("revoked", "steps")
+_DEFAULTS = {f.name: f.default for f in fields(BoardRecord)}
+
+
+def _sql_default(column: str) -> str:
+    """The SQL literal of a field's default, for a column added to an older log (the names
+    and values are this module's own, never input)."""
+    default = _DEFAULTS[column]
+    if isinstance(default, bool):
+        return str(int(default))
+    if isinstance(default, int | float):
+        return repr(default)
+    if isinstance(default, str):
+        return "'" + default.replace("'", "''") + "'"
+    return "NULL"
 
 
 class StationLog:
@@ -69,6 +85,17 @@ class StationLog:
                     "CREATE TABLE IF NOT EXISTS boards (id INTEGER PRIMARY KEY, "
                     + ", ".join(_COLUMNS) + ")"
                 )
+                # A log begun by an older station lacks the newer fields: add them, keep its
+                # rows (which read back with the field's default, what those boards got).
+                have = {row[1] for row in db.execute("PRAGMA table_info(boards)")}
+                for column in _COLUMNS:
+                    if column not in have:
+                        try:
+                            db.execute(f"ALTER TABLE boards ADD COLUMN {column} "
+                                       f"DEFAULT {_sql_default(column)}")
+                        except sqlite3.OperationalError as err:  # another station was first
+                            if "duplicate column" not in str(err):
+                                raise
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:

@@ -94,7 +94,7 @@ class BoardProvisioner:
         self.redact = job.redactor()
         self.record = BoardRecord(
             station=job.station, operator=job.operator, port=target.label, method=job.method,
-            profile=job.profile.name,
+            profile=job.profile.name, client=job.profile.client,
             firmware_sha256=hashlib.sha256(job.firmware).hexdigest() if job.firmware else None,
         )
         self._api: Any = None
@@ -163,6 +163,7 @@ class BoardProvisioner:
         merged = job.method == "image" and job.factory_image_dir is not None
         if job.firmware is not None and esp is not None and not merged:
             with self.step("firmware"):
+                self._check_firmware_fits(job.firmware)
                 esp.write(board.firmware_offset, job.firmware, self.progress)
         if esp is not None and job.method == "mpremote":
             # The files go through MicroPython's REPL: leave the ROM bootloader, boot it.
@@ -189,18 +190,20 @@ class BoardProvisioner:
             files = self._board_files(device_id, key)
             # The key's own bytes must never leak into a message either.
             self.redact.add(files["/ota/device.key"].hex())
-            image = self._image(files, device_id) if job.method == "image" else None
+            rom = self._rom_image()
+            writes = self._image(files, device_id, rom) if job.method == "image" else None
         with self.step("write"):
-            if image is not None:
+            if writes is not None:
                 if esp is None:
                     raise StepFailed("write", "the image method needs an Espressif board")
-                offset, data = image
-                esp.write(offset, data, self.progress)
+                for offset, data in writes:
+                    esp.write(offset, data, self.progress)
             else:
                 if mp is None:
                     raise StepFailed("write", "the mpremote method needs MicroPython running "
                                               "on the board (flash it first, then re-run)")
                 mp.write_files(files, self.progress)
+                self._write_rom_partition(rom)
         with self.step("register"):
             self._server().register_device(device_id, point, board=board.name,
                                            channel=job.profile.channel.name,
@@ -288,30 +291,94 @@ class BoardProvisioner:
             wifi_password=job.wifi_password.reveal() if job.wifi_password else "",
             poll_every_min=max(1, profile.poll_interval_s // 60),
         )
-        return board_files(config, key, job.trust_json, mpy=profile.mpy, app=job.app)
+        return board_files(config, key, job.trust_json, mpy=profile.mpy, app=job.app,
+                           client=profile.client)
 
-    def _image(self, files: dict[str, bytes], device_id: str) -> tuple[int, bytes]:
-        """The littlefs image at the partition offset, or firmware + image merged when a
-        factory image directory is set (then also saved there for a flashing jig)."""
+    def _rom_image(self) -> bytes | None:
+        """The ROM partition image the profile's client layout needs (None: "files")."""
+        if self.job.profile.client != "romfs":
+            return None
+        from tools.board_files import client_romfs
+
+        return client_romfs()
+
+    def _write_rom_partition(self, rom: bytes | None) -> None:
+        """The ROM partition of a board written through mpremote. A virtual board's is the
+        image beside its flash directory (this stands for flashing the partition): written,
+        read back and compared; with the files layout an old one is removed, since its /rom/ota
+        would shadow the client just written. A serial board's cannot be written this way."""
+        if self.target.kind != "virtual":
+            if rom is not None:  # fleet.yaml and `ota provision` refuse this before any board
+                raise StepFailed("write", "client romfs cannot be written with the mpremote "
+                                          "method: the ROMFS partition is flashed with esptool "
+                                          "(method: image)")
+            return
+        from tools.board_files import write_rom_image
+        from tools.virtual_board import rom_image_path
+
+        flash_dir = Path(self.target.address)
+        if rom is None:
+            rom_image_path(flash_dir).unlink(missing_ok=True)
+            return
+        written = write_rom_image(flash_dir, rom)
+        if hashlib.sha256(written.read_bytes()).digest() != hashlib.sha256(rom).digest():
+            raise StepFailed("write", f"ROM image {written} does not match what was written")
+
+    def _check_firmware_fits(self, firmware: bytes) -> None:
+        """Raise ImageError, before anything is written, when the firmware would run into the
+        filesystem or ROMFS partition (or past the flash)."""
+        from tools.station.image import FlashRegion, check_regions
+
+        profile, board = self.job.profile, self.job.profile.board
+        regions = [FlashRegion("firmware", board.firmware_offset, firmware)]
+        if board.fs_size:
+            regions.append(FlashRegion("filesystem partition", board.fs_offset, b""))
+        if profile.client == "romfs" and profile.romfs_offset is not None:
+            regions.append(FlashRegion("ROMFS partition", profile.romfs_offset, b""))
+        check_regions(regions, board.flash_size)
+
+    def _image(self, files: dict[str, bytes], device_id: str, rom: bytes | None
+               ) -> list[tuple[int, bytes]]:
+        """What the image method writes, as (offset, bytes) in flash order: the ROMFS image at
+        the profile's romfs_offset (client romfs) and the littlefs image at the partition
+        offset; or all of it merged with the firmware when a factory image directory is set
+        (then also saved there for a flashing jig). Raises ImageError when parts overlap."""
         from tools.station.image import (
+            FlashRegion,
             PartitionGeometry,
             build_littlefs_image,
+            check_regions,
             merge_factory_image,
         )
 
-        board = self.job.profile.board
+        profile = self.job.profile
+        board = profile.board
         geometry = PartitionGeometry(board.fs_offset, board.fs_size, board.prog_size)
         fs_image = build_littlefs_image(files, geometry)
+        romfs = None
+        if rom is not None:
+            if profile.romfs_offset is None:  # fleet.yaml and `ota provision` refuse this
+                raise StepFailed("files", "client romfs with the image method needs "
+                                          "romfs_offset in the profile")
+            romfs = (profile.romfs_offset, rom)
         if self.job.factory_image_dir is None or self.job.firmware is None:
-            return board.fs_offset, fs_image
+            writes = [FlashRegion("filesystem partition", board.fs_offset, fs_image)]
+            if romfs is not None:
+                writes.append(FlashRegion("ROMFS image", *romfs))
+            # The firmware (written in its own step) is checked against too, not written again.
+            firmware = [] if self.job.firmware is None else [
+                FlashRegion("firmware", board.firmware_offset, self.job.firmware)]
+            check_regions(writes + firmware, board.flash_size)
+            return [(r.offset, r.data) for r in sorted(writes, key=lambda r: r.offset)]
         offset, merged = merge_factory_image(board.chip, self.job.firmware,
-                                             board.firmware_offset, fs_image, board.fs_offset)
+                                             board.firmware_offset, fs_image, board.fs_offset,
+                                             romfs=romfs, flash_size=board.flash_size)
         out = self.job.factory_image_dir / f"{device_id}@{offset:#x}.bin"
         # The image holds the board's private key: owner-only, like every key on disk.
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(merged)
-        return offset, merged
+        return [(offset, merged)]
 
     def _revoke_after_failure(self) -> None:
         if not self.record.registered or self.record.device_id is None:
@@ -345,6 +412,7 @@ def _worker_main(job: StationJob, target: Target, events: Any) -> None:
     except BaseException as err:  # the record must reach the parent whatever happened
         record = BoardRecord(station=job.station, operator=job.operator, port=target.label,
                              method=job.method, profile=job.profile.name,
+                             client=job.profile.client,
                              error=job.redactor()(f"station worker crashed: {err!r}"),
                              failed_step="worker")
         traceback.print_exc()
@@ -450,5 +518,6 @@ class Station:
                 why = f"worker exited ({worker.exitcode}) without a result"
             self._finish(results, BoardRecord(
                 station=self.job.station, operator=self.job.operator, port=label,
-                method=self.job.method, profile=self.job.profile.name, error=why,
+                method=self.job.method, profile=self.job.profile.name,
+                client=self.job.profile.client, error=why,
                 failed_step="worker", started=time.time(), finished=time.time()))

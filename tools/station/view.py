@@ -60,7 +60,8 @@ class LiveView(StationView):
         line.outcome = record.outcome
         line.step = "done" if record.outcome == "provisioned" else f"{record.failed_step}"
         if record.outcome == "provisioned":
-            line.detail = f"{record.device_id}  key {(record.key_fingerprint or '')[:16]}"
+            line.detail = (f"{record.device_id}  key {(record.key_fingerprint or '')[:16]}  "
+                           f"client {record.client}")
         else:
             line.detail = f"{record.failed_step}: {record.error}"
         self._refresh()

@@ -1,7 +1,8 @@
 """A virtual board: the MicroPython unix port booting from a host directory as its flash.
 
 Each boot is a new MicroPython process running standins/_vb_boot.py, which mounts the flash
-directory as "/" and runs /boot.py then /main.py, as a board's firmware does.
+directory as "/" (and the ROM partition, a ROMFS image, at /rom when the board has one) and runs
+/boot.py then /main.py, as a board's firmware does.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ _DEFAULT_UNIQUE_ID = b"\x00\x01\x02\x03\x04\x05"
 # of the requested heapsize so board code gets about what it asked for, as on a real board.
 HARNESS_HEAP_BYTES = 10 * 1024
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
+ROM_IMAGE_SUFFIX = ".romfs"
 _READ_CHUNK = 65536
 
 OutputSink = Callable[[str], None]
@@ -66,8 +68,16 @@ class RunResult:
         return self.boots[-1].ended
 
 
+def rom_image_path(flash_dir: Path | str) -> Path:
+    """Where the ROM partition image of the board with flash directory `flash_dir` lives:
+    `<flash_dir>.romfs`, a sibling file (another partition, so not inside the filesystem)."""
+    resolved = Path(flash_dir).resolve()
+    return resolved.with_name(resolved.name + ROM_IMAGE_SUFFIX)
+
+
 class VirtualBoard:
-    """A MicroPython board whose flash is `flash_dir`, with stand-ins for machine and network."""
+    """A MicroPython board whose flash is `flash_dir`, with stand-ins for machine and network,
+    and optionally a ROM partition (a ROMFS image, memory-mapped and mounted at /rom)."""
 
     def __init__(
         self,
@@ -78,10 +88,20 @@ class VirtualBoard:
         wifi_ok: bool = True,
         heapsize: str | None = None,
         env: dict[str, str] | None = None,
+        rom: Path | str | None = None,
     ) -> None:
+        """`rom`: the ROM partition's image; None means `rom_image_path(flash_dir)` whenever that
+        file exists at boot, and no ROM partition otherwise.
+
+        Raises NotADirectoryError for a missing flash directory, FileNotFoundError for an
+        explicit `rom` that is not a file, ValueError for a bad unique_id or heapsize.
+        """
         self.flash_dir = Path(flash_dir).resolve()
         if not self.flash_dir.is_dir():
             raise NotADirectoryError(f"board flash directory {self.flash_dir} does not exist")
+        self._rom = Path(rom).resolve() if rom is not None else None
+        if self._rom is not None and not self._rom.is_file():
+            raise FileNotFoundError(f"ROM image {self._rom} does not exist (or is not a file)")
         if not unique_id:
             raise ValueError("unique_id must not be empty")
         self.micropython = micropython or find_micropython()
@@ -91,6 +111,15 @@ class VirtualBoard:
         self._heap_bytes = _heap_bytes(heapsize) if heapsize is not None else None
         self.extra_env = dict(env or {})
         self._standins = compiled_standins()
+
+    @property
+    def rom(self) -> Path | None:
+        """The ROM image the next boot maps: the explicit one, else the sibling image if it
+        exists now (provisioning may write it after the board was made), else None."""
+        if self._rom is not None:
+            return self._rom
+        sibling = rom_image_path(self.flash_dir)
+        return sibling if sibling.is_file() else None
 
     def command(self, module: str) -> list[str]:
         """The command line that runs a (compiled) stand-in module on this board's interpreter."""
@@ -104,8 +133,10 @@ class VirtualBoard:
             if inherited in os.environ:
                 env[inherited] = os.environ[inherited]
         env.update(self.extra_env)
+        rom = self.rom
         env.update(
             VB_FLASH=str(self.flash_dir),
+            VB_ROM=str(rom) if rom is not None else "",
             VB_STANDINS=str(self._standins),
             MICROPYPATH=str(self._standins),
             VB_UNIQUE_ID=self.unique_id.hex(),

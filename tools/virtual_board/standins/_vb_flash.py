@@ -1,4 +1,5 @@
-# Virtual-board harness, MicroPython side: the flash VFS, fs-mutation counting and the power cut.
+# Virtual-board harness, MicroPython side: the flash VFS, fs-mutation counting, the power cut and
+# the ROM partition (a ROMFS image mapped at /rom).
 # Runs only on the unix port (it uses ffi and env vars); it never goes onto a real board.
 # mypy: ignore-errors
 import os
@@ -190,6 +191,59 @@ def start():
     vfs.mount(flash, "/")
     os.chdir("/")
     sys.path[:] = ["", ".frozen", "/lib", STANDINS]
+    rom = os.getenv("VB_ROM")
+    if rom:
+        _mount_rom(rom)
+
+
+# Linux values of the libc constants the ROM mapping needs (const: no globals at run time).
+_O_RDONLY = const(0)
+_SEEK_END = const(2)
+_PROT_READ = const(1)
+_MAP_PRIVATE = const(2)
+_MAP_FAILED = const(-1)
+_ENODEV = const(19)  # what VfsRom raises for a buffer that is not a ROMFS
+
+
+def _mount_rom(path):
+    # The ROM partition as the ESP32 and RP2 ports' _boot.py mount it from vfs.rom_ioctl: at /rom
+    # and first on sys.path. Like their try/except, a bad image leaves the board booting without
+    # it; unlike them (they pass silently), say so in one line.
+    try:
+        vfs.mount(vfs.VfsRom(memoryview(_map_readonly(path))), "/rom")
+    except Exception as err:  # as _boot.py's bare except: whatever went wrong, boot on
+        print("vboard: no /rom: ROM image %s not mounted (%s)" % (path, err))
+        return
+    sys.path.insert(0, "/rom")
+
+
+def _map_readonly(path):
+    # The image at a fixed address outside the GC heap, read-only, as memory-mapped flash is on a
+    # board: VfsRom then gives the importer .mpy bytecode in place instead of a copy in the heap.
+    import uctypes
+
+    libc = ffi.open("libc.so.6")
+    errno_at = libc.func("p", "__errno_location", "")
+    fd = libc.func("i", "open", "si")(path, _O_RDONLY)
+    if fd < 0:
+        raise OSError(_errno(errno_at))
+    try:
+        size = libc.func("l", "lseek", "ili")(fd, 0, _SEEK_END)
+        if size <= 0:
+            raise OSError(_errno(errno_at) if size < 0 else _ENODEV)  # empty: no ROMFS in it
+        addr = libc.func("p", "mmap", "pLiiil")(None, size, _PROT_READ, _MAP_PRIVATE, fd, 0)
+        if addr == _MAP_FAILED:
+            raise OSError(_errno(errno_at))
+    finally:
+        libc.func("i", "close", "i")(fd)  # the mapping outlives its descriptor
+    # Never unmapped: imported code points into it for the life of the interpreter.
+    return uctypes.bytearray_at(addr, size)
+
+
+def _errno(errno_at):
+    import uctypes
+
+    return int.from_bytes(uctypes.bytes_at(errno_at(), 4), sys.byteorder)
 
 
 def end_boot(ended, traceback=None):
