@@ -578,24 +578,30 @@ def test_failed_rotation_changes_nothing_and_small_table_modes_verify(
                                        [row, [True, True]]]
 
 
-CONSUME_RUNNER = """
+STREAM_RUNNER = """
 import sys, json, binascii
 sys.path.insert(0, BOARD_DIR)
 from ota import trust
 data = json.loads(sys.stdin.read())
 root = trust.load_root(data["root_file"])
-def verdict(buf, consume):
+def verdict(src, streamed):
     try:
-        m = trust.verify_manifest(buf, root, board="unix", installed_sequence=3,
-                                  now=1800000000, consume=consume)
-        return ["ok", m["sequence"], [f["path"] for f in m["files"]]]
+        if not streamed:
+            m = trust.verify_manifest(src, root, board="unix", installed_sequence=3,
+                                      now=1800000000)
+            return ["ok", m["sequence"], [f["path"] for f in m["files"]]]
+        got = []
+        m = trust.verify_manifest(src, root, board="unix", installed_sequence=3,
+                                  now=1800000000, files=got.append, scratch=data["scratch"])
+        return ["ok", m["sequence"], [f["path"] for f in got]]
     except trust.TrustError as e:
         return [type(e).__name__, str(e)]
 for env in data["cases"]:
     raw = binascii.unhexlify(env)
-    scratch = bytearray(raw)
-    print(json.dumps([verdict(raw, False), verdict(scratch, True),
-                      verdict(memoryview(raw), False), bytes(scratch[:8]).decode()]))
+    with open(data["envelope"], "wb") as f:
+        f.write(raw)
+    print(json.dumps([verdict(raw, False), verdict(memoryview(raw), False),
+                      verdict(data["envelope"], True)]))
 """
 
 
@@ -604,10 +610,11 @@ def _raw(*members: str) -> bytes:
 
 
 def _unusual_envelopes(w: World) -> dict[str, tuple[bytes, str]]:
-    """Envelopes the board's lean reader must leave to the full parse, with the host's verdict.
+    """Envelopes whose raw text and parsed document are easy to confuse, with the host's verdict.
 
-    The lean reader takes the payload's base64 straight from the raw bytes; each of these
-    makes the raw text and the parsed document disagree about where (or what) it is.
+    The board never parses an envelope whole: it walks the members through a 512-byte window
+    and decodes the payload's base64 from the raw bytes. Each case puts an escape, a duplicate,
+    a nested look-alike or a string across a window boundary where that could go wrong.
     """
     good = w.manifest()
     doc = json.loads(good)
@@ -637,6 +644,19 @@ def _unusual_envelopes(w: World) -> dict[str, tuple[bytes, str]]:
                                       f'"signatures":{sigs}'),
         "empty_payload": _raw(f'"payloadType":{pt}', '"payload":""', f'"signatures":{sigs}'),
         "cut_short": good[:-2],
+        "unicode_escape_in_payload": _raw(f'"payloadType":{pt}',
+                                          '"payload":"\\u00' + f"{ord(payload[0]):02x}"
+                                          + payload[1:] + '"', f'"signatures":{sigs}'),
+        "newline_escape_in_payload": _raw(f'"payloadType":{pt}',
+                                          '"payload":"' + payload[:8] + "\\n" + payload[8:]
+                                          + '"', f'"signatures":{sigs}'),
+        "unknown_member_nested": _raw(f'"payloadType":{pt}', '"x":{"a":[1,{"b":"]}"}],"c":{}}',
+                                      f'"payload":"{payload}"', f'"signatures":{sigs}'),
+        "escaped_quotes_across_windows": _raw(
+            f'"payloadType":{pt}', '"note":"' + 'a\\"' * 400 + '"', f'"payload":"{payload}"',
+            f'"signatures":{sigs}'),
+        "data_after_the_object": good + b" x",
+        "whitespace_around_the_object": b" \n" + good + b"\n ",
     }
     trusted = signing.root.verify_root_signatures(
         dump(envelope(ROOT_TYPE, dump(w.root_v1()), [w.r1])))
@@ -650,32 +670,36 @@ def _unusual_envelopes(w: World) -> dict[str, tuple[bytes, str]]:
     return out
 
 
-def test_lean_envelope_reader_and_consume_agree_with_the_full_parse_and_the_host(
+def test_streaming_envelope_reader_agrees_with_the_host_on_unusual_envelopes(
         micropython: str, world: World, tmp_path: Path) -> None:
     root_file = tmp_path / "root.json"
     root_file.write_bytes(dump(envelope(ROOT_TYPE, dump(world.root_v1()), [world.r1])))
     cases = _unusual_envelopes(world)
     done = subprocess.run(
-        [micropython, "-c", CONSUME_RUNNER.replace("BOARD_DIR", repr(str(BOARD_DIR)))],
-        input=json.dumps({"root_file": str(root_file),
+        [micropython, "-c", STREAM_RUNNER.replace("BOARD_DIR", repr(str(BOARD_DIR)))],
+        input=json.dumps({"root_file": str(root_file), "envelope": str(tmp_path / "env"),
+                          "scratch": str(tmp_path / "payload"),
                           "cases": [env.hex() for env, _ in cases.values()]}),
         capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert len(rows) == len(cases)
-    for (name, (_, host)), (plain, consumed, view, _) in zip(cases.items(), rows, strict=True):
-        # bytes (lean reader), a consumed bytearray, and a memoryview (always the full
-        # parse) give one and the same verdict, and it is the host's
-        assert plain == consumed == view, name
+    for (name, (_, host)), (plain, view, streamed) in zip(cases.items(), rows, strict=True):
+        # bytes, a memoryview, and a file read through the window with the payload decoded
+        # to a scratch file and the entries handed over one by one: one and the same verdict,
+        # and it is the host's
+        assert plain == view == streamed, name
         assert plain[0] == host, f"{name}: board {plain}, expected {host}"
     # the cases reach both sides: valid envelopes verify, tricked ones are refused
     assert rows[0][0] == ["ok", 4, ["main_app.py", "lib/util.py"]]
-    # consume: a plain envelope's bytearray now holds the decoded payload (the lean reader
-    # ran); one left to the full parse is untouched
-    assert [row[3] for row in rows[:3]] == ['{"_type"', '{"_type"', '{"payloa']
     assert cases["escaped_key"][1] == "ok"
+    assert cases["escaped_slash_in_payload"][1] == "ok"
     assert cases["nested_payload_and_escaped_top"][1] == "ok"
     assert cases["quote_escaped_key_then_empty_payload"][1] != "ok"
+    assert cases["unicode_escape_in_payload"][1] == "ok"
+    assert cases["escaped_quotes_across_windows"][1] == "ok"
+    assert cases["newline_escape_in_payload"][1] == "MalformedError"
+    assert cases["data_after_the_object"][1] == "MalformedError"
 
 
 def test_client_envelope_cap_is_the_verifiers(micropython: str) -> None:

@@ -117,10 +117,14 @@ def test_board_updates_and_only_changed_files_travel(case):
     assert slot_files(flash, "a") == app_hashes(old)  # the active slot was never written
     changed = {e.path: e for e in manifest.files if e.path in changed_paths()}
     assert len(changed) == 3
-    blob_requests = [e for e in rig.proxy.exchanges if "/v1/blobs/" in e.path]
-    assert sorted(e.path.rsplit("/", 1)[1] for e in blob_requests) == sorted(
+    # one signed request fetches exactly the changed files' blobs, nothing else travels
+    packs = [e for e in rig.proxy.exchanges if "/v1/device/pack" in e.path]
+    assert len(packs) == 1
+    assert sorted(packs[0].path.partition("?blobs=")[2].split(",")) == sorted(
         e.blob for e in changed.values())
-    assert rig.proxy.body_bytes("/v1/blobs/") == sum(e.transfer_size for e in changed.values())
+    assert not any("/v1/blobs/" in e.path for e in rig.proxy.exchanges)
+    assert rig.proxy.body_bytes("/v1/device/pack") == sum(
+        e.transfer_size for e in changed.values())
     assert [r["status"] for r in _reports(rig)] == ["downloading", "installed", "confirmed"]
     assert rig.api.device(name)["version"] == "1.1.0"
 
@@ -180,30 +184,40 @@ def test_resumes_an_interrupted_download_with_range(case):
     big = small_app("1.1.0", {"data/big.txt": bytes(range(256)) * 24})  # 6 KB, incompressible
     manifest = rig.publish(name, big, "1.1.0", 2, channel=name, deflate=False)
     flash = rig.board(name, name, small_app("1.0.0"), channel=name)
-    rig.proxy.inject("reset", match=next(e.blob for e in manifest.files
-                                         if e.path == "data/big.txt"))
+    big_blob = next(e.blob for e in manifest.files if e.path == "data/big.txt")
+    rig.proxy.inject("reset", match=big_blob)
     first = rig.boot(flash, max_boots=1)
     assert "APP 1.0.0" in first.output, first.output
     failed = [r for r in _reports(rig) if r["status"] == "failed"]
     assert len(failed) == 1 and "big.txt" in failed[0]["reason"]
+    cut = next(e for e in rig.proxy.exchanges if e.fault == "reset")
+    order = cut.path.partition("?blobs=")[2].split(",")
+    sizes = {e.blob: e.transfer_size for e in manifest.files}
+    before = order[:order.index(big_blob)]
+    have = cut.body_bytes - sum(sizes[b] for b in before)  # of big.txt, when the reset hit
+    assert 0 < have < sizes[big_blob]
     second = rig.boot(flash)
     assert "APP 1.1.0" in second.output, second.output
     ranged = [e for e in rig.proxy.exchanges if e.request_range]
     assert len(ranged) == 1 and ranged[0].status == 206
-    assert ranged[0].request_range == f"bytes={len(big['data/big.txt']) // 2}-"
+    assert ranged[0].request_range == f"bytes={have}-"
+    # the resumed pack starts with the interrupted blob and asks for none that arrived whole
+    assert ranged[0].path.partition("?blobs=")[2].split(",") == [big_blob] + [
+        b for b in order if b not in before and b != big_blob]
+    assert ranged[0].body_bytes == sum(sizes[b] for b in order if b not in before) - have
     assert slot_files(flash, "b") == app_hashes(big)
     statuses = [r["status"] for r in _reports(rig)]
     assert statuses.count("failed") == 1 and statuses[-1] == "confirmed"
 
 
 FAULT_CASES = [
-    ("truncate", "/v1/blobs/", "truncated"),
-    ("reset", "/v1/blobs/", "blob"),
-    ("flip", "/v1/blobs/", "hash mismatch"),
-    ("longer", "/v1/blobs/", "length"),
-    ("drip", "/v1/blobs/", "timeout"),
-    ("404", "/v1/blobs/", "http 404"),
-    ("500", "/v1/blobs/", "http 500"),
+    ("truncate", "/v1/device/pack", "truncated"),
+    ("reset", "/v1/device/pack", "blob"),
+    ("flip", "/v1/device/pack", "hash mismatch"),
+    ("longer", "/v1/device/pack", "length"),
+    ("drip", "/v1/device/pack", "timeout"),
+    ("404", "/v1/device/pack", "http 404"),
+    ("500", "/v1/device/pack", "http 500"),
     ("500", "/checkin", "checkin: http 500"),
     ("junk_json", "/checkin", "MalformedError"),
     ("junk_envelope", "/checkin", "MalformedError"),
@@ -260,7 +274,7 @@ def test_manifest_escaping_the_slot_is_refused(case, path):
     assert [b.ended for b in result.boots] == ["exit"], result.output
     assert "APP 1.0.0" in result.output and "pwned" not in result.output
     assert (flash / "boot.py").read_bytes() == boot_py
-    assert not any("/v1/blobs/" in e.path for e in rig.proxy.exchanges)
+    assert not any("/v1/device/pack" in e.path for e in rig.proxy.exchanges)
     failed = _sent(rig, "failed")
     assert len(failed) == 1 and "manifest refused" in failed[0]["reason"]
 
@@ -384,7 +398,8 @@ def test_board_updates_over_https(case, tmp_path):
     assert [b.ended for b in result.boots] == ["reset", "exit"], result.output
     assert "APP 1.1.0" in result.boots[-1].output
     assert slot_files(flash, "b") == app_hashes(new)
-    assert any("/v1/blobs/" in p for p in served) and any(p.endswith("/checkin") for p in served)
+    assert any("/v1/device/pack" in p for p in served)
+    assert any(p.endswith("/checkin") for p in served)
 
 
 def test_board_whose_counter_records_are_lost_is_still_accepted(case):
@@ -546,7 +561,7 @@ def test_board_whose_state_records_are_both_lost_still_refuses_an_older_release(
     result = rig.boot(flash, max_boots=2)
     assert [b.ended for b in result.boots] == ["exit"], result.output
     assert "APP 3.0.0" in result.output
-    assert not any("/v1/blobs/" in e.path for e in rig.proxy.exchanges)
+    assert not any("/v1/device/pack" in e.path for e in rig.proxy.exchanges)
     assert slot_files(flash, "b") == {} and slot_files(flash, "a") == app_hashes(current)
     failed = _sent(rig, "failed")
     assert len(failed) == 1 and "RollbackError" in failed[0]["reason"], failed

@@ -10,7 +10,10 @@ from ota.fail import HttpError, UpdateFailed
 # them while the manifest is verified (_forget) and they load again for the transfer.
 
 TRUST_PATH = "/ota/trust.json"
-_MAX_ROOT = const(8192)
+# The check-in's envelope as it arrived, and its payload as the signature check decodes it:
+# both stay on flash, read through the one buffer (jscan), never whole in the heap.
+ENVELOPE = "/ota/offer.dsse"
+PAYLOAD = "/ota/offer.json"
 # trust.MAX_ENVELOPE_BYTES, kept here so a check-in needs no verifier loaded
 # (tests/test_board_trust.py checks they are equal).
 MAX_ENVELOPE = const(12288)
@@ -80,25 +83,40 @@ def root_version():
     return version
 
 
-def _get_small(sess, path, cap, what):
-    resp = sess.request("GET", path)
+def _save(resp, dest, buf, what):
+    """Stream a 200 answer's body (at most MAX_ENVELOPE bytes) to the file dest."""
+    if resp.status != 200:
+        raise UpdateFailed("%s: http %d" % (what, resp.status))
+    left = resp.length
+    if left is None or left > MAX_ENVELOPE:  # refused before a byte of it is read
+        raise UpdateFailed("%s too large: %s bytes" % (what, left))
+    with open(dest, "wb") as f:
+        while left:
+            n = resp.readinto(buf[:min(len(buf), left)])
+            f.write(buf[:n])
+            left -= n
+
+
+def _fetch(sess, path, dest, buf, what):
     try:
-        if resp.status != 200:
-            raise UpdateFailed("%s: http %d" % (what, resp.status))
-        return resp.read_small(cap)
+        resp = sess.request("GET", path)
+    except HttpError as e:
+        raise UpdateFailed("%s: %s" % (what, e))
+    try:
+        _save(resp, dest, buf, what)
     except HttpError as e:
         raise UpdateFailed("%s: %s" % (what, e))
     finally:
         resp.close()
 
 
-def rotate_root(sess, root, newest, now):
+def rotate_root(sess, root, newest, now, buf):
     """Walk root versions up to `newest`, each verified by its predecessor, then persist it.
 
     Only the server's newest root must be unexpired (as the host's verify_root_chain): an
     intermediate one may have expired while the board was offline, and checking it would
-    block the chain for good. Only the last verified envelope is written (a new file, then
-    a rename).
+    block the chain for good. Each version is downloaded to trust.json.new and verified
+    there; only the last verified one is renamed over trust.json.
     """
     from ota import trust
     import os
@@ -106,20 +124,16 @@ def rotate_root(sess, root, newest, now):
     version = root.version
     if newest - version > _MAX_ROOT_STEPS:
         newest = version + _MAX_ROOT_STEPS
-    envelope = None
+    new = TRUST_PATH + ".new"
     while version < newest:
-        envelope = _get_small(sess, "/v1/device/root/%d" % (version + 1), _MAX_ROOT, "root")
+        _fetch(sess, "/v1/device/root/%d" % (version + 1), new, buf, "root")
         try:
-            root = trust.verify_rotation(root, envelope,
-                                         now=now if version + 1 == final else None)
+            root = trust.verify_rotation(root, new, now=now if version + 1 == final else None)
         except trust.TrustError as e:
             raise UpdateFailed("root %d refused: %s" % (version + 1, _why(e)))
         version = root.version
-    if envelope is not None:
-        with open(TRUST_PATH + ".new", "wb") as f:
-            f.write(envelope)
-        os.remove(TRUST_PATH)  # FAT cannot rename over a file; load_root covers the gap
-        os.rename(TRUST_PATH + ".new", TRUST_PATH)
+    os.remove(TRUST_PATH)  # FAT cannot rename over a file; load_root covers the gap
+    os.rename(new, TRUST_PATH)
     return root
 
 
@@ -129,7 +143,7 @@ def _forget(name):
 
 
 def _unload_verifier():
-    for name in ("rootmeta", "dsse", "rules", "trust"):
+    for name in ("rootmeta", "dsse", "rules", "jscan", "trust"):
         _forget(name)
 
 
@@ -148,22 +162,18 @@ def checkin_body(st, cfg, root_v):
         "mem_free": gc.mem_free(), "slot": st.active}).encode()
 
 
-def checkin(sess, st, cfg, root_v):
-    """POST the check-in; returns (envelope bytearray or None, X-Ota-Root or None)."""
+def checkin(sess, st, cfg, root_v, buf):
+    """POST the check-in; returns (True when an envelope was saved to ENVELOPE, X-Ota-Root)."""
     # A transport error here (server unreachable) propagates as HttpError: no report for it.
     resp = sess.request("POST", "/v1/device/checkin", checkin_body(st, cfg, root_v))
     try:
         if resp.status == 204:
-            return None, resp.root
-        if resp.status != 200:
-            raise UpdateFailed("checkin: http %d" % resp.status)
-        if resp.length is not None and resp.length > MAX_ENVELOPE:  # refused before reading
-            raise UpdateFailed("manifest too large: %d bytes" % resp.length)
-        import gc
-        gc.collect()  # the envelope needs one contiguous block
-        return resp.read_small(MAX_ENVELOPE), resp.root
-    except HttpError as e:
-        raise UpdateFailed("checkin: " + str(e))
+            return False, resp.root
+        try:
+            _save(resp, ENVELOPE, buf, "manifest" if resp.status == 200 else "checkin")
+        except HttpError as e:
+            raise UpdateFailed("checkin: " + str(e))
+        return True, resp.root
     finally:
         resp.close()
 
@@ -175,21 +185,25 @@ def _version_tuple(text):
     return tuple(out)
 
 
-def _accept(st, cfg, payload, now, floor):
-    """The signed payload's manifest dict, or None when there is nothing new (UpdateFailed).
+def _accept(st, cfg, now, floor):
+    """The verified manifest's fields (its files written to slots.OFFER), or None when there
+    is nothing new; UpdateFailed when it is refused.
 
     `floor`: the counter record's copy of the anti-rollback floor (Signer.floor), which
     survives both state records being lost (factory state: sequence 0, reject 0).
     """
-    from ota import trust
+    from ota import slots, trust
     installed = max(sequence_floor(st), floor)
+    lst = open(slots.OFFER, "w")
     try:
-        m = trust.accept_manifest(payload, board=cfg["board"], installed_sequence=installed,
-                                  now=now)
+        m = trust.accept_manifest(PAYLOAD, board=cfg["board"], installed_sequence=installed,
+                                  now=now, files=lambda e: lst.write(slots.line(e)))
     except trust.SameSequenceError:
         return None
     except trust.TrustError as e:
         raise UpdateFailed("manifest refused: " + _why(e))
+    finally:
+        lst.close()
     if _version_tuple(m.get("min_micropython", "0")) > tuple(sys.implementation.version[:3]):
         raise UpdateFailed("needs MicroPython " + m["min_micropython"])
     return m
@@ -201,15 +215,15 @@ def sequence_floor(st):
     return max(info.get("sequence", 0), st.rec["reject"])
 
 
-def trusted_update(sess, st, cfg, envelope, newest, now):
-    """Rotate the root if the server has a newer one, then verify the offered manifest.
+def trusted_update(sess, st, cfg, offered, newest, now, buf):
+    """Rotate the root if the server has a newer one, then verify the saved envelope.
 
-    Returns the release to install as (info dict, files as update.py's entry tuples), or
-    None. trust.verify_manifest in two halves, so that the root and ota.p256 are let go once
-    the signatures are checked, before the payload's JSON is parsed (the heap's peak). The
-    verifier is loaded only here and unloaded before returning, so the transfer that follows
-    has its heap; running out of heap while verifying is a `failed` update, not a crash (the
-    old app keeps running).
+    Returns the release to install ({"app", "version", "sequence", "entry"}; its files are
+    the lines of slots.OFFER), or None. trust.verify_manifest in two halves, so that the root
+    and ota.p256 are let go once the signatures are checked, before the payload is walked.
+    The verifier is loaded only here and unloaded before returning, so the transfer that
+    follows has its heap; running out of heap while verifying is a `failed` update, not a
+    crash (the old app keeps running).
     """
     import gc
     from ota import p256
@@ -223,34 +237,36 @@ def trusted_update(sess, st, cfg, envelope, newest, now):
         from ota import trust
         root = load_root()
         if newest is not None and newest > root.version:
-            root = rotate_root(sess, root, newest, now)
+            root = rotate_root(sess, root, newest, now, buf)
             _forget("http")
         _forget("rootmeta")  # root parsing is done: its code is not needed for the verify
-        if envelope is None or st.on_trial:
+        if not offered or st.on_trial:
             return None  # never replace the rollback target while on trial
         try:
-            # consume: the payload is decoded over the envelope's own buffer
-            payload = trust.signed_manifest(envelope, root, consume=True)
+            trust.signed_manifest(ENVELOPE, root, scratch=PAYLOAD)
         except trust.TrustError as e:
             raise UpdateFailed("manifest refused: " + _why(e))
-        envelope = root = None
+        root = None
         _forget("dsse")  # signatures checked: their code goes, the next signed request
         _forget("p256")  # loads p256 again
-        m = _accept(st, cfg, payload, now, sess.signer.floor)
-        payload = None
+        m = _accept(st, cfg, now, sess.signer.floor)
         if m is None:
             return None
-        files = []
-        for e in m["files"]:  # compact tuples: a third of the dicts' heap
-            files.append((e["path"], e["sha256"], e["size"], e["encoding"], e["blob"],
-                          e["transfer_size"]))
         return {"app": m["app"], "version": m["version"], "sequence": m["sequence"],
-                "entry": m["entry"]}, files
+                "entry": m["entry"]}
     except MemoryError:
-        envelope = root = payload = None
+        root = None
         raise UpdateFailed("out of memory verifying the manifest")
     finally:
         _unload_verifier()
+        _drop(ENVELOPE)
+        _drop(PAYLOAD)
+
+
+def _drop(path):
+    from ota import slots
+    if slots.exists(path):  # a remove that fails is still a flash operation on some ports
+        slots.remove(path)
 
 
 def _flush(sess):
@@ -281,24 +297,22 @@ def check(st, cfg, now=None):
     version = root_version()
     target = None
     answered = False
+    # the one transfer buffer: envelope to flash, the verifier's window, every file
+    buf = memoryview(bytearray(_BUF))
     try:
-        envelope, newest = checkin(sess, st, cfg, version)
+        offered, newest = checkin(sess, st, cfg, version, buf)
         answered = True
         if newest is not None and newest <= version:
             newest = None
-        if newest is None and (envelope is None or st.on_trial):
+        if newest is None and (not offered or st.on_trial):
             return True
-        release = trusted_update(sess, st, cfg, envelope, newest, now)
-        envelope = None
-        if release is None:
+        target = trusted_update(sess, st, cfg, offered, newest, now, buf)
+        if target is None:
             return True
-        target, files = release
-        release = None
         _report(target, "downloading")
         _flush(sess)
         from ota import update
-        # the one transfer buffer, allocated only now: a check finding nothing never needs it
-        slot = update.stage(sess, st, files, memoryview(bytearray(_BUF)))
+        slot = update.stage(sess, st, buf)
     except HttpError as e:
         if not answered:
             return False  # unreachable: nothing was offered, so nothing to report

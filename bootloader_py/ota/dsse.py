@@ -2,176 +2,128 @@
 # payloadType, strict base64) and checking a role's signature threshold over its PAE.
 #
 # Part of trust.py's API (docs/board-trust.md), kept apart so that a client short of heap
-# holds only the phase it is in: this module and ota.p256 while signatures are checked,
-# ota.rules while the signed payload is parsed and checked.
+# holds only the phase it is in. The envelope is never parsed whole: its members are found
+# with ota.jscan, and the payload's base64 is decoded a window at a time into the PAE hash
+# and into the caller's scratch file (or bytes, for a caller with heap to spare).
 import binascii
 import hashlib
-import json
+
+from micropython import const
 
 from ota import trust as t
 
-_B64_TEXT = 1024  # base64 characters decoded at a time (a multiple of 4)
-_SPACE = (b" ", b"\t", b"\n", b"\r")
+_TEXT = const(512)  # base64 characters decoded at a time (a multiple of 4)
+_ESCAPES = {34: b'"', 92: b"\\", 47: b"/", 98: b"\b", 102: b"\f", 110: b"\n", 114: b"\r",
+            116: b"\t"}
 
 
-def _check_closed(buf, doc):
-    """Refuse an envelope cut short, which MicroPython's json would accept.
+def read(doc, payload_type, scratch=None):
+    """(payload, [(keyid, sig64)], PAE digest) of the envelope in jscan.Doc `doc`.
 
-    That parser closes brackets still open at the end of the input.  A JSON object is complete
-    when its braces balance outside strings: braces in the raw bytes minus those inside the
-    parsed strings must be zero.  A brace written as a \\u escape inside a string is refused;
-    no mpota signer writes one.  Signed payloads need no such check: a cut-short payload fails
-    its signature.
+    The payload is written to the file `scratch` and returned as that path, or returned as
+    bytes when scratch is None. Raises MalformedError or PayloadTypeError.
     """
-    if hasattr(buf, "count"):
-        braces = buf.count(b"{") - buf.count(b"}")
-    else:  # memoryview: count in small copies
-        braces = 0
-        for i in range(0, len(buf), t._B64_CHUNK):
-            chunk = bytes(buf[i:i + t._B64_CHUNK])
-            braces += chunk.count(b"{") - chunk.count(b"}")
-    # Iterative walk: a hostile, deeply nested document must not exhaust the C stack.
-    todo = [doc]
-    while todo:
-        item = todo.pop()
-        kind = type(item)
-        if kind is str:
-            braces -= item.count("{") - item.count("}")
-        elif kind is dict:
-            for k in item:
-                todo.append(k)
-                todo.append(item[k])
-        elif kind is list:
-            todo.extend(item)
-    if braces:
-        raise t.MalformedError("envelope: not JSON (cut short: brackets left open)")
-
-
-def read_envelope(buf, payload_type, consume=False):
-    """(payload bytes, [(keyid, sig64)], PAE digest); size cap first, then JSON and shape."""
-    if len(buf) > t.MAX_ENVELOPE_BYTES:
-        raise t.TooLargeError("envelope is " + str(len(buf)) + " bytes, over the cap of "
-                              + str(t.MAX_ENVELOPE_BYTES))
-    got = _read_lean(buf, payload_type, consume)
-    if got is None:  # anything unusual: the full parse decides, with its exact errors
-        got = _read_full(buf, payload_type)
-    return got
-
-
-def _payload_span(buf):
-    """(start, end) of the payload's base64 text in the raw envelope, or None.
-
-    Only for plain envelopes: bytes/bytearray, no backslash anywhere (so every raw quote
-    delimits a string) and exactly one raw '"payload"'.  _read_lean then checks that the
-    parser sees this very string as the top-level payload.
-    """
-    if not hasattr(buf, "find") or buf.find(b"\\") >= 0:
-        return None
-    at = buf.find(b'"payload"')
-    if at < 0 or buf.find(b'"payload"', at + 1) >= 0:
-        return None
-    at += 9
-    while buf[at:at + 1] in _SPACE:
-        at += 1
-    if buf[at:at + 1] != b":":
-        return None
-    at += 1
-    while buf[at:at + 1] in _SPACE:
-        at += 1
-    if buf[at:at + 1] != b'"':
-        return None
-    end = buf.find(b'"', at + 1)
-    return None if end < 0 else (at + 1, end)
-
-
-def _read_lean(buf, payload_type, consume):
-    """_read_full's result without ever holding the payload as a JSON string.
-
-    The envelope is parsed with its payload text cut out (a few hundred bytes instead of a
-    6 KB string plus the parser's 8 KB scratch), and the base64 is decoded straight from the
-    caller's buffer: with `consume`, into that very buffer (the payload is then a memoryview
-    of its start).  None when the envelope is not plain or anything in it is wrong: the full
-    parse then gives the same verdict it always did (the buffer is still intact then).
-    """
-    span = _payload_span(buf)
-    if span is None:
-        return None
-    start, end = span
-    head = buf[:start] + buf[end:]
-    try:
-        doc = json.loads(head)
-    except (ValueError, UnicodeError):
-        return None
-    if type(doc) is not dict or doc.get("payload") != "" or start == end:
-        return None
-    try:
-        _check_closed(head, doc)
-        kind = t._field(doc, "payloadType", str, "envelope")
-        entries = t._field(doc, "signatures", list, "envelope")
-    except t.MalformedError:
-        return None
-    if kind != payload_type:
-        return None
-    doc = head = None
-    size = (end - start) // 4 * 3 - (buf[end - 1] == 61) - (buf[end - 2] == 61)  # 61: "="
-    h = _pae_start(kind, size)
-    if size < 0 or _b64_chunks(buf, start, end, h.update) != size:
-        return None
-    sigs = _signatures(entries)
-    if consume and type(buf) is bytearray:
-        view = memoryview(buf)
-        out = [0]
-
-        def put(data):
-            view[out[0]:out[0] + len(data)] = data  # never past what is already read
-            out[0] += len(data)
-
-        _b64_chunks(buf, start, end, put)
-        payload = view[:size]
-    else:
-        payload = binascii.a2b_base64(memoryview(buf)[start:end])
-    return payload, sigs, h.digest()
-
-
-def _b64_chunks(buf, start, end, sink):
-    """Decode the canonical base64 buf[start:end] chunk by chunk into sink(bytes).
-
-    Returns the decoded length, or -1 when the text is not canonical (it must re-encode to
-    itself, and only the last chunk may end in padding).
-    """
-    view = memoryview(buf)
-    total = 0
-    while start < end:
-        stop = min(start + _B64_TEXT, end)
-        text = view[start:stop]
-        try:
-            data = binascii.a2b_base64(text)
-        except ValueError:
-            return -1
-        if (stop < end and len(data) * 4 != len(text) * 3) or binascii.b2a_base64(
-                data, newline=False) != bytes(text):
-            return -1
-        sink(data)
-        total += len(data)
-        start = stop
-    return total
-
-
-def _read_full(buf, payload_type):
-    doc = t._loads(buf, "envelope")
-    if type(doc) is not dict:
-        raise t.MalformedError("envelope: not a JSON object")
-    _check_closed(buf, doc)
-    kind = t._field(doc, "payloadType", str, "envelope")
-    text = t._field(doc, "payload", str, "envelope")
-    entries = t._field(doc, "signatures", list, "envelope")
+    kind = text = entries = None
+    for key, start, end in doc.top():  # a duplicate key: the last one counts, as in json
+        if key == "payloadType":
+            kind = doc.load(start, end)
+        elif key == "payload":
+            text = (start, end) if doc.at(start) == 34 else None
+        elif key == "signatures":
+            entries = doc.load(start, end)
+    if type(kind) is not str:
+        doc.bad("'payloadType' missing or not a str")
+    if text is None:
+        doc.bad("'payload' missing or not a str")
+    if type(entries) is not list:
+        doc.bad("'signatures' missing or not a list")
     if kind != payload_type:
         raise t.PayloadTypeError("payloadType is '" + kind[:60] + "', expected '"
                                  + payload_type + "'")
-    doc = None
-    payload = t._b64decode(text, "envelope payload")
-    text = None
-    return payload, _signatures(entries), _pae_digest(kind, payload)
+    start, end = text[0] + 1, text[1] - 1
+    size = _decoded_size(doc, start, end)
+    h = hashlib.sha256(("DSSEv1 %d %s %d " % (len(kind.encode()), kind, size)).encode())
+    if scratch is None:
+        import io
+        out = io.BytesIO()
+    else:
+        out = open(scratch, "wb")
+    try:
+        _decode(doc, start, end, h, out)
+        payload = out.getvalue() if scratch is None else scratch
+    finally:
+        out.close()
+    return payload, _signatures(entries), h.digest()
+
+
+def _pieces(doc, start, end):
+    """The text of the JSON string whose content is doc[start:end], unescaped, in pieces."""
+    pos = start
+    while pos < end:
+        esc = doc.find(b"\\", pos, end)
+        stop = end if esc < 0 else esc
+        while pos < stop:
+            n = min(stop, pos + _TEXT)
+            yield doc.read(pos, n)
+            pos = n
+        if esc < 0:
+            return
+        c = doc.at(esc + 1)
+        if c == 117:  # \uXXXX: only ASCII can be base64; anything else fails the decode
+            try:
+                code = int(doc.read(esc + 2, esc + 6), 16)
+            except ValueError:
+                doc.bad()
+            yield bytes((code if code < 128 else 0,))
+            pos = esc + 6
+        else:
+            piece = _ESCAPES.get(c)
+            if piece is None or esc + 2 > end:
+                doc.bad()
+            yield piece
+            pos = esc + 2
+
+
+def _decoded_size(doc, start, end):
+    """Bytes the canonical base64 text decodes to (its padding counted off), or Malformed."""
+    n = 0
+    tail = b""
+    for piece in _pieces(doc, start, end):
+        n += len(piece)
+        tail = (tail + piece)[-2:]
+    if n % 4:
+        doc.bad("bad base64")
+    return n // 4 * 3 - tail.count(b"=")
+
+
+def _decode(doc, start, end, h, out):
+    """Decode the base64 text into h.update and out.write, a chunk at a time; the text must
+    re-encode to itself (MicroPython's decoder skips junk) and pad only at its end."""
+    acc = b""
+    done = False
+    pieces = _pieces(doc, start, end)
+    while not done:
+        try:
+            acc += next(pieces)
+            if len(acc) < _TEXT:
+                continue
+            cut = len(acc) // 4 * 4
+        except StopIteration:
+            done = True
+            cut = len(acc)
+        text = acc[:cut]
+        acc = acc[cut:]
+        if not text:
+            continue
+        try:
+            data = binascii.a2b_base64(text)
+        except ValueError:
+            doc.bad("bad base64")
+        if (not done and len(data) * 4 != len(text) * 3) or binascii.b2a_base64(
+                data, newline=False) != text:
+            doc.bad("bad base64")
+        h.update(data)
+        out.write(data)
 
 
 def _signatures(entries):
@@ -186,25 +138,6 @@ def _signatures(entries):
             raise t.MalformedError(where + ": sig is " + str(len(sig)) + " bytes, not 64")
         sigs.append((t._field(entry, "keyid", str, where), sig))
     return sigs
-
-
-def _pae_start(kind, size):
-    # PAE(type, body) = "DSSEv1" SP LEN(type) SP type SP LEN(body) SP body, hashed in pieces.
-    kind = kind.encode()
-    h = hashlib.sha256(b"DSSEv1 ")
-    h.update(str(len(kind)))
-    h.update(b" ")
-    h.update(kind)
-    h.update(b" ")
-    h.update(str(size))
-    h.update(b" ")
-    return h
-
-
-def _pae_digest(kind, payload):
-    h = _pae_start(kind, len(payload))
-    h.update(payload)
-    return h.digest()
 
 
 def require_threshold(digest, sigs, keys, keyids, threshold, role):

@@ -76,9 +76,19 @@ def _parse_root(payload, old_keys=None):
     return t.Root(version, expires, keys, root_ids, root_t, rel_ids, rel_t)
 
 
-def parse_root(buf, precompute=False, defer_check=False):
+def _read(src):
+    """(payload bytes, sigs, digest) of a root envelope: bytes-like or a file path."""
+    from ota import jscan
+    doc = jscan.open_doc(src, "envelope")
+    try:
+        return dsse.read(doc, t.ROOT_PAYLOAD_TYPE)
+    finally:
+        doc.f.close()
+
+
+def parse_root(src, precompute=False, defer_check=False):
     """trust.parse_root (documented there)."""
-    payload, sigs, digest = dsse.read_envelope(buf, t.ROOT_PAYLOAD_TYPE)
+    payload, sigs, digest = _read(src)
     root = _parse_root(payload)
     root._unchecked = (digest, sigs)
     if not defer_check:
@@ -88,38 +98,18 @@ def parse_root(buf, precompute=False, defer_check=False):
     return root
 
 
-def load_root(path="/ota/trust.json", precompute=False, defer_check=False):
-    """trust.load_root (documented there)."""
-    import os
-
-    size = os.stat(path)[6]
-    if size > t.MAX_ENVELOPE_BYTES:
-        raise t.TooLargeError(path + " is " + str(size) + " bytes, over the cap of "
-                              + str(t.MAX_ENVELOPE_BYTES))
-    buf = bytearray(size)
-    view = memoryview(buf)
-    got = 0
-    with open(path, "rb") as f:
-        while got < size:
-            n = f.readinto(view[got:])
-            if not n:
-                raise t.MalformedError(path + ": shorter than its size")
-            got += n
-    return parse_root(buf, precompute, defer_check)
-
-
-def verify_rotation(root, buf, now=None):
+def verify_rotation(root, src, now=None):
     """trust.verify_rotation (documented there)."""
     root.check()
-    payload, sigs, digest = dsse.read_envelope(buf, t.ROOT_PAYLOAD_TYPE)
+    payload, sigs, digest = _read(src)
     dsse.require_threshold(digest, sigs, root.keys, root.root_keyids, root.root_threshold,
-                       "root (trusted)")
+                           "root (trusted)")
     new = _parse_root(payload, root.keys)
     if new.version != root.version + 1:
         raise t.RotationError("root version " + str(new.version) + " does not follow trusted "
                               "version " + str(root.version))
     dsse.require_threshold(digest, sigs, new.keys, new.root_keyids, new.root_threshold,
-                       "root (new)")
+                           "root (new)")
     if now is not None and new.expires <= now:
         raise t.ExpiredError("root version " + str(new.version) + " expired at "
                              + str(new.expires) + " (now " + str(now) + ")")

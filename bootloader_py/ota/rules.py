@@ -3,7 +3,10 @@
 #
 # Part of trust.py's API (docs/board-trust.md): trust.accept_manifest, check_manifest and
 # check_path load it.  Kept apart so it is not in the heap while signatures are checked.
+# The payload is walked with ota.jscan: the top-level fields are read one by one and the file
+# entries one at a time, so the manifest is never a dict of every file in the heap.
 import binascii
+import hashlib
 import re
 
 from ota import trust as t
@@ -53,7 +56,7 @@ def _bad_file(where, problem):
     raise t.MalformedError("manifest file " + where + ": " + problem)
 
 
-def _check_file(entry, index, seen):
+def _check_file(entry, index):
     # One tight function per entry: up to 128 of them, so messages are built only on failure.
     if type(entry) is not dict:
         _bad_file(str(index), "not a JSON object")
@@ -76,16 +79,11 @@ def _check_file(entry, index, seen):
                       "transfer_size == size")
     elif encoding != "deflate" or type(encoding) is not str:
         _bad_file("'" + path + "'", "encoding must be one of plain, deflate")
-    if path in seen:
-        raise t.MalformedError("manifest: duplicate file path '" + path + "'")
-    seen[path] = 1
+    return path
 
 
-def check_manifest(doc):
-    """Raise MalformedError unless doc has the manifest's documented fields and shapes.
-
-    Unknown top-level fields are ignored (room for later versions), as on the host.
-    """
+def _check_head(doc):
+    """The top-level fields but `files`, in the host's order (Manifest.from_payload)."""
     if type(doc) is not dict or doc.get("_type") != "manifest":
         raise t.MalformedError("manifest: not a manifest document (_type must be 'manifest')")
     app = _matching(doc, "app", _NAME, "an app name ([A-Za-z0-9._-], 1..64)")
@@ -103,30 +101,120 @@ def check_manifest(doc):
             raise t.MalformedError("manifest: 'boards' must be a non-empty list of names")
     _matching(doc, "min_micropython", _MP_VERSION, "a version like 1.20.0")
     _matching(doc, "entry", _MODULE, "a module name")
-    files = t._field(doc, "files", list, "manifest")
-    if len(files) > t.MAX_FILES:
-        raise t.MalformedError("manifest: " + str(len(files)) + " files, more than the cap of "
+
+
+def _too_many(count):
+    if count > t.MAX_FILES:
+        raise t.MalformedError("manifest: " + str(count) + " files, more than the cap of "
                                + str(t.MAX_FILES))
+
+
+def _duplicate(path):
+    return t.MalformedError("manifest: duplicate file path '" + path + "'")
+
+
+def check_manifest(doc):
+    """trust.check_manifest (documented there), for a manifest already parsed into a dict."""
+    _check_head(doc)
+    files = t._field(doc, "files", list, "manifest")
+    _too_many(len(files))
+    paths = [_check_file(files[i], i) for i in range(len(files))]
     seen = {}
-    for i in range(len(files)):
-        _check_file(files[i], i, seen)
+    for path in paths:  # after every entry passed, as on the host
+        if path in seen:
+            raise _duplicate(path)
+        seen[path] = 1
 
 
-def accept_manifest(payload, board, installed_sequence, now):
-    """trust.accept_manifest (documented there)."""
-    doc = t._loads(payload, "manifest")
-    payload = None
-    check_manifest(doc)
-    if board is not None and board not in doc["boards"]:
+_HEAD = ("_type", "app", "version", "sequence", "created", "expires", "boards",
+         "min_micropython", "entry")
+
+
+def _path_key(path):
+    # 30 bits: a small int on every port, so the set of them costs no object per path.
+    return int.from_bytes(hashlib.sha256(path.encode()).digest()[:4], "big") >> 2
+
+
+def _check_files(doc, start, files):
+    """Check the entries of the `files` array at doc[start], handing each to files(entry).
+
+    As on the host: the count cap first, then every entry, then duplicate paths (found by a
+    set of path hashes; a hash seen twice is confirmed by reading the paths again).
+    """
+    count = 0
+    for _ in doc.elements(start):
+        count += 1
+    _too_many(count)
+    keys = set()
+    dup = None
+    i = 0
+    for a, b in doc.elements(start):
+        entry = doc.load(a, b)
+        path = _check_file(entry, i)
+        key = _path_key(path)
+        if key in keys and dup is None and _seen_before(doc, start, i, path):
+            dup = path
+        keys.add(key)
+        if files is not None:
+            files(entry)
+        entry = None
+        i += 1
+    if dup is not None:
+        raise _duplicate(dup)
+
+
+def _seen_before(doc, start, index, path):
+    i = 0
+    for a, b in doc.elements(start):
+        if i == index:
+            return False
+        if doc.load(a, b).get("path") == path:
+            return True
+        i += 1
+    return False
+
+
+def _payload_doc(payload):
+    from ota import jscan
+    if type(payload) is str:
+        import os
+        return jscan.Doc(open(payload, "rb"), os.stat(payload)[6], "manifest")
+    import io
+    return jscan.Doc(io.BytesIO(payload), len(payload), "manifest")
+
+
+def accept_manifest(payload, board, installed_sequence, now, files=None):
+    """trust.accept_manifest (documented there): payload is bytes or a file path."""
+    doc = _payload_doc(payload)
+    try:
+        head = {}
+        span = None
+        for key, a, b in doc.top():
+            if key == "files":
+                span = a if doc.at(a) == 91 else None
+            elif key in _HEAD:
+                head[key] = doc.load(a, b)
+        _check_head(head)
+        if span is None:
+            raise t.MalformedError("manifest: 'files' missing or not a list")
+        _check_files(doc, span, files)
+    finally:
+        doc.f.close()
+    if board is not None and board not in head["boards"]:
         raise t.WrongBoardError("board '" + board + "' is not in the manifest's boards")
-    seq = doc["sequence"]
+    seq = head["sequence"]
     if installed_sequence is not None:
         if seq == installed_sequence:
             raise t.SameSequenceError("sequence " + str(seq) + " is already installed")
         if seq < installed_sequence:
             raise t.RollbackError("sequence " + str(seq) + " is lower than installed "
                                   + str(installed_sequence))
-    if now is not None and doc["expires"] <= now:
-        raise t.ExpiredError("manifest expired at " + str(doc["expires"]) + " (now " + str(now)
-                             + ")")
-    return doc
+    if now is not None and head["expires"] <= now:
+        raise t.ExpiredError("manifest expired at " + str(head["expires"]) + " (now "
+                             + str(now) + ")")
+    if files is not None:
+        return head
+    if type(payload) is str:  # the whole document as signed, for callers with heap to spare
+        with open(payload, "rb") as f:
+            payload = f.read()
+    return t._loads(payload, "manifest")

@@ -1,13 +1,16 @@
-# Building the inactive slot for a verified manifest, file by file.
+# The app slots' files, and the file lists that say what a slot holds or should hold.
 #
-# Nothing under the active slot is ever written here. Each file of the new slot comes from
-# (1) the target slot itself when a previous attempt already put it there, (2) a copy of the
-# active slot's file with the same SHA-256, or (3) a download. Downloads land in
-# /ota/part/<blob> first (so an interrupted one resumes with Range), stream through the one
-# buffer into SHA-256 and flash, and are cut off at the declared transfer size.
+# A file list is a text file, one line per app file:
+#     <sha256> <size> <encoding> <blob> <transfer_size> <path>\n
+# (the path last: it is the only field that may hold a space; no path holds a control
+# character, trust.check_path). The client writes the verified manifest's entries as one
+# (slots.OFFER) and, once the inactive slot holds them, renames it to that slot's list
+# (/ota/slot_<x>.lst), which the next update reads to find files it can copy instead of
+# download. Lists are read a line at a time: no list is ever held in the heap.
+#
+# Nothing under the active slot is ever written here.
 import binascii
 import hashlib
-import json
 import os
 
 from micropython import const
@@ -15,25 +18,63 @@ from micropython import const
 from ota.fail import UpdateFailed
 
 PART_DIR = "/ota/part"
-_MAX_PATH = const(128)
+OFFER = "/ota/offer.lst"
+_LINE = const(256)
 _DIR = const(0x4000)
 
+# A file entry as read from a list: a tuple (path, sha256, size, encoding, blob, transfer_size).
+PATH = const(0)
+SHA = const(1)
+SIZE = const(2)
+ENCODING = const(3)
+BLOB = const(4)
+TRANSFER = const(5)
 
-def meta_path(slot):
+
+def list_path(slot):
     """Where the file list of a slot is kept (outside the slot, so the slot holds only the app)."""
-    return "/ota/slot_" + slot + ".json"
+    return "/ota/slot_" + slot + ".lst"
 
 
-def safe_path(path):
-    """True for a relative '/'-separated path that stays inside the slot."""
-    if not isinstance(path, str) or not path or len(path) > _MAX_PATH:
-        return False
-    if path[0] == "/" or "\\" in path or ":" in path:
-        return False
-    for seg in path.split("/"):
-        if seg == "" or seg == "." or seg == "..":
-            return False
-    return True
+def line(e):
+    """The list line of a manifest file entry (a dict)."""
+    return "%s %d %s %s %d %s\n" % (e["sha256"], e["size"], e["encoding"], e["blob"],
+                                    e["transfer_size"], e["path"])
+
+
+def entries(path):
+    """(offset, entry tuple) for each line of the list at `path`; nothing when it is missing.
+
+    A line cut short by a power cut (no newline) ends the list.
+    """
+    try:
+        f = open(path)
+    except OSError:
+        return
+    try:
+        while True:
+            at = f.tell()
+            text = f.readline(_LINE)
+            if text[-1:] != "\n":
+                return
+            yield at, _parse(text)
+    finally:
+        f.close()
+
+
+def entry_at(path, at):
+    """The entry on the line starting at byte `at` of the list at `path`."""
+    with open(path) as f:
+        f.seek(at)
+        return _parse(f.readline(_LINE))
+
+
+def _parse(text):
+    try:
+        sha, size, encoding, blob, transfer, path = text[:-1].split(" ", 5)
+        return path, sha, int(size), encoding, blob, int(transfer)
+    except ValueError:
+        raise UpdateFailed("bad file list line")
 
 
 def exists(path):
@@ -88,76 +129,80 @@ def hash_into(path, buf, h):
     return size
 
 
+def hex_of(h):
+    return binascii.hexlify(h.digest()).decode()
+
+
 def hash_file(path, buf):
     """(hex sha256, size) of a file streamed through `buf`, or (None, -1) when it is missing."""
     h = hashlib.sha256()
     size = hash_into(path, buf, h)
     if size < 0:
         return None, -1
-    return binascii.hexlify(h.digest()).decode(), size
+    return hex_of(h), size
 
 
-def _walk(top, out):
-    for entry in os.ilistdir(top):
+def listed(path):
+    """True when the offer list names `path` (a scan: lists are never held in the heap)."""
+    for _, e in entries(OFFER):
+        if e[PATH] == path:
+            return True
+    return False
+
+
+def _listed_dir(rel):
+    prefix = rel + "/"
+    for _, e in entries(OFFER):
+        if e[PATH].startswith(prefix):
+            return True
+    return False
+
+
+def clear_strays(root):
+    """Remove every file and directory under `root` that the offer list does not name."""
+    makedirs(root + "/")
+    _clear(root, len(root) + 1)
+
+
+def _clear(top, cut):
+    for entry in list(os.ilistdir(top)):  # listed first: entries are removed while walking
         path = top + "/" + entry[0]
         if entry[1] == _DIR:
-            _walk(path, out)
-            out.append((path, True))
-        else:
-            out.append((path, False))
-
-
-def clear_strays(root, wanted):
-    """Remove every file and directory under `root` that the new file set does not need."""
-    makedirs(root + "/")
-    dirs = set()
-    for path in wanted:
-        at = path.rfind("/")
-        while at > 0:
-            dirs.add(path[:at])
-            at = path.rfind("/", 0, at)
-    found = []
-    _walk(root, found)
-    cut = len(root) + 1
-    for path, is_dir in found:  # children come before their directory
-        rel = path[cut:]
-        if is_dir and rel not in dirs:
-            os.rmdir(path)
-        elif not is_dir and rel not in wanted:
+            _clear(path, cut)
+            if not _listed_dir(path[cut:]):
+                os.rmdir(path)
+        elif not listed(path[cut:]):
             os.remove(path)
 
 
-def clear_parts(keep):
-    """Drop partial downloads that no file of the current manifest needs."""
+def clear_parts():
+    """Drop partial downloads that no file of the offer list needs."""
     makedirs(PART_DIR + "/")
-    for entry in os.ilistdir(PART_DIR):
-        if entry[0] not in keep:
+    for entry in list(os.ilistdir(PART_DIR)):
+        if not _needs_blob(entry[0]):
             os.remove(PART_DIR + "/" + entry[0])
 
 
-def active_files(slot, wanted):
-    """{sha256: path} of the files the given (active) slot holds, per its recorded file list,
-    for the hashes in `wanted` ({sha256: sha256}) only.
-
-    The keys are wanted's own strings, so the map costs no second copy of the hashes.
-    """
-    try:
-        with open(meta_path(slot)) as f:
-            files = json.load(f)["files"]
-    except (OSError, ValueError, KeyError):
-        return {}
-    out = {}
-    for path, sha in files:
-        key = wanted.get(sha)
-        if key is not None:
-            out[key] = path
-    return out
+def _needs_blob(blob):
+    for _, e in entries(OFFER):
+        if e[BLOB] == blob:
+            return True
+    return False
 
 
-def write_meta(slot, files):
-    """Record the slot's [(path, sha256), ...] (one write)."""
-    with open(meta_path(slot), "w") as f:
-        f.write(json.dumps({"files": files}))
+def find_sha(path, sha):
+    """The path, in the list at `path`, of a file with this sha256, or None."""
+    for _, e in entries(path):
+        if e[SHA] == sha:
+            return e[PATH]
+    return None
+
+
+def adopt(slot):
+    """The offer list becomes the list of `slot`, which now holds its files."""
+    dest = list_path(slot)
+    remove(dest)  # FAT cannot rename over a file; a missing list only costs copies later
+    os.rename(OFFER, dest)
 
 
 def copy_verified(src, dest, sha, size, buf):
@@ -173,7 +218,7 @@ def copy_verified(src, dest, sha, size, buf):
                 h.update(buf[:n])
                 fo.write(buf[:n])
                 n_total += n
-    return n_total == size and binascii.hexlify(h.digest()).decode() == sha
+    return n_total == size and hex_of(h) == sha
 
 
 def inflate_verified(part, dest, sha, size, buf):
@@ -182,7 +227,8 @@ def inflate_verified(part, dest, sha, size, buf):
     h = hashlib.sha256()
     n_total = 0
     with open(part, "rb") as fi:
-        z = deflate.DeflateIO(fi, deflate.ZLIB)
+        # wbits 10: the 1 KB window every mpota deflate blob is made with (docs/manifest.md)
+        z = deflate.DeflateIO(fi, deflate.ZLIB, 10)
         with open(dest, "wb") as fo:
             while n_total <= size:
                 try:
@@ -194,4 +240,4 @@ def inflate_verified(part, dest, sha, size, buf):
                 h.update(buf[:n])
                 fo.write(buf[:n])
                 n_total += n
-    return n_total == size and binascii.hexlify(h.digest()).decode() == sha
+    return n_total == size and hex_of(h) == sha

@@ -2,18 +2,19 @@
 
 Bytes and a reference time in, a verified object out, or one TrustError subclass; no network
 and no clock reads.  Same rules, order of checks and error names as the host's signing/
-package (docs/manifest.md, docs/board-trust.md), so both refuse exactly the same documents.
+package (docs/manifest.md, docs/board-trust.md), so both refuse the same documents.
 
     root = load_root("/ota/trust.json")
-    manifest = verify_manifest(buf, root, board="esp32", installed_sequence=3, now=None)
-    new_root = verify_rotation(root, buf, now=None)
+    manifest = verify_manifest(src, root, board="esp32", installed_sequence=3, now=None)
+    new_root = verify_rotation(root, src, now=None)
 
-`now` None means the board has no trustworthy time (no NTP yet): expiry is then not checked;
-signatures, board and sequence still are.
+`src` is the envelope: bytes-like, or the path of a file holding it (the OTA client's way: the
+envelope is never held in the heap, docs/board.md).  `now` None means the board has no
+trustworthy time (no NTP yet): expiry is then not checked; signatures, board and sequence
+still are.
 """
 
 import binascii
-import hashlib
 import json
 
 # Caps, as data: the OTA client may override them (the host's defaults are the contract).
@@ -24,7 +25,6 @@ MAX_PATH_LENGTH = 64
 ROOT_PAYLOAD_TYPE = "application/vnd.mpota.root+json"
 MANIFEST_PAYLOAD_TYPE = "application/vnd.mpota.manifest+json"
 KEYTYPE = "ecdsa-p256"
-_B64_CHUNK = 768  # bytes re-encoded at a time when checking base64 is canonical
 
 
 class TrustError(Exception):
@@ -134,26 +134,12 @@ def _field(obj, name, kind, where):
 
 def _b64decode(text, what):
     """Strict base64: MicroPython's decoder skips junk, so the text must re-encode to itself."""
-    data = _b64_strict(text)
-    if data is None:
-        raise MalformedError(what + ": bad base64")
-    return data
-
-
-def _b64_strict(text):
-    """The bytes of canonical base64 `text` (str, bytes or memoryview), else None."""
     try:
         data = binascii.a2b_base64(text)
     except ValueError:
-        return None
-    # Compare hashes of the text and of its re-encoding, chunk by chunk, to avoid a second
-    # full-size copy of a payload on a small heap.
-    again = hashlib.sha256()
-    view = memoryview(data)
-    for i in range(0, len(data), _B64_CHUNK):
-        again.update(binascii.b2a_base64(view[i:i + _B64_CHUNK], newline=False))
-    if again.digest() != hashlib.sha256(text).digest():
-        return None
+        data = None
+    if data is None or binascii.b2a_base64(data, newline=False) != text.encode():
+        raise MalformedError(what + ": bad base64")
     return data
 
 
@@ -174,7 +160,7 @@ def _count(obj, name, where, minimum=0):
     return value
 
 
-def parse_root(buf, precompute=False, defer_check=False):
+def parse_root(src, precompute=False, defer_check=False):
     """A self-signed root envelope (its own root threshold met) as a Root; expiry unchecked.
 
     What the board was provisioned with is trusted as given, even past its expiry (the next
@@ -187,19 +173,18 @@ def parse_root(buf, precompute=False, defer_check=False):
     verify_rotation (Root.check), so a boot with nothing new pays no ECDSA at all.
     """
     from ota import rootmeta  # root parsing lives apart: a client unloads it after use
-    return rootmeta.parse_root(buf, precompute, defer_check)
+    return rootmeta.parse_root(src, precompute, defer_check)
 
 
 def load_root(path="/ota/trust.json", precompute=False, defer_check=False):
-    """parse_root() of a file; the file is size-checked before it is read into one buffer.
+    """parse_root() of a file, which is size-checked (os.stat) before a byte of it is read.
 
     OSError when the file cannot be read; TooLargeError when it is over the envelope cap.
     """
-    from ota import rootmeta
-    return rootmeta.load_root(path, precompute, defer_check)
+    return parse_root(path, precompute, defer_check)
 
 
-def verify_rotation(root, buf, now=None):
+def verify_rotation(root, src, now=None):
     """Root N+1 from trusted root N: version N+1, both root thresholds met, unexpired.
 
     The old root's threshold is checked before the new payload is parsed, so unvouched JSON
@@ -208,42 +193,48 @@ def verify_rotation(root, buf, now=None):
     ExpiredError.  Keys kept across the rotation keep their comb tables.
     """
     from ota import rootmeta
-    return rootmeta.verify_rotation(root, buf, now)
+    return rootmeta.verify_rotation(root, src, now)
 
 
 # -- release manifests ------------------------------------------------------------------------
 
-def verify_manifest(buf, root, board=None, installed_sequence=None, now=None, consume=False):
-    """The manifest payload as a dict, once signed by a threshold of root's release keys.
+def verify_manifest(src, root, board=None, installed_sequence=None, now=None, files=None,
+                    scratch=None):
+    """The manifest, once signed by a threshold of root's release keys and every rule passed.
 
-    buf: the envelope (bytes, bytearray or memoryview; at most MAX_ENVELOPE_BYTES).
-    board None skips the board check, installed_sequence None the sequence check, now None
-    the expiry check (no trustworthy time).  consume=True lets a bytearray buf be overwritten
-    with the decoded payload (one payload-sized block less at the peak; the caller must not
-    use buf afterwards).  Order of checks, as on the host: size, envelope,
+    src: the envelope, bytes-like or a file path (at most MAX_ENVELOPE_BYTES).  board None
+    skips the board check, installed_sequence None the sequence check, now None the expiry
+    check (no trustworthy time).  Order of checks, as on the host: size, envelope,
     payloadType, release threshold, manifest fields, board, sequence, expiry.
     Raises TooLargeError, MalformedError, PayloadTypeError, ThresholdError, WrongBoardError,
     RollbackError, SameSequenceError or ExpiredError.
 
-    It is signed_manifest() then accept_manifest(): a caller short of heap calls the two
-    itself and lets go of the root (and with it ota.p256) in between.
+    files None: the payload as parsed, a dict with its `files` list.  files a callable: it is
+    called with each file entry (a dict) as the entries are checked, and the dict returned
+    holds the other fields only; the caller must drop what it got when this raises.
+    scratch: a file for the decoded payload (None: the heap).  It is signed_manifest() then
+    accept_manifest(): a caller short of heap calls the two itself and lets go of the root
+    (and with it ota.p256) in between.
     """
-    payload = signed_manifest(buf, root, consume)
-    buf = root = None
-    return accept_manifest(payload, board, installed_sequence, now)
+    payload = signed_manifest(src, root, scratch)
+    src = root = None
+    return accept_manifest(payload, board, installed_sequence, now, files)
 
 
-def signed_manifest(buf, root, consume=False):
-    """First half of verify_manifest: the payload bytes, once a threshold of root's release
-    keys signed them (size, envelope, payloadType, release threshold).
-
-    With consume, a memoryview into buf.  Raises TooLargeError, MalformedError,
-    PayloadTypeError or ThresholdError.
+def signed_manifest(src, root, scratch=None):
+    """First half of verify_manifest: the payload, once a threshold of root's release keys
+    signed it (size, envelope, payloadType, release threshold): bytes, or the path `scratch`
+    it was written to.  Raises TooLargeError, MalformedError, PayloadTypeError or
+    ThresholdError.
     """
-    from ota import dsse
+    from ota import dsse, jscan
     root.check()
-    payload, sigs, digest = dsse.read_envelope(buf, MANIFEST_PAYLOAD_TYPE, consume)
-    buf = None
+    doc = jscan.open_doc(src, "envelope")
+    try:
+        payload, sigs, digest = dsse.read(doc, MANIFEST_PAYLOAD_TYPE, scratch)
+    finally:
+        doc.f.close()
+    doc = src = None
     root.precompute()
     dsse.require_threshold(digest, sigs, root.keys, root.release_keyids,
                            root.release_threshold, "release")
@@ -265,11 +256,11 @@ def check_manifest(doc):
     rules.check_manifest(doc)
 
 
-def accept_manifest(payload, board=None, installed_sequence=None, now=None):
+def accept_manifest(payload, board=None, installed_sequence=None, now=None, files=None):
     """Second half of verify_manifest, for a payload signed_manifest() returned and nothing
-    else: manifest fields, board, sequence, expiry; the manifest dict.
+    else: manifest fields, paths, board, sequence, expiry (files: as verify_manifest).
 
     Raises MalformedError, WrongBoardError, RollbackError, SameSequenceError or ExpiredError.
     """
     from ota import rules
-    return rules.accept_manifest(payload, board, installed_sequence, now)
+    return rules.accept_manifest(payload, board, installed_sequence, now, files)

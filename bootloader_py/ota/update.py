@@ -1,124 +1,162 @@
-# Staging a verified manifest into the inactive slot and flipping to it.
-import os
+# Staging a verified release into the inactive slot (docs/board.md, Update).
+#
+# The release's files are the lines of slots.OFFER. Each file of the new slot comes from
+# (1) the target slot itself when an earlier attempt already put it there, (2) a copy of an
+# active-slot file with the same SHA-256, or (3) the server: every file that needs it in one
+# signed request (GET /v1/device/pack), its blobs back to back. Each blob lands in
+# /ota/part/<blob> first, through the one buffer into SHA-256 and flash, cut off at its
+# declared size; an attempt cut short resumes the blob it was in with Range.
+import hashlib
 
 from micropython import const
 
 from ota import slots, state
 from ota.fail import HttpError, UpdateFailed
+from ota.slots import BLOB, ENCODING, OFFER, PATH, SHA, SIZE, TRANSFER
 
-# A manifest file entry as the client hands it over (client.trusted_update): a tuple
-# (path, sha256, size, encoding, blob, transfer_size), a third of a dict's heap.
-PATH = const(0)
-SHA = const(1)
-SIZE = const(2)
-ENCODING = const(3)
-BLOB = const(4)
-TRANSFER = const(5)
+_PACK_MAX = const(32)  # blobs per request: keeps the request line under 2.2 KB
 
 
-def _fetch(sess, entry, part, buf):
-    """Complete /ota/part/<blob> from the server, resuming with Range; verify its SHA-256."""
-    import binascii
-    import hashlib
-    have = slots.size(part)
-    if have > entry[TRANSFER]:
-        slots.remove(part)
-        have = 0
-    h = hashlib.sha256()
-    if have > 0:
-        have = slots.hash_into(part, buf, h)  # resume: the hash must cover what is there
-    else:
-        have = 0
-    if have < entry[TRANSFER]:
-        h = _download(sess, entry, part, buf, h, have)
-    if binascii.hexlify(h.digest()).decode() != entry[BLOB]:
-        slots.remove(part)
-        raise UpdateFailed("hash mismatch: " + entry[PATH])
-
-
-def _download(sess, entry, part, buf, h, have):
-    """Append the rest of the blob to `part`, hashing it into `h`; returns the hash."""
-    extra = "Range: bytes=%d-\r\n" % have if have else ""
-    try:
-        resp = sess.request("GET", "/v1/blobs/" + entry[BLOB], b"", extra)
-    except HttpError as e:
-        raise UpdateFailed("blob %s: %s" % (entry[PATH], e))
-    try:
-        if resp.status == 200 and have:
-            import hashlib
-            have = 0  # the server ignored Range: start over
-            h = hashlib.sha256()
-            slots.remove(part)
-        elif resp.status != 200 and not (resp.status == 206 and resp.range_start == have):
-            raise UpdateFailed("blob %s: http %d" % (entry[PATH], resp.status))
-        left = entry[TRANSFER] - have
-        if resp.length != left:
-            raise UpdateFailed("blob %s: length %s, expected %d" % (
-                entry[PATH], resp.length, left))
-        with open(part, "ab") as f:
-            while left:
-                n = resp.readinto(buf[:min(len(buf), left)])
-                h.update(buf[:n])
-                f.write(buf[:n])
-                left -= n
-    except HttpError as e:
-        raise UpdateFailed("blob %s: %s" % (entry[PATH], e))
-    finally:
-        resp.close()
-    return h
-
-
-def _place(sess, entry, dest, olds, active_root, buf):
-    sha = entry[SHA]
-    size = entry[SIZE]
-    if slots.hash_file(dest, buf) == (sha, size):
-        return  # an earlier attempt already put it here
-    slots.makedirs(dest)
-    src = olds.get(sha)
-    if src is not None:
-        try:
-            if slots.copy_verified(active_root + "/" + src, dest, sha, size, buf):
-                return
-        except OSError:
-            pass  # the active copy is unreadable: download instead
-    part = slots.PART_DIR + "/" + entry[BLOB]
-    _fetch(sess, entry, part, buf)
-    if entry[ENCODING] == "plain":
-        slots.remove(dest)
-        os.rename(part, dest)
-    elif not slots.inflate_verified(part, dest, sha, size, buf):
-        slots.remove(part)
-        raise UpdateFailed("inflated file does not match: " + entry[PATH])
-    else:
-        slots.remove(part)
-
-
-def stage(sess, st, files, buf):
-    """Build the inactive slot for the verified entries `files`; returns the slot name.
+def stage(sess, st, buf):
+    """Build the inactive slot for the offer list; returns the slot name.
 
     Raises UpdateFailed (OSError when the flash refuses a write).
     """
     target = state.other(st.active)
     root = state.slot_path(target)
-    wanted = set()
-    blobs = set()
-    for e in files:
-        if not slots.safe_path(e[PATH]) or e[ENCODING] not in ("plain", "deflate"):
-            raise UpdateFailed("bad file entry: " + str(e[PATH]))
-        wanted.add(e[PATH])
-        blobs.add(e[BLOB])
-    slots.clear_strays(root, wanted)
-    slots.clear_parts(blobs)
-    shas = {}
-    for e in files:
-        shas[e[SHA]] = e[SHA]
-    olds = slots.active_files(st.active, shas)
-    shas = None
-    active_root = state.slot_path(st.active)
-    for e in files:
-        _place(sess, e, root + "/" + e[PATH], olds, active_root, buf)
-    for e in files:  # read back every file from flash before trusting the slot
-        if slots.hash_file(root + "/" + e[PATH], buf) != (e[SHA], e[SIZE]):
+    slots.clear_strays(root)
+    slots.clear_parts()
+    active = state.slot_path(st.active) + "/"
+    olds = slots.list_path(st.active)
+    todo = []
+    for at, e in slots.entries(OFFER):
+        if not _placed(e, root + "/" + e[PATH], active, olds, buf):
+            todo.append(at)
+    while todo:
+        _fetch(sess, todo[:_PACK_MAX], root, buf)
+        todo = todo[_PACK_MAX:]
+    for _, e in slots.entries(OFFER):  # read back every file from flash before trusting it
+        dest = root + "/" + e[PATH]
+        if slots.hash_file(dest, buf) != (e[SHA], e[SIZE]) and not _twin(e, dest, root, buf):
             raise UpdateFailed("verify failed: " + e[PATH])
-    slots.write_meta(target, [(e[PATH], e[SHA]) for e in files])
+    slots.adopt(target)
     return target
+
+
+def _placed(e, dest, active, olds, buf):
+    """True when dest now holds the file: already there, or copied from the active slot."""
+    if slots.hash_file(dest, buf) == (e[SHA], e[SIZE]):
+        return True  # an earlier attempt already put it here
+    slots.makedirs(dest)
+    src = slots.find_sha(olds, e[SHA])
+    if src is not None:
+        try:
+            if slots.copy_verified(active + src, dest, e[SHA], e[SIZE], buf):
+                return True
+        except OSError:
+            pass  # the active copy is unreadable: download instead
+    return False
+
+
+def _twin(e, dest, root, buf):
+    """Copy dest from another file of the new slot with the same content (a shared blob)."""
+    for _, other in slots.entries(OFFER):
+        if other[SHA] == e[SHA] and other[PATH] != e[PATH]:
+            src = root + "/" + other[PATH]
+            if slots.hash_file(src, buf) == (e[SHA], e[SIZE]):
+                return slots.copy_verified(src, dest, e[SHA], e[SIZE], buf)
+    return False
+
+
+def _part(e):
+    return slots.PART_DIR + "/" + e[BLOB]
+
+
+def _fetch(sess, todo, root, buf):
+    """Download the blobs of the entries at list offsets `todo` in one pack and place them."""
+    have = 0  # bytes of the first blob already on flash: a pack resumes only its first blob
+    first = None
+    pending = []
+    for at in todo:
+        e = slots.entry_at(OFFER, at)
+        n = slots.size(_part(e))
+        if n == e[TRANSFER] and slots.hash_file(_part(e), buf)[0] == e[BLOB]:
+            _unpack(e, root + "/" + e[PATH], buf)  # downloaded before a reset cut in
+        elif 0 < n < e[TRANSFER] and first is None:
+            first, have = at, n
+        else:
+            if n >= 0:
+                slots.remove(_part(e))
+            pending.append(at)
+    if first is not None:
+        pending.insert(0, first)
+    todo = []
+    ids = []
+    for at in pending:  # a blob two files share travels once; stage() copies the second
+        blob = slots.entry_at(OFFER, at)[BLOB]
+        if blob not in ids:
+            ids.append(blob)
+            todo.append(at)
+    pending = None
+    if not todo:
+        return
+    extra = "Range: bytes=%d-\r\n" % have if have else ""
+    name = slots.entry_at(OFFER, todo[0])[PATH]
+    try:
+        resp = sess.request("GET", "/v1/device/pack?blobs=" + ",".join(ids), b"", extra)
+    except HttpError as e:
+        raise UpdateFailed("blob %s: %s" % (name, e))
+    ids = None
+    try:
+        if resp.status == 200 and have:
+            have = 0  # the server ignored Range: the first blob starts over
+            slots.remove(_part(slots.entry_at(OFFER, todo[0])))
+        elif resp.status != 200 and not (resp.status == 206 and resp.range_start == have):
+            raise UpdateFailed("blob %s: http %d" % (name, resp.status))
+        total = -have
+        for at in todo:
+            total += slots.entry_at(OFFER, at)[TRANSFER]
+        if resp.length != total:
+            raise UpdateFailed("blob %s: length %s, expected %d" % (name, resp.length, total))
+        for at in todo:
+            e = slots.entry_at(OFFER, at)
+            name = e[PATH]
+            _receive(resp, e, have, buf)
+            have = 0
+            _unpack(e, root + "/" + e[PATH], buf)
+    except HttpError as err:
+        raise UpdateFailed("blob %s: %s" % (name, err))
+    finally:
+        resp.close()
+
+
+def _receive(resp, e, have, buf):
+    """Append the rest of e's blob from the pack to its part file; check its SHA-256."""
+    part = _part(e)
+    h = hashlib.sha256()
+    if have:
+        slots.hash_into(part, buf, h)  # resume: the hash must cover what is there
+    left = e[TRANSFER] - have
+    with open(part, "ab") as f:
+        while left:
+            n = resp.readinto(buf[:min(len(buf), left)])
+            h.update(buf[:n])
+            f.write(buf[:n])
+            left -= n
+    if slots.hex_of(h) != e[BLOB]:
+        slots.remove(part)
+        raise UpdateFailed("hash mismatch: " + e[PATH])
+
+
+def _unpack(e, dest, buf):
+    """Move a complete, verified part file into the slot (inflating a deflate blob)."""
+    part = _part(e)
+    if e[ENCODING] == "plain":
+        slots.remove(dest)
+        import os
+        os.rename(part, dest)
+    elif not slots.inflate_verified(part, dest, e[SHA], e[SIZE], buf):
+        slots.remove(part)
+        raise UpdateFailed("inflated file does not match: " + e[PATH])
+    else:
+        slots.remove(part)
