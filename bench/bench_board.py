@@ -4,7 +4,9 @@
 
 - D1_heap_kb: smallest `-X heapsize` (bisection, 4 KB steps; the virtual board adds its own
   harness heap on top) with which the reference update completes end to end with the .mpy
-  client: check-in, verify, download, swap, reboot into 1.1.0 and confirm.
+  client: check-in, verify, download, swap, reboot into 1.1.0 and confirm. The figure is the
+  client as .mpy files in a ROMFS partition (the layout for boards whose firmware has one:
+  bytecode runs in place); the same with the .mpy files on the filesystem is printed too.
 - D2_verify_ms: manifest verify time on the unix port, median of 20 (bench_d2_verify.py).
 - D3_wire_ratio: bytes the board downloads for the update (check-in answer and blob answers,
   status lines and headers included) / (deflated changed files + signed manifest).
@@ -52,10 +54,10 @@ from bench.reference_app import (  # noqa: E402
     reference_files,
 )
 from signing.bundle import load_bundle  # noqa: E402
-from tools.board_files import client_files, code_size, read_state  # noqa: E402
+from tools.board_files import ClientLayout, client_files, code_size, read_state  # noqa: E402
 from tools.local_server import LocalServer  # noqa: E402
 from tools.micropython import find_micropython  # noqa: E402
-from tools.virtual_board import VirtualBoard  # noqa: E402
+from tools.virtual_board import VirtualBoard, rom_image_path  # noqa: E402
 
 _HEAP_LOW_KB = 16
 _HEAP_HIGH_KB = 1024
@@ -81,16 +83,17 @@ class Bench:
                                         self.keys, mpy=True)
         self.api.publish(self.new_bundle, channel="update", percent=100)
 
-    def board(self, url: str, channel: str, **config: object) -> Path:
+    def board(self, url: str, channel: str, client: ClientLayout = "romfs",
+              **config: object) -> Path:
         self.boards += 1
         name = f"bench-{self.boards}"
         flash = self.work / name
         provision_board(flash, self.api, name, url, self.keys, self.old_files, mpy=True,
-                        channel=channel, **config)
+                        channel=channel, client=client, **config)
         return flash
 
-    def updates(self, heap_kb: int) -> bool:
-        flash = self.board(self.server.url, "update")
+    def updates(self, heap_kb: int, client: ClientLayout) -> bool:
+        flash = self.board(self.server.url, "update", client)
         run = VirtualBoard(flash, micropython=self.micropython,
                            heapsize=f"{heap_kb}k").run(max_boots=3, timeout=60)
         state = read_state(flash)
@@ -98,6 +101,7 @@ class Bench:
               and "APP 1.1.0" in run.boots[-1].output
               and state is not None and (state["active"], state["ok"]) == ("b", 1))
         shutil.rmtree(flash)
+        rom_image_path(flash).unlink(missing_ok=True)
         return ok
 
 
@@ -188,18 +192,18 @@ def phase_heap(bench: Bench) -> list[tuple[str, int]]:
     return [(name, used - base) for name, used in steps[1:]]
 
 
-def measure_d1(bench: Bench) -> int:
+def measure_d1(bench: Bench, client: ClientLayout) -> int:
     """Bisection on the heap size (KB) in _HEAP_STEP_KB steps."""
     low, high = _HEAP_LOW_KB, _HEAP_HIGH_KB
-    if not bench.updates(high):
+    if not bench.updates(high, client):
         raise RuntimeError(f"the reference update fails even with a {high} KB heap")
     while high - low > _HEAP_STEP_KB:
         mid = (low + high) // 2 // _HEAP_STEP_KB * _HEAP_STEP_KB
-        if bench.updates(mid):
+        if bench.updates(mid, client):
             high = mid
         else:
             low = mid
-        print(f"D1 bisect: {low}..{high} KB", flush=True)
+        print(f"D1 ({client}) bisect: {low}..{high} KB", flush=True)
     return high
 
 
@@ -208,8 +212,8 @@ def measure_d3(bench: Bench) -> dict[str, float]:
         flash = bench.board(proxy.url, "update")
         run = VirtualBoard(flash, micropython=bench.micropython).run(max_boots=3, timeout=60)
         assert "APP 1.1.0" in run.boots[-1].output, run.output
-        update = [e for e in proxy.exchanges
-                  if (e.path.endswith("/checkin") and e.status == 200) or "/v1/blobs/" in e.path]
+        update = [e for e in proxy.exchanges if (e.path.endswith("/checkin") and e.status == 200)
+                  or "/v1/device/pack" in e.path or "/v1/blobs/" in e.path]
         wire = sum(e.head_bytes + e.body_bytes for e in update)
         bodies = sum(e.body_bytes for e in update)
     bundle = load_bundle(bench.new_bundle)
@@ -260,14 +264,19 @@ def main() -> int:
         with LocalServer(Path(tmp) / "data", Path(tmp) / "root.json") as server:
             bench.setup(server)
             print("code size (bytes):", json.dumps(code_size(True)), flush=True)
-            for step, used in phase_heap(bench):
-                print(f"heap after {step}: {used} bytes", flush=True)
+            try:
+                for step, used in phase_heap(bench):
+                    print(f"heap after {step}: {used} bytes", flush=True)
+            except RuntimeError as e:
+                print("phase heap:", e)
             d3 = measure_d3(bench)
             print("D3:", json.dumps(d3), flush=True)
             d4 = measure_d4(bench)
             print("D4:", json.dumps(d4), flush=True)
-            d1 = measure_d1(bench)
-            print("D1 heap KB:", d1, flush=True)
+            d1_files = measure_d1(bench, "files")
+            print("D1 heap KB, .mpy client on the filesystem:", d1_files, flush=True)
+            d1 = measure_d1(bench, "romfs")
+            print("D1 heap KB, .mpy client in ROMFS:", d1, flush=True)
         d2 = measure_d2(micropython)
         print("D2 verify ms:", d2, flush=True)
     print(json.dumps({"D1_heap_kb": d1, "D2_verify_ms": round(d2, 3),

@@ -22,6 +22,21 @@ def forget(name):
     gc.collect()
 
 
+def shed():
+    """Unload every client module but those a running app needs (run, app, state, records,
+    fail): what a check or a report loaded goes, so the app gets its heap back."""
+    import gc
+    import sys
+    for name in list(sys.modules):
+        if name[:4] == "ota." and name[4:] not in ("run", "app", "state", "records", "fail"):
+            sys.modules.pop(name)
+            try:
+                delattr(sys.modules["ota"], name[4:])
+            except (AttributeError, KeyError):
+                pass
+    gc.collect()
+
+
 def poll(force=False):
     """Check for an update if the poll policy says it is due; True if a check ran."""
     from ota import run

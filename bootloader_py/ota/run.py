@@ -52,7 +52,9 @@ def _check(st, cfg):
         from ota import client
         return client.check(st, cfg, now=now)
     finally:
+        client = None
         gc.threshold(old)
+        _shed()
 
 
 def _schedule(cfg, ok):
@@ -102,7 +104,6 @@ def _app_healthy():
 
 def confirm(st=None, cfg=None, send=True):
     """Confirm the running slot; queues a `confirmed` report and tries to send it now."""
-    from ota import reports
     app = sys.modules.get("ota.app")
     if app is not None:
         app.armed = None
@@ -116,10 +117,12 @@ def confirm(st=None, cfg=None, send=True):
     _queue_note(st)
     if send:
         try:
-            from ota import client
+            from ota import client, reports
             reports.flush(client.Session(cfg or _config()))
-        except Exception as e:
+        except Exception as e:  # MemoryError too: the report waits on flash for the next check
             print("ota: report not sent:", e)
+        client = reports = None
+        _shed()
     return True
 
 
@@ -135,6 +138,11 @@ def _config():
 def _unload(name):
     import ota
     ota.forget(name)
+
+
+def _shed():
+    import ota
+    ota.shed()
 
 
 def _boot_check(st):
