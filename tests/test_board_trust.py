@@ -387,13 +387,16 @@ def _hierarchy(module: Any) -> dict[str, str]:
 
 
 def test_board_error_classes_match_the_host_hierarchy(micropython: str) -> None:
+    # TrustError lives in ota.trust, its subclasses in ota.errors (loaded only to raise one)
     script = (
-        f"import sys, json\nsys.path.insert(0, {str(BOARD_DIR)!r})\nfrom ota import trust\n"
+        f"import sys, json\nsys.path.insert(0, {str(BOARD_DIR)!r})\n"
+        "from ota import trust, errors\n"
         "out = {}\n"
-        "for name in dir(trust):\n"
-        "    obj = getattr(trust, name)\n"
-        "    if isinstance(obj, type) and issubclass(obj, trust.TrustError):\n"
-        "        out[name] = obj.__bases__[0].__name__\n"
+        "for module in (trust, errors):\n"
+        "    for name in dir(module):\n"
+        "        obj = getattr(module, name)\n"
+        "        if isinstance(obj, type) and issubclass(obj, trust.TrustError):\n"
+        "            out[name] = obj.__bases__[0].__name__\n"
         "print(json.dumps(out))\n"
     )
     done = subprocess.run([micropython, "-c", script], capture_output=True, text=True,

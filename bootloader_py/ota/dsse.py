@@ -12,7 +12,7 @@ from micropython import const
 
 from ota import trust as t
 
-_TEXT = const(512)  # base64 characters decoded at a time (a multiple of 4)
+_TEXT = const(256)  # base64 characters decoded at a time (a multiple of 4)
 _ESCAPES = {34: b'"', 92: b"\\", 47: b"/", 98: b"\b", 102: b"\f", 110: b"\n", 114: b"\r",
             116: b"\t"}
 
@@ -38,8 +38,8 @@ def read(doc, payload_type, scratch=None):
     if type(entries) is not list:
         doc.bad("'signatures' missing or not a list")
     if kind != payload_type:
-        raise t.PayloadTypeError("payloadType is '" + kind[:60] + "', expected '"
-                                 + payload_type + "'")
+        t.fail("payloadType is '" + kind[:60] + "', expected '"
+               + payload_type + "'", "PayloadTypeError")
     start, end = text[0] + 1, text[1] - 1
     size = _decoded_size(doc, start, end)
     h = hashlib.sha256(("DSSEv1 %d %s %d " % (len(kind.encode()), kind, size)).encode())
@@ -132,10 +132,10 @@ def _signatures(entries):
         entry = entries[i]
         where = "envelope signature " + str(i)
         if type(entry) is not dict:
-            raise t.MalformedError(where + ": not a JSON object")
+            t.fail(where + ": not a JSON object")
         sig = t._b64decode(t._field(entry, "sig", str, where), where)
         if len(sig) != 64:
-            raise t.MalformedError(where + ": sig is " + str(len(sig)) + " bytes, not 64")
+            t.fail(where + ": sig is " + str(len(sig)) + " bytes, not 64")
         sigs.append((t._field(entry, "keyid", str, where), sig))
     return sigs
 
@@ -156,5 +156,5 @@ def require_threshold(digest, sigs, keys, keyids, threshold, role):
         if p256.verify(keys[kid], digest, sig):
             valid.append(kid)
     if len(valid) < threshold:
-        raise t.ThresholdError(role + ": " + str(len(valid)) + " valid signature(s) from trusted"
-                               " keys, threshold is " + str(threshold))
+        t.fail(role + ": " + str(len(valid)) + " valid signature(s) from trusted"
+               " keys, threshold is " + str(threshold), "ThresholdError")

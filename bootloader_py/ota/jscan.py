@@ -11,7 +11,7 @@ from micropython import const
 
 from ota import trust as t
 
-_WINDOW = const(512)
+_WINDOW = const(256)
 _MAX_DEPTH = const(32)
 
 
@@ -28,7 +28,7 @@ class Doc:
         self.n = 0
 
     def bad(self, why="not JSON"):
-        raise t.MalformedError(self.what + ": " + why)
+        t.fail(self.what + ": " + why)
 
     def _fill(self, pos):
         self.f.seek(pos)
@@ -211,5 +211,5 @@ def open_doc(src, what, buf=None):
 
 def _cap(size, what):
     if size > t.MAX_ENVELOPE_BYTES:
-        raise t.TooLargeError(what + " is " + str(size) + " bytes, over the cap of "
-                              + str(t.MAX_ENVELOPE_BYTES))
+        t.fail(what + " is " + str(size) + " bytes, over the cap of "
+               + str(t.MAX_ENVELOPE_BYTES), "TooLargeError")

@@ -16,61 +16,61 @@ _SPKI_PREFIX = b"0Y0\x13\x06\x07*\x86H\xce=\x02\x01\x06\x08*\x86H\xce=\x03\x01\x
 def _public_key(kid, entry, old_keys):
     where = "root: key " + kid[:16]
     if type(entry) is not dict or entry.get("keytype") != t.KEYTYPE:
-        raise t.MalformedError(where + ": keytype must be '" + t.KEYTYPE + "'")
+        t.fail(where + ": keytype must be '" + t.KEYTYPE + "'")
     point = t._b64decode(t._field(entry, "public", str, where), where)
     # Without this one key could sit under two keyids and count twice towards a threshold.
     if binascii.hexlify(hashlib.sha256(_SPKI_PREFIX + point).digest()).decode() != kid:
-        raise t.MalformedError(where + ": keyid is not the SHA-256 of the key's SPKI")
+        t.fail(where + ": keyid is not the SHA-256 of the key's SPKI")
     old = old_keys.get(kid) if old_keys else None
     if old is not None:
         return old  # same keyid, same point: keep its comb table across a rotation
     try:
         return p256.Key(point, 0)
     except ValueError:
-        raise t.MalformedError(where + ": not an uncompressed point on P-256")
+        t.fail(where + ": not an uncompressed point on P-256")
 
 
 def _role(name, entry, keys):
     where = "root: role '" + name + "'"
     if type(entry) is not dict:
-        raise t.MalformedError(where + ": missing or not an object")
+        t.fail(where + ": missing or not an object")
     keyids = entry.get("keyids")
     if type(keyids) is not list:
-        raise t.MalformedError(where + ": 'keyids' must be a list of strings")
+        t.fail(where + ": 'keyids' must be a list of strings")
     seen = []
     for kid in keyids:
         if type(kid) is not str:
-            raise t.MalformedError(where + ": 'keyids' must be a list of strings")
+            t.fail(where + ": 'keyids' must be a list of strings")
         if kid in seen:
-            raise t.MalformedError(where + ": duplicate keyid")
+            t.fail(where + ": duplicate keyid")
         seen.append(kid)
     for kid in keyids:
         if kid not in keys:
-            raise t.MalformedError(where + ": keyid " + kid[:16] + " is not in 'keys'")
+            t.fail(where + ": keyid " + kid[:16] + " is not in 'keys'")
     threshold = entry.get("threshold")
     if type(threshold) is not int or not 1 <= threshold <= len(keyids):
-        raise t.MalformedError(where + ": threshold must be an integer in 1.."
-                               + str(len(keyids)))
+        t.fail(where + ": threshold must be an integer in 1.."
+               + str(len(keyids)))
     return tuple(keyids), threshold
 
 
 def _parse_root(payload, old_keys=None):
     doc = t._loads(payload, "root")
     if type(doc) is not dict or doc.get("_type") != "root":
-        raise t.MalformedError("root: not a root document (_type must be 'root')")
+        t.fail("root: not a root document (_type must be 'root')")
     version = t._count(doc, "version", "root", 1)
     expires = t._count(doc, "expires", "root")
     raw = doc.get("keys")
     if type(raw) is not dict:
-        raise t.MalformedError("root: 'keys' missing or not an object")
+        t.fail("root: 'keys' missing or not an object")
     keys = {}
     for kid in raw:
         if type(kid) is not str:
-            raise t.MalformedError("root: key ids must be strings")
+            t.fail("root: key ids must be strings")
         keys[kid] = _public_key(kid, raw[kid], old_keys)
     roles = doc.get("roles")
     if type(roles) is not dict:
-        raise t.MalformedError("root: 'roles' missing or not an object")
+        t.fail("root: 'roles' missing or not an object")
     root_ids, root_t = _role("root", roles.get("root"), keys)
     rel_ids, rel_t = _role("release", roles.get("release"), keys)
     return t.Root(version, expires, keys, root_ids, root_t, rel_ids, rel_t)
@@ -106,11 +106,11 @@ def verify_rotation(root, src, now=None):
                            "root (trusted)")
     new = _parse_root(payload, root.keys)
     if new.version != root.version + 1:
-        raise t.RotationError("root version " + str(new.version) + " does not follow trusted "
-                              "version " + str(root.version))
+        t.fail("root version " + str(new.version) + " does not follow trusted "
+               "version " + str(root.version), "RotationError")
     dsse.require_threshold(digest, sigs, new.keys, new.root_keyids, new.root_threshold,
                            "root (new)")
     if now is not None and new.expires <= now:
-        raise t.ExpiredError("root version " + str(new.version) + " expired at "
-                             + str(new.expires) + " (now " + str(now) + ")")
+        t.fail("root version " + str(new.version) + " expired at "
+               + str(new.expires) + " (now " + str(now) + ")", "ExpiredError")
     return new

@@ -23,21 +23,21 @@ _NAME = re.compile("[A-Za-z0-9][A-Za-z0-9._-]*$")
 def check_path(path):
     """Raise MalformedError unless path is relative, '/'-separated and stays inside the app."""
     if not path or len(path) > t.MAX_PATH_LENGTH:
-        raise t.MalformedError("file path '" + path[:80] + "': length must be 1.."
-                               + str(t.MAX_PATH_LENGTH))
+        t.fail("file path '" + path[:80] + "': length must be 1.."
+               + str(t.MAX_PATH_LENGTH))
     if path[0] == "/" or "\\" in path:
-        raise t.MalformedError("file path '" + path + "': must be relative and '/'-separated")
+        t.fail("file path '" + path + "': must be relative and '/'-separated")
     if min(path) < " " or "\x7f" in path:
-        raise t.MalformedError("file path: control character")
+        t.fail("file path: control character")
     for segment in path.split("/"):
         if segment == "" or segment == "." or segment == "..":
-            raise t.MalformedError("file path '" + path + "': empty, '.' or '..' segment")
+            t.fail("file path '" + path + "': empty, '.' or '..' segment")
 
 
 def _matching(obj, name, pattern, what, where="manifest"):
     value = t._field(obj, name, str, where)
     if not pattern.match(value):
-        raise t.MalformedError(where + ": '" + name + "' is not " + what)
+        t.fail(where + ": '" + name + "' is not " + what)
     return value
 
 
@@ -53,7 +53,7 @@ def _is_hex64(value):
 
 
 def _bad_file(where, problem):
-    raise t.MalformedError("manifest file " + where + ": " + problem)
+    t.fail("manifest file " + where + ": " + problem)
 
 
 def _check_file(entry, index):
@@ -85,32 +85,32 @@ def _check_file(entry, index):
 def _check_head(doc):
     """The top-level fields but `files`, in the host's order (Manifest.from_payload)."""
     if type(doc) is not dict or doc.get("_type") != "manifest":
-        raise t.MalformedError("manifest: not a manifest document (_type must be 'manifest')")
+        t.fail("manifest: not a manifest document (_type must be 'manifest')")
     app = _matching(doc, "app", _NAME, "an app name ([A-Za-z0-9._-], 1..64)")
     if len(app) > 64:
-        raise t.MalformedError("manifest: 'app' is not an app name ([A-Za-z0-9._-], 1..64)")
+        t.fail("manifest: 'app' is not an app name ([A-Za-z0-9._-], 1..64)")
     _matching(doc, "version", _SEMVER, "a semantic version (MAJOR.MINOR.PATCH)")
     t._count(doc, "sequence", "manifest")
     t._count(doc, "created", "manifest")
     t._count(doc, "expires", "manifest")
     boards = t._field(doc, "boards", list, "manifest")
     if not boards:
-        raise t.MalformedError("manifest: 'boards' must be a non-empty list of names")
+        t.fail("manifest: 'boards' must be a non-empty list of names")
     for b in boards:
         if type(b) is not str or not b:
-            raise t.MalformedError("manifest: 'boards' must be a non-empty list of names")
+            t.fail("manifest: 'boards' must be a non-empty list of names")
     _matching(doc, "min_micropython", _MP_VERSION, "a version like 1.20.0")
     _matching(doc, "entry", _MODULE, "a module name")
 
 
 def _too_many(count):
     if count > t.MAX_FILES:
-        raise t.MalformedError("manifest: " + str(count) + " files, more than the cap of "
-                               + str(t.MAX_FILES))
+        t.fail("manifest: " + str(count) + " files, more than the cap of "
+               + str(t.MAX_FILES))
 
 
 def _duplicate(path):
-    return t.MalformedError("manifest: duplicate file path '" + path + "'")
+    t.fail("manifest: duplicate file path '" + path + "'")
 
 
 def check_manifest(doc):
@@ -122,7 +122,7 @@ def check_manifest(doc):
     seen = {}
     for path in paths:  # after every entry passed, as on the host
         if path in seen:
-            raise _duplicate(path)
+            _duplicate(path)
         seen[path] = 1
 
 
@@ -160,7 +160,7 @@ def _check_files(doc, start, files):
         entry = None
         i += 1
     if dup is not None:
-        raise _duplicate(dup)
+        _duplicate(dup)
 
 
 def _seen_before(doc, start, index, path):
@@ -196,22 +196,22 @@ def accept_manifest(payload, board, installed_sequence, now, files=None):
                 head[key] = doc.load(a, b)
         _check_head(head)
         if span is None:
-            raise t.MalformedError("manifest: 'files' missing or not a list")
+            t.fail("manifest: 'files' missing or not a list")
         _check_files(doc, span, files)
     finally:
         doc.f.close()
     if board is not None and board not in head["boards"]:
-        raise t.WrongBoardError("board '" + board + "' is not in the manifest's boards")
+        t.fail("board '" + board + "' is not in the manifest's boards", "WrongBoardError")
     seq = head["sequence"]
     if installed_sequence is not None:
         if seq == installed_sequence:
-            raise t.SameSequenceError("sequence " + str(seq) + " is already installed")
+            t.fail("sequence " + str(seq) + " is already installed", "SameSequenceError")
         if seq < installed_sequence:
-            raise t.RollbackError("sequence " + str(seq) + " is lower than installed "
-                                  + str(installed_sequence))
+            t.fail("sequence " + str(seq) + " is lower than installed "
+                   + str(installed_sequence), "RollbackError")
     if now is not None and head["expires"] <= now:
-        raise t.ExpiredError("manifest expired at " + str(head["expires"]) + " (now "
-                             + str(now) + ")")
+        t.fail("manifest expired at " + str(head["expires"]) + " (now "
+               + str(now) + ")", "ExpiredError")
     if files is not None:
         return head
     if type(payload) is str:  # the whole document as signed, for callers with heap to spare

@@ -31,52 +31,14 @@ class TrustError(Exception):
     """Base of every verification failure: the data must not be trusted."""
 
 
-class MalformedError(TrustError):
-    """Not JSON, wrong types, missing fields, bad base64, bad path, sig not 64 bytes..."""
+def fail(why, kind="MalformedError"):
+    """Raise the TrustError subclass named `kind` with the message `why`.
 
-
-class PayloadTypeError(TrustError):
-    """The envelope's payloadType is not the expected one."""
-
-
-class TooLargeError(TrustError):
-    """The envelope is over the size cap (checked before parsing)."""
-
-
-class ThresholdError(TrustError):
-    """Fewer valid signatures from distinct trusted keyids than the role's threshold."""
-
-
-class ExpiredError(TrustError):
-    """expires <= now."""
-
-
-class RollbackError(TrustError):
-    """The manifest's sequence is lower than the installed one."""
-
-
-class SameSequenceError(RollbackError):
-    """The manifest's sequence equals the installed one: the normal "nothing new"."""
-
-
-class WrongBoardError(TrustError):
-    """This board is not among the manifest's boards."""
-
-
-class RotationError(TrustError):
-    """A new root's version is not exactly the trusted version + 1."""
-
-
-class FileMismatchError(TrustError):
-    """A file's bytes do not match its manifest entry."""
-
-
-class HashMismatchError(FileMismatchError):
-    """The SHA-256 of the bytes differs from the manifest's."""
-
-
-class LengthMismatchError(FileMismatchError):
-    """The bytes are shorter or longer than the manifest's size."""
+    The subclasses (the host's signing.errors tree) live in ota/errors.py, loaded only when one
+    is raised: a verification that passes never holds their dozen classes in the heap.
+    """
+    from ota import errors
+    raise getattr(errors, kind)(why)
 
 
 class Root:
@@ -128,7 +90,7 @@ def _field(obj, name, kind, where):
     value = obj.get(name)
     # type() and not isinstance(): True must not pass for an int.
     if type(value) is not kind:
-        raise MalformedError(where + ": '" + name + "' missing or not a " + kind.__name__)
+        fail(where + ": '" + name + "' missing or not a " + kind.__name__)
     return value
 
 
@@ -139,7 +101,7 @@ def _b64decode(text, what):
     except ValueError:
         data = None
     if data is None or binascii.b2a_base64(data, newline=False) != text.encode():
-        raise MalformedError(what + ": bad base64")
+        fail(what + ": bad base64")
     return data
 
 
@@ -147,7 +109,7 @@ def _loads(buf, what):
     try:
         return json.loads(buf)
     except (ValueError, UnicodeError):
-        raise MalformedError(what + ": not JSON")
+        fail(what + ": not JSON")
 
 
 # -- root metadata -----------------------------------------------------------------------------
@@ -155,8 +117,8 @@ def _loads(buf, what):
 def _count(obj, name, where, minimum=0):
     value = obj.get(name)
     if type(value) is not int or value < minimum:
-        raise MalformedError(where + ": '" + name + "' missing or not an integer >= "
-                             + str(minimum))
+        fail(where + ": '" + name + "' missing or not an integer >= "
+             + str(minimum))
     return value
 
 
@@ -227,8 +189,8 @@ def signed_manifest(src, root, scratch=None):
     it was written to.  Raises TooLargeError, MalformedError, PayloadTypeError or
     ThresholdError.
     """
+    root.check()  # first: the root's own signatures, before the envelope reader loads
     from ota import dsse, jscan
-    root.check()
     doc = jscan.open_doc(src, "envelope")
     try:
         payload, sigs, digest = dsse.read(doc, MANIFEST_PAYLOAD_TYPE, scratch)
