@@ -105,91 +105,88 @@ class Bench:
         return ok
 
 
-# The client's phases (bootloader_py/ota/client.py), as a script for the unix port: live heap
-# after gc.collect() at each step, in bytes. Transient peaks inside a step (the ECDSA's
-# garbage, the JSON parser's scratch) do not show here; D1 measures them end to end.
-PHASE_SCRIPT = """
-import gc, sys, json
-def used():
-    gc.collect()
-    return gc.mem_alloc()
-def forget(name):
-    sys.modules.pop("ota." + name, None)
-    import ota
+# Where the heap goes: the real client with a heap mark inserted after each of these lines
+# (file, the line's text, the phase it ends), in a copy of bootloader_py/. A mark collects and
+# prints the live heap above the virtual board's harness share and the qstr pool's size. An
+# anchor that no longer matches the code fails the bench, so the table never describes code
+# that is gone. The marks add a few qstrs and collections of their own: they describe, D1
+# measures.
+PHASE_MARKS = (
+    ("ota/run.py", "    st = _state()", "boot.py done, main.py starts the client"),
+    ("ota/client.py", "    sess = Session(cfg)", "session: config, net, client, auth, http"),
+    ("ota/client.py", "        answered = True", "checked in (p256 signed; envelope on flash)"),
+    ("ota/client.py", "        root = load_root()", "root loaded (trust, rootmeta, dsse, jscan)"),
+    ("ota/client.py", '        _forget("p256")  # loads p256 again',
+     "signatures checked; dsse, p256 and the root let go"),
+    ("ota/client.py", "        m = _accept(st, cfg, now, sess.floor)",
+     "manifest accepted (rules, jscan; files to /ota/offer.lst)"),
+    ("ota/client.py", "        from ota import update", "staging starts (verifier unloaded)"),
+    ("ota/update.py", "    slots.adopt(target)", "staged: every file placed and read back"),
+    ("ota/run.py", "    from ota import app", "trial boot: check-in over, client modules shed"),
+    ("ota/app.py", "        mod = __import__(entry)", "trial boot: the app imported"),
+)
+_MARK = ("import gc, micropython; gc.collect(); "
+         "print('HEAP', {name!r}, gc.mem_alloc() - {base}); micropython.qstr_info()")
+
+
+def _instrumented_client(target: Path) -> Path:
+    """A copy of bootloader_py/ with a heap mark after each PHASE_MARKS line."""
+    shutil.copytree(PROJECT_ROOT / "bootloader_py", target)
+    for rel, anchor, name in PHASE_MARKS:
+        path = target / rel
+        text = path.read_text()
+        at = text.find(anchor + "\n")
+        if at < 0:
+            raise RuntimeError(f"phase mark anchor not found in {rel}: {anchor!r}")
+        indent = anchor[:len(anchor) - len(anchor.lstrip())]
+        at += len(anchor) + 1
+        mark = indent + _MARK.format(name=name, base="_HARNESS") + "\n"
+        text = text[:at] + mark + text[at:]
+        path.write_text(text.replace("_HARNESS", str(_harness_alloc(bench_micropython()))))
+    return target
+
+
+_harness_cache: dict[str, int] = {}
+
+
+def bench_micropython() -> str:
+    return find_micropython()
+
+
+def _harness_alloc(micropython: str) -> int:
+    """gc.mem_alloc() at the start of an empty board's main.py: the harness's own share."""
+    if micropython not in _harness_cache:
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "main.py").write_text("import gc\ngc.collect()\nprint(gc.mem_alloc())\n")
+            out = VirtualBoard(Path(tmp), micropython=micropython).run(max_boots=1).output
+        _harness_cache[micropython] = int(out.split()[0])
+    return _harness_cache[micropython]
+
+
+def phase_heap(bench: Bench) -> list[tuple[str, int, int]]:
+    """(phase, live heap bytes above the harness, qstr pool bytes) at each PHASE_MARKS line of
+    the reference update and the trial boot after it (ROMFS client, 256 KB heap)."""
+    import tools.board_files as board_files
+
+    source = _instrumented_client(bench.work / "instrumented")
+    real = board_files.BOOTLOADER_DIR
+    board_files.BOOTLOADER_DIR = source
     try:
-        delattr(ota, name)
-    except (AttributeError, KeyError):
-        pass
-out = [["interpreter", used()]]
-from ota import state, records
-st = state.BootState()
-out.append(["boot.py: state, records", used()])
-from ota import run, config, net, client, fail
-config = net = None
-forget("config")
-forget("net")
-out.append(["main.py: run, client (config, net loaded, unloaded)", used()])
-from ota import auth, p256, http, reports
-reports = None
-forget("reports")
-out.append(["check-in: auth, p256, http (reports flushed, unloaded)", used()])
-with open(@ENVELOPE@, "rb") as f:
-    envelope = bytearray(f.read())
-out.append(["check-in answer: the envelope", used()])
-http = None
-forget("http")
-out.append(["verify: http unloaded", used()])
-from ota import trust
-root = trust.load_root(@ROOT@, defer_check=True)
-forget("rootmeta")
-out.append(["verify: trust loaded, root parsed (rootmeta unloaded)", used()])
-p256.KEY_TEETH = 0
-payload = trust.signed_manifest(envelope, root, consume=True)
-out.append(["verify: signatures checked (dsse, p256, root)", used()])
-envelope = root = p256 = None
-forget("dsse")
-forget("p256")
-out.append(["verify: root, dsse, p256 let go", used()])
-m = trust.accept_manifest(payload, board="unix", installed_sequence=1)
-out.append(["verify: manifest dict (rules loaded)", used()])
-files = [(e["path"], e["sha256"], e["size"], e["encoding"], e["blob"], e["transfer_size"])
-         for e in m["files"]]
-m = payload = trust = None
-for name in ("rules", "trust"):
-    forget(name)
-out.append(["verified: verifier unloaded, file list as tuples", used()])
-from ota import p256, http, update, slots
-buf = memoryview(bytearray(1024))
-olds = {}  # as slots.active_files builds it from /ota/slot_<active>.json
-shas = {}
-for e in files:
-    shas[e[1]] = e[1]
-for path, sha in json.loads(json.dumps([[e[0], e[1]] for e in files])):
-    if sha in shas:
-        olds[shas[sha]] = path  # keyed by the manifest's own hash strings
-shas = None
-out.append(["staging: p256, http, update, slots, buffer, active slot's file map", used()])
-print(json.dumps(out))
-"""
-
-
-def phase_heap(bench: Bench) -> list[tuple[str, int]]:
-    """Live heap (bytes) after each phase of the update, .mpy client on the unix port."""
-    client = bench.work / "phase-client"
-    for name, data in client_files(True).items():
-        target = client / name.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-    script = (PHASE_SCRIPT.replace("@ENVELOPE@", repr(str(bench.new_bundle / "manifest.dsse.json")))
-              .replace("@ROOT@", repr(str(bench.work / "root.json"))))
-    done = subprocess.run([bench.micropython, "-X", "heapsize=512k", "-c", script],
-                          cwd=client, env={"MICROPYPATH": str(client)}, capture_output=True,
-                          text=True, timeout=60, check=False)
-    if done.returncode != 0:
-        raise RuntimeError("phase script failed: " + done.stderr.strip()[-500:])
-    steps: list[list[Any]] = json.loads(done.stdout.strip().splitlines()[-1])
-    base = steps[0][1]
-    return [(name, used - base) for name, used in steps[1:]]
+        flash = bench.board(bench.server.url, "update", "romfs")
+    finally:
+        board_files.BOOTLOADER_DIR = real
+    run = VirtualBoard(flash, micropython=bench.micropython, heapsize="256k").run(
+        max_boots=3, timeout=60)
+    if [b.ended for b in run.boots] != ["reset", "exit"]:
+        raise RuntimeError("instrumented update failed: " + run.output[-800:])
+    steps: list[tuple[str, int, int]] = []
+    lines = run.output.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("HEAP "):
+            name, _, used = line[5:].rpartition(" ")
+            qstr = int(lines[i + 1].rsplit("n_total_bytes=", 1)[1])
+            steps.append((name.strip("'"), int(used), qstr))
+    return steps
 
 
 def measure_d1(bench: Bench, client: ClientLayout) -> int:
@@ -264,11 +261,8 @@ def main() -> int:
         with LocalServer(Path(tmp) / "data", Path(tmp) / "root.json") as server:
             bench.setup(server)
             print("code size (bytes):", json.dumps(code_size(True)), flush=True)
-            try:
-                for step, used in phase_heap(bench):
-                    print(f"heap after {step}: {used} bytes", flush=True)
-            except RuntimeError as e:
-                print("phase heap:", e)
+            for step, used, qstr in phase_heap(bench):
+                print(f"heap at {step}: {used} bytes (qstr pools {qstr})", flush=True)
             d3 = measure_d3(bench)
             print("D3:", json.dumps(d3), flush=True)
             d4 = measure_d4(bench)
