@@ -1,7 +1,8 @@
 """`make demo`: the whole chain on embedded defaults, on this machine, with nothing faked.
 
 Keys are created, `ota serve` runs on 127.0.0.1 with SQLite and a blob directory, three virtual
-boards are provisioned through real mpremote with app 1.0.0, they boot and check in, release
+boards are provisioned through real mpremote with app 1.0.0 (the third with its OTA client in a
+ROMFS partition, memory-mapped, instead of on the filesystem), they boot and check in, release
 1.1.0 is published and rolled out, the boards pull it, verify it, swap, boot it on trial and
 confirm it. Then a bad release, 1.2.0, crashes on start: the first two boards roll back on
 their own, the rollout pauses itself, and the third board is never offered it. The fleet is
@@ -94,6 +95,14 @@ provisioning:
     tags: [demo]
     poll_interval_s: 60
     app: {{dir: {first_app}, name: demo, version: 1.0.0, sequence: 1}}
+  demo-romfs:
+    board: unix
+    wifi: demo
+    channel: stable
+    tags: [demo]
+    poll_interval_s: 60
+    client: romfs
+    app: {{dir: {first_app}, name: demo, version: 1.0.0, sequence: 1}}
 """)
     return fleet
 
@@ -125,16 +134,18 @@ def demo() -> None:
         os.environ["MPOTA_TOKEN"] = server.token
         console.print(f"serving at {server.url} (data in {server.data_dir})")
 
-        _step(f"3. The station provisions {BOARDS} virtual boards with app 1.0.0")
+        _step(f"3. The station provisions {BOARDS} virtual boards with app 1.0.0; the last one "
+              "gets its OTA client as a ROMFS image (bytecode runs from flash, not the heap)")
         first = _write_app("1.0.0")
         fleet = _write_fleet(server, first)
         boards = [DEMO_DIR / "boards" / f"board{n}" for n in range(1, BOARDS + 1)]
-        args = ["provision", "--fleet", str(fleet), "--profile", "demo",
-                "--log", str(DEMO_DIR / "station-log.jsonl"), "--station", "demo-station"]
-        for flash in boards:
-            flash.mkdir(parents=True)
-            args += ["--virtual", str(flash)]
-        _run(*args)
+        for profile, flashes in (("demo", boards[:-1]), ("demo-romfs", boards[-1:])):
+            args = ["provision", "--fleet", str(fleet), "--profile", profile,
+                    "--log", str(DEMO_DIR / "station-log.jsonl"), "--station", "demo-station"]
+            for flash in flashes:
+                flash.mkdir(parents=True)
+                args += ["--virtual", str(flash)]
+            _run(*args)
 
         _step("4. The boards boot 1.0.0 and check in: nothing new yet")
         _boot_all(boards, boots=1)
@@ -145,7 +156,8 @@ def demo() -> None:
              "--board", "unix", "--key", str(keys / "release.key"), "--deflate",
              "--channel", "stable", "--percent", "100")
 
-        _step("6. The boards check in, verify, download the changed file, swap, confirm")
+        _step("6. The boards check in, verify, fetch the changed file in one signed request "
+              "(GET /v1/device/pack), swap, confirm")
         _boot_all(boards, boots=4)
         _run("rollout", "status", "stable")
 
