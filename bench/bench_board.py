@@ -30,12 +30,10 @@ import json
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 if str(PROJECT_ROOT) not in sys.path:
@@ -54,7 +52,7 @@ from bench.reference_app import (  # noqa: E402
     reference_files,
 )
 from signing.bundle import load_bundle  # noqa: E402
-from tools.board_files import ClientLayout, client_files, code_size, read_state  # noqa: E402
+from tools.board_files import ClientLayout, code_size, read_state  # noqa: E402
 from tools.local_server import LocalServer  # noqa: E402
 from tools.micropython import find_micropython  # noqa: E402
 from tools.virtual_board import VirtualBoard, rom_image_path  # noqa: E402

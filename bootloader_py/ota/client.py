@@ -11,7 +11,7 @@ from ota.fail import HttpError, UpdateFailed
 
 TRUST_PATH = "/ota/trust.json"
 # The check-in's envelope as it arrived, and its payload as the signature check decodes it:
-# both stay on flash, read through the one buffer (jscan), never whole in the heap.
+# both stay on flash, walked through a small window (ota/jscan.py), never whole in the heap.
 ENVELOPE = "/ota/offer.dsse"
 PAYLOAD = "/ota/offer.json"
 # trust.MAX_ENVELOPE_BYTES, kept here so a check-in needs no verifier loaded
@@ -96,7 +96,7 @@ def _save(resp, dest, buf, what):
         raise UpdateFailed("%s too large: %s bytes" % (what, left))
     with open(dest, "wb") as f:
         while left:
-            n = resp.readinto(buf[:min(len(buf), left)])
+            n = resp.fill(buf[:min(len(buf), left)])
             f.write(buf[:n])
             left -= n
 
@@ -171,8 +171,8 @@ def checkin(sess, st, cfg, root_v, buf):
     # A transport error here (server unreachable) propagates as HttpError: no report for it.
     resp = sess.request("POST", "/v1/device/checkin", checkin_body(st, cfg, root_v))
     try:
-        if resp.status == 204:
-            return False, resp.root
+        if resp.status == 204 or (resp.status == 200 and st.on_trial):
+            return False, resp.root  # on trial nothing is installed: the offer is not read
         try:
             _save(resp, ENVELOPE, buf, "manifest" if resp.status == 200 else "checkin")
         except HttpError as e:
@@ -261,7 +261,6 @@ def trusted_update(sess, st, cfg, offered, newest, now, buf):
         return {"app": m["app"], "version": m["version"], "sequence": m["sequence"],
                 "entry": m["entry"]}
     except MemoryError:
-
         root = None
         raise UpdateFailed("out of memory verifying the manifest")
     finally:
@@ -304,7 +303,7 @@ def check(st, cfg, now=None):
     version = root_version()
     target = None
     answered = False
-    # the one transfer buffer: envelope to flash, the verifier's window, every file
+    # the one transfer buffer: the envelope and any new root to flash, then every file
     buf = memoryview(bytearray(_BUF))
     try:
         offered, newest = checkin(sess, st, cfg, version, buf)

@@ -109,8 +109,56 @@ def _too_many(count):
                + str(t.MAX_FILES))
 
 
-def _duplicate(path):
-    t.fail("manifest: duplicate file path '" + path + "'")
+def _clash(kind, earlier, path):
+    # The host's messages (signing.manifest.check_path_set), for kind 1, 2 or 3 of _kind().
+    if kind == 1:
+        t.fail("manifest: duplicate file path '" + path + "'")
+    if kind == 2:
+        t.fail("manifest: file paths '" + earlier + "' and '" + path + "' differ only in case")
+    if len(earlier) > len(path):
+        earlier, path = path, earlier
+    t.fail("manifest: file path '" + earlier + "' is also a directory in '" + path + "'")
+
+
+def _kind(p, q):
+    # How two checked paths clash: 0 not, 1 the same, 2 the same but for ASCII case (str.lower()
+    # lowers ASCII only here, as signing.manifest.fold_case), 3 one a directory of the other.
+    if p == q:
+        return 1
+    p = p.lower()
+    q = q.lower()
+    if p == q:
+        return 2
+    if len(p) > len(q):
+        p, q = q, p
+    return 3 if q.startswith(p) and q[len(p)] == "/" else 0
+
+
+def _note(path, keys, dirs):
+    # Add the keys of path (lowered) to keys and of its directories to dirs; True when one
+    # met a key of the other kind's paths: a clash, or two hashes alike by chance.
+    low = path.lower()
+    key = _path_key(low)
+    hit = key in keys or key in dirs
+    keys.add(key)
+    at = low.find("/")
+    while at > 0:
+        key = _path_key(low[:at])
+        hit = hit or key in keys
+        dirs.add(key)
+        at = low.find("/", at + 1)
+    return hit
+
+
+def _worse(worst, earlier, path):
+    # worst, or (kind, earlier path, path) of path's worst clash with the paths of `earlier`
+    # (the first of that kind) when it is a worse kind: so the first path of the worst kind
+    # wins, as on the host.
+    for q in earlier:
+        k = _kind(q, path)
+        if k and (worst is None or k < worst[0]):
+            worst = (k, q, path)
+    return worst
 
 
 def check_manifest(doc):
@@ -119,11 +167,14 @@ def check_manifest(doc):
     files = t._field(doc, "files", list, "manifest")
     _too_many(len(files))
     paths = [_check_file(files[i], i) for i in range(len(files))]
-    seen = {}
-    for path in paths:  # after every entry passed, as on the host
-        if path in seen:
-            _duplicate(path)
-        seen[path] = 1
+    keys = set()
+    dirs = set()
+    worst = None
+    for i in range(len(paths)):  # after every entry passed, as on the host
+        if _note(paths[i], keys, dirs) and (worst is None or worst[0] > 1):
+            worst = _worse(worst, paths[:i], paths[i])
+    if worst is not None:
+        _clash(*worst)
 
 
 _HEAD = ("_type", "app", "version", "sequence", "created", "expires", "boards",
@@ -138,40 +189,39 @@ def _path_key(path):
 def _check_files(doc, start, files):
     """Check the entries of the `files` array at doc[start], handing each to files(entry).
 
-    As on the host: the count cap first, then every entry, then duplicate paths (found by a
-    set of path hashes; a hash seen twice is confirmed by reading the paths again).
+    As on the host: the count cap first, then every entry, then clashing paths (duplicate,
+    then equal but for ASCII case, then a file that is also a directory), each kind reported
+    for its first path.  Found by two sets of 30-bit hashes, of the lowered paths and of their
+    lowered directories; a hit is confirmed by reading the earlier entries again.
     """
     count = 0
     for _ in doc.elements(start):
         count += 1
     _too_many(count)
     keys = set()
-    dup = None
+    dirs = set()
+    worst = None
     i = 0
     for a, b in doc.elements(start):
         entry = doc.load(a, b)
         path = _check_file(entry, i)
-        key = _path_key(path)
-        if key in keys and dup is None and _seen_before(doc, start, i, path):
-            dup = path
-        keys.add(key)
+        if _note(path, keys, dirs) and (worst is None or worst[0] > 1):
+            worst = _worse(worst, _paths_before(doc, start, i), path)
         if files is not None:
             files(entry)
         entry = None
         i += 1
-    if dup is not None:
-        _duplicate(dup)
+    if worst is not None:
+        _clash(*worst)
 
 
-def _seen_before(doc, start, index, path):
+def _paths_before(doc, start, index):
     i = 0
     for a, b in doc.elements(start):
         if i == index:
-            return False
-        if doc.load(a, b).get("path") == path:
-            return True
+            return
+        yield doc.load(a, b).get("path")
         i += 1
-    return False
 
 
 def _payload_doc(payload):

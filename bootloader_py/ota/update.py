@@ -139,7 +139,7 @@ def _receive(resp, e, have, buf):
     left = e[TRANSFER] - have
     with open(part, "ab") as f:
         while left:
-            n = resp.readinto(buf[:min(len(buf), left)])
+            n = resp.fill(buf[:min(len(buf), left)])
             h.update(buf[:n])
             f.write(buf[:n])
             left -= n
