@@ -27,7 +27,13 @@ from signing import dsse
 from signing import keys as keymod
 from signing.errors import BundleError, MalformedError, TrustError
 from signing.limits import DEFAULT_LIMITS, Limits
-from signing.manifest import MANIFEST_PAYLOAD_TYPE, FileEntry, Manifest, check_path
+from signing.manifest import (
+    MANIFEST_PAYLOAD_TYPE,
+    FileEntry,
+    Manifest,
+    check_path,
+    check_path_set,
+)
 from signing.verify import verify_blob
 
 MANIFEST_NAME = "manifest.json"
@@ -212,13 +218,15 @@ def build_bundle(
         raise BundleError(f"{source_dir}: not a directory")
     if target.resolve().is_relative_to(source_dir.resolve()):
         raise BundleError(f"{target}: the output directory must be outside the app directory")
+    files: list[tuple[str, Path, bool]] = []  # (path in the app, source, compiled to .mpy)
+    for rel, source in collect_files(source_dir, limits):
+        compiled = mpy and rel.endswith(".py")
+        files.append((rel[:-3] + ".mpy" if compiled else rel, source, compiled))
+    _check_names(source_dir, [rel for rel, _, _ in files], limits)
     blobs: dict[str, bytes] = {}
     entries: list[FileEntry] = []
-    for rel, source in collect_files(source_dir, limits):
-        content = source.read_bytes()
-        if mpy and rel.endswith(".py"):
-            rel = rel[:-3] + ".mpy"
-            content = compile_mpy(source, rel)
+    for rel, source, compiled in files:
+        content = compile_mpy(source, rel) if compiled else source.read_bytes()
         entries.append(_entry_for(rel, content, deflate, blobs))
     entries.sort(key=lambda e: e.path)
     if sequence is None:
@@ -233,11 +241,24 @@ def build_bundle(
     return Bundle(target, manifest)
 
 
-def _entry_for(rel: str, content: bytes, use_deflate: bool, blobs: dict[str, bytes]) -> FileEntry:
+def _check_names(source_dir: Path, paths: list[str], limits: Limits) -> None:
+    """The manifest's path rules on the bundle's paths, before any file is read or compiled.
+
+    A case-sensitive build machine can hold `A.py` and `a.py`; a board's FAT filesystem
+    cannot (and with `mpy`, `a.py` and `a.mpy` would both ship as `a.mpy`).
+    """
     try:
-        check_path(rel)
+        for path in paths:
+            check_path(path, limits)
     except MalformedError as err:
         raise BundleError(str(err)) from err
+    try:
+        check_path_set(paths, where=str(source_dir))
+    except MalformedError as err:
+        raise BundleError(f"{err}: a board would store them as one file; rename one") from err
+
+
+def _entry_for(rel: str, content: bytes, use_deflate: bool, blobs: dict[str, bytes]) -> FileEntry:
     digest = hashlib.sha256(content).hexdigest()
     packed = compress_for_board(content) if use_deflate else b""
     if use_deflate and len(packed) < len(content):

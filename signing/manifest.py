@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,7 @@ _MICROPYTHON_VERSION = re.compile(r"\d+\.\d+(\.\d+)?")
 _HEX256 = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
 def check_path(path: str, limits: Limits = DEFAULT_LIMITS) -> None:
@@ -42,6 +45,54 @@ def check_path(path: str, limits: Limits = DEFAULT_LIMITS) -> None:
     for segment in path.split("/"):
         if segment in ("", ".", ".."):
             raise MalformedError(f"file path {path!r}: empty, '.' or '..' segment")
+
+
+def fold_case(path: str) -> str:
+    """`path` with the ASCII letters A-Z lowered and every other character kept.
+
+    Not `str.lower()`: CPython lowers non-ASCII letters too (the Kelvin sign becomes `k`, `İ`
+    two characters), MicroPython's `str.lower()` only ASCII; the board and the host must fold
+    alike.
+    """
+    return path.translate(_ASCII_LOWER)
+
+
+def check_path_set(paths: Sequence[str], where: str = "manifest") -> None:
+    """Raise MalformedError unless the paths can all be files of one slot on any board.
+
+    In this order, each reported for the first path (in list order) that clashes with an
+    earlier one, named with the earliest such path:
+    1. a duplicate path;
+    2. two paths equal but for ASCII case (`lib/Util.py`, `lib/util.py`: one file on FAT);
+    3. a path that is also a directory of another, compared after ASCII folding (`lib` and
+       `lib/util.py`, `Lib` and `lib/util.py`): it cannot be written at all.
+    Non-ASCII characters are compared exactly (docs/manifest.md, "Rules every verifier
+    applies"). Each path must already have passed `check_path`.
+    """
+    seen: set[str] = set()
+    for path in paths:
+        if path in seen:
+            raise MalformedError(f"{where}: duplicate file path {path!r}")
+        seen.add(path)
+    folded: dict[str, int] = {}  # folded path -> index of the path
+    for i, path in enumerate(paths):
+        first = folded.setdefault(fold_case(path), i)
+        if first != i:
+            raise MalformedError(
+                f"{where}: file paths {paths[first]!r} and {path!r} differ only in case")
+    dirs: dict[str, int] = {}  # folded directory -> index of the first path under it
+    for i, path in enumerate(paths):
+        low = fold_case(path)
+        parents = [low[:at] for at, ch in enumerate(low) if ch == "/"]
+        # (index of the earlier path, the file, the path under it)
+        clashes = [(folded[d], paths[folded[d]], path) for d in parents if folded.get(d, i) < i]
+        if low in dirs:
+            clashes.append((dirs[low], path, paths[dirs[low]]))
+        if clashes:
+            _, file, under = min(clashes)
+            raise MalformedError(f"{where}: file path {file!r} is also a directory in {under!r}")
+        for d in parents:
+            dirs.setdefault(d, i)
 
 
 @dataclass(frozen=True)
@@ -170,9 +221,5 @@ class Manifest:
                 f"manifest: {len(raw_files)} files, more than the cap of {limits.max_files}"
             )
         files = tuple(FileEntry.from_json(obj, i, limits) for i, obj in enumerate(raw_files))
-        seen: set[str] = set()
-        for item in files:
-            if item.path in seen:
-                raise MalformedError(f"manifest: duplicate file path {item.path!r}")
-            seen.add(item.path)
+        check_path_set([item.path for item in files])
         return cls(app, version, sequence, created, expires, tuple(boards), min_mp, entry, files)

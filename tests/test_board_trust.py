@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 import signing.errors
+import signing.manifest
 import signing.root
 import signing.verify
 
@@ -110,6 +111,22 @@ def with_file(**changes: Any) -> dict[str, Any]:
     doc = manifest_doc()
     doc["files"] = [*doc["files"], entry]
     return doc
+
+
+def file_entry(path: str) -> dict[str, Any]:
+    return {"path": path, "sha256": SHA_A, "size": 1, "encoding": "plain", "blob": SHA_A,
+            "transfer_size": 1}
+
+
+def with_paths(*paths: str) -> dict[str, Any]:
+    doc = manifest_doc()
+    doc["files"] = [*doc["files"], *map(file_entry, paths)]
+    return doc
+
+
+# 8 files 9 directories deep (72 directories: past the board's 64 kept directory keys),
+# then one whose path is a directory of the first
+DEEP = tuple(f"d{i}/a/b/c/d/e/f/g/h/x.py" for i in range(8))
 
 
 @dataclass
@@ -223,6 +240,20 @@ def _cases(w: World) -> dict[str, Case]:
         "path_64_chars": Case("manifest", "ok", w.manifest(with_file(path="a" * 64))),
         "path_duplicate": Case("manifest", "MalformedError",
                                w.manifest(with_file(path="lib/util.py"))),
+        "path_case_collision": Case("manifest", "MalformedError",
+                                    w.manifest(with_file(path="lib/Util.py"))),
+        "path_file_and_dir": Case("manifest", "MalformedError", w.manifest(with_file(path="lib"))),
+        "path_file_and_dir_case_folded": Case("manifest", "MalformedError",
+                                              w.manifest(with_file(path="LIB"))),
+        "path_under_a_file": Case("manifest", "MalformedError",
+                                  w.manifest(with_file(path="main_app.py/x.py"))),
+        "path_near_misses": Case("manifest", "ok", w.manifest(with_paths(
+            "lib2/util.py", "lib/util", "li", "a", "ab/c", "LIB2/x.py", "k.py", "\u212a.py"))),
+        "path_many_directories": Case("manifest", "ok", w.manifest(with_paths(*DEEP))),
+        "path_clash_past_the_kept_directories": Case(
+            "manifest", "MalformedError", w.manifest(with_paths(*DEEP, "d0/a/b"))),
+        "path_duplicate_before_case": Case("manifest", "MalformedError", w.manifest(
+            with_paths("Lib", "lib/x.py", "LIB/UTIL.py", "lib/util.py"))),
         "too_many_files": Case("manifest", "MalformedError", good, limits={"MAX_FILES": 1}),
         "files_at_cap": Case("manifest", "ok", good, limits={"MAX_FILES": 2}),
         "sha_uppercase": Case("manifest", "MalformedError",
@@ -376,6 +407,73 @@ def test_error_messages_name_what_is_wrong(outcomes: dict[str, list[Any]]) -> No
     assert "../boot.py" in outcomes["path_parent"][1]
     assert "12289" in outcomes["oversize_checked_before_parsing"][1]
     assert "release" in outcomes["tampered_payload"][1]
+    assert ("'lib/util.py' and 'lib/Util.py' differ only in case"
+            in outcomes["path_case_collision"][1])
+    assert "'lib' is also a directory in 'lib/util.py'" in outcomes["path_file_and_dir"][1]
+    assert ("'main_app.py' is also a directory in 'main_app.py/x.py'"
+            in outcomes["path_under_a_file"][1])
+    assert "'d0/a/b' is also a directory in 'd0/a/b/c" in (
+        outcomes["path_clash_past_the_kept_directories"][1])
+    # duplicate ('lib/util.py' is in the base manifest), then case, then file/directory
+    assert "duplicate file path 'lib/util.py'" in outcomes["path_duplicate_before_case"][1]
+
+
+PATHS_RUNNER = """
+import sys, json
+sys.path.insert(0, BOARD_DIR)
+from ota import trust
+for line in sys.stdin:
+    doc = json.loads(line)
+    out = []
+    for check in (trust.check_manifest, lambda d: trust.accept_manifest(json.dumps(d).encode())):
+        try:
+            check(doc)
+            out.append("ok")
+        except trust.TrustError as e:
+            out.append(str(e))
+    print(json.dumps(out))
+"""
+
+
+def _path_sets(rng: random.Random) -> list[list[str]]:
+    # few names, so that duplicates, case twins and files-that-are-directories are common;
+    # the Kelvin sign and accented letters are not folded, on either side
+    names = ["a", "A", "b", "B", "lib", "Lib", "x.py", "X.py", "k", "\u212a", "\u00e9", "\u00c9"]
+    sets = []
+    for n in [rng.randint(1, 6) for _ in range(300)] + [rng.randint(10, 24) for _ in range(60)]:
+        deep = 12 if n >= 10 else 3
+        sets.append(["/".join(rng.choice(names) for _ in range(rng.randint(1, deep)))[:64]
+                     for _ in range(n)])
+    return sets
+
+
+def test_board_and_host_refuse_the_same_colliding_paths_with_the_same_message(
+        micropython: str) -> None:
+    sets = [[p.strip("/") or "a" for p in paths] for paths in _path_sets(random.Random(5))]
+    host = []
+    for paths in sets:
+        try:
+            signing.manifest.check_path_set(paths)
+            host.append("ok")
+        except signing.errors.MalformedError as err:
+            host.append(str(err))
+    done = subprocess.run(
+        [micropython, "-c", PATHS_RUNNER.replace("BOARD_DIR", repr(str(BOARD_DIR)))],
+        input="".join(json.dumps(manifest_doc(files=[file_entry(p) for p in paths])) + "\n"
+                      for paths in sets),
+        capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    board = [json.loads(line) for line in done.stdout.splitlines()]
+    # the in-heap check (check_manifest) and the streamed one (accept_manifest) alike
+    assert board == [[h, h] for h in host]
+    # the corpus reaches every rule, also past the board's 64 kept directory keys
+    kinds = {h.split("'")[0] for h in host}
+    assert kinds == {"ok", "manifest: duplicate file path ", "manifest: file paths ",
+                     "manifest: file path "}
+    fold = signing.manifest.fold_case
+    dirs = [len({fold(p)[:i] for p in paths for i, c in enumerate(p) if c == "/"})
+            for paths in sets]
+    assert {h.split("'")[0] for h, d in zip(host, dirs, strict=True) if d > 64} == kinds
 
 
 def _hierarchy(module: Any) -> dict[str, str]:

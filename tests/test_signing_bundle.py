@@ -155,6 +155,30 @@ def test_bad_inputs_are_refused_with_the_reason(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_files_that_differ_only_in_case_are_refused_before_anything_is_built(
+    tmp_path: Path,
+) -> None:
+    app = _app(tmp_path / "app", {"app_main.py": "x = 1\n", "lib/Util.py": "A = 1\n",
+                                  "lib/util.py": "a = 1\n", "lib/bad.py": "def f(:\n"})
+    if len(list((app / "lib").iterdir())) != 3:
+        pytest.skip("the test directory's filesystem ignores case")
+    # the names are checked first: no mpy-cross error for lib/bad.py, nothing written
+    with pytest.raises(BundleError, match=r"'lib/Util\.mpy' and 'lib/util\.mpy' differ only "
+                                          r"in case: a board would store them as one file"):
+        _build(app, tmp_path / "out", mpy=True)
+    (app / "lib/bad.py").unlink()
+    with pytest.raises(BundleError, match=r"'lib/Util\.py' and 'lib/util\.py' differ only"):
+        _build(app, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_py_and_its_mpy_are_one_file_with_mpy(tmp_path: Path) -> None:
+    app = _app(tmp_path / "app", {"app_main.py": "x = 1\n", "app_main.mpy": b"M\x06"})
+    _build(app, tmp_path / "plain")
+    with pytest.raises(BundleError, match=r"duplicate file path 'app_main\.mpy'"):
+        _build(app, tmp_path / "out", mpy=True)
+
+
 def test_an_app_too_big_for_the_board_envelope_cap_is_refused(tmp_path: Path) -> None:
     app = _app(tmp_path / "app", {f"m{i:02}.py": f"n = {i}\n" for i in range(60)})
     _app(app, {"app_main.py": "x = 1\n"})

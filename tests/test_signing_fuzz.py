@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from signing import dsse, errors, keys
-from signing.manifest import MANIFEST_PAYLOAD_TYPE, FileEntry, Manifest
+from signing.manifest import MANIFEST_PAYLOAD_TYPE, FileEntry, Manifest, check_path_set
 from signing.root import verify_root, verify_rotation
 from signing.verify import verify_manifest
 
@@ -132,10 +132,18 @@ _paths = st.lists(_segment, min_size=1, max_size=4).map("/".join).filter(lambda 
 _hex = st.binary(min_size=32, max_size=32).map(bytes.hex)
 
 
+def _one_file_each(paths: list[str]) -> bool:
+    try:
+        check_path_set(paths)
+    except errors.MalformedError:
+        return False  # a file that is also a directory ('a' and 'a/b'): not a valid manifest
+    return True
+
+
 @st.composite
 def manifests(draw: st.DrawFn) -> Manifest:
     files = []
-    for path in draw(st.lists(_paths, max_size=8, unique=True)):
+    for path in draw(st.lists(_paths, max_size=8, unique=True).filter(_one_file_each)):
         sha, size = draw(_hex), draw(st.integers(0, 1 << 20))
         if draw(st.booleans()):
             files.append(FileEntry(path, sha, size))

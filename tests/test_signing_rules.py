@@ -134,6 +134,52 @@ def test_path_length_limit_is_data(k: dict, root: RootMetadata) -> None:
     assert caught.type is errors.MalformedError
 
 
+def _with_paths(*paths: str) -> bytes:
+    doc = _manifest_doc()
+    doc["files"] = [dict(doc["files"][0], path=path) for path in paths]
+    return json.dumps(doc).encode()
+
+
+PATH_SETS: list[tuple[str, tuple[str, ...], str | None]] = [
+    ("case", ("lib/Util.py", "lib/util.py"),
+     "file paths 'lib/Util.py' and 'lib/util.py' differ only in case"),
+    ("case-of-a-directory", ("LIB/a.py", "lib/a.py"), "differ only in case"),
+    ("file-then-dir", ("lib", "lib/util.py"),
+     "file path 'lib' is also a directory in 'lib/util.py'"),
+    ("dir-then-file", ("a/b/c", "a/b"), "file path 'a/b' is also a directory in 'a/b/c'"),
+    ("file-and-dir-folded", ("Lib", "lib/a.py"),
+     "file path 'Lib' is also a directory in 'lib/a.py'"),
+    # the first path that clashes is named with the earliest path it clashes with
+    ("earliest", ("a/b/c", "x", "a", "a/b"), "file path 'a' is also a directory in 'a/b/c'"),
+    # order of the rules: duplicates, then case, then file/dir, whatever the list order
+    ("duplicate-first", ("a", "a/b", "X", "x", "y", "y"), "duplicate file path 'y'"),
+    ("case-before-dir", ("a", "a/b", "X", "x"), "file paths 'X' and 'x' differ only in case"),
+    ("near-misses", ("lib/a.py", "lib2/a.py", "a", "ab/c", "a.py", "lib/a", "lib/a.b/c"), None),
+    ("same-directory-other-case", ("LIB/a.py", "lib/b.py"), None),
+    # only ASCII letters are folded (CPython's lower() folds the Kelvin sign to 'k')
+    ("non-ascii-not-folded", ("\u212a.py", "k.py", "\u00c9t\u00e9", "\u00e9t\u00e9"), None),
+]
+
+
+@pytest.mark.parametrize("paths,message", [(p, m) for _, p, m in PATH_SETS],
+                         ids=[n for n, _, _ in PATH_SETS])
+def test_paths_that_would_collide_on_a_board_filesystem_are_malformed(
+    paths: tuple[str, ...], message: str | None,
+) -> None:
+    if message is None:
+        assert [f.path for f in Manifest.from_payload(_with_paths(*paths)).files] == list(paths)
+        return
+    with pytest.raises(errors.MalformedError) as caught:
+        Manifest.from_payload(_with_paths(*paths))
+    assert caught.type is errors.MalformedError
+    assert message in str(caught.value)
+
+
+def test_each_entry_is_checked_before_paths_are_compared() -> None:
+    with pytest.raises(errors.MalformedError, match=r"'\.\.' segment"):
+        Manifest.from_payload(_with_paths("A", "a", "../x"))
+
+
 def test_unknown_keyid_with_garbage_signature_is_ignored(k: dict, root: RootMetadata) -> None:
     envelope = json.loads(_sign(_manifest_doc(), k["rel1"], k["rel2"]))
     envelope["signatures"].insert(0, {"keyid": "not-a-keyid", "sig": dsse.b64encode(bytes(64))})

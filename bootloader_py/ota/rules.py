@@ -9,7 +9,11 @@ import binascii
 import hashlib
 import re
 
+from micropython import const
+
 from ota import trust as t
+
+_MAX_DIRS = const(64)  # directories whose keys are kept (a real app has a handful)
 
 _SEMVER = re.compile(
     "(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)"
@@ -135,17 +139,20 @@ def _kind(p, q):
 
 
 def _note(path, keys, dirs):
-    # Add the keys of path (lowered) to keys and of its directories to dirs; True when one
-    # met a key of the other kind's paths: a clash, or two hashes alike by chance.
+    # Add the key of path (lowered) to keys and those of its directories to dirs, at most
+    # _MAX_DIRS of them (past that, every path is a suspect: the heap stays bounded, only the
+    # confirming re-reads grow); True when a key met one of the other set: a clash, a full
+    # dirs, or two hashes alike by chance.
     low = path.lower()
     key = _path_key(low)
-    hit = key in keys or key in dirs
+    hit = key in keys or key in dirs or len(dirs) >= _MAX_DIRS
     keys.add(key)
     at = low.find("/")
     while at > 0:
         key = _path_key(low[:at])
         hit = hit or key in keys
-        dirs.add(key)
+        if len(dirs) < _MAX_DIRS:
+            dirs.add(key)
         at = low.find("/", at + 1)
     return hit
 

@@ -305,6 +305,19 @@ def manifest_cases(k: Keys, out: Writer) -> None:
         malformed(name, _adds_file(path), why)
     malformed("duplicate-path", lambda d: d["files"].append(_file("lib/util.py", b"again")),
               "lib/util.py twice")
+    # Paths that are one file, or a file and a directory, on a board's filesystem.
+    for name, path, why in (
+        ("path-case-collision", "lib/Util.py", "lib/Util.py next to lib/util.py (one file on FAT)"),
+        ("path-file-and-dir", "lib", "a file 'lib' next to lib/util.py"),
+        ("path-file-and-dir-case", "LIB", "a file 'LIB' next to lib/util.py (ASCII case folded)"),
+        ("path-under-a-file", "lib/util.py/x.py", "a path under the file lib/util.py"),
+    ):
+        malformed(name, _adds_file(path), why)
+    ok("ok-path-near-misses", "manifest", v1, signed(changed(lambda d: d["files"].extend(
+        _file(path, b"x") for path in ("lib2/util.py", "lib/util", "lib/util.pyc", "a",
+                                       "ab/c", "k.py", "\u212a.py"))), "release_a"), "ok",
+       "lib2/util.py, lib/util, lib/util.pyc, 'a' with 'ab/c', and k.py with the Kelvin sign "
+       "(non-ASCII is not case-folded)")
     malformed("plain-blob-differs", lambda d: d["files"][0].update(blob="0" * 64),
               "plain entry whose blob is not its sha256")
     malformed("plain-transfer-size-differs", lambda d: d["files"][0].update(transfer_size=1),
