@@ -39,3 +39,20 @@ async def env(aiohttp_client: Any, tmp_path: Path) -> Any:
     from server_support import start_env
 
     return await start_env(aiohttp_client, tmp_path)
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every blob file the server opens from now on (to check that each one gets closed)."""
+    from ota_server.storage.blobs import FileBlobStore
+
+    files: list[Any] = []
+    real = FileBlobStore.open_blob
+
+    def recording(self: FileBlobStore, sha256: str) -> Any:
+        fobj = real(self, sha256)
+        files.append(fobj)
+        return fobj
+
+    monkeypatch.setattr(FileBlobStore, "open_blob", recording)
+    return files

@@ -46,6 +46,26 @@ def _running(flash: Path, output: str) -> str:
     return version
 
 
+def _cut_then_alone(board: VirtualBoard, cut: int, micropython: str) -> str:
+    """Cut power at mutation `cut`; power back with no network: the board must boot and run
+    one whole version on its own. Returns that version."""
+    cut_run = board.run(max_boots=4, timeout=60, cut_at=cut)
+    assert cut_run.ended == "power_cut", (cut, cut_run.output)
+    offline = VirtualBoard(board.flash_dir, micropython=micropython, wifi_ok=False)
+    alone = offline.run(max_boots=2, timeout=60)
+    assert alone.ended == "exit", (cut, alone.output)
+    return _running(board.flash_dir, alone.boots[-1].output)
+
+
+def _back_online(board: VirtualBoard, cut: int) -> None:
+    """Network back: the board finishes the job and stays, confirmed, on the new version."""
+    online = board.run(max_boots=4, timeout=60)
+    assert online.ended == "exit", (cut, online.output)
+    assert _running(board.flash_dir, online.boots[-1].output) == "1.1.0", cut
+    state = read_state(board.flash_dir)
+    assert state is not None and state["ok"] == 1, (cut, state)
+
+
 def test_update_survives_a_power_cut_at_every_file_operation(tmp_path, micropython):
     keys = make_keys()
     (tmp_path / "root.json").write_bytes(keys.root_envelope)
@@ -66,19 +86,8 @@ def test_update_survives_a_power_cut_at_every_file_operation(tmp_path, micropyth
         seen = set()
         for cut in range(1, total + 1):
             board = fresh(f"cut{cut}")
-            cut_run = board.run(max_boots=4, timeout=60, cut_at=cut)
-            assert cut_run.ended == "power_cut", (cut, cut_run.output)
-            # Power back, no network: the board must run a whole version on its own.
-            offline = VirtualBoard(board.flash_dir, micropython=micropython, wifi_ok=False)
-            alone = offline.run(max_boots=2, timeout=60)
-            assert alone.ended == "exit", (cut, alone.output)
-            seen.add(_running(board.flash_dir, alone.boots[-1].output))
-            # Network back: the board finishes the job and stays on the new version.
-            online = board.run(max_boots=4, timeout=60)
-            assert online.ended == "exit", (cut, online.output)
-            assert _running(board.flash_dir, online.boots[-1].output) == "1.1.0", cut
-            state = read_state(board.flash_dir)
-            assert state is not None and state["ok"] == 1, (cut, state)
+            seen.add(_cut_then_alone(board, cut, micropython))
+            _back_online(board, cut)
         assert seen == {"1.0.0", "1.1.0"}  # the cuts fell on both sides of the flip
 
 
@@ -151,14 +160,9 @@ def test_update_with_a_root_rotation_survives_a_power_cut_at_every_file_operatio
         in_window = []  # cut points that left trust.json removed, trust.json.new not renamed
         for cut in range(1, total + 1):
             board = fresh(f"cut{cut}")
-            cut_run = board.run(max_boots=4, timeout=60, cut_at=cut)
-            assert cut_run.ended == "power_cut", (cut, cut_run.output)
             # Power back, no network: a whole version runs, and the root file is one of the
             # two signed envelopes, byte for byte.
-            offline = VirtualBoard(board.flash_dir, micropython=micropython, wifi_ok=False)
-            alone = offline.run(max_boots=2, timeout=60)
-            assert alone.ended == "exit", (cut, alone.output)
-            running = _running(board.flash_dir, alone.boots[-1].output)
+            running = _cut_then_alone(board, cut, micropython)
             trusted = _trusted_file(board.flash_dir)
             assert trusted.exists(), (cut, "no root file left")
             data = trusted.read_bytes()
@@ -171,14 +175,10 @@ def test_update_with_a_root_rotation_survives_a_power_cut_at_every_file_operatio
             held_versions.append(versions[0])
             seen.add((versions[0], running))
             # Network back: the board finishes the rotation and the update.
-            online = board.run(max_boots=4, timeout=60)
-            assert online.ended == "exit", (cut, online.output)
-            assert _running(board.flash_dir, online.boots[-1].output) == "1.1.0", cut
+            _back_online(board, cut)
             ota_dir = board.flash_dir / "ota"
             assert (ota_dir / "trust.json").read_bytes() == root_v2, cut
             assert not (ota_dir / "trust.json.new").exists(), cut
-            state = read_state(board.flash_dir)
-            assert state is not None and state["ok"] == 1, (cut, state)
             assert api.device(f"cut{cut}")["root_version"] == 2, cut
         # The board's own verifier takes every file a cut left as the trust anchor.
         assert _board_root_versions(micropython, held) == held_versions

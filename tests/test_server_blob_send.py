@@ -17,7 +17,6 @@ import pytest
 from server_support import ServerEnv, SimBoard
 
 from ota_server import routes_device, state
-from ota_server.storage.blobs import FileBlobStore
 
 BLOB = os.urandom(3 * 1024 * 1024 + 17)
 
@@ -129,19 +128,10 @@ def _hang_up_after_the_head(port: int, request: bytes) -> bytes:
 
 
 async def test_pack_files_are_closed_when_the_board_hangs_up_mid_body(
-        env: ServerEnv, monkeypatch: pytest.MonkeyPatch,
+        env: ServerEnv, monkeypatch: pytest.MonkeyPatch, opened: list[Any],
         caplog: pytest.LogCaptureFixture) -> None:
     board = await env.add_board(SimBoard("gone"))
     ids = await env.put_blobs(*PACK)
-    opened: list[Any] = []
-    real = FileBlobStore.open_blob
-
-    def recording(self: FileBlobStore, sha256: str) -> Any:
-        fobj = real(self, sha256)
-        opened.append(fobj)
-        return fobj
-
-    monkeypatch.setattr(FileBlobStore, "open_blob", recording)
     _small_send_buffer(monkeypatch)
     request = _request(board, f"/v1/device/pack?blobs={ids[0]},{ids[1]}", None)
     port = env.client.server.port

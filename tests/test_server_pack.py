@@ -10,7 +10,6 @@ import pytest
 from server_support import ServerEnv, SimBoard, sha256_hex, store_fingerprint
 
 from ota_server import state
-from ota_server.storage.blobs import FileBlobStore
 
 # Three blobs of distinct sizes, so a wrong offset or order shows up as wrong bytes.
 A = bytes(range(256))[:100]
@@ -211,21 +210,6 @@ async def test_pack_naming_missing_blobs_is_404_naming_the_first_and_sends_nothi
     assert f"blobs[1]: no blob {first_missing}" in doc["message"]
     assert second_missing not in doc["message"]
     assert env.app[state.METRICS].value("mpota_blob_bytes_served_total") == served_before
-
-
-@pytest.fixture
-def opened(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Every blob file the server opens from now on."""
-    files: list[Any] = []
-    real = FileBlobStore.open_blob
-
-    def recording(self: FileBlobStore, sha256: str) -> Any:
-        fobj = real(self, sha256)
-        files.append(fobj)
-        return fobj
-
-    monkeypatch.setattr(FileBlobStore, "open_blob", recording)
-    return files
 
 
 ANSWERS = {
