@@ -224,3 +224,22 @@ def test_app_of_a_slot_the_state_does_not_name_is_never_confirmed(tmp_path, micr
     assert "APP A False" in result.output and "state names b" in result.output
     state = read_state(flash)
     assert state is not None and (state["active"], state["ok"]) == ("b", 0)
+
+
+def test_trial_boot_arms_the_provisioned_watchdog_without_a_check_and_confirmed_boots_do_not(
+        tmp_path, micropython):
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    config = BoardConfig(device_id="board-1", server="http://127.0.0.1:9", poll_at_boot=False,
+                         poll_every_min=0, timeout_s=1, wifi_timeout_s=1, trial_watchdog_s=11)
+    install_board(flash, config, b"\x01" * 32, b"{}", app=OLD)
+    assert json.loads((flash / "ota" / "config.json").read_bytes())["trial_watchdog_s"] == 11
+    _stage_trial(flash, {"app_main.py": b"import ota\nprint('ARMED', getattr(ota, 'wdt', None) "
+                                        b"is not None)\nota.confirm()\n"})
+    board = VirtualBoard(flash, micropython=micropython)
+    outputs = [board.run(max_boots=1, timeout=30) for _ in range(3)]
+    assert [r.ended for r in outputs] == ["exit"] * 3, outputs[-1].output
+    assert [r.output.count("ARMED True") for r in outputs] == [1, 0, 0]
+    assert all("ARMED False" in r.output for r in outputs[1:])  # confirmed at the first boot
+    state = read_state(flash)
+    assert state is not None and (state["active"], state["ok"]) == ("b", 1)

@@ -68,6 +68,8 @@ def test_installed_board_has_a_private_key_file_and_a_confirmed_slot_a(tmp_path)
     ({"trust_json": b"not json"}, "trust root is not JSON"),
     ({"config": BoardConfig(device_id="b", server="ftp://x")}, "server URL"),
     ({"config": BoardConfig(device_id="b", server="http://x", trial_boots=0)}, "trial_boots"),
+    ({"config": BoardConfig(device_id="b", server="http://x", trial_watchdog_s=29)},
+     "trial_watchdog_s"),
     ({"app": InitialApp("d", "1.0.0", 1, "m", {"../boot.py": b""})}, "escapes the slot"),
 ])
 def test_bad_input_is_refused_with_a_clear_error_and_writes_nothing(tmp_path, change, message):
@@ -82,3 +84,20 @@ def test_bad_input_is_refused_with_a_clear_error_and_writes_nothing(tmp_path, ch
 def test_a_key_on_another_curve_is_refused():
     with pytest.raises(BoardFilesError, match="P-256"):
         board_files(CONFIG, ec.generate_private_key(ec.SECP384R1()), b"{}")
+
+
+def test_trial_watchdog_is_off_by_default_and_must_outlast_a_request_and_a_wifi_connect():
+    def written(**fields: int) -> dict[str, object]:
+        return json.loads(BoardConfig(device_id="b", server="http://x", **fields).to_json())
+
+    assert "trial_watchdog_s" not in written()  # off: absent, as on a board that never had it
+    assert "trial_watchdog_s" not in written(trial_watchdog_s=0)
+    assert written(trial_watchdog_s=30)["trial_watchdog_s"] == 30  # defaults: 20 s, 15 s
+    assert written(timeout_s=5, wifi_timeout_s=8, trial_watchdog_s=18)["trial_watchdog_s"] == 18
+    for fields, least in [({"trial_watchdog_s": 29}, 30),
+                          ({"timeout_s": 40, "trial_watchdog_s": 45}, 50),
+                          ({"wifi_timeout_s": 30, "trial_watchdog_s": 39}, 40),
+                          ({"trial_watchdog_s": -1}, 30)]:
+        with pytest.raises(BoardFilesError,
+                           match=f"trial_watchdog_s must be 0 \\(off\\) or at least {least} s"):
+            written(**fields)

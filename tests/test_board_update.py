@@ -546,6 +546,94 @@ def test_looping_app_is_auto_confirmed_at_a_poll_after_its_health_period(case, c
     assert (rig.api.device(name)["last_status"] == "confirmed") is confirmed
 
 
+# Trial watchdog (config trial_watchdog_s). The tests write 1 s straight into config.json, below
+# what provisioning accepts (BoardConfig: the longer timeout plus 10 s), to keep them quick;
+# against a local server a check takes far less than that.
+_HUNG_LOOPS = {"busy": b"    pass\n", "sleeping": b"    time.sleep_ms(100)\n"}
+
+
+def _hung_app(loop: bytes) -> dict[str, bytes]:
+    """1.1.0 whose entry never returns and never calls the client."""
+    return small_app("1.1.0", {"app_main.py": b"import time\nprint('APP 1.1.0')\nwhile True:\n"
+                                              + loop})
+
+
+@pytest.mark.parametrize("loop", list(_HUNG_LOOPS.values()), ids=list(_HUNG_LOOPS))
+def test_trial_app_that_hangs_is_reset_by_the_watchdog_and_rolled_back(case, loop):
+    rig, name = case
+    rig.publish(name, _hung_app(loop), "1.1.0", 2, channel=name)
+    flash = rig.board(name, name, small_app("1.0.0"), channel=name, trial_boots=2)
+    _set_config(flash, trial_watchdog_s=1)
+    result = rig.boot(flash, max_boots=6)
+    # update+reset; two trial boots that hang until the watchdog resets them, each counted by
+    # boot.py; then the rollback boot runs 1.0.0, confirmed, and reports
+    assert [b.ended for b in result.boots] == ["reset", "watchdog", "watchdog", "exit"], \
+        result.output
+    assert [b.reset_cause for b in result.boots] == [1, 5, 3, 3]
+    assert result.output.count("APP 1.1.0") == 2
+    assert "APP 1.0.0" in result.boots[-1].output
+    state = read_state(flash)
+    assert state is not None
+    assert (state["active"], state["ok"], state["trial"], state["reject"]) == ("a", 1, 0, 2)
+    rolled = [r for r in _reports(rig) if r["status"] == "rolled_back"]
+    assert [(r["version"], r["sequence"]) for r in rolled] == [("1.0.0", 2)], rolled
+    assert "not confirmed after 2 boots" in rolled[0]["reason"]
+    device = rig.api.device(name)
+    assert (device["last_status"], device["version"]) == ("rolled_back", "1.0.0")
+
+
+def test_trial_app_that_hangs_without_the_watchdog_keeps_running(case):
+    rig, name = case
+    rig.publish(name, _hung_app(_HUNG_LOOPS["sleeping"]), "1.1.0", 2, channel=name)
+    flash = rig.board(name, name, small_app("1.0.0"), channel=name, trial_boots=2)
+    result = VirtualBoard(flash, micropython=rig.micropython).run(max_boots=4, timeout=4)
+    assert [b.ended for b in result.boots] == ["reset", "timeout"], result.output
+    assert "APP 1.1.0" in result.boots[-1].output
+    state = read_state(flash)
+    assert state is not None and (state["active"], state["ok"], state["trial"]) == ("b", 0, 1)
+
+
+# Polls for longer than the watchdog's period (confirmed at its first poll), then stops feeding
+# for longer than the period: only a process whose boot armed the watchdog is reset there.
+_POLL_THEN_QUIET_APP = (
+    b"import machine, ota, time\n"
+    b"def main():\n"
+    b"    print('APP 1.1.0 cause', machine.reset_cause(), 'armed',\n"
+    b"          getattr(ota, 'wdt', None) is not None)\n"
+    b"    start = time.ticks_ms()\n"
+    b"    while time.ticks_diff(time.ticks_ms(), start) < 1500:\n"
+    b"        ota.poll()\n"
+    b"        time.sleep_ms(50)\n"
+    b"    print('POLLED')\n"
+    b"    time.sleep_ms(1500)\n"
+    b"    print('QUIET')\n"
+    b"    raise SystemExit  # ends the boot as a power-off would, main() never returns\n")
+
+
+def test_confirmed_app_keeps_the_trial_watchdog_until_a_reset_then_boots_without_it(case):
+    rig, name = case
+    app = small_app("1.1.0", {"app_main.py": _POLL_THEN_QUIET_APP})
+    rig.publish(name, app, "1.1.0", 2, channel=name)
+    flash = rig.board(name, name, small_app("1.0.0"), channel=name, trial_boots=1,
+                      confirm_after_s=0)
+    _set_config(flash, trial_watchdog_s=1)
+    result = rig.boot(flash)
+    # The trial boot: armed, fed by every ota.poll() and confirmed at the first; the process
+    # keeps the watchdog, so going quiet resets it. The next boot is a confirmed one: unarmed.
+    assert [b.ended for b in result.boots] == ["reset", "watchdog", "exit"], result.output
+    trial, confirmed = result.boots[1], result.boots[2]
+    assert "APP 1.1.0 cause 5 armed True" in trial.output and "POLLED" in trial.output
+    assert "QUIET" not in trial.output
+    assert "APP 1.1.0 cause 3 armed False" in confirmed.output and "QUIET" in confirmed.output
+    state = read_state(flash)
+    assert state is not None and (state["active"], state["ok"]) == ("b", 1)
+    assert [r["status"] for r in _reports(rig)] == ["downloading", "installed", "confirmed"]
+    again = rig.boot(flash, max_boots=2)  # power on: still confirmed, still unarmed
+    assert [b.ended for b in again.boots] == ["exit"], again.output
+    assert "APP 1.1.0 cause 1 armed False" in again.output and "QUIET" in again.output
+    assert rig.api.device(name)["last_status"] == "confirmed"
+
+
 def _counter_record(flash: Path) -> dict[str, Any]:
     """The newest valid request-counter record of a board's flash."""
     import hashlib

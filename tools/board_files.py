@@ -43,6 +43,10 @@ _MAX_RECORD = 1024  # records.py _MAX_RECORD
 
 ClientLayout = Literal["files", "romfs"]
 CLIENT_LAYOUTS: tuple[ClientLayout, ...] = ("files", "romfs")
+# How much longer the trial watchdog must be than the longest thing the client does between two
+# feeds, one Wi-Fi connect (wifi_timeout_s) or one request (timeout_s): room for the NTP sync,
+# a signature, the verify and the file work around them on a slow board (docs/board.md).
+TRIAL_WATCHDOG_MARGIN_S = 10
 
 
 class BoardFilesError(ValueError):
@@ -66,12 +70,19 @@ class BoardConfig:
     confirm_after_s: int = 10
     timeout_s: int = 20
     wifi_timeout_s: int = 15
+    trial_watchdog_s: int = 0  # 0: off
 
     def to_json(self) -> bytes:
         if self.trial_boots < 1:
             raise BoardFilesError("trial_boots must be at least 1")
         if self.confirm_after_s < 0:
             raise BoardFilesError("confirm_after_s must not be negative")
+        least = max(self.timeout_s, self.wifi_timeout_s) + TRIAL_WATCHDOG_MARGIN_S
+        if self.trial_watchdog_s != 0 and self.trial_watchdog_s < least:
+            raise BoardFilesError(
+                f"trial_watchdog_s must be 0 (off) or at least {least} s (the longer of "
+                f"timeout_s and wifi_timeout_s plus {TRIAL_WATCHDOG_MARGIN_S} s), "
+                f"not {self.trial_watchdog_s}")
         if not self.server.startswith(("http://", "https://")):
             raise BoardFilesError(f"server URL must be http:// or https://, not {self.server!r}")
         doc = {
@@ -87,6 +98,10 @@ class BoardConfig:
             "timeout_s": self.timeout_s,
             "wifi_timeout_s": self.wifi_timeout_s,
         }
+        if self.trial_watchdog_s:
+            # Written only when on: every key of config.json stays in the board's heap for as
+            # long as its app runs, and an absent one is off there too.
+            doc["trial_watchdog_s"] = self.trial_watchdog_s
         return json.dumps(doc, indent=1).encode()
 
 

@@ -1,8 +1,21 @@
 # The board's OTA client. Apps use ota.confirm() and, in a long-running loop, ota.poll().
+#
+# ota.wdt: the trial watchdog (machine.WDT), set by ota/trial.py on a trial boot that arms one
+# and absent otherwise (no slot in this module's dict on other boots: read it with a default).
+# Here, in the one module never unloaded, every request, poll() and confirm() can feed it. It
+# cannot be stopped (ESP32, RP2): it stays for the life of the process (docs/board.md).
+
+
+def feed():
+    """Feed the trial watchdog if this boot armed one (ota/trial.py); else do nothing."""
+    w = globals().get("wdt")
+    if w:
+        w.feed()
 
 
 def confirm():
     """Confirm the running (trial) app so boot.py keeps it; True if it was on trial."""
+    feed()
     from ota import run
     return run.confirm()
 
@@ -38,6 +51,8 @@ def shed():
 
 
 def poll(force=False):
-    """Check for an update if the poll policy says it is due; True if a check ran."""
+    """Check for an update if the poll policy says it is due; True if a check ran. Feeds the
+    trial watchdog, due or not: an app's main loop calling it keeps a trial boot alive."""
+    feed()
     from ota import run
     return run.poll(force)

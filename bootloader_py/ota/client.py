@@ -37,7 +37,12 @@ class Session:
         self.floor = 0
 
     def request(self, method, path, body=b"", extra=""):
-        """Signed request; raises HttpError on transport failures."""
+        """Signed request; raises HttpError on transport failures.
+
+        Feeds the trial watchdog first: a request, bounded by timeout_s, is the longest the
+        client works unfed (config trial_watchdog_s, docs/board.md)."""
+        import ota
+        ota.feed()
         from ota import auth, http
         path = self.prefix + path
         headers = "Authorization: " + auth.authorization(self, method, path, body) + "\r\n"

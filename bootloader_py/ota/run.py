@@ -148,6 +148,10 @@ def _shed():
 def _boot_check(st):
     """The OTA part of a boot; returns (config or None, True when the server answered)."""
     cfg = _config()
+    if st.on_trial:  # only trial boots arm the watchdog: a confirmed board never does
+        from ota import trial
+        trial.watchdog(cfg)  # before the check: a check that hangs is as bad as an app that does
+        trial = None  # it unloaded itself: its code goes before the check runs
     _queue_note(st)
     if not cfg["poll"].get("at_boot", True):
         return cfg, False
@@ -166,5 +170,7 @@ def main():
     except Exception as e:
         print("ota: check failed")
         sys.print_exception(e)
+    import ota
+    ota.feed()  # the app's start-up gets a whole period before its first ota.poll()
     from ota import app
     app.start(st, cfg)

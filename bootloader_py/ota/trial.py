@@ -1,6 +1,7 @@
 # The trial-boot decision boot.py makes before the app runs: count one more trial boot, roll
-# back, or end a trial that has nothing to roll back to. Only boot.py needs it: the module
-# unloads itself when done, so its code is not in the heap while the client updates.
+# back, or end a trial that has nothing to roll back to; and the trial watchdog main.py arms on
+# a trial boot. The module unloads itself when done, so its code is not in the heap while the
+# client updates.
 from ota import state
 
 
@@ -56,3 +57,22 @@ def _keep(st):
     rec["note"] = _note(bad, "failed", bad["version"],
                         "not confirmed after %d boots; no previous app to roll back to, kept"
                         % rec["tries"])
+
+
+def watchdog(cfg):
+    """Arm the trial watchdog when config trial_watchdog_s > 0: a machine.WDT kept as ota.wdt,
+    fed before every request and in ota.poll() and ota.confirm(). run.py calls this on trial
+    boots only, before the boot's check: a hung trial app is reset, and the reset is a trial
+    boot that boot.py counts. A period the firmware refuses (the RP2040 counts 8.4 s at most)
+    leaves the boot without one, said on the console.
+    """
+    import ota
+    try:
+        seconds = cfg.get("trial_watchdog_s")
+        if seconds:
+            import machine
+            ota.wdt = machine.WDT(timeout=int(seconds * 1000))
+    except Exception as e:
+        print("ota: no trial watchdog:", e)
+    finally:
+        ota.forget("trial")
