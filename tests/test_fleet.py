@@ -180,3 +180,28 @@ def test_romfs_through_mpremote_is_fine_for_a_virtual_board() -> None:
         "  v:\n    board: unix\n    wifi: lab\n    channel: stable\n    client: romfs\n")
     profile = parse(text).profile("v")  # type: ignore[attr-defined]
     assert (profile.method, profile.client, profile.romfs_offset) == ("mpremote", "romfs", None)
+
+
+def test_profile_board_settings_are_read_and_checked_together() -> None:
+    text = GOOD + ("    trial_boots: 2\n    auto_confirm: false\n    confirm_after_s: 30\n"
+                   "    timeout_s: 10\n    trial_watchdog_s: 40\n")
+    profile = parse(text).profile("p")  # type: ignore[attr-defined]
+    assert dict(profile.behaviour) == {"trial_boots": 2, "auto_confirm": False,
+                                       "confirm_after_s": 30, "timeout_s": 10,
+                                       "trial_watchdog_s": 40}
+    assert parse(GOOD).profile("p").behaviour == ()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("text", "line", "words"), [
+    (GOOD + "    trial_boots: 0\n", _ADDED, ["trial_boots must be at least 1"]),
+    (GOOD + "    timeout_s: 20\n    trial_watchdog_s: 25\n", _ADDED + 1,
+     ["trial_watchdog_s must be 0 (off) or at least 30 s", "not 25"]),
+    (GOOD + "    auto_confirm: 1\n", _ADDED, ["auto_confirm"]),
+    (GOOD + "    confirm_after_s: -1\n", _ADDED, ["must not be negative"]),
+], ids=["no-trial-boots", "watchdog-too-short", "not-a-bool", "negative"])
+def test_profile_board_setting_mistakes_name_the_key_and_line(
+        text: str, line: int, words: list[str]) -> None:
+    message = error_of(text)
+    assert message.startswith(f"/fleets/fleet.yaml:{line}:"), message
+    for word in words:
+        assert word in message, message

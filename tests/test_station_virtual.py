@@ -84,6 +84,8 @@ provisioning:
     tags: [lab]
     poll_interval_s: 60
     client: romfs
+    trial_boots: 2
+    timeout_s: 5
     app: {{dir: first-app, name: demo, version: 1.0.0, sequence: 1}}
 """)
     return path
@@ -288,6 +290,9 @@ def test_virtual_board_provisioned_with_the_romfs_client_boots_it_from_its_rom_p
     # ... and no client code onto the filesystem: only boot.py and main.py, as source.
     assert sorted(p.name for p in board.rglob("*.py")) == ["app_main.py", "boot.py", "main.py"]
     assert not list(board.rglob("*.mpy"))
+    # The profile's board settings reached the board; the others kept their defaults.
+    config = json.loads((board / "ota" / "config.json").read_text())
+    assert (config["trial_boots"], config["timeout_s"], config["wifi_timeout_s"]) == (2, 5, 15)
 
     run = VirtualBoard(board, unique_id=virtual_unique_id(board)).run(max_boots=1, timeout=60)
     assert run.ended == "exit", run.output

@@ -72,17 +72,24 @@ class BoardConfig:
     wifi_timeout_s: int = 15
     trial_watchdog_s: int = 0  # 0: off
 
-    def to_json(self) -> bytes:
+    def check_behaviour(self) -> None:
+        """Raise BoardFilesError naming the key when the trial, confirm or timeout settings
+        cannot work together (also what fleet.yaml's provisioning profiles are held to)."""
         if self.trial_boots < 1:
             raise BoardFilesError("trial_boots must be at least 1")
         if self.confirm_after_s < 0:
             raise BoardFilesError("confirm_after_s must not be negative")
+        if self.timeout_s < 1 or self.wifi_timeout_s < 1:
+            raise BoardFilesError("timeout_s and wifi_timeout_s must be at least 1")
         least = max(self.timeout_s, self.wifi_timeout_s) + TRIAL_WATCHDOG_MARGIN_S
         if self.trial_watchdog_s != 0 and self.trial_watchdog_s < least:
             raise BoardFilesError(
                 f"trial_watchdog_s must be 0 (off) or at least {least} s (the longer of "
                 f"timeout_s and wifi_timeout_s plus {TRIAL_WATCHDOG_MARGIN_S} s), "
                 f"not {self.trial_watchdog_s}")
+
+    def to_json(self) -> bytes:
+        self.check_behaviour()
         if not self.server.startswith(("http://", "https://")):
             raise BoardFilesError(f"server URL must be http:// or https://, not {self.server!r}")
         doc = {

@@ -118,6 +118,9 @@ class ProvisioningProfile:
     app: FirstApp | None = None
     client: ClientLayout = "files"  # where the OTA client's code goes (tools/board_files.py)
     romfs_offset: int | None = None  # image method, client romfs: the ROMFS partition's offset
+    # The board's trial, confirm and timeout settings (BoardConfig fields of the same names);
+    # only those the profile sets, the rest keep BoardConfig's defaults.
+    behaviour: tuple[tuple[str, int | bool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -390,7 +393,7 @@ def _provisioning(r: _Reader, doc: _Map, boards: dict[str, Board], wifi: dict[st
                   channels: dict[str, Channel]) -> dict[str, ProvisioningProfile]:
     section = r.mapping(doc, "provisioning")
     allowed = ("board", "wifi", "channel", "tags", "method", "firmware", "poll_interval_s", "mpy",
-               "app", "client", "romfs_offset")
+               "app", "client", "romfs_offset", *_BEHAVIOUR)
     profiles = {}
     for key, entry in section.items():
         where = f"provisioning profile {key!r}"
@@ -432,9 +435,32 @@ def _provisioning(r: _Reader, doc: _Map, boards: dict[str, Board], wifi: dict[st
             channel=pick(channels, "channel"), tags=r.strings(entry, "tags", where=where),
             method=method, firmware=r.relative(firmware) if firmware else None,
             poll_interval_s=poll, mpy=mpy, app=_first_app(r, entry, where),
-            client=client, romfs_offset=romfs_offset,
+            client=client, romfs_offset=romfs_offset, behaviour=_behaviour(r, entry, where),
         )
     return profiles
+
+
+# Board settings a profile may set, as config.json and BoardConfig name them, with their types.
+_BEHAVIOUR: dict[str, type] = {"trial_boots": int, "auto_confirm": bool, "confirm_after_s": int,
+                               "trial_watchdog_s": int, "timeout_s": int, "wifi_timeout_s": int}
+
+
+def _behaviour(r: _Reader, entry: _Map, where: str) -> tuple[tuple[str, int | bool], ...]:
+    """The profile's board settings, checked together by BoardConfig's own rules."""
+    from tools.board_files import BoardConfig, BoardFilesError
+
+    chosen: dict[str, int | bool] = {}
+    for key, kind in _BEHAVIOUR.items():
+        if key in entry:
+            chosen[key] = (r.field(entry, key, bool, where=where) if kind is bool
+                           else _integer(r, entry, key, where=where))
+    try:
+        config = BoardConfig(device_id="-", server="http://-", **chosen)  # type: ignore[arg-type]
+        config.check_behaviour()
+    except BoardFilesError as err:
+        named = [k for k in chosen if k in str(err)] or list(chosen)
+        raise r.fail(entry.key_lines[named[0]], f"{where}: {err}") from None
+    return tuple(chosen.items())
 
 
 def romfs_method_problem(board: Board, method: str, romfs_offset: int | None) -> str | None:
