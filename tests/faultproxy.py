@@ -21,6 +21,7 @@ FAULTS = (
     "flip",           # one body byte flipped
     "longer",         # Content-Length and body both longer than the real answer
     "drip",           # the answer one byte at a time, slower than any sane timeout
+    "stall",          # half the body, one byte more after stall_lead_s, then silence (stall_s)
     "404",            # 404 with a JSON error body
     "500",            # 500 with a JSON error body
     "junk_json",      # 200 whose body is not JSON
@@ -55,6 +56,8 @@ class _Rule:
 class FaultProxy:
     upstream_url: str
     drip_delay_s: float = 0.05
+    stall_lead_s: float = 1.5
+    stall_s: float = 8.0
     tls: ssl.SSLContext | None = None  # serve boards over TLS (https://) with this context
     exchanges: list[Exchange] = field(default_factory=list)
 
@@ -180,7 +183,7 @@ class FaultProxy:
             body += extra
         head += b"\r\n\r\n"
         sent_body = body
-        if fault in ("truncate", "reset"):
+        if fault in ("truncate", "reset", "stall"):
             sent_body = body[: len(body) // 2]
         with self._lock:
             self.exchanges.append(Exchange(method, path, status, len(head), len(sent_body),
@@ -195,6 +198,13 @@ class FaultProxy:
         await writer.drain()
         if fault == "reset":
             writer.transport.abort()
+        elif fault == "stall":
+            # The last byte arrives late, just before a client's deadline, then nothing: a
+            # client that only times out each read on its own waits a whole timeout more.
+            await asyncio.sleep(self.stall_lead_s)
+            writer.write(body[len(sent_body):len(sent_body) + 1])
+            await writer.drain()
+            await asyncio.sleep(self.stall_s)
 
 
 def _header(head: bytes, wanted: bytes) -> str | None:

@@ -248,6 +248,22 @@ def test_network_fault_keeps_old_app_reports_failure_and_retry_succeeds(case, fa
     assert rig.api.device(name)["version"] == "1.1.0"
 
 
+def test_a_stalled_answer_is_cut_off_at_the_request_deadline(case):
+    # Half the pack arrives at once, one byte more 1.5 s later, then the server goes silent
+    # with the connection open. The request's deadline (timeout_s = 2 s from its start) ends
+    # it, not a whole timeout_s of silence after that last byte (3.5 s).
+    rig, name = case
+    rig.publish(name, small_app("1.1.0", {"data/more.txt": b"x" * 700}), "1.1.0", 2,
+                channel=name, deflate=False)
+    flash = rig.board(name, name, small_app("1.0.0"), channel=name, timeout_s=2)
+    rig.proxy.inject("stall", match="/v1/device/pack")
+    stalled = rig.boot(flash, max_boots=1)
+    assert stalled.ended == "exit" and "APP 1.0.0" in stalled.output, stalled.output
+    assert stalled.boots[0].seconds < 3.2, stalled.boots[0].seconds
+    failed = [r for r in _reports(rig) if r["status"] == "failed"]
+    assert len(failed) == 1 and "timeout" in failed[0]["reason"], failed
+
+
 def _forged(rig: Rig, name: str, files: list[dict[str, Any]]) -> bytes:
     """A manifest signed with the real release key whose content the server never saw."""
     manifest = {"_type": "manifest", "app": name, "version": "6.6.6", "sequence": 66,

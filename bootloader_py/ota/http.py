@@ -17,33 +17,47 @@ _LINE = const(200)
 class Response:
     """Status, the few headers the client needs, and the body via readinto()."""
 
-    def __init__(self, sock, deadline):
+    def __init__(self, sock, raw, deadline):
         self.sock = sock
+        self.raw = raw  # the TCP socket under a TLS one: only it has settimeout()
         self.deadline = deadline
         self.status = 0
         self.length = None
         self.root = None
         self.range_start = None
         self.left = 0
+        self.pend = b""  # bytes received past the header lines: the body's first ones
 
-    def _time_left(self):
+    def _recv(self, n):
+        """One read of at most n bytes, which waits no later than the deadline (b"" at EOF).
+
+        Not readinto() or readline(): on a blocking socket MicroPython loops inside them until
+        the buffer or the line is full, restarting the socket's timeout at every byte, so a
+        server dripping bytes could hold one call (and the board's boot) for minutes.
+        """
         left = time.ticks_diff(self.deadline, time.ticks_ms())
         if left <= 0:
             raise HttpError("timeout")
-        return left
+        self.raw.settimeout(left / 1000)
+        try:
+            return self.sock.recv(n)
+        except OSError as e:
+            if time.ticks_diff(self.deadline, time.ticks_ms()) <= 0:
+                raise HttpError("timeout")
+            raise HttpError("read failed: " + str(e))
 
     def readinto(self, mv):
         """Fill up to len(mv) body bytes; 0 only at the end of the declared body."""
         n = min(len(mv), self.left)
         if n == 0:
             return 0
-        self._time_left()
-        try:
-            got = self.sock.readinto(mv[:n])
-        except OSError as e:
-            raise HttpError("read failed: " + str(e))
-        if not got:
+        data = self.pend[:n] if self.pend else self._recv(n)
+        if self.pend:
+            self.pend = self.pend[n:]
+        if not data:
             raise HttpError("truncated body")
+        got = len(data)
+        mv[:got] = data
         self.left -= got
         return got
 
@@ -72,14 +86,18 @@ class Response:
             pass
 
     def _readline(self):
-        self._time_left()
-        try:
-            line = self.sock.readline(_LINE)
-        except OSError as e:
-            raise HttpError("read failed: " + str(e))
-        if not line:
-            raise HttpError("connection closed in headers")
-        return line
+        """The next header line (at most _LINE bytes; a longer one comes in pieces)."""
+        while True:
+            at = self.pend.find(b"\n")
+            if at >= 0 or len(self.pend) >= _LINE:
+                cut = at + 1 if 0 <= at < _LINE else _LINE
+                line = self.pend[:cut]
+                self.pend = self.pend[cut:]
+                return line
+            data = self._recv(_LINE)
+            if not data:
+                raise HttpError("connection closed in headers")
+            self.pend += data
 
     def _read_head(self):
         parts = self._readline().split(None, 2)
@@ -134,8 +152,9 @@ def split_url(url):
 
 
 def _connect(scheme, host, port, timeout_s):
+    """(socket to read and write, the TCP socket under it)."""
     ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
-    sock = socket.socket(ai[0], socket.SOCK_STREAM, ai[2])
+    raw = sock = socket.socket(ai[0], socket.SOCK_STREAM, ai[2])
     try:
         sock.settimeout(timeout_s)
         sock.connect(ai[-1])
@@ -149,7 +168,7 @@ def _connect(scheme, host, port, timeout_s):
     except BaseException:
         sock.close()
         raise
-    return sock
+    return sock, raw
 
 
 def request(url, method, path, headers, body, timeout_s):
@@ -163,10 +182,10 @@ def request(url, method, path, headers, body, timeout_s):
     host_header = host if port == default_port else "%s:%d" % (host, port)
     deadline = time.ticks_add(time.ticks_ms(), int(timeout_s * 1000))
     try:
-        sock = _connect(scheme, host, port, timeout_s)
+        sock, raw = _connect(scheme, host, port, timeout_s)
     except OSError as e:
         raise HttpError("connect failed: " + str(e))
-    resp = Response(sock, deadline)
+    resp = Response(sock, raw, deadline)
     try:
         head = "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n%sContent-Length: %d\r\n\r\n" % (
             method, path, host_header, headers, len(body))
