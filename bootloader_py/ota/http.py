@@ -17,9 +17,11 @@ _LINE = const(200)
 class Response:
     """Status, the few headers the client needs, and the body via readinto()."""
 
-    def __init__(self, sock, raw, deadline):
+    def __init__(self, sock, deadline):
+        import select
         self.sock = sock
-        self.raw = raw  # the TCP socket under a TLS one: only it has settimeout()
+        self.poller = select.poll()
+        self.poller.register(sock, select.POLLIN)
         self.deadline = deadline
         self.status = 0
         self.length = None
@@ -28,36 +30,39 @@ class Response:
         self.left = 0
         self.pend = b""  # bytes received past the header lines: the body's first ones
 
-    def _recv(self, n):
-        """One read of at most n bytes, which waits no later than the deadline (b"" at EOF).
+    def _some(self, mv):
+        """Read what has arrived into mv: at least one byte, 0 at the end of the stream.
 
-        Not readinto() or readline(): on a blocking socket MicroPython loops inside them until
-        the buffer or the line is full, restarting the socket's timeout at every byte, so a
-        server dripping bytes could hold one call (and the board's boot) for minutes.
+        The socket is non-blocking once the request is sent (request()): each read takes only
+        what is there, and the wait for more (poll) ends at the request's deadline. Blocking
+        readinto() or readline() would loop in C until the buffer or the line is full,
+        restarting the socket's timeout at every byte: a server dripping bytes could hold one
+        call, and the board's boot, for minutes.
         """
-        left = time.ticks_diff(self.deadline, time.ticks_ms())
-        if left <= 0:
-            raise HttpError("timeout")
-        self.raw.settimeout(left / 1000)
-        try:
-            return self.sock.recv(n)
-        except OSError as e:
-            if time.ticks_diff(self.deadline, time.ticks_ms()) <= 0:
+        while True:
+            try:
+                n = self.sock.readinto(mv)
+            except OSError as e:
+                raise HttpError("read failed: " + str(e))
+            if n is not None:
+                return n
+            left = time.ticks_diff(self.deadline, time.ticks_ms())
+            if left <= 0 or not self.poller.poll(left):
                 raise HttpError("timeout")
-            raise HttpError("read failed: " + str(e))
 
     def readinto(self, mv):
         """Fill up to len(mv) body bytes; 0 only at the end of the declared body."""
         n = min(len(mv), self.left)
         if n == 0:
             return 0
-        data = self.pend[:n] if self.pend else self._recv(n)
-        if self.pend:
-            self.pend = self.pend[n:]
-        if not data:
+        if self.pend:  # the body's first bytes came with the header lines
+            got = min(n, len(self.pend))
+            mv[:got] = self.pend[:got]
+            self.pend = self.pend[got:]
+        else:
+            got = self._some(mv[:n])
+        if not got:
             raise HttpError("truncated body")
-        got = len(data)
-        mv[:got] = data
         self.left -= got
         return got
 
@@ -94,10 +99,11 @@ class Response:
                 line = self.pend[:cut]
                 self.pend = self.pend[cut:]
                 return line
-            data = self._recv(_LINE)
-            if not data:
+            scratch = bytearray(_LINE)
+            n = self._some(scratch)
+            if not n:
                 raise HttpError("connection closed in headers")
-            self.pend += data
+            self.pend += scratch[:n]
 
     def _read_head(self):
         parts = self._readline().split(None, 2)
@@ -152,9 +158,8 @@ def split_url(url):
 
 
 def _connect(scheme, host, port, timeout_s):
-    """(socket to read and write, the TCP socket under it)."""
     ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
-    raw = sock = socket.socket(ai[0], socket.SOCK_STREAM, ai[2])
+    sock = socket.socket(ai[0], socket.SOCK_STREAM, ai[2])
     try:
         sock.settimeout(timeout_s)
         sock.connect(ai[-1])
@@ -168,7 +173,7 @@ def _connect(scheme, host, port, timeout_s):
     except BaseException:
         sock.close()
         raise
-    return sock, raw
+    return sock
 
 
 def request(url, method, path, headers, body, timeout_s):
@@ -182,16 +187,17 @@ def request(url, method, path, headers, body, timeout_s):
     host_header = host if port == default_port else "%s:%d" % (host, port)
     deadline = time.ticks_add(time.ticks_ms(), int(timeout_s * 1000))
     try:
-        sock, raw = _connect(scheme, host, port, timeout_s)
+        sock = _connect(scheme, host, port, timeout_s)
     except OSError as e:
         raise HttpError("connect failed: " + str(e))
-    resp = Response(sock, raw, deadline)
+    resp = Response(sock, deadline)
     try:
         head = "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n%sContent-Length: %d\r\n\r\n" % (
             method, path, host_header, headers, len(body))
         sock.write(head.encode())
         if body:
             sock.write(body)
+        sock.setblocking(False)  # the answer is read against the deadline (Response._some)
         resp._read_head()
     except OSError as e:
         resp.close()
