@@ -20,18 +20,22 @@ def confirm():
     return run.confirm()
 
 
-def forget(name):
-    """Unload ota.<name> so its code can be collected; the next import loads it again.
-
-    The client keeps only the modules of the phase it is in (docs/board.md, Memory budget).
-    """
-    import gc
+def _drop(name):
     import sys
     sys.modules.pop("ota." + name, None)
     try:
         delattr(sys.modules["ota"], name)
     except (AttributeError, KeyError):  # MicroPython raises KeyError for a missing one
         pass
+
+
+def forget(name):
+    """Unload ota.<name> so its code can be collected; the next import loads it again.
+
+    The client keeps only the modules of the phase it is in (docs/board.md, Memory budget).
+    """
+    import gc
+    _drop(name)
     gc.collect()
 
 
@@ -42,11 +46,7 @@ def shed():
     import sys
     for name in list(sys.modules):
         if name[:4] == "ota." and name[4:] not in ("run", "app", "state", "records", "fail"):
-            sys.modules.pop(name)
-            try:
-                delattr(sys.modules["ota"], name[4:])
-            except (AttributeError, KeyError):
-                pass
+            _drop(name[4:])
     gc.collect()
 
 
