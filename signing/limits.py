@@ -9,8 +9,8 @@ from dataclasses import dataclass
 class Limits:
     """What a verifier accepts at most. The defaults are the contract with the board.
 
-    `max_envelope_bytes` binds first in practice: every file entry costs about 250 bytes of
-    base64 in the envelope, so a default envelope holds about 45 files before `max_files`.
+    `max_envelope_bytes` binds first in practice: every file entry costs about 290 bytes of
+    base64 in the envelope, so a default envelope holds about 39 files before `max_files`.
     """
 
     max_envelope_bytes: int = 12288
