@@ -165,9 +165,15 @@ def test_client_layout_defaults_to_files_and_romfs_takes_its_partition_offset() 
     (ROMFS.replace("0x1e0000", "0x210000"), _ADDED + 1, ["inside the fs partition"]),
     (ROMFS.replace("0x1e0000", "0x400000"), _ADDED + 1, ["inside the flash"]),
     (ROMFS + "    mpy: false\n", _ADDED + 2, ["always ships the client as .mpy"]),
+    (GOOD + "    trial_boots: 0\n", _ADDED, ["trial_boots must be at least 1"]),
+    (GOOD + "    timeout_s: 20\n    trial_watchdog_s: 25\n", _ADDED + 1,
+     ["trial_watchdog_s must be 0 (off) or at least 30 s", "not 25"]),
+    (GOOD + "    auto_confirm: 1\n", _ADDED, ["auto_confirm"]),
+    (GOOD + "    confirm_after_s: -1\n", _ADDED, ["must not be negative"]),
 ], ids=["bad-layout", "no-offset", "mpremote-on-esp32", "offset-without-romfs", "unaligned",
-        "in-fs-partition", "past-flash", "mpy-false"])
-def test_client_and_romfs_offset_mistakes_are_refused_naming_the_key_and_line(
+        "in-fs-partition", "past-flash", "mpy-false", "no-trial-boots", "watchdog-too-short",
+        "not-a-bool", "negative"])
+def test_profile_mistakes_are_refused_naming_the_key_and_line(
         text: str, line: int, words: list[str]) -> None:
     message = error_of(text)
     assert message.startswith(f"/fleets/fleet.yaml:{line}:"), message
@@ -190,18 +196,3 @@ def test_profile_board_settings_are_read_and_checked_together() -> None:
                                        "confirm_after_s": 30, "timeout_s": 10,
                                        "trial_watchdog_s": 40}
     assert parse(GOOD).profile("p").behaviour == ()  # type: ignore[attr-defined]
-
-
-@pytest.mark.parametrize(("text", "line", "words"), [
-    (GOOD + "    trial_boots: 0\n", _ADDED, ["trial_boots must be at least 1"]),
-    (GOOD + "    timeout_s: 20\n    trial_watchdog_s: 25\n", _ADDED + 1,
-     ["trial_watchdog_s must be 0 (off) or at least 30 s", "not 25"]),
-    (GOOD + "    auto_confirm: 1\n", _ADDED, ["auto_confirm"]),
-    (GOOD + "    confirm_after_s: -1\n", _ADDED, ["must not be negative"]),
-], ids=["no-trial-boots", "watchdog-too-short", "not-a-bool", "negative"])
-def test_profile_board_setting_mistakes_name_the_key_and_line(
-        text: str, line: int, words: list[str]) -> None:
-    message = error_of(text)
-    assert message.startswith(f"/fleets/fleet.yaml:{line}:"), message
-    for word in words:
-        assert word in message, message
