@@ -127,9 +127,10 @@ _MARK = ("import gc, micropython; gc.collect(); "
          "print('HEAP', {name!r}, gc.mem_alloc() - {base}); micropython.qstr_info()")
 
 
-def _instrumented_client(target: Path) -> Path:
+def _instrumented_client(target: Path, micropython: str) -> Path:
     """A copy of bootloader_py/ with a heap mark after each PHASE_MARKS line."""
     shutil.copytree(PROJECT_ROOT / "bootloader_py", target)
+    base = _harness_alloc(micropython)
     for rel, anchor, name in PHASE_MARKS:
         path = target / rel
         text = path.read_text()
@@ -138,27 +139,17 @@ def _instrumented_client(target: Path) -> Path:
             raise RuntimeError(f"phase mark anchor not found in {rel}: {anchor!r}")
         indent = anchor[:len(anchor) - len(anchor.lstrip())]
         at += len(anchor) + 1
-        mark = indent + _MARK.format(name=name, base="_HARNESS") + "\n"
-        text = text[:at] + mark + text[at:]
-        path.write_text(text.replace("_HARNESS", str(_harness_alloc(bench_micropython()))))
+        path.write_text(text[:at] + indent + _MARK.format(name=name, base=base) + "\n"
+                        + text[at:])
     return target
-
-
-_harness_cache: dict[str, int] = {}
-
-
-def bench_micropython() -> str:
-    return find_micropython()
 
 
 def _harness_alloc(micropython: str) -> int:
     """gc.mem_alloc() at the start of an empty board's main.py: the harness's own share."""
-    if micropython not in _harness_cache:
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "main.py").write_text("import gc\ngc.collect()\nprint(gc.mem_alloc())\n")
-            out = VirtualBoard(Path(tmp), micropython=micropython).run(max_boots=1).output
-        _harness_cache[micropython] = int(out.split()[0])
-    return _harness_cache[micropython]
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "main.py").write_text("import gc\ngc.collect()\nprint(gc.mem_alloc())\n")
+        out = VirtualBoard(Path(tmp), micropython=micropython).run(max_boots=1).output
+    return int(out.split()[0])
 
 
 def phase_heap(bench: Bench) -> list[tuple[str, int, int]]:
@@ -166,7 +157,7 @@ def phase_heap(bench: Bench) -> list[tuple[str, int, int]]:
     the reference update and the trial boot after it (ROMFS client, 256 KB heap)."""
     import tools.board_files as board_files
 
-    source = _instrumented_client(bench.work / "instrumented")
+    source = _instrumented_client(bench.work / "instrumented", bench.micropython)
     real = board_files.BOOTLOADER_DIR
     board_files.BOOTLOADER_DIR = source
     try:

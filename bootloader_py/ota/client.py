@@ -270,14 +270,9 @@ def trusted_update(sess, st, cfg, offered, newest, now, buf):
         raise UpdateFailed("out of memory verifying the manifest")
     finally:
         _unload_verifier()
-        _drop(ENVELOPE)
-        _drop(PAYLOAD)
-
-
-def _drop(path):
-    from ota import slots
-    if slots.exists(path):  # a remove that fails is still a flash operation on some ports
-        slots.remove(path)
+        from ota import slots
+        slots.remove(ENVELOPE)
+        slots.remove(PAYLOAD)
 
 
 def _flush(sess):

@@ -205,7 +205,7 @@ def open_doc(src, what, buf=None):
         _cap(size, src)
         return Doc(open(src, "rb"), size, what, buf)
     import io
-    _cap(len(src), "envelope")
+    _cap(len(src), what)
     return Doc(io.BytesIO(src), len(src), what, buf)
 
 

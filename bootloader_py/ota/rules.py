@@ -231,18 +231,10 @@ def _paths_before(doc, start, index):
         i += 1
 
 
-def _payload_doc(payload):
-    from ota import jscan
-    if type(payload) is str:
-        import os
-        return jscan.Doc(open(payload, "rb"), os.stat(payload)[6], "manifest")
-    import io
-    return jscan.Doc(io.BytesIO(payload), len(payload), "manifest")
-
-
 def accept_manifest(payload, board, installed_sequence, now, files=None):
     """trust.accept_manifest (documented there): payload is bytes or a file path."""
-    doc = _payload_doc(payload)
+    from ota import jscan
+    doc = jscan.open_doc(payload, "manifest")
     try:
         head = {}
         span = None

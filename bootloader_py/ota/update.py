@@ -85,8 +85,7 @@ def _fetch(sess, todo, root, buf):
         elif 0 < n < e[TRANSFER] and first is None:
             first, have = at, n
         else:
-            if n >= 0:
-                slots.remove(_part(e))
+            slots.remove(_part(e))
             pending.append(at)
     if first is not None:
         pending.insert(0, first)
