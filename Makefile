@@ -4,6 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MP_STAMP := .cache/micropython/.ready
+MP32_STAMP := .cache/micropython-i386/.ready
+# Board code runs on both unix ports: the host's 64-bit one, then the 32-bit build (the word size
+# of the ESP32 and RP2: small ints, object and heap sizes as on them).
+PYTEST32_ARGS ?= tests/test_board_*.py tests/test_virtual_board.py tests/test_micropython_host.py
 
 .PHONY: test lint pytest demo bench-board bench-server bench-station micropython clean
 
@@ -17,22 +21,27 @@ $(MP_STAMP): tools/get_micropython.sh
 	bash tools/get_micropython.sh >/dev/null
 	mkdir -p $(dir $(MP_STAMP)) && touch $(MP_STAMP)
 
-micropython: $(MP_STAMP)
+$(MP32_STAMP): tools/get_micropython.sh
+	bash tools/get_micropython.sh --32bit >/dev/null
+	mkdir -p $(dir $(MP32_STAMP)) && touch $(MP32_STAMP)
+
+micropython: $(MP_STAMP) $(MP32_STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check signing ota_server tools tests bench
 	$(VENV)/bin/ruff check --config bootloader_py/ruff.toml bootloader_py
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP) $(MP_STAMP)
+pytest: $(STAMP) $(MP_STAMP) $(MP32_STAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	MPOTA_BOARD_PORT=32-bit $(VENV)/bin/pytest $(PYTEST32_ARGS)
 
 test: lint pytest
 
 demo: $(STAMP) $(MP_STAMP)
 	$(PY) -m tools.demo
 
-bench-board: $(STAMP) $(MP_STAMP)
+bench-board: $(STAMP) $(MP_STAMP) $(MP32_STAMP)
 	$(PY) bench/bench_board.py
 
 bench-server: $(STAMP) $(MP_STAMP)

@@ -2,35 +2,80 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tools.micropython import MicroPythonNotFound, find_micropython, micropython_version
+from tools.micropython import (
+    MicroPythonNotFound,
+    find_micropython,
+    find_micropython_32bit,
+    micropython_version,
+)
 
 
-def _locate() -> tuple[str | None, str]:
+def _locate(find: Callable[[], str]) -> tuple[str | None, str]:
     try:
-        path = find_micropython()
+        path = find()
     except MicroPythonNotFound as err:
         return None, str(err)
     return path, micropython_version(path)
 
 
-_MICROPYTHON, _MP_VERSION = _locate()
+_PORTS = ("64-bit", "32-bit")
+_FOUND: dict[str, tuple[str | None, str]] = {}
+
+
+def _found(port: str) -> tuple[str | None, str]:
+    if port not in _FOUND:
+        _FOUND[port] = _locate(find_micropython if port == "64-bit" else find_micropython_32bit)
+    return _FOUND[port]
+
+
+def _port(port: str) -> str:
+    """The interpreter of `port`, located (and for the 32-bit one fetched) on first use; a
+    missing one fails the test, never skips it."""
+    path, version = _found(port)
+    if path is None:
+        pytest.fail(version, pytrace=False)
+    return path
+
+
+def _board_port() -> str:
+    """The port board code runs on (the `micropython` fixture): $MPOTA_BOARD_PORT, "64-bit"
+    (the host's, the default) or "32-bit" (the i386 build, the word size of the ESP32 and RP2;
+    `make test` runs the board tests a second time on it)."""
+    port = os.environ.get("MPOTA_BOARD_PORT", "64-bit")
+    if port not in _PORTS:
+        raise pytest.UsageError(f"MPOTA_BOARD_PORT is {port!r}: use one of {', '.join(_PORTS)}")
+    return port
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"micropython: {_MICROPYTHON} ({_MP_VERSION})"
+    port = _board_port()
+    path, version = _found(port)
+    return f"micropython ({port}, board code): {path} ({version})"
 
 
 @pytest.fixture(scope="session")
 def micropython() -> str:
-    """Path of the MicroPython interpreter; a missing one fails the test, never skips it."""
-    if _MICROPYTHON is None:
-        pytest.fail(_MP_VERSION, pytrace=False)
-    return _MICROPYTHON
+    """Path of the MicroPython interpreter board code runs on ($MPOTA_BOARD_PORT)."""
+    return _port(_board_port())
+
+
+@pytest.fixture(scope="session")
+def micropython64() -> str:
+    """The 64-bit port, for tests that compare the two word sizes."""
+    return _port("64-bit")
+
+
+@pytest.fixture(scope="session")
+def micropython32() -> str:
+    """The 32-bit port (the boards' word size), for heap bounds that are the boards' own."""
+    return _port("32-bit")
 
 
 @pytest.fixture

@@ -580,7 +580,8 @@ def test_mutated_documents_end_in_trust_errors_only(micropython: str, world: Wor
         cases.append(("root", dump(envelope(ROOT_TYPE, dump(_mutate_doc(world.root_v1(), rng)),
                                             [world.r1])).hex()))
     done = subprocess.run(
-        [micropython, "-c", FUZZ_RUNNER.replace("BOARD_DIR", repr(str(BOARD_DIR)))],
+        [micropython, "-X", "heapsize=4M", "-c",  # the cases' JSON alone is ~0.5 MB
+         FUZZ_RUNNER.replace("BOARD_DIR", repr(str(BOARD_DIR)))],
         input=json.dumps({"root_file": str(root_file), "cases": cases}), capture_output=True,
         text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr

@@ -1,7 +1,8 @@
 """`.ci/run` is `make test`: it passes when the tests pass and fails when one fails.
 
 The nested run reuses the venv and MicroPython that the outer run installed (make's stamps), and
-points pytest at one throw-away test file through PYTEST_ARGS, so it costs one lint pass.
+points both pytest passes (the whole suite, then the board tests on the 32-bit port) at one
+throw-away test file through PYTEST_ARGS and PYTEST32_ARGS, so it costs one lint pass.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ CI_RUN = PROJECT_ROOT / ".ci" / "run"
 def _ci_run_with(tmp_path: Path, test_body: str) -> subprocess.CompletedProcess[str]:
     test_file = tmp_path / "test_probe.py"
     test_file.write_text(f"def test_probe():\n    {test_body}\n")
-    env = dict(os.environ, PYTEST_ARGS=f"{test_file} -p no:cacheprovider")
+    args = f"{test_file} -p no:cacheprovider"
+    env = dict(os.environ, PYTEST_ARGS=args, PYTEST32_ARGS=args)
     env.pop("MAKEFLAGS", None)
     return subprocess.run(["bash", str(CI_RUN)], cwd=PROJECT_ROOT, env=env, capture_output=True,
                           text=True, timeout=600, check=False)

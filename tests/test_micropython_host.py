@@ -2,8 +2,13 @@
 
 import subprocess
 
+import pytest
 
-def test_micropython_has_the_modules_board_code_needs(micropython: str) -> None:
+
+@pytest.mark.parametrize("port", ["64-bit", "32-bit"])
+def test_micropython_has_the_modules_board_code_needs(request: pytest.FixtureRequest,
+                                                      port: str) -> None:
+    micropython = request.getfixturevalue("micropython" + port[:2])
     probe = (
         "import hashlib, deflate, socket, tls, vfs, json, binascii\n"
         "h = hashlib.sha256(b'abc').digest()\n"

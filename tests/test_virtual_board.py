@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from tools.cli import main
-from tools.virtual_board import VirtualBoard, random_cut, rom_image_path
+from tools.micropython import word_bits
+from tools.virtual_board import (
+    HARNESS_HEAP_BYTES,
+    VirtualBoard,
+    harness_heap_bytes,
+    random_cut,
+    rom_image_path,
+)
 
 
 def _flash(tmp_path: Path, files: dict[str, str]) -> Path:
@@ -291,6 +298,19 @@ def test_ticks_sleep_and_mem_free_work_on_the_board(tmp_path: Path, micropython:
     assert in_time == "True"
     # Board code gets about the heap it asked for: the harness's own share is added on top.
     assert 0.95 * 64 * 1024 < int(mem_free) <= 64 * 1024
+
+
+def test_board_code_gets_the_heap_it_asked_for_on_either_word_size(
+    tmp_path: Path, micropython64: str, micropython32: str,
+) -> None:
+    flash = _flash(tmp_path, {"main.py": "import gc\ngc.collect()\nprint(gc.mem_free())\n"})
+    for interpreter, bits in ((micropython64, 64), (micropython32, 32)):
+        assert word_bits(interpreter) == bits
+        assert harness_heap_bytes(interpreter) == HARNESS_HEAP_BYTES[bits]
+        result = VirtualBoard(flash, micropython=interpreter, heapsize="32k").run()
+        assert result.ended == "exit", result.output
+        # The harness's share, which differs with the word size, is added on top.
+        assert 0.95 * 32 * 1024 < int(result.output) <= 32 * 1024, (bits, result.output)
 
 
 def test_a_small_heap_board_boots(tmp_path: Path, micropython: str) -> None:

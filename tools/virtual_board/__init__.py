@@ -5,9 +5,18 @@ from tools.virtual_board.board import (
     BootRecord,
     RunResult,
     VirtualBoard,
+    harness_heap_bytes,
     rom_image_path,
 )
 from tools.virtual_board.power import Ended, random_cut
 
-__all__ = ["HARNESS_HEAP_BYTES", "BootRecord", "Ended", "RunResult", "VirtualBoard", "random_cut",
-           "rom_image_path"]
+__all__ = [
+    "HARNESS_HEAP_BYTES",
+    "BootRecord",
+    "Ended",
+    "RunResult",
+    "VirtualBoard",
+    "harness_heap_bytes",
+    "random_cut",
+    "rom_image_path",
+]

@@ -8,6 +8,7 @@ directory as "/" (and the ROM partition, a ROMFS image, at /rom when the board h
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import select
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tools.micropython import find_micropython
+from tools.micropython import find_micropython, word_bits
 from tools.virtual_board import power
 from tools.virtual_board.compiled import compiled_standins
 from tools.virtual_board.power import Ended
@@ -29,10 +30,12 @@ if TYPE_CHECKING:
 
 _DEFAULT_UNIQUE_ID = b"\x00\x01\x02\x03\x04\x05"
 # Heap the harness itself takes, added on top of the requested heapsize so board code gets about
-# what it asked for, as on a real board: the flash VFS and launcher (~10 KB measured on 1.25) and
-# the stand-ins for firmware modules, machine, network and ntptime (~7 KB with their qstrs,
-# loaded before boot.py: on a board they are firmware and take no heap).
-HARNESS_HEAP_BYTES = 17 * 1024
+# what it asked for, as on a real board: the flash VFS and launcher and the stand-ins for firmware
+# modules, machine, network and ntptime (loaded before boot.py: on a board they are firmware and
+# take no heap). By word size, since every object is smaller on a 32-bit build: measured on 1.25
+# as gc.mem_alloc() at the start of an empty board's main.py, 16.5 KB on x86-64 (~10 KB of it
+# the VFS and launcher) and 10.7 KB on i386, rounded up.
+HARNESS_HEAP_BYTES = {64: 17 * 1024, 32: 11 * 1024}
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
 ROM_IMAGE_SUFFIX = ".romfs"
 _READ_CHUNK = 65536
@@ -110,7 +113,8 @@ class VirtualBoard:
         self.unique_id = unique_id
         self.wifi_ok = wifi_ok
         self.heapsize = heapsize
-        self._heap_bytes = _heap_bytes(heapsize) if heapsize is not None else None
+        self._heap_bytes = (_heap_bytes(heapsize, self.micropython) if heapsize is not None
+                            else None)
         self.extra_env = dict(env or {})
         self._standins = compiled_standins()
 
@@ -226,12 +230,22 @@ class VirtualBoard:
         )
 
 
-def _heap_bytes(heapsize: str) -> int:
+def _heap_bytes(heapsize: str, micropython: str) -> int:
     """The -X heapsize value for a board heap of `heapsize` ("65536", "64k", "1M")."""
     match = re.fullmatch(r"(\d+)([kKmM]?)", heapsize.strip())
     if match is None or int(match[1]) == 0:
         raise ValueError(f"heapsize {heapsize!r} is not a size such as 65536, 64k or 1M")
-    return int(match[1]) * _SIZE_UNITS[match[2].lower()] + HARNESS_HEAP_BYTES
+    return int(match[1]) * _SIZE_UNITS[match[2].lower()] + harness_heap_bytes(micropython)
+
+
+@functools.cache
+def harness_heap_bytes(micropython: str) -> int:
+    """The harness's own heap on this interpreter (HARNESS_HEAP_BYTES by its word size)."""
+    bits = word_bits(micropython)
+    if bits not in HARNESS_HEAP_BYTES:
+        raise ValueError(f"{micropython} is a {bits}-bit MicroPython: the virtual board knows "
+                         f"the harness heap of {sorted(HARNESS_HEAP_BYTES)}-bit builds only")
+    return HARNESS_HEAP_BYTES[bits]
 
 
 def _run_process(
