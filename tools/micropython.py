@@ -76,23 +76,16 @@ def _install(*args: str) -> str | None:
 
 def word_bits(path: str) -> int:
     """The interpreter's word size in bits (64 on x86-64, 32 on i386 and on the boards)."""
-    out = subprocess.run(
-        [path, "-c", "import sys; print(64 if sys.maxsize > 1 << 32 else 32)"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    )
-    return int(out.stdout)
+    return int(_ask(path, "print(64 if sys.maxsize > 1 << 32 else 32)"))
 
 
 def micropython_version(path: str) -> str:
     """The interpreter's own version line, e.g. 'MicroPython v1.25.0'."""
-    out = subprocess.run(
-        [path, "-c", "import sys; print(sys.implementation.name, sys.version)"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    )
+    return _ask(path, "print(sys.implementation.name, sys.version)")
+
+
+def _ask(path: str, code: str) -> str:
+    """What the interpreter at `path` prints running `import sys` and `code`."""
+    out = subprocess.run([path, "-c", "import sys; " + code], capture_output=True, text=True,
+                         check=True, timeout=30)
     return out.stdout.strip()
