@@ -5,8 +5,11 @@
 - D1_heap_kb: smallest `-X heapsize` (bisection, 4 KB steps; the virtual board adds its own
   harness heap on top) with which the reference update completes end to end with the .mpy
   client: check-in, verify, download, swap, reboot into 1.1.0 and confirm. The figure is the
-  client as .mpy files in a ROMFS partition (the layout for boards whose firmware has one:
-  bytecode runs in place); the same with the .mpy files on the filesystem is printed too.
+  32-bit unix port (Debian's i386 build: the word size of the ESP32 and the RP2, so 4-byte
+  pointers and 16-byte GC blocks as on them) with the client as .mpy files in a ROMFS
+  partition (the layout for boards whose firmware has one: bytecode runs in place). Printed
+  too: the same with the .mpy files on the filesystem, and both on the 64-bit port (x86-64,
+  where every object is larger), which the other figures use.
 - D2_verify_ms: manifest verify time on the unix port, median of 20 (bench_d2_verify.py).
 - D3_wire_ratio: bytes the board downloads for the update (check-in answer and blob answers,
   status lines and headers included) / (deflated changed files + signed manifest).
@@ -19,7 +22,7 @@
 
 Also printed (not a figure): the live heap after each phase of the update as the client
 runs it (`phase_heap`: the client's .mpy modules loaded phase by phase, the reference
-envelope verified, on the unix port), for docs/board.md's memory budget.
+envelope verified), on both ports, for docs/board.md's memory budget.
 
 The last line printed is one JSON object with the four figure ids.
 """
@@ -54,7 +57,7 @@ from bench.reference_app import (  # noqa: E402
 from signing.bundle import load_bundle  # noqa: E402
 from tools.board_files import ClientLayout, code_size, read_state  # noqa: E402
 from tools.local_server import LocalServer  # noqa: E402
-from tools.micropython import find_micropython  # noqa: E402
+from tools.micropython import find_micropython, find_micropython_32bit  # noqa: E402
 from tools.virtual_board import VirtualBoard, rom_image_path  # noqa: E402
 
 _HEAP_LOW_KB = 16
@@ -90,9 +93,9 @@ class Bench:
                         channel=channel, client=client, **config)
         return flash
 
-    def updates(self, heap_kb: int, client: ClientLayout) -> bool:
+    def updates(self, heap_kb: int, client: ClientLayout, micropython: str) -> bool:
         flash = self.board(self.server.url, "update", client)
-        run = VirtualBoard(flash, micropython=self.micropython,
+        run = VirtualBoard(flash, micropython=micropython,
                            heapsize=f"{heap_kb}k").run(max_boots=3, timeout=60)
         state = read_state(flash)
         ok = ([b.ended for b in run.boots] == ["reset", "exit"]
@@ -152,19 +155,19 @@ def _harness_alloc(micropython: str) -> int:
     return int(out.split()[0])
 
 
-def phase_heap(bench: Bench) -> list[tuple[str, int, int]]:
+def phase_heap(bench: Bench, micropython: str) -> list[tuple[str, int, int]]:
     """(phase, live heap bytes above the harness, qstr pool bytes) at each PHASE_MARKS line of
     the reference update and the trial boot after it (ROMFS client, 256 KB heap)."""
     import tools.board_files as board_files
 
-    source = _instrumented_client(bench.work / "instrumented", bench.micropython)
+    source = _instrumented_client(bench.work / f"instrumented-{bench.boards}", micropython)
     real = board_files.BOOTLOADER_DIR
     board_files.BOOTLOADER_DIR = source
     try:
         flash = bench.board(bench.server.url, "update", "romfs")
     finally:
         board_files.BOOTLOADER_DIR = real
-    run = VirtualBoard(flash, micropython=bench.micropython, heapsize="256k").run(
+    run = VirtualBoard(flash, micropython=micropython, heapsize="256k").run(
         max_boots=3, timeout=60)
     if [b.ended for b in run.boots] != ["reset", "exit"]:
         raise RuntimeError("instrumented update failed: " + run.output[-800:])
@@ -178,18 +181,18 @@ def phase_heap(bench: Bench) -> list[tuple[str, int, int]]:
     return steps
 
 
-def measure_d1(bench: Bench, client: ClientLayout) -> int:
+def measure_d1(bench: Bench, client: ClientLayout, micropython: str, port: str) -> int:
     """Bisection on the heap size (KB) in _HEAP_STEP_KB steps."""
     low, high = _HEAP_LOW_KB, _HEAP_HIGH_KB
-    if not bench.updates(high, client):
-        raise RuntimeError(f"the reference update fails even with a {high} KB heap")
+    if not bench.updates(high, client, micropython):
+        raise RuntimeError(f"the reference update fails even with a {high} KB heap ({port})")
     while high - low > _HEAP_STEP_KB:
         mid = (low + high) // 2 // _HEAP_STEP_KB * _HEAP_STEP_KB
-        if bench.updates(mid, client):
+        if bench.updates(mid, client, micropython):
             high = mid
         else:
             low = mid
-        print(f"D1 ({client}) bisect: {low}..{high} KB", flush=True)
+        print(f"D1 ({port}, {client}) bisect: {low}..{high} KB", flush=True)
     return high
 
 
@@ -245,24 +248,30 @@ def main() -> int:
     from bench.bench_d2_verify import measure_d2
 
     micropython = find_micropython()
+    ports = {"32-bit": find_micropython_32bit(), "64-bit": micropython}
+    d1: dict[tuple[str, ClientLayout], int] = {}
     with tempfile.TemporaryDirectory(prefix="bench-board-") as tmp:
         bench = Bench(Path(tmp), micropython)
         with LocalServer(Path(tmp) / "data", Path(tmp) / "root.json") as server:
             bench.setup(server)
             print("code size (bytes):", json.dumps(code_size(True)), flush=True)
-            for step, used, qstr in phase_heap(bench):
-                print(f"heap at {step}: {used} bytes (qstr pools {qstr})", flush=True)
+            for port, interpreter in ports.items():
+                for step, used, qstr in phase_heap(bench, interpreter):
+                    print(f"heap ({port}) at {step}: {used} bytes (qstr pools {qstr})",
+                          flush=True)
             d3 = measure_d3(bench)
             print("D3:", json.dumps(d3), flush=True)
             d4 = measure_d4(bench)
             print("D4:", json.dumps(d4), flush=True)
-            d1_files = measure_d1(bench, "files")
-            print("D1 heap KB, .mpy client on the filesystem:", d1_files, flush=True)
-            d1 = measure_d1(bench, "romfs")
-            print("D1 heap KB, .mpy client in ROMFS:", d1, flush=True)
+            for port, interpreter in ports.items():
+                for client in ("files", "romfs"):
+                    d1[port, client] = measure_d1(bench, client, interpreter, port)
+                    print(f"D1 heap KB, {port} port, .mpy client "
+                          f"{'in ROMFS' if client == 'romfs' else 'on the filesystem'}:",
+                          d1[port, client], flush=True)
         d2 = measure_d2(micropython)
         print("D2 verify ms:", d2, flush=True)
-    print(json.dumps({"D1_heap_kb": d1, "D2_verify_ms": round(d2, 3),
+    print(json.dumps({"D1_heap_kb": d1["32-bit", "romfs"], "D2_verify_ms": round(d2, 3),
                       "D3_wire_ratio": round(d3["ratio"], 4),
                       "D4_boot_ms": round(d4["check_cpu_ms"], 2)}))
     return 0

@@ -108,3 +108,48 @@ def test_board_follows_a_root_chain_through_an_expired_intermediate_root(tmp_pat
         assert "APP 1.1.0" in updated.boots[-1].output
         assert (flash / "ota" / "trust.json").read_bytes() == root_v3
         assert slot_files(flash, "b") == app_hashes(new)
+
+
+_ROOT_VERSION = """\
+from ota import client
+calls = []
+real = client.load_root
+def spy():
+    calls.append(1)
+    return real()
+client.load_root = spy
+try:
+    print(client.root_version(), len(calls))
+except Exception as e:
+    print(type(e).__name__, len(calls))
+"""
+
+
+def test_check_in_names_the_held_root_version_from_the_files_first_bytes(tmp_path, micropython):
+    """client.root_version reads the version from the head of trust.json without the verifier;
+    a trust.json laid out otherwise (signatures first) or broken goes through load_root."""
+    import shutil
+
+    from signing.dsse import envelope_bytes
+
+    keys = make_keys()
+    root_v12 = sign_root(new_root(version=12, expires=int(time.time()) + 86400,
+                                  root_keys=[keys.root], release_keys=[keys.release]),
+                         [keys.root])
+    doc = json.loads(root_v12)
+    reordered = envelope_bytes({"signatures": doc["signatures"], "payload": doc["payload"],
+                                "payloadType": doc["payloadType"]})
+    # the payload's first 64 base64 characters are not within the 192 bytes the fast path reads
+    assert reordered.find(b'"payload":"') + 11 + 64 > 192
+    flash = tmp_path / "board"
+    shutil.copytree(PROJECT_ROOT / "bootloader_py" / "ota", flash / "ota")
+    (flash / "main.py").write_text(_ROOT_VERSION)
+    outcomes = {}
+    for name, data in (("ours", root_v12), ("reordered", reordered),
+                       ("cut short", root_v12[:80])):
+        (flash / "ota" / "trust.json").write_bytes(data)
+        outcomes[name] = VirtualBoard(flash, micropython=micropython).run().output.split()
+    assert outcomes["ours"] == ["12", "0"]  # the verifier never loaded
+    assert outcomes["reordered"] == ["12", "1"]  # load_root read it
+    # load_root's own error, not a guess (the TrustError class loads only when raised)
+    assert outcomes["cut short"][1] == "1" and outcomes["cut short"][0].endswith("Error")

@@ -335,12 +335,18 @@ def test_checkin_with_a_foreign_key_is_refused_and_the_app_still_runs(case):
 
 
 
-# D1 (bench/bench_board.py) is 40 KB with the ROMFS client and 60 KB with .mpy files on the
-# filesystem; these bounds leave 8 and 12 KB of margin, so a change that costs the update a
-# few KB of heap fails here before it shows in the benchmark.
-@pytest.mark.parametrize(("client", "heapsize"), [("files", "72k"), ("romfs", "48k")])
-def test_mpy_client_updates_the_reference_app_in_a_bounded_heap(case, client, heapsize):
+# D1 (bench/bench_board.py) on the 32-bit port, the boards' word size, is 28 KB with the ROMFS
+# client: the goal, 32 KB, is the bound here. On the 64-bit port it is 40 KB with the ROMFS
+# client and 60 KB with .mpy files on the filesystem; these bounds leave 8 and 12 KB of
+# margin, so a change that costs the update a few KB of heap fails here before it shows in
+# the benchmark.
+@pytest.mark.parametrize(("port", "client", "heapsize"),
+                         [("64-bit", "files", "72k"), ("64-bit", "romfs", "48k"),
+                          ("32-bit", "romfs", "32k")])
+def test_mpy_client_updates_the_reference_app_in_a_bounded_heap(case, request, port, client,
+                                                                 heapsize):
     rig, name = case
+    interpreter = request.getfixturevalue("micropython" + port[:2])
     old_bundle = build_release(rig.work, reference_files("1.0.0"), "1.0.0", 1, rig.keys,
                                app=f"{name}-old", mpy=True)
     new_files = reference_files("1.1.0")
@@ -353,7 +359,7 @@ def test_mpy_client_updates_the_reference_app_in_a_bounded_heap(case, client, he
         assert not (flash / "ota" / "client.py").exists()
     else:
         assert not list((flash / "ota").glob("*.*py"))
-    board = VirtualBoard(flash, micropython=rig.micropython, heapsize=heapsize)
+    board = VirtualBoard(flash, micropython=interpreter, heapsize=heapsize)
     result = board.run(max_boots=3, timeout=60)
     assert [b.ended for b in result.boots] == ["reset", "exit"], result.output
     assert "APP 1.1.0" in result.boots[-1].output

@@ -17,6 +17,7 @@ PAYLOAD = "/ota/offer.json"
 # trust.MAX_ENVELOPE_BYTES, kept here so a check-in needs no verifier loaded
 # (tests/test_board_trust.py checks they are equal).
 MAX_ENVELOPE = const(12288)
+_ROOT_HEAD = const(192)  # trust.json's bytes root_version reads: "payloadType", 64 of "payload"
 _MAX_ROOT_STEPS = const(8)
 _BUF = const(1024)
 
@@ -71,21 +72,28 @@ def load_root():
 def root_version():
     """The version of the root the board holds, for the check-in body.
 
-    Read without the verifier (most check-ins find nothing new and never load it): the
-    number only tells the server which root to offer; every trust decision loads and
-    checks the root itself (load_root).  A file the plain read cannot make sense of goes
-    through load_root, which raises its exact error.
+    Read without the verifier (most check-ins find nothing new and never load it) and from
+    the file's first bytes only: the number only tells the server which root to offer; every
+    trust decision loads and checks the root itself (load_root). Our envelopes put
+    "payload" after "payloadType" and the root's "version" after "_type", so the first
+    48 bytes of payload hold it; a file laid out otherwise, or one the plain read cannot make
+    sense of, goes through load_root, which raises its exact error.
     """
     import binascii
-    import os
     try:
-        size = os.stat(TRUST_PATH)[6]
         with open(TRUST_PATH, "rb") as f:
-            env = json.loads(f.read(min(size, MAX_ENVELOPE)))
-        version = json.loads(binascii.a2b_base64(env["payload"]))["version"]
-        if type(version) is int:
-            return version
-    except (OSError, ValueError, KeyError, TypeError):
+            head = f.read(_ROOT_HEAD)
+        at = head.find(b'"payload":"') + 11
+        text = binascii.a2b_base64(head[at:at + 64]) if at > 10 else b""
+        i = text.find(b'"version":')
+        if i > 0 and text.find(b"{", 1, i) < 0:  # a top-level key: no object opened before it
+            i += 10
+            j = i
+            while j < len(text) and 48 <= text[j] <= 57:
+                j += 1
+            if i < j < len(text) and text[j] in b",}":
+                return int(text[i:j])
+    except (OSError, ValueError):
         pass  # missing (a rotation's rename cut short) or odd: load_root sorts it out
     version = load_root().version
     _unload_verifier()

@@ -7,6 +7,7 @@
 import binascii
 import hashlib
 import json
+import os
 
 from micropython import const
 
@@ -19,8 +20,13 @@ def _tag(body):
 
 def _read_one(path):
     try:
+        size = os.stat(path)[6]
+        if size > _MAX_RECORD:
+            return None
         with open(path, "rb") as f:
-            data = f.read(_MAX_RECORD)
+            # Exactly its size: read(n) takes an n-byte block first, and late in a boot (the
+            # app loaded, the heap in pieces) a 1 KB block may be there no longer.
+            data = f.read(size)
     except OSError:
         return None
     nl = data.find(b"\n")
