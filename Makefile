@@ -38,7 +38,7 @@ pytest: $(STAMP) $(MP_STAMP) $(MP32_STAMP)
 
 test: lint pytest
 
-demo: $(STAMP) $(MP_STAMP)
+demo: $(STAMP) $(MP_STAMP) $(MP32_STAMP)
 	$(PY) -m tools.demo
 
 bench-board: $(STAMP) $(MP_STAMP) $(MP32_STAMP)

@@ -2,7 +2,8 @@
 
 Keys are created, `ota serve` runs on 127.0.0.1 with SQLite and a blob directory, three virtual
 boards are provisioned through real mpremote with app 1.0.0 (the third with its OTA client in a
-ROMFS partition, memory-mapped, instead of on the filesystem), they boot and check in, release
+ROMFS partition, memory-mapped, instead of on the filesystem, and booting on the 32-bit build of
+the unix port, the boards' word size, in a 32 KB heap), they boot and check in, release
 1.1.0 is published and rolled out, the boards pull it, verify it, swap, boot it on trial and
 confirm it. Then a bad release, 1.2.0, crashes on start: the first two boards roll back on
 their own, the rollout pauses itself, and the third board is never offered it. The fleet is
@@ -22,10 +23,12 @@ from rich.console import Console
 
 from tools.cli import main as ota
 from tools.local_server import LocalServer
+from tools.micropython import find_micropython_32bit
 from tools.virtual_board import VirtualBoard
 
 DEMO_DIR = Path(os.environ.get("MPOTA_DEMO_DIR", "demo-data")).resolve()
 BOARDS = 3
+SMALL_BOARD_HEAP = "32k"  # the last board's heap: docs/board.md, Memory budget (D1)
 console = Console()
 
 _APP_MAIN = """\
@@ -109,12 +112,21 @@ provisioning:
 
 def _boot_all(boards: list[Path], boots: int) -> None:
     for flash in boards:
-        result = VirtualBoard(flash).run(max_boots=boots, timeout=60)
+        small = flash == boards[-1]
+        result = _board(flash, small).run(max_boots=boots, timeout=60)
         lines = [line for line in result.output.splitlines() if line.strip()]
-        console.print(f"[cyan]{flash.name}[/]: {len(result.boots)} boot(s), "
+        where = f" (32-bit port, {SMALL_BOARD_HEAP} heap)" if small else ""
+        console.print(f"[cyan]{flash.name}[/]{where}: {len(result.boots)} boot(s), "
                       f"ended {result.boots[-1].ended}")
         for line in lines[-6:]:
             console.print(f"    {line}")
+
+
+def _board(flash: Path, small: bool) -> VirtualBoard:
+    if small:  # 32-bit, as an ESP32 or RP2, with a small board's heap
+        return VirtualBoard(flash, micropython=find_micropython_32bit(),
+                            heapsize=SMALL_BOARD_HEAP)
+    return VirtualBoard(flash)
 
 
 def demo() -> None:
@@ -135,7 +147,8 @@ def demo() -> None:
         console.print(f"serving at {server.url} (data in {server.data_dir})")
 
         _step(f"3. The station provisions {BOARDS} virtual boards with app 1.0.0; the last one "
-              "gets its OTA client as a ROMFS image (bytecode runs from flash, not the heap)")
+              "gets its OTA client as a ROMFS image (bytecode runs from flash, not the heap) "
+              f"and boots on the 32-bit unix port in a {SMALL_BOARD_HEAP} heap")
         first = _write_app("1.0.0")
         fleet = _write_fleet(server, first)
         boards = [DEMO_DIR / "boards" / f"board{n}" for n in range(1, BOARDS + 1)]
