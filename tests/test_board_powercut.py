@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tools.micropython import PROJECT_ROOT
 
 if str(PROJECT_ROOT) not in sys.path:  # bench/ is not an installed package
@@ -121,22 +123,29 @@ def _board_root_versions(micropython: str, files: list[Path]) -> list[int]:
     return [int(line) for line in done.stdout.split()]
 
 
+@pytest.mark.parametrize("steps", [1, 2])
 def test_update_with_a_root_rotation_survives_a_power_cut_at_every_file_operation(
-        tmp_path, micropython):
-    """Root v2 names a new release key and 1.1.0 is signed by it: the board must rotate to
-    install it. After a cut anywhere, the board trusts exactly root v1 or exactly root v2
-    (trust.json.new only in the one cut point between the remove and the rename) and runs
-    one whole version; with the network back it ends on 1.1.0 trusting v2."""
+        tmp_path, micropython, steps):
+    """Each newer root names a new release key and 1.1.0 is signed by the last one's: the
+    board must rotate through `steps` roots (v2 … v1+steps, each verified from its
+    predecessor) to install it. After a cut anywhere, the board trusts exactly root v1 or
+    exactly the last root, never one in between (trust.json.new only in the one cut point
+    between the remove and the rename) and runs one whole version; with the network back it
+    ends on 1.1.0 trusting the last root."""
     keys = make_keys()
     (tmp_path / "root.json").write_bytes(keys.root_envelope)
-    new_release = keymod.generate_private_key()
-    root_v2 = sign_root(new_root(version=2, expires=int(time.time()) + 30 * 86400,
-                                 root_keys=[keys.root], release_keys=[new_release]),
-                        [keys.root])
-    envelopes = {1: keys.root_envelope, 2: root_v2}
+    envelopes = {1: keys.root_envelope}
+    last = 1 + steps
+    for version in range(2, last + 1):
+        new_release = keymod.generate_private_key()
+        envelopes[version] = sign_root(
+            new_root(version=version, expires=int(time.time()) + 30 * 86400,
+                     root_keys=[keys.root], release_keys=[new_release]), [keys.root])
+    root_last = envelopes[last]
     with LocalServer(tmp_path / "data", tmp_path / "root.json") as server:
         api = server.client()
-        api.upload_root(root_v2)
+        for version in range(2, last + 1):
+            api.upload_root(envelopes[version])
         bundle = build_release(tmp_path, NEW, "1.1.0", 2,
                                dataclasses.replace(keys, release=new_release), app="pcr")
         api.publish(bundle, channel="stable", percent=100)
@@ -149,7 +158,7 @@ def test_update_with_a_root_rotation_survives_a_power_cut_at_every_file_operatio
 
         probe = fresh("probe").run(max_boots=4, timeout=60)
         assert [b.ended for b in probe.boots] == ["reset", "exit"], probe.output
-        assert (tmp_path / "probe" / "ota" / "trust.json").read_bytes() == root_v2
+        assert (tmp_path / "probe" / "ota" / "trust.json").read_bytes() == root_last
         total = probe.fs_ops
         assert total > 10
         held_dir = tmp_path / "held"
@@ -177,13 +186,14 @@ def test_update_with_a_root_rotation_survives_a_power_cut_at_every_file_operatio
             # Network back: the board finishes the rotation and the update.
             _back_online(board, cut)
             ota_dir = board.flash_dir / "ota"
-            assert (ota_dir / "trust.json").read_bytes() == root_v2, cut
+            assert (ota_dir / "trust.json").read_bytes() == root_last, cut
             assert not (ota_dir / "trust.json.new").exists(), cut
-            assert api.device(f"cut{cut}")["root_version"] == 2, cut
+            assert api.device(f"cut{cut}")["root_version"] == last, cut
         # The board's own verifier takes every file a cut left as the trust anchor.
         assert _board_root_versions(micropython, held) == held_versions
         # trust.json.new is the anchor at one cut point only (between the remove and the
         # rename), and it holds the verified new root there.
-        assert [v for _, v in in_window] == [2], in_window
-        # Both sides of the rotation and of the flip; 1.1.0 never runs under root v1.
-        assert seen == {(1, "1.0.0"), (2, "1.0.0"), (2, "1.1.0")}, seen
+        assert [v for _, v in in_window] == [last], in_window
+        # Both sides of the rotation and of the flip; 1.1.0 never runs under root v1, and no
+        # root between the first and the last is ever the anchor.
+        assert seen == {(1, "1.0.0"), (last, "1.0.0"), (last, "1.1.0")}, seen
