@@ -25,13 +25,14 @@ def _locate(find: Callable[[], str]) -> tuple[str | None, str]:
     return path, micropython_version(path)
 
 
-_PORTS = ("64-bit", "32-bit")
+_FINDERS: dict[str, Callable[[], str]] = {"64-bit": find_micropython,
+                                          "32-bit": find_micropython_32bit}
 _FOUND: dict[str, tuple[str | None, str]] = {}
 
 
 def _found(port: str) -> tuple[str | None, str]:
     if port not in _FOUND:
-        _FOUND[port] = _locate(find_micropython if port == "64-bit" else find_micropython_32bit)
+        _FOUND[port] = _locate(_FINDERS[port])
     return _FOUND[port]
 
 
@@ -49,8 +50,8 @@ def _board_port() -> str:
     (the host's, the default) or "32-bit" (the i386 build, the word size of the ESP32 and RP2;
     `make test` runs the board tests a second time on it)."""
     port = os.environ.get("MPOTA_BOARD_PORT", "64-bit")
-    if port not in _PORTS:
-        raise pytest.UsageError(f"MPOTA_BOARD_PORT is {port!r}: use one of {', '.join(_PORTS)}")
+    if port not in _FINDERS:
+        raise pytest.UsageError(f"MPOTA_BOARD_PORT is {port!r}: use one of {', '.join(_FINDERS)}")
     return port
 
 

@@ -341,12 +341,12 @@ def test_checkin_with_a_foreign_key_is_refused_and_the_app_still_runs(case):
 # 8 KB of margin, so a change that costs the update a few KB of heap fails here before it
 # shows in the benchmark.
 @pytest.mark.parametrize(("port", "client", "heapsize"),
-                         [("64-bit", "files", "72k"), ("64-bit", "romfs", "48k"),
-                          ("32-bit", "romfs", "32k")])
+                         [("micropython64", "files", "72k"), ("micropython64", "romfs", "48k"),
+                          ("micropython32", "romfs", "32k")])
 def test_mpy_client_updates_the_reference_app_in_a_bounded_heap(case, request, port, client,
                                                                  heapsize):
     rig, name = case
-    interpreter = request.getfixturevalue("micropython" + port[:2])
+    interpreter = request.getfixturevalue(port)  # the fixture of the port's interpreter
     old_bundle = build_release(rig.work, reference_files("1.0.0"), "1.0.0", 1, rig.keys,
                                app=f"{name}-old", mpy=True)
     new_files = reference_files("1.1.0")

@@ -5,10 +5,10 @@ import subprocess
 import pytest
 
 
-@pytest.mark.parametrize("port", ["64-bit", "32-bit"])
+@pytest.mark.parametrize("port", ["micropython64", "micropython32"])
 def test_micropython_has_the_modules_board_code_needs(request: pytest.FixtureRequest,
                                                       port: str) -> None:
-    micropython = request.getfixturevalue("micropython" + port[:2])
+    micropython = request.getfixturevalue(port)
     probe = (
         "import hashlib, deflate, socket, tls, vfs, json, binascii\n"
         "h = hashlib.sha256(b'abc').digest()\n"
