@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from ota_server import openapi, routes_device, routes_publisher, state
+from ota_server.datadir import DataDirLock
 from ota_server.device_auth import DeviceAuthenticator
 from ota_server.metrics import Metrics
 from ota_server.middleware import (
@@ -108,12 +109,17 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     settings = app[state.SETTINGS]
-    store = SqliteStore(settings.db_path)
+    lock = DataDirLock(settings.data_dir)
+    lock.acquire()  # before anything touches the directory (FileBlobStore empties tmp/)
     try:
-        app[state.STORE] = store
-        app[state.BLOBS] = FileBlobStore(settings.blob_dir)
-        app[state.TRUST] = TrustAnchor.load(store, settings.root_path)
-        app[state.DEVICE_AUTH] = DeviceAuthenticator(store)
-        yield
+        store = SqliteStore(settings.db_path)
+        try:
+            app[state.STORE] = store
+            app[state.BLOBS] = FileBlobStore(settings.blob_dir)
+            app[state.TRUST] = TrustAnchor.load(store, settings.root_path)
+            app[state.DEVICE_AUTH] = DeviceAuthenticator(store)
+            yield
+        finally:
+            store.close()
     finally:
-        store.close()
+        lock.release()

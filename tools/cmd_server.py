@@ -73,6 +73,7 @@ def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, p
     from aiohttp import web
 
     from ota_server.app import create_app
+    from ota_server.datadir import DataDirInUse
     from ota_server.logs import configure_logging
     from ota_server.settings import SettingsError, load_settings
     from ota_server.trust import TrustSetupError
@@ -93,7 +94,7 @@ def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, p
     try:
         web.run_app(create_app(settings), host=settings.host, port=settings.port,
                     access_log=None, print=announce, shutdown_timeout=5)
-    except TrustSetupError as err:
+    except (TrustSetupError, DataDirInUse) as err:
         raise UserError(str(err)) from err
     except OSError as err:
         raise UserError(f"cannot listen on {settings.host}:{settings.port}: {err}") from err
