@@ -30,6 +30,7 @@ from tools.fleet import parse_fleet
 from tools.local_server import LocalServer
 from tools.station.firmware import (
     FLOOR,
+    ROMFS_FLOOR,
     FirmwareError,
     MicroPythonVersion,
     check_board_version,
@@ -57,6 +58,8 @@ boards:
 provisioning:
   esp-image: {{board: esp32, method: image, wifi: factory, channel: stable}}
   esp-repl: {{board: esp32, method: mpremote, wifi: factory, channel: stable}}
+  esp-lean: {{board: esp32, method: image, wifi: factory, channel: stable, client: romfs,
+             romfs_offset: 0x1e0000}}
   pico: {{board: rp2-pico-w, method: mpremote, wifi: factory, channel: stable}}
   lab: {{board: unix, wifi: factory, channel: stable}}
 """
@@ -139,6 +142,21 @@ def test_images_and_boards_are_refused_exactly_below_the_floor(
         assert check_firmware_image(image) == str(version)
         assert check_board_version("COM7", version_from_implementation(reported)) \
             == str(version)
+
+
+@settings(max_examples=30, deadline=None)
+@given(version=_VERSIONS)
+def test_the_romfs_layout_needs_1_25_and_the_files_layout_the_floor(
+        version: MicroPythonVersion) -> None:
+    reported = (version.major, version.minor, version.micro,
+                "" if version.released else "preview")
+    found = version_from_implementation(reported)
+    for client, floor in (("files", FLOOR), ("romfs", ROMFS_FLOOR)):
+        if version < floor:
+            with pytest.raises(FirmwareError, match=f"older than .* {floor}; nothing"):
+                check_board_version("/dev/ttyACM0", found, client)
+        else:
+            assert check_board_version("/dev/ttyACM0", found, client) == str(version)
 
 
 def test_an_image_without_a_banner_is_refused_not_guessed() -> None:
@@ -262,3 +280,15 @@ def test_firmware_at_the_floor_is_flashed_and_recorded(server: LocalServer,
     assert record.outcome == "provisioned", record.error
     assert record.micropython == "1.23.0"
     assert flash.read_bytes()[0x1000:0x1000 + len(firmware)] == firmware
+
+
+def test_a_romfs_board_needs_a_firmware_with_vfs_rom(server: LocalServer,
+                                                     tmp_path: Path) -> None:
+    flash = fake_esp_serial.new_flash_file(tmp_path / "flash.bin")
+    record = Station(job(server, tmp_path, "esp-lean", firmware=firmware_image("1.24.1")),
+                     StationLog(tmp_path / "log.jsonl"), timeout_s=60).run(
+        [Target("serial", fake_esp_serial.url_for(flash, "24:0a:c4:aa:10:03"))])[0]
+    assert (record.outcome, record.failed_step) == ("failed", "firmware")
+    assert "MicroPython 1.24.1, older than the romfs client layout's floor (vfs.VfsRom) " \
+           "1.25.0" in str(record.error)
+    assert set(flash.read_bytes()) == {0xFF}

@@ -39,6 +39,16 @@ class MicroPythonVersion:
 
 
 FLOOR = MicroPythonVersion(*micropython_version(MICROPYTHON_FLOOR))
+# The romfs client layout runs the client from a ROM partition: `vfs.VfsRom` is first in
+# v1.25.0 (extmod/vfs_rom.c), so those boards need that much (docs/board.md, Firmware floor).
+ROMFS_FLOOR = MicroPythonVersion(1, 25, 0)
+
+
+def floor_for(client: str) -> tuple[MicroPythonVersion, str]:
+    """The oldest MicroPython a board with this client layout runs, and why, for messages."""
+    if client == "romfs":
+        return ROMFS_FLOOR, "the romfs client layout's floor (vfs.VfsRom)"
+    return FLOOR, "the firmware floor"
 
 
 def version_from_implementation(value: object) -> MicroPythonVersion:
@@ -65,29 +75,32 @@ def version_in_image(firmware: bytes) -> MicroPythonVersion | None:
     return MicroPythonVersion(major, minor, micro, released=found.group(4) is None)
 
 
-def check_board_version(port: str, version: MicroPythonVersion) -> str:
-    """The version as text when it is at or above the floor; FirmwareError naming the port,
-    the version found and the floor otherwise."""
-    if version < FLOOR:
+def check_board_version(port: str, version: MicroPythonVersion, client: str = "files") -> str:
+    """The version as text when it is at or above the floor of the `client` layout;
+    FirmwareError naming the port, the version found and the floor otherwise."""
+    floor, what = floor_for(client)
+    if version < floor:
         raise FirmwareError(
-            f"{port}: the board runs MicroPython {version}, older than the firmware floor "
-            f"{FLOOR}; nothing was written: flash MicroPython {FLOOR} or later, then re-run "
+            f"{port}: the board runs MicroPython {version}, older than {what} {floor}; "
+            f"nothing was written: flash MicroPython {floor} or later, then re-run "
             f"(docs/board.md, Firmware floor)")
     return str(version)
 
 
-def check_firmware_image(firmware: bytes) -> str:
-    """The image's MicroPython version as text when it is at or above the floor; FirmwareError
-    when it is older or carries no MicroPython banner (then it cannot be told)."""
+def check_firmware_image(firmware: bytes, client: str = "files") -> str:
+    """The image's MicroPython version as text when it is at or above the floor of the
+    `client` layout; FirmwareError when it is older or carries no MicroPython banner (then
+    it cannot be told)."""
+    floor, what = floor_for(client)
     version = version_in_image(firmware)
     if version is None:
         raise FirmwareError(
             f"the firmware image ({len(firmware)} bytes) has no MicroPython banner "
             f"(\"MicroPython vX.Y.Z on YYYY-MM-DD\"): its version cannot be checked against "
-            f"the floor {FLOOR}; nothing was written")
-    if version < FLOOR:
+            f"{what} {floor}; nothing was written")
+    if version < floor:
         raise FirmwareError(
-            f"the firmware image is MicroPython {version}, older than the firmware floor "
-            f"{FLOOR}; nothing was written: use a MicroPython {FLOOR} or later image "
+            f"the firmware image is MicroPython {version}, older than {what} {floor}; "
+            f"nothing was written: use a MicroPython {floor} or later image "
             f"(docs/board.md, Firmware floor)")
     return str(version)

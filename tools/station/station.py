@@ -166,7 +166,8 @@ class BoardProvisioner:
         if job.firmware is not None and esp is not None:
             with self.step("firmware"):
                 # The firmware floor (docs/board.md): the image's own version, before any write.
-                self.record.micropython = check_firmware_image(job.firmware)
+                self.record.micropython = check_firmware_image(job.firmware,
+                                                               job.profile.client)
                 if not merged:  # else it goes in the factory image, written in one go
                     self._check_firmware_fits(job.firmware)
                     esp.write(board.firmware_offset, job.firmware, self.progress)
@@ -230,7 +231,8 @@ class BoardProvisioner:
         from tools.station.firmware import check_board_version, version_from_implementation
 
         found = version_from_implementation(mp.implementation_version())
-        self.record.micropython = check_board_version(self.target.label, found)
+        self.record.micropython = check_board_version(self.target.label, found,
+                                                      self.job.profile.client)
 
     @contextmanager
     def _micropython_board(self, stack: ExitStack) -> Iterator[Any]:
