@@ -14,6 +14,10 @@ from signing.errors import MalformedError
 from signing.limits import DEFAULT_LIMITS, Limits
 
 MANIFEST_PAYLOAD_TYPE = "application/vnd.mpota.manifest+json"
+# The oldest MicroPython the board's OTA client runs on (docs/board.md, Firmware floor): it
+# imports `tls` (new in 1.23) and `deflate` (1.21). The default of a manifest's
+# `min_micropython`, and the oldest firmware the provisioning station writes a board for.
+MICROPYTHON_FLOOR = "1.23.0"
 ENCODINGS = ("plain", "deflate")
 
 # Semantic Versioning 2.0.0, without the leading-zero subtleties of pre-release identifiers.
@@ -26,6 +30,14 @@ _HEX256 = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def micropython_version(text: str) -> tuple[int, int, int]:
+    """`"1.23"`, `"1.23.0"` or `"v1.23.0"` as (1, 23, 0); raises ValueError for anything else."""
+    if not _MICROPYTHON_VERSION.fullmatch(text.removeprefix("v")):
+        raise ValueError(f"{text[:40]!r} is not a MicroPython version like {MICROPYTHON_FLOOR}")
+    major, minor, *patch = (int(part) for part in text.removeprefix("v").split("."))
+    return major, minor, patch[0] if patch else 0
 
 
 def check_path(path: str, limits: Limits = DEFAULT_LIMITS) -> None:
@@ -213,7 +225,8 @@ class Manifest:
         boards = dsse.field(doc, "boards", list, "manifest")
         if not boards or not all(isinstance(b, str) and b for b in boards):
             raise MalformedError("manifest: 'boards' must be a non-empty list of names")
-        min_mp = _matching(doc, "min_micropython", _MICROPYTHON_VERSION, "a version like 1.20.0")
+        min_mp = _matching(doc, "min_micropython", _MICROPYTHON_VERSION,
+                          f"a version like {MICROPYTHON_FLOOR}")
         entry = _matching(doc, "entry", _MODULE, "a module name")
         raw_files = dsse.field(doc, "files", list, "manifest")
         if len(raw_files) > limits.max_files:

