@@ -31,7 +31,9 @@ from aiohttp.http_exceptions import (
     LineTooLong,
     PayloadEncodingError,
 )
-from aiohttp.web_protocol import RequestHandler
+
+# _ErrInfo: what the parser queues in place of a request it could not parse
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from ota_server.settings import Limits, Settings
 
@@ -84,6 +86,10 @@ class GuardedRequestHandler(RequestHandler):
         # the body of the last request when its handler left some of it unread: aiohttp reads
         # and drops the rest (lingering) before the next head, and those bytes are no head
         self._unread_body: Any = None
+        # the body of the newest request: a parse error while it arrives is its framing
+        # breaking, which its reader must learn at once (not at its deadline)
+        self._newest_body: Any = None
+        self._framing_broken = False
 
     # -- connection lifetime ------------------------------------------------------------------
 
@@ -120,14 +126,28 @@ class GuardedRequestHandler(RequestHandler):
                 self._arm_header_timer()
         heads = self._request_count
         super().data_received(data)
-        if self._request_count != heads:  # the parser completed a request's head
+        if self._request_count != heads:  # the parser completed a request's head (or failed)
             self._cancel_header_timer()
             self.waiting_since = None
             self._head_started = False
+            self._note_new_messages(list(self._messages)[heads - self._request_count:])
+
+    def _note_new_messages(self, new: list[tuple[Any, Any]]) -> None:
+        for message, body in new:
+            if not isinstance(message, _ErrInfo):
+                self._newest_body = body
+            elif self._newest_body is not None and not self._newest_body.is_eof():
+                # aiohttp queues the error as a next request and leaves this body waiting
+                self._newest_body.set_exception(PayloadEncodingError("broken body framing"))
+                self._framing_broken = True
 
     async def finish_response(self, request: web.BaseRequest, resp: web.StreamResponse,
                               start_time: float | None) -> tuple[web.StreamResponse, bool]:
         answered = await super().finish_response(request, resp, start_time)
+        if self._framing_broken or resp.status == 408:
+            # nothing more on this connection can be trusted or is worth waiting for
+            self.force_close()
+            return answered
         self._unread_body = None if request.content.is_eof() else request.content
         if not self._messages:
             # idle from now on (keepalive_timeout); the next head's deadline starts with its
@@ -181,9 +201,20 @@ class GuardedRequestHandler(RequestHandler):
             # the client's fault: one line, no traceback, none of its bytes
             log.info("refused a malformed request: %d %s (%s)", status, code,
                      type(exc).__name__)
-        response = web.json_response({"code": code, "message": text}, status=status)
+        response = _ParserErrorResponse(text=json.dumps({"code": code, "message": text}),
+                                        status=status, content_type="application/json",
+                                        headers={"Connection": "close"})
         response.force_close()
         return response
+
+
+class _ParserErrorResponse(web.Response):
+    """An answer without `Server`, as every answer (docs/protocol.md): with no route matched,
+    the app's on_response_prepare (middleware.trim_headers) does not run for it."""
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        self.headers.popall("Server", None)
 
 
 class GuardedServer(web.Server):
