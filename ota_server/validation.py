@@ -8,7 +8,7 @@ import json
 import re
 from typing import Any
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ota_server import state
@@ -51,14 +51,11 @@ async def read_body(request: web.Request, limit: int, what: str) -> bytes:
     if not request.body_exists:
         return b""
     timeout = request.app[state.SETTINGS].limits.body_timeout
-    body = bytearray()
     try:
+        if request.content.is_eof():  # all of it came with the head (the usual case)
+            return await _read_to_end(request.content, limit, what)
         async with asyncio.timeout(timeout):
-            # read(n) answers what has arrived so far (b"" only at the end): loop to the end
-            while chunk := await request.content.read(limit + 1 - len(body)):
-                body += chunk
-                if len(body) > limit:
-                    raise PayloadTooLarge(f"{what}: body is larger than {limit} bytes")
+            return await _read_to_end(request.content, limit, what)
     except TimeoutError:
         raise BodyTimeout(f"{what}: the body did not arrive whole within {timeout:g} s") \
             from None
@@ -67,6 +64,15 @@ async def read_body(request: web.Request, limit: int, what: str) -> bytes:
         # quote the client's bytes, so it is not echoed
         raise BadRequest(f"{what}: the body's framing is broken (Content-Length or "
                          f"chunked encoding)", code="bad_body") from None
+
+
+async def _read_to_end(reader: StreamReader, limit: int, what: str) -> bytes:
+    body = bytearray()
+    # read(n) answers what has arrived so far (b"" only at the end): loop to the end
+    while chunk := await reader.read(limit + 1 - len(body)):
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"{what}: body is larger than {limit} bytes")
     return bytes(body)
 
 
