@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent import futures
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -135,4 +138,63 @@ async def exchange(port: int, pieces: Sequence[bytes], *, pause: float = 0.0,
         raw = await asyncio.wait_for(reader.read(), timeout)
     finally:
         writer.close()
+    return parse_answer(raw)
+
+
+@dataclass
+class ThreadedServer:
+    """A live_server run by an event loop in its own thread, for blocking clients (hypothesis
+    examples, which cannot share one async server)."""
+
+    server: LiveServer
+    loop: asyncio.AbstractEventLoop
+
+    def call(self, coro: Any, timeout: float = 10.0) -> Any:
+        """Run `coro` on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+@contextmanager
+def threaded_server(directory: Path, **limits: Any) -> Iterator[ThreadedServer]:
+    """live_server(directory, **limits) served from a thread until the block ends."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    ready: futures.Future[tuple[LiveServer, asyncio.Event]] = futures.Future()
+
+    async def serve() -> None:
+        async with live_server(directory, **limits) as server:
+            stop = asyncio.Event()
+            ready.set_result((server, stop))
+            await stop.wait()
+
+    task = asyncio.run_coroutine_threadsafe(serve(), loop)
+    try:
+        futures.wait([ready, task], timeout=20, return_when=futures.FIRST_COMPLETED)
+        if task.done():
+            task.result()  # start-up failed: raise why
+        server, stop = ready.result(0)
+        try:
+            yield ThreadedServer(server, loop)
+        finally:
+            loop.call_soon_threadsafe(stop.set)
+            task.result(20)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(20)
+        loop.close()
+
+
+def send_in_pieces(port: int, pieces: Sequence[bytes], pause: float,
+                   timeout: float = 10.0) -> RawAnswer:
+    """exchange() for blocking callers."""
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i, piece in enumerate(pieces):
+            if i and pause:
+                time.sleep(pause)
+            sock.sendall(piece)
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
     return parse_answer(raw)

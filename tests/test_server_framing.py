@@ -4,6 +4,7 @@ strictly (a property test against a model of RFC 9110 as docs/protocol.md states
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -12,7 +13,15 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from server_framing_support import exchange, live_server, request_head
+from server_framing_support import (
+    ThreadedServer,
+    chunked,
+    exchange,
+    live_server,
+    request_head,
+    send_in_pieces,
+    threaded_server,
+)
 from server_support import ServerEnv, SimBoard
 
 from ota_server.ranges import RangeNotSatisfiable, byte_range
@@ -234,3 +243,37 @@ async def test_blob_and_pack_answer_ranges_as_the_model_says(env: ServerEnv,
             assert await resp.read() == data[offset:offset + count]
             assert resp.headers["Content-Range"] == \
                 f"bytes {offset}-{offset + count - 1}/{len(data)}"
+
+
+# -- any split of a request, found by hypothesis ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def threaded(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A server in a thread with one board registered: (server, board)."""
+    with threaded_server(tmp_path_factory.mktemp("threaded")) as served:
+        board = SimBoard("cut-board")
+        registration = _json(board.registration())
+        head = request_head("POST", "/v1/devices", served.server.bearer,
+                            body_length=len(registration))
+        assert send_in_pieces(served.server.port, [head + registration], 0).status == 201
+        yield served, board
+
+
+@settings(max_examples=40, deadline=None)
+@given(cuts=st.lists(st.floats(0, 1), max_size=6), chunked_body=st.booleans(),
+       pause=st.sampled_from([0.0, 0.001, 0.003]))
+def test_a_board_request_cut_anywhere_is_answered_as_if_whole(
+        threaded: tuple[ThreadedServer, SimBoard], cuts: list[float], chunked_body: bool,
+        pause: float) -> None:
+    """Head and body cut at any points (plain or chunked): the same 204 as in one piece."""
+    served, board = threaded
+    body = board.checkin_body()
+    framed = chunked(body) if chunked_body else body
+    wire = request_head("POST", "/v1/device/checkin",
+                        board.auth("POST", "/v1/device/checkin", body),
+                        body_length=None if chunked_body else len(body)) + framed
+    points = sorted({int(c * len(wire)) for c in cuts} | {0, len(wire)})
+    pieces = [wire[a:b] for a, b in itertools.pairwise(points)]
+    answer = send_in_pieces(served.server.port, pieces, pause)
+    assert answer.status == 204, answer.body
