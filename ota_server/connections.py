@@ -255,8 +255,10 @@ class GuardedAppRunner(web.AppRunner):
         super().__init__(app, keepalive_timeout=limits.keepalive_timeout, **kwargs)
         self._limits = limits
 
+    # aiohttp has no public way to choose the protocol class: AppRunner builds a plain Server
+    # (after starting the app), and the same arguments build a GuardedServer instead.
     async def _make_server(self) -> web.Server:
-        plain = await super()._make_server()  # starts the app, as AppRunner does
+        plain = await super()._make_server()
         return GuardedServer(plain.request_handler, limits=self._limits,
                              request_factory=plain.request_factory,
                              handler_cancellation=plain.handler_cancellation,

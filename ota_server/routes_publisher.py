@@ -70,12 +70,12 @@ async def put_blob(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"blob is larger than the limit of {limit} bytes")
     blobs = request.app[state.BLOBS]
-    if blobs.exists(sha256):
-        await request.release()  # drain; the content is already here
-        return web.json_response({"blob": sha256, "created": False}, status=200)
     try:
         # the whole upload within one deadline; put_stream removes its partial file
         async with asyncio.timeout(limits.upload_timeout):
+            if blobs.exists(sha256):
+                await request.release()  # drain; the content is already here
+                return web.json_response({"blob": sha256, "created": False}, status=200)
             created = await blobs.put_stream(sha256, request.content.iter_chunked(_CHUNK),
                                              limit)
     except TimeoutError:

@@ -4,6 +4,7 @@ bodies, idle connections, more connections than the cap; and the settings that s
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import socket
 import time
@@ -122,12 +123,22 @@ async def test_an_idle_connection_is_closed_after_the_keepalive_timeout(tmp_path
     assert time.monotonic() - started < 3.0
 
 
+STORED_BLOB = b"already here"
+
+
 @pytest.mark.parametrize("target", ["/v1/devices", "/v1/device/checkin", "/v1/blobs/missing",
-                                    "/v1/blobs/" + "a" * 64])
+                                    "/v1/blobs/" + "a" * 64,
+                                    "/v1/blobs/" + hashlib.sha256(STORED_BLOB).hexdigest()])
 async def test_a_body_slower_than_its_timeout_is_answered_408_and_closed(
         tmp_path: Path, target: str) -> None:
+    """Publisher JSON, a board request, a new blob and one already stored (drained)."""
     async with live_server(tmp_path, body_timeout=0.5, upload_timeout=0.5) as server:
-        method = "PUT" if target.startswith("/v1/blobs/a") else "POST"
+        method = "PUT" if target.startswith("/v1/blobs/") and target != "/v1/blobs/missing" \
+            else "POST"
+        if method == "PUT":
+            stored = request_head("PUT", "/v1/blobs/" + hashlib.sha256(STORED_BLOB).hexdigest(),
+                                  server.bearer, body_length=len(STORED_BLOB))
+            assert (await exchange(server.port, [stored + STORED_BLOB])).status == 201
         head = request_head(method, target, server.bearer, body_length=60)
         _, early = await asyncio.wait_for(_send_head_then_trickle(server.port, head), 10)
     answer = parse_answer(early)
