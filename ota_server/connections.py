@@ -20,7 +20,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import (
@@ -96,12 +96,12 @@ class GuardedRequestHandler(RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._guard.admit(self):
             self._refused = True
-            assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(raw_json_answer(
+            writer = cast(asyncio.Transport, transport)  # duck-typed: uvloop's too
+            writer.write(raw_json_answer(
                 503, "Service Unavailable", "too_many_connections",
                 f"the server holds {self._guard.limits.max_connections} connections busy "
                 f"with requests; try again later"))
-            transport.close()
+            writer.close()
             return
         super().connection_made(transport)
         # the first request's head is due `header_timeout` after the connection opens: a
