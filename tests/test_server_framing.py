@@ -79,6 +79,8 @@ BAD_REQUESTS = {
     "not a method": (b"G<T /" + MARK.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n", "bad_method"),
     "TLS to the plain port": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + MARK.encode()
                               + b"\r\n\r\n", "bad_method"),
+    "target not a URL": (b"GET http://[::1" + MARK.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+                         "bad_target"),
     "bad version": (b"GET /healthz HTTP/9." + MARK.encode() + b"\r\nHost: x\r\n\r\n",
                     "bad_request_line"),
     "malformed chunk size": (b"POST /v1/blobs/missing HTTP/1.1\r\nHost: x\r\n"
