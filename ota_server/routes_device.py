@@ -19,6 +19,7 @@ from ota_server import rollout, state
 from ota_server.errors import ApiError, BadRequest, NotFound
 from ota_server.metrics import Metrics
 from ota_server.middleware import device
+from ota_server.ranges import RangeNotSatisfiable, byte_range
 from ota_server.storage import DEPLOYMENT_STATUSES, Device
 from ota_server.storage.blobs import FileBlobStore, check_blob_id
 from ota_server.storage.records import FINAL_STATUSES
@@ -215,24 +216,14 @@ def _strong_tag(sha256: str) -> str:
 def _byte_range(request: web.Request, size: int) -> tuple[int, int] | None:
     """(offset, count) of the requested Range over `size` bytes, None for all of them.
 
-    Raises HTTPRequestRangeNotSatisfiable for a malformed or unsatisfiable range.
+    Raises HTTPRequestRangeNotSatisfiable for a malformed or unsatisfiable range
+    (ota_server.ranges.byte_range says which).
     """
-    if "Range" not in request.headers:
-        return None
-    unsatisfiable = web.HTTPRequestRangeNotSatisfiable(
-        headers={"Content-Range": f"bytes */{size}"})
     try:
-        rng = request.http_range
-    except ValueError:
-        raise unsatisfiable from None
-    start, stop = rng.start, rng.stop
-    if start is not None and start < 0:  # suffix `bytes=-N`: the last N bytes
-        start, stop = max(0, size + start), size
-    start = start or 0
-    stop = size if stop is None else min(stop, size)
-    if start >= size or stop <= start:
-        raise unsatisfiable
-    return start, stop - start
+        return byte_range(request.headers.getall("Range", []), size)
+    except RangeNotSatisfiable as err:
+        raise web.HTTPRequestRangeNotSatisfiable(
+            headers={"Content-Range": f"bytes */{size}"}, text=str(err)) from None
 
 
 def _wanted_range(request: web.Request, size: int, tag: str | None) -> tuple[int, int] | None:

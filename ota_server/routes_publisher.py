@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import sqlite3
@@ -9,6 +10,7 @@ import time
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ota_server import rollout, state
 from ota_server.errors import (
@@ -21,7 +23,15 @@ from ota_server.errors import (
 from ota_server.middleware import publisher
 from ota_server.rollout import bucket_of, normalize_policy, percent_policy
 from ota_server.storage.blobs import BlobHashMismatch, BlobTooLarge
-from ota_server.validation import blob_id, name, optional, read_json, required
+from ota_server.validation import (
+    BodyTimeout,
+    blob_id,
+    name,
+    optional,
+    read_body,
+    read_json,
+    required,
+)
 from signing import errors as trust_errors
 from signing.keys import POINT_SIZE, public_key_from_point
 from signing.verify import verify_manifest
@@ -49,30 +59,31 @@ def trust_error(err: Exception, what: str) -> ApiError:
     raise err
 
 
-async def _read_body(request: web.Request, limit: int, what: str) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"{what}: body is larger than {limit} bytes")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise PayloadTooLarge(f"{what}: body is larger than {limit} bytes")
-    return body
-
-
 # -- blobs ------------------------------------------------------------------------------------
 
 @publisher
 async def put_blob(request: web.Request) -> web.Response:
     """Upload one blob under its SHA-256; 201 new, 200 already present. Streamed to disk."""
     sha256 = blob_id(request.match_info["sha256"])
-    limit = request.app[state.SETTINGS].limits.max_blob_bytes
+    limits = request.app[state.SETTINGS].limits
+    limit = limits.max_blob_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"blob is larger than the limit of {limit} bytes")
     blobs = request.app[state.BLOBS]
-    if blobs.exists(sha256):
-        await request.release()  # drain; the content is already here
-        return web.json_response({"blob": sha256, "created": False}, status=200)
     try:
-        created = await blobs.put_stream(sha256, request.content.iter_chunked(_CHUNK), limit)
+        # the whole upload within one deadline; put_stream removes its partial file
+        async with asyncio.timeout(limits.upload_timeout):
+            if blobs.exists(sha256):
+                await request.release()  # drain; the content is already here
+                return web.json_response({"blob": sha256, "created": False}, status=200)
+            created = await blobs.put_stream(sha256, request.content.iter_chunked(_CHUNK),
+                                             limit)
+    except TimeoutError:
+        raise BodyTimeout(f"blob upload did not arrive whole within "
+                          f"{limits.upload_timeout:g} s") from None
+    except HttpProcessingError:
+        raise BadRequest("blob upload: the body's framing is broken (Content-Length or "
+                         "chunked encoding)", code="bad_body") from None
     except BlobTooLarge as err:
         raise PayloadTooLarge(str(err)) from None
     except BlobHashMismatch as err:
@@ -105,7 +116,7 @@ async def register_release(request: web.Request) -> web.Response:
     crash); any other release with an existing or lower sequence is a 409.
     """
     limits = request.app[state.SETTINGS].limits
-    envelope = await _read_body(request, limits.max_envelope_bytes, "release")
+    envelope = await read_body(request, limits.max_envelope_bytes, "release")
     trust = request.app[state.TRUST]
     now = int(time.time())
     if trust.latest.expires <= now:
@@ -162,7 +173,7 @@ async def list_releases(request: web.Request) -> web.Response:
 @publisher
 async def upload_root(request: web.Request) -> web.Response:
     """Accept root metadata N+1, verified against the server's newest root N."""
-    envelope = await _read_body(request, request.app[state.SETTINGS].limits.max_envelope_bytes,
+    envelope = await read_body(request, request.app[state.SETTINGS].limits.max_envelope_bytes,
                                 "root")
     try:
         new = request.app[state.TRUST].rotate(envelope)

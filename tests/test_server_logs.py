@@ -75,11 +75,11 @@ def test_no_credential_reaches_the_log_when_the_parser_refuses_a_header(
         srv.client().list_releases()  # the server is still up and still logging
         text = _wait_for(srv, "/v1/releases 200")
         token = srv.token
-    assert "Error handling request" in text or "invalid" in text.lower(), text
+    # each refusal was logged (ota_server/connections.py), and none with what it refused
+    assert text.count("refused a malformed request") == 9, text
     assert token not in text
     assert token[len(TOKEN_PREFIX):][:12] not in text  # not even a prefix of the secret part
     assert board_auth.split()[-1][:16] not in text
-    assert "[redacted]" in text
 
 
 def test_a_path_cannot_forge_a_plain_log_line_or_hide_bytes(tmp_path: Path,

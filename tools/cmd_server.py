@@ -65,13 +65,25 @@ def _fleet_values(path: Path) -> dict[str, Any]:
               help="fleet.yaml: server root, port and the default rollout policy")
 @click.option("--json-logs", is_flag=True, default=None, help="one JSON object per log line")
 @click.option("--quiet", is_flag=True, help="log warnings and errors only (benchmarks)")
+@click.option("--header-timeout", type=float, default=None,
+              help="seconds for a request's line and headers [default: 10; env "
+                   "MPOTA_HEADER_TIMEOUT]")
+@click.option("--body-timeout", type=float, default=None,
+              help="seconds for a JSON or envelope body [default: 30; env MPOTA_BODY_TIMEOUT]")
+@click.option("--upload-timeout", type=float, default=None,
+              help="seconds for a blob upload [default: 600; env MPOTA_UPLOAD_TIMEOUT]")
+@click.option("--keepalive-timeout", type=float, default=None,
+              help="seconds an idle connection stays open [default: 75; env "
+                   "MPOTA_KEEPALIVE_TIMEOUT]")
+@click.option("--max-connections", type=int, default=None,
+              help="open connections at most [default: 1000; env MPOTA_MAX_CONNECTIONS]")
 def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, port: int | None,
-              fleet_path: Path | None, json_logs: bool | None, quiet: bool) -> None:
+              fleet_path: Path | None, json_logs: bool | None, quiet: bool,
+              **limits: float | None) -> None:
     """Run the update server until interrupted."""
     import logging
 
-    from aiohttp import web
-
+    from ota_server import connections
     from ota_server.app import create_app
     from ota_server.datadir import DataDirInUse
     from ota_server.logs import configure_logging
@@ -81,7 +93,7 @@ def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, p
     fleet_values = _fleet_values(fleet_path) if fleet_path is not None else None
     try:
         settings = load_settings({"data_dir": data_dir, "root_path": root_path, "host": host,
-                                  "port": port, "json_logs": json_logs},
+                                  "port": port, "json_logs": json_logs, **limits},
                                  fleet_values=fleet_values)
     except SettingsError as err:
         raise UserError(str(err)) from err
@@ -92,8 +104,7 @@ def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, p
         log.info(" ".join(text.replace("=", " ").split()))
 
     try:
-        web.run_app(create_app(settings), host=settings.host, port=settings.port,
-                    access_log=None, print=announce, shutdown_timeout=5)
+        connections.run(create_app(settings), settings, announce=announce)
     except (TrustSetupError, DataDirInUse) as err:
         raise UserError(str(err)) from err
     except OSError as err:
