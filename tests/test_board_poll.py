@@ -84,7 +84,8 @@ def test_poll_interval_past_the_tick_limit_is_scheduled_at_most_six_days_ahead(
                    str(_MAX_DELAY_MS), "True", "1"]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(every_min=st.integers(1, 2 * MAX_POLL_EVERY_MIN),
        back=st.one_of(st.integers(1, 5000), st.integers(1, 2**29 - 1)),
        late=st.integers(0, 2**28))
