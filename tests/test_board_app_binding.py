@@ -18,7 +18,16 @@ from signing import errors
 from signing.bundle import load_bundle
 from signing.root import verify_root
 from signing.verify import verify_manifest
-from tools.board_files import install_board, read_state, slot_files
+from tools.board_files import (
+    BoardConfig,
+    BoardFilesError,
+    InitialApp,
+    board_files,
+    install_board,
+    read_state,
+    slot_files,
+)
+from tools.fleet import FleetError, parse_fleet
 from tools.micropython import PROJECT_ROOT
 
 _names = itertools.count(1)
@@ -183,3 +192,57 @@ def test_host_and_board_refuse_another_apps_manifest_alike_before_its_sequence(
     assert verify_manifest(envelope, root, now=0, board="unix", app="weather").app == "weather"
     assert _board_verdict(micropython, tmp_path, envelope, keys.root_envelope, "weather",
                           0) == "ok weather"
+
+
+# -- provisioning: the binding is written into the board's config ----------------------------
+
+_FLEET = """\
+version: 1
+server:
+  url: http://127.0.0.1:8080
+  publisher_token_env: TOKEN
+channels:
+  stable: {{}}
+rollout:
+  stages: [100]
+boards:
+  unix:
+    chip: unix
+provisioning:
+  p:
+    board: unix
+    channel: stable
+{app}"""
+
+
+def test_fleet_profile_binds_boards_by_name_or_by_its_first_app(tmp_path):
+    named = parse_fleet(_FLEET.format(app="    app: greenhouse\n"), tmp_path / "f.yaml")
+    assert (named.profile("p").app, named.profile("p").app_name) == (None, "greenhouse")
+    first = parse_fleet(_FLEET.format(app="    app: {dir: src, name: weather, version: 1.0.0}\n"),
+                        tmp_path / "f.yaml")
+    assert first.profile("p").app is not None and first.profile("p").app_name == "weather"
+    unbound = parse_fleet(_FLEET.format(app=""), tmp_path / "f.yaml")
+    assert unbound.profile("p").app_name is None
+    with pytest.raises(FleetError) as refused:
+        parse_fleet(_FLEET.format(app="    app: ../etc\n"), tmp_path / "f.yaml")
+    assert str(refused.value).endswith(":16: provisioning profile 'p': app '../etc' is not an "
+                                       "app name ([A-Za-z0-9._-], 1..64)")
+
+
+def test_provisioned_config_names_the_bound_app_and_refuses_a_contradiction():
+    key = b"\x01" * 32
+    bound = board_files(BoardConfig(device_id="b", server="http://127.0.0.1:1", app="greenhouse"),
+                        key, b"{}")
+    assert json.loads(bound["/ota/config.json"])["app"] == "greenhouse"
+    unbound = board_files(BoardConfig(device_id="b", server="http://127.0.0.1:1"), key, b"{}")
+    assert "app" not in json.loads(unbound["/ota/config.json"])
+    first = InitialApp("weather", "1.0.0", 1, "app_main", {"app_main.py": b"pass\n"})
+    with_app = board_files(BoardConfig(device_id="b", server="http://127.0.0.1:1"), key, b"{}",
+                           app=first)
+    assert json.loads(with_app["/ota/config.json"])["app"] == "weather"
+    with pytest.raises(BoardFilesError, match="first app is 'weather' but the config binds the "
+                                              "board to app 'greenhouse'"):
+        board_files(BoardConfig(device_id="b", server="http://127.0.0.1:1", app="greenhouse"),
+                    key, b"{}", app=first)
+    with pytest.raises(BoardFilesError, match="is not an app name"):
+        BoardConfig(device_id="b", server="http://127.0.0.1:1", app="a/b").to_json()
