@@ -4,9 +4,9 @@
 import sys
 import time
 
-from ota import run, state
-
 from micropython import const
+
+from ota import run, state
 
 _DEFAULT_ENTRY = "app_main"
 _WAIT_STEP_MS = const(1000)  # how often a board with no app looks whether a poll is due
@@ -38,7 +38,8 @@ def start(st, cfg):
     (config auto_confirm) needs the server to have answered during this boot and the app to
     have come up: an entry without main() once it imported; one with main() once main()
     returned, or (an app that loops) at its first ota.poll() after confirm_after_s seconds
-    of main(). ota.confirm() confirms at once.
+    of main(). ota.confirm() confirms at once. A board with no app at all (an empty slot the
+    state knows nothing of) waits for its first release instead (_wait).
     """
     global armed, since, astray
     slot = _booted(st)
