@@ -227,6 +227,10 @@ def test_fleet_profile_binds_boards_by_name_or_by_its_first_app(tmp_path):
         parse_fleet(_FLEET.format(app="    app: ../etc\n"), tmp_path / "f.yaml")
     assert str(refused.value).endswith(":16: provisioning profile 'p': app '../etc' is not an "
                                        "app name ([A-Za-z0-9._-], 1..64)")
+    with pytest.raises(FleetError) as refused:
+        parse_fleet(_FLEET.format(app="    app: [greenhouse]\n"), tmp_path / "f.yaml")
+    assert str(refused.value).endswith(":16: provisioning profile 'p': app must be an app "
+                                       "name or a mapping {dir, name, version, ...}")
 
 
 def test_provisioned_config_names_the_bound_app_and_refuses_a_contradiction():

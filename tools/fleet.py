@@ -532,6 +532,9 @@ def _bound_app(r: _Reader, profile: _Map, where: str) -> str | None:
 def _first_app(r: _Reader, profile: _Map, where: str) -> FirstApp | None:
     if profile.get("app") is None or isinstance(profile.get("app"), str):
         return None
+    if not isinstance(profile["app"], _Map):
+        raise r.fail(profile.key_lines["app"], f"{where}: app must be an app name or a "
+                                               f"mapping {{dir, name, version, ...}}")
     entry = r.mapping(profile, "app")
     where = f"{where}: app"
     r.only(entry, ("dir", "name", "version", "sequence", "entry"), where=where)
