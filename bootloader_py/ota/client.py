@@ -168,12 +168,26 @@ def _why(err):
     return err.__class__.__name__ + (": " + str(err) if str(err) else "")
 
 
+def bound_app(st, cfg):
+    """The app whose releases this board takes, or None on a board that has none yet.
+
+    The one its config names (written at provisioning: re-provisioning is the only way to
+    change it), else the one its active slot holds, else the one recorded at the first
+    verified offer (BootState.bind). A board with None takes the first release offered and
+    is bound to its app from then on (docs/threat-model.md, App binding).
+    """
+    info = st.info()
+    return cfg.get("app") or (info and info["app"]) or st.rec.get("app")
+
+
 def checkin_body(st, cfg, root_v):
     import gc
     info = st.info() or {}
     v = sys.implementation.version
+    # The bound app, not only the installed one: an honest server then never offers a fresh
+    # board another app's release (ota_server/rollout.py, _fits).
     return json.dumps({
-        "app": info.get("app", ""), "version": info.get("version", ""),
+        "app": bound_app(st, cfg) or "", "version": info.get("version", ""),
         "sequence": info.get("sequence", 0), "root_version": root_v,
         "micropython": "%d.%d.%d" % (v[0], v[1], v[2]), "board": cfg["board"],
         "mem_free": gc.mem_free(), "slot": st.active}).encode()
@@ -211,10 +225,11 @@ def _accept(st, cfg, now, floor):
     """
     from ota import slots, trust
     installed = max(sequence_floor(st), floor)
+    app = bound_app(st, cfg)
     lst = open(slots.OFFER, "w")
     try:
         m = trust.accept_manifest(PAYLOAD, board=cfg["board"], installed_sequence=installed,
-                                  now=now, files=lambda e: lst.write(slots.line(e)))
+                                  now=now, files=lambda e: lst.write(slots.line(e)), app=app)
     except trust.TrustError as e:
         if e.__class__.__name__ == "SameSequenceError":  # the normal "nothing new"
             return None
@@ -223,6 +238,8 @@ def _accept(st, cfg, now, floor):
         lst.close()
     if _version_tuple(m.get("min_micropython", "0")) > tuple(sys.implementation.version[:3]):
         raise UpdateFailed("needs MicroPython " + m["min_micropython"])
+    if app is None:  # provisioned without an app: the first one offered is its app for good
+        st.bind(m["app"])
     return m
 
 

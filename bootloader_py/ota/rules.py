@@ -1,5 +1,5 @@
-# The release manifest's rules for the board's verifier: fields, shapes, paths, then board,
-# sequence and expiry (docs/manifest.md, "Rules every verifier applies").
+# The release manifest's rules for the board's verifier: fields, shapes, paths, then app,
+# board, sequence and expiry (docs/manifest.md, "Rules every verifier applies").
 #
 # Part of trust.py's API (docs/board-trust.md): trust.accept_manifest, check_manifest and
 # check_path load it.  Kept apart so it is not in the heap while signatures are checked.
@@ -231,7 +231,7 @@ def _paths_before(doc, start, index):
         i += 1
 
 
-def accept_manifest(payload, board, installed_sequence, now, files=None):
+def accept_manifest(payload, board, installed_sequence, now, files=None, app=None):
     """trust.accept_manifest (documented there): payload is bytes or a file path."""
     from ota import jscan
     doc = jscan.open_doc(payload, "manifest")
@@ -249,6 +249,10 @@ def accept_manifest(payload, board, installed_sequence, now, files=None):
         _check_files(doc, span, files)
     finally:
         doc.f.close()
+    # Before the sequence: another app's sequence numbers say nothing about this one's.
+    if app is not None and head["app"] != app:
+        t.fail("app '" + head["app"] + "' is not this board's app '" + app + "'",
+               "WrongAppError")
     if board is not None and board not in head["boards"]:
         t.fail("board '" + board + "' is not in the manifest's boards", "WrongBoardError")
     seq = head["sequence"]

@@ -119,14 +119,17 @@ class Writer:
 
     def case(self, name: str, kind: str, trusted: str, data: bytes | dict[str, Any],
              expect: str, description: str, *, board: str | None = "esp32",
-             installed: int | None = 1) -> None:
+             installed: int | None = 1, app: str | None = None) -> None:
         envelope = self.put(f"{'m' if kind == 'manifest' else 'r'}-{name}.json", data)
-        self.cases.append({
+        case = {
             "name": name, "kind": kind, "trusted_root": trusted, "envelope": envelope,
             "now": NOW, "board": board if kind == "manifest" else None,
             "installed_sequence": installed if kind == "manifest" else None,
             "expect": expect, "description": description,
-        })
+        }
+        if app is not None:  # only where a case checks the board's app (absent: not checked)
+            case["app"] = app
+        self.cases.append(case)
 
 
 def build_roots(k: Keys, out: Writer) -> dict[str, Any]:
@@ -339,6 +342,11 @@ def manifest_cases(k: Keys, out: Writer) -> None:
        "sequence 2 is already installed: nothing new", installed=2)
     ok("wrong-board", "manifest", v1, good, "WrongBoardError", "rp2 is not in the boards",
        board="rp2")
+    ok("wrong-app", "manifest", v1, good, "WrongAppError",
+       "a release of demo offered to a board bound to weather, at its installed sequence: "
+       "the app is checked before the sequence", installed=2, app="weather")
+    ok("right-app", "manifest", v1, good, "ok", "a release of demo on a board bound to demo",
+       app="demo")
 
 
 def root_cases(k: Keys, roots: dict[str, Any], out: Writer) -> None:

@@ -308,7 +308,7 @@ class BoardProvisioner:
             channel=profile.channel.name,
             wifi_ssid=wifi.ssid if wifi else "",
             wifi_password=job.wifi_password.reveal() if job.wifi_password else "",
-            poll_every_min=max(1, profile.poll_interval_s // 60),
+            poll_every_min=max(1, profile.poll_interval_s // 60), app=profile.app_name or "",
             **dict(profile.behaviour),  # type: ignore[arg-type]
         )
         return board_files(config, key, job.trust_json, mpy=profile.mpy, app=job.app,
