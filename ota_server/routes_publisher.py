@@ -201,7 +201,8 @@ def _check_sequence(store: Any, manifest: Manifest) -> None:
 @publisher
 async def reserve_sequence(request: web.Request) -> web.Response:
     """The sequence to sign `version` of `app` with: {"app", "version", "sequence",
-    "registered"}. Asked again, it answers the same; two versions never get the same one."""
+    "registered"}. Asked again, it answers the same; two versions never get the same one; a
+    new one is at least the server's clock in Unix seconds."""
     what = "sequence"
     doc = await read_json(request, what, request.app[state.SETTINGS].limits.max_json_bytes)
     app_name = name(required(doc, "app", str, what), "app")
@@ -209,7 +210,11 @@ async def reserve_sequence(request: web.Request) -> web.Response:
     if not SEMVER.fullmatch(version):
         raise BadRequest(f"sequence: version {version!r} is not a semantic version "
                          f"(MAJOR.MINOR.PATCH)", code="bad_field")
-    sequence, registered = request.app[state.STORE].reserve_sequence(app_name, version)
+    # The clock as a floor: above any sequence a board may run that the server never
+    # registered (a first app installed at the factory, fleet.yaml `app.sequence`) and above
+    # what `ota build` gave by default (the build time in Unix seconds).
+    sequence, registered = request.app[state.STORE].reserve_sequence(
+        app_name, version, floor=int(time.time()))
     return web.json_response({"app": app_name, "version": version, "sequence": sequence,
                               "registered": registered})
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -64,15 +65,19 @@ async def test_a_version_published_again_with_the_same_content_is_idempotent(
 
 async def test_the_server_reserves_one_sequence_per_version_and_never_two_alike(
         env: ServerEnv) -> None:
-    await env.publish({"app_main.py": b"old\n"}, version="1.0.0", sequence=41)
+    ahead = int(time.time()) + 3600  # a release signed with a sequence above the clock
+    await env.publish({"app_main.py": b"old\n"}, version="1.0.0", sequence=ahead)
     answers = await asyncio.gather(*(_reserve(env, f"2.0.{i}") for i in range(8)))
     sequences = [int(str(a["sequence"])) for a in answers]
-    assert sorted(sequences) == list(range(42, 50))
+    assert sorted(sequences) == list(range(ahead + 1, ahead + 9))
     # asking again for a version gives the same sequence; a registered one gives its own
     assert (await _reserve(env, "2.0.3"))["sequence"] == sequences[3]
-    assert await _reserve(env, "1.0.0") == {"app": "demo", "version": "1.0.0", "sequence": 41,
-                                            "registered": True}
-    assert (await _reserve(env, "1.0.0", app="other"))["sequence"] == 1
+    assert await _reserve(env, "1.0.0") == {"app": "demo", "version": "1.0.0",
+                                            "sequence": ahead, "registered": True}
+    # a new app starts at the clock: above a first app installed at the factory
+    before = int(time.time())
+    first = int(str((await _reserve(env, "1.0.0", app="other"))["sequence"]))
+    assert before <= first <= int(time.time())
     # registered in any order, every reserved sequence registers: no collision
     for i in reversed(range(8)):
         bundle = make_bundle(env.workdir, {"app_main.py": b"v%d\n" % i}, version=f"2.0.{i}",
@@ -82,8 +87,8 @@ async def test_the_server_reserves_one_sequence_per_version_and_never_two_alike(
     # a sequence held for another version, or below the latest without a reservation: 409
     held = (await _reserve(env, "3.0.0"))["sequence"]
     for version, sequence, code in (("3.0.1", held, "sequence_reserved"),
-                                    ("3.0.2", 45, "sequence_not_greater"),
-                                    ("3.0.3", 43, "sequence_not_greater")):
+                                    ("3.0.2", sequences[4], "sequence_not_greater"),
+                                    ("3.0.3", ahead - 1, "sequence_not_greater")):
         bundle = make_bundle(env.workdir, {"app_main.py": version.encode()}, version=version,
                              sequence=int(str(sequence)), key=env.keys.release_key)
         status, doc = await _register(env, bundle)
@@ -101,7 +106,9 @@ async def test_a_bad_sequence_request_is_refused_and_reserves_nothing(
     resp = await env.client.post("/v1/releases/sequence", json=body, headers=env.bearer)
     assert resp.status == 400
     assert (await resp.json())["code"] == code
-    assert (await _reserve(env, "1.0.0"))["sequence"] == 1
+    rows = sqlite3.connect(env.settings.db_path).execute(
+        "SELECT COUNT(*) FROM sequence_reservations").fetchone()
+    assert rows == (0,)
 
 
 def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -130,28 +137,36 @@ def test_cli_publishes_of_two_versions_in_one_second_both_succeed(
         common = ["--board", "unix", "--key", str(key_file)]
         code, out, err = _cli(["publish", str(apps["a"]), "--version", "7.0.0", *common], capsys)
         assert code == 0, err
-        assert "published demo 7.0.0 sequence 1" in out
+        first = _published(out, "7.0.0")
         code, out, err = _cli(["publish", str(apps["b"]), "--version", "7.0.1", *common], capsys)
         assert code == 0, err
-        assert "published demo 7.0.1 sequence 2" in out
+        assert _published(out, "7.0.1") > first
         # the same version again: same content is a no-op, other content is refused
         code, out, err = _cli(["publish", str(apps["a"]), "--version", "7.0.0", *common], capsys)
         assert code == 0, err
-        assert "already registered as sequence 1" in out
+        assert f"already registered as sequence {first}" in out
         code, out, err = _cli(["publish", str(apps["c"]), "--version", "7.0.0", *common], capsys)
         assert code == 1
-        assert "version_exists" in err and "sequence 1" in err
+        assert "version_exists" in err and f"sequence {first}" in err
         # an explicit --sequence is still honoured
+        top = frozen + 100
         code, out, err = _cli(["publish", str(apps["c"]), "--version", "8.0.0", "--sequence",
-                               "50", *common], capsys)
+                               str(top), *common], capsys)
         assert code == 0, err
-        assert "published demo 8.0.0 sequence 50" in out
+        assert f"published demo 8.0.0 sequence {top}" in out
         # publishers racing for the next sequences get different ones
         client = srv.client()
         with ThreadPoolExecutor(max_workers=4) as pool:
             raced = list(pool.map(lambda i: client.reserve_sequence("demo", f"9.0.{i}"),
                                   range(8)))
-        assert sorted(raced) == list(range(51, 59))
+        assert sorted(raced) == list(range(top + 1, top + 9))
+
+
+def _published(out: str, version: str) -> int:
+    """The sequence `ota publish` printed for `version`."""
+    match = re.search(rf"published demo {re.escape(version)} sequence (\d+)", out)
+    assert match is not None, out
+    return int(match.group(1))
 
 
 def test_migration_keeps_a_version_1_data_directory_and_its_duplicate_versions(
@@ -188,6 +203,7 @@ def test_migration_keeps_a_version_1_data_directory_and_its_duplicate_versions(
         assert store.deployment_counts(2, "beta").confirmed == 1
         assert store.reserve_sequence("demo", "7.0.0") == (1, True)
         assert store.reserve_sequence("demo", "7.1.0") == (3, False)
+        assert store.reserve_sequence("demo", "7.2.0", floor=1000) == (1000, False)
         with pytest.raises(sqlite3.IntegrityError):  # and no new duplicate gets in
             store.add_release("demo", "7.0.0", 9, ["unix"], b"{}", [], 2**40)
     finally:

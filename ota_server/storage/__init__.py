@@ -64,9 +64,9 @@ class MetadataStore(Protocol):
 
     # releases
     def max_sequence(self, app: str) -> int | None: ...
-    def reserve_sequence(self, app: str, version: str) -> tuple[int, bool]:
+    def reserve_sequence(self, app: str, version: str, floor: int = 1) -> tuple[int, bool]:
         """(sequence, registered) for a version: its release's, its earlier reservation, or a
-        new reservation above every sequence of the app; atomic."""
+        new reservation at `floor` or above every sequence of the app; atomic."""
         ...
 
     def reserved_version(self, app: str, sequence: int) -> str | None: ...

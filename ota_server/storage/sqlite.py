@@ -160,13 +160,13 @@ class SqliteStore:
             "SELECT MAX(sequence) FROM releases WHERE app = ?", (app,)).fetchone()
         return None if row[0] is None else int(row[0])
 
-    def reserve_sequence(self, app: str, version: str) -> tuple[int, bool]:
+    def reserve_sequence(self, app: str, version: str, floor: int = 1) -> tuple[int, bool]:
         """The sequence of `version` of `app`, and whether that release is registered.
 
         A registered version answers its own sequence; a version reserved before, the same
-        reservation (a retried publish); any other version gets a new reservation one above
-        every registered and reserved sequence of the app. One transaction: two publishers
-        asking together get two different sequences.
+        reservation (a retried publish); any other version gets a new reservation: `floor`,
+        or one above every registered and reserved sequence of the app if that is more. One
+        transaction: two publishers asking together get two different sequences.
         """
         with self._tx():
             row = self._db.execute(
@@ -183,7 +183,7 @@ class SqliteStore:
                 "SELECT MAX(s) FROM (SELECT MAX(sequence) AS s FROM releases WHERE app = ? "
                 "UNION ALL SELECT MAX(sequence) FROM sequence_reservations WHERE app = ?)",
                 (app, app)).fetchone()[0]
-            sequence = 1 if top is None else int(top) + 1
+            sequence = floor if top is None else max(floor, int(top) + 1)
             self._db.execute(
                 "INSERT INTO sequence_reservations (app, version, sequence, created) "
                 "VALUES (?, ?, ?, ?)", (app, version, sequence, _now()))
