@@ -20,7 +20,7 @@ from ota_server.errors import (
 )
 from ota_server.middleware import publisher
 from ota_server.rollout import bucket_of, normalize_policy, percent_policy
-from ota_server.storage import Release
+from ota_server.storage import MetadataStore, Release
 from ota_server.storage.blobs import BlobHashMismatch, BlobTooLarge
 from ota_server.validation import blob_id, name, optional, read_json, required
 from signing import errors as trust_errors
@@ -156,7 +156,7 @@ def _content(manifest: Manifest) -> tuple[Any, ...]:
             manifest.entry, manifest.files)
 
 
-def _registered_version(store: Any, manifest: Manifest, envelope: bytes,
+def _registered_version(store: MetadataStore, manifest: Manifest, envelope: bytes,
                         now: int) -> Release | None:
     """The registered release of the manifest's version when the manifest has its content;
     None when the version is new. Raises Conflict (`version_exists`) when the version names
@@ -180,7 +180,7 @@ def _registered_version(store: Any, manifest: Manifest, envelope: bytes,
     return existing
 
 
-def _check_sequence(store: Any, manifest: Manifest) -> None:
+def _check_sequence(store: MetadataStore, manifest: Manifest) -> None:
     """Refuse a sequence another release has, another version reserved, or one not above the
     app's latest unless the server reserved it for this version (Conflict)."""
     app, sequence = manifest.app, manifest.sequence
