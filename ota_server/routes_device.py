@@ -397,6 +397,10 @@ async def pack(request: web.Request) -> web.StreamResponse:
         raise
 
 
+# Reports that may name the release the board runs rather than the one that failed.
+_REDIRECTED = ("failed", "rolled_back")
+
+
 # Once confirmed, a deployment only changes again by a rollback.
 def _may_replace(old: str | None, new: str) -> bool:
     return old != "confirmed" or new == "rolled_back"
@@ -414,7 +418,7 @@ async def report(request: web.Request) -> web.Response:
     found: Device = request[state.DEVICE]
     what = "report"
     doc = parse_json_object(request[state.BODY], what)
-    app_name = name(required(doc, "app", str, what), "report app")
+    app_name = required(doc, "app", str, what)
     sequence = _counter(doc, "sequence", what)
     if sequence is None:
         raise BadRequest("report: field 'sequence' is required", code="bad_field")
@@ -422,6 +426,10 @@ async def report(request: web.Request) -> web.Response:
     if status not in DEPLOYMENT_STATUSES:
         raise BadRequest(f"report: status must be one of {list(DEPLOYMENT_STATUSES)}, "
                          f"got {status[:40]!r}", code="bad_status")
+    # A board that runs no app yet reports a failed first install with app "" (it names
+    # what it runs); anything else must name an app.
+    if app_name or status not in _REDIRECTED:
+        name(app_name, "report app")
     version = optional(doc, "version", str, what)
     reason = optional(doc, "reason", str, what, max_len=_MAX_REASON)
     store = request.app[state.STORE]
@@ -457,14 +465,15 @@ def _deployment_for(store: MetadataStore, device_id: str, app: str, sequence: in
     The report names a release by (`app`, `sequence`). `failed` and `rolled_back` may name the
     release the board runs (the old one, e.g. when the new manifest failed to verify): when
     the board has no deployment of the named release, or has confirmed it, they go to its
-    newest unfinished deployment of a newer release of the app.
+    newest unfinished deployment of a newer release of the app (of any app for a board that
+    runs none: `app` "", `sequence` 0).
     Raises NotFound (`unknown_release`) when neither the release nor such a deployment exists,
     Conflict (`not_offered`) when the release exists but was never offered to this board.
     """
-    named = store.release(app, sequence)
+    named = store.release(app, sequence) if app else None
     opened = None if named is None else store.deployment(device_id, named.id)
-    if status in ("failed", "rolled_back") and (opened is None or opened.status == "confirmed"):
-        newer_id = store.open_deployment(device_id, app)
+    if status in _REDIRECTED and (opened is None or opened.status == "confirmed"):
+        newer_id = store.open_deployment(device_id, app or None)
         newer = None if newer_id is None else store.release_by_id(newer_id)
         if newer is not None and newer.sequence > sequence:
             deployment = store.deployment(device_id, newer.id)

@@ -240,3 +240,20 @@ def test_only_reports_for_deployments_opened_for_the_board_move_counts(
         fleet: list[tuple[str, bool]], steps: list[tuple[Any, ...]]) -> None:
     with tempfile.TemporaryDirectory(prefix="report-rules-") as scratch:
         asyncio.run(_scenario(Path(scratch), fleet, steps))
+
+
+async def test_a_board_running_no_app_reports_its_failed_first_install(env: ServerEnv) -> None:
+    """A fresh board that cannot install its first offer names what it runs: app "" and
+    sequence 0 (ota/client.py); the failure counts for the offer it got."""
+    fresh = await env.add_board(SimBoard("fresh", app=""))
+    never = await env.add_board(SimBoard("never", app=""))
+    await env.publish({"app_main.py": b"v1\n"}, version="1.0.0", sequence=1)
+    await env.start_rollout("stable", "demo", 1, percent=100)
+    assert await _offered_sequence(env, fresh) == 1
+    resp = await env.report(fresh, "failed", 0, reason="manifest: ExpiredError")
+    assert resp.status == 204, await resp.text()
+    assert (await env.rollout())["counts"]["failed"] == 1
+    resp = await env.report(never, "failed", 0, reason="forged")
+    assert (resp.status, (await resp.json())["code"]) == (404, "unknown_release")
+    resp = await env.report(fresh, "confirmed", 0)  # only a failure may name no app
+    assert (resp.status, (await resp.json())["code"]) == (400, "bad_name")

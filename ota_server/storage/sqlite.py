@@ -449,13 +449,15 @@ class SqliteStore:
             "GROUP BY status", (release_id, channel))
         return DeploymentCounts(**{str(r[0]): int(r[1]) for r in rows})
 
-    def open_deployment(self, device_id: str, app: str) -> int | None:
-        """The release id of the device's newest unfinished deployment of `app`, if any."""
+    def open_deployment(self, device_id: str, app: str | None) -> int | None:
+        """The release id of the device's newest unfinished deployment of `app` (of any app
+        when None), if any."""
         row = self._db.execute(
             "SELECT d.release_id FROM deployments d JOIN releases r ON r.id = d.release_id "
-            "WHERE d.device_id = ? AND r.app = ? "
+            "WHERE d.device_id = ? AND (? IS NULL OR r.app = ?) "
             "AND d.status IN ('offered', 'downloading', 'installed') "
-            "ORDER BY r.sequence DESC LIMIT 1", (device_id, app)).fetchone()
+            "ORDER BY r.sequence DESC LIMIT 1",
+            (device_id, app, app)).fetchone()
         return None if row is None else int(row[0])
 
 
