@@ -60,6 +60,7 @@ ROUTES: list[tuple[str, str, object]] = [
     ("PUT", "/v1/blobs/{sha256}", P.put_blob),
     ("POST", "/v1/blobs/missing", P.missing_blobs),
     ("POST", "/v1/releases", P.register_release),
+    ("POST", "/v1/releases/sequence", P.reserve_sequence),
     ("GET", "/v1/releases", P.list_releases),
     ("POST", "/v1/roots", P.upload_root),
     ("GET", "/v1/roots", P.list_roots),

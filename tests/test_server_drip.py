@@ -78,6 +78,8 @@ def _script(fleet: Fleet) -> list[Step]:
     steps += [
         Step("POST", "/v1/blobs/missing", "/v1/blobs/missing",
              json.dumps({"blobs": [*sorted(fleet.blobs), "f" * 64]}).encode(), "publisher"),
+        Step("POST", "/v1/releases/sequence", "/v1/releases/sequence",
+             json.dumps({"app": "demo", "version": "2.0.0"}).encode(), "publisher"),
         Step("POST", "/v1/releases", "/v1/releases", envelope, "publisher"),
         Step("POST", "/v1/channels/{channel}/rollout", "/v1/channels/stable/rollout",
              json.dumps({"app": "demo", "sequence": 1, "percent": 100}).encode(),
