@@ -48,10 +48,16 @@ def read(doc, payload_type, scratch=None):
         out = io.BytesIO()
     else:
         out = open(scratch, "wb")
+    import gc
+    # The decode makes a few KB of short-lived chunks per KB of payload and keeps none: no
+    # collection every few KB (ota/run.py's threshold during a check) until the heap is full.
+    old = gc.threshold()
+    gc.threshold(-1)
     try:
         _decode(doc, start, end, h, out)
         payload = out.getvalue() if scratch is None else scratch
     finally:
+        gc.threshold(old)
         out.close()
     return payload, _signatures(entries), h.digest()
 
