@@ -278,8 +278,8 @@ def main() -> int:
         for port, interpreter in ports.items():
             d2[port] = run_d2(interpreter)
             print(f"D2 ({port} port), µs:", json.dumps(d2[port]), flush=True)
-        print("D2 verify ms, 32-bit port:", d2["32-bit"]["signature_us"] / 1000,
-              "(64-bit port:", d2["64-bit"]["signature_us"] / 1000, ")", flush=True)
+        print(f"D2 verify ms, 32-bit port: {d2['32-bit']['signature_us'] / 1000} "
+              f"(64-bit port: {d2['64-bit']['signature_us'] / 1000})", flush=True)
     print(json.dumps({"D1_heap_kb": d1["32-bit", "romfs"],
                       "D2_verify_ms": round(d2["32-bit"]["signature_us"] / 1000, 3),
                       "D3_wire_ratio": round(d3["ratio"], 4),

@@ -237,7 +237,7 @@ def sequence_floor(st):
 def verifier_tables(sess):
     """Set ota.p256 up as the client verifies: no key table held in the heap, each trusted
     key's comb table read from flash (TABLES), authenticated with the device key, and built
-    and stored there at the key's first verify (docs/board-trust.md, Speed and memory)."""
+    and stored there at the key's first verify (docs/board-trust.md, ECDSA P-256)."""
     from ota import p256
     p256.KEY_TEETH = 0
     p256.use_tables(TABLES, sess.key)

@@ -3,6 +3,7 @@
 verify(pub, h, sig)   -> bool    (pub: 65-byte point, (x, y) or a Key with a precomputed table)
 sign(d, h)            -> r||s    (RFC 6979 deterministic nonce, low S)
 public_point(d)       -> 65-byte uncompressed point
+use_tables(folder, secret)       (a Key's table kept in a file, HMAC-tagged: the OTA client's way)
 
 Speed comes from signed comb tables (see Comb): with w "teeth", k*P costs about 257/w
 doublings and as many mixed additions instead of 256 doublings.  The generator's table is
