@@ -168,3 +168,34 @@ def test_stored_table_is_the_keys_comb_and_a_failed_write_still_verifies(micropy
                          [str(tmp_path), SECRET.hex(), _point(key).hex(), digest.hex(),
                           sig.hex()])
     assert result == [True, True, 32, True, False]
+
+
+def test_verify_gives_back_the_callers_gc_threshold(micropython: str, tmp_path: Path) -> None:
+    # verify lifts the threshold for its arithmetic (a check runs with ota/run.py's 4 KB one);
+    # the caller's must be back afterwards whatever the outcome: valid, invalid, refused early,
+    # a key that is not on the curve (ValueError), and with tables on.
+    key = ec.generate_private_key(ec.SECP256R1())
+    digest = hashlib.sha256(b"y").digest()
+    sig = _raw_low_s(key.sign(digest, PREHASHED))
+    script = READ_STDIN + (
+        "import gc\nfrom ota import p256\nfrom binascii import unhexlify as u\n"
+        "folder, secret, pt, h, sig = data\n"
+        "pt, h, sig = u(pt), u(h), u(sig)\n"
+        "out = []\n"
+        "for tables in (False, True):\n"
+        "    if tables:\n"
+        "        p256.use_tables(folder, u(secret))\n"
+        "    k = p256.Key(pt, 0)\n"
+        "    for args in ((k, h, sig), (k, bytes(32), sig), (k, h, bytes(64)),"
+        " (b'\\x04' + bytes(64), h, sig)):\n"
+        "        gc.threshold(4096)\n"
+        "        try:\n"
+        "            verdict = p256.verify(*args)\n"
+        "        except ValueError:\n"
+        "            verdict = 'ValueError'\n"
+        "        out.append([verdict, gc.threshold()])\n"
+        "print(json.dumps(out))\n"
+    )
+    [result] = run_board(micropython, script, [str(tmp_path), SECRET.hex(), _point(key).hex(),
+                                               digest.hex(), sig.hex()])
+    assert result == [[True, 4096], [False, 4096], [False, 4096], ["ValueError", 4096]] * 2
