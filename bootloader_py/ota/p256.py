@@ -32,7 +32,8 @@ G_TEETH = 6
 KEY_TEETH = 6
 # Keys verified without a precomputed table get a throw-away comb this wide.
 ADHOC_TEETH = 4
-# Width of the comb tables kept on flash (use_tables): 2^(w-1) * 64 bytes (w=5: 1 KB).
+# Width of the comb tables kept on flash (use_tables): 2^(w-1) * 64 bytes (4: 512 B; building
+# a 5-teeth one at a key's first verify needs more heap than an update has at D1's 32 KB).
 TABLE_TEETH = 4
 
 _G_COMB = None
