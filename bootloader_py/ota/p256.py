@@ -86,19 +86,20 @@ class Comb:
 
 def _build_table(x, y, teeth, d):
     # Base points B_i = 2^(i*d) P and D_i = 2 B_i; T[0] = B_0 - B_1 - ...;
-    # T[b + 2^t] = T[b] + D_(t+1).  Points are made in Jacobian form and brought to affine in
-    # batches of at most _BATCH with one inversion each (an inversion costs ~80 multiplications).
+    # T[b + 2^t] = T[b] + D_(t+1).  Each base point is brought to affine as soon as it is made
+    # (one inversion each, ~80 multiplications: a table is built once per key), so the build
+    # holds 2w - 1 affine pairs rather than as many Jacobian triples and their normalisation's
+    # lists: it runs at a key's first verify, in the middle of an update (D1).  Entries are
+    # brought to affine in batches of at most _BATCH with one inversion each.
     p = P
-    jac = [(x, y, 1)]
+    pts = [(x, y)]  # B_0..B_(w-1), then D_1..D_(w-1)
+    X, Y, Z = x, y, 1
     for i in range(1, teeth):
-        X, Y, Z = jac[-1]
         for _ in range(d):
             X, Y, Z = _jdouble(X, Y, Z)
-        jac.append((X, Y, Z))
+        pts.append(_to_affine(X, Y, Z))
     for i in range(1, teeth):
-        jac.append(_jdouble(*jac[i]))
-    pts = _normalize(jac)  # B_0..B_(w-1), then D_1..D_(w-1)
-    jac = None
+        pts.append(_to_affine(*_jdouble(pts[i][0], pts[i][1], 1)))
     tab = bytearray(64 << (teeth - 1))
     X, Y, Z = x, y, 1
     for i in range(1, teeth):
