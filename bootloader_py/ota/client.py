@@ -14,6 +14,8 @@ TRUST_PATH = "/ota/trust.json"
 # both stay on flash, walked through a small window (ota/jscan.py), never whole in the heap.
 ENVELOPE = "/ota/offer.dsse"
 PAYLOAD = "/ota/offer.json"
+# Where each trusted key's comb table is kept between updates (ota/p256.py, use_tables).
+TABLES = "/ota"
 # trust.MAX_ENVELOPE_BYTES, kept here so a check-in needs no verifier loaded
 # (tests/test_board_trust.py checks they are equal).
 MAX_ENVELOPE = const(12288)
@@ -249,6 +251,15 @@ def sequence_floor(st):
     return max(info.get("sequence", 0), st.rec["reject"])
 
 
+def verifier_tables(sess):
+    """Set ota.p256 up as the client verifies: no key table held in the heap, each trusted
+    key's comb table read from flash (TABLES), authenticated with the device key, and built
+    and stored there at the key's first verify (docs/board-trust.md, ECDSA P-256)."""
+    from ota import p256
+    p256.KEY_TEETH = 0
+    p256.use_tables(TABLES, sess.key)
+
+
 def trusted_update(sess, st, cfg, offered, newest, now, buf):
     """Rotate the root if the server has a newer one, then verify the saved envelope.
 
@@ -260,14 +271,8 @@ def trusted_update(sess, st, cfg, offered, newest, now, buf):
     crash (the old app keeps running).
     """
     import gc
-    from ota import p256
     _forget("http")  # loaded again for the transfer; verifying needs the heap more
-    # One verify per check: a throw-away comb (~8 ms, garbage at once) costs no more time
-    # than building the 2 KB release key table (~7 ms) and then using it once (~2 ms). Two
-    # teeth: the comb's build needs a third of the heap of four, for ~0.5 ms more (D2 notes).
-    p256.KEY_TEETH = 0
-    p256.ADHOC_TEETH = 2
-    p256 = None
+    verifier_tables(sess)
     gc.collect()
     try:
         from ota import trust
