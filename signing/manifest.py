@@ -31,12 +31,18 @@ _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 def check_path(path: str, limits: Limits = DEFAULT_LIMITS) -> None:
     """Raise MalformedError unless `path` is a relative `/` path that stays inside the app.
 
-    Rules: at most `limits.max_path_length` characters, no leading `/`, no backslash, no
-    control character, no empty, `.` or `..` segment.
+    Rules, in this order (the board's `ota.rules.check_path` applies the same): Unicode text
+    (no lone surrogate, so it has a UTF-8 form), 1 to `limits.max_path_length` bytes of UTF-8
+    (bytes, not characters: what a filesystem and the board's buffers hold, and the same count
+    on every Python), no leading `/`, no backslash, no control character, no empty, `.` or
+    `..` segment.
     """
-    if not path or len(path) > limits.max_path_length:
+    if any("\ud800" <= ch <= "\udfff" for ch in path):
+        raise MalformedError(f"file path {path[:80]!r}: lone surrogate (not Unicode text)")
+    size = len(path.encode("utf-8"))
+    if not size or size > limits.max_path_length:
         raise MalformedError(
-            f"file path {path[:80]!r}: length must be 1..{limits.max_path_length}"
+            f"file path {path[:80]!r}: {size} bytes of UTF-8, must be 1..{limits.max_path_length}"
         )
     if path.startswith("/") or "\\" in path:
         raise MalformedError(f"file path {path!r}: must be relative and '/'-separated")

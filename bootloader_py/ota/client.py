@@ -252,6 +252,7 @@ def trusted_update(sess, st, cfg, offered, newest, now, buf):
     p256.ADHOC_TEETH = 2
     p256 = None
     gc.collect()
+    release = None
     try:
         from ota import trust
         root = load_root()
@@ -271,8 +272,9 @@ def trusted_update(sess, st, cfg, offered, newest, now, buf):
         m = _accept(st, cfg, now, sess.floor)
         if m is None:
             return None
-        return {"app": m["app"], "version": m["version"], "sequence": m["sequence"],
-                "entry": m["entry"]}
+        release = {"app": m["app"], "version": m["version"], "sequence": m["sequence"],
+                   "entry": m["entry"]}
+        return release
     except MemoryError:
         root = None
         raise UpdateFailed("out of memory verifying the manifest")
@@ -280,7 +282,8 @@ def trusted_update(sess, st, cfg, offered, newest, now, buf):
         _unload_verifier()
         from ota import slots
         slots.remove(ENVELOPE)
-        slots.remove(PAYLOAD)
+        if release is None:  # an accepted manifest stays: update.stage checks the slot by it
+            slots.remove(PAYLOAD)
 
 
 def _flush(sess):
@@ -326,7 +329,7 @@ def check(st, cfg, now=None):
         _report(target, "downloading")
         _flush(sess)
         from ota import update
-        slot = update.stage(sess, st, buf)
+        slot = update.stage(sess, st, buf, PAYLOAD)
     except HttpError as e:
         if not answered:
             return False  # unreachable: nothing was offered, so nothing to report
@@ -341,6 +344,9 @@ def check(st, cfg, now=None):
         st.flip(slot, target, cfg["trial_boots"])
         import machine
         machine.reset()
+    if target is not None:  # failed before update.stage took the verified manifest over
+        from ota import slots
+        slots.remove(PAYLOAD)
     _report(target or st.info() or {}, "failed", reason)
     _flush(sess)
     return answered

@@ -36,6 +36,18 @@ MAX_ENVELOPE = 12288
 KEY_NAMES = ("root1", "root2", "root3", "release_a", "release_b", "release_c", "release_a2",
              "stranger")
 
+# Non-ASCII paths of exactly 128 bytes of UTF-8 (the limit): 42 CJK characters of 3 bytes,
+# 31 astral ones of 4 (each written by json.dumps as two \\u escapes, a surrogate pair).
+CJK_AT_LIMIT = "d/" + "\u6587" * 42
+ASTRAL_AT_LIMIT = "e/" + "\U0001f600" * 31 + "ab"
+PATHS_AT_LIMIT = (
+    ("ok-path-cjk-128-bytes", CJK_AT_LIMIT, "42 CJK characters: 128 bytes of UTF-8"),
+    ("ok-path-astral-128-bytes", ASTRAL_AT_LIMIT,
+     "31 astral characters (U+1F600) and 4 ASCII: 128 bytes, 35 characters, 66 UTF-16 units"),
+    ("ok-path-mixed-non-ascii", "\u00e9t\u00e9/\u6587/\U0001d11e \u00c9.py",
+     "Latin-1, CJK, astral and a space in one path"),
+)
+
 Keys = dict[str, keys.PrivateKey]
 Case = dict[str, Any]
 
@@ -189,9 +201,17 @@ def manifest_cases(k: Keys, out: Writer) -> None:
     ok("ok-unknown-field-ignored", "manifest", v1,
        signed(changed(lambda d: d.update(notes="extra fields are ignored")), "release_a"),
        "ok", "unknown top-level manifest field")
-    ok("ok-path-64-chars", "manifest", v1, signed(changed(lambda d: d["files"].append(
-        _file("lib/" + "p" * 57 + ".py", b"x = 1\n"))), "release_a"), "ok",
-       "a 64-character path is at the limit")
+    ok("ok-path-128-bytes", "manifest", v1, signed(changed(lambda d: d["files"].append(
+        _file("lib/" + "p" * 121 + ".py", b"x = 1\n"))), "release_a"), "ok",
+       "a 128-byte path is at the limit")
+    # Path lengths are bytes of UTF-8 (docs/manifest.md): json.dumps writes U+1F600 as the
+    # escaped surrogate pair \ud83d\ude00, which a decoder must join into one 4-byte character.
+    for name, path, why in PATHS_AT_LIMIT:
+        ok(name, "manifest", v1, signed(changed(_adds_file(path)), "release_a"), "ok", why)
+    ok("ok-path-raw-utf8", "manifest", v1, _envelope(MANIFEST_PAYLOAD_TYPE, json.dumps(
+        changed(_adds_file(ASTRAL_AT_LIMIT)), separators=(",", ":"),
+        ensure_ascii=False).encode("utf-8"), [k["release_a"]]), "ok",
+       "the 128-byte astral path as raw UTF-8 in the payload, not escaped")
     ok("ok-first-install", "manifest", v1, good, "ok", "nothing installed yet (sequence 0)",
        installed=0)
     at_cap = _pad_to(dsse.envelope_bytes(good), MAX_ENVELOPE)
@@ -299,7 +319,11 @@ def manifest_cases(k: Keys, out: Writer) -> None:
         ("path-trailing-slash", "lib/", "empty last segment"),
         ("path-backslash", "lib\\util2.py", "backslash"),
         ("path-empty", "", "empty path"),
-        ("path-too-long", "lib/" + "p" * 58 + ".py", "65 characters"),
+        ("path-too-long", "lib/" + "p" * 122 + ".py", "129 bytes"),
+        ("path-too-long-cjk", CJK_AT_LIMIT + "x", "129 bytes of UTF-8 in 45 characters"),
+        ("path-too-long-astral", ASTRAL_AT_LIMIT + "x", "129 bytes of UTF-8 in 36 characters "
+         "(U+1F600 four bytes each, escaped as surrogate pairs)"),
+        ("path-lone-surrogate", "lib/\ud800.py", "a lone surrogate (\\ud800): not Unicode"),
         ("path-control-char", "lib/a\nb.py", "newline in a path"),
     ):
         malformed(name, _adds_file(path), why)
