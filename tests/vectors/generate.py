@@ -83,6 +83,15 @@ def base_manifest() -> dict[str, Any]:
     }
 
 
+def _padded_payload(size: int) -> dict[str, Any]:
+    """The base manifest with a `notes` field that makes its payload exactly `size` bytes."""
+    doc = base_manifest()
+    doc["notes"] = ""
+    doc["notes"] = "n" * (size - len(_payload(doc)))
+    assert len(_payload(doc)) == size
+    return doc
+
+
 def _adds_file(path: str) -> Callable[[dict[str, Any]], None]:
     return lambda doc: doc["files"].append(_file(path, b"x"))
 
@@ -212,6 +221,10 @@ def manifest_cases(k: Keys, out: Writer) -> None:
         changed(_adds_file(ASTRAL_AT_LIMIT)), separators=(",", ":"),
         ensure_ascii=False).encode("utf-8"), [k["release_a"]]), "ok",
        "the 128-byte astral path as raw UTF-8 in the payload, not escaped")
+    ok("ok-payload-base64-padded-at-a-chunk-end", "manifest", v1,
+       signed(_padded_payload(1534), "release_a"), "ok",
+       "a payload of 1534 bytes: 2048 base64 characters (8 of the board's 256-character "
+       "chunks) ending in '=='")
     ok("ok-first-install", "manifest", v1, good, "ok", "nothing installed yet (sequence 0)",
        installed=0)
     at_cap = _pad_to(dsse.envelope_bytes(good), MAX_ENVELOPE)
