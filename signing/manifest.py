@@ -15,6 +15,7 @@ from signing.limits import DEFAULT_LIMITS, Limits
 
 MANIFEST_PAYLOAD_TYPE = "application/vnd.mpota.manifest+json"
 ENCODINGS = ("plain", "deflate")
+MAX_FILE_SIZE = 2**64 - 1  # a file's size and transfer size, in bytes
 
 # Semantic Versioning 2.0.0, without the leading-zero subtleties of pre-release identifiers.
 _SEMVER = re.compile(
@@ -135,12 +136,12 @@ class FileEntry:
         check_path(path, limits)
         where = f"manifest file {path!r}"
         sha256 = _hex(obj, "sha256", where)
-        size = _count(obj, "size", where)
+        size = _file_size(obj, "size", where)
         encoding = dsse.field(obj, "encoding", str, where)
         if encoding not in ENCODINGS:
             raise MalformedError(f"{where}: encoding must be one of {', '.join(ENCODINGS)}")
         blob = _hex(obj, "blob", where)
-        transfer_size = _count(obj, "transfer_size", where)
+        transfer_size = _file_size(obj, "transfer_size", where)
         if encoding == "plain" and (blob != sha256 or transfer_size != size):
             raise MalformedError(f"{where}: plain file must have blob == sha256 and "
                                  "transfer_size == size")
@@ -151,6 +152,14 @@ def _count(obj: dict[str, Any], name: str, where: str) -> int:
     value: int = dsse.field(obj, name, int, where)
     if value < 0:
         raise MalformedError(f"{where}: {name!r} must be >= 0")
+    return value
+
+
+def _file_size(obj: dict[str, Any], name: str, where: str) -> int:
+    # At most 20 digits, as the board's file list line holds (docs/manifest.md, "Limits").
+    value = _count(obj, name, where)
+    if value > MAX_FILE_SIZE:
+        raise MalformedError(f"{where}: {name!r} must be <= 2**64 - 1")
     return value
 
 

@@ -13,6 +13,7 @@ from micropython import const
 
 from ota import trust as t
 
+_MAX_SIZE = (1 << 64) - 1  # a big int on every port: not a const
 _MAX_DIRS = const(64)  # directories whose keys are kept (a real app has a handful)
 
 _SEMVER = re.compile(
@@ -90,6 +91,8 @@ def _check_file(entry, index):
         _bad_file("'" + path + "'", "'sha256' and 'blob' must be 64 lowercase hex digits")
     if type(size) is not int or size < 0 or type(transfer) is not int or transfer < 0:
         _bad_file("'" + path + "'", "'size' and 'transfer_size' must be integers >= 0")
+    if size > _MAX_SIZE or transfer > _MAX_SIZE:  # the host's MAX_FILE_SIZE: 20 digits at most
+        _bad_file("'" + path + "'", "'size' and 'transfer_size' must be <= 2**64 - 1")
     if encoding == "plain":
         if blob != sha or transfer != size:
             _bad_file("'" + path + "'", "plain file must have blob == sha256 and "

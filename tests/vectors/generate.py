@@ -366,6 +366,14 @@ def manifest_cases(k: Keys, out: Writer) -> None:
         "sha256 in upper case")
     malformed("size-negative", lambda d: d["files"][0].update(size=-1, transfer_size=-1),
               "size -1")
+    malformed("size-over-64-bits", lambda d: d["files"].append(
+        _deflated_file("big.bin", b"x") | {"size": 2**64}), "size 2**64 (21 digits)")
+    malformed("transfer-size-over-64-bits", lambda d: d["files"].append(
+        _deflated_file("big.bin", b"x") | {"transfer_size": 2**64}),
+        "transfer_size 2**64 (21 digits)")
+    ok("ok-size-64-bits", "manifest", v1, signed(changed(lambda d: d["files"].append(
+        _deflated_file("big.bin", b"x") | {"size": 2**64 - 1, "transfer_size": 2**64 - 1})),
+        "release_a"), "ok", "size and transfer_size 2**64 - 1 (20 digits): the largest")
 
     # Policy.
     ok("expired", "manifest", v1, signed(changed(lambda d: d.update(expires=NOW)),
