@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import shutil
 import sys
 from collections.abc import Iterator, Mapping
@@ -39,6 +40,10 @@ from tools.virtual_board import VirtualBoard
 from tools.virtual_board.repl import ReplAgent
 
 MAX_PATH = DEFAULT_LIMITS.max_path_length
+# Examples in one board interpreter, ~150 ms each on either port (build, sign, publish, verify,
+# stage, check, flip): ~15 s a port; and whole boards (~0.5 s each).
+EXAMPLES = 100
+WHOLE_BOARD_EXAMPLES = 4
 _names = itertools.count(1)
 _sequences = itertools.count(2)
 
@@ -273,12 +278,44 @@ def test_the_stager_adopts_an_intact_release(stager):
     _adopted(stager, manifest, *stager.stage(envelope, manifest))
 
 
-# -- the property ---------------------------------------------------------------------------
+# -- the properties -------------------------------------------------------------------------
 
-# Staged in one interpreter, ~150 ms an example on either port (build, sign, publish, verify,
-# stage, check, flip): 15 s a port.
-EXAMPLES = 100
-WHOLE_BOARD_EXAMPLES = 4
+# Each path as the manifest carries it (a JSON string, non-ASCII escaped as json.dumps writes
+# it), read through jscan as the board reads a file entry, then the board's path rule.
+_VERDICTS = """
+from ota import jscan, rules, trust
+for text in TEXTS:
+    doc = jscan.open_doc(text, "path")
+    path = doc.load(0, len(text))
+    try:
+        rules.check_path(path)
+        print("ok", len(path.encode()))
+    except trust.TrustError as e:
+        print(type(e).__name__)
+"""
+_any_text = st.text(st.one_of(
+    st.sampled_from("a/.\\ \x00\x1f\x7f\u00e9\u6587\U0001f600\ud800\udc00"),
+    st.characters(), st.characters(min_codepoint=0x10000)), max_size=70)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(paths=st.lists(st.one_of(_any_text, _any_text.map(lambda t: t * 4)), min_size=1,
+                      max_size=8))
+def test_host_and_board_give_every_path_the_same_verdict_and_byte_length(stager, paths):
+    texts = [json.dumps(p).encode() for p in paths]
+    out, error = stager.run(_VERDICTS.replace("TEXTS", repr(texts)))
+    assert error == "", error
+    expected = []
+    for path in (json.loads(text) for text in texts):  # as the host's verifier reads them
+        try:
+            check_path(path)
+            expected.append(f"ok {len(path.encode())}")
+        except MalformedError:
+            expected.append("MalformedError")
+    assert out.splitlines() == expected, paths
+
+
 _EXCLUDED_NAMES = {".git", "__pycache__", ".DS_Store", ".otaignore"}  # never bundled
 
 
