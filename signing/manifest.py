@@ -19,6 +19,7 @@ MANIFEST_PAYLOAD_TYPE = "application/vnd.mpota.manifest+json"
 # `min_micropython`, and the oldest firmware the provisioning station writes a board for.
 MICROPYTHON_FLOOR = "1.23.0"
 ENCODINGS = ("plain", "deflate")
+MAX_FILE_SIZE = 2**64 - 1  # a file's size and transfer size, in bytes
 
 # Semantic Versioning 2.0.0, without the leading-zero subtleties of pre-release identifiers.
 _SEMVER = re.compile(
@@ -43,12 +44,18 @@ def micropython_version(text: str) -> tuple[int, int, int]:
 def check_path(path: str, limits: Limits = DEFAULT_LIMITS) -> None:
     """Raise MalformedError unless `path` is a relative `/` path that stays inside the app.
 
-    Rules: at most `limits.max_path_length` characters, no leading `/`, no backslash, no
-    control character, no empty, `.` or `..` segment.
+    Rules, in this order (the board's `ota.rules.check_path` applies the same): Unicode text
+    (no lone surrogate, so it has a UTF-8 form), 1 to `limits.max_path_length` bytes of UTF-8
+    (bytes, not characters: what a filesystem and the board's buffers hold, and the same count
+    on every Python), no leading `/`, no backslash, no control character, no empty, `.` or
+    `..` segment.
     """
-    if not path or len(path) > limits.max_path_length:
+    if any("\ud800" <= ch <= "\udfff" for ch in path):
+        raise MalformedError(f"file path {path[:80]!r}: lone surrogate (not Unicode text)")
+    size = len(path.encode("utf-8"))
+    if not size or size > limits.max_path_length:
         raise MalformedError(
-            f"file path {path[:80]!r}: length must be 1..{limits.max_path_length}"
+            f"file path {path[:80]!r}: {size} bytes of UTF-8, must be 1..{limits.max_path_length}"
         )
     if path.startswith("/") or "\\" in path:
         raise MalformedError(f"file path {path!r}: must be relative and '/'-separated")
@@ -141,12 +148,12 @@ class FileEntry:
         check_path(path, limits)
         where = f"manifest file {path!r}"
         sha256 = _hex(obj, "sha256", where)
-        size = _count(obj, "size", where)
+        size = _file_size(obj, "size", where)
         encoding = dsse.field(obj, "encoding", str, where)
         if encoding not in ENCODINGS:
             raise MalformedError(f"{where}: encoding must be one of {', '.join(ENCODINGS)}")
         blob = _hex(obj, "blob", where)
-        transfer_size = _count(obj, "transfer_size", where)
+        transfer_size = _file_size(obj, "transfer_size", where)
         if encoding == "plain" and (blob != sha256 or transfer_size != size):
             raise MalformedError(f"{where}: plain file must have blob == sha256 and "
                                  "transfer_size == size")
@@ -157,6 +164,14 @@ def _count(obj: dict[str, Any], name: str, where: str) -> int:
     value: int = dsse.field(obj, name, int, where)
     if value < 0:
         raise MalformedError(f"{where}: {name!r} must be >= 0")
+    return value
+
+
+def _file_size(obj: dict[str, Any], name: str, where: str) -> int:
+    # At most 20 digits, as the board's file list line holds (docs/manifest.md, "Limits").
+    value = _count(obj, name, where)
+    if value > MAX_FILE_SIZE:
+        raise MalformedError(f"{where}: {name!r} must be <= 2**64 - 1")
     return value
 
 

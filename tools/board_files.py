@@ -27,7 +27,8 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from signing.errors import BundleError
+from signing.errors import BundleError, MalformedError
+from signing.manifest import check_path, check_path_set
 from tools.micropython import PROJECT_ROOT
 from tools.mpy_cache import cached_mpy
 from tools.virtual_board.board import rom_image_path
@@ -203,10 +204,16 @@ def _app_files(app: InitialApp) -> dict[str, bytes]:
     for path, data in sorted(app.files.items()):
         if path.startswith("/") or ".." in path.split("/") or "" in path.split("/"):
             raise BoardFilesError(f"app file path {path!r} escapes the slot")
-        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
-            raise BoardFilesError(f"app file path {path!r} holds a control character")
+        try:  # the manifest's path rules: the board reads this list as it reads its own
+            check_path(path)
+        except MalformedError as err:
+            raise BoardFilesError(f"app {err}") from None
         out["/app/a/" + path] = data
         listing.append(slot_list_line(path, data))
+    try:
+        check_path_set(sorted(app.files), where="app")
+    except MalformedError as err:
+        raise BoardFilesError(str(err)) from None
     out["/ota/slot_a.lst"] = "".join(listing).encode()
     return out
 

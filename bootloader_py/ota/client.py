@@ -274,6 +274,7 @@ def trusted_update(sess, st, cfg, offered, newest, now, buf):
     _forget("http")  # loaded again for the transfer; verifying needs the heap more
     verifier_tables(sess)
     gc.collect()
+    release = None
     try:
         from ota import trust
         root = load_root()
@@ -293,8 +294,9 @@ def trusted_update(sess, st, cfg, offered, newest, now, buf):
         m = _accept(st, cfg, now, sess.floor)
         if m is None:
             return None
-        return {"app": m["app"], "version": m["version"], "sequence": m["sequence"],
-                "entry": m["entry"]}
+        release = {"app": m["app"], "version": m["version"], "sequence": m["sequence"],
+                   "entry": m["entry"]}
+        return release
     except MemoryError:
         root = None
         raise UpdateFailed("out of memory verifying the manifest")
@@ -302,7 +304,8 @@ def trusted_update(sess, st, cfg, offered, newest, now, buf):
         _unload_verifier()
         from ota import slots
         slots.remove(ENVELOPE)
-        slots.remove(PAYLOAD)
+        if release is None:  # an accepted manifest stays: update.stage checks the slot by it
+            slots.remove(PAYLOAD)
 
 
 def _flush(sess):
@@ -360,7 +363,7 @@ def _check(st, cfg, now):
         _report(target, "downloading")
         _flush(sess)
         from ota import update
-        slot = update.stage(sess, st, buf)
+        slot = update.stage(sess, st, buf, PAYLOAD)
     except HttpError as e:
         if not answered:
             return False  # unreachable: nothing was offered, so nothing to report
@@ -379,6 +382,9 @@ def _check(st, cfg, now):
         st.flip(slot, target, cfg["trial_boots"])
         import machine
         machine.reset()
+    if target is not None:  # failed before update.stage took the verified manifest over
+        from ota import slots
+        slots.remove(PAYLOAD)
     _report(target or st.info() or {}, "failed", reason)
     _flush(sess)
     return answered

@@ -115,9 +115,11 @@ def _decode(doc, start, end, h, out):
     while not done:
         try:
             acc += next(pieces)
-            if len(acc) < _TEXT:
+            if len(acc) <= _TEXT:
                 continue
-            cut = len(acc) // 4 * 4
+            # whole quanta, but never all of acc: the last quantum (the only one that may pad)
+            # is decoded once the text is known to end there
+            cut = (len(acc) - 1) // 4 * 4
         except StopIteration:
             done = True
             cut = len(acc)

@@ -20,7 +20,7 @@ import json
 # Caps, as data: the OTA client may override them (the host's defaults are the contract).
 MAX_ENVELOPE_BYTES = 12288
 MAX_FILES = 128
-MAX_PATH_LENGTH = 64
+MAX_PATH_LENGTH = 128  # bytes of UTF-8
 
 ROOT_PAYLOAD_TYPE = "application/vnd.mpota.root+json"
 MANIFEST_PAYLOAD_TYPE = "application/vnd.mpota.manifest+json"
