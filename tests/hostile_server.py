@@ -140,6 +140,7 @@ class HostileServer:
     tls: ssl.SSLContext | None = None
     answer: Answer = field(default_factory=lambda: Answer(((0.0, b""),)))
     requests: list[bytes] = field(default_factory=list)
+    connections: int = 0
 
     def __enter__(self) -> HostileServer:
         self._sock = socket.socket()
@@ -170,6 +171,7 @@ class HostileServer:
                 continue
             except OSError:
                 return
+            self.connections += 1
             threading.Thread(target=self._serve, args=(conn, self.answer), daemon=True).start()
 
     def _serve(self, conn: socket.socket, answer: Answer) -> None:
@@ -237,38 +239,45 @@ class BoardHttp:
 
     def __init__(self, micropython: str, work: Path) -> None:
         self.work = work
-        env = dict(os.environ, MICROPYPATH=str(BOARD_DIR))
-        self.proc = subprocess.Popen([micropython, "-c", DRIVER], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     cwd=work, env=env, text=True, bufsize=1)
-        self._lines: list[str] = []
+        self.micropython = micropython
         self._ready = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self._start()
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
+    def _start(self) -> None:
+        env = dict(os.environ, MICROPYPATH=str(BOARD_DIR))
+        self.proc = subprocess.Popen([self.micropython, "-c", DRIVER], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     cwd=self.work, env=env, text=True, bufsize=1)
+        self._lines: list[str] = []
+        threading.Thread(target=self._read, args=(self.proc, self._lines), daemon=True).start()
+
+    def _read(self, proc: subprocess.Popen[str], lines: list[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
             with self._ready:
-                self._lines.append(line)
-                self._ready.notify()
+                lines.append(line)
+                self._ready.notify_all()
         with self._ready:
-            self._lines.append("")  # the process ended
-            self._ready.notify()
+            lines.append("")  # the process ended
+            self._ready.notify_all()
 
     def request(self, url: str, timeout_s: float, dest: str, wait_s: float) -> dict[str, Any]:
         """One request; its result, or {"hung": True} when none came within wait_s (the
-        process is then killed: a board that hangs has no later requests)."""
+        process is then killed, and the next request starts a new one)."""
+        if self.proc.poll() is not None:
+            self._start()
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps({"url": url, "timeout": timeout_s, "dest": dest}) + "\n")
         self.proc.stdin.flush()
+        lines = self._lines
         with self._ready:
-            if not self._ready.wait_for(lambda: self._lines, timeout=wait_s):
+            if not self._ready.wait_for(lambda: lines, timeout=wait_s):
                 self.close()
                 return {"hung": True}
-            line = self._lines.pop(0)
+            line = lines.pop(0)
         if not line.startswith("{"):
-            return {"crash": line + "".join(self._lines)}
+            self.close()
+            return {"crash": line + "".join(lines)}
         result: dict[str, Any] = json.loads(line)
         return result
 
