@@ -43,6 +43,13 @@ class Answer:
     def data(self) -> bytes:
         return b"".join(piece for _, piece in self.pieces)
 
+    def __repr__(self) -> str:  # short: a flood of pieces must not flood a failure's report
+        shown = ", ".join(f"({pause}, {piece[:80]!r}{'…' if len(piece) > 80 else ''})"
+                          for pause, piece in self.pieces[:12])
+        more = f", … {len(self.pieces) - 12} more" if len(self.pieces) > 12 else ""
+        return (f"Answer(({shown}{more}), end={self.end!r}, hold_s={self.hold_s}, "
+                f"handshake_drip_s={self.handshake_drip_s})")
+
 
 def tls_context(tmp: Path) -> ssl.SSLContext:
     """A server context with a throw-away self-signed P-256 certificate for 127.0.0.1."""

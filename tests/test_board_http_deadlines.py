@@ -113,6 +113,16 @@ def test_a_body_cut_short_is_refused_by_the_deadline(board):
     assert result["error"] == "HttpError: timeout", result
 
 
+def test_an_endless_header_line_is_cut_off_at_the_deadline(board):
+    # Sent as fast as the board reads, so a read never has to wait for the next bytes: a
+    # deadline looked at only while waiting is never looked at.
+    flood = (0.0, b"a" * 65536)
+    with HostileServer() as server:
+        result = _ask(board, server, Answer(((0, b"HTTP/1.1 200 OK\r\nX-Long: "),
+                                             *(flood,) * 6000)))
+    assert result["error"] == "HttpError: timeout", result
+
+
 # Item 4 of issue #11: the TLS handshake ran in wrap_socket on a blocking socket whose timeout
 # restarted at every byte, so a server dripping its handshake held the board for a minute.
 def test_a_dripped_tls_handshake_ends_at_the_request_deadline(board, tmp_path):

@@ -68,9 +68,12 @@ class Response:
         wait for more (poll) ends at the request's deadline. Blocking readinto() or
         readline() would loop in C until the buffer or the line is full, restarting the
         socket's timeout at every byte: a server dripping bytes could hold one call, and the
-        board's boot, for minutes.
+        board's boot, for minutes. The deadline is looked at before every read too: a server
+        that never lets the reads wait (an endless header line) is cut off as well.
         """
         while True:
+            if time.ticks_diff(self.deadline, time.ticks_ms()) <= 0:
+                raise HttpError("timeout")
             try:
                 n = self.sock.readinto(mv)
             except OSError as e:
@@ -232,9 +235,12 @@ def _connect(scheme, host, port, poller, deadline):
     time ends the request right after it. The connect is non-blocking, then polled for
     POLLOUT against the deadline."""
     import errno
-    ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+    ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
     if time.ticks_diff(deadline, time.ticks_ms()) <= 0:
         raise HttpError("timeout")
+    if not ai:
+        raise HttpError("no address for " + host)
+    ai = ai[0]
     sock = socket.socket(ai[0], socket.SOCK_STREAM, ai[2])
     try:
         sock.setblocking(False)
