@@ -90,10 +90,11 @@ def test_a_body_without_content_length_is_refused(board):
     assert result["error"] == "UpdateFailed: answer: no Content-Length", result
 
 
-def test_a_body_longer_than_its_content_length_is_refused(board):
+@pytest.mark.parametrize(("body", "declared"), [(ENVELOPE + b"tail", len(ENVELOPE)),
+                                               (b"\x00", 0)])  # an empty body is never read
+def test_a_body_longer_than_its_content_length_is_refused(board, body, declared):
     with HostileServer() as server:
-        result = _ask(board, server, Answer(((0, _ok(ENVELOPE + b"tail",
-                                                     b"Content-Length: %d" % len(ENVELOPE))),)))
+        result = _ask(board, server, Answer(((0, _ok(body, b"Content-Length: %d" % declared)),)))
     assert result["error"] == "HttpError: body longer than its Content-Length", result
 
 

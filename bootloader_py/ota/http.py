@@ -170,6 +170,10 @@ class Response:
             if line == b"\r\n" or line == b"\n":
                 self._check_range()
                 self.left = self.length or 0
+                # more than the whole body came with the head (readinto checks the rest)
+                if self.length is not None and (
+                        len(self.pend) > self.length or not self.length and self._over()):
+                    raise HttpError("body longer than its Content-Length")
                 return
             self._header(line)
         raise HttpError("too many headers")
