@@ -79,7 +79,7 @@ class Case:
                 and not self.answer.pieces[0][0] and self.answer.end != "reset"
                 and all(h in BENIGN or h == b"Content-Length: %d" % len(self.body)
                         for h in self.headers)
-                and any(h.startswith(b"Content-Length") for h in self.headers)
+                and sum(h.startswith(b"Content-Length") for h in self.headers) == 1
                 and len(self.body) <= MAX_ENVELOPE)
 
 
