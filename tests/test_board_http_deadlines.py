@@ -84,6 +84,14 @@ def test_every_number_in_the_headers_is_strict(board, headers, error):
     assert result["error"] == error, result
 
 
+def test_a_status_line_longer_than_a_line_is_refused(board):
+    # its tail would otherwise be read as a header line of the server's choosing
+    status = b"HTTP/1.1 200 " + b"O" * 200 + b"Content-Length: 2\r\n"
+    with HostileServer() as server:
+        result = _ask(board, server, Answer(((0, status + b"\r\n{}"),)))
+    assert result["error"] == "HttpError: bad status line", result
+
+
 def test_a_body_without_content_length_is_refused(board):
     with HostileServer() as server:
         result = _ask(board, server, Answer(((0, _ok(ENVELOPE)),)))

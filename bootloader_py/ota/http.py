@@ -157,8 +157,11 @@ class Response:
             self.pend += scratch[:n]
 
     def _read_head(self):
-        parts = self._readline().split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3:
+        line = self._readline()
+        parts = line.split(None, 2)
+        # a status line longer than a line read would leave its tail to be read as a header
+        if (line[-1:] != b"\n" or len(parts) < 2 or not parts[0].startswith(b"HTTP/1.")
+                or len(parts[1]) != 3):
             raise HttpError("bad status line")
         self.status = _number(parts[1], "status line")
         for _ in range(_MAX_HEADER_LINES):
