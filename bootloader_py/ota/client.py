@@ -106,11 +106,13 @@ def _save(resp, dest, buf, what):
     """Stream a 200 answer's body (at most MAX_ENVELOPE bytes) to the file dest."""
     if resp.status != 200:
         raise UpdateFailed("%s: http %d" % (what, resp.status))
-    left = resp.length
-    if left is None or left > MAX_ENVELOPE:  # refused before a byte of it is read
-        raise UpdateFailed("%s too large: %s bytes" % (what, left))
+    left = resp.length  # None or digits (ota/http.py parses it strictly)
+    if left is None:
+        raise UpdateFailed(what + ": no Content-Length")
+    if left > MAX_ENVELOPE:  # refused before a byte of it is read
+        raise UpdateFailed("%s too large: %d bytes" % (what, left))
     with open(dest, "wb") as f:
-        while left:
+        while left > 0:  # each fill() reads at least one byte or raises (deadline, end)
             n = resp.fill(buf[:min(len(buf), left)])
             f.write(buf[:n])
             left -= n

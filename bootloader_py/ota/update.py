@@ -183,7 +183,7 @@ def _receive(resp, e, have, buf):
         slots.hash_into(part, buf, h)  # resume: the hash must cover what is there
     left = e[TRANSFER] - have
     with open(part, "ab") as f:
-        while left:
+        while left > 0:  # each fill() reads at least one byte or raises (deadline, end)
             n = resp.fill(buf[:min(len(buf), left)])
             h.update(buf[:n])
             f.write(buf[:n])
