@@ -63,24 +63,33 @@ def _fleet_values(path: Path) -> dict[str, Any]:
 @click.option("--fleet", "fleet_path", type=click.Path(dir_okay=False, exists=True,
                                                        path_type=Path),
               help="fleet.yaml: server root, port and the default rollout policy")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path),
+              help="serve https with this PEM certificate (chain); reloaded on SIGHUP "
+                   "[env MPOTA_TLS_CERT]")
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="the certificate's PEM private key [env MPOTA_TLS_KEY]")
 @click.option("--json-logs", is_flag=True, default=None, help="one JSON object per log line")
 @click.option("--quiet", is_flag=True, help="log warnings and errors only (benchmarks)")
 def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, port: int | None,
-              fleet_path: Path | None, json_logs: bool | None, quiet: bool) -> None:
+              fleet_path: Path | None, tls_cert: Path | None, tls_key: Path | None,
+              json_logs: bool | None, quiet: bool) -> None:
     """Run the update server until interrupted."""
     import logging
 
     from aiohttp import web
 
+    from ota_server import state
     from ota_server.app import create_app
     from ota_server.logs import configure_logging
     from ota_server.settings import SettingsError, load_settings
+    from ota_server.tls import TlsSetupError
     from ota_server.trust import TrustSetupError
 
     fleet_values = _fleet_values(fleet_path) if fleet_path is not None else None
     try:
         settings = load_settings({"data_dir": data_dir, "root_path": root_path, "host": host,
-                                  "port": port, "json_logs": json_logs},
+                                  "port": port, "json_logs": json_logs,
+                                  "tls_cert": tls_cert, "tls_key": tls_key},
                                  fleet_values=fleet_values)
     except SettingsError as err:
         raise UserError(str(err)) from err
@@ -91,7 +100,12 @@ def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, p
         log.info(" ".join(text.replace("=", " ").split()))
 
     try:
-        web.run_app(create_app(settings), host=settings.host, port=settings.port,
+        app = create_app(settings)
+    except TlsSetupError as err:
+        raise UserError(f"TLS: {err}") from err
+    try:
+        web.run_app(app, host=settings.host, port=settings.port,
+                    ssl_context=app[state.TLS].context if state.TLS in app else None,
                     access_log=None, print=announce, shutdown_timeout=5)
     except TrustSetupError as err:
         raise UserError(str(err)) from err
