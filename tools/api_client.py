@@ -37,12 +37,14 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_NoRedirect())
 
 
-def _opener_trusting(ca: Path) -> urllib.request.OpenerDirector:
+def _opener_trusting(ca: Path | bytes) -> urllib.request.OpenerDirector:
     """An opener that verifies https servers against `ca` only (host names included)."""
     try:
-        context = ssl.create_default_context(cafile=str(ca))
+        context = (ssl.create_default_context(cadata=ca) if isinstance(ca, bytes)
+                   else ssl.create_default_context(cafile=str(ca)))
     except (OSError, ssl.SSLError) as err:
-        raise ApiClientError(0, "bad_ca", f"cannot load the CA file {ca}: {err}") from None
+        what = "the CA" if isinstance(ca, bytes) else f"the CA file {ca}"
+        raise ApiClientError(0, "bad_ca", f"cannot load {what}: {err}") from None
     return urllib.request.build_opener(_NoRedirect(), urllib.request.HTTPSHandler(context=context))
 
 
@@ -68,9 +70,9 @@ class ApiClient:
     """`ApiClient(url, token)`: one publisher talking to one server."""
 
     def __init__(self, url: str, token: str, *, timeout: float = DEFAULT_TIMEOUT,
-                 ca: Path | None = None):
-        """`ca`: the PEM CA file an https server's certificate must chain to (a fleet's
-        private CA, `ota tls init`); without it, the system's trusted CAs."""
+                 ca: Path | bytes | None = None):
+        """`ca`: the CA an https server's certificate must chain to (a fleet's private CA,
+        `ota tls init`): a PEM file, or DER bytes; without it, the system's trusted CAs."""
         self.url = url.rstrip("/")
         self._token = token
         self.timeout = timeout
