@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from ota_server import openapi, routes_device, routes_publisher, state
+from ota_server.datadir import DataDirLock
 from ota_server.device_auth import DeviceAuthenticator
 from ota_server.metrics import Metrics
 from ota_server.middleware import (
@@ -60,6 +61,7 @@ ROUTES: list[tuple[str, str, object]] = [
     ("PUT", "/v1/blobs/{sha256}", P.put_blob),
     ("POST", "/v1/blobs/missing", P.missing_blobs),
     ("POST", "/v1/releases", P.register_release),
+    ("POST", "/v1/releases/sequence", P.reserve_sequence),
     ("GET", "/v1/releases", P.list_releases),
     ("POST", "/v1/roots", P.upload_root),
     ("GET", "/v1/roots", P.list_roots),
@@ -113,15 +115,20 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     settings = app[state.SETTINGS]
-    store = SqliteStore(settings.db_path)
+    lock = DataDirLock(settings.data_dir)
+    lock.acquire()  # before anything touches the directory (FileBlobStore empties tmp/)
     try:
-        app[state.STORE] = store
-        app[state.BLOBS] = FileBlobStore(settings.blob_dir)
-        app[state.TRUST] = TrustAnchor.load(store, settings.root_path)
-        app[state.DEVICE_AUTH] = DeviceAuthenticator(store)
-        yield
+        store = SqliteStore(settings.db_path)
+        try:
+            app[state.STORE] = store
+            app[state.BLOBS] = FileBlobStore(settings.blob_dir)
+            app[state.TRUST] = TrustAnchor.load(store, settings.root_path)
+            app[state.DEVICE_AUTH] = DeviceAuthenticator(store)
+            yield
+        finally:
+            store.close()
     finally:
-        store.close()
+        lock.release()
 
 
 async def _reload_tls_on_sighup(app: web.Application) -> AsyncIterator[None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 
 from ota_server.storage import MetadataStore
@@ -30,6 +31,9 @@ class Metrics:
         "mpota_blob_requests_total": ("counter", "Blob requests from boards by status code."),
         "mpota_pack_requests_total": ("counter", "Pack requests from boards by status code."),
         "mpota_reports_total": ("counter", "Board status reports by status."),
+        "mpota_reports_refused_total": ("counter",
+                                        "Board reports refused by error code: about a release "
+                                        "the server never offered that board, or unknown."),
         "mpota_auth_failures_total": ("counter", "Refused credentials by error code."),
         "mpota_releases_registered_total": ("counter", "Releases registered since start."),
     }
@@ -44,7 +48,7 @@ class Metrics:
     def value(self, name: str, **labels: str) -> float:
         return self._values.get((name, tuple(sorted(labels.items()))), 0.0)
 
-    def render(self, store: MetadataStore) -> str:
+    def render(self, store: MetadataStore, now: int | None = None) -> str:
         lines: list[str] = []
         for name, (kind, text) in self._HELP.items():
             lines.append(f"# HELP {name} {text}")
@@ -52,18 +56,40 @@ class Metrics:
             for (metric, labels), value in sorted(self._values.items()):
                 if metric == name:
                     lines.append(f"{name}{_labels(labels)} {value:g}")
-        lines.append("# HELP mpota_rollout_state 1 for the current state of each channel's "
-                     "rollout.")
-        lines.append("# TYPE mpota_rollout_state gauge")
-        lines.append("# HELP mpota_rollout_stage Index of the current stage of each rollout.")
-        lines.append("# TYPE mpota_rollout_stage gauge")
-        for channel in store.list_channels():
-            rollout = store.current_rollout(channel)
-            if rollout is None:
-                continue
-            for state in _ROLLOUT_STATES:
-                pairs = (("channel", channel), ("state", state))
-                lines.append(f"mpota_rollout_state{_labels(pairs)} "
-                             f"{1 if rollout.state == state else 0}")
-            lines.append(f"mpota_rollout_stage{_labels((('channel', channel),))} {rollout.stage}")
+        lines.extend(_rollout_lines(store, int(time.time()) if now is None else now))
         return "\n".join(lines) + "\n"
+
+
+def _rollout_lines(store: MetadataStore, now: int) -> list[str]:
+    """Gauges per channel: rollout state and stage, and the expiry of the releases offered."""
+    state, stage, expires, expired = [], [], [], []
+    for channel in store.list_channels():
+        rollout = store.current_rollout(channel)
+        releases = [("base", store.base_release(channel))]
+        if rollout is not None:
+            releases.append(("rollout", rollout.release))
+            for name in _ROLLOUT_STATES:
+                pairs = (("channel", channel), ("state", name))
+                state.append(f"mpota_rollout_state{_labels(pairs)} "
+                             f"{1 if rollout.state == name else 0}")
+            stage.append(f"mpota_rollout_stage{_labels((('channel', channel),))} "
+                         f"{rollout.stage}")
+        for role, release in releases:
+            if release is None:
+                continue
+            pairs = (("channel", channel), ("release", role))
+            expires.append(f"mpota_release_expires_seconds{_labels(pairs)} {release.expires}")
+            expired.append(f"mpota_release_expired{_labels(pairs)} "
+                           f"{1 if release.expired(now) else 0}")
+    return [
+        "# HELP mpota_rollout_state 1 for the current state of each channel's rollout.",
+        "# TYPE mpota_rollout_state gauge", *state,
+        "# HELP mpota_rollout_stage Index of the current stage of each rollout.",
+        "# TYPE mpota_rollout_stage gauge", *stage,
+        "# HELP mpota_release_expires_seconds Unix time the channel's rollout or base release "
+        "expires.",
+        "# TYPE mpota_release_expires_seconds gauge", *expires,
+        "# HELP mpota_release_expired 1 when the channel's rollout or base release has expired "
+        "and is offered to no board.",
+        "# TYPE mpota_release_expired gauge", *expired,
+    ]

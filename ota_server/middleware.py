@@ -14,8 +14,9 @@ from typing import Any, Literal
 from aiohttp import web
 
 from ota_server import state
-from ota_server.errors import ApiError, PayloadTooLarge, Unauthorized
+from ota_server.errors import ApiError, Unauthorized
 from ota_server.tokens import token_hash
+from ota_server.validation import read_body
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 AuthKind = Literal["public", "publisher", "device"]
@@ -56,7 +57,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except ApiError as err:
         if err.status == 401:
             request.app[state.METRICS].inc("mpota_auth_failures_total", code=err.code)
-        return error_body(err.status, err.code, err.message)
+        response = error_body(err.status, err.code, err.message)
+        if err.status == 408:
+            # the rest of a late body may still trickle in: close rather than wait for it
+            response.force_close()
+        return response
     except web.HTTPException as err:
         if err.status < 400:
             raise
@@ -114,11 +119,8 @@ def _require_publisher(request: web.Request) -> None:
 
 async def _authenticate_device(request: web.Request) -> None:
     limit = request.app[state.SETTINGS].limits.max_device_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"device request bodies are limited to {limit} bytes")
-    body = await request.content.read(limit + 1) if request.can_read_body else b""
-    if len(body) > limit:
-        raise PayloadTooLarge(f"device request bodies are limited to {limit} bytes")
+    # the signature covers the whole body: read it whole first (however it was split)
+    body = await read_body(request, limit, "device request")
     found = await request.app[state.DEVICE_AUTH].authenticate(
         request.headers.get("Authorization"), request.method, request.raw_path, body)
     request[state.DEVICE] = found

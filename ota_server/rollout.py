@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from typing import Any
 
 from ota_server.errors import BadRequest, Conflict
@@ -110,29 +111,34 @@ def eligible(device: Device, policy: dict[str, Any], stage: int) -> bool:
     return False
 
 
-def _fits(release: Release | None, app: str | None, sequence: int, board: str) -> bool:
-    """Newer than what the board runs, the same app (or none yet), built for its board."""
+def _fits(release: Release | None, app: str | None, sequence: int, board: str,
+          now: int) -> bool:
+    """Newer than what the board runs, the same app (or none yet), built for its board, and
+    not expired (the board would refuse it, and ask again at every check-in)."""
     return (release is not None and (not app or app == release.app)
-            and release.sequence > sequence and board in release.boards)
+            and release.sequence > sequence and board in release.boards
+            and not release.expired(now))
 
 
 def release_for(store: MetadataStore, device: Device, app: str | None,
-                sequence: int, board: str) -> Release | None:
-    """The release to offer a `board` running (`app`, `sequence`), or None: "nothing new".
+                sequence: int, board: str, now: int | None = None) -> Release | None:
+    """The release to offer a `board` running (`app`, `sequence`) at `now` (Unix time; the
+    clock when None), or None: "nothing new".
 
     A paused rollout is offered only to boards that already started it (downloading or
-    installed), so they can finish; an aborted one to nobody.
+    installed), so they can finish; an aborted one to nobody; an expired release to nobody.
     """
+    when = int(time.time()) if now is None else now
     rollout = store.current_rollout(device.channel)
     if rollout is not None and rollout.state in _ACTIVE_STATES \
-            and _fits(rollout.release, app, sequence, board):
+            and _fits(rollout.release, app, sequence, board, when):
         if rollout.state == "active" and eligible(device, rollout.policy, rollout.stage):
             return rollout.release
         status = store.deployment_status(device.device_id, rollout.release.id)
         if status in STARTED_STATUSES:
             return rollout.release
     base = store.base_release(device.channel)
-    return base if _fits(base, app, sequence, board) else None
+    return base if _fits(base, app, sequence, board, when) else None
 
 
 def is_complete(rollout: Rollout) -> bool:
@@ -142,8 +148,17 @@ def is_complete(rollout: Rollout) -> bool:
 
 
 def start(store: MetadataStore, channel: str, release: Release,
-          policy: dict[str, Any]) -> Rollout:
-    """Point `channel` at `release`. A previous rollout that reached 100% becomes the base."""
+          policy: dict[str, Any], now: int | None = None) -> Rollout:
+    """Point `channel` at `release`. A previous rollout that reached 100% becomes the base.
+
+    Raises Conflict: `already_rolling_out`, `not_newer`, or `release_expired` (no board would
+    take it).
+    """
+    when = int(time.time()) if now is None else now
+    if release.expired(when):
+        raise Conflict(f"{release.app} {release.version} (sequence {release.sequence}) expired "
+                       f"at {iso_utc(release.expires)}; boards refuse it: publish a new version",
+                       code="release_expired")
     previous = store.current_rollout(channel)
     if previous is not None:
         if previous.release.id == release.id and previous.state in _ACTIVE_STATES:
@@ -214,11 +229,12 @@ def success_target(store: MetadataStore, rollout: Rollout) -> int:
 
 
 def after_report(store: MetadataStore, channel: str, release_id: int) -> None:
-    """Apply automatic pause and automatic advance after a board reported on `release_id`."""
+    """Apply automatic pause and automatic advance after a board reported on `release_id`
+    for a deployment that `channel` opened; only that channel's counts decide."""
     rollout = store.current_rollout(channel)
     if rollout is None or rollout.release.id != release_id or rollout.state != "active":
         return
-    counts = store.deployment_counts(release_id)
+    counts = store.deployment_counts(release_id, channel)
     policy = rollout.policy
     if counts.results >= policy["min_results"] and \
             counts.failures / counts.results > policy["failure_threshold"]:
@@ -233,16 +249,29 @@ def after_report(store: MetadataStore, channel: str, release_id: int) -> None:
         store.update_rollout(rollout.id, stage=rollout.stage + 1)
 
 
-def status(store: MetadataStore, channel: str) -> dict[str, Any]:
-    """The channel's rollout state as the API and CLI show it."""
+def iso_utc(when: int) -> str:
+    """Unix time as ISO 8601 UTC, for messages."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+
+
+def _release_view(release: Release, now: int) -> dict[str, Any]:
+    return {**release.view(), "expired": release.expired(now)}
+
+
+def status(store: MetadataStore, channel: str, now: int | None = None) -> dict[str, Any]:
+    """The channel's rollout state as the API and CLI show it; each release says whether it
+    has `expired` (then it is offered to no board)."""
+    when = int(time.time()) if now is None else now
     rollout = store.current_rollout(channel)
     base = store.base_release(channel)
-    out: dict[str, Any] = {"channel": channel, "base": base.view() if base else None,
+    out: dict[str, Any] = {"channel": channel,
+                           "base": _release_view(base, when) if base else None,
                            "rollout": None}
     if rollout is not None:
-        counts = store.deployment_counts(rollout.release.id)
+        counts = store.deployment_counts(rollout.release.id, channel)
         out["rollout"] = {
-            "id": rollout.id, "release": rollout.release.view(), "state": rollout.state,
+            "id": rollout.id, "release": _release_view(rollout.release, when),
+            "state": rollout.state,
             "stage": rollout.stage, "stages": rollout.policy["stages"],
             "current_stage": rollout.policy["stages"][rollout.stage],
             "policy": rollout.policy, "reason": rollout.reason,

@@ -16,10 +16,11 @@ from typing import Any, BinaryIO
 from aiohttp import web
 
 from ota_server import rollout, state
-from ota_server.errors import ApiError, BadRequest, NotFound
+from ota_server.errors import ApiError, BadRequest, Conflict, NotFound
 from ota_server.metrics import Metrics
 from ota_server.middleware import device
-from ota_server.storage import DEPLOYMENT_STATUSES, Device
+from ota_server.ranges import RangeNotSatisfiable, byte_range
+from ota_server.storage import DEPLOYMENT_STATUSES, Deployment, Device, MetadataStore
 from ota_server.storage.blobs import FileBlobStore, check_blob_id
 from ota_server.storage.records import FINAL_STATUSES
 from ota_server.validation import blob_id, name, optional, parse_json_object, required
@@ -81,7 +82,7 @@ async def checkin(request: web.Request) -> web.Response:
         metrics.inc("mpota_checkins_total", outcome="nothing_new")
         return web.Response(status=204, headers=headers)
     if store.deployment_status(found.device_id, offer.id) is None:
-        store.set_deployment(found.device_id, offer.id, "offered")
+        store.open_deployment_for(found.device_id, offer.id, found.channel)
     metrics.inc("mpota_checkins_total", outcome="offered")
     return web.Response(body=_envelope(request.app, offer.id), content_type=ENVELOPE_TYPE,
                         headers=headers)
@@ -215,24 +216,14 @@ def _strong_tag(sha256: str) -> str:
 def _byte_range(request: web.Request, size: int) -> tuple[int, int] | None:
     """(offset, count) of the requested Range over `size` bytes, None for all of them.
 
-    Raises HTTPRequestRangeNotSatisfiable for a malformed or unsatisfiable range.
+    Raises HTTPRequestRangeNotSatisfiable for a malformed or unsatisfiable range
+    (ota_server.ranges.byte_range says which).
     """
-    if "Range" not in request.headers:
-        return None
-    unsatisfiable = web.HTTPRequestRangeNotSatisfiable(
-        headers={"Content-Range": f"bytes */{size}"})
     try:
-        rng = request.http_range
-    except ValueError:
-        raise unsatisfiable from None
-    start, stop = rng.start, rng.stop
-    if start is not None and start < 0:  # suffix `bytes=-N`: the last N bytes
-        start, stop = max(0, size + start), size
-    start = start or 0
-    stop = size if stop is None else min(stop, size)
-    if start >= size or stop <= start:
-        raise unsatisfiable
-    return start, stop - start
+        return byte_range(request.headers.getall("Range", []), size)
+    except RangeNotSatisfiable as err:
+        raise web.HTTPRequestRangeNotSatisfiable(
+            headers={"Content-Range": f"bytes */{size}"}, text=str(err)) from None
 
 
 def _wanted_range(request: web.Request, size: int, tag: str | None) -> tuple[int, int] | None:
@@ -397,6 +388,10 @@ async def pack(request: web.Request) -> web.StreamResponse:
         raise
 
 
+# Reports that may name the release the board runs rather than the one that failed.
+_REDIRECTED = ("failed", "rolled_back")
+
+
 # Once confirmed, a deployment only changes again by a rollback.
 def _may_replace(old: str | None, new: str) -> bool:
     return old != "confirmed" or new == "rolled_back"
@@ -404,11 +399,17 @@ def _may_replace(old: str | None, new: str) -> bool:
 
 @device
 async def report(request: web.Request) -> web.Response:
-    """Move the board's deployment of a release to `status`; may pause or advance the rollout."""
+    """Move the board's deployment of a release to `status`; may pause or advance the rollout
+    of the channel that opened the deployment.
+
+    Only a deployment the server opened for this board (a check-in offered it the release)
+    moves: a report about anything else is refused (404 `unknown_release`, 409 `not_offered`),
+    counted in `mpota_reports_refused_total` and changes nothing but the board's counter.
+    """
     found: Device = request[state.DEVICE]
     what = "report"
     doc = parse_json_object(request[state.BODY], what)
-    app_name = name(required(doc, "app", str, what), "report app")
+    app_name = required(doc, "app", str, what)
     sequence = _counter(doc, "sequence", what)
     if sequence is None:
         raise BadRequest("report: field 'sequence' is required", code="bad_field")
@@ -416,44 +417,63 @@ async def report(request: web.Request) -> web.Response:
     if status not in DEPLOYMENT_STATUSES:
         raise BadRequest(f"report: status must be one of {list(DEPLOYMENT_STATUSES)}, "
                          f"got {status[:40]!r}", code="bad_status")
+    # A board that runs no app yet reports a failed first install with app "" (it names
+    # what it runs); anything else must name an app.
+    if app_name or status not in _REDIRECTED:
+        name(app_name, "report app")
     version = optional(doc, "version", str, what)
     reason = optional(doc, "reason", str, what, max_len=_MAX_REASON)
     store = request.app[state.STORE]
-    release_id = _deployment_for(store, found.device_id, app_name, sequence, status)
-    if release_id is None:
-        raise NotFound(f"no release {app_name!r} sequence {sequence} for this board",
-                       code="unknown_release")
-    if _may_replace(store.deployment_status(found.device_id, release_id), status):
-        store.set_deployment(found.device_id, release_id, status, reason)
+    metrics = request.app[state.METRICS]
+    try:
+        deployment = _deployment_for(store, found.device_id, app_name, sequence, status)
+    except ApiError as err:
+        metrics.inc("mpota_reports_refused_total", code=err.code)
+        raise
+    if _may_replace(deployment.status, status):
+        store.set_deployment(found.device_id, deployment.release_id, status, reason)
     inventory: dict[str, Any] = {"last_status": status}
     if status in ("failed", "rolled_back"):
         inventory["last_error"] = reason or status
     if status == "confirmed":
-        release = store.release_by_id(release_id)
+        release = store.release_by_id(deployment.release_id)
         assert release is not None
         inventory.update(app=release.app, version=release.version, sequence=release.sequence,
                          last_error=None)
     elif status == "rolled_back" and version is not None:
         inventory["version"] = version
     store.record_checkin(found.device_id, inventory)
-    request.app[state.METRICS].inc("mpota_reports_total", status=status)
+    metrics.inc("mpota_reports_total", status=status)
     if status in FINAL_STATUSES:
-        rollout.after_report(store, found.channel, release_id)
+        rollout.after_report(store, deployment.channel, deployment.release_id)
     return web.Response(status=204)
 
 
-def _deployment_for(store: Any, device_id: str, app: str, sequence: int,
-                    status: str) -> int | None:
-    """Which release a report is about.
+def _deployment_for(store: MetadataStore, device_id: str, app: str, sequence: int,
+                    status: str) -> Deployment:
+    """The deployment a report is about: one the server opened for this board.
 
-    `failed` and `rolled_back` may name the version the board really runs (the old one), so
-    they go to the board's unfinished deployment of a newer release first.
+    The report names a release by (`app`, `sequence`). `failed` and `rolled_back` may name the
+    release the board runs (the old one, e.g. when the new manifest failed to verify): when
+    the board has no deployment of the named release, or has confirmed it, they go to its
+    newest unfinished deployment of a newer release of the app (of any app for a board that
+    runs none: `app` "", `sequence` 0).
+    Raises NotFound (`unknown_release`) when neither the release nor such a deployment exists,
+    Conflict (`not_offered`) when the release exists but was never offered to this board.
     """
-    if status in ("failed", "rolled_back"):
-        open_id = store.open_deployment(device_id, app)
-        if open_id is not None:
-            opened = store.release_by_id(open_id)
-            if opened is not None and opened.sequence >= sequence:
-                return int(open_id)
-    release = store.release(app, sequence)
-    return None if release is None else release.id
+    named = store.release(app, sequence) if app else None
+    opened = None if named is None else store.deployment(device_id, named.id)
+    if status in _REDIRECTED and (opened is None or opened.status == "confirmed"):
+        newer_id = store.open_deployment(device_id, app or None)
+        newer = None if newer_id is None else store.release_by_id(newer_id)
+        if newer is not None and newer.sequence > sequence:
+            deployment = store.deployment(device_id, newer.id)
+            if deployment is not None:
+                return deployment
+    if opened is not None:
+        return opened
+    if named is None:
+        raise NotFound(f"no release {app!r} sequence {sequence} for this board",
+                       code="unknown_release")
+    raise Conflict(f"{app} sequence {sequence} was never offered to this board: a report "
+                   f"counts only for a release the server offered it", code="not_offered")

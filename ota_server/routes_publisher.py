@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import sqlite3
@@ -9,6 +10,7 @@ import time
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ota_server import rollout, state
 from ota_server.errors import (
@@ -20,10 +22,22 @@ from ota_server.errors import (
 )
 from ota_server.middleware import publisher
 from ota_server.rollout import bucket_of, normalize_policy, percent_policy
+from ota_server.storage import MetadataStore, Release
 from ota_server.storage.blobs import BlobHashMismatch, BlobTooLarge
-from ota_server.validation import blob_id, name, optional, read_json, required
+from ota_server.validation import (
+    BodyTimeout,
+    blob_id,
+    name,
+    optional,
+    read_body,
+    read_json,
+    required,
+)
 from signing import errors as trust_errors
+from signing.dsse import parse_envelope
 from signing.keys import POINT_SIZE, public_key_from_point
+from signing.manifest import _SEMVER as SEMVER  # the manifest's own version rule
+from signing.manifest import MANIFEST_PAYLOAD_TYPE, Manifest
 from signing.verify import verify_manifest
 
 _MAX_MISSING_QUERY = 10_000
@@ -49,30 +63,31 @@ def trust_error(err: Exception, what: str) -> ApiError:
     raise err
 
 
-async def _read_body(request: web.Request, limit: int, what: str) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"{what}: body is larger than {limit} bytes")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise PayloadTooLarge(f"{what}: body is larger than {limit} bytes")
-    return body
-
-
 # -- blobs ------------------------------------------------------------------------------------
 
 @publisher
 async def put_blob(request: web.Request) -> web.Response:
     """Upload one blob under its SHA-256; 201 new, 200 already present. Streamed to disk."""
     sha256 = blob_id(request.match_info["sha256"])
-    limit = request.app[state.SETTINGS].limits.max_blob_bytes
+    limits = request.app[state.SETTINGS].limits
+    limit = limits.max_blob_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"blob is larger than the limit of {limit} bytes")
     blobs = request.app[state.BLOBS]
-    if blobs.exists(sha256):
-        await request.release()  # drain; the content is already here
-        return web.json_response({"blob": sha256, "created": False}, status=200)
     try:
-        created = await blobs.put_stream(sha256, request.content.iter_chunked(_CHUNK), limit)
+        # the whole upload within one deadline; put_stream removes its partial file
+        async with asyncio.timeout(limits.upload_timeout):
+            if blobs.exists(sha256):
+                await request.release()  # drain; the content is already here
+                return web.json_response({"blob": sha256, "created": False}, status=200)
+            created = await blobs.put_stream(sha256, request.content.iter_chunked(_CHUNK),
+                                             limit)
+    except TimeoutError:
+        raise BodyTimeout(f"blob upload did not arrive whole within "
+                          f"{limits.upload_timeout:g} s") from None
+    except HttpProcessingError:
+        raise BadRequest("blob upload: the body's framing is broken (Content-Length or "
+                         "chunked encoding)", code="bad_body") from None
     except BlobTooLarge as err:
         raise PayloadTooLarge(str(err)) from None
     except BlobHashMismatch as err:
@@ -99,13 +114,16 @@ async def missing_blobs(request: web.Request) -> web.Response:
 
 @publisher
 async def register_release(request: web.Request) -> web.Response:
-    """Register a signed manifest envelope: verified, every blob present, sequence new.
+    """Register a signed manifest envelope: verified, every blob present, version and sequence
+    new (docs/protocol.md, "Releases: versions and sequences").
 
-    Re-sending the envelope of an already registered release answers 200 (retry after a
-    crash); any other release with an existing or lower sequence is a 409.
+    A version that is already registered answers 200 with that release when the new manifest
+    has the same content (a re-publish, a retry after a crash), 409 `version_exists` otherwise.
+    A sequence that is taken, reserved for another version, or not above the app's latest
+    without being reserved for this version is a 409.
     """
     limits = request.app[state.SETTINGS].limits
-    envelope = await _read_body(request, limits.max_envelope_bytes, "release")
+    envelope = await read_body(request, limits.max_envelope_bytes, "release")
     trust = request.app[state.TRUST]
     now = int(time.time())
     if trust.latest.expires <= now:
@@ -116,16 +134,10 @@ async def register_release(request: web.Request) -> web.Response:
     except trust_errors.TrustError as err:
         raise trust_error(err, "release") from None
     store = request.app[state.STORE]
-    existing = store.release(manifest.app, manifest.sequence)
-    if existing is not None:
-        if store.envelope(existing.id) == envelope:
-            return web.json_response(existing.view(), status=200)
-        raise Conflict(f"{manifest.app} sequence {manifest.sequence} is already registered "
-                       f"with a different manifest", code="sequence_not_greater")
-    latest = store.max_sequence(manifest.app)
-    if latest is not None and manifest.sequence <= latest:
-        raise Conflict(f"{manifest.app} sequence {manifest.sequence} is not greater than the "
-                       f"latest registered sequence {latest}", code="sequence_not_greater")
+    same = _registered_version(store, manifest, envelope, now)
+    if same is not None:
+        return web.json_response(same.view(), status=200)
+    _check_sequence(store, manifest)
     blobs = request.app[state.BLOBS]
     needed: dict[str, int] = {}
     for entry in manifest.files:
@@ -140,12 +152,82 @@ async def register_release(request: web.Request) -> web.Response:
                        code="blob_size_mismatch")
     try:
         release = store.add_release(manifest.app, manifest.version, manifest.sequence,
-                                    manifest.boards, envelope, sorted(needed.items()))
+                                    manifest.boards, envelope, sorted(needed.items()),
+                                    manifest.expires)
     except sqlite3.IntegrityError:
-        raise Conflict(f"{manifest.app} sequence {manifest.sequence} was registered "
-                       f"concurrently", code="sequence_not_greater") from None
+        raise Conflict(f"{manifest.app} {manifest.version} sequence {manifest.sequence} was "
+                       f"registered concurrently", code="sequence_not_greater") from None
     request.app[state.METRICS].inc("mpota_releases_registered_total")
     return web.json_response(release.view(), status=201)
+
+
+def _content(manifest: Manifest) -> tuple[Any, ...]:
+    """What a release delivers: everything in the manifest but its sequence and times."""
+    return (manifest.app, manifest.version, manifest.boards, manifest.min_micropython,
+            manifest.entry, manifest.files)
+
+
+def _registered_version(store: MetadataStore, manifest: Manifest, envelope: bytes,
+                        now: int) -> Release | None:
+    """The registered release of the manifest's version when the manifest has its content;
+    None when the version is new. Raises Conflict (`version_exists`) when the version names
+    a release of other content, or one that expired (boards refuse it; a new version is due).
+    """
+    existing = store.release_by_version(manifest.app, manifest.version)
+    if existing is None:
+        return None
+    stored = store.envelope(existing.id)
+    if stored == envelope:
+        return existing  # the same upload again: a retry
+    found = Manifest.from_payload(parse_envelope(stored, MANIFEST_PAYLOAD_TYPE).payload)
+    if _content(found) != _content(manifest):
+        raise Conflict(f"{manifest.app} {manifest.version} is already registered as sequence "
+                       f"{existing.sequence} with other content; publish a new version",
+                       code="version_exists")
+    if existing.expired(now):
+        raise Conflict(f"{manifest.app} {manifest.version} is already registered as sequence "
+                       f"{existing.sequence}, which expired at {rollout.iso_utc(existing.expires)};"
+                       f" publish a new version", code="version_exists")
+    return existing
+
+
+def _check_sequence(store: MetadataStore, manifest: Manifest) -> None:
+    """Refuse a sequence another release has, another version reserved, or one not above the
+    app's latest unless the server reserved it for this version (Conflict)."""
+    app, sequence = manifest.app, manifest.sequence
+    taken = store.release(app, sequence)
+    if taken is not None:
+        raise Conflict(f"{app} sequence {sequence} is already registered for version "
+                       f"{taken.version}", code="sequence_not_greater")
+    holder = store.reserved_version(app, sequence)
+    if holder is not None and holder != manifest.version:
+        raise Conflict(f"{app} sequence {sequence} is reserved for version {holder}; let "
+                       f"`ota publish` ask the server for a sequence", code="sequence_reserved")
+    latest = store.max_sequence(app)
+    if holder is None and latest is not None and sequence <= latest:
+        raise Conflict(f"{app} sequence {sequence} is not greater than the latest registered "
+                       f"sequence {latest}", code="sequence_not_greater")
+
+
+@publisher
+async def reserve_sequence(request: web.Request) -> web.Response:
+    """The sequence to sign `version` of `app` with: {"app", "version", "sequence",
+    "registered"}. Asked again, it answers the same; two versions never get the same one; a
+    new one is at least the server's clock in Unix seconds."""
+    what = "sequence"
+    doc = await read_json(request, what, request.app[state.SETTINGS].limits.max_json_bytes)
+    app_name = name(required(doc, "app", str, what), "app")
+    version = required(doc, "version", str, what)
+    if not SEMVER.fullmatch(version):
+        raise BadRequest(f"sequence: version {version!r} is not a semantic version "
+                         f"(MAJOR.MINOR.PATCH)", code="bad_field")
+    # The clock as a floor: above any sequence a board may run that the server never
+    # registered (a first app installed at the factory, fleet.yaml `app.sequence`) and above
+    # what `ota build` gave by default (the build time in Unix seconds).
+    sequence, registered = request.app[state.STORE].reserve_sequence(
+        app_name, version, floor=int(time.time()))
+    return web.json_response({"app": app_name, "version": version, "sequence": sequence,
+                              "registered": registered})
 
 
 @publisher
@@ -162,7 +244,7 @@ async def list_releases(request: web.Request) -> web.Response:
 @publisher
 async def upload_root(request: web.Request) -> web.Response:
     """Accept root metadata N+1, verified against the server's newest root N."""
-    envelope = await _read_body(request, request.app[state.SETTINGS].limits.max_envelope_bytes,
+    envelope = await read_body(request, request.app[state.SETTINGS].limits.max_envelope_bytes,
                                 "root")
     try:
         new = request.app[state.TRUST].rotate(envelope)

@@ -22,7 +22,12 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Limits:
-    """Request size caps, in bytes."""
+    """Request size caps (bytes), time bounds (seconds) and the connection cap.
+
+    The time bounds and the cap are enforced by ota_server.connections (headers, idle
+    connections, open connections) and ota_server.validation.read_body (bodies);
+    docs/operations.md gives the reasons for the defaults.
+    """
 
     max_blob_bytes: int = 16 * 1024 * 1024
     max_json_bytes: int = 64 * 1024
@@ -30,6 +35,16 @@ class Limits:
     max_envelope_bytes: int = 64 * 1024
     max_query_bytes: int = 1024 * 1024
     max_device_body_bytes: int = 4 * 1024
+    # A request's line and headers must arrive whole within this, from the connection's start
+    # or from the first byte of a later request on it.
+    header_timeout: float = 10.0
+    # A body read whole (JSON, envelopes, board requests) must arrive within this.
+    body_timeout: float = 30.0
+    # A blob upload (`PUT /v1/blobs/…`, up to max_blob_bytes) must arrive within this.
+    upload_timeout: float = 600.0
+    # An idle keep-alive connection is closed after this (longer than a proxy's usual 60 s).
+    keepalive_timeout: float = 75.0
+    max_connections: int = 1000
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,15 @@ _ENV: dict[str, tuple[str, Any]] = {
     "MPOTA_JSON_LOGS": ("json_logs", lambda v: v.strip().lower() in ("1", "true", "yes")),
 }
 
+# Environment variable -> Limits field; flags use the field name. Each must be > 0.
+_LIMIT_ENV: dict[str, str] = {
+    "MPOTA_HEADER_TIMEOUT": "header_timeout",
+    "MPOTA_BODY_TIMEOUT": "body_timeout",
+    "MPOTA_UPLOAD_TIMEOUT": "upload_timeout",
+    "MPOTA_KEEPALIVE_TIMEOUT": "keepalive_timeout",
+    "MPOTA_MAX_CONNECTIONS": "max_connections",
+}
+
 
 def load_settings(
     flags: Mapping[str, Any],
@@ -95,7 +119,8 @@ def load_settings(
         raise SettingsError(f"port: not an integer: {values.get('port')!r}") from err
     if not 0 <= port <= 65535:
         raise SettingsError(f"port: {port} is out of range")
-    settings = Settings(data_dir=Path(values["data_dir"]))
+    settings = Settings(data_dir=Path(values["data_dir"]),
+                        limits=_limits(values, env))
     root = values.get("root_path")
     tls_cert, tls_key = values.get("tls_cert"), values.get("tls_key")
     if (tls_cert is None) != (tls_key is None):
@@ -111,3 +136,27 @@ def load_settings(
         tls_cert=Path(tls_cert) if tls_cert is not None else None,
         tls_key=Path(tls_key) if tls_key is not None else None,
     )
+
+
+def _limits(values: Mapping[str, Any], env: Mapping[str, str]) -> Limits:
+    """Limits with the time bounds and connection cap of `values` (flags) or `env`.
+
+    Raises SettingsError naming the setting when one is not a positive number.
+    """
+    defaults = Limits()
+    changes: dict[str, Any] = {}
+    for var, name in _LIMIT_ENV.items():
+        given, source = values.get(name), f"--{name.replace('_', '-')}"
+        if given is None and env.get(var, "") != "":
+            given, source = env[var], f"environment variable {var}"
+        if given is None:
+            continue
+        kind = type(getattr(defaults, name))
+        try:
+            value = kind(given)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{source}: not a number: {given!r}") from None
+        if not 0 < value < float("inf"):  # NaN fails this too
+            raise SettingsError(f"{source}: must be a positive number, got {given!r}")
+        changes[name] = value
+    return replace(defaults, **changes)

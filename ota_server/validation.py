@@ -1,14 +1,18 @@
-"""Small checks for request input; each raises BadRequest naming the field."""
+"""Request input: bodies read whole, and small checks that each raise BadRequest naming the
+field."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
 
-from aiohttp import web
+from aiohttp import StreamReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from ota_server.errors import BadRequest, PayloadTooLarge
+from ota_server import state
+from ota_server.errors import ApiError, BadRequest, PayloadTooLarge
 from ota_server.storage.blobs import check_blob_id
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -25,13 +29,56 @@ def parse_json_object(body: bytes, what: str) -> dict[str, Any]:
     return doc
 
 
-async def read_json(request: web.Request, what: str, limit: int) -> dict[str, Any]:
+class BodyTimeout(ApiError):
+    """The body did not arrive whole in time (408); the connection is closed after the answer."""
+
+    status = 408
+    code = "body_timeout"
+
+
+async def read_body(request: web.Request, limit: int, what: str) -> bytes:
+    """The whole body of `request`, however many TCP segments or chunks it arrives in: up to
+    its declared Content-Length, or to the end of a chunked body. Empty when there is none.
+
+    The one way a handler or middleware reads a body whole (docs/protocol.md, "Bodies").
+    Raises PayloadTooLarge when the declared or the received length is over `limit` (nothing
+    past `limit + 1` bytes is read), BodyTimeout when the body is not whole within the
+    settings' `body_timeout`, BadRequest `bad_body` when its framing breaks (a malformed chunk,
+    fewer bytes than declared before the connection ends).
+    """
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"{what}: body is larger than {limit} bytes")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise PayloadTooLarge(f"{what}: body is larger than {limit} bytes")
-    return parse_json_object(body, what)
+    if not request.body_exists:
+        return b""
+    timeout = request.app[state.SETTINGS].limits.body_timeout
+    try:
+        if request.content.is_eof():  # all of it came with the head (the usual case)
+            return await _read_to_end(request.content, limit, what)
+        async with asyncio.timeout(timeout):
+            return await _read_to_end(request.content, limit, what)
+    except TimeoutError:
+        raise BodyTimeout(f"{what}: the body did not arrive whole within {timeout:g} s") \
+            from None
+    except HttpProcessingError:
+        # aiohttp's payload errors (broken chunked framing, a short body); their text may
+        # quote the client's bytes, so it is not echoed
+        raise BadRequest(f"{what}: the body's framing is broken (Content-Length or "
+                         f"chunked encoding)", code="bad_body") from None
+
+
+async def _read_to_end(reader: StreamReader, limit: int, what: str) -> bytes:
+    body = bytearray()
+    # read(n) answers what has arrived so far (b"" only at the end): loop to the end
+    while chunk := await reader.read(limit + 1 - len(body)):
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"{what}: body is larger than {limit} bytes")
+    return bytes(body)
+
+
+async def read_json(request: web.Request, what: str, limit: int) -> dict[str, Any]:
+    """The body read whole (read_body) and parsed as a JSON object (parse_json_object)."""
+    return parse_json_object(await read_body(request, limit, what), what)
 
 
 def optional(doc: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str,

@@ -46,6 +46,10 @@ class WrongBoardError(TrustError):
     """The board is not among the manifest's boards."""
 
 
+class WrongAppError(TrustError):
+    """The manifest is a release of another app than the one the board is bound to."""
+
+
 class RotationError(TrustError):
     """A new root's version is not exactly the trusted version + 1."""
 

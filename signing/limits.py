@@ -11,11 +11,12 @@ class Limits:
 
     `max_envelope_bytes` binds first in practice: every file entry costs about 290 bytes of
     base64 in the envelope, so a default envelope holds about 39 files before `max_files`.
+    `max_path_length` counts bytes of UTF-8, as the board does (docs/manifest.md, "Limits").
     """
 
     max_envelope_bytes: int = 12288
     max_files: int = 128
-    max_path_length: int = 64
+    max_path_length: int = 128
 
 
 DEFAULT_LIMITS = Limits()

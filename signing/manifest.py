@@ -14,7 +14,12 @@ from signing.errors import MalformedError
 from signing.limits import DEFAULT_LIMITS, Limits
 
 MANIFEST_PAYLOAD_TYPE = "application/vnd.mpota.manifest+json"
+# The oldest MicroPython the board's OTA client runs on (docs/board.md, Firmware floor): it
+# imports `tls` (new in 1.23) and `deflate` (1.21). The default of a manifest's
+# `min_micropython`, and the oldest firmware the provisioning station writes a board for.
+MICROPYTHON_FLOOR = "1.23.0"
 ENCODINGS = ("plain", "deflate")
+MAX_FILE_SIZE = 2**64 - 1  # a file's size and transfer size, in bytes
 
 # Semantic Versioning 2.0.0, without the leading-zero subtleties of pre-release identifiers.
 _SEMVER = re.compile(
@@ -28,15 +33,29 @@ _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
+def micropython_version(text: str) -> tuple[int, int, int]:
+    """`"1.23"`, `"1.23.0"` or `"v1.23.0"` as (1, 23, 0); raises ValueError for anything else."""
+    if not _MICROPYTHON_VERSION.fullmatch(text.removeprefix("v")):
+        raise ValueError(f"{text[:40]!r} is not a MicroPython version like {MICROPYTHON_FLOOR}")
+    major, minor, *patch = (int(part) for part in text.removeprefix("v").split("."))
+    return major, minor, patch[0] if patch else 0
+
+
 def check_path(path: str, limits: Limits = DEFAULT_LIMITS) -> None:
     """Raise MalformedError unless `path` is a relative `/` path that stays inside the app.
 
-    Rules: at most `limits.max_path_length` characters, no leading `/`, no backslash, no
-    control character, no empty, `.` or `..` segment.
+    Rules, in this order (the board's `ota.rules.check_path` applies the same): Unicode text
+    (no lone surrogate, so it has a UTF-8 form), 1 to `limits.max_path_length` bytes of UTF-8
+    (bytes, not characters: what a filesystem and the board's buffers hold, and the same count
+    on every Python), no leading `/`, no backslash, no control character, no empty, `.` or
+    `..` segment.
     """
-    if not path or len(path) > limits.max_path_length:
+    if any("\ud800" <= ch <= "\udfff" for ch in path):
+        raise MalformedError(f"file path {path[:80]!r}: lone surrogate (not Unicode text)")
+    size = len(path.encode("utf-8"))
+    if not size or size > limits.max_path_length:
         raise MalformedError(
-            f"file path {path[:80]!r}: length must be 1..{limits.max_path_length}"
+            f"file path {path[:80]!r}: {size} bytes of UTF-8, must be 1..{limits.max_path_length}"
         )
     if path.startswith("/") or "\\" in path:
         raise MalformedError(f"file path {path!r}: must be relative and '/'-separated")
@@ -129,12 +148,12 @@ class FileEntry:
         check_path(path, limits)
         where = f"manifest file {path!r}"
         sha256 = _hex(obj, "sha256", where)
-        size = _count(obj, "size", where)
+        size = _file_size(obj, "size", where)
         encoding = dsse.field(obj, "encoding", str, where)
         if encoding not in ENCODINGS:
             raise MalformedError(f"{where}: encoding must be one of {', '.join(ENCODINGS)}")
         blob = _hex(obj, "blob", where)
-        transfer_size = _count(obj, "transfer_size", where)
+        transfer_size = _file_size(obj, "transfer_size", where)
         if encoding == "plain" and (blob != sha256 or transfer_size != size):
             raise MalformedError(f"{where}: plain file must have blob == sha256 and "
                                  "transfer_size == size")
@@ -145,6 +164,14 @@ def _count(obj: dict[str, Any], name: str, where: str) -> int:
     value: int = dsse.field(obj, name, int, where)
     if value < 0:
         raise MalformedError(f"{where}: {name!r} must be >= 0")
+    return value
+
+
+def _file_size(obj: dict[str, Any], name: str, where: str) -> int:
+    # At most 20 digits, as the board's file list line holds (docs/manifest.md, "Limits").
+    value = _count(obj, name, where)
+    if value > MAX_FILE_SIZE:
+        raise MalformedError(f"{where}: {name!r} must be <= 2**64 - 1")
     return value
 
 
@@ -213,7 +240,8 @@ class Manifest:
         boards = dsse.field(doc, "boards", list, "manifest")
         if not boards or not all(isinstance(b, str) and b for b in boards):
             raise MalformedError("manifest: 'boards' must be a non-empty list of names")
-        min_mp = _matching(doc, "min_micropython", _MICROPYTHON_VERSION, "a version like 1.20.0")
+        min_mp = _matching(doc, "min_micropython", _MICROPYTHON_VERSION,
+                          f"a version like {MICROPYTHON_FLOOR}")
         entry = _matching(doc, "entry", _MODULE, "a module name")
         raw_files = dsse.field(doc, "files", list, "manifest")
         if len(raw_files) > limits.max_files:

@@ -1,8 +1,8 @@
 """Verify a release: envelope -> signatures -> manifest -> policy, or one precise TrustError.
 
 Order of checks (the first failing one decides the error):
-size cap, envelope JSON and shape, payloadType, release threshold, manifest fields, board,
-sequence (same or lower), expiry. Signatures come before the payload is parsed, so
+size cap, envelope JSON and shape, payloadType, release threshold, manifest fields, app,
+board, sequence (same or lower), expiry. Signatures come before the payload is parsed, so
 unsigned JSON is never interpreted beyond the envelope.
 """
 
@@ -18,6 +18,7 @@ from signing.errors import (
     LengthMismatchError,
     RollbackError,
     SameSequenceError,
+    WrongAppError,
     WrongBoardError,
 )
 from signing.limits import DEFAULT_LIMITS, Limits
@@ -35,20 +36,25 @@ def verify_manifest(
     board: str | None = None,
     installed_sequence: int | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    app: str | None = None,
 ) -> Manifest:
     """The verified manifest, signed by a threshold of `root`'s release keys.
 
-    `board` None skips the board check, `installed_sequence` None the rollback check (e.g.
-    the server on upload). `root` is trusted as given: its expiry is checked when it is
-    accepted (verify_root, verify_rotation), not here.
-    Raises TooLargeError, MalformedError, PayloadTypeError, ThresholdError, WrongBoardError,
-    RollbackError, SameSequenceError or ExpiredError.
+    `app` None skips the app check (a board bound to an app takes only its releases:
+    docs/threat-model.md), `board` None the board check, `installed_sequence` None the
+    rollback check (e.g. the server on upload). `root` is trusted as given: its expiry is
+    checked when it is accepted (verify_root, verify_rotation), not here.
+    Raises TooLargeError, MalformedError, PayloadTypeError, ThresholdError, WrongAppError,
+    WrongBoardError, RollbackError, SameSequenceError or ExpiredError.
     """
     envelope = dsse.parse_envelope(envelope_bytes, MANIFEST_PAYLOAD_TYPE, limits)
     dsse.require_threshold(
         envelope, root.role_keys(root.release), root.release.threshold, "release"
     )
     manifest = Manifest.from_payload(envelope.payload, limits)
+    # Before the sequence: another app's sequence numbers say nothing about this one's.
+    if app is not None and manifest.app != app:
+        raise WrongAppError(f"app {manifest.app!r} is not this board's app {app!r}")
     if board is not None and board not in manifest.boards:
         raise WrongBoardError(
             f"board {board!r} is not in the manifest's boards {list(manifest.boards)}"

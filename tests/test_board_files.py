@@ -71,6 +71,11 @@ def test_installed_board_has_a_private_key_file_and_a_confirmed_slot_a(tmp_path)
     ({"config": BoardConfig(device_id="b", server="http://x", trial_watchdog_s=29)},
      "trial_watchdog_s"),
     ({"app": InitialApp("d", "1.0.0", 1, "m", {"../boot.py": b""})}, "escapes the slot"),
+    ({"app": InitialApp("d", "1.0.0", 1, "m", {"\U0001f600" * 33: b""})},
+     "132 bytes of UTF-8, must be 1..128"),
+    ({"app": InitialApp("d", "1.0.0", 1, "m", {"a\nb": b""})}, "control character"),
+    ({"app": InitialApp("d", "1.0.0", 1, "m", {"A.py": b"", "a.py": b""})},
+     "differ only in case"),
 ])
 def test_bad_input_is_refused_with_a_clear_error_and_writes_nothing(tmp_path, change, message):
     args = {"config": CONFIG, "device_key": b"\x05" * 32, "trust_json": b"{}", "app": APP}

@@ -236,8 +236,13 @@ def _cases(w: World) -> dict[str, Case]:
         "path_backslash": Case("manifest", "MalformedError", w.manifest(with_file(path="a\\b.py"))),
         "path_control_char": Case("manifest", "MalformedError", w.manifest(with_file(path="a\nb"))),
         "path_empty": Case("manifest", "MalformedError", w.manifest(with_file(path=""))),
-        "path_65_chars": Case("manifest", "MalformedError", w.manifest(with_file(path="a" * 65))),
-        "path_64_chars": Case("manifest", "ok", w.manifest(with_file(path="a" * 64))),
+        "path_129_bytes": Case("manifest", "MalformedError",
+                               w.manifest(with_file(path="a" * 129))),
+        "path_128_bytes": Case("manifest", "ok", w.manifest(with_file(path="a" * 128))),
+        "path_129_bytes_astral": Case("manifest", "MalformedError", w.manifest(
+            with_file(path="\U0001f600" * 32 + "a"))),
+        "path_128_bytes_astral": Case("manifest", "ok", w.manifest(
+            with_file(path="\U0001f600" * 32))),
         "path_duplicate": Case("manifest", "MalformedError",
                                w.manifest(with_file(path="lib/util.py"))),
         "path_case_collision": Case("manifest", "MalformedError",

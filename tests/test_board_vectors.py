@@ -26,7 +26,8 @@ for c in json.loads(sys.stdin.read()):
         root = trust.load_root(c["trusted_root"])
         if c["kind"] == "manifest":
             trust.verify_manifest(open(c["envelope"], "rb").read(), root, board=c["board"],
-                                  installed_sequence=c["installed_sequence"], now=c["now"])
+                                  installed_sequence=c["installed_sequence"], now=c["now"],
+                                  app=c.get("app"))
         else:
             trust.verify_rotation(root, open(c["envelope"], "rb").read(), now=c["now"])
         res = ["ok", ""]

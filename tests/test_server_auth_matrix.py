@@ -70,6 +70,8 @@ async def matrix(aiohttp_client, tmp_path: Path) -> Matrix:
     assert (await client.post("/v1/devices/board-r/revoke", headers=env.bearer)).status == 200
     release = await env.publish({"app_main.py": b"print(1)\n"}, version="1.0.0", sequence=1)
     await env.start_rollout("stable", "demo", 1, percent=100)
+    # offered the release, so its reports about it count (docs/protocol.md)
+    assert (await env.checkin(board)).status == 200
     blob = (await (await client.get("/v1/releases", headers=env.bearer)).json())
     assert blob["releases"][0]["id"] == release["id"]
     sha = next(p.name for p in settings.blob_dir.rglob("*") if p.is_file()

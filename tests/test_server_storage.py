@@ -47,9 +47,9 @@ def test_counter_only_moves_forward(tmp_path: Path) -> None:
 def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "db.sqlite3")
     try:
-        store.add_release("demo", "1.0.0", 1, ["unix"], b"{}", [("a" * 64, 3)])
+        store.add_release("demo", "1.0.0", 1, ["unix"], b"{}", [("a" * 64, 3)], 2**40)
         with pytest.raises(sqlite3.IntegrityError):
-            store.add_release("demo", "1.0.1", 1, ["unix"], b"{}", [("b" * 64, 3)])
+            store.add_release("demo", "1.0.1", 1, ["unix"], b"{}", [("b" * 64, 3)], 2**40)
         assert [r.version for r in store.list_releases()] == ["1.0.0"]
         assert store.release_blob_refs() == ["a" * 64]
     finally:

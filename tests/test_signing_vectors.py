@@ -24,7 +24,7 @@ def _outcome(case: dict[str, Any]) -> str:
     try:
         if case["kind"] == "manifest":
             verify_manifest(envelope, trusted, now=case["now"], board=case["board"],
-                            installed_sequence=case["installed_sequence"])
+                            installed_sequence=case["installed_sequence"], app=case.get("app"))
         else:
             assert case["kind"] == "root"
             verify_rotation(trusted, envelope, now=case["now"])

@@ -19,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from littlefs import LittleFS
 from test_board_romfs import list_romfs
+from test_station_firmware import firmware_image
 from test_station_image import mount_in_micropython
 
 from signing.keys import generate_private_key, keyid_of_point, public_point
@@ -181,7 +182,7 @@ def test_station_images_esp32_boards_over_esptool_and_registers_only_verified_on
 def test_factory_image_merges_firmware_and_filesystem_and_is_written_whole(
         tmp_path: Path, server: LocalServer) -> None:
     flash = fake_esp_serial.new_flash_file(tmp_path / "flash.bin")
-    firmware = os.urandom(200_000)
+    firmware = firmware_image("1.25.0", 200_000)
     out = tmp_path / "factory"
     out.mkdir()
     job = esp_job(server, tmp_path, firmware=firmware, factory_image_dir=out)
@@ -250,7 +251,7 @@ def read_image_files_from_flash(flash: Path) -> dict[str, bytes]:
 def test_firmware_is_flashed_first_then_the_image_each_at_its_offset(
         tmp_path: Path, server: LocalServer) -> None:
     flash = fake_esp_serial.new_flash_file(tmp_path / "flash.bin")
-    firmware = os.urandom(150_000)
+    firmware = firmware_image("1.25.0", 150_000)
     job = esp_job(server, tmp_path, firmware=firmware)
     (record,) = Station(job, StationLog(tmp_path / "s.jsonl"), timeout_s=120).run(
         [Target("serial", fake_esp_serial.url_for(flash, "24:0a:c4:ee:00:01"))])
@@ -318,7 +319,7 @@ def test_romfs_client_is_flashed_at_romfs_offset_beside_the_filesystem_image(
 def test_factory_image_of_a_romfs_board_merges_firmware_romfs_and_filesystem(
         tmp_path: Path, server: LocalServer) -> None:
     flash = fake_esp_serial.new_flash_file(tmp_path / "flash.bin")
-    firmware = os.urandom(180_000)
+    firmware = firmware_image("1.25.0", 180_000)
     out = tmp_path / "factory"
     out.mkdir()
     job = esp_job(server, tmp_path, "lean", firmware=firmware, factory_image_dir=out)
@@ -338,7 +339,7 @@ def test_factory_image_of_a_romfs_board_merges_firmware_romfs_and_filesystem(
 def test_firmware_that_would_run_into_the_romfs_partition_is_refused_before_any_write(
         tmp_path: Path, server: LocalServer) -> None:
     flash = fake_esp_serial.new_flash_file(tmp_path / "flash.bin")
-    firmware = os.urandom(ROMFS_OFFSET)  # from 0x1000 it runs into the ROMFS partition
+    firmware = firmware_image("1.25.0", ROMFS_OFFSET)  # from 0x1000: into the ROMFS
     job = esp_job(server, tmp_path, "lean", firmware=firmware)
     (record,) = Station(job, StationLog(tmp_path / "s.jsonl"), timeout_s=120).run(
         [Target("serial", fake_esp_serial.url_for(flash, "24:0a:c4:ab:00:03"))])

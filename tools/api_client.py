@@ -64,6 +64,9 @@ class PublishResult:
     uploaded: list[str]
     skipped: list[str]
     rollout: dict[str, Any] | None
+    # False when the server already had this version with the same content (`release` is
+    # that registration, its sequence included): nothing new was registered.
+    new: bool = True
 
 
 class ApiClient:
@@ -146,9 +149,20 @@ class ApiClient:
         return status == 201
 
     def register_release(self, envelope: bytes) -> dict[str, Any]:
-        _, raw = self._request("POST", "/v1/releases", body=envelope, content_type=ENVELOPE_TYPE)
+        return self._register(envelope)[0]
+
+    def _register(self, envelope: bytes) -> tuple[dict[str, Any], bool]:
+        """The registered release, and True when this call registered it (201)."""
+        status, raw = self._request("POST", "/v1/releases", body=envelope,
+                                    content_type=ENVELOPE_TYPE)
         result: dict[str, Any] = json.loads(raw)
-        return result
+        return result, status == 201
+
+    def reserve_sequence(self, app: str, version: str) -> int:
+        """The sequence to sign `version` of `app` with, from the server: the registered
+        release's, this version's earlier reservation, or a new one no other version gets."""
+        result = self._json("POST", "/v1/releases/sequence", {"app": app, "version": version})
+        return int(result["sequence"])
 
     def list_releases(self, app: str | None = None) -> list[dict[str, Any]]:
         query = "?" + urllib.parse.urlencode({"app": app}) if app else ""
@@ -176,7 +190,7 @@ class ApiClient:
             done += paths[blob].stat().st_size
             if progress is not None:
                 progress(done, total)
-        release = self.register_release(envelope)
+        release, new = self._register(envelope)
         started = None
         if channel is not None:
             try:
@@ -186,7 +200,7 @@ class ApiClient:
                 if err.code != "already_rolling_out":  # a retry of a publish that finished
                     raise
                 started = self.rollout_status(channel)
-        return PublishResult(release, uploaded, sorted(set(paths) - missing), started)
+        return PublishResult(release, uploaded, sorted(set(paths) - missing), started, new)
 
     # -- roots --------------------------------------------------------------------------------
 

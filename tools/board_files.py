@@ -19,14 +19,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from signing.errors import BundleError
+from signing.errors import BundleError, MalformedError
+from signing.manifest import check_path, check_path_set
 from tools.micropython import PROJECT_ROOT
 from tools.mpy_cache import cached_mpy
 from tools.virtual_board.board import rom_image_path
@@ -49,6 +51,12 @@ CLIENT_LAYOUTS: tuple[ClientLayout, ...] = ("files", "romfs")
 # feeds, one Wi-Fi connect (wifi_timeout_s) or one request (timeout_s): room for the NTP sync,
 # a signature, the verify and the file work around them on a slow board (docs/board.md).
 TRIAL_WATCHDOG_MARGIN_S = 10
+# The longest span a board's config may hold (poll interval, timeouts, confirm delay): 6 days.
+# The board turns each into a time.ticks_add delta, which must stay below 2**29 ms on 32-bit
+# ports (docs/board.md, Ticks); bootloader_py/ota/config.py and run.py hold the same bound.
+MAX_SPAN_S = 518400
+MAX_POLL_EVERY_MIN = MAX_SPAN_S // 60
+_APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # a manifest's `app` (manifest.md)
 
 
 class BoardFilesError(ValueError):
@@ -73,10 +81,23 @@ class BoardConfig:
     timeout_s: int = 20
     wifi_timeout_s: int = 15
     trial_watchdog_s: int = 0  # 0: off
+    app: str = ""  # the app whose releases the board takes ("": the first one offered)
 
     def check_behaviour(self) -> None:
-        """Raise BoardFilesError naming the key when the trial, confirm or timeout settings
-        cannot work together (also what fleet.yaml's provisioning profiles are held to)."""
+        """Raise BoardFilesError naming the key when the trial, confirm, timeout or poll
+        settings cannot work (also what fleet.yaml's provisioning profiles are held to)."""
+        for key in ("confirm_after_s", "timeout_s", "wifi_timeout_s"):
+            if getattr(self, key) > MAX_SPAN_S:
+                raise BoardFilesError(f"{key} must be at most {MAX_SPAN_S} s (6 days: the "
+                                      f"board's tick counter, docs/board.md), not "
+                                      f"{getattr(self, key)}")
+        if not 0 <= self.poll_every_min <= MAX_POLL_EVERY_MIN:
+            raise BoardFilesError(f"poll_every_min must be 0 (never) to {MAX_POLL_EVERY_MIN} "
+                                  f"(6 days: the board's tick counter, docs/board.md), not "
+                                  f"{self.poll_every_min}")
+        if self.app and not _APP_NAME.fullmatch(self.app):
+            raise BoardFilesError(f"app {self.app!r} is not an app name ([A-Za-z0-9._-], "
+                                  f"1..64, starting with a letter or digit)")
         if self.trial_boots < 1:
             raise BoardFilesError("trial_boots must be at least 1")
         if self.confirm_after_s < 0:
@@ -107,6 +128,10 @@ class BoardConfig:
             "timeout_s": self.timeout_s,
             "wifi_timeout_s": self.wifi_timeout_s,
         }
+        if self.app:
+            # The board takes releases of this app only (ota/client.py, bound_app); written
+            # only when set: every key of config.json stays in the heap while the app runs.
+            doc["app"] = self.app
         if self.trial_watchdog_s:
             # Written only when on: every key of config.json stays in the board's heap for as
             # long as its app runs, and an absent one is off there too.
@@ -181,10 +206,16 @@ def _app_files(app: InitialApp) -> dict[str, bytes]:
     for path, data in sorted(app.files.items()):
         if path.startswith("/") or ".." in path.split("/") or "" in path.split("/"):
             raise BoardFilesError(f"app file path {path!r} escapes the slot")
-        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
-            raise BoardFilesError(f"app file path {path!r} holds a control character")
+        try:  # the manifest's path rules: the board reads this list as it reads its own
+            check_path(path)
+        except MalformedError as err:
+            raise BoardFilesError(f"app {err}") from None
         out["/app/a/" + path] = data
         listing.append(slot_list_line(path, data))
+    try:
+        check_path_set(sorted(app.files), where="app")
+    except MalformedError as err:
+        raise BoardFilesError(str(err)) from None
     out["/ota/slot_a.lst"] = "".join(listing).encode()
     return out
 
@@ -267,6 +298,11 @@ def board_files(config: BoardConfig, device_key: ec.EllipticCurvePrivateKey | by
         json.loads(trust_json)
     except ValueError as err:
         raise BoardFilesError(f"trust root is not JSON: {err}") from None
+    if app is not None:
+        if config.app and config.app != app.app:
+            raise BoardFilesError(f"the first app is {app.app!r} but the config binds the "
+                                  f"board to app {config.app!r}")
+        config = replace(config, app=app.app)  # the binding survives a lost state
     files = client_files(mpy, client)
     files[CONFIG_PATH] = config.to_json()
     files[KEY_PATH] = device_key_bytes(device_key)

@@ -21,6 +21,7 @@ import click
 from signing import keys as keymod
 from signing.bundle import BLOB_DIR, ENVELOPE_NAME, build_bundle, sign_bundle
 from signing.errors import BundleError, KeyFileError, TrustError
+from signing.manifest import MICROPYTHON_FLOOR
 from signing.root import (
     RootMetadata,
     new_root,
@@ -235,7 +236,7 @@ def keys_show(path: Path) -> None:
               type=click.Path(file_okay=False, path_type=Path), help="bundle directory")
 @click.option("--entry", default="app_main", show_default=True, help="the app's entry module")
 @click.option("--app", "app", default=None, help="app name [default: APP_DIR's name]")
-@click.option("--min-micropython", default="1.20.0", show_default=True)
+@click.option("--min-micropython", default=MICROPYTHON_FLOOR, show_default=True)
 @click.option("--expires-days", type=click.IntRange(min=1), default=365, show_default=True)
 def build_cmd(app_dir: Path, version: str, sequence: int | None, boards: tuple[str, ...],
               mpy: bool, deflate: bool, out_dir: Path, entry: str, app: str | None,

@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from signing.manifest import MICROPYTHON_FLOOR
 from tools.errors import UserError
 from tools.timefmt import iso_utc
 
@@ -91,10 +92,10 @@ def _echo_json(doc: Any) -> None:
 @click.option("--board", "boards", multiple=True, required=True,
               help="a compatible board (repeat)")
 @click.option("--sequence", type=click.IntRange(min=0), default=None,
-              help="anti-rollback sequence [default: as `ota build`]")
+              help="anti-rollback sequence [default: the server assigns the next one]")
 @click.option("--entry", default="app_main", show_default=True, help="the app's entry module")
 @click.option("--app", "app", default=None, help="app name [default: APP_DIR's name]")
-@click.option("--min-micropython", default="1.20.0", show_default=True)
+@click.option("--min-micropython", default=MICROPYTHON_FLOOR, show_default=True)
 @click.option("--expires-days", type=click.IntRange(min=1), default=365, show_default=True)
 @click.option("--mpy", is_flag=True, help="compile .py to .mpy with mpy-cross")
 @click.option("--deflate", is_flag=True, help="send files deflated when that is smaller")
@@ -114,6 +115,11 @@ def publish_cmd(app_dir: Path, version: str, channel: str | None, percent: float
     from tools.cmd_keys import load_signing_key
 
     client = _client(server, token_file)
+    if sequence is None:
+        # Asked before signing (the sequence is inside the signed manifest); the server never
+        # gives one sequence to two versions, so concurrent publishes do not collide.
+        with _api_errors():
+            sequence = client.reserve_sequence(app or app_dir.resolve().name, version)
     with tempfile.TemporaryDirectory(prefix="ota-publish-") as scratch:
         target = out_dir or Path(scratch) / "bundle"
         created = int(time.time())
@@ -137,8 +143,14 @@ def publish_cmd(app_dir: Path, version: str, channel: str | None, percent: float
                 bar.update(task, completed=done, total=total)
 
             result = client.publish(target, channel, percent=percent, progress=progress)
-    click.echo(f"published {manifest.app} {manifest.version} sequence {manifest.sequence}: "
-               f"{len(result.uploaded)} blob(s) uploaded, {len(result.skipped)} already there")
+    registered = result.release["sequence"]
+    if not result.new:
+        click.echo(f"{manifest.app} {manifest.version} is already registered as sequence "
+                   f"{registered} with the same content: nothing new published")
+    else:
+        click.echo(f"published {manifest.app} {manifest.version} sequence {registered}: "
+                   f"{len(result.uploaded)} blob(s) uploaded, {len(result.skipped)} already "
+                   f"there")
     if result.rollout is not None:
         _print_rollout(result.rollout)
 
@@ -160,18 +172,30 @@ def releases_list(app: str | None, as_json: bool, server: str, token_file: Path 
     if as_json:
         _echo_json(releases)
         return
+    now = int(time.time())
     for rel in releases:
         click.echo(f"{rel['app']}\t{rel['version']}\tsequence {rel['sequence']}\t"
-                   f"boards {','.join(rel['boards'])}\t{iso_utc(rel['created'])}")
+                   f"boards {','.join(rel['boards'])}\t{iso_utc(rel['created'])}\t"
+                   f"{_expiry(rel, now)}")
 
 
 # -- rollouts ---------------------------------------------------------------------------------
 
+def _expiry(release: dict[str, Any], now: int) -> str:
+    """`expires <time>`, or `EXPIRED <time>` once past it (then no board is offered it)."""
+    expires = release.get("expires")
+    if expires is None:
+        return "expires -"
+    gone = release.get("expired", expires <= now)
+    return f"{'EXPIRED' if gone else 'expires'} {iso_utc(expires)}"
+
+
 def _print_rollout(status: dict[str, Any]) -> None:
+    now = int(time.time())
     base = status.get("base")
     click.echo(f"channel {status['channel']}: base "
-               + (f"{base['app']} {base['version']} (sequence {base['sequence']})"
-                  if base else "none"))
+               + (f"{base['app']} {base['version']} (sequence {base['sequence']}), "
+                  f"{_expiry(base, now)}" if base else "none"))
     rollout = status.get("rollout")
     if rollout is None:
         click.echo("  no rollout")
@@ -181,7 +205,9 @@ def _print_rollout(status: dict[str, Any]) -> None:
     where = f"tag {stage['tag']}" if "tag" in stage else f"{stage['percent']}%"
     click.echo(f"  rollout of {rel['app']} {rel['version']} (sequence {rel['sequence']}): "
                f"{rollout['state']}, stage {rollout['stage'] + 1}/{len(rollout['stages'])} "
-               f"({where})")
+               f"({where}), {_expiry(rel, now)}")
+    if rel.get("expired"):
+        click.echo("  the release has expired: no board is offered it; publish a new version")
     if rollout.get("reason"):
         click.echo(f"  reason: {rollout['reason']}")
     counts = rollout["counts"]

@@ -70,16 +70,27 @@ def _fleet_values(path: Path) -> dict[str, Any]:
               help="the certificate's PEM private key [env MPOTA_TLS_KEY]")
 @click.option("--json-logs", is_flag=True, default=None, help="one JSON object per log line")
 @click.option("--quiet", is_flag=True, help="log warnings and errors only (benchmarks)")
+@click.option("--header-timeout", type=float, default=None,
+              help="seconds for a request's line and headers [default: 10; env "
+                   "MPOTA_HEADER_TIMEOUT]")
+@click.option("--body-timeout", type=float, default=None,
+              help="seconds for a JSON or envelope body [default: 30; env MPOTA_BODY_TIMEOUT]")
+@click.option("--upload-timeout", type=float, default=None,
+              help="seconds for a blob upload [default: 600; env MPOTA_UPLOAD_TIMEOUT]")
+@click.option("--keepalive-timeout", type=float, default=None,
+              help="seconds an idle connection stays open [default: 75; env "
+                   "MPOTA_KEEPALIVE_TIMEOUT]")
+@click.option("--max-connections", type=int, default=None,
+              help="open connections at most [default: 1000; env MPOTA_MAX_CONNECTIONS]")
 def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, port: int | None,
               fleet_path: Path | None, tls_cert: Path | None, tls_key: Path | None,
-              json_logs: bool | None, quiet: bool) -> None:
+              json_logs: bool | None, quiet: bool, **limits: float | None) -> None:
     """Run the update server until interrupted."""
     import logging
 
-    from aiohttp import web
-
-    from ota_server import state
+    from ota_server import connections
     from ota_server.app import create_app
+    from ota_server.datadir import DataDirInUse
     from ota_server.logs import configure_logging
     from ota_server.settings import SettingsError, load_settings
     from ota_server.tls import TlsSetupError
@@ -89,7 +100,7 @@ def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, p
     try:
         settings = load_settings({"data_dir": data_dir, "root_path": root_path, "host": host,
                                   "port": port, "json_logs": json_logs,
-                                  "tls_cert": tls_cert, "tls_key": tls_key},
+                                  "tls_cert": tls_cert, "tls_key": tls_key, **limits},
                                  fleet_values=fleet_values)
     except SettingsError as err:
         raise UserError(str(err)) from err
@@ -104,10 +115,8 @@ def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, p
     except TlsSetupError as err:
         raise UserError(f"TLS: {err}") from err
     try:
-        web.run_app(app, host=settings.host, port=settings.port,
-                    ssl_context=app[state.TLS].context if state.TLS in app else None,
-                    access_log=None, print=announce, shutdown_timeout=5)
-    except TrustSetupError as err:
+        connections.run(app, settings, announce=announce)
+    except (TrustSetupError, DataDirInUse) as err:
         raise UserError(str(err)) from err
     except OSError as err:
         raise UserError(f"cannot listen on {settings.host}:{settings.port}: {err}") from err

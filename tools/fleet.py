@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from tools.board_files import CLIENT_LAYOUTS, ClientLayout
+from tools.board_files import CLIENT_LAYOUTS, MAX_SPAN_S, ClientLayout
 
 SUPPORTED_VERSION = 1
 WRITE_METHODS = ("mpremote", "image")
@@ -118,6 +118,9 @@ class ProvisioningProfile:
     poll_interval_s: int = 3600
     mpy: bool = True
     app: FirstApp | None = None
+    # The app whose releases the boards take (config.json `app`): `app:` as a name, or the
+    # first app's name; None: each board takes the first app offered (docs/threat-model.md).
+    app_name: str | None = None
     client: ClientLayout = "files"  # where the OTA client's code goes (tools/board_files.py)
     romfs_offset: int | None = None  # image method, client romfs: the ROMFS partition's offset
     ca: Path | None = None  # overrides server.ca for this profile's boards
@@ -431,17 +434,20 @@ def _provisioning(r: _Reader, doc: _Map, boards: dict[str, Board], wifi: dict[st
                          f"{board.name!r}")
         firmware = r.field(entry, "firmware", str, default=None, where=where)
         poll = _integer(r, entry, "poll_interval_s", where=where, default=3600)
-        if poll < 10:
+        if not 10 <= poll <= MAX_SPAN_S:
             raise r.fail(entry.key_lines["poll_interval_s"],
-                         f"{where}: poll_interval_s must be at least 10")
+                         f"{where}: poll_interval_s must be 10 to {MAX_SPAN_S} (6 days: the "
+                         f"board's tick counter, docs/board.md), not {poll}")
         mpy = r.field(entry, "mpy", bool, default=True, where=where)
         client, romfs_offset = _client_layout(r, entry, where, board, method, mpy)
         ca = r.field(entry, "ca", str, default=None, where=where)
+        first = _first_app(r, entry, where)
         profiles[name] = ProvisioningProfile(
             name=name, board=board, wifi=pick(wifi, "wifi", required=False),
             channel=pick(channels, "channel"), tags=r.strings(entry, "tags", where=where),
             method=method, firmware=r.relative(firmware) if firmware else None,
-            poll_interval_s=poll, mpy=mpy, app=_first_app(r, entry, where),
+            poll_interval_s=poll, mpy=mpy, app=first,
+            app_name=first.name if first is not None else _bound_app(r, entry, where),
             client=client, romfs_offset=romfs_offset, behaviour=_behaviour(r, entry, where),
             ca=r.relative(ca) if ca else None,
         )
@@ -520,9 +526,23 @@ def _client_layout(r: _Reader, entry: _Map, where: str, board: Board, method: st
     return client, offset
 
 
-def _first_app(r: _Reader, profile: _Map, where: str) -> FirstApp | None:
-    if profile.get("app") is None:
+def _bound_app(r: _Reader, profile: _Map, where: str) -> str | None:
+    """`app: NAME`: the boards take releases of NAME only, and leave with no app installed."""
+    name = profile.get("app")
+    if not isinstance(name, str):
         return None
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        raise r.fail(profile.key_lines["app"], f"{where}: app {name!r} is not an app name "
+                                               f"([A-Za-z0-9._-], 1..64)")
+    return name
+
+
+def _first_app(r: _Reader, profile: _Map, where: str) -> FirstApp | None:
+    if profile.get("app") is None or isinstance(profile.get("app"), str):
+        return None
+    if not isinstance(profile["app"], _Map):
+        raise r.fail(profile.key_lines["app"], f"{where}: app must be an app name or a "
+                                               f"mapping {{dir, name, version, ...}}")
     entry = r.mapping(profile, "app")
     where = f"{where}: app"
     r.only(entry, ("dir", "name", "version", "sequence", "entry"), where=where)

@@ -55,6 +55,10 @@ class LocalServer:
         self.root_json = Path(root_json)
         self.host = "127.0.0.1"
         self.port = port or free_port(self.host)
+        # A port we chose may be taken by another process between free_port() and the
+        # server's bind (a busy test machine): the first start then tries another one.
+        self._port_chosen = port is None
+        self._started = False
         self.extra_args = list(extra_args)
         self._env = env
         self._publisher = publisher
@@ -95,6 +99,20 @@ class LocalServer:
         """Start the process and wait until /healthz answers; raises LocalServerError."""
         if self._process is not None and self._process.poll() is None:
             return self
+        for attempt in range(3):
+            try:
+                self._start_once()
+            except LocalServerError as err:
+                if (not self._port_chosen or self._started or attempt == 2
+                        or "address already in use" not in str(err)):
+                    raise
+                self.port = free_port(self.host)
+                continue
+            self._started = True
+            break
+        return self
+
+    def _start_once(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self._token is None:
             self._token = _create_token(self.data_dir, self._publisher)
@@ -111,7 +129,6 @@ class LocalServer:
         self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=env, cwd=PROJECT_ROOT)
         self._wait_healthy()
-        return self
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT

@@ -4,9 +4,12 @@
 import sys
 import time
 
+from micropython import const
+
 from ota import run, state
 
 _DEFAULT_ENTRY = "app_main"
+_WAIT_STEP_MS = const(1000)  # how often a board with no app looks whether a poll is due
 
 armed = None  # config while auto-confirm waits for the app's main() to prove healthy
 since = 0  # ticks_ms when the app's main() started
@@ -35,7 +38,8 @@ def start(st, cfg):
     (config auto_confirm) needs the server to have answered during this boot and the app to
     have come up: an entry without main() once it imported; one with main() once main()
     returned, or (an app that loops) at its first ota.poll() after confirm_after_s seconds
-    of main(). ota.confirm() confirms at once.
+    of main(). ota.confirm() confirms at once. A board with no app at all (an empty slot the
+    state knows nothing of) waits for its first release instead (_wait).
     """
     global armed, since, astray
     slot = _booted(st)
@@ -48,6 +52,9 @@ def start(st, cfg):
         trial = False
         cfg = None
     info = st.info(slot)
+    if info is None and _empty(slot):
+        _wait(cfg)
+        return
     entry = info["entry"] if info else _DEFAULT_ENTRY
     auto = trial and cfg and cfg["auto_confirm"]
     try:
@@ -69,3 +76,24 @@ def start(st, cfg):
         machine.reset()
     finally:
         armed = None
+
+
+def _empty(slot):
+    """True when the slot holds no file: a board provisioned without an app."""
+    import os
+    try:
+        return not os.listdir(state.slot_path(slot))
+    except OSError:  # no such directory
+        return True
+
+
+def _wait(cfg):
+    """A board with no app yet: say so, then poll for its first release, which installs and
+    resets the board. Returns at once (to the REPL) when polling is off (poll.every_min 0)
+    or the config could not be read."""
+    print("ota: no app installed yet: waiting for the first release")
+    if not cfg or not cfg["poll"].get("every_min"):
+        return
+    while True:
+        run.poll()
+        time.sleep_ms(_WAIT_STEP_MS)

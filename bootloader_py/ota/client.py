@@ -14,6 +14,8 @@ TRUST_PATH = "/ota/trust.json"
 # both stay on flash, walked through a small window (ota/jscan.py), never whole in the heap.
 ENVELOPE = "/ota/offer.dsse"
 PAYLOAD = "/ota/offer.json"
+# Where each trusted key's comb table is kept between updates (ota/p256.py, use_tables).
+TABLES = "/ota"
 # trust.MAX_ENVELOPE_BYTES, kept here so a check-in needs no verifier loaded
 # (tests/test_board_trust.py checks they are equal).
 MAX_ENVELOPE = const(12288)
@@ -104,11 +106,13 @@ def _save(resp, dest, buf, what):
     """Stream a 200 answer's body (at most MAX_ENVELOPE bytes) to the file dest."""
     if resp.status != 200:
         raise UpdateFailed("%s: http %d" % (what, resp.status))
-    left = resp.length
-    if left is None or left > MAX_ENVELOPE:  # refused before a byte of it is read
-        raise UpdateFailed("%s too large: %s bytes" % (what, left))
+    left = resp.length  # None or digits (ota/http.py parses it strictly)
+    if left is None:
+        raise UpdateFailed(what + ": no Content-Length")
+    if left > MAX_ENVELOPE:  # refused before a byte of it is read
+        raise UpdateFailed("%s too large: %d bytes" % (what, left))
     with open(dest, "wb") as f:
-        while left:
+        while left > 0:  # each fill() reads at least one byte or raises (deadline, end)
             n = resp.fill(buf[:min(len(buf), left)])
             f.write(buf[:n])
             left -= n
@@ -168,12 +172,26 @@ def _why(err):
     return err.__class__.__name__ + (": " + str(err) if str(err) else "")
 
 
+def bound_app(st, cfg):
+    """The app whose releases this board takes, or None on a board that has none yet.
+
+    The one its config names (written at provisioning: re-provisioning is the only way to
+    change it), else the one its active slot holds, else the one recorded at the first
+    verified offer (BootState.bind). A board with None takes the first release offered and
+    is bound to its app from then on (docs/threat-model.md, App binding).
+    """
+    info = st.info()
+    return cfg.get("app") or (info and info["app"]) or st.rec.get("app")
+
+
 def checkin_body(st, cfg, root_v):
     import gc
     info = st.info() or {}
     v = sys.implementation.version
+    # The bound app, not only the installed one: an honest server then never offers a fresh
+    # board another app's release (ota_server/rollout.py, _fits).
     return json.dumps({
-        "app": info.get("app", ""), "version": info.get("version", ""),
+        "app": bound_app(st, cfg) or "", "version": info.get("version", ""),
         "sequence": info.get("sequence", 0), "root_version": root_v,
         "micropython": "%d.%d.%d" % (v[0], v[1], v[2]), "board": cfg["board"],
         "mem_free": gc.mem_free(), "slot": st.active}).encode()
@@ -211,10 +229,11 @@ def _accept(st, cfg, now, floor):
     """
     from ota import slots, trust
     installed = max(sequence_floor(st), floor)
+    app = bound_app(st, cfg)
     lst = open(slots.OFFER, "w")
     try:
         m = trust.accept_manifest(PAYLOAD, board=cfg["board"], installed_sequence=installed,
-                                  now=now, files=lambda e: lst.write(slots.line(e)))
+                                  now=now, files=lambda e: lst.write(slots.line(e)), app=app)
     except trust.TrustError as e:
         if e.__class__.__name__ == "SameSequenceError":  # the normal "nothing new"
             return None
@@ -223,6 +242,8 @@ def _accept(st, cfg, now, floor):
         lst.close()
     if _version_tuple(m.get("min_micropython", "0")) > tuple(sys.implementation.version[:3]):
         raise UpdateFailed("needs MicroPython " + m["min_micropython"])
+    if app is None:  # provisioned without an app: the first one offered is its app for good
+        st.bind(m["app"])
     return m
 
 
@@ -230,6 +251,15 @@ def sequence_floor(st):
     """The highest release sequence the boot state says was installed or rolled back."""
     info = st.info() or {}
     return max(info.get("sequence", 0), st.rec["reject"])
+
+
+def verifier_tables(sess):
+    """Set ota.p256 up as the client verifies: no key table held in the heap, each trusted
+    key's comb table read from flash (TABLES), authenticated with the device key, and built
+    and stored there at the key's first verify (docs/board-trust.md, ECDSA P-256)."""
+    from ota import p256
+    p256.KEY_TEETH = 0
+    p256.use_tables(TABLES, sess.key)
 
 
 def trusted_update(sess, st, cfg, offered, newest, now, buf):
@@ -243,15 +273,10 @@ def trusted_update(sess, st, cfg, offered, newest, now, buf):
     crash (the old app keeps running).
     """
     import gc
-    from ota import p256
     _forget("http")  # loaded again for the transfer; verifying needs the heap more
-    # One verify per check: a throw-away comb (~8 ms, garbage at once) costs no more time
-    # than building the 2 KB release key table (~7 ms) and then using it once (~2 ms). Two
-    # teeth: the comb's build needs a third of the heap of four, for ~0.5 ms more (D2 notes).
-    p256.KEY_TEETH = 0
-    p256.ADHOC_TEETH = 2
-    p256 = None
+    verifier_tables(sess)
     gc.collect()
+    release = None
     try:
         from ota import trust
         root = load_root()
@@ -271,8 +296,9 @@ def trusted_update(sess, st, cfg, offered, newest, now, buf):
         m = _accept(st, cfg, now, sess.floor)
         if m is None:
             return None
-        return {"app": m["app"], "version": m["version"], "sequence": m["sequence"],
-                "entry": m["entry"]}
+        release = {"app": m["app"], "version": m["version"], "sequence": m["sequence"],
+                   "entry": m["entry"]}
+        return release
     except MemoryError:
         root = None
         raise UpdateFailed("out of memory verifying the manifest")
@@ -280,7 +306,8 @@ def trusted_update(sess, st, cfg, offered, newest, now, buf):
         _unload_verifier()
         from ota import slots
         slots.remove(ENVELOPE)
-        slots.remove(PAYLOAD)
+        if release is None:  # an accepted manifest stays: update.stage checks the slot by it
+            slots.remove(PAYLOAD)
 
 
 def _flush(sess):
@@ -303,7 +330,19 @@ def check(st, cfg, now=None):
     resets. Any failure leaves the active slot as it was and queues a `failed` report.
     Phases, each loading only what it needs: check-in (no verifier), verify (verifier loaded,
     then dropped), staging (update + slots).
+
+    A module the firmware lacks (`tls`, `deflate`, `socket`: firmware below the floor or
+    built without them, docs/board.md "Firmware floor") never escapes as ImportError: once
+    the server answered it is a `failed` report, before that a check that reached no one.
     """
+    try:
+        return _check(st, cfg, now)
+    except ImportError as e:
+        print("ota: firmware lacks a module the client needs:", e)
+        return False
+
+
+def _check(st, cfg, now):
     sess = Session(cfg)
     # kept in the counter record at its next write, merged there with the record's own
     sess.floor = max(sess.floor, sequence_floor(st))
@@ -326,7 +365,7 @@ def check(st, cfg, now=None):
         _report(target, "downloading")
         _flush(sess)
         from ota import update
-        slot = update.stage(sess, st, buf)
+        slot = update.stage(sess, st, buf, PAYLOAD)
     except HttpError as e:
         if not answered:
             return False  # unreachable: nothing was offered, so nothing to report
@@ -335,12 +374,19 @@ def check(st, cfg, now=None):
         reason = str(e)
     except OSError as e:  # the flash refused a write (full, worn): the old slot still runs
         reason = "flash: " + str(e)
+    except ImportError as e:  # e.g. no `deflate` for a deflated file: the old slot runs
+        if not answered:
+            raise  # nobody to report to (no `tls`, no `socket`): check() says so
+        reason = "firmware: " + str(e)
     except MemoryError:  # the heap is freed as the stack unwinds: there is room to report
         reason = "out of memory"
     else:
         st.flip(slot, target, cfg["trial_boots"])
         import machine
         machine.reset()
+    if target is not None:  # failed before update.stage took the verified manifest over
+        from ota import slots
+        slots.remove(PAYLOAD)
     _report(target or st.info() or {}, "failed", reason)
     _flush(sess)
     return answered

@@ -48,10 +48,16 @@ def read(doc, payload_type, scratch=None):
         out = io.BytesIO()
     else:
         out = open(scratch, "wb")
+    import gc
+    # The decode makes a few KB of short-lived chunks per KB of payload and keeps none: no
+    # collection every few KB (ota/run.py's threshold during a check) until the heap is full.
+    old = gc.threshold()
+    gc.threshold(-1)
     try:
         _decode(doc, start, end, h, out)
         payload = out.getvalue() if scratch is None else scratch
     finally:
+        gc.threshold(old)
         out.close()
     return payload, _signatures(entries), h.digest()
 
@@ -86,11 +92,15 @@ def _pieces(doc, start, end):
 
 def _decoded_size(doc, start, end):
     """Bytes the canonical base64 text decodes to (its padding counted off), or Malformed."""
-    n = 0
-    tail = b""
-    for piece in _pieces(doc, start, end):
-        n += len(piece)
-        tail = (tail + piece)[-2:]
+    if doc.find(b"\\", start, end) < 0:  # no escape (every envelope we sign): no walk
+        n = end - start
+        tail = doc.read(max(start, end - 2), end)
+    else:
+        n = 0
+        tail = b""
+        for piece in _pieces(doc, start, end):
+            n += len(piece)
+            tail = (tail + piece)[-2:]
     if n % 4:
         doc.bad("bad base64")
     return n // 4 * 3 - tail.count(b"=")
@@ -105,9 +115,11 @@ def _decode(doc, start, end, h, out):
     while not done:
         try:
             acc += next(pieces)
-            if len(acc) < _TEXT:
+            if len(acc) <= _TEXT:
                 continue
-            cut = len(acc) // 4 * 4
+            # whole quanta, but never all of acc: the last quantum (the only one that may pad)
+            # is decoded once the text is known to end there
+            cut = (len(acc) - 1) // 4 * 4
         except StopIteration:
             done = True
             cut = len(acc)

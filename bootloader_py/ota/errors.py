@@ -36,6 +36,10 @@ class WrongBoardError(TrustError):
     """This board is not among the manifest's boards."""
 
 
+class WrongAppError(TrustError):
+    """The manifest is a release of another app than the board's."""
+
+
 class RotationError(TrustError):
     """A new root's version is not exactly the trusted version + 1."""
 

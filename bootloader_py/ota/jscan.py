@@ -77,11 +77,15 @@ class Doc:
         return data
 
     def load(self, start, end):
-        """json.loads of one value's bytes."""
+        """json.loads of one value's bytes, surrogate pairs joined as on the host (pairs)."""
+        data = self.read(start, end)
         try:
-            return json.loads(self.read(start, end))
+            value = json.loads(data)
         except (ValueError, UnicodeError):
             self.bad()
+        if b"\\ud" in data or b"\\uD" in data:
+            value = pairs(value)
+        return value
 
     def ws(self, pos):
         c = self.at(pos)
@@ -192,6 +196,41 @@ class Doc:
             yield member
         if self.ws(self.end) != self.size:
             self.bad("not JSON (data after the object)")
+
+
+def pairs(value):
+    """`value` (a loaded JSON value) with every surrogate pair in its strings joined into the
+    one character it encodes, as every JSON decoder but MicroPython's does.
+
+    MicroPython's json.loads turns each \\uXXXX escape into the character it names, so the
+    escaped pair of an astral character (`\\ud83d\\ude00`, the way Python's json.dumps
+    writes U+1F600) becomes two surrogate characters: 6 bytes of (invalid) UTF-8 where the host
+    has 4, and another file name.  A lone surrogate is kept (the path rule refuses it).
+    """
+    if type(value) is str:
+        if b"\xed" not in value.encode():  # no surrogate (U+D800..U+DFFF: lead byte 0xED)
+            return value
+        out = []
+        high = 0
+        for c in value:
+            code = ord(c)
+            if high and 0xDC00 <= code <= 0xDFFF:
+                out.append(chr(0x10000 + ((high - 0xD800) << 10) + code - 0xDC00))
+                high = 0
+                continue
+            if high:
+                out.append(chr(high))
+            high = code if 0xD800 <= code <= 0xDBFF else 0
+            if not high:
+                out.append(c)
+        if high:
+            out.append(chr(high))
+        return "".join(out)
+    if type(value) is list:
+        return [pairs(v) for v in value]
+    if type(value) is dict:
+        return {pairs(k): pairs(v) for k, v in value.items()}
+    return value
 
 
 def open_doc(src, what, buf=None):

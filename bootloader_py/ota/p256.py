@@ -3,6 +3,7 @@
 verify(pub, h, sig)   -> bool    (pub: 65-byte point, (x, y) or a Key with a precomputed table)
 sign(d, h)            -> r||s    (RFC 6979 deterministic nonce, low S)
 public_point(d)       -> 65-byte uncompressed point
+use_tables(folder, secret)       (a Key's table kept in a file, HMAC-tagged: the OTA client's way)
 
 Speed comes from signed comb tables (see Comb): with w "teeth", k*P costs about 257/w
 doublings and as many mixed additions instead of 256 doublings.  The generator's table is
@@ -31,8 +32,12 @@ G_TEETH = 6
 KEY_TEETH = 6
 # Keys verified without a precomputed table get a throw-away comb this wide.
 ADHOC_TEETH = 4
+# Width of the comb tables kept on flash (use_tables): 2^(w-1) * 64 bytes (4: 512 B; building
+# a 5-teeth one at a key's first verify needs more heap than an update has at D1's 32 KB).
+TABLE_TEETH = 4
 
 _G_COMB = None
+_tables = None  # (folder, MAC key) while use_tables() is on
 
 
 class Comb:
@@ -81,19 +86,20 @@ class Comb:
 
 def _build_table(x, y, teeth, d):
     # Base points B_i = 2^(i*d) P and D_i = 2 B_i; T[0] = B_0 - B_1 - ...;
-    # T[b + 2^t] = T[b] + D_(t+1).  Points are made in Jacobian form and brought to affine in
-    # batches of at most _BATCH with one inversion each (an inversion costs ~80 multiplications).
+    # T[b + 2^t] = T[b] + D_(t+1).  Each base point is brought to affine as soon as it is made
+    # (one inversion each, ~80 multiplications: a table is built once per key), so the build
+    # holds 2w - 1 affine pairs rather than as many Jacobian triples and their normalisation's
+    # lists: it runs at a key's first verify, in the middle of an update (D1).  Entries are
+    # brought to affine in batches of at most _BATCH with one inversion each.
     p = P
-    jac = [(x, y, 1)]
+    pts = [(x, y)]  # B_0..B_(w-1), then D_1..D_(w-1)
+    X, Y, Z = x, y, 1
     for i in range(1, teeth):
-        X, Y, Z = jac[-1]
         for _ in range(d):
             X, Y, Z = _jdouble(X, Y, Z)
-        jac.append((X, Y, Z))
+        pts.append(_to_affine(X, Y, Z))
     for i in range(1, teeth):
-        jac.append(_jdouble(*jac[i]))
-    pts = _normalize(jac)  # B_0..B_(w-1), then D_1..D_(w-1)
-    jac = None
+        pts.append(_to_affine(*_jdouble(pts[i][0], pts[i][1], 1)))
     tab = bytearray(64 << (teeth - 1))
     X, Y, Z = x, y, 1
     for i in range(1, teeth):
@@ -318,16 +324,27 @@ def verify(pub, h, sig):
     n = N
     if not (0 < r < n and 0 < s <= HALF_N):
         return False
-    if isinstance(pub, Key):
-        comb = pub.comb
-        if comb is None:
-            comb = Comb(pub.x, pub.y, ADHOC_TEETH)
+    key = pub if isinstance(pub, Key) else None
+    if key is not None:
+        x, y, comb = key.x, key.y, key.comb
     else:
         x, y = decode_point(pub)
-        comb = Comb(x, y, ADHOC_TEETH)
-    e = int.from_bytes(h, "big") % n
-    w = _inv(s, n)
-    X, Y, Z = _comb_mul((g_comb(), comb), (e * w % n, r * w % n))
+        comb = None
+    import gc
+    # The arithmetic makes hundreds of KB of short-lived bignums and keeps none: a collection
+    # every few KB (ota/run.py's threshold while a check runs, there against fragmentation by
+    # long-lived objects) costs as much as the arithmetic itself. Here collections happen when
+    # the heap is full instead; the caller's threshold is back before verify returns.
+    old = gc.threshold()
+    gc.threshold(-1)
+    try:
+        if comb is None:
+            comb = stored_comb(key) if _tables and key is not None else Comb(x, y, ADHOC_TEETH)
+        e = int.from_bytes(h, "big") % n
+        w = _inv(s, n)
+        X, Y, Z = _comb_mul((g_comb(), comb), (e * w % n, r * w % n))
+    finally:
+        gc.threshold(old)
     if not Z:
         return False
     # x(R) = X / Z^2 must be r mod n; compare in projective form to skip an inversion.
@@ -336,6 +353,50 @@ def verify(pub, h, sig):
     if (r * zz - X) % p == 0:
         return True
     return r + n < p and ((r + n) * zz - X) % p == 0
+
+
+def use_tables(folder, secret):
+    """Keep each Key's comb table (TABLE_TEETH wide) in `folder` between verifies; folder None
+    turns it off. `secret` (32 bytes, the device key) keys the tables' HMAC: a table is used
+    only if its tag, over the key's point and the table, is the one this board computed."""
+    global _tables
+    _tables = None if folder is None else (folder, _hmac(secret, b"mpota comb table mac key"))
+
+
+def table_path(key):
+    """The file of `key`'s table while use_tables() is on (named by the point's x)."""
+    return "%s/comb%08x.bin" % (_tables[0], key.x >> 224)
+
+
+def stored_comb(key):
+    """key's comb from its table file (use_tables() on) when the file's HMAC tag checks;
+    else a comb built now and stored there for the next verify (a write that fails is
+    ignored: the table is only a cache). Never trusts a table it did not authenticate."""
+    w = TABLE_TEETH
+    size = 64 << (w - 1)
+    path = table_path(key)
+    point = key.x.to_bytes(32, "big") + key.y.to_bytes(32, "big")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(size + 33)
+    except OSError:
+        data = b""
+    if len(data) == size + 32:
+        tag = _hmac(_tables[1], bytes((w,)), point, memoryview(data)[:size])
+        diff = 0
+        for i in range(32):  # every byte compared, whatever the first difference
+            diff |= tag[i] ^ data[size + i]
+        if not diff:
+            return Comb(key.x, key.y, w, data)
+    data = None
+    comb = Comb(key.x, key.y, w)
+    try:
+        with open(path, "wb") as f:
+            f.write(comb.table)
+            f.write(_hmac(_tables[1], bytes((w,)), point, comb.table))
+    except OSError:
+        pass
+    return comb
 
 
 _IPAD = int.from_bytes(b"\x36" * 32, "big")

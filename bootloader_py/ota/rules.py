@@ -1,5 +1,5 @@
-# The release manifest's rules for the board's verifier: fields, shapes, paths, then board,
-# sequence and expiry (docs/manifest.md, "Rules every verifier applies").
+# The release manifest's rules for the board's verifier: fields, shapes, paths, then app,
+# board, sequence and expiry (docs/manifest.md, "Rules every verifier applies").
 #
 # Part of trust.py's API (docs/board-trust.md): trust.accept_manifest, check_manifest and
 # check_path load it.  Kept apart so it is not in the heap while signatures are checked.
@@ -13,6 +13,7 @@ from micropython import const
 
 from ota import trust as t
 
+_MAX_SIZE = (1 << 64) - 1  # a big int on every port: not a const
 _MAX_DIRS = const(64)  # directories whose keys are kept (a real app has a handful)
 
 _SEMVER = re.compile(
@@ -25,10 +26,23 @@ _NAME = re.compile("[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def check_path(path):
-    """Raise MalformedError unless path is relative, '/'-separated and stays inside the app."""
-    if not path or len(path) > t.MAX_PATH_LENGTH:
-        t.fail("file path '" + path[:80] + "': length must be 1.."
-               + str(t.MAX_PATH_LENGTH))
+    """Raise MalformedError unless path is relative, '/'-separated and stays inside the app.
+
+    The host's rules in the host's order (signing.manifest.check_path): no lone surrogate,
+    1..MAX_PATH_LENGTH bytes of UTF-8, then the shape.  `path` must come through jscan (or
+    jscan.pairs): MicroPython's json.loads leaves a surrogate pair as two characters.
+    """
+    raw = path.encode()
+    if b"\xed" in raw:  # the lead byte of U+D000..U+DFFF, surrogates among them
+        for c in path:
+            if "\ud800" <= c <= "\udfff":
+                # the path is left out: it is not valid UTF-8, which a report must be
+                t.fail("file path: lone surrogate (not Unicode text)")
+    size = len(raw)
+    raw = None
+    if not size or size > t.MAX_PATH_LENGTH:
+        t.fail("file path '" + path[:80] + "': " + str(size)
+               + " bytes of UTF-8, must be 1.." + str(t.MAX_PATH_LENGTH))
     if path[0] == "/" or "\\" in path:
         t.fail("file path '" + path + "': must be relative and '/'-separated")
     if min(path) < " " or "\x7f" in path:
@@ -77,6 +91,8 @@ def _check_file(entry, index):
         _bad_file("'" + path + "'", "'sha256' and 'blob' must be 64 lowercase hex digits")
     if type(size) is not int or size < 0 or type(transfer) is not int or transfer < 0:
         _bad_file("'" + path + "'", "'size' and 'transfer_size' must be integers >= 0")
+    if size > _MAX_SIZE or transfer > _MAX_SIZE:  # the host's MAX_FILE_SIZE: 20 digits at most
+        _bad_file("'" + path + "'", "'size' and 'transfer_size' must be <= 2**64 - 1")
     if encoding == "plain":
         if blob != sha or transfer != size:
             _bad_file("'" + path + "'", "plain file must have blob == sha256 and "
@@ -170,6 +186,8 @@ def _worse(worst, earlier, path):
 
 def check_manifest(doc):
     """trust.check_manifest (documented there), for a manifest already parsed into a dict."""
+    from ota import jscan
+    doc = jscan.pairs(doc)  # as parsed by json.loads: join the astral characters' halves
     _check_head(doc)
     files = t._field(doc, "files", list, "manifest")
     _too_many(len(files))
@@ -231,7 +249,7 @@ def _paths_before(doc, start, index):
         i += 1
 
 
-def accept_manifest(payload, board, installed_sequence, now, files=None):
+def accept_manifest(payload, board, installed_sequence, now, files=None, app=None):
     """trust.accept_manifest (documented there): payload is bytes or a file path."""
     from ota import jscan
     doc = jscan.open_doc(payload, "manifest")
@@ -249,6 +267,10 @@ def accept_manifest(payload, board, installed_sequence, now, files=None):
         _check_files(doc, span, files)
     finally:
         doc.f.close()
+    # Before the sequence: another app's sequence numbers say nothing about this one's.
+    if app is not None and head["app"] != app:
+        t.fail("app '" + head["app"] + "' is not this board's app '" + app + "'",
+               "WrongAppError")
     if board is not None and board not in head["boards"]:
         t.fail("board '" + board + "' is not in the manifest's boards", "WrongBoardError")
     seq = head["sequence"]
@@ -266,4 +288,5 @@ def accept_manifest(payload, board, installed_sequence, now, files=None):
     if type(payload) is str:  # the whole document as signed, for callers with heap to spare
         with open(payload, "rb") as f:
             payload = f.read()
-    return t._loads(payload, "manifest")
+    from ota import jscan
+    return jscan.pairs(t._loads(payload, "manifest"))

@@ -8,6 +8,11 @@ from ota import state
 
 _BACKOFF_MIN_S = 30
 _BACKOFF_MAX_S = 3600
+# The furthest ahead a poll is ever scheduled: 6 days. time.ticks_add refuses a delta of
+# 2**29 ms (~6.2 days) or more on 32-bit ports, and ticks_diff cannot tell a deadline further
+# away from one in the past (docs/board.md, Ticks). poll.every_min 0 ("never") waits this
+# long between two cheap looks at the config.
+_MAX_DELAY_MS = const(518400000)
 _GC_EVERY = const(4096)  # bytes allocated between collections while the client runs
 
 _next_poll = None
@@ -58,42 +63,52 @@ def _check(st, cfg):
 
 
 def _schedule(cfg, ok):
-    """Next poll: every_min after success; exponential backoff with jitter after failures."""
+    """Next poll: every_min after success; exponential backoff with jitter after failures.
+
+    Never further than _MAX_DELAY_MS ahead (every_min 0 or no config: that far), and never
+    raises: a poll() left unscheduled would run a full check at every later call.
+    """
     global _next_poll, _failures
-    import os
-    if ok:
-        _failures = 0
-        delay_s = cfg["poll"].get("every_min", 60) * 60
-    else:
-        _failures += 1
-        delay_s = min(_BACKOFF_MAX_S, _BACKOFF_MIN_S << min(_failures, 8))
-        delay_s = delay_s // 2 + (os.urandom(1)[0] * delay_s) // 512  # jitter in [d/2, d)
-    _next_poll = time.ticks_add(time.ticks_ms(), delay_s * 1000)
+    delay_ms = _MAX_DELAY_MS
+    try:
+        _failures = 0 if ok else _failures + 1
+        every = cfg["poll"].get("every_min", 60) if cfg is not None else 0
+        if every > 0 and not ok:
+            import os
+            delay_s = min(_BACKOFF_MAX_S, _BACKOFF_MIN_S << min(_failures, 8))
+            delay_ms = (delay_s // 2 + (os.urandom(1)[0] * delay_s) // 512) * 1000  # [d/2, d)
+        elif 0 < every < _MAX_DELAY_MS // 60000:
+            delay_ms = int(every * 60000)
+    except Exception as e:  # poll.every_min not a number: the longest wait, and say why
+        sys.print_exception(e)
+    _next_poll = time.ticks_add(time.ticks_ms(), delay_ms)
 
 
 def poll(force=False):
     """For the app's main loop: run the OTA check when it is due. Returns True if one ran.
 
-    Also where auto-confirm happens for an app whose main() does not return: at the first
-    call once main() has run confirm_after_s seconds and the server has answered.
+    Never raises: what goes wrong is printed and the next check scheduled. Also where
+    auto-confirm happens for an app whose main() does not return: at the first call once
+    main() has run confirm_after_s seconds and the server has answered.
     """
     global _answered
     _app_healthy()
     if not force and _next_poll is not None and time.ticks_diff(_next_poll, time.ticks_ms()) > 0:
         return False
-    cfg = _config()
-    if not force and _next_poll is None and not cfg["poll"].get("every_min"):
-        return False
-    ok = False
+    ran = ok = False
+    cfg = None
     try:
-        ok = _check(_state(), cfg)
+        cfg = _config()
+        ran = force or cfg["poll"].get("every_min", 60) > 0  # 0: the app's loop never checks
+        if ran:
+            ok = _check(_state(), cfg)
     except Exception as e:
         sys.print_exception(e)
-    _schedule(cfg, ok)
+    _schedule(cfg, ok or not ran)  # not a failure when no check was due
     if ok:
         _answered = True
         _app_healthy()
-    return True
+    return ran
 
 
 def _app_healthy():

@@ -6,7 +6,12 @@
 # character, trust.check_path). The client writes the verified manifest's entries as one
 # (slots.OFFER) and, once the inactive slot holds them, renames it to that slot's list
 # (/ota/slot_<x>.lst), which the next update reads to find files it can copy instead of
-# download. Lists are read a line at a time: no list is ever held in the heap.
+# download. Lists are read a line at a time: no list is ever held in the heap. A line holds
+# any entry the verifier accepts (a path of up to trust.MAX_PATH_LENGTH bytes, sizes of up to
+# 20 digits); a longer entry is refused when the list is written, and a line that does not
+# read whole (no newline within _LINE bytes, or not UTF-8) fails the update: a list is never
+# taken for shorter than it is. The staged slot is checked against the manifest itself
+# anyway (update.check_slot), not against a list.
 #
 # Nothing under the active slot is ever written here.
 import binascii
@@ -19,7 +24,9 @@ from ota.fail import UpdateFailed
 
 PART_DIR = "/ota/part"
 OFFER = "/ota/offer.lst"
-_LINE = const(256)
+# The longest line: 64 (sha256) + 20 (size) + 7 (encoding) + 64 (blob) + 20 (transfer size)
+# + 128 (path: trust.MAX_PATH_LENGTH, bytes of UTF-8) + 5 spaces + newline = 309.
+_LINE = const(309)
 _DIR = const(0x4000)
 
 # A file entry as read from a list: a tuple (path, sha256, size, encoding, blob, transfer_size).
@@ -37,44 +44,53 @@ def list_path(slot):
 
 
 def line(e):
-    """The list line of a manifest file entry (a dict)."""
-    return "%s %d %s %s %d %s\n" % (e["sha256"], e["size"], e["encoding"], e["blob"],
+    """The list line of a manifest file entry (a dict); UpdateFailed when it is over _LINE
+    bytes (sizes of more than 20 digits: no board holds such a file)."""
+    text = "%s %d %s %s %d %s\n" % (e["sha256"], e["size"], e["encoding"], e["blob"],
                                     e["transfer_size"], e["path"])
+    if len(text.encode()) > _LINE:
+        raise UpdateFailed("file list: entry '" + e["path"] + "' is over "
+                           + str(_LINE) + " bytes")
+    return text
 
 
 def entries(path):
     """(offset, entry tuple) for each line of the list at `path`; nothing when it is missing.
 
-    A line cut short by a power cut (no newline) ends the list.
+    UpdateFailed when a line does not read whole (cut short, over _LINE bytes, not UTF-8) or
+    does not parse: the caller must not act on part of a list.
     """
     try:
-        f = open(path)
+        f = open(path, "rb")
     except OSError:
         return
     try:
         while True:
             at = f.tell()
-            text = f.readline(_LINE)
-            if text[-1:] != "\n":
+            raw = f.readline(_LINE + 1)
+            if not raw:
                 return
-            yield at, _parse(text)
+            yield at, _parse(raw, path, at)
     finally:
         f.close()
 
 
 def entry_at(path, at):
     """The entry on the line starting at byte `at` of the list at `path`."""
-    with open(path) as f:
+    with open(path, "rb") as f:
         f.seek(at)
-        return _parse(f.readline(_LINE))
+        return _parse(f.readline(_LINE + 1), path, at)
 
 
-def _parse(text):
+def _parse(raw, path, at):
+    if raw[-1:] != b"\n" or len(raw) > _LINE:
+        raise UpdateFailed("file list " + path + ": line at byte " + str(at)
+                           + " is cut short or over " + str(_LINE) + " bytes")
     try:
-        sha, size, encoding, blob, transfer, path = text[:-1].split(" ", 5)
-        return path, sha, int(size), encoding, blob, int(transfer)
-    except ValueError:
-        raise UpdateFailed("bad file list line")
+        sha, size, encoding, blob, transfer, name = raw[:-1].decode().split(" ", 5)
+        return name, sha, int(size), encoding, blob, int(transfer)
+    except (ValueError, UnicodeError):
+        raise UpdateFailed("file list " + path + ": bad line at byte " + str(at))
 
 
 def exists(path):
@@ -158,20 +174,56 @@ def _listed_dir(rel):
 
 
 def clear_strays(root):
-    """Remove every file and directory under `root` that the offer list does not name."""
+    """Remove every file and directory under `root` that the offer list does not name.
+
+    A walk without recursion (a path of 128 bytes can be 64 directories deep): the directories
+    in the order met, parents before children, then the unlisted ones removed deepest first.
+    """
     makedirs(root + "/")
-    _clear(root, len(root) + 1)
+    cut = len(root) + 1
+    dirs = [root]
+    i = 0
+    while i < len(dirs):
+        top = dirs[i]
+        i += 1
+        for entry in list(os.ilistdir(top)):  # listed first: entries are removed while walking
+            path = top + "/" + entry[0]
+            if entry[1] == _DIR:
+                dirs.append(path)
+            elif not listed(path[cut:]):
+                os.remove(path)
+    while len(dirs) > 1:
+        top = dirs.pop()
+        if not _listed_dir(top[cut:]):
+            os.rmdir(top)
 
 
-def _clear(top, cut):
-    for entry in list(os.ilistdir(top)):  # listed first: entries are removed while walking
-        path = top + "/" + entry[0]
-        if entry[1] == _DIR:
-            _clear(path, cut)
-            if not _listed_dir(path[cut:]):
-                os.rmdir(path)
-        elif not listed(path[cut:]):
-            os.remove(path)
+def path_key(path):
+    """A 30-bit key of a path (a small int on every port: a set of them costs no object each)."""
+    return int.from_bytes(hashlib.sha256(path.encode()).digest()[:4], "big") >> 2
+
+
+def count_files(root, keys):
+    """The number of files under `root`, each of whose paths (relative to root) has its
+    path_key in `keys`; UpdateFailed at the first other file, or at an empty directory."""
+    cut = len(root) + 1
+    n = 0
+    todo = [root]
+    while todo:
+        top = todo.pop()
+        empty = True
+        for entry in os.ilistdir(top):
+            empty = False
+            path = top + "/" + entry[0]
+            if entry[1] == _DIR:
+                todo.append(path)
+            elif path_key(path[cut:]) in keys:
+                n += 1
+            else:
+                raise UpdateFailed("not in the manifest: " + path[cut:])
+        if empty and top != root:
+            raise UpdateFailed("not in the manifest: directory " + top[cut:])
+    return n
 
 
 def clear_parts():
@@ -190,10 +242,18 @@ def _needs_blob(blob):
 
 
 def find_sha(path, sha):
-    """The path, in the list at `path`, of a file with this sha256, or None."""
-    for _, e in entries(path):
-        if e[SHA] == sha:
-            return e[PATH]
+    """The path, in the list at `path`, of a file with this sha256, or None.
+
+    A list that does not read whole is removed before UpdateFailed propagates: the update
+    fails, and the next attempt downloads what it would have copied.
+    """
+    try:
+        for _, e in entries(path):
+            if e[SHA] == sha:
+                return e[PATH]
+    except UpdateFailed:
+        remove(path)
+        raise
     return None
 
 

@@ -9,6 +9,8 @@
 #   slots   {"a": {"app", "version", "sequence", "entry"} or None, "b": ...}
 #   reject  highest sequence that was rolled back; never installed again
 #   note    a report for the client to queue on its next run ({"status", ...}) or None
+#   app     the app a board provisioned without one was bound to at its first verified offer
+#           (BootState.bind; absent until then: ota/client.py, bound_app)
 from ota import records
 
 ROOT = "/"
@@ -81,6 +83,13 @@ class BootState:
                        "version": info["version"], "reason": ""}
         self.save()
         return True
+
+    def bind(self, app):
+        """Record `app` as the one whose releases this board takes (a board provisioned
+        without an app, at its first verified offer, before a byte of it is staged). One
+        write: a power cut leaves the board bound or, as before, unbound."""
+        self.rec["app"] = app
+        self.save()
 
     def take_note(self):
         """The pending report, cleared from the state (the caller has queued it first)."""

@@ -20,7 +20,7 @@ import json
 # Caps, as data: the OTA client may override them (the host's defaults are the contract).
 MAX_ENVELOPE_BYTES = 12288
 MAX_FILES = 128
-MAX_PATH_LENGTH = 64
+MAX_PATH_LENGTH = 128  # bytes of UTF-8
 
 ROOT_PAYLOAD_TYPE = "application/vnd.mpota.root+json"
 MANIFEST_PAYLOAD_TYPE = "application/vnd.mpota.manifest+json"
@@ -161,15 +161,15 @@ def verify_rotation(root, src, now=None):
 # -- release manifests ------------------------------------------------------------------------
 
 def verify_manifest(src, root, board=None, installed_sequence=None, now=None, files=None,
-                    scratch=None):
+                    scratch=None, app=None):
     """The manifest, once signed by a threshold of root's release keys and every rule passed.
 
-    src: the envelope, bytes-like or a file path (at most MAX_ENVELOPE_BYTES).  board None
-    skips the board check, installed_sequence None the sequence check, now None the expiry
-    check (no trustworthy time).  Order of checks, as on the host: size, envelope,
-    payloadType, release threshold, manifest fields, board, sequence, expiry.
-    Raises TooLargeError, MalformedError, PayloadTypeError, ThresholdError, WrongBoardError,
-    RollbackError, SameSequenceError or ExpiredError.
+    src: the envelope, bytes-like or a file path (at most MAX_ENVELOPE_BYTES).  app None
+    skips the app check, board None the board check, installed_sequence None the sequence
+    check, now None the expiry check (no trustworthy time).  Order of checks, as on the host:
+    size, envelope, payloadType, release threshold, manifest fields, app, board, sequence,
+    expiry.  Raises TooLargeError, MalformedError, PayloadTypeError, ThresholdError,
+    WrongAppError, WrongBoardError, RollbackError, SameSequenceError or ExpiredError.
 
     files None: the payload as parsed, a dict with its `files` list.  files a callable: it is
     called with each file entry (a dict) as the entries are checked, and the dict returned
@@ -180,7 +180,7 @@ def verify_manifest(src, root, board=None, installed_sequence=None, now=None, fi
     """
     payload = signed_manifest(src, root, scratch)
     src = root = None
-    return accept_manifest(payload, board, installed_sequence, now, files)
+    return accept_manifest(payload, board, installed_sequence, now, files, app)
 
 
 def signed_manifest(src, root, scratch=None):
@@ -218,11 +218,13 @@ def check_manifest(doc):
     rules.check_manifest(doc)
 
 
-def accept_manifest(payload, board=None, installed_sequence=None, now=None, files=None):
+def accept_manifest(payload, board=None, installed_sequence=None, now=None, files=None,
+                    app=None):
     """Second half of verify_manifest, for a payload signed_manifest() returned and nothing
-    else: manifest fields, paths, board, sequence, expiry (files: as verify_manifest).
+    else: manifest fields, paths, app, board, sequence, expiry (files: as verify_manifest).
 
-    Raises MalformedError, WrongBoardError, RollbackError, SameSequenceError or ExpiredError.
+    Raises MalformedError, WrongAppError, WrongBoardError, RollbackError, SameSequenceError
+    or ExpiredError.
     """
     from ota import rules
-    return rules.accept_manifest(payload, board, installed_sequence, now, files)
+    return rules.accept_manifest(payload, board, installed_sequence, now, files, app)

@@ -17,30 +17,76 @@ from ota.slots import BLOB, ENCODING, OFFER, PATH, SHA, SIZE, TRANSFER
 _PACK_MAX = const(32)  # blobs per request: keeps the request line under 2.2 KB
 
 
-def stage(sess, st, buf):
+def stage(sess, st, buf, manifest):
     """Build the inactive slot for the offer list; returns the slot name.
 
+    `manifest`: the file holding the verified manifest payload (client.PAYLOAD); the slot is
+    adopted only once check_slot() found in it exactly that manifest's files. The file is
+    removed on the way out, whatever happens.
     Raises UpdateFailed (OSError when the flash refuses a write).
     """
-    target = state.other(st.active)
-    root = state.slot_path(target)
-    slots.clear_strays(root)
-    slots.clear_parts()
-    active = state.slot_path(st.active) + "/"
-    olds = slots.list_path(st.active)
-    todo = []
-    for at, e in slots.entries(OFFER):
-        if not _placed(e, root + "/" + e[PATH], active, olds, buf):
-            todo.append(at)
-    while todo:
-        _fetch(sess, todo[:_PACK_MAX], root, buf)
-        todo = todo[_PACK_MAX:]
-    for _, e in slots.entries(OFFER):  # read back every file from flash before trusting it
-        dest = root + "/" + e[PATH]
-        if slots.hash_file(dest, buf) != (e[SHA], e[SIZE]) and not _twin(e, dest, root, buf):
-            raise UpdateFailed("verify failed: " + e[PATH])
+    try:
+        target = state.other(st.active)
+        root = state.slot_path(target)
+        slots.clear_strays(root)
+        slots.clear_parts()
+        active = state.slot_path(st.active) + "/"
+        olds = slots.list_path(st.active)
+        todo = []
+        for at, e in slots.entries(OFFER):
+            if not _placed(e, root + "/" + e[PATH], active, olds, buf):
+                todo.append(at)
+        while todo:
+            _fetch(sess, todo[:_PACK_MAX], root, buf)
+            todo = todo[_PACK_MAX:]
+        check_slot(manifest, root, buf)
+    finally:
+        slots.remove(manifest)
     slots.adopt(target)
     return target
+
+
+def check_slot(manifest, root, buf):
+    """UpdateFailed unless the slot at `root` holds exactly the files of the manifest payload
+    in the file `manifest`: each read back from flash with its size and SHA-256 (a file that
+    shares its blob with one placed before is copied from it first), and nothing else.
+
+    The manifest is walked one entry at a time (ota.jscan), not the offer list: a list that
+    lost lines could only shorten what is checked.
+    """
+    from ota import jscan, trust
+    keys = set()
+    count = 0
+    try:
+        doc = jscan.open_doc(manifest, "manifest")
+    except (OSError, trust.TrustError):
+        raise UpdateFailed("the verified manifest is gone")
+    try:
+        files = None
+        for key, a, _ in doc.top():
+            if key == "files":
+                files = a
+        if files is None:
+            raise UpdateFailed("manifest: no files")
+        for a, b in doc.elements(files):
+            m = doc.load(a, b)
+            e = (m["path"], m["sha256"], m["size"], m["encoding"], m["blob"],
+                 m["transfer_size"])
+            m = None
+            dest = root + "/" + e[PATH]
+            if slots.hash_file(dest, buf) != (e[SHA], e[SIZE]) and not _twin(e, dest, root, buf):
+                raise UpdateFailed("verify failed: " + e[PATH])
+            keys.add(slots.path_key(e[PATH]))
+            count += 1
+    except trust.TrustError as err:
+        raise UpdateFailed("manifest: " + str(err))
+    finally:
+        doc.f.close()
+    doc = None
+    # Every listed file is there, so a count that matches leaves no room for another (two
+    # paths can name one file on FAT: then the count falls short).
+    if slots.count_files(root, keys) != count:
+        raise UpdateFailed("the new slot does not hold the manifest's %d files" % count)
 
 
 def _placed(e, dest, active, olds, buf):
@@ -137,7 +183,7 @@ def _receive(resp, e, have, buf):
         slots.hash_into(part, buf, h)  # resume: the hash must cover what is there
     left = e[TRANSFER] - have
     with open(part, "ab") as f:
-        while left:
+        while left > 0:  # each fill() reads at least one byte or raises (deadline, end)
             n = resp.fill(buf[:min(len(buf), left)])
             h.update(buf[:n])
             f.write(buf[:n])

@@ -47,13 +47,18 @@ class Release:
     version: str
     sequence: int
     created: int
+    expires: int  # Unix time the manifest stops being valid: never offered from then on
     boards: tuple[str, ...] = ()
     blobs: tuple[str, ...] = ()
+
+    def expired(self, now: int) -> bool:
+        """Past its expiry at `now`, as a board's check (`expires <= now`) decides."""
+        return self.expires <= now
 
     def view(self) -> dict[str, Any]:
         return {"id": self.id, "app": self.app, "version": self.version,
                 "sequence": self.sequence, "boards": list(self.boards), "created": self.created,
-                "blobs": len(self.blobs)}
+                "expires": self.expires, "blobs": len(self.blobs)}
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,16 @@ class Rollout:
     reason: str | None
     created: int
     updated: int
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One board's progress with one release, opened when a check-in offered it."""
+
+    device_id: str
+    release_id: int
+    status: str  # offered, or one of DEPLOYMENT_STATUSES
+    channel: str  # the channel whose check-in offered it: the rollout counts it there
 
 
 @dataclass(frozen=True)

@@ -15,18 +15,19 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ota_server.storage.records import DeploymentCounts, Device, Release, Rollout
+from ota_server.storage.records import Deployment, DeploymentCounts, Device, Release, Rollout
 
 _INVENTORY = ("app", "version", "sequence", "root_version", "micropython", "mem_free", "slot",
               "last_seen", "last_status", "last_error")
 # The replay check and the write are one statement: it matches only a smaller stored counter.
 _ADVANCE_COUNTER = ("UPDATE devices SET counter = ?, last_seen = ? "
                     "WHERE device_id = ? AND counter < ?")
+_RELEASE_COLUMNS = "id, app, version, sequence, boards, created, expires"
 _DEVICE_COLUMNS = ("device_id, public_key, board, tags, channel, bucket, counter, created, "
                    "revoked, " + ", ".join(_INVENTORY))
 
@@ -44,6 +45,26 @@ def _migrations() -> list[tuple[int, str]]:
 
 def _now() -> int:
     return int(time.time())
+
+
+def _fill_release_expiry(db: sqlite3.Connection) -> None:
+    """Migration 2's data step: each release's expiry, read from its stored envelope.
+
+    Every stored envelope verified when it was registered, so it parses; one that does not is
+    a damaged database, and the migration stops (MalformedError) with nothing changed.
+    """
+    from signing.dsse import parse_envelope
+    from signing.manifest import MANIFEST_PAYLOAD_TYPE, Manifest
+
+    rows = db.execute("SELECT id, envelope FROM releases WHERE expires IS NULL").fetchall()
+    for row in rows:
+        payload = parse_envelope(bytes(row[1]), MANIFEST_PAYLOAD_TYPE).payload
+        db.execute("UPDATE releases SET expires = ? WHERE id = ?",
+                   (Manifest.from_payload(payload).expires, row[0]))
+
+
+# What SQL cannot do in a migration (decode an envelope), run in the same transaction.
+_DATA_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _fill_release_expiry}
 
 
 class SqliteStore:
@@ -70,10 +91,15 @@ class SqliteStore:
         for version, sql in _migrations():
             if version <= current:
                 continue
-            # One script, one transaction: a crash mid-migration leaves the old schema.
-            script = f"BEGIN IMMEDIATE;\n{sql}\n;PRAGMA user_version={version:d};\nCOMMIT;"
+            # One script and its data step, one transaction: a crash mid-migration leaves the
+            # old schema.
             try:
-                self._db.executescript(script)
+                self._db.executescript(f"BEGIN IMMEDIATE;\n{sql}\n;")
+                step = _DATA_STEPS.get(version)
+                if step is not None:
+                    step(self._db)
+                self._db.execute(f"PRAGMA user_version={version:d}")
+                self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
@@ -134,17 +160,57 @@ class SqliteStore:
             "SELECT MAX(sequence) FROM releases WHERE app = ?", (app,)).fetchone()
         return None if row[0] is None else int(row[0])
 
+    def reserve_sequence(self, app: str, version: str, floor: int = 1) -> tuple[int, bool]:
+        """The sequence of `version` of `app`, and whether that release is registered.
+
+        A registered version answers its own sequence; a version reserved before, the same
+        reservation (a retried publish); any other version gets a new reservation: `floor`,
+        or one above every registered and reserved sequence of the app if that is more. One
+        transaction: two publishers asking together get two different sequences.
+        """
+        with self._tx():
+            row = self._db.execute(
+                "SELECT sequence FROM releases WHERE app = ? AND version = ? "
+                "AND duplicate_of IS NULL", (app, version)).fetchone()
+            if row is not None:
+                return int(row[0]), True
+            row = self._db.execute(
+                "SELECT sequence FROM sequence_reservations WHERE app = ? AND version = ?",
+                (app, version)).fetchone()
+            if row is not None:
+                return int(row[0]), False
+            top = self._db.execute(
+                "SELECT MAX(s) FROM (SELECT MAX(sequence) AS s FROM releases WHERE app = ? "
+                "UNION ALL SELECT MAX(sequence) FROM sequence_reservations WHERE app = ?)",
+                (app, app)).fetchone()[0]
+            sequence = floor if top is None else max(floor, int(top) + 1)
+            self._db.execute(
+                "INSERT INTO sequence_reservations (app, version, sequence, created) "
+                "VALUES (?, ?, ?, ?)", (app, version, sequence, _now()))
+        return sequence, False
+
+    def reserved_version(self, app: str, sequence: int) -> str | None:
+        """The version holding a reservation of `sequence`, if one does."""
+        row = self._db.execute(
+            "SELECT version FROM sequence_reservations WHERE app = ? AND sequence = ?",
+            (app, sequence)).fetchone()
+        return None if row is None else str(row[0])
+
     def add_release(self, app: str, version: str, sequence: int, boards: Sequence[str],
-                    envelope: bytes, blobs: Sequence[tuple[str, int]]) -> Release:
+                    envelope: bytes, blobs: Sequence[tuple[str, int]], expires: int) -> Release:
+        """Register a release and spend the version's reservation; raises
+        sqlite3.IntegrityError when the sequence or the version is taken."""
         with self._tx():
             cur = self._db.execute(
-                "INSERT INTO releases (app, version, sequence, boards, envelope, created) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (app, version, sequence, json.dumps(list(boards)), envelope, _now()))
+                "INSERT INTO releases (app, version, sequence, boards, envelope, created, "
+                "expires) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (app, version, sequence, json.dumps(list(boards)), envelope, _now(), expires))
             release_id = int(cur.lastrowid or 0)
             self._db.executemany(
                 "INSERT OR IGNORE INTO release_blobs (release_id, blob, size) VALUES (?, ?, ?)",
                 [(release_id, blob, size) for blob, size in blobs])
+            self._db.execute("DELETE FROM sequence_reservations WHERE app = ? AND version = ?",
+                             (app, version))
         found = self.release_by_id(release_id)
         assert found is not None
         return found
@@ -156,19 +222,26 @@ class SqliteStore:
             "SELECT blob FROM release_blobs WHERE release_id = ? ORDER BY blob", (row["id"],)))
         return Release(id=int(row["id"]), app=row["app"], version=row["version"],
                        sequence=int(row["sequence"]), boards=tuple(json.loads(row["boards"])),
-                       created=int(row["created"]), blobs=blobs)
+                       created=int(row["created"]), expires=int(row["expires"]), blobs=blobs)
 
     def release(self, app: str, sequence: int) -> Release | None:
         return self._release(self._db.execute(
-            "SELECT id, app, version, sequence, boards, created FROM releases "
+            f"SELECT {_RELEASE_COLUMNS} FROM releases "  # noqa: S608
             "WHERE app = ? AND sequence = ?", (app, sequence)).fetchone())
+
+    def release_by_version(self, app: str, version: str) -> Release | None:
+        """The release that `version` of `app` names (never a pre-v2 duplicate)."""
+        return self._release(self._db.execute(
+            f"SELECT {_RELEASE_COLUMNS} FROM releases "  # noqa: S608
+            "WHERE app = ? AND version = ? AND duplicate_of IS NULL",
+            (app, version)).fetchone())
 
     def release_by_id(self, release_id: int) -> Release | None:
         cached = self._releases.get(release_id)
         if cached is not None:
             return cached
         found = self._release(self._db.execute(
-            "SELECT id, app, version, sequence, boards, created FROM releases WHERE id = ?",
+            f"SELECT {_RELEASE_COLUMNS} FROM releases WHERE id = ?",  # noqa: S608
             (release_id,)).fetchone())
         if found is not None:
             self._releases[release_id] = found
@@ -179,7 +252,7 @@ class SqliteStore:
         return bytes(row.fetchone()[0])
 
     def list_releases(self, app: str | None = None) -> list[Release]:
-        sql = "SELECT id, app, version, sequence, boards, created FROM releases"
+        sql = f"SELECT {_RELEASE_COLUMNS} FROM releases"  # noqa: S608
         args: tuple[Any, ...] = ()
         if app is not None:
             sql += " WHERE app = ?"
@@ -344,27 +417,47 @@ class SqliteStore:
             (device_id, release_id)).fetchone()
         return None if row is None else str(row[0])
 
-    def set_deployment(self, device_id: str, release_id: int, status: str,
-                       reason: str | None = None) -> None:
-        self._db.execute(
-            "INSERT INTO deployments (device_id, release_id, status, reason, updated) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(device_id, release_id) DO UPDATE SET "
-            "status = excluded.status, reason = excluded.reason, updated = excluded.updated",
-            (device_id, release_id, status, reason, _now()))
+    def deployment(self, device_id: str, release_id: int) -> Deployment | None:
+        row = self._db.execute(
+            "SELECT status, channel FROM deployments WHERE device_id = ? AND release_id = ?",
+            (device_id, release_id)).fetchone()
+        return None if row is None else Deployment(
+            device_id=device_id, release_id=release_id, status=str(row[0]),
+            channel=str(row[1]))
 
-    def deployment_counts(self, release_id: int) -> DeploymentCounts:
+    def open_deployment_for(self, device_id: str, release_id: int, channel: str) -> None:
+        """Record that `channel` offered the release to the board (status `offered`); a
+        deployment already open stays as it is."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO deployments (device_id, release_id, status, updated, channel) "
+            "VALUES (?, ?, 'offered', ?, ?)", (device_id, release_id, _now(), channel))
+
+    def set_deployment(self, device_id: str, release_id: int, status: str,
+                       reason: str | None = None) -> bool:
+        """Move an open deployment to `status`; False (nothing written) when the server never
+        opened one for this board and release."""
+        cur = self._db.execute(
+            "UPDATE deployments SET status = ?, reason = ?, updated = ? "
+            "WHERE device_id = ? AND release_id = ?",
+            (status, reason, _now(), device_id, release_id))
+        return cur.rowcount == 1
+
+    def deployment_counts(self, release_id: int, channel: str) -> DeploymentCounts:
+        """Boards by deployment status for the release, among deployments `channel` opened."""
         rows = self._db.execute(
-            "SELECT status, COUNT(*) FROM deployments WHERE release_id = ? GROUP BY status",
-            (release_id,))
+            "SELECT status, COUNT(*) FROM deployments WHERE release_id = ? AND channel = ? "
+            "GROUP BY status", (release_id, channel))
         return DeploymentCounts(**{str(r[0]): int(r[1]) for r in rows})
 
-    def open_deployment(self, device_id: str, app: str) -> int | None:
-        """The release id of the device's newest unfinished deployment of `app`, if any."""
+    def open_deployment(self, device_id: str, app: str | None) -> int | None:
+        """The release id of the device's newest unfinished deployment of `app` (of any app
+        when None), if any."""
         row = self._db.execute(
             "SELECT d.release_id FROM deployments d JOIN releases r ON r.id = d.release_id "
-            "WHERE d.device_id = ? AND r.app = ? "
+            "WHERE d.device_id = ? AND (? IS NULL OR r.app = ?) "
             "AND d.status IN ('offered', 'downloading', 'installed') "
-            "ORDER BY r.sequence DESC LIMIT 1", (device_id, app)).fetchone()
+            "ORDER BY r.sequence DESC LIMIT 1",
+            (device_id, app, app)).fetchone()
         return None if row is None else int(row[0])
 
 

@@ -36,6 +36,18 @@ MAX_ENVELOPE = 12288
 KEY_NAMES = ("root1", "root2", "root3", "release_a", "release_b", "release_c", "release_a2",
              "stranger")
 
+# Non-ASCII paths of exactly 128 bytes of UTF-8 (the limit): 42 CJK characters of 3 bytes,
+# 31 astral ones of 4 (each written by json.dumps as two \\u escapes, a surrogate pair).
+CJK_AT_LIMIT = "d/" + "\u6587" * 42
+ASTRAL_AT_LIMIT = "e/" + "\U0001f600" * 31 + "ab"
+PATHS_AT_LIMIT = (
+    ("ok-path-cjk-128-bytes", CJK_AT_LIMIT, "42 CJK characters: 128 bytes of UTF-8"),
+    ("ok-path-astral-128-bytes", ASTRAL_AT_LIMIT,
+     "31 astral characters (U+1F600) and 4 ASCII: 128 bytes, 35 characters, 66 UTF-16 units"),
+    ("ok-path-mixed-non-ascii", "\u00e9t\u00e9/\u6587/\U0001d11e \u00c9.py",
+     "Latin-1, CJK, astral and a space in one path"),
+)
+
 Keys = dict[str, keys.PrivateKey]
 Case = dict[str, Any]
 
@@ -69,6 +81,15 @@ def base_manifest() -> dict[str, Any]:
             _file("lib/util.py", b"def run():\n    print('demo 1.1.0')\n"),
         ],
     }
+
+
+def _padded_payload(size: int) -> dict[str, Any]:
+    """The base manifest with a `notes` field that makes its payload exactly `size` bytes."""
+    doc = base_manifest()
+    doc["notes"] = ""
+    doc["notes"] = "n" * (size - len(_payload(doc)))
+    assert len(_payload(doc)) == size
+    return doc
 
 
 def _adds_file(path: str) -> Callable[[dict[str, Any]], None]:
@@ -119,14 +140,17 @@ class Writer:
 
     def case(self, name: str, kind: str, trusted: str, data: bytes | dict[str, Any],
              expect: str, description: str, *, board: str | None = "esp32",
-             installed: int | None = 1) -> None:
+             installed: int | None = 1, app: str | None = None) -> None:
         envelope = self.put(f"{'m' if kind == 'manifest' else 'r'}-{name}.json", data)
-        self.cases.append({
+        case = {
             "name": name, "kind": kind, "trusted_root": trusted, "envelope": envelope,
             "now": NOW, "board": board if kind == "manifest" else None,
             "installed_sequence": installed if kind == "manifest" else None,
             "expect": expect, "description": description,
-        })
+        }
+        if app is not None:  # only where a case checks the board's app (absent: not checked)
+            case["app"] = app
+        self.cases.append(case)
 
 
 def build_roots(k: Keys, out: Writer) -> dict[str, Any]:
@@ -189,9 +213,21 @@ def manifest_cases(k: Keys, out: Writer) -> None:
     ok("ok-unknown-field-ignored", "manifest", v1,
        signed(changed(lambda d: d.update(notes="extra fields are ignored")), "release_a"),
        "ok", "unknown top-level manifest field")
-    ok("ok-path-64-chars", "manifest", v1, signed(changed(lambda d: d["files"].append(
-        _file("lib/" + "p" * 57 + ".py", b"x = 1\n"))), "release_a"), "ok",
-       "a 64-character path is at the limit")
+    ok("ok-path-128-bytes", "manifest", v1, signed(changed(lambda d: d["files"].append(
+        _file("lib/" + "p" * 121 + ".py", b"x = 1\n"))), "release_a"), "ok",
+       "a 128-byte path is at the limit")
+    # Path lengths are bytes of UTF-8 (docs/manifest.md): json.dumps writes U+1F600 as the
+    # escaped surrogate pair \ud83d\ude00, which a decoder must join into one 4-byte character.
+    for name, path, why in PATHS_AT_LIMIT:
+        ok(name, "manifest", v1, signed(changed(_adds_file(path)), "release_a"), "ok", why)
+    ok("ok-path-raw-utf8", "manifest", v1, _envelope(MANIFEST_PAYLOAD_TYPE, json.dumps(
+        changed(_adds_file(ASTRAL_AT_LIMIT)), separators=(",", ":"),
+        ensure_ascii=False).encode("utf-8"), [k["release_a"]]), "ok",
+       "the 128-byte astral path as raw UTF-8 in the payload, not escaped")
+    ok("ok-payload-base64-padded-at-a-chunk-end", "manifest", v1,
+       signed(_padded_payload(1534), "release_a"), "ok",
+       "a payload of 1534 bytes: 2048 base64 characters (8 of the board's 256-character "
+       "chunks) ending in '=='")
     ok("ok-first-install", "manifest", v1, good, "ok", "nothing installed yet (sequence 0)",
        installed=0)
     at_cap = _pad_to(dsse.envelope_bytes(good), MAX_ENVELOPE)
@@ -299,7 +335,11 @@ def manifest_cases(k: Keys, out: Writer) -> None:
         ("path-trailing-slash", "lib/", "empty last segment"),
         ("path-backslash", "lib\\util2.py", "backslash"),
         ("path-empty", "", "empty path"),
-        ("path-too-long", "lib/" + "p" * 58 + ".py", "65 characters"),
+        ("path-too-long", "lib/" + "p" * 122 + ".py", "129 bytes"),
+        ("path-too-long-cjk", CJK_AT_LIMIT + "x", "129 bytes of UTF-8 in 45 characters"),
+        ("path-too-long-astral", ASTRAL_AT_LIMIT + "x", "129 bytes of UTF-8 in 36 characters "
+         "(U+1F600 four bytes each, escaped as surrogate pairs)"),
+        ("path-lone-surrogate", "lib/\ud800.py", "a lone surrogate (\\ud800): not Unicode"),
         ("path-control-char", "lib/a\nb.py", "newline in a path"),
     ):
         malformed(name, _adds_file(path), why)
@@ -329,6 +369,14 @@ def manifest_cases(k: Keys, out: Writer) -> None:
         "sha256 in upper case")
     malformed("size-negative", lambda d: d["files"][0].update(size=-1, transfer_size=-1),
               "size -1")
+    malformed("size-over-64-bits", lambda d: d["files"].append(
+        _deflated_file("big.bin", b"x") | {"size": 2**64}), "size 2**64 (21 digits)")
+    malformed("transfer-size-over-64-bits", lambda d: d["files"].append(
+        _deflated_file("big.bin", b"x") | {"transfer_size": 2**64}),
+        "transfer_size 2**64 (21 digits)")
+    ok("ok-size-64-bits", "manifest", v1, signed(changed(lambda d: d["files"].append(
+        _deflated_file("big.bin", b"x") | {"size": 2**64 - 1, "transfer_size": 2**64 - 1})),
+        "release_a"), "ok", "size and transfer_size 2**64 - 1 (20 digits): the largest")
 
     # Policy.
     ok("expired", "manifest", v1, signed(changed(lambda d: d.update(expires=NOW)),
@@ -339,6 +387,11 @@ def manifest_cases(k: Keys, out: Writer) -> None:
        "sequence 2 is already installed: nothing new", installed=2)
     ok("wrong-board", "manifest", v1, good, "WrongBoardError", "rp2 is not in the boards",
        board="rp2")
+    ok("wrong-app", "manifest", v1, good, "WrongAppError",
+       "a release of demo offered to a board bound to weather, at its installed sequence: "
+       "the app is checked before the sequence", installed=2, app="weather")
+    ok("right-app", "manifest", v1, good, "ok", "a release of demo on a board bound to demo",
+       app="demo")
 
 
 def root_cases(k: Keys, roots: dict[str, Any], out: Writer) -> None:

@@ -13,6 +13,11 @@ from littlefs import LittleFS
 
 BLOCK_SIZE = 4096  # MicroPython formats flash partitions in 4 KiB erase blocks
 LOOKAHEAD = 32  # MicroPython's vfs_lfs2 default lookahead size, bytes
+# littlefs on-disk format 2.0, pinned: littlefs-python writes its own newest format unless told
+# (2.1 today), and MicroPython 1.20 and 1.21 (littlefs 2.5) cannot mount 2.1 at all. 2.0 is
+# read by every MicroPython with littlefs v2, the floor's (1.23, littlefs 2.8) included, which
+# moves it to 2.1 at its first write (docs/provisioning.md, Write method image).
+DISK_VERSION = 0x0002_0000
 
 
 class ImageError(ValueError):
@@ -54,6 +59,7 @@ def build_littlefs_image(files: dict[str, bytes], geometry: PartitionGeometry) -
         lookahead_size=LOOKAHEAD,
         # MicroPython's littlefs caches one prog unit; the on-disk format does not depend on it.
         cache_size=geometry.prog_size,
+        disk_version=DISK_VERSION,
     )
     for path, data in sorted(files.items()):
         parts = [p for p in path.split("/") if p]

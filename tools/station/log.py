@@ -37,6 +37,7 @@ class BoardRecord:
     mac: str | None = None
     flash_size: str | None = None
     firmware_sha256: str | None = None
+    micropython: str | None = None  # the MicroPython version the board runs or was flashed with
     device_id: str | None = None
     key_fingerprint: str | None = None  # keyid: hex SHA-256 of the public key's DER SPKI
     registered: bool = False

@@ -6,7 +6,8 @@ their events, writes the station log and sums up; each worker runs `BoardProvisi
 port from start to finish and sends back one `BoardRecord`.
 
 Per board, in order (DESIGN.md "Provisioning station", docs/provisioning.md):
-identify -> [flash MicroPython] -> [boot it, look for a key already on the board] -> check the
+identify -> firmware (MicroPython at or above the floor: the image to flash, or what the board
+runs; then flash the image) -> [boot it, look for a key already on the board] -> check the
 server for an existing identity -> generate the key -> build the files -> write and verify
 them -> register with the server -> reset the board.
 Registration comes only after the write verified; a failure after registration revokes it.
@@ -29,6 +30,7 @@ from typing import Any
 
 from tools.board_files import InitialApp
 from tools.fleet import ProvisioningProfile
+from tools.station.firmware import check_firmware_image
 from tools.station.log import BoardRecord, StationLog
 from tools.station.secrets import Redactor, Secret
 from tools.station.targets import Target
@@ -163,10 +165,17 @@ class BoardProvisioner:
             self.record.chip, self.record.mac = who.chip, who.mac
             base_id = identify.device_id_for(board, who.hardware_id)
         merged = job.method == "image" and job.factory_image_dir is not None
-        if job.firmware is not None and esp is not None and not merged:
+        if job.firmware is not None and esp is not None:
             with self.step("firmware"):
-                self._check_firmware_fits(job.firmware)
-                esp.write(board.firmware_offset, job.firmware, self.progress)
+                # The firmware floor (docs/board.md): the image's own version, before any write.
+                self.record.micropython = check_firmware_image(job.firmware,
+                                                               job.profile.client)
+                if not merged:  # else it goes in the factory image, written in one go
+                    self._check_firmware_fits(job.firmware)
+                    esp.write(board.firmware_offset, job.firmware, self.progress)
+        elif mp is not None:
+            with self.step("firmware"):
+                self._check_running_firmware(mp)
         if esp is not None and job.method == "mpremote":
             # The files go through MicroPython's REPL: leave the ROM bootloader, boot it.
             with self.step("boot"):
@@ -174,6 +183,7 @@ class BoardProvisioner:
                 stack.close()
                 esp = None
                 mp = stack.enter_context(self._micropython_board(stack))
+                self._check_running_firmware(mp)
         on_board_key = False
         if mp is not None:
             with self.step("inspect"):
@@ -216,6 +226,15 @@ class BoardProvisioner:
                 esp.hard_reset()
             elif mp is not None:
                 mp.soft_reset()
+
+    def _check_running_firmware(self, mp: Any) -> None:
+        """Record the MicroPython the board runs; FirmwareError (nothing written yet) when it
+        is older than the floor."""
+        from tools.station.firmware import check_board_version, version_from_implementation
+
+        found = version_from_implementation(mp.implementation_version())
+        self.record.micropython = check_board_version(self.target.label, found,
+                                                      self.job.profile.client)
 
     @contextmanager
     def _micropython_board(self, stack: ExitStack) -> Iterator[Any]:
@@ -292,7 +311,7 @@ class BoardProvisioner:
             channel=profile.channel.name,
             wifi_ssid=wifi.ssid if wifi else "",
             wifi_password=job.wifi_password.reveal() if job.wifi_password else "",
-            poll_every_min=max(1, profile.poll_interval_s // 60),
+            poll_every_min=max(1, profile.poll_interval_s // 60), app=profile.app_name or "",
             **dict(profile.behaviour),  # type: ignore[arg-type]
         )
         return board_files(config, key, job.trust_json, mpy=profile.mpy, app=job.app,

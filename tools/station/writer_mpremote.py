@@ -88,6 +88,14 @@ class MpremoteBoard:
         except (TransportError, OSError) as err:
             raise WriteError(f"board failed running set-up code: {_short(err)}") from err
 
+    def implementation_version(self) -> object:
+        """`sys.implementation.version` as the board reports it (the caller checks its shape)."""
+        expression = "__import__('sys').implementation.version"
+        try:
+            return self._transport.eval(expression)
+        except (TransportError, OSError, ValueError, SyntaxError) as err:
+            raise WriteError(f"board did not answer {expression!r}: {_short(err)}") from err
+
     def unique_id(self) -> bytes:
         """`machine.unique_id()`: the chip's own serial number (the MAC on ESP32)."""
         self.exec("import machine")

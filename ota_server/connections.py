@@ -1,0 +1,292 @@
+"""The connection layer under the app: time bounds, the connection cap, JSON parser errors.
+
+aiohttp parses requests in its RequestHandler (one per connection) before any route or
+middleware runs. Three things are decided there, so they are decided here:
+
+- how long a client may take to send a request's line and headers (`header_timeout`), and
+  how long an idle keep-alive connection stays open (`keepalive_timeout`);
+- how many connections are open at once (`max_connections`);
+- the answer to a request the parser refuses (an oversized line, a malformed header or
+  framing): JSON `{"code", "message"}` as everywhere else, never the client's bytes echoed.
+
+Bodies get their own deadline where they are read (ota_server.validation.read_body). The
+limits and their defaults are in docs/operations.md; the errors in docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, cast
+
+from aiohttp import web
+from aiohttp.http_exceptions import (
+    BadHttpMethod,
+    BadStatusLine,
+    InvalidHeader,
+    InvalidURLError,
+    LineTooLong,
+    PayloadEncodingError,
+)
+
+# _ErrInfo: what the parser queues in place of a request it could not parse
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
+
+from ota_server import state
+from ota_server.settings import Limits, Settings
+
+log = logging.getLogger("ota_server")
+
+# What the parser refused -> (code, message). The parser's own message quotes the request's
+# bytes (and a pointer into them), so it is never sent; the first class that matches wins.
+_PARSE_ERRORS: list[tuple[type[Exception], str, str]] = [
+    (LineTooLong, "too_long", "the request line or a header is longer than the server takes"),
+    (BadHttpMethod, "bad_method", "the request line does not start with an HTTP method "
+                                  "(TLS sent to a plain HTTP port?)"),
+    (BadStatusLine, "bad_request_line", "the request line is not `METHOD target HTTP/1.x`"),
+    (InvalidURLError, "bad_target", "the request target is not a valid URL path"),
+    (InvalidHeader, "bad_header", "a header is malformed"),
+    (PayloadEncodingError, "bad_body", "the body's framing is broken (Content-Length or "
+                                       "chunked encoding)"),
+]
+
+
+def _parse_error(exc: BaseException | None) -> tuple[str, str]:
+    for kind, code, message in _PARSE_ERRORS:
+        if isinstance(exc, kind):
+            return code, message
+    return "bad_http", "the request is not well-formed HTTP/1.1 (request line, headers or " \
+                       "framing)"
+
+
+def raw_json_answer(status: int, reason: str, code: str, message: str) -> bytes:
+    """A whole HTTP/1.1 answer with a JSON error body that closes the connection, for the
+    places where no request object exists to answer through."""
+    body = json.dumps({"code": code, "message": message}).encode()
+    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode("ascii") + body
+
+
+class GuardedRequestHandler(RequestHandler):
+    """aiohttp's per-connection protocol with a header deadline, a place under the connection
+    cap and JSON answers to requests the parser refuses."""
+
+    def __init__(self, manager: GuardedServer, **kwargs: Any):
+        super().__init__(manager, **kwargs)
+        self._guard = manager
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._refused = False
+        # loop time since which this connection waits for a request's head (None: handling a
+        # request); the connection waiting longest is shed first when the cap is reached
+        self.waiting_since: float | None = None
+        self._head_started = False
+        # the body of the last request when its handler left some of it unread: aiohttp reads
+        # and drops the rest (lingering) before the next head, and those bytes are no head
+        self._unread_body: Any = None
+        # the body of the newest request: a parse error while it arrives is its framing
+        # breaking, which its reader must learn at once (not at its deadline)
+        self._newest_body: Any = None
+        self._framing_broken = False
+
+    # -- connection lifetime ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self._guard.admit(self):
+            self._refused = True
+            writer = cast(asyncio.Transport, transport)  # duck-typed: uvloop's too
+            writer.write(raw_json_answer(
+                503, "Service Unavailable", "too_many_connections",
+                f"the server holds {self._guard.limits.max_connections} connections busy "
+                f"with requests; try again later"))
+            writer.close()
+            return
+        super().connection_made(transport)
+        # the first request's head is due `header_timeout` after the connection opens: a
+        # client that connects and says nothing is closed then too
+        self.waiting_since = self._loop.time()
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._guard.release(self)
+        self._cancel_header_timer()
+        if self._refused:
+            return  # never set up (connection_made refused it)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        lingering = self._unread_body is not None and not self._unread_body.is_eof()
+        if self.waiting_since is not None and data and not lingering:
+            self._head_started = True
+            if self._header_timer is None:  # the first byte of a later request's head
+                self._arm_header_timer()
+        heads = self._request_count
+        super().data_received(data)
+        if self._request_count != heads:  # the parser completed a request's head (or failed)
+            self._cancel_header_timer()
+            self.waiting_since = None
+            self._head_started = False
+            self._note_new_messages(list(self._messages)[heads - self._request_count:])
+
+    def _note_new_messages(self, new: list[tuple[Any, Any]]) -> None:
+        for message, body in new:
+            if not isinstance(message, _ErrInfo):
+                self._newest_body = body
+            elif self._newest_body is not None and not self._newest_body.is_eof():
+                # aiohttp queues the error as a next request and leaves this body waiting
+                self._newest_body.set_exception(PayloadEncodingError("broken body framing"))
+                self._framing_broken = True
+
+    async def finish_response(self, request: web.BaseRequest, resp: web.StreamResponse,
+                              start_time: float | None) -> tuple[web.StreamResponse, bool]:
+        answered = await super().finish_response(request, resp, start_time)
+        if self._framing_broken or resp.status == 408:
+            # nothing more on this connection can be trusted or is worth waiting for
+            self.force_close()
+            return answered
+        self._unread_body = None if request.content.is_eof() else request.content
+        if not self._messages:
+            # idle from now on (keepalive_timeout); the next head's deadline starts with its
+            # first byte
+            self.waiting_since = self._loop.time()
+        return answered
+
+    # -- the header deadline ------------------------------------------------------------------
+
+    def _arm_header_timer(self) -> None:
+        self._cancel_header_timer()
+        self._header_timer = self._loop.call_later(self._guard.limits.header_timeout,
+                                                   self._header_timeout)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        transport = self.transport
+        if transport is None or self.waiting_since is None:
+            return
+        if self._head_started:  # a client that said something gets told why
+            transport.write(raw_json_answer(
+                408, "Request Timeout", "header_timeout",
+                f"the request line and headers did not arrive within "
+                f"{self._guard.limits.header_timeout:g} s"))
+        self.force_close()
+
+    def shed(self) -> None:
+        """Close this connection (it waits for a request) to make room for a new one."""
+        self.force_close()
+
+    # -- JSON for what the parser refuses -----------------------------------------------------
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """The answer to a request aiohttp could not parse or handle: JSON, no input echoed,
+        the connection closed after it. Raises ConnectionError when an answer has already
+        begun (as aiohttp's own does)."""
+        if request.writer.output_size > 0:
+            raise ConnectionError("an answer was already sent; cannot send the error")
+        if status >= 500:
+            self.log_exception("error handling a request", exc_info=exc)
+            code, text = "internal", "internal server error"
+        else:
+            code, text = _parse_error(exc)
+            # the client's fault: one line, no traceback, none of its bytes
+            log.info("refused a malformed request: %d %s (%s)", status, code,
+                     type(exc).__name__)
+        response = _ParserErrorResponse(text=json.dumps({"code": code, "message": text}),
+                                        status=status, content_type="application/json",
+                                        headers={"Connection": "close"})
+        response.force_close()
+        return response
+
+
+class _ParserErrorResponse(web.Response):
+    """An answer without `Server`, as every answer (docs/protocol.md): with no route matched,
+    the app's on_response_prepare (middleware.trim_headers) does not run for it."""
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        self.headers.popall("Server", None)
+
+
+class GuardedServer(web.Server):
+    """aiohttp's low-level server making GuardedRequestHandler connections under a cap."""
+
+    def __init__(self, handler: Any, *, limits: Limits, **kwargs: Any):
+        super().__init__(handler, **kwargs)
+        self.limits = limits
+        self._open: set[GuardedRequestHandler] = set()
+
+    def __call__(self) -> RequestHandler:
+        return GuardedRequestHandler(self, loop=self._loop, **self._kwargs)
+
+    def admit(self, newcomer: GuardedRequestHandler) -> bool:
+        """Take `newcomer` under the cap, shedding the connection that has waited longest for
+        a request (idle or with a head still arriving) when the cap is reached; False when
+        every open connection is busy with a request."""
+        if len(self._open) >= self.limits.max_connections:
+            waiting = [c for c in self._open if c.waiting_since is not None]
+            if not waiting:
+                return False
+            oldest = min(waiting, key=lambda c: c.waiting_since or 0.0)
+            self._open.discard(oldest)
+            oldest.shed()
+        self._open.add(newcomer)
+        return True
+
+    def release(self, handler: GuardedRequestHandler) -> None:
+        self._open.discard(handler)
+
+
+class GuardedAppRunner(web.AppRunner):
+    """web.AppRunner serving the app through GuardedServer with `limits`."""
+
+    __slots__ = ("_limits",)
+
+    def __init__(self, app: web.Application, limits: Limits, **kwargs: Any):
+        super().__init__(app, keepalive_timeout=limits.keepalive_timeout, **kwargs)
+        self._limits = limits
+
+    # aiohttp has no public way to choose the protocol class: AppRunner builds a plain Server
+    # (after starting the app), and the same arguments build a GuardedServer instead.
+    async def _make_server(self) -> web.Server:
+        plain = await super()._make_server()
+        return GuardedServer(plain.request_handler, limits=self._limits,
+                             request_factory=plain.request_factory,
+                             handler_cancellation=plain.handler_cancellation,
+                             loop=asyncio.get_running_loop(), **plain._kwargs)
+
+
+def run(app: web.Application, settings: Settings, *, announce: Callable[[str], None]) -> None:
+    """Serve `app` on settings.host:settings.port until SIGINT or SIGTERM.
+
+    Raises what the app's start-up raises (ota_server.trust.TrustSetupError) and OSError when
+    the address cannot be bound.
+    """
+    with contextlib.suppress(web.GracefulExit):
+        asyncio.run(_serve(app, settings, announce))
+
+
+async def _serve(app: web.Application, settings: Settings,
+                 announce: Callable[[str], None]) -> None:
+    runner = GuardedAppRunner(app, settings.limits, handle_signals=True, access_log=None,
+                              shutdown_timeout=5)
+    try:
+        await runner.setup()
+        tls = app.get(state.TLS)
+        site = web.TCPSite(runner, settings.host, settings.port,
+                           ssl_context=tls.context if tls is not None else None)
+        await site.start()
+        announce(f"Running on {site.name}")
+        await asyncio.Event().wait()  # until a signal raises GracefulExit
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,268 @@
+"""Time bounds and the connection cap against a real server on 127.0.0.1: slow heads, slow
+bodies, idle connections, more connections than the cap; and the settings that set them."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from server_framing_support import (
+    HOST,
+    LiveServer,
+    RawAnswer,
+    exchange,
+    live_server,
+    parse_answer,
+    request_head,
+)
+from server_support import FleetKeys, SimBoard
+
+from ota_server.settings import Limits, SettingsError, load_settings
+from tools.local_server import LocalServer
+
+SLOW_HEAD = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 2000
+
+
+async def trickle(port: int, data: bytes, interval: float, give_up: float) -> tuple[float, bytes]:
+    """Send `data` one byte every `interval` seconds until the server ends the connection;
+    (seconds until it did, what it sent). Raises TimeoutError after `give_up` seconds."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    started = time.monotonic()  # connected (a burst past the listen backlog waits for it)
+    received = b""
+    try:
+        for byte in data:
+            if time.monotonic() - started > give_up:
+                raise TimeoutError(f"still open after {give_up} s")
+            try:
+                writer.write(bytes([byte]))
+                await writer.drain()
+            except ConnectionError:
+                break
+            try:
+                received = await asyncio.wait_for(reader.read(), interval)
+                break  # the server closed it
+            except TimeoutError:
+                continue
+            except ConnectionError:
+                break
+        else:
+            received = await asyncio.wait_for(reader.read(), give_up)
+    finally:
+        writer.close()
+    return time.monotonic() - started, received
+
+
+async def _register(server: LiveServer, board: SimBoard) -> None:
+    body = json.dumps(board.registration()).encode()
+    head = request_head("POST", "/v1/devices", server.bearer, body_length=len(body))
+    assert (await exchange(server.port, [head + body])).status == 201
+
+
+async def _checkin(server: LiveServer, board: SimBoard) -> RawAnswer:
+    body = board.checkin_body()
+    head = request_head("POST", "/v1/device/checkin",
+                        board.auth("POST", "/v1/device/checkin", body), body_length=len(body))
+    return await exchange(server.port, [head + body], timeout=5)
+
+
+async def test_slow_heads_are_closed_after_the_header_timeout_while_a_board_is_served(
+        tmp_path: Path) -> None:
+    async with live_server(tmp_path, header_timeout=2.0) as server:
+        board = SimBoard("served-board")
+        await _register(server, board)
+        attack = [asyncio.create_task(trickle(server.port, SLOW_HEAD, 0.25, give_up=8))
+                  for _ in range(200)]
+        await _until(lambda: server.open_connections() >= 200)
+        answer = await _checkin(server, board)  # a board still gets its answer meanwhile
+        assert answer.status == 204, answer.body
+        results = await asyncio.gather(*attack)
+    closed_after = sorted(elapsed for elapsed, _ in results)
+    # none before the header timeout (2 s), all soon after it
+    assert closed_after[0] > 1.5, closed_after[:3]
+    assert closed_after[-1] < 4.0, closed_after[-3:]
+    for _, received in results:  # each had sent some of a head: it is told why
+        told = parse_answer(received)
+        assert (told.status, told.json()["code"]) == (408, "header_timeout")
+
+
+async def test_a_slow_head_on_a_kept_alive_connection_is_timed_from_its_first_byte(
+        tmp_path: Path) -> None:
+    async with live_server(tmp_path, header_timeout=0.6, keepalive_timeout=30) as server:
+        reader, writer = await asyncio.open_connection(HOST, server.port)
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200")
+            await asyncio.wait_for(reader.readexactly(int(
+                head.split(b"Content-Length: ")[1].split(b"\r\n")[0])), 5)
+            await asyncio.sleep(1.0)  # idle longer than the header timeout: still open
+            started = time.monotonic()
+            writer.write(b"GET /hea")
+            rest = await asyncio.wait_for(reader.read(), 5)
+            assert 0.4 < time.monotonic() - started < 2.0
+        finally:
+            writer.close()
+    assert parse_answer(rest).json()["code"] == "header_timeout"
+
+
+async def test_an_idle_connection_is_closed_after_the_keepalive_timeout(tmp_path: Path) -> None:
+    async with live_server(tmp_path, keepalive_timeout=0.5) as server:
+        reader, writer = await asyncio.open_connection(HOST, server.port)
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            started = time.monotonic()
+            answered = await asyncio.wait_for(reader.read(), 5)  # to the connection's end
+        finally:
+            writer.close()
+    assert answered.startswith(b"HTTP/1.1 200")
+    assert time.monotonic() - started < 3.0
+
+
+STORED_BLOB = b"already here"
+
+
+@pytest.mark.parametrize("target", ["/v1/devices", "/v1/device/checkin", "/v1/blobs/missing",
+                                    "/v1/blobs/" + "a" * 64,
+                                    "/v1/blobs/" + hashlib.sha256(STORED_BLOB).hexdigest()])
+async def test_a_body_slower_than_its_timeout_is_answered_408_and_closed(
+        tmp_path: Path, target: str) -> None:
+    """Publisher JSON, a board request, a new blob and one already stored (drained)."""
+    async with live_server(tmp_path, body_timeout=0.5, upload_timeout=0.5) as server:
+        method = "PUT" if target.startswith("/v1/blobs/") and target != "/v1/blobs/missing" \
+            else "POST"
+        if method == "PUT":
+            stored = request_head("PUT", "/v1/blobs/" + hashlib.sha256(STORED_BLOB).hexdigest(),
+                                  server.bearer, body_length=len(STORED_BLOB))
+            assert (await exchange(server.port, [stored + STORED_BLOB])).status == 201
+        head = request_head(method, target, server.bearer, body_length=60)
+        _, early = await asyncio.wait_for(_send_head_then_trickle(server.port, head), 10)
+    answer = parse_answer(early)
+    assert (answer.status, answer.json()["code"]) == (408, "body_timeout")
+    assert answer.headers.get("connection") == "close"
+
+
+async def _send_head_then_trickle(port: int, head: bytes) -> tuple[float, bytes]:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    writer.write(head)
+    await writer.drain()
+    started = time.monotonic()
+    received = b""
+    try:
+        for _ in range(60):  # 60 body bytes at 5 a second would take 12 s
+            try:
+                writer.write(b"x")
+                await writer.drain()
+                received = await asyncio.wait_for(reader.read(), 0.2)
+                break
+            except TimeoutError:
+                continue
+            except ConnectionError:
+                break
+    finally:
+        writer.close()
+    assert time.monotonic() - started < 3.0
+    return time.monotonic() - started, received
+
+
+async def test_at_the_cap_the_longest_waiting_idle_connection_makes_room(
+        tmp_path: Path) -> None:
+    async with live_server(tmp_path, max_connections=20) as server:
+        board = SimBoard("cap-board")
+        await _register(server, board)
+        idle = [await asyncio.open_connection(HOST, server.port) for _ in range(20)]
+        try:
+            await _until(lambda: server.open_connections() == 20)
+            answer = await _checkin(server, board)
+            assert answer.status == 204, answer.body
+            first_reader = idle[0][0]
+            assert await asyncio.wait_for(first_reader.read(), 2) == b""  # shed: the oldest
+            assert server.open_connections() <= 20
+        finally:
+            for _, writer in idle:
+                writer.close()
+
+
+async def test_beyond_the_cap_with_every_connection_busy_a_new_one_gets_503_json(
+        tmp_path: Path) -> None:
+    async with live_server(tmp_path, max_connections=10, body_timeout=10) as server:
+        busy = []
+        try:
+            for _ in range(10):  # each in a request, its body still to come
+                _, writer = await asyncio.open_connection(HOST, server.port)
+                writer.write(request_head("POST", "/v1/device/checkin", {}, body_length=100))
+                busy.append(writer)
+            await _until(lambda: server.open_connections() == 10)
+            await asyncio.sleep(0.1)  # their heads parsed: busy, not waiting
+            answer = await exchange(server.port, [b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"],
+                                    timeout=5)
+        finally:
+            for writer in busy:
+                writer.close()
+    assert (answer.status, answer.json()["code"]) == (503, "too_many_connections")
+
+
+async def _until(condition, limit: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+# -- `ota serve` itself -----------------------------------------------------------------------
+
+def test_ota_serve_bounds_header_time_and_answers_parser_errors_in_json(tmp_path: Path) -> None:
+    keys = FleetKeys.create(tmp_path)
+    with LocalServer(tmp_path / "data", keys.root_path,
+                     extra_args=["--header-timeout", "1", "--quiet"]) as server:
+        with socket.create_connection((HOST, server.port), timeout=5) as slow:
+            slow.sendall(b"GET /healthz HTTP/1.1\r\n")
+            started = time.monotonic()
+            told = _read_to_end(slow)
+            assert time.monotonic() - started < 4.0
+        assert parse_answer(told).json()["code"] == "header_timeout"
+        with socket.create_connection((HOST, server.port), timeout=5) as bad:
+            bad.sendall(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"B" * 9000 + b"\r\n\r\n")
+            refused = parse_answer(_read_to_end(bad))
+        assert (refused.status, refused.json()["code"]) == (400, "too_long")
+        assert b"BBBB" not in refused.raw
+
+
+def _read_to_end(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+def test_limits_come_from_the_environment_and_flags_win() -> None:
+    env = {"MPOTA_HEADER_TIMEOUT": "2.5", "MPOTA_MAX_CONNECTIONS": "50",
+           "MPOTA_BODY_TIMEOUT": "7"}
+    settings = load_settings({"data_dir": "/tmp/x", "body_timeout": 3.0,
+                              "keepalive_timeout": None}, environ=env)
+    assert settings.limits.header_timeout == 2.5
+    assert settings.limits.max_connections == 50
+    assert settings.limits.body_timeout == 3.0
+    assert settings.limits.keepalive_timeout == Limits().keepalive_timeout
+    assert settings.limits.max_json_bytes == Limits().max_json_bytes
+
+
+@pytest.mark.parametrize(("source", "value"), [("env", "0"), ("env", "-1"), ("env", "nan"),
+                                               ("env", "soon"), ("flag", 0.0),
+                                               ("flag", float("inf"))])
+def test_a_limit_that_is_not_a_positive_number_is_refused_naming_it(source: str,
+                                                                   value: object) -> None:
+    flags: dict[str, object] = {"data_dir": "/tmp/x"}
+    env = {}
+    if source == "env":
+        env["MPOTA_HEADER_TIMEOUT"] = str(value)
+    else:
+        flags["header_timeout"] = value
+    with pytest.raises(SettingsError, match=r"HEADER_TIMEOUT|header-timeout"):
+        load_settings(flags, environ=env)

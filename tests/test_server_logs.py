@@ -1,0 +1,177 @@
+"""What `ota serve` writes to its log: no credential, however a request is malformed, no forged
+line, whatever a path decodes to (docs/operations.md, Logs); and one server per data
+directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from server_support import FleetKeys, SimBoard
+
+from ota_server.logs import JsonFormatter, PlainFormatter
+from ota_server.tokens import TOKEN_PREFIX
+from tools.local_server import LocalServer, free_port
+
+# A plain record starts with its ISO 8601 UTC time; anything else at column 0 is forged.
+_RECORD_START = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR|"
+                           r"CRITICAL) \S+ ")
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> FleetKeys:
+    return FleetKeys.create(tmp_path)
+
+
+def _send(srv: LocalServer, raw: bytes) -> bytes:
+    """One raw request; the answer's first bytes (b"" when the server just closed)."""
+    with socket.create_connection((srv.host, srv.port), timeout=5) as conn:
+        conn.sendall(raw)
+        try:
+            return conn.recv(200)
+        except OSError:
+            return b""
+
+
+def _wait_for(srv: LocalServer, needle: str) -> str:
+    deadline = time.monotonic() + 5
+    while True:
+        text = srv.log_path.read_text(encoding="utf-8", errors="replace")
+        if needle in text or time.monotonic() > deadline:
+            return text
+        time.sleep(0.02)
+
+
+def _malformed_authorizations(token: str, board_auth: str) -> list[bytes]:
+    """Requests whose Authorization header aiohttp's parser refuses, echoing the line."""
+    head = b"GET /v1/releases HTTP/1.1\r\nHost: x\r\nAuthorization: "
+    out = [head + value.encode() + bad + b"\r\n\r\n"
+           for value in (f"Bearer {token}", board_auth)
+           for bad in (b"\x00", b"\x7f", b"\rX", b"\x01 tail")]
+    out.append(b"GET /v1/releases HTTP/1.1\r\nHost: x\r\nX-Note: " + token.encode()
+               + b"\x00\r\n\r\n")
+    return out
+
+
+@pytest.mark.parametrize("log_format", ["plain", "json"])
+def test_no_credential_reaches_the_log_when_the_parser_refuses_a_header(
+        tmp_path: Path, keys: FleetKeys, log_format: str) -> None:
+    extra = ["--json-logs"] if log_format == "json" else []
+    board = SimBoard("redact-board")
+    with LocalServer(tmp_path / "data", keys.root_path, extra_args=extra) as srv:
+        srv.client().register_device(board.device_id, board.point, board="unix")
+        board_auth = board.auth("POST", "/v1/device/checkin", b"{}")["Authorization"]
+        for raw in _malformed_authorizations(srv.token, board_auth):
+            assert _send(srv, raw).split(b" ", 2)[1] == b"400"
+        srv.client().list_releases()  # the server is still up and still logging
+        text = _wait_for(srv, "/v1/releases 200")
+        token = srv.token
+    # each refusal was logged (ota_server/connections.py), and none with what it refused
+    assert text.count("refused a malformed request") == 9, text
+    assert token not in text
+    assert token[len(TOKEN_PREFIX):][:12] not in text  # not even a prefix of the secret part
+    assert board_auth.split()[-1][:16] not in text
+
+
+def test_a_path_cannot_forge_a_plain_log_line_or_hide_bytes(tmp_path: Path,
+                                                            keys: FleetKeys) -> None:
+    paths = ["/nope%0a2099-01-01T00:00:00.000Z%20INFO%20ota_server%20forged",
+             "/nope%0d%0aforged", "/nope%00x", "/nope%1b[31mred", "/nope%e2%80%a8sep",
+             "/nope%c2%85nel"]
+    with LocalServer(tmp_path / "data", keys.root_path) as srv:
+        for path in paths:
+            answer = _send(srv, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert answer.split(b" ", 2)[1] == b"404"
+        text = _wait_for(srv, "sep")
+    lines = text.splitlines()
+    assert all(_RECORD_START.match(line) or line.startswith("    ") for line in lines), text
+    assert "/nope\\n2099-01-01T00:00:00.000Z INFO ota_server forged 404" in text
+    assert "/nope\\x00x 404" in text and "/nope\\x1b[31mred 404" in text
+    assert "/nope\\u2028sep 404" in text and "/nope\\x85nel 404" in text
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f\u2028\u2029\x85]", text)
+
+
+def test_json_logs_stay_one_object_a_line_for_hostile_paths(tmp_path: Path,
+                                                            keys: FleetKeys) -> None:
+    with LocalServer(tmp_path / "data", keys.root_path, extra_args=["--json-logs"]) as srv:
+        _send(srv, b"GET /nope%0a{%22level%22:%22error%22}%00 HTTP/1.1\r\nHost: x\r\n\r\n")
+        text = _wait_for(srv, "nope")
+    docs = [json.loads(line) for line in text.splitlines()]  # every line is one object
+    assert any(doc.get("path") == '/nope\n{"level":"error"}\x00' for doc in docs)
+
+
+# -- the formatters, for any message, argument, field and exception ------------------------
+
+_token = st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-",
+                 min_size=8, max_size=43).map(lambda s: TOKEN_PREFIX + s)
+_noise = st.text(max_size=40)
+
+
+@st.composite
+def _leaky_text(draw: st.DrawFn) -> tuple[str, str]:
+    """Text that holds a credential in one of the shapes a log line may show it."""
+    token = draw(_token)
+    shape = draw(st.sampled_from([
+        "{t}", "Authorization: Bearer {t}", "b'Authorization: Bearer {t}\\x00'",
+        "{{'Authorization': 'Bearer {t}'}}", "authorization={t}", "https://h/x?token={t}&y=1",
+    ]))
+    return draw(_noise) + shape.format(t=token) + draw(_noise), token
+
+
+@settings(max_examples=300, deadline=None)
+@given(leak=_leaky_text(), field=_leaky_text(), crash=_leaky_text(), noise=_noise)
+def test_formatters_redact_credentials_and_escape_controls_in_every_field(
+        leak: tuple[str, str], field: tuple[str, str], crash: tuple[str, str],
+        noise: str) -> None:
+    try:
+        raise ValueError(crash[0] + "\n" + noise)
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, "%s | %s",
+                               (leak[0], noise), exc_info)
+    record.path = field[0]
+    plain = PlainFormatter().format(record)
+    as_json = JsonFormatter().format(record)
+    for token in (leak[1], field[1], crash[1]):
+        assert token not in plain and token not in as_json
+    first, *rest = plain.split("\n")
+    assert _RECORD_START.match(first)
+    assert all(line.startswith("    ") for line in rest)
+    assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]", plain)
+    assert "\n" not in as_json
+    json.loads(as_json)
+
+
+# -- one server per data directory --------------------------------------------------------
+
+def _serve(data: Path, root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tools.cli", "serve", "--data", str(data), "--root", str(root),
+         "--port", str(free_port())], capture_output=True, text=True, timeout=60)
+
+
+def test_a_second_serve_on_a_data_directory_in_use_is_refused(tmp_path: Path,
+                                                              keys: FleetKeys) -> None:
+    data = tmp_path / "data"
+    with LocalServer(data, keys.root_path) as first:
+        board = SimBoard("kept")
+        first.client().register_device(board.device_id, board.point, board="unix")
+        second = _serve(data, keys.root_path)
+        assert second.returncode == 1
+        assert second.stderr.startswith("ota: ")
+        assert f"data directory {data} is in use by another ota serve (pid {first.pid})" \
+            in second.stderr
+        # the first one lost nothing and still serves
+        assert first.client().device("kept")["device_id"] == "kept"
+        first.kill()  # SIGKILL: the kernel drops the lock with the process
+        with LocalServer(data, keys.root_path) as after_crash:
+            assert after_crash.client().device("kept")["device_id"] == "kept"
