@@ -111,6 +111,11 @@ def _man_in_the_middle(rig: Rig, case: str, tmp: Path) -> ServerTls | None:
     if case == "expired":  # the fleet's CA, the right host, ended yesterday
         return server_tls(tmp, ("127.0.0.1",), ca=rig.fleet_ca,
                           not_before=now - datetime.timedelta(days=31), days=30)
+    if case == "starts-later":  # valid from tomorrow: what a board whose clock was never set
+        # sees of a certificate that starts after its clock's origin (a public CA's; ours
+        # start at 1970, tools/tls_ca.UNSET_CLOCK)
+        return server_tls(tmp, ("127.0.0.1",), ca=rig.fleet_ca,
+                          not_before=now + datetime.timedelta(days=1), days=30)
     assert case == "plain-http"
     return None
 
@@ -120,6 +125,7 @@ REASONS = {
     "wrong-host": "The certificate Common Name (CN) does not match with the expected CN",
     "self-signed": "The certificate is not correctly signed by the trusted CA",
     "expired": "The certificate validity has expired",
+    "starts-later": "The certificate validity starts in the future",
     "plain-http": "",
 }
 

@@ -55,6 +55,8 @@ def test_tls_init_writes_a_ca_and_a_server_certificate_keys_0600(tls_dir: Path,
     ca = x509.load_pem_x509_certificate((tls_dir / "ca.pem").read_bytes())
     server = x509.load_pem_x509_certificate((tls_dir / "server.pem").read_bytes())
     server.verify_directly_issued_by(ca)
+    # valid from the Unix epoch: a board whose clock was never set accepts them (tls_ca)
+    assert ca.not_valid_before_utc.year == server.not_valid_before_utc.year == 1970
     names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
     assert names.get_values_for_type(x509.DNSName) == ["localhost"]

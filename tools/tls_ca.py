@@ -20,6 +20,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_DAYS = 3650
 SERVER_DAYS = 397  # what public CAs may issue at most; renew with `ota tls issue`
+# Where a board's clock starts when nothing has set it: mbedtls checks a certificate's
+# validity against time(), which counts from the Unix epoch on an ESP32 (gettimeofday from 0)
+# and from 2021-01-01 on an RP2 (ports/rp2/main.c, aon_timer_start). Our certificates start
+# here, so a board whose NTP sync failed still accepts them; their end is checked once the
+# clock is set (docs/operations.md, TLS). Validity *starts* are no security property here.
+UNSET_CLOCK = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 # The board's cap on the CA file it loads (bootloader_py/ota/http.py reads it whole: a
 # certificate is a few hundred bytes; a bundle of two during a CA rotation fits too).
 MAX_CA_BYTES = 4096
@@ -53,16 +59,18 @@ def _now() -> datetime.datetime:
 
 def new_ca(name: str, *, days: int = CA_DAYS,
            not_before: datetime.datetime | None = None) -> Issued:
-    """A self-signed CA certificate that may sign server certificates only (pathlen 0)."""
+    """A self-signed CA certificate that may sign server certificates only (pathlen 0), valid
+    from UNSET_CLOCK (or `not_before`) until `days` from now."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    start = not_before or _now() - datetime.timedelta(minutes=5)
+    start = not_before or UNSET_CLOCK
+    end = (not_before or _now()) + datetime.timedelta(days=days)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject).issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(start + datetime.timedelta(days=days))
+        .not_valid_before(start).not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.KeyUsage(
             digital_signature=False, content_commitment=False, key_encipherment=False,
@@ -84,7 +92,8 @@ def _san(host: str) -> x509.GeneralName:
 
 def issue_server(ca: Issued, hosts: Sequence[str], *, days: int = SERVER_DAYS,
                  not_before: datetime.datetime | None = None) -> Issued:
-    """A server certificate for `hosts` (DNS names or IP addresses), signed by `ca`.
+    """A server certificate for `hosts` (DNS names or IP addresses), signed by `ca`, valid from
+    UNSET_CLOCK until `days` from now (with `not_before`: from then, for `days`).
 
     The first host is also the subject's common name: mbedtls matches the host name against
     the subjectAltName entries, and older builds against the CN.
@@ -92,14 +101,15 @@ def issue_server(ca: Issued, hosts: Sequence[str], *, days: int = SERVER_DAYS,
     if not hosts:
         raise CaError("a server certificate needs at least one --host")
     key = ec.generate_private_key(ec.SECP256R1())
-    start = not_before or _now() - datetime.timedelta(minutes=5)
+    start = not_before or UNSET_CLOCK
+    end = (not_before or _now()) + datetime.timedelta(days=days)
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
         .issuer_name(ca.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(start + datetime.timedelta(days=days))
+        .not_valid_before(start).not_valid_after(end)
         .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(
