@@ -176,3 +176,58 @@ def test_refusals_are_counted_for_the_app(rig: Rig, tmp_path: Path) -> None:
     # the boot's check-in, then the app's own poll: two refusals, each said on the console
     assert result.output.count("ota: server certificate refused:") == 2, result.output
     assert "REFUSED 2" in result.output, result.output
+
+
+def test_a_ca_rotation_through_root_metadata_moves_the_board_to_the_new_ca(
+        micropython: str, tmp_path: Path) -> None:
+    """docs/operations.md, Moving the fleet to a new CA: root N+1 lists old and new CA, the
+    server's certificate moves to the new CA, root N+2 lists the new CA only. The board takes
+    each CA set from a verified root, accepts the new CA's certificate, and refuses the old
+    CA's once the last root dropped it."""
+    import time
+
+    from signing.root import new_root, sign_root
+
+    keys = make_keys()
+    (tmp_path / "root.json").write_bytes(keys.root_envelope)
+    ca_a, ca_b = new_ca("fleet CA A"), new_ca("fleet CA B")
+    der_a, der_b = (ca.cert.public_bytes(serialization.Encoding.DER) for ca in (ca_a, ca_b))
+    front_a = server_tls(tmp_path / "a", ("127.0.0.1",), ca=ca_a)
+    server_tls(tmp_path / "b", ("127.0.0.1",), ca=ca_b)  # tmp/b/server.pem, .key
+    context = front_a.context  # the front's certificate is swapped in place, like SIGHUP
+
+    def present(which: str) -> None:
+        context.load_cert_chain(tmp_path / which / "server.pem", tmp_path / which / "server.key")
+
+    def root(version: int, cas: list[bytes]) -> bytes:
+        return sign_root(new_root(version=version, expires=int(time.time()) + 86400,
+                                  root_keys=[keys.root], release_keys=[keys.release],
+                                  server_ca=cas), [keys.root])
+
+    with LocalServer(tmp_path / "data", tmp_path / "root.json") as server, \
+            FaultProxy(server.url, tls=context) as front:
+        api = server.client()
+        flash = tmp_path / "board"
+        provision_board(flash, api, "moving", front.url, keys, OLD, channel="stable",
+                        timeout_s=3, server_ca=der_a)
+        vb = VirtualBoard(flash, micropython=micropython)
+        api.upload_root(root(2, [der_a, der_b]))  # 1: trust both
+        first = vb.run(max_boots=1, timeout=60)
+        assert "certificate refused" not in first.output, first.output
+        assert (flash / "ota" / "ca.der").read_bytes() == der_a + der_b
+        present("b")  # 2: the server's certificate from the new CA
+        api.publish(build_release(tmp_path, NEW, "1.1.0", 2, keys), channel="stable",
+                    percent=100)
+        moved = vb.run(max_boots=3, timeout=60)
+        assert [b.ended for b in moved.boots] == ["reset", "exit"], moved.output
+        assert "APP 1.1.0" in moved.boots[-1].output
+        api.upload_root(root(3, [der_b]))  # 3: the old CA goes
+        dropped = vb.run(max_boots=1, timeout=60)
+        assert "certificate refused" not in dropped.output, dropped.output
+        assert (flash / "ota" / "ca.der").read_bytes() == der_b
+        present("a")  # a server (or a man in the middle) with the old CA's certificate
+        refused = vb.run(max_boots=1, timeout=60)
+    assert ("ota: server certificate refused: The certificate is not correctly signed by the "
+            "trusted CA") in refused.output, refused.output
+    assert "APP 1.1.0" in refused.output
+    assert slot_files(flash, "b") == app_hashes(NEW)

@@ -301,35 +301,24 @@ def _load_cas(ctx):
     try:
         size = os.stat(CA_PATH)[6]
     except OSError:
-        raise HttpError("https needs the server's CA in " + CA_PATH + ": none provisioned")
+        try:  # a CA rotation cut between its remove and its rename (client.install_cas)
+            os.rename(CA_PATH + ".new", CA_PATH)
+            size = os.stat(CA_PATH)[6]
+        except OSError:
+            raise HttpError("https needs the server's CA in " + CA_PATH + ": none provisioned")
     if not 0 < size <= _MAX_CA:
         raise HttpError("bad CA file: %d bytes" % size)
     with open(CA_PATH, "rb") as f:
         data = f.read(size)
+    from ota import der
     at = 0
     while at < len(data):
-        n = _der_length(data, at)
+        try:
+            n = der.length(data, at)
+        except ValueError:
+            raise HttpError("bad CA file")
         ctx.load_verify_locations(data[at:at + n])
         at += n
-
-
-def _der_length(data, at):
-    """Bytes of the DER SEQUENCE at data[at:], header included; HttpError when it is not one
-    that fits (a certificate's outer length takes one or two bytes: at most 64 KB)."""
-    if len(data) - at < 2 or data[at] != 0x30:
-        raise HttpError("bad CA file")
-    first = data[at + 1]
-    if first < 0x80:
-        n = 2 + first
-    elif first == 0x81 and len(data) - at >= 3:
-        n = 3 + data[at + 2]
-    elif first == 0x82 and len(data) - at >= 4:
-        n = 4 + (data[at + 2] << 8 | data[at + 3])
-    else:
-        raise HttpError("bad CA file")
-    if n > len(data) - at:
-        raise HttpError("bad CA file")
-    return n
 
 
 def _send(sock, poller, data, deadline):
