@@ -5,7 +5,8 @@ over https with SQLite and a blob directory (boards verify its certificate again
 pinned at provisioning), three virtual
 boards are provisioned through real mpremote with app 1.0.0 (the third with its OTA client in a
 ROMFS partition, memory-mapped, instead of on the filesystem, and booting on the 32-bit build of
-the unix port, the boards' word size, in a 40 KB heap: D1's 32 KB and what TLS takes), they boot and check in, release
+the unix port, the boards' word size, in a 40 KB heap: D1's 32 KB and what TLS takes), they
+boot and check in, release
 1.1.0 is published and rolled out, the boards pull it, verify it, swap, boot it on trial and
 confirm it. Then a bad release, 1.2.0, crashes on start: the first two boards roll back on
 their own, the rollout pauses itself, and the third board is never offered it. The fleet is
