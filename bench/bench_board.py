@@ -24,12 +24,16 @@
   included, minus the CPU time of the same board booting with its OTA check turned off
   (so what remains is the check itself: Wi-Fi stand-in, key load, signing, request).
   Median of 15.
+- D5_tls_boot_ms: as D4, with the check over https against `ota serve --tls-cert/--tls-key`
+  (certificate from a fleet CA made by tools/tls_ca.py, as `ota tls init` makes it; the board
+  verifies the chain and the host name against /ota/ca.der): the TLS handshake (ECDHE-ECDSA,
+  P-256, in the port's mbedtls) is what it adds to D4. 64-bit port, median of 15.
 
 Also printed (not a figure): the live heap after each phase of the update as the client
 runs it (`phase_heap`: the client's .mpy modules loaded phase by phase, the reference
 envelope verified), on both ports, for docs/board.md's memory budget.
 
-The last line printed is one JSON object with the four figure ids (and D2_verify_ms_64bit).
+The last line printed is one JSON object with the five figure ids (and D2_verify_ms_64bit).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from cryptography.hazmat.primitives.serialization import Encoding
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 if str(PROJECT_ROOT) not in sys.path:
@@ -63,6 +69,7 @@ from signing.bundle import load_bundle  # noqa: E402
 from tools.board_files import ClientLayout, code_size, read_state  # noqa: E402
 from tools.local_server import LocalServer  # noqa: E402
 from tools.micropython import find_micropython, find_micropython_32bit  # noqa: E402
+from tools.tls_ca import issue_server, new_ca  # noqa: E402
 from tools.virtual_board import VirtualBoard, rom_image_path  # noqa: E402
 
 _HEAP_LOW_KB = 16
@@ -228,17 +235,24 @@ def _cpu_of(board: VirtualBoard) -> tuple[float, str]:
     return cpu * 1000, run.output
 
 
-def measure_d4(bench: Bench) -> dict[str, float]:
-    with_check = VirtualBoard(bench.board(bench.server.url, "quiet"),
-                              micropython=bench.micropython)
-    without = VirtualBoard(bench.board(bench.server.url, "quiet", poll_at_boot=False),
-                           micropython=bench.micropython)
+def measure_d4(bench: Bench, tls: tuple[LocalServer, bytes] | None = None
+               ) -> dict[str, float]:
+    """D4; with `tls` (an https server and the DER of its CA) D5: the same over https."""
+    server, ca = (bench.server, {}) if tls is None else (tls[0], {"server_ca": tls[1]})
+    plain_api, bench.api = bench.api, server.client()  # boards register where they ask
+    try:
+        with_check = VirtualBoard(bench.board(server.url, "quiet", **ca),
+                                  micropython=bench.micropython)
+        without = VirtualBoard(bench.board(server.url, "quiet", poll_at_boot=False, **ca),
+                               micropython=bench.micropython)
+    finally:
+        bench.api = plain_api
     checked, plain, walls = [], [], []
     for _ in range(_BOOT_SAMPLES):
         started = time.perf_counter()
         ms, out = _cpu_of(with_check)
         walls.append((time.perf_counter() - started) * 1000)
-        assert "APP 1.0.0" in out, out
+        assert "APP 1.0.0" in out and "refused" not in out, out
         checked.append(ms)
         ms, out = _cpu_of(without)
         assert "APP 1.0.0" in out, out
@@ -268,6 +282,17 @@ def main() -> int:
             print("D3:", json.dumps(d3), flush=True)
             d4 = measure_d4(bench)
             print("D4:", json.dumps(d4), flush=True)
+            ca = new_ca("bench fleet CA")
+            tls_dir = Path(tmp) / "tls"
+            tls_dir.mkdir()
+            server_cert = issue_server(ca, [server.host])
+            for name, data in (("ca.pem", ca.cert_pem), ("server.pem", server_cert.cert_pem),
+                               ("server.key", server_cert.key_pem)):
+                (tls_dir / name).write_bytes(data)
+            with LocalServer(Path(tmp) / "data-tls", Path(tmp) / "root.json",
+                             tls_dir=tls_dir) as secure:
+                d5 = measure_d4(bench, (secure, ca.cert.public_bytes(Encoding.DER)))
+            print("D5 (https):", json.dumps(d5), flush=True)
             for port, interpreter in ports.items():
                 for client in ("files", "romfs"):
                     d1[port, client] = measure_d1(bench, client, interpreter, port)
@@ -284,6 +309,7 @@ def main() -> int:
                       "D2_verify_ms": round(d2["32-bit"]["signature_us"] / 1000, 3),
                       "D3_wire_ratio": round(d3["ratio"], 4),
                       "D4_boot_ms": round(d4["check_cpu_ms"], 2),
+                      "D5_tls_boot_ms": round(d5["check_cpu_ms"], 2),
                       "D2_verify_ms_64bit": round(d2["64-bit"]["signature_us"] / 1000, 3)}))
     return 0
 

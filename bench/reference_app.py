@@ -176,7 +176,8 @@ def bundle_files(bundle_dir: Path) -> dict[str, bytes]:
 def provision_board(flash: Path, api: Any, device_id: str, server_url: str, keys: Keys,
                     files: Mapping[str, bytes], version: str = "1.0.0", sequence: int = 1,
                     *, app: str = APP, mpy: bool = False, channel: str = "stable",
-                    client: ClientLayout = "files", **config: Any) -> Any:
+                    client: ClientLayout = "files", server_ca: bytes | None = None,
+                    **config: Any) -> Any:
     """Register a new board with the server and write its flash (and, with client="romfs",
     its ROM partition image); returns its private key."""
     from signing import keys as keymod
@@ -189,7 +190,7 @@ def provision_board(flash: Path, api: Any, device_id: str, server_url: str, keys
                       **config)
     install_board(flash, cfg, key, keys.root_envelope, mpy=mpy,
                   app=InitialApp(app, version, sequence, ENTRY, dict(files)),
-                  client=client)
+                  client=client, server_ca=server_ca)
     return key
 
 

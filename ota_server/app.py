@@ -20,6 +20,7 @@ from ota_server.middleware import (
 from ota_server.settings import Settings
 from ota_server.storage.blobs import FileBlobStore
 from ota_server.storage.sqlite import SqliteStore
+from ota_server.tls import ServerTls
 from ota_server.trust import TrustAnchor
 
 
@@ -95,6 +96,10 @@ def create_app(settings: Settings) -> web.Application:
     app[state.SETTINGS] = settings
     app[state.METRICS] = Metrics()
     app[state.ENVELOPES] = {}
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        # Raises ota_server.tls.TlsSetupError now, before the server binds its port.
+        app[state.TLS] = ServerTls(settings.tls_cert, settings.tls_key)
+        app.cleanup_ctx.append(_reload_tls_on_sighup)
     app.cleanup_ctx.append(_storage)
     app.on_response_prepare.append(trim_headers)
     for method, path, handler in ROUTES:
@@ -124,3 +129,20 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
             store.close()
     finally:
         lock.release()
+
+
+async def _reload_tls_on_sighup(app: web.Application) -> AsyncIterator[None]:
+    """SIGHUP loads the certificate and key again (a renewal without a restart)."""
+    import asyncio
+    import signal
+
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, app[state.TLS].reload)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread: no signals
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)

@@ -35,6 +35,7 @@ from aiohttp.http_exceptions import (
 # _ErrInfo: what the parser queues in place of a request it could not parse
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
+from ota_server import state
 from ota_server.settings import Limits, Settings
 
 log = logging.getLogger("ota_server")
@@ -281,7 +282,9 @@ async def _serve(app: web.Application, settings: Settings,
                               shutdown_timeout=5)
     try:
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port)
+        tls = app.get(state.TLS)
+        site = web.TCPSite(runner, settings.host, settings.port,
+                           ssl_context=tls.context if tls is not None else None)
         await site.start()
         announce(f"Running on {site.name}")
         await asyncio.Event().wait()  # until a signal raises GracefulExit

@@ -58,6 +58,9 @@ class Settings:
     # The policy of rollouts started without one (from fleet.yaml's `rollout:`); None means
     # ota_server.rollout.DEFAULT_STAGES and friends.
     default_policy: dict[str, Any] | None = None
+    # https served directly (docs/operations.md, TLS): a PEM certificate chain and its key.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @property
     def db_path(self) -> Path:
@@ -74,6 +77,8 @@ _ENV: dict[str, tuple[str, Any]] = {
     "MPOTA_ROOT": ("root_path", Path),
     "MPOTA_HOST": ("host", str),
     "MPOTA_PORT": ("port", int),
+    "MPOTA_TLS_CERT": ("tls_cert", Path),
+    "MPOTA_TLS_KEY": ("tls_key", Path),
     "MPOTA_JSON_LOGS": ("json_logs", lambda v: v.strip().lower() in ("1", "true", "yes")),
 }
 
@@ -117,6 +122,10 @@ def load_settings(
     settings = Settings(data_dir=Path(values["data_dir"]),
                         limits=_limits(values, env))
     root = values.get("root_path")
+    tls_cert, tls_key = values.get("tls_cert"), values.get("tls_key")
+    if (tls_cert is None) != (tls_key is None):
+        raise SettingsError("TLS needs both --tls-cert and --tls-key (or MPOTA_TLS_CERT and "
+                            "MPOTA_TLS_KEY), not one of them")
     return replace(
         settings,
         root_path=Path(root) if root is not None else None,
@@ -124,6 +133,8 @@ def load_settings(
         port=port,
         json_logs=bool(values.get("json_logs", False)),
         default_policy=values.get("default_policy"),
+        tls_cert=Path(tls_cert) if tls_cert is not None else None,
+        tls_key=Path(tls_key) if tls_key is not None else None,
     )
 
 

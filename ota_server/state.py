@@ -10,6 +10,7 @@ from ota_server.settings import Settings
 from ota_server.storage import Device
 from ota_server.storage.blobs import FileBlobStore
 from ota_server.storage.sqlite import SqliteStore
+from ota_server.tls import ServerTls
 from ota_server.trust import TrustAnchor
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -18,6 +19,7 @@ BLOBS = web.AppKey("blobs", FileBlobStore)
 TRUST = web.AppKey("trust", TrustAnchor)
 DEVICE_AUTH = web.AppKey("device_auth", DeviceAuthenticator)
 METRICS = web.AppKey("metrics", Metrics)
+TLS = web.AppKey("tls", ServerTls)
 ENVELOPES = web.AppKey("envelopes", dict[int, bytes])
 
 DEVICE = web.RequestKey("device", Device)

@@ -20,6 +20,11 @@ from signing.limits import DEFAULT_LIMITS, Limits
 ROOT_PAYLOAD_TYPE = "application/vnd.mpota.root+json"
 KEYTYPE = "ecdsa-p256"
 ROLES = ("root", "release")
+# The CA certificates boards trust for the server (`server_ca`, DER): the same cap as the
+# board's CA file (bootloader_py/ota/http.py _MAX_CA), at most this many (old and new, and
+# room for one more during a rotation).
+MAX_SERVER_CA_BYTES = 4096
+MAX_SERVER_CAS = 4
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,9 @@ class RootMetadata:
     keys: Mapping[str, keymod.PublicKey] = field(repr=False)
     root: Role
     release: Role
+    # CA certificates (DER) boards verify the server against; None: the root says nothing,
+    # boards keep the CA they have (docs/operations.md, Moving the fleet to a new CA).
+    server_ca: tuple[bytes, ...] | None = field(default=None, repr=False)
 
     def role_keys(self, role: Role) -> dict[str, keymod.PublicKey]:
         """The public keys of a role, by keyid."""
@@ -59,6 +67,8 @@ class RootMetadata:
                 for name, role in (("root", self.root), ("release", self.release))
             },
         }
+        if self.server_ca is not None:
+            doc["server_ca"] = [dsse.b64encode(der) for der in self.server_ca]
         return json.dumps(doc, separators=(",", ":")).encode("utf-8")
 
     @classmethod
@@ -77,7 +87,37 @@ class RootMetadata:
         if not isinstance(roles, dict):
             raise MalformedError("root: 'roles' missing or not an object")
         root, release = (_role(name, roles.get(name), keys) for name in ROLES)
-        return cls(version=version, expires=expires, keys=keys, root=root, release=release)
+        server_ca = _server_ca(doc["server_ca"]) if "server_ca" in doc else None
+        return cls(version=version, expires=expires, keys=keys, root=root, release=release,
+                   server_ca=server_ca)
+
+
+def _server_ca(value: Any) -> tuple[bytes, ...]:
+    """The `server_ca` list: 1 to MAX_SERVER_CAS base64 DER CA certificates, at most
+    MAX_SERVER_CA_BYTES in all; MalformedError naming the entry otherwise."""
+    from cryptography import x509
+
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_SERVER_CAS:
+        raise MalformedError(f"root: 'server_ca' must be a list of 1 to {MAX_SERVER_CAS} "
+                             "base64 DER certificates")
+    out = []
+    for index, entry in enumerate(value):
+        where = f"root: server_ca[{index}]"
+        if not isinstance(entry, str):
+            raise MalformedError(f"{where}: not a string")
+        der = dsse.b64decode(entry, where)
+        try:
+            cert = x509.load_der_x509_certificate(der)
+            constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except (ValueError, x509.ExtensionNotFound) as err:
+            raise MalformedError(f"{where}: not a DER X.509 CA certificate ({err})") from None
+        if not constraints.ca:
+            raise MalformedError(f"{where}: {cert.subject.rfc4514_string()} is not a CA")
+        out.append(der)
+    if sum(map(len, out)) > MAX_SERVER_CA_BYTES:
+        raise MalformedError(f"root: 'server_ca' holds {sum(map(len, out))} bytes, over "
+                             f"{MAX_SERVER_CA_BYTES}")
+    return tuple(out)
 
 
 def _int(doc: dict[str, Any], name: str, *, minimum: int) -> int:
@@ -129,6 +169,7 @@ def new_root(
     release_keys: Sequence[keymod.PublicKey | keymod.PrivateKey],
     root_threshold: int = 1,
     release_threshold: int = 1,
+    server_ca: Sequence[bytes] | None = None,
 ) -> RootMetadata:
     """Root metadata for the given public keys (private keys stand for their public half).
 
@@ -145,6 +186,7 @@ def new_root(
         root=Role(tuple(dict.fromkeys(keymod.keyid(k) for k in root_keys)), root_threshold),
         release=Role(tuple(dict.fromkeys(keymod.keyid(k) for k in release_keys)),
                      release_threshold),
+        server_ca=tuple(server_ca) if server_ca is not None else None,
     )
     return RootMetadata.from_payload(root.to_payload())
 

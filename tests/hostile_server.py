@@ -9,8 +9,6 @@ client's body reader (`ota.client._save`) for many requests, one JSON line per r
 from __future__ import annotations
 
 import contextlib
-import datetime
-import ipaddress
 import json
 import os
 import socket
@@ -52,29 +50,11 @@ class Answer:
 
 
 def tls_context(tmp: Path) -> ssl.SSLContext:
-    """A server context with a throw-away self-signed P-256 certificate for 127.0.0.1."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    """A server context for 127.0.0.1 whose certificate a throw-away CA signed; the CA's DER is
+    tmp/server-ca.der (tests/tls_support.py), which the board is given (`ca=` of request)."""
+    from tls_support import server_tls
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(key, hashes.SHA256()))
-    (tmp / "tls.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp / "tls.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tmp / "tls.pem", tmp / "tls.key")
-    return context
+    return server_tls(tmp).context
 
 
 class _Plain:
@@ -145,6 +125,7 @@ class HostileServer:
     """Threaded server: every connection gets `answer` (set it before each request)."""
 
     tls: ssl.SSLContext | None = None
+    ca_path: Path | None = None  # the DER of the CA that signed tls's certificate, for boards
     answer: Answer = field(default_factory=lambda: Answer(((0.0, b""),)))
     requests: list[bytes] = field(default_factory=list)
     connections: int = 0
@@ -221,6 +202,8 @@ while True:
     if not line:
         break
     cmd = json.loads(line)
+    if cmd.get("ca"):
+        http.CA_PATH = cmd["ca"]  # a board's /ota/ca.der, here in the test's directory
     out = {}
     t0 = time.ticks_ms()
     try:
@@ -268,13 +251,15 @@ class BoardHttp:
             lines.append("")  # the process ended
             self._ready.notify_all()
 
-    def request(self, url: str, timeout_s: float, dest: str, wait_s: float) -> dict[str, Any]:
+    def request(self, url: str, timeout_s: float, dest: str, wait_s: float,
+                ca: Path | None = None) -> dict[str, Any]:
         """One request; its result, or {"hung": True} when none came within wait_s (the
         process is then killed, and the next request starts a new one)."""
         if self.proc.poll() is not None:
             self._start()
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"url": url, "timeout": timeout_s, "dest": dest}) + "\n")
+        self.proc.stdin.write(json.dumps({"url": url, "timeout": timeout_s, "dest": dest,
+                                          "ca": str(ca) if ca else None}) + "\n")
         self.proc.stdin.flush()
         lines = self._lines
         with self._ready:

@@ -25,7 +25,7 @@ if str(PROJECT_ROOT) not in sys.path:  # bench/ is not an installed package
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from faultproxy import FaultProxy
-from test_board_update import _tls_context
+from tls_support import server_tls
 
 from bench.reference_app import Keys, build_release, make_keys, provision_board, small_app
 from tools.board_files import app_hashes, read_state, slot_files
@@ -57,11 +57,11 @@ class Rig:
                                deflate=True)
         self.server.client().publish(bundle, channel=app, percent=100)
 
-    def board(self, name: str, files: dict[str, bytes], url: str, missing: tuple[str, ...]
-              ) -> Path:
+    def board(self, name: str, files: dict[str, bytes], url: str, missing: tuple[str, ...],
+              server_ca: bytes | None = None) -> Path:
         flash = self.work / name
         provision_board(flash, self.server.client(), name, url, self.keys, files, app=name,
-                        channel=name, timeout_s=3)
+                        channel=name, timeout_s=3, server_ca=server_ca)
         boot = flash / "boot.py"
         boot.write_bytes((_FIRMWARE_WITHOUT % (missing,)).encode() + boot.read_bytes())
         return flash
@@ -112,8 +112,9 @@ def test_firmware_without_deflate_reports_failed_and_keeps_the_old_app(rig: Rig)
 def test_firmware_without_tls_is_a_check_that_reached_no_one_not_a_crash(
         rig: Rig, tmp_path: Path) -> None:
     name = "no-tls"
-    with FaultProxy(rig.server.url, tls=_tls_context(tmp_path)) as tls_front:
-        flash = rig.board(name, small_app("1.0.0"), tls_front.url, ("tls",))
+    tls = server_tls(tmp_path)
+    with FaultProxy(rig.server.url, tls=tls.context) as tls_front:
+        flash = rig.board(name, small_app("1.0.0"), tls_front.url, ("tls",), tls.ca_der)
         result = rig.boot(flash, max_boots=2)
         served = list(tls_front.exchanges)
     assert [b.ended for b in result.boots] == ["exit"], result.output
@@ -129,8 +130,9 @@ def test_the_same_boards_update_on_the_real_firmware(rig: Rig, tmp_path: Path) -
     name = "full-firmware"
     old, new = _compressible_app("1.0.0"), _compressible_app("1.1.0")
     rig.publish(name, new, "1.1.0", 2)
-    with FaultProxy(rig.server.url, tls=_tls_context(tmp_path)) as tls_front:
-        flash = rig.board(name, old, tls_front.url, ())
+    tls = server_tls(tmp_path)
+    with FaultProxy(rig.server.url, tls=tls.context) as tls_front:
+        flash = rig.board(name, old, tls_front.url, (), tls.ca_der)
         result = rig.boot(flash)
     assert [b.ended for b in result.boots] == ["reset", "exit"], result.output
     assert "APP 1.1.0" in result.boots[-1].output

@@ -31,9 +31,10 @@ def board(micropython: str, tmp_path: Path) -> Iterator[BoardHttp]:
     process.close()
 
 
-def _ask(board: BoardHttp, server: HostileServer, answer: Answer) -> dict:
+def _ask(board: BoardHttp, server: HostileServer, answer: Answer,
+         ca: Path | None = None) -> dict:
     server.answer = answer
-    result = board.request(server.url, TIMEOUT_S, "staged", wait_s=TIMEOUT_S + 10)
+    result = board.request(server.url, TIMEOUT_S, "staged", wait_s=TIMEOUT_S + 10, ca=ca)
     assert not result.get("hung"), f"the board hung on {answer}"
     assert "crash" not in result, result
     assert result["ms"] <= (TIMEOUT_S + MARGIN_S) * 1000, result
@@ -137,7 +138,8 @@ def test_an_endless_header_line_is_cut_off_at_the_deadline(board):
 def test_a_dripped_tls_handshake_ends_at_the_request_deadline(board, tmp_path):
     with HostileServer(tls=tls_context(tmp_path)) as server:
         result = _ask(board, server, Answer(((0, _ok(ENVELOPE, b"Content-Length: 53")),),
-                                            handshake_drip_s=0.05))
+                                            handshake_drip_s=0.05),
+                      ca=tmp_path / "server-ca.der")
     assert result["error"] == "HttpError: timeout", result
     assert result["ms"] >= TIMEOUT_S * 1000 - 100, result  # it waited for the handshake
 
@@ -145,7 +147,8 @@ def test_a_dripped_tls_handshake_ends_at_the_request_deadline(board, tmp_path):
 def test_an_https_answer_is_read_whole(board, tmp_path):
     with HostileServer(tls=tls_context(tmp_path)) as server:
         result = _ask(board, server, Answer(
-            ((0, _ok(ENVELOPE, b"Content-Length: %d" % len(ENVELOPE))),)))
+            ((0, _ok(ENVELOPE, b"Content-Length: %d" % len(ENVELOPE))),)),
+                      ca=tmp_path / "server-ca.der")
     assert result.get("saved"), result
     assert (board.work / "staged").read_bytes() == ENVELOPE
 

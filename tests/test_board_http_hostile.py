@@ -136,8 +136,9 @@ def rig(micropython: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         tuple[BoardHttp, HostileServer, HostileServer]]:
     work = tmp_path_factory.mktemp("hostile")
     board = BoardHttp(micropython, work)
-    with HostileServer() as plain, \
-            HostileServer(tls=tls_context(tmp_path_factory.mktemp("tls"))) as secure:
+    tls_dir = tmp_path_factory.mktemp("tls")
+    with HostileServer() as plain, HostileServer(
+            tls=tls_context(tls_dir), ca_path=tls_dir / "server-ca.der") as secure:
         yield board, plain, secure
     board.close()
     assert {p.name for p in work.iterdir()} <= {STAGED}  # nothing written but the staging file
@@ -147,7 +148,8 @@ def _check(board: BoardHttp, server: HostileServer, case: Case) -> None:
     staged = board.work / STAGED
     staged.unlink(missing_ok=True)
     server.answer = case.answer
-    result = board.request(server.url, TIMEOUT_S, STAGED, wait_s=TIMEOUT_S + 6)
+    result = board.request(server.url, TIMEOUT_S, STAGED, wait_s=TIMEOUT_S + 6,
+                           ca=server.ca_path)
     assert not result.get("hung"), "the board hung"
     assert "crash" not in result, result
     assert result["ms"] <= (TIMEOUT_S + MARGIN_S) * 1000, result
@@ -229,7 +231,8 @@ def test_board_boots_its_old_app_after_a_hostile_checkin_answer(name, micropytho
         flash.mkdir()
         install_board(flash, BoardConfig(device_id="b-1", server=server.url, timeout_s=1,
                                          poll_every_min=0), b"\x01" * 32, root_envelope,
-                      app=InitialApp("demo", "1.0.0", 1, "app_main", small_app("1.0.0")))
+                      app=InitialApp("demo", "1.0.0", 1, "app_main", small_app("1.0.0")),
+                      server_ca=(tmp_path / "server-ca.der").read_bytes() if tls else None)
         before = _outside_ota(flash)
         result = VirtualBoard(flash, micropython=micropython).run(max_boots=1, timeout=30)
         asked = server.connections

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import ssl
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ if str(PROJECT_ROOT) not in sys.path:  # bench/ is not an installed package
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from faultproxy import FaultProxy
+from tls_support import server_tls
 
 from bench.reference_app import (
     Keys,
@@ -386,44 +386,16 @@ def test_reports_wait_on_flash_while_offline_and_arrive_later(case):
     assert not (flash / "ota" / "reports").exists()
 
 
-def _tls_context(tmp: Path) -> ssl.SSLContext:
-    """A server context with a throw-away self-signed P-256 certificate for 127.0.0.1."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(key, hashes.SHA256()))
-    (tmp / "tls.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp / "tls.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tmp / "tls.pem", tmp / "tls.key")
-    return context
-
-
 def test_board_updates_over_https(case, tmp_path):
     rig, name = case
     old, new = small_app("1.0.0"), small_app("1.1.0", {"lib/util.py": b"X = 2\n"})
     rig.publish(name, new, "1.1.0", 2, channel=name)
-    with FaultProxy(rig.server.url, tls=_tls_context(tmp_path)) as tls_front:
+    tls = server_tls(tmp_path)
+    with FaultProxy(rig.server.url, tls=tls.context) as tls_front:
         assert tls_front.url.startswith("https://")
         flash = rig.work / name
         provision_board(flash, rig.api, name, tls_front.url, rig.keys, old, app=name,
-                        channel=name)
+                        channel=name, server_ca=tls.ca_der)
         result = rig.boot(flash)
         served = [e.path for e in tls_front.exchanges]
     assert [b.ended for b in result.boots] == ["reset", "exit"], result.output

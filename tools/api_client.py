@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -36,6 +37,17 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_NoRedirect())
 
 
+def _opener_trusting(ca: Path | bytes) -> urllib.request.OpenerDirector:
+    """An opener that verifies https servers against `ca` only (host names included)."""
+    try:
+        context = (ssl.create_default_context(cadata=ca) if isinstance(ca, bytes)
+                   else ssl.create_default_context(cafile=str(ca)))
+    except (OSError, ssl.SSLError) as err:
+        what = "the CA" if isinstance(ca, bytes) else f"the CA file {ca}"
+        raise ApiClientError(0, "bad_ca", f"cannot load {what}: {err}") from None
+    return urllib.request.build_opener(_NoRedirect(), urllib.request.HTTPSHandler(context=context))
+
+
 class ApiClientError(Exception):
     """The server refused a request (status >= 400) or could not be reached (status 0)."""
 
@@ -60,10 +72,14 @@ class PublishResult:
 class ApiClient:
     """`ApiClient(url, token)`: one publisher talking to one server."""
 
-    def __init__(self, url: str, token: str, *, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(self, url: str, token: str, *, timeout: float = DEFAULT_TIMEOUT,
+                 ca: Path | bytes | None = None):
+        """`ca`: the CA an https server's certificate must chain to (a fleet's private CA,
+        `ota tls init`): a PEM file, or DER bytes; without it, the system's trusted CAs."""
         self.url = url.rstrip("/")
         self._token = token
         self.timeout = timeout
+        self._opener = _OPENER if ca is None else _opener_trusting(ca)
 
     def __repr__(self) -> str:  # never show the token
         return f"ApiClient({self.url!r})"
@@ -84,7 +100,7 @@ class ApiClient:
         request = urllib.request.Request(self.url + path, data=body, method=method,  # noqa: S310
                                          headers=headers)
         try:
-            with _OPENER.open(request, timeout=self.timeout) as response:
+            with self._opener.open(request, timeout=self.timeout) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as err:
             if 300 <= err.code < 400:

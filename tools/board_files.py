@@ -39,6 +39,8 @@ CLIENT_PACKAGE = "ota"
 CONFIG_PATH = "/ota/config.json"
 KEY_PATH = "/ota/device.key"
 TRUST_PATH = "/ota/trust.json"
+# The CA an https server's certificate must chain to (DER; bootloader_py/ota/http.py).
+CA_PATH = "/ota/ca.der"
 STATE_BASE = "/ota/state"
 SECRET_PATHS = frozenset((CONFIG_PATH, KEY_PATH))
 _MAX_RECORD = 1024  # records.py _MAX_RECORD
@@ -277,13 +279,21 @@ def client_romfs() -> bytes:
 def board_files(config: BoardConfig, device_key: ec.EllipticCurvePrivateKey | bytes,
                 trust_json: bytes, mpy: bool = False,
                 app: InitialApp | None = None,
-                client: ClientLayout = "files") -> dict[str, bytes]:
+                client: ClientLayout = "files",
+                server_ca: bytes | None = None) -> dict[str, bytes]:
     """Every file of a freshly provisioned board's filesystem, keyed by its absolute path on
     the board. With `client="romfs"` that excludes the client code, which goes in the ROM
-    partition (client_romfs()); `mpy` only matters to the "files" layout.
+    partition (client_romfs()); `mpy` only matters to the "files" layout. `server_ca` is the
+    DER of the CA the server's certificate chains to (tools.tls_ca.ca_der): required for an
+    https server, whose certificate the board verifies against it and nothing else.
 
-    Raises BoardFilesError for bad input (key, trust root, config, app, layout).
+    Raises BoardFilesError for bad input (key, trust root, config, app, layout, CA).
     """
+    if config.server.startswith("https://") and not server_ca:
+        raise BoardFilesError(
+            f"server {config.server} is https: the board needs the CA that signed the "
+            "server's certificate (fleet.yaml server.ca or a profile's ca:; `ota tls init` "
+            "makes a private one), and never connects without verifying it")
     try:
         json.loads(trust_json)
     except ValueError as err:
@@ -297,6 +307,8 @@ def board_files(config: BoardConfig, device_key: ec.EllipticCurvePrivateKey | by
     files[CONFIG_PATH] = config.to_json()
     files[KEY_PATH] = device_key_bytes(device_key)
     files[TRUST_PATH] = trust_json
+    if server_ca:
+        files[CA_PATH] = server_ca
     files.update(_initial_state(app, config.trial_boots))
     if app is not None:
         files.update(_app_files(app))
@@ -338,7 +350,8 @@ def write_rom_image(flash_dir: Path, image: bytes) -> Path:
 def install_board(flash_dir: Path, config: BoardConfig,
                   device_key: ec.EllipticCurvePrivateKey | bytes, trust_json: bytes,
                   mpy: bool = False, app: InitialApp | None = None,
-                  client: ClientLayout = "files") -> dict[str, bytes]:
+                  client: ClientLayout = "files",
+                  server_ca: bytes | None = None) -> dict[str, bytes]:
     """Provision a virtual board: its filesystem's files into `flash_dir` and, for the "romfs"
     layout, its ROM image to `rom_image_path(flash_dir)`; returns the filesystem files written.
 
@@ -346,7 +359,8 @@ def install_board(flash_dir: Path, config: BoardConfig,
     /rom/ota would come first on sys.path and shadow the client just written. Raises
     BoardFilesError for bad input, before anything is written.
     """
-    files = board_files(config, device_key, trust_json, mpy=mpy, app=app, client=client)
+    files = board_files(config, device_key, trust_json, mpy=mpy, app=app, client=client,
+                        server_ca=server_ca)
     image = client_romfs() if client == "romfs" else None
     write_files(flash_dir, files)
     if image is not None:

@@ -11,6 +11,7 @@ import click
 _COMMAND_MODULES: tuple[str, ...] = (
     "tools.cmd_provision",
     "tools.cmd_keys",
+    "tools.cmd_tls",
     "tools.cmd_server",
     "tools.cmd_publisher",
     "tools.cmd_board",

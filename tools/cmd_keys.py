@@ -107,6 +107,11 @@ def _describe_root(root: RootMetadata) -> list[str]:
     for name, role in (("root", root.root), ("release", root.release)):
         lines.append(f"  {name} role: threshold {role.threshold} of {len(role.keyids)}")
         lines.extend(f"    keyid {kid}" for kid in role.keyids)
+    if root.server_ca is not None:
+        import hashlib
+
+        lines.append(f"  server CAs boards trust: {len(root.server_ca)}")
+        lines.extend(f"    sha256 {hashlib.sha256(der).hexdigest()}" for der in root.server_ca)
     return lines
 
 
@@ -142,20 +147,40 @@ def keys_init(directory: Path, expires_days: int, prompt: bool) -> None:
     click.echo(f"keep {ROOT_KEY} offline; {ROOT_JSON} is the trust root boards are given")
 
 
+def _read_server_cas(paths: Sequence[Path]) -> list[bytes]:
+    from tools.tls_ca import CaError, ca_der
+
+    out = []
+    for path in paths:
+        try:
+            out.append(ca_der(path.read_bytes(), str(path)))
+        except OSError as err:
+            raise UserError(f"{path}: {err.strerror}") from err
+        except CaError as err:
+            raise UserError(str(err)) from err
+    return out
+
+
 @keys_group.command("rotate")
 @click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--release", "new_release", is_flag=True, help="replace the release key")
 @click.option("--root", "new_root_key", is_flag=True, help="replace the root key")
 @click.option("--expires-days", type=click.IntRange(min=1), default=365, show_default=True,
               help="validity of the new root metadata")
+@click.option("--server-ca", "server_cas", multiple=True,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="a CA (PEM or DER) boards trust for the server from this root on; repeat "
+                   "for old and new CA during a move (default: the current root's, if any)")
 @_PROMPT_OPTION
 def keys_rotate(directory: Path, new_release: bool, new_root_key: bool, expires_days: int,
-                prompt: bool) -> None:
+                server_cas: tuple[Path, ...], prompt: bool) -> None:
     """Write root metadata N+1, signed by the current root key (and the new one, if any).
 
-    Without --release or --root it only renews the expiry. Replaced private keys move to
-    DIRECTORY/retired/ (0600): destroy them once every board has the new root.
+    Without --release, --root or --server-ca it only renews the expiry. Replaced private keys
+    move to DIRECTORY/retired/ (0600): destroy them once every board has the new root. Boards
+    that take a root with server CAs trust exactly those for https from then on.
     """
+    new_cas = _read_server_cas(server_cas) if server_cas else None
     now = _now()
     with _user_errors():
         current = verify_root_signatures(_read(directory / ROOT_JSON))
@@ -179,7 +204,8 @@ def keys_rotate(directory: Path, new_release: bool, new_root_key: bool, expires_
             else list(current.role_keys(current.release).values())
         )
         root = new_root(version=current.version + 1, expires=now + expires_days * DAY,
-                        root_keys=[root_signer], release_keys=release_keys)
+                        root_keys=[root_signer], release_keys=release_keys,
+                        server_ca=new_cas if new_cas is not None else current.server_ca)
         signers = [old_root] + ([root_signer] if new_root_key else [])
         envelope = sign_root(root, signers)
         verify_rotation(current, envelope, now=now)  # the one check a board will make

@@ -28,6 +28,31 @@ from tools.station.targets import TargetError, collect_targets
 DEFAULT_LOG = "station-log.db"
 
 
+def read_server_ca(server_url: str, path: Path | None) -> bytes | None:
+    """The DER of the CA boards pin for `server_url` (None for plain http without one).
+
+    Raises UserError, before any board is touched, when an https server has no CA or the CA
+    file cannot be read or is not a CA certificate.
+    """
+    from tools.tls_ca import CaError, ca_der
+
+    if path is None:
+        if server_url.startswith("https://"):
+            raise UserError(
+                f"server {server_url} is https, and boards verify its certificate against a CA "
+                "they are given: set server.ca in fleet.yaml (or a profile's ca:, or --ca) to "
+                "the CA's PEM or DER file; `ota tls init DIR --host NAME` makes a private one")
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"CA {path}: {err.strerror}") from None
+    try:
+        return ca_der(data, f"CA {path}")
+    except CaError as err:
+        raise UserError(str(err)) from None
+
+
 def _read_trust(path: Path | None) -> bytes:
     if path is None:
         raise UserError("no trust root: set server.root in fleet.yaml or give --root ROOT.json")
@@ -85,6 +110,9 @@ def _read_firmware(path: Path | None) -> bytes | None:
 @click.option("--server", "server_url", default=None, help="Override the fleet's server URL.")
 @click.option("--root", "root_path", default=None, type=click.Path(path_type=Path),
               help="Signed root metadata for the boards (default: server.root in fleet.yaml).")
+@click.option("--ca", "ca_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="CA the boards trust for an https server, PEM or DER (default: the "
+                   "profile's ca, else server.ca in fleet.yaml).")
 @click.option("--firmware", "firmware_path", default=None, type=click.Path(path_type=Path),
               help="MicroPython firmware to flash first (default: the profile's).")
 @click.option("--no-firmware", is_flag=True, help="Do not flash MicroPython.")
@@ -102,7 +130,8 @@ def _read_firmware(path: Path | None) -> bytes | None:
 def provision(fleet_path: Path, profile: str, ports: tuple[str, ...], all_ports: bool,
               virtual_dirs: tuple[str, ...], method: str | None, reprovision: bool,
               log_path: Path, station: str, operator: str | None, server_url: str | None,
-              root_path: Path | None, firmware_path: Path | None, no_firmware: bool,
+              root_path: Path | None, ca_path: Path | None, firmware_path: Path | None,
+              no_firmware: bool,
               factory_image_dir: Path | None, esptool_before: str, timeout_s: float,
               worker_setup: tuple[str, ...]) -> None:
     """Provision boards: identify, key, write files, register, log; all ports in parallel."""
@@ -144,10 +173,12 @@ def provision(fleet_path: Path, profile: str, ports: tuple[str, ...], all_ports:
         if firmware is None:
             raise UserError("--factory-image-dir needs firmware to merge")
         factory_image_dir.mkdir(parents=True, exist_ok=True)
+    url = (server_url or fleet.server.url).rstrip("/")
     job = StationJob(
         station=station, operator=operator or getpass.getuser(), profile=chosen,
-        server_url=(server_url or fleet.server.url).rstrip("/"), publisher_token=token,
+        server_url=url, publisher_token=token,
         wifi_password=wifi_password, trust_json=_read_trust(root_path or fleet.server.root),
+        server_ca=read_server_ca(url, ca_path or chosen.ca or fleet.server.ca),
         firmware=firmware, app=_read_first_app(chosen), reprovision=reprovision,
         esptool_before=esptool_before,
         factory_image_dir=factory_image_dir, worker_setup=worker_setup,

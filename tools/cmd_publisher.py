@@ -27,6 +27,8 @@ from tools.timefmt import iso_utc
 TOKEN_ENV = "MPOTA_TOKEN"  # noqa: S105 -- the variable's name, not a secret
 SERVER_ENV = "MPOTA_SERVER"
 DEFAULT_SERVER = "http://127.0.0.1:8080"
+# The CA an https server's certificate chains to (a fleet's private CA); else the system's.
+CA_ENV = "MPOTA_CA"
 DAY = 86400
 
 
@@ -46,7 +48,12 @@ def _client(server: str, token_file: Path | None) -> Any:
     if not token:
         raise UserError(f"no publisher token: set ${TOKEN_ENV} or give --token-file "
                         f"(create one with `ota tokens create NAME --data DIR`)")
-    return ApiClient(server, token)
+    return ApiClient(server, token, ca=_env_ca())
+
+
+def _env_ca() -> Path | None:
+    value = os.environ.get(CA_ENV, "").strip()
+    return Path(value) if value else None
 
 
 def _client_options(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -63,6 +63,11 @@ def _fleet_values(path: Path) -> dict[str, Any]:
 @click.option("--fleet", "fleet_path", type=click.Path(dir_okay=False, exists=True,
                                                        path_type=Path),
               help="fleet.yaml: server root, port and the default rollout policy")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path),
+              help="serve https with this PEM certificate (chain); reloaded on SIGHUP "
+                   "[env MPOTA_TLS_CERT]")
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="the certificate's PEM private key [env MPOTA_TLS_KEY]")
 @click.option("--json-logs", is_flag=True, default=None, help="one JSON object per log line")
 @click.option("--quiet", is_flag=True, help="log warnings and errors only (benchmarks)")
 @click.option("--header-timeout", type=float, default=None,
@@ -78,8 +83,8 @@ def _fleet_values(path: Path) -> dict[str, Any]:
 @click.option("--max-connections", type=int, default=None,
               help="open connections at most [default: 1000; env MPOTA_MAX_CONNECTIONS]")
 def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, port: int | None,
-              fleet_path: Path | None, json_logs: bool | None, quiet: bool,
-              **limits: float | None) -> None:
+              fleet_path: Path | None, tls_cert: Path | None, tls_key: Path | None,
+              json_logs: bool | None, quiet: bool, **limits: float | None) -> None:
     """Run the update server until interrupted."""
     import logging
 
@@ -88,12 +93,14 @@ def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, p
     from ota_server.datadir import DataDirInUse
     from ota_server.logs import configure_logging
     from ota_server.settings import SettingsError, load_settings
+    from ota_server.tls import TlsSetupError
     from ota_server.trust import TrustSetupError
 
     fleet_values = _fleet_values(fleet_path) if fleet_path is not None else None
     try:
         settings = load_settings({"data_dir": data_dir, "root_path": root_path, "host": host,
-                                  "port": port, "json_logs": json_logs, **limits},
+                                  "port": port, "json_logs": json_logs,
+                                  "tls_cert": tls_cert, "tls_key": tls_key, **limits},
                                  fleet_values=fleet_values)
     except SettingsError as err:
         raise UserError(str(err)) from err
@@ -104,7 +111,11 @@ def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, p
         log.info(" ".join(text.replace("=", " ").split()))
 
     try:
-        connections.run(create_app(settings), settings, announce=announce)
+        app = create_app(settings)
+    except TlsSetupError as err:
+        raise UserError(f"TLS: {err}") from err
+    try:
+        connections.run(app, settings, announce=announce)
     except (TrustSetupError, DataDirInUse) as err:
         raise UserError(str(err)) from err
     except OSError as err:

@@ -46,6 +46,8 @@ class ServerSettings:
     url: str
     publisher_token: SecretRef
     root: Path | None = None  # signed root metadata the boards get as trust.json
+    # The CA boards trust for an https server (PEM or DER; boards get it as /ota/ca.der).
+    ca: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ class ProvisioningProfile:
     app_name: str | None = None
     client: ClientLayout = "files"  # where the OTA client's code goes (tools/board_files.py)
     romfs_offset: int | None = None  # image method, client romfs: the ROMFS partition's offset
+    ca: Path | None = None  # overrides server.ca for this profile's boards
     # The board's trial, confirm and timeout settings (BoardConfig fields of the same names);
     # only those the profile sets, the rest keep BoardConfig's defaults.
     behaviour: tuple[tuple[str, int | bool], ...] = ()
@@ -276,15 +279,18 @@ def _integer(reader: _Reader, entry: _Map, key: str, *, where: str, default: int
 
 def _server(r: _Reader, doc: _Map) -> ServerSettings:
     entry = r.mapping(doc, "server")
-    r.only(entry, ("url", "publisher_token_env", "publisher_token_file", "root"), where="server")
+    r.only(entry, ("url", "publisher_token_env", "publisher_token_file", "root", "ca"),
+           where="server")
     url = r.field(entry, "url", str, where="server")
     if not re.match(r"^https?://[^\s/]+", url):
         raise r.fail(entry.key_lines["url"], f"server: url {url!r} must be http(s)://host[...]")
     token = r.secret(entry, "publisher_token", where="server")
     assert token is not None
     root = r.field(entry, "root", str, default=None, where="server")
+    ca = r.field(entry, "ca", str, default=None, where="server")
     return ServerSettings(url=url.rstrip("/"), publisher_token=token,
-                          root=r.relative(root) if root else None)
+                          root=r.relative(root) if root else None,
+                          ca=r.relative(ca) if ca else None)
 
 
 def _channels(r: _Reader, doc: _Map) -> dict[str, Channel]:
@@ -396,7 +402,7 @@ def _provisioning(r: _Reader, doc: _Map, boards: dict[str, Board], wifi: dict[st
                   channels: dict[str, Channel]) -> dict[str, ProvisioningProfile]:
     section = r.mapping(doc, "provisioning")
     allowed = ("board", "wifi", "channel", "tags", "method", "firmware", "poll_interval_s", "mpy",
-               "app", "client", "romfs_offset", *_BEHAVIOUR)
+               "app", "client", "romfs_offset", "ca", *_BEHAVIOUR)
     profiles = {}
     for key, entry in section.items():
         where = f"provisioning profile {key!r}"
@@ -434,6 +440,7 @@ def _provisioning(r: _Reader, doc: _Map, boards: dict[str, Board], wifi: dict[st
                          f"board's tick counter, docs/board.md), not {poll}")
         mpy = r.field(entry, "mpy", bool, default=True, where=where)
         client, romfs_offset = _client_layout(r, entry, where, board, method, mpy)
+        ca = r.field(entry, "ca", str, default=None, where=where)
         first = _first_app(r, entry, where)
         profiles[name] = ProvisioningProfile(
             name=name, board=board, wifi=pick(wifi, "wifi", required=False),
@@ -442,6 +449,7 @@ def _provisioning(r: _Reader, doc: _Map, boards: dict[str, Board], wifi: dict[st
             poll_interval_s=poll, mpy=mpy, app=first,
             app_name=first.name if first is not None else _bound_app(r, entry, where),
             client=client, romfs_offset=romfs_offset, behaviour=_behaviour(r, entry, where),
+            ca=r.relative(ca) if ca else None,
         )
     return profiles
 

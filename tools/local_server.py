@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -46,7 +47,10 @@ class LocalServer:
 
     def __init__(self, data_dir: Path | str, root_json: Path | str, *,
                  port: int | None = None, extra_args: Sequence[str] = (),
-                 env: dict[str, str] | None = None, publisher: str = "local"):
+                 env: dict[str, str] | None = None, publisher: str = "local",
+                 tls_dir: Path | None = None):
+        """`tls_dir`: serve https with the certificate `ota tls init` made there (server.pem,
+        server.key; clients trust its ca.pem)."""
         self.data_dir = Path(data_dir)
         self.root_json = Path(root_json)
         self.host = "127.0.0.1"
@@ -58,13 +62,19 @@ class LocalServer:
         self.extra_args = list(extra_args)
         self._env = env
         self._publisher = publisher
+        self.tls_dir = Path(tls_dir) if tls_dir is not None else None
         self._token: str | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls_dir else 'http'}://{self.host}:{self.port}"
+
+    @property
+    def ca_path(self) -> Path | None:
+        """The CA the server's certificate chains to (None: plain http)."""
+        return None if self.tls_dir is None else self.tls_dir / "ca.pem"
 
     @property
     def token(self) -> str:
@@ -81,7 +91,7 @@ class LocalServer:
         return None if self._process is None else self._process.pid
 
     def client(self) -> ApiClient:
-        return ApiClient(self.url, self.token)
+        return ApiClient(self.url, self.token, ca=self.ca_path)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -109,6 +119,9 @@ class LocalServer:
         command = [sys.executable, "-m", "tools.cli", "serve", "--data", str(self.data_dir),
                    "--root", str(self.root_json), "--host", self.host, "--port", str(self.port),
                    *self.extra_args]
+        if self.tls_dir is not None:
+            command += ["--tls-cert", str(self.tls_dir / "server.pem"),
+                        "--tls-key", str(self.tls_dir / "server.key")]
         env = dict(os.environ if self._env is None else self._env)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT),
                                                           env.get("PYTHONPATH")]))
@@ -120,14 +133,17 @@ class LocalServer:
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         assert self._process is not None
+        context = None if self.ca_path is None else ssl.create_default_context(
+            cafile=str(self.ca_path))
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 self._close_log()
                 raise LocalServerError(f"ota serve exited with {self._process.returncode}:\n"
                                        f"{self._log_tail()}")
             try:
-                health = self.url + "/healthz"  # always http://127.0.0.1:port
-                with urllib.request.urlopen(health, timeout=1) as answer:  # noqa: S310
+                health = self.url + "/healthz"  # always http(s)://127.0.0.1:port
+                with urllib.request.urlopen(health, timeout=1,  # noqa: S310
+                                            context=context) as answer:
                     if answer.status == 200:
                         return
             except (urllib.error.URLError, OSError):
@@ -136,6 +152,11 @@ class LocalServer:
         self.kill()
         raise LocalServerError(f"ota serve did not answer /healthz within {STARTUP_TIMEOUT}s:\n"
                                f"{self._log_tail()}")
+
+    def reload_tls(self) -> None:
+        """SIGHUP: the server loads its certificate and key again."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
         """SIGTERM and wait for a clean exit (SIGKILL if it does not come)."""

@@ -13,6 +13,11 @@ def feed():
         w.feed()
 
 
+def tls_refused():
+    """How many times since boot the server's certificate was refused (ota/http.py)."""
+    return globals().get("refusals", 0)
+
+
 def confirm():
     """Confirm the running (trial) app so boot.py keeps it; True if it was on trial."""
     feed()

@@ -153,9 +153,26 @@ def rotate_root(sess, root, newest, now, buf):
         except trust.TrustError as e:
             raise UpdateFailed("root %d refused: %s" % (version + 1, _why(e)))
         version = root.version
+    if root.server_ca:
+        # Before the root moves: a power cut in between finds the old root, rotates again
+        # and writes the same CAs; the other order could leave the new root with old CAs.
+        install_cas(root.server_ca)
     os.remove(TRUST_PATH)  # FAT cannot rename over a file; load_root covers the gap
     os.rename(new, TRUST_PATH)
     return root
+
+
+def install_cas(der):
+    """Replace the CA file (ota/http.py CA_PATH) with `der`, taken from a verified root."""
+    import os
+    from ota.http import CA_PATH
+    with open(CA_PATH + ".new", "wb") as f:
+        f.write(der)
+    try:
+        os.remove(CA_PATH)  # FAT cannot rename over a file; http._load_cas covers the gap
+    except OSError:
+        pass
+    os.rename(CA_PATH + ".new", CA_PATH)
 
 
 def _forget(name):

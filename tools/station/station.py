@@ -56,6 +56,8 @@ class StationJob:
     publisher_token: Secret
     wifi_password: Secret | None
     trust_json: bytes
+    # DER of the CA boards trust for an https server (tools.tls_ca.ca_der); None for http.
+    server_ca: bytes | None = None
     firmware: bytes | None = None
     app: InitialApp | None = None  # the first app, in slot a (tools.board_files.InitialApp)
     reprovision: bool = False
@@ -260,7 +262,8 @@ class BoardProvisioner:
         if self._api is None:
             from tools.api_client import ApiClient
 
-            self._api = ApiClient(self.job.server_url, self.job.publisher_token.reveal())
+            self._api = ApiClient(self.job.server_url, self.job.publisher_token.reveal(),
+                                  ca=self.job.server_ca)
         return self._api
 
     def _choose_device_id(self, base_id: str, on_board_key: bool) -> str:
@@ -312,7 +315,7 @@ class BoardProvisioner:
             **dict(profile.behaviour),  # type: ignore[arg-type]
         )
         return board_files(config, key, job.trust_json, mpy=profile.mpy, app=job.app,
-                           client=profile.client)
+                           client=profile.client, server_ca=job.server_ca)
 
     def _rom_image(self) -> bytes | None:
         """The ROM partition image the profile's client layout needs (None: "files")."""
