@@ -98,10 +98,10 @@ def sign_request(private_key: PrivateKey, device_id: str, counter: int, method: 
 class DeviceAuthenticator:
     """Verifies board requests against the registry; caches parsed public keys by point."""
 
-    def __init__(self, store: MetadataStore):
+    def __init__(self, store: MetadataStore, counters: CounterCommits | None = None):
         self._store = store
         self._keys: dict[bytes, PublicKey] = {}
-        self._counters = CounterCommits(store)
+        self._counters = CounterCommits(store) if counters is None else counters
 
     def _public_key(self, point: bytes) -> PublicKey:
         key = self._keys.get(point)
