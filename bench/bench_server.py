@@ -154,6 +154,14 @@ http {{
                 self.process.wait()
 
 
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because a listen queue was full (all
+    sockets of the machine: TcpExt ListenOverflows)."""
+    lines = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines()
+             if line.startswith("TcpExt:")]
+    return int(dict(zip(lines[0], lines[1], strict=True)).get("ListenOverflows", 0))
+
+
 def cpu_split(pid: int | None) -> tuple[float, float]:
     """(user, system) CPU seconds of a process (Linux /proc)."""
     if pid is None:
@@ -334,6 +342,7 @@ def s3(srv: LocalServer, boards: list[Board], envelope_size: int, work: Path,
     del requests
     server_cpu = cpu_split(srv.pid)
     loadavg = os.getloadavg()[0]
+    overflows = listen_overflows()
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "checkin_load.py"),
                           "--port", str(srv.port), "--requests", str(path),
                           "--seconds", str(scale.s3_seconds)],
@@ -342,6 +351,7 @@ def s3(srv: LocalServer, boards: list[Board], envelope_size: int, work: Path,
     if run.returncode != 0:
         raise RuntimeError(f"S3 load generator failed ({run.returncode}):\n{run.stderr}")
     figures: dict[str, Any] = json.loads(run.stdout.splitlines()[-1])
+    overflows = listen_overflows() - overflows
     user, system = (after - before for after, before in zip(cpu_split(srv.pid), server_cpu,
                                                              strict=True))
     answered = figures["statuses"].get("200", 0)
@@ -357,7 +367,7 @@ def s3(srv: LocalServer, boards: list[Board], envelope_size: int, work: Path,
           f"{(user + system) / len(boards) * 1e6:.0f} us per check-in), generator "
           f"{figures['generator_cpu_s']:.1f}s; generator lateness p99 "
           f"{figures['late_p99_ms']:.1f} ms, max {figures['late_max_ms']:.1f} ms; load average "
-          f"at the start {loadavg:.2f}")
+          f"at the start {loadavg:.2f}; listen queue overflows (whole machine) {overflows}")
     if figures["slow_by_second"]:
         print(f"S3 slow (> 100 ms) check-ins by second of the run: {figures['slow_by_second']}")
     return figures

@@ -1,4 +1,4 @@
-"""S3's open-loop load generator: one process, raw asyncio, pre-built requests.
+"""S3's open-loop load generator: one process, one epoll loop, pre-built requests.
 
     python bench/checkin_load.py --port PORT --requests FILE --seconds S
 
@@ -18,13 +18,17 @@ the bench runs it in its own process so its CPU is its own core's, not the bench
 from __future__ import annotations
 
 import argparse
-import asyncio
+import errno
 import gc
 import json
+import os
+import select
+import socket
 import struct
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REQUEST_TIMEOUT = 10.0
@@ -56,131 +60,150 @@ def write_requests(path: Path, requests: list[bytes]) -> None:
             out.write(request)
 
 
-class _Checkin(asyncio.Protocol):
-    """One request on its own connection; `done` gets (status, body bytes), or an exception."""
+_CONNECTING, _ANSWERING = 0, 1
 
-    def __init__(self, request: bytes, done: asyncio.Future[tuple[int, int]]):
-        self._request = request
-        self._done = done
-        self._received = bytearray()
-        self._status = 0
-        self._expected = -1  # bytes of head + body once the head is in
-        self._body_at = 0
-        self._transport: asyncio.Transport | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        transport.write(self._request)
+@dataclass
+class _Board:
+    """One board's request in flight on its own non-blocking socket."""
 
-    def data_received(self, data: bytes) -> None:
-        self._received += data
-        if self._expected < 0:
-            end = self._received.find(b"\r\n\r\n")
+    sock: socket.socket
+    index: int
+    begun: float
+    phase: int = _CONNECTING
+    received: bytearray = field(default_factory=bytearray)
+    status: int = 0
+    body_at: int = -1  # where the body starts once the head is in
+    expected: int = -1  # head + Content-Length
+
+    def take(self, data: bytes) -> bool:
+        """Add received bytes; True once the whole answer is in. Raises ConnectionError on
+        an answer that is not HTTP."""
+        self.received += data
+        if self.expected < 0:
+            end = self.received.find(b"\r\n\r\n")
             if end < 0:
-                return
-            self._parse_head(bytes(self._received[:end]), end + 4)
-        if self._expected >= 0 and len(self._received) >= self._expected:
-            self._finish()
-
-    def _parse_head(self, head: bytes, body_at: int) -> None:
-        lines = head.split(b"\r\n")
-        try:
-            self._status = int(lines[0].split(b" ", 2)[1])
-        except (IndexError, ValueError):
-            self._fail(ConnectionError(f"bad status line {lines[0][:60]!r}"))
-            return
-        length = 0
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        self._body_at = body_at
-        self._expected = body_at + length
-
-    def _finish(self) -> None:
-        if not self._done.done():
-            self._done.set_result((self._status, len(self._received) - self._body_at))
-        if self._transport is not None:
-            self._transport.close()
-
-    def _fail(self, err: BaseException) -> None:
-        if not self._done.done():
-            self._done.set_exception(err)
-        if self._transport is not None:
-            self._transport.abort()
-
-    def eof_received(self) -> bool | None:
-        if self._expected < 0 or len(self._received) < self._expected:
-            self._fail(ConnectionError("connection closed before the whole answer"))
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self._done.done():
-            self._fail(exc or ConnectionError("connection lost before the whole answer"))
+                return False
+            lines = bytes(self.received[:end]).split(b"\r\n")
+            try:
+                self.status = int(lines[0].split(b" ", 2)[1])
+            except (IndexError, ValueError):
+                raise ConnectionError(f"bad status line {lines[0][:60]!r}") from None
+            length = 0
+            for line in lines[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            self.body_at = end + 4
+            self.expected = self.body_at + length
+        return len(self.received) >= self.expected
 
 
 def _percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
-async def run(port: int, requests: list[bytes], seconds: float) -> dict[str, object]:
-    """Send every request at its time; the figures as a dict (times in ms)."""
-    loop = asyncio.get_running_loop()
+def run(port: int, requests: list[bytes], seconds: float) -> dict[str, object]:
+    """Send every request at its time; the figures as a dict (times in ms).
+
+    One thread, one epoll set, non-blocking sockets: per board a connect, one send, reads
+    until the answer is whole, a close. No asyncio: its per-connection machinery would cost
+    this process more CPU than the server it measures, on a machine where both share two
+    cores."""
     count = len(requests)
     step = seconds / count
+    address = ("127.0.0.1", port)
     latencies: list[float] = []
     late: list[float] = []
     slow_by_second: Counter[int] = Counter()
     errors: Counter[str] = Counter()
     statuses: Counter[int] = Counter()
     body_bytes = 0
-    start = time.perf_counter() + 0.2
+    poller = select.epoll()
+    flight: dict[int, _Board] = {}
 
-    async def board(index: int) -> None:
+    def fail(board: _Board, kind: str) -> None:
+        errors[kind[:80]] += 1
+        poller.unregister(board.sock.fileno())
+        del flight[board.sock.fileno()]
+        board.sock.close()
+
+    def finish(board: _Board, now: float) -> None:
         nonlocal body_bytes
-        begun = time.perf_counter()
-        late.append(begun - (start + index * step))
-        done: asyncio.Future[tuple[int, int]] = loop.create_future()
-        try:
-            async with asyncio.timeout(REQUEST_TIMEOUT):
-                await loop.create_connection(lambda: _Checkin(requests[index], done),
-                                             "127.0.0.1", port)
-                status, size = await done
-        except TimeoutError:
-            errors["timeout"] += 1
-            return
-        except OSError as err:
-            errors[type(err).__name__] += 1
-            return
-        took = time.perf_counter() - begun
+        took = now - board.begun
         latencies.append(took)
-        statuses[status] += 1
-        body_bytes += size
-        if status != 200:
-            errors[f"status {status}"] += 1
+        statuses[board.status] += 1
+        body_bytes += len(board.received) - board.body_at
+        if board.status != 200:
+            errors[f"status {board.status}"] += 1
         if took > SLOW:
-            slow_by_second[int(begun - start)] += 1
+            slow_by_second[int(board.begun - start)] += 1
+        poller.unregister(board.sock.fileno())
+        del flight[board.sock.fileno()]
+        board.sock.close()
 
-    tasks: set[asyncio.Task[None]] = set()
     cpu = time.process_time()
+    start = time.perf_counter() + 0.2
+    stop_at = start + seconds + REQUEST_TIMEOUT + 5
+    next_sweep = start + 0.5
     index = 0
-    while index < count:
+    while (index < count or flight) and time.perf_counter() < stop_at:
         now = time.perf_counter()
-        due = start + index * step
-        if due > now:
-            await asyncio.sleep(due - now)
-            continue
         while index < count and start + index * step <= now:
-            task = loop.create_task(board(index))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            begun = time.perf_counter()
+            late.append(begun - (start + index * step))
             index += 1
-    if tasks:
-        await asyncio.wait(tasks, timeout=REQUEST_TIMEOUT + 5)
-    for task in tasks:  # past every request's own deadline: count, never wait for ever
-        task.cancel()
-        errors["unfinished"] += 1
+            try:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            except OSError as err:  # out of descriptors: the server is far behind
+                errors[f"socket: {err.strerror or err}"] += 1
+                continue
+            sock.setblocking(False)
+            board = _Board(sock, index - 1, begun)
+            code = sock.connect_ex(address)
+            if code not in (0, errno.EINPROGRESS):
+                errors[f"connect: {os.strerror(code)}"] += 1
+                sock.close()
+                continue
+            flight[sock.fileno()] = board
+            poller.register(sock.fileno(), select.EPOLLOUT)
+        wait = (start + index * step - time.perf_counter()) if index < count else 0.05
+        for fd, _ in poller.poll(max(0.0, min(wait, 0.05))):
+            board = flight[fd]
+            if board.phase == _CONNECTING:
+                code = board.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code:
+                    fail(board, f"connect: {os.strerror(code)}")
+                    continue
+                try:
+                    sent = board.sock.send(requests[board.index])
+                except OSError as err:
+                    fail(board, f"send: {err.strerror or err}")
+                    continue
+                if sent != len(requests[board.index]):  # ~500 bytes into an empty buffer
+                    fail(board, "send: short write")
+                    continue
+                board.phase = _ANSWERING
+                poller.modify(fd, select.EPOLLIN)
+                continue
+            try:
+                data = board.sock.recv(65536)
+                done = board.take(data) if data else None
+            except OSError as err:
+                fail(board, f"recv: {err.strerror or err}")
+                continue
+            if done is None:
+                fail(board, "closed before the whole answer")
+            elif done:
+                finish(board, time.perf_counter())
+        now = time.perf_counter()
+        if now >= next_sweep:  # every request is bounded by REQUEST_TIMEOUT
+            next_sweep = now + 0.5
+            for board in [b for b in flight.values() if now - b.begun > REQUEST_TIMEOUT]:
+                fail(board, "timeout")
+    for board in list(flight.values()):  # past the run's own deadline: count, never wait
+        fail(board, "unfinished")
+    poller.close()
     cpu = time.process_time() - cpu
     latencies.sort()
     late.sort()
@@ -208,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("no requests to send")
     gc.collect()
     gc.freeze()  # the request list is permanent: no collection walks it during the run
-    figures = asyncio.run(run(args.port, requests, args.seconds))
+    figures = run(args.port, requests, args.seconds)
     print(json.dumps(figures))
     return 0
 
