@@ -27,7 +27,7 @@ records are queued and reach the database
 So a check-in costs one commit, shared, instead of three (figure S3). A process killed
 without its clean-up (SIGKILL, OOM) can lose the records of the check-ins of its last
 WRITE_BEHIND_SECONDS, never a counter, a last-seen time or anything a report wrote
-(docs/operations.md, "Durability").
+(docs/operations.md, "Data directory").
 """
 
 from __future__ import annotations
