@@ -18,13 +18,16 @@ What a check-in records (the inventory the board reports, and `offered` for a re
 offered) is written behind: the check-in is answered once its counter is committed, and its
 records are queued and reach the database
 
-- in the transaction of the next counter commit, before that request is handled: every later
-  board request (of any board) is handled with them in the database;
+- in the transaction of the next counter commit of the same board, before that request is
+  handled: the board's later requests (a report after an offer) are handled with them in the
+  database (no board request reads another board's inventory or offers);
 - before a publisher request is handled (`flush`, from the auth middleware);
-- at the latest WRITE_BEHIND_SECONDS after they were queued (a timer);
+- at the latest WRITE_BEHIND_SECONDS after they were queued (a timer), all of them in one
+  transaction;
 - when the server stops (`close`).
 
-So a check-in costs one commit, shared, instead of three (figure S3). A process killed
+So a check-in costs its counter's commit alone instead of three commits, and the records of
+many check-ins share one transaction and the pages it writes (figure S3). A process killed
 without its clean-up (SIGKILL, OOM) can lose the records of the check-ins of its last
 WRITE_BEHIND_SECONDS, never a counter, a last-seen time or anything a report wrote
 (docs/operations.md, "Data directory").
@@ -38,7 +41,7 @@ from typing import Any
 
 from ota_server.storage import MetadataStore
 
-WRITE_BEHIND_SECONDS = 1.0
+WRITE_BEHIND_SECONDS = 0.25
 _Pending = tuple[str, int, "asyncio.Future[bool]"]
 log = logging.getLogger("ota_server")
 
@@ -59,7 +62,7 @@ class CounterCommits:
 
     async def advance(self, device_id: str, counter: int) -> bool:
         """True when `counter` was greater than the board's last one and is now committed
-        (and with it every check-in record queued before)."""
+        (and with it every check-in record of this board queued before)."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[bool] = loop.create_future()
         if not self._pending:
@@ -141,7 +144,12 @@ class CounterCommits:
     def _commit(self) -> None:
         batch, self._pending = self._pending, []
         advances = [(device_id, counter) for device_id, counter, _ in batch]
-        inventories, offers = self._take_records()
+        # A board's queued records go in with its own next counter (all queued ones then: one
+        # transaction either way); other boards' wait for the timer.
+        inventories: list[tuple[str, dict[str, Any]]] = []
+        offers: list[tuple[str, int]] = []
+        if not self._inventories.keys().isdisjoint(device_id for device_id, _ in advances):
+            inventories, offers = self._take_records()
         try:
             if inventories or offers:
                 try:

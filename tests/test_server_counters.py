@@ -146,7 +146,7 @@ def _release(store: SqliteStore) -> int:
     return store.add_release("demo", "1.0.0", 1, ["unix"], b"{}", []).id
 
 
-async def test_queued_records_go_into_the_next_counter_commit(tmp_path: Path) -> None:
+async def test_queued_records_go_into_the_boards_next_counter_commit(tmp_path: Path) -> None:
     store = _store(tmp_path, "b1", "b2")
     release = _release(store)
     transactions: list[tuple[int, int, int]] = []
@@ -163,12 +163,17 @@ async def test_queued_records_go_into_the_next_counter_commit(tmp_path: Path) ->
         counters.record_checkin("b1", INVENTORY, release)
         counters.record_checkin("b1", {"mem_free": 999}, release)  # later fields win
         assert _records(db) == {"inventory": [], "deployments": []}  # queued, not written
-        # another board's request: its counter and b1's records in one transaction
+        # another board's request: its counter alone, b1's records wait (for the timer)
         assert await counters.advance("b2", 1) is True
+        assert transactions == []
+        assert _records(db) == {"inventory": [], "deployments": []}
+        assert _counters(db)["b2"] == 1
+        # b1's next request: its counter and its records in one transaction, before it goes on
+        assert await counters.advance("b1", 1) is True
         assert transactions == [(1, 1, 1)]
         assert _records(db) == {"inventory": [("b1", "1.0.0", 999, "b")],
                                 "deployments": [("b1", release, "offered")]}
-        assert _counters(db)["b2"] == 1
+        assert _counters(db)["b1"] == 1
         assert counters.queued == 0
     finally:
         store.close()
@@ -222,8 +227,8 @@ async def test_records_survive_a_failed_counter_batch_and_counters_go_on_alone(
         counters = CounterCommits(store, write_behind=3600)
         counters.record_checkin("b1", {**INVENTORY, "mem_free": 666}, release)
         # the records cannot be written: the counter still moves, the records stay queued
-        assert await counters.advance("b2", 5) is True
-        assert _counters(tmp_path / "db.sqlite3")["b2"] == 5
+        assert await counters.advance("b1", 5) is True
+        assert _counters(tmp_path / "db.sqlite3")["b1"] == 5
         assert counters.queued == 2
         assert _records(tmp_path / "db.sqlite3") == {"inventory": [], "deployments": []}
         counters.record_checkin("b1", {"mem_free": 7}, None)  # newer fields over the old
