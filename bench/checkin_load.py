@@ -10,9 +10,10 @@ the start of the connect to the last byte of the answer (its Content-Length); ev
 is bounded by REQUEST_TIMEOUT and the whole run by S + REQUEST_TIMEOUT + 5 s.
 
 It prints one JSON object: the latencies' percentiles, the errors by kind, how late the
-generator itself started requests, its own CPU time, and the slow (> 100 ms) answers by second
-of the run. It imports nothing but the standard library, so it starts fast and stays small;
-the bench runs it in its own process so its CPU is its own core's, not the bench's.
+generator itself started requests, its own CPU time, the slow (> 100 ms) answers by second
+of the run, and which requests (by index) were answered 200. It imports nothing but the
+standard library, so it starts fast and stays small; the bench runs it in its own process so
+its CPU is its own core's, not the bench's.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ def run(port: int, requests: list[bytes], seconds: float) -> dict[str, object]:
     slow_by_second: Counter[int] = Counter()
     errors: Counter[str] = Counter()
     statuses: Counter[int] = Counter()
+    answered_ok: list[int] = []
     body_bytes = 0
     poller = select.epoll()
     flight: dict[int, _Board] = {}
@@ -136,6 +138,8 @@ def run(port: int, requests: list[bytes], seconds: float) -> dict[str, object]:
         body_bytes += len(board.received) - board.body_at
         if board.status != 200:
             errors[f"status {board.status}"] += 1
+        else:
+            answered_ok.append(board.index)
         if took > SLOW:
             slow_by_second[int(board.begun - start)] += 1
         poller.unregister(board.sock.fileno())
@@ -217,6 +221,7 @@ def run(port: int, requests: list[bytes], seconds: float) -> dict[str, object]:
         "late_p99_ms": _percentile(late, 0.99) * ms, "late_max_ms": (late[-1] if late else 0) * ms,
         "generator_cpu_s": cpu,
         "slow_by_second": sorted(slow_by_second.items()),
+        "answered_200": sorted(answered_ok),
     }
 
 
