@@ -1,6 +1,7 @@
 """`ota serve` as a real process under the load of a large fleet (figure S3): a burst of new
 connections waits in the listen queue instead of being dropped, and every check-in answered is
-in the database after a clean stop although its records are written behind."""
+in the database after a clean stop although its records are written behind; the parsed-key
+cache never stalls the server."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from server_support import FleetKeys, SimBoard, make_bundle
 
+from ota_server.storage.sqlite import SqliteStore
 from tools.local_server import LocalServer
 
 BURST = 1000  # new connections while the server cannot accept: ~0.6 s of S3's load
@@ -105,3 +107,25 @@ def test_every_answered_checkin_is_in_the_database_after_a_clean_stop(
         db.close()
     assert inventory == [(b.device_id, 31000 + i, 1) for i, b in enumerate(boards)]
     assert offers == [(b.device_id, "offered") for b in boards]
+
+
+def test_the_key_cache_stays_bounded_one_key_at_a_time(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parsed-key cache never holds more than its bound and never empties at once (that
+    stalled the server for a part of a second at 100,000 boards)."""
+    from ota_server import device_auth
+    from signing import keys as keymod
+
+    monkeypatch.setattr(device_auth, "KEY_CACHE_SIZE", 3, raising=False)
+    store = SqliteStore(tmp_path / "db.sqlite3")
+    try:
+        auth = device_auth.DeviceAuthenticator(store)
+        points = [keymod.public_point(keymod.generate_private_key()) for _ in range(5)]
+        sizes = []
+        for point in points:
+            assert keymod.public_point(auth._public_key(point)) == point
+            sizes.append(len(auth._keys))
+        assert sizes == [1, 2, 3, 3, 3]
+        assert list(auth._keys) == points[2:]  # the newest stay
+    finally:
+        store.close()
