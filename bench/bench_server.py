@@ -1,16 +1,19 @@
-"""Server benchmarks S1-S3: `ota serve` next to nginx, measured by one load generator.
+"""Server benchmarks S1-S3: `ota serve` next to nginx, measured by load generators.
 
 S1  signed check-ins per second / nginx static responses per second of the same size
 S2  blob download MB/s / nginx MB/s, 1 MB file (median of 3 rounds, each ota serve then nginx)
-S3  10,000 simulated boards checking in over 60 s: p50, p99, errors
+S3  100,000 registered boards, one signed check-in each on a new connection, spread evenly
+    over 60 s (open loop): p50, p99, errors (non-200, timeouts, wrong bodies, and answered
+    check-ins missing from the database after the server stopped)
 
 Both servers run on 127.0.0.1 with one worker process each (`ota serve` is one process);
-the load generator is this process (asyncio + aiohttp client), with requests signed before
-the clock starts. nginx is the Debian package: `nginx` on PATH, else the .deb fetched with
+the S1/S2 load generator is this process (asyncio + aiohttp client), S3's is
+bench/checkin_load.py in a process of its own; every request is signed before the clock
+starts. nginx is the Debian package: `nginx` on PATH, else the .deb fetched with
 `apt-get download` and unpacked under .cache/nginx (nothing is installed system-wide, no
 service is started). Everything is bounded in count and time.
 
-    python bench/bench_server.py [--quick]
+    python bench/bench_server.py [--quick] [--s3-only]
 
 The last line printed is one JSON object with the figure ids.
 """
@@ -30,13 +33,16 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from checkin_load import write_requests  # noqa: E402
 from server_support import FleetKeys, make_bundle  # noqa: E402
 
 from ota_server.device_auth import sign_request  # noqa: E402
@@ -62,8 +68,8 @@ class Scale:
     s2_rounds: int = 3
 
 
-FULL = Scale(checkins=8000, concurrency=32, downloads=1000, s3_boards=10_000, s3_seconds=60.0)
-QUICK = Scale(checkins=600, concurrency=16, downloads=30, s3_boards=300, s3_seconds=3.0)
+FULL = Scale(checkins=8000, concurrency=32, downloads=1000, s3_boards=100_000, s3_seconds=60.0)
+QUICK = Scale(checkins=600, concurrency=16, downloads=30, s3_boards=3000, s3_seconds=3.0)
 
 
 # -- nginx --------------------------------------------------------------------------------------
@@ -151,12 +157,26 @@ http {{
                 self.process.wait()
 
 
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because a listen queue was full (all
+    sockets of the machine: TcpExt ListenOverflows)."""
+    lines = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines()
+             if line.startswith("TcpExt:")]
+    return int(dict(zip(lines[0], lines[1], strict=True)).get("ListenOverflows", 0))
+
+
+def cpu_split(pid: int | None) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process (Linux /proc)."""
+    if pid is None:
+        return 0.0, 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def cpu_seconds(pid: int | None) -> float:
     """User + system CPU time of a process (Linux /proc), to show who was busy in a phase."""
-    if pid is None:
-        return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(cpu_split(pid))
 
 
 def nginx_cpu(nginx: Nginx) -> float:
@@ -226,7 +246,7 @@ def register_boards(settings: Settings, prefix: str, count: int) -> list[Board]:
     boards = []
     try:
         for i in range(count):
-            board = Board(f"{prefix}-{i:05d}", keymod.generate_private_key())
+            board = Board(f"{prefix}-{i:06d}", keymod.generate_private_key())
             store.add_device(board.device_id, keymod.public_point(board.key), "unix", [],
                              "stable", bucket_of(board.device_id))
             boards.append(board)
@@ -235,15 +255,13 @@ def register_boards(settings: Settings, prefix: str, count: int) -> list[Board]:
     return boards
 
 
+CHECKIN_MEM_FREE = 60000
+
+
 def checkin_body(device_id: str) -> bytes:
     return json.dumps({"app": "demo", "version": "0.0.0", "sequence": 0, "root_version": 1,
-                       "micropython": "1.25.0", "board": "unix", "mem_free": 60000,
+                       "micropython": "1.25.0", "board": "unix", "mem_free": CHECKIN_MEM_FREE,
                        "slot": "a"}).encode()
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 # -- the phases ---------------------------------------------------------------------------------
@@ -308,50 +326,77 @@ async def _s2_round(srv: LocalServer, nginx: Nginx, boards: list[Board], sha: st
     return ota_mbs / ngx_mbs
 
 
-async def s3(srv: LocalServer, boards: list[Board], scale: Scale) -> tuple[float, float, int]:
-    """Open loop: board i checks in at i * T / N on its own connection."""
-    requests = [b.signed(srv.url, "POST", "/v1/device/checkin", checkin_body(b.device_id))
-                for b in boards]
-    latencies: list[float] = []
-    late: list[float] = []
-    slow: list[tuple[float, int]] = []
-    errors = 0
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)
-    timeout = aiohttp.ClientTimeout(total=10)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        start = time.perf_counter() + 0.5
-        step = scale.s3_seconds / len(requests)
+def board_request(port: int, board: Board, body: bytes) -> bytes:
+    """The exact bytes a board sends for one signed check-in (bootloader_py/ota/http.py and
+    client.py: one request per connection, `Connection: close`)."""
+    path = "/v1/device/checkin"
+    board.counter += 1
+    auth = sign_request(board.key, board.device_id, board.counter, "POST", path, body)
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
+            f"Authorization: {auth}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode("ascii") + body
 
-        async def board(i: int, req: Req) -> None:
-            nonlocal errors
-            await asyncio.sleep(max(0.0, start + i * step - time.perf_counter()))
-            sent = time.perf_counter()
-            late.append(sent - (start + i * step))
-            try:
-                async with session.post(req.url, data=req.body, headers=req.headers) as resp:
-                    await resp.read()
-                    if resp.status != 200:
-                        errors += 1
-            except (TimeoutError, aiohttp.ClientError):
-                errors += 1
-            latencies.append(time.perf_counter() - sent)
-            if latencies[-1] > 0.1:
-                slow.append((round(sent - start, 2), round(latencies[-1] * 1000)))
 
-        await asyncio.wait_for(asyncio.gather(*(board(i, r) for i, r in enumerate(requests))),
-                               scale.s3_seconds + PHASE_TIMEOUT)
-    p50, p99 = percentile(latencies, 0.50) * 1000, percentile(latencies, 0.99) * 1000
-    print(f"S3 ota serve: {len(requests)} boards over {scale.s3_seconds:.0f}s: "
-          f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(latencies) * 1000:.1f} ms, "
-          f"errors {errors}; generator lateness p99 {percentile(late, 0.99) * 1000:.1f} ms, "
-          f"mean {statistics.mean(late) * 1000:.1f} ms")
-    if slow:
-        per_second: dict[int, int] = {}
-        for second, _ in slow:
-            per_second[int(second)] = per_second.get(int(second), 0) + 1
-        print(f"S3 slow (> 100 ms) check-ins: {len(slow)}; by second of the run: "
-              f"{sorted(per_second.items())}")
-    return p50, p99, errors
+def s3(srv: LocalServer, boards: list[Board], envelope_size: int, work: Path,
+       scale: Scale) -> dict[str, Any]:
+    """Open loop: board i checks in at i * T / N on its own connection, sent by
+    bench/checkin_load.py in its own process; its figures, and the server's CPU in the run."""
+    requests = [board_request(srv.port, b, checkin_body(b.device_id)) for b in boards]
+    path = work / "s3-requests.bin"
+    write_requests(path, requests)
+    del requests
+    server_cpu = cpu_split(srv.pid)
+    loadavg = os.getloadavg()[0]
+    overflows = listen_overflows()
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "checkin_load.py"),
+                          "--port", str(srv.port), "--requests", str(path),
+                          "--seconds", str(scale.s3_seconds)],
+                         capture_output=True, text=True, check=False,
+                         timeout=scale.s3_seconds + PHASE_TIMEOUT)
+    if run.returncode != 0:
+        raise RuntimeError(f"S3 load generator failed ({run.returncode}):\n{run.stderr}")
+    figures: dict[str, Any] = json.loads(run.stdout.splitlines()[-1])
+    overflows = listen_overflows() - overflows
+    user, system = (after - before for after, before in zip(cpu_split(srv.pid), server_cpu,
+                                                             strict=True))
+    answered = figures["statuses"].get("200", 0)
+    if figures["body_bytes"] != answered * envelope_size:
+        figures["errors"] += 1
+        print(f"S3: {figures['body_bytes']} body bytes for {answered} answers of "
+              f"{envelope_size} B")
+    print(f"S3 ota serve: {figures['requests']} boards over {scale.s3_seconds:.0f}s, one new "
+          f"connection each: p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms, "
+          f"max {figures['max_ms']:.1f} ms, errors {figures['errors']} "
+          f"{figures['error_kinds'] or ''}; answers {figures['statuses']}")
+    print(f"S3 CPU: server {user + system:.1f}s (user {user:.1f}s, system {system:.1f}s: "
+          f"{(user + system) / len(boards) * 1e6:.0f} us per check-in), generator "
+          f"{figures['generator_cpu_s']:.1f}s; generator lateness p99 "
+          f"{figures['late_p99_ms']:.1f} ms, max {figures['late_max_ms']:.1f} ms; load average "
+          f"at the start {loadavg:.2f}; listen queue overflows (whole machine) {overflows}")
+    if figures["slow_by_second"]:
+        print(f"S3 slow (> 100 ms) check-ins by second of the run: {figures['slow_by_second']}")
+    return figures
+
+
+def not_recorded(db_path: Path, boards: list[Board]) -> list[str]:
+    """The boards of `boards` whose check-in the database does not hold (counter, last-seen,
+    the inventory they sent, the offer), read after the server stopped."""
+    store = SqliteStore(db_path)
+    try:
+        release = store.release("demo", 1)
+        assert release is not None
+        missing = []
+        for board in boards:
+            found = store.device(board.device_id)
+            if found is None or found.counter != board.counter \
+                    or found.inventory["last_seen"] is None \
+                    or found.inventory["mem_free"] != CHECKIN_MEM_FREE \
+                    or store.deployment_status(board.device_id, release.id) != "offered":
+                missing.append(board.device_id)
+        return missing
+    finally:
+        store.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -362,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--s2-concurrency", type=int, default=None,
                         help="override S2's number of connections")
     parser.add_argument("--s2-downloads", type=int, default=None, help="override S2's count")
+    parser.add_argument("--s3-only", action="store_true",
+                        help="run S3 alone (no nginx, no S1/S2 figures): for profiling")
     args = parser.parse_args(argv)
     scale = QUICK if args.quick else FULL
     if args.s2_concurrency:
@@ -389,14 +436,23 @@ def main(argv: list[str] | None = None) -> int:
         (static / "envelope.json").write_bytes(envelope)
         (static / "blob.bin").write_bytes(blob)
         sha = hashlib.sha256(blob).hexdigest()
-        with LocalServer(settings.data_dir, keys.root_path, extra_args=["--quiet"]) as srv, \
-                Nginx(static, work) as nginx:
+        figures: dict[str, Any] = {}
+        with LocalServer(settings.data_dir, keys.root_path, extra_args=["--quiet"]) as srv:
             srv.client().publish(bundle, "stable", percent=100)
-            ratio1 = asyncio.run(s1(srv, nginx, s1_boards, len(envelope), scale))
-            ratio2 = asyncio.run(s2(srv, nginx, s1_boards, sha, len(blob), scale))
-            _, p99, errors = asyncio.run(s3(srv, s3_boards, scale))
-    figures = {"S1_ratio": round(ratio1, 3), "S2_ratio": round(ratio2, 3),
-               "S3_p99_ms": round(p99, 1), "S3_errors": errors}
+            if not args.s3_only:
+                with Nginx(static, work) as nginx:
+                    ratio1 = asyncio.run(s1(srv, nginx, s1_boards, len(envelope), scale))
+                    ratio2 = asyncio.run(s2(srv, nginx, s1_boards, sha, len(blob), scale))
+                figures.update(S1_ratio=round(ratio1, 3), S2_ratio=round(ratio2, 3))
+            third = s3(srv, s3_boards, len(envelope), work, scale)
+        answered = [s3_boards[i] for i in third["answered_200"]]
+        lost = not_recorded(settings.db_path, answered)
+        print(f"S3 recorded: {len(answered) - len(lost)} of the {len(answered)} check-ins answered "
+              f"200 are in the database after the server stopped"
+              + (f"; missing: {lost[:5]}" if lost else ""))
+    errors = third["errors"] + len(lost)
+    figures.update(S3_p99_ms=round(third["p99_ms"], 1), S3_errors=errors,
+                   S3_boards=len(s3_boards))
     print(json.dumps(figures))
     return 0
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from ota_server import openapi, routes_device, routes_publisher, state
+from ota_server.counters import CounterCommits
 from ota_server.datadir import DataDirLock
 from ota_server.device_auth import DeviceAuthenticator
 from ota_server.metrics import Metrics
@@ -123,8 +124,10 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
             app[state.STORE] = store
             app[state.BLOBS] = FileBlobStore(settings.blob_dir)
             app[state.TRUST] = TrustAnchor.load(store, settings.root_path)
-            app[state.DEVICE_AUTH] = DeviceAuthenticator(store)
+            writes = app[state.BOARD_WRITES] = CounterCommits(store)
+            app[state.DEVICE_AUTH] = DeviceAuthenticator(store, writes)
             yield
+            writes.close()  # the check-in records written behind, before the store closes
         finally:
             store.close()
     finally:

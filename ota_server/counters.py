@@ -1,4 +1,4 @@
-"""Group commit of board request counters.
+"""Group commit of board request counters, and the check-in records written behind them.
 
 Every board request moves its board's counter in SQLite before it is answered (the replay
 check, docs/protocol.md). A commit costs more than the UPDATE itself, so requests that reach
@@ -13,26 +13,56 @@ the counter step in the same turn of the event loop share one transaction:
 
 Under no load a batch is one request and costs one commit, as before; under load (figures S1
 and S2 in docs/benchmarks.md) batches of a few requests share one.
+
+What a check-in records (the inventory the board reports, and `offered` for a release it is
+offered) is written behind: the check-in is answered once its counter is committed, and its
+records are queued and reach the database
+
+- in the transaction of the next counter commit of the same board, before that request is
+  handled: the board's later requests (a report after an offer) are handled with them in the
+  database (no board request reads another board's inventory or offers);
+- before a publisher request is handled (`flush`, from the auth middleware);
+- at the latest WRITE_BEHIND_SECONDS after they were queued (a timer), all of them in one
+  transaction;
+- when the server stops (`close`).
+
+So a check-in costs its counter's commit alone instead of three commits, and the records of
+many check-ins share one transaction and the pages it writes (figure S3). A process killed
+without its clean-up (SIGKILL, OOM) can lose the records of the check-ins of its last
+WRITE_BEHIND_SECONDS, never a counter, a last-seen time or anything a report wrote
+(docs/operations.md, "Data directory").
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import Any
 
 from ota_server.storage import MetadataStore
 
+WRITE_BEHIND_SECONDS = 0.25
 _Pending = tuple[str, int, "asyncio.Future[bool]"]
+log = logging.getLogger("ota_server")
 
 
 class CounterCommits:
-    """Queue counter advances and commit them together at the next turn of the loop."""
+    """Queue counter advances and commit them together at the next turn of the loop; queue
+    check-in records and write them behind (module docstring)."""
 
-    def __init__(self, store: MetadataStore):
+    def __init__(self, store: MetadataStore, write_behind: float | None = None):
         self._store = store
         self._pending: list[_Pending] = []
+        self._write_behind = WRITE_BEHIND_SECONDS if write_behind is None else write_behind
+        # Queued check-in records: the inventory fields of each board, later ones over earlier
+        # ones, and the (board, release) offers; dicts keep the order they came in.
+        self._inventories: dict[str, dict[str, Any]] = {}
+        self._offers: dict[tuple[str, int, str], None] = {}
+        self._timer: asyncio.TimerHandle | None = None
 
     async def advance(self, device_id: str, counter: int) -> bool:
-        """True when `counter` was greater than the board's last one and is now committed."""
+        """True when `counter` was greater than the board's last one and is now committed
+        (and with it every check-in record of this board queued before)."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[bool] = loop.create_future()
         if not self._pending:
@@ -40,14 +70,100 @@ class CounterCommits:
         self._pending.append((device_id, counter, done))
         return await done
 
+    def record_checkin(self, device_id: str, inventory: dict[str, Any],
+                       offered: int | None, channel: str = "") -> None:
+        """Queue a check-in's records: overwrite the board's `inventory` fields, and when
+        `offered` is a release id, mark that release offered to the board by `channel` unless
+        it already has a deployment of it. Written behind (module docstring); never raises."""
+        self._inventories.setdefault(device_id, {}).update(inventory)
+        if offered is not None:
+            self._offers[(device_id, offered, channel)] = None
+        self._arm()
+
+    def flush(self) -> None:
+        """Write every queued check-in record now. Raises the store's error when that fails;
+        the records stay queued then."""
+        inventories, offers = self._take_records()
+        if not inventories and not offers:
+            return
+        try:
+            self._store.write_checkins(inventories, offers)
+        except BaseException:
+            self._requeue(inventories, offers)
+            raise
+
+    def close(self) -> None:
+        """Write what is queued (at shutdown, before the store closes); raises as flush."""
+        self.flush()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    @property
+    def queued(self) -> int:
+        """Check-in records waiting to be written (boards with inventory, plus offers)."""
+        return len(self._inventories) + len(self._offers)
+
+    def _take_records(self) -> tuple[list[tuple[str, dict[str, Any]]],
+                                     list[tuple[str, int, str]]]:
+        inventories, offers = list(self._inventories.items()), list(self._offers)
+        self._inventories, self._offers = {}, {}
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return inventories, offers
+
+    def _requeue(self, inventories: list[tuple[str, dict[str, Any]]],
+                 offers: list[tuple[str, int, str]]) -> None:
+        """Put records that failed to be written back, under anything queued since."""
+        newer, self._inventories = self._inventories, {}
+        for device_id, fields in inventories:
+            self._inventories[device_id] = dict(fields)
+        for device_id, fields in newer.items():
+            self._inventories.setdefault(device_id, {}).update(fields)
+        self._offers = dict.fromkeys([*offers, *self._offers])
+        self._arm()
+
+    def _arm(self) -> None:
+        """Start the write-behind timer unless it runs (or no loop does: then only flush and
+        close write the records)."""
+        if self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._timer = loop.call_later(self._write_behind, self._flush_on_timer)
+
+    def _flush_on_timer(self) -> None:
+        self._timer = None
+        try:
+            self.flush()
+        except Exception:  # kept queued and tried again; the log says why
+            log.exception("check-in records (%d queued) not written; retrying in %.1fs",
+                          self.queued, self._write_behind)
+
     def _commit(self) -> None:
         batch, self._pending = self._pending, []
         advances = [(device_id, counter) for device_id, counter, _ in batch]
+        # A board's queued records go in with its own next counter (all queued ones then: one
+        # transaction either way); other boards' wait for the timer.
+        inventories: list[tuple[str, dict[str, Any]]] = []
+        offers: list[tuple[str, int, str]] = []
+        if not self._inventories.keys().isdisjoint(device_id for device_id, _ in advances):
+            inventories, offers = self._take_records()
         try:
-            if len(advances) == 1:  # autocommit: one statement is one transaction
-                accepted = [self._store.advance_counter(*advances[0])]
+            if inventories or offers:
+                try:
+                    accepted = self._store.write_checkins(inventories, offers, advances)
+                except Exception:
+                    # Whatever failed, the counters must not wait on the records: they go back
+                    # to the queue and the counters are tried alone.
+                    self._requeue(inventories, offers)
+                    log.exception("check-in records (%d queued) not written with the counters",
+                                  self.queued)
+                    accepted = self._advance(advances)
             else:
-                accepted = self._store.advance_counters(advances)
+                accepted = self._advance(advances)
         except Exception as err:  # the whole batch rolled back: nobody's counter moved
             for _, _, done in batch:
                 if not done.done():
@@ -56,3 +172,8 @@ class CounterCommits:
         for (_, _, done), ok in zip(batch, accepted, strict=True):
             if not done.done():  # a request cancelled meanwhile (client gone): nothing to tell
                 done.set_result(ok)
+
+    def _advance(self, advances: list[tuple[str, int]]) -> list[bool]:
+        if len(advances) == 1:  # autocommit: one statement is one transaction
+            return [self._store.advance_counter(*advances[0])]
+        return self._store.advance_counters(advances)

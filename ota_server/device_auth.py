@@ -28,6 +28,10 @@ REQUEST_CONTEXT = b"mpota-req-v1"
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 _PARAM = re.compile(r"^(id|ctr|sig)=([^,\s]+)$")
 _MAX_COUNTER = 2**63 - 1  # SQLite INTEGER
+# Parsed public keys kept (a board's later requests skip the point check). Bounded, and
+# trimmed one key at a time: emptying 100,000 keys at once stopped the event loop for a
+# noticeable part of a second under S3's load (figure S3, docs/benchmarks.md).
+KEY_CACHE_SIZE = 100_000
 _DECIMAL = re.compile(r"[0-9]{1,19}")
 
 
@@ -98,17 +102,17 @@ def sign_request(private_key: PrivateKey, device_id: str, counter: int, method: 
 class DeviceAuthenticator:
     """Verifies board requests against the registry; caches parsed public keys by point."""
 
-    def __init__(self, store: MetadataStore):
+    def __init__(self, store: MetadataStore, counters: CounterCommits | None = None):
         self._store = store
         self._keys: dict[bytes, PublicKey] = {}
-        self._counters = CounterCommits(store)
+        self._counters = CounterCommits(store) if counters is None else counters
 
     def _public_key(self, point: bytes) -> PublicKey:
         key = self._keys.get(point)
         if key is None:
             key = public_key_from_point(point)
-            if len(self._keys) > 100_000:  # bound the cache; a rebuild is cheap
-                self._keys.clear()
+            if len(self._keys) >= KEY_CACHE_SIZE:  # the oldest goes; a re-parse is cheap
+                del self._keys[next(iter(self._keys))]
             self._keys[point] = key
         return key
 

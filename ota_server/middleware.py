@@ -95,6 +95,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     if kind == "publisher":
         _require_publisher(request)
+        # Publishers see every check-in answered so far (ota_server.counters writes behind).
+        request.app[state.BOARD_WRITES].flush()
         return await handler(request)
     if kind == "device":
         await _authenticate_device(request)

@@ -68,21 +68,21 @@ async def checkin(request: web.Request) -> web.Response:
         "slot": None if slot is None else str(slot),
     }
     store = request.app[state.STORE]
-    # `found` was read just before the counter moved; write only what changed (last_seen
-    # moved with the counter).
-    changed = {k: v for k, v in inventory.items() if found.inventory.get(k) != v}
-    store.record_checkin(found.device_id, changed)
     headers = {}
     latest = request.app[state.TRUST].latest.version
     if root_version is not None and latest > root_version:
         headers["X-Ota-Root"] = str(latest)
     metrics = request.app[state.METRICS]
     offer = rollout.release_for(store, found, app_name, sequence or 0, board or found.board)
+    # Written behind (ota_server.counters): in the database before any later request is
+    # handled. The whole inventory, not what differs from `found`: `found` was read before
+    # the counter commit that wrote this board's queued records (last_seen moved with it).
+    request.app[state.BOARD_WRITES].record_checkin(found.device_id, inventory,
+                                                   None if offer is None else offer.id,
+                                                   found.channel)
     if offer is None:
         metrics.inc("mpota_checkins_total", outcome="nothing_new")
         return web.Response(status=204, headers=headers)
-    if store.deployment_status(found.device_id, offer.id) is None:
-        store.open_deployment_for(found.device_id, offer.id, found.channel)
     metrics.inc("mpota_checkins_total", outcome="offered")
     return web.Response(body=_envelope(request.app, offer.id), content_type=ENVELOPE_TYPE,
                         headers=headers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ota_server.counters import CounterCommits
 from ota_server.device_auth import DeviceAuthenticator
 from ota_server.metrics import Metrics
 from ota_server.settings import Settings
@@ -18,6 +19,7 @@ STORE = web.AppKey("store", SqliteStore)
 BLOBS = web.AppKey("blobs", FileBlobStore)
 TRUST = web.AppKey("trust", TrustAnchor)
 DEVICE_AUTH = web.AppKey("device_auth", DeviceAuthenticator)
+BOARD_WRITES = web.AppKey("board_writes", CounterCommits)
 METRICS = web.AppKey("metrics", Metrics)
 TLS = web.AppKey("tls", ServerTls)
 ENVELOPES = web.AppKey("envelopes", dict[int, bytes])

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from server_support import FleetKeys, ServerEnv, SimBoard, new_data_dir
 
+from ota_server import state
 from ota_server.app import create_app
 from ota_server.counters import CounterCommits
 from ota_server.device_auth import sign_request
@@ -119,3 +120,155 @@ async def test_concurrent_replays_over_http_pass_once(aiohttp_client, tmp_path: 
     fresh = {"Authorization": sign_request(board.key, board.device_id, 6, method, path, body)}
     again = await env.client.request(method, path, data=body or None, headers=fresh)
     assert again.status in (200, 204)
+
+
+# -- check-in records written behind ---------------------------------------------------------
+
+INVENTORY = {"app": "demo", "version": "1.0.0", "sequence": 1, "root_version": 1,
+             "micropython": "1.25.0", "mem_free": 4321, "slot": "b"}
+
+
+def _records(path: Path) -> dict[str, object]:
+    """Inventory and deployments as another connection sees them: what survives a restart."""
+    db = sqlite3.connect(path)
+    try:
+        return {
+            "inventory": db.execute("SELECT device_id, version, mem_free, slot FROM devices "
+                                    "WHERE version IS NOT NULL ORDER BY 1").fetchall(),
+            "deployments": db.execute("SELECT device_id, release_id, status FROM deployments "
+                                      "ORDER BY 1, 2").fetchall(),
+        }
+    finally:
+        db.close()
+
+
+def _release(store: SqliteStore) -> int:
+    return store.add_release("demo", "1.0.0", 1, ["unix"], b"{}", []).id
+
+
+async def test_queued_records_go_into_the_boards_next_counter_commit(tmp_path: Path) -> None:
+    store = _store(tmp_path, "b1", "b2")
+    release = _release(store)
+    transactions: list[tuple[int, int, int]] = []
+    write = store.write_checkins
+
+    def counting(inventories, offers, advances=()):  # the real store, counted
+        transactions.append((len(inventories), len(offers), len(advances)))
+        return write(inventories, offers, advances)
+
+    store.write_checkins = counting  # type: ignore[method-assign]
+    db = tmp_path / "db.sqlite3"
+    try:
+        counters = CounterCommits(store, write_behind=3600)  # no timer in this test
+        counters.record_checkin("b1", INVENTORY, release)
+        counters.record_checkin("b1", {"mem_free": 999}, release)  # later fields win
+        assert _records(db) == {"inventory": [], "deployments": []}  # queued, not written
+        # another board's request: its counter alone, b1's records wait (for the timer)
+        assert await counters.advance("b2", 1) is True
+        assert transactions == []
+        assert _records(db) == {"inventory": [], "deployments": []}
+        assert _counters(db)["b2"] == 1
+        # b1's next request: its counter and its records in one transaction, before it goes on
+        assert await counters.advance("b1", 1) is True
+        assert transactions == [(1, 1, 1)]
+        assert _records(db) == {"inventory": [("b1", "1.0.0", 999, "b")],
+                                "deployments": [("b1", release, "offered")]}
+        assert _counters(db)["b1"] == 1
+        assert counters.queued == 0
+    finally:
+        store.close()
+
+
+async def test_an_offer_never_overwrites_a_later_deployment_status(tmp_path: Path) -> None:
+    store = _store(tmp_path, "b1")
+    release = _release(store)
+    try:
+        counters = CounterCommits(store, write_behind=3600)
+        counters.record_checkin("b1", INVENTORY, release)
+        # the board's report is written at once (after its own counter commit, which writes
+        # the offer first); an offer queued again afterwards must not undo it
+        assert await counters.advance("b1", 1) is True
+        store.set_deployment("b1", release, "downloading")
+        counters.record_checkin("b1", INVENTORY, release)
+        counters.flush()
+        assert _records(tmp_path / "db.sqlite3")["deployments"] == [("b1", release, "downloading")]
+    finally:
+        store.close()
+
+
+async def test_queued_records_are_written_within_the_window_without_other_requests(
+        tmp_path: Path) -> None:
+    store = _store(tmp_path, "b1")
+    release = _release(store)
+    db = tmp_path / "db.sqlite3"
+    try:
+        counters = CounterCommits(store, write_behind=0.2)
+        counters.record_checkin("b1", INVENTORY, release)
+        assert _records(db)["inventory"] == []
+        deadline = asyncio.get_running_loop().time() + 5.0  # the window plus a busy machine
+        while _records(db)["inventory"] == [] and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert _records(db) == {"inventory": [("b1", "1.0.0", 4321, "b")],
+                                "deployments": [("b1", release, "offered")]}
+    finally:
+        store.close()
+
+
+async def test_records_survive_a_failed_counter_batch_and_counters_go_on_alone(
+        tmp_path: Path) -> None:
+    store = _store(tmp_path, "b1", "b2")
+    release = _release(store)
+    db = sqlite3.connect(tmp_path / "db.sqlite3")
+    db.execute("CREATE TRIGGER refuse BEFORE UPDATE OF mem_free ON devices "
+               "WHEN NEW.mem_free = 666 BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    db.commit()
+    db.close()
+    try:
+        counters = CounterCommits(store, write_behind=3600)
+        counters.record_checkin("b1", {**INVENTORY, "mem_free": 666}, release)
+        # the records cannot be written: the counter still moves, the records stay queued
+        assert await counters.advance("b1", 5) is True
+        assert _counters(tmp_path / "db.sqlite3")["b1"] == 5
+        assert counters.queued == 2
+        assert _records(tmp_path / "db.sqlite3") == {"inventory": [], "deployments": []}
+        counters.record_checkin("b1", {"mem_free": 7}, None)  # newer fields over the old
+        counters.flush()
+        assert _records(tmp_path / "db.sqlite3") == {
+            "inventory": [("b1", "1.0.0", 7, "b")], "deployments": [("b1", release, "offered")]}
+    finally:
+        store.close()
+
+
+async def test_shutdown_writes_every_answered_checkin(aiohttp_client, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing acknowledged is lost at a clean stop: the app's clean-up writes what is queued
+    (the window is an hour here, so only the clean-up can have written it)."""
+    monkeypatch.setattr("ota_server.counters.WRITE_BEHIND_SECONDS", 3600.0)
+    keys = FleetKeys.create(tmp_path)
+    settings, token = new_data_dir(tmp_path)
+    settings = replace(settings, root_path=keys.root_path)
+    client = await aiohttp_client(create_app(settings))
+    env = ServerEnv(client, settings, token, keys, tmp_path)
+    boards = [await env.add_board(SimBoard(f"board-{i}")) for i in range(3)]
+    await env.publish({"app_main.py": b"print(1)\n"}, version="1.0.0", sequence=1)
+    await env.start_rollout("stable", "demo", 1, percent=100)
+    for board in boards:
+        assert (await env.checkin(board, version="0.9.0", mem_free=1000)).status == 200
+    queued = env.app[state.BOARD_WRITES].queued
+    assert queued >= 2  # the last check-ins are still queued: written behind
+    await client.close()  # the app's clean-up runs
+    got = _records(settings.db_path)
+    assert got["inventory"] == [(b.device_id, "0.9.0", 1000, "a") for b in boards]
+    assert got["deployments"] == [(b.device_id, 1, "offered") for b in boards]
+
+
+async def test_publishers_see_every_answered_checkin(env) -> None:
+    """A publisher request writes the queued records first: no window for API readers."""
+    board = await env.add_board(SimBoard("seen-1"))
+    await env.publish({"app_main.py": b"print(1)\n"}, version="1.0.0", sequence=1)
+    await env.start_rollout("stable", "demo", 1, percent=100)
+    assert (await env.checkin(board, mem_free=2222)).status == 200
+    assert env.app[state.BOARD_WRITES].queued > 0
+    shown = await (await env.client.get("/v1/devices/seen-1", headers=env.bearer)).json()
+    assert shown["mem_free"] == 2222
+    assert (await env.rollout())["counts"]["offered"] == 1

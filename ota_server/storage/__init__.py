@@ -100,6 +100,14 @@ class MetadataStore(Protocol):
         """Overwrite the given inventory fields."""
         ...
 
+    def write_checkins(self, inventories: Sequence[tuple[str, dict[str, Any]]],
+                       offers: Sequence[tuple[str, int, str]],
+                       advances: Sequence[tuple[str, int]] = ()) -> list[bool]:
+        """In one transaction: record_checkin for each, `offered` for each (device_id,
+        release_id) without a deployment yet, then advance_counter for each advance in order
+        (ota_server.counters writes check-in records behind with it)."""
+        ...
+
 
     # channels, rollouts, deployments
     def base_release(self, channel: str) -> Release | None: ...

@@ -28,6 +28,10 @@ _INVENTORY = ("app", "version", "sequence", "root_version", "micropython", "mem_
 _ADVANCE_COUNTER = ("UPDATE devices SET counter = ?, last_seen = ? "
                     "WHERE device_id = ? AND counter < ?")
 _RELEASE_COLUMNS = "id, app, version, sequence, boards, created, expires"
+# A check-in's offer, with the channel that made it (the report rules count per channel):
+# recorded unless the board already has a deployment of the release.
+_OFFER = ("INSERT INTO deployments (device_id, release_id, status, updated, channel) "
+          "VALUES (?, ?, 'offered', ?, ?) ON CONFLICT(device_id, release_id) DO NOTHING")
 _DEVICE_COLUMNS = ("device_id, public_key, board, tags, channel, bucket, counter, created, "
                    "revoked, " + ", ".join(_INVENTORY))
 
@@ -325,6 +329,22 @@ class SqliteStore:
         of a counter write) for the lot; either all of them are durable or none is."""
         now = _now()
         with self._tx():
+            return [self._db.execute(_ADVANCE_COUNTER, (counter, now, device_id, counter))
+                    .rowcount == 1 for device_id, counter in advances]
+
+    def write_checkins(self, inventories: Sequence[tuple[str, dict[str, Any]]],
+                       offers: Sequence[tuple[str, int, str]],
+                       advances: Sequence[tuple[str, int]] = ()) -> list[bool]:
+        """In one transaction: record_checkin for each (device_id, inventory) in order, mark
+        each (device_id, release_id, channel) of `offers` offered unless the board already has a
+        deployment of it, then advance_counter for each of `advances` in order; the outcomes
+        of the advances. Either all of it is durable or none is."""
+        now = _now()
+        with self._tx():
+            for device_id, inventory in inventories:
+                self.record_checkin(device_id, inventory)
+            self._db.executemany(_OFFER, [(device_id, release_id, now, channel)
+                                          for device_id, release_id, channel in offers])
             return [self._db.execute(_ADVANCE_COUNTER, (counter, now, device_id, counter))
                     .rowcount == 1 for device_id, counter in advances]
 
