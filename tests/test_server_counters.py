@@ -143,7 +143,7 @@ def _records(path: Path) -> dict[str, object]:
 
 
 def _release(store: SqliteStore) -> int:
-    return store.add_release("demo", "1.0.0", 1, ["unix"], b"{}", []).id
+    return store.add_release("demo", "1.0.0", 1, ["unix"], b"{}", [], 2**31).id
 
 
 async def test_queued_records_go_into_the_boards_next_counter_commit(tmp_path: Path) -> None:
