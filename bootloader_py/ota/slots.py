@@ -30,7 +30,7 @@ _LINE = const(309)
 _DIR = const(0x4000)
 
 # A file entry as read from a list: a tuple (path, sha256, size, encoding, blob, transfer_size).
-# Private consts, repeated in update.py (tests/test_board_update.py checks they agree): a public
+# Private consts, repeated in update.py (tests/test_board_files.py checks they agree): a public
 # name would be a qstr for good, and an update sits a few qstrs below the pool's next doubling
 # (docs/board.md, Memory budget).
 _PATH = const(0)

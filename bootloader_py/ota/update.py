@@ -47,13 +47,16 @@ def stage(sess, st, buf, manifest):
             _fetch(sess, todo[:_PACK_MAX], root, buf)
             todo = todo[_PACK_MAX:]
         # The transfer is over: its code goes before the check loads the manifest reader
-        # (a `failed` report loads them again). The peak of an update is here (docs/board.md).
+        # (a `failed` report loads them again). The peak of an update was here (docs/board.md).
         import ota
         ota.forget("http")
         ota.forget("p256")
         check_slot(manifest, root, buf)
     finally:
         slots.remove(manifest)
+        import ota
+        ota.forget("jscan")  # check_slot's reader: a `failed` report loads http and p256 again
+        ota.forget("trust")
     slots.adopt(target)
     return target
 
