@@ -14,6 +14,7 @@ from tools.board_files import (
     InitialApp,
     board_files,
     client_files,
+    client_romfs,
     code_size,
     install_board,
     read_state,
@@ -50,6 +51,35 @@ def test_mpy_client_compiles_every_module_and_boots(tmp_path, micropython):
     install_board(flash, CONFIG, b"\x05" * 32, b"{}", mpy=True, app=APP)
     result = VirtualBoard(flash, micropython=micropython).run(max_boots=1, timeout=30)
     assert result.ended == "exit" and "APP 1.0.0" in result.output, result.output
+
+
+def test_each_client_mpy_names_the_path_the_board_imports_it_from():
+    # MicroPython interns the import path as a qstr; a source name equal to it costs no second
+    # qstr per module (~18 in an update: docs/board.md, Memory budget)
+    compiled = client_files(mpy=True)
+    rom = client_romfs()
+    modules = [p[len("/ota/"):-len(".mpy")] for p in compiled if p.endswith(".mpy")]
+    assert "client" in modules and "update" in modules
+    for name in modules:
+        code = compiled[f"/ota/{name}.mpy"]
+        assert f"ota/{name}.mpy".encode() in code and f"{name}.py".encode() not in code
+        assert f"/rom/ota/{name}.mpy".encode() in rom and f"{name}.py".encode() not in rom
+
+
+def test_update_repeats_the_entry_fields_of_slots():
+    # update.py repeats slots.py's private consts for the fields of an entry tuple
+    import re
+
+    from tools.board_files import BOOTLOADER_DIR
+
+    def fields(module: str) -> dict[str, str]:
+        text = (BOOTLOADER_DIR / "ota" / module).read_text()
+        return dict(re.findall(r"^(_[A-Z]+) = const\((\d+)\)$", text, re.M))
+
+    wanted = {"_PATH", "_SHA", "_SIZE", "_ENCODING", "_BLOB", "_TRANSFER"}
+    slots, update = fields("slots.py"), fields("update.py")
+    assert wanted <= set(slots)
+    assert {k: slots[k] for k in wanted} == {k: update[k] for k in wanted}
 
 
 def test_installed_board_has_a_private_key_file_and_a_confirmed_slot_a(tmp_path):

@@ -35,6 +35,7 @@ from tools.virtual_board.board import rom_image_path
 
 BOOTLOADER_DIR = PROJECT_ROOT / "bootloader_py"
 CLIENT_PACKAGE = "ota"
+ROM_MOUNT = "/rom"  # where the "romfs" layout's partition is mounted (bootloader_py/boot.py)
 # Paths on the board's flash; bootloader_py/ota/{config,auth,client,state,slots}.py agree.
 CONFIG_PATH = "/ota/config.json"
 KEY_PATH = "/ota/device.key"
@@ -220,9 +221,13 @@ def _app_files(app: InitialApp) -> dict[str, bytes]:
     return out
 
 
-def _compile_client_module(source: Path) -> bytes:
+def _compile_client_module(source: Path, directory: str) -> bytes:
+    """`source` as .mpy whose file name (tracebacks, `__file__`) is the path the board imports
+    it from, `directory` + "/<module>.mpy": MicroPython interns that path as a qstr when it
+    imports the module, so the name costs no second qstr (one per module, ~18 in an update:
+    docs/board.md, Memory budget)."""
     try:
-        return cached_mpy(source, source.name)
+        return cached_mpy(source, f"{directory}/{source.stem}.mpy")
     except BundleError as err:
         raise BoardFilesError(str(err)) from None
 
@@ -253,7 +258,7 @@ def client_files(mpy: bool = False, client: ClientLayout = "files") -> dict[str,
     for source in _client_sources():
         name = f"/{CLIENT_PACKAGE}/{source.name}"
         if mpy:
-            out[name[:-3] + ".mpy"] = _compile_client_module(source)
+            out[name[:-3] + ".mpy"] = _compile_client_module(source, CLIENT_PACKAGE)
         else:
             out[name] = source.read_bytes()
     return out
@@ -271,7 +276,8 @@ def client_romfs() -> bytes:
     writer = VfsRomWriter()
     writer.opendir(CLIENT_PACKAGE)
     for source in _client_sources():
-        writer.mkfile(source.stem + ".mpy", _compile_client_module(source))
+        writer.mkfile(source.stem + ".mpy",
+                      _compile_client_module(source, f"{ROM_MOUNT}/{CLIENT_PACKAGE}"))
     writer.closedir()
     return bytes(writer.finalise())
 

@@ -13,16 +13,10 @@ from micropython import const
 
 from ota import trust as t
 
-_MAX_SIZE = (1 << 64) - 1  # a big int on every port: not a const
 _MAX_DIRS = const(64)  # directories whose keys are kept (a real app has a handful)
-
-_SEMVER = re.compile(
-    "(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)"
-    "(-[0-9A-Za-z-]+(\\.[0-9A-Za-z-]+)*)?(\\+[0-9A-Za-z-]+(\\.[0-9A-Za-z-]+)*)?$"
-)
-_MP_VERSION = re.compile("[0-9]+\\.[0-9]+(\\.[0-9]+)?$")
-_MODULE = re.compile("[A-Za-z_][A-Za-z0-9_]*(\\.[A-Za-z_][A-Za-z0-9_]*)*$")
-_NAME = re.compile("[A-Za-z0-9][A-Za-z0-9._-]*$")
+# The field patterns are written where they are used, compiled there (once per manifest): a
+# module-level name is a qstr for good, and an update sits a few qstrs below the qstr pool's
+# next step (docs/board.md, Memory budget).
 
 
 def check_path(path):
@@ -54,7 +48,7 @@ def check_path(path):
 
 def _matching(obj, name, pattern, what, where="manifest"):
     value = t._field(obj, name, str, where)
-    if not pattern.match(value):
+    if not re.match(pattern, value):  # pattern: a regular expression's source
         t.fail(where + ": '" + name + "' is not " + what)
     return value
 
@@ -91,7 +85,8 @@ def _check_file(entry, index):
         _bad_file("'" + path + "'", "'sha256' and 'blob' must be 64 lowercase hex digits")
     if type(size) is not int or size < 0 or type(transfer) is not int or transfer < 0:
         _bad_file("'" + path + "'", "'size' and 'transfer_size' must be integers >= 0")
-    if size > _MAX_SIZE or transfer > _MAX_SIZE:  # the host's MAX_FILE_SIZE: 20 digits at most
+    # the host's MAX_FILE_SIZE, 2**64 - 1 (20 digits at most): a big int, so not a const
+    if size > 0xFFFFFFFFFFFFFFFF or transfer > 0xFFFFFFFFFFFFFFFF:
         _bad_file("'" + path + "'", "'size' and 'transfer_size' must be <= 2**64 - 1")
     if encoding == "plain":
         if blob != sha or transfer != size:
@@ -106,10 +101,14 @@ def _check_head(doc):
     """The top-level fields but `files`, in the host's order (Manifest.from_payload)."""
     if type(doc) is not dict or doc.get("_type") != "manifest":
         t.fail("manifest: not a manifest document (_type must be 'manifest')")
-    app = _matching(doc, "app", _NAME, "an app name ([A-Za-z0-9._-], 1..64)")
+    app = _matching(doc, "app", "[A-Za-z0-9][A-Za-z0-9._-]*$",
+                    "an app name ([A-Za-z0-9._-], 1..64)")
     if len(app) > 64:
         t.fail("manifest: 'app' is not an app name ([A-Za-z0-9._-], 1..64)")
-    _matching(doc, "version", _SEMVER, "a semantic version (MAJOR.MINOR.PATCH)")
+    _matching(doc, "version",
+              "(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)"
+              "(-[0-9A-Za-z-]+(\\.[0-9A-Za-z-]+)*)?(\\+[0-9A-Za-z-]+(\\.[0-9A-Za-z-]+)*)?$",
+              "a semantic version (MAJOR.MINOR.PATCH)")
     t._count(doc, "sequence", "manifest")
     t._count(doc, "created", "manifest")
     t._count(doc, "expires", "manifest")
@@ -119,8 +118,9 @@ def _check_head(doc):
     for b in boards:
         if type(b) is not str or not b:
             t.fail("manifest: 'boards' must be a non-empty list of names")
-    _matching(doc, "min_micropython", _MP_VERSION, "a version like 1.20.0")
-    _matching(doc, "entry", _MODULE, "a module name")
+    _matching(doc, "min_micropython", "[0-9]+\\.[0-9]+(\\.[0-9]+)?$", "a version like 1.20.0")
+    _matching(doc, "entry", "[A-Za-z_][A-Za-z0-9_]*(\\.[A-Za-z_][A-Za-z0-9_]*)*$",
+              "a module name")
 
 
 def _too_many(count):

@@ -30,12 +30,15 @@ _LINE = const(309)
 _DIR = const(0x4000)
 
 # A file entry as read from a list: a tuple (path, sha256, size, encoding, blob, transfer_size).
-PATH = const(0)
-SHA = const(1)
-SIZE = const(2)
-ENCODING = const(3)
-BLOB = const(4)
-TRANSFER = const(5)
+# Private consts, repeated in update.py (tests/test_board_files.py checks they agree): a public
+# name would be a qstr for good, and an update sits a few qstrs below the pool's next doubling
+# (docs/board.md, Memory budget).
+_PATH = const(0)
+_SHA = const(1)
+_SIZE = const(2)
+_ENCODING = const(3)
+_BLOB = const(4)
+_TRANSFER = const(5)
 
 
 def list_path(slot):
@@ -160,7 +163,7 @@ def hash_file(path, buf):
 def listed(path):
     """True when the offer list names `path` (a scan: lists are never held in the heap)."""
     for _, e in entries(OFFER):
-        if e[PATH] == path:
+        if e[_PATH] == path:
             return True
     return False
 
@@ -168,7 +171,7 @@ def listed(path):
 def _listed_dir(rel):
     prefix = rel + "/"
     for _, e in entries(OFFER):
-        if e[PATH].startswith(prefix):
+        if e[_PATH].startswith(prefix):
             return True
     return False
 
@@ -236,7 +239,7 @@ def clear_parts():
 
 def _needs_blob(blob):
     for _, e in entries(OFFER):
-        if e[BLOB] == blob:
+        if e[_BLOB] == blob:
             return True
     return False
 
@@ -249,8 +252,8 @@ def find_sha(path, sha):
     """
     try:
         for _, e in entries(path):
-            if e[SHA] == sha:
-                return e[PATH]
+            if e[_SHA] == sha:
+                return e[_PATH]
     except UpdateFailed:
         remove(path)
         raise

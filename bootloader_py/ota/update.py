@@ -12,9 +12,16 @@ from micropython import const
 
 from ota import slots, state
 from ota.fail import HttpError, UpdateFailed
-from ota.slots import BLOB, ENCODING, OFFER, PATH, SHA, SIZE, TRANSFER
+from ota.slots import OFFER
 
 _PACK_MAX = const(32)  # blobs per request: keeps the request line under 2.2 KB
+# The fields of slots' entry tuples: slots.py's own consts, repeated (private names cost no qstr)
+_PATH = const(0)
+_SHA = const(1)
+_SIZE = const(2)
+_ENCODING = const(3)
+_BLOB = const(4)
+_TRANSFER = const(5)
 
 
 def stage(sess, st, buf, manifest):
@@ -34,14 +41,22 @@ def stage(sess, st, buf, manifest):
         olds = slots.list_path(st.active)
         todo = []
         for at, e in slots.entries(OFFER):
-            if not _placed(e, root + "/" + e[PATH], active, olds, buf):
+            if not _placed(e, root + "/" + e[_PATH], active, olds, buf):
                 todo.append(at)
         while todo:
             _fetch(sess, todo[:_PACK_MAX], root, buf)
             todo = todo[_PACK_MAX:]
+        # The transfer is over: its code goes before the check loads the manifest reader
+        # (a `failed` report loads them again). The peak of an update was here (docs/board.md).
+        import ota
+        ota.forget("http")
+        ota.forget("p256")
         check_slot(manifest, root, buf)
     finally:
         slots.remove(manifest)
+        import ota
+        ota.forget("jscan")  # check_slot's reader: a `failed` report loads http and p256 again
+        ota.forget("trust")
     slots.adopt(target)
     return target
 
@@ -73,10 +88,10 @@ def check_slot(manifest, root, buf):
             e = (m["path"], m["sha256"], m["size"], m["encoding"], m["blob"],
                  m["transfer_size"])
             m = None
-            dest = root + "/" + e[PATH]
-            if slots.hash_file(dest, buf) != (e[SHA], e[SIZE]) and not _twin(e, dest, root, buf):
-                raise UpdateFailed("verify failed: " + e[PATH])
-            keys.add(slots.path_key(e[PATH]))
+            dest = root + "/" + e[_PATH]
+            if slots.hash_file(dest, buf) != (e[_SHA], e[_SIZE]) and not _twin(e, dest, root, buf):
+                raise UpdateFailed("verify failed: " + e[_PATH])
+            keys.add(slots.path_key(e[_PATH]))
             count += 1
     except trust.TrustError as err:
         raise UpdateFailed("manifest: " + str(err))
@@ -91,13 +106,13 @@ def check_slot(manifest, root, buf):
 
 def _placed(e, dest, active, olds, buf):
     """True when dest now holds the file: already there, or copied from the active slot."""
-    if slots.hash_file(dest, buf) == (e[SHA], e[SIZE]):
+    if slots.hash_file(dest, buf) == (e[_SHA], e[_SIZE]):
         return True  # an earlier attempt already put it here
     slots.makedirs(dest)
-    src = slots.find_sha(olds, e[SHA])
+    src = slots.find_sha(olds, e[_SHA])
     if src is not None:
         try:
-            if slots.copy_verified(active + src, dest, e[SHA], e[SIZE], buf):
+            if slots.copy_verified(active + src, dest, e[_SHA], e[_SIZE], buf):
                 return True
         except OSError:
             pass  # the active copy is unreadable: download instead
@@ -107,15 +122,15 @@ def _placed(e, dest, active, olds, buf):
 def _twin(e, dest, root, buf):
     """Copy dest from another file of the new slot with the same content (a shared blob)."""
     for _, other in slots.entries(OFFER):
-        if other[SHA] == e[SHA] and other[PATH] != e[PATH]:
-            src = root + "/" + other[PATH]
-            if slots.hash_file(src, buf) == (e[SHA], e[SIZE]):
-                return slots.copy_verified(src, dest, e[SHA], e[SIZE], buf)
+        if other[_SHA] == e[_SHA] and other[_PATH] != e[_PATH]:
+            src = root + "/" + other[_PATH]
+            if slots.hash_file(src, buf) == (e[_SHA], e[_SIZE]):
+                return slots.copy_verified(src, dest, e[_SHA], e[_SIZE], buf)
     return False
 
 
 def _part(e):
-    return slots.PART_DIR + "/" + e[BLOB]
+    return slots.PART_DIR + "/" + e[_BLOB]
 
 
 def _fetch(sess, todo, root, buf):
@@ -126,9 +141,9 @@ def _fetch(sess, todo, root, buf):
     for at in todo:
         e = slots.entry_at(OFFER, at)
         n = slots.size(_part(e))
-        if n == e[TRANSFER] and slots.hash_file(_part(e), buf)[0] == e[BLOB]:
-            _unpack(e, root + "/" + e[PATH], buf)  # downloaded before a reset cut in
-        elif 0 < n < e[TRANSFER] and first is None:
+        if n == e[_TRANSFER] and slots.hash_file(_part(e), buf)[0] == e[_BLOB]:
+            _unpack(e, root + "/" + e[_PATH], buf)  # downloaded before a reset cut in
+        elif 0 < n < e[_TRANSFER] and first is None:
             first, have = at, n
         else:
             slots.remove(_part(e))
@@ -138,7 +153,7 @@ def _fetch(sess, todo, root, buf):
     todo = []
     ids = []
     for at in pending:  # a blob two files share travels once; stage() copies the second
-        blob = slots.entry_at(OFFER, at)[BLOB]
+        blob = slots.entry_at(OFFER, at)[_BLOB]
         if blob not in ids:
             ids.append(blob)
             todo.append(at)
@@ -146,7 +161,7 @@ def _fetch(sess, todo, root, buf):
     if not todo:
         return
     extra = "Range: bytes=%d-\r\n" % have if have else ""
-    name = slots.entry_at(OFFER, todo[0])[PATH]
+    name = slots.entry_at(OFFER, todo[0])[_PATH]
     try:
         resp = sess.request("GET", "/v1/device/pack?blobs=" + ",".join(ids), b"", extra)
     except HttpError as e:
@@ -160,15 +175,15 @@ def _fetch(sess, todo, root, buf):
             raise UpdateFailed("blob %s: http %d" % (name, resp.status))
         total = -have
         for at in todo:
-            total += slots.entry_at(OFFER, at)[TRANSFER]
+            total += slots.entry_at(OFFER, at)[_TRANSFER]
         if resp.length != total:
             raise UpdateFailed("blob %s: length %s, expected %d" % (name, resp.length, total))
         for at in todo:
             e = slots.entry_at(OFFER, at)
-            name = e[PATH]
+            name = e[_PATH]
             _receive(resp, e, have, buf)
             have = 0
-            _unpack(e, root + "/" + e[PATH], buf)
+            _unpack(e, root + "/" + e[_PATH], buf)
     except HttpError as err:
         raise UpdateFailed("blob %s: %s" % (name, err))
     finally:
@@ -181,27 +196,27 @@ def _receive(resp, e, have, buf):
     h = hashlib.sha256()
     if have:
         slots.hash_into(part, buf, h)  # resume: the hash must cover what is there
-    left = e[TRANSFER] - have
+    left = e[_TRANSFER] - have
     with open(part, "ab") as f:
         while left > 0:  # each fill() reads at least one byte or raises (deadline, end)
             n = resp.fill(buf[:min(len(buf), left)])
             h.update(buf[:n])
             f.write(buf[:n])
             left -= n
-    if slots.hex_of(h) != e[BLOB]:
+    if slots.hex_of(h) != e[_BLOB]:
         slots.remove(part)
-        raise UpdateFailed("hash mismatch: " + e[PATH])
+        raise UpdateFailed("hash mismatch: " + e[_PATH])
 
 
 def _unpack(e, dest, buf):
     """Move a complete, verified part file into the slot (inflating a deflate blob)."""
     part = _part(e)
-    if e[ENCODING] == "plain":
+    if e[_ENCODING] == "plain":
         slots.remove(dest)
         import os
         os.rename(part, dest)
-    elif not slots.inflate_verified(part, dest, e[SHA], e[SIZE], buf):
+    elif not slots.inflate_verified(part, dest, e[_SHA], e[_SIZE], buf):
         slots.remove(part)
-        raise UpdateFailed("inflated file does not match: " + e[PATH])
+        raise UpdateFailed("inflated file does not match: " + e[_PATH])
     else:
         slots.remove(part)
