@@ -21,6 +21,7 @@ FAULTS = (
     "flip",           # one body byte flipped
     "longer",         # Content-Length and body both longer than the real answer
     "drip",           # the answer one byte at a time, slower than any sane timeout
+    "slow",           # the answer at slow_bps bytes a second (a slow but steady link)
     "stall",          # half the body, one byte more after stall_lead_s, then silence (stall_s)
     "404",            # 404 with a JSON error body
     "500",            # 500 with a JSON error body
@@ -56,6 +57,7 @@ class _Rule:
 class FaultProxy:
     upstream_url: str
     drip_delay_s: float = 0.05
+    slow_bps: int = 4096
     stall_lead_s: float = 1.5
     stall_s: float = 8.0
     tls: ssl.SSLContext | None = None  # serve boards over TLS (https://) with this context
@@ -188,6 +190,13 @@ class FaultProxy:
         with self._lock:
             self.exchanges.append(Exchange(method, path, status, len(head), len(sent_body),
                                            fault, _header(request, b"range"), request))
+        if fault == "slow":
+            whole, piece = head + body, max(1, self.slow_bps // 10)
+            for at in range(0, len(whole), piece):
+                writer.write(whole[at:at + piece])
+                await writer.drain()
+                await asyncio.sleep(0.1)
+            return
         if fault == "drip":
             for i in range(len(head + body)):
                 writer.write((head + body)[i:i + 1])

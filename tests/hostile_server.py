@@ -203,7 +203,8 @@ while True:
         break
     cmd = json.loads(line)
     if cmd.get("ca"):
-        http.CA_PATH = cmd["ca"]  # a board's /ota/ca.der, here in the test's directory
+        from ota import tlsca
+        tlsca.CA_PATH = cmd["ca"]  # a board's /ota/ca.der, here in the test's directory
     out = {}
     t0 = time.ticks_ms()
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -246,6 +247,22 @@ def test_network_fault_keeps_old_app_reports_failure_and_retry_succeeds(case, fa
     failed = [r for r in _reports(rig) if r["status"] == "failed"]
     assert len(failed) == 1 and reason in failed[0]["reason"], failed
     assert rig.api.device(name)["version"] == "1.1.0"
+
+
+def test_a_large_pack_on_a_slow_link_gets_time_for_its_bytes(case):
+    # 24 KB at 4 KB/s takes ~6 s, three times timeout_s: the pack's deadline is timeout_s plus
+    # a second per KB it carries (docs/board.md, Deadlines), so a slow but steady link still
+    # updates; before, the request's 2 s ended it on every try.
+    rig, name = case
+    rig.publish(name, small_app("1.1.0", {"data/big.bin": os.urandom(24 * 1024)}), "1.1.0",
+                2, channel=name, deflate=False)
+    flash = rig.board(name, name, small_app("1.0.0"), channel=name, timeout_s=2)
+    rig.proxy.slow_bps = 4096
+    rig.proxy.inject("slow", match="/v1/device/pack")
+    result = rig.boot(flash, max_boots=2)
+    assert [b.ended for b in result.boots] == ["reset", "exit"], result.output
+    assert "APP 1.1.0" in result.boots[-1].output
+    assert result.boots[0].seconds > 5  # it really came slowly
 
 
 def test_a_stalled_answer_is_cut_off_at_the_request_deadline(case):

@@ -40,7 +40,7 @@ ROM_MOUNT = "/rom"  # where the "romfs" layout's partition is mounted (bootloade
 CONFIG_PATH = "/ota/config.json"
 KEY_PATH = "/ota/device.key"
 TRUST_PATH = "/ota/trust.json"
-# The CA an https server's certificate must chain to (DER; bootloader_py/ota/http.py).
+# The CA an https server's certificate must chain to (DER; bootloader_py/ota/tlsca.py).
 CA_PATH = "/ota/ca.der"
 STATE_BASE = "/ota/state"
 SECRET_PATHS = frozenset((CONFIG_PATH, KEY_PATH))

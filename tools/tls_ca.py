@@ -26,7 +26,7 @@ SERVER_DAYS = 397  # what public CAs may issue at most; renew with `ota tls issu
 # here, so a board whose NTP sync failed still accepts them; their end is checked once the
 # clock is set (docs/operations.md, TLS). Validity *starts* are no security property here.
 UNSET_CLOCK = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-# The board's cap on the CA file it loads (bootloader_py/ota/http.py reads it whole: a
+# The board's cap on the CA file it loads (bootloader_py/ota/tlsca.py reads it whole: a
 # certificate is a few hundred bytes; a bundle of two during a CA rotation fits too).
 MAX_CA_BYTES = 4096
 

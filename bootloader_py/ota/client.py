@@ -39,11 +39,13 @@ class Session:
         # reservation (auth._counter), where it survives the boot state's loss.
         self.floor = 0
 
-    def request(self, method, path, body=b"", extra=""):
-        """Signed request; raises HttpError on transport failures.
+    def request(self, method, path, body=b"", extra="", more_s=0):
+        """Signed request, ended by timeout_s (+ more_s: a pack's time on the slowest link);
+        raises HttpError on transport failures.
 
         Feeds the trial watchdog first: a request, bounded by timeout_s, is the longest the
-        client works unfed (config trial_watchdog_s, docs/board.md)."""
+        client works unfed (config trial_watchdog_s, docs/board.md); a pack (more_s) is only
+        fetched on a confirmed boot, when no watchdog runs."""
         import ota
         ota.feed()
         from ota import auth, http
@@ -53,7 +55,8 @@ class Session:
         _forget("auth")  # the verifier's heap matters more than reloading it next time
         if body:
             headers += "Content-Type: application/json\r\n"
-        return http.request(self.url, method, path, headers + extra, body, self.timeout)
+        return http.request(self.url, method, path, headers + extra, body,
+                            self.timeout + more_s)
 
 
 def load_root():
@@ -146,6 +149,7 @@ def rotate_root(sess, root, newest, now, buf):
     if newest - version > _MAX_ROOT_STEPS:
         newest = version + _MAX_ROOT_STEPS
     new = TRUST_PATH + ".new"
+    cas = None  # the newest server CAs a root of the chain names (a root without keeps them)
     while version < newest:
         _fetch(sess, "/v1/device/root/%d" % (version + 1), new, buf, "root")
         try:
@@ -153,26 +157,16 @@ def rotate_root(sess, root, newest, now, buf):
         except trust.TrustError as e:
             raise UpdateFailed("root %d refused: %s" % (version + 1, _why(e)))
         version = root.version
-    if root.server_ca:
+        cas = root.server_ca or cas
+    if cas:
         # Before the root moves: a power cut in between finds the old root, rotates again
         # and writes the same CAs; the other order could leave the new root with old CAs.
-        install_cas(root.server_ca)
+        from ota import tlsca
+        tlsca.install(cas)
     os.remove(TRUST_PATH)  # FAT cannot rename over a file; load_root covers the gap
     os.rename(new, TRUST_PATH)
     return root
 
-
-def install_cas(der):
-    """Replace the CA file (ota/http.py CA_PATH) with `der`, taken from a verified root."""
-    import os
-    from ota.http import CA_PATH
-    with open(CA_PATH + ".new", "wb") as f:
-        f.write(der)
-    try:
-        os.remove(CA_PATH)  # FAT cannot rename over a file; http._load_cas covers the gap
-    except OSError:
-        pass
-    os.rename(CA_PATH + ".new", CA_PATH)
 
 
 def _forget(name):

@@ -15,10 +15,6 @@ from ota.fail import HttpError  # ota.http.HttpError; defined where the client s
 
 _MAX_HEADER_LINES = const(48)
 _LINE = const(200)
-# The CA(s) an https server's certificate must chain to, DER, written at provisioning
-# (tools/board_files.py CA_PATH, capped there at _MAX_CA bytes too).
-CA_PATH = "/ota/ca.der"
-_MAX_CA = const(4096)
 _DIGITS = const(9)  # the longest number read from an answer: below 2**30, a small int on boards
 # select.POLLIN, POLLOUT, POLLERR | POLLHUP: the same on every port (py/stream.h MP_STREAM_POLL_*,
 # and Linux's poll.h on the unix port)
@@ -265,60 +261,13 @@ def _connect(scheme, host, port, poller, deadline):
             raise HttpError("connect failed")
         if scheme == "https":
             poller.unregister(sock)
-            sock = _tls(sock, host)
+            from ota import tlsca
+            sock = tlsca.wrap(sock, host)
             poller.register(sock, _POLLOUT)
     except BaseException:
         sock.close()
         raise
     return sock
-
-
-def _tls(sock, host):
-    """sock wrapped in TLS, its handshake not yet begun.
-
-    The handshake runs inside the request's first writes and reads (request(), _send), each
-    step waiting on poll against the deadline: with do_handshake_on_connect (the default)
-    wrap_socket would run it to its end in C, on a non-blocking socket in a loop that has no
-    deadline, on a blocking one with a timeout that restarts at every byte
-    (extmod/modtls_mbedtls.c, ssl_socket_make_new; docs/board.md, Deadlines)."""
-    import tls
-    ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
-    # The server's certificate must chain to a CA pinned at provisioning (CA_PATH) and name
-    # `host`; there is no fallback to CERT_NONE or to http (docs/board.md, TLS).
-    ctx.verify_mode = tls.CERT_REQUIRED
-    _load_cas(ctx)
-    return ctx.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
-
-
-def _load_cas(ctx):
-    """Every CA certificate in CA_PATH (DER, one after another) into ctx.
-
-    load_verify_locations parses one DER certificate per call and adds it to the context's
-    chain (extmod/modtls_mbedtls.c, ssl_context_load_cadata: mbedtls_x509_crt_parse), so a
-    file of two (the old CA and the new one, during a CA rotation) is loaded a piece at a time.
-    """
-    import os
-    try:
-        size = os.stat(CA_PATH)[6]
-    except OSError:
-        try:  # a CA rotation cut between its remove and its rename (client.install_cas)
-            os.rename(CA_PATH + ".new", CA_PATH)
-            size = os.stat(CA_PATH)[6]
-        except OSError:
-            raise HttpError("https needs the server's CA in " + CA_PATH + ": none provisioned")
-    if not 0 < size <= _MAX_CA:
-        raise HttpError("bad CA file: %d bytes" % size)
-    with open(CA_PATH, "rb") as f:
-        data = f.read(size)
-    from ota import der
-    at = 0
-    while at < len(data):
-        try:
-            n = der.length(data, at)
-        except ValueError:
-            raise HttpError("bad CA file")
-        ctx.load_verify_locations(data[at:at + n])
-        at += n
 
 
 def _send(sock, poller, data, deadline):
@@ -367,19 +316,9 @@ def request(url, method, path, headers, body, timeout_s):
         resp.close()
         if scheme != "https":
             raise
-        raise _refused(e)
+        from ota import tlsca
+        raise tlsca.refused(e)
     except BaseException:
         resp.close()
         raise
     return resp
-
-
-def _refused(err):
-    """The HttpError for a server certificate mbedtls refused, said on the console and counted
-    (ota.tls_refused()): the reason, from mbedtls' verify flags, comes as a ValueError out of
-    the handshake (extmod/modtls_mbedtls.c, the CERT_VERIFY_FAILED branch)."""
-    import ota
-    ota.refusals = ota.tls_refused() + 1
-    reason = "; ".join([r.strip() for r in str(err).split("\n") if r.strip()])
-    print("ota: server certificate refused:", reason)
-    return HttpError("server certificate refused: " + reason)

@@ -54,32 +54,7 @@ def _role(name, entry, keys):
     return tuple(keyids), threshold
 
 
-def _server_ca(value):
-    """root's `server_ca` (1 to 4 base64 DER certificates, 4096 bytes in all) as one bytes of
-    the DERs back to back, as /ota/ca.der holds them; the host checks that each is an X.509
-    CA (signing/root.py), the board that each is one whole DER SEQUENCE."""
-    from ota import der as der_
-    where = "root: server_ca"
-    if type(value) is not list or not 1 <= len(value) <= 4:
-        t.fail(where + " must be a list of 1 to 4 base64 DER certificates")
-    out = b""
-    for entry in value:
-        if type(entry) is not str:
-            t.fail(where + ": not a string")
-        der = t._b64decode(entry, where)
-        try:
-            whole = der_.length(der, 0) == len(der)
-        except ValueError:
-            whole = False
-        if not whole:
-            t.fail(where + ": not one DER certificate")
-        out += der
-    if len(out) > 4096:
-        t.fail(where + ": over 4096 bytes")
-    return out
-
-
-def _parse_root(payload, old_keys=None, want_ca=False):
+def _parse_root(payload, old_keys=None):
     doc = t._loads(payload, "root")
     if type(doc) is not dict or doc.get("_type") != "root":
         t.fail("root: not a root document (_type must be 'root')")
@@ -99,10 +74,9 @@ def _parse_root(payload, old_keys=None, want_ca=False):
     root_ids, root_t = _role("root", roles.get("root"), keys)
     rel_ids, rel_t = _role("release", roles.get("release"), keys)
     root = t.Root(version, expires, keys, root_ids, root_t, rel_ids, rel_t)
-    # Read only when rotating (the board then writes it to its CA file); a loaded root needs
-    # none of it in the heap.
-    if want_ca and "server_ca" in doc:
-        root.server_ca = _server_ca(doc["server_ca"])
+    # As it is (None for most roots): decoded and checked only when a rotation takes it
+    # (verify_rotation), then written to the CA file (client.rotate_root).
+    root.server_ca = doc.get("server_ca")
     return root
 
 
@@ -134,7 +108,10 @@ def verify_rotation(root, src, now=None):
     payload, sigs, digest = _read(src)
     dsse.require_threshold(digest, sigs, root.keys, root.root_keyids, root.root_threshold,
                            "root (trusted)")
-    new = _parse_root(payload, root.keys, want_ca=True)
+    new = _parse_root(payload, root.keys)
+    if new.server_ca is not None:
+        from ota import tlsca
+        new.server_ca = tlsca.from_root(new.server_ca)
     if new.version != root.version + 1:
         t.fail("root version " + str(new.version) + " does not follow trusted "
                "version " + str(root.version), "RotationError")

@@ -54,7 +54,6 @@ class Root:
         self.release_keyids = release_keyids
         self.release_threshold = release_threshold
         self._unchecked = None  # (digest, sigs) of a self-signature check still to do
-        self.server_ca = None  # a rotation's server CAs (DER, back to back); rootmeta
 
     def check(self):
         """Run a deferred self-signature check (see parse_root); ThresholdError if it fails.

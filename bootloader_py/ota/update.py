@@ -15,6 +15,9 @@ from ota.fail import HttpError, UpdateFailed
 from ota.slots import OFFER
 
 _PACK_MAX = const(32)  # blobs per request: keeps the request line under 2.2 KB
+# The slowest link a pack is given time for, bytes a second: its request's deadline is
+# timeout_s plus its bytes at this rate (docs/board.md, Deadlines).
+_SLOWEST = const(1024)
 # The fields of slots' entry tuples: slots.py's own consts, repeated (private names cost no qstr)
 _PATH = const(0)
 _SHA = const(1)
@@ -152,18 +155,22 @@ def _fetch(sess, todo, root, buf):
         pending.insert(0, first)
     todo = []
     ids = []
+    size = -have
     for at in pending:  # a blob two files share travels once; stage() copies the second
-        blob = slots.entry_at(OFFER, at)[_BLOB]
-        if blob not in ids:
-            ids.append(blob)
+        e = slots.entry_at(OFFER, at)
+        if e[_BLOB] not in ids:
+            ids.append(e[_BLOB])
             todo.append(at)
+            size += e[_TRANSFER]
+    e = None
     pending = None
     if not todo:
         return
     extra = "Range: bytes=%d-\r\n" % have if have else ""
     name = slots.entry_at(OFFER, todo[0])[_PATH]
     try:
-        resp = sess.request("GET", "/v1/device/pack?blobs=" + ",".join(ids), b"", extra)
+        resp = sess.request("GET", "/v1/device/pack?blobs=" + ",".join(ids), b"", extra,
+                            size // _SLOWEST)
     except HttpError as e:
         raise UpdateFailed("blob %s: %s" % (name, e))
     ids = None
