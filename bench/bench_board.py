@@ -97,11 +97,13 @@ class Bench:
         self.api.publish(self.new_bundle, channel="update", percent=100)
 
     def board(self, url: str, channel: str, client: ClientLayout = "romfs",
-              **config: object) -> Path:
+              server: LocalServer | None = None, **config: object) -> Path:
+        """A board provisioned with 1.0.0, registered with `server` (default: the bench's)."""
         self.boards += 1
         name = f"bench-{self.boards}"
         flash = self.work / name
-        provision_board(flash, self.api, name, url, self.keys, self.old_files, mpy=True,
+        api = self.api if server is None else server.client()
+        provision_board(flash, api, name, url, self.keys, self.old_files, mpy=True,
                         channel=channel, client=client, **config)
         return flash
 
@@ -239,14 +241,10 @@ def measure_d4(bench: Bench, tls: tuple[LocalServer, bytes] | None = None
                ) -> dict[str, float]:
     """D4; with `tls` (an https server and the DER of its CA) D5: the same over https."""
     server, ca = (bench.server, {}) if tls is None else (tls[0], {"server_ca": tls[1]})
-    plain_api, bench.api = bench.api, server.client()  # boards register where they ask
-    try:
-        with_check = VirtualBoard(bench.board(server.url, "quiet", **ca),
-                                  micropython=bench.micropython)
-        without = VirtualBoard(bench.board(server.url, "quiet", poll_at_boot=False, **ca),
-                               micropython=bench.micropython)
-    finally:
-        bench.api = plain_api
+    with_check = VirtualBoard(bench.board(server.url, "quiet", server=server, **ca),
+                              micropython=bench.micropython)
+    without = VirtualBoard(bench.board(server.url, "quiet", server=server, poll_at_boot=False,
+                                       **ca), micropython=bench.micropython)
     checked, plain, walls = [], [], []
     for _ in range(_BOOT_SAMPLES):
         started = time.perf_counter()

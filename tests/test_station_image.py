@@ -25,11 +25,9 @@ from tools.station.image import (
     merge_factory_image,
 )
 
-# Runs on the MicroPython unix port: a block device backed by the image file, mounted with
-# the same settings MicroPython's ports use, then every file is hashed back.
-_MOUNT_AND_HASH = """
-import vfs, os, hashlib, binascii, sys, json
-class FileBlockDevice:
+# The image file as a flash block device, for the scripts below: erase (ioctl 6) writes
+# 0xff, as erased flash reads.
+_FILE_BLOCK_DEVICE = """class FileBlockDevice:
     def __init__(self, path, count):
         self.f = open(path, 'r+b')
         self.count = count
@@ -45,7 +43,17 @@ class FileBlockDevice:
         if op == 5:
             return %(bs)d
         if op == 6:
+            if arg is not None:
+                self.f.seek(arg * %(bs)d)
+                self.f.write(b'\\xff' * %(bs)d)
             return 0
+"""
+
+# Runs on the MicroPython unix port: a block device backed by the image file, mounted with
+# the same settings MicroPython's ports use, then every file is hashed back.
+_MOUNT_AND_HASH = """
+import vfs, os, hashlib, binascii, sys, json
+""" + _FILE_BLOCK_DEVICE + """
 fs = vfs.VfsLfs2(FileBlockDevice(sys.argv[1], %(count)d), readsize=%(prog)d, progsize=%(prog)d,
                  lookahead=32)
 vfs.mount(fs, '/flash')
@@ -252,26 +260,7 @@ def _context(image: bytes) -> object:
 
 _MOUNT_WRITE_REMOUNT = """
 import vfs, sys
-class FileBlockDevice:
-    def __init__(self, path, count):
-        self.f = open(path, 'r+b')
-        self.count = count
-    def readblocks(self, n, buf, off=0):
-        self.f.seek(n * %(bs)d + off)
-        self.f.readinto(buf)
-    def writeblocks(self, n, buf, off=None):
-        self.f.seek(n * %(bs)d + (off or 0))
-        self.f.write(buf)
-    def ioctl(self, op, arg):
-        if op == 4:
-            return self.count
-        if op == 5:
-            return %(bs)d
-        if op == 6:
-            if arg is not None:
-                self.f.seek(arg * %(bs)d)
-                self.f.write(b'\\xff' * %(bs)d)
-            return 0
+""" + _FILE_BLOCK_DEVICE + """
 bdev = FileBlockDevice(sys.argv[1], %(count)d)
 vfs.mount(vfs.VfsLfs2(bdev, progsize=%(prog)d), '/flash')
 with open('/flash/ota/written-on-board', 'w') as f:

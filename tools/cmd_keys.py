@@ -7,6 +7,7 @@ which are hashes of public keys.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -108,8 +109,6 @@ def _describe_root(root: RootMetadata) -> list[str]:
         lines.append(f"  {name} role: threshold {role.threshold} of {len(role.keyids)}")
         lines.extend(f"    keyid {kid}" for kid in role.keyids)
     if root.server_ca is not None:
-        import hashlib
-
         lines.append(f"  server CAs boards trust: {len(root.server_ca)}")
         lines.extend(f"    sha256 {hashlib.sha256(der).hexdigest()}" for der in root.server_ca)
     return lines
