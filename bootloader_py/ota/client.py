@@ -175,7 +175,8 @@ def _forget(name):
 
 
 def _unload_verifier():
-    for name in ("rootmeta", "dsse", "rules", "jscan", "trust"):
+    # errors with trust: its classes subclass this trust's TrustError (trust.fail)
+    for name in ("rootmeta", "dsse", "rules", "jscan", "trust", "errors"):
         _forget(name)
 
 
