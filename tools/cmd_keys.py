@@ -281,8 +281,10 @@ def keys_show(path: Path, as_json: bool) -> None:
               type=click.Path(file_okay=False, path_type=Path), help="bundle directory")
 @click.option("--entry", default="app_main", show_default=True, help="the app's entry module")
 @click.option("--app", "app", default=None, help="app name [default: APP_DIR's name]")
-@click.option("--min-micropython", default=MICROPYTHON_FLOOR, show_default=True)
-@click.option("--expires-days", type=click.IntRange(min=1), default=365, show_default=True)
+@click.option("--min-micropython", default=MICROPYTHON_FLOOR, show_default=True,
+              help="the oldest MicroPython the app runs on")
+@click.option("--expires-days", type=click.IntRange(min=1), default=365, show_default=True,
+              help="days until boards stop accepting the release")
 def build_cmd(app_dir: Path, version: str, sequence: int | None, boards: tuple[str, ...],
               mpy: bool, deflate: bool, out_dir: Path, entry: str, app: str | None,
               min_micropython: str, expires_days: int) -> None:

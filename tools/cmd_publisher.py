@@ -87,6 +87,9 @@ def _echo_json(doc: Any) -> None:
 @click.option("--channel", default=None, help="start a rollout of the release on this channel")
 @click.option("--percent", type=click.FloatRange(0, 100, min_open=True), default=None,
               help="one-stage rollout to this percentage [default: the server's policy]")
+@click.option("--policy", "policy_file", type=click.Path(dir_okay=False, exists=True,
+                                                         path_type=Path),
+              default=None, help="the rollout's JSON policy (docs/operations.md)")
 @click.option("--key", "key_paths", multiple=True, required=True,
               type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="a release private key (repeat for a threshold) [passphrase: "
@@ -112,7 +115,8 @@ def _echo_json(doc: Any) -> None:
 @json_option
 @_client_options
 def publish_cmd(app_dir: Path, version: str, channel: str | None, percent: float | None,
-                key_paths: tuple[Path, ...], boards: tuple[str, ...], fleet_path: Path | None,
+                policy_file: Path | None, key_paths: tuple[Path, ...], boards: tuple[str, ...],
+                fleet_path: Path | None,
                 sequence: int | None, entry: str, app: str | None, min_micropython: str,
                 expires_days: int, mpy: bool, deflate: bool, out_dir: Path | None,
                 as_json: bool, server: str, token_file: Path | None) -> None:
@@ -126,6 +130,9 @@ def publish_cmd(app_dir: Path, version: str, channel: str | None, percent: float
     from tools.board_fit import check_fits, fleet_for_publish, known_boards
     from tools.cmd_keys import load_signing_key
 
+    policy = _read_policy(percent, policy_file)
+    if policy is not None and channel is None:
+        raise UserError("--policy needs --channel: the channel to roll the release out on")
     fleet = fleet_for_publish(fleet_path)
     targets = known_boards(fleet, boards) if fleet is not None else []
     client = _client(server, token_file)
@@ -151,7 +158,8 @@ def publish_cmd(app_dir: Path, version: str, channel: str | None, percent: float
             raise UserError(f"{type(err).__name__}: {err}") from err
         manifest = bundle.manifest
         with _upload_progress() as progress, _api_errors():
-            result = client.publish(target, channel, percent=percent, progress=progress)
+            result = client.publish(target, channel, policy=policy, percent=percent,
+                                    progress=progress)
     if as_json:
         echo_json({**result.release, "new": result.new, "uploaded": result.uploaded,
                    "already_present": result.skipped, "rollout": result.rollout})
@@ -166,6 +174,19 @@ def publish_cmd(app_dir: Path, version: str, channel: str | None, percent: float
                    f"there")
     if result.rollout is not None:
         _print_rollout(result.rollout)
+
+
+def _read_policy(percent: float | None, policy_file: Path | None) -> Any:
+    """The JSON policy in `policy_file` (None without one); UserError when it is unreadable
+    or given with --percent."""
+    if percent is not None and policy_file is not None:
+        raise UserError("give --percent or --policy, not both")
+    if policy_file is None:
+        return None
+    try:
+        return json.loads(policy_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{policy_file}: not a JSON policy ({err})") from err
 
 
 @contextmanager
@@ -200,6 +221,7 @@ def releases_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @_client_options
 def releases_list(app: str | None, as_json: bool, server: str, token_file: Path | None) -> None:
+    """List the releases registered on the server."""
     with _api_errors():
         releases = _client(server, token_file).list_releases(app)
     if as_json:
@@ -359,10 +381,10 @@ def roots_list(as_json: bool, server: str, token_file: Path | None) -> None:
     """Show the root metadata versions the server holds and which one is the latest."""
     with _api_errors():
         result = _client(server, token_file).list_roots()
-    rows = [{"version": v, "latest": "latest" if v == result["latest"] else ""}
+    rows = [{"version": v, "latest": "yes" if v == result["latest"] else "no"}
             for v in result["versions"]]
-    emit(result, [Column("VERSION", "version", align="right"), Column("", "latest")], rows,
-         as_json=as_json, empty="no root metadata")
+    emit(result, [Column("VERSION", "version", align="right"), Column("LATEST", "latest")],
+         rows, as_json=as_json, empty="no root metadata")
 
 
 # -- devices ----------------------------------------------------------------------------------
@@ -440,7 +462,8 @@ def devices_revoke(device_id: str, server: str, token_file: Path | None) -> None
 @click.option("--public-key", "public_key", required=True,
               help="base64 of the 65-byte uncompressed P-256 point, or @FILE holding it")
 @click.option("--board", required=True, help="board type")
-@click.option("--channel", default="stable", show_default=True)
+@click.option("--channel", default="stable", show_default=True,
+              help="the channel whose releases the board takes")
 @click.option("--tag", "tags", multiple=True, help="a tag (repeat)")
 @_client_options
 def devices_add(device_id: str, public_key: str, board: str, channel: str,
