@@ -292,3 +292,47 @@ def test_publish_shows_an_upload_bar_on_a_terminal_only(fleet: Fleet) -> None:
     piped = _publish_process(fleet, "pipe", subprocess.PIPE)
     _, err = piped.communicate(timeout=60)
     assert piped.returncode == 0 and b"uploading" not in err, err
+
+
+# -- provisioning a virtual board into a new directory ----------------------------------------
+
+def _provision_fleet(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("OPERATOR_TEST_TOKEN", fleet.server.token)
+    monkeypatch.setenv("OPERATOR_TEST_WIFI", "wifi-" + "x7q")
+    path = fleet.work / "provision-fleet.yaml"
+    path.write_text(f"""\
+version: 1
+server:
+  url: {fleet.server.url}
+  publisher_token_env: OPERATOR_TEST_TOKEN
+  root: {fleet.keydir / "root.json"}
+channels:
+  stable: {{}}
+rollout:
+  stages: [100]
+wifi:
+  lab:
+    ssid: lab
+    password_env: OPERATOR_TEST_WIFI
+boards:
+  unix:
+    chip: unix
+  esp32: {{chip: esp32, flash_size: 0x400000, fs_offset: 0x200000, fs_size: 0x200000}}
+provisioning:
+  lab: {{board: unix, wifi: lab, channel: stable}}
+  esp: {{board: esp32, wifi: lab, channel: stable, method: image}}
+""")
+    return path
+
+
+def test_provision_virtual_creates_the_board_s_directory(
+        fleet: Fleet, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fleet_file = _provision_fleet(fleet, monkeypatch)
+    refused = tmp_path / "boards" / "refused"
+    assert main(["provision", "--fleet", str(fleet_file), "--profile", "esp", "--virtual",
+                 str(refused), "--log", str(tmp_path / "log.jsonl")]) == 1
+    assert not refused.exists()  # a refused run makes nothing
+    board = tmp_path / "boards" / "new"
+    assert main(["provision", "--fleet", str(fleet_file), "--profile", "lab", "--virtual",
+                 str(board), "--log", str(tmp_path / "log.jsonl")]) == 0
+    assert json.loads((board / "ota" / "config.json").read_text())["channel"] == "stable"
