@@ -10,6 +10,7 @@ random keys written to a config file (authentication is real).
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -82,7 +83,9 @@ class SeaweedS3:
 
     def __exit__(self, *exc: object) -> None:
         if self._process is not None:
-            stop_process(self._process)
+            # weed takes up to 10 s over a clean stop; its data is thrown away, so 3 s is enough
+            # grace before SIGKILL.
+            stop_process(self._process, timeout=3)
             self._process = None
         if self._log is not None:
             self._log.close()
@@ -108,11 +111,14 @@ class SeaweedS3:
                    "-s3", f"-s3.port={self.s3_port}", f"-s3.config={config}",
                    # No Iceberg / Lance catalogues (they would listen on fixed ports), small
                    # volumes, no grace period on stop.
-                   "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=8",
+                   "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=200",
                    "-master.volumeSizeLimitMB=64", "-volume.preStopSeconds=0"]
         self._log = open(self.log_path, "ab")  # noqa: SIM115 -- lives as long as the process
+        # Each bucket is a collection with volumes of its own: grow one volume at a time (not
+        # 7), so that many small buckets (one per test) fit in -volume.max.
+        env = {**os.environ, "WEED_MASTER_VOLUME_GROWTH_COPY_1": "1"}
         self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, cwd=self.workdir)
+                                         stdin=subprocess.DEVNULL, cwd=self.workdir, env=env)
         wait_until(self._writable, START_TIMEOUT, "SeaweedFS (weed server)", self._process,
                    self.log_path)
 
