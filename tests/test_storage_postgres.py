@@ -467,7 +467,7 @@ async def test_a_restart_between_calls_costs_no_failed_call(
         await pg.close()
 
 
-# -- property: the accepted counters are the running maxima, on both backends ----------------------
+# -- property: the accepted counters are the running maxima, on both backends -------------------
 
 @settings(max_examples=20, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])

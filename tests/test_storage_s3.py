@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def _bucket_contents(seaweed: SeaweedS3, bucket: str) -> tuple[list[str], list[s
     return [o["Key"] for o in objects], [u["Key"] for u in uploads]
 
 
-# -- the URL and the keys --------------------------------------------------------------------------
+# -- the URL and the keys -----------------------------------------------------------------------
 
 def test_a_well_formed_url_names_bucket_endpoint_and_region() -> None:
     assert parse_s3_url("s3://fleet-blobs?endpoint=http://127.0.0.1:8333") == S3Location(
@@ -91,12 +92,11 @@ def test_a_well_formed_url_names_bucket_endpoint_and_region() -> None:
     ("s3://bucket?endpoint=http://h#frag", "fragment"),
 ])
 def test_malformed_urls_are_refused_with_the_reason(url: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message.replace("?", r"\?").replace("(", r"\(")
-                       .replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         parse_s3_url(url)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(url=st.one_of(st.text(max_size=80),
                      st.builds(lambda b, q: f"s3://{b}?{q}", st.text(max_size=20),
                                st.text(max_size=40))))
@@ -117,7 +117,7 @@ def test_keys_come_from_the_environment_and_a_missing_one_is_named() -> None:
         credentials_from_env({"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "s"})
 
 
-# -- uploads and reads -------------------------------------------------------------------------------
+# -- uploads and reads --------------------------------------------------------------------------
 
 async def test_a_blob_is_stored_once_and_read_back_whole_and_in_ranges(
         store: S3BlobStore) -> None:
@@ -142,8 +142,8 @@ async def test_a_blob_is_stored_once_and_read_back_whole_and_in_ranges(
         await store.exists("../" + sha[3:])
 
 
-async def test_a_blob_larger_than_a_part_goes_up_in_parts(store: S3BlobStore,
-                                                          seaweed: SeaweedS3) -> None:
+async def test_a_blob_larger_than_a_part_goes_up_in_parts(
+        store: S3BlobStore, seaweed: SeaweedS3) -> None:
     data = os.urandom(2 * MIN_PART_SIZE + 12345)
     sha = _sha(data)
     assert await store.put_stream(sha, _chunks(data, MIB), 3 * MIN_PART_SIZE)
@@ -165,9 +165,10 @@ async def test_a_wrong_hash_leaves_nothing_visible(store: S3BlobStore, seaweed: 
     assert _bucket_contents(seaweed, store.location.bucket) == ([], [])
 
 
-@pytest.mark.parametrize("size, cap", [(50_000, 49_999), (2 * MIN_PART_SIZE + 1, 2 * MIN_PART_SIZE)])
-async def test_a_blob_over_the_cap_leaves_nothing_visible(store: S3BlobStore, seaweed: SeaweedS3,
-                                                          size: int, cap: int) -> None:
+@pytest.mark.parametrize("size, cap", [(50_000, 49_999),
+                                       (2 * MIN_PART_SIZE + 1, 2 * MIN_PART_SIZE)])
+async def test_a_blob_over_the_cap_leaves_nothing_visible(
+        store: S3BlobStore, seaweed: SeaweedS3, size: int, cap: int) -> None:
     data = os.urandom(size)
     with pytest.raises(BlobTooLarge):
         await store.put_stream(_sha(data), _chunks(data, MIB), cap)
@@ -207,7 +208,7 @@ async def test_concurrent_uploads_of_one_blob_both_succeed(store: S3BlobStore) -
     assert await _read(store, sha) == data
 
 
-# -- the store down or refusing ---------------------------------------------------------------------
+# -- the store down or refusing -----------------------------------------------------------------
 
 async def test_a_store_that_is_down_gives_store_unavailable(tmp_path: Path) -> None:
     env = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
@@ -243,7 +244,7 @@ async def test_wrong_keys_are_a_store_error_that_does_not_show_them(
         await refused.close()
 
 
-# -- the local read-through cache -------------------------------------------------------------------
+# -- the local read-through cache ---------------------------------------------------------------
 
 async def test_the_cache_is_filled_verified_and_used_without_the_store(
         store: S3BlobStore, tmp_path: Path) -> None:
