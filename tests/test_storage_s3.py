@@ -10,12 +10,13 @@ import os
 import re
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ota_server.storage.blobs import BlobHashMismatch, BlobTooLarge
+from ota_server.storage.blobs import BlobHashMismatch, BlobTooLarge, FileBlobStore
 from ota_server.storage.errors import StoreError, StoreNotFound, StoreUnavailable
 from ota_server.storage.s3 import (
     MIN_PART_SIZE,
@@ -206,6 +207,81 @@ async def test_concurrent_uploads_of_one_blob_both_succeed(store: S3BlobStore) -
                                      for _ in range(3)))
     assert True in results
     assert await _read(store, sha) == data
+
+
+# -- the same upload rules on both blob backends -----------------------------------------------
+
+class AsyncFileBlobs:
+    """FileBlobStore behind the async calls S3BlobStore offers (what the async storage
+    boundary of issue #14 will make of it)."""
+
+    def __init__(self, store: FileBlobStore):
+        self.sync = store
+
+    async def exists(self, sha: str) -> bool:
+        return self.sync.exists(sha)
+
+    async def size(self, sha: str) -> int | None:
+        return self.sync.size(sha)
+
+    async def put_stream(self, sha: str, chunks: AsyncIterator[bytes], max_bytes: int) -> bool:
+        return await self.sync.put_stream(sha, chunks, max_bytes)
+
+    async def read(self, sha: str, start: int = 0,
+                   length: int | None = None) -> AsyncIterator[bytes]:
+        with self.sync.open_blob(sha) as f:
+            f.seek(start)
+            yield f.read(-1 if length is None else length)
+
+
+@pytest.fixture(params=["directory", "s3"])
+async def blobs(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    if request.param == "directory":
+        yield AsyncFileBlobs(FileBlobStore(tmp_path / "blobs"))
+        return
+    opened = await S3BlobStore.open(request.getfixturevalue("s3_url"), tmp_path / "cache")
+    yield opened
+    await opened.close()
+
+
+async def test_both_blob_backends_keep_the_same_upload_rules(blobs: Any) -> None:
+    data = os.urandom(70_000)
+    sha = _sha(data)
+    with pytest.raises(BlobTooLarge):
+        await blobs.put_stream(sha, _chunks(data), len(data) - 1)
+    with pytest.raises(BlobHashMismatch):
+        await blobs.put_stream(_sha(b"other"), _chunks(data), len(data))
+    assert not await blobs.exists(sha) and not await blobs.exists(_sha(b"other"))
+    assert await blobs.size(sha) is None
+    assert await blobs.put_stream(sha, _chunks(data), len(data)) is True
+    assert await blobs.put_stream(sha, _chunks(data), len(data)) is False
+    assert await blobs.size(sha) == len(data)
+    assert await _read(blobs, sha, 100, 1000) == data[100:1100]
+    assert await _read(blobs, sha) == data
+    with pytest.raises(ValueError, match="64 lowercase hex"):
+        await blobs.exists(sha.upper())
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(start=st.integers(min_value=0, max_value=99_999),
+       length=st.one_of(st.none(), st.integers(min_value=0, max_value=120_000)))
+def test_any_range_reads_exactly_those_bytes(s3_url: str, tmp_path: Path, start: int,
+                                             length: int | None) -> None:
+    data = bytes(range(256)) * 400 + b"tail"  # 102,404 bytes
+    sha = _sha(data)
+
+    async def run() -> bytes:
+        store = await S3BlobStore.open(s3_url, tmp_path / "cache")
+        try:
+            if not await store.exists(sha):
+                await store.put_stream(sha, _chunks(data), len(data))
+            return await _read(store, sha, start, length)
+        finally:
+            await store.close()
+
+    end = len(data) if length is None else start + length
+    assert asyncio.run(run()) == data[start:end]
 
 
 # -- the store down or refusing -----------------------------------------------------------------
