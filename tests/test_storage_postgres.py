@@ -416,6 +416,12 @@ def test_malformed_database_urls_are_refused(dsn: str, message: str) -> None:
     assert ":p@" not in str(caught.value)
 
 
+async def test_a_bad_url_parameter_is_a_store_error_not_an_outage(pg_dsn: str) -> None:
+    with pytest.raises(StoreError, match="sslmode") as caught:
+        await PostgresStore.open(pg_dsn + "?sslmode=sometimes")
+    assert not isinstance(caught.value, StoreUnavailable)
+
+
 async def test_a_database_that_is_not_there_is_unavailable() -> None:
     with pytest.raises(StoreUnavailable):
         await PostgresStore.open(f"postgresql://u:p@127.0.0.1:{free_port()}/db")

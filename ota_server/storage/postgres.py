@@ -107,6 +107,8 @@ def _translate(err: BaseException) -> BaseException:
         return StoreConflict(f"already stored: {err.detail or err}")
     if isinstance(err, asyncpg.ForeignKeyViolationError):
         return StoreNotFound(f"refers to a missing record: {err.detail or err}")
+    if isinstance(err, asyncpg.ClientConfigurationError):  # a bad URL parameter, not an outage
+        return StoreError(f"database URL: {err}")
     if isinstance(err, asyncpg.PostgresConnectionError | asyncpg.CannotConnectNowError
                   | asyncpg.AdminShutdownError | asyncpg.CrashShutdownError
                   | asyncpg.TooManyConnectionsError | asyncpg.InterfaceError
