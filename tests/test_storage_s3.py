@@ -366,3 +366,38 @@ async def test_an_object_that_does_not_match_its_id_is_never_cached(
         await store.local_path(sha)
     cached: Iterable[Path] = (p for p in (tmp_path / "cache").rglob("*") if p.is_file())
     assert list(cached) == []
+
+
+async def test_the_cache_stays_under_its_bound_dropping_the_least_recently_used(
+        s3_url: str, tmp_path: Path) -> None:
+    store = await S3BlobStore.open(s3_url, tmp_path / "cache", cache_max_bytes=250_000)
+    try:
+        blobs = [os.urandom(100_000) for _ in range(3)]
+        shas = [_sha(b) for b in blobs]
+        for data, sha in zip(blobs, shas, strict=True):
+            await store.put_stream(sha, _chunks(data), len(data))
+        first = await store.local_path(shas[0])
+        await asyncio.sleep(0.05)  # file times tick in milliseconds
+        second = await store.local_path(shas[1])
+        await asyncio.sleep(0.05)
+        assert await store.local_path(shas[0]) == first  # used again: now the newest
+        await asyncio.sleep(0.05)
+        third = await store.local_path(shas[2])
+        assert first.exists() and third.exists() and not second.exists()
+        cached = [p for p in (tmp_path / "cache").glob("??/*")]
+        assert sum(p.stat().st_size for p in cached) <= 250_000
+        # Dropped from the cache, not from the store: it is fetched again, whole.
+        assert (await store.local_path(shas[1])).read_bytes() == blobs[1]
+    finally:
+        await store.close()
+
+
+async def test_a_blob_larger_than_the_cache_bound_is_still_served(
+        s3_url: str, tmp_path: Path) -> None:
+    store = await S3BlobStore.open(s3_url, tmp_path / "cache", cache_max_bytes=1000)
+    try:
+        data = os.urandom(5000)
+        await store.put_stream(_sha(data), _chunks(data), len(data))
+        assert (await store.local_path(_sha(data))).read_bytes() == data
+    finally:
+        await store.close()

@@ -1,5 +1,6 @@
 """The scale-out blob store: content-addressed blobs in an S3-compatible bucket (aiobotocore),
-with a local read-through cache so a replica sends blobs to boards from its own disk.
+with a local read-through cache so a replica sends blobs to boards from its own disk (bounded:
+least recently used files go first).
 
 Located by a URL, `s3://BUCKET?endpoint=http://HOST:PORT[&region=NAME]`, parsed strictly; the
 keys come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), never from the URL.
@@ -48,6 +49,8 @@ READ_TIMEOUT = 30.0
 # A cache fill in progress is seconds old; a temp file older than this was left by a crash.
 STALE_TEMP_SECONDS = 3600
 DEFAULT_REGION = "us-east-1"
+# The local cache's default bound: a few hundred releases of a few MB each.
+DEFAULT_CACHE_MAX_BYTES = 2 * 1024 * 1024 * 1024
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z0-9-]{1,32}$")
 _NOT_FOUND = ("404", "NoSuchKey", "NotFound")
@@ -175,6 +178,15 @@ async def _s3_errors(what: str) -> AsyncIterator[None]:
         raise translated from err
 
 
+def _touch(path: Path) -> bool:
+    """Mark a cache file used now (its mtime orders eviction); False when it is gone."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def _hash_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -188,9 +200,13 @@ class S3BlobStore:
     directory `<cache>/<aa>/<sha256>` (and `<cache>/tmp/` for fills in progress)."""
 
     def __init__(self, client: Any, location: S3Location, cache_dir: Path,
-                 exit_stack: AsyncExitStack, part_size: int = DEFAULT_PART_SIZE):
+                 exit_stack: AsyncExitStack, part_size: int = DEFAULT_PART_SIZE,
+                 cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES):
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum)")
+        if cache_max_bytes < 0:
+            raise ValueError(f"cache_max_bytes must not be negative, got {cache_max_bytes}")
+        self._cache_max_bytes = cache_max_bytes
         self._client = client
         self.location = location
         self.cache_dir = cache_dir
@@ -204,7 +220,8 @@ class S3BlobStore:
 
     @classmethod
     async def open(cls, url: str, cache_dir: Path, *, environ: Mapping[str, str] | None = None,
-                   part_size: int = DEFAULT_PART_SIZE) -> S3BlobStore:
+                   part_size: int = DEFAULT_PART_SIZE,
+                   cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES) -> S3BlobStore:
         """A store on the bucket `url` names, keys from `environ` (default: os.environ);
         ValueError for a malformed URL or missing keys. Opening sends no request."""
         location = parse_s3_url(url)
@@ -218,7 +235,7 @@ class S3BlobStore:
                           read_timeout=READ_TIMEOUT,
                           retries={"max_attempts": 2, "mode": "standard"})))
         try:
-            return cls(client, location, cache_dir, stack, part_size)
+            return cls(client, location, cache_dir, stack, part_size, cache_max_bytes)
         except BaseException:
             await stack.aclose()
             raise
@@ -361,11 +378,11 @@ class S3BlobStore:
         StoreNotFound when the blob is not stored; StoreError when the store returned bytes
         that do not hash to the id (nothing is cached then)."""
         path = self.cache_path(sha256)
-        if sha256 in self._verified and path.exists():
+        if sha256 in self._verified and _touch(path):
             return path
         lock = self._fills.setdefault(sha256, asyncio.Lock())
         async with lock:
-            if path.exists():
+            if _touch(path):
                 if sha256 in self._verified:
                     return path
                 if await asyncio.to_thread(_hash_file, path) == sha256:
@@ -374,8 +391,30 @@ class S3BlobStore:
                 path.unlink(missing_ok=True)  # damaged since an earlier run: fetch again
             await self._fill(sha256, path)
             self._verified.add(sha256)
+            self._evict(keep=path)
         self._fills.pop(sha256, None)
         return path
+
+    def _evict(self, keep: Path) -> None:
+        """Delete the least recently used cache files until the cache holds at most
+        cache_max_bytes (never `keep`, the file just filled). A file being sent stays readable
+        through its open descriptor; the next request for it fills it again."""
+        files = []
+        for path in self.cache_dir.glob("??/*"):
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                continue
+            files.append((info.st_mtime, info.st_size, path))
+        total = sum(size for _, size, _ in files)
+        for _, size, path in sorted(files):
+            if total <= self._cache_max_bytes:
+                break
+            if path == keep:
+                continue
+            path.unlink(missing_ok=True)
+            self._verified.discard(path.name)
+            total -= size
 
     async def _fill(self, sha256: str, path: Path) -> None:
         tmp = self._tmp / f"{sha256}.{secrets.token_hex(8)}"
