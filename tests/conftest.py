@@ -102,3 +102,7 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
     monkeypatch.setattr(FileBlobStore, "open_blob", recording)
     return files
+
+
+# The scale-out components (PostgreSQL, SeaweedFS), started lazily once per session.
+from cluster_support import pg_dsn, postgres_server, s3_url, seaweed  # noqa: E402, F401

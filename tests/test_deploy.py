@@ -140,7 +140,9 @@ http {{
 
 @pytest.fixture
 def nginx() -> Path:
-    return _tool("nginx", PROJECT_ROOT / ".tools" / "nginx" / "usr" / "sbin" / "nginx")
+    from tools.cluster.nginx import nginx_binary
+
+    return Path(nginx_binary(quiet=True))  # Debian's, unpacked under .cache if not installed
 
 
 def test_the_nginx_site_passes_nginx_t(nginx: Path, tmp_path: Path) -> None:

@@ -1,0 +1,610 @@
+"""The scale-out metadata store: PostgreSQL through an asyncpg connection pool.
+
+The same operations as the embedded SqliteStore, each an `async def` and each one transaction
+(a single statement, or an explicit transaction for several). Correct with any number of
+server replicas on one database:
+
+- nothing mutable is cached in the process (rollouts, base releases, tokens, roots, counters
+  are read from the database on every call); only releases, which never change once
+  registered, are kept by id;
+- read-modify-write is a conditional statement: a counter advances only `WHERE counter < $1`,
+  a rollout moves only from the stage and state the caller saw (`update_rollout(expect_...)`),
+  a sequence reservation holds a per-app transaction lock;
+- the schema changes only through `migrate()`, which holds a PostgreSQL advisory lock so that
+  replicas started together apply each migration once; opening a store never migrates.
+
+Driver exceptions never leave this module: a clash is StoreConflict, a missing row
+StoreNotFound, a lost or refused connection StoreUnavailable (the pool replaces dead
+connections, so the next call after a database restart works again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from ota_server.storage.errors import StoreConflict, StoreError, StoreNotFound, StoreUnavailable
+from ota_server.storage.records import Deployment, DeploymentCounts, Device, Release, Rollout
+
+_INVENTORY = ("app", "version", "sequence", "root_version", "micropython", "mem_free", "slot",
+              "last_seen", "last_status", "last_error")
+# The replay check and the write are one statement: it matches only a smaller stored counter.
+_ADVANCE_COUNTER = ("UPDATE devices SET counter = $1, last_seen = $2 "
+                    "WHERE device_id = $3 AND counter < $1")
+_OFFER = ("INSERT INTO deployments (device_id, release_id, status, updated, channel) "
+          "VALUES ($1, $2, 'offered', $3, $4) ON CONFLICT (device_id, release_id) DO NOTHING")
+_RELEASE_SELECT = ("SELECT r.id, r.app, r.version, r.sequence, r.boards, r.created, r.expires, "
+                   "ARRAY(SELECT b.blob FROM release_blobs b WHERE b.release_id = r.id "
+                   "ORDER BY b.blob) AS blobs FROM releases r")
+_DEVICE_COLUMNS = ("device_id, public_key, board, tags, channel, bucket, counter, created, "
+                   "revoked, " + ", ".join(_INVENTORY))
+# Orders as SQLite does (bytewise), whatever locale the database was created with.
+_BYTEWISE = 'COLLATE "C"'
+# pg_advisory_lock keys: one for migrations, one namespace for per-app sequence reservations.
+MIGRATION_LOCK_KEY = 0x6D706F74_61000001  # "mpota" + 1
+_SEQUENCE_LOCK_NAMESPACE = 0x6D700002
+
+POOL_MAX_SIZE = 10
+CONNECT_TIMEOUT = 5.0
+ACQUIRE_TIMEOUT = 10.0
+COMMAND_TIMEOUT = 30.0
+CLOSE_TIMEOUT = 10.0
+
+
+def pg_migrations() -> list[tuple[int, str]]:
+    """The PostgreSQL migration scripts shipped with the package, as (version, sql), in order."""
+    folder = resources.files("ota_server.storage") / "pg_migrations"
+    out = []
+    for entry in folder.iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:4].isdigit():
+            out.append((int(name[:4]), entry.read_text(encoding="utf-8")))
+    return sorted(out)
+
+
+def check_dsn(dsn: str) -> str:
+    """Return `dsn` if it is a postgresql:// (or postgres://) URL naming a host and a database;
+    raise ValueError saying what is wrong (never echoing the password)."""
+    try:
+        parts = urlsplit(dsn)
+        parts.port  # noqa: B018 -- raises ValueError on a port that is not a number
+    except ValueError as err:
+        raise ValueError(f"database URL does not parse: {err}") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError("database URL must start with postgresql://, got scheme "
+                         f"{parts.scheme!r}")
+    if not parts.hostname:
+        raise ValueError("database URL names no host (postgresql://USER:PASSWORD@HOST/DB)")
+    if parts.path in ("", "/"):
+        raise ValueError("database URL names no database (postgresql://USER@HOST/DATABASE)")
+    if parts.fragment:
+        raise ValueError("database URL must not have a #fragment")
+    return dsn
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _rowcount(status: str) -> int:
+    """The row count of a command status such as 'UPDATE 1' or 'INSERT 0 1'."""
+    return int(status.rsplit(" ", 1)[1])
+
+
+def _translate(err: BaseException) -> BaseException:
+    """The storage error for a driver or socket exception; anything else unchanged."""
+    if isinstance(err, StoreError):
+        return err
+    if isinstance(err, asyncpg.UniqueViolationError):
+        return StoreConflict(f"already stored: {err.detail or err}")
+    if isinstance(err, asyncpg.ForeignKeyViolationError):
+        return StoreNotFound(f"refers to a missing record: {err.detail or err}")
+    if isinstance(err, asyncpg.ClientConfigurationError):  # a bad URL parameter, not an outage
+        return StoreError(f"database URL: {err}")
+    if isinstance(err, asyncpg.PostgresConnectionError | asyncpg.CannotConnectNowError
+                  | asyncpg.AdminShutdownError | asyncpg.CrashShutdownError
+                  | asyncpg.TooManyConnectionsError | asyncpg.InterfaceError
+                  | ConnectionError | OSError | TimeoutError):
+        return StoreUnavailable(f"database unavailable: {type(err).__name__}: {err}")
+    if isinstance(err, asyncpg.PostgresError):
+        return StoreError(f"database error: {type(err).__name__}: {err}")
+    return err
+
+
+class PostgresStore:
+    """MetadataStore on a PostgreSQL database, async (one asyncpg pool per process)."""
+
+    def __init__(self, pool: asyncpg.Pool):
+        self._pool = pool
+        self._releases: dict[int, Release] = {}  # immutable once registered
+
+    @classmethod
+    async def open(cls, dsn: str, *, max_size: int = POOL_MAX_SIZE) -> PostgresStore:
+        """Open a pool on `dsn` (ValueError when the URL is malformed; StoreUnavailable when the
+        server cannot be reached; StoreError when it refuses the credentials)."""
+        check_dsn(dsn)
+        try:
+            pool = await asyncpg.create_pool(
+                dsn, min_size=1, max_size=max_size, timeout=CONNECT_TIMEOUT,
+                command_timeout=COMMAND_TIMEOUT, init=_init_connection)
+        except BaseException as err:
+            raise _translate(err) from None
+        return cls(pool)
+
+    async def close(self) -> None:
+        """Close the pool, waiting at most CLOSE_TIMEOUT for borrowed connections."""
+        try:
+            await asyncio.wait_for(self._pool.close(), CLOSE_TIMEOUT)
+        except TimeoutError:
+            self._pool.terminate()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """Borrow a connection for one unit of work; driver errors become storage errors."""
+        try:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                yield conn
+        except Exception as err:
+            translated = _translate(err)
+            if translated is err:
+                raise
+            raise translated from err
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self._connection() as conn, conn.transaction():
+            yield conn
+
+    # -- schema -------------------------------------------------------------------------------
+
+    async def migrate(self) -> int:
+        """Apply the pending migrations, each in its own transaction, under an advisory lock
+        (replicas running this together wait for each other; each migration runs once).
+        Returns the schema version reached."""
+        async with self._connection() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+            try:
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    "version INTEGER PRIMARY KEY, applied BIGINT NOT NULL)")
+                current = await conn.fetchval(
+                    "SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+                for version, sql in pg_migrations():
+                    if version <= current:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(sql)
+                        await conn.execute(
+                            "INSERT INTO schema_migrations (version, applied) VALUES ($1, $2)",
+                            version, _now())
+                    current = version
+            finally:
+                if not conn.is_closed():
+                    await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+        return int(current)
+
+    async def schema_version(self) -> int:
+        """The version `migrate()` reached; 0 for a database it never ran on."""
+        async with self._connection() as conn:
+            if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+                return 0
+            return int(await conn.fetchval(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"))
+
+    async def require_schema(self) -> None:
+        """Raise StoreError unless the database is at the schema version this code expects
+        (a server refuses to start on an unmigrated or newer database)."""
+        expected = pg_migrations()[-1][0]
+        found = await self.schema_version()
+        if found != expected:
+            raise StoreError(f"database schema is at version {found}, this server needs "
+                             f"{expected}: run `ota db migrate` with this version of mpota")
+
+    # -- tokens -------------------------------------------------------------------------------
+
+    async def create_token(self, name: str, token_hash: str) -> int:
+        async with self._connection() as conn:
+            return int(await conn.fetchval(
+                "INSERT INTO tokens (name, token_hash, created) VALUES ($1, $2, $3) "
+                "RETURNING id", name, token_hash, _now()))
+
+    async def revoke_token(self, name: str) -> int:
+        async with self._connection() as conn:
+            return _rowcount(await conn.execute(
+                "UPDATE tokens SET revoked = $1 WHERE name = $2 AND revoked IS NULL",
+                _now(), name))
+
+    async def list_tokens(self) -> list[dict[str, Any]]:
+        async with self._connection() as conn:
+            rows = await conn.fetch("SELECT id, name, created, revoked FROM tokens ORDER BY id")
+        return [dict(row) for row in rows]
+
+    async def token_valid(self, token_hash: str) -> bool:
+        async with self._connection() as conn:
+            return await conn.fetchval(
+                "SELECT 1 FROM tokens WHERE token_hash = $1 AND revoked IS NULL",
+                token_hash) is not None
+
+    # -- roots --------------------------------------------------------------------------------
+
+    async def roots(self) -> list[tuple[int, bytes]]:
+        async with self._connection() as conn:
+            rows = await conn.fetch("SELECT version, envelope FROM roots ORDER BY version")
+        return [(int(r["version"]), bytes(r["envelope"])) for r in rows]
+
+    async def add_root(self, version: int, envelope: bytes) -> None:
+        """Store a root version; StoreConflict when that version is stored already (two
+        replicas seeding the same root: the second one learns it is there)."""
+        async with self._connection() as conn:
+            await conn.execute(
+                "INSERT INTO roots (version, envelope, created) VALUES ($1, $2, $3)",
+                version, envelope, _now())
+
+    # -- releases -----------------------------------------------------------------------------
+
+    async def max_sequence(self, app: str) -> int | None:
+        async with self._connection() as conn:
+            found = await conn.fetchval("SELECT MAX(sequence) FROM releases WHERE app = $1", app)
+        return None if found is None else int(found)
+
+    async def reserve_sequence(self, app: str, version: str, floor: int = 1) -> tuple[int, bool]:
+        """The sequence of `version` of `app`, and whether that release is registered.
+
+        A registered version answers its own sequence; a version reserved before, the same
+        reservation; any other version a new one: `floor`, or one above every registered and
+        reserved sequence of the app if that is more. A transaction lock per app makes two
+        publishers asking together (through any replicas) get two different sequences.
+        """
+        async with self._transaction() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                               _SEQUENCE_LOCK_NAMESPACE, app)
+            found = await conn.fetchval(
+                "SELECT sequence FROM releases WHERE app = $1 AND version = $2 "
+                "AND duplicate_of IS NULL", app, version)
+            if found is not None:
+                return int(found), True
+            found = await conn.fetchval(
+                "SELECT sequence FROM sequence_reservations WHERE app = $1 AND version = $2",
+                app, version)
+            if found is not None:
+                return int(found), False
+            top = await conn.fetchval(
+                "SELECT MAX(s) FROM (SELECT MAX(sequence) AS s FROM releases WHERE app = $1 "
+                "UNION ALL SELECT MAX(sequence) FROM sequence_reservations WHERE app = $1) t",
+                app)
+            sequence = floor if top is None else max(floor, int(top) + 1)
+            await conn.execute(
+                "INSERT INTO sequence_reservations (app, version, sequence, created) "
+                "VALUES ($1, $2, $3, $4)", app, version, sequence, _now())
+        return sequence, False
+
+    async def reserved_version(self, app: str, sequence: int) -> str | None:
+        async with self._connection() as conn:
+            found = await conn.fetchval(
+                "SELECT version FROM sequence_reservations WHERE app = $1 AND sequence = $2",
+                app, sequence)
+        return None if found is None else str(found)
+
+    async def add_release(self, app: str, version: str, sequence: int, boards: Sequence[str],
+                          envelope: bytes, blobs: Sequence[tuple[str, int]],
+                          expires: int) -> Release:
+        """Register a release and spend the version's reservation, in one transaction;
+        StoreConflict when the sequence or the version is taken (nothing is written)."""
+        async with self._transaction() as conn:
+            release_id = int(await conn.fetchval(
+                "INSERT INTO releases (app, version, sequence, boards, envelope, created, "
+                "expires) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                app, version, sequence, list(boards), envelope, _now(), expires))
+            await conn.executemany(
+                "INSERT INTO release_blobs (release_id, blob, size) VALUES ($1, $2, $3) "
+                "ON CONFLICT DO NOTHING", [(release_id, blob, size) for blob, size in blobs])
+            await conn.execute(
+                "DELETE FROM sequence_reservations WHERE app = $1 AND version = $2",
+                app, version)
+            release = _release(await conn.fetchrow(
+                f"{_RELEASE_SELECT} WHERE r.id = $1", release_id))
+        assert release is not None
+        self._releases[release.id] = release
+        return release
+
+    async def _fetch_release(self, where: str, *args: Any) -> Release | None:
+        async with self._connection() as conn:
+            return _release(await conn.fetchrow(f"{_RELEASE_SELECT} WHERE {where}", *args))
+
+    async def release(self, app: str, sequence: int) -> Release | None:
+        return await self._fetch_release("r.app = $1 AND r.sequence = $2", app, sequence)
+
+    async def release_by_version(self, app: str, version: str) -> Release | None:
+        """The release that `version` of `app` names (never a pre-v2 duplicate)."""
+        return await self._fetch_release(
+            "r.app = $1 AND r.version = $2 AND r.duplicate_of IS NULL", app, version)
+
+    async def release_by_id(self, release_id: int) -> Release | None:
+        cached = self._releases.get(release_id)
+        if cached is not None:
+            return cached
+        found = await self._fetch_release("r.id = $1", release_id)
+        if found is not None:
+            self._releases[release_id] = found
+        return found
+
+    async def envelope(self, release_id: int) -> bytes:
+        """The release's signed envelope; StoreNotFound when there is no such release."""
+        async with self._connection() as conn:
+            found = await conn.fetchval("SELECT envelope FROM releases WHERE id = $1",
+                                        release_id)
+        if found is None:
+            raise StoreNotFound(f"no release with id {release_id}")
+        return bytes(found)
+
+    async def list_releases(self, app: str | None = None) -> list[Release]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                f"{_RELEASE_SELECT} WHERE ($1::text IS NULL OR r.app = $1) "
+                f"ORDER BY r.app {_BYTEWISE}, r.sequence", app)
+        return [r for r in (_release(row) for row in rows) if r is not None]
+
+    async def release_blob_refs(self) -> list[str]:
+        """Every blob any release refers to."""
+        async with self._connection() as conn:
+            rows = await conn.fetch("SELECT DISTINCT blob FROM release_blobs")
+        return [r[0] for r in rows]
+
+    # -- devices ------------------------------------------------------------------------------
+
+    async def add_device(self, device_id: str, public_key: bytes, board: str,
+                         tags: Iterable[str], channel: str, bucket: int) -> Device:
+        """Register a board; StoreConflict when the id is registered already."""
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                "INSERT INTO devices (device_id, public_key, board, tags, channel, bucket, "  # noqa: S608
+                f"created) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_DEVICE_COLUMNS}",
+                device_id, public_key, board, sorted(set(tags)), channel, bucket, _now())
+        device = _device(row)
+        assert device is not None
+        return device
+
+    async def device(self, device_id: str) -> Device | None:
+        async with self._connection() as conn:
+            return _device(await conn.fetchrow(
+                f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = $1",  # noqa: S608
+                device_id))
+
+    async def list_devices(self) -> list[Device]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_DEVICE_COLUMNS} FROM devices ORDER BY device_id {_BYTEWISE}")  # noqa: S608
+        return [d for d in (_device(r) for r in rows) if d is not None]
+
+    async def count_eligible(self, channel: str, tags: Sequence[str],
+                             bucket_limit: float) -> int:
+        """Active boards of `channel` with one of `tags` or a bucket below `bucket_limit`."""
+        async with self._connection() as conn:
+            return int(await conn.fetchval(
+                "SELECT COUNT(*) FROM devices WHERE channel = $1 AND revoked IS NULL AND "
+                "(bucket < $2::float8 OR tags ?| $3::text[])",
+                channel, float(bucket_limit), list(tags)))
+
+    async def revoke_device(self, device_id: str) -> bool:
+        async with self._connection() as conn:
+            return _rowcount(await conn.execute(
+                "UPDATE devices SET revoked = $1 WHERE device_id = $2 AND revoked IS NULL",
+                _now(), device_id)) == 1
+
+    async def advance_counter(self, device_id: str, counter: int) -> bool:
+        """Accept `counter` only if it is greater than the last one (and mark the board seen);
+        one conditional statement, so two requests racing with one counter cannot both pass,
+        through one replica or two."""
+        async with self._connection() as conn:
+            return _rowcount(await conn.execute(
+                _ADVANCE_COUNTER, counter, _now(), device_id)) == 1
+
+    async def advance_counters(self, advances: Sequence[tuple[str, int]]) -> list[bool]:
+        """advance_counter for each pair in order, in one transaction: one commit for the lot;
+        either all of them are durable or none is."""
+        now = _now()
+        async with self._transaction() as conn:
+            return [_rowcount(await conn.execute(_ADVANCE_COUNTER, counter, now, device_id)) == 1
+                    for device_id, counter in advances]
+
+    async def write_checkins(self, inventories: Sequence[tuple[str, dict[str, Any]]],
+                             offers: Sequence[tuple[str, int, str]],
+                             advances: Sequence[tuple[str, int]] = ()) -> list[bool]:
+        """In one transaction: record_checkin for each (device_id, inventory) in order, mark
+        each (device_id, release_id, channel) of `offers` offered unless the board already has
+        a deployment of it, then advance_counter for each of `advances` in order; the outcomes
+        of the advances."""
+        now = _now()
+        async with self._transaction() as conn:
+            for device_id, inventory in inventories:
+                await _record_checkin(conn, device_id, inventory)
+            if offers:
+                await conn.executemany(_OFFER, [(device_id, release_id, now, channel)
+                                                for device_id, release_id, channel in offers])
+            return [_rowcount(await conn.execute(_ADVANCE_COUNTER, counter, now, device_id)) == 1
+                    for device_id, counter in advances]
+
+    async def record_checkin(self, device_id: str, inventory: dict[str, Any]) -> None:
+        """Overwrite the given inventory fields (others are ignored)."""
+        async with self._connection() as conn:
+            await _record_checkin(conn, device_id, inventory)
+
+    # -- channels and rollouts ----------------------------------------------------------------
+
+    async def base_release(self, channel: str) -> Release | None:
+        async with self._connection() as conn:
+            found = await conn.fetchval(
+                "SELECT base_release_id FROM channels WHERE name = $1", channel)
+        return None if found is None else await self.release_by_id(int(found))
+
+    async def set_base_release(self, channel: str, release_id: int) -> None:
+        """StoreNotFound when there is no such release."""
+        async with self._connection() as conn:
+            await conn.execute(
+                "INSERT INTO channels (name, base_release_id) VALUES ($1, $2) "
+                "ON CONFLICT (name) DO UPDATE SET base_release_id = excluded.base_release_id",
+                channel, release_id)
+
+    async def _rollout(self, row: asyncpg.Record | None) -> Rollout | None:
+        if row is None:
+            return None
+        release = await self.release_by_id(int(row["release_id"]))
+        assert release is not None  # a foreign key
+        return Rollout(id=int(row["id"]), channel=row["channel"], release=release,
+                       policy=row["policy"], stage=int(row["stage"]), state=row["state"],
+                       reason=row["reason"], created=int(row["created"]),
+                       updated=int(row["updated"]))
+
+    async def current_rollout(self, channel: str) -> Rollout | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT * FROM rollouts WHERE channel = $1 AND state != 'superseded' "
+                "ORDER BY id DESC LIMIT 1", channel)
+        return await self._rollout(row)
+
+    async def rollout(self, rollout_id: int) -> Rollout | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow("SELECT * FROM rollouts WHERE id = $1", rollout_id)
+        return await self._rollout(row)
+
+    async def start_rollout(self, channel: str, release_id: int,
+                            policy: dict[str, Any]) -> Rollout:
+        """Supersede the channel's rollout and start a new one at stage 0, one transaction;
+        StoreNotFound when there is no such release."""
+        now = _now()
+        async with self._transaction() as conn:
+            await conn.execute(
+                "INSERT INTO channels (name) VALUES ($1) ON CONFLICT DO NOTHING", channel)
+            await conn.execute(
+                "UPDATE rollouts SET state = 'superseded', updated = $1 "
+                "WHERE channel = $2 AND state != 'superseded'", now, channel)
+            row = await conn.fetchrow(
+                "INSERT INTO rollouts (channel, release_id, policy, stage, state, created, "
+                "updated) VALUES ($1, $2, $3, 0, 'active', $4, $4) RETURNING *",
+                channel, release_id, policy, now)
+        found = await self._rollout(row)
+        assert found is not None
+        return found
+
+    async def update_rollout(self, rollout_id: int, *, stage: int | None = None,
+                             state: str | None = None, reason: str | None = None,
+                             expect_stage: int | None = None,
+                             expect_state: str | None = None) -> bool:
+        """Set the given fields of the rollout, only if it is still at `expect_stage` and in
+        `expect_state` (when given): one conditional statement, so of two replicas advancing
+        one stage together exactly one does. True when the rollout was changed."""
+        async with self._connection() as conn:
+            return _rowcount(await conn.execute(
+                "UPDATE rollouts SET stage = COALESCE($1, stage), state = COALESCE($2, state), "
+                "reason = COALESCE($3, reason), updated = $4 WHERE id = $5 "
+                "AND ($6::integer IS NULL OR stage = $6) AND ($7::text IS NULL OR state = $7)",
+                stage, state, reason, _now(), rollout_id, expect_stage, expect_state)) == 1
+
+    async def advance_stage(self, rollout_id: int, from_stage: int) -> bool:
+        """Move an active rollout from `from_stage` to the next stage; False when it is no
+        longer active or another caller moved it first."""
+        return await self.update_rollout(rollout_id, stage=from_stage + 1,
+                                         expect_stage=from_stage, expect_state="active")
+
+    async def list_channels(self) -> list[str]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT name FROM (SELECT name FROM channels UNION "  # noqa: S608
+                f"SELECT channel FROM devices) AS c ORDER BY name {_BYTEWISE}")
+        return [r[0] for r in rows]
+
+    # -- deployments --------------------------------------------------------------------------
+
+    async def deployment_status(self, device_id: str, release_id: int) -> str | None:
+        found = await self.deployment(device_id, release_id)
+        return None if found is None else found.status
+
+    async def deployment(self, device_id: str, release_id: int) -> Deployment | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT status, channel FROM deployments WHERE device_id = $1 AND release_id = $2",
+                device_id, release_id)
+        return None if row is None else Deployment(
+            device_id=device_id, release_id=release_id, status=str(row["status"]),
+            channel=str(row["channel"]))
+
+    async def open_deployment_for(self, device_id: str, release_id: int, channel: str) -> None:
+        """Record that `channel` offered the release to the board (status `offered`); a
+        deployment already open stays as it is. StoreNotFound for an unknown board or
+        release."""
+        async with self._connection() as conn:
+            await conn.execute(_OFFER, device_id, release_id, _now(), channel)
+
+    async def set_deployment(self, device_id: str, release_id: int, status: str,
+                             reason: str | None = None) -> bool:
+        """Move an open deployment to `status`; False (nothing written) when none was opened."""
+        async with self._connection() as conn:
+            return _rowcount(await conn.execute(
+                "UPDATE deployments SET status = $1, reason = $2, updated = $3 "
+                "WHERE device_id = $4 AND release_id = $5",
+                status, reason, _now(), device_id, release_id)) == 1
+
+    async def deployment_counts(self, release_id: int, channel: str) -> DeploymentCounts:
+        """Boards by deployment status for the release, among deployments `channel` opened."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT status, COUNT(*) FROM deployments WHERE release_id = $1 AND channel = $2 "
+                "GROUP BY status", release_id, channel)
+        return DeploymentCounts(**{str(r[0]): int(r[1]) for r in rows})
+
+    async def open_deployment(self, device_id: str, app: str | None) -> int | None:
+        """The release id of the device's newest unfinished deployment of `app` (of any app
+        when None), if any."""
+        async with self._connection() as conn:
+            found = await conn.fetchval(
+                "SELECT d.release_id FROM deployments d JOIN releases r ON r.id = d.release_id "
+                "WHERE d.device_id = $1 AND ($2::text IS NULL OR r.app = $2) "
+                "AND d.status IN ('offered', 'downloading', 'installed') "
+                "ORDER BY r.sequence DESC LIMIT 1", device_id, app)
+        return None if found is None else int(found)
+
+
+# -- rows to records ---------------------------------------------------------------------------
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    """Every pooled connection reads and writes JSONB as Python lists and dicts."""
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads,
+                              schema="pg_catalog")
+
+
+async def _record_checkin(conn: asyncpg.Connection, device_id: str,
+                          inventory: dict[str, Any]) -> None:
+    fields = {k: v for k, v in inventory.items() if k in _INVENTORY}
+    if not fields:
+        return
+    # Column names come from _INVENTORY only, never from the caller.
+    assigns = ", ".join(f"{name} = ${n}" for n, name in enumerate(fields, start=1))
+    await conn.execute(f"UPDATE devices SET {assigns} WHERE device_id = ${len(fields) + 1}",  # noqa: S608
+                       *fields.values(), device_id)
+
+
+def _release(row: asyncpg.Record | None) -> Release | None:
+    if row is None:
+        return None
+    return Release(id=int(row["id"]), app=row["app"], version=row["version"],
+                   sequence=int(row["sequence"]), boards=tuple(row["boards"]),
+                   created=int(row["created"]), expires=int(row["expires"]),
+                   blobs=tuple(row["blobs"]))
+
+
+def _device(row: asyncpg.Record | None) -> Device | None:
+    if row is None:
+        return None
+    return Device(device_id=row["device_id"], public_key=bytes(row["public_key"]),
+                  board=row["board"], tags=tuple(row["tags"]), channel=row["channel"],
+                  bucket=int(row["bucket"]), counter=int(row["counter"]),
+                  created=int(row["created"]), revoked=row["revoked"],
+                  inventory={k: row[k] for k in _INVENTORY})

@@ -1,0 +1,511 @@
+"""The PostgreSQL metadata store against a real PostgreSQL server (tests/cluster_support.py).
+
+The operation tests run one body on both backends (`store` is parametrised over the embedded
+SqliteStore and PostgresStore) so the two cannot drift apart; the concurrency, migration and
+fault tests are PostgreSQL's own (several pools on one database stand for several replicas).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ota_server.storage.errors import StoreConflict, StoreError, StoreNotFound, StoreUnavailable
+from ota_server.storage.postgres import PostgresStore, check_dsn, pg_migrations
+from ota_server.storage.records import DeploymentCounts
+from ota_server.storage.sqlite import SqliteStore, _migrations
+from tools.cluster.postgres import PostgresServer
+from tools.local_server import free_port
+
+KEY = b"\x04" + bytes(64)
+BLOB_A = "a" * 64
+BLOB_B = "b" * 64
+
+
+class AsyncSqlite:
+    """SqliteStore behind the async calls PostgresStore offers, its uniqueness errors as
+    StoreConflict: what the async storage boundary will make of it (issue #14)."""
+
+    def __init__(self, store: SqliteStore):
+        self.sync = store
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.sync, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            except sqlite3.IntegrityError as err:
+                if "UNIQUE" in str(err):
+                    raise StoreConflict(str(err)) from err
+                raise
+
+        return call
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """(kind, location) of an empty store of each kind."""
+    if request.param == "sqlite":
+        return "sqlite", str(tmp_path / "meta.db")
+    return "postgres", request.getfixturevalue("pg_dsn")
+
+
+@pytest.fixture
+async def store(backend: tuple[str, str]) -> AsyncIterator[Any]:
+    kind, location = backend
+    if kind == "sqlite":
+        sqlite_store = SqliteStore(Path(location))
+        yield AsyncSqlite(sqlite_store)
+        sqlite_store.close()
+        return
+    pg = await PostgresStore.open(location)
+    await pg.migrate()
+    yield pg
+    await pg.close()
+
+
+async def _migrated(dsn: str) -> PostgresStore:
+    pg = await PostgresStore.open(dsn)
+    await pg.migrate()
+    return pg
+
+
+async def _release(store: Any, app: str = "app", version: str = "1.0.0",
+                   sequence: int | None = None, blobs: tuple[tuple[str, int], ...] = ()) -> Any:
+    if sequence is None:
+        sequence, _ = await store.reserve_sequence(app, version)
+    return await store.add_release(app, version, sequence, ["esp32"], b"env-" + version.encode(),
+                                   list(blobs), 2_000_000_000)
+
+
+# -- every operation, on both backends ----------------------------------------------------------
+
+async def test_tokens(store: Any) -> None:
+    first = await store.create_token("ci", "h1")
+    second = await store.create_token("laptop", "h2")
+    assert second > first
+    assert await store.token_valid("h1") and await store.token_valid("h2")
+    assert not await store.token_valid("nope")
+    assert [t["name"] for t in await store.list_tokens()] == ["ci", "laptop"]
+    assert await store.revoke_token("ci") == 1
+    assert await store.revoke_token("ci") == 0
+    assert not await store.token_valid("h1")
+    assert (await store.list_tokens())[0]["revoked"] is not None
+    with pytest.raises(StoreConflict):
+        await store.create_token("again", "h2")
+
+
+async def test_roots_are_ordered_and_a_version_is_stored_once(store: Any) -> None:
+    await store.add_root(2, b"two")
+    await store.add_root(1, b"one")
+    with pytest.raises(StoreConflict):
+        await store.add_root(2, b"other two")
+    assert await store.roots() == [(1, b"one"), (2, b"two")]
+
+
+async def test_sequences_and_releases(store: Any) -> None:
+    assert await store.max_sequence("app") is None
+    assert await store.reserve_sequence("app", "1.0.0") == (1, False)
+    assert await store.reserve_sequence("app", "1.0.0") == (1, False)  # a retried publish
+    assert await store.reserve_sequence("app", "1.1.0", floor=5) == (5, False)
+    assert await store.reserved_version("app", 5) == "1.1.0"
+    assert await store.reserved_version("app", 2) is None
+    first = await _release(store, version="1.0.0", sequence=1,
+                           blobs=((BLOB_B, 20), (BLOB_A, 10)))
+    assert (first.app, first.version, first.sequence, first.boards, first.blobs,
+            first.expires) == ("app", "1.0.0", 1, ("esp32",), (BLOB_A, BLOB_B), 2_000_000_000)
+    assert await store.reserve_sequence("app", "1.0.0") == (1, True)
+    assert await store.reserved_version("app", 1) is None  # spent by the registration
+    assert await store.reserve_sequence("app", "2.0.0") == (6, False)
+    assert await store.reserve_sequence("other", "2.0.0") == (1, False)
+    assert await store.max_sequence("app") == 1
+    assert await store.release("app", 1) == first
+    assert await store.release_by_version("app", "1.0.0") == first
+    assert await store.release_by_id(first.id) == first
+    assert await store.release("app", 2) is None
+    assert await store.release_by_id(first.id + 100) is None
+    assert await store.envelope(first.id) == b"env-1.0.0"
+    assert sorted(await store.release_blob_refs()) == [BLOB_A, BLOB_B]
+
+
+async def test_a_taken_sequence_or_version_is_a_conflict_and_writes_nothing(store: Any) -> None:
+    first = await _release(store, version="1.0.0", sequence=1)
+    with pytest.raises(StoreConflict):
+        await _release(store, version="1.0.1", sequence=1, blobs=((BLOB_A, 1),))
+    with pytest.raises(StoreConflict):
+        await _release(store, version="1.0.0", sequence=2, blobs=((BLOB_A, 1),))
+    assert await store.list_releases() == [first]
+    assert await store.release_blob_refs() == []
+
+
+async def test_releases_list_by_app_then_sequence_bytewise(store: Any) -> None:
+    for app, version, sequence in (("b", "1", 2), ("B", "1", 1), ("b", "0", 1), ("a", "1", 1)):
+        await _release(store, app=app, version=version, sequence=sequence)
+    listed = [(r.app, r.sequence) for r in await store.list_releases()]
+    assert listed == [("B", 1), ("a", 1), ("b", 1), ("b", 2)]
+    assert [r.sequence for r in await store.list_releases("b")] == [1, 2]
+
+
+async def test_devices(store: Any) -> None:
+    added = await store.add_device("b-1", KEY, "esp32", ["lab", "lab", "eu"], "stable", 10)
+    assert (added.device_id, added.public_key, added.tags, added.channel, added.bucket,
+            added.counter, added.revoked) == ("b-1", KEY, ("eu", "lab"), "stable", 10, -1, None)
+    assert added.inventory == {k: None for k in added.inventory} and len(added.inventory) == 10
+    await store.add_device("B-2", KEY, "rp2", [], "stable", 9000)
+    await store.add_device("a-3", KEY, "rp2", ["lab"], "beta", 5)
+    with pytest.raises(StoreConflict):
+        await store.add_device("b-1", KEY, "rp2", [], "beta", 1)
+    assert await store.device("b-1") == added
+    assert await store.device("zz") is None
+    assert [d.device_id for d in await store.list_devices()] == ["B-2", "a-3", "b-1"]
+    assert await store.count_eligible("stable", [], 100) == 1
+    assert await store.count_eligible("stable", [], 9000.5) == 2
+    assert await store.count_eligible("stable", ["lab"], 0) == 1
+    assert await store.count_eligible("stable", ["nope"], 0) == 0
+    assert await store.revoke_device("b-1")
+    assert not await store.revoke_device("b-1")
+    assert await store.count_eligible("stable", ["lab"], 10_000) == 1
+    assert await store.list_channels() == ["beta", "stable"]
+
+
+async def test_counters_advance_only_upwards_in_order(store: Any) -> None:
+    await store.add_device("d", KEY, "esp32", [], "stable", 1)
+    assert await store.advance_counter("d", 5)
+    assert not await store.advance_counter("d", 5)
+    assert not await store.advance_counter("d", 4)
+    assert await store.advance_counters([("d", 7), ("d", 6), ("d", 8), ("x", 1)]) == [
+        True, False, True, False]
+    device = await store.device("d")
+    assert device.counter == 8 and device.inventory["last_seen"] is not None
+
+
+async def test_check_ins_write_inventory_offers_and_counters_together(store: Any) -> None:
+    release = await _release(store)
+    await store.add_device("d", KEY, "esp32", [], "stable", 1)
+    await store.add_device("e", KEY, "esp32", [], "beta", 1)
+    await store.set_deployment("e", release.id, "confirmed")  # none open: nothing written
+    outcomes = await store.write_checkins(
+        [("d", {"app": "app", "version": "0.9", "sequence": 0, "mem_free": 1234,
+                "not_a_field": "ignored"}), ("e", {})],
+        [("d", release.id, "stable"), ("e", release.id, "beta")],
+        [("d", 3), ("e", 1), ("d", 3)])
+    assert outcomes == [True, True, False]
+    device = await store.device("d")
+    assert device.counter == 3
+    assert (device.inventory["version"], device.inventory["sequence"],
+            device.inventory["mem_free"]) == ("0.9", 0, 1234)
+    assert await store.deployment_status("d", release.id) == "offered"
+    # A second offer does not reopen what moved on.
+    assert await store.set_deployment("d", release.id, "downloading")
+    await store.write_checkins([], [("d", release.id, "stable")])
+    assert await store.deployment_status("d", release.id) == "downloading"
+    await store.record_checkin("d", {"slot": "b", "last_status": "ok"})
+    assert (await store.device("d")).inventory["slot"] == "b"
+
+
+async def test_rollouts_and_base_releases(store: Any) -> None:
+    one = await _release(store, version="1", sequence=1)
+    two = await _release(store, version="2", sequence=2)
+    assert await store.base_release("stable") is None
+    await store.set_base_release("stable", one.id)
+    assert await store.base_release("stable") == one
+    assert await store.current_rollout("stable") is None
+    first = await store.start_rollout("stable", one.id, {"stages": [10, 100]})
+    assert (first.stage, first.state, first.release, first.policy) == (
+        0, "active", one, {"stages": [10, 100]})
+    await store.update_rollout(first.id, stage=1, reason="healthy")
+    moved = await store.current_rollout("stable")
+    assert (moved.stage, moved.state, moved.reason) == (1, "active", "healthy")
+    await store.update_rollout(first.id, state="paused")
+    assert (await store.current_rollout("stable")).state == "paused"
+    second = await store.start_rollout("stable", two.id, {})
+    current = await store.current_rollout("stable")
+    assert current.id == second.id and current.release == two and current.stage == 0
+    assert await store.current_rollout("beta") is None
+    assert await store.list_channels() == ["stable"]
+
+
+async def test_deployments(store: Any) -> None:
+    old = await _release(store, version="1", sequence=1)
+    new = await _release(store, version="2", sequence=2)
+    await store.add_device("d", KEY, "esp32", [], "stable", 1)
+    await store.add_device("e", KEY, "esp32", [], "beta", 1)
+    assert await store.deployment("d", old.id) is None
+    assert not await store.set_deployment("d", old.id, "installed")
+    await store.open_deployment_for("d", old.id, "stable")
+    await store.open_deployment_for("d", new.id, "stable")
+    await store.open_deployment_for("e", new.id, "beta")
+    await store.open_deployment_for("d", new.id, "beta")  # already open: stays as it is
+    found = await store.deployment("d", new.id)
+    assert (found.status, found.channel) == ("offered", "stable")
+    assert await store.open_deployment("d", "app") == new.id
+    assert await store.set_deployment("d", new.id, "failed", "hash mismatch")
+    assert await store.open_deployment("d", "app") == old.id
+    assert await store.open_deployment("d", None) == old.id
+    assert await store.open_deployment("d", "other") is None
+    assert await store.deployment_counts(new.id, "stable") == DeploymentCounts(failed=1)
+    assert await store.deployment_counts(new.id, "beta") == DeploymentCounts(offered=1)
+
+
+# -- schema --------------------------------------------------------------------------------------
+
+async def test_both_backends_reach_the_same_schema_version(pg_dsn: str, tmp_path: Path) -> None:
+    """Every SQLite migration has its PostgreSQL twin (ota_server/storage/pg_migrations)."""
+    pg = await _migrated(pg_dsn)
+    try:
+        sqlite_store = SqliteStore(tmp_path / "meta.db")
+        assert await pg.schema_version() == sqlite_store.schema_version() == _migrations()[-1][0]
+        assert [v for v, _ in pg_migrations()] == [v for v, _ in _migrations()]
+        sqlite_store.close()
+    finally:
+        await pg.close()
+
+
+async def test_opening_never_migrates_and_an_unmigrated_database_is_refused(pg_dsn: str) -> None:
+    pg = await PostgresStore.open(pg_dsn)
+    try:
+        assert await pg.schema_version() == 0
+        with pytest.raises(StoreError, match="ota db migrate"):
+            await pg.require_schema()
+        with pytest.raises(StoreError):  # no tables yet
+            await pg.roots()
+        assert await pg.migrate() == pg_migrations()[-1][0]
+        await pg.require_schema()
+    finally:
+        await pg.close()
+
+
+async def test_migrating_twice_changes_nothing(pg_dsn: str) -> None:
+    pg = await _migrated(pg_dsn)
+    try:
+        await pg.add_root(1, b"root")
+        assert await pg.migrate() == pg_migrations()[-1][0]
+        assert await pg.roots() == [(1, b"root")]
+    finally:
+        await pg.close()
+
+
+async def test_replicas_migrating_together_apply_each_migration_once(pg_dsn: str) -> None:
+    replicas = [await PostgresStore.open(pg_dsn) for _ in range(4)]
+    try:
+        reached = await asyncio.gather(*(r.migrate() for r in replicas))
+        assert reached == [pg_migrations()[-1][0]] * 4
+        async with replicas[0]._connection() as conn:
+            rows = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
+        assert [r[0] for r in rows] == [v for v, _ in pg_migrations()]
+    finally:
+        for replica in replicas:
+            await replica.close()
+
+
+# -- several replicas on one database -------------------------------------------------------------
+
+async def test_two_replicas_racing_one_counter_exactly_one_wins(pg_dsn: str) -> None:
+    a, b = await _migrated(pg_dsn), await PostgresStore.open(pg_dsn)
+    try:
+        await a.add_device("d", KEY, "esp32", [], "stable", 1)
+        for counter in range(1, 41):
+            wins = await asyncio.gather(a.advance_counter("d", counter),
+                                        b.advance_counter("d", counter),
+                                        a.advance_counters([("d", counter)]),
+                                        b.write_checkins([], [], [("d", counter)]))
+            assert [w if isinstance(w, bool) else w[0] for w in wins].count(True) == 1
+        assert (await b.device("d")).counter == 40
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_two_replicas_advancing_one_stage_exactly_one_wins(pg_dsn: str) -> None:
+    a, b = await _migrated(pg_dsn), await PostgresStore.open(pg_dsn)
+    try:
+        release = await _release(a)
+        rollout = await a.start_rollout("stable", release.id, {})
+        for stage in range(5):
+            wins = await asyncio.gather(a.advance_stage(rollout.id, stage),
+                                        b.advance_stage(rollout.id, stage))
+            assert sorted(wins) == [False, True]
+        assert (await b.current_rollout("stable")).stage == 5
+        # Paused through one replica: the other cannot advance it any more.
+        assert await a.update_rollout(rollout.id, state="paused", expect_state="active")
+        assert not await b.advance_stage(rollout.id, 5)
+        assert not await b.update_rollout(rollout.id, state="paused", expect_state="active")
+        current = await b.current_rollout("stable")
+        assert (current.stage, current.state) == (5, "paused")
+        assert not await b.update_rollout(rollout.id + 99, state="aborted")
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_replicas_reserving_sequences_together_get_different_ones(pg_dsn: str) -> None:
+    a, b = await _migrated(pg_dsn), await PostgresStore.open(pg_dsn)
+    try:
+        got = await asyncio.gather(*((a, b)[n % 2].reserve_sequence("app", f"1.{n}")
+                                     for n in range(20)))
+        assert sorted(seq for seq, _ in got) == list(range(1, 21))
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_what_one_replica_writes_the_next_call_on_another_sees(pg_dsn: str) -> None:
+    """No process-local truth: rollouts, bases, roots and tokens are read from the database."""
+    a, b = await _migrated(pg_dsn), await PostgresStore.open(pg_dsn)
+    try:
+        one = await _release(a, version="1", sequence=1)
+        two = await _release(a, version="2", sequence=2)
+        rollout = await a.start_rollout("stable", one.id, {})
+        await a.set_base_release("stable", one.id)
+        assert (await b.current_rollout("stable")).state == "active"
+        assert await b.base_release("stable") == one
+        await a.update_rollout(rollout.id, state="paused")
+        await a.set_base_release("stable", two.id)
+        await a.add_root(2, b"rotated")
+        await a.create_token("t", "hash")
+        assert (await b.current_rollout("stable")).state == "paused"
+        assert await b.base_release("stable") == two
+        assert await b.roots() == [(2, b"rotated")]
+        assert await b.token_valid("hash")
+        await b.revoke_token("t")
+        assert not await a.token_valid("hash")
+    finally:
+        await a.close()
+        await b.close()
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+async def test_references_to_missing_records_are_not_found(pg_dsn: str) -> None:
+    pg = await _migrated(pg_dsn)
+    try:
+        release = await _release(pg)
+        with pytest.raises(StoreNotFound):
+            await pg.open_deployment_for("nobody", release.id, "stable")
+        with pytest.raises(StoreNotFound):
+            await pg.set_base_release("stable", release.id + 1)
+        with pytest.raises(StoreNotFound):
+            await pg.start_rollout("stable", release.id + 1, {})
+        with pytest.raises(StoreNotFound, match="no release"):
+            await pg.envelope(release.id + 1)
+        assert await pg.current_rollout("stable") is None
+    finally:
+        await pg.close()
+
+
+@pytest.mark.parametrize("dsn, message", [
+    ("mysql://u@h/db", "must start with postgresql://"),
+    ("postgresql:///db", "names no host"),
+    ("postgresql://u:p@127.0.0.1:5432", "names no database"),
+    ("postgresql://u:p@127.0.0.1:5432/", "names no database"),
+    ("postgresql://u:p@127.0.0.1:port/db", "does not parse"),
+    ("postgresql://u:p@127.0.0.1/db#x", "fragment"),
+])
+def test_malformed_database_urls_are_refused(dsn: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as caught:
+        check_dsn(dsn)
+    assert ":p@" not in str(caught.value)
+
+
+async def test_a_bad_url_parameter_is_a_store_error_not_an_outage(pg_dsn: str) -> None:
+    with pytest.raises(StoreError, match="sslmode") as caught:
+        await PostgresStore.open(pg_dsn + "?sslmode=sometimes")
+    assert not isinstance(caught.value, StoreUnavailable)
+
+
+async def test_a_database_that_is_not_there_is_unavailable() -> None:
+    with pytest.raises(StoreUnavailable):
+        await PostgresStore.open(f"postgresql://u:p@127.0.0.1:{free_port()}/db")
+
+
+async def test_a_wrong_password_is_a_store_error_that_hides_it(
+        postgres_server: PostgresServer, pg_dsn: str) -> None:
+    wrong = pg_dsn.replace(postgres_server.password, "not-the-password-123")
+    with pytest.raises(StoreError) as caught:
+        await PostgresStore.open(wrong)
+    assert not isinstance(caught.value, StoreUnavailable)
+    assert "not-the-password-123" not in str(caught.value)
+
+
+async def test_a_database_restart_is_unavailable_then_recovers_without_reopening(
+        postgres_server: PostgresServer, pg_dsn: str) -> None:
+    pg = await _migrated(pg_dsn)
+    try:
+        await pg.add_device("d", KEY, "esp32", [], "stable", 1)
+        assert await pg.advance_counter("d", 1)
+        postgres_server.stop()
+        try:
+            with pytest.raises(StoreUnavailable):
+                await pg.advance_counter("d", 2)
+            with pytest.raises(StoreUnavailable):
+                await pg.device("d")
+        finally:
+            postgres_server.start()
+        # The pool replaces its dead connections: the next call works, nothing was lost.
+        assert await pg.advance_counter("d", 2)
+        assert (await pg.device("d")).counter == 2
+        # Every pooled connection works again (several borrowed at once).
+        devices = await asyncio.gather(*(pg.device("d") for _ in range(5)))
+        assert [d.counter for d in devices] == [2] * 5
+    finally:
+        await pg.close()
+
+
+async def test_a_restart_between_calls_costs_no_failed_call(
+        postgres_server: PostgresServer, pg_dsn: str) -> None:
+    """Idle pooled connections that the restart cut are replaced when borrowed."""
+    pg = await _migrated(pg_dsn)
+    try:
+        await pg.add_device("d", KEY, "esp32", [], "stable", 1)
+        postgres_server.stop()
+        postgres_server.start()
+        await asyncio.sleep(0.1)  # the loop sees the closed sockets
+        assert await pg.advance_counter("d", 1)
+    finally:
+        await pg.close()
+
+
+# -- property: the accepted counters are the running maxima, on both backends -------------------
+
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(counters=st.lists(st.integers(min_value=0, max_value=2**40), min_size=1, max_size=12),
+       batch=st.booleans())
+def test_accepted_counters_are_exactly_the_running_maxima(
+        backend: tuple[str, str], counters: list[int], batch: bool) -> None:
+    expected, top = [], -1
+    for counter in counters:
+        expected.append(counter > top)
+        top = max(top, counter)
+
+    async def run() -> list[bool]:
+        kind, location = backend
+        device_id = "p-" + secrets.token_hex(6)
+        if kind == "sqlite":
+            sqlite_store = SqliteStore(Path(location))
+            try:
+                sqlite_store.add_device(device_id, KEY, "esp32", [], "stable", 1)
+                if batch:
+                    return sqlite_store.advance_counters([(device_id, c) for c in counters])
+                return [sqlite_store.advance_counter(device_id, c) for c in counters]
+            finally:
+                sqlite_store.close()
+        pg = await _migrated(location)
+        try:
+            await pg.add_device(device_id, KEY, "esp32", [], "stable", 1)
+            if batch:
+                return await pg.advance_counters([(device_id, c) for c in counters])
+            return [await pg.advance_counter(device_id, c) for c in counters]
+        finally:
+            await pg.close()
+
+    assert asyncio.run(run()) == expected
