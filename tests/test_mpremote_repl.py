@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tools.virtual_board import VirtualBoard
-from tools.virtual_board.repl import ReplAgent
+from tools.virtual_board.repl import PASTE_WINDOW, ReplAgent
 
 BANNER = b"raw REPL; CTRL-B to exit\r\n>"
 MPREMOTE = str(Path(sys.executable).with_name("mpremote"))
@@ -137,24 +138,29 @@ def test_globals_persist_between_execs_of_one_session(port: int) -> None:
     assert done.stdout == "42\n", done.stderr
 
 
+def _reader(conn: socket.socket) -> tuple[Any, Any]:
+    reader = conn.makefile("rb")
+
+    def read_until(ending: bytes) -> bytes:
+        data = b""
+        while not data.endswith(ending):
+            byte = reader.read(1)
+            assert byte, f"connection closed; got {data!r}"
+            data += byte
+        return data
+
+    return reader, read_until
+
+
 def test_raw_repl_protocol_bytes(port: int) -> None:
-    """The exact exchange mpremote relies on, including the declined raw-paste request."""
+    """The exact exchange mpremote relies on, an unknown raw-paste command declined."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-        reader = conn.makefile("rb")
-
-        def read_until(ending: bytes) -> bytes:
-            data = b""
-            while not data.endswith(ending):
-                byte = reader.read(1)
-                assert byte, f"connection closed; got {data!r}"
-                data += byte
-            return data
-
+        reader, read_until = _reader(conn)
         conn.sendall(b"\r\x03\r\x01")
         assert read_until(BANNER).endswith(BANNER)
         conn.sendall(b"\x04")
         assert read_until(b">") == b"OK\r\nMPY: soft reboot\r\nraw REPL; CTRL-B to exit\r\n>"
-        conn.sendall(b"\x05A\x01")
+        conn.sendall(b"\x05B\x01")  # pyexec.c: a command other than 'A' is unsupported
         assert reader.read(2) == b"R\x00"
         conn.sendall(b"print('out')\nimport sys\nsys.stdout.write('x')\nundefined_name\x04")
         reply = read_until(b"\x04>")
@@ -163,6 +169,77 @@ def test_raw_repl_protocol_bytes(port: int) -> None:
         assert err.startswith(b"Traceback (most recent call last):")
         assert b"NameError: name 'undefined_name' isn't defined" in err
         assert prompt == b">"
+
+
+def test_raw_paste_takes_code_in_flow_controlled_windows_as_firmware_does(port: int) -> None:
+    """pyexec.c's raw paste: R\\x01, the window (LE16) and \\x01; one \\x01 per window taken in;
+    Ctrl-D acknowledged with \\x04, then output and error as in raw mode."""
+    code = b"x = 0\n" + b"x += 1\n" * 100 + b"print('sum', x)\nundefined_name\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        reader, read_until = _reader(conn)
+        conn.sendall(b"\x01")
+        assert read_until(BANNER).endswith(BANNER)
+        conn.sendall(b"\x05A\x01")
+        assert reader.read(2) == b"R\x01"
+        window = struct.unpack("<H", reader.read(2))[0]
+        assert window == PASTE_WINDOW
+        assert reader.read(1) == b"\x01"  # a second window is free
+        credit = 2 * window
+        sent = freed = 0
+        while sent < len(code):  # never more than the board has said it can take
+            if credit == 0:
+                assert reader.read(1) == b"\x01"
+                credit += window
+                freed += 1
+            piece = code[sent: sent + credit]
+            conn.sendall(piece)
+            sent += len(piece)
+            credit -= len(piece)
+        conn.sendall(b"\x04")
+        reply = read_until(b"\x04>")
+        acks, rest = reply.split(b"\x04", 1)
+        # one \x01 for every whole window taken in, the rest of them before the end's \x04
+        assert acks == b"\x01" * (len(code) // window - freed)
+        out, err, prompt = rest.split(b"\x04")
+        assert out == b"sum 100\n"
+        assert b"NameError: name 'undefined_name' isn't defined" in err
+        assert prompt == b">"
+        # the session is back in raw mode: a plain exec works
+        conn.sendall(b"print(x)\x04")
+        assert read_until(b"\x04>") == b"OK100\n\x04\x04>"
+
+
+def test_ctrl_c_ends_a_raw_paste_with_keyboard_interrupt(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        reader, read_until = _reader(conn)
+        conn.sendall(b"\x01")
+        read_until(BANNER)
+        conn.sendall(b"\x05A\x01")
+        assert reader.read(5)[:2] == b"R\x01"
+        conn.sendall(b"print('never run')\n\x03")
+        reply = read_until(b"\x04>")
+        assert reply.startswith(b"\x04\x04")  # transfer ended, then no output
+        assert b"KeyboardInterrupt" in reply and b"never run" not in reply
+
+
+def test_mpremote_keeps_raw_paste_and_writes_intact(port: int, flash: Path, tmp_path: Path) -> None:
+    """mpremote's transport stays on raw paste (it turns it off for good at a decline), and
+    a file copied by the CLI arrives intact."""
+    from mpremote.transport_serial import SerialTransport
+
+    transport = SerialTransport(f"socket://127.0.0.1:{port}", baudrate=115200)
+    try:
+        transport.enter_raw_repl(soft_reset=False)
+        assert transport.exec("print(6 * 7)") == b"42\n"
+        assert transport.use_raw_paste
+        transport.exit_raw_repl()
+    finally:
+        transport.close()
+    data = bytes(range(256)) * 40
+    (tmp_path / "blob.bin").write_bytes(data)
+    done = _mpremote(port, "cp", str(tmp_path / "blob.bin"), ":blob.bin")
+    assert done.returncode == 0, done.stderr
+    assert (flash / "blob.bin").read_bytes() == data
 
 
 def test_ctrl_c_interrupts_running_code(port: int) -> None:
