@@ -15,6 +15,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "tools.cmd_server",
     "tools.cmd_publisher",
     "tools.cmd_board",
+    "tools.cmd_install",
 )
 
 

@@ -1,0 +1,300 @@
+"""Stage a signed release on a board over its REPL, for the board to verify and install at its
+next boot (docs/board.md, "Offline install"; the board's side is bootloader_py/ota/offline.py).
+
+    release = load_release(BUNDLE_DIR)
+    with MpremoteBoard(port) as link:
+        board = read_board(link)
+        plan = plan_install(release, board)
+        stage(link, plan, release, now=int(time.time()), progress=...)
+        link.soft_reset()
+
+The board's staging area, /ota/staged/: the blobs its active slot lacks, each written as
+`<blob>.t` and renamed to `<blob>` once the board hashed it to its name; `now`, the host's time
+for the expiry check; and `manifest.dsse`, the signed envelope, renamed into place last. The
+envelope's presence is the commit: a copy cut short leaves no envelope, so the old app runs, and
+the next install keeps every finished blob and appends to the part it was writing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from signing.bundle import load_bundle
+from signing.dsse import parse_envelope
+from signing.errors import BundleError, TrustError
+from signing.manifest import MANIFEST_PAYLOAD_TYPE, Manifest
+from tools.board_files import STATE_BASE, TRUST_PATH, parse_record
+
+STAGED = "/ota/staged"
+ENVELOPE = STAGED + "/manifest.dsse"
+NOW = STAGED + "/now"
+PART_SUFFIX = ".t"  # a blob being written; the board never reads one
+_CHUNK = 2048  # file bytes per exec: ~2.7 KB of base64 the board compiles, 2 KB it decodes
+_HASH_BUFFER = 512
+_LIST_LINE_FIELDS = 6  # <sha256> <size> <encoding> <blob> <transfer_size> <path>
+
+Progress = Callable[[int, int], None]
+
+# Runs on the board: what the host needs to plan a copy, as one JSON line. The state records
+# and the trust file are only read here (their sizes are capped by the board's own code); no
+# secret (config.json, device.key) is read.
+_SURVEY = """
+import os, json
+def _f(p):
+    try:
+        with open(p) as f:
+            return f.read(1100)
+    except OSError:
+        return None
+def _d(p):
+    try:
+        return [[e[0], os.stat(p + '/' + e[0])[6]] for e in os.ilistdir(p)]
+    except OSError:
+        return None
+def _e(p):
+    try:
+        os.stat(p)
+        return True
+    except OSError:
+        return False
+print(json.dumps({'s0': _f(%(state)r + '0'), 's1': _f(%(state)r + '1'),
+                  'trust': _e(%(trust)r), 'staged': _d(%(staged)r)}))
+"""
+# Runs on the board: a slot's file list, streamed a line at a time (never whole in its heap).
+_LIST = """
+try:
+    with open(%r) as f:
+        for _l in f:
+            print(_l, end='')
+except OSError:
+    pass
+"""
+# Runs on the board: hash each finished part through one buffer; rename it to its final name
+# when it matches, remove it when it does not; one JSON line each ({"n": final, "h": hex}).
+_SEAL = """
+import os, hashlib, binascii, json
+_b = memoryview(bytearray(%d))
+for _p, _n, _w in %r:
+    _h = hashlib.sha256()
+    with open(_p, 'rb') as _f:
+        while True:
+            _k = _f.readinto(_b)
+            if not _k:
+                break
+            _h.update(_b[:_k])
+    _x = binascii.hexlify(_h.digest()).decode()
+    if _x == _w:
+        try:
+            os.remove(_n)
+        except OSError:
+            pass
+        os.rename(_p, _n)
+    else:
+        os.remove(_p)
+    print(json.dumps({'n': _n, 'h': _x}))
+"""
+
+
+class InstallError(RuntimeError):
+    """The release cannot be staged on this board; says what was wrong and where."""
+
+
+class Link(Protocol):
+    """A board's raw REPL (tools/station/writer_mpremote.py MpremoteBoard)."""
+
+    def exec(self, code: str) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Release:
+    """A signed release: its manifest (the envelope's payload), envelope and blob sources."""
+
+    manifest: Manifest
+    envelope: bytes
+    blobs: Mapping[str, Path]  # blob id -> the file holding its bytes
+
+    def describe(self) -> dict[str, Any]:
+        m = self.manifest
+        return {"app": m.app, "version": m.version, "sequence": m.sequence,
+                "expires": m.expires, "files": len(m.files)}
+
+
+@dataclass(frozen=True)
+class BoardView:
+    """What the host read of a board: its boot state and what its staging area holds."""
+
+    state: dict[str, Any]
+    active_shas: frozenset[str]  # SHA-256 of every file the active slot's list names
+    staged: dict[str, int]  # file name in /ota/staged -> size
+
+
+@dataclass
+class Plan:
+    """What an install copies: blobs whole or from an offset; what it removes first."""
+
+    copy: list[tuple[str, int, int]] = field(default_factory=list)  # (blob, offset, size)
+    kept: list[str] = field(default_factory=list)  # blobs already staged in full
+    from_slot: list[str] = field(default_factory=list)  # files the board copies itself
+    remove: list[str] = field(default_factory=list)  # staged names no longer wanted
+
+    @property
+    def bytes_to_copy(self) -> int:
+        return sum(size - offset for _, offset, size in self.copy)
+
+    def describe(self) -> dict[str, Any]:
+        return {"copy": [{"blob": b, "from": o, "bytes": s - o} for b, o, s in self.copy],
+                "kept": list(self.kept), "from_slot": list(self.from_slot),
+                "remove": list(self.remove), "bytes": self.bytes_to_copy}
+
+
+def load_release(bundle_dir: Path) -> Release:
+    """A built and signed bundle directory (`ota publish --out`, signing/bundle.py) as a
+    Release. Every blob is checked against its SHA-256 here, so a damaged bundle never reaches
+    a board. Raises InstallError naming the missing or wrong file."""
+    if not bundle_dir.is_dir():
+        raise InstallError(f"{bundle_dir}: not a bundle directory")
+    try:
+        bundle = load_bundle(bundle_dir)
+    except BundleError as err:
+        raise InstallError(str(err)) from err
+    try:
+        envelope = bundle.envelope_path.read_bytes()
+    except OSError as err:
+        raise InstallError(f"{bundle.envelope_path}: cannot read ({err.strerror}); the bundle "
+                           "must be signed (ota publish, or sign_bundle)") from err
+    try:
+        payload = parse_envelope(envelope, MANIFEST_PAYLOAD_TYPE).payload
+    except TrustError as err:
+        raise InstallError(f"{bundle.envelope_path}: {type(err).__name__}: {err}") from err
+    if payload != bundle.manifest_path.read_bytes():
+        raise InstallError(f"{bundle.envelope_path} signs another manifest than "
+                           f"{bundle.manifest_path}")
+    blobs = {e.blob: bundle.blob_path(e) for e in bundle.manifest.files}
+    return Release(bundle.manifest, envelope, blobs)
+
+
+def read_board(link: Link) -> BoardView:
+    """The board's boot state, its active slot's file hashes and its staging area.
+
+    Raises InstallError when the board holds no mpota client (no trust root, no boot state).
+    """
+    survey = _last_json(link.exec(_SURVEY % {"state": STATE_BASE, "trust": TRUST_PATH,
+                                             "staged": STAGED}), "the board's survey")
+    if not survey.get("trust"):
+        raise InstallError(f"the board has no {TRUST_PATH}: provision it first (ota provision)")
+    records = [parse_record(text.encode()) for text in (survey.get("s0"), survey.get("s1"))
+               if isinstance(text, str)]
+    found = [r for r in records if r is not None]
+    if not found:
+        raise InstallError(f"the board has no valid boot state ({STATE_BASE}0/1)")
+    state = max(found, key=lambda r: r["seq"])
+    active = state.get("active")
+    if active not in ("a", "b"):
+        raise InstallError(f"the board's boot state names slot {active!r}")
+    listing = link.exec(_LIST % f"/ota/slot_{active}.lst").decode("utf-8", "replace")
+    shas = frozenset(line.split(" ", 1)[0] for line in listing.splitlines()
+                     if len(line.split(" ", _LIST_LINE_FIELDS - 1)) == _LIST_LINE_FIELDS)
+    staged = {str(name): int(size) for name, size in survey.get("staged") or []}
+    return BoardView(state, shas, staged)
+
+
+def plan_install(release: Release, board: BoardView) -> Plan:
+    """What to copy: the blob of every file whose content the active slot lacks, minus what
+    the staging area already holds in full (a part resumes from its size)."""
+    plan = Plan()
+    wanted: dict[str, int] = {}
+    for entry in release.manifest.files:
+        if entry.sha256 in board.active_shas:
+            plan.from_slot.append(entry.path)
+        else:
+            wanted[entry.blob] = entry.transfer_size
+    for blob, size in sorted(wanted.items()):
+        if board.staged.get(blob) == size:
+            plan.kept.append(blob)
+            continue
+        part = board.staged.get(blob + PART_SUFFIX, 0)
+        plan.copy.append((blob, part if 0 < part < size else 0, size))
+    keep = set(plan.kept) | {b + PART_SUFFIX for b, o, _ in plan.copy if o}
+    plan.remove = sorted(name for name in board.staged if name not in keep)
+    if "manifest.dsse" in plan.remove:  # uncommit first: a cut then leaves no release
+        plan.remove.remove("manifest.dsse")
+        plan.remove.insert(0, "manifest.dsse")
+    return plan
+
+
+def stage(link: Link, plan: Plan, release: Release, now: int,
+          progress: Progress | None = None) -> None:
+    """Carry out `plan`: remove what goes, append the missing blob bytes, have the board
+    check and seal each blob, then write the time and the envelope (last, renamed into
+    place). Raises InstallError naming what failed; the board's old app is untouched."""
+    if plan.remove:
+        link.exec("import os\nfor _n in %r:\n    os.remove(%r + '/' + _n)" % (plan.remove, STAGED))
+    link.exec("import os\ntry:\n    os.mkdir(%r)\nexcept OSError:\n    pass" % STAGED)
+    total = plan.bytes_to_copy
+    done = 0
+    for blob, offset, size in plan.copy:
+        data = release.blobs[blob].read_bytes()
+        if len(data) != size:  # the bundle changed under us since it was loaded
+            raise InstallError(f"{release.blobs[blob]}: {len(data)} bytes, expected {size}")
+        target = f"{STAGED}/{blob}{PART_SUFFIX}"
+        for at in range(offset, max(size, 1), _CHUNK):  # an empty blob is still written
+            chunk = base64.b64encode(data[at:at + _CHUNK]).decode()
+            mode = "ab" if at else "wb"  # a part resumes where the last copy stopped
+            link.exec(f"from binascii import a2b_base64\nwith open({target!r}, {mode!r}) as _f:\n"
+                      f"    _f.write(a2b_base64({chunk!r}))")
+            done += min(_CHUNK, size - at)
+            if progress is not None:
+                progress(done, total)
+    if plan.copy:
+        _seal(link, [(f"{STAGED}/{blob}{PART_SUFFIX}", f"{STAGED}/{blob}", blob)
+                     for blob, _, _ in plan.copy], "blob")
+    _write_small(link, NOW, str(int(now)).encode())
+    _write_small(link, ENVELOPE + PART_SUFFIX, release.envelope)
+    _seal(link, [(ENVELOPE + PART_SUFFIX, ENVELOPE, hashlib.sha256(release.envelope).hexdigest())],
+          "signed manifest")
+
+
+def _seal(link: Link, parts: list[tuple[str, str, str]], what: str) -> None:
+    """Have the board hash each (part, final name, expected SHA-256) and rename the part to its
+    final name when it matches; InstallError naming the first that did not."""
+    answers = {line.get("n"): line.get("h") for line in
+               _json_lines(link.exec(_SEAL % (_HASH_BUFFER, parts)))}
+    for _, final, expected in parts:
+        if answers.get(final) != expected:
+            raise InstallError(f"{what} {final} did not arrive intact on the board (it has "
+                               f"{str(answers.get(final))[:16]}); run the install again")
+
+
+def _write_small(link: Link, path: str, data: bytes) -> None:
+    """Write a file of at most a few KB (the envelope is capped at 12 KB) in chunks."""
+    for at in range(0, max(len(data), 1), _CHUNK):
+        chunk = base64.b64encode(data[at:at + _CHUNK]).decode()
+        mode = "wb" if at == 0 else "ab"
+        link.exec(f"from binascii import a2b_base64\nwith open({path!r}, {mode!r}) as _f:\n"
+                  f"    _f.write(a2b_base64({chunk!r}))")
+
+
+def _json_lines(output: bytes) -> list[dict[str, Any]]:
+    out = []
+    for line in output.decode("utf-8", "replace").splitlines():
+        if line.startswith("{"):
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(doc, dict):
+                out.append(doc)
+    return out
+
+
+def _last_json(output: bytes, what: str) -> dict[str, Any]:
+    lines = _json_lines(output)
+    if not lines:
+        raise InstallError(f"{what} gave no answer: {output[-200:]!r}")
+    return lines[-1]
