@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,10 @@ STAGED = "/ota/staged"
 ENVELOPE = STAGED + "/manifest.dsse"
 NOW = STAGED + "/now"
 PART_SUFFIX = ".t"  # a blob being written; the board never reads one
-_CHUNK = 2048  # file bytes per exec: ~2.7 KB of base64 the board compiles, 2 KB it decodes
+_CHUNK = 2048  # file bytes per statement: the board decodes 2 KB at a time
+# File bytes per exec (one round trip each): ~5.5 KB of base64 the board compiles at once, far
+# below the free heap of an ESP32 or RP2 board at its REPL.
+_EXEC_BYTES = 4096
 _HASH_BUFFER = 512
 _LIST_LINE_FIELDS = 6  # <sha256> <size> <encoding> <blob> <transfer_size> <path>
 
@@ -76,7 +80,8 @@ except OSError:
     pass
 """
 # Runs on the board: hash each finished part through one buffer; rename it to its final name
-# when it matches, remove it when it does not; one JSON line each ({"n": final, "h": hex}).
+# when it matches, remove it (and clear _ok, which the envelope's rename waits on) when it does
+# not; one JSON line each ({"n": final, "h": hex}).
 _SEAL = """
 import os, hashlib, binascii, json
 _b = memoryview(bytearray(%d))
@@ -97,6 +102,7 @@ for _p, _n, _w in %r:
         os.rename(_p, _n)
     else:
         os.remove(_p)
+        _ok = False
     print(json.dumps({'n': _n, 'h': _x}))
 """
 
@@ -231,53 +237,74 @@ def plan_install(release: Release, board: BoardView) -> Plan:
 def stage(link: Link, plan: Plan, release: Release, now: int,
           progress: Progress | None = None) -> None:
     """Carry out `plan`: remove what goes, append the missing blob bytes, have the board
-    check and seal each blob, then write the time and the envelope (last, renamed into
-    place). Raises InstallError naming what failed; the board's old app is untouched."""
-    if plan.remove:
-        link.exec("import os\nfor _n in %r:\n    os.remove(%r + '/' + _n)" % (plan.remove, STAGED))
-    link.exec("import os\ntry:\n    os.mkdir(%r)\nexcept OSError:\n    pass" % STAGED)
-    total = plan.bytes_to_copy
-    done = 0
+    check and seal each blob, then write the time and the envelope, renamed into place last
+    and only when every blob was sealed. Raises InstallError naming what failed; the board's
+    old app is untouched."""
+    batch = _Batch(link, plan.bytes_to_copy, progress)
+    # the removals in plan order (the envelope first), then the directory if it is new
+    batch.add(f"import os\nfor _n in {plan.remove!r}:\n    os.remove({STAGED!r} + '/' + _n)\n"
+              f"try:\n    os.mkdir({STAGED!r})\nexcept OSError:\n    pass\n_ok = True")
     for blob, offset, size in plan.copy:
         data = release.blobs[blob].read_bytes()
         if len(data) != size:  # the bundle changed under us since it was loaded
             raise InstallError(f"{release.blobs[blob]}: {len(data)} bytes, expected {size}")
-        target = f"{STAGED}/{blob}{PART_SUFFIX}"
-        for at in range(offset, max(size, 1), _CHUNK):  # an empty blob is still written
-            chunk = base64.b64encode(data[at:at + _CHUNK]).decode()
-            mode = "ab" if at else "wb"  # a part resumes where the last copy stopped
-            link.exec(f"from binascii import a2b_base64\nwith open({target!r}, {mode!r}) as _f:\n"
-                      f"    _f.write(a2b_base64({chunk!r}))")
-            done += min(_CHUNK, size - at)
-            if progress is not None:
-                progress(done, total)
-    if plan.copy:
-        _seal(link, [(f"{STAGED}/{blob}{PART_SUFFIX}", f"{STAGED}/{blob}", blob)
-                     for blob, _, _ in plan.copy], "blob")
-    _write_small(link, NOW, str(int(now)).encode())
-    _write_small(link, ENVELOPE + PART_SUFFIX, release.envelope)
-    _seal(link, [(ENVELOPE + PART_SUFFIX, ENVELOPE, hashlib.sha256(release.envelope).hexdigest())],
-          "signed manifest")
-
-
-def _seal(link: Link, parts: list[tuple[str, str, str]], what: str) -> None:
-    """Have the board hash each (part, final name, expected SHA-256) and rename the part to its
-    final name when it matches; InstallError naming the first that did not."""
-    answers = {line.get("n"): line.get("h") for line in
-               _json_lines(link.exec(_SEAL % (_HASH_BUFFER, parts)))}
-    for _, final, expected in parts:
+        batch.write(f"{STAGED}/{blob}{PART_SUFFIX}", data, offset, counted=True)
+    blobs = [(f"{STAGED}/{b}{PART_SUFFIX}", f"{STAGED}/{b}", b) for b, _, _ in plan.copy]
+    if blobs:
+        batch.add(_SEAL % (_HASH_BUFFER, blobs))
+    batch.write(NOW, str(int(now)).encode())
+    batch.write(ENVELOPE + PART_SUFFIX, release.envelope)
+    envelope = (ENVELOPE + PART_SUFFIX, ENVELOPE, hashlib.sha256(release.envelope).hexdigest())
+    batch.add("if _ok:\n" + textwrap.indent(_SEAL % (_HASH_BUFFER, [envelope]), "    "))
+    answers = {line.get("n"): line.get("h") for line in _json_lines(batch.flush())}
+    for _, final, expected in [*blobs, envelope]:
         if answers.get(final) != expected:
-            raise InstallError(f"{what} {final} did not arrive intact on the board (it has "
+            raise InstallError(f"{final} did not arrive intact on the board (it has "
                                f"{str(answers.get(final))[:16]}); run the install again")
 
 
-def _write_small(link: Link, path: str, data: bytes) -> None:
-    """Write a file of at most a few KB (the envelope is capped at 12 KB) in chunks."""
-    for at in range(0, max(len(data), 1), _CHUNK):
-        chunk = base64.b64encode(data[at:at + _CHUNK]).decode()
-        mode = "wb" if at == 0 else "ab"
-        link.exec(f"from binascii import a2b_base64\nwith open({path!r}, {mode!r}) as _f:\n"
-                  f"    _f.write(a2b_base64({chunk!r}))")
+class _Batch:
+    """Statements for the board, sent as few execs as the per-exec size allows (every exec is
+    a round trip), with the progress of the blob bytes they carry."""
+
+    def __init__(self, link: Link, total: int, progress: Progress | None) -> None:
+        self._link = link
+        self._lines: list[str] = []
+        self._size = 0  # file bytes in the statements waiting
+        self._counted = 0  # of which blob bytes, for the progress
+        self._done = 0
+        self._total = total
+        self._progress = progress
+        self._output = b""
+
+    def add(self, code: str) -> None:
+        self._lines.append(code)
+
+    def write(self, path: str, data: bytes, offset: int = 0, counted: bool = False) -> None:
+        """Statements writing data[offset:] to `path` (appending when offset > 0)."""
+        for at in range(offset, max(len(data), 1), _CHUNK):  # an empty file is still written
+            piece = data[at:at + _CHUNK]
+            if self._size + len(piece) > _EXEC_BYTES:
+                self.flush()
+            mode = "ab" if at else "wb"  # a part resumes where the last copy stopped
+            self._lines.append(f"with open({path!r}, {mode!r}) as _f:\n"
+                               f"    _f.write(_a({base64.b64encode(piece).decode()!r}))")
+            self._size += len(piece)
+            if counted:
+                self._counted += len(piece)
+
+    def flush(self) -> bytes:
+        """Run what is waiting as one exec; returns the output of every exec so far."""
+        if self._lines:
+            code = "from binascii import a2b_base64 as _a\n" + "\n".join(self._lines)
+            self._output += self._link.exec(code)
+            self._lines, self._size = [], 0
+            if self._counted:
+                self._done += self._counted
+                self._counted = 0
+                if self._progress is not None:
+                    self._progress(self._done, self._total)
+        return self._output
 
 
 def _json_lines(output: bytes) -> list[dict[str, Any]]:

@@ -451,6 +451,11 @@ class ReplServer:
     def _session(self, conn: socket.socket) -> bool:
         """Serve one client until it hangs up; True when the server is closing."""
         session = ReplSession(conn.sendall, self._agent)
+        # A serial link delivers each byte as it is written. TCP holds small segments back:
+        # Nagle here, and on the client's side until this end ACKs, which a delayed ACK puts
+        # off by up to 40 ms: two such waits per exec (the code, then its Ctrl-D). So no Nagle,
+        # and an ACK at once after every read (Linux resets TCP_QUICKACK as it goes).
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         while True:
             watched = [conn.fileno(), self._wake_r]
             if session.busy:
@@ -465,4 +470,13 @@ class ReplServer:
                 if not data:
                     session.on_hangup()
                     return False
+                _quick_ack(conn)
                 session.on_client(data)
+
+
+def _quick_ack(conn: socket.socket) -> None:
+    """ACK what was read now rather than after the delayed-ACK timer (Linux only)."""
+    quick_ack = getattr(socket, "TCP_QUICKACK", None)
+    if quick_ack is not None:
+        with contextlib.suppress(OSError):
+            conn.setsockopt(socket.IPPROTO_TCP, quick_ack, 1)
