@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from offline_rig import NEW, OLD, Offline, offline_rig, queued, running
 
 from tools.board_files import read_state
@@ -194,3 +196,54 @@ def test_staging_survives_a_power_cut_at_every_file_operation(rig: Offline):
         assert running(flash, done.output, VERSIONS) == "1.1.0", (cut, done.output)
 
 
+
+
+# -- properties ---------------------------------------------------------------------------------
+
+_HEX = st.text("0123456789abcdef", min_size=64, max_size=64)
+
+
+@settings(max_examples=80, deadline=None)
+@given(files=st.lists(st.tuples(_HEX, st.integers(0, 9000), st.booleans()), min_size=1,
+                      max_size=12, unique_by=lambda f: f[0]),
+       staged=st.lists(st.tuples(st.integers(0, 14), st.sampled_from(["", ".t"]),
+                                 st.integers(0, 9000)), max_size=10),
+       envelope=st.booleans(), junk=st.booleans())
+def test_a_plan_copies_exactly_what_the_board_lacks_and_keeps_what_it_can(
+        files: list[tuple[str, int, bool]], staged: list[tuple[int, str, int]], envelope: bool,
+        junk: bool) -> None:
+    """Whatever the staging area holds (whole blobs, parts of any size, an old envelope,
+    stray files): every blob the active slot lacks is kept whole or copied from a valid offset;
+    nothing the slot has is sent; nothing kept is removed; the old envelope goes first."""
+    from signing.manifest import FileEntry, Manifest
+    from tools.install import BoardView, Release
+
+    entries = tuple(FileEntry(f"f{i}.bin", sha, size) for i, (sha, size, _) in enumerate(files))
+    manifest = Manifest("app", "1.1.0", 2, 0, 1, ("unix",), "1.20.0", "app_main", entries)
+    release = Release(manifest, b"{}", {e.blob: Path(e.path) for e in entries})
+    active = frozenset(sha for sha, _, in_slot in files if in_slot)
+    on_board: dict[str, int] = {}
+    for index, suffix, size in staged:  # indexes past the files name blobs of another release
+        name = (files[index][0] if index < len(files) else f"{index:064x}") + suffix
+        on_board[name] = size
+    if envelope:
+        on_board["manifest.dsse"] = 10
+    if junk:
+        on_board["now"] = 10
+    plan = plan_install(release, BoardView({}, active, on_board))
+
+    lacked = {e.blob: e.transfer_size for e in entries if e.sha256 not in active}
+    copied = {blob: (offset, size) for blob, offset, size in plan.copy}
+    assert set(copied) | set(plan.kept) == set(lacked)
+    assert not set(copied) & set(plan.kept)
+    for blob in plan.kept:
+        assert on_board[blob] == lacked[blob]
+    for blob, (offset, size) in copied.items():
+        assert size == lacked[blob]
+        assert offset == 0 or (0 < offset < size and on_board[blob + ".t"] == offset)
+    assert plan.bytes_to_copy == sum(s - o for o, s in copied.values())
+    assert sorted(plan.from_slot) == sorted(e.path for e in entries if e.sha256 in active)
+    keep = set(plan.kept) | {b + ".t" for b, (o, _) in copied.items() if o}
+    assert set(plan.remove) == set(on_board) - keep
+    if envelope:
+        assert plan.remove[0] == "manifest.dsse"

@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import os
 import re
+import select
 import signal
 import socket
 import struct
@@ -16,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tools.virtual_board import VirtualBoard
-from tools.virtual_board.repl import PASTE_WINDOW, ReplAgent
+from tools.virtual_board.repl import PASTE_WINDOW, RAW_BANNER, ReplAgent
 
 BANNER = b"raw REPL; CTRL-B to exit\r\n>"
 MPREMOTE = str(Path(sys.executable).with_name("mpremote"))
@@ -332,6 +333,46 @@ def test_reply_parser_finds_the_end_of_output_however_the_stream_is_split(
         assert got == output + b"next command's output"
         assert errors == [b"error"]
         assert agent.fs_ops == 7
+    finally:
+        agent.close()
+
+
+def test_raw_paste_takes_the_same_code_however_the_stream_is_split(
+    flash: Path, micropython: str
+) -> None:
+    """The raw-paste code runs whole and one \\x01 comes back per window taken in, whatever
+    the pieces the client's bytes arrive in (a window boundary inside a piece, an end-of-code
+    Ctrl-D in the same piece as code): the real interpreter, the session fed piece by piece."""
+    from tools.virtual_board.repl import ReplSession
+
+    agent = ReplAgent(VirtualBoard(flash, micropython=micropython))
+    agent.start()
+    try:
+
+        @given(terms=st.integers(0, 400), pad=st.integers(0, 1),
+               cuts=st.lists(st.integers(0, 1000), max_size=8))
+        @settings(max_examples=30, deadline=None)
+        @example(terms=59, pad=1, cuts=[])  # the code ends exactly on a window's last byte
+        def check(terms: int, pad: int, cuts: list[int]) -> None:
+            sent: list[bytes] = []
+            session = ReplSession(sent.append, agent)
+            session.on_client(b"\x01\x05A\x01")
+            code = b"print(" + b"1+" * terms + b"0)" + b" " * pad + b"\n\x04"
+            at = 0
+            for cut in sorted({c % len(code) for c in cuts} | {len(code)}):
+                session.on_client(code[at:cut])
+                at = cut
+            while session.busy:
+                select.select([agent.fileno()], [], [], 10)
+                session.on_agent_output()
+            reply = b"".join(sent)
+            header = RAW_BANNER + b">R\x01" + struct.pack("<H", PASTE_WINDOW) + b"\x01"
+            assert reply.startswith(header)
+            acks, _, rest = reply[len(header):].partition(b"\x04")
+            assert acks == b"\x01" * ((len(code) - 1) // PASTE_WINDOW)
+            assert rest == str(terms).encode() + b"\n\x04\x04>"
+
+        check()
     finally:
         agent.close()
 
