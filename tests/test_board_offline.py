@@ -158,3 +158,11 @@ def test_a_release_staged_while_on_trial_waits_for_the_trial_to_end(rig: Offline
     assert [b.ended for b in after.boots] == ["reset", "exit"], after.output
     assert running(flash, after.output, VERSIONS) == "1.2.0"
     assert [r["status"] for r in queued(flash)][-2:] == ["rolled_back", "installed"]
+
+
+def test_a_board_with_its_client_in_rom_installs_a_staged_release(rig: Offline):
+    flash = rig.board("b1", client="romfs")
+    assert not (flash / "ota" / "offline.py").exists()  # the client is in the ROM partition
+    rig.stage(flash, rig.release(NEW, "1.1.0", 2))
+    booted = rig.boot(flash)
+    assert running(flash, booted.output, VERSIONS) == "1.1.0"

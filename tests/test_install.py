@@ -87,6 +87,15 @@ def test_the_board_must_be_named_once_and_be_provisioned(rig: Offline, tmp_path:
     assert status == 1 and "provision it first" in err, err
 
 
+def test_a_board_whose_client_cannot_install_staged_releases_is_refused(rig: Offline):
+    flash = rig.board("b1")
+    (flash / "ota" / "offline.py").unlink()  # a board provisioned before offline installs
+    with rig.port(flash) as server:
+        status, _, err = rig.install(rig.release(NEW, "1.1.0", 2), server.port)
+        assert server.fs_ops == 0
+    assert status == 1 and "predates offline installs" in err, err
+
+
 def test_a_copy_cut_short_leaves_the_old_app_and_the_next_install_continues(rig: Offline):
     flash = rig.board("b1")
     bundle = rig.release(BIG, "1.1.0", 2, deflate=False)

@@ -36,6 +36,9 @@ STAGED = "/ota/staged"
 ENVELOPE = STAGED + "/manifest.dsse"
 NOW = STAGED + "/now"
 PART_SUFFIX = ".t"  # a blob being written; the board never reads one
+# Where a client that installs staged releases has its offline module (either client layout:
+# docs/board.md, Filesystem).
+OFFLINE_MODULES = ("/ota/offline.mpy", "/ota/offline.py", "/rom/ota/offline.mpy")
 _CHUNK = 2048  # file bytes per statement: the board decodes 2 KB at a time
 # File bytes per exec (one round trip each): ~5.5 KB of base64 the board compiles at once, far
 # below the free heap of an ESP32 or RP2 board at its REPL.
@@ -68,7 +71,8 @@ def _e(p):
     except OSError:
         return False
 print(json.dumps({'s0': _f(%(state)r + '0'), 's1': _f(%(state)r + '1'),
-                  'trust': _e(%(trust)r), 'staged': _d(%(staged)r)}))
+                  'trust': _e(%(trust)r), 'staged': _d(%(staged)r),
+                  'offline': any(_e(p) for p in %(offline)r)}))
 """
 # Runs on the board: a slot's file list, streamed a line at a time (never whole in its heap).
 _LIST = """
@@ -188,12 +192,18 @@ def load_release(bundle_dir: Path) -> Release:
 def read_board(link: Link) -> BoardView:
     """The board's boot state, its active slot's file hashes and its staging area.
 
-    Raises InstallError when the board holds no mpota client (no trust root, no boot state).
+    Raises InstallError when the board holds no mpota client (no trust root, no boot state)
+    or one without the offline module.
     """
     survey = _last_json(link.exec(_SURVEY % {"state": STATE_BASE, "trust": TRUST_PATH,
-                                             "staged": STAGED}), "the board's survey")
+                                             "staged": STAGED, "offline": OFFLINE_MODULES}),
+                        "the board's survey")
     if not survey.get("trust"):
         raise InstallError(f"the board has no {TRUST_PATH}: provision it first (ota provision)")
+    if not survey.get("offline"):
+        raise InstallError("the board's OTA client predates offline installs (it has no "
+                           "ota/offline module, so it would never look at a staged release): "
+                           "provision it again with this version of mpota")
     records = [parse_record(text.encode()) for text in (survey.get("s0"), survey.get("s1"))
                if isinstance(text, str)]
     found = [r for r in records if r is not None]
