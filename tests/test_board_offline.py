@@ -166,3 +166,27 @@ def test_a_board_with_its_client_in_rom_installs_a_staged_release(rig: Offline):
     rig.stage(flash, rig.release(NEW, "1.1.0", 2))
     booted = rig.boot(flash)
     assert running(flash, booted.output, VERSIONS) == "1.1.0"
+
+
+# The heaps the network update of the reference app is held to (tests/test_board_update.py,
+# D1): the offline install of the same update must fit them too.
+@pytest.mark.parametrize(("port", "client", "heapsize"),
+                         [("micropython64", "files", "72k"), ("micropython32", "romfs", "32k")])
+def test_the_reference_update_installs_offline_in_the_update_heap(rig: Offline, request, port,
+                                                                   client, heapsize):
+    from bench.reference_app import bundle_files, reference_files
+    from tools.board_files import slot_files
+    from tools.virtual_board import VirtualBoard
+
+    interpreter = request.getfixturevalue(port)
+    old = rig.release(reference_files("1.0.0"), "1.0.0", 1, mpy=True)
+    flash = rig.board("b1", files=bundle_files(old), mpy=True, client=client)
+    new = rig.release(reference_files("1.1.0"), "1.1.0", 2, mpy=True)
+    rig.stage(flash, new)
+    board = VirtualBoard(flash, micropython=interpreter, heapsize=heapsize)
+    result = board.run(max_boots=3, timeout=60)
+    assert [b.ended for b in result.boots] == ["reset", "exit"], result.output
+    assert "APP 1.1.0" in result.boots[-1].output
+    manifest = json.loads((new / "manifest.json").read_bytes())
+    assert slot_files(flash, "b") == {e["path"]: e["sha256"] for e in manifest["files"]}
+    assert read_state(flash)["ok"] == 1

@@ -69,9 +69,10 @@ def _files_by_blob(release: Any) -> dict[str, list[str]]:
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 def install_cmd(release_dir: Path, port: str | None, virtual: Path | None, dry_run: bool,
                 as_json: bool) -> None:
-    """Install the signed bundle RELEASE (a directory `ota publish --out` wrote) on a board
-    over USB: only the blobs the board lacks are copied; the board verifies and installs the
-    release as it resets, exactly as it would one from the server."""
+    """Install the signed bundle RELEASE (a directory `ota build` and `ota sign`, or
+    `ota publish --out`, wrote) on a board over USB: only the blobs the board lacks are
+    copied; the board verifies and installs the release as it resets, exactly as it would one
+    from the server."""
     from tools.install import InstallError, load_release, plan_install, read_board, stage
     from tools.station.writer_mpremote import WriteError
 

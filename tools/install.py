@@ -148,7 +148,8 @@ class BoardView:
 class Plan:
     """What an install copies: blobs whole or from an offset; what it removes first."""
 
-    copy: list[tuple[str, int, int]] = field(default_factory=list)  # (blob, offset, size)
+    # (blob, offset, size): bytes offset.. go to <blob>.t, which the board then seals
+    copy: list[tuple[str, int, int]] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)  # blobs already staged in full
     from_slot: list[str] = field(default_factory=list)  # files the board copies itself
     remove: list[str] = field(default_factory=list)  # staged names no longer wanted
@@ -234,8 +235,10 @@ def plan_install(release: Release, board: BoardView) -> Plan:
         if board.staged.get(blob) == size:
             plan.kept.append(blob)
             continue
+        # a part resumes from its size; a whole one (the copy stopped before the board sealed
+        # it) only needs its seal, which removes it if it is wrong, for the next install
         part = board.staged.get(blob + PART_SUFFIX, 0)
-        plan.copy.append((blob, part if 0 < part < size else 0, size))
+        plan.copy.append((blob, part if 0 < part <= size else 0, size))
     keep = set(plan.kept) | {b + PART_SUFFIX for b, o, _ in plan.copy if o}
     plan.remove = sorted(name for name in board.staged if name not in keep)
     if "manifest.dsse" in plan.remove:  # uncommit first: a cut then leaves no release
@@ -291,7 +294,8 @@ class _Batch:
         self._lines.append(code)
 
     def write(self, path: str, data: bytes, offset: int = 0, counted: bool = False) -> None:
-        """Statements writing data[offset:] to `path` (appending when offset > 0)."""
+        """Statements writing data[offset:] to `path` (appending when offset > 0); nothing when
+        offset is past the end (a whole part: only its seal is left)."""
         for at in range(offset, max(len(data), 1), _CHUNK):  # an empty file is still written
             piece = data[at:at + _CHUNK]
             if self._size + len(piece) > _EXEC_BYTES:

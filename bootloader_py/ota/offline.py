@@ -14,8 +14,11 @@ import os
 
 from micropython import const
 
-from ota import client, slots
+from ota import client
 from ota.fail import HttpError, UpdateFailed
+
+# ota.slots is not imported here: loaded while the signatures are checked, its code would sit
+# in the heap at the verify's peak, which the network update reaches without it.
 
 STAGED = "/ota/staged"
 ENVELOPE = STAGED + "/manifest.dsse"
@@ -38,10 +41,10 @@ class _Pack:
         self.range_start = skip
         total = -skip
         for blob in ids:
-            n = slots.size(STAGED + "/" + blob)
-            if n < 0:
+            try:
+                total += os.stat(STAGED + "/" + blob)[6]
+            except OSError:
                 raise HttpError("blob " + blob[:16] + " is not in the staged release")
-            total += n
         self.length = total
 
     def fill(self, mv):
@@ -100,7 +103,10 @@ def staged_time(buf):
 
 def discard():
     """Remove the staging area: the envelope first, so a cut part-way leaves no release."""
-    slots.remove(ENVELOPE)
+    try:
+        os.remove(ENVELOPE)
+    except OSError:
+        pass  # gone already (a removal cut short, or a release that never had one)
     try:
         names = [e[0] for e in os.ilistdir(STAGED)]
     except OSError:
@@ -129,6 +135,8 @@ def check(st, cfg):
         now = staged_time(buf)
         sess = _Usb(cfg)
         sess.floor = max(sess.floor, client.sequence_floor(st))
+        import ota
+        ota.forget("auth")  # loaded for the device key; no request will sign anything
         _copy(ENVELOPE, client.ENVELOPE, buf)  # trusted_update removes its input
         target = client.trusted_update(sess, st, cfg, True, None, now, buf)
         if target is None:  # nothing new: this release is installed already
@@ -152,6 +160,7 @@ def check(st, cfg):
         machine.reset()
     finally:
         gc.threshold(old)
+    from ota import slots
     slots.remove(client.PAYLOAD)
     print("ota: staged release refused:", reason)
     discard()
@@ -159,7 +168,7 @@ def check(st, cfg):
 
 
 def _copy(src, dest, buf):
-    n = slots.size(src)
+    n = os.stat(src)[6]
     if n > client.MAX_ENVELOPE:  # refused before a byte of it is read, as a check-in's
         raise UpdateFailed("staged manifest too large: %d bytes" % n)
     with open(src, "rb") as fi:
