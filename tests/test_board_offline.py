@@ -106,6 +106,18 @@ def test_an_older_sequence_is_refused(rig: Offline):
     assert len(failed) == 1 and "RollbackError" in failed[0]["reason"], failed
 
 
+def test_the_rollback_floor_of_the_counter_record_is_respected(rig: Offline):
+    # The floor the counter record keeps (ota/auth.py) is the one that survives both state
+    # records: an offline install must respect it, as a check-in's offer does.
+    from tools.board_files import record_bytes
+
+    flash = rig.board("b1")
+    (flash / "ota" / "ctr0").write_bytes(record_bytes({"seq": 1, "mark": 1, "floor": 5}))
+    (flash / "ota" / "ctr1").unlink(missing_ok=True)
+    rig.stage(flash, rig.release(NEW, "1.1.0", 3))
+    _refused(rig, flash, "RollbackError")
+
+
 def test_an_expired_manifest_is_refused(rig: Offline):
     flash = rig.board("b1")
     rig.stage(flash, expired_release(rig, NEW, "1.1.0", 2))

@@ -153,6 +153,28 @@ def test_progress_counts_the_bytes_copied(rig: Offline):
     assert seen[-1] == (plan.bytes_to_copy, plan.bytes_to_copy) and len(seen) > 2
 
 
+def test_the_progress_bar_shows_on_a_terminal_only(monkeypatch):
+    import io
+    import sys
+
+    from tools.cmd_install import _progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    with _progress(1000, enabled=True) as bar:
+        assert bar is None  # a pipe or a file: no bar
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    with _progress(1000, enabled=False) as bar:
+        assert bar is None  # --json: no bar
+    with _progress(1000, enabled=True) as bar:
+        assert bar is not None
+        bar(500, 1000)
+        bar(1000, 1000)
+
+
 def test_staged_leftovers_are_removed_by_the_next_install(rig: Offline):
     flash = rig.board("b1")
     staged = flash / "ota" / "staged"

@@ -135,8 +135,15 @@ def check(st, cfg):
         now = staged_time(buf)
         sess = _Usb(cfg)
         sess.floor = max(sess.floor, client.sequence_floor(st))
+        # What a check's first request does (auth.authorization): reserve a counter block,
+        # which merges the counter record's copy of the anti-rollback floor into sess.floor
+        # and stores the state's there. Without it a board whose state records were lost
+        # would take an older release over USB that it refuses from the server.
+        from ota import auth
+        auth._counter(sess)
+        auth = None
         import ota
-        ota.forget("auth")  # loaded for the device key; no request will sign anything
+        ota.forget("auth")  # no request will sign anything: its code goes before the verify
         _copy(ENVELOPE, client.ENVELOPE, buf)  # trusted_update removes its input
         target = client.trusted_update(sess, st, cfg, True, None, now, buf)
         if target is None:  # nothing new: this release is installed already
