@@ -290,3 +290,59 @@ def test_a_plan_copies_exactly_what_the_board_lacks_and_keeps_what_it_can(
     assert set(plan.remove) == set(on_board) - keep
     if envelope:
         assert plan.remove[0] == "manifest.dsse"
+
+
+# -- APP@VERSION: the release fetched from the server ---------------------------------------------
+
+
+def test_app_at_version_is_fetched_from_the_server_and_installed(rig: Offline, monkeypatch):
+    from tools.local_server import LocalServer
+
+    (rig.work / "root.json").write_bytes(rig.keys.root_envelope)
+    with LocalServer(rig.work / "data", rig.work / "root.json") as server:
+        server.client().publish(rig.release(NEW, "1.1.0", 2))
+        flash = rig.board("b1")
+        monkeypatch.setenv("MPOTA_TOKEN", server.token)
+        with rig.port(flash) as served:
+            status, out, err = rig.install("app@1.1.0", served.port, "--server", server.url,
+                                           "--json")
+            assert status == 0, err
+            missing, _, err = rig.install("app@9.9.9", served.port, "--server", server.url)
+        assert missing == 1 and "unknown_release" in err, err
+        monkeypatch.delenv("MPOTA_TOKEN")
+        with rig.port(flash) as served:
+            status, _, err = rig.install("app@1.1.0", served.port, "--server", server.url)
+        assert status == 1 and "no publisher token" in err, err
+    assert json.loads(out)["release"]["version"] == "1.1.0"
+    booted = rig.boot(flash)
+    assert running(flash, booted.output, VERSIONS) == "1.1.0"
+
+
+def test_release_endpoints_serve_only_a_registered_release_to_a_publisher(rig: Offline):
+    from tools.api_client import ApiClient, ApiClientError
+    from tools.local_server import LocalServer
+
+    (rig.work / "root.json").write_bytes(rig.keys.root_envelope)
+    other = rig.release(OLD, "1.0.0", 1)
+    bundle = rig.release(NEW, "1.1.0", 2)
+    with LocalServer(rig.work / "data", rig.work / "root.json") as server:
+        api = server.client()
+        api.publish(other)
+        api.publish(bundle)
+        assert api.release_envelope("app", "1.1.0") == \
+            (bundle / "manifest.dsse.json").read_bytes()
+        blob = next((bundle / "blobs").iterdir())
+        assert api.release_blob("app", "1.1.0", blob.name) == blob.read_bytes()
+        stranger = next(b for b in (other / "blobs").iterdir()
+                        if not (bundle / "blobs" / b.name).exists())
+        for call, status, code in (
+                (lambda: api.release_envelope("app", "2.0.0"), 404, "unknown_release"),
+                (lambda: api.release_envelope("app", "1.1"), 400, "bad_field"),
+                (lambda: api.release_envelope("-app", "1.1.0"), 400, "bad_name"),
+                (lambda: api.release_blob("app", "1.1.0", stranger.name), 404, "unknown_blob"),
+                (lambda: api.release_blob("app", "1.1.0", "zz"), 400, "bad_blob_id"),
+                (lambda: ApiClient(server.url, "not-a-token").release_envelope("app", "1.1.0"),
+                 401, "bad_token")):
+            with pytest.raises(ApiClientError) as caught:
+                call()
+            assert (caught.value.status, caught.value.code) == (status, code)

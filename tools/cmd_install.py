@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import click
 
+from tools.cmd_publisher import _client_options
 from tools.errors import UserError
 from tools.output import Column, echo_json, emit
 
@@ -58,30 +60,54 @@ def _files_by_blob(release: Any) -> dict[str, list[str]]:
     return out
 
 
+def _release(text: str, scratch: Path, server: str, token_file: Path | None) -> Any:
+    """RELEASE: a bundle directory, or APP@VERSION fetched from the server into `scratch`."""
+    from tools.api_client import ApiClientError
+    from tools.cmd_publisher import _client
+    from tools.install import InstallError, fetch_release, load_release
+
+    try:
+        if Path(text).is_dir():
+            return load_release(Path(text))
+        app, at, version = text.rpartition("@")
+        if not at or not app or not version:
+            raise UserError(f"RELEASE {text!r} is neither a bundle directory nor APP@VERSION")
+        try:
+            return load_release(fetch_release(_client(server, token_file), app, version,
+                                              scratch))
+        except ApiClientError as err:
+            raise UserError(f"fetching {app} {version} from {server}: {err}") from err
+    except InstallError as err:
+        raise UserError(str(err)) from err
+
+
 @click.command("install")
-@click.argument("release_dir", metavar="RELEASE",
-                type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("release_text", metavar="RELEASE")
 @click.option("--port", default=None,
               help="the board's serial port (or socket://HOST:PORT), as mpremote takes it")
 @click.option("--virtual", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="a virtual board's flash directory: staged through its REPL, then booted")
 @click.option("--dry-run", is_flag=True, help="say what would be copied; change nothing")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
-def install_cmd(release_dir: Path, port: str | None, virtual: Path | None, dry_run: bool,
-                as_json: bool) -> None:
-    """Install the signed bundle RELEASE (a directory `ota build` and `ota sign`, or
-    `ota publish --out`, wrote) on a board over USB: only the blobs the board lacks are
-    copied; the board verifies and installs the release as it resets, exactly as it would one
-    from the server."""
-    from tools.install import InstallError, load_release, plan_install, read_board, stage
-    from tools.station.writer_mpremote import WriteError
-
+@_client_options
+def install_cmd(release_text: str, port: str | None, virtual: Path | None, dry_run: bool,
+                as_json: bool, server: str, token_file: Path | None) -> None:
+    """Install RELEASE on a board over USB: a signed bundle directory (what `ota build` and
+    `ota sign`, or `ota publish --out`, wrote), or APP@VERSION, fetched from the server with
+    the publisher token. Only the blobs the board lacks are copied; the board verifies and
+    installs the release as it resets, exactly as it would one from the server."""
     if (port is None) == (virtual is None):
         raise UserError("give the board as --port PORT or --virtual DIR (one of them)")
-    try:
-        release = load_release(release_dir)
-    except InstallError as err:
-        raise UserError(str(err)) from err
+    with tempfile.TemporaryDirectory(prefix="ota-install-") as scratch:
+        release = _release(release_text, Path(scratch), server, token_file)
+        _install(release, port, virtual, dry_run, as_json)
+
+
+def _install(release: Any, port: str | None, virtual: Path | None, dry_run: bool,
+             as_json: bool) -> None:
+    from tools.install import InstallError, plan_install, read_board, stage
+    from tools.station.writer_mpremote import WriteError
+
     result: dict[str, Any] = {"release": release.describe(), "dry_run": dry_run}
     try:
         with _connect(port, virtual) as link:

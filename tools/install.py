@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from signing.bundle import load_bundle
+from signing.bundle import BLOB_DIR, ENVELOPE_NAME, MANIFEST_NAME, load_bundle
 from signing.dsse import parse_envelope
 from signing.errors import BundleError, TrustError
 from signing.manifest import MANIFEST_PAYLOAD_TYPE, Manifest
@@ -188,6 +188,29 @@ def load_release(bundle_dir: Path) -> Release:
                            f"{bundle.manifest_path}")
     blobs = {e.blob: bundle.blob_path(e) for e in bundle.manifest.files}
     return Release(bundle.manifest, envelope, blobs)
+
+
+def fetch_release(api: Any, app: str, version: str, dest: Path) -> Path:
+    """Download the registered release `app` `version` from the server (tools/api_client.py,
+    a publisher token) into `dest` as a bundle directory (signing/bundle.py's layout); returns
+    `dest`, for load_release, which checks every blob against its hash as for any bundle.
+
+    Raises InstallError for an envelope that is not a manifest envelope; ApiClientError for
+    what the server refused.
+    """
+    envelope = api.release_envelope(app, version)
+    try:
+        payload = parse_envelope(envelope, MANIFEST_PAYLOAD_TYPE).payload
+        manifest = Manifest.from_payload(payload)
+    except TrustError as err:
+        raise InstallError(f"the server's envelope of {app} {version}: "
+                           f"{type(err).__name__}: {err}") from err
+    (dest / BLOB_DIR).mkdir(parents=True, exist_ok=True)
+    (dest / MANIFEST_NAME).write_bytes(payload)
+    (dest / ENVELOPE_NAME).write_bytes(envelope)
+    for blob in sorted({entry.blob for entry in manifest.files}):
+        (dest / BLOB_DIR / blob).write_bytes(api.release_blob(app, version, blob))
+    return dest
 
 
 def read_board(link: Link) -> BoardView:
