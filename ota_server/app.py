@@ -64,6 +64,8 @@ ROUTES: list[tuple[str, str, object]] = [
     ("POST", "/v1/releases", P.register_release),
     ("POST", "/v1/releases/sequence", P.reserve_sequence),
     ("GET", "/v1/releases", P.list_releases),
+    ("GET", "/v1/releases/{app}/{version}", P.release_envelope),
+    ("GET", "/v1/releases/{app}/{version}/blobs/{sha256}", P.release_blob),
     ("POST", "/v1/roots", P.upload_root),
     ("GET", "/v1/roots", P.list_roots),
     ("POST", "/v1/devices", P.register_device),

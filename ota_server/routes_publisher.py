@@ -266,6 +266,41 @@ async def list_releases(request: web.Request) -> web.Response:
     return web.json_response({"releases": [r.view() for r in releases]})
 
 
+def _registered(request: web.Request) -> Release:
+    """The release the path's {app} and {version} name; NotFound when none is registered."""
+    app_name = name(request.match_info["app"], "app")
+    version = request.match_info["version"]
+    if not SEMVER.fullmatch(version):
+        raise BadRequest(f"version {version[:40]!r} is not a semantic version (MAJOR.MINOR.PATCH)",
+                         code="bad_field")
+    release = request.app[state.STORE].release_by_version(app_name, version)
+    if release is None:
+        raise NotFound(f"no release {app_name} {version}", code="unknown_release")
+    return release
+
+
+@publisher
+async def release_envelope(request: web.Request) -> web.Response:
+    """A registered release's signed manifest envelope, the bytes its publisher signed
+    (`ota install APP@VERSION` stages it on a board over USB)."""
+    release = _registered(request)
+    return web.Response(body=request.app[state.STORE].envelope(release.id),
+                        content_type="application/vnd.dsse+json")
+
+
+@publisher
+async def release_blob(request: web.Request) -> web.StreamResponse:
+    """One blob of a registered release, for a publisher (`ota install APP@VERSION`); a blob
+    the release does not name is 404 `unknown_blob`, stored or not."""
+    release = _registered(request)
+    sha256 = blob_id(request.match_info["sha256"])
+    path = request.app[state.BLOBS].path(sha256)
+    if sha256 not in release.blobs or not path.is_file():
+        raise NotFound(f"release {release.app} {release.version} has no blob {sha256}",
+                       code="unknown_blob")
+    return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+
+
 # -- roots ------------------------------------------------------------------------------------
 
 @publisher

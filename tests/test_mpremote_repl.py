@@ -6,8 +6,10 @@ import hashlib
 import itertools
 import os
 import re
+import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tools.virtual_board import VirtualBoard
-from tools.virtual_board.repl import ReplAgent
+from tools.virtual_board.repl import PASTE_WINDOW, RAW_BANNER, ReplAgent
 
 BANNER = b"raw REPL; CTRL-B to exit\r\n>"
 MPREMOTE = str(Path(sys.executable).with_name("mpremote"))
@@ -137,24 +139,29 @@ def test_globals_persist_between_execs_of_one_session(port: int) -> None:
     assert done.stdout == "42\n", done.stderr
 
 
+def _reader(conn: socket.socket) -> tuple[Any, Any]:
+    reader = conn.makefile("rb")
+
+    def read_until(ending: bytes) -> bytes:
+        data = b""
+        while not data.endswith(ending):
+            byte = reader.read(1)
+            assert byte, f"connection closed; got {data!r}"
+            data += byte
+        return data
+
+    return reader, read_until
+
+
 def test_raw_repl_protocol_bytes(port: int) -> None:
-    """The exact exchange mpremote relies on, including the declined raw-paste request."""
+    """The exact exchange mpremote relies on, an unknown raw-paste command declined."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-        reader = conn.makefile("rb")
-
-        def read_until(ending: bytes) -> bytes:
-            data = b""
-            while not data.endswith(ending):
-                byte = reader.read(1)
-                assert byte, f"connection closed; got {data!r}"
-                data += byte
-            return data
-
+        reader, read_until = _reader(conn)
         conn.sendall(b"\r\x03\r\x01")
         assert read_until(BANNER).endswith(BANNER)
         conn.sendall(b"\x04")
         assert read_until(b">") == b"OK\r\nMPY: soft reboot\r\nraw REPL; CTRL-B to exit\r\n>"
-        conn.sendall(b"\x05A\x01")
+        conn.sendall(b"\x05B\x01")  # pyexec.c: a command other than 'A' is unsupported
         assert reader.read(2) == b"R\x00"
         conn.sendall(b"print('out')\nimport sys\nsys.stdout.write('x')\nundefined_name\x04")
         reply = read_until(b"\x04>")
@@ -163,6 +170,77 @@ def test_raw_repl_protocol_bytes(port: int) -> None:
         assert err.startswith(b"Traceback (most recent call last):")
         assert b"NameError: name 'undefined_name' isn't defined" in err
         assert prompt == b">"
+
+
+def test_raw_paste_takes_code_in_flow_controlled_windows_as_firmware_does(port: int) -> None:
+    """pyexec.c's raw paste: R\\x01, the window (LE16) and \\x01; one \\x01 per window taken in;
+    Ctrl-D acknowledged with \\x04, then output and error as in raw mode."""
+    code = b"x = 0\n" + b"x += 1\n" * 100 + b"print('sum', x)\nundefined_name\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        reader, read_until = _reader(conn)
+        conn.sendall(b"\x01")
+        assert read_until(BANNER).endswith(BANNER)
+        conn.sendall(b"\x05A\x01")
+        assert reader.read(2) == b"R\x01"
+        window = struct.unpack("<H", reader.read(2))[0]
+        assert window == PASTE_WINDOW
+        assert reader.read(1) == b"\x01"  # a second window is free
+        credit = 2 * window
+        sent = freed = 0
+        while sent < len(code):  # never more than the board has said it can take
+            if credit == 0:
+                assert reader.read(1) == b"\x01"
+                credit += window
+                freed += 1
+            piece = code[sent: sent + credit]
+            conn.sendall(piece)
+            sent += len(piece)
+            credit -= len(piece)
+        conn.sendall(b"\x04")
+        reply = read_until(b"\x04>")
+        acks, rest = reply.split(b"\x04", 1)
+        # one \x01 for every whole window taken in, the rest of them before the end's \x04
+        assert acks == b"\x01" * (len(code) // window - freed)
+        out, err, prompt = rest.split(b"\x04")
+        assert out == b"sum 100\n"
+        assert b"NameError: name 'undefined_name' isn't defined" in err
+        assert prompt == b">"
+        # the session is back in raw mode: a plain exec works
+        conn.sendall(b"print(x)\x04")
+        assert read_until(b"\x04>") == b"OK100\n\x04\x04>"
+
+
+def test_ctrl_c_ends_a_raw_paste_with_keyboard_interrupt(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        reader, read_until = _reader(conn)
+        conn.sendall(b"\x01")
+        read_until(BANNER)
+        conn.sendall(b"\x05A\x01")
+        assert reader.read(5)[:2] == b"R\x01"
+        conn.sendall(b"print('never run')\n\x03")
+        reply = read_until(b"\x04>")
+        assert reply.startswith(b"\x04\x04")  # transfer ended, then no output
+        assert b"KeyboardInterrupt" in reply and b"never run" not in reply
+
+
+def test_mpremote_keeps_raw_paste_and_writes_intact(port: int, flash: Path, tmp_path: Path) -> None:
+    """mpremote's transport stays on raw paste (it turns it off for good at a decline), and
+    a file copied by the CLI arrives intact."""
+    from mpremote.transport_serial import SerialTransport
+
+    transport = SerialTransport(f"socket://127.0.0.1:{port}", baudrate=115200)
+    try:
+        transport.enter_raw_repl(soft_reset=False)
+        assert transport.exec("print(6 * 7)") == b"42\n"
+        assert transport.use_raw_paste
+        transport.exit_raw_repl()
+    finally:
+        transport.close()
+    data = bytes(range(256)) * 40
+    (tmp_path / "blob.bin").write_bytes(data)
+    done = _mpremote(port, "cp", str(tmp_path / "blob.bin"), ":blob.bin")
+    assert done.returncode == 0, done.stderr
+    assert (flash / "blob.bin").read_bytes() == data
 
 
 def test_ctrl_c_interrupts_running_code(port: int) -> None:
@@ -255,6 +333,46 @@ def test_reply_parser_finds_the_end_of_output_however_the_stream_is_split(
         assert got == output + b"next command's output"
         assert errors == [b"error"]
         assert agent.fs_ops == 7
+    finally:
+        agent.close()
+
+
+def test_raw_paste_takes_the_same_code_however_the_stream_is_split(
+    flash: Path, micropython: str
+) -> None:
+    """The raw-paste code runs whole and one \\x01 comes back per window taken in, whatever
+    the pieces the client's bytes arrive in (a window boundary inside a piece, an end-of-code
+    Ctrl-D in the same piece as code): the real interpreter, the session fed piece by piece."""
+    from tools.virtual_board.repl import ReplSession
+
+    agent = ReplAgent(VirtualBoard(flash, micropython=micropython))
+    agent.start()
+    try:
+
+        @given(terms=st.integers(0, 400), pad=st.integers(0, 1),
+               cuts=st.lists(st.integers(0, 1000), max_size=8))
+        @settings(max_examples=30, deadline=None)
+        @example(terms=59, pad=1, cuts=[])  # the code ends exactly on a window's last byte
+        def check(terms: int, pad: int, cuts: list[int]) -> None:
+            sent: list[bytes] = []
+            session = ReplSession(sent.append, agent)
+            session.on_client(b"\x01\x05A\x01")
+            code = b"print(" + b"1+" * terms + b"0)" + b" " * pad + b"\n\x04"
+            at = 0
+            for cut in sorted({c % len(code) for c in cuts} | {len(code)}):
+                session.on_client(code[at:cut])
+                at = cut
+            while session.busy:
+                select.select([agent.fileno()], [], [], 10)
+                session.on_agent_output()
+            reply = b"".join(sent)
+            header = RAW_BANNER + b">R\x01" + struct.pack("<H", PASTE_WINDOW) + b"\x01"
+            assert reply.startswith(header)
+            acks, _, rest = reply[len(header):].partition(b"\x04")
+            assert acks == b"\x01" * ((len(code) - 1) // PASTE_WINDOW)
+            assert rest == str(terms).encode() + b"\n\x04\x04>"
+
+        check()
     finally:
         agent.close()
 

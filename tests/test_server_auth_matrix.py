@@ -87,7 +87,7 @@ QUERIES: dict[str, Callable[[Matrix], str]] = {
 
 
 def _concrete(path: str, m: Matrix) -> str:
-    values = {"sha256": m.blob, "version": "1", "device_id": m.board.device_id,
+    values = {"sha256": m.blob, "version": "1", "device_id": m.board.device_id, "app": "demo",
               "channel": "stable"}
     query = QUERIES[path](m) if path in QUERIES else ""
     return re.sub(r"\{(\w+)\}", lambda g: values[g.group(1)], path) + query

@@ -168,6 +168,17 @@ class ApiClient:
         query = "?" + urllib.parse.urlencode({"app": app}) if app else ""
         return list(self._json("GET", "/v1/releases" + query)["releases"])
 
+    def release_envelope(self, app: str, version: str) -> bytes:
+        """The signed manifest envelope of the registered release `app` `version`."""
+        _, raw = self._request("GET", f"/v1/releases/{_segment(app)}/{_segment(version)}")
+        return raw
+
+    def release_blob(self, app: str, version: str, sha256: str) -> bytes:
+        """One blob of the registered release `app` `version` (one its manifest names)."""
+        _, raw = self._request("GET", f"/v1/releases/{_segment(app)}/{_segment(version)}"
+                                      f"/blobs/{_segment(sha256)}")
+        return raw
+
     def publish(self, bundle_dir: Path | str, channel: str | None = None, *,
                 policy: dict[str, Any] | None = None, percent: float | None = None,
                 progress: Progress | None = None) -> PublishResult:
@@ -288,3 +299,8 @@ class ApiClient:
 
     def rollout_advance(self, channel: str) -> dict[str, Any]:
         return self._rollout_action(channel, "advance")
+
+
+def _segment(value: str) -> str:
+    """`value` as one path segment: a name cannot reach another route."""
+    return urllib.parse.quote(value, safe="")

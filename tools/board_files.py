@@ -393,9 +393,15 @@ def code_size(mpy: bool) -> dict[str, int]:
 
 def _read_record(path: Path) -> dict[str, Any] | None:
     try:
-        data = path.read_bytes()[:_MAX_RECORD]
+        data = path.read_bytes()
     except OSError:
         return None
+    return parse_record(data)
+
+
+def parse_record(data: bytes) -> dict[str, Any] | None:
+    """One state record's dict, as records.py reads it, or None when it does not hold."""
+    data = data[:_MAX_RECORD]
     body, nl, rest = data.partition(b"\n")
     if not nl or rest[:64] != hashlib.sha256(body).hexdigest().encode():
         return None

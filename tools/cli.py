@@ -16,6 +16,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "tools.cmd_publisher",
     "tools.cmd_board",
     "tools.cmd_backup",
+    "tools.cmd_install",
 )
 
 

@@ -57,6 +57,10 @@ def start(st, cfg):
         return
     entry = info["entry"] if info else _DEFAULT_ENTRY
     auto = trial and cfg and cfg["auto_confirm"]
+    if auto and info.get("offline"):
+        # Installed over USB (ota/offline.py): there may be no server to hear from, so the app
+        # coming up is the whole health check (docs/board.md, "Offline install").
+        run._answered = True
     try:
         mod = __import__(entry)
         fn = getattr(mod, "main", None)

@@ -169,6 +169,18 @@ def _boot_check(st):
         trial.watchdog(cfg)  # before the check: a check that hangs is as bad as an app that does
         trial = None  # it unloaded itself: its code goes before the check runs
     _queue_note(st)
+    if not st.on_trial:  # a trial never has its rollback target replaced: the release waits
+        import os
+        try:
+            os.stat("/ota/staged/manifest.dsse")  # ota/offline.py: a release staged over USB
+            staged = True
+        except OSError:
+            staged = False
+        if staged:
+            from ota import offline
+            offline.check(st, cfg)  # resets into the new app; returns when it was refused
+            offline = None
+            _shed()
     if not cfg["poll"].get("at_boot", True):
         return cfg, False
     ok = _check(st, cfg)

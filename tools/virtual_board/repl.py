@@ -7,7 +7,12 @@ Protocol, as in mpremote/transport_serial.py and MicroPython's pyexec.c:
 - Ctrl-A enters raw REPL: ``raw REPL; CTRL-B to exit\\r\\n>``; Ctrl-B back to the friendly REPL.
 - Raw mode: code until Ctrl-D, answered ``OK``; output, ``\\x04``, error text, ``\\x04``, ``>``.
 - An empty Ctrl-D soft-reboots: ``OK\\r\\nMPY: soft reboot\\r\\n``, a fresh interpreter, the banner.
-- Raw-paste requests (Ctrl-E ``A`` Ctrl-A) are declined with ``R\\x00``.
+- Raw-paste mode (Ctrl-E ``A`` Ctrl-A, as MicroPython's pyexec.c ``do_reader_stdin``): answered
+  ``R\\x01``, the flow-control window as 2 bytes little-endian, and ``\\x01`` (a second window is
+  free); then ``\\x01`` each time a window of code has been taken in. Ctrl-D ends the code and is
+  acknowledged with ``\\x04``; the output, ``\\x04``, error text, ``\\x04``, ``>`` follow as in raw
+  mode. Ctrl-C during the transfer ends it with ``\\x04`` and a KeyboardInterrupt. Any other
+  raw-paste command is declined with ``R\\x00``.
 - Ctrl-C while code runs interrupts it (SIGINT: KeyboardInterrupt in the board code).
 """
 
@@ -20,6 +25,7 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -39,6 +45,11 @@ _READ_CHUNK = 65536
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 FRIENDLY_BANNER = b"MicroPython virtual board (mpota); unix port\r\nType Ctrl-D to soft reboot.\r\n"
 _CTRL_A, _CTRL_B, _CTRL_C, _CTRL_D, _CTRL_E = b"\x01", b"\x02", b"\x03", b"\x04", b"\x05"
+# The raw-paste flow-control window: half of MICROPY_REPL_STDIN_BUFFER_MAX, whose default (256,
+# py/mpconfig.h) the ESP32 and RP2 ports keep.
+PASTE_WINDOW = 128
+_PASTE_REQUEST = _CTRL_E + b"A" + _CTRL_A
+_PASTE_ENDS = (ord(_CTRL_C), ord(_CTRL_D))
 
 
 class AgentDied(RuntimeError):
@@ -211,10 +222,17 @@ class ReplSession:
         self._line = bytearray()
         self._typeahead = bytearray()
         self._paste_request = b""
+        self._paste: bytearray | None = None  # the code of a raw paste being received
+        self._window_left = 0  # bytes of the current raw-paste window not yet received
 
     def on_client(self, data: bytes) -> None:
-        for i in range(len(data)):
-            self._on_byte(data[i : i + 1])
+        i = 0
+        while i < len(data):
+            if self._paste is not None and not self.busy:
+                i = self._on_paste_bytes(data, i)
+            else:
+                self._on_byte(data[i : i + 1])
+                i += 1
 
     def on_agent_output(self) -> None:
         try:
@@ -263,9 +281,46 @@ class ReplSession:
 
     def _on_paste_request(self, byte: bytes) -> None:
         self._paste_request += byte
-        if len(self._paste_request) == 3:  # Ctrl-E 'A' Ctrl-A: raw paste is not supported
-            self._paste_request = b""
+        if len(self._paste_request) < 3:
+            return
+        request, self._paste_request = self._paste_request, b""
+        if request != _PASTE_REQUEST:  # Ctrl-E, a command other than 'A', Ctrl-A
             self._send(b"R\x00")
+            return
+        # The window size says one window is free; the \x01 after it, a second one.
+        self._send(b"R\x01" + struct.pack("<H", PASTE_WINDOW) + b"\x01")
+        self._paste, self._window_left = bytearray(), PASTE_WINDOW
+
+    def _on_paste_bytes(self, data: bytes, start: int) -> int:
+        """Take raw-paste code from data[start:] up to its end (Ctrl-D) or an interrupt
+        (Ctrl-C); returns the index of the first byte not taken."""
+        assert self._paste is not None
+        end = len(data)
+        for stop in _PASTE_ENDS:
+            at = data.find(stop, start, end)
+            if at >= 0:
+                end = at
+        code = data[start:end]
+        self._paste += code
+        # One \x01 per window taken in, as the firmware's reader sends it byte by byte.
+        taken = len(code)
+        freed = 0
+        while taken >= self._window_left:
+            taken -= self._window_left
+            self._window_left = PASTE_WINDOW
+            freed += 1
+        self._window_left -= taken
+        if freed:
+            self._send(b"\x01" * freed)
+        if end == len(data):
+            return end
+        code, self._paste = bytes(self._paste), None
+        self._send(b"\x04")  # the end of the code, acknowledged
+        if data[end : end + 1] == _CTRL_C:
+            self._send(b"\x04Traceback (most recent call last):\nKeyboardInterrupt: \n\x04>")
+        else:
+            self._run(code, "exec")
+        return end + 1
 
     def _on_end_of_input(self) -> None:
         if self.raw and self._line:
@@ -396,6 +451,11 @@ class ReplServer:
     def _session(self, conn: socket.socket) -> bool:
         """Serve one client until it hangs up; True when the server is closing."""
         session = ReplSession(conn.sendall, self._agent)
+        # A serial link delivers each byte as it is written. TCP holds small segments back:
+        # Nagle here, and on the client's side until this end ACKs, which a delayed ACK puts
+        # off by up to 40 ms: two such waits per exec (the code, then its Ctrl-D). So no Nagle,
+        # and an ACK at once after every read (Linux resets TCP_QUICKACK as it goes).
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         while True:
             watched = [conn.fileno(), self._wake_r]
             if session.busy:
@@ -410,4 +470,13 @@ class ReplServer:
                 if not data:
                     session.on_hangup()
                     return False
+                _quick_ack(conn)
                 session.on_client(data)
+
+
+def _quick_ack(conn: socket.socket) -> None:
+    """ACK what was read now rather than after the delayed-ACK timer (Linux only)."""
+    quick_ack = getattr(socket, "TCP_QUICKACK", None)
+    if quick_ack is not None:
+        with contextlib.suppress(OSError):
+            conn.setsockopt(socket.IPPROTO_TCP, quick_ack, 1)
