@@ -24,7 +24,7 @@ if str(PROJECT_ROOT) not in sys.path:  # bench/ is not an installed package
 from bench.reference_app import build_release, make_keys, small_app
 from tools.board_files import app_hashes, read_state, slot_files
 from tools.local_server import LocalServer
-from tools.station.image import BLOCK_SIZE, PartitionGeometry
+from tools.station.image import BLOCK_SIZE
 from tools.station.log import StationLog
 from tools.station.station import Station
 from tools.station.targets import Target
