@@ -8,7 +8,7 @@ it), then powered up with no network: the filesystem is mounted again as the por
 old or the new, with that version's exact file set in its active slot. Then, network back,
 whether it ends confirmed on 1.1.0.
 
-    python bench/block_cuts.py [STRIDE [TORN_EVERY]]   # the full run: STRIDE 1 (docs/board.md)
+    python bench/block_cuts.py [STRIDE [TORN_EVERY [lfs2,fat]]]   # full run: 1 10 (docs/board.md)
 """
 
 from __future__ import annotations
@@ -68,12 +68,14 @@ class Tally:
 
 def _version(flash: Path, output: str, apps: dict[str, dict[str, str]]) -> str | None:
     """The version the board ran, if it ran one whole: printed, and the active slot holding
-    exactly that version's files; None otherwise."""
+    exactly that version's files; None otherwise. With no valid state record the board boots
+    slot a (the factory state, bootloader_py/ota/state.py)."""
     printed = [line.split()[1] for line in output.splitlines() if line.startswith("APP ")]
     state = read_state(flash)
-    if not printed or state is None or printed[-1] not in apps:
+    if not printed or printed[-1] not in apps:
         return None
-    if slot_files(flash, state["active"]) != apps[printed[-1]]:
+    active = "a" if state is None else state["active"]
+    if slot_files(flash, active) != apps[printed[-1]]:
         return None
     return printed[-1]
 
@@ -156,12 +158,13 @@ def enumerate_cuts(bench: Bench, kind: str, stride: int = 1, torn_every: int = 0
 def main(argv: list[str]) -> int:
     stride = int(argv[0]) if argv else 1
     torn_every = int(argv[1]) if len(argv) > 1 else 10
+    kinds = argv[2].split(",") if len(argv) > 2 else ["lfs2", "fat"]
     with tempfile.TemporaryDirectory(prefix="block-cuts-") as tmp:
         bench = Bench(Path(tmp), find_micropython())
         with LocalServer(Path(tmp) / "data", Path(tmp) / "root.json") as server:
             bench.setup(server)
             tallies = []
-            for kind in ("lfs2", "fat"):
+            for kind in kinds:
                 tallies.append(enumerate_cuts(bench, kind, stride, torn_every))
                 print(json.dumps({**tallies[-1].summary(),
                                   "bricked_at": tallies[-1].bricked_at,

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import fake_esp_serial
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_station_esptool import esp_job
 
 from tools.micropython import PROJECT_ROOT
@@ -319,3 +321,60 @@ def test_a_station_built_image_boots_in_the_virtual_board_and_updates_end_to_end
         assert slot_files(board_dir, state["active"]) == app_hashes(release)
         device = server.client().device(device_id)
         assert device["version"] == "2.0.0", device
+
+
+# -- the host's mirror: whatever tree the host writes, the image holds exactly that --------------
+
+_NAMES = st.text(alphabet="abcdefgh_0123456789", min_size=1, max_size=10)
+_TREES = st.dictionaries(st.lists(_NAMES, min_size=1, max_size=3).map("/".join),
+                         st.binary(max_size=6000), max_size=8)
+
+
+def _write_tree(root: Path, tree: dict[str, bytes]) -> dict[str, bytes]:
+    """Write `tree` under `root`, skipping paths that clash with a file already a directory
+    (or the reverse); returns what was written."""
+    written: dict[str, bytes] = {}
+    for path, data in sorted(tree.items()):
+        target = root / path
+        parts = path.split("/")
+        if any((root / "/".join(parts[:i])).is_file() for i in range(1, len(parts))) or \
+                target.is_dir():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        written[path] = data
+    return written
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("kind", BLOCK_KINDS)
+@settings(max_examples=5, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(first=_TREES, second=_TREES, removed=st.integers(min_value=0, max_value=3))
+def test_the_image_holds_exactly_the_tree_the_host_wrote_through_any_change(
+        tmp_path_factory: pytest.TempPathFactory, micropython: str, kind: str,
+        first: dict[str, bytes], second: dict[str, bytes], removed: int) -> None:
+    flash = tmp_path_factory.mktemp("mirror") / "flash"
+    flash.mkdir()
+    written = _write_tree(flash, first)
+    block = VirtualBoard(flash, micropython=micropython, flash=kind).block_flash  # type: ignore[arg-type]
+    assert block is not None
+    block.sync_into_image()
+    for path in sorted(written)[:removed]:  # the host removes some, changes and adds others
+        (flash / path).unlink()
+        del written[path]
+    written.update(_write_tree(flash, second))
+    block.sync_into_image()
+    # Read back from the image alone: a fresh directory filled from it.
+    readback = flash.with_name("readback")
+    readback.mkdir()
+    flash_image_path(flash).rename(flash_image_path(readback))
+    again = VirtualBoard(readback, micropython=micropython, flash=kind).block_flash  # type: ignore[arg-type]
+    assert again is not None
+    again.sync_from_image()
+    assert _tree(readback) == _tree(flash) == {p: d for p, d in written.items()
+                                               if (flash / p).is_file()}
