@@ -145,7 +145,7 @@ def test_board_boots_from_its_filesystem_image_and_the_host_sees_what_it_wrote(
         tmp_path: Path, micropython: str, kind: str) -> None:
     flash = _flash(tmp_path, {"main.py": _WRITER, "data/in.txt": "from the host",
                               "gone.txt": "x"})
-    board = VirtualBoard(flash, micropython=micropython, flash=kind)  # type: ignore[arg-type]
+    board = VirtualBoard(flash, micropython=micropython, flash=kind)
     result = board.run(max_boots=1)
     assert result.ended == "exit", result.output
     # Exactly the board's files at "/" (nothing of the harness), on a filesystem of the
@@ -177,11 +177,11 @@ def test_a_cut_on_block_flash_ends_the_boot_at_that_operation(
         tmp_path: Path, micropython: str, kind: str) -> None:
     script = "with open('/f.txt', 'w') as f:\n    f.write('x' * 9000)\nprint('done')\n"
     flash = _flash(tmp_path, {"main.py": script})
-    whole = VirtualBoard(flash, micropython=micropython, flash=kind).run()  # type: ignore[arg-type]
+    whole = VirtualBoard(flash, micropython=micropython, flash=kind).run()
     assert whole.ended == "exit" and whole.fs_ops >= 3
     for cut in (1, whole.fs_ops):
         other = _flash(tmp_path, {"main.py": script}, f"cut{cut}")
-        board = VirtualBoard(other, micropython=micropython, flash=kind)  # type: ignore[arg-type]
+        board = VirtualBoard(other, micropython=micropython, flash=kind)
         result = board.run(cut_at=cut, torn=Torn(7, "old"))
         assert result.ended == "power_cut" and result.fs_ops == cut - 1, result.output
         assert "done" not in result.output
@@ -192,7 +192,7 @@ def test_a_cut_on_block_flash_ends_the_boot_at_that_operation(
         # included (docs/board.md, Flash and power cuts); the board still powers up.
         assert after.ended in ("exit", "crash"), after.output
     beyond = VirtualBoard(_flash(tmp_path, {"main.py": script}, "beyond"),
-                          micropython=micropython, flash=kind).run(  # type: ignore[arg-type]
+                          micropython=micropython, flash=kind).run(
         cut_at=whole.fs_ops + 1)
     assert beyond.ended == "exit"
 
@@ -216,7 +216,7 @@ def test_a_torn_write_needs_block_flash_and_a_cut(tmp_path: Path, micropython: s
     with pytest.raises(ValueError, match="at least 1 byte"):
         Torn(0)
     with pytest.raises(ValueError, match="not one of"):
-        VirtualBoard(flash, micropython=micropython, flash="ntfs")  # type: ignore[arg-type]
+        VirtualBoard(flash, micropython=micropython, flash="ntfs")  # type: ignore[arg-type]  # refused
 
 
 def test_an_image_of_another_size_is_refused_naming_both_sizes(
@@ -243,9 +243,9 @@ def test_board_code_gets_its_heap_less_only_the_filesystems_own_buffers(
         tmp_path: Path, micropython: str, kind: str) -> None:
     flash = _flash(tmp_path, {"main.py": "import gc\ngc.collect()\nprint(gc.mem_free())\n"})
     on_dir = VirtualBoard(flash, micropython=micropython, flash="dir", heapsize="32k").run()
-    on_block = VirtualBoard(flash, micropython=micropython, flash=kind,  # type: ignore[arg-type]
+    on_block = VirtualBoard(flash, micropython=micropython, flash=kind,
                             heapsize="32k").run()
-    assert harness_heap_bytes(micropython, kind) > harness_heap_bytes(micropython)  # type: ignore[arg-type]
+    assert harness_heap_bytes(micropython, kind) > harness_heap_bytes(micropython)
     # A port mounts its filesystem in the GC heap: VfsFat's sector buffer, VfsLfs2's caches.
     spent = int(on_dir.output) - int(on_block.output)
     assert 0 <= spent <= (4096 if kind == "fat" else 1024), spent
@@ -308,7 +308,7 @@ def test_a_station_built_image_boots_in_the_virtual_board_and_updates_end_to_end
             for path, data in _read_littlefs(image).items():
                 (board_dir / path).parent.mkdir(parents=True, exist_ok=True)
                 (board_dir / path).write_bytes(data)
-        board = VirtualBoard(board_dir, micropython=micropython, flash=kind)  # type: ignore[arg-type]
+        board = VirtualBoard(board_dir, micropython=micropython, flash=kind)
         if kind == "lfs2":  # the very bytes the station wrote into the partition
             assert flash_image_path(board_dir).read_bytes() == image
         result = board.run(max_boots=4, timeout=90)
@@ -361,7 +361,7 @@ def test_the_image_holds_exactly_the_tree_the_host_wrote_through_any_change(
     flash = tmp_path_factory.mktemp("mirror") / "flash"
     flash.mkdir()
     written = _write_tree(flash, first)
-    block = VirtualBoard(flash, micropython=micropython, flash=kind).block_flash  # type: ignore[arg-type]
+    block = VirtualBoard(flash, micropython=micropython, flash=kind).block_flash
     assert block is not None
     block.sync_into_image()
     for path in sorted(written)[:removed]:  # the host removes some, changes and adds others
@@ -373,7 +373,7 @@ def test_the_image_holds_exactly_the_tree_the_host_wrote_through_any_change(
     readback = flash.with_name("readback")
     readback.mkdir()
     flash_image_path(flash).rename(flash_image_path(readback))
-    again = VirtualBoard(readback, micropython=micropython, flash=kind).block_flash  # type: ignore[arg-type]
+    again = VirtualBoard(readback, micropython=micropython, flash=kind).block_flash
     assert again is not None
     again.sync_from_image()
     assert _tree(readback) == _tree(flash) == {p: d for p, d in written.items()
