@@ -64,6 +64,7 @@ ROUTES: list[tuple[str, str, object]] = [
     ("POST", "/v1/releases", P.register_release),
     ("POST", "/v1/releases/sequence", P.reserve_sequence),
     ("GET", "/v1/releases", P.list_releases),
+    ("POST", "/v1/releases/{app}/{version}/yank", P.yank_release),
     ("POST", "/v1/roots", P.upload_root),
     ("GET", "/v1/roots", P.list_roots),
     ("POST", "/v1/devices", P.register_device),
@@ -77,6 +78,7 @@ ROUTES: list[tuple[str, str, object]] = [
     ("POST", "/v1/channels/{channel}/rollout/resume", P.rollout_resume),
     ("POST", "/v1/channels/{channel}/rollout/abort", P.rollout_abort),
     ("POST", "/v1/channels/{channel}/rollout/advance", P.rollout_advance),
+    ("GET", "/v1/audit", P.list_audit),
 ]
 
 # GET routes without HEAD: a board knows a pack's length from its manifest, so a HEAD would

@@ -24,7 +24,8 @@ DAY = 86400
 # -- serve and tokens (local: they work on the data directory) --------------------------------
 
 def _fleet_values(path: Path) -> dict[str, Any]:
-    """What `ota serve` takes from fleet.yaml: the root, the port of server.url, the policy."""
+    """What `ota serve` takes from fleet.yaml: the root, the port of server.url, the policy,
+    the declared channels."""
     from urllib.parse import urlsplit
 
     from tools.fleet import FleetError, load_fleet
@@ -45,6 +46,7 @@ def _fleet_values(path: Path) -> dict[str, Any]:
     if group is not None:
         stages.extend({"tag": tag} for tag in group.tags)
     stages.extend({"percent": p} for p in fleet.rollout.stages)
+    values["channels"] = tuple(fleet.channels)
     values["default_policy"] = {"stages": stages,
                                 "failure_threshold": fleet.rollout.failure_threshold,
                                 "min_results": fleet.rollout.min_results}
@@ -62,7 +64,8 @@ def _fleet_values(path: Path) -> dict[str, Any]:
               help="listen port [default: 8080; env MPOTA_PORT]")
 @click.option("--fleet", "fleet_path", type=click.Path(dir_okay=False, exists=True,
                                                        path_type=Path),
-              help="fleet.yaml: server root, port and the default rollout policy")
+              help="fleet.yaml: server root, port, the default rollout policy and the "
+                   "declared channels (any other channel is refused)")
 @click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path),
               help="serve https with this PEM certificate (chain); reloaded on SIGHUP "
                    "[env MPOTA_TLS_CERT]")
