@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from tools.errors import UserError
-from tools.timefmt import iso_utc
+from tools.output import Column, emit, json_option, when
 
 TOKEN_ENV = "MPOTA_TOKEN"  # noqa: S105 -- the variable's name, not a secret
 SERVER_ENV = "MPOTA_SERVER"
@@ -144,18 +144,34 @@ _data_option = click.option(
 
 @click.group("tokens")
 def tokens_group() -> None:
-    """Publisher tokens (stored hashed in the server's data directory)."""
+    """Publisher tokens with scopes (stored hashed in the server's data directory)."""
+
+
+def _audit_local(store: Any, action: str, target: str, outcome: str) -> None:
+    """Token management on the data directory goes to the audit log as the actor `local`
+    (whoever can write the data directory)."""
+    import time
+
+    from ota_server.storage import AuditEntry
+
+    store.add_audit(AuditEntry(at=int(time.time()), actor="local", scope="admin",
+                               action=action, target=target, status=0, outcome=outcome))
 
 
 @tokens_group.command("create")
 @click.argument("name")
+@click.option("--scope", type=click.Choice(["read", "publish", "admin"]), default="publish",
+              show_default=True,
+              help="read: list; publish: also upload, register and roll out; admin: also "
+                   "revoke boards and upload roots")
 @_data_option
-def tokens_create(name: str, data_dir: Path) -> None:
+def tokens_create(name: str, scope: str, data_dir: Path) -> None:
     """Create a token NAME; it is printed once, on stdout, and never stored in clear."""
     from ota_server.tokens import create_token
 
     with _open_store(data_dir) as store:
-        token = create_token(store, name)
+        token = create_token(store, name, scope)
+        _audit_local(store, "ota tokens create", f"{name} scope={scope}", "ok")
     click.echo(token)
 
 
@@ -166,19 +182,25 @@ def tokens_revoke(name: str, data_dir: Path) -> None:
     """Revoke every valid token named NAME."""
     with _open_store(data_dir) as store:
         count = store.revoke_token(name)
+        _audit_local(store, "ota tokens revoke", name, "ok" if count else "unknown_token")
     if count == 0:
         raise UserError(f"no valid token named {name!r}")
     click.echo(f"revoked {count} token(s) named {name!r}")
 
 
+_TOKEN_COLUMNS = (Column("NAME", "name"), Column("SCOPE", "scope"),
+                  Column("CREATED", "created", when), Column("REVOKED", "revoked", when))
+
+
 @tokens_group.command("list")
+@json_option
 @_data_option
-def tokens_list(data_dir: Path) -> None:
-    """Token names, creation and revocation times (never the tokens)."""
+def tokens_list(as_json: bool, data_dir: Path) -> None:
+    """Token names, scopes, creation and revocation times (never the tokens)."""
     with _open_store(data_dir) as store:
-        for row in store.list_tokens():
-            state = f"revoked {iso_utc(row['revoked'])}" if row["revoked"] else "valid"
-            click.echo(f"{row['name']}\tcreated {iso_utc(row['created'])}\t{state}")
+        rows = store.list_tokens()
+    docs = [{k: row[k] for k in ("name", "scope", "created", "revoked")} for row in rows]
+    emit(docs, _TOKEN_COLUMNS, docs, as_json=as_json, empty="no tokens")
 
 
 def register(cli: click.Group) -> None:
