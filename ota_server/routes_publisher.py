@@ -488,6 +488,8 @@ async def rollout_start(request: web.Request) -> web.Response:
             raise NotFound(f"no release {app_name!r} sequence {sequence}",
                            code="unknown_release")
         release = found
+    request[state.AUDIT_TARGET] = f"{channel}: {app_name} {release.version} (sequence " \
+                                  f"{release.sequence})"
     lower = rollout.downgrade_from(store, channel, release)
     rollout.start(store, channel, release, policy, allow_downgrade_version=downgrade)
     answer = rollout.status(store, channel)
