@@ -100,7 +100,7 @@ class Operator:
         request = urllib.request.Request(self.srv.url + path, data=body, method="POST",
                                          headers=board.auth("POST", path, body))
         try:
-            with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=10) as answer:
                 return answer.status, answer.read()
         except urllib.error.HTTPError as err:
             return err.code, err.read()
