@@ -3,6 +3,7 @@ pause rule for every fleet size, version precedence, yank, declared channels, th
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def test_version_precedence_follows_semver(a: tuple[int, int, int], b: tuple[int
 def test_version_precedence_examples_from_the_semver_spec() -> None:
     chain = ["1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-alpha.beta", "1.0.0-beta", "1.0.0-beta.2",
              "1.0.0-beta.11", "1.0.0-rc.1", "1.0.0", "1.0.1", "1.1.0", "1.10.0", "2.0.0"]
-    for lower, higher in zip(chain, chain[1:], strict=False):
+    for lower, higher in itertools.pairwise(chain):
         assert is_lower(lower, higher) and not is_lower(higher, lower)
     with pytest.raises(ValueError, match="semantic version"):
         version_key("1.0")
