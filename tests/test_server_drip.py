@@ -89,6 +89,8 @@ def _script(fleet: Fleet) -> list[Step]:
         Step("POST", "/v1/device/report", "/v1/device/report",
              board.report_body("downloading", 1), "device"),
         Step("POST", "/v1/roots", "/v1/roots", fleet.rotated_root, "publisher"),
+        Step("POST", "/v1/releases/{app}/{version}/yank", "/v1/releases/demo/1.0.0/yank",
+             json.dumps({"force": True}).encode(), "publisher"),
     ]
     return steps
 
