@@ -79,6 +79,9 @@ ROUTES: list[tuple[str, str, object]] = [
     ("POST", "/v1/channels/{channel}/rollout/abort", P.rollout_abort),
     ("POST", "/v1/channels/{channel}/rollout/advance", P.rollout_advance),
     ("GET", "/v1/audit", P.list_audit),
+    ("GET", "/v1/tokens", P.list_tokens),
+    ("POST", "/v1/tokens", P.create_token),
+    ("POST", "/v1/tokens/{name}/revoke", P.revoke_token),
 ]
 
 # GET routes without HEAD: a board knows a pack's length from its manifest, so a HEAD would

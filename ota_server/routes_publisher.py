@@ -517,6 +517,44 @@ rollout_abort = _action(rollout.abort)
 rollout_advance = _action(rollout.advance)
 
 
+# -- tokens -----------------------------------------------------------------------------------
+
+@admin
+async def list_tokens(request: web.Request) -> web.Response:
+    """Token names, scopes and times (never a token, never its hash)."""
+    rows = request.app[state.STORE].list_tokens()
+    return web.json_response({"tokens": [
+        {k: row[k] for k in ("name", "scope", "created", "revoked")} for row in rows]})
+
+
+@admin
+async def create_token(request: web.Request) -> web.Response:
+    """A new token {name, scope}: answered once, in this response, and stored hashed."""
+    from ota_server.tokens import SCOPES
+    from ota_server.tokens import create_token as new_token
+
+    what = "token"
+    doc = await read_json(request, what, request.app[state.SETTINGS].limits.max_json_bytes)
+    token_name = name(required(doc, "name", str, what), "token name")
+    scope = required(doc, "scope", str, what)
+    if scope not in SCOPES:
+        raise BadRequest(f"token: scope {scope[:20]!r} is not one of {', '.join(SCOPES)}",
+                         code="bad_field")
+    request[state.AUDIT_TARGET] = f"{token_name} scope={scope}"
+    token = new_token(request.app[state.STORE], token_name, scope)
+    return web.json_response({"name": token_name, "scope": scope, "token": token}, status=201)
+
+
+@admin
+async def revoke_token(request: web.Request) -> web.Response:
+    """Revoke every valid token of the name; 404 `unknown_token` when there is none."""
+    token_name = name(request.match_info["name"], "token name")
+    count = request.app[state.STORE].revoke_token(token_name)
+    if count == 0:
+        raise NotFound(f"no valid token named {token_name!r}", code="unknown_token")
+    return web.json_response({"name": token_name, "revoked": count})
+
+
 # -- audit ------------------------------------------------------------------------------------
 
 @reader

@@ -92,7 +92,7 @@ QUERIES: dict[str, Callable[[Matrix], str]] = {
 
 def _concrete(path: str, m: Matrix) -> str:
     values = {"sha256": m.blob, "version": "1", "device_id": m.board.device_id,
-              "channel": "stable", "app": "demo"}
+              "channel": "stable", "app": "demo", "name": "gone"}
     if path.startswith("/v1/releases/"):
         values["version"] = "1.0.0"
     query = QUERIES[path](m) if path in QUERIES else ""
@@ -276,14 +276,18 @@ async def test_every_publisher_route_needs_its_scope_and_lower_scopes_change_not
 
 
 def test_scopes_follow_the_documented_rule() -> None:
-    """GET routes and the blob question read; revoking boards and uploading roots is admin;
-    the rest changes state and needs publish."""
-    admin = {("POST", "/v1/devices/{device_id}/revoke"), ("POST", "/v1/roots")}
+    """GET routes and the blob question read; revoking boards, uploading roots and tokens
+    are admin; the rest changes state and needs publish."""
+    admin = {("POST", "/v1/devices/{device_id}/revoke"), ("POST", "/v1/roots"),
+             ("GET", "/v1/tokens"), ("HEAD", "/v1/tokens"), ("POST", "/v1/tokens"),
+             ("POST", "/v1/tokens/{name}/revoke")}
     for method, path, kind in ROUTES:
         if kind != "publisher":
             continue
-        if method in ("GET", "HEAD") or (method, path) == ("POST", "/v1/blobs/missing"):
+        if (method, path) in admin:
+            expected = "admin"
+        elif method in ("GET", "HEAD") or (method, path) == ("POST", "/v1/blobs/missing"):
             expected = "read"
         else:
-            expected = "admin" if (method, path) in admin else "publish"
+            expected = "publish"
         assert SCOPE_OF[(method, path)] == expected, (method, path)

@@ -326,7 +326,8 @@ def test_tokens_have_scopes_every_change_is_audited_and_loose_token_files_are_re
     assert ("ci", "POST /v1/channels/{channel}/rollout", "ok") in seen
     assert ("ci", "POST /v1/devices/{device_id}/revoke", "insufficient_scope") in seen
     assert ("viewer", "POST /v1/channels/{channel}/rollout/pause", "insufficient_scope") in seen
-    assert ("local", "ota tokens create", "ok") in seen
+    assert any(actor.startswith("local:") and action == "ota tokens create"
+               for actor, action, _ in seen)
     assert not any(e["actor"] == "viewer" and e["action"].startswith("GET") for e in entries)
     started = next(e for e in entries if e["action"] == "POST /v1/channels/{channel}/rollout")
     assert started["target"].startswith("stable: demo 1.0.0 (sequence ")
@@ -375,3 +376,38 @@ def test_tokens_from_before_scopes_stay_admin_and_releases_get_their_signers(
         assert release.yanked is None
     finally:
         store.close()
+
+
+def test_an_admin_token_manages_tokens_over_the_api_and_others_cannot(
+        operator: Operator, monkeypatch: pytest.MonkeyPatch) -> None:
+    op = operator
+    monkeypatch.delenv("MPOTA_DATA", raising=False)  # no --data: the server is asked
+    code, out, err = op.run("tokens", "create", "remote-ci")  # as `local`, an admin token
+    assert code == 0, err
+    remote_ci = out.strip()
+    assert remote_ci.startswith("mpota_")
+    listed = {t["name"]: t for t in op.json("tokens", "list")}
+    assert listed["remote-ci"]["scope"] == "publish" and remote_ci not in json.dumps(listed)
+    op.use(remote_ci)
+    code, _, err = op.run("tokens", "create", "sneaky", "--scope", "admin")
+    assert code == 1 and "insufficient_scope" in err
+    code, _, err = op.run("tokens", "list")
+    assert code == 1 and "insufficient_scope" in err
+    op.use(op.srv.token)
+    code, _, err = op.run("tokens", "create", "bad name!")
+    assert code == 1 and "bad_name" in err
+    code, out, err = op.run("tokens", "revoke", "remote-ci")
+    assert code == 0 and "revoked 1 token(s)" in out, err
+    code, _, err = op.run("tokens", "revoke", "remote-ci")
+    assert code == 1 and "unknown_token" in err
+    op.use(remote_ci)
+    code, _, err = op.run("releases", "list")
+    assert code == 1 and "bad_token" in err
+    op.use(op.srv.token)
+    entries = [(e["actor"], e["action"], e["target"], e["outcome"])
+               for e in op.json("audit", "list")]
+    assert ("local", "POST /v1/tokens", "remote-ci scope=publish", "ok") in entries
+    assert any(actor == "remote-ci" and action == "POST /v1/tokens"
+               and outcome == "insufficient_scope" for actor, action, _, outcome in entries)
+    assert ("local", "POST /v1/tokens/{name}/revoke", "name=remote-ci", "ok") in entries
+    assert all(remote_ci not in str(entry) for entry in entries)

@@ -297,6 +297,21 @@ class ApiClient:
     def rollout_advance(self, channel: str) -> dict[str, Any]:
         return self._rollout_action(channel, "advance")
 
+    # -- tokens (an admin token) --------------------------------------------------------------
+
+    def tokens(self) -> list[dict[str, Any]]:
+        """Token names, scopes, creation and revocation times."""
+        return list(self._json("GET", "/v1/tokens")["tokens"])
+
+    def create_token(self, name: str, scope: str) -> str:
+        """A new token `name` of `scope`; the only time it is shown."""
+        return str(self._json("POST", "/v1/tokens", {"name": name, "scope": scope})["token"])
+
+    def revoke_token(self, name: str) -> int:
+        """Revoke every valid token `name`; how many (404 `unknown_token` when none)."""
+        path = f"/v1/tokens/{urllib.parse.quote(name, safe='')}/revoke"
+        return int(self._json("POST", path)["revoked"])
+
     # -- audit --------------------------------------------------------------------------------
 
     def audit(self, limit: int = 100, actor: str | None = None) -> list[dict[str, Any]]:

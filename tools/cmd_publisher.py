@@ -58,6 +58,12 @@ def _client(server: str, token_file: Path | None) -> Any:
     return ApiClient(server, token, ca=_env_ca())
 
 
+def client_for(server: str, token_file: Path | None) -> Any:
+    """The ApiClient of `server` with the token of `token_file` or $MPOTA_TOKEN (UserError
+    when there is none, or the file is readable by others)."""
+    return _client(server, token_file)
+
+
 def _env_ca() -> Path | None:
     value = os.environ.get(CA_ENV, "").strip()
     return Path(value) if value else None
@@ -72,6 +78,11 @@ def _client_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def client_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--server and --token-file, for commands of other modules that talk to the server."""
+    return _client_options(func)
+
+
 @contextmanager
 def _api_errors() -> Iterator[None]:
     from tools.api_client import ApiClientError
@@ -80,6 +91,11 @@ def _api_errors() -> Iterator[None]:
         yield
     except ApiClientError as err:
         raise UserError(str(err)) from err
+
+
+def api_errors() -> Any:
+    """The server's refusals as UserError (a context manager)."""
+    return _api_errors()
 
 
 def _echo_json(doc: Any) -> None:

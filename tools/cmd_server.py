@@ -5,7 +5,7 @@ The publisher's commands against a running server live in tools/cmd_publisher.py
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -137,9 +137,26 @@ def _open_store(data_dir: Path) -> Iterator[Any]:
         store.close()
 
 
-_data_option = click.option(
-    "--data", "data_dir", required=True, envvar="MPOTA_DATA",
-    type=click.Path(file_okay=False, path_type=Path), help="the server's data directory")
+def _where(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Where `ota tokens` works: on the data directory (--data, $MPOTA_DATA), or else on the
+    server (--server, $MPOTA_SERVER) with an admin token."""
+    from tools.cmd_publisher import client_options
+
+    func = click.option(
+        "--data", "data_dir", envvar="MPOTA_DATA", default=None,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="work on this data directory [env MPOTA_DATA; default: ask the server, with an "
+             "admin token]")(func)
+    return client_options(func)
+
+
+@contextmanager
+def _remote(server: str, token_file: Path | None) -> Iterator[Any]:
+    """An ApiClient of `server`; its refusals as UserError."""
+    from tools.cmd_publisher import api_errors, client_for
+
+    with api_errors():
+        yield client_for(server, token_file)
 
 
 @click.group("tokens")
@@ -148,13 +165,18 @@ def tokens_group() -> None:
 
 
 def _audit_local(store: Any, action: str, target: str, outcome: str) -> None:
-    """Token management on the data directory goes to the audit log as the actor `local`
-    (whoever can write the data directory)."""
+    """Token management on the data directory goes to the audit log as the actor
+    `local:<login name>`: whoever can write the data directory (no token name has a colon)."""
+    import getpass
     import time
 
     from ota_server.storage import AuditEntry
 
-    store.add_audit(AuditEntry(at=int(time.time()), actor="local", scope="admin",
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container's uid without a passwd entry)
+        user = "?"
+    store.add_audit(AuditEntry(at=int(time.time()), actor=f"local:{user}", scope="admin",
                                action=action, target=target, status=0, outcome=outcome))
 
 
@@ -163,28 +185,41 @@ def _audit_local(store: Any, action: str, target: str, outcome: str) -> None:
 @click.option("--scope", type=click.Choice(["read", "publish", "admin"]), default="publish",
               show_default=True,
               help="read: list; publish: also upload, register and roll out; admin: also "
-                   "revoke boards and upload roots")
-@_data_option
-def tokens_create(name: str, scope: str, data_dir: Path) -> None:
+                   "revoke boards, upload roots and manage tokens")
+@_where
+def tokens_create(name: str, scope: str, data_dir: Path | None, server: str,
+                  token_file: Path | None) -> None:
     """Create a token NAME; it is printed once, on stdout, and never stored in clear."""
     from ota_server.tokens import create_token
 
-    with _open_store(data_dir) as store:
-        token = create_token(store, name, scope)
-        _audit_local(store, "ota tokens create", f"{name} scope={scope}", "ok")
+    if data_dir is None:
+        with _remote(server, token_file) as client:
+            token = client.create_token(name, scope)
+    else:
+        with _open_store(data_dir) as store:
+            try:
+                token = create_token(store, name, scope)
+            except ValueError as err:
+                raise UserError(str(err)) from err
+            _audit_local(store, "ota tokens create", f"{name} scope={scope}", "ok")
     click.echo(token)
 
 
 @tokens_group.command("revoke")
 @click.argument("name")
-@_data_option
-def tokens_revoke(name: str, data_dir: Path) -> None:
+@_where
+def tokens_revoke(name: str, data_dir: Path | None, server: str,
+                  token_file: Path | None) -> None:
     """Revoke every valid token named NAME."""
-    with _open_store(data_dir) as store:
-        count = store.revoke_token(name)
-        _audit_local(store, "ota tokens revoke", name, "ok" if count else "unknown_token")
-    if count == 0:
-        raise UserError(f"no valid token named {name!r}")
+    if data_dir is None:
+        with _remote(server, token_file) as client:
+            count = client.revoke_token(name)
+    else:
+        with _open_store(data_dir) as store:
+            count = store.revoke_token(name)
+            _audit_local(store, "ota tokens revoke", name, "ok" if count else "unknown_token")
+        if count == 0:
+            raise UserError(f"no valid token named {name!r}")
     click.echo(f"revoked {count} token(s) named {name!r}")
 
 
@@ -194,12 +229,17 @@ _TOKEN_COLUMNS = (Column("NAME", "name"), Column("SCOPE", "scope"),
 
 @tokens_group.command("list")
 @json_option
-@_data_option
-def tokens_list(as_json: bool, data_dir: Path) -> None:
+@_where
+def tokens_list(as_json: bool, data_dir: Path | None, server: str,
+                token_file: Path | None) -> None:
     """Token names, scopes, creation and revocation times (never the tokens)."""
-    with _open_store(data_dir) as store:
-        rows = store.list_tokens()
-    docs = [{k: row[k] for k in ("name", "scope", "created", "revoked")} for row in rows]
+    if data_dir is None:
+        with _remote(server, token_file) as client:
+            docs = client.tokens()
+    else:
+        with _open_store(data_dir) as store:
+            rows = store.list_tokens()
+        docs = [{k: row[k] for k in ("name", "scope", "created", "revoked")} for row in rows]
     emit(docs, _TOKEN_COLUMNS, docs, as_json=as_json, empty="no tokens")
 
 
