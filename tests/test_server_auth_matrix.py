@@ -243,7 +243,8 @@ async def test_every_publisher_route_needs_its_scope_and_lower_scopes_change_not
         matrix: Matrix, method: str, template: str) -> None:
     """A token below the route's scope gets 403 `insufficient_scope` and changes nothing but
     the audit log (for publish and admin routes, the refusal is recorded there); a token of
-    the route's scope, or above it, gets past authentication."""
+    the route's scope, or above it, gets past authentication, and its call to a publish or
+    admin route is recorded with its status and outcome."""
     needed = SCOPE_OF[(method, template)]
     assert needed in SCOPES
     path = _concrete(template, matrix)
@@ -269,10 +270,19 @@ async def test_every_publisher_route_needs_its_scope_and_lower_scopes_change_not
             assert (entry.actor, entry.scope, entry.status, entry.outcome) == \
                 (f"{scope}-token", scope, 403, "insufficient_scope")
     for scope in SCOPES[SCOPES.index(needed):]:
+        audit_before = len(store.list_audit(1000))
         resp = await matrix.env.client.request(
             method, path, data=body or None,
             headers={"Authorization": f"Bearer {matrix.scoped[scope]}"})
         assert resp.status not in (401, 403), (scope, await resp.text())
+        recorded = store.list_audit(1000)[audit_before:]
+        if needed == "read":
+            assert recorded == []
+        else:  # every call that may change state is in the audit log, whatever its outcome
+            [entry] = recorded
+            assert (entry.actor, entry.action, entry.status) == \
+                (f"{scope}-token", f"{method} {template}", resp.status)
+            assert entry.outcome == ("ok" if resp.status < 400 else (await resp.json())["code"])
 
 
 def test_scopes_follow_the_documented_rule() -> None:
