@@ -246,8 +246,10 @@ _RELEASE_COLUMNS = (
 @json_option
 @_client_options
 def releases_list(app: str | None, as_json: bool, server: str, token_file: Path | None) -> None:
-    """Releases with version, sequence, creation time, signer key ids, the channels pointing
-    at each, and whether it is offered, yanked or expired."""
+    """List releases: version, sequence, signers, channels, state.
+
+    Each release with its version, sequence, creation time, the key ids that signed it, the
+    channels pointing at it, and whether it is offered, yanked or expired."""
     with _api_errors():
         releases = _client(server, token_file).list_releases(app)
     rows = [{**rel, "state": _release_state(rel)} for rel in releases]
@@ -366,7 +368,10 @@ def rollout_status(channel: str, as_json: bool, server: str, token_file: Path | 
 def rollout_start(channel: str, app: str, version: str | None, sequence: int | None,
                   percent: float | None, policy_file: Path | None,
                   allow_downgrade_version: bool, server: str, token_file: Path | None) -> None:
-    """Point CHANNEL at a release (by --version or --sequence) with a staged policy."""
+    """Point CHANNEL at a release (--version V) with a staged policy.
+
+    The release is named by its version (or by --sequence N); a version lower than the
+    channel's current one needs --allow-downgrade-version."""
     if (version is None) == (sequence is None):
         raise UserError("give the release's --version (or its --sequence), one of them")
     if percent is not None and policy_file is not None:
@@ -405,7 +410,10 @@ _rollout_action("advance", "Move the rollout to its next stage by hand.")
 
 @click.group("channels")
 def channels_group() -> None:
-    """Channels: the fleet's declared ones, and any that has boards or a release."""
+    """Channels: their boards, base releases and rollouts.
+
+    Under `ota serve --fleet`, the channels fleet.yaml declares; else any that has boards or
+    a release."""
 
 
 def _release_text(rel: dict[str, Any] | None) -> str:
@@ -438,8 +446,10 @@ _CHANNEL_COLUMNS = (
 @json_option
 @_client_options
 def channels_list(as_json: bool, server: str, token_file: Path | None) -> None:
-    """Each channel with its base release, its rollout (state, stage, reach) and its board
-    count."""
+    """List channels: boards, base release, rollout and its reach.
+
+    Each channel (declared in the fleet, or with boards or a release) with its board count,
+    base release, rollout (state, stage) and how many boards the stage reaches."""
     with _api_errors():
         channels = _client(server, token_file).channels()
     emit(channels, _CHANNEL_COLUMNS, [_channel_row(c) for c in channels], as_json=as_json,
@@ -467,7 +477,10 @@ _AUDIT_COLUMNS = (
 @_client_options
 def audit_list(limit: int, actor: str | None, as_json: bool, server: str,
                token_file: Path | None) -> None:
-    """Who changed what, when, and how it ended (oldest first)."""
+    """Who changed what, when, and how it ended (oldest first).
+
+    Every state-changing publisher call: its time, the token's name and scope, the route and
+    what it was about, the HTTP status and `ok` or the error's code."""
     with _api_errors():
         entries = _client(server, token_file).audit(limit, actor)
     emit(entries, _AUDIT_COLUMNS, entries, as_json=as_json, empty="no audit entries")

@@ -161,7 +161,10 @@ def _remote(server: str, token_file: Path | None) -> Iterator[Any]:
 
 @click.group("tokens")
 def tokens_group() -> None:
-    """Publisher tokens with scopes (stored hashed in the server's data directory)."""
+    """Publisher tokens with scopes: read, publish, admin.
+
+    Stored hashed in the server's data directory; managed there (--data) or through the
+    server with an admin token."""
 
 
 def _audit_local(store: Any, action: str, target: str, outcome: str) -> None:
@@ -189,7 +192,9 @@ def _audit_local(store: Any, action: str, target: str, outcome: str) -> None:
 @_where
 def tokens_create(name: str, scope: str, data_dir: Path | None, server: str,
                   token_file: Path | None) -> None:
-    """Create a token NAME; it is printed once, on stdout, and never stored in clear."""
+    """Create a token NAME, printed once and stored only hashed.
+
+    The token goes to stdout, once; the server keeps its SHA-256 and never shows it again."""
     from ota_server.tokens import create_token
 
     if data_dir is None:
@@ -232,7 +237,7 @@ _TOKEN_COLUMNS = (Column("NAME", "name"), Column("SCOPE", "scope"),
 @_where
 def tokens_list(as_json: bool, data_dir: Path | None, server: str,
                 token_file: Path | None) -> None:
-    """Token names, scopes, creation and revocation times (never the tokens)."""
+    """List tokens: names, scopes and times (never the tokens)."""
     if data_dir is None:
         with _remote(server, token_file) as client:
             docs = client.tokens()
