@@ -411,3 +411,24 @@ def test_an_admin_token_manages_tokens_over_the_api_and_others_cannot(
                and outcome == "insufficient_scope" for actor, action, _, outcome in entries)
     assert ("local", "POST /v1/tokens/{name}/revoke", "name=remote-ci", "ok") in entries
     assert all(remote_ci not in str(entry) for entry in entries)
+
+
+@pytest.mark.parametrize("path", [("releases", "list"), ("releases", "yank"),
+                                  ("channels", "list"), ("audit", "list"),
+                                  ("tokens", "create"), ("tokens", "list"),
+                                  ("tokens", "revoke"), ("rollout", "start")])
+def test_the_operator_commands_have_a_summary_and_every_option_has_help(
+        path: tuple[str, ...]) -> None:
+    import click
+
+    from tools.cli import cli
+
+    command: click.Command = cli
+    for part in path:
+        assert isinstance(command, click.Group)
+        command = command.commands[part]
+    summary = command.get_short_help_str(limit=70)
+    assert summary and not summary.endswith("..."), summary
+    for param in command.params:
+        if isinstance(param, click.Option):
+            assert param.help, f"{' '.join(path)} {param.opts[0]} has no help"
