@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from fractions import Fraction
 from typing import Any
 
 from ota_server.errors import BadRequest, Conflict
@@ -285,27 +286,23 @@ def min_results(policy: dict[str, Any], eligible: int) -> int:
 
 
 def would_pause(failures: int, results: int, policy: dict[str, Any], needed: int) -> bool:
-    """The automatic pause rule: enough results, and a failure rate above the threshold."""
+    """The automatic pause rule: at least `needed` results, and failures / results above the
+    threshold (compared exactly, as fractions: no rounding decides a pause)."""
     return results >= needed and results > 0 and \
-        failures / results > policy["failure_threshold"]
+        Fraction(failures, results) > Fraction(policy["failure_threshold"])
 
 
 def failures_to_pause(failures: int, results: int, policy: dict[str, Any],
                       needed: int) -> int | None:
     """How many more failures, with no other result in between, would pause the rollout;
     0 when the rule already holds, None when no number can (a threshold of 1)."""
-    threshold = policy["failure_threshold"]
+    threshold = Fraction(policy["failure_threshold"])
     if threshold >= 1:
         return None
-    # f + k > t (r + k)  <=>  k > (t r - f) / (1 - t); then step onto the exact float rule.
-    k = max(0, needed - results, math.floor((threshold * results - failures) / (1 - threshold))
-            + 1)
-    for _ in range(4):  # a rounding step at most, each way
-        if k > 0 and would_pause(failures + k - 1, results + k - 1, policy, needed):
-            k -= 1
-        elif not would_pause(failures + k, results + k, policy, needed):
-            k += 1
-    return k
+    # f + k > t (r + k)  <=>  k > (t r - f) / (1 - t): the least such k, in exact fractions;
+    # and at least `needed` results.
+    by_rate = max(0, math.floor((threshold * results - failures) / (1 - threshold)) + 1)
+    return max(by_rate, needed - results)
 
 
 def after_report(store: MetadataStore, channel: str, release_id: int) -> None:
