@@ -6,7 +6,7 @@ A rollout points a channel at one release with a policy:
      "auto_advance": true,       # advance when the stage's `success` count of confirmations is met
      "failure_threshold": 0.2,   # pause when (failed + rolled_back) / results > this ...
      "min_results": null}        # ... once at least this many boards finished (null: the
-                                 # default rule, `auto_min_results`)
+                                 # default rule, `min_results` below)
 
 Stages are cumulative: at stage k a board is eligible if it matches any stage 0..k. A percent
 stage takes the boards whose stable bucket (sha256 of the device id, 0..9999) is below
