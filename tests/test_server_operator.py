@@ -245,7 +245,7 @@ def test_under_a_fleet_an_unknown_channel_is_refused_with_did_you_mean(
     assert channels["beta"]["rollout"] is None and channels["beta"]["base"] is None
     code, out, _ = op.run("channels", "list")
     lines = out.splitlines()
-    assert lines[0].split() == ["CHANNEL", "BOARDS", "BASE", "ROLLOUT", "STAGE", "REACH"]
+    assert lines[0].split() == ["CHANNEL", "BASE", "ROLLOUT", "STAGE", "REACH", "BOARDS"]
     stable = next(line for line in lines if line.startswith("stable"))
     assert "demo 1.0.0 active" in stable and "2 of 2 boards eligible" in stable
 

@@ -535,9 +535,9 @@ def _channel_row(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 _CHANNEL_COLUMNS = (
-    Column("CHANNEL", "channel"), Column("BOARDS", "boards", align="right"),
-    Column("BASE", "base"), Column("ROLLOUT", "rollout"), Column("STAGE", "stage"),
-    Column("REACH", "reach"))
+    Column("CHANNEL", "channel"), Column("BASE", "base"), Column("ROLLOUT", "rollout"),
+    Column("STAGE", "stage"), Column("REACH", "reach"),
+    Column("BOARDS", "boards", align="right"))
 
 
 @channels_group.command("list")
