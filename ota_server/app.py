@@ -66,6 +66,7 @@ ROUTES: list[tuple[str, str, object]] = [
     ("GET", "/v1/releases", P.list_releases),
     ("GET", "/v1/releases/{app}/{version}", P.release_envelope),
     ("GET", "/v1/releases/{app}/{version}/blobs/{sha256}", P.release_blob),
+    ("POST", "/v1/releases/{app}/{version}/yank", P.yank_release),
     ("POST", "/v1/roots", P.upload_root),
     ("GET", "/v1/roots", P.list_roots),
     ("POST", "/v1/devices", P.register_device),
@@ -79,6 +80,10 @@ ROUTES: list[tuple[str, str, object]] = [
     ("POST", "/v1/channels/{channel}/rollout/resume", P.rollout_resume),
     ("POST", "/v1/channels/{channel}/rollout/abort", P.rollout_abort),
     ("POST", "/v1/channels/{channel}/rollout/advance", P.rollout_advance),
+    ("GET", "/v1/audit", P.list_audit),
+    ("GET", "/v1/tokens", P.list_tokens),
+    ("POST", "/v1/tokens", P.create_token),
+    ("POST", "/v1/tokens/{name}/revoke", P.revoke_token),
 ]
 
 # GET routes without HEAD: a board knows a pack's length from its manifest, so a HEAD would

@@ -1,7 +1,10 @@
 """Middlewares: domain errors -> JSON bodies, per-route authentication, request logging.
 
-Every handler declares who may call it with one of the decorators `@public`, `@publisher` or
-`@device`; a handler without a declaration is refused (deny by default).
+Every handler declares who may call it with one of the decorators `@public`, `@reader`,
+`@publisher`, `@admin` or `@device`; a handler without a declaration is refused (deny by
+default). The three publisher decorators differ in the token scope they need (read, publish,
+admin: ota_server.tokens); every call to a publish or admin route is written to the audit log
+with its outcome.
 """
 
 from __future__ import annotations
@@ -14,31 +17,41 @@ from typing import Any, Literal
 from aiohttp import web
 
 from ota_server import state
-from ota_server.errors import ApiError, Unauthorized
-from ota_server.tokens import token_hash
+from ota_server.errors import ApiError, Forbidden, Unauthorized
+from ota_server.storage import AuditEntry, Token
+from ota_server.tokens import allows, token_hash
 from ota_server.validation import read_body
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 AuthKind = Literal["public", "publisher", "device"]
 _AUTH_ATTR = "mpota_auth"
+_SCOPE_ATTR = "mpota_scope"
 log = logging.getLogger("ota_server")
 
 
-def _declare(kind: AuthKind) -> Callable[[Handler], Handler]:
+def _declare(kind: AuthKind, scope: str | None = None) -> Callable[[Handler], Handler]:
     def mark(handler: Handler) -> Handler:
         setattr(handler, _AUTH_ATTR, kind)
+        setattr(handler, _SCOPE_ATTR, scope)
         return handler
     return mark
 
 
 public = _declare("public")
-publisher = _declare("publisher")
+reader = _declare("publisher", "read")
+publisher = _declare("publisher", "publish")
+admin = _declare("publisher", "admin")
 device = _declare("device")
 
 
 def auth_kind(handler: Any) -> AuthKind | None:
     """The declared auth of a route handler (None: undeclared, so refused)."""
     return getattr(handler, _AUTH_ATTR, None)
+
+
+def required_scope(handler: Any) -> str | None:
+    """The token scope a publisher route needs (None for other routes)."""
+    return getattr(handler, _SCOPE_ATTR, None)
 
 
 def error_body(status: int, code: str, message: str) -> web.Response:
@@ -94,10 +107,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if kind == "public":
         return await handler(request)
     if kind == "publisher":
-        _require_publisher(request)
-        # Publishers see every check-in answered so far (ota_server.counters writes behind).
-        request.app[state.BOARD_WRITES].flush()
-        return await handler(request)
+        token = _require_publisher(request)
+        needed = required_scope(request.match_info.handler) or "admin"
+        if needed == "read":
+            if not allows(token.scope, needed):
+                raise _scope_refusal(token, needed)
+            request.app[state.BOARD_WRITES].flush()
+            return await handler(request)
+        return await _audited(request, handler, token, needed)
     if kind == "device":
         await _authenticate_device(request)
         return await handler(request)
@@ -105,7 +122,42 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     raise Unauthorized("this route is not open to anyone", code="no_auth_declared")
 
 
-def _require_publisher(request: web.Request) -> None:
+def _scope_refusal(token: Token, needed: str) -> Forbidden:
+    return Forbidden(f"this call needs a token of scope {needed!r}; token {token.name!r} has "
+                     f"scope {token.scope!r} (an admin creates one with `ota tokens create NAME "
+                     f"--scope {needed}`)", code="insufficient_scope")
+
+
+async def _audited(request: web.Request, handler: Handler, token: Token,
+                   needed: str) -> web.StreamResponse:
+    """Run a state-changing publisher call and write who, what, when and its outcome to the
+    audit log, whatever the outcome (a refusal for scope included)."""
+    status, outcome = 500, "internal"
+    try:
+        if not allows(token.scope, needed):
+            raise _scope_refusal(token, needed)
+        # Publishers see every check-in answered so far (ota_server.counters writes behind).
+        request.app[state.BOARD_WRITES].flush()
+        response = await handler(request)
+        status, outcome = response.status, "ok"
+        return response
+    except ApiError as err:
+        status, outcome = err.status, err.code
+        raise
+    except web.HTTPException as err:
+        status, outcome = err.status, "http_error"
+        raise
+    finally:
+        target = request.get(state.AUDIT_TARGET) or " ".join(
+            f"{k}={v}" for k, v in request.match_info.items())
+        request.app[state.STORE].add_audit(AuditEntry(
+            at=int(time.time()), actor=token.name, scope=token.scope,
+            action=f"{request.method} {request.match_info.route.resource.canonical}"
+            if request.match_info.route.resource else f"{request.method} {request.path}",
+            target=target[:200], status=status, outcome=outcome))
+
+
+def _require_publisher(request: web.Request) -> Token:
     header = request.headers.get("Authorization", "")
     if not header:
         raise Unauthorized("this endpoint needs `Authorization: Bearer <publisher token>`",
@@ -115,8 +167,10 @@ def _require_publisher(request: web.Request) -> None:
         raise Unauthorized("publisher endpoints take `Authorization: Bearer <token>`",
                            code="bad_credentials")
     digest = token_hash(token.strip())
-    if not request.app[state.STORE].token_valid(digest):
+    found = request.app[state.STORE].token(digest)
+    if found is None:
         raise Unauthorized("unknown or revoked publisher token", code="bad_token")
+    return found
 
 
 async def _authenticate_device(request: web.Request) -> None:

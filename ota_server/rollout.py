@@ -5,13 +5,15 @@ A rollout points a channel at one release with a policy:
     {"stages": [{"tag": "canary"}, {"percent": 10}, {"percent": 50}, {"percent": 100}],
      "auto_advance": true,       # advance when the stage's `success` count of confirmations is met
      "failure_threshold": 0.2,   # pause when (failed + rolled_back) / results > this ...
-     "min_results": 10}          # ... once at least this many boards finished
+     "min_results": null}        # ... once at least this many boards finished (null: the
+                                 # default rule, `min_results` below)
 
 Stages are cumulative: at stage k a board is eligible if it matches any stage 0..k. A percent
 stage takes the boards whose stable bucket (sha256 of the device id, 0..9999) is below
 percent * 100, so the same boards are chosen on every check-in and a larger percentage keeps
 them. Boards outside the stage get the channel's base release (the last release that reached
-100% before this rollout) if that is newer than what they run.
+100% before this rollout) if that is newer than what they run. A yanked or expired release is
+offered to no board.
 """
 
 from __future__ import annotations
@@ -19,17 +21,21 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from fractions import Fraction
 from typing import Any
 
 from ota_server.errors import BadRequest, Conflict
 from ota_server.storage import Device, MetadataStore, Release, Rollout
 from ota_server.storage.records import STARTED_STATUSES
+from ota_server.versions import is_lower
 
 BUCKETS = 10_000
 DEFAULT_STAGES: list[dict[str, Any]] = [
     {"tag": "canary"}, {"percent": 10}, {"percent": 50}, {"percent": 100}]
 DEFAULT_THRESHOLD = 0.2
-DEFAULT_MIN_RESULTS = 10
+# The default `min_results` is min(MIN_RESULTS_CAP, half the boards the stage reaches), at
+# least 1: docs/operations.md, "When a rollout pauses on its own", gives the reasons.
+MIN_RESULTS_CAP = 10
 _ACTIVE_STATES = ("active", "paused")
 
 
@@ -89,9 +95,11 @@ def normalize_policy(raw: Any) -> dict[str, Any]:
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) \
             or not 0 <= threshold <= 1:
         raise BadRequest("policy.failure_threshold must be a number in [0, 1]", code="bad_policy")
-    min_results = raw.get("min_results", DEFAULT_MIN_RESULTS)
-    if isinstance(min_results, bool) or not isinstance(min_results, int) or min_results < 1:
-        raise BadRequest("policy.min_results must be a positive integer", code="bad_policy")
+    min_results = raw.get("min_results")
+    if min_results is not None and (isinstance(min_results, bool)
+                                    or not isinstance(min_results, int) or min_results < 1):
+        raise BadRequest("policy.min_results must be a positive integer, or null for the "
+                         "default rule", code="bad_policy")
     return {"stages": stages, "auto_advance": auto, "failure_threshold": float(threshold),
             "min_results": min_results}
 
@@ -113,11 +121,11 @@ def eligible(device: Device, policy: dict[str, Any], stage: int) -> bool:
 
 def _fits(release: Release | None, app: str | None, sequence: int, board: str,
           now: int) -> bool:
-    """Newer than what the board runs, the same app (or none yet), built for its board, and
-    not expired (the board would refuse it, and ask again at every check-in)."""
+    """Newer than what the board runs, the same app (or none yet), built for its board, not
+    yanked and not expired (the board would refuse it, and ask again at every check-in)."""
     return (release is not None and (not app or app == release.app)
             and release.sequence > sequence and board in release.boards
-            and not release.expired(now))
+            and release.offerable(now))
 
 
 def release_for(store: MetadataStore, device: Device, app: str | None,
@@ -126,7 +134,9 @@ def release_for(store: MetadataStore, device: Device, app: str | None,
     clock when None), or None: "nothing new".
 
     A paused rollout is offered only to boards that already started it (downloading or
-    installed), so they can finish; an aborted one to nobody; an expired release to nobody.
+    installed), so they can finish; an aborted one to nobody; an expired or yanked release to
+    nobody. Reads only the store's cached rollout, base and release: no query of its own
+    but the deployment of a board outside the stage.
     """
     when = int(time.time()) if now is None else now
     rollout = store.current_rollout(device.channel)
@@ -147,11 +157,31 @@ def is_complete(rollout: Rollout) -> bool:
     return rollout.state == "active" and spec.get("percent") == 100
 
 
+def current_release(store: MetadataStore, channel: str) -> Release | None:
+    """What the channel points at now: its active or paused rollout's release, else its base."""
+    rollout = store.current_rollout(channel)
+    if rollout is not None and rollout.state in _ACTIVE_STATES:
+        return rollout.release
+    return store.base_release(channel)
+
+
+def downgrade_from(store: MetadataStore, channel: str, release: Release) -> Release | None:
+    """The channel's current release of the same app when `release` has a lower version."""
+    current = current_release(store, channel)
+    if current is not None and current.app == release.app \
+            and is_lower(release.version, current.version):
+        return current
+    return None
+
+
 def start(store: MetadataStore, channel: str, release: Release,
-          policy: dict[str, Any], now: int | None = None) -> Rollout:
+          policy: dict[str, Any], now: int | None = None, *,
+          allow_downgrade_version: bool = False) -> Rollout:
     """Point `channel` at `release`. A previous rollout that reached 100% becomes the base.
 
-    Raises Conflict: `already_rolling_out`, `not_newer`, or `release_expired` (no board would
+    Raises Conflict: `already_rolling_out`, `not_newer`, `release_expired` (no board would
+    take it), `release_yanked`, or `version_downgrade` (a lower version than the channel's
+    current one, unless `allow_downgrade_version`: its sequence is higher, so boards would
     take it).
     """
     when = int(time.time()) if now is None else now
@@ -159,17 +189,30 @@ def start(store: MetadataStore, channel: str, release: Release,
         raise Conflict(f"{release.app} {release.version} (sequence {release.sequence}) expired "
                        f"at {iso_utc(release.expires)}; boards refuse it: publish a new version",
                        code="release_expired")
+    if release.yanked is not None:
+        raise Conflict(f"{release.app} {release.version} (sequence {release.sequence}) was "
+                       f"yanked at {iso_utc(release.yanked)}; publish a new version",
+                       code="release_yanked")
     previous = store.current_rollout(channel)
+    base = store.base_release(channel)
     if previous is not None:
         if previous.release.id == release.id and previous.state in _ACTIVE_STATES:
             raise Conflict(f"{release.app} sequence {release.sequence} is already rolling out "
                            f"on {channel!r}", code="already_rolling_out")
         if is_complete(previous):
-            store.set_base_release(channel, previous.release.id)
-    base = store.base_release(channel)
+            base = previous.release  # becomes the base below, once nothing is refused
     if base is not None and base.app == release.app and base.sequence >= release.sequence:
         raise Conflict(f"channel {channel!r} already has {base.app} sequence {base.sequence}; "
                        f"a rollout must be newer", code="not_newer")
+    lower = downgrade_from(store, channel, release)
+    if lower is not None and not allow_downgrade_version:
+        raise Conflict(f"{release.app} {release.version} is a lower version than "
+                       f"{lower.version}, which channel {channel!r} runs now; its sequence "
+                       f"{release.sequence} is higher, so boards would take it: give "
+                       f"--allow-downgrade-version if that is what you want",
+                       code="version_downgrade")
+    if previous is not None and is_complete(previous):
+        store.set_base_release(channel, previous.release.id)
     return store.start_rollout(channel, release.id, policy)
 
 
@@ -215,17 +258,51 @@ def _reload(store: MetadataStore, channel: str) -> Rollout:
     return found
 
 
-def success_target(store: MetadataStore, rollout: Rollout) -> int:
+def eligible_count(store: MetadataStore, channel: str, policy: dict[str, Any],
+                   stage: int) -> int:
+    """Boards of `channel` (not revoked) that stages 0..`stage` of the policy reach."""
+    stages = policy["stages"][: stage + 1]
+    tags = [s["tag"] for s in stages if "tag" in s]
+    limit = max([s["percent"] * (BUCKETS // 100) for s in stages if "percent" in s], default=0)
+    return store.count_eligible(channel, tags, limit)
+
+
+def success_target(rollout: Rollout, eligible: int) -> int:
     """Confirmations needed to leave the current stage: the stage's `success`, or by default
-    half the boards the stage makes eligible (at least 1)."""
+    half the `eligible` boards the stage reaches (at least 1)."""
     spec = rollout.policy["stages"][rollout.stage]
     if "success" in spec:
         return int(spec["success"])
-    stages = rollout.policy["stages"][: rollout.stage + 1]
-    tags = [s["tag"] for s in stages if "tag" in s]
-    limit = max([s["percent"] * (BUCKETS // 100) for s in stages if "percent" in s], default=0)
-    count = store.count_eligible(rollout.channel, tags, limit)
-    return max(1, math.ceil(count / 2))
+    return max(1, math.ceil(eligible / 2))
+
+
+def min_results(policy: dict[str, Any], eligible: int) -> int:
+    """Results (confirmed, failed, rolled back) needed before the failure rate may pause the
+    rollout: the policy's `min_results`, or by default half the `eligible` boards the current
+    stage reaches, at most MIN_RESULTS_CAP and at least 1 (docs/operations.md)."""
+    if policy.get("min_results") is not None:
+        return int(policy["min_results"])
+    return max(1, min(MIN_RESULTS_CAP, math.ceil(eligible / 2)))
+
+
+def would_pause(failures: int, results: int, policy: dict[str, Any], needed: int) -> bool:
+    """The automatic pause rule: at least `needed` results, and failures / results above the
+    threshold (compared exactly, as fractions: no rounding decides a pause)."""
+    return results >= needed and results > 0 and \
+        Fraction(failures, results) > Fraction(policy["failure_threshold"])
+
+
+def failures_to_pause(failures: int, results: int, policy: dict[str, Any],
+                      needed: int) -> int | None:
+    """How many more failures, with no other result in between, would pause the rollout;
+    0 when the rule already holds, None when no number can (a threshold of 1)."""
+    threshold = Fraction(policy["failure_threshold"])
+    if threshold >= 1:
+        return None
+    # f + k > t (r + k)  <=>  k > (t r - f) / (1 - t): the least such k, in exact fractions;
+    # and at least `needed` results.
+    by_rate = max(0, math.floor((threshold * results - failures) / (1 - threshold)) + 1)
+    return max(by_rate, needed - results)
 
 
 def after_report(store: MetadataStore, channel: str, release_id: int) -> None:
@@ -236,8 +313,8 @@ def after_report(store: MetadataStore, channel: str, release_id: int) -> None:
         return
     counts = store.deployment_counts(release_id, channel)
     policy = rollout.policy
-    if counts.results >= policy["min_results"] and \
-            counts.failures / counts.results > policy["failure_threshold"]:
+    eligible = eligible_count(store, channel, policy, rollout.stage)
+    if would_pause(counts.failures, counts.results, policy, min_results(policy, eligible)):
         store.update_rollout(
             rollout.id, state="paused",
             reason=f"auto-paused: {counts.failures} of {counts.results} boards failed or "
@@ -245,7 +322,7 @@ def after_report(store: MetadataStore, channel: str, release_id: int) -> None:
         return
     last = len(policy["stages"]) - 1
     if policy["auto_advance"] and rollout.stage < last \
-            and counts.confirmed >= success_target(store, rollout):
+            and counts.confirmed >= success_target(rollout, eligible):
         store.update_rollout(rollout.id, stage=rollout.stage + 1)
 
 
@@ -258,17 +335,72 @@ def _release_view(release: Release, now: int) -> dict[str, Any]:
     return {**release.view(), "expired": release.expired(now)}
 
 
+def _stage_name(spec: dict[str, Any]) -> str:
+    return f"tag {spec['tag']}" if "tag" in spec else f"{spec['percent']:g}%"
+
+
+def _reach(store: MetadataStore, rollout: Rollout, boards: int) -> list[dict[str, Any]]:
+    """Each stage with the boards it makes eligible (cumulative) of the channel's `boards`."""
+    out = []
+    for index, spec in enumerate(rollout.policy["stages"]):
+        count = eligible_count(store, rollout.channel, rollout.policy, index)
+        out.append({"stage": index, "name": _stage_name(spec), "eligible": count,
+                    "boards": boards, "text": f"{count} of {boards} boards eligible"})
+    return out
+
+
+def _progress(rollout: Rollout, counts: Any, eligible: int) -> dict[str, Any]:
+    """How far the rollout is from pausing on its own and from advancing on its own."""
+    policy = rollout.policy
+    needed = min_results(policy, eligible)
+    to_pause = failures_to_pause(counts.failures, counts.results, policy, needed) \
+        if rollout.state == "active" else None
+    last = rollout.stage + 1 >= len(policy["stages"])
+    target = success_target(rollout, eligible)
+    to_advance = None if last or not policy["auto_advance"] or rollout.state != "active" \
+        else max(0, target - counts.confirmed)
+    return {"results": counts.results, "failures": counts.failures,
+            "confirmed": counts.confirmed, "min_results": needed,
+            "min_results_rule": "policy" if policy.get("min_results") is not None
+            else f"min({MIN_RESULTS_CAP}, half of {eligible} eligible)",
+            "failure_threshold": policy["failure_threshold"],
+            "failures_to_pause": to_pause, "success_target": target,
+            "confirmations_to_advance": to_advance}
+
+
+def _warnings(rollout: Rollout, reach: list[dict[str, Any]]) -> list[str]:
+    """What an operator must know to see the rollout move: a stage that reaches no board."""
+    if rollout.state not in _ACTIVE_STATES:
+        return []
+    current = reach[rollout.stage]
+    if current["eligible"]:
+        return []
+    channel = rollout.channel
+    if not current["boards"]:
+        return [f"channel {channel!r} has no boards: no board is offered "
+                f"{rollout.release.app} {rollout.release.version}"]
+    return [f"stage {rollout.stage + 1} ({current['name']}) reaches 0 of {current['boards']} "
+            f"boards of channel {channel!r}: no board is offered {rollout.release.app} "
+            f"{rollout.release.version} until the rollout advances (`ota rollout advance "
+            f"{channel}`)"]
+
+
 def status(store: MetadataStore, channel: str, now: int | None = None) -> dict[str, Any]:
     """The channel's rollout state as the API and CLI show it; each release says whether it
-    has `expired` (then it is offered to no board)."""
+    has `expired` (then it is offered to no board). A rollout shows each stage's reach ("N of
+    M boards eligible"), how far it is from pausing or advancing on its own, and `warnings`
+    (a current stage that reaches no board)."""
     when = int(time.time()) if now is None else now
     rollout = store.current_rollout(channel)
     base = store.base_release(channel)
     out: dict[str, Any] = {"channel": channel,
                            "base": _release_view(base, when) if base else None,
-                           "rollout": None}
+                           "rollout": None, "warnings": []}
     if rollout is not None:
         counts = store.deployment_counts(rollout.release.id, channel)
+        boards = store.board_counts().get(channel, 0)
+        reach = _reach(store, rollout, boards)
+        out["warnings"] = _warnings(rollout, reach)
         out["rollout"] = {
             "id": rollout.id, "release": _release_view(rollout.release, when),
             "state": rollout.state,
@@ -279,5 +411,7 @@ def status(store: MetadataStore, channel: str, now: int | None = None) -> dict[s
             "counts": {k: getattr(counts, k) for k in
                        ("offered", "downloading", "installed", "confirmed", "failed",
                         "rolled_back")},
+            "reach": reach,
+            "progress": _progress(rollout, counts, reach[rollout.stage]["eligible"]),
         }
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import difflib
 import sqlite3
 import time
 from typing import Any
@@ -20,7 +21,7 @@ from ota_server.errors import (
     NotFound,
     PayloadTooLarge,
 )
-from ota_server.middleware import publisher
+from ota_server.middleware import admin, publisher, reader
 from ota_server.rollout import bucket_of, normalize_policy, percent_policy
 from ota_server.storage import MetadataStore, Release
 from ota_server.storage.blobs import BlobHashMismatch, BlobTooLarge
@@ -34,13 +35,14 @@ from ota_server.validation import (
     required,
 )
 from signing import errors as trust_errors
-from signing.dsse import parse_envelope
+from signing.dsse import parse_envelope, valid_keyids
 from signing.keys import POINT_SIZE, public_key_from_point
 from signing.manifest import _SEMVER as SEMVER  # the manifest's own version rule
 from signing.manifest import MANIFEST_PAYLOAD_TYPE, Manifest
 from signing.verify import verify_manifest
 
 _MAX_MISSING_QUERY = 10_000
+_MAX_AUDIT_ROWS = 1000
 _MAX_TAGS = 32
 _CHUNK = 256 * 1024
 
@@ -95,7 +97,7 @@ async def put_blob(request: web.Request) -> web.Response:
     return web.json_response({"blob": sha256, "created": created}, status=201 if created else 200)
 
 
-@publisher
+@reader
 async def missing_blobs(request: web.Request) -> web.Response:
     """Which of the given blob ids the server does not have yet."""
     doc = await read_json(request, "missing blobs",
@@ -143,6 +145,7 @@ async def register_release(request: web.Request) -> web.Response:
                                   f"bytes to transfer, over the server's limit of "
                                   f"{limits.max_blob_bytes} bytes per file", code="file_too_large")
     store = request.app[state.STORE]
+    request[state.AUDIT_TARGET] = f"{manifest.app} {manifest.version}"
     same = _registered_version(store, manifest, envelope, now)
     if same is not None:
         return web.json_response(same.view(), status=200)
@@ -159,10 +162,14 @@ async def register_release(request: web.Request) -> web.Response:
     if wrong:
         raise Conflict(f"blob {wrong[0]} is not the transfer_size the manifest declares",
                        code="blob_size_mismatch")
+    # The key ids whose signature verified, for `ota releases list` (not those merely named).
+    root = trust.latest
+    signers = sorted(valid_keyids(parse_envelope(envelope, MANIFEST_PAYLOAD_TYPE),
+                                  root.role_keys(root.release)))
     try:
         release = store.add_release(manifest.app, manifest.version, manifest.sequence,
                                     manifest.boards, envelope, sorted(needed.items()),
-                                    manifest.expires)
+                                    manifest.expires, signers)
     except sqlite3.IntegrityError:
         raise Conflict(f"{manifest.app} {manifest.version} sequence {manifest.sequence} was "
                        f"registered concurrently", code="sequence_not_greater") from None
@@ -257,13 +264,75 @@ async def reserve_sequence(request: web.Request) -> web.Response:
                               "registered": registered})
 
 
-@publisher
+def _pointers(store: MetadataStore) -> dict[int, list[dict[str, str]]]:
+    """Release id -> the channels pointing at it: as their base, or by a rollout (with its
+    state)."""
+    out: dict[int, list[dict[str, str]]] = {}
+    for channel in store.list_channels():
+        base = store.base_release(channel)
+        if base is not None:
+            out.setdefault(base.id, []).append({"channel": channel, "as": "base"})
+        current = store.current_rollout(channel)
+        if current is not None and current.state != "aborted":
+            out.setdefault(current.release.id, []).append(
+                {"channel": channel, "as": f"rollout {current.state}"})
+    return out
+
+
+@reader
 async def list_releases(request: web.Request) -> web.Response:
+    """Releases (optionally of one app), each with its signer key ids, whether it is yanked
+    or expired, and the channels pointing at it."""
     app_name = request.query.get("app")
     if app_name is not None:
         name(app_name, "app")
-    releases = request.app[state.STORE].list_releases(app_name)
-    return web.json_response({"releases": [r.view() for r in releases]})
+    store = request.app[state.STORE]
+    releases = store.list_releases(app_name)
+    pointers = _pointers(store)
+    now = int(time.time())
+    return web.json_response({"releases": [
+        {**r.view(), "expired": r.expired(now), "channels": pointers.get(r.id, [])}
+        for r in releases]})
+
+
+def _release_of(store: MetadataStore, app_name: str, version: str) -> Release:
+    """The release `version` of `app_name` names; NotFound (`unknown_release`) naming the
+    versions there are."""
+    if not SEMVER.fullmatch(version):
+        raise BadRequest(f"version {version[:40]!r} is not a semantic version "
+                         f"(MAJOR.MINOR.PATCH)", code="bad_field")
+    found = store.release_by_version(app_name, version)
+    if found is None:
+        known = [r.version for r in store.list_releases(app_name)][-5:]
+        hint = f"; its latest versions: {', '.join(known)}" if known else \
+            f"; no release of {app_name!r} is registered"
+        raise NotFound(f"no release {app_name!r} {version}{hint}", code="unknown_release")
+    return found
+
+
+@publisher
+async def yank_release(request: web.Request) -> web.Response:
+    """Stop offering a release to any board (boards that run it keep it). Refused (409
+    `rollout_active`) while a rollout of it is active or paused, unless {"force": true}: then
+    those rollouts are aborted first."""
+    app_name = name(request.match_info["app"], "app")
+    version = request.match_info["version"]
+    doc = await read_json(request, "yank", request.app[state.SETTINGS].limits.max_json_bytes) \
+        if request.can_read_body else {}
+    force = optional(doc, "force", bool, "yank") or False
+    store = request.app[state.STORE]
+    request[state.AUDIT_TARGET] = f"{app_name} {version[:40]}"
+    release = _release_of(store, app_name, version)
+    rolling = store.rollouts_of(release.id)
+    if rolling and not force:
+        where = ", ".join(f"{r.channel!r} ({r.state})" for r in rolling)
+        raise Conflict(f"{app_name} {version} is rolling out on {where}; abort the rollout "
+                       f"first, or yank with --force to abort it", code="rollout_active")
+    for found in rolling:
+        store.update_rollout(found.id, state="aborted",
+                             reason=f"aborted: {app_name} {version} was yanked")
+    yanked = store.yank_release(release.id)
+    return web.json_response({**yanked.view(), "aborted": [r.channel for r in rolling]})
 
 
 def _registered(request: web.Request) -> Release:
@@ -279,7 +348,7 @@ def _registered(request: web.Request) -> Release:
     return release
 
 
-@publisher
+@reader
 async def release_envelope(request: web.Request) -> web.Response:
     """A registered release's signed manifest envelope, the bytes its publisher signed
     (`ota install APP@VERSION` stages it on a board over USB)."""
@@ -288,7 +357,7 @@ async def release_envelope(request: web.Request) -> web.Response:
                         content_type="application/vnd.dsse+json")
 
 
-@publisher
+@reader
 async def release_blob(request: web.Request) -> web.StreamResponse:
     """One blob of a registered release, for a publisher (`ota install APP@VERSION`); a blob
     the release does not name is 404 `unknown_blob`, stored or not."""
@@ -303,7 +372,7 @@ async def release_blob(request: web.Request) -> web.StreamResponse:
 
 # -- roots ------------------------------------------------------------------------------------
 
-@publisher
+@admin
 async def upload_root(request: web.Request) -> web.Response:
     """Accept root metadata N+1, verified against the server's newest root N."""
     envelope = await read_body(request, request.app[state.SETTINGS].limits.max_envelope_bytes,
@@ -315,7 +384,7 @@ async def upload_root(request: web.Request) -> web.Response:
     return web.json_response({"version": new.version, "expires": new.expires}, status=201)
 
 
-@publisher
+@reader
 async def list_roots(request: web.Request) -> web.Response:
     versions = [v for v, _ in request.app[state.STORE].roots()]
     return web.json_response({"versions": versions,
@@ -357,8 +426,9 @@ async def register_device(request: web.Request) -> web.Response:
         raise BadRequest(f"device: public_key: {err} ({POINT_SIZE} bytes expected)",
                          code="bad_public_key") from None
     board = name(required(doc, "board", str, "device"), "board")
-    channel = name(optional(doc, "channel", str, "device") or "stable", "channel")
+    channel = _declared(request, optional(doc, "channel", str, "device") or "stable")
     tags = _tags(doc)
+    request[state.AUDIT_TARGET] = device_id
     store = request.app[state.STORE]
     existing = store.device(device_id)
     if existing is not None:
@@ -374,10 +444,12 @@ async def register_device(request: web.Request) -> web.Response:
     return web.json_response(added.public_view(), status=201)
 
 
-@publisher
+@reader
 async def list_devices(request: web.Request) -> web.Response:
     devices = request.app[state.STORE].list_devices()
     channel = request.query.get("channel")
+    if channel is not None:
+        _declared(request, channel)
     return web.json_response({"devices": [d.public_view() for d in devices
                                           if channel is None or d.channel == channel]})
 
@@ -390,7 +462,7 @@ def _device_or_404(request: web.Request) -> Any:
     return found
 
 
-@publisher
+@reader
 async def show_device(request: web.Request) -> web.Response:
     """The board, its inventory and its deployment history (`history`, oldest first)."""
     found = _device_or_404(request)
@@ -398,7 +470,7 @@ async def show_device(request: web.Request) -> web.Response:
     return web.json_response({**found.public_view(), "history": [h.view() for h in history]})
 
 
-@publisher
+@admin
 async def revoke_device(request: web.Request) -> web.Response:
     """Revoke a board: its requests are refused from now on (403 `revoked`)."""
     found = _device_or_404(request)
@@ -411,30 +483,55 @@ async def revoke_device(request: web.Request) -> web.Response:
 
 # -- channels and rollouts --------------------------------------------------------------------
 
+def _declared(request: web.Request, channel: str) -> str:
+    """`channel`, a valid name and, when the server runs with a fleet (--fleet), one the fleet
+    declares; NotFound (`unknown_channel`) with the nearest declared names otherwise."""
+    channel = name(channel, "channel")
+    declared = request.app[state.SETTINGS].channels
+    if declared is None or channel in declared:
+        return channel
+    close = difflib.get_close_matches(channel, declared, n=2)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise NotFound(f"no channel {channel!r} in the fleet{hint} (declared: "
+                   f"{', '.join(sorted(declared))})", code="unknown_channel")
+
+
 def _channel(request: web.Request) -> str:
-    return name(request.match_info["channel"], "channel")
+    return _declared(request, request.match_info["channel"])
 
 
-@publisher
+@reader
 async def list_channels(request: web.Request) -> web.Response:
+    """Every channel (declared in the fleet, or with boards or a release) with its base
+    release, its rollout and its board count."""
     store = request.app[state.STORE]
-    return web.json_response(
-        {"channels": [rollout.status(store, c) for c in store.list_channels()]})
+    declared = request.app[state.SETTINGS].channels
+    counts = store.board_counts()
+    names = sorted({*store.list_channels(), *(declared or ())})
+    return web.json_response({"channels": [
+        {**rollout.status(store, c), "boards": counts.get(c, 0),
+         "declared": None if declared is None else c in declared} for c in names]})
 
 
-@publisher
+@reader
 async def rollout_status(request: web.Request) -> web.Response:
     return web.json_response(rollout.status(request.app[state.STORE], _channel(request)))
 
 
 @publisher
 async def rollout_start(request: web.Request) -> web.Response:
-    """Point a channel at a release: {app, sequence, policy} or {app, sequence, percent}."""
+    """Point a channel at a release: {app, version | sequence, policy | percent,
+    allow_downgrade_version}."""
     channel = _channel(request)
     what = "rollout"
     doc = await read_json(request, what, request.app[state.SETTINGS].limits.max_json_bytes)
     app_name = name(required(doc, "app", str, what), "app")
-    sequence = required(doc, "sequence", int, what)
+    sequence = optional(doc, "sequence", int, what)
+    version = optional(doc, "version", str, what)
+    if (sequence is None) == (version is None):
+        raise BadRequest("rollout: give the release's 'version' or its 'sequence' (one of them)",
+                         code="bad_field")
+    downgrade = optional(doc, "allow_downgrade_version", bool, what) or False
     percent = optional(doc, "percent", (int, float), what)
     if percent is not None and "policy" in doc:
         raise BadRequest("rollout: give either 'percent' or 'policy', not both", code="bad_policy")
@@ -446,11 +543,25 @@ async def rollout_start(request: web.Request) -> web.Response:
         raw = doc.get("policy", request.app[state.SETTINGS].default_policy)
         policy = normalize_policy(raw)
     store = request.app[state.STORE]
-    release = store.release(app_name, sequence)
-    if release is None:
-        raise NotFound(f"no release {app_name!r} sequence {sequence}", code="unknown_release")
-    rollout.start(store, channel, release, policy)
-    return web.json_response(rollout.status(store, channel), status=201)
+    request[state.AUDIT_TARGET] = f"{channel}: {app_name} {version or sequence}"
+    if version is not None:
+        release = _release_of(store, app_name, version)
+    else:
+        assert sequence is not None
+        found = store.release(app_name, sequence)
+        if found is None:
+            raise NotFound(f"no release {app_name!r} sequence {sequence}",
+                           code="unknown_release")
+        release = found
+    request[state.AUDIT_TARGET] = f"{channel}: {app_name} {release.version} (sequence " \
+                                  f"{release.sequence})"
+    lower = rollout.downgrade_from(store, channel, release)
+    rollout.start(store, channel, release, policy, allow_downgrade_version=downgrade)
+    answer = rollout.status(store, channel)
+    if lower is not None:
+        answer["warnings"].insert(0, f"{release.version} is a lower version than "
+                                  f"{lower.version}, which {channel!r} ran")
+    return web.json_response(answer, status=201)
 
 
 def _action(action: Any) -> Any:
@@ -469,3 +580,55 @@ rollout_pause = _action(rollout.pause)
 rollout_resume = _action(rollout.resume)
 rollout_abort = _action(rollout.abort)
 rollout_advance = _action(rollout.advance)
+
+
+# -- tokens -----------------------------------------------------------------------------------
+
+@admin
+async def list_tokens(request: web.Request) -> web.Response:
+    """Token names, scopes and times (never a token, never its hash)."""
+    rows = request.app[state.STORE].list_tokens()
+    return web.json_response({"tokens": [
+        {k: row[k] for k in ("name", "scope", "created", "revoked")} for row in rows]})
+
+
+@admin
+async def create_token(request: web.Request) -> web.Response:
+    """A new token {name, scope}: answered once, in this response, and stored hashed."""
+    from ota_server.tokens import SCOPES
+    from ota_server.tokens import create_token as new_token
+
+    what = "token"
+    doc = await read_json(request, what, request.app[state.SETTINGS].limits.max_json_bytes)
+    token_name = name(required(doc, "name", str, what), "token name")
+    scope = required(doc, "scope", str, what)
+    if scope not in SCOPES:
+        raise BadRequest(f"token: scope {scope[:20]!r} is not one of {', '.join(SCOPES)}",
+                         code="bad_field")
+    request[state.AUDIT_TARGET] = f"{token_name} scope={scope}"
+    token = new_token(request.app[state.STORE], token_name, scope)
+    return web.json_response({"name": token_name, "scope": scope, "token": token}, status=201)
+
+
+@admin
+async def revoke_token(request: web.Request) -> web.Response:
+    """Revoke every valid token of the name; 404 `unknown_token` when there is none."""
+    token_name = name(request.match_info["name"], "token name")
+    count = request.app[state.STORE].revoke_token(token_name)
+    if count == 0:
+        raise NotFound(f"no valid token named {token_name!r}", code="unknown_token")
+    return web.json_response({"name": token_name, "revoked": count})
+
+
+# -- audit ------------------------------------------------------------------------------------
+
+@reader
+async def list_audit(request: web.Request) -> web.Response:
+    """The newest audit entries, oldest first: ?limit= (1..1000, default 100), ?actor=."""
+    raw = request.query.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= _MAX_AUDIT_ROWS:
+        raise BadRequest(f"audit: limit must be an integer from 1 to {_MAX_AUDIT_ROWS}",
+                         code="bad_field")
+    actor = request.query.get("actor")
+    entries = request.app[state.STORE].list_audit(int(raw), actor)
+    return web.json_response({"entries": [e.view() for e in entries]})

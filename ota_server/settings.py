@@ -1,7 +1,8 @@
 """Server settings: one frozen value built from fleet values, then the environment, then flags.
 
 Later sources win. Limits are data here, not literals in the handlers. Reading fleet.yaml
-itself is tools.fleet's job; `ota serve` passes what it found (root path, port, rollout policy).
+itself is tools.fleet's job; `ota serve` passes what it found (root path, port, rollout policy,
+declared channels).
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ class Settings:
     # https served directly (docs/operations.md, TLS): a PEM certificate chain and its key.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # The channels fleet.yaml declares (`ota serve --fleet`): any other is refused. None (no
+    # fleet): any valid channel name is taken.
+    channels: tuple[str, ...] | None = None
 
     @property
     def db_path(self) -> Path:
@@ -142,6 +146,7 @@ def load_settings(
         default_policy=values.get("default_policy"),
         tls_cert=Path(tls_cert) if tls_cert is not None else None,
         tls_key=Path(tls_key) if tls_key is not None else None,
+        channels=tuple(values["channels"]) if values.get("channels") is not None else None,
     )
 
 

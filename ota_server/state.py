@@ -26,3 +26,5 @@ ENVELOPES = web.AppKey("envelopes", dict[int, bytes])
 
 DEVICE = web.RequestKey("device", Device)
 BODY = web.RequestKey("body", bytes)
+# What a state-changing publisher call was about, for the audit log ("demo 1.2.0").
+AUDIT_TARGET = web.RequestKey("audit_target", str)

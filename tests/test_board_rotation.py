@@ -13,6 +13,7 @@ from tools.micropython import PROJECT_ROOT
 if str(PROJECT_ROOT) not in sys.path:  # bench/ is not an installed package
     sys.path.insert(0, str(PROJECT_ROOT))
 
+from board_rig import EVERYONE_NO_PAUSE
 from faultproxy import FaultProxy
 
 from bench.reference_app import build_release, make_keys, provision_board, small_app
@@ -42,7 +43,7 @@ def test_board_takes_a_new_root_only_after_verifying_it(tmp_path, micropython):
         api.upload_root(root_v2)
         keys.release = new_release  # 1.1.0 is signed by the release key root v2 names
         api.publish(build_release(tmp_path, new, "1.1.0", 2, keys, app="rot"),
-                    channel="stable", percent=100)
+                    channel="stable", policy=EVERYONE_NO_PAUSE)
         trust_v1 = (flash / "ota" / "trust.json").read_bytes()
 
         proxy.inject("replace", match="/v1/device/root/2", body=forged_v2)
@@ -87,7 +88,7 @@ def test_board_follows_a_root_chain_through_an_expired_intermediate_root(tmp_pat
         api.upload_root(root_v3)
         keys.release = new_release
         api.publish(build_release(tmp_path, new, "1.1.0", 2, keys, app="rot"),
-                    channel="stable", percent=100)
+                    channel="stable", policy=EVERYONE_NO_PAUSE)
         trust_v1 = (flash / "ota" / "trust.json").read_bytes()
 
         # Root 2 as a board that was offline meets it: signed alike, but expired by now.

@@ -20,6 +20,7 @@ from tools.micropython import PROJECT_ROOT
 if str(PROJECT_ROOT) not in sys.path:  # bench/ is not an installed package
     sys.path.insert(0, str(PROJECT_ROOT))
 
+from board_rig import EVERYONE_NO_PAUSE
 from faultproxy import FaultProxy
 from tls_support import server_tls
 
@@ -58,7 +59,7 @@ class Rig:
                 channel: str, deflate: bool = True, mpy: bool = False) -> Any:
         bundle = build_release(self.work, files, version, sequence, self.keys, app=app,
                                deflate=deflate, mpy=mpy)
-        self.api.publish(bundle, channel=channel, percent=100)
+        self.api.publish(bundle, channel=channel, policy=EVERYONE_NO_PAUSE)
         return load_bundle(bundle).manifest
 
     def board(self, name: str, app: str, files: dict[str, bytes], channel: str,

@@ -83,6 +83,10 @@ READ_COMMANDS: list[tuple[list[str], str]] = [
     (["rollout", "status", "stable"], "ROLE"),
     (["roots", "list"], "VERSION"),
     (["keys", "show", "{keydir}"], "ROLE"),
+    (["releases", "list"], "APP"),
+    (["channels", "list"], "CHANNEL"),
+    (["audit", "list"], "WHEN"),
+    (["tokens", "list"], "NAME"),
 ]
 
 

@@ -15,10 +15,10 @@ from server_support import FleetKeys, ServerEnv, SimBoard, new_data_dir, store_f
 
 from ota_server import state
 from ota_server.app import create_app
-from ota_server.middleware import auth_kind
+from ota_server.middleware import auth_kind, required_scope
 from ota_server.settings import Settings
 from ota_server.storage.sqlite import SqliteStore
-from ota_server.tokens import create_token
+from ota_server.tokens import SCOPES, create_token
 
 # Routes anyone may call: health, metrics and the API description. Nothing else.
 PUBLIC_ROUTES = {("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/openapi.json"),
@@ -32,9 +32,11 @@ def _routes() -> list[tuple[str, str, str | None]]:
         info = route.resource.get_info() if route.resource else {}
         path = info.get("path") or info.get("formatter")
         out.append((route.method, path, auth_kind(route.handler)))
+        SCOPE_OF[(route.method, path)] = required_scope(route.handler)
     return sorted(out, key=lambda r: (r[1], r[0]))
 
 
+SCOPE_OF: dict[tuple[str, str | None], str | None] = {}
 ROUTES = _routes()
 
 
@@ -52,6 +54,7 @@ class Matrix:
     revoked: SimBoard      # a revoked board
     revoked_token: str
     blob: str
+    scoped: dict[str, str]  # scope -> a valid token of that scope
 
 
 @pytest.fixture
@@ -61,6 +64,7 @@ async def matrix(aiohttp_client, tmp_path: Path) -> Matrix:
     store = SqliteStore(settings.db_path)
     revoked_token = create_token(store, "gone")
     store.revoke_token("gone")
+    scoped = {scope: create_token(store, f"{scope}-token", scope) for scope in SCOPES}
     store.close()
     settings = replace(settings, root_path=keys.root_path)
     client = await aiohttp_client(create_app(settings))
@@ -77,7 +81,7 @@ async def matrix(aiohttp_client, tmp_path: Path) -> Matrix:
     assert blob["releases"][0]["id"] == release["id"]
     sha = next(p.name for p in settings.blob_dir.rglob("*") if p.is_file()
                and len(p.name) == 64)
-    return Matrix(env, board, other, revoked, revoked_token, sha)
+    return Matrix(env, board, other, revoked, revoked_token, sha, scoped)
 
 
 # Routes that take a query: the one a valid request carries (it is signed with the path).
@@ -87,8 +91,10 @@ QUERIES: dict[str, Callable[[Matrix], str]] = {
 
 
 def _concrete(path: str, m: Matrix) -> str:
-    values = {"sha256": m.blob, "version": "1", "device_id": m.board.device_id, "app": "demo",
-              "channel": "stable"}
+    values = {"sha256": m.blob, "version": "1", "device_id": m.board.device_id,
+              "channel": "stable", "app": "demo", "name": "gone"}
+    if path.startswith("/v1/releases/"):
+        values["version"] = "1.0.0"
     query = QUERIES[path](m) if path in QUERIES else ""
     return re.sub(r"\{(\w+)\}", lambda g: values[g.group(1)], path) + query
 
@@ -229,3 +235,69 @@ async def test_changing_body_or_path_after_signing_breaks_the_signature(
     moved = await matrix.env.client.post("/v1/device/report", data=body, headers=headers)
     assert moved.status == 401
     assert (await moved.json())["code"] == "bad_signature"
+
+
+@pytest.mark.parametrize(("method", "template"), PUBLISHER_ROUTES,
+                         ids=[f"{m} {p}" for m, p in PUBLISHER_ROUTES])
+async def test_every_publisher_route_needs_its_scope_and_lower_scopes_change_nothing(
+        matrix: Matrix, method: str, template: str) -> None:
+    """A token below the route's scope gets 403 `insufficient_scope` and changes nothing but
+    the audit log (for publish and admin routes, the refusal is recorded there); a token of
+    the route's scope, or above it, gets past authentication, and its call to a publish or
+    admin route is recorded with its status and outcome."""
+    needed = SCOPE_OF[(method, template)]
+    assert needed in SCOPES
+    path = _concrete(template, matrix)
+    body = _body(method, template, matrix)
+    store = matrix.env.app[state.STORE]
+    for scope in SCOPES[: SCOPES.index(needed)]:
+        before = store_fingerprint(matrix.env.settings)
+        audit_before = len(store.list_audit(1000))
+        resp = await matrix.env.client.request(
+            method, path, data=body or None,
+            headers={"Authorization": f"Bearer {matrix.scoped[scope]}"})
+        assert resp.status == 403, (scope, await resp.text())
+        if method != "HEAD":
+            doc = await resp.json()
+            assert doc["code"] == "insufficient_scope"
+            assert repr(needed) in doc["message"] and f"{scope}-token" in doc["message"]
+        assert store_fingerprint(matrix.env.settings) == before
+        refused = store.list_audit(1000)[audit_before:]
+        if needed == "read":
+            assert refused == []
+        else:
+            [entry] = refused
+            assert (entry.actor, entry.scope, entry.status, entry.outcome) == \
+                (f"{scope}-token", scope, 403, "insufficient_scope")
+    for scope in SCOPES[SCOPES.index(needed):]:
+        audit_before = len(store.list_audit(1000))
+        resp = await matrix.env.client.request(
+            method, path, data=body or None,
+            headers={"Authorization": f"Bearer {matrix.scoped[scope]}"})
+        assert resp.status not in (401, 403), (scope, await resp.text())
+        recorded = store.list_audit(1000)[audit_before:]
+        if needed == "read":
+            assert recorded == []
+        else:  # every call that may change state is in the audit log, whatever its outcome
+            [entry] = recorded
+            assert (entry.actor, entry.action, entry.status) == \
+                (f"{scope}-token", f"{method} {template}", resp.status)
+            assert entry.outcome == ("ok" if resp.status < 400 else (await resp.json())["code"])
+
+
+def test_scopes_follow_the_documented_rule() -> None:
+    """GET routes and the blob question read; revoking boards, uploading roots and tokens
+    are admin; the rest changes state and needs publish."""
+    admin = {("POST", "/v1/devices/{device_id}/revoke"), ("POST", "/v1/roots"),
+             ("GET", "/v1/tokens"), ("HEAD", "/v1/tokens"), ("POST", "/v1/tokens"),
+             ("POST", "/v1/tokens/{name}/revoke")}
+    for method, path, kind in ROUTES:
+        if kind != "publisher":
+            continue
+        if (method, path) in admin:
+            expected = "admin"
+        elif method in ("GET", "HEAD") or (method, path) == ("POST", "/v1/blobs/missing"):
+            expected = "read"
+        else:
+            expected = "publish"
+        assert SCOPE_OF[(method, path)] == expected, (method, path)

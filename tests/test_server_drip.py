@@ -89,6 +89,10 @@ def _script(fleet: Fleet) -> list[Step]:
         Step("POST", "/v1/device/report", "/v1/device/report",
              board.report_body("downloading", 1), "device"),
         Step("POST", "/v1/roots", "/v1/roots", fleet.rotated_root, "publisher"),
+        Step("POST", "/v1/releases/{app}/{version}/yank", "/v1/releases/demo/1.0.0/yank",
+             json.dumps({"force": True}).encode(), "publisher"),
+        Step("POST", "/v1/tokens", "/v1/tokens",
+             json.dumps({"name": "dripped", "scope": "read"}).encode(), "publisher"),
     ]
     return steps
 
@@ -129,10 +133,10 @@ SENDERS: dict[str, Send] = {"plain": _dripped_plain, "chunked": _dripped_chunked
 
 
 def _stable(value: Any, now: float) -> Any:
-    """`value` with timestamps of this run (within an hour of now) masked: two servers run
-    the same script a few seconds apart."""
+    """`value` with timestamps of this run (within an hour of now) and new tokens (random)
+    masked: two servers run the same script a few seconds apart."""
     if isinstance(value, dict):
-        return {k: _stable(v, now) for k, v in value.items()}
+        return {k: "<token>" if k == "token" else _stable(v, now) for k, v in value.items()}
     if isinstance(value, list):
         return [_stable(v, now) for v in value]
     if isinstance(value, int) and not isinstance(value, bool) and abs(value - now) < 3600:

@@ -11,11 +11,12 @@ from server_support import ServerEnv, SimBoard
 
 from ota_server.app import create_app
 from ota_server.logs import JsonFormatter
-from ota_server.middleware import auth_kind
+from ota_server.middleware import auth_kind, required_scope
 from ota_server.settings import Settings
 
 
-def _real_routes() -> dict[tuple[str, str], str | None]:
+def _real_routes() -> dict[tuple[str, str], tuple[str | None, str | None]]:
+    """(method, path) -> (auth kind, token scope) of every route but HEAD."""
     app = create_app(Settings(data_dir=Path("/nonexistent")))
     out = {}
     for route in app.router.routes():
@@ -23,7 +24,7 @@ def _real_routes() -> dict[tuple[str, str], str | None]:
             continue  # implied by GET in OpenAPI
         info = route.resource.get_info() if route.resource else {}
         out[(route.method.lower(), info.get("path") or info.get("formatter"))] = \
-            auth_kind(route.handler)
+            (auth_kind(route.handler), required_scope(route.handler))
     return out
 
 
@@ -34,11 +35,14 @@ async def test_openapi_documents_every_real_route_and_no_other(env: ServerEnv) -
     documented = {(method, path) for path, ops in doc["paths"].items() for method in ops}
     real = _real_routes()
     assert documented == set(real)
-    # and each documents the auth the route really requires
-    schemes = {"public": [], "publisher": [{"publisherToken": []}],
-               "device": [{"deviceSignature": []}]}
-    for (method, path), kind in real.items():
-        assert doc["paths"][path][method]["security"] == schemes[str(kind)], (method, path)
+    # and each documents the auth the route really requires, publisher routes their scope
+    for (method, path), (kind, scope) in real.items():
+        expected = {"public": [], "device": [{"deviceSignature": []}],
+                    "publisher": [{"publisherToken": [scope]}]}[str(kind)]
+        assert doc["paths"][path][method]["security"] == expected, (method, path)
+        if kind == "publisher":
+            assert scope in ("read", "publish", "admin"), (method, path)
+            assert "403" in doc["paths"][path][method]["responses"], (method, path)
 
 
 def test_protocol_doc_names_every_route() -> None:

@@ -157,8 +157,8 @@ def test_cli_publish_rollout_devices_and_tokens_against_a_real_server(
         assert code == 0, err
         assert "published demo 1.0.0 sequence 5" in out
         assert srv.token not in out + err
-        code, out, _ = _run(["releases", "list"], capsys)
-        assert code == 0 and "sequence 5" in out
+        code, out, _ = _run(["releases", "list", "--json"], capsys)
+        assert code == 0 and [r["sequence"] for r in json.loads(out)] == [5]
         board = SimBoard("cli-board")
         client = srv.client()
         client.register_device(board.device_id, board.point, board="unix", channel="stable")

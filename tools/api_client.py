@@ -179,11 +179,22 @@ class ApiClient:
                                       f"/blobs/{_segment(sha256)}")
         return raw
 
+    def yank(self, app: str, version: str, *, force: bool = False) -> dict[str, Any]:
+        """Stop offering `version` of `app` to any board; with `force`, abort the rollouts of
+        it first (else a rollout of it is a 409 `rollout_active`). The yanked release, with
+        `aborted`: the channels whose rollout was aborted."""
+        path = (f"/v1/releases/{urllib.parse.quote(app, safe='')}/"
+                f"{urllib.parse.quote(version, safe='')}/yank")
+        result: dict[str, Any] = self._json("POST", path, {"force": force})
+        return result
+
     def publish(self, bundle_dir: Path | str, channel: str | None = None, *,
                 policy: dict[str, Any] | None = None, percent: float | None = None,
-                progress: Progress | None = None) -> PublishResult:
+                progress: Progress | None = None,
+                allow_downgrade_version: bool = False) -> PublishResult:
         """Upload a signed bundle's missing blobs, register its manifest and, with `channel`,
-        start a rollout there (`policy` or `percent`; the server's default policy otherwise).
+        start a rollout there (`policy` or `percent`; the server's default policy otherwise;
+        a version lower than the channel's current one only with `allow_downgrade_version`).
 
         Safe to repeat after a failure or a server crash: present blobs are skipped and the
         same envelope registers idempotently.
@@ -200,8 +211,9 @@ class ApiClient:
             if err.code != "missing_blobs":
                 raise
         else:
-            return PublishResult(release, [], sorted(paths), self._start(release, channel,
-                                                                         policy, percent), new)
+            return PublishResult(release, [], sorted(paths),
+                                 self._start(release, channel, policy, percent,
+                                             allow_downgrade_version), new)
         missing = set(self.missing_blobs(paths))
         total = sum(paths[b].stat().st_size for b in missing)
         done = 0
@@ -214,16 +226,19 @@ class ApiClient:
                 progress(done, total)
         release, new = self._register(envelope)
         return PublishResult(release, uploaded, sorted(set(paths) - missing),
-                             self._start(release, channel, policy, percent), new)
+                             self._start(release, channel, policy, percent,
+                                         allow_downgrade_version), new)
 
     def _start(self, release: dict[str, Any], channel: str | None,
-               policy: dict[str, Any] | None, percent: float | None) -> dict[str, Any] | None:
+               policy: dict[str, Any] | None, percent: float | None,
+               allow_downgrade_version: bool = False) -> dict[str, Any] | None:
         """The rollout `publish` starts on `channel` (None without one)."""
         if channel is None:
             return None
         try:
             return self.rollout_start(channel, policy, app=release["app"],
-                                      sequence=release["sequence"], percent=percent)
+                                      sequence=release["sequence"], percent=percent,
+                                      allow_downgrade_version=allow_downgrade_version)
         except ApiClientError as err:
             if err.code != "already_rolling_out":  # a retry of a publish that finished
                 raise
@@ -271,8 +286,20 @@ class ApiClient:
         return list(self._json("GET", "/v1/channels")["channels"])
 
     def rollout_start(self, channel: str, policy: dict[str, Any] | None = None, *, app: str,
-                      sequence: int, percent: float | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"app": app, "sequence": sequence}
+                      sequence: int | None = None, version: str | None = None,
+                      percent: float | None = None,
+                      allow_downgrade_version: bool = False) -> dict[str, Any]:
+        """Point `channel` at the release of `app` named by `version` or by `sequence` (one
+        of them); the rollout status, with `warnings` the operator should see."""
+        if (sequence is None) == (version is None):
+            raise ValueError("rollout_start: give version or sequence, one of them")
+        body: dict[str, Any] = {"app": app}
+        if version is not None:
+            body["version"] = version
+        else:
+            body["sequence"] = sequence
+        if allow_downgrade_version:
+            body["allow_downgrade_version"] = True
         if percent is not None:
             body["percent"] = percent
         elif policy is not None:
@@ -299,6 +326,30 @@ class ApiClient:
 
     def rollout_advance(self, channel: str) -> dict[str, Any]:
         return self._rollout_action(channel, "advance")
+
+    # -- tokens (an admin token) --------------------------------------------------------------
+
+    def tokens(self) -> list[dict[str, Any]]:
+        """Token names, scopes, creation and revocation times."""
+        return list(self._json("GET", "/v1/tokens")["tokens"])
+
+    def create_token(self, name: str, scope: str) -> str:
+        """A new token `name` of `scope`; the only time it is shown."""
+        return str(self._json("POST", "/v1/tokens", {"name": name, "scope": scope})["token"])
+
+    def revoke_token(self, name: str) -> int:
+        """Revoke every valid token `name`; how many (404 `unknown_token` when none)."""
+        path = f"/v1/tokens/{urllib.parse.quote(name, safe='')}/revoke"
+        return int(self._json("POST", path)["revoked"])
+
+    # -- audit --------------------------------------------------------------------------------
+
+    def audit(self, limit: int = 100, actor: str | None = None) -> list[dict[str, Any]]:
+        """The newest `limit` audit entries (of `actor`), oldest first."""
+        query: dict[str, Any] = {"limit": limit}
+        if actor is not None:
+            query["actor"] = actor
+        return list(self._json("GET", "/v1/audit?" + urllib.parse.urlencode(query))["entries"])
 
 
 def _segment(value: str) -> str:

@@ -1,5 +1,5 @@
 """The publisher's commands against a running server: `ota publish`, `ota releases`,
-`ota rollout`, `ota roots`, `ota devices`.
+`ota rollout`, `ota channels`, `ota roots`, `ota devices`, `ota audit`.
 
 They find the server in --server / $MPOTA_SERVER and the publisher token in $MPOTA_TOKEN or
 --token-file (never on the command line, where `ps` would show it).
@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -42,6 +43,11 @@ def _client(server: str, token_file: Path | None) -> Any:
 
     if token_file is not None:
         try:
+            # As for fleet.yaml's secret files: a token others can read is already leaked.
+            mode = token_file.stat().st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise UserError(f"token file {token_file} is accessible to group/others (mode "
+                                f"{mode & 0o777:o}); chmod 600 it")
             token = token_file.read_text(encoding="utf-8").strip()
         except OSError as err:
             raise UserError(f"cannot read token file {token_file}: {err.strerror}") from err
@@ -51,6 +57,12 @@ def _client(server: str, token_file: Path | None) -> Any:
         raise UserError(f"no publisher token: set ${TOKEN_ENV} or give --token-file "
                         f"(create one with `ota tokens create NAME --data DIR`)")
     return ApiClient(server, token, ca=_env_ca())
+
+
+def client_for(server: str, token_file: Path | None) -> Any:
+    """The ApiClient of `server` with the token of `token_file` or $MPOTA_TOKEN (UserError
+    when there is none, or the file is readable by others)."""
+    return _client(server, token_file)
 
 
 def _env_ca() -> Path | None:
@@ -67,6 +79,11 @@ def _client_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def client_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--server and --token-file, for commands of other modules that talk to the server."""
+    return _client_options(func)
+
+
 @contextmanager
 def _api_errors() -> Iterator[None]:
     from tools.api_client import ApiClientError
@@ -75,6 +92,11 @@ def _api_errors() -> Iterator[None]:
         yield
     except ApiClientError as err:
         raise UserError(str(err)) from err
+
+
+def api_errors() -> Any:
+    """The server's refusals as UserError (a context manager)."""
+    return _api_errors()
 
 
 def _echo_json(doc: Any) -> None:
@@ -112,6 +134,9 @@ def _echo_json(doc: Any) -> None:
 @click.option("--deflate", is_flag=True, help="send files deflated when that is smaller")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="keep the bundle here [default: a temporary directory]")
+@click.option("--allow-downgrade-version", is_flag=True,
+              help="roll out a version lower than the channel's current one (its sequence "
+                   "still rises, so boards take it)")
 @json_option
 @_client_options
 def publish_cmd(app_dir: Path, version: str, channel: str | None, percent: float | None,
@@ -119,7 +144,8 @@ def publish_cmd(app_dir: Path, version: str, channel: str | None, percent: float
                 fleet_path: Path | None,
                 sequence: int | None, entry: str, app: str | None, min_micropython: str,
                 expires_days: int, mpy: bool, deflate: bool, out_dir: Path | None,
-                as_json: bool, server: str, token_file: Path | None) -> None:
+                allow_downgrade_version: bool, as_json: bool, server: str,
+                token_file: Path | None) -> None:
     """Build APP_DIR, sign it locally, upload the missing blobs, register, roll out.
 
     APP_DIR is a folder whose entry module (app_main.py) defines main(). The server checks
@@ -136,6 +162,10 @@ def publish_cmd(app_dir: Path, version: str, channel: str | None, percent: float
     fleet = fleet_for_publish(fleet_path)
     targets = known_boards(fleet, boards) if fleet is not None else []
     client = _client(server, token_file)
+    if channel is not None:
+        # Before anything is signed or uploaded: the server refuses it at the rollout anyway.
+        _check_downgrade(client, channel, app or app_dir.resolve().name, version,
+                         allow_downgrade_version)
     if sequence is None:
         # Asked before signing (the sequence is inside the signed manifest); the server never
         # gives one sequence to two versions, so concurrent publishes do not collide.
@@ -159,7 +189,8 @@ def publish_cmd(app_dir: Path, version: str, channel: str | None, percent: float
         manifest = bundle.manifest
         with _upload_progress() as progress, _api_errors():
             result = client.publish(target, channel, policy=policy, percent=percent,
-                                    progress=progress)
+                                    progress=progress,
+                                    allow_downgrade_version=allow_downgrade_version)
     if as_json:
         echo_json({**result.release, "new": result.new, "uploaded": result.uploaded,
                    "already_present": result.skipped, "rollout": result.rollout})
@@ -174,6 +205,35 @@ def publish_cmd(app_dir: Path, version: str, channel: str | None, percent: float
                    f"there")
     if result.rollout is not None:
         _print_rollout(result.rollout)
+
+
+def _check_downgrade(client: Any, channel: str, app: str, version: str, allowed: bool) -> None:
+    """Refuse (UserError) a version lower than what `channel` points at for `app`, unless
+    `allowed`; then warn on stderr."""
+    from ota_server.versions import is_lower
+
+    with _api_errors():
+        status = client.rollout_status(channel)
+    rollout = status.get("rollout")
+    current = rollout["release"] if rollout and rollout["state"] in ("active", "paused") \
+        else status.get("base")
+    if current is None or current["app"] != app:
+        return
+    try:
+        lower = is_lower(version, current["version"])
+    except ValueError as err:
+        raise UserError(f"--version: {err}") from err
+    if not lower:
+        return
+    text = (f"{app} {version} is a lower version than {current['version']}, which channel "
+            f"{channel!r} runs now (its sequence still rises, so boards would take it)")
+    if not allowed:
+        raise UserError(f"{text}: give --allow-downgrade-version if that is what you want")
+    _warn(text)
+
+
+def _warn(text: str) -> None:
+    click.echo(f"ota: warning: {text}", err=True)
 
 
 def _read_policy(percent: float | None, policy_file: Path | None) -> Any:
@@ -213,25 +273,58 @@ def _upload_progress() -> Iterator[Callable[[int, int], None] | None]:
 
 @click.group("releases")
 def releases_group() -> None:
-    """Releases registered on the server."""
+    """Releases registered on the server: list and yank."""
+
+
+def _pointed(channels: list[dict[str, str]]) -> str:
+    return ", ".join(f"{c['channel']} ({c['as']})" for c in channels) or "-"
+
+
+def _release_state(rel: dict[str, Any]) -> str:
+    if rel.get("yanked"):
+        return f"yanked {iso_utc(rel['yanked'])}"
+    return f"expired {iso_utc(rel['expires'])}" if rel.get("expired") else "offered"
+
+
+_RELEASE_COLUMNS = (
+    Column("APP", "app"), Column("VERSION", "version"),
+    Column("SEQUENCE", "sequence", align="right"), Column("CREATED", "created", when),
+    # a key id is a SHA-256: its first 16 hex digits tell keys apart on a screen
+    Column("SIGNERS", "signers", lambda ids: ", ".join(i[:16] for i in ids) or "-"),
+    Column("CHANNELS", "channels", _pointed), Column("STATE", "state"),
+    Column("EXPIRES", "expires", when))
 
 
 @releases_group.command("list")
-@click.option("--app", default=None, help="only this app")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.option("--app", default=None, help="only this app's releases")
+@json_option
 @_client_options
 def releases_list(app: str | None, as_json: bool, server: str, token_file: Path | None) -> None:
-    """List the releases registered on the server."""
+    """List releases: version, sequence, signers, channels, state.
+
+    Each release with its version, sequence, creation time, the key ids that signed it, the
+    channels pointing at it, and whether it is offered, yanked or expired."""
     with _api_errors():
         releases = _client(server, token_file).list_releases(app)
-    if as_json:
-        _echo_json(releases)
-        return
-    now = int(time.time())
-    for rel in releases:
-        click.echo(f"{rel['app']}\t{rel['version']}\tsequence {rel['sequence']}\t"
-                   f"boards {','.join(rel['boards'])}\t{iso_utc(rel['created'])}\t"
-                   f"{_expiry(rel, now)}")
+    rows = [{**rel, "state": _release_state(rel)} for rel in releases]
+    emit(releases, _RELEASE_COLUMNS, rows, as_json=as_json, empty="no releases")
+
+
+@releases_group.command("yank")
+@click.argument("app")
+@click.argument("version")
+@click.option("--force", is_flag=True,
+              help="also abort the rollouts of it (else a rollout of it refuses the yank)")
+@_client_options
+def releases_yank(app: str, version: str, force: bool, server: str,
+                  token_file: Path | None) -> None:
+    """Stop offering APP VERSION to any board; boards that run it keep it."""
+    with _api_errors():
+        result = _client(server, token_file).yank(app, version, force=force)
+    for channel in result.get("aborted", []):
+        click.echo(f"aborted the rollout of {app} {version} on {channel}")
+    click.echo(f"yanked {app} {version} (sequence {result['sequence']}): offered to no board "
+               f"from now on")
 
 
 # -- rollouts ---------------------------------------------------------------------------------
@@ -267,6 +360,48 @@ def _print_rollout(status: dict[str, Any]) -> None:
         click.echo(f"  reason: {rollout['reason']}")
     counts = rollout["counts"]
     click.echo("  " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    _print_reach(status)
+
+
+def _print_reach(status: dict[str, Any]) -> None:
+    """Each stage's reach ("N of M boards eligible"), how far the rollout is from pausing or
+    advancing on its own, and the server's warnings (on stderr)."""
+    for text in status.get("warnings", []):
+        _warn(text)
+    rollout = status.get("rollout")
+    if rollout is None or "reach" not in rollout:
+        return
+    for stage in rollout["reach"]:
+        mark = ">" if stage["stage"] == rollout["stage"] else " "
+        click.echo(f"  {mark} stage {stage['stage'] + 1} ({stage['name']}): {stage['text']}")
+    click.echo(f"  {_progress_text(rollout['progress'])}")
+
+
+def _print_stages(status: dict[str, Any]) -> None:
+    """`ota rollout status`'s stages: a table of each stage's reach, then how far the rollout
+    is from pausing or advancing on its own; the server's warnings on stderr."""
+    for text in status.get("warnings", []):
+        _warn(text)
+    rollout = status.get("rollout")
+    if rollout is None or "reach" not in rollout:
+        return
+    rows = [{"stage": f"{'>' if s['stage'] == rollout['stage'] else ' '} {s['stage'] + 1}",
+             "name": s["name"], "text": s["text"]} for s in rollout["reach"]]
+    print_table([Column("STAGE", "stage"), Column("BOARDS", "name"), Column("REACH", "text")],
+                rows, title="stages (> the current one)")
+    click.echo(_progress_text(rollout["progress"]))
+
+
+def _progress_text(p: dict[str, Any]) -> str:
+    """`auto-pause after N more failures ...; advances after N more confirmations ...`."""
+    rule = (f"({p['failures']} of {p['results']} results failed; it pauses above "
+            f"{p['failure_threshold']:.0%} once {p['min_results']} results are in)")
+    pause = ("no automatic pause" if p["failures_to_pause"] is None
+             else f"auto-pause after {p['failures_to_pause']} more failure(s) {rule}")
+    if p["confirmations_to_advance"] is None:
+        return f"{pause}; no automatic advance from this stage"
+    return (f"{pause}; advances after {p['confirmations_to_advance']} more confirmation(s) "
+            f"({p['confirmed']} of {p['success_target']})")
 
 
 @click.group("rollout")
@@ -302,6 +437,7 @@ def rollout_status(channel: str, as_json: bool, server: str, token_file: Path | 
                  Column("SEQUENCE", "sequence", align="right"), Column("STATE", "state"),
                  Column("STAGE", "stage"), Column("EXPIRES", "expiry")], rows,
                 title=f"channel {status['channel']}", empty="no base release and no rollout")
+    _print_stages(status)
     if rollout is None:
         return
     if rollout["release"].get("expired"):
@@ -316,16 +452,26 @@ def rollout_status(channel: str, as_json: bool, server: str, token_file: Path | 
 @rollout_group.command("start")
 @click.argument("channel")
 @click.option("--app", "app", required=True, help="the release's app")
-@click.option("--sequence", type=int, required=True, help="the release's sequence")
+@click.option("--version", "version", default=None, help="the release's version, e.g. 1.2.0")
+@click.option("--sequence", type=int, default=None,
+              help="the release's sequence (instead of --version)")
 @click.option("--percent", type=click.FloatRange(0, 100, min_open=True), default=None,
               help="one stage to this percentage (100: everyone now)")
 @click.option("--policy", "policy_file", type=click.Path(dir_okay=False, exists=True,
                                                          path_type=Path),
               default=None, help="a JSON rollout policy (docs/operations.md)")
+@click.option("--allow-downgrade-version", is_flag=True,
+              help="roll out a version lower than the channel's current one")
 @_client_options
-def rollout_start(channel: str, app: str, sequence: int, percent: float | None,
-                  policy_file: Path | None, server: str, token_file: Path | None) -> None:
-    """Point CHANNEL at a release with a staged policy."""
+def rollout_start(channel: str, app: str, version: str | None, sequence: int | None,
+                  percent: float | None, policy_file: Path | None,
+                  allow_downgrade_version: bool, server: str, token_file: Path | None) -> None:
+    """Point CHANNEL at a release (--version V) with a staged policy.
+
+    The release is named by its version (or by --sequence N); a version lower than the
+    channel's current one needs --allow-downgrade-version."""
+    if (version is None) == (sequence is None):
+        raise UserError("give the release's --version (or its --sequence), one of them")
     if percent is not None and policy_file is not None:
         raise UserError("give --percent or --policy, not both")
     policy = None
@@ -336,7 +482,8 @@ def rollout_start(channel: str, app: str, sequence: int, percent: float | None,
             raise UserError(f"{policy_file}: not a JSON policy ({err})") from err
     with _api_errors():
         status = _client(server, token_file).rollout_start(
-            channel, policy, app=app, sequence=sequence, percent=percent)
+            channel, policy, app=app, sequence=sequence, version=version, percent=percent,
+            allow_downgrade_version=allow_downgrade_version)
     _print_rollout(status)
 
 
@@ -355,6 +502,86 @@ _rollout_action("pause", "Stop offering the release to boards that have not star
 _rollout_action("resume", "Resume a paused rollout.")
 _rollout_action("abort", "Stop the rollout; boards keep what they run, the base stays.")
 _rollout_action("advance", "Move the rollout to its next stage by hand.")
+
+
+# -- channels ---------------------------------------------------------------------------------
+
+@click.group("channels")
+def channels_group() -> None:
+    """Channels: their boards, base releases and rollouts.
+
+    Under `ota serve --fleet`, the channels fleet.yaml declares; else any that has boards or
+    a release."""
+
+
+def _release_text(rel: dict[str, Any] | None) -> str:
+    if rel is None:
+        return "-"
+    flag = " (yanked)" if rel.get("yanked") else " (expired)" if rel.get("expired") else ""
+    return f"{rel['app']} {rel['version']}{flag}"
+
+
+def _channel_row(doc: dict[str, Any]) -> dict[str, Any]:
+    rollout = doc.get("rollout")
+    row = {"channel": doc["channel"], "boards": doc["boards"],
+           "base": _release_text(doc.get("base")), "rollout": None, "stage": None,
+           "reach": None}
+    if rollout is not None:
+        stage = rollout["reach"][rollout["stage"]]
+        row.update(rollout=f"{_release_text(rollout['release'])} {rollout['state']}",
+                   stage=f"{rollout['stage'] + 1}/{len(rollout['stages'])} ({stage['name']})",
+                   reach=stage["text"])
+    return row
+
+
+_CHANNEL_COLUMNS = (
+    Column("CHANNEL", "channel"), Column("BASE", "base"), Column("ROLLOUT", "rollout"),
+    Column("STAGE", "stage"), Column("REACH", "reach"),
+    Column("BOARDS", "boards", align="right"))
+
+
+@channels_group.command("list")
+@json_option
+@_client_options
+def channels_list(as_json: bool, server: str, token_file: Path | None) -> None:
+    """List channels: boards, base release, rollout and its reach.
+
+    Each channel (declared in the fleet, or with boards or a release) with its board count,
+    base release, rollout (state, stage) and how many boards the stage reaches."""
+    with _api_errors():
+        channels = _client(server, token_file).channels()
+    emit(channels, _CHANNEL_COLUMNS, [_channel_row(c) for c in channels], as_json=as_json,
+         empty="no channels")
+
+
+# -- audit ------------------------------------------------------------------------------------
+
+@click.group("audit")
+def audit_group() -> None:
+    """The server's audit log of state-changing publisher calls."""
+
+
+_AUDIT_COLUMNS = (
+    Column("WHEN", "at", when), Column("WHO", "actor"), Column("SCOPE", "scope"),
+    Column("WHAT", "action"), Column("TARGET", "target"),
+    Column("STATUS", "status", align="right"), Column("OUTCOME", "outcome"))
+
+
+@audit_group.command("list")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True,
+              help="the newest this many entries")
+@click.option("--actor", default=None, help="only calls made with the token of this name")
+@json_option
+@_client_options
+def audit_list(limit: int, actor: str | None, as_json: bool, server: str,
+               token_file: Path | None) -> None:
+    """Who changed what, when, and how it ended (oldest first).
+
+    Every state-changing publisher call: its time, the token's name and scope, the route and
+    what it was about, the HTTP status and `ok` or the error's code."""
+    with _api_errors():
+        entries = _client(server, token_file).audit(limit, actor)
+    emit(entries, _AUDIT_COLUMNS, entries, as_json=as_json, empty="no audit entries")
 
 
 # -- roots ------------------------------------------------------------------------------------
@@ -486,5 +713,6 @@ def devices_add(device_id: str, public_key: str, board: str, channel: str,
 
 
 def register(cli: click.Group) -> None:
-    for command in (publish_cmd, releases_group, rollout_group, roots_group, devices_group):
+    for command in (publish_cmd, releases_group, rollout_group, channels_group, roots_group,
+                    devices_group, audit_group):
         cli.add_command(command)

@@ -5,7 +5,7 @@ The publisher's commands against a running server live in tools/cmd_publisher.py
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from tools.errors import UserError
-from tools.timefmt import iso_utc
+from tools.output import Column, emit, json_option, when
 
 TOKEN_ENV = "MPOTA_TOKEN"  # noqa: S105 -- the variable's name, not a secret
 SERVER_ENV = "MPOTA_SERVER"
@@ -24,7 +24,8 @@ DAY = 86400
 # -- serve and tokens (local: they work on the data directory) --------------------------------
 
 def _fleet_values(path: Path) -> dict[str, Any]:
-    """What `ota serve` takes from fleet.yaml: the root, the port of server.url, the policy."""
+    """What `ota serve` takes from fleet.yaml: the root, the port of server.url, the policy,
+    the declared channels."""
     from urllib.parse import urlsplit
 
     from tools.fleet import FleetError, load_fleet
@@ -45,6 +46,7 @@ def _fleet_values(path: Path) -> dict[str, Any]:
     if group is not None:
         stages.extend({"tag": tag} for tag in group.tags)
     stages.extend({"percent": p} for p in fleet.rollout.stages)
+    values["channels"] = tuple(fleet.channels)
     values["default_policy"] = {"stages": stages,
                                 "failure_threshold": fleet.rollout.failure_threshold,
                                 "min_results": fleet.rollout.min_results}
@@ -62,7 +64,8 @@ def _fleet_values(path: Path) -> dict[str, Any]:
               help="listen port [default: 8080; env MPOTA_PORT]")
 @click.option("--fleet", "fleet_path", type=click.Path(dir_okay=False, exists=True,
                                                        path_type=Path),
-              help="fleet.yaml: server root, port and the default rollout policy")
+              help="fleet.yaml: server root, port, the default rollout policy and the "
+                   "declared channels (any other channel is refused)")
 @click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path),
               help="serve https with this PEM certificate (chain); reloaded on SIGHUP "
                    "[env MPOTA_TLS_CERT]")
@@ -140,48 +143,115 @@ def _open_store(data_dir: Path) -> Iterator[Any]:
         store.close()
 
 
-_data_option = click.option(
-    "--data", "data_dir", required=True, envvar="MPOTA_DATA",
-    type=click.Path(file_okay=False, path_type=Path), help="the server's data directory")
+def _where(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Where `ota tokens` works: on the data directory (--data, $MPOTA_DATA), or else on the
+    server (--server, $MPOTA_SERVER) with an admin token."""
+    from tools.cmd_publisher import client_options
+
+    func = click.option(
+        "--data", "data_dir", envvar="MPOTA_DATA", default=None,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="work on this data directory [env MPOTA_DATA; default: ask the server, with an "
+             "admin token]")(func)
+    return client_options(func)
+
+
+@contextmanager
+def _remote(server: str, token_file: Path | None) -> Iterator[Any]:
+    """An ApiClient of `server`; its refusals as UserError."""
+    from tools.cmd_publisher import api_errors, client_for
+
+    with api_errors():
+        yield client_for(server, token_file)
 
 
 @click.group("tokens")
 def tokens_group() -> None:
-    """Publisher tokens (stored hashed in the server's data directory)."""
+    """Publisher tokens with scopes: read, publish, admin.
+
+    Stored hashed in the server's data directory; managed there (--data) or through the
+    server with an admin token."""
+
+
+def _audit_local(store: Any, action: str, target: str, outcome: str) -> None:
+    """Token management on the data directory goes to the audit log as the actor
+    `local:<login name>`: whoever can write the data directory (no token name has a colon)."""
+    import getpass
+    import time
+
+    from ota_server.storage import AuditEntry
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container's uid without a passwd entry)
+        user = "?"
+    store.add_audit(AuditEntry(at=int(time.time()), actor=f"local:{user}", scope="admin",
+                               action=action, target=target, status=0, outcome=outcome))
 
 
 @tokens_group.command("create")
 @click.argument("name")
-@_data_option
-def tokens_create(name: str, data_dir: Path) -> None:
-    """Create a token NAME; it is printed once, on stdout, and never stored in clear."""
+@click.option("--scope", type=click.Choice(["read", "publish", "admin"]), default="publish",
+              show_default=True,
+              help="read: list; publish: also upload, register and roll out; admin: also "
+                   "revoke boards, upload roots and manage tokens")
+@_where
+def tokens_create(name: str, scope: str, data_dir: Path | None, server: str,
+                  token_file: Path | None) -> None:
+    """Create a token NAME, printed once and stored only hashed.
+
+    The token goes to stdout, once; the server keeps its SHA-256 and never shows it again."""
     from ota_server.tokens import create_token
 
-    with _open_store(data_dir) as store:
-        token = create_token(store, name)
+    if data_dir is None:
+        with _remote(server, token_file) as client:
+            token = client.create_token(name, scope)
+    else:
+        with _open_store(data_dir) as store:
+            try:
+                token = create_token(store, name, scope)
+            except ValueError as err:
+                raise UserError(str(err)) from err
+            _audit_local(store, "ota tokens create", f"{name} scope={scope}", "ok")
     click.echo(token)
 
 
 @tokens_group.command("revoke")
 @click.argument("name")
-@_data_option
-def tokens_revoke(name: str, data_dir: Path) -> None:
+@_where
+def tokens_revoke(name: str, data_dir: Path | None, server: str,
+                  token_file: Path | None) -> None:
     """Revoke every valid token named NAME."""
-    with _open_store(data_dir) as store:
-        count = store.revoke_token(name)
-    if count == 0:
-        raise UserError(f"no valid token named {name!r}")
+    if data_dir is None:
+        with _remote(server, token_file) as client:
+            count = client.revoke_token(name)
+    else:
+        with _open_store(data_dir) as store:
+            count = store.revoke_token(name)
+            _audit_local(store, "ota tokens revoke", name, "ok" if count else "unknown_token")
+        if count == 0:
+            raise UserError(f"no valid token named {name!r}")
     click.echo(f"revoked {count} token(s) named {name!r}")
 
 
+_TOKEN_COLUMNS = (Column("NAME", "name"), Column("SCOPE", "scope"),
+                  Column("CREATED", "created", when), Column("REVOKED", "revoked", when))
+
+
 @tokens_group.command("list")
-@_data_option
-def tokens_list(data_dir: Path) -> None:
-    """Token names, creation and revocation times (never the tokens)."""
-    with _open_store(data_dir) as store:
-        for row in store.list_tokens():
-            state = f"revoked {iso_utc(row['revoked'])}" if row["revoked"] else "valid"
-            click.echo(f"{row['name']}\tcreated {iso_utc(row['created'])}\t{state}")
+@json_option
+@_where
+def tokens_list(as_json: bool, data_dir: Path | None, server: str,
+                token_file: Path | None) -> None:
+    """List tokens: names, scopes and times (never the tokens)."""
+    if data_dir is None:
+        with _remote(server, token_file) as client:
+            docs = client.tokens()
+    else:
+        with _open_store(data_dir) as store:
+            rows = store.list_tokens()
+        docs = [{k: row[k] for k in ("name", "scope", "created", "revoked")} for row in rows]
+    emit(docs, _TOKEN_COLUMNS, docs, as_json=as_json, empty="no tokens")
 
 
 def register(cli: click.Group) -> None:

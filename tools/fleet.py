@@ -68,7 +68,7 @@ class RolloutPolicy:
     canary_group: str | None
     stages: tuple[int, ...]  # percentages of the channel's boards, strictly increasing, last 100
     failure_threshold: float  # pause when failed / results passes this ...
-    min_results: int  # ... after at least this many results
+    min_results: int | None  # ... after at least this many results (None: the server's rule)
 
 
 @dataclass(frozen=True)
@@ -344,7 +344,10 @@ def _rollout(r: _Reader, doc: _Map, groups: dict[str, Group]) -> RolloutPolicy:
     if not 0 < threshold <= 1:
         raise r.fail(entry.key_lines["failure_threshold"],
                      f"{where}: failure_threshold must be in (0, 1]")
-    min_results = _integer(r, entry, "min_results", where=where, default=10)
+    # Absent: the server's rule for every fleet size (docs/operations.md).
+    min_results = r.field(entry, "min_results", int, default=None, where=where)
+    if min_results is not None and min_results < 1:
+        raise r.fail(entry.key_lines["min_results"], f"{where}: min_results must be at least 1")
     return RolloutPolicy(canary_group=canary, stages=tuple(stages),
                          failure_threshold=float(threshold), min_results=min_results)
 

@@ -11,16 +11,19 @@ from typing import Any, Protocol
 
 from ota_server.storage.records import (
     DEPLOYMENT_STATUSES,
+    AuditEntry,
     Deployment,
     DeploymentCounts,
     Device,
     HistoryEntry,
     Release,
     Rollout,
+    Token,
 )
 
 __all__ = [
     "DEPLOYMENT_STATUSES",
+    "AuditEntry",
     "BlobStore",
     "Deployment",
     "DeploymentCounts",
@@ -29,6 +32,7 @@ __all__ = [
     "MetadataStore",
     "Release",
     "Rollout",
+    "Token",
 ]
 
 
@@ -55,10 +59,18 @@ class MetadataStore(Protocol):
     """Everything but blob bytes. Each method is one transaction."""
 
     # tokens
-    def create_token(self, name: str, token_hash: str) -> int: ...
+    def create_token(self, name: str, token_hash: str, scope: str) -> int: ...
     def revoke_token(self, name: str) -> int: ...
     def list_tokens(self) -> list[dict[str, Any]]: ...
-    def token_valid(self, token_hash: str) -> bool: ...
+    def token(self, token_hash: str) -> Token | None:
+        """The valid (not revoked) token with this hash, if any."""
+        ...
+
+    # audit
+    def add_audit(self, entry: AuditEntry) -> None: ...
+    def list_audit(self, limit: int, actor: str | None = None) -> list[AuditEntry]:
+        """The newest `limit` entries (of `actor` when given), oldest first."""
+        ...
 
     # roots
     def roots(self) -> list[tuple[int, bytes]]: ...
@@ -73,7 +85,8 @@ class MetadataStore(Protocol):
 
     def reserved_version(self, app: str, sequence: int) -> str | None: ...
     def add_release(self, app: str, version: str, sequence: int, boards: Sequence[str],
-                    envelope: bytes, blobs: Sequence[tuple[str, int]], expires: int) -> Release:
+                    envelope: bytes, blobs: Sequence[tuple[str, int]], expires: int,
+                    signers: Sequence[str] = ()) -> Release:
         """Register a release and spend the version's reservation (one transaction)."""
         ...
 
@@ -82,6 +95,9 @@ class MetadataStore(Protocol):
     def release_by_id(self, release_id: int) -> Release | None: ...
     def envelope(self, release_id: int) -> bytes: ...
     def list_releases(self, app: str | None = None) -> list[Release]: ...
+    def yank_release(self, release_id: int) -> Release:
+        """Mark the release yanked (never offered from now on); idempotent."""
+        ...
 
     # devices
     def add_device(self, device_id: str, public_key: bytes, board: str, tags: Iterable[str],
@@ -119,6 +135,13 @@ class MetadataStore(Protocol):
     def update_rollout(self, rollout_id: int, *, stage: int | None = None,
                        state: str | None = None, reason: str | None = None) -> None: ...
     def list_channels(self) -> list[str]: ...
+    def board_counts(self) -> dict[str, int]:
+        """Boards not revoked, per channel."""
+        ...
+
+    def rollouts_of(self, release_id: int) -> list[Rollout]:
+        """The active or paused rollouts of the release."""
+        ...
     def deployment_status(self, device_id: str, release_id: int) -> str | None: ...
     def deployment(self, device_id: str, release_id: int) -> Deployment | None: ...
     def open_deployment_for(self, device_id: str, release_id: int, channel: str) -> None:

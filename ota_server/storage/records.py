@@ -53,15 +53,22 @@ class Release:
     expires: int  # Unix time the manifest stops being valid: never offered from then on
     boards: tuple[str, ...] = ()
     blobs: tuple[str, ...] = ()
+    yanked: int | None = None  # Unix time a publisher yanked it: never offered from then on
+    signers: tuple[str, ...] = ()  # key ids whose signatures the server verified
 
     def expired(self, now: int) -> bool:
         """Past its expiry at `now`, as a board's check (`expires <= now`) decides."""
         return self.expires <= now
 
+    def offerable(self, now: int) -> bool:
+        """May a board be offered it at `now`: neither expired nor yanked."""
+        return self.yanked is None and self.expires > now
+
     def view(self) -> dict[str, Any]:
         return {"id": self.id, "app": self.app, "version": self.version,
                 "sequence": self.sequence, "boards": list(self.boards), "created": self.created,
-                "expires": self.expires, "blobs": len(self.blobs)}
+                "expires": self.expires, "blobs": len(self.blobs), "yanked": self.yanked,
+                "signers": list(self.signers)}
 
 
 @dataclass(frozen=True)
@@ -119,3 +126,30 @@ class DeploymentCounts:
     @property
     def failures(self) -> int:
         return self.failed + self.rolled_back
+
+
+@dataclass(frozen=True)
+class Token:
+    """A valid publisher token: its name (who, in the audit log) and its scope."""
+
+    name: str
+    scope: str  # read, publish or admin (ota_server.tokens.SCOPES)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One state-changing publisher call: who, what, when, and how it ended."""
+
+    at: int
+    actor: str
+    scope: str
+    action: str
+    target: str
+    status: int
+    outcome: str  # "ok", or the error's stable code
+    id: int = 0
+
+    def view(self) -> dict[str, Any]:
+        return {"id": self.id, "at": self.at, "actor": self.actor, "scope": self.scope,
+                "action": self.action, "target": self.target, "status": self.status,
+                "outcome": self.outcome}

@@ -22,12 +22,14 @@ from typing import Any
 
 from ota_server.storage.records import (
     HISTORY_PER_DEVICE,
+    AuditEntry,
     Deployment,
     DeploymentCounts,
     Device,
     HistoryEntry,
     Release,
     Rollout,
+    Token,
 )
 
 _INVENTORY = ("app", "version", "sequence", "root_version", "micropython", "mem_free", "slot",
@@ -35,7 +37,7 @@ _INVENTORY = ("app", "version", "sequence", "root_version", "micropython", "mem_
 # The replay check and the write are one statement: it matches only a smaller stored counter.
 _ADVANCE_COUNTER = ("UPDATE devices SET counter = ?, last_seen = ? "
                     "WHERE device_id = ? AND counter < ?")
-_RELEASE_COLUMNS = "id, app, version, sequence, boards, created, expires"
+_RELEASE_COLUMNS = "id, app, version, sequence, boards, created, expires, yanked, signers"
 # A check-in's offer, with the channel that made it (the report rules count per channel):
 # recorded unless the board already has a deployment of the release.
 _OFFER = ("INSERT INTO deployments (device_id, release_id, status, updated, channel) "
@@ -75,8 +77,22 @@ def _fill_release_expiry(db: sqlite3.Connection) -> None:
                    (Manifest.from_payload(payload).expires, row[0]))
 
 
+def _fill_release_signers(db: sqlite3.Connection) -> None:
+    """Migration 3's data step: each release's signer key ids, the ones its stored envelope's
+    signatures name (deduplicated, in order). A release registered from version 3 on records
+    only the key ids whose signature verified against the server's root."""
+    from signing.dsse import parse_envelope
+    from signing.manifest import MANIFEST_PAYLOAD_TYPE
+
+    for row in db.execute("SELECT id, envelope FROM releases").fetchall():
+        envelope = parse_envelope(bytes(row[1]), MANIFEST_PAYLOAD_TYPE)
+        keyids = list(dict.fromkeys(sig.keyid for sig in envelope.signatures))
+        db.execute("UPDATE releases SET signers = ? WHERE id = ?", (json.dumps(keyids), row[0]))
+
+
 # What SQL cannot do in a migration (decode an envelope), run in the same transaction.
-_DATA_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _fill_release_expiry}
+_DATA_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    2: _fill_release_expiry, 3: _fill_release_signers}
 
 
 class SqliteStore:
@@ -131,11 +147,11 @@ class SqliteStore:
 
     # -- tokens -------------------------------------------------------------------------------
 
-    def create_token(self, name: str, token_hash: str) -> int:
+    def create_token(self, name: str, token_hash: str, scope: str) -> int:
         with self._tx():
             cur = self._db.execute(
-                "INSERT INTO tokens (name, token_hash, created) VALUES (?, ?, ?)",
-                (name, token_hash, _now()))
+                "INSERT INTO tokens (name, token_hash, created, scope) VALUES (?, ?, ?, ?)",
+                (name, token_hash, _now(), scope))
         return int(cur.lastrowid or 0)
 
     def revoke_token(self, name: str) -> int:
@@ -145,14 +161,35 @@ class SqliteStore:
         return cur.rowcount
 
     def list_tokens(self) -> list[dict[str, Any]]:
-        rows = self._db.execute("SELECT id, name, created, revoked FROM tokens ORDER BY id")
+        rows = self._db.execute(
+            "SELECT id, name, scope, created, revoked FROM tokens ORDER BY id")
         return [dict(row) for row in rows]
 
-    def token_valid(self, token_hash: str) -> bool:
+    def token(self, token_hash: str) -> Token | None:
+        """The valid (not revoked) token with this hash, if any."""
         row = self._db.execute(
-            "SELECT 1 FROM tokens WHERE token_hash = ? AND revoked IS NULL", (token_hash,)
-        ).fetchone()
-        return row is not None
+            "SELECT name, scope FROM tokens WHERE token_hash = ? AND revoked IS NULL",
+            (token_hash,)).fetchone()
+        return None if row is None else Token(name=str(row[0]), scope=str(row[1]))
+
+    # -- audit --------------------------------------------------------------------------------
+
+    def add_audit(self, entry: AuditEntry) -> None:
+        self._db.execute(
+            "INSERT INTO audit (at, actor, scope, action, target, status, outcome) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (entry.at, entry.actor, entry.scope, entry.action, entry.target, entry.status,
+             entry.outcome))
+
+    def list_audit(self, limit: int, actor: str | None = None) -> list[AuditEntry]:
+        """The newest `limit` entries (of `actor` when given), oldest first."""
+        rows = self._db.execute(
+            "SELECT * FROM (SELECT id, at, actor, scope, action, target, status, outcome "
+            "FROM audit WHERE (? IS NULL OR actor = ?) ORDER BY id DESC LIMIT ?) ORDER BY id",
+            (actor, actor, limit)).fetchall()
+        return [AuditEntry(id=int(r["id"]), at=int(r["at"]), actor=r["actor"], scope=r["scope"],
+                           action=r["action"], target=r["target"], status=int(r["status"]),
+                           outcome=r["outcome"]) for r in rows]
 
     # -- roots --------------------------------------------------------------------------------
 
@@ -209,14 +246,16 @@ class SqliteStore:
         return None if row is None else str(row[0])
 
     def add_release(self, app: str, version: str, sequence: int, boards: Sequence[str],
-                    envelope: bytes, blobs: Sequence[tuple[str, int]], expires: int) -> Release:
+                    envelope: bytes, blobs: Sequence[tuple[str, int]], expires: int,
+                    signers: Sequence[str] = ()) -> Release:
         """Register a release and spend the version's reservation; raises
         sqlite3.IntegrityError when the sequence or the version is taken."""
         with self._tx():
             cur = self._db.execute(
                 "INSERT INTO releases (app, version, sequence, boards, envelope, created, "
-                "expires) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (app, version, sequence, json.dumps(list(boards)), envelope, _now(), expires))
+                "expires, signers) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (app, version, sequence, json.dumps(list(boards)), envelope, _now(), expires,
+                 json.dumps(list(signers))))
             release_id = int(cur.lastrowid or 0)
             self._db.executemany(
                 "INSERT OR IGNORE INTO release_blobs (release_id, blob, size) VALUES (?, ?, ?)",
@@ -234,7 +273,9 @@ class SqliteStore:
             "SELECT blob FROM release_blobs WHERE release_id = ? ORDER BY blob", (row["id"],)))
         return Release(id=int(row["id"]), app=row["app"], version=row["version"],
                        sequence=int(row["sequence"]), boards=tuple(json.loads(row["boards"])),
-                       created=int(row["created"]), expires=int(row["expires"]), blobs=blobs)
+                       created=int(row["created"]), expires=int(row["expires"]), blobs=blobs,
+                       yanked=None if row["yanked"] is None else int(row["yanked"]),
+                       signers=tuple(json.loads(row["signers"])))
 
     def release(self, app: str, sequence: int) -> Release | None:
         return self._release(self._db.execute(
@@ -271,6 +312,20 @@ class SqliteStore:
             args = (app,)
         rows = self._db.execute(sql + " ORDER BY app, sequence", args).fetchall()
         return [r for r in (self._release(row) for row in rows) if r is not None]
+
+    def yank_release(self, release_id: int) -> Release:
+        """Mark the release yanked (offered to no board from now on); a release yanked before
+        keeps its first time. Raises KeyError for an unknown id."""
+        with self._tx():
+            self._db.execute("UPDATE releases SET yanked = ? WHERE id = ? AND yanked IS NULL",
+                             (_now(), release_id))
+        # The one change a release ever sees: drop it, and the rollouts and bases holding it.
+        self._releases.pop(release_id, None)
+        self._forget_channels()
+        found = self.release_by_id(release_id)
+        if found is None:
+            raise KeyError(release_id)
+        return found
 
     def release_blob_refs(self) -> list[str]:
         """Every blob any release refers to (the crash-consistency check uses it)."""
@@ -436,6 +491,19 @@ class SqliteStore:
         rows = self._db.execute(
             "SELECT name FROM channels UNION SELECT channel FROM devices ORDER BY 1")
         return [r[0] for r in rows]
+
+    def board_counts(self) -> dict[str, int]:
+        """Boards not revoked, per channel (channels without one are absent)."""
+        rows = self._db.execute(
+            "SELECT channel, COUNT(*) FROM devices WHERE revoked IS NULL GROUP BY channel")
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def rollouts_of(self, release_id: int) -> list[Rollout]:
+        """The active or paused rollouts of the release, one per channel at most."""
+        rows = self._db.execute(
+            "SELECT * FROM rollouts WHERE release_id = ? AND state IN ('active', 'paused') "
+            "ORDER BY channel", (release_id,)).fetchall()
+        return [r for r in (self._rollout(row) for row in rows) if r is not None]
 
     # -- deployments --------------------------------------------------------------------------
 
