@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from ota_server.storage.errors import StoreConflict, StoreError, StoreNotFound, StoreUnavailable
 from ota_server.storage.postgres import PostgresStore, check_dsn, pg_migrations
-from ota_server.storage.records import DeploymentCounts
+from ota_server.storage.records import HISTORY_PER_DEVICE, AuditEntry, DeploymentCounts, Token
 from ota_server.storage.sqlite import SqliteStore, _migrations
 from tools.cluster.postgres import PostgresServer
 from tools.local_server import free_port
@@ -47,6 +47,8 @@ class AsyncSqlite:
                 if "UNIQUE" in str(err):
                     raise StoreConflict(str(err)) from err
                 raise
+            except KeyError as err:  # SqliteStore's "no such id"
+                raise StoreNotFound(str(err)) from err
 
         return call
 
@@ -90,18 +92,66 @@ async def _release(store: Any, app: str = "app", version: str = "1.0.0",
 # -- every operation, on both backends ----------------------------------------------------------
 
 async def test_tokens(store: Any) -> None:
-    first = await store.create_token("ci", "h1")
-    second = await store.create_token("laptop", "h2")
+    first = await store.create_token("ci", "h1", "publish")
+    second = await store.create_token("laptop", "h2", "admin")
     assert second > first
-    assert await store.token_valid("h1") and await store.token_valid("h2")
-    assert not await store.token_valid("nope")
-    assert [t["name"] for t in await store.list_tokens()] == ["ci", "laptop"]
+    assert await store.token("h1") == Token("ci", "publish")
+    assert await store.token("h2") == Token("laptop", "admin")
+    assert await store.token("nope") is None
+    assert [(t["name"], t["scope"]) for t in await store.list_tokens()] == [
+        ("ci", "publish"), ("laptop", "admin")]
     assert await store.revoke_token("ci") == 1
     assert await store.revoke_token("ci") == 0
-    assert not await store.token_valid("h1")
+    assert await store.token("h1") is None
     assert (await store.list_tokens())[0]["revoked"] is not None
     with pytest.raises(StoreConflict):
-        await store.create_token("again", "h2")
+        await store.create_token("again", "h2", "read")
+
+
+async def test_the_audit_log_keeps_the_newest_entries_in_order(store: Any) -> None:
+    for i in range(5):
+        await store.add_audit(AuditEntry(at=100 + i, actor="ci" if i % 2 else "laptop",
+                                         scope="publish", action="POST /v1/releases",
+                                         target=f"app {i}", status=201, outcome="ok"))
+    newest = await store.list_audit(3)
+    assert [e.target for e in newest] == ["app 2", "app 3", "app 4"]
+    assert [e.target for e in await store.list_audit(10, actor="ci")] == ["app 1", "app 3"]
+    assert newest[0].id < newest[1].id < newest[2].id
+
+
+async def test_a_yank_keeps_its_first_time_and_signers_are_kept(store: Any) -> None:
+    await store.reserve_sequence("app", "1.0.0")
+    release = await store.add_release("app", "1.0.0", 1, ["esp32"], b"env", [(BLOB_A, 3)],
+                                      expires=2_000_000_000, signers=["k1", "k2"])
+    assert release.signers == ("k1", "k2") and release.yanked is None
+    yanked = await store.yank_release(release.id)
+    assert yanked.yanked is not None
+    again = await store.yank_release(release.id)
+    assert again.yanked == yanked.yanked
+    assert (await store.release_by_version("app", "1.0.0")).yanked == yanked.yanked
+    with pytest.raises(StoreNotFound):
+        await store.yank_release(release.id + 1000)
+
+
+async def test_deployment_history_records_each_move_once_and_stays_bounded(
+        store: Any) -> None:
+    await store.reserve_sequence("app", "1.0.0")
+    release = await store.add_release("app", "1.0.0", 1, ["esp32"], b"env", [(BLOB_A, 3)],
+                                      expires=2_000_000_000)
+    await store.add_device("b1", b"\x04" + bytes(64), "esp32", [], "stable", 1)
+    assert not await store.set_deployment("b1", release.id, "installed")  # never offered
+    await store.open_deployment_for("b1", release.id, "stable")
+    assert await store.set_deployment("b1", release.id, "downloading")
+    assert await store.set_deployment("b1", release.id, "downloading")  # again: no new row
+    assert await store.set_deployment("b1", release.id, "failed", "OSError: bus")
+    history = await store.device_history("b1")
+    assert [(h.status, h.reason) for h in history] == [("downloading", None),
+                                                         ("failed", "OSError: bus")]
+    for i in range(HISTORY_PER_DEVICE + 5):
+        await store.set_deployment("b1", release.id, "failed", f"attempt {i}")
+    history = await store.device_history("b1")
+    assert len(history) == HISTORY_PER_DEVICE
+    assert history[-1].reason == f"attempt {HISTORY_PER_DEVICE + 4}"
 
 
 async def test_roots_are_ordered_and_a_version_is_stored_once(store: Any) -> None:
@@ -371,13 +421,13 @@ async def test_what_one_replica_writes_the_next_call_on_another_sees(pg_dsn: str
         await a.update_rollout(rollout.id, state="paused")
         await a.set_base_release("stable", two.id)
         await a.add_root(2, b"rotated")
-        await a.create_token("t", "hash")
+        await a.create_token("t", "hash", "publish")
         assert (await b.current_rollout("stable")).state == "paused"
         assert await b.base_release("stable") == two
         assert await b.roots() == [(2, b"rotated")]
-        assert await b.token_valid("hash")
+        assert await b.token("hash") == Token("t", "publish")
         await b.revoke_token("t")
-        assert not await a.token_valid("hash")
+        assert await a.token("hash") is None
     finally:
         await a.close()
         await b.close()

@@ -32,7 +32,17 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from ota_server.storage.errors import StoreConflict, StoreError, StoreNotFound, StoreUnavailable
-from ota_server.storage.records import Deployment, DeploymentCounts, Device, Release, Rollout
+from ota_server.storage.records import (
+    HISTORY_PER_DEVICE,
+    AuditEntry,
+    Deployment,
+    DeploymentCounts,
+    Device,
+    HistoryEntry,
+    Release,
+    Rollout,
+    Token,
+)
 
 _INVENTORY = ("app", "version", "sequence", "root_version", "micropython", "mem_free", "slot",
               "last_seen", "last_status", "last_error")
@@ -42,6 +52,7 @@ _ADVANCE_COUNTER = ("UPDATE devices SET counter = $1, last_seen = $2 "
 _OFFER = ("INSERT INTO deployments (device_id, release_id, status, updated, channel) "
           "VALUES ($1, $2, 'offered', $3, $4) ON CONFLICT (device_id, release_id) DO NOTHING")
 _RELEASE_SELECT = ("SELECT r.id, r.app, r.version, r.sequence, r.boards, r.created, r.expires, "
+                   "r.yanked, r.signers, "
                    "ARRAY(SELECT b.blob FROM release_blobs b WHERE b.release_id = r.id "
                    "ORDER BY b.blob) AS blobs FROM releases r")
 _DEVICE_COLUMNS = ("device_id, public_key, board, tags, channel, bucket, counter, created, "
@@ -210,11 +221,11 @@ class PostgresStore:
 
     # -- tokens -------------------------------------------------------------------------------
 
-    async def create_token(self, name: str, token_hash: str) -> int:
+    async def create_token(self, name: str, token_hash: str, scope: str) -> int:
         async with self._connection() as conn:
             return int(await conn.fetchval(
-                "INSERT INTO tokens (name, token_hash, created) VALUES ($1, $2, $3) "
-                "RETURNING id", name, token_hash, _now()))
+                "INSERT INTO tokens (name, token_hash, created, scope) VALUES ($1, $2, $3, $4) "
+                "RETURNING id", name, token_hash, _now(), scope))
 
     async def revoke_token(self, name: str) -> int:
         async with self._connection() as conn:
@@ -224,14 +235,37 @@ class PostgresStore:
 
     async def list_tokens(self) -> list[dict[str, Any]]:
         async with self._connection() as conn:
-            rows = await conn.fetch("SELECT id, name, created, revoked FROM tokens ORDER BY id")
+            rows = await conn.fetch(
+                "SELECT id, name, scope, created, revoked FROM tokens ORDER BY id")
         return [dict(row) for row in rows]
 
-    async def token_valid(self, token_hash: str) -> bool:
+    async def token(self, token_hash: str) -> Token | None:
+        """The valid (not revoked) token with this hash, if any."""
         async with self._connection() as conn:
-            return await conn.fetchval(
-                "SELECT 1 FROM tokens WHERE token_hash = $1 AND revoked IS NULL",
-                token_hash) is not None
+            row = await conn.fetchrow(
+                "SELECT name, scope FROM tokens WHERE token_hash = $1 AND revoked IS NULL",
+                token_hash)
+        return None if row is None else Token(name=str(row[0]), scope=str(row[1]))
+
+    # -- audit --------------------------------------------------------------------------------
+
+    async def add_audit(self, entry: AuditEntry) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "INSERT INTO audit (at, actor, scope, action, target, status, outcome) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7)", entry.at, entry.actor, entry.scope,
+                entry.action, entry.target, entry.status, entry.outcome)
+
+    async def list_audit(self, limit: int, actor: str | None = None) -> list[AuditEntry]:
+        """The newest `limit` entries (of `actor` when given), oldest first."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT * FROM (SELECT id, at, actor, scope, action, target, status, outcome "
+                "FROM audit WHERE ($1::text IS NULL OR actor = $1) ORDER BY id DESC LIMIT $2) "
+                "AS newest ORDER BY id", actor, limit)
+        return [AuditEntry(id=int(r["id"]), at=int(r["at"]), actor=r["actor"], scope=r["scope"],
+                           action=r["action"], target=r["target"], status=int(r["status"]),
+                           outcome=r["outcome"]) for r in rows]
 
     # -- roots --------------------------------------------------------------------------------
 
@@ -295,14 +329,15 @@ class PostgresStore:
 
     async def add_release(self, app: str, version: str, sequence: int, boards: Sequence[str],
                           envelope: bytes, blobs: Sequence[tuple[str, int]],
-                          expires: int) -> Release:
+                          expires: int, signers: Sequence[str] = ()) -> Release:
         """Register a release and spend the version's reservation, in one transaction;
         StoreConflict when the sequence or the version is taken (nothing is written)."""
         async with self._transaction() as conn:
             release_id = int(await conn.fetchval(
                 "INSERT INTO releases (app, version, sequence, boards, envelope, created, "
-                "expires) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-                app, version, sequence, list(boards), envelope, _now(), expires))
+                "expires, signers) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                app, version, sequence, list(boards), envelope, _now(), expires,
+                list(signers)))
             await conn.executemany(
                 "INSERT INTO release_blobs (release_id, blob, size) VALUES ($1, $2, $3) "
                 "ON CONFLICT DO NOTHING", [(release_id, blob, size) for blob, size in blobs])
@@ -351,6 +386,19 @@ class PostgresStore:
                 f"{_RELEASE_SELECT} WHERE ($1::text IS NULL OR r.app = $1) "
                 f"ORDER BY r.app {_BYTEWISE}, r.sequence", app)
         return [r for r in (_release(row) for row in rows) if r is not None]
+
+    async def yank_release(self, release_id: int) -> Release:
+        """Mark the release yanked (offered to no board from now on); a release yanked before
+        keeps its first time. StoreNotFound for an unknown id."""
+        async with self._connection() as conn:
+            await conn.execute("UPDATE releases SET yanked = $1 WHERE id = $2 AND yanked IS NULL",
+                               _now(), release_id)
+            found = _release(await conn.fetchrow(f"{_RELEASE_SELECT} WHERE r.id = $1",
+                                                 release_id))
+        if found is None:
+            raise StoreNotFound(f"no release with id {release_id}")
+        self._releases[release_id] = found  # the one change a release ever sees
+        return found
 
     async def release_blob_refs(self) -> list[str]:
         """Every blob any release refers to."""
@@ -545,12 +593,40 @@ class PostgresStore:
 
     async def set_deployment(self, device_id: str, release_id: int, status: str,
                              reason: str | None = None) -> bool:
-        """Move an open deployment to `status`; False (nothing written) when none was opened."""
-        async with self._connection() as conn:
-            return _rowcount(await conn.execute(
+        """Move an open deployment to `status` and add the move to the board's history, in
+        one transaction; False (nothing written) when the server never opened one for this
+        board and release. The same status and reason again is no new event: nothing is
+        written. The history keeps the board's newest HISTORY_PER_DEVICE rows."""
+        now = _now()
+        async with self._transaction() as conn:
+            row = await conn.fetchrow(
+                "SELECT status, reason FROM deployments WHERE device_id = $1 AND release_id = $2"
+                " FOR UPDATE", device_id, release_id)
+            if row is None:
+                return False
+            if (row[0], row[1]) == (status, reason):
+                return True  # the same report again (delivery is at least once)
+            await conn.execute(
                 "UPDATE deployments SET status = $1, reason = $2, updated = $3 "
                 "WHERE device_id = $4 AND release_id = $5",
-                status, reason, _now(), device_id, release_id)) == 1
+                status, reason, now, device_id, release_id)
+            await conn.execute(
+                "INSERT INTO deployment_history (device_id, release_id, status, reason, at) "
+                "VALUES ($1, $2, $3, $4, $5)", device_id, release_id, status, reason, now)
+            await conn.execute(
+                "DELETE FROM deployment_history WHERE device_id = $1 AND id <= "
+                "(SELECT id FROM deployment_history WHERE device_id = $1 "
+                "ORDER BY id DESC LIMIT 1 OFFSET $2)", device_id, HISTORY_PER_DEVICE)
+        return True
+
+    async def device_history(self, device_id: str) -> list[HistoryEntry]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT r.app, r.version, r.sequence, h.status, h.reason, h.at "
+                "FROM deployment_history h JOIN releases r ON r.id = h.release_id "
+                "WHERE h.device_id = $1 ORDER BY h.id", device_id)
+        return [HistoryEntry(app=str(r[0]), version=str(r[1]), sequence=int(r[2]),
+                             status=str(r[3]), reason=r[4], at=int(r[5])) for r in rows]
 
     async def deployment_counts(self, release_id: int, channel: str) -> DeploymentCounts:
         """Boards by deployment status for the release, among deployments `channel` opened."""
@@ -597,7 +673,9 @@ def _release(row: asyncpg.Record | None) -> Release | None:
     return Release(id=int(row["id"]), app=row["app"], version=row["version"],
                    sequence=int(row["sequence"]), boards=tuple(row["boards"]),
                    created=int(row["created"]), expires=int(row["expires"]),
-                   blobs=tuple(row["blobs"]))
+                   blobs=tuple(row["blobs"]),
+                   yanked=None if row["yanked"] is None else int(row["yanked"]),
+                   signers=tuple(row["signers"]))
 
 
 def _device(row: asyncpg.Record | None) -> Device | None:
