@@ -221,11 +221,16 @@ def success_target(store: MetadataStore, rollout: Rollout) -> int:
     spec = rollout.policy["stages"][rollout.stage]
     if "success" in spec:
         return int(spec["success"])
+    return max(1, math.ceil(eligible_count(store, rollout) / 2))
+
+
+def eligible_count(store: MetadataStore, rollout: Rollout) -> int:
+    """The active boards of the rollout's channel inside its stages 0..stage (as `eligible`
+    decides for one board)."""
     stages = rollout.policy["stages"][: rollout.stage + 1]
     tags = [s["tag"] for s in stages if "tag" in s]
     limit = max([s["percent"] * (BUCKETS // 100) for s in stages if "percent" in s], default=0)
-    count = store.count_eligible(rollout.channel, tags, limit)
-    return max(1, math.ceil(count / 2))
+    return store.count_eligible(rollout.channel, tags, limit)
 
 
 def after_report(store: MetadataStore, channel: str, release_id: int) -> None:
