@@ -22,8 +22,10 @@ def _real_routes() -> dict[tuple[str, str], str | None]:
         if route.method == "HEAD":
             continue  # implied by GET in OpenAPI
         info = route.resource.get_info() if route.resource else {}
-        out[(route.method.lower(), info.get("path") or info.get("formatter"))] = \
-            auth_kind(route.handler)
+        path = info.get("path") or info.get("formatter")
+        if path.startswith("/ui"):
+            continue  # the dashboard's HTML pages, not the API: docs/dashboard.md lists them
+        out[(route.method.lower(), path)] = auth_kind(route.handler)
     return out
 
 

@@ -10,8 +10,6 @@ $MPOTA_SCREENSHOTS (browser_support.screenshots).
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,11 +90,8 @@ def logged_in(browser: Any, fleet: Fleet) -> Any:
 
 
 def _api_rollout(fleet: Fleet) -> dict[str, Any]:
-    """GET /v1/channels/stable/rollout, as `ota rollout status stable` asks it."""
-    request = urllib.request.Request(fleet.server.url + "/v1/channels/stable/rollout",
-                                     headers={"Authorization": f"Bearer {fleet.server.token}"})
-    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 -- 127.0.0.1
-        result: dict[str, Any] = json.load(answer)["rollout"]
+    """GET /v1/channels/stable/rollout through the client `ota rollout status stable` uses."""
+    result: dict[str, Any] = fleet.server.client().rollout_status("stable")["rollout"]
     return result
 
 

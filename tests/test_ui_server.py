@@ -19,13 +19,43 @@ from ota_server.state import BOARD_WRITES, STORE
 from ota_server.storage.fleet_view import BOARD_STATUSES, BoardFilter
 from ota_server.storage.sqlite import SqliteStore
 from ota_server.ui import sessions as ui_sessions
-from ota_server.ui.sessions import COOKIE, Session, SessionTable, require_scope
+from ota_server.ui.routes import OPEN_ROUTES, session_scope
+from ota_server.ui.sessions import COOKIE, LOGIN_COOKIE, Session, SessionTable, require_scope
 
-# Every route of the dashboard but the login and the static files, with its method.
-GUARDED = [("GET", "/ui/fleet"), ("GET", "/ui/rollouts"), ("GET", "/ui/boards"),
-           ("GET", "/ui/boards/board-0"), ("GET", "/ui/releases"), ("GET", "/ui/audit"),
-           ("GET", "/ui/live.json"), ("POST", "/ui/logout"),
-           ("POST", "/ui/rollouts/stable/pause")]
+
+def _dashboard_routes() -> dict[tuple[str, str], Any]:
+    """Every /ui route of the real app (HEAD aside), with its handler."""
+    from pathlib import Path
+
+    from ota_server.app import create_app
+    from ota_server.settings import Settings
+
+    app = create_app(Settings(data_dir=Path("/nonexistent")))
+    out = {}
+    for route in app.router.routes():
+        info = route.resource.get_info() if route.resource else {}
+        path = info.get("path") or info.get("formatter") or ""
+        if path.startswith("/ui") and route.method != "HEAD":
+            out[(route.method, path)] = route.handler
+    return out
+
+
+ROUTES = _dashboard_routes()
+# Every route but the open ones (the login, static files), a path parameter filled in.
+GUARDED = sorted((m, p.replace("{device_id}", "board-0").replace("{channel}", "stable")
+                  .replace("{action}", "pause"))
+                 for (m, p) in ROUTES if (m, p) not in OPEN_ROUTES)
+
+
+def test_every_dashboard_route_is_open_by_name_or_needs_a_session_with_a_scope() -> None:
+    assert len(GUARDED) >= 9
+    for (method, path), handler in ROUTES.items():
+        if (method, path) in OPEN_ROUTES:
+            assert session_scope(handler) is None, (method, path)
+        else:
+            assert session_scope(handler) in ui_sessions.SCOPES, (method, path)
+    # acting on a rollout needs more than seeing
+    assert session_scope(ROUTES[("POST", "/ui/rollouts/{channel}/{action}")]) == "publish"
 
 
 async def _login(env: ServerEnv, token: str | None = None) -> str:
@@ -348,3 +378,32 @@ def test_require_scope_grants_every_scope_to_a_valid_token_until_scopes_exist() 
         require_scope(narrowed, "publish")
     with pytest.raises(ValueError, match="unknown scope"):
         require_scope(session, "root")
+
+
+async def test_the_session_cookie_is_secure_when_the_server_runs_tls(
+        aiohttp_client: Any, tmp_path: Any) -> None:
+    from dataclasses import replace
+
+    from server_support import FleetKeys, new_data_dir
+    from tls_support import server_tls
+
+    from ota_server.app import create_app
+
+    server_tls(tmp_path / "tls")
+    keys = FleetKeys.create(tmp_path)
+    settings, token = new_data_dir(tmp_path)
+    settings = replace(settings, root_path=keys.root_path,
+                       tls_cert=tmp_path / "tls" / "server.pem",
+                       tls_key=tmp_path / "tls" / "server.key")
+    client = await aiohttp_client(create_app(settings))
+    page = await client.get("/ui/login")
+    nonce = re.search(r'name="nonce" value="([^"]+)"', await page.text())
+    assert nonce is not None
+    assert all("Secure" in h for h in page.headers.getall("Set-Cookie"))
+    # the client keeps a Secure cookie for https only: sent by hand over the test's http
+    resp = await client.post("/ui/login", data={"nonce": nonce.group(1), "token": token},
+                             headers={"Cookie": f"{LOGIN_COOKIE}={nonce.group(1)}"},
+                             allow_redirects=False)
+    assert resp.status == 303
+    header = [h for h in resp.headers.getall("Set-Cookie") if h.startswith(COOKIE + "=")]
+    assert len(header) == 1 and "Secure" in header[0] and "HttpOnly" in header[0]

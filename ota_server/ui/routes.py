@@ -40,6 +40,10 @@ from ota_server.ui.sessions import (
 from ota_server.validation import name
 
 SESSIONS = web.AppKey("ui_sessions", SessionTable)
+SCOPE_ATTR = "mpota_ui_scope"
+# The routes open without a session; every other /ui/ route needs one (session_scope).
+OPEN_ROUTES = frozenset({("GET", "/ui"), ("GET", "/ui/"), ("GET", "/ui/login"),
+                         ("POST", "/ui/login"), ("GET", "/ui/static/{name}")})
 SILENT_AFTER = web.AppKey("ui_silent_after_s", int)
 # A board is silent when its last check-in is older than this: twice fleet.yaml's default
 # poll interval (3600 s). The server is not told a board's own interval (docs/dashboard.md,
@@ -113,8 +117,15 @@ def _guard(scope: str, *, page: bool = True) -> Callable[[Page], Any]:
             response = await handler(request, session)
             response.headers.update(_SECURITY_HEADERS)
             return response
+        setattr(run, SCOPE_ATTR, scope)
         return public(run)
     return wrap
+
+
+def session_scope(handler: Any) -> str | None:
+    """The scope a dashboard handler needs with its session; None for the open ones (the
+    login, the static files, the redirect to the fleet page)."""
+    return getattr(handler, SCOPE_ATTR, None)
 
 
 def _see_other(location: str) -> web.Response:
