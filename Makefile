@@ -9,7 +9,7 @@ MP32_STAMP := .cache/micropython-i386/.ready
 # of the ESP32 and RP2: small ints, object and heap sizes as on them).
 PYTEST32_ARGS ?= tests/test_board_*.py tests/test_virtual_board.py tests/test_micropython_host.py
 
-.PHONY: test lint pytest demo bench-board bench-server bench-station micropython clean browser
+.PHONY: test lint pytest demo bench-board bench-server bench-station micropython clean browser bench-dashboard
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,9 @@ bench-server: $(STAMP) $(MP_STAMP)
 
 bench-station: $(STAMP) $(MP_STAMP)
 	$(PY) bench/bench_station.py
+
+bench-dashboard: $(STAMP)
+	$(PY) bench/bench_dashboard.py
 
 clean:
 	rm -rf $(VENV) .cache demo-data bench/out

@@ -568,10 +568,10 @@ class SqliteStore:
                                 sequence=int(r[3]), status=r[4], reason=r[5], channel=r[6],
                                 updated=int(r[7])) for r in rows]
 
-    def release_blob_sizes(self, release_id: int) -> dict[str, int]:
-        """Each blob of the release and its stored (transfer) size in bytes."""
-        return {str(r[0]): int(r[1]) for r in self._db.execute(
-            "SELECT blob, size FROM release_blobs WHERE release_id = ?", (release_id,))}
+    def board_versions(self) -> list[str]:
+        """Every app version some board reports running, sorted (the table's filter)."""
+        return [str(r[0]) for r in self._db.execute(
+            "SELECT DISTINCT version FROM devices WHERE version IS NOT NULL ORDER BY 1")]
 
 
 class _Transaction:

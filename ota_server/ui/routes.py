@@ -331,12 +331,11 @@ async def boards(request: web.Request, session: Session) -> web.Response:
         if has_prev and rows else None,
         "first": "/ui/boards?" + urlencode(query),
     }
-    counts = store.fleet_counts(board_filter.silent_before)
     return _render(request, session, "boards.html",
                    {"rows": rows, "kept": kept, "links": links,
                     "matching": store.count_boards(board_filter),
                     "channels": store.list_channels(),
-                    "versions": sorted({v for _, v, _ in counts.by_version if v}),
+                    "versions": store.board_versions(),
                     "statuses": BOARD_STATUSES, "seen_choices": list(_SEEN_WITHIN)})
 
 
