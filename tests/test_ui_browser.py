@@ -50,6 +50,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, micropython: str) -> Iterato
         bundle = build_release(work, small_app("1.1.0"), "1.1.0", 2, keys)
         server.client().publish(bundle, channel="stable", policy={
             "stages": [{"percent": 50}, {"percent": 100}], "auto_advance": False})
+        for flash in flashes.values():  # the boards inside the first stage take 1.1.0
+            VirtualBoard(flash, micropython=micropython).run(max_boots=3, timeout=60)
         yield Fleet(server, flashes)
 
 
@@ -143,7 +145,18 @@ def test_the_pause_button_pauses_the_rollout_the_api_reports(logged_in: Any, fle
     browser.get(fleet.server.url + "/ui/rollouts")
     section = browser.find_element(By.ID, "channel-stable")
     assert section.find_element(By.CSS_SELECTOR, '[data-field="state"]').text == "active"
+    # the progress the boards made (the one in the 50% stage took 1.1.0), as the API has it
+    counts = _api_rollout(fleet)["counts"]
+    assert counts["confirmed"] >= 1
+    for key, value in counts.items():
+        assert section.find_element(By.CSS_SELECTOR, f'[data-count="{key}"]').text == str(value)
     _shot(browser, screenshots, "rollouts")
+    browser.set_window_size(390, 1400)  # a phone's width: one column, nothing cut off
+    inner, width = browser.execute_script(
+        "return [window.innerWidth, document.documentElement.scrollWidth]")
+    assert width <= inner, (inner, width)
+    assert browser.save_screenshot(str(screenshots / "rollouts-phone.png"))
+    browser.set_window_size(1280, 1000)
     section.find_element(By.CSS_SELECTOR, 'button[value="pause"]').click()
     flash = _wait(browser, ec.visibility_of_element_located((By.CSS_SELECTOR, ".flash")))
     assert "stable: pause done; the rollout is paused" in flash.text

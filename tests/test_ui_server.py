@@ -234,12 +234,27 @@ async def test_the_board_page_shows_a_deployments_failure_reason(env: ServerEnv)
     target = next(b for b in boards if store.deployment_status(b.device_id, 1) == "offered")
     for status in ("downloading", "installed"):
         assert (await env.report(target, status, 1)).status == 204
-    assert (await env.report(target, "rolled_back", 1, reason="app crashed: ImportError"))\
-        .status == 204
+    reason = "app crashed: <script>alert(1)</script>"
+    assert (await env.report(target, "rolled_back", 1, reason=reason)).status == 204
     await _login(env)
     page = await (await env.client.get(f"/ui/boards/{target.device_id}")).text()
-    assert "app crashed: ImportError" in page
+    # the board's own words, escaped: a board cannot put markup into an operator's page
+    assert "app crashed: &lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script>alert" not in page
     assert "rolled back" in page
+
+
+@pytest.mark.parametrize("target", ["//evil.example/", "https://evil.example/ui/",
+                                    "/\\evil.example", "/v1/devices", ""])
+async def test_the_login_sends_only_to_a_dashboard_page(env: ServerEnv, target: str) -> None:
+    page = await env.client.get("/ui/login")
+    nonce = re.search(r'name="nonce" value="([^"]+)"', await page.text())
+    assert nonce is not None
+    resp = await env.client.post("/ui/login", data={"nonce": nonce.group(1),
+                                                    "token": env.token, "next": target},
+                                 allow_redirects=False)
+    assert resp.status == 303
+    assert resp.headers["Location"] == "/ui/fleet"
 
 
 # -- the store's paging and statuses ----------------------------------------------------------
