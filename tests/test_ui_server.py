@@ -190,9 +190,23 @@ async def test_logout_ends_the_session_on_the_server(env: ServerEnv) -> None:
     resp = await env.client.post("/ui/logout", data={"csrf": csrf}, allow_redirects=False)
     assert resp.status == 303
     # the old cookie, sent again by hand, opens nothing
-    replay = await env.client.get("/ui/fleet", cookies={COOKIE: session_id},
+    env.client.session.cookie_jar.clear()
+    replay = await env.client.get("/ui/fleet", headers={"Cookie": f"{COOKIE}={session_id}"},
                                   allow_redirects=False)
     assert replay.status == 303
+
+
+async def test_a_new_login_ends_the_session_the_browser_had(env: ServerEnv) -> None:
+    await _login(env)
+    first = env.client.session.cookie_jar.filter_cookies(env.client.make_url("/ui/"))[COOKIE]
+    await _login(env)
+    second = env.client.session.cookie_jar.filter_cookies(env.client.make_url("/ui/"))[COOKIE]
+    assert first.value != second.value
+    env.client.session.cookie_jar.clear()
+    for value, status in ((first.value, 303), (second.value, 200)):
+        replay = await env.client.get("/ui/fleet", headers={"Cookie": f"{COOKIE}={value}"},
+                                      allow_redirects=False)
+        assert replay.status == status
 
 
 async def test_a_revoked_token_ends_its_sessions(env: ServerEnv) -> None:

@@ -182,9 +182,8 @@ async def login(request: web.Request) -> web.Response:
             not hmac.compare_digest(nonce.encode(), cookie.encode()):
         raise ApiError("the login form has expired or was not sent by this site; reload it",
                        code="bad_csrf", status=403)
-    token = form.get("token")
-    target = _safe_next(form.get("next") if isinstance(form.get("next"), str)
-                        else None)  # type: ignore[arg-type]
+    token, raw_next = form.get("token"), form.get("next")
+    target = _safe_next(raw_next if isinstance(raw_next, str) else None)
     store = request.app[state.STORE]
     if not isinstance(token, str) or not token.strip() or \
             not store.token_valid(token_hash(token.strip())):
@@ -193,6 +192,9 @@ async def login(request: web.Request) -> web.Response:
         return _render(request, None, "login.html",
                        {"nonce": nonce, "next": target,
                         "error": "Unknown or revoked token."}, status=401)
+    previous = request.cookies.get(COOKIE)
+    if previous:  # a new login never keeps an old session id (no session fixation)
+        request.app[SESSIONS].end(previous)
     session = request.app[SESSIONS].create(token_hash(token.strip()))
     response = _see_other(target)
     _set_cookie(request, response, COOKIE, session.id, max_age=None)
