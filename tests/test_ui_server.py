@@ -436,3 +436,10 @@ async def test_the_session_cookie_is_secure_when_the_server_runs_tls(
     assert resp.status == 303
     header = [h for h in resp.headers.getall("Set-Cookie") if h.startswith(COOKIE + "=")]
     assert len(header) == 1 and "Secure" in header[0] and "HttpOnly" in header[0]
+
+
+def test_a_session_keeps_only_the_last_few_messages() -> None:
+    session = SessionTable().create("h" * 64)
+    for n in range(100):
+        session.tell(f"message {n}")
+    assert session.flash == [f"message {n}" for n in range(95, 100)]

@@ -283,10 +283,10 @@ async def rollout_action(request: web.Request, session: Session) -> web.Response
     try:
         result = act_on_rollout(request.app[state.STORE], channel, action)
     except ApiError as err:
-        session.flash.append(f"{channel}: {err.message}")
+        session.tell(f"{channel}: {err.message}")
     else:
         now = result["rollout"]
-        session.flash.append(f"{channel}: {action} done; the rollout is {now['state']} at "
+        session.tell(f"{channel}: {action} done; the rollout is {now['state']} at "
                              f"stage {now['stage'] + 1} of {len(now['stages'])}.")
     return _see_other(f"/ui/rollouts#channel-{quote(channel)}")
 

@@ -27,6 +27,7 @@ LIFETIME_S = 8 * 3600
 IDLE_S = 3600
 # More open sessions than this: the oldest go first (a bound on memory, whatever logs in).
 MAX_SESSIONS = 10_000
+_MAX_FLASH = 5
 
 
 class ScopeError(Forbidden):
@@ -44,6 +45,11 @@ class Session:
     created: float
     seen: float
     flash: list[str] = field(default_factory=list)
+
+    def tell(self, message: str) -> None:
+        """Keep a message for the next page shown (the last few only)."""
+        self.flash.append(message)
+        del self.flash[:-_MAX_FLASH]
 
     def expired(self, now: float) -> bool:
         return now - self.created >= LIFETIME_S or now - self.seen >= IDLE_S
