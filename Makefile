@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MP_STAMP := .cache/micropython/.ready
 MP32_STAMP := .cache/micropython-i386/.ready
+# Debian's nginx, only unpacked (never installed or started), for `nginx -t` on deploy/'s site
+# (tests/test_deploy.py).
+NGINX := .tools/nginx/usr/sbin/nginx
 # Board code runs on both unix ports: the host's 64-bit one, then the 32-bit build (the word size
 # of the ESP32 and RP2: small ints, object and heap sizes as on them).
 PYTEST32_ARGS ?= tests/test_board_*.py tests/test_virtual_board.py tests/test_micropython_host.py
@@ -27,6 +30,11 @@ $(MP32_STAMP): tools/get_micropython.sh
 
 micropython: $(MP_STAMP) $(MP32_STAMP)
 
+$(NGINX):
+	rm -rf .tools/nginx-deb && mkdir -p .tools/nginx-deb
+	cd .tools/nginx-deb && apt-get download nginx
+	dpkg-deb -x .tools/nginx-deb/nginx_*.deb .tools/nginx
+
 # The dashboard's browser tests (tests/test_ui_*.py) drive Debian's own Chromium and its driver;
 # no browser is downloaded from anywhere else.
 browser:
@@ -39,7 +47,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check --config bootloader_py/ruff.toml bootloader_py
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP) $(MP_STAMP) $(MP32_STAMP) browser
+pytest: $(STAMP) $(MP_STAMP) $(MP32_STAMP) $(NGINX) browser
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 	MPOTA_BOARD_PORT=32-bit $(VENV)/bin/pytest $(PYTEST32_ARGS)
 
@@ -61,4 +69,4 @@ bench-dashboard: $(STAMP)
 	$(PY) bench/bench_dashboard.py
 
 clean:
-	rm -rf $(VENV) .cache demo-data bench/out
+	rm -rf $(VENV) .cache .tools demo-data bench/out

@@ -5,6 +5,8 @@ middleware runs. Three things are decided there, so they are decided here:
 
 - how long a client may take to send a request's line and headers (`header_timeout`), and
   how long an idle keep-alive connection stays open (`keepalive_timeout`);
+- how long a client may take to take an answer (`send_timeout` + a second per
+  `send_rate_floor` bytes of the body), so a client that stops reading frees its connection;
 - how many connections are open at once (`max_connections`);
 - the answer to a request the parser refuses (an oversized line, a malformed header or
   framing): JSON `{"code", "message"}` as everywhere else, never the client's bytes echoed.
@@ -144,7 +146,37 @@ class GuardedRequestHandler(RequestHandler):
 
     async def finish_response(self, request: web.BaseRequest, resp: web.StreamResponse,
                               start_time: float | None) -> tuple[web.StreamResponse, bool]:
-        answered = await super().finish_response(request, resp, start_time)
+        # Sending the answer (a blob's sendfile, a large JSON's drain) waits for the client to
+        # take it; one that stops reading is cut at the send deadline. A timer, not wait_for:
+        # it costs no task per request (figure S1).
+        task = asyncio.current_task()
+        cut = False
+
+        def send_timed_out() -> None:
+            nonlocal cut
+            cut = True
+            log.info("cut a connection: the client did not take its answer within the send "
+                     "deadline")
+            if task is not None:
+                task.cancel()
+
+        deadline = self._loop.call_later(self._send_deadline(resp), send_timed_out)
+        try:
+            answered = await super().finish_response(request, resp, start_time)
+        except asyncio.CancelledError:
+            if not cut or task is None:
+                raise
+            # Cancelled, not aborted: the cancel unwinds loop.sendfile (which gives the socket
+            # back to its transport) and the response's clean-up (which closes its files);
+            # an abort alone would leave the sendfile waiting for ever.
+            task.uncancel()
+            self.force_close()
+            if self.transport is not None:
+                # abort, not close: close would wait to flush exactly the bytes nobody takes
+                self.transport.abort()
+            return resp, True
+        finally:
+            deadline.cancel()
         if self._framing_broken or resp.status == 408:
             # nothing more on this connection can be trusted or is worth waiting for
             self.force_close()
@@ -155,6 +187,17 @@ class GuardedRequestHandler(RequestHandler):
             # first byte
             self.waiting_since = self._loop.time()
         return answered
+
+    # -- the send deadline --------------------------------------------------------------------
+
+    def _send_deadline(self, resp: web.StreamResponse) -> float:
+        """send_timeout, plus a second per send_rate_floor bytes of the body: the board's own
+        rule for how long a body of that size may take (docs/operations.md, Limits)."""
+        size = resp.content_length
+        if size is None and isinstance(resp, web.Response) and isinstance(resp.body, bytes):
+            size = len(resp.body)
+        limits = self._guard.limits
+        return limits.send_timeout + (size or 0) / limits.send_rate_floor
 
     # -- the header deadline ------------------------------------------------------------------
 

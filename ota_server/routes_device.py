@@ -27,7 +27,10 @@ from ota_server.validation import blob_id, name, optional, parse_json_object, re
 
 ENVELOPE_TYPE = "application/vnd.dsse+json"
 BLOB_CACHE = "public, max-age=31536000, immutable"
-_MAX_REASON = 256
+# A report's reason: at most this many bytes of UTF-8, no control characters (docs/protocol.md,
+# "Report reasons"). The board sends printable ASCII of at most 200 bytes for an app's
+# exception; its other reasons are its own short messages.
+MAX_REASON_BYTES = 256
 # Blobs one pack request may name: a 64-id query line stays near 4 KiB.
 MAX_PACK_BLOBS = 64
 
@@ -422,7 +425,7 @@ async def report(request: web.Request) -> web.Response:
     if app_name or status not in _REDIRECTED:
         name(app_name, "report app")
     version = optional(doc, "version", str, what)
-    reason = optional(doc, "reason", str, what, max_len=_MAX_REASON)
+    reason = report_reason(doc.get("reason"))
     store = request.app[state.STORE]
     metrics = request.app[state.METRICS]
     try:
@@ -447,6 +450,31 @@ async def report(request: web.Request) -> web.Response:
     if status in FINAL_STATUSES:
         rollout.after_report(store, deployment.channel, deployment.release_id)
     return web.Response(status=204)
+
+
+def report_reason(value: Any) -> str | None:
+    """A report's `reason`: None (absent or null) or a string of at most MAX_REASON_BYTES
+    bytes of UTF-8 without control characters (C0, DEL, C1: what could forge lines or
+    escape sequences on an operator's terminal). Raises BadRequest (`bad_field`) saying
+    which rule it broke; nothing is stored then."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"report: field 'reason' must be a string or null, got "
+                         f"{type(value).__name__}", code="bad_field")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate (a \ud800 escape): not text
+        raise BadRequest("report: field 'reason' is not valid UTF-8 (a lone surrogate)",
+                         code="bad_field") from None
+    if size > MAX_REASON_BYTES:
+        raise BadRequest(f"report: field 'reason' is {size} bytes of UTF-8, at most "
+                         f"{MAX_REASON_BYTES} are allowed", code="bad_field")
+    for at, char in enumerate(value):
+        if char < " " or "\x7f" <= char <= "\x9f":
+            raise BadRequest(f"report: field 'reason' has control character U+{ord(char):04X} "
+                             f"at {at}", code="bad_field")
+    return value
 
 
 def _deployment_for(store: MetadataStore, device_id: str, app: str, sequence: int,

@@ -131,8 +131,17 @@ async def register_release(request: web.Request) -> web.Response:
                        f"upload a rotated root first", code="root_expired")
     try:
         manifest = verify_manifest(envelope, trust.latest, now=now)
+    except trust_errors.ThresholdError as err:
+        raise _untrusted_signers(envelope, trust.latest, err) from None
     except trust_errors.TrustError as err:
         raise trust_error(err, "release") from None
+    # Before the blobs: `ota publish` registers first, so a file the server would refuse is
+    # named before a byte of the bundle is uploaded.
+    for entry in manifest.files:
+        if entry.transfer_size > limits.max_blob_bytes:
+            raise PayloadTooLarge(f"release: file {entry.path!r} is {entry.transfer_size} "
+                                  f"bytes to transfer, over the server's limit of "
+                                  f"{limits.max_blob_bytes} bytes per file", code="file_too_large")
     store = request.app[state.STORE]
     same = _registered_version(store, manifest, envelope, now)
     if same is not None:
@@ -159,6 +168,24 @@ async def register_release(request: web.Request) -> web.Response:
                        f"registered concurrently", code="sequence_not_greater") from None
     request.app[state.METRICS].inc("mpota_releases_registered_total")
     return web.json_response(release.view(), status=201)
+
+
+def _untrusted_signers(envelope: bytes, root: Any, err: Exception) -> ApiError:
+    """The refusal of a manifest whose signatures do not meet the root's release threshold:
+    the key ids it was signed with, the ones the server's newest root lists, and the fix."""
+    try:
+        used = sorted({s.keyid for s in parse_envelope(envelope, MANIFEST_PAYLOAD_TYPE)
+                       .signatures})
+    except trust_errors.TrustError:
+        used = []
+    role = root.release
+    return ApiError(
+        f"release: signed by key id(s) {', '.join(used) or 'none'}, but the server's root "
+        f"(version {root.version}) lists release key id(s) {', '.join(role.keyids)} "
+        f"(threshold {role.threshold}): {type(err).__name__}: {err}. After `ota keys rotate`, "
+        f"upload the new root "
+        f"first (`ota roots upload keys/root.json`); else sign with a key that root lists",
+        code="signature_threshold", status=422)
 
 
 def _content(manifest: Manifest) -> tuple[Any, ...]:
@@ -330,7 +357,10 @@ def _device_or_404(request: web.Request) -> Any:
 
 @publisher
 async def show_device(request: web.Request) -> web.Response:
-    return web.json_response(_device_or_404(request).public_view())
+    """The board, its inventory and its deployment history (`history`, oldest first)."""
+    found = _device_or_404(request)
+    history = request.app[state.STORE].device_history(found.device_id)
+    return web.json_response({**found.public_view(), "history": [h.view() for h in history]})
 
 
 @publisher

@@ -44,6 +44,11 @@ class Limits:
     upload_timeout: float = 600.0
     # An idle keep-alive connection is closed after this (longer than a proxy's usual 60 s).
     keepalive_timeout: float = 75.0
+    # An answer must be taken by the client within send_timeout plus one second per
+    # send_rate_floor bytes of its body (the board's own rule for what it reads:
+    # bootloader_py/ota/update.py), or the connection is cut.
+    send_timeout: float = 60.0
+    send_rate_floor: float = 1024.0
     max_connections: int = 1000
 
 
@@ -88,6 +93,8 @@ _LIMIT_ENV: dict[str, str] = {
     "MPOTA_BODY_TIMEOUT": "body_timeout",
     "MPOTA_UPLOAD_TIMEOUT": "upload_timeout",
     "MPOTA_KEEPALIVE_TIMEOUT": "keepalive_timeout",
+    "MPOTA_SEND_TIMEOUT": "send_timeout",
+    "MPOTA_SEND_RATE_FLOOR": "send_rate_floor",
     "MPOTA_MAX_CONNECTIONS": "max_connections",
 }
 

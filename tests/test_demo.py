@@ -24,14 +24,32 @@ def test_demo_updates_every_board_rolls_back_a_bad_release_and_prints_the_fleet(
     # over https, every board verifying the server against the CA it was provisioned with
     assert "serving at https://127.0.0.1:" in done.stdout
     assert "certificate refused" not in done.stdout
+    out = done.stdout
+    # every command the demo prints names releases by version, never by sequence
+    commands = [line for line in out.splitlines() if line.startswith("$ ota ")]
+    assert any("--version 1.2.0" in c for c in commands)
+    assert not [c for c in commands if "--sequence" in c], commands
+    after_update = _segment(out, "$ ota rollout status stable", "8. A bad release")
+    after_bad = _segment(out.split("9. The fleet", 1)[1], "$ ota rollout status stable",
+                         "$ ota devices list")
     # 1.1.0 reached every board ...
-    assert "confirmed 3, failed 0, rolled_back 0" in done.stdout
+    assert _row(after_update, "confirmed") == ["confirmed", "3"]
+    assert _row(after_update, "rolled_back") == ["rolled_back", "0"]
     # ... 1.2.0 was rolled back by two, which paused its rollout before the third.
-    assert "rollout of demo 1.2.0 (sequence 3): paused" in done.stdout
-    assert "confirmed 0, failed 0, rolled_back 2" in done.stdout
-    fleet = [line.split("\t") for line in done.stdout.splitlines() if line.startswith("unix-")]
-    assert [row[3] for row in fleet] == ["demo 1.1.0"] * 3
-    assert sorted(row[4] for row in fleet) == ["confirmed", "rolled_back", "rolled_back"]
+    assert _row(after_bad, "rollout")[:3] == ["rollout", "demo", "1.2.0"]
+    assert _row(after_bad, "rollout")[4] == "paused"
+    assert _row(after_bad, "confirmed") == ["confirmed", "0"]
+    assert _row(after_bad, "rolled_back") == ["rolled_back", "2"]
+    listed = _segment(out, "$ ota devices list", "$ ota devices show")
+    fleet = [line.split() for line in listed.splitlines() if line.startswith("unix-")]
+    assert [row[3:5] for row in fleet] == [["demo", "1.1.0"]] * 3
+    assert sorted(row[5] for row in fleet) == ["confirmed", "rolled_back", "rolled_back"]
+    # the deployment history of a board that rolled back, with the app's own exception
+    shown = out.split("$ ota devices show ", 1)[1]
+    assert shown.split()[0] in {row[0] for row in fleet if row[5] == "rolled_back"}
+    history = shown.split("deployment history", 1)[1]
+    rolled = [line.split(None, 5) for line in history.splitlines() if " rolled_back " in line]
+    assert [(r[2], r[5]) for r in rolled] == [("1.2.0", "OSError: sensor bus not found")]
     assert wifi_password not in done.stdout + done.stderr
     log = (tmp_path / "demo" / "station-log.jsonl").read_text()
     assert wifi_password not in log
@@ -45,3 +63,14 @@ def test_demo_updates_every_board_rolls_back_a_bad_release_and_prints_the_fleet(
     ca_der = (boards / "board1" / "ota" / "ca.der").read_bytes()
     assert all((boards / f"board{n}" / "ota" / "ca.der").read_bytes() == ca_der
                for n in (2, 3))
+
+
+def _segment(text: str, start: str, end: str) -> str:
+    """The part of `text` from the first `start` to the next `end` after it."""
+    return text.split(start, 1)[1].split(end, 1)[0]
+
+
+def _row(table: str, first: str) -> list[str]:
+    """The cells of the one line of `table` whose first cell is `first`."""
+    (row,) = [line.split() for line in table.splitlines() if line.split()[:1] == [first]]
+    return row

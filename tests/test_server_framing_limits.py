@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import socket
 import time
 from pathlib import Path
@@ -243,9 +244,10 @@ def _read_to_end(sock: socket.socket) -> bytes:
 
 def test_limits_come_from_the_environment_and_flags_win() -> None:
     env = {"MPOTA_HEADER_TIMEOUT": "2.5", "MPOTA_MAX_CONNECTIONS": "50",
-           "MPOTA_BODY_TIMEOUT": "7"}
+           "MPOTA_BODY_TIMEOUT": "7", "MPOTA_SEND_TIMEOUT": "9", "MPOTA_SEND_RATE_FLOOR": "512"}
     settings = load_settings({"data_dir": "/tmp/x", "body_timeout": 3.0,
-                              "keepalive_timeout": None}, environ=env)
+                              "keepalive_timeout": None, "send_rate_floor": 2048}, environ=env)
+    assert (settings.limits.send_timeout, settings.limits.send_rate_floor) == (9.0, 2048.0)
     assert settings.limits.header_timeout == 2.5
     assert settings.limits.max_connections == 50
     assert settings.limits.body_timeout == 3.0
@@ -266,3 +268,86 @@ def test_a_limit_that_is_not_a_positive_number_is_refused_naming_it(source: str,
         flags["header_timeout"] = value
     with pytest.raises(SettingsError, match=r"HEADER_TIMEOUT|header-timeout"):
         load_settings(flags, environ=env)
+
+
+# -- the send deadline ------------------------------------------------------------------------
+
+async def _blob_request_never_read(server: LiveServer, board: SimBoard, target: str,
+                                   ) -> socket.socket:
+    """A signed GET of `target` from a client with a tiny receive window that reads nothing."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (HOST, server.port))
+    head = request_head("GET", target, board.auth("GET", target), body_length=0)
+    await loop.sock_sendall(sock, head)
+    return sock
+
+
+async def _drain(sock: socket.socket, give_up: float) -> int:
+    """Read to the connection's end (EOF or reset); the bytes read."""
+    loop, total = asyncio.get_running_loop(), 0
+    try:
+        while True:
+            chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), give_up)
+            if not chunk:
+                return total
+            total += len(chunk)
+    except ConnectionError:
+        return total
+
+
+BIG_BLOB = bytes(range(256)) * (48 * 1024)  # 12 MiB: more than the kernel buffers hold
+
+
+@pytest.mark.parametrize("kind", ["blob", "pack"])
+async def test_an_answer_the_client_does_not_take_is_cut_at_the_send_deadline(
+        tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A board (or anyone with a board's key) that asks for a blob and stops reading holds a
+    connection only until send_timeout + size / send_rate_floor (here 1 s + 0.75 s); the
+    blob's file is closed with it and nothing is left waiting."""
+    caplog.set_level(logging.INFO)
+    rate = 16 * 1024 * 1024
+    async with live_server(tmp_path, send_timeout=1.0, send_rate_floor=rate) as server:
+        board = SimBoard("slow-reader")
+        await _register(server, board)
+        sha = hashlib.sha256(BIG_BLOB).hexdigest()
+        put = request_head("PUT", f"/v1/blobs/{sha}", server.bearer, body_length=len(BIG_BLOB))
+        assert (await exchange(server.port, [put + BIG_BLOB], timeout=30)).status == 201
+        target = f"/v1/blobs/{sha}" if kind == "blob" else f"/v1/device/pack?blobs={sha}"
+        # control: a client that reads gets the whole blob under the same limits
+        control = await _blob_request_never_read(server, board, target)
+        try:
+            assert await _drain(control, give_up=10) > len(BIG_BLOB)
+        finally:
+            control.close()
+        started = time.monotonic()
+        stalled = await _blob_request_never_read(server, board, target)
+        try:
+            await _until(lambda: server.open_connections() == 1)
+            await asyncio.sleep(0.5)  # well into the answer: it stalls at the client's window
+            assert server.open_connections() == 1
+            await _until(lambda: server.open_connections() == 0, limit=8)
+            cut_after = time.monotonic() - started
+            received = await _drain(stalled, give_up=5)
+            await _until(lambda: not _open_files_under(server.settings.blob_dir))
+        finally:
+            stalled.close()
+    assert 1.5 < cut_after < 4.0
+    assert received < len(BIG_BLOB)
+    assert "send deadline" in caplog.text
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+def _open_files_under(directory: Path) -> list[str]:
+    """Files under `directory` this process holds open (the live server runs in it)."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = fd.readlink()
+        except OSError:
+            continue
+        if str(target).startswith(str(directory)):
+            found.append(str(target))
+    return found

@@ -171,7 +171,7 @@ def test_cli_publish_rollout_devices_and_tokens_against_a_real_server(
             assert json.loads(answer.read())["payloadType"].endswith("manifest+json")
         code, out, _ = _run(["devices", "list"], capsys)
         assert code == 0 and "cli-board" in out
-        code, out, _ = _run(["devices", "show", "cli-board"], capsys)
+        code, out, _ = _run(["devices", "show", "cli-board", "--json"], capsys)
         assert json.loads(out)["device_id"] == "cli-board"
         code, out, _ = _run(["rollout", "pause", "stable"], capsys)
         assert code == 0 and "paused" in out

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from signing import keys as keymod
 from signing.keys import load_private_key
 from signing.root import verify_root, verify_rotation
 from tools.cli import main
@@ -173,7 +174,10 @@ def test_show_and_user_errors(keydir: Path, tmp_path: Path,
                               capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["keys", "show", str(keydir)]) == 0
     shown = capsys.readouterr().out
-    assert "root metadata version 1" in shown and "release.pub: keyid" in shown
+    release_kid = keymod.keyid(keymod.load_public_key(keydir / "release.pub"))
+    assert "root metadata version 1" in shown
+    assert any(line.split()[:2] == ["release", "1"] and release_kid in line
+               and line.endswith("release.pub") for line in shown.splitlines()), shown
     (tmp_path / "app").mkdir()
     (tmp_path / "app" / "app_main.py").write_text("x = 1\n")
     assert main(["build", str(tmp_path / "app"), "--version", "1.0.0", "-o",

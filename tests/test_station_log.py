@@ -87,8 +87,11 @@ def test_redactor_scrubs_every_secret() -> None:
 def test_targets_refuse_duplicates_missing_dirs_and_nothing(tmp_path: Path) -> None:
     with pytest.raises(TargetError, match="given twice"):
         collect_targets(("/dev/ttyUSB0", "/dev/ttyUSB0"), False, ())
+    (tmp_path / "a-file").write_text("")
     with pytest.raises(TargetError, match="not a directory"):
-        collect_targets((), False, (str(tmp_path / "missing"),))
+        collect_targets((), False, (str(tmp_path / "a-file"),))
+    # a directory that does not exist yet is a board `ota provision` creates
+    assert collect_targets((), False, (str(tmp_path / "new"),))[0].kind == "virtual"
     with pytest.raises(TargetError, match="no boards"):
         collect_targets((), False, ())
     (tmp_path / "b1").mkdir()

@@ -18,7 +18,7 @@ import pytest
 
 from signing.keys import generate_private_key
 from signing.root import new_root, sign_root
-from tools.board_files import client_romfs
+from tools.board_files import STATE_BASE, client_romfs, read_state, record_bytes
 from tools.cli import main as ota
 from tools.fleet import load_fleet
 from tools.local_server import LocalServer
@@ -230,6 +230,29 @@ def test_reprovision_is_explicit_and_revokes_the_old_key(
     assert second.key_fingerprint != first.key_fingerprint
     config = json.loads((board / "ota" / "config.json").read_text())
     assert config["device_id"] == second.device_id
+
+
+def test_reprovisioning_leaves_no_boot_record_of_the_boards_earlier_life(
+        tmp_path: Path, server: LocalServer, fleet_file: Path) -> None:
+    """A board back from the field has two boot records; the newer one (any sequence) names
+    the slot, the app and the rollback floor of its earlier life. After re-provisioning the
+    board must boot the state the station wrote, whichever record it was in."""
+    (board,) = flash_dirs(tmp_path, 1)
+    target = Target("virtual", str(board.resolve()))
+    log = StationLog(tmp_path / "station.jsonl")
+    (first,) = Station(job_for(fleet_file, server), log).run([target])
+    assert first.outcome == "provisioned"
+    fresh = read_state(board)
+    assert fresh is not None
+    field_life = {**fresh, "seq": 57, "active": "b", "reject": 41,
+                  "slots": {"a": fresh["slots"]["a"], "b": {"app": "old", "version": "9.9.9",
+                                                            "sequence": 42,
+                                                            "entry": "app_main"}}}
+    for index in "01":  # the board alternates between the two: either may be the newest
+        (board / f"{STATE_BASE.lstrip('/')}{index}").write_bytes(record_bytes(field_life))
+        (again,) = Station(job_for(fleet_file, server, reprovision=True), log).run([target])
+        assert again.outcome == "provisioned", again.error
+        assert read_state(board) == fresh, index
 
 
 def test_missing_secret_is_refused_before_touching_any_board(

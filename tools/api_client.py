@@ -180,6 +180,17 @@ class ApiClient:
         bundle = load_bundle(bundle_dir)
         envelope = bundle.envelope_path.read_bytes()
         paths = {entry.blob: bundle.blob_path(entry) for entry in bundle.manifest.files}
+        # Registered first: the server checks the signatures, the version, the sequence and
+        # each file's size before it looks for blobs, so whatever it would refuse is refused
+        # before a byte is uploaded (its answer `missing_blobs` means all that passed).
+        try:
+            release, new = self._register(envelope)
+        except ApiClientError as err:
+            if err.code != "missing_blobs":
+                raise
+        else:
+            return PublishResult(release, [], sorted(paths), self._start(release, channel,
+                                                                         policy, percent), new)
         missing = set(self.missing_blobs(paths))
         total = sum(paths[b].stat().st_size for b in missing)
         done = 0
@@ -191,16 +202,21 @@ class ApiClient:
             if progress is not None:
                 progress(done, total)
         release, new = self._register(envelope)
-        started = None
-        if channel is not None:
-            try:
-                started = self.rollout_start(channel, policy, app=release["app"],
-                                             sequence=release["sequence"], percent=percent)
-            except ApiClientError as err:
-                if err.code != "already_rolling_out":  # a retry of a publish that finished
-                    raise
-                started = self.rollout_status(channel)
-        return PublishResult(release, uploaded, sorted(set(paths) - missing), started, new)
+        return PublishResult(release, uploaded, sorted(set(paths) - missing),
+                             self._start(release, channel, policy, percent), new)
+
+    def _start(self, release: dict[str, Any], channel: str | None,
+               policy: dict[str, Any] | None, percent: float | None) -> dict[str, Any] | None:
+        """The rollout `publish` starts on `channel` (None without one)."""
+        if channel is None:
+            return None
+        try:
+            return self.rollout_start(channel, policy, app=release["app"],
+                                      sequence=release["sequence"], percent=percent)
+        except ApiClientError as err:
+            if err.code != "already_rolling_out":  # a retry of a publish that finished
+                raise
+            return self.rollout_status(channel)
 
     # -- roots --------------------------------------------------------------------------------
 

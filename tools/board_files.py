@@ -191,7 +191,10 @@ def _initial_state(app: InitialApp | None, trial_boots: int) -> dict[str, bytes]
                   "entry": app.entry}
     rec = {"seq": 1, "active": "a", "ok": 1, "trial": 0, "tries": trial_boots,
            "slots": {"a": slot_a, "b": None}, "reject": 0, "note": None}
-    return {STATE_BASE + "0": record_bytes(rec)}
+    # Both records: a board back for re-provisioning keeps its files, and whichever record of
+    # its earlier life is the newer (any sequence) would otherwise win over this one.
+    record = record_bytes(rec)
+    return {STATE_BASE + "0": record, STATE_BASE + "1": record}
 
 
 def slot_list_line(path: str, data: bytes) -> str:

@@ -15,6 +15,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "tools.cmd_server",
     "tools.cmd_publisher",
     "tools.cmd_board",
+    "tools.cmd_backup",
 )
 
 
@@ -26,6 +27,19 @@ def cli() -> None:
 
 for _name in _COMMAND_MODULES:
     importlib.import_module(_name).register(cli)
+
+
+def _whole_summaries(group: click.Group) -> None:
+    """Every command's one-line summary whole in its group's listing: click would cut it at the
+    terminal's width with "..."; given as short_help, the listing wraps it instead."""
+    for command in group.commands.values():
+        if not command.short_help:
+            command.short_help = command.get_short_help_str(limit=10_000)
+        if isinstance(command, click.Group):
+            _whole_summaries(command)
+
+
+_whole_summaries(cli)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,6 +33,7 @@ from signing.root import (
 )
 from signing.verify import verify_blob, verify_manifest
 from tools.errors import UserError
+from tools.output import Column, emit, json_option
 from tools.timefmt import iso_utc
 
 PASSPHRASE_ENV = "MPOTA_KEY_PASSPHRASE"  # noqa: S105 (a variable name, not a secret)
@@ -216,6 +217,8 @@ def keys_rotate(directory: Path, new_release: bool, new_root_key: bool, expires_
                    "use --prompt-passphrase to encrypt)")
     for line in _describe_root(root):
         click.echo(line)
+    click.echo(f"next: `ota roots upload {directory / ROOT_JSON}` so the server accepts "
+               f"releases signed by the new keys and boards rotate to root {root.version}")
 
 
 def _install_rotation(directory: Path, old_version: int, fresh: dict[str, keymod.PrivateKey],
@@ -233,20 +236,37 @@ def _install_rotation(directory: Path, old_version: int, fresh: dict[str, keymod
 
 @keys_group.command("show")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
-def keys_show(path: Path) -> None:
+@json_option
+def keys_show(path: Path, as_json: bool) -> None:
     """Show root metadata (PATH: a root.json or a key directory) and which key files match."""
     root_file = path / ROOT_JSON if path.is_dir() else path
     with _user_errors():
         root = verify_root_signatures(_read(root_file))
-    for line in _describe_root(root):
-        click.echo(line)
-    if root.expires <= _now():
-        click.echo(f"  EXPIRED: rotate it (ota keys rotate {root_file.parent})")
+    files: dict[str, str] = {}
     if path.is_dir():
         for pub in sorted(path.glob("*.pub")):
             with _user_errors():
-                kid = keymod.keyid(keymod.load_public_key(pub))
-            click.echo(f"  {pub.name}: keyid {kid}")
+                files[keymod.keyid(keymod.load_public_key(pub))] = pub.name
+    expired = root.expires <= _now()
+    rows = [{"role": name, "threshold": f"{role.threshold} of {len(role.keyids)}",
+             "keyid": kid, "file": files.get(kid)}
+            for name, role in (("root", root.root), ("release", root.release))
+            for kid in role.keyids]
+    cas = [hashlib.sha256(der).hexdigest() for der in root.server_ca or ()]
+    doc = {"version": root.version, "expires": root.expires, "expired": expired,
+           "roles": {name: {"threshold": role.threshold, "keyids": list(role.keyids)}
+                     for name, role in (("root", root.root), ("release", root.release))},
+           "server_ca_sha256": cas, "key_files": {name: kid for kid, name in files.items()}}
+    emit(doc, [Column("ROLE", "role"), Column("THRESHOLD", "threshold"),
+               Column("KEYID", "keyid"), Column("FILE", "file")], rows, as_json=as_json,
+         title=f"root metadata version {root.version}, expires {iso_utc(root.expires)}"
+               + (" (EXPIRED)" if expired else ""))
+    if as_json:
+        return
+    for sha in cas:
+        click.echo(f"server CA boards trust: sha256 {sha}")
+    if expired:
+        click.echo(f"EXPIRED: rotate it (ota keys rotate {root_file.parent})")
 
 
 @click.command("build")
@@ -261,8 +281,10 @@ def keys_show(path: Path) -> None:
               type=click.Path(file_okay=False, path_type=Path), help="bundle directory")
 @click.option("--entry", default="app_main", show_default=True, help="the app's entry module")
 @click.option("--app", "app", default=None, help="app name [default: APP_DIR's name]")
-@click.option("--min-micropython", default=MICROPYTHON_FLOOR, show_default=True)
-@click.option("--expires-days", type=click.IntRange(min=1), default=365, show_default=True)
+@click.option("--min-micropython", default=MICROPYTHON_FLOOR, show_default=True,
+              help="the oldest MicroPython the app runs on")
+@click.option("--expires-days", type=click.IntRange(min=1), default=365, show_default=True,
+              help="days until boards stop accepting the release")
 def build_cmd(app_dir: Path, version: str, sequence: int | None, boards: tuple[str, ...],
               mpy: bool, deflate: bool, out_dir: Path, entry: str, app: str | None,
               min_micropython: str, expires_days: int) -> None:

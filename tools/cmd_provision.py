@@ -183,6 +183,9 @@ def provision(fleet_path: Path, profile: str, ports: tuple[str, ...], all_ports:
         esptool_before=esptool_before,
         factory_image_dir=factory_image_dir, worker_setup=worker_setup,
     )
+    for target in targets:  # every check passed: a virtual board's new directory is made now
+        if target.kind == "virtual":
+            Path(target.address).mkdir(parents=True, exist_ok=True)
     records = Station(job, StationLog(log_path), LiveView(), timeout_s=timeout_s).run(targets)
     failed = [r for r in records if r.outcome != "provisioned"]
     if failed:

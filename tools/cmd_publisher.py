@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ import click
 
 from signing.manifest import MICROPYTHON_FLOOR
 from tools.errors import UserError
+from tools.output import Column, echo_json, emit, json_option, print_table, when
 from tools.timefmt import iso_utc
 
 TOKEN_ENV = "MPOTA_TOKEN"  # noqa: S105 -- the variable's name, not a secret
@@ -85,35 +87,54 @@ def _echo_json(doc: Any) -> None:
 @click.option("--channel", default=None, help="start a rollout of the release on this channel")
 @click.option("--percent", type=click.FloatRange(0, 100, min_open=True), default=None,
               help="one-stage rollout to this percentage [default: the server's policy]")
+@click.option("--policy", "policy_file", type=click.Path(dir_okay=False, exists=True,
+                                                         path_type=Path),
+              default=None, help="the rollout's JSON policy (docs/operations.md)")
 @click.option("--key", "key_paths", multiple=True, required=True,
               type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="a release private key (repeat for a threshold) [passphrase: "
                    "$MPOTA_KEY_PASSPHRASE]")
 @click.option("--board", "boards", multiple=True, required=True,
-              help="a compatible board (repeat)")
+              help="a compatible board, as fleet.yaml names it (repeat)")
+@click.option("--fleet", "fleet_path", type=click.Path(dir_okay=False, exists=True,
+                                                       path_type=Path),
+              default=None, help="fleet.yaml whose boards --board must name and fit "
+                                 "[default: ./fleet.yaml if present]")
 @click.option("--sequence", type=click.IntRange(min=0), default=None,
               help="anti-rollback sequence [default: the server assigns the next one]")
 @click.option("--entry", default="app_main", show_default=True, help="the app's entry module")
 @click.option("--app", "app", default=None, help="app name [default: APP_DIR's name]")
-@click.option("--min-micropython", default=MICROPYTHON_FLOOR, show_default=True)
-@click.option("--expires-days", type=click.IntRange(min=1), default=365, show_default=True)
+@click.option("--min-micropython", default=MICROPYTHON_FLOOR, show_default=True,
+              help="the oldest MicroPython the app runs on")
+@click.option("--expires-days", type=click.IntRange(min=1), default=365, show_default=True,
+              help="days until boards stop accepting the release")
 @click.option("--mpy", is_flag=True, help="compile .py to .mpy with mpy-cross")
 @click.option("--deflate", is_flag=True, help="send files deflated when that is smaller")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="keep the bundle here [default: a temporary directory]")
+@json_option
 @_client_options
 def publish_cmd(app_dir: Path, version: str, channel: str | None, percent: float | None,
-                key_paths: tuple[Path, ...], boards: tuple[str, ...], sequence: int | None,
-                entry: str, app: str | None, min_micropython: str, expires_days: int,
-                mpy: bool, deflate: bool, out_dir: Path | None, server: str,
-                token_file: Path | None) -> None:
-    """Build APP_DIR, sign it locally, upload the missing blobs, register, roll out."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+                policy_file: Path | None, key_paths: tuple[Path, ...], boards: tuple[str, ...],
+                fleet_path: Path | None,
+                sequence: int | None, entry: str, app: str | None, min_micropython: str,
+                expires_days: int, mpy: bool, deflate: bool, out_dir: Path | None,
+                as_json: bool, server: str, token_file: Path | None) -> None:
+    """Build APP_DIR, sign it locally, upload the missing blobs, register, roll out.
 
+    APP_DIR is a folder whose entry module (app_main.py) defines main(). The server checks
+    the signature, version and file sizes before any blob is uploaded.
+    """
     from signing.bundle import build_bundle, sign_bundle
     from signing.errors import BundleError, KeyFileError, TrustError
+    from tools.board_fit import check_fits, fleet_for_publish, known_boards
     from tools.cmd_keys import load_signing_key
 
+    policy = _read_policy(percent, policy_file)
+    if policy is not None and channel is None:
+        raise UserError("--policy needs --channel: the channel to roll the release out on")
+    fleet = fleet_for_publish(fleet_path)
+    targets = known_boards(fleet, boards) if fleet is not None else []
     client = _client(server, token_file)
     if sequence is None:
         # Asked before signing (the sequence is inside the signed manifest); the server never
@@ -129,20 +150,20 @@ def publish_cmd(app_dir: Path, version: str, channel: str | None, percent: float
                                   boards=boards, entry=entry, min_micropython=min_micropython,
                                   mpy=mpy, deflate=deflate, created=created,
                                   expires=created + expires_days * DAY, app=app)
+            check_fits(targets, sum(f.size for f in bundle.manifest.files), bundle.manifest.app)
             sign_bundle(target, signers)
         except (BundleError, KeyFileError) as err:
             raise UserError(str(err)) from err
         except TrustError as err:
             raise UserError(f"{type(err).__name__}: {err}") from err
         manifest = bundle.manifest
-        with Progress(TextColumn("uploading"), BarColumn(), DownloadColumn(),
-                      transient=True) as bar, _api_errors():
-            task = bar.add_task("upload", total=None)
-
-            def progress(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
-
-            result = client.publish(target, channel, percent=percent, progress=progress)
+        with _upload_progress() as progress, _api_errors():
+            result = client.publish(target, channel, policy=policy, percent=percent,
+                                    progress=progress)
+    if as_json:
+        echo_json({**result.release, "new": result.new, "uploaded": result.uploaded,
+                   "already_present": result.skipped, "rollout": result.rollout})
+        return
     registered = result.release["sequence"]
     if not result.new:
         click.echo(f"{manifest.app} {manifest.version} is already registered as sequence "
@@ -153,6 +174,39 @@ def publish_cmd(app_dir: Path, version: str, channel: str | None, percent: float
                    f"there")
     if result.rollout is not None:
         _print_rollout(result.rollout)
+
+
+def _read_policy(percent: float | None, policy_file: Path | None) -> Any:
+    """The JSON policy in `policy_file` (None without one); UserError when it is unreadable
+    or given with --percent."""
+    if percent is not None and policy_file is not None:
+        raise UserError("give --percent or --policy, not both")
+    if policy_file is None:
+        return None
+    try:
+        return json.loads(policy_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{policy_file}: not a JSON policy ({err})") from err
+
+
+@contextmanager
+def _upload_progress() -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar for publish's uploads on stderr when stderr is a terminal (stdout stays
+    clean for --json); None, no bar, otherwise."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    with Progress(TextColumn("uploading"), BarColumn(), DownloadColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("upload", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield progress
 
 
 # -- releases ---------------------------------------------------------------------------------
@@ -167,6 +221,7 @@ def releases_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @_client_options
 def releases_list(app: str | None, as_json: bool, server: str, token_file: Path | None) -> None:
+    """List the releases registered on the server."""
     with _api_errors():
         releases = _client(server, token_file).list_releases(app)
     if as_json:
@@ -221,13 +276,41 @@ def rollout_group() -> None:
 
 @rollout_group.command("status")
 @click.argument("channel")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@json_option
 @_client_options
 def rollout_status(channel: str, as_json: bool, server: str, token_file: Path | None) -> None:
     """Show the channel's base release and rollout with deployment counts."""
     with _api_errors():
         status = _client(server, token_file).rollout_status(channel)
-    _echo_json(status) if as_json else _print_rollout(status)
+    if as_json:
+        echo_json(status)
+        return
+    now = int(time.time())
+    rows = []
+    if status.get("base"):
+        rows.append({**status["base"], "role": "base", "state": "-", "stage": None})
+    rollout = status.get("rollout")
+    if rollout is not None:
+        stage = rollout["current_stage"]
+        where = f"tag {stage['tag']}" if "tag" in stage else f"{stage['percent']}%"
+        rows.append({**rollout["release"], "role": "rollout", "state": rollout["state"],
+                     "stage": f"{rollout['stage'] + 1}/{len(rollout['stages'])} ({where})"})
+    for row in rows:  # a board is offered no expired release: say so where the time is
+        gone = row.get("expired", row["expires"] <= now)
+        row["expiry"] = f"{'EXPIRED ' if gone else ''}{when(row['expires'])}"
+    print_table([Column("ROLE", "role"), Column("APP", "app"), Column("VERSION", "version"),
+                 Column("SEQUENCE", "sequence", align="right"), Column("STATE", "state"),
+                 Column("STAGE", "stage"), Column("EXPIRES", "expiry")], rows,
+                title=f"channel {status['channel']}", empty="no base release and no rollout")
+    if rollout is None:
+        return
+    if rollout["release"].get("expired"):
+        click.echo("the release has expired: no board is offered it; publish a new version")
+    if rollout.get("reason"):
+        click.echo(f"reason: {rollout['reason']}")
+    print_table([Column("STATUS", "status"), Column("BOARDS", "boards", align="right")],
+                [{"status": k, "boards": v} for k, v in rollout["counts"].items()],
+                title="deployments of the rollout's release")
 
 
 @rollout_group.command("start")
@@ -292,11 +375,16 @@ def roots_upload(root_json: Path, server: str, token_file: Path | None) -> None:
 
 
 @roots_group.command("list")
+@json_option
 @_client_options
-def roots_list(server: str, token_file: Path | None) -> None:
+def roots_list(as_json: bool, server: str, token_file: Path | None) -> None:
+    """Show the root metadata versions the server holds and which one is the latest."""
     with _api_errors():
         result = _client(server, token_file).list_roots()
-    click.echo(f"versions {result['versions']}, latest {result['latest']}")
+    rows = [{"version": v, "latest": "yes" if v == result["latest"] else "no"}
+            for v in result["versions"]]
+    emit(result, [Column("VERSION", "version", align="right"), Column("LATEST", "latest")],
+         rows, as_json=as_json, empty="no root metadata")
 
 
 # -- devices ----------------------------------------------------------------------------------
@@ -306,30 +394,57 @@ def devices_group() -> None:
     """The board registry and inventory."""
 
 
+_DEVICE_COLUMNS = [Column("DEVICE", "device_id"), Column("BOARD", "board"),
+                   Column("CHANNEL", "channel"), Column("APP", "app"),
+                   Column("VERSION", "version"), Column("STATUS", "state"),
+                   Column("LAST SEEN", "last_seen", when)]
+
+
+def _device_row(dev: dict[str, Any]) -> dict[str, Any]:
+    return {**dev, "state": "revoked" if dev.get("revoked") else dev.get("last_status")}
+
+
 @devices_group.command("list")
 @click.option("--channel", default=None, help="only boards of this channel")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@json_option
 @_client_options
 def devices_list(channel: str | None, as_json: bool, server: str,
                  token_file: Path | None) -> None:
+    """List the registered boards with what they run and when they were last seen."""
     with _api_errors():
         devices = _client(server, token_file).list_devices(channel)
-    if as_json:
-        _echo_json(devices)
-        return
-    for dev in devices:
-        state = "revoked" if dev["revoked"] else (dev.get("last_status") or "-")
-        click.echo(f"{dev['device_id']}\t{dev['board']}\t{dev['channel']}\t"
-                   f"{dev.get('app') or '-'} {dev.get('version') or '-'}\t{state}\t"
-                   f"last seen {iso_utc(dev.get('last_seen'))}")
+    emit(devices, _DEVICE_COLUMNS, [_device_row(d) for d in devices], as_json=as_json,
+         empty="no boards")
+
+
+# What `ota devices show` prints about a board, in order: (field, how it is shown).
+_DEVICE_FIELDS: list[tuple[str, Callable[[Any], str]]] = [
+    ("device_id", str), ("board", str), ("channel", str),
+    ("tags", lambda tags: ", ".join(tags) or "-"), ("app", str), ("version", str),
+    ("sequence", str), ("slot", str), ("micropython", str), ("root_version", str),
+    ("mem_free", str), ("last_status", str), ("last_error", str), ("last_seen", when),
+    ("created", when), ("revoked", when)]
 
 
 @devices_group.command("show")
 @click.argument("device_id")
+@json_option
 @_client_options
-def devices_show(device_id: str, server: str, token_file: Path | None) -> None:
+def devices_show(device_id: str, as_json: bool, server: str, token_file: Path | None) -> None:
+    """Show one board, its inventory and its deployment history (each outcome, reason, time)."""
     with _api_errors():
-        _echo_json(_client(server, token_file).device(device_id))
+        doc = _client(server, token_file).device(device_id)
+    if as_json:
+        echo_json(doc)
+        return
+    print_table([Column("FIELD", "field"), Column("VALUE", "value")],
+                [{"field": key, "value": None if doc.get(key) is None else show(doc[key])}
+                 for key, show in _DEVICE_FIELDS])
+    click.echo()
+    print_table([Column("TIME", "at", when), Column("APP", "app"), Column("VERSION", "version"),
+                 Column("SEQUENCE", "sequence", align="right"), Column("OUTCOME", "status"),
+                 Column("REASON", "reason")], doc.get("history", []),
+                title="deployment history", empty="no reports yet")
 
 
 @devices_group.command("revoke")
@@ -347,7 +462,8 @@ def devices_revoke(device_id: str, server: str, token_file: Path | None) -> None
 @click.option("--public-key", "public_key", required=True,
               help="base64 of the 65-byte uncompressed P-256 point, or @FILE holding it")
 @click.option("--board", required=True, help="board type")
-@click.option("--channel", default="stable", show_default=True)
+@click.option("--channel", default="stable", show_default=True,
+              help="the channel whose releases the board takes")
 @click.option("--tag", "tags", multiple=True, help="a tag (repeat)")
 @_client_options
 def devices_add(device_id: str, public_key: str, board: str, channel: str,

@@ -80,6 +80,12 @@ def _fleet_values(path: Path) -> dict[str, Any]:
 @click.option("--keepalive-timeout", type=float, default=None,
               help="seconds an idle connection stays open [default: 75; env "
                    "MPOTA_KEEPALIVE_TIMEOUT]")
+@click.option("--send-timeout", type=float, default=None,
+              help="seconds a client has to take an answer, plus one per --send-rate-floor "
+                   "bytes of its body [default: 60; env MPOTA_SEND_TIMEOUT]")
+@click.option("--send-rate-floor", type=float, default=None,
+              help="bytes per second the slowest client must take an answer at [default: "
+                   "1024; env MPOTA_SEND_RATE_FLOOR]")
 @click.option("--max-connections", type=int, default=None,
               help="open connections at most [default: 1000; env MPOTA_MAX_CONNECTIONS]")
 def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, port: int | None,

@@ -10,7 +10,9 @@ boot and check in, release
 1.1.0 is published and rolled out, the boards pull it, verify it, swap, boot it on trial and
 confirm it. Then a bad release, 1.2.0, crashes on start: the first two boards roll back on
 their own, the rollout pauses itself, and the third board is never offered it. The fleet is
-printed; everything started here is stopped at the end.
+printed, and the deployment history of a board that rolled back, with the app's exception
+as the reason. Every command names releases by version (the server assigns sequences);
+everything started here is stopped at the end.
 """
 
 from __future__ import annotations
@@ -178,9 +180,9 @@ def demo() -> None:
 
         _step("6. Publish 1.1.0: build, sign with the release key, upload, roll out to 100%")
         second = _write_app("1.1.0")
-        _run("publish", str(second), "--version", "1.1.0", "--sequence", "2", "--app", "demo",
-             "--board", "unix", "--key", str(keys / "release.key"), "--deflate",
-             "--channel", "stable", "--percent", "100")
+        _run("publish", str(second), "--version", "1.1.0", "--app", "demo",
+             "--board", "unix", "--fleet", str(fleet), "--key", str(keys / "release.key"),
+             "--deflate", "--channel", "stable", "--percent", "100")
 
         _step("7. The boards check in, verify, fetch the changed file in one signed request "
               "(GET /v1/device/pack), swap, confirm")
@@ -189,18 +191,21 @@ def demo() -> None:
 
         _step("8. A bad release: 1.2.0 crashes at start; the rollout pauses after 2 failures")
         bad = _write_app("1.2.0")
-        _run("publish", str(bad), "--version", "1.2.0", "--sequence", "3", "--app", "demo",
-             "--board", "unix", "--key", str(keys / "release.key"), "--deflate")
         policy = DEMO_DIR / "careful-policy.json"
         policy.write_text(json.dumps(_CAREFUL_POLICY))
-        _run("rollout", "start", "stable", "--app", "demo", "--sequence", "3",
-             "--policy", str(policy))
+        _run("publish", str(bad), "--version", "1.2.0", "--app", "demo", "--board", "unix",
+             "--fleet", str(fleet), "--key", str(keys / "release.key"), "--deflate",
+             "--channel", "stable", "--policy", str(policy))
         # 1 boot to update, 3 trial boots that crash, 1 boot back on 1.1.0 that reports it.
         _boot_all(boards, boots=8)
 
-        _step("9. The fleet")
+        _step("9. The fleet, and why a board rolled back: the app's own exception")
         _run("rollout", "status", "stable")
         _run("devices", "list")
+        rolled = [d["device_id"] for d in server.client().list_devices()
+                  if d.get("last_status") == "rolled_back"]
+        if rolled:
+            _run("devices", "show", rolled[0])
     console.print("[green]demo done: server stopped; everything is in", DEMO_DIR)
 
 

@@ -71,6 +71,11 @@ def start(st, cfg):
         if not (trial and st.on_trial):
             raise
         sys.print_exception(e)
+        try:  # the reason the rollback reports (ota/crash.py): type and message only
+            from ota import crash
+            crash.record(e)
+        except Exception as e2:  # a full flash: the rollback still happens, with less said
+            print("ota: app error not kept:", e2)
         print("ota: app failed on trial, resetting")
         import machine
         machine.reset()

@@ -175,7 +175,8 @@ def _forget(name):
 
 
 def _unload_verifier():
-    for name in ("rootmeta", "dsse", "rules", "jscan", "trust"):
+    # errors with trust: its classes subclass this trust's TrustError (trust.fail)
+    for name in ("rootmeta", "dsse", "rules", "jscan", "trust", "errors"):
         _forget(name)
 
 
@@ -213,6 +214,8 @@ def checkin(sess, st, cfg, root_v, buf):
     # A transport error here (server unreachable) propagates as HttpError: no report for it.
     resp = sess.request("POST", "/v1/device/checkin", checkin_body(st, cfg, root_v))
     try:
+        if resp.status == 403:  # revoked: nothing to install, nothing the server would take
+            raise HttpError("this board is revoked (403)")
         if resp.status == 204 or (resp.status == 200 and st.on_trial):
             return False, resp.root  # on trial nothing is installed: the offer is not read
         try:
@@ -354,6 +357,7 @@ def check(st, cfg, now=None):
 
 
 def _check(st, cfg, now):
+    print("ota: checking", cfg["server"])
     sess = Session(cfg)
     # kept in the counter record at its next write, merged there with the record's own
     sess.floor = max(sess.floor, sequence_floor(st))
@@ -369,9 +373,11 @@ def _check(st, cfg, now):
         if newest is not None and newest <= version:
             newest = None
         if newest is None and (not offered or st.on_trial):
+            print("ota: nothing new")
             return True
         target = trusted_update(sess, st, cfg, offered, newest, now, buf)
         if target is None:
+            print("ota: nothing new")
             return True
         _report(target, "downloading")
         _flush(sess)
@@ -379,6 +385,7 @@ def _check(st, cfg, now):
         slot = update.stage(sess, st, buf, PAYLOAD)
     except HttpError as e:
         if not answered:
+            print("ota: no answer:", e)
             return False  # unreachable: nothing was offered, so nothing to report
         reason = "http: " + str(e)
     except UpdateFailed as e:
@@ -393,11 +400,13 @@ def _check(st, cfg, now):
         reason = "out of memory"
     else:
         st.flip(slot, target, cfg["trial_boots"])
+        print("ota: installed", target["version"], "- restarting into it on trial")
         import machine
         machine.reset()
     if target is not None:  # failed before update.stage took the verified manifest over
         from ota import slots
         slots.remove(PAYLOAD)
+    print("ota: update refused:", reason)
     _report(target or st.info() or {}, "failed", reason)
     _flush(sess)
     return answered

@@ -129,6 +129,7 @@ def confirm(st=None, cfg=None, send=True):
     _queue_note(st)
     if not st.confirm():
         return False
+    print("ota: confirmed", st.info()["version"])
     _queue_note(st)
     if send:
         try:

@@ -14,6 +14,8 @@ def boot(st):
         if rec["ok"]:
             return rec["active"]
         if rec["trial"] < rec["tries"]:
+            if not rec["trial"]:  # a new release's first trial: no earlier app's error
+                _crash().clear()
             rec["trial"] += 1
         elif st.info(state.other(rec["active"])):
             _roll_back(st)
@@ -23,12 +25,24 @@ def boot(st):
         return rec["active"]
     finally:
         import ota
+        ota.forget("crash")
         ota.forget("trial")
+
+
+def _crash():
+    from ota import crash
+    return crash
 
 
 def _note(info, status, version, reason):
     return {"status": status, "app": info["app"], "sequence": info["sequence"],
             "version": version, "reason": reason}
+
+
+def _why(rec):
+    """Why the trial failed: the app's own exception when it raised (ota/crash.py: at most
+    200 bytes), else that it was never confirmed."""
+    return _crash().take() or "not confirmed after %d boots" % rec["tries"]
 
 
 def _roll_back(st):
@@ -39,8 +53,7 @@ def _roll_back(st):
     rec["ok"] = 1
     rec["trial"] = 0
     rec["reject"] = max(rec["reject"], bad["sequence"])
-    rec["note"] = _note(bad, "rolled_back", st.info(good)["version"],
-                        "not confirmed after %d boots of %s" % (rec["tries"], bad["version"]))
+    rec["note"] = _note(bad, "rolled_back", st.info(good)["version"], _why(rec))
 
 
 def _keep(st):
@@ -55,8 +68,7 @@ def _keep(st):
     rec["trial"] = 0
     bad = st.info()
     rec["note"] = _note(bad, "failed", bad["version"],
-                        "not confirmed after %d boots; no previous app to roll back to, kept"
-                        % rec["tries"])
+                        _why(rec) + "; no previous app to roll back to, kept")
 
 
 def watchdog(cfg):

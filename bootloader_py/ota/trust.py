@@ -38,6 +38,12 @@ def fail(why, kind="MalformedError"):
     is raised: a verification that passes never holds their dozen classes in the heap.
     """
     from ota import errors
+    if errors.TrustError is not TrustError:
+        # errors.py was loaded against a copy of this module since unloaded: its classes
+        # would escape every `except TrustError` of this copy. Load it against this one.
+        import ota
+        ota.forget("errors")
+        from ota import errors
     raise getattr(errors, kind)(why)
 
 

@@ -43,9 +43,12 @@ def stage(sess, st, buf, manifest):
         active = state.slot_path(st.active) + "/"
         olds = slots.list_path(st.active)
         todo = []
+        size = 0
         for at, e in slots.entries(OFFER):
             if not _placed(e, root + "/" + e[_PATH], active, olds, buf):
                 todo.append(at)
+                size += e[_TRANSFER]
+        print("ota: downloading %d bytes in %d files" % (size, len(todo)))
         while todo:
             _fetch(sess, todo[:_PACK_MAX], root, buf)
             todo = todo[_PACK_MAX:]

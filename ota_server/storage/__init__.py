@@ -15,6 +15,7 @@ from ota_server.storage.records import (
     Deployment,
     DeploymentCounts,
     Device,
+    HistoryEntry,
     Release,
     Rollout,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "Deployment",
     "DeploymentCounts",
     "Device",
+    "HistoryEntry",
     "MetadataStore",
     "Release",
     "Rollout",
@@ -126,7 +128,12 @@ class MetadataStore(Protocol):
 
     def set_deployment(self, device_id: str, release_id: int, status: str,
                        reason: str | None = None) -> bool:
-        """Move an existing deployment; False when none was ever opened."""
+        """Move an existing deployment and add the move to the board's history (one
+        transaction); False, nothing written, when none was ever opened."""
+        ...
+
+    def device_history(self, device_id: str) -> list[HistoryEntry]:
+        """The board's deployment history, oldest first (at most HISTORY_PER_DEVICE rows)."""
         ...
 
     def deployment_counts(self, release_id: int, channel: str) -> DeploymentCounts: ...

@@ -9,6 +9,9 @@ DEPLOYMENT_STATUSES = ("downloading", "installed", "confirmed", "failed", "rolle
 # A deployment in one of these has finished; the rest are in progress.
 FINAL_STATUSES = ("confirmed", "failed", "rolled_back")
 STARTED_STATUSES = ("downloading", "installed")
+# The newest history rows kept per board (older ones are dropped as new ones come): a board
+# reports a handful per release, so this spans its last dozens of releases.
+HISTORY_PER_DEVICE = 100
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,22 @@ class Deployment:
     release_id: int
     status: str  # offered, or one of DEPLOYMENT_STATUSES
     channel: str  # the channel whose check-in offered it: the rollout counts it there
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One report that moved a board's deployment: which release, what happened, why, when."""
+
+    app: str
+    version: str
+    sequence: int
+    status: str
+    reason: str | None
+    at: int  # Unix seconds the server took the report
+
+    def view(self) -> dict[str, Any]:
+        return {"app": self.app, "version": self.version, "sequence": self.sequence,
+                "status": self.status, "reason": self.reason, "at": self.at}
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,15 @@ from ota_server.storage.fleet_view import (
     BoardFilter,
     FleetCounts,
 )
-from ota_server.storage.records import Deployment, DeploymentCounts, Device, Release, Rollout
+from ota_server.storage.records import (
+    HISTORY_PER_DEVICE,
+    Deployment,
+    DeploymentCounts,
+    Device,
+    HistoryEntry,
+    Release,
+    Rollout,
+)
 
 _INVENTORY = ("app", "version", "sequence", "root_version", "micropython", "mem_free", "slot",
               "last_seen", "last_status", "last_error")
@@ -462,13 +470,41 @@ class SqliteStore:
 
     def set_deployment(self, device_id: str, release_id: int, status: str,
                        reason: str | None = None) -> bool:
-        """Move an open deployment to `status`; False (nothing written) when the server never
-        opened one for this board and release."""
-        cur = self._db.execute(
-            "UPDATE deployments SET status = ?, reason = ?, updated = ? "
-            "WHERE device_id = ? AND release_id = ?",
-            (status, reason, _now(), device_id, release_id))
-        return cur.rowcount == 1
+        """Move an open deployment to `status` and add the move to the board's history, in
+        one transaction; False (nothing written) when the server never opened one for this
+        board and release. The same status and reason again is no new event: nothing is
+        written. The history keeps the board's newest HISTORY_PER_DEVICE rows."""
+        now = _now()
+        with self._tx():
+            row = self._db.execute(
+                "SELECT status, reason FROM deployments WHERE device_id = ? AND release_id = ?",
+                (device_id, release_id)).fetchone()
+            if row is None:
+                return False
+            if (row[0], row[1]) == (status, reason):
+                return True  # the same report again (delivery is at least once): no new event
+            self._db.execute(
+                "UPDATE deployments SET status = ?, reason = ?, updated = ? "
+                "WHERE device_id = ? AND release_id = ?",
+                (status, reason, now, device_id, release_id))
+            self._db.execute(
+                "INSERT INTO deployment_history (device_id, release_id, status, reason, at) "
+                "VALUES (?, ?, ?, ?, ?)", (device_id, release_id, status, reason, now))
+            # Bounded per board: a board reporting in a loop cannot grow the table.
+            self._db.execute(
+                "DELETE FROM deployment_history WHERE device_id = ? AND id <= "
+                "(SELECT id FROM deployment_history WHERE device_id = ? "
+                "ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (device_id, device_id, HISTORY_PER_DEVICE))
+        return True
+
+    def device_history(self, device_id: str) -> list[HistoryEntry]:
+        rows = self._db.execute(
+            "SELECT r.app, r.version, r.sequence, h.status, h.reason, h.at "
+            "FROM deployment_history h JOIN releases r ON r.id = h.release_id "
+            "WHERE h.device_id = ? ORDER BY h.id", (device_id,))
+        return [HistoryEntry(app=str(r[0]), version=str(r[1]), sequence=int(r[2]),
+                             status=str(r[3]), reason=r[4], at=int(r[5])) for r in rows]
 
     def deployment_counts(self, release_id: int, channel: str) -> DeploymentCounts:
         """Boards by deployment status for the release, among deployments `channel` opened."""

@@ -40,14 +40,15 @@ def discover_serial_ports() -> list[str]:
 
 def collect_targets(ports: tuple[str, ...], all_ports: bool, virtual_dirs: tuple[str, ...]
                     ) -> list[Target]:
-    """The targets of one run, each once. Raises TargetError for a missing virtual directory,
-    a duplicate, or when nothing was asked for."""
+    """The targets of one run, each once. Raises TargetError for a virtual board's path that
+    is not a directory, a duplicate, or when nothing was asked for. A virtual board's
+    directory that does not exist yet is fine: `ota provision` creates it."""
     targets = [Target("serial", p) for p in ports]
     if all_ports:
         targets += [Target("serial", p) for p in discover_serial_ports() if p not in ports]
     for directory in virtual_dirs:
         path = Path(directory).resolve()
-        if not path.is_dir():
+        if path.exists() and not path.is_dir():
             raise TargetError(f"--virtual {directory}: not a directory")
         targets.append(Target("virtual", str(path)))
     labels = [t.label for t in targets]
