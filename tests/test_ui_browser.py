@@ -225,6 +225,18 @@ def test_filter_the_board_table_and_open_a_board(logged_in: Any, fleet: Fleet,
     assert "refapp 1.0.0 (sequence 1)" in facts and "stable" in facts
     assert browser.find_element(By.ID, "deployments").is_displayed()
     _shot(browser, screenshots, "board")
+    # the board that took 1.1.0: its history, from its own reports, newest first
+    browser.get(fleet.server.url + "/ui/boards?version=1.1.0")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#boards tbody th a")
+    assert len(rows) == 1
+    updated = rows[0].text
+    rows[0].click()
+    _wait(browser, lambda b: b.current_url.endswith(f"/ui/boards/{updated}"))
+    shown = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#history .pill")]
+    api = fleet.server.client().device(updated)["history"]
+    assert shown == [h["status"].replace("_", " ") for h in reversed(api)]
+    assert shown[0] == "confirmed"
+    _shot(browser, screenshots, "board-updated")
 
 
 def test_releases_and_audit_pages(logged_in: Any, fleet: Fleet, screenshots: Path) -> None:

@@ -253,9 +253,18 @@ async def test_the_board_page_shows_a_deployments_failure_reason(env: ServerEnv)
     await _login(env)
     page = await (await env.client.get(f"/ui/boards/{target.device_id}")).text()
     # the board's own words, escaped: a board cannot put markup into an operator's page
-    assert "app crashed: &lt;script&gt;alert(1)&lt;/script&gt;" in page
+    escaped = "app crashed: &lt;script&gt;alert(1)&lt;/script&gt;"
     assert "<script>alert" not in page
     assert "rolled back" in page
+    # in the history, newest first, as GET /v1/devices/{id} has it, and in the release's row
+    history = page[page.index('id="history"'):page.index('id="deployments"')]
+    api = await (await env.client.get(f"/v1/devices/{target.device_id}",
+                                      headers=env.bearer)).json()
+    assert [h["status"] for h in api["history"]] == ["downloading", "installed", "rolled_back"]
+    shown = re.findall(r'class="pill dep-(\w+)"', history)
+    assert shown == ["rolled_back", "installed", "downloading"]
+    assert escaped in history
+    assert escaped in page[page.index('id="deployments"'):]
 
 
 @pytest.mark.parametrize("target", ["//evil.example/", "https://evil.example/ui/",

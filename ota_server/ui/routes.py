@@ -351,6 +351,8 @@ async def board(request: web.Request, session: Session) -> web.Response:
     status = store.board_statuses([device_id], _silent_before(request))[device_id]
     return _render(request, session, "board.html",
                    {"device": found, "status": status,
+                    # newest first; the same history GET /v1/devices/{id} answers
+                    "history": list(reversed(store.device_history(device_id))),
                     "deployments": store.board_deployments(device_id)})
 
 
