@@ -141,7 +141,7 @@ async def test_the_session_cookie_is_httponly_strict_and_scoped_to_the_dashboard
     assert len(header) == 1
     assert "HttpOnly" in header[0] and "SameSite=Strict" in header[0]
     assert "Path=/ui/" in header[0]
-    assert "Secure" not in header[0]  # plain http here: test_ui_tls_cookie covers https
+    assert "Secure" not in header[0]  # plain http here; https below
     assert env.token not in header[0]
 
 
@@ -452,3 +452,17 @@ def test_a_session_keeps_only_the_last_few_messages() -> None:
     for n in range(100):
         session.tell(f"message {n}")
     assert session.flash == [f"message {n}" for n in range(95, 100)]
+
+
+async def test_the_session_cookie_is_secure_behind_an_https_proxy(env: ServerEnv) -> None:
+    proxy = {"X-Forwarded-Proto": "https"}  # as deploy/nginx-mpota.conf sets it
+    page = await env.client.get("/ui/login", headers=proxy)
+    nonce = re.search(r'name="nonce" value="([^"]+)"', await page.text())
+    assert nonce is not None
+    resp = await env.client.post("/ui/login", data={"nonce": nonce.group(1),
+                                                    "token": env.token},
+                                 headers={**proxy, "Cookie": f"{LOGIN_COOKIE}={nonce.group(1)}"},
+                                 allow_redirects=False)
+    assert resp.status == 303
+    header = [h for h in resp.headers.getall("Set-Cookie") if h.startswith(COOKIE + "=")]
+    assert len(header) == 1 and "Secure" in header[0]

@@ -204,8 +204,12 @@ async def login(request: web.Request) -> web.Response:
 
 def _set_cookie(request: web.Request, response: web.StreamResponse, key: str, value: str,
                 max_age: int | None) -> None:
-    """HttpOnly, SameSite=Strict, Path=/ui/; Secure when the server itself runs TLS."""
-    secure = request.app[state.SETTINGS].tls_cert is not None
+    """HttpOnly, SameSite=Strict, Path=/ui/; Secure when the server itself runs TLS or a
+    proxy in front of it says the browser came over https (deploy/nginx-mpota.conf sets
+    X-Forwarded-Proto). Trusting that header can only add Secure: a client that sends it over
+    plain http keeps its own cookie from coming back, and nothing else."""
+    secure = request.app[state.SETTINGS].tls_cert is not None or \
+        request.headers.get("X-Forwarded-Proto", "").strip().lower() == "https"
     response.set_cookie(key, value, path=COOKIE_PATH, httponly=True, samesite="Strict",
                         secure=secure, max_age=max_age)
 
