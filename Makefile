@@ -9,7 +9,7 @@ MP32_STAMP := .cache/micropython-i386/.ready
 # of the ESP32 and RP2: small ints, object and heap sizes as on them).
 PYTEST32_ARGS ?= tests/test_board_*.py tests/test_virtual_board.py tests/test_micropython_host.py
 
-.PHONY: test lint pytest demo bench-board bench-server bench-station micropython clean
+.PHONY: test lint pytest demo bench-board bench-server bench-station micropython clean browser bench-dashboard
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,12 +37,19 @@ cluster-components: $(STAMP)
 		apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }
 	@$(PY) -m tools.cluster.nginx
 
+# The dashboard's browser tests (tests/test_ui_*.py) drive Debian's own Chromium and its driver;
+# no browser is downloaded from anywhere else.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			chromium chromium-driver; }
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check signing ota_server tools tests bench
 	$(VENV)/bin/ruff check --config bootloader_py/ruff.toml bootloader_py
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP) $(MP_STAMP) $(MP32_STAMP) cluster-components
+pytest: $(STAMP) $(MP_STAMP) $(MP32_STAMP) cluster-components browser
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 	MPOTA_BOARD_PORT=32-bit $(VENV)/bin/pytest $(PYTEST32_ARGS)
 
@@ -59,6 +66,9 @@ bench-server: $(STAMP) $(MP_STAMP)
 
 bench-station: $(STAMP) $(MP_STAMP)
 	$(PY) bench/bench_station.py
+
+bench-dashboard: $(STAMP)
+	$(PY) bench/bench_dashboard.py
 
 clean:
 	rm -rf $(VENV) .cache demo-data bench/out

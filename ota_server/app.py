@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from ota_server import openapi, routes_device, routes_publisher, state
+from ota_server import openapi, routes_device, routes_publisher, state, ui
 from ota_server.counters import CounterCommits
 from ota_server.datadir import DataDirLock
 from ota_server.device_auth import DeviceAuthenticator
@@ -118,6 +118,7 @@ def create_app(settings: Settings) -> web.Application:
                                allow_head=path not in GET_WITHOUT_HEAD)
         else:
             app.router.add_route(method, path, handler)  # type: ignore[arg-type]
+    ui.setup(app)  # the fleet dashboard under /ui/ (docs/dashboard.md)
     return app
 
 

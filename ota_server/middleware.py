@@ -148,13 +148,20 @@ async def _audited(request: web.Request, handler: Handler, token: Token,
         status, outcome = err.status, "http_error"
         raise
     finally:
-        target = request.get(state.AUDIT_TARGET) or " ".join(
-            f"{k}={v}" for k, v in request.match_info.items())
-        request.app[state.STORE].add_audit(AuditEntry(
-            at=int(time.time()), actor=token.name, scope=token.scope,
-            action=f"{request.method} {request.match_info.route.resource.canonical}"
-            if request.match_info.route.resource else f"{request.method} {request.path}",
-            target=target[:200], status=status, outcome=outcome))
+        record_audit(request, token, status, outcome)
+
+
+def record_audit(request: web.Request, token: Token, status: int, outcome: str) -> None:
+    """Write one audit entry for this request: `token`'s name and scope as who, the method and
+    route as what (the handler's AUDIT_TARGET, else the route's values, as its target), and
+    how it ended. The API's publisher routes and the dashboard's actions both write here."""
+    target = request.get(state.AUDIT_TARGET) or " ".join(
+        f"{k}={v}" for k, v in request.match_info.items())
+    request.app[state.STORE].add_audit(AuditEntry(
+        at=int(time.time()), actor=token.name, scope=token.scope,
+        action=f"{request.method} {request.match_info.route.resource.canonical}"
+        if request.match_info.route.resource else f"{request.method} {request.path}",
+        target=target[:200], status=status, outcome=outcome))
 
 
 def _require_publisher(request: web.Request) -> Token:

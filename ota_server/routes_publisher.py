@@ -564,22 +564,37 @@ async def rollout_start(request: web.Request) -> web.Response:
     return web.json_response(answer, status=201)
 
 
-def _action(action: Any) -> Any:
+# The rollout actions by name: the API's handlers below and the dashboard (ota_server/ui) both
+# go through act_on_rollout, so a check added there holds for both.
+ROLLOUT_ACTIONS = {"pause": rollout.pause, "resume": rollout.resume, "abort": rollout.abort,
+                   "advance": rollout.advance}
+
+
+def act_on_rollout(store: MetadataStore, channel: str, action: str) -> dict[str, Any]:
+    """Apply the action named `action` (a key of ROLLOUT_ACTIONS) to the channel's rollout;
+    its status afterwards, as GET /v1/channels/{channel}/rollout shows it.
+
+    Raises Conflict when the rollout is missing or in a state the action does not apply to,
+    KeyError for an unknown action name.
+    """
+    ROLLOUT_ACTIONS[action](store, channel)
+    return rollout.status(store, channel)
+
+
+def _action(action: str) -> Any:
     @publisher
     async def handler(request: web.Request) -> web.Response:
-        store = request.app[state.STORE]
-        channel = _channel(request)
-        action(store, channel)
-        return web.json_response(rollout.status(store, channel))
-    handler.__name__ = f"rollout_{action.__name__}"
-    handler.__doc__ = f"{action.__name__.capitalize()} the channel's rollout."
+        return web.json_response(
+            act_on_rollout(request.app[state.STORE], _channel(request), action))
+    handler.__name__ = f"rollout_{action}"
+    handler.__doc__ = f"{action.capitalize()} the channel's rollout."
     return handler
 
 
-rollout_pause = _action(rollout.pause)
-rollout_resume = _action(rollout.resume)
-rollout_abort = _action(rollout.abort)
-rollout_advance = _action(rollout.advance)
+rollout_pause = _action("pause")
+rollout_resume = _action("resume")
+rollout_abort = _action("abort")
+rollout_advance = _action("advance")
 
 
 # -- tokens -----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browser_support import browser, screenshots  # noqa: F401 -- the dashboard's browser fixtures
 
 from tools.micropython import (
     MicroPythonNotFound,

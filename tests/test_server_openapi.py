@@ -23,8 +23,11 @@ def _real_routes() -> dict[tuple[str, str], tuple[str | None, str | None]]:
         if route.method == "HEAD":
             continue  # implied by GET in OpenAPI
         info = route.resource.get_info() if route.resource else {}
-        out[(route.method.lower(), info.get("path") or info.get("formatter"))] = \
-            (auth_kind(route.handler), required_scope(route.handler))
+        path = info.get("path") or info.get("formatter")
+        if path.startswith("/ui"):
+            continue  # the dashboard's HTML pages, not the API: docs/dashboard.md lists them
+        out[(route.method.lower(), path)] = (auth_kind(route.handler),
+                                             required_scope(route.handler))
     return out
 
 

@@ -20,6 +20,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ota_server.storage.fleet_view import (
+    BOARD_STATUSES,
+    MAX_PAGE,
+    STATUS_SQL,
+    BoardDeployment,
+    BoardFilter,
+    FleetCounts,
+)
 from ota_server.storage.records import (
     HISTORY_PER_DEVICE,
     AuditEntry,
@@ -583,6 +591,91 @@ class SqliteStore:
             "ORDER BY r.sequence DESC LIMIT 1",
             (device_id, app, app)).fetchone()
         return None if row is None else int(row[0])
+
+    # -- the dashboard (ota_server/ui): read-only views, paged on the server ------------------
+
+    def fleet_counts(self, silent_before: int) -> FleetCounts:
+        """Boards by version, by channel and by status (fleet_view.STATUS_SQL with
+        `silent_before` as the silence cutoff)."""
+        by_version = [(r[0], r[1], int(r[2])) for r in self._db.execute(
+            "SELECT app, version, COUNT(*) FROM devices GROUP BY app, version "
+            "ORDER BY 3 DESC, 1, 2")]
+        by_channel = [(str(r[0]), int(r[1])) for r in self._db.execute(
+            "SELECT channel, COUNT(*) FROM devices GROUP BY channel ORDER BY 2 DESC, 1")]
+        by_status = dict.fromkeys(BOARD_STATUSES, 0)
+        for row in self._db.execute(
+                f"SELECT {STATUS_SQL}, COUNT(*) FROM devices GROUP BY 1",  # noqa: S608
+                {"cutoff": silent_before}):
+            by_status[str(row[0])] = int(row[1])
+        return FleetCounts(total=sum(by_status.values()), by_version=by_version,
+                           by_channel=by_channel, by_status=by_status)
+
+    def board_page(self, board_filter: BoardFilter, *, after: str | None = None,
+                   before: str | None = None, limit: int = 50) -> list[tuple[Device, str]]:
+        """Up to `limit` boards matching the filter, with their status, in device id order:
+        the first ones after `after`, or the last ones before `before` (keyset paging on
+        the primary key, so a page costs the same at board 0 and at board 99,999)."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"board page: limit must be 1 to {MAX_PAGE}, not {limit}")
+        where, args = board_filter.where()
+        order = "ASC"
+        if after is not None:
+            where += " AND device_id > :key"
+            args["key"] = after
+        elif before is not None:
+            where += " AND device_id < :key"
+            args["key"] = before
+            order = "DESC"
+        args["limit"] = limit
+        rows = self._db.execute(
+            f"SELECT {_DEVICE_COLUMNS}, {STATUS_SQL} AS status FROM devices "  # noqa: S608
+            f"WHERE {where} ORDER BY device_id {order} LIMIT :limit", args).fetchall()
+        if order == "DESC":
+            rows.reverse()
+        out = []
+        for row in rows:
+            found = self._device(row)
+            assert found is not None
+            out.append((found, str(row["status"])))
+        return out
+
+    def count_boards(self, board_filter: BoardFilter) -> int:
+        """How many boards match the filter."""
+        where, args = board_filter.where()
+        row = self._db.execute(
+            f"SELECT COUNT(*) FROM devices WHERE {where}", args).fetchone()  # noqa: S608
+        return int(row[0])
+
+    def board_statuses(self, device_ids: Sequence[str], silent_before: int) -> dict[str, str]:
+        """The status of each known board among `device_ids` (at most MAX_PAGE of them)."""
+        if len(device_ids) > MAX_PAGE:
+            raise ValueError(f"board statuses: at most {MAX_PAGE} ids, not {len(device_ids)}")
+        if not device_ids:
+            return {}
+        marks = ", ".join(f":id{i}" for i in range(len(device_ids)))  # names, never values
+        args: dict[str, Any] = {f"id{i}": d for i, d in enumerate(device_ids)}
+        args["cutoff"] = silent_before
+        rows = self._db.execute(
+            f"SELECT device_id, {STATUS_SQL} FROM devices "  # noqa: S608
+            f"WHERE device_id IN ({marks})", args)
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    def board_deployments(self, device_id: str, limit: int = 50) -> list[BoardDeployment]:
+        """The board's deployments, newest release first: each one's latest status and
+        reason."""
+        rows = self._db.execute(
+            "SELECT d.release_id, r.app, r.version, r.sequence, d.status, d.reason, d.channel, "
+            "d.updated FROM deployments d JOIN releases r ON r.id = d.release_id "
+            "WHERE d.device_id = ? ORDER BY r.sequence DESC, d.release_id DESC LIMIT ?",
+            (device_id, limit))
+        return [BoardDeployment(release_id=int(r[0]), app=r[1], version=r[2],
+                                sequence=int(r[3]), status=r[4], reason=r[5], channel=r[6],
+                                updated=int(r[7])) for r in rows]
+
+    def board_versions(self) -> list[str]:
+        """Every app version some board reports running, sorted (the table's filter)."""
+        return [str(r[0]) for r in self._db.execute(
+            "SELECT DISTINCT version FROM devices WHERE version IS NOT NULL ORDER BY 1")]
 
 
 class _Transaction:
