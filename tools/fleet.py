@@ -103,9 +103,13 @@ FILESYSTEMS = ("littlefs", "fat")
 # Platforms: such boards are served over http, the signed manifest keeping the update's
 # integrity.
 TLS_UNVERIFIED_CHIPS = {"esp8266": "its tls is axTLS, which cannot verify a certificate"}
-# Chips whose machine.WDT takes one period only (ports/esp8266/machine_wdt.c: 5000 ms, any
-# other is ValueError), shorter than any trial watchdog BoardConfig allows.
-FIXED_WDT_CHIPS = {"esp8266": "its machine.WDT has a fixed 5 s period"}
+# The longest period machine.WDT takes, by chip, where one chip name means one limit (v1.23.0 to
+# v1.25.0): the ESP8266's takes 5000 ms and nothing else (ports/esp8266/machine_wdt.c), the
+# STM32's independent watchdog 4095 ticks of 8 ms (ports/stm32/machine_wdt.c, "WDT timeout too
+# long" above 32767 ms). A longer trial watchdog is a ValueError on the board: refused here.
+# (Not rp2: the RP2040 counts 8388 ms, the RP2350 twice that, under one chip name.)
+WDT_LONGEST_MS = {"esp8266": (5000, "ports/esp8266/machine_wdt.c: fixed"),
+                  "stm32": (32767, "ports/stm32/machine_wdt.c")}
 
 
 def image_method_problem(board: Board) -> str | None:
@@ -518,7 +522,7 @@ _BEHAVIOUR: dict[str, type] = {"trial_boots": int, "auto_confirm": bool, "confir
 def _behaviour(r: _Reader, entry: _Map, where: str, board: Board
                ) -> tuple[tuple[str, int | bool], ...]:
     """The profile's board settings, checked together by BoardConfig's own rules and against
-    what the board's firmware can do (FIXED_WDT_CHIPS)."""
+    what the board's firmware can do (WDT_LONGEST_MS)."""
     from tools.board_files import BoardConfig, BoardFilesError
 
     chosen: dict[str, int | bool] = {}
@@ -532,11 +536,14 @@ def _behaviour(r: _Reader, entry: _Map, where: str, board: Board
     except BoardFilesError as err:
         named = [k for k in chosen if k in str(err)] or list(chosen)
         raise r.fail(entry.key_lines[named[0]], f"{where}: {err}") from None
-    if chosen.get("trial_watchdog_s") and board.chip in FIXED_WDT_CHIPS:
+    seconds = int(chosen.get("trial_watchdog_s", 0))
+    longest, source = WDT_LONGEST_MS.get(board.chip, (0, ""))
+    if longest and seconds * 1000 > longest:
         raise r.fail(entry.key_lines["trial_watchdog_s"],
-                     f"{where}: board {board.name!r} cannot arm a trial watchdog "
-                     f"({FIXED_WDT_CHIPS[board.chip]}, shorter than the check it must cover: "
-                     f"docs/board.md, Platforms); leave trial_watchdog_s out")
+                     f"{where}: trial_watchdog_s {seconds} is longer than board "
+                     f"{board.name!r}'s machine.WDT takes ({longest} ms at most, {source}; "
+                     f"docs/board.md, Platforms): the board would run without one; "
+                     f"leave trial_watchdog_s out or shorten it")
     return tuple(chosen.items())
 
 
