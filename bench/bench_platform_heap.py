@@ -3,8 +3,8 @@
     python bench/bench_platform_heap.py [--runs N]
 
 The ESP8266's MicroPython heap is a fixed 38 KB array (ports/esp8266/main.c, `static char
-heap[38 * 1024]`, v1.23.0 to v1.25.0); the vendor SDK's Wi-Fi driver and lwIP allocate from
-the SDK's own heap, not from it. Before main.py runs, the port's `_boot.py` has mounted the
+heap[38 * 1024]`, v1.23.0 to v1.25.0); the vendor SDK's Wi-Fi driver and lwIP (its
+`liblwip_open`) allocate from the SDK's own heap (`esp.freemem()`), not from it. Before main.py runs, the port's `_boot.py` has mounted the
 filesystem from `flashbdev.py`'s block device (4096-byte sectors): that mount stays in the
 heap for good, and an open file adds to it. What is left is the client's heap.
 
