@@ -29,16 +29,24 @@
   verifies the chain and the host name against /ota/ca.der): the TLS handshake (ECDHE-ECDSA,
   P-256, in the port's mbedtls) is what it adds to D4. 64-bit port, median of 15.
 
+- R1_block_cuts: power-cut points tried on flash as boards have it (bench/block_cuts.py):
+  the reference update on littlefs and on FAT on the virtual board's flash block device, power
+  cut before a block program or erase (every R1_STRIDE-th one, and torn in the middle of every
+  R1_TORN_EVERY-th point tried), then the board powered up without network. R1_bricked: the
+  cut points after which the board booted neither the old nor the new app (goal 0).
+  D1-D5 are measured on the directory flash, as before R1 existed.
+
 Also printed (not a figure): the live heap after each phase of the update as the client
 runs it (`phase_heap`: the client's .mpy modules loaded phase by phase, the reference
 envelope verified), on both ports, for docs/board.md's memory budget.
 
-The last line printed is one JSON object with the five figure ids (and D2_verify_ms_64bit).
+The last line printed is one JSON object with the figure ids (and D2_verify_ms_64bit).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -261,9 +269,19 @@ def measure_d4(bench: Bench, tls: tuple[LocalServer, bytes] | None = None
             "check_cpu_ms": statistics.median(checked) - statistics.median(plain)}
 
 
+# R1 in `make bench-board`: a cut every R1_STRIDE block operations of each filesystem, and a
+# torn one at every R1_TORN_EVERY-th point tried (the full enumeration, stride 1, is
+# `python bench/block_cuts.py`, the table in docs/board.md).
+R1_STRIDE = 7
+R1_TORN_EVERY = 5
+
+
 def main() -> int:
     from bench.bench_d2_verify import run_board as run_d2
+    from bench.block_cuts import enumerate_cuts
 
+    # D1-D5 keep the directory flash they were first measured on; R1 chooses its own flash.
+    os.environ["MPOTA_VB_FLASH"] = "dir"
     micropython = find_micropython()
     ports = {"32-bit": find_micropython_32bit(), "64-bit": micropython}
     d1: dict[tuple[str, ClientLayout], int] = {}
@@ -291,6 +309,10 @@ def main() -> int:
                              tls_dir=tls_dir) as secure:
                 d5 = measure_d4(bench, (secure, ca.cert.public_bytes(Encoding.DER)))
             print("D5 (https):", json.dumps(d5), flush=True)
+            r1 = [enumerate_cuts(bench, kind, R1_STRIDE, R1_TORN_EVERY)
+                  for kind in ("lfs2", "fat")]
+            for tally in r1:
+                print("R1:", json.dumps(tally.summary()), flush=True)
             for port, interpreter in ports.items():
                 for client in ("files", "romfs"):
                     d1[port, client] = measure_d1(bench, client, interpreter, port)
@@ -308,6 +330,8 @@ def main() -> int:
                       "D3_wire_ratio": round(d3["ratio"], 4),
                       "D4_boot_ms": round(d4["check_cpu_ms"], 2),
                       "D5_tls_boot_ms": round(d5["check_cpu_ms"], 2),
+                      "R1_block_cuts": sum(t.tried for t in r1),
+                      "R1_bricked": sum(t.neither for t in r1),
                       "D2_verify_ms_64bit": round(d2["64-bit"]["signature_us"] / 1000, 3)}))
     return 0
 

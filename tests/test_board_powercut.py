@@ -3,7 +3,8 @@ after each cut the board boots to completion and runs exactly the old or the new
 that version's exact file set and hashes; once it can reach the server again it ends on the
 new one. The same for an update that first rotates the board's root: the board then also
 trusts exactly the old or the new root. Real MicroPython (virtual board), real server
-(LocalServer)."""
+(LocalServer). These cut between file operations, on the directory flash; cuts at every block
+program and erase of littlefs and FAT are in test_board_powercut_blocks.py."""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def _cut_then_alone(board: VirtualBoard, cut: int, micropython: str) -> str:
     one whole version on its own. Returns that version."""
     cut_run = board.run(max_boots=4, timeout=60, cut_at=cut)
     assert cut_run.ended == "power_cut", (cut, cut_run.output)
-    offline = VirtualBoard(board.flash_dir, micropython=micropython, wifi_ok=False)
+    offline = VirtualBoard(board.flash_dir, micropython=micropython, wifi_ok=False,
+                           flash=board.flash)
     alone = offline.run(max_boots=2, timeout=60)
     assert alone.ended == "exit", (cut, alone.output)
     return _running(board.flash_dir, alone.boots[-1].output)
@@ -79,7 +81,7 @@ def test_update_survives_a_power_cut_at_every_file_operation(tmp_path, micropyth
         def fresh(name: str) -> VirtualBoard:
             flash = tmp_path / name
             provision_board(flash, api, name, server.url, keys, OLD, app="pc", trial_boots=3)
-            return VirtualBoard(flash, micropython=micropython)
+            return VirtualBoard(flash, micropython=micropython, flash="dir")
 
         probe = fresh("probe").run(max_boots=4, timeout=60)
         assert [b.ended for b in probe.boots] == ["reset", "exit"], probe.output
@@ -154,7 +156,7 @@ def test_update_with_a_root_rotation_survives_a_power_cut_at_every_file_operatio
             flash = tmp_path / name
             provision_board(flash, api, name, server.url, keys, OLD, app="pcr",
                             trial_boots=3, timeout_s=3)
-            return VirtualBoard(flash, micropython=micropython)
+            return VirtualBoard(flash, micropython=micropython, flash="dir")
 
         probe = fresh("probe").run(max_boots=4, timeout=60)
         assert [b.ended for b in probe.boots] == ["reset", "exit"], probe.output

@@ -133,7 +133,8 @@ def test_board_updates_and_only_changed_files_travel(case):
 def test_board_with_nothing_new_writes_only_its_counter_reservation(case):
     rig, name = case
     flash = rig.board(name, name, small_app("1.0.0"), channel=name)
-    board = VirtualBoard(flash, micropython=rig.micropython)
+    # Counts file operations: the directory flash (block flash counts programs and erases).
+    board = VirtualBoard(flash, micropython=rig.micropython, flash="dir")
     first = board.run(max_boots=1, timeout=30)
     assert first.ended == "exit" and "APP 1.0.0" in first.output, first.output
     assert first.fs_ops == 2  # open + write of the counter reservation, once per process
@@ -377,7 +378,8 @@ def test_mpy_client_updates_the_reference_app_in_a_bounded_heap(case, request, p
         assert not (flash / "ota" / "client.py").exists()
     else:
         assert not list((flash / "ota").glob("*.*py"))
-    board = VirtualBoard(flash, micropython=interpreter, heapsize=heapsize)
+    # D1's flash: the directory (block flash's harness and filesystem heap: docs/board.md).
+    board = VirtualBoard(flash, micropython=interpreter, heapsize=heapsize, flash="dir")
     result = board.run(max_boots=3, timeout=60)
     assert [b.ended for b in result.boots] == ["reset", "exit"], result.output
     assert "APP 1.1.0" in result.boots[-1].output
@@ -403,7 +405,9 @@ def test_the_reference_update_allocates_no_further_qstr_pool(case, micropython, 
                         _instrumented_client(tmp_path / "client", micropython))
     provision_board(flash, rig.api, name, rig.proxy.url, rig.keys, bundle_files(old_bundle),
                     app=name, channel=name, mpy=True, client="files")
-    result = VirtualBoard(flash, micropython=micropython).run(max_boots=3, timeout=60)
+    # The directory flash, as D1: the block flash's harness interns names of its own.
+    result = VirtualBoard(flash, micropython=micropython, flash="dir").run(max_boots=3,
+                                                                           timeout=60)
     assert [b.ended for b in result.boots] == ["reset", "exit"], result.output
     lines = result.boots[0].output.splitlines()
 

@@ -196,19 +196,22 @@ def test_every_cut_point_of_a_script_leaves_exactly_the_prefix_of_its_operations
         {"state": None, "state/a.bin": b"A" * 10 + b"B" * 10, "state/b": b"new"},
         {"state": None, "state/b": b"new"},
     ]
-    full = VirtualBoard(_flash(tmp_path / "full", {"main.py": script}), micropython=micropython)
+    # File-operation cuts: the directory flash (block flash counts programs and erases).
+    full = VirtualBoard(_flash(tmp_path / "full", {"main.py": script}), micropython=micropython,
+                        flash="dir")
     assert full.run().fs_ops == 8
 
     for cut in range(1, 9):
         flash = _flash(tmp_path / f"cut{cut}", {"main.py": script})
-        result = VirtualBoard(flash, micropython=micropython).run(cut_at=cut)
+        result = VirtualBoard(flash, micropython=micropython, flash="dir").run(cut_at=cut)
         assert result.ended == "power_cut", cut
         assert result.fs_ops == cut - 1
         tree = _tree(flash)
         del tree["main.py"]
         assert tree == expected_after[cut - 1], f"cut before mutation {cut}"
 
-    beyond = VirtualBoard(_flash(tmp_path / "beyond", {"main.py": script}), micropython=micropython)
+    beyond = VirtualBoard(_flash(tmp_path / "beyond", {"main.py": script}),
+                          micropython=micropython, flash="dir")
     assert beyond.run(cut_at=9).ended == "exit"
 
 
@@ -293,7 +296,7 @@ def test_ticks_sleep_and_mem_free_work_on_the_board(tmp_path: Path, micropython:
         "gc.collect()\n"
         "print(30 <= spent < 1000, gc.mem_free())\n"
     )})
-    result = VirtualBoard(flash, micropython=micropython, heapsize="64k").run()
+    result = VirtualBoard(flash, micropython=micropython, flash="dir", heapsize="64k").run()
     in_time, mem_free = result.output.split()
     assert in_time == "True"
     # Board code gets about the heap it asked for: the harness's own share is added on top.
@@ -307,7 +310,7 @@ def test_board_code_gets_the_heap_it_asked_for_on_either_word_size(
     for interpreter, bits in ((micropython64, 64), (micropython32, 32)):
         assert word_bits(interpreter) == bits
         assert harness_heap_bytes(interpreter) == HARNESS_HEAP_BYTES[bits]
-        result = VirtualBoard(flash, micropython=interpreter, heapsize="32k").run()
+        result = VirtualBoard(flash, micropython=interpreter, flash="dir", heapsize="32k").run()
         assert result.ended == "exit", result.output
         # The harness's share, which differs with the word size, is added on top.
         assert 0.95 * 32 * 1024 < int(result.output) <= 32 * 1024, (bits, result.output)
@@ -483,7 +486,7 @@ def test_writes_under_rom_fail_as_on_a_board_and_power_cuts_count_only_the_flash
         "    f.write('x')\n"
     )})
     rom_image_path(flash).write_bytes(_romfs({"keep.txt": b"kept"}))
-    board = VirtualBoard(flash, micropython=micropython)
+    board = VirtualBoard(flash, micropython=micropython, flash="dir")
 
     result = board.run(max_boots=1)
     assert result.output.splitlines() == [
@@ -520,7 +523,8 @@ def test_mapping_the_rom_costs_the_board_no_heap(tmp_path: Path, micropython: st
     other.write_bytes(big)
 
     def free(heapsize: str, rom: Path | None) -> int:
-        result = VirtualBoard(flash, micropython=micropython, heapsize=heapsize, rom=rom).run()
+        result = VirtualBoard(flash, micropython=micropython, flash="dir", heapsize=heapsize,
+                              rom=rom).run()
         assert result.ended == "exit", result.output
         return int(result.output)
 

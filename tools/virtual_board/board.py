@@ -1,8 +1,10 @@
-"""A virtual board: the MicroPython unix port booting from a host directory as its flash.
+"""A virtual board: the MicroPython unix port booting from its flash.
 
-Each boot is a new MicroPython process running standins/_vb_boot.py, which mounts the flash
-directory as "/" (and the ROM partition, a ROMFS image, at /rom when the board has one) and runs
-/boot.py then /main.py, as a board's firmware does.
+Each boot is a new MicroPython process running standins/_vb_boot.py, which mounts the flash as
+"/" (and the ROM partition, a ROMFS image, at /rom when the board has one) and runs /boot.py
+then /main.py, as a board's firmware does. The flash is a littlefs or FAT filesystem on a flash
+block device in an image file, mirrored to a host directory (tools/virtual_board/flash.py), or
+the host directory itself ("dir": a user VFS that counts file operations).
 """
 
 from __future__ import annotations
@@ -21,8 +23,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tools.micropython import find_micropython, word_bits
+from tools.station.image import PartitionGeometry
 from tools.virtual_board import power
 from tools.virtual_board.compiled import compiled_standins
+from tools.virtual_board.flash import (
+    ESP32_VFS,
+    FLASH_KINDS,
+    BlockFlash,
+    FlashKind,
+    Torn,
+    default_flash_kind,
+)
 from tools.virtual_board.power import Ended
 
 if TYPE_CHECKING:
@@ -36,6 +47,13 @@ _DEFAULT_UNIQUE_ID = b"\x00\x01\x02\x03\x04\x05"
 # as gc.mem_alloc() at the start of an empty board's main.py, 16.5 KB on x86-64 (~10 KB of it
 # the VFS and launcher) and 10.7 KB on i386, rounded up.
 HARNESS_HEAP_BYTES = {64: 17 * 1024, 32: 11 * 1024}
+# On block flash the harness also holds the block device (a Python object and its modules here,
+# with their qstrs; a few bytes of C on a board) and the image file: measured on 1.25 as the
+# growth of gc.mem_alloc() at the start of main.py over the directory flash, less the
+# filesystem's own object and caches (VfsLfs2: 832 / 624 bytes, VfsFat: 3392 / 3552 on x86-64 /
+# i386), which stay the board's: a port mounts its filesystem in the GC heap too. Rounded up.
+BLOCK_FLASH_HARNESS_EXTRA = {(64, "lfs2"): 6 * 1024, (64, "fat"): 7 * 1024,
+                             (32, "lfs2"): 4 * 1024, (32, "fat"): 5 * 1024}
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
 ROM_IMAGE_SUFFIX = ".romfs"
 _READ_CHUNK = 65536
@@ -50,7 +68,9 @@ class BootRecord:
     output: str  # stdout and stderr, in order
     ended: Ended
     traceback: str | None  # text of the unhandled exception, for a crash
-    fs_ops: int  # filesystem mutations this boot made (a power-cut boot: those before the cut)
+    # Flash mutations this boot made (a power-cut boot: those before the cut): file operations
+    # on "dir" flash, block programs and erases on block flash.
+    fs_ops: int
     reset_cause: int  # what machine.reset_cause() returned during this boot
     exit_code: int | None  # the process's exit status (None when killed at timeout)
     seconds: float
@@ -81,8 +101,9 @@ def rom_image_path(flash_dir: Path | str) -> Path:
 
 
 class VirtualBoard:
-    """A MicroPython board whose flash is `flash_dir`, with stand-ins for machine and network,
-    and optionally a ROM partition (a ROMFS image, memory-mapped and mounted at /rom)."""
+    """A MicroPython board whose flash is `flash_dir` (or a filesystem image mirrored to it),
+    with stand-ins for machine and network, and optionally a ROM partition (a ROMFS image,
+    memory-mapped and mounted at /rom)."""
 
     def __init__(
         self,
@@ -94,12 +115,17 @@ class VirtualBoard:
         heapsize: str | None = None,
         env: dict[str, str] | None = None,
         rom: Path | str | None = None,
+        flash: FlashKind | None = None,
+        geometry: PartitionGeometry | None = None,
     ) -> None:
         """`rom`: the ROM partition's image; None means `rom_image_path(flash_dir)` whenever that
         file exists at boot, and no ROM partition otherwise.
+        `flash`: "lfs2" or "fat" (a filesystem on a flash block device of `geometry`, default
+        the ESP32's `vfs` partition, in `flash_image_path(flash_dir)`), or "dir" (the directory
+        itself); None: `default_flash_kind()`.
 
         Raises NotADirectoryError for a missing flash directory, FileNotFoundError for an
-        explicit `rom` that is not a file, ValueError for a bad unique_id or heapsize.
+        explicit `rom` that is not a file, ValueError for a bad unique_id, heapsize or flash.
         """
         self.flash_dir = Path(flash_dir).resolve()
         if not self.flash_dir.is_dir():
@@ -112,11 +138,16 @@ class VirtualBoard:
         self.micropython = micropython or find_micropython()
         self.unique_id = unique_id
         self.wifi_ok = wifi_ok
+        self.flash = flash or default_flash_kind()
+        if self.flash not in FLASH_KINDS:
+            raise ValueError(f"flash {self.flash!r} is not one of {', '.join(FLASH_KINDS)}")
         self.heapsize = heapsize
-        self._heap_bytes = (_heap_bytes(heapsize, self.micropython) if heapsize is not None
-                            else None)
+        self._heap_bytes = (_heap_bytes(heapsize, self.micropython, self.flash)
+                            if heapsize is not None else None)
         self.extra_env = dict(env or {})
         self._standins = compiled_standins()
+        self.block_flash = None if self.flash == "dir" else BlockFlash(
+            self.flash_dir, self.flash, geometry or ESP32_VFS, self.micropython, self._standins)
 
     @property
     def rom(self) -> Path | None:
@@ -157,29 +188,40 @@ class VirtualBoard:
         timeout: float = 30.0,
         cut_at: int | None = None,
         on_output: OutputSink | None = None,
+        torn: Torn | None = None,
     ) -> RunResult:
         """Power the board on and boot it until a boot ends without a reset, or `max_boots`.
 
         `timeout` bounds the whole run; a boot still running then is killed ('timeout').
-        `cut_at=N` cuts power just BEFORE the Nth filesystem mutation of the run (counted over
-        all boots): the flash holds exactly the effects of mutations 1..N-1.
-        `on_output` receives the board's output as it is printed.
+        `cut_at=N` cuts power just BEFORE the Nth flash mutation of the run (counted over all
+        boots; file operations on "dir" flash, block programs and erases on block flash): the
+        flash holds exactly the effects of mutations 1..N-1. `torn` (block flash only) leaves
+        mutation N half done instead. `on_output` receives the board's output as it is printed.
+        On block flash the host directory mirrors the image before and after the run.
         """
         if max_boots < 1:
             raise ValueError(f"max_boots must be at least 1, not {max_boots}")
         if cut_at is not None and cut_at < 1:
             raise ValueError(f"cut_at counts mutations from 1, not {cut_at}")
+        if torn is not None and (self.block_flash is None or cut_at is None):
+            raise ValueError("a torn write needs block flash (lfs2 or fat) and a cut_at")
         deadline = time.monotonic() + timeout
         result = RunResult()
         reset_cause = power.PWRON_RESET
-        for _ in range(max_boots):
-            cut_in = cut_at - result.fs_ops if cut_at is not None else 0
-            boot = self._boot(reset_cause, cut_in, deadline, on_output)
-            result.boots.append(boot)
-            result.fs_ops += boot.fs_ops
-            if boot.ended not in power.REBOOTS:
-                break
-            reset_cause = power.REBOOTS[boot.ended]
+        if self.block_flash is not None:
+            self.block_flash.sync_into_image()
+        try:
+            for _ in range(max_boots):
+                cut_in = cut_at - result.fs_ops if cut_at is not None else 0
+                boot = self._boot(reset_cause, cut_in, deadline, on_output, torn)
+                result.boots.append(boot)
+                result.fs_ops += boot.fs_ops
+                if boot.ended not in power.REBOOTS:
+                    break
+                reset_cause = power.REBOOTS[boot.ended]
+        finally:
+            if self.block_flash is not None:
+                self.block_flash.sync_from_image()
         return result
 
     @contextlib.contextmanager
@@ -204,7 +246,8 @@ class VirtualBoard:
         return ReplServer(self, port, cut_at)
 
     def _boot(
-        self, reset_cause: int, cut_in: int, deadline: float, on_output: OutputSink | None
+        self, reset_cause: int, cut_in: int, deadline: float, on_output: OutputSink | None,
+        torn: Torn | None = None,
     ) -> BootRecord:
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="vboard-") as scratch:
@@ -212,8 +255,13 @@ class VirtualBoard:
             env = self.environment(
                 VB_RESET_CAUSE=str(reset_cause), VB_CUT_AT=str(cut_in), VB_REPORT=str(report)
             )
+            if self.block_flash is not None:
+                env.update(self.block_flash.environment())
+                if torn is not None:
+                    env.update(VB_TORN=str(torn.written), VB_TORN_REST=torn.rest)
             output, exit_code = _run_process(
-                self.command("_vb_boot"), env, self.flash_dir, deadline, on_output
+                self.command("_vb_boot" if self.block_flash is None else "_vb_blkboot"), env,
+                self.flash_dir, deadline, on_output
             )
             report_text = report.read_text() if report.exists() else ""
         ended, fs_ops, traceback = _read_report(report_text, exit_code, output)
@@ -230,22 +278,24 @@ class VirtualBoard:
         )
 
 
-def _heap_bytes(heapsize: str, micropython: str) -> int:
+def _heap_bytes(heapsize: str, micropython: str, flash: FlashKind) -> int:
     """The -X heapsize value for a board heap of `heapsize` ("65536", "64k", "1M")."""
     match = re.fullmatch(r"(\d+)([kKmM]?)", heapsize.strip())
     if match is None or int(match[1]) == 0:
         raise ValueError(f"heapsize {heapsize!r} is not a size such as 65536, 64k or 1M")
-    return int(match[1]) * _SIZE_UNITS[match[2].lower()] + harness_heap_bytes(micropython)
+    return (int(match[1]) * _SIZE_UNITS[match[2].lower()]
+            + harness_heap_bytes(micropython, flash))
 
 
 @functools.cache
-def harness_heap_bytes(micropython: str) -> int:
-    """The harness's own heap on this interpreter (HARNESS_HEAP_BYTES by its word size)."""
+def harness_heap_bytes(micropython: str, flash: FlashKind = "dir") -> int:
+    """The harness's own heap on this interpreter (HARNESS_HEAP_BYTES by its word size, plus
+    BLOCK_FLASH_HARNESS_EXTRA on block flash)."""
     bits = word_bits(micropython)
     if bits not in HARNESS_HEAP_BYTES:
         raise ValueError(f"{micropython} is a {bits}-bit MicroPython: the virtual board knows "
                          f"the harness heap of {sorted(HARNESS_HEAP_BYTES)}-bit builds only")
-    return HARNESS_HEAP_BYTES[bits]
+    return HARNESS_HEAP_BYTES[bits] + BLOCK_FLASH_HARNESS_EXTRA.get((bits, flash), 0)
 
 
 def _run_process(

@@ -186,9 +186,13 @@ def start():
     report_path = os.getenv("VB_REPORT")
     if report_path:
         _report = open(report_path, "w")  # opened before the host root goes away
-    flash = FlashVfs(os.getenv("VB_FLASH"), os.getenv("VB_STANDINS"), _env_int("VB_CUT_AT", 0))
-    vfs.umount("/")
-    vfs.mount(flash, "/")
+    if flash is None:
+        flash = FlashVfs(os.getenv("VB_FLASH"), os.getenv("VB_STANDINS"),
+                         _env_int("VB_CUT_AT", 0))
+        vfs.umount("/")
+        vfs.mount(flash, "/")
+    else:  # block flash, set by standins/_vb_blkboot.py: the port's own filesystem on it
+        flash.mount(0, 0)
     os.chdir("/")
     sys.path[:] = ["", ".frozen", "/lib", STANDINS]
     rom = os.getenv("VB_ROM")
