@@ -8,7 +8,7 @@ it), then powered up with no network: the filesystem is mounted again as the por
 old or the new, with that version's exact file set in its active slot. Then, network back,
 whether it ends confirmed on 1.1.0.
 
-    python bench/block_cuts.py [STRIDE [TORN_EVERY]]   # the full run: STRIDE 1 (docs/board.md)
+    python bench/block_cuts.py [STRIDE [TORN_EVERY [lfs2,fat]]]   # full run: 1 10 (docs/board.md)
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 if str(PROJECT_ROOT) not in sys.path:
@@ -37,6 +38,7 @@ from tools.virtual_board import (  # noqa: E402
     flash_image_path,
     rom_image_path,
 )
+from tools.virtual_board.flash import FlashKind  # noqa: E402
 
 _TIMEOUT_S = 60.0
 # A torn program writes this many bytes of its buffer (under littlefs' 128-byte cache line and
@@ -68,12 +70,14 @@ class Tally:
 
 def _version(flash: Path, output: str, apps: dict[str, dict[str, str]]) -> str | None:
     """The version the board ran, if it ran one whole: printed, and the active slot holding
-    exactly that version's files; None otherwise."""
+    exactly that version's files; None otherwise. With no valid state record the board boots
+    slot a (the factory state, bootloader_py/ota/state.py)."""
     printed = [line.split()[1] for line in output.splitlines() if line.startswith("APP ")]
     state = read_state(flash)
-    if not printed or state is None or printed[-1] not in apps:
+    if not printed or printed[-1] not in apps:
         return None
-    if slot_files(flash, state["active"]) != apps[printed[-1]]:
+    active = "a" if state is None else state["active"]
+    if slot_files(flash, active) != apps[printed[-1]]:
         return None
     return printed[-1]
 
@@ -85,18 +89,18 @@ def _discard(flash: Path) -> None:
         sibling.unlink(missing_ok=True)
 
 
-def try_cut(bench: Bench, kind: str, cut: int, torn: Torn | None,
+def try_cut(bench: Bench, kind: FlashKind, cut: int, torn: Torn | None,
             apps: dict[str, dict[str, str]]) -> tuple[str | None, bool, str]:
     """One cut point on a fresh board: (version it booted alone or None, whether it ended
     confirmed on 1.1.0 with the network back, the output of the boot after the cut)."""
     flash = bench.board(bench.server.url, "update")
     try:
-        board = VirtualBoard(flash, micropython=bench.micropython, flash=kind)  # type: ignore[arg-type]
+        board = VirtualBoard(flash, micropython=bench.micropython, flash=kind)
         cut_run = board.run(max_boots=4, timeout=_TIMEOUT_S, cut_at=cut, torn=torn)
         if cut_run.ended != "power_cut":
             raise AssertionError(f"{kind} cut {cut}: the update ended {cut_run.ended} before "
                                  f"the cut:\n{cut_run.output[-2000:]}")
-        alone = VirtualBoard(flash, micropython=bench.micropython, flash=kind,  # type: ignore[arg-type]
+        alone = VirtualBoard(flash, micropython=bench.micropython, flash=kind,
                              wifi_ok=False).run(max_boots=2, timeout=_TIMEOUT_S)
         version = (_version(flash, alone.boots[-1].output, apps)
                    if alone.ended == "exit" else None)
@@ -110,11 +114,11 @@ def try_cut(bench: Bench, kind: str, cut: int, torn: Torn | None,
         _discard(flash)
 
 
-def count_operations(bench: Bench, kind: str) -> int:
+def count_operations(bench: Bench, kind: FlashKind) -> int:
     """Block programs and erases of the uncut reference update on `kind`."""
     flash = bench.board(bench.server.url, "update")
     try:
-        run = VirtualBoard(flash, micropython=bench.micropython, flash=kind  # type: ignore[arg-type]
+        run = VirtualBoard(flash, micropython=bench.micropython, flash=kind
                            ).run(max_boots=4, timeout=_TIMEOUT_S)
         if [b.ended for b in run.boots] != ["reset", "exit"] or "APP 1.1.0" not in run.output:
             raise AssertionError(f"the uncut update on {kind} failed:\n{run.output[-2000:]}")
@@ -123,7 +127,7 @@ def count_operations(bench: Bench, kind: str) -> int:
         _discard(flash)
 
 
-def enumerate_cuts(bench: Bench, kind: str, stride: int = 1, torn_every: int = 0,
+def enumerate_cuts(bench: Bench, kind: FlashKind, stride: int = 1, torn_every: int = 0,
                    points: list[int] | None = None) -> Tally:
     """Cut the reference update on `kind` at every `stride`-th block operation (or at
     `points`), and torn at every `torn_every`-th point tried (0: none). `bench` is set up."""
@@ -156,12 +160,13 @@ def enumerate_cuts(bench: Bench, kind: str, stride: int = 1, torn_every: int = 0
 def main(argv: list[str]) -> int:
     stride = int(argv[0]) if argv else 1
     torn_every = int(argv[1]) if len(argv) > 1 else 10
+    kinds = cast(list[FlashKind], argv[2].split(",") if len(argv) > 2 else ["lfs2", "fat"])
     with tempfile.TemporaryDirectory(prefix="block-cuts-") as tmp:
         bench = Bench(Path(tmp), find_micropython())
         with LocalServer(Path(tmp) / "data", Path(tmp) / "root.json") as server:
             bench.setup(server)
             tallies = []
-            for kind in ("lfs2", "fat"):
+            for kind in kinds:
                 tallies.append(enumerate_cuts(bench, kind, stride, torn_every))
                 print(json.dumps({**tallies[-1].summary(),
                                   "bricked_at": tallies[-1].bricked_at,

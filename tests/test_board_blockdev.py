@@ -14,6 +14,8 @@ from pathlib import Path
 
 import fake_esp_serial
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_station_esptool import esp_job
 
 from tools.micropython import PROJECT_ROOT
@@ -143,7 +145,7 @@ def test_board_boots_from_its_filesystem_image_and_the_host_sees_what_it_wrote(
         tmp_path: Path, micropython: str, kind: str) -> None:
     flash = _flash(tmp_path, {"main.py": _WRITER, "data/in.txt": "from the host",
                               "gone.txt": "x"})
-    board = VirtualBoard(flash, micropython=micropython, flash=kind)  # type: ignore[arg-type]
+    board = VirtualBoard(flash, micropython=micropython, flash=kind)
     result = board.run(max_boots=1)
     assert result.ended == "exit", result.output
     # Exactly the board's files at "/" (nothing of the harness), on a filesystem of the
@@ -175,11 +177,11 @@ def test_a_cut_on_block_flash_ends_the_boot_at_that_operation(
         tmp_path: Path, micropython: str, kind: str) -> None:
     script = "with open('/f.txt', 'w') as f:\n    f.write('x' * 9000)\nprint('done')\n"
     flash = _flash(tmp_path, {"main.py": script})
-    whole = VirtualBoard(flash, micropython=micropython, flash=kind).run()  # type: ignore[arg-type]
+    whole = VirtualBoard(flash, micropython=micropython, flash=kind).run()
     assert whole.ended == "exit" and whole.fs_ops >= 3
     for cut in (1, whole.fs_ops):
         other = _flash(tmp_path, {"main.py": script}, f"cut{cut}")
-        board = VirtualBoard(other, micropython=micropython, flash=kind)  # type: ignore[arg-type]
+        board = VirtualBoard(other, micropython=micropython, flash=kind)
         result = board.run(cut_at=cut, torn=Torn(7, "old"))
         assert result.ended == "power_cut" and result.fs_ops == cut - 1, result.output
         assert "done" not in result.output
@@ -190,7 +192,7 @@ def test_a_cut_on_block_flash_ends_the_boot_at_that_operation(
         # included (docs/board.md, Flash and power cuts); the board still powers up.
         assert after.ended in ("exit", "crash"), after.output
     beyond = VirtualBoard(_flash(tmp_path, {"main.py": script}, "beyond"),
-                          micropython=micropython, flash=kind).run(  # type: ignore[arg-type]
+                          micropython=micropython, flash=kind).run(
         cut_at=whole.fs_ops + 1)
     assert beyond.ended == "exit"
 
@@ -214,7 +216,7 @@ def test_a_torn_write_needs_block_flash_and_a_cut(tmp_path: Path, micropython: s
     with pytest.raises(ValueError, match="at least 1 byte"):
         Torn(0)
     with pytest.raises(ValueError, match="not one of"):
-        VirtualBoard(flash, micropython=micropython, flash="ntfs")  # type: ignore[arg-type]
+        VirtualBoard(flash, micropython=micropython, flash="ntfs")  # type: ignore[arg-type]  # refused
 
 
 def test_an_image_of_another_size_is_refused_naming_both_sizes(
@@ -241,9 +243,9 @@ def test_board_code_gets_its_heap_less_only_the_filesystems_own_buffers(
         tmp_path: Path, micropython: str, kind: str) -> None:
     flash = _flash(tmp_path, {"main.py": "import gc\ngc.collect()\nprint(gc.mem_free())\n"})
     on_dir = VirtualBoard(flash, micropython=micropython, flash="dir", heapsize="32k").run()
-    on_block = VirtualBoard(flash, micropython=micropython, flash=kind,  # type: ignore[arg-type]
+    on_block = VirtualBoard(flash, micropython=micropython, flash=kind,
                             heapsize="32k").run()
-    assert harness_heap_bytes(micropython, kind) > harness_heap_bytes(micropython)  # type: ignore[arg-type]
+    assert harness_heap_bytes(micropython, kind) > harness_heap_bytes(micropython)
     # A port mounts its filesystem in the GC heap: VfsFat's sector buffer, VfsLfs2's caches.
     spent = int(on_dir.output) - int(on_block.output)
     assert 0 <= spent <= (4096 if kind == "fat" else 1024), spent
@@ -306,7 +308,7 @@ def test_a_station_built_image_boots_in_the_virtual_board_and_updates_end_to_end
             for path, data in _read_littlefs(image).items():
                 (board_dir / path).parent.mkdir(parents=True, exist_ok=True)
                 (board_dir / path).write_bytes(data)
-        board = VirtualBoard(board_dir, micropython=micropython, flash=kind)  # type: ignore[arg-type]
+        board = VirtualBoard(board_dir, micropython=micropython, flash=kind)
         if kind == "lfs2":  # the very bytes the station wrote into the partition
             assert flash_image_path(board_dir).read_bytes() == image
         result = board.run(max_boots=4, timeout=90)
@@ -319,3 +321,60 @@ def test_a_station_built_image_boots_in_the_virtual_board_and_updates_end_to_end
         assert slot_files(board_dir, state["active"]) == app_hashes(release)
         device = server.client().device(device_id)
         assert device["version"] == "2.0.0", device
+
+
+# -- the host's mirror: whatever tree the host writes, the image holds exactly that --------------
+
+_NAMES = st.text(alphabet="abcdefgh_0123456789", min_size=1, max_size=10)
+_TREES = st.dictionaries(st.lists(_NAMES, min_size=1, max_size=3).map("/".join),
+                         st.binary(max_size=6000), max_size=8)
+
+
+def _write_tree(root: Path, tree: dict[str, bytes]) -> dict[str, bytes]:
+    """Write `tree` under `root`, skipping paths that clash with a file already a directory
+    (or the reverse); returns what was written."""
+    written: dict[str, bytes] = {}
+    for path, data in sorted(tree.items()):
+        target = root / path
+        parts = path.split("/")
+        if any((root / "/".join(parts[:i])).is_file() for i in range(1, len(parts))) or \
+                target.is_dir():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        written[path] = data
+    return written
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("kind", BLOCK_KINDS)
+@settings(max_examples=5, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(first=_TREES, second=_TREES, removed=st.integers(min_value=0, max_value=3))
+def test_the_image_holds_exactly_the_tree_the_host_wrote_through_any_change(
+        tmp_path_factory: pytest.TempPathFactory, micropython: str, kind: str,
+        first: dict[str, bytes], second: dict[str, bytes], removed: int) -> None:
+    flash = tmp_path_factory.mktemp("mirror") / "flash"
+    flash.mkdir()
+    written = _write_tree(flash, first)
+    block = VirtualBoard(flash, micropython=micropython, flash=kind).block_flash
+    assert block is not None
+    block.sync_into_image()
+    for path in sorted(written)[:removed]:  # the host removes some, changes and adds others
+        (flash / path).unlink()
+        del written[path]
+    written.update(_write_tree(flash, second))
+    block.sync_into_image()
+    # Read back from the image alone: a fresh directory filled from it.
+    readback = flash.with_name("readback")
+    readback.mkdir()
+    flash_image_path(flash).rename(flash_image_path(readback))
+    again = VirtualBoard(readback, micropython=micropython, flash=kind).block_flash
+    assert again is not None
+    again.sync_from_image()
+    assert _tree(readback) == _tree(flash) == {p: d for p, d in written.items()
+                                               if (flash / p).is_file()}

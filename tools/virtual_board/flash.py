@@ -145,6 +145,9 @@ class BlockFlash:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "MICROPYPATH": str(self.standins),
                "VB_FLASH": str(self.flash_dir), "VB_IMAGE_JOB": job, **self.environment(),
                **extra}
+        for inherited in ("LD_LIBRARY_PATH", "LANG", "TMPDIR"):  # as a board process gets them
+            if inherited in os.environ:
+                env[inherited] = os.environ[inherited]
         done = subprocess.run([self.micropython, "-c", "import _vb_image"], env=env,
                               capture_output=True, text=True, timeout=_JOB_TIMEOUT_S,
                               check=False, umask=power.FLASH_UMASK)
