@@ -31,6 +31,8 @@ class PortGeometry:
     fs_size: int
     prog_size: int
     sources: tuple[str, ...]  # micropython/micropython files at TAG the values come from
+    filesystem: str = "littlefs"
+    reserved_at_end: int = 0  # flash after the filesystem that is the firmware's own
 
 
 PORT_GEOMETRIES = {
@@ -55,6 +57,29 @@ PORT_GEOMETRIES = {
         sources=("ports/rp2/boards/RPI_PICO_W/mpconfigboard.h",  # STORAGE_BYTES (848 * 1024)
                  "ports/rp2/rp2_flash.c",
                  "ports/rp2/modules/_boot.py")),
+    "esp8266": PortGeometry(
+        chip="esp8266", flash_size=0x400000, firmware_offset=0,
+        # flashbdev.py: start_sec = esp.flash_user_start() // 4096 (= _firmware_size of
+        # esp8266_2MiB.ld: 0x40209000 + 1M - 36K - 0x40200000 = 0x100000), blocks =
+        # (esp.flash_size() - 20480) // 4096 - start_sec: 763 blocks on a 4 MiB module
+        fs_offset=0x100000, fs_size=763 * 4096, prog_size=32,
+        reserved_at_end=20480,  # "20K at the flash end is reserved for SDK params storage"
+        sources=("ports/esp8266/boards/ESP8266_GENERIC/mpconfigvariant.mk",  # esp8266_2MiB.ld
+                 "ports/esp8266/boards/esp8266_2MiB.ld",
+                 "ports/esp8266/boards/esp8266_common.ld",  # _firmware_size
+                 "ports/esp8266/modesp.c",  # flash_user_start() returns _firmware_size
+                 "ports/esp8266/modules/flashbdev.py",
+                 "ports/esp8266/modules/inisetup.py")),  # vfs.VfsLfs2.mkfs(bdev): defaults
+    "pybd-sf2": PortGeometry(
+        chip="stm32", flash_size=0x200000, firmware_offset=0,
+        # storage.c: pyb.Flash() spans the SPI flash's NUM_BLOCKS 512-byte blocks
+        # (mpconfigboard_common.h: MICROPY_HW_BDEV_SPIFLASH_SIZE_BYTES / FLASH_BLOCK_SIZE)
+        fs_offset=0, fs_size=0x200000, prog_size=32, filesystem="fat",
+        sources=("ports/stm32/boards/PYBD_SF2/mpconfigboard.h",  # SPIFLASH_SIZE_BITS 16 Mbit
+                 "ports/stm32/mpconfigboard_common.h",
+                 "ports/stm32/storage.c",
+                 "ports/stm32/factoryreset.c",  # f_mkfs(FM_FAT) when nothing mounts
+                 "ports/stm32/main.c")),  # init_flash_fs: mounted at /flash
 }
 
 
@@ -73,12 +98,13 @@ def test_board_geometry_is_the_ports_own(name: str) -> None:
     assert board is not None, f"fleet.yaml has no board {name!r}"
     port = PORT_GEOMETRIES[name]
     found = (board.chip, board.flash_size, board.firmware_offset, board.fs_offset,
-             board.fs_size, board.prog_size)
+             board.fs_size, board.prog_size, board.filesystem)
     expected = (port.chip, port.flash_size, port.firmware_offset, port.fs_offset,
-                port.fs_size, port.prog_size)
+                port.fs_size, port.prog_size, port.filesystem)
     assert found == expected, f"{name}: fleet.yaml differs from {TAG} {', '.join(port.sources)}"
-    # MicroPython's RP2 storage is the end of the flash; ESP32's `vfs` is the last partition.
-    assert board.fs_offset + board.fs_size == board.flash_size
+    # MicroPython's RP2 storage is the end of the flash; ESP32's `vfs` is the last partition;
+    # the ESP8266's ends where the SDK's parameters begin; the Pyboard-D's is its whole SPI flash.
+    assert board.fs_offset + board.fs_size + port.reserved_at_end == board.flash_size
 
 
 # The port's block device as MicroPython 1.25 builds it: its block count is the port's
@@ -111,7 +137,7 @@ except OSError as e:
 """
 
 
-@pytest.mark.parametrize("name", ["rp2-pico", "rp2-pico-w"])
+@pytest.mark.parametrize("name", ["rp2-pico", "rp2-pico-w", "esp8266"])
 def test_an_image_built_for_the_fleet_board_mounts_on_the_ports_block_device(
         micropython: str, tmp_path: Path, name: str) -> None:
     board = fleet_boards()[name]

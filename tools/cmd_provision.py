@@ -19,6 +19,8 @@ from tools.fleet import (
     WRITE_METHODS,
     FleetError,
     ProvisioningProfile,
+    https_problem,
+    image_method_problem,
     load_fleet,
     romfs_method_problem,
 )
@@ -153,13 +155,16 @@ def provision(fleet_path: Path, profile: str, ports: tuple[str, ...], all_ports:
         raise UserError(str(err)) from None
     if method is not None:
         chosen = replace(chosen, method=method)
-    if chosen.method == "image" and not chosen.board.fs_size:
-        raise UserError(f"board {chosen.board.name!r} has no fs partition for the image method")
+    if chosen.method == "image":
+        problem = image_method_problem(chosen.board)
+        if problem is not None:
+            raise UserError(f"profile {chosen.name!r}: {problem}")
+    problem = https_problem(chosen.board, server_url or fleet.server.url)
+    if problem is not None:
+        raise UserError(f"profile {chosen.name!r}: {problem}")
     if any(t.kind == "virtual" for t in targets) and chosen.board.chip != "unix":
         raise UserError(f"--virtual needs a profile for a virtual board (chip unix), not "
                         f"{chosen.board.name!r}")
-    if chosen.method == "image" and not chosen.board.is_espressif:
-        raise UserError("the image method writes with esptool: Espressif boards only")
     if chosen.client == "romfs":
         problem = romfs_method_problem(chosen.board, chosen.method, chosen.romfs_offset)
         if problem is None and chosen.method == "mpremote" and any(

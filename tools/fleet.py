@@ -86,13 +86,59 @@ class Board:
     chip: str  # esptool chip name ("esp32", ...), "rp2" or "unix" (virtual board)
     flash_size: int = 0
     firmware_offset: int = 0
-    fs_offset: int = 0  # the littlefs `vfs` partition
+    fs_offset: int = 0  # the filesystem partition (ESP32: `vfs`)
     fs_size: int = 0
     prog_size: int = 32  # littlefs read/prog size MicroPython uses on this port
+    filesystem: str = "littlefs"  # what the port formats fs_offset/fs_size as: FILESYSTEMS
 
     @property
     def is_espressif(self) -> bool:
         return self.chip.startswith("esp")
+
+
+FILESYSTEMS = ("littlefs", "fat")
+# Chips whose MicroPython `tls` cannot verify a server's certificate: the ESP8266's is axTLS,
+# whose SSLContext has no CERT_REQUIRED, no load_verify_locations, and reads verify_mode as
+# CERT_NONE whatever is set (extmod/modtls_axtls.c, v1.23.0 to v1.25.0). docs/board.md,
+# Platforms: such boards are served over http, the signed manifest keeping the update's
+# integrity.
+TLS_UNVERIFIED_CHIPS = {"esp8266": "its tls is axTLS, which cannot verify a certificate"}
+# The longest period machine.WDT takes, by chip, where one chip name means one limit (v1.23.0 to
+# v1.25.0): the ESP8266's takes 5000 ms and nothing else (ports/esp8266/machine_wdt.c), the
+# STM32's independent watchdog 4095 ticks of 8 ms (ports/stm32/machine_wdt.c, "WDT timeout too
+# long" above 32767 ms). A longer trial watchdog is a ValueError on the board: refused here.
+# (Not rp2: the RP2040 counts 8388 ms, the RP2350 twice that, under one chip name.)
+WDT_LONGEST_MS = {"esp8266": (5000, "ports/esp8266/machine_wdt.c: fixed"),
+                  "stm32": (32767, "ports/stm32/machine_wdt.c")}
+
+
+def image_method_problem(board: Board) -> str | None:
+    """Why the image method cannot provision `board`, or None when it can.
+
+    The image method builds a littlefs image and writes it with esptool; shared by fleet.yaml
+    validation and `ota provision --method`, so both refuse alike.
+    """
+    if not board.fs_size:
+        return f"the image method needs fs_offset/fs_size on board {board.name!r}"
+    if board.filesystem != "littlefs":
+        return (f"board {board.name!r} has a {board.filesystem.upper()} filesystem and the image "
+                f"method builds littlefs images only: use method mpremote, which writes the "
+                f"files through the board's own filesystem (docs/provisioning.md)")
+    if not board.is_espressif:
+        return "the image method writes with esptool: Espressif boards only"
+    return None
+
+
+def https_problem(board: Board, server_url: str) -> str | None:
+    """Why boards of type `board` cannot talk to `server_url`, or None when they can: an
+    https server its firmware cannot verify (TLS_UNVERIFIED_CHIPS) is refused, never used
+    unverified."""
+    reason = TLS_UNVERIFIED_CHIPS.get(board.chip)
+    if reason is None or not server_url.startswith("https://"):
+        return None
+    return (f"board {board.name!r} cannot verify an https server ({reason}: docs/board.md, "
+            f"Platforms): serve its boards over http, where the signed manifest still protects "
+            f"the update's integrity")
 
 
 @dataclass(frozen=True)
@@ -373,7 +419,8 @@ def _wifi(r: _Reader, doc: _Map) -> dict[str, WifiProfile]:
 def _boards(r: _Reader, doc: _Map) -> dict[str, Board]:
     section = r.mapping(doc, "boards")
     boards = {}
-    allowed = ("chip", "flash_size", "firmware_offset", "fs_offset", "fs_size", "prog_size")
+    allowed = ("chip", "flash_size", "firmware_offset", "fs_offset", "fs_size", "prog_size",
+               "filesystem")
     for key, entry in section.items():
         where = f"board {key!r}"
         name = r.name(section, key, where=where)
@@ -388,8 +435,17 @@ def _boards(r: _Reader, doc: _Map) -> dict[str, Board]:
             fs_offset=_integer(r, entry, "fs_offset", where=where, default=0),
             fs_size=_integer(r, entry, "fs_size", where=where, default=0),
             prog_size=_integer(r, entry, "prog_size", where=where, default=32),
+            filesystem=r.field(entry, "filesystem", str, default="littlefs", where=where),
         )
         line = entry.line
+        if board.filesystem not in FILESYSTEMS:
+            raise r.fail(entry.key_lines["filesystem"],
+                         f"{where}: filesystem must be one of {', '.join(FILESYSTEMS)}, "
+                         f"not {board.filesystem!r}")
+        if board.filesystem != "littlefs" and "prog_size" in entry:
+            raise r.fail(entry.key_lines["prog_size"],
+                         f"{where}: prog_size is littlefs's; a {board.filesystem.upper()} "
+                         f"filesystem has none")
         # littlefs needs whole 4 KiB blocks, and the partition must fit in the flash.
         if board.fs_offset % 4096 or board.fs_size % 4096:
             raise r.fail(line, f"{where}: fs_offset and fs_size must be multiples of 4096")
@@ -401,8 +457,9 @@ def _boards(r: _Reader, doc: _Map) -> dict[str, Board]:
     return boards
 
 
-def _provisioning(r: _Reader, doc: _Map, boards: dict[str, Board], wifi: dict[str, WifiProfile],
-                  channels: dict[str, Channel]) -> dict[str, ProvisioningProfile]:
+def _provisioning(r: _Reader, doc: _Map, server: ServerSettings, boards: dict[str, Board],
+                  wifi: dict[str, WifiProfile], channels: dict[str, Channel]
+                  ) -> dict[str, ProvisioningProfile]:
     section = r.mapping(doc, "provisioning")
     allowed = ("board", "wifi", "channel", "tags", "method", "firmware", "poll_interval_s", "mpy",
                "app", "client", "romfs_offset", "ca", *_BEHAVIOUR)
@@ -431,10 +488,13 @@ def _provisioning(r: _Reader, doc: _Map, boards: dict[str, Board], wifi: dict[st
         if method not in WRITE_METHODS:
             raise r.fail(entry.key_lines["method"],
                          f"{where}: method must be one of {', '.join(WRITE_METHODS)}")
-        if method == "image" and not board.fs_size:
-            raise r.fail(entry.key_lines["method"],
-                         f"{where}: the image method needs fs_offset/fs_size on board "
-                         f"{board.name!r}")
+        if method == "image":
+            problem = image_method_problem(board)
+            if problem is not None:
+                raise r.fail(entry.key_lines["method"], f"{where}: {problem}")
+        problem = https_problem(board, server.url)
+        if problem is not None:
+            raise r.fail(entry.key_lines["board"], f"{where}: {problem}")
         firmware = r.field(entry, "firmware", str, default=None, where=where)
         poll = _integer(r, entry, "poll_interval_s", where=where, default=3600)
         if not 10 <= poll <= MAX_SPAN_S:
@@ -451,7 +511,7 @@ def _provisioning(r: _Reader, doc: _Map, boards: dict[str, Board], wifi: dict[st
             method=method, firmware=r.relative(firmware) if firmware else None,
             poll_interval_s=poll, mpy=mpy, app=first,
             app_name=first.name if first is not None else _bound_app(r, entry, where),
-            client=client, romfs_offset=romfs_offset, behaviour=_behaviour(r, entry, where),
+            client=client, romfs_offset=romfs_offset, behaviour=_behaviour(r, entry, where, board),
             ca=r.relative(ca) if ca else None,
         )
     return profiles
@@ -462,8 +522,10 @@ _BEHAVIOUR: dict[str, type] = {"trial_boots": int, "auto_confirm": bool, "confir
                                "trial_watchdog_s": int, "timeout_s": int, "wifi_timeout_s": int}
 
 
-def _behaviour(r: _Reader, entry: _Map, where: str) -> tuple[tuple[str, int | bool], ...]:
-    """The profile's board settings, checked together by BoardConfig's own rules."""
+def _behaviour(r: _Reader, entry: _Map, where: str, board: Board
+               ) -> tuple[tuple[str, int | bool], ...]:
+    """The profile's board settings, checked together by BoardConfig's own rules and against
+    what the board's firmware can do (WDT_LONGEST_MS)."""
     from tools.board_files import BoardConfig, BoardFilesError
 
     chosen: dict[str, int | bool] = {}
@@ -477,6 +539,14 @@ def _behaviour(r: _Reader, entry: _Map, where: str) -> tuple[tuple[str, int | bo
     except BoardFilesError as err:
         named = [k for k in chosen if k in str(err)] or list(chosen)
         raise r.fail(entry.key_lines[named[0]], f"{where}: {err}") from None
+    seconds = int(chosen.get("trial_watchdog_s", 0))
+    longest, source = WDT_LONGEST_MS.get(board.chip, (0, ""))
+    if longest and seconds * 1000 > longest:
+        raise r.fail(entry.key_lines["trial_watchdog_s"],
+                     f"{where}: trial_watchdog_s {seconds} is longer than board "
+                     f"{board.name!r}'s machine.WDT takes ({longest} ms at most, {source}; "
+                     f"docs/board.md, Platforms): the board would run without one; "
+                     f"leave trial_watchdog_s out or shorten it")
     return tuple(chosen.items())
 
 
@@ -596,7 +666,7 @@ def parse_fleet(text: str, path: Path) -> Fleet:
     rollout = _rollout(r, doc, groups)
     wifi = _wifi(r, doc)
     boards = _boards(r, doc)
-    provisioning = _provisioning(r, doc, boards, wifi, channels)
+    provisioning = _provisioning(r, doc, server, boards, wifi, channels)
     return Fleet(path=path, server=server, channels=channels, groups=groups, rollout=rollout,
                  wifi=wifi, boards=boards, provisioning=provisioning)
 

@@ -21,10 +21,20 @@ def wrap(sock, host):
     do_handshake_on_connect (the default) wrap_socket would run it to its end in C, on a
     non-blocking socket in a loop that has no deadline, on a blocking one with a timeout that
     restarts at every byte (extmod/modtls_mbedtls.c, ssl_socket_make_new; docs/board.md,
-    Deadlines)."""
+    Deadlines). Raises HttpError, before any byte is sent, when the firmware's tls does not
+    keep CERT_REQUIRED (axTLS on the ESP8266)."""
     import tls
     ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
-    ctx.verify_mode = tls.CERT_REQUIRED
+    need = getattr(tls, "CERT_REQUIRED", None)
+    if need is not None:
+        ctx.verify_mode = need
+    if need is None or ctx.verify_mode != need:
+        # axTLS (the ESP8266's tls) has no CERT_REQUIRED and no load_verify_locations, and
+        # reads verify_mode as CERT_NONE whatever is set (extmod/modtls_axtls.c): its
+        # handshake would trust any server. Refused, never downgraded (docs/board.md,
+        # Platforms).
+        print("ota: https refused: this firmware's tls cannot verify the server")
+        raise HttpError("https refused: tls cannot verify the server")
     data = _read_cas()
     at = 0
     while at < len(data):

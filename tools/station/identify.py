@@ -17,7 +17,8 @@ from tools.station.writer_mpremote import MpremoteBoard
 
 _DEVICE_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 # sys.platform a board of each chip family reports; the virtual board is the unix port.
-_PLATFORMS = {"unix": ("linux", "darwin"), "rp2": ("rp2",)}
+# The STM32 port's is "pyboard" (ports/stm32/mpconfigport.h, MICROPY_PY_SYS_PLATFORM).
+_PLATFORMS = {"unix": ("linux", "darwin"), "rp2": ("rp2",), "stm32": ("pyboard",)}
 
 
 class IdentifyError(RuntimeError):
