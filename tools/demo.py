@@ -267,8 +267,7 @@ def demo() -> None:
 
 def _offline_install(server: LocalServer, board: Path, fleet: Path, keys: Path) -> None:
     """1.3.0 onto `board` over its REPL while it reaches no server; then its check-in."""
-    _step(f"10. Offline install: 1.3.0 onto {board.name} over USB (its REPL), "
-          "no server in reach")
+    _step(f"10. Offline install: 1.3.0 onto {board.name} over USB, no server in reach")
     fixed = _write_app("1.3.0")
     bundle = DEMO_DIR / "bundles" / "1.3.0"
     # Registered on the server (so its inventory names it) but rolled out nowhere.
@@ -288,7 +287,7 @@ def _offline_install(server: LocalServer, board: Path, fleet: Path, keys: Path) 
 
 def _yank(boards: list[Path]) -> None:
     """Yank the bad 1.2.0: its paused rollout ends, and no board is ever offered it again."""
-    _step("11. Yank the bad 1.2.0: no board is offered it again, by any rollout")
+    _step("11. Yank the bad 1.2.0: no board is offered it again")
     _run("releases", "yank", "demo", "1.2.0", "--force")
     _run_refused("rollout", "start", "stable", "--app", "demo", "--version", "1.2.0",
                  "--percent", "100")
@@ -298,7 +297,7 @@ def _yank(boards: list[Path]) -> None:
 
 def _viewer() -> Path:
     """A `read` token for a viewer, in a 0600 file; what it may and may not do; the audit."""
-    _step("12. Scopes: a viewer's read token lists, and is refused a pause; the audit log")
+    _step("12. Scopes: a read token lists, is refused a pause; the audit log")
     token_file = DEMO_DIR / "viewer.token"
     _create_token_file("viewer", "read", token_file)
     console.print(f"the viewer's token is in {token_file} (mode 0600; never printed)")
