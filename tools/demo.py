@@ -11,27 +11,41 @@ boot and check in, release
 confirm it. Then a bad release, 1.2.0, crashes on start: the first two boards roll back on
 their own, the rollout pauses itself, and the third board is never offered it. The fleet is
 printed, and the deployment history of a board that rolled back, with the app's exception
-as the reason. Every command names releases by version (the server assigns sequences);
-everything started here is stopped at the end.
+as the reason. Then the rest of the chain: 1.3.0 is installed offline (`ota install`, over
+the board's REPL as over USB) onto a board that reaches no server, and the server learns it at
+the board's next check-in; the bad 1.2.0 is yanked and no board is offered it again; a viewer
+with a `read` token lists channels and releases but is refused a pause, and the audit log
+says who did what; the dashboard's address and the file holding the viewer's token (0600,
+never printed) are printed. Every command names releases by version (the server assigns
+sequences); everything started here is stopped at the end (`MPOTA_DEMO_KEEP=1`: the server
+is kept running for the dashboard until Ctrl-C).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import secrets
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from tools.cli import main as ota
 from tools.local_server import LocalServer
 from tools.micropython import find_micropython_32bit
+from tools.station.image import BLOCK_SIZE
 from tools.virtual_board import VirtualBoard
+from tools.virtual_board.flash import ESP32_VFS, default_flash_kind, flash_image_path
 
 DEMO_DIR = Path(os.environ.get("MPOTA_DEMO_DIR", "demo-data")).resolve()
+# Set to 1: keep the server running at the end (for the dashboard) until Ctrl-C.
+KEEP_ENV = "MPOTA_DEMO_KEEP"
 BOARDS = 3
 # The last board's heap: D1, 32 KB, is the update over http (docs/board.md, Memory budget);
 # over https the TLS objects (the context, the socket's mbedtls state) are in the heap too:
@@ -53,9 +67,15 @@ _SENSOR = {
     "1.0.0": "def read():\n    return 21\n",
     "1.1.0": "def read():\n    # calibrated\n    return 21 + 0.5\n",
     "1.2.0": "def read():\n    raise OSError('sensor bus not found')\n",
+    "1.3.0": "def read():\n    # recalibrated\n    return 21 + 0.25\n",
 }
 # Pause when more than 20% of the results are failures, from the second result on.
 _CAREFUL_POLICY = {"stages": [{"percent": 100}], "failure_threshold": 0.2, "min_results": 2}
+_FLASH_TEXT = {
+    "lfs2": "MicroPython's own littlefs v2 (vfs.VfsLfs2) on a flash block device",
+    "fat": "MicroPython's own FAT (vfs.VfsFat) on a flash block device",
+    "dir": "a host directory (MPOTA_VB_FLASH=dir), not a flash image",
+}
 _README = "The demo app: app_main.py is the entry, sensor.py its one module.\n"
 
 
@@ -68,6 +88,31 @@ def _run(*args: str) -> None:
     status = ota(list(args))
     if status != 0:
         raise SystemExit(f"demo: `ota {args[0]}` failed with status {status}")
+
+
+def _run_refused(*args: str) -> None:
+    """Run `ota ARGS`, which must fail, and print its error message (its stderr)."""
+    console.print(f"[dim]$ ota {' '.join(args)}")
+    refusal = io.StringIO()
+    with contextlib.redirect_stderr(refusal):
+        status = ota(list(args))
+    if status == 0:
+        raise SystemExit(f"demo: `ota {args[0]}` was expected to be refused and was not")
+    console.print(f"[red]{escape(refusal.getvalue().strip())}[/] (exit status {status})")
+
+
+def _create_token_file(name: str, scope: str, path: Path) -> None:
+    """`ota tokens create NAME --scope SCOPE`, its output (the token) going only to `path`,
+    created 0600: the token is never printed."""
+    console.print(f"[dim]$ (umask 077; ota tokens create {name} --scope {scope} > {path})")
+    created = io.StringIO()
+    with contextlib.redirect_stdout(created):
+        status = ota(["tokens", "create", name, "--scope", scope])
+    if status != 0:
+        raise SystemExit(f"demo: `ota tokens create` failed with status {status}")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(created.getvalue())
 
 
 def _write_app(version: str) -> Path:
@@ -174,6 +219,12 @@ def demo() -> None:
                 flash.mkdir(parents=True)
                 args += ["--virtual", str(flash)]
             _run(*args)
+        kind = default_flash_kind()
+        image = ("" if kind == "dir" else
+                 f": an image file per board, {ESP32_VFS.size // 1024 // 1024} MiB in "
+                 f"{ESP32_VFS.block_count} erase blocks of {BLOCK_SIZE} bytes "
+                 f"({flash_image_path(boards[0]).relative_to(DEMO_DIR)}, ...)")
+        console.print(f"the virtual boards' flash: {_FLASH_TEXT[kind]}{image}")
 
         _step("5. The boards boot 1.0.0 and check in: nothing new yet")
         _boot_all(boards, boots=1)
@@ -206,7 +257,70 @@ def demo() -> None:
                   if d.get("last_status") == "rolled_back"]
         if rolled:
             _run("devices", "show", rolled[0])
+
+        _offline_install(server, boards[0], fleet, keys)
+        _yank(boards)
+        viewer = _viewer()
+        _dashboard(server, viewer)
     console.print("[green]demo done: server stopped; everything is in", DEMO_DIR)
+
+
+def _offline_install(server: LocalServer, board: Path, fleet: Path, keys: Path) -> None:
+    """1.3.0 onto `board` over its REPL while it reaches no server; then its check-in."""
+    _step(f"10. Offline install: 1.3.0 onto {board.name} over USB, no server in reach")
+    fixed = _write_app("1.3.0")
+    bundle = DEMO_DIR / "bundles" / "1.3.0"
+    # Registered on the server (so its inventory names it) but rolled out nowhere.
+    _run("publish", str(fixed), "--version", "1.3.0", "--app", "demo", "--board", "unix",
+         "--fleet", str(fleet), "--key", str(keys / "release.key"), "--out", str(bundle))
+    server.stop()
+    console.print(f"server stopped: {board.name} checks in to nothing while it is installed")
+    _run("install", str(bundle), "--virtual", str(board))
+    server.start()
+    device_id = json.loads((board / "ota" / "config.json").read_text())["device_id"]
+    console.print(f"server started again at {server.url}: {board.name} ({device_id}) checks in")
+    result = _board(board, small=False).run(max_boots=1, timeout=60)
+    for line in result.output.splitlines()[-3:]:
+        console.print(f"    {line}")
+    _run("devices", "list")
+
+
+def _yank(boards: list[Path]) -> None:
+    """Yank the bad 1.2.0: its paused rollout ends, and no board is ever offered it again."""
+    _step("11. Yank the bad 1.2.0: no board is offered it again")
+    _run("releases", "yank", "demo", "1.2.0", "--force")
+    _run_refused("rollout", "start", "stable", "--app", "demo", "--version", "1.2.0",
+                 "--percent", "100")
+    # The last board never took 1.2.0: it checks in, and is offered nothing.
+    _boot_all(boards[-1:], boots=1)
+
+
+def _viewer() -> Path:
+    """A `read` token for a viewer, in a 0600 file; what it may and may not do; the audit."""
+    _step("12. Scopes: a read token lists, is refused a pause; the audit log")
+    token_file = DEMO_DIR / "viewer.token"
+    _create_token_file("viewer", "read", token_file)
+    console.print(f"the viewer's token is in {token_file} (mode 0600; never printed)")
+    _run("channels", "list", "--token-file", str(token_file))
+    _run("releases", "list", "--token-file", str(token_file))
+    _run_refused("rollout", "pause", "stable", "--token-file", str(token_file))
+    _run("audit", "list", "--limit", "5")  # the newest: the yank, the token, the refusals
+    return token_file
+
+
+def _dashboard(server: LocalServer, token_file: Path) -> None:
+    """Where the dashboard is and how to log in; with MPOTA_DEMO_KEEP=1, wait for Ctrl-C."""
+    _step("13. The dashboard")
+    console.print(f"dashboard: {server.url}/ui/ (the browser must trust {server.ca_path}); "
+                  f"log in with the viewer's token from {token_file}, or a publisher token")
+    if os.environ.get(KEEP_ENV) != "1":
+        console.print(f"it is served while the demo runs: run `{KEEP_ENV}=1 make demo` to keep "
+                      "the server running at the end, until Ctrl-C")
+        return
+    console.print("[bold]the server keeps running: Ctrl-C to stop it")
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            time.sleep(3600)
 
 
 if __name__ == "__main__":
