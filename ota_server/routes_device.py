@@ -428,8 +428,14 @@ async def report(request: web.Request) -> web.Response:
     reason = report_reason(doc.get("reason"))
     store = request.app[state.STORE]
     metrics = request.app[state.METRICS]
+    offline = doc.get("offline") in (1, True)
     try:
-        deployment = _deployment_for(store, found.device_id, app_name, sequence, status)
+        try:
+            deployment = _deployment_for(store, found.device_id, app_name, sequence, status)
+        except (NotFound, Conflict):
+            if not offline:
+                raise
+            deployment = _offline_deployment(store, found, app_name, sequence)
     except ApiError as err:
         metrics.inc("mpota_reports_refused_total", code=err.code)
         raise
@@ -475,6 +481,30 @@ def report_reason(value: Any) -> str | None:
             raise BadRequest(f"report: field 'reason' has control character U+{ord(char):04X} "
                              f"at {at}", code="bad_field")
     return value
+
+
+# The channel of a deployment a board opened itself, by installing a release over USB: no
+# channel is named so, so no rollout ever counts it (docs/protocol.md, Reports).
+OFFLINE_CHANNEL = ""
+
+
+def _offline_deployment(store: MetadataStore, device: Device, app: str,
+                        sequence: int) -> Deployment:
+    """The deployment of a release the board says it installed over USB (`offline`: ota
+    install, docs/board.md), opened now if the server had none: its history and inventory
+    record it, and no rollout counts it. Raises NotFound (`unknown_release`) for a release
+    the server does not have, Conflict (`wrong_board`) for one not built for this board."""
+    named = store.release(app, sequence) if app else None
+    if named is None:
+        raise NotFound(f"no release {app!r} sequence {sequence} for this board",
+                       code="unknown_release")
+    if device.board not in named.boards:
+        raise Conflict(f"{app} sequence {sequence} is not a release for board "
+                       f"{device.board!r}", code="wrong_board")
+    store.open_deployment_for(device.device_id, named.id, OFFLINE_CHANNEL)
+    opened = store.deployment(device.device_id, named.id)
+    assert opened is not None
+    return opened
 
 
 def _deployment_for(store: MetadataStore, device_id: str, app: str, sequence: int,

@@ -208,11 +208,16 @@ def test_the_server_learns_the_offline_install_at_the_next_checkin(rig: Offline)
     with LocalServer(rig.work / "data", rig.work / "root.json") as server:
         api = server.client()
         flash = rig.board("b1", server=server.url, api=api)
-        rig.stage(flash, rig.release(NEW, "1.1.0", 2))
+        bundle = rig.release(NEW, "1.1.0", 2)
+        api.publish(bundle)  # registered, rolled out to no channel: `ota install APP@1.1.0`
+        rig.stage(flash, bundle)
         booted = rig.boot(flash)
         assert running(flash, booted.output, VERSIONS) == "1.1.0"
         device = api.device("b1")
     assert (device["app"], device["version"], device["sequence"]) == ("app", "1.1.0", 2), device
+    # its reports say `offline`: recorded for the board, outside any rollout (docs/protocol.md)
+    assert [(h["version"], h["status"]) for h in device["history"]] == [
+        ("1.1.0", "installed"), ("1.1.0", "confirmed")], device["history"]
 
 
 def test_staging_survives_a_power_cut_at_every_file_operation(rig: Offline):

@@ -257,3 +257,43 @@ async def test_a_board_running_no_app_reports_its_failed_first_install(env: Serv
     assert (resp.status, (await resp.json())["code"]) == (404, "unknown_release")
     resp = await env.report(fresh, "confirmed", 0)  # only a failure may name no app
     assert (resp.status, (await resp.json())["code"]) == (400, "bad_name")
+
+
+async def _offline_report(env: ServerEnv, board: SimBoard, status: str, sequence: int,
+                          reason: str | None = None) -> Any:
+    body = json.dumps({"app": board.app, "sequence": sequence, "version": "1.0.0",
+                       "status": status, "reason": reason, "offline": 1}).encode()
+    return await env.client.post("/v1/device/report", data=body,
+                                 headers=board.auth("POST", "/v1/device/report", body))
+
+
+async def test_a_release_installed_over_usb_is_recorded_but_never_counts_in_a_rollout(
+        env: ServerEnv) -> None:
+    """`ota install` puts a verified release on a board without the server: the board's
+    reports say `offline`, and the server records them for that board (history, inventory)
+    while every rollout ignores them."""
+    canary = await env.add_board(SimBoard("canary-0", tags=("canary",)))
+    bench = await env.add_board(SimBoard("bench"))
+    await env.publish({"app_main.py": b"v1\n"}, version="1.0.0", sequence=1)
+    await env.start_rollout("stable", "demo", 1, policy={**CANARY_FIRST, "min_results": 1})
+    assert await _offered_sequence(env, bench) is None  # not in the canary stage
+    for status in ("installed", "confirmed"):
+        assert (await _offline_report(env, bench, status, 1)).status == 204
+    shown = await (await env.client.get("/v1/devices/bench", headers=env.bearer)).json()
+    assert (shown["version"], shown["sequence"]) == ("1.0.0", 1)
+    assert [(h["status"], h["version"]) for h in shown["history"]] == [
+        ("installed", "1.0.0"), ("confirmed", "1.0.0")]
+    rollout = await env.rollout()
+    assert (rollout["stage"], rollout["counts"]["confirmed"]) == (0, 0)
+    # a failed offline install (verified, then flash full) is recorded and pauses nothing
+    other = await env.add_board(SimBoard("bench-2"))
+    assert (await _offline_report(env, other, "failed", 1, "offline install: flash full")
+            ).status == 204
+    assert (await env.rollout())["state"] == "active"
+    # without the flag, the rule of reports stands; with it, the release must exist
+    assert (await env.report(await env.add_board(SimBoard("s")), "confirmed", 1)).status == 409
+    missing = await _offline_report(env, canary, "confirmed", 7)
+    assert (missing.status, (await missing.json())["code"]) == (404, "unknown_release")
+    esp = await env.add_board(SimBoard("esp", board="esp8266"))
+    wrong = await _offline_report(env, esp, "confirmed", 1)
+    assert (wrong.status, (await wrong.json())["code"]) == (409, "wrong_board")

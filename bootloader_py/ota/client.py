@@ -333,8 +333,11 @@ def _flush(sess):
 
 def _report(m, status, reason=""):
     from ota import reports
-    reports.enqueue({"app": m.get("app", ""), "sequence": m.get("sequence", 0),
-                     "version": m.get("version", ""), "status": status, "reason": reason})
+    r = {"app": m.get("app", ""), "sequence": m.get("sequence", 0),
+         "version": m.get("version", ""), "status": status, "reason": reason}
+    if m.get("offline"):  # a verified release staged over USB (ota/offline.py)
+        r["offline"] = 1
+    reports.enqueue(r)
 
 
 def check(st, cfg, now=None):

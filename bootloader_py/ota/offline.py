@@ -171,6 +171,8 @@ def check(st, cfg):
     slots.remove(client.PAYLOAD)
     print("ota: staged release refused:", reason)
     discard()
+    if target is not None:  # verified, then its install failed: a release the server knows
+        target["offline"] = 1
     client._report(target or st.info() or {}, "failed", "offline install: " + reason)
 
 

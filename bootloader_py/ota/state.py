@@ -32,6 +32,16 @@ def factory():
             "slots": {"a": None, "b": None}, "reject": 0, "note": None}
 
 
+def note(info, status, version, reason):
+    """The report a boot-state change leaves for the client to send. A release installed over
+    USB (ota/offline.py marks its slot) says so: the server records it, outside any rollout."""
+    n = {"status": status, "app": info["app"], "sequence": info["sequence"],
+         "version": version, "reason": reason}
+    if info.get("offline"):
+        n["offline"] = 1
+    return n
+
+
 class BootState:
     """The newest valid boot record plus where it was read from."""
 
@@ -67,8 +77,7 @@ class BootState:
         rec["trial"] = 0
         rec["tries"] = tries
         rec["slots"][slot] = info
-        rec["note"] = {"status": "installed", "app": info["app"], "sequence": info["sequence"],
-                       "version": info["version"], "reason": ""}
+        rec["note"] = note(info, "installed", info["version"], "")
         self.save()
 
     def confirm(self):
@@ -79,8 +88,7 @@ class BootState:
         rec["ok"] = 1
         rec["trial"] = 0
         info = self.info()
-        rec["note"] = {"status": "confirmed", "app": info["app"], "sequence": info["sequence"],
-                       "version": info["version"], "reason": ""}
+        rec["note"] = note(info, "confirmed", info["version"], "")
         self.save()
         return True
 

@@ -34,11 +34,6 @@ def _crash():
     return crash
 
 
-def _note(info, status, version, reason):
-    return {"status": status, "app": info["app"], "sequence": info["sequence"],
-            "version": version, "reason": reason}
-
-
 def _why(rec):
     """Why the trial failed: the app's own exception when it raised (ota/crash.py: at most
     200 bytes), else that it was never confirmed."""
@@ -53,7 +48,7 @@ def _roll_back(st):
     rec["ok"] = 1
     rec["trial"] = 0
     rec["reject"] = max(rec["reject"], bad["sequence"])
-    rec["note"] = _note(bad, "rolled_back", st.info(good)["version"], _why(rec))
+    rec["note"] = state.note(bad, "rolled_back", st.info(good)["version"], _why(rec))
 
 
 def _keep(st):
@@ -67,7 +62,7 @@ def _keep(st):
     rec["ok"] = 1
     rec["trial"] = 0
     bad = st.info()
-    rec["note"] = _note(bad, "failed", bad["version"],
+    rec["note"] = state.note(bad, "failed", bad["version"],
                         _why(rec) + "; no previous app to roll back to, kept")
 
 
