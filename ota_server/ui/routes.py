@@ -458,9 +458,9 @@ async def release_yank(request: web.Request, session: Session) -> web.Response:
         result = yank(request.app[state.STORE], app_name, version, force=force)
     except ApiError as err:
         request[ACTION_OUTCOME] = (err.status, err.code)
-        hint = " Use “Abort its rollouts and yank” to do both." \
+        hint = "; use “Abort its rollouts and yank” to do both here" \
             if err.code == "rollout_active" else ""
-        session.tell(f"{app_name} {version[:40]}: not yanked: {err.message}{hint}")
+        session.tell(f"{app_name} {version[:40]}: not yanked: {err.message}{hint}.")
     else:
         aborted = result["aborted"]
         session.tell(f"{app_name} {version}: yanked; no board is offered it from now on"
