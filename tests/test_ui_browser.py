@@ -280,6 +280,15 @@ def test_a_board_s_history_shows_the_failure_reason_it_really_reported(
     _shot(browser, screenshots, "board-failure")
 
 
+def _accept(browser: Any, question: str) -> None:
+    """Answer OK to the page's confirmation (live.js, data-confirm), which asks `question`."""
+    from selenium.webdriver.support import expected_conditions as ec
+
+    alert = _wait(browser, ec.alert_is_present())
+    assert alert.text.startswith(question), alert.text
+    alert.accept()
+
+
 def _release_row(browser: Any, version: str) -> Any:
     from selenium.webdriver.common.by import By
 
@@ -324,6 +333,7 @@ def test_releases_show_signers_and_yank_is_refused_while_rolling_then_forced(
                                                         'button[value="force"]')
     assert force.text == "Abort its rollouts and yank"
     force.click()
+    _accept(browser, "Abort the rollout of refapp 1.2.0 on beta (paused")
     flash = _wait(browser, ec.visibility_of_element_located((By.CSS_SELECTOR, ".flash")))
     assert "refapp 1.2.0: yanked" in flash.text and "rollouts aborted on beta" in flash.text
     assert _api_release(fleet, "1.2.0")["yanked"] is not None
@@ -387,6 +397,7 @@ def test_the_revoke_button_revokes_the_board_the_api_reports(logged_in: Any, fle
     assert fleet.server.client().device("greenhouse-1")["revoked"] is None
     browser.get(fleet.server.url + "/ui/boards/greenhouse-1")
     browser.find_element(By.CSS_SELECTOR, 'button[value="revoke"]').click()
+    _accept(browser, "Revoke greenhouse-1?")
     flash = _wait(browser, ec.visibility_of_element_located((By.CSS_SELECTOR, ".flash")))
     assert flash.text.startswith("greenhouse-1: revoked")
     assert fleet.server.client().device("greenhouse-1")["revoked"] is not None

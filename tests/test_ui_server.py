@@ -625,10 +625,10 @@ async def test_the_revoke_button_revokes_the_board_as_the_api_does(env: ServerEn
     reader = create_token(env.app[STORE], "viewer", "read")
     await _login(env, reader)
     page = await (await env.client.get("/ui/boards/board-0")).text()
-    assert re.search(r'value="revoke" class="danger" disabled>', page)  # shown, not usable
+    assert re.search(r'value="revoke" class="danger" data-confirm="[^"]*" disabled>', page)
     csrf = await _login(env)
     page = await (await env.client.get("/ui/boards/board-0")).text()
-    assert re.search(r'value="revoke" class="danger">Revoke board-0<', page)
+    assert re.search(r'value="revoke" class="danger" data-confirm="[^"]*">Revoke board-0<', page)
     resp = await env.client.post("/ui/boards/board-0/revoke", data={"csrf": csrf},
                                  allow_redirects=False)
     assert resp.status == 303 and resp.headers["Location"] == "/ui/boards/board-0"
