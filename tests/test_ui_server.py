@@ -677,7 +677,7 @@ async def test_the_audit_page_shows_the_log_newest_first_bounded_as_the_api(
     assert "Older entries are not shown" in two
     mine = await (await env.client.get("/ui/audit?actor=viewer")).text()
     assert [int(i) for i in re.findall(r'data-audit-id="(\d+)"', mine)] == [newest["id"]]
-    for bad in ("0", "1001", "x", "-1"):
+    for bad in ("0", "1001", "x", "-1", "%205", "5.0", ""):
         ui = await env.client.get(f"/ui/audit?limit={bad}")
         via_api = await env.client.get(f"/v1/audit?limit={bad}", headers=env.bearer)
         assert ui.status == via_api.status == 400, bad

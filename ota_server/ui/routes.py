@@ -472,7 +472,7 @@ async def release_yank(request: web.Request, session: Session) -> web.Response:
 async def audit(request: web.Request, session: Session) -> web.Response:
     """The audit log, newest first: ?limit= (default 100, at most 1000) and ?actor=, checked
     as GET /v1/audit checks them (audit_entries)."""
-    limit = request.query.get("limit", AUDIT_ROWS).strip()
+    limit = request.query.get("limit", AUDIT_ROWS)
     actor = request.query.get("actor", "").strip()[:100] or None
     entries = audit_entries(request.app[state.STORE], limit, actor)
     return _render(request, session, "audit.html",
