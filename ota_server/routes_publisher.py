@@ -25,6 +25,7 @@ from ota_server.middleware import admin, publisher, reader
 from ota_server.rollout import bucket_of, normalize_policy, percent_policy
 from ota_server.storage import MetadataStore, Release
 from ota_server.storage.blobs import BlobHashMismatch, BlobTooLarge
+from ota_server.storage.records import AuditEntry
 from ota_server.validation import (
     BodyTimeout,
     blob_id,
@@ -42,7 +43,7 @@ from signing.manifest import MANIFEST_PAYLOAD_TYPE, Manifest
 from signing.verify import verify_manifest
 
 _MAX_MISSING_QUERY = 10_000
-_MAX_AUDIT_ROWS = 1000
+MAX_AUDIT_ROWS = 1000
 _MAX_TAGS = 32
 _CHUNK = 256 * 1024
 
@@ -320,8 +321,20 @@ async def yank_release(request: web.Request) -> web.Response:
     doc = await read_json(request, "yank", request.app[state.SETTINGS].limits.max_json_bytes) \
         if request.can_read_body else {}
     force = optional(doc, "force", bool, "yank") or False
-    store = request.app[state.STORE]
     request[state.AUDIT_TARGET] = f"{app_name} {version[:40]}"
+    return web.json_response(yank(request.app[state.STORE], app_name, version, force=force))
+
+
+# The API's yank handler above and the dashboard's Yank button (ota_server/ui) both go through
+# yank, as the rollout actions go through act_on_rollout: one set of rules for both.
+def yank(store: MetadataStore, app_name: str, version: str, *, force: bool) -> dict[str, Any]:
+    """Yank release `version` of `app_name` (a checked name); with `force`, abort its active
+    or paused rollouts first. The yanked release's view with `aborted`, the channels whose
+    rollouts were aborted.
+
+    Raises BadRequest for a version that is not semantic, NotFound (`unknown_release`) for an
+    unknown release, Conflict (`rollout_active`) while it rolls out and `force` is not given.
+    """
     release = _release_of(store, app_name, version)
     rolling = store.rollouts_of(release.id)
     if rolling and not force:
@@ -332,7 +345,7 @@ async def yank_release(request: web.Request) -> web.Response:
         store.update_rollout(found.id, state="aborted",
                              reason=f"aborted: {app_name} {version} was yanked")
     yanked = store.yank_release(release.id)
-    return web.json_response({**yanked.view(), "aborted": [r.channel for r in rolling]})
+    return {**yanked.view(), "aborted": [r.channel for r in rolling]}
 
 
 def _registered(request: web.Request) -> Release:
@@ -473,12 +486,21 @@ async def show_device(request: web.Request) -> web.Response:
 @admin
 async def revoke_device(request: web.Request) -> web.Response:
     """Revoke a board: its requests are refused from now on (403 `revoked`)."""
-    found = _device_or_404(request)
-    store = request.app[state.STORE]
+    return web.json_response(
+        revoke_board(request.app[state.STORE], request.match_info["device_id"]))
+
+
+# The API's revoke handler above and the dashboard's Revoke button both go through this.
+def revoke_board(store: MetadataStore, device_id: str) -> dict[str, Any]:
+    """Revoke the board `device_id` (a board revoked before keeps its first time); its public
+    view afterwards. Raises NotFound (`unknown_device`) for an unknown board."""
+    found = store.device(device_id)
+    if found is None:
+        raise NotFound(f"no device {device_id[:80]!r}", code="unknown_device")
     store.revoke_device(found.device_id)
     revoked = store.device(found.device_id)
     assert revoked is not None
-    return web.json_response(revoked.public_view())
+    return revoked.public_view()
 
 
 # -- channels and rollouts --------------------------------------------------------------------
@@ -640,10 +662,16 @@ async def revoke_token(request: web.Request) -> web.Response:
 @reader
 async def list_audit(request: web.Request) -> web.Response:
     """The newest audit entries, oldest first: ?limit= (1..1000, default 100), ?actor=."""
-    raw = request.query.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= _MAX_AUDIT_ROWS:
-        raise BadRequest(f"audit: limit must be an integer from 1 to {_MAX_AUDIT_ROWS}",
-                         code="bad_field")
-    actor = request.query.get("actor")
-    entries = request.app[state.STORE].list_audit(int(raw), actor)
+    entries = audit_entries(request.app[state.STORE], request.query.get("limit", "100"),
+                            request.query.get("actor"))
     return web.json_response({"entries": [e.view() for e in entries]})
+
+
+def audit_entries(store: MetadataStore, raw_limit: str, actor: str | None) -> list[AuditEntry]:
+    """The newest `raw_limit` audit entries (of `actor` when given), oldest first: the API's
+    GET /v1/audit and the dashboard's audit page. Raises BadRequest unless `raw_limit` is an
+    integer from 1 to MAX_AUDIT_ROWS."""
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_AUDIT_ROWS:
+        raise BadRequest(f"audit: limit must be an integer from 1 to {MAX_AUDIT_ROWS}",
+                         code="bad_field")
+    return store.list_audit(int(raw_limit), actor)

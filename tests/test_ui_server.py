@@ -47,7 +47,8 @@ def _dashboard_routes() -> dict[tuple[str, str], Any]:
 ROUTES = _dashboard_routes()
 # Every route but the open ones (the login, static files), a path parameter filled in.
 GUARDED = sorted((m, p.replace("{device_id}", "board-0").replace("{channel}", "stable")
-                  .replace("{action}", "pause"))
+                  .replace("{action}", "pause").replace("{app}", "demo")
+                  .replace("{version}", "1.0.0"))
                  for (m, p) in ROUTES if (m, p) not in OPEN_ROUTES)
 
 
@@ -60,6 +61,10 @@ def test_every_dashboard_route_is_open_by_name_or_needs_a_session_with_a_scope()
             assert session_scope(handler) in ui_sessions.SCOPES, (method, path)
     # acting on a rollout needs more than seeing
     assert session_scope(ROUTES[("POST", "/ui/rollouts/{channel}/{action}")]) == "publish"
+    # the scopes the API's own routes need for the same actions (ota_server.tokens)
+    assert session_scope(ROUTES[("POST", "/ui/releases/{app}/{version}/yank")]) == "publish"
+    assert session_scope(ROUTES[("POST", "/ui/boards/{device_id}/revoke")]) == "admin"
+    assert session_scope(ROUTES[("GET", "/ui/audit")]) == "read"
 
 
 async def _login(env: ServerEnv, token: str | None = None) -> str:
@@ -511,3 +516,169 @@ async def test_the_session_cookie_is_secure_behind_an_https_proxy(env: ServerEnv
     assert resp.status == 303
     header = [h for h in resp.headers.getall("Set-Cookie") if h.startswith(COOKIE + "=")]
     assert len(header) == 1 and "Secure" in header[0]
+
+
+# -- yank, revoke and the audit page -----------------------------------------------------------
+
+def _page_text(html: str) -> str:
+    """The page's text as a reader sees it: entities decoded (quotes come escaped)."""
+    import html as html_module
+
+    return html_module.unescape(html)
+
+
+async def _api_release(env: ServerEnv, version: str) -> dict[str, Any]:
+    resp = await env.client.get("/v1/releases?app=demo", headers=env.bearer)
+    assert resp.status == 200
+    (found,) = [r for r in (await resp.json())["releases"] if r["version"] == version]
+    result: dict[str, Any] = found
+    return result
+
+
+async def test_the_yank_button_takes_the_apis_path_its_refusal_and_its_force(
+        env: ServerEnv) -> None:
+    await _rollout_fleet(env)
+    csrf = await _login(env, create_token(env.app[STORE], "operator", "publish"))
+    page = _page_text(await (await env.client.get("/ui/releases")).text())
+    assert 'value="force" class="danger"' in page
+    assert "aborts the rollout on stable (active)" in page
+    # refused while the rollout is active, with the API's own message, and nothing changes
+    resp = await env.client.post("/ui/releases/demo/1.0.0/yank", data={"csrf": csrf},
+                                 allow_redirects=False)
+    assert resp.status == 303
+    assert resp.headers["Location"] == "/ui/releases#release-demo-1.0.0"
+    api = await env.client.post("/v1/releases/demo/1.0.0/yank", headers=env.bearer)
+    assert api.status == 409 and (await api.json())["code"] == "rollout_active"
+    page = _page_text(await (await env.client.get("/ui/releases")).text())
+    assert f"demo 1.0.0: not yanked: {(await api.json())['message']}" in page
+    assert (await _api_release(env, "1.0.0"))["yanked"] is None
+    assert (await env.rollout())["state"] == "active"
+    # the separate force button aborts the rollout and yanks, as {"force": true} does
+    resp = await env.client.post("/ui/releases/demo/1.0.0/yank",
+                                 data={"csrf": csrf, "force": "yes"}, allow_redirects=False)
+    assert resp.status == 303
+    assert (await _api_release(env, "1.0.0"))["yanked"] is not None
+    rollout_now = await env.rollout()
+    assert (rollout_now["state"], rollout_now["reason"]) == (
+        "aborted", "aborted: demo 1.0.0 was yanked")
+    page = _page_text(await (await env.client.get("/ui/releases")).text())
+    assert "demo 1.0.0: yanked; no board is offered it from now on (rollouts aborted on " \
+        "stable)." in page
+    assert 'data-field="yanked"' in page and 'value="force"' not in page
+    # an unknown release and a version that is not one: the API's refusals, as messages
+    for version, shown in (("9.9.9", "no release 'demo' 9.9.9"),
+                           ("latest", "is not a semantic version")):
+        resp = await env.client.post(f"/ui/releases/demo/{version}/yank", data={"csrf": csrf},
+                                     allow_redirects=False)
+        assert resp.status == 303
+        assert shown in _page_text(await (await env.client.get("/ui/releases")).text())
+    entries = [e for e in env.app[STORE].list_audit(100) if e.actor == "operator"]
+    assert [(e.action, e.target, e.status, e.outcome) for e in entries] == [
+        ("POST /ui/releases/{app}/{version}/yank", "demo 1.0.0", 409, "rollout_active"),
+        ("POST /ui/releases/{app}/{version}/yank", "demo 1.0.0 (force)", 303, "ok"),
+        ("POST /ui/releases/{app}/{version}/yank", "demo 9.9.9", 404, "unknown_release"),
+        ("POST /ui/releases/{app}/{version}/yank", "demo latest", 400, "bad_field")]
+
+
+async def test_a_release_without_a_rollout_is_yanked_at_once_and_shows_its_signers(
+        env: ServerEnv) -> None:
+    await env.publish({"app_main.py": b"v1\n"}, version="1.0.0", sequence=1)
+    csrf = await _login(env)
+    signers = (await _api_release(env, "1.0.0"))["signers"]
+    assert signers
+    page = await (await env.client.get("/ui/releases")).text()
+    assert all(f'<code class="hash">{k}</code>' in page for k in signers)
+    assert 'value="force"' not in page  # nothing rolls it out: no force button
+    resp = await env.client.post("/ui/releases/demo/1.0.0/yank", data={"csrf": csrf},
+                                 allow_redirects=False)
+    assert resp.status == 303
+    assert (await _api_release(env, "1.0.0"))["yanked"] is not None
+
+
+@pytest.mark.parametrize(("path", "scope"), [("/ui/releases/demo/1.0.0/yank", "read"),
+                                              ("/ui/boards/board-0/revoke", "publish")])
+async def test_yank_and_revoke_are_refused_below_their_scope_and_without_csrf(
+        env: ServerEnv, path: str, scope: str) -> None:
+    await _rollout_fleet(env)
+    csrf = await _login(env, create_token(env.app[STORE], "short", scope))
+    refused = await env.client.post(path, data={"csrf": csrf, "force": "yes"},
+                                    allow_redirects=False)
+    assert refused.status == 403
+    assert (await refused.json())["code"] == "missing_scope"
+    await _login(env)  # an admin session: holds every scope, but sends no CSRF token
+    for data in ({}, {"csrf": "forged", "force": "yes"}):
+        forged = await env.client.post(path, data=data, allow_redirects=False)
+        assert forged.status == 403
+        assert (await forged.json())["code"] == "bad_csrf"
+    assert (await _api_release(env, "1.0.0"))["yanked"] is None
+    device = await env.client.get("/v1/devices/board-0", headers=env.bearer)
+    assert (await device.json())["revoked"] is None
+    assert (await env.rollout())["state"] == "active"
+    outcomes = [(e.actor, e.scope, e.status, e.outcome) for e in env.app[STORE].list_audit(100)
+                if e.action.startswith("POST /ui/")]
+    assert outcomes == [("short", scope, 403, "missing_scope"),
+                        ("tests", "admin", 403, "bad_csrf"), ("tests", "admin", 403, "bad_csrf")]
+
+
+async def test_the_revoke_button_revokes_the_board_as_the_api_does(env: ServerEnv) -> None:
+    boards = await _rollout_fleet(env)
+    reader = create_token(env.app[STORE], "viewer", "read")
+    await _login(env, reader)
+    page = await (await env.client.get("/ui/boards/board-0")).text()
+    assert re.search(r'value="revoke" class="danger" data-confirm="[^"]*" disabled>', page)
+    csrf = await _login(env)
+    page = await (await env.client.get("/ui/boards/board-0")).text()
+    assert re.search(r'value="revoke" class="danger" data-confirm="[^"]*">Revoke board-0<', page)
+    resp = await env.client.post("/ui/boards/board-0/revoke", data={"csrf": csrf},
+                                 allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"] == "/ui/boards/board-0"
+    device = await (await env.client.get("/v1/devices/board-0", headers=env.bearer)).json()
+    assert device["revoked"] is not None
+    checkin = await env.checkin(boards[0])
+    assert checkin.status == 403 and (await checkin.json())["code"] == "revoked"
+    assert (await env.checkin(boards[1])).status in (200, 204)  # the others are untouched
+    page = await (await env.client.get("/ui/boards/board-0")).text()
+    assert "board-0: revoked; its requests are refused from now on" in page
+    assert 'value="revoke"' not in page and "This board was revoked" in page
+    # an unknown board: the API's refusal
+    unknown = await env.client.post("/ui/boards/board-9/revoke", data={"csrf": csrf},
+                                    allow_redirects=False)
+    api = await env.client.post("/v1/devices/board-9/revoke", headers=env.bearer)
+    assert unknown.status == api.status == 404
+    assert (await unknown.json())["code"] == (await api.json())["code"] == "unknown_device"
+    entries = [(e.action, e.target, e.status, e.outcome)
+               for e in env.app[STORE].list_audit(100) if e.action.startswith("POST /ui/")]
+    assert entries == [("POST /ui/boards/{device_id}/revoke", "board-0", 303, "ok"),
+                       ("POST /ui/boards/{device_id}/revoke", "board-9", 404, "unknown_device")]
+
+
+async def test_the_audit_page_shows_the_log_newest_first_bounded_as_the_api(
+        env: ServerEnv) -> None:
+    await _rollout_fleet(env)
+    csrf = await _login(env, create_token(env.app[STORE], "viewer", "read"))
+    await env.client.post("/ui/rollouts/stable/pause", data={"csrf": csrf},
+                          allow_redirects=False)  # refused, and recorded
+    api = (await (await env.client.get("/v1/audit?limit=1000", headers=env.bearer))
+           .json())["entries"]
+    assert len(api) >= 4
+    page = await (await env.client.get("/ui/audit")).text()
+    shown = [int(i) for i in re.findall(r'data-audit-id="(\d+)"', page)]
+    assert shown == [e["id"] for e in reversed(api)]
+    newest = api[-1]
+    assert (newest["actor"], newest["outcome"]) == ("viewer", "missing_scope")
+    row = page[page.index(f'data-audit-id="{newest["id"]}"'):]
+    row = row[:row.index("</tr>")]
+    for text in ("viewer", "(read)", "POST /ui/rollouts/{channel}/{action}",
+                 "403 missing_scope"):
+        assert text in _page_text(row), text
+    two = await (await env.client.get("/ui/audit?limit=2")).text()
+    assert [int(i) for i in re.findall(r'data-audit-id="(\d+)"', two)] == \
+        [api[-1]["id"], api[-2]["id"]]
+    assert "Older entries, if any, are not shown" in two
+    mine = await (await env.client.get("/ui/audit?actor=viewer")).text()
+    assert [int(i) for i in re.findall(r'data-audit-id="(\d+)"', mine)] == [newest["id"]]
+    for bad in ("0", "1001", "x", "-1", "%205", "5.0", ""):
+        ui = await env.client.get(f"/ui/audit?limit={bad}")
+        via_api = await env.client.get(f"/v1/audit?limit={bad}", headers=env.bearer)
+        assert ui.status == via_api.status == 400, bad
+        assert (await ui.json()) == (await via_api.json())

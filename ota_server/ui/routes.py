@@ -4,8 +4,9 @@ Every route is `@public` to the API's bearer-token middleware and checks its own
 here (`_guard`): a page without a session redirects to the login, anything else without one
 is refused (401); a POST needs the session's CSRF token (403 without it); each route names the
 scope it needs (`require_scope`). The pages read the store through the same functions as the
-API (ota_server.rollout.status, the store's methods); the rollout buttons go through
-ota_server.routes_publisher.act_on_rollout, the API handlers' own path.
+API (ota_server.rollout.status, the store's methods); the buttons go through the API
+handlers' own functions in ota_server.routes_publisher: act_on_rollout (Pause, Resume, Advance,
+Abort), yank (Yank) and revoke_board (Revoke), so the rules and refusals are the API's.
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ from aiohttp import web
 from ota_server import rollout, state
 from ota_server.errors import ApiError, BadRequest, NotFound, Unauthorized
 from ota_server.middleware import public, record_audit
-from ota_server.routes_publisher import ROLLOUT_ACTIONS, act_on_rollout
+from ota_server.routes_publisher import (
+    ROLLOUT_ACTIONS,
+    act_on_rollout,
+    audit_entries,
+    revoke_board,
+    yank,
+)
 from ota_server.storage.fleet_view import BOARD_STATUSES, MAX_PAGE, BoardFilter
 from ota_server.storage.records import Token
 from ota_server.tokens import token_hash
@@ -53,6 +60,7 @@ SILENT_AFTER = web.AppKey("ui_silent_after_s", int)
 # Silent boards).
 SILENT_AFTER_S = 2 * 3600
 PAGE_SIZE = 50
+AUDIT_ROWS = "100"  # the audit page's default bound, as GET /v1/audit's
 _SEEN_WITHIN = {"1h": 3600, "24h": 86400, "7d": 7 * 86400}
 _STATIC = ("dashboard.css", "live.js")
 _STATIC_TYPES = {"css": "text/css", "js": "text/javascript"}
@@ -395,6 +403,17 @@ async def board(request: web.Request, session: Session) -> web.Response:
                     "deployments": store.board_deployments(device_id)})
 
 
+@_guard("admin")
+async def board_revoke(request: web.Request, session: Session) -> web.Response:
+    """The Revoke button: the API's own path (revoke_board); the board's page says so."""
+    device_id = request.match_info["device_id"]
+    request[state.AUDIT_TARGET] = device_id[:80]
+    revoked = revoke_board(request.app[state.STORE], device_id)
+    session.tell(f"{device_id}: revoked; its requests are refused from now on "
+                 f"(since {_when(revoked['revoked'])}).")
+    return _see_other(f"/ui/boards/{quote(device_id, safe='')}")
+
+
 def _release_files(request: web.Request, release_id: int) -> list[dict[str, Any]]:
     """The files of a release from its stored manifest (verified when it was registered)."""
     from signing.dsse import parse_envelope
@@ -419,14 +438,46 @@ async def releases(request: web.Request, session: Session) -> web.Response:
             pointing.setdefault(base.id, []).append(f"{channel} (base)")
     now = int(time.time())
     rows = [{"release": r, "expired": r.expired(now), "channels": pointing.get(r.id, []),
+             "rolling": [f"{x.channel} ({x.state})" for x in store.rollouts_of(r.id)]
+             if r.yanked is None else [],
              "files": _release_files(request, r.id)}
             for r in reversed(store.list_releases())]
     return _render(request, session, "releases.html", {"rows": rows})
 
 
+@_guard("publish")
+async def release_yank(request: web.Request, session: Session) -> web.Response:
+    """The Yank button (and, as its own button, Yank with force): the API's own path (yank);
+    a refusal such as `rollout_active` is shown as a message on the releases page."""
+    app_name = name(request.match_info["app"], "app")
+    version = request.match_info["version"]
+    form = await request.post()
+    force = form.get("force") == "yes"
+    request[state.AUDIT_TARGET] = f"{app_name} {version[:40]}" + (" (force)" if force else "")
+    try:
+        result = yank(request.app[state.STORE], app_name, version, force=force)
+    except ApiError as err:
+        request[ACTION_OUTCOME] = (err.status, err.code)
+        hint = "; use “Abort its rollouts and yank” to do both here" \
+            if err.code == "rollout_active" else ""
+        session.tell(f"{app_name} {version[:40]}: not yanked: {err.message}{hint}.")
+    else:
+        aborted = result["aborted"]
+        session.tell(f"{app_name} {version}: yanked; no board is offered it from now on"
+                     + (f" (rollouts aborted on {', '.join(aborted)})." if aborted else "."))
+    return _see_other(f"/ui/releases#release-{quote(app_name)}-{quote(version[:40])}")
+
+
 @_guard("read")
 async def audit(request: web.Request, session: Session) -> web.Response:
-    return _render(request, session, "audit.html", {})
+    """The audit log, newest first: ?limit= (default 100, at most 1000) and ?actor=, checked
+    as GET /v1/audit checks them (audit_entries)."""
+    limit = request.query.get("limit", AUDIT_ROWS)
+    actor = request.query.get("actor", "").strip()[:100] or None
+    entries = audit_entries(request.app[state.STORE], limit, actor)
+    return _render(request, session, "audit.html",
+                   {"entries": list(reversed(entries)), "limit": int(limit),
+                    "actor": actor or "", "bounded": len(entries) == int(limit)})
 
 
 # -- live -------------------------------------------------------------------------------------
@@ -510,7 +561,9 @@ _ROUTES: list[tuple[str, str, Any]] = [
     ("POST", "/ui/rollouts/{channel}/{action}", rollout_action),
     ("GET", "/ui/boards", boards),
     ("GET", "/ui/boards/{device_id}", board),
+    ("POST", "/ui/boards/{device_id}/revoke", board_revoke),
     ("GET", "/ui/releases", releases),
+    ("POST", "/ui/releases/{app}/{version}/yank", release_yank),
     ("GET", "/ui/audit", audit),
     ("GET", "/ui/live.json", live),
     ("GET", "/ui/static/{name}", static),

@@ -81,9 +81,10 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
-    document.querySelectorAll('button[value="abort"]').forEach(function (button) {
+    // The buttons that cannot be undone name their question in data-confirm.
+    document.querySelectorAll("button[data-confirm]").forEach(function (button) {
       button.form.addEventListener("submit", function (event) {
-        if (!window.confirm("Abort this rollout? Boards that have not started it will not get it.")) {
+        if (!window.confirm(button.dataset.confirm)) {
           event.preventDefault();
         }
       });
