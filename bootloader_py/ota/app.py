@@ -90,8 +90,8 @@ def start(st, cfg):
 def _empty(slot):
     """True when the slot holds no file: a board provisioned without an app."""
     import os
-    try:
-        return not os.listdir(state.slot_path(slot))
+    try:  # listed by bytes: names a damaged FAT directory holds are not UTF-8
+        return not os.listdir(state.slot_path(slot).encode())
     except OSError:  # no such directory
         return True
 

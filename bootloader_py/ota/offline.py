@@ -102,18 +102,21 @@ def staged_time(buf):
 
 
 def discard():
-    """Remove the staging area: the envelope first, so a cut part-way leaves no release."""
+    """Remove the staging area: the envelope first, so a cut part-way leaves no release. A
+    staging area that does not list whole and sound (slots.listdir) is set aside instead."""
     try:
         os.remove(ENVELOPE)
     except OSError:
         pass  # gone already (a removal cut short, or a release that never had one)
+    from ota import slots
     try:
-        names = [e[0] for e in os.ilistdir(STAGED)]
+        for e in slots.listdir(STAGED):
+            os.remove(STAGED + "/" + e[0])
+        os.rmdir(STAGED)
     except OSError:
-        return
-    for name in names:
-        os.remove(STAGED + "/" + name)
-    os.rmdir(STAGED)
+        if slots.exists(STAGED):  # damaged (a FAT directory sector a cut left erased or torn)
+            from ota import recovery
+            recovery.set_aside(STAGED)  # its entries untouched (ota/recovery.py)
 
 
 def check(st, cfg):

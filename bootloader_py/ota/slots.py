@@ -28,6 +28,12 @@ OFFER = "/ota/offer.lst"
 # + 128 (path: trust.MAX_PATH_LENGTH, bytes of UTF-8) + 5 spaces + newline = 309.
 _LINE = const(309)
 _DIR = const(0x4000)
+_MAX_PATH = const(128)  # trust.MAX_PATH_LENGTH: no slot path is longer
+# ota/recovery.py is loaded only when a directory is damaged, by __import__ of a string of over
+# 10 characters: MicroPython interns shorter strings, and names (an `import`'s too), as qstrs when
+# this module loads, and the update ends a qstr below the pool's next step (docs/board.md,
+# Memory budget).
+_EIO = const(5)  # a damaged directory: what listdir raises, and the walks' way to recovery
 
 # A file entry as read from a list: a tuple (path, sha256, size, encoding, blob, transfer_size).
 # Private consts, repeated in update.py (tests/test_board_files.py checks they agree): a public
@@ -181,24 +187,53 @@ def clear_strays(root):
 
     A walk without recursion (a path of 128 bytes can be 64 directories deep): the directories
     in the order met, parents before children, then the unlisted ones removed deepest first.
+    A directory that does not list whole and sound (listdir), or whose stray will not go,
+    is damaged: the whole slot is set aside, none of its entries touched, and a fresh empty
+    one made (ota/recovery.py; UpdateFailed when no more can be set aside).
     """
     makedirs(root + "/")
     cut = len(root) + 1
     dirs = [root]
     i = 0
-    while i < len(dirs):
-        top = dirs[i]
-        i += 1
-        for entry in list(os.ilistdir(top)):  # listed first: entries are removed while walking
-            path = top + "/" + entry[0]
-            if entry[1] == _DIR:
-                dirs.append(path)
-            elif not listed(path[cut:]):
-                os.remove(path)
-    while len(dirs) > 1:
-        top = dirs.pop()
-        if not _listed_dir(top[cut:]):
-            os.rmdir(top)
+    try:
+        while i < len(dirs):
+            top = dirs[i]
+            i += 1
+            for entry in listdir(top):  # listed first: entries are removed while walking
+                path = top + "/" + entry[0]
+                if entry[1] == _DIR:
+                    if len(path) - cut > _MAX_PATH:  # deeper than any path: garbage in a loop
+                        raise OSError(_EIO)
+                    dirs.append(path)
+                elif not listed(path[cut:]):
+                    os.remove(path)
+        while len(dirs) > 1:
+            top = dirs.pop()
+            if not _listed_dir(top[cut:]):
+                os.rmdir(top)
+    except OSError:  # the flash's errors too: the slot is rebuilt from nothing
+        __import__("ota.recovery", None, None, ("replace",)).replace(root)
+
+
+def listdir(top):
+    """The entries of the directory `top`, listed whole; OSError (EIO) when it is damaged.
+
+    A FAT directory sector that a power cut left erased or torn lists names that are not
+    UTF-8 (MicroPython raises UnicodeError building them), names with control characters, or
+    sizes larger than the filesystem. Such entries are never acted on: removing one would free
+    whatever clusters it points to (docs/board.md, Flash and power cuts).
+    """
+    try:
+        found = list(os.ilistdir(top))
+        limit = os.statvfs(top)
+        limit = limit[0] * limit[2]
+    except UnicodeError:
+        raise OSError(_EIO)
+    for entry in found:
+        raw = entry[0].encode()
+        if not raw or min(raw) < 32 or 127 in raw or (len(entry) > 3 and entry[3] > limit):
+            raise OSError(_EIO)
+    return found
 
 
 def path_key(path):
@@ -208,14 +243,19 @@ def path_key(path):
 
 def count_files(root, keys):
     """The number of files under `root`, each of whose paths (relative to root) has its
-    path_key in `keys`; UpdateFailed at the first other file, or at an empty directory."""
+    path_key in `keys`; UpdateFailed at the first other file, at an empty directory, or at a
+    damaged one (listdir: the next update's clear_strays sets the slot aside)."""
     cut = len(root) + 1
     n = 0
     todo = [root]
     while todo:
         top = todo.pop()
         empty = True
-        for entry in os.ilistdir(top):
+        try:
+            found = listdir(top)
+        except OSError:
+            raise UpdateFailed("damaged directory: " + top)
+        for entry in found:
             empty = False
             path = top + "/" + entry[0]
             if entry[1] == _DIR:
@@ -230,11 +270,18 @@ def count_files(root, keys):
 
 
 def clear_parts():
-    """Drop partial downloads that no file of the offer list needs."""
+    """Drop partial downloads that no file of the offer list needs. A damaged /ota/part (a
+    listing that is not whole and sound, an entry that is not a part file or will not go) is
+    set aside and made again empty, as a damaged slot is (clear_strays)."""
     makedirs(PART_DIR + "/")
-    for entry in list(os.ilistdir(PART_DIR)):
-        if not _needs_blob(entry[0]):
-            os.remove(PART_DIR + "/" + entry[0])
+    try:
+        for entry in listdir(PART_DIR):
+            if entry[1] == _DIR or len(entry[0]) != 64:  # a part file is named by its blob
+                raise OSError(_EIO)
+            if not _needs_blob(entry[0]):
+                os.remove(PART_DIR + "/" + entry[0])
+    except OSError:
+        __import__("ota.recovery", None, None, ("replace",)).replace(PART_DIR)
 
 
 def _needs_blob(blob):

@@ -14,6 +14,9 @@ import vfs
 
 _DIR = const(0x4000)
 _CHUNK = const(4096)
+# Longer paths than any board file's (a slot's 128-byte paths under /app/<slot>) are garbage
+# directories pointing at their own ancestors: the mirror stops there.
+_DEEPEST = const(256)
 
 
 def _env_int(name, default):
@@ -85,7 +88,14 @@ def _remove_tree(path):
 
 
 def _pull(rel, buf, other):
-    image = _kinds("/img" + rel)
+    try:
+        if len(rel) > _DEEPEST:
+            raise OSError("deeper than any board path")
+        image = _kinds("/img" + rel)
+    except OSError as err:  # a directory whose sector a cut left as garbage: the board
+        # cannot list it either (ota/recovery.py sets such a directory aside, its garbage kept)
+        print("vboard: /img%s does not list (%s): left out" % (rel, err))
+        image = {}
     host = _kinds("/host" + rel)
     for name, kind in host.items():
         if image.get(name) != kind:
@@ -98,8 +108,12 @@ def _pull(rel, buf, other):
         src = "/img" + rel + "/" + name
         dst = "/host" + rel + "/" + name
         if kind == _DIR:
-            if name not in host:
-                os.mkdir(dst)
+            try:
+                if name not in host:
+                    os.mkdir(dst)
+            except OSError as err:  # a garbage name the host refuses
+                print("vboard: %s cannot be mirrored (%s): left out" % (src, err))
+                continue
             _pull(rel + "/" + name, buf, other)
         else:
             try:
