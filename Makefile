@@ -36,6 +36,9 @@ cluster-components: $(STAMP)
 	@test -x $(PG_BINDIR)/initdb || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }
 	@$(PY) -m tools.cluster.nginx
+	@command -v systemd-analyze >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		systemd >/dev/null; }  # `systemd-analyze verify` of deploy/'s unit (tests/test_deploy.py)
 
 # The dashboard's browser tests (tests/test_ui_*.py) drive Debian's own Chromium and its driver;
 # no browser is downloaded from anywhere else.

@@ -38,7 +38,7 @@ def _tool(name: str, *candidates: Path) -> Path:
             return path
     found = shutil.which(name)
     if found is None:
-        pytest.skip(f"{name} is not available (`make pytest` unpacks Debian's nginx)")
+        pytest.fail(f"{name} is not installed: `make pytest` installs Debian's systemd for it")
     return Path(found)
 
 

@@ -34,6 +34,7 @@ import asyncpg
 from ota_server.storage.errors import StoreConflict, StoreError, StoreNotFound, StoreUnavailable
 from ota_server.storage.records import (
     HISTORY_PER_DEVICE,
+    INVENTORY_FIELDS,
     AuditEntry,
     Deployment,
     DeploymentCounts,
@@ -44,8 +45,6 @@ from ota_server.storage.records import (
     Token,
 )
 
-_INVENTORY = ("app", "version", "sequence", "root_version", "micropython", "mem_free", "slot",
-              "last_seen", "last_status", "last_error")
 # The replay check and the write are one statement: it matches only a smaller stored counter.
 _ADVANCE_COUNTER = ("UPDATE devices SET counter = $1, last_seen = $2 "
                     "WHERE device_id = $3 AND counter < $1")
@@ -56,7 +55,7 @@ _RELEASE_SELECT = ("SELECT r.id, r.app, r.version, r.sequence, r.boards, r.creat
                    "ARRAY(SELECT b.blob FROM release_blobs b WHERE b.release_id = r.id "
                    "ORDER BY b.blob) AS blobs FROM releases r")
 _DEVICE_COLUMNS = ("device_id, public_key, board, tags, channel, bucket, counter, created, "
-                   "revoked, " + ", ".join(_INVENTORY))
+                   "revoked, " + ", ".join(INVENTORY_FIELDS))
 # Orders as SQLite does (bytewise), whatever locale the database was created with.
 _BYTEWISE = 'COLLATE "C"'
 # pg_advisory_lock keys: one for migrations, one namespace for per-app sequence reservations.
@@ -658,10 +657,10 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 async def _record_checkin(conn: asyncpg.Connection, device_id: str,
                           inventory: dict[str, Any]) -> None:
-    fields = {k: v for k, v in inventory.items() if k in _INVENTORY}
+    fields = {k: v for k, v in inventory.items() if k in INVENTORY_FIELDS}
     if not fields:
         return
-    # Column names come from _INVENTORY only, never from the caller.
+    # Column names come from INVENTORY_FIELDS only, never from the caller.
     assigns = ", ".join(f"{name} = ${n}" for n, name in enumerate(fields, start=1))
     await conn.execute(f"UPDATE devices SET {assigns} WHERE device_id = ${len(fields) + 1}",  # noqa: S608
                        *fields.values(), device_id)
@@ -685,4 +684,4 @@ def _device(row: asyncpg.Record | None) -> Device | None:
                   board=row["board"], tags=tuple(row["tags"]), channel=row["channel"],
                   bucket=int(row["bucket"]), counter=int(row["counter"]),
                   created=int(row["created"]), revoked=row["revoked"],
-                  inventory={k: row[k] for k in _INVENTORY})
+                  inventory={k: row[k] for k in INVENTORY_FIELDS})

@@ -14,6 +14,12 @@ STARTED_STATUSES = ("downloading", "installed")
 HISTORY_PER_DEVICE = 100
 
 
+# The inventory a board reports at check-in and the server keeps in its device row
+# (Device.inventory), the same columns in every metadata store.
+INVENTORY_FIELDS = ("app", "version", "sequence", "root_version", "micropython", "mem_free",
+                    "slot", "last_seen", "last_status", "last_error")
+
+
 @dataclass(frozen=True)
 class Device:
     device_id: str

@@ -30,6 +30,7 @@ from ota_server.storage.fleet_view import (
 )
 from ota_server.storage.records import (
     HISTORY_PER_DEVICE,
+    INVENTORY_FIELDS,
     AuditEntry,
     Deployment,
     DeploymentCounts,
@@ -40,8 +41,6 @@ from ota_server.storage.records import (
     Token,
 )
 
-_INVENTORY = ("app", "version", "sequence", "root_version", "micropython", "mem_free", "slot",
-              "last_seen", "last_status", "last_error")
 # The replay check and the write are one statement: it matches only a smaller stored counter.
 _ADVANCE_COUNTER = ("UPDATE devices SET counter = ?, last_seen = ? "
                     "WHERE device_id = ? AND counter < ?")
@@ -51,7 +50,7 @@ _RELEASE_COLUMNS = "id, app, version, sequence, boards, created, expires, yanked
 _OFFER = ("INSERT INTO deployments (device_id, release_id, status, updated, channel) "
           "VALUES (?, ?, 'offered', ?, ?) ON CONFLICT(device_id, release_id) DO NOTHING")
 _DEVICE_COLUMNS = ("device_id, public_key, board, tags, channel, bucket, counter, created, "
-                   "revoked, " + ", ".join(_INVENTORY))
+                   "revoked, " + ", ".join(INVENTORY_FIELDS))
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -357,7 +356,7 @@ class SqliteStore:
     def _device(row: sqlite3.Row | None) -> Device | None:
         if row is None:
             return None
-        inventory = {k: row[k] for k in _INVENTORY}
+        inventory = {k: row[k] for k in INVENTORY_FIELDS}
         return Device(device_id=row["device_id"], public_key=bytes(row["public_key"]),
                       board=row["board"], tags=tuple(json.loads(row["tags"])),
                       channel=row["channel"], bucket=int(row["bucket"]),
@@ -420,7 +419,7 @@ class SqliteStore:
                     .rowcount == 1 for device_id, counter in advances]
 
     def record_checkin(self, device_id: str, inventory: dict[str, Any]) -> None:
-        fields = {k: v for k, v in inventory.items() if k in _INVENTORY}
+        fields = {k: v for k, v in inventory.items() if k in INVENTORY_FIELDS}
         if not fields:
             return
         assigns = ", ".join(f"{k} = ?" for k in fields)
