@@ -74,7 +74,7 @@ def fill_boards(db: Path, count: int, now: int) -> None:
         "last_seen, last_status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         rows)
     db_conn.execute("COMMIT")
-    store.close()
+    asyncio.run(store.close())
 
 
 async def measure(boards: int) -> dict[str, Any]:

@@ -156,17 +156,20 @@ class Board:
 
 
 def register_boards(settings: Settings, prefix: str, count: int) -> list[Board]:
-    store = SqliteStore(settings.db_path)
-    boards = []
-    try:
-        for i in range(count):
-            board = Board(f"{prefix}-{i:06d}", keymod.generate_private_key())
-            store.add_device(board.device_id, keymod.public_point(board.key), "unix", [],
-                             "stable", bucket_of(board.device_id))
-            boards.append(board)
-    finally:
-        store.close()
-    return boards
+    async def register() -> list[Board]:
+        store = SqliteStore(settings.db_path)
+        boards = []
+        try:
+            for i in range(count):
+                board = Board(f"{prefix}-{i:06d}", keymod.generate_private_key())
+                await store.add_device(board.device_id, keymod.public_point(board.key), "unix",
+                                       [], "stable", bucket_of(board.device_id))
+                boards.append(board)
+        finally:
+            await store.close()
+        return boards
+
+    return asyncio.run(register())
 
 
 CHECKIN_MEM_FREE = 60000
@@ -296,21 +299,25 @@ def s3(srv: LocalServer, boards: list[Board], envelope_size: int, work: Path,
 def not_recorded(db_path: Path, boards: list[Board]) -> list[str]:
     """The boards of `boards` whose check-in the database does not hold (counter, last-seen,
     the inventory they sent, the offer), read after the server stopped."""
-    store = SqliteStore(db_path)
-    try:
-        release = store.release("demo", 1)
-        assert release is not None
-        missing = []
-        for board in boards:
-            found = store.device(board.device_id)
-            if found is None or found.counter != board.counter \
-                    or found.inventory["last_seen"] is None \
-                    or found.inventory["mem_free"] != CHECKIN_MEM_FREE \
-                    or store.deployment_status(board.device_id, release.id) != "offered":
-                missing.append(board.device_id)
-        return missing
-    finally:
-        store.close()
+    async def check() -> list[str]:
+        store = SqliteStore(db_path)
+        try:
+            release = await store.release("demo", 1)
+            assert release is not None
+            missing = []
+            for board in boards:
+                found = await store.device(board.device_id)
+                if found is None or found.counter != board.counter \
+                        or found.inventory["last_seen"] is None \
+                        or found.inventory["mem_free"] != CHECKIN_MEM_FREE \
+                        or await store.deployment_status(board.device_id, release.id) \
+                        != "offered":
+                    missing.append(board.device_id)
+            return missing
+        finally:
+            await store.close()
+
+    return asyncio.run(check())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 
 from aiohttp import web
 
@@ -19,6 +20,7 @@ from ota_server.middleware import (
     trim_headers,
 )
 from ota_server.settings import Settings
+from ota_server.storage import BlobStore, MetadataStore
 from ota_server.storage.blobs import FileBlobStore
 from ota_server.storage.sqlite import SqliteStore
 from ota_server.tls import ServerTls
@@ -28,13 +30,13 @@ from ota_server.trust import TrustAnchor
 @public
 async def healthz(request: web.Request) -> web.Response:
     """Liveness and readiness: the store answers."""
-    request.app[state.STORE].schema_version()
+    await request.app[state.STORE].schema_version()
     return web.json_response({"status": "ok"})
 
 
 @public
 async def metrics(request: web.Request) -> web.Response:
-    text = request.app[state.METRICS].render(request.app[state.STORE])
+    text = await request.app[state.METRICS].render(request.app[state.STORE])
     return web.Response(text=text, content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})
 
@@ -125,21 +127,50 @@ def create_app(settings: Settings) -> web.Application:
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     settings = app[state.SETTINGS]
     lock = DataDirLock(settings.data_dir)
-    lock.acquire()  # before anything touches the directory (FileBlobStore empties tmp/)
+    lock.acquire()  # one server per data directory (its SQLite file, blobs/, blob-cache/)
     try:
-        store = SqliteStore(settings.db_path)
-        try:
+        async with AsyncExitStack() as stack:
+            store = await open_metadata_store(settings)
+            stack.push_async_callback(store.close)
+            blobs = await open_blob_store(settings)
+            stack.push_async_callback(blobs.close)
             app[state.STORE] = store
-            app[state.BLOBS] = FileBlobStore(settings.blob_dir)
-            app[state.TRUST] = TrustAnchor.load(store, settings.root_path)
+            app[state.BLOBS] = blobs
+            app[state.TRUST] = await TrustAnchor.load(store, settings.root_path)
             writes = app[state.BOARD_WRITES] = CounterCommits(store)
             app[state.DEVICE_AUTH] = DeviceAuthenticator(store, writes)
             yield
-            writes.close()  # the check-in records written behind, before the store closes
-        finally:
-            store.close()
+            await writes.close()  # the check-in records written behind, before the store closes
     finally:
         lock.release()
+
+
+async def open_metadata_store(settings: Settings) -> MetadataStore:
+    """The metadata store the settings name: the data directory's SQLite file (migrated as it
+    opens: one process owns it), or PostgreSQL, which must already be at this code's schema
+    (`ota db migrate`: replicas never migrate on their own). Raises StoreError (StoreUnavailable
+    when the database cannot be reached)."""
+    if settings.db_url is None:
+        return SqliteStore(settings.db_path)
+    from ota_server.storage.postgres import PostgresStore
+
+    store = await PostgresStore.open(settings.db_url)
+    try:
+        await store.require_schema()
+    except BaseException:
+        await store.close()
+        raise
+    return store
+
+
+async def open_blob_store(settings: Settings) -> BlobStore:
+    """The blob store the settings name: the data directory's blobs/, or an S3 bucket with a
+    local read-through cache in the data directory (ValueError for missing S3 keys)."""
+    if settings.blobs_url is None:
+        return FileBlobStore(settings.blob_dir)
+    from ota_server.storage.s3 import S3BlobStore
+
+    return await S3BlobStore.open(settings.blobs_url, settings.blob_cache_dir)
 
 
 async def _reload_tls_on_sighup(app: web.Application) -> AsyncIterator[None]:

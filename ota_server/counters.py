@@ -59,15 +59,22 @@ class CounterCommits:
         self._inventories: dict[str, dict[str, Any]] = {}
         self._offers: dict[tuple[str, int, str], None] = {}
         self._timer: asyncio.TimerHandle | None = None
+        # The task committing batches, while there is one: one at a time, in arrival order.
+        self._committer: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
 
     async def advance(self, device_id: str, counter: int) -> bool:
         """True when `counter` was greater than the board's last one and is now committed
         (and with it every check-in record of this board queued before)."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[bool] = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._commit)
         self._pending.append((device_id, counter, done))
+        if self._committer is None:
+            # Started now, it runs at the next turn of the loop: requests arriving in this turn
+            # join the batch. While it waits for a commit (a database over the network), new
+            # requests gather into the next batch, committed after it: never two at once, so
+            # a board's counters are committed in the order they came.
+            self._committer = loop.create_task(self._commit_batches())
         return await done
 
     def record_checkin(self, device_id: str, inventory: dict[str, Any],
@@ -80,21 +87,24 @@ class CounterCommits:
             self._offers[(device_id, offered, channel)] = None
         self._arm()
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
         """Write every queued check-in record now. Raises the store's error when that fails;
         the records stay queued then."""
         inventories, offers = self._take_records()
         if not inventories and not offers:
             return
         try:
-            self._store.write_checkins(inventories, offers)
+            await self._store.write_checkins(inventories, offers)
         except BaseException:
             self._requeue(inventories, offers)
             raise
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Write what is queued (at shutdown, before the store closes); raises as flush."""
-        self.flush()
+        for task in (self._committer, self._flusher):
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
+        await self.flush()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -136,13 +146,26 @@ class CounterCommits:
 
     def _flush_on_timer(self) -> None:
         self._timer = None
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_in_background())
+
+    async def _flush_in_background(self) -> None:
         try:
-            self.flush()
+            await self.flush()
         except Exception:  # kept queued and tried again; the log says why
             log.exception("check-in records (%d queued) not written; retrying in %.1fs",
                           self.queued, self._write_behind)
+        finally:
+            self._flusher = None
 
-    def _commit(self) -> None:
+    async def _commit_batches(self) -> None:
+        try:
+            while self._pending:
+                await self._commit()
+        finally:
+            self._committer = None
+
+    async def _commit(self) -> None:
         batch, self._pending = self._pending, []
         advances = [(device_id, counter) for device_id, counter, _ in batch]
         # A board's queued records go in with its own next counter (all queued ones then: one
@@ -154,26 +177,32 @@ class CounterCommits:
         try:
             if inventories or offers:
                 try:
-                    accepted = self._store.write_checkins(inventories, offers, advances)
+                    accepted = await self._store.write_checkins(inventories, offers, advances)
                 except Exception:
                     # Whatever failed, the counters must not wait on the records: they go back
                     # to the queue and the counters are tried alone.
                     self._requeue(inventories, offers)
                     log.exception("check-in records (%d queued) not written with the counters",
                                   self.queued)
-                    accepted = self._advance(advances)
+                    accepted = await self._advance(advances)
             else:
-                accepted = self._advance(advances)
-        except Exception as err:  # the whole batch rolled back: nobody's counter moved
+                accepted = await self._advance(advances)
+        except BaseException as err:  # the whole batch rolled back: nobody's counter moved
             for _, _, done in batch:
-                if not done.done():
+                if done.done():
+                    continue
+                if isinstance(err, Exception):
                     done.set_exception(err)
+                else:  # the server stopping: the requests end with it
+                    done.cancel()
+            if not isinstance(err, Exception):
+                raise
             return
         for (_, _, done), ok in zip(batch, accepted, strict=True):
             if not done.done():  # a request cancelled meanwhile (client gone): nothing to tell
                 done.set_result(ok)
 
-    def _advance(self, advances: list[tuple[str, int]]) -> list[bool]:
+    async def _advance(self, advances: list[tuple[str, int]]) -> list[bool]:
         if len(advances) == 1:  # autocommit: one statement is one transaction
-            return [self._store.advance_counter(*advances[0])]
-        return self._store.advance_counters(advances)
+            return [await self._store.advance_counter(*advances[0])]
+        return await self._store.advance_counters(advances)

@@ -122,7 +122,7 @@ class DeviceAuthenticator:
 
         Returns only once the new counter is committed (ota_server.counters)."""
         cred = parse_authorization(header)
-        device = self._store.device(cred.device_id)
+        device = await self._store.device(cred.device_id)
         if device is None:
             raise Unauthorized(f"unknown device {cred.device_id!r}", code="unknown_device")
         if device.revoked is not None:

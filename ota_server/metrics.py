@@ -36,6 +36,8 @@ class Metrics:
                                         "the server never offered that board, or unknown."),
         "mpota_auth_failures_total": ("counter", "Refused credentials by error code."),
         "mpota_releases_registered_total": ("counter", "Releases registered since start."),
+        "mpota_store_unavailable_total": ("counter", "Requests answered 503 because the "
+                                          "database or object store was unavailable."),
     }
 
     def __init__(self) -> None:
@@ -48,7 +50,7 @@ class Metrics:
     def value(self, name: str, **labels: str) -> float:
         return self._values.get((name, tuple(sorted(labels.items()))), 0.0)
 
-    def render(self, store: MetadataStore, now: int | None = None) -> str:
+    async def render(self, store: MetadataStore, now: int | None = None) -> str:
         lines: list[str] = []
         for name, (kind, text) in self._HELP.items():
             lines.append(f"# HELP {name} {text}")
@@ -56,16 +58,16 @@ class Metrics:
             for (metric, labels), value in sorted(self._values.items()):
                 if metric == name:
                     lines.append(f"{name}{_labels(labels)} {value:g}")
-        lines.extend(_rollout_lines(store, int(time.time()) if now is None else now))
+        lines.extend(await _rollout_lines(store, int(time.time()) if now is None else now))
         return "\n".join(lines) + "\n"
 
 
-def _rollout_lines(store: MetadataStore, now: int) -> list[str]:
+async def _rollout_lines(store: MetadataStore, now: int) -> list[str]:
     """Gauges per channel: rollout state and stage, and the expiry of the releases offered."""
     state, stage, expires, expired = [], [], [], []
-    for channel in store.list_channels():
-        rollout = store.current_rollout(channel)
-        releases = [("base", store.base_release(channel))]
+    for channel in await store.list_channels():
+        rollout = await store.current_rollout(channel)
+        releases = [("base", await store.base_release(channel))]
         if rollout is not None:
             releases.append(("rollout", rollout.release))
             for name in _ROLLOUT_STATES:

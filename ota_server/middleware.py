@@ -19,6 +19,7 @@ from aiohttp import web
 from ota_server import state
 from ota_server.errors import ApiError, Forbidden, Unauthorized
 from ota_server.storage import AuditEntry, Token
+from ota_server.storage.errors import StoreUnavailable
 from ota_server.tokens import allows, token_hash
 from ota_server.validation import read_body
 
@@ -58,6 +59,9 @@ def error_body(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"code": code, "message": message}, status=status)
 
 
+# What a 503 for an unavailable store tells clients to wait (a PostgreSQL restart takes a few
+# seconds; boards retry at their own check-in interval anyway).
+RETRY_AFTER_SECONDS = 5
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large",
                416: "range_not_satisfiable"}
 
@@ -85,6 +89,14 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             if name in err.headers:
                 response.headers[name] = err.headers[name]
         return response
+    except StoreUnavailable as err:
+        # The database or object store is down or restarting: worth retrying soon, and
+        # nothing the request would have written is half-done (ota_server.storage.errors).
+        log.warning("%s %s: %s", request.method, request.path, err)
+        request.app[state.METRICS].inc("mpota_store_unavailable_total")
+        response = error_body(503, "unavailable", "storage is unavailable; retry later")
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
     except Exception:
         # A bug, not the client's fault: log it, answer without leaking internals.
         log.exception("unhandled error in %s %s", request.method, request.path)
@@ -107,12 +119,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if kind == "public":
         return await handler(request)
     if kind == "publisher":
-        token = _require_publisher(request)
+        token = await _require_publisher(request)
         needed = required_scope(request.match_info.handler) or "admin"
         if needed == "read":
             if not allows(token.scope, needed):
                 raise _scope_refusal(token, needed)
-            request.app[state.BOARD_WRITES].flush()
+            await request.app[state.BOARD_WRITES].flush()
             return await handler(request)
         return await _audited(request, handler, token, needed)
     if kind == "device":
@@ -137,7 +149,7 @@ async def _audited(request: web.Request, handler: Handler, token: Token,
         if not allows(token.scope, needed):
             raise _scope_refusal(token, needed)
         # Publishers see every check-in answered so far (ota_server.counters writes behind).
-        request.app[state.BOARD_WRITES].flush()
+        await request.app[state.BOARD_WRITES].flush()
         response = await handler(request)
         status, outcome = response.status, "ok"
         return response
@@ -148,23 +160,24 @@ async def _audited(request: web.Request, handler: Handler, token: Token,
         status, outcome = err.status, "http_error"
         raise
     finally:
-        record_audit(request, token, status, outcome)
+        await record_audit(request, token, status, outcome)
 
 
-def record_audit(request: web.Request, token: Token, status: int, outcome: str) -> None:
+async def record_audit(request: web.Request, token: Token, status: int,
+                       outcome: str) -> None:
     """Write one audit entry for this request: `token`'s name and scope as who, the method and
     route as what (the handler's AUDIT_TARGET, else the route's values, as its target), and
     how it ended. The API's publisher routes and the dashboard's actions both write here."""
     target = request.get(state.AUDIT_TARGET) or " ".join(
         f"{k}={v}" for k, v in request.match_info.items())
-    request.app[state.STORE].add_audit(AuditEntry(
+    await request.app[state.STORE].add_audit(AuditEntry(
         at=int(time.time()), actor=token.name, scope=token.scope,
         action=f"{request.method} {request.match_info.route.resource.canonical}"
         if request.match_info.route.resource else f"{request.method} {request.path}",
         target=target[:200], status=status, outcome=outcome))
 
 
-def _require_publisher(request: web.Request) -> Token:
+async def _require_publisher(request: web.Request) -> Token:
     header = request.headers.get("Authorization", "")
     if not header:
         raise Unauthorized("this endpoint needs `Authorization: Bearer <publisher token>`",
@@ -174,7 +187,7 @@ def _require_publisher(request: web.Request) -> Token:
         raise Unauthorized("publisher endpoints take `Authorization: Bearer <token>`",
                            code="bad_credentials")
     digest = token_hash(token.strip())
-    found = request.app[state.STORE].token(digest)
+    found = await request.app[state.STORE].token(digest)
     if found is None:
         raise Unauthorized("unknown or revoked publisher token", code="bad_token")
     return found

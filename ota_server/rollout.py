@@ -26,6 +26,7 @@ from typing import Any
 
 from ota_server.errors import BadRequest, Conflict
 from ota_server.storage import Device, MetadataStore, Release, Rollout
+from ota_server.storage.errors import StoreConflict
 from ota_server.storage.records import STARTED_STATUSES
 from ota_server.versions import is_lower
 
@@ -128,7 +129,7 @@ def _fits(release: Release | None, app: str | None, sequence: int, board: str,
             and release.offerable(now))
 
 
-def release_for(store: MetadataStore, device: Device, app: str | None,
+async def release_for(store: MetadataStore, device: Device, app: str | None,
                 sequence: int, board: str, now: int | None = None) -> Release | None:
     """The release to offer a `board` running (`app`, `sequence`) at `now` (Unix time; the
     clock when None), or None: "nothing new".
@@ -139,15 +140,15 @@ def release_for(store: MetadataStore, device: Device, app: str | None,
     but the deployment of a board outside the stage.
     """
     when = int(time.time()) if now is None else now
-    rollout = store.current_rollout(device.channel)
+    rollout = await store.current_rollout(device.channel)
     if rollout is not None and rollout.state in _ACTIVE_STATES \
             and _fits(rollout.release, app, sequence, board, when):
         if rollout.state == "active" and eligible(device, rollout.policy, rollout.stage):
             return rollout.release
-        status = store.deployment_status(device.device_id, rollout.release.id)
+        status = await store.deployment_status(device.device_id, rollout.release.id)
         if status in STARTED_STATUSES:
             return rollout.release
-    base = store.base_release(device.channel)
+    base = await store.base_release(device.channel)
     return base if _fits(base, app, sequence, board, when) else None
 
 
@@ -157,32 +158,33 @@ def is_complete(rollout: Rollout) -> bool:
     return rollout.state == "active" and spec.get("percent") == 100
 
 
-def current_release(store: MetadataStore, channel: str) -> Release | None:
+async def current_release(store: MetadataStore, channel: str) -> Release | None:
     """What the channel points at now: its active or paused rollout's release, else its base."""
-    rollout = store.current_rollout(channel)
+    rollout = await store.current_rollout(channel)
     if rollout is not None and rollout.state in _ACTIVE_STATES:
         return rollout.release
-    return store.base_release(channel)
+    return await store.base_release(channel)
 
 
-def downgrade_from(store: MetadataStore, channel: str, release: Release) -> Release | None:
+async def downgrade_from(store: MetadataStore, channel: str, release: Release) -> Release | None:
     """The channel's current release of the same app when `release` has a lower version."""
-    current = current_release(store, channel)
+    current = await current_release(store, channel)
     if current is not None and current.app == release.app \
             and is_lower(release.version, current.version):
         return current
     return None
 
 
-def start(store: MetadataStore, channel: str, release: Release,
-          policy: dict[str, Any], now: int | None = None, *,
-          allow_downgrade_version: bool = False) -> Rollout:
+async def start(store: MetadataStore, channel: str, release: Release,
+                policy: dict[str, Any], now: int | None = None, *,
+                allow_downgrade_version: bool = False) -> Rollout:
     """Point `channel` at `release`. A previous rollout that reached 100% becomes the base.
 
     Raises Conflict: `already_rolling_out`, `not_newer`, `release_expired` (no board would
     take it), `release_yanked`, or `version_downgrade` (a lower version than the channel's
     current one, unless `allow_downgrade_version`: its sequence is higher, so boards would
-    take it).
+    take it), or `rollout_moved` (another request changed the channel's rollout while this
+    one checked it: nothing was started).
     """
     when = int(time.time()) if now is None else now
     if release.expired(when):
@@ -193,8 +195,8 @@ def start(store: MetadataStore, channel: str, release: Release,
         raise Conflict(f"{release.app} {release.version} (sequence {release.sequence}) was "
                        f"yanked at {iso_utc(release.yanked)}; publish a new version",
                        code="release_yanked")
-    previous = store.current_rollout(channel)
-    base = store.base_release(channel)
+    previous = await store.current_rollout(channel)
+    base = await store.base_release(channel)
     if previous is not None:
         if previous.release.id == release.id and previous.state in _ACTIVE_STATES:
             raise Conflict(f"{release.app} sequence {release.sequence} is already rolling out "
@@ -204,20 +206,27 @@ def start(store: MetadataStore, channel: str, release: Release,
     if base is not None and base.app == release.app and base.sequence >= release.sequence:
         raise Conflict(f"channel {channel!r} already has {base.app} sequence {base.sequence}; "
                        f"a rollout must be newer", code="not_newer")
-    lower = downgrade_from(store, channel, release)
+    lower = await downgrade_from(store, channel, release)
     if lower is not None and not allow_downgrade_version:
         raise Conflict(f"{release.app} {release.version} is a lower version than "
                        f"{lower.version}, which channel {channel!r} runs now; its sequence "
                        f"{release.sequence} is higher, so boards would take it: give "
                        f"--allow-downgrade-version if that is what you want",
                        code="version_downgrade")
-    if previous is not None and is_complete(previous):
-        store.set_base_release(channel, previous.release.id)
-    return store.start_rollout(channel, release.id, policy)
+    new_base = previous.release.id if previous is not None and is_complete(previous) else None
+    try:
+        # One transaction, and only if the rollout checked above is still the channel's.
+        return await store.start_rollout(channel, release.id, policy, base_release_id=new_base,
+                                         replaces=None if previous is None else previous.id)
+    except StoreConflict:
+        raise Conflict(f"the rollout of channel {channel!r} changed while this one was being "
+                       f"started; look at it again (`ota rollout status {channel}`)",
+                       code="rollout_moved") from None
 
 
-def _require(store: MetadataStore, channel: str, states: tuple[str, ...], action: str) -> Rollout:
-    rollout = store.current_rollout(channel)
+async def _require(store: MetadataStore, channel: str, states: tuple[str, ...],
+                   action: str) -> Rollout:
+    rollout = await store.current_rollout(channel)
     if rollout is None:
         raise Conflict(f"channel {channel!r} has no rollout to {action}", code="no_rollout")
     if rollout.state not in states:
@@ -226,45 +235,51 @@ def _require(store: MetadataStore, channel: str, states: tuple[str, ...], action
     return rollout
 
 
-def pause(store: MetadataStore, channel: str, reason: str = "paused by hand") -> Rollout:
-    rollout = _require(store, channel, ("active",), "pause")
-    store.update_rollout(rollout.id, state="paused", reason=reason)
-    return _reload(store, channel)
-
-
-def resume(store: MetadataStore, channel: str) -> Rollout:
-    rollout = _require(store, channel, ("paused",), "resume")
-    store.update_rollout(rollout.id, state="active", reason="resumed")
-    return _reload(store, channel)
-
-
-def abort(store: MetadataStore, channel: str) -> Rollout:
-    rollout = _require(store, channel, _ACTIVE_STATES, "abort")
-    store.update_rollout(rollout.id, state="aborted", reason="aborted by hand")
-    return _reload(store, channel)
-
-
-def advance(store: MetadataStore, channel: str) -> Rollout:
-    rollout = _require(store, channel, _ACTIVE_STATES, "advance")
-    if rollout.stage + 1 >= len(rollout.policy["stages"]):
-        raise Conflict("the rollout is already at its last stage", code="last_stage")
-    store.update_rollout(rollout.id, stage=rollout.stage + 1)
-    return _reload(store, channel)
-
-
-def _reload(store: MetadataStore, channel: str) -> Rollout:
-    found = store.current_rollout(channel)
+async def _move(store: MetadataStore, rollout: Rollout, action: str, *,
+                stage: int | None = None, state: str | None = None,
+                reason: str | None = None) -> Rollout:
+    """Change `rollout` only from the stage and state it was read in (a conditional update:
+    correct with any number of replicas); Conflict (`rollout_moved`) when another request
+    moved it first, with nothing changed."""
+    if not await store.update_rollout(rollout.id, stage=stage, state=state, reason=reason,
+                                      expect_stage=rollout.stage, expect_state=rollout.state):
+        raise Conflict(f"cannot {action}: the rollout of channel {rollout.channel!r} changed "
+                       f"meanwhile; look at it again (`ota rollout status {rollout.channel}`)",
+                       code="rollout_moved")
+    found = await store.rollout(rollout.id)
     assert found is not None
     return found
 
 
-def eligible_count(store: MetadataStore, channel: str, policy: dict[str, Any],
+async def pause(store: MetadataStore, channel: str, reason: str = "paused by hand") -> Rollout:
+    rollout = await _require(store, channel, ("active",), "pause")
+    return await _move(store, rollout, "pause", state="paused", reason=reason)
+
+
+async def resume(store: MetadataStore, channel: str) -> Rollout:
+    rollout = await _require(store, channel, ("paused",), "resume")
+    return await _move(store, rollout, "resume", state="active", reason="resumed")
+
+
+async def abort(store: MetadataStore, channel: str) -> Rollout:
+    rollout = await _require(store, channel, _ACTIVE_STATES, "abort")
+    return await _move(store, rollout, "abort", state="aborted", reason="aborted by hand")
+
+
+async def advance(store: MetadataStore, channel: str) -> Rollout:
+    rollout = await _require(store, channel, _ACTIVE_STATES, "advance")
+    if rollout.stage + 1 >= len(rollout.policy["stages"]):
+        raise Conflict("the rollout is already at its last stage", code="last_stage")
+    return await _move(store, rollout, "advance", stage=rollout.stage + 1)
+
+
+async def eligible_count(store: MetadataStore, channel: str, policy: dict[str, Any],
                    stage: int) -> int:
     """Boards of `channel` (not revoked) that stages 0..`stage` of the policy reach."""
     stages = policy["stages"][: stage + 1]
     tags = [s["tag"] for s in stages if "tag" in s]
     limit = max([s["percent"] * (BUCKETS // 100) for s in stages if "percent" in s], default=0)
-    return store.count_eligible(channel, tags, limit)
+    return await store.count_eligible(channel, tags, limit)
 
 
 def success_target(rollout: Rollout, eligible: int) -> int:
@@ -305,25 +320,29 @@ def failures_to_pause(failures: int, results: int, policy: dict[str, Any],
     return max(by_rate, needed - results)
 
 
-def after_report(store: MetadataStore, channel: str, release_id: int) -> None:
+async def after_report(store: MetadataStore, channel: str, release_id: int) -> None:
     """Apply automatic pause and automatic advance after a board reported on `release_id`
     for a deployment that `channel` opened; only that channel's counts decide."""
-    rollout = store.current_rollout(channel)
+    rollout = await store.current_rollout(channel)
     if rollout is None or rollout.release.id != release_id or rollout.state != "active":
         return
-    counts = store.deployment_counts(release_id, channel)
+    counts = await store.deployment_counts(release_id, channel)
     policy = rollout.policy
-    eligible = eligible_count(store, channel, policy, rollout.stage)
+    eligible = await eligible_count(store, channel, policy, rollout.stage)
     if would_pause(counts.failures, counts.results, policy, min_results(policy, eligible)):
-        store.update_rollout(
+        # Conditional, as every automatic move: of two reports deciding together (on two
+        # replicas), one moves the rollout and the other finds it moved and does nothing.
+        await store.update_rollout(
             rollout.id, state="paused",
             reason=f"auto-paused: {counts.failures} of {counts.results} boards failed or "
-                   f"rolled back (threshold {policy['failure_threshold']:.0%})")
+                   f"rolled back (threshold {policy['failure_threshold']:.0%})",
+            expect_stage=rollout.stage, expect_state="active")
         return
     last = len(policy["stages"]) - 1
     if policy["auto_advance"] and rollout.stage < last \
             and counts.confirmed >= success_target(rollout, eligible):
-        store.update_rollout(rollout.id, stage=rollout.stage + 1)
+        await store.update_rollout(rollout.id, stage=rollout.stage + 1,
+                                   expect_stage=rollout.stage, expect_state="active")
 
 
 def iso_utc(when: int) -> str:
@@ -339,11 +358,11 @@ def _stage_name(spec: dict[str, Any]) -> str:
     return f"tag {spec['tag']}" if "tag" in spec else f"{spec['percent']:g}%"
 
 
-def _reach(store: MetadataStore, rollout: Rollout, boards: int) -> list[dict[str, Any]]:
+async def _reach(store: MetadataStore, rollout: Rollout, boards: int) -> list[dict[str, Any]]:
     """Each stage with the boards it makes eligible (cumulative) of the channel's `boards`."""
     out = []
     for index, spec in enumerate(rollout.policy["stages"]):
-        count = eligible_count(store, rollout.channel, rollout.policy, index)
+        count = await eligible_count(store, rollout.channel, rollout.policy, index)
         out.append({"stage": index, "name": _stage_name(spec), "eligible": count,
                     "boards": boards, "text": f"{count} of {boards} boards eligible"})
     return out
@@ -385,21 +404,21 @@ def _warnings(rollout: Rollout, reach: list[dict[str, Any]]) -> list[str]:
             f"{channel}`)"]
 
 
-def status(store: MetadataStore, channel: str, now: int | None = None) -> dict[str, Any]:
+async def status(store: MetadataStore, channel: str, now: int | None = None) -> dict[str, Any]:
     """The channel's rollout state as the API and CLI show it; each release says whether it
     has `expired` (then it is offered to no board). A rollout shows each stage's reach ("N of
     M boards eligible"), how far it is from pausing or advancing on its own, and `warnings`
     (a current stage that reaches no board)."""
     when = int(time.time()) if now is None else now
-    rollout = store.current_rollout(channel)
-    base = store.base_release(channel)
+    rollout = await store.current_rollout(channel)
+    base = await store.base_release(channel)
     out: dict[str, Any] = {"channel": channel,
                            "base": _release_view(base, when) if base else None,
                            "rollout": None, "warnings": []}
     if rollout is not None:
-        counts = store.deployment_counts(rollout.release.id, channel)
-        boards = store.board_counts().get(channel, 0)
-        reach = _reach(store, rollout, boards)
+        counts = await store.deployment_counts(rollout.release.id, channel)
+        boards = (await store.board_counts()).get(channel, 0)
+        reach = await _reach(store, rollout, boards)
         out["warnings"] = _warnings(rollout, reach)
         out["rollout"] = {
             "id": rollout.id, "release": _release_view(rollout.release, when),

@@ -20,8 +20,9 @@ from ota_server.errors import ApiError, BadRequest, Conflict, NotFound
 from ota_server.metrics import Metrics
 from ota_server.middleware import device
 from ota_server.ranges import RangeNotSatisfiable, byte_range
-from ota_server.storage import DEPLOYMENT_STATUSES, Deployment, Device, MetadataStore
-from ota_server.storage.blobs import FileBlobStore, check_blob_id
+from ota_server.storage import DEPLOYMENT_STATUSES, BlobStore, Deployment, Device, MetadataStore
+from ota_server.storage.blobs import check_blob_id
+from ota_server.storage.errors import StoreNotFound
 from ota_server.storage.records import FINAL_STATUSES
 from ota_server.validation import blob_id, name, optional, parse_json_object, required
 
@@ -35,11 +36,11 @@ MAX_REASON_BYTES = 256
 MAX_PACK_BLOBS = 64
 
 
-def _envelope(app: web.Application, release_id: int) -> bytes:
+async def _envelope(app: web.Application, release_id: int) -> bytes:
     cache = app[state.ENVELOPES]
     envelope = cache.get(release_id)
     if envelope is None:  # releases are immutable, so the cache never goes stale
-        envelope = cache[release_id] = app[state.STORE].envelope(release_id)
+        envelope = cache[release_id] = await app[state.STORE].envelope(release_id)
     return envelope
 
 
@@ -76,7 +77,7 @@ async def checkin(request: web.Request) -> web.Response:
     if root_version is not None and latest > root_version:
         headers["X-Ota-Root"] = str(latest)
     metrics = request.app[state.METRICS]
-    offer = rollout.release_for(store, found, app_name, sequence or 0, board or found.board)
+    offer = await rollout.release_for(store, found, app_name, sequence or 0, board or found.board)
     # Written behind (ota_server.counters): in the database before any later request is
     # handled. The whole inventory, not what differs from `found`: `found` was read before
     # the counter commit that wrote this board's queued records (last_seen moved with it).
@@ -87,7 +88,7 @@ async def checkin(request: web.Request) -> web.Response:
         metrics.inc("mpota_checkins_total", outcome="nothing_new")
         return web.Response(status=204, headers=headers)
     metrics.inc("mpota_checkins_total", outcome="offered")
-    return web.Response(body=_envelope(request.app, offer.id), content_type=ENVELOPE_TYPE,
+    return web.Response(body=await _envelope(request.app, offer.id), content_type=ENVELOPE_TYPE,
                         headers=headers)
 
 
@@ -98,7 +99,7 @@ async def root_metadata(request: web.Request) -> web.Response:
     if not re.fullmatch(r"[0-9]{1,9}", raw):
         raise BadRequest(f"root version must be a positive integer, got {raw[:20]!r}",
                          code="bad_version")
-    envelope = request.app[state.TRUST].envelope(int(raw))
+    envelope = await request.app[state.TRUST].envelope(int(raw))
     if envelope is None:
         raise NotFound(f"no root metadata version {int(raw)}", code="unknown_root")
     return web.Response(body=envelope, content_type=ENVELOPE_TYPE)
@@ -256,9 +257,8 @@ async def blob(request: web.Request) -> web.StreamResponse:
     headers = {"ETag": tag, "Cache-Control": BLOB_CACHE,
                "Content-Type": "application/octet-stream"}
     try:
-        # open/fstat of a local file take microseconds: cheaper inline than a thread hop
-        fobj = request.app[state.BLOBS].open_blob(sha256)
-    except FileNotFoundError:
+        fobj = await request.app[state.BLOBS].open_blob(sha256)
+    except StoreNotFound:
         metrics.inc("mpota_blob_requests_total", code="404")
         raise NotFound(f"no blob {sha256}", code="unknown_blob") from None
     try:
@@ -320,7 +320,7 @@ def pack_blob_ids(raw_query: str) -> list[str]:
     return ids
 
 
-def _open_blobs(blobs: FileBlobStore, ids: Sequence[str]) -> list[BinaryIO]:
+async def _open_blobs(blobs: BlobStore, ids: Sequence[str]) -> list[BinaryIO]:
     """Every blob of `ids` opened for reading, in order.
 
     Raises NotFound (`unknown_blob`) naming the first id that is not stored; nothing is left
@@ -330,8 +330,8 @@ def _open_blobs(blobs: FileBlobStore, ids: Sequence[str]) -> list[BinaryIO]:
     try:
         for position, sha256 in enumerate(ids):
             try:
-                files.append(blobs.open_blob(sha256))
-            except FileNotFoundError:
+                files.append(await blobs.open_blob(sha256))
+            except StoreNotFound:
                 raise NotFound(f"pack: blobs[{position}]: no blob {sha256}",
                                code="unknown_blob") from None
     except BaseException:
@@ -355,12 +355,11 @@ def pack_spans(files: Sequence[BinaryIO], sizes: Sequence[int], offset: int,
     return spans
 
 
-def _pack_response(request: web.Request, metrics: Metrics) -> BlobResponse:
+async def _pack_response(request: web.Request, metrics: Metrics) -> BlobResponse:
     """The pack answer, files open; raises BadRequest, NotFound or
     HTTPRequestRangeNotSatisfiable, with no file left open."""
     ids = pack_blob_ids(request.rel_url.raw_query_string)
-    # open/fstat of local files take microseconds: cheaper inline than a thread hop
-    files = _open_blobs(request.app[state.BLOBS], ids)
+    files = await _open_blobs(request.app[state.BLOBS], ids)
     try:
         sizes = [os.fstat(fobj.fileno()).st_size for fobj in files]
         total = sum(sizes)
@@ -385,7 +384,7 @@ async def pack(request: web.Request) -> web.StreamResponse:
     concatenation, sendfile file by file. Refusals are counted here, answers once sent."""
     metrics = request.app[state.METRICS]
     try:
-        return _pack_response(request, metrics)
+        return await _pack_response(request, metrics)
     except (ApiError, web.HTTPException) as err:
         metrics.inc("mpota_pack_requests_total", code=str(err.status))
         raise
@@ -431,30 +430,30 @@ async def report(request: web.Request) -> web.Response:
     offline = doc.get("offline") in (1, True)
     try:
         try:
-            deployment = _deployment_for(store, found.device_id, app_name, sequence, status)
+            deployment = await _deployment_for(store, found.device_id, app_name, sequence, status)
         except (NotFound, Conflict):
             if not offline:
                 raise
-            deployment = _offline_deployment(store, found, app_name, sequence)
+            deployment = await _offline_deployment(store, found, app_name, sequence)
     except ApiError as err:
         metrics.inc("mpota_reports_refused_total", code=err.code)
         raise
     if _may_replace(deployment.status, status):
-        store.set_deployment(found.device_id, deployment.release_id, status, reason)
+        await store.set_deployment(found.device_id, deployment.release_id, status, reason)
     inventory: dict[str, Any] = {"last_status": status}
     if status in ("failed", "rolled_back"):
         inventory["last_error"] = reason or status
     if status == "confirmed":
-        release = store.release_by_id(deployment.release_id)
+        release = await store.release_by_id(deployment.release_id)
         assert release is not None
         inventory.update(app=release.app, version=release.version, sequence=release.sequence,
                          last_error=None)
     elif status == "rolled_back" and version is not None:
         inventory["version"] = version
-    store.record_checkin(found.device_id, inventory)
+    await store.record_checkin(found.device_id, inventory)
     metrics.inc("mpota_reports_total", status=status)
     if status in FINAL_STATUSES:
-        rollout.after_report(store, deployment.channel, deployment.release_id)
+        await rollout.after_report(store, deployment.channel, deployment.release_id)
     return web.Response(status=204)
 
 
@@ -488,26 +487,26 @@ def report_reason(value: Any) -> str | None:
 OFFLINE_CHANNEL = ""
 
 
-def _offline_deployment(store: MetadataStore, device: Device, app: str,
+async def _offline_deployment(store: MetadataStore, device: Device, app: str,
                         sequence: int) -> Deployment:
     """The deployment of a release the board says it installed over USB (`offline`: ota
     install, docs/board.md), opened now if the server had none: its history and inventory
     record it, and no rollout counts it. Raises NotFound (`unknown_release`) for a release
     the server does not have, Conflict (`wrong_board`) for one not built for this board."""
-    named = store.release(app, sequence) if app else None
+    named = await store.release(app, sequence) if app else None
     if named is None:
         raise NotFound(f"no release {app!r} sequence {sequence} for this board",
                        code="unknown_release")
     if device.board not in named.boards:
         raise Conflict(f"{app} sequence {sequence} is not a release for board "
                        f"{device.board!r}", code="wrong_board")
-    store.open_deployment_for(device.device_id, named.id, OFFLINE_CHANNEL)
-    opened = store.deployment(device.device_id, named.id)
+    await store.open_deployment_for(device.device_id, named.id, OFFLINE_CHANNEL)
+    opened = await store.deployment(device.device_id, named.id)
     assert opened is not None
     return opened
 
 
-def _deployment_for(store: MetadataStore, device_id: str, app: str, sequence: int,
+async def _deployment_for(store: MetadataStore, device_id: str, app: str, sequence: int,
                     status: str) -> Deployment:
     """The deployment a report is about: one the server opened for this board.
 
@@ -519,13 +518,13 @@ def _deployment_for(store: MetadataStore, device_id: str, app: str, sequence: in
     Raises NotFound (`unknown_release`) when neither the release nor such a deployment exists,
     Conflict (`not_offered`) when the release exists but was never offered to this board.
     """
-    named = store.release(app, sequence) if app else None
-    opened = None if named is None else store.deployment(device_id, named.id)
+    named = await store.release(app, sequence) if app else None
+    opened = None if named is None else await store.deployment(device_id, named.id)
     if status in _REDIRECTED and (opened is None or opened.status == "confirmed"):
-        newer_id = store.open_deployment(device_id, app or None)
-        newer = None if newer_id is None else store.release_by_id(newer_id)
+        newer_id = await store.open_deployment(device_id, app or None)
+        newer = None if newer_id is None else await store.release_by_id(newer_id)
         if newer is not None and newer.sequence > sequence:
-            deployment = store.deployment(device_id, newer.id)
+            deployment = await store.deployment(device_id, newer.id)
             if deployment is not None:
                 return deployment
     if opened is not None:

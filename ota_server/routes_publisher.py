@@ -6,7 +6,6 @@ import asyncio
 import base64
 import binascii
 import difflib
-import sqlite3
 import time
 from typing import Any
 
@@ -25,7 +24,9 @@ from ota_server.middleware import admin, publisher, reader
 from ota_server.rollout import bucket_of, normalize_policy, percent_policy
 from ota_server.storage import MetadataStore, Release
 from ota_server.storage.blobs import BlobHashMismatch, BlobTooLarge
+from ota_server.storage.errors import StoreConflict, StoreNotFound
 from ota_server.storage.records import AuditEntry
+from ota_server.trust import RootRotationRace
 from ota_server.validation import (
     BodyTimeout,
     blob_id,
@@ -80,7 +81,7 @@ async def put_blob(request: web.Request) -> web.Response:
     try:
         # the whole upload within one deadline; put_stream removes its partial file
         async with asyncio.timeout(limits.upload_timeout):
-            if blobs.exists(sha256):
+            if await blobs.exists(sha256):
                 await request.release()  # drain; the content is already here
                 return web.json_response({"blob": sha256, "created": False}, status=200)
             created = await blobs.put_stream(sha256, request.content.iter_chunked(_CHUNK),
@@ -110,7 +111,7 @@ async def missing_blobs(request: web.Request) -> web.Response:
         raise BadRequest("missing blobs: 'blobs' must be a list of strings", code="bad_field")
     blobs = request.app[state.BLOBS]
     return web.json_response(
-        {"missing": [b for b in dict.fromkeys(wanted) if not blobs.exists(blob_id(b))]})
+        {"missing": [b for b in dict.fromkeys(wanted) if not await blobs.exists(blob_id(b))]})
 
 
 # -- releases ---------------------------------------------------------------------------------
@@ -127,15 +128,16 @@ async def register_release(request: web.Request) -> web.Response:
     """
     limits = request.app[state.SETTINGS].limits
     envelope = await read_body(request, limits.max_envelope_bytes, "release")
-    trust = request.app[state.TRUST]
+    # The newest root in the store: another replica may have rotated it.
+    root = await request.app[state.TRUST].current()
     now = int(time.time())
-    if trust.latest.expires <= now:
-        raise Conflict(f"the server's newest root (version {trust.latest.version}) has expired; "
+    if root.expires <= now:
+        raise Conflict(f"the server's newest root (version {root.version}) has expired; "
                        f"upload a rotated root first", code="root_expired")
     try:
-        manifest = verify_manifest(envelope, trust.latest, now=now)
+        manifest = verify_manifest(envelope, root, now=now)
     except trust_errors.ThresholdError as err:
-        raise _untrusted_signers(envelope, trust.latest, err) from None
+        raise _untrusted_signers(envelope, root, err) from None
     except trust_errors.TrustError as err:
         raise trust_error(err, "release") from None
     # Before the blobs: `ota publish` registers first, so a file the server would refuse is
@@ -147,31 +149,30 @@ async def register_release(request: web.Request) -> web.Response:
                                   f"{limits.max_blob_bytes} bytes per file", code="file_too_large")
     store = request.app[state.STORE]
     request[state.AUDIT_TARGET] = f"{manifest.app} {manifest.version}"
-    same = _registered_version(store, manifest, envelope, now)
+    same = await _registered_version(store, manifest, envelope, now)
     if same is not None:
         return web.json_response(same.view(), status=200)
-    _check_sequence(store, manifest)
+    await _check_sequence(store, manifest)
     blobs = request.app[state.BLOBS]
     needed: dict[str, int] = {}
     for entry in manifest.files:
         needed[entry.blob] = entry.transfer_size
-    missing = [b for b in needed if not blobs.exists(b)]
+    missing = [b for b in needed if not await blobs.exists(b)]
     if missing:
         raise Conflict(f"{len(missing)} blob(s) not uploaded yet: {', '.join(missing[:5])}",
                        code="missing_blobs")
-    wrong = [b for b, size in needed.items() if blobs.size(b) != size]
+    wrong = [b for b, size in needed.items() if await blobs.size(b) != size]
     if wrong:
         raise Conflict(f"blob {wrong[0]} is not the transfer_size the manifest declares",
                        code="blob_size_mismatch")
     # The key ids whose signature verified, for `ota releases list` (not those merely named).
-    root = trust.latest
     signers = sorted(valid_keyids(parse_envelope(envelope, MANIFEST_PAYLOAD_TYPE),
                                   root.role_keys(root.release)))
     try:
-        release = store.add_release(manifest.app, manifest.version, manifest.sequence,
+        release = await store.add_release(manifest.app, manifest.version, manifest.sequence,
                                     manifest.boards, envelope, sorted(needed.items()),
                                     manifest.expires, signers)
-    except sqlite3.IntegrityError:
+    except StoreConflict:
         raise Conflict(f"{manifest.app} {manifest.version} sequence {manifest.sequence} was "
                        f"registered concurrently", code="sequence_not_greater") from None
     request.app[state.METRICS].inc("mpota_releases_registered_total")
@@ -202,16 +203,16 @@ def _content(manifest: Manifest) -> tuple[Any, ...]:
             manifest.entry, manifest.files)
 
 
-def _registered_version(store: MetadataStore, manifest: Manifest, envelope: bytes,
+async def _registered_version(store: MetadataStore, manifest: Manifest, envelope: bytes,
                         now: int) -> Release | None:
     """The registered release of the manifest's version when the manifest has its content;
     None when the version is new. Raises Conflict (`version_exists`) when the version names
     a release of other content, or one that expired (boards refuse it; a new version is due).
     """
-    existing = store.release_by_version(manifest.app, manifest.version)
+    existing = await store.release_by_version(manifest.app, manifest.version)
     if existing is None:
         return None
-    stored = store.envelope(existing.id)
+    stored = await store.envelope(existing.id)
     if stored == envelope:
         return existing  # the same upload again: a retry
     found = Manifest.from_payload(parse_envelope(stored, MANIFEST_PAYLOAD_TYPE).payload)
@@ -226,19 +227,19 @@ def _registered_version(store: MetadataStore, manifest: Manifest, envelope: byte
     return existing
 
 
-def _check_sequence(store: MetadataStore, manifest: Manifest) -> None:
+async def _check_sequence(store: MetadataStore, manifest: Manifest) -> None:
     """Refuse a sequence another release has, another version reserved, or one not above the
     app's latest unless the server reserved it for this version (Conflict)."""
     app, sequence = manifest.app, manifest.sequence
-    taken = store.release(app, sequence)
+    taken = await store.release(app, sequence)
     if taken is not None:
         raise Conflict(f"{app} sequence {sequence} is already registered for version "
                        f"{taken.version}", code="sequence_not_greater")
-    holder = store.reserved_version(app, sequence)
+    holder = await store.reserved_version(app, sequence)
     if holder is not None and holder != manifest.version:
         raise Conflict(f"{app} sequence {sequence} is reserved for version {holder}; let "
                        f"`ota publish` ask the server for a sequence", code="sequence_reserved")
-    latest = store.max_sequence(app)
+    latest = await store.max_sequence(app)
     if holder is None and latest is not None and sequence <= latest:
         raise Conflict(f"{app} sequence {sequence} is not greater than the latest registered "
                        f"sequence {latest}", code="sequence_not_greater")
@@ -259,21 +260,21 @@ async def reserve_sequence(request: web.Request) -> web.Response:
     # The clock as a floor: above any sequence a board may run that the server never
     # registered (a first app installed at the factory, fleet.yaml `app.sequence`) and above
     # what `ota build` gave by default (the build time in Unix seconds).
-    sequence, registered = request.app[state.STORE].reserve_sequence(
+    sequence, registered = await request.app[state.STORE].reserve_sequence(
         app_name, version, floor=int(time.time()))
     return web.json_response({"app": app_name, "version": version, "sequence": sequence,
                               "registered": registered})
 
 
-def _pointers(store: MetadataStore) -> dict[int, list[dict[str, str]]]:
+async def _pointers(store: MetadataStore) -> dict[int, list[dict[str, str]]]:
     """Release id -> the channels pointing at it: as their base, or by a rollout (with its
     state)."""
     out: dict[int, list[dict[str, str]]] = {}
-    for channel in store.list_channels():
-        base = store.base_release(channel)
+    for channel in await store.list_channels():
+        base = await store.base_release(channel)
         if base is not None:
             out.setdefault(base.id, []).append({"channel": channel, "as": "base"})
-        current = store.current_rollout(channel)
+        current = await store.current_rollout(channel)
         if current is not None and current.state != "aborted":
             out.setdefault(current.release.id, []).append(
                 {"channel": channel, "as": f"rollout {current.state}"})
@@ -288,23 +289,23 @@ async def list_releases(request: web.Request) -> web.Response:
     if app_name is not None:
         name(app_name, "app")
     store = request.app[state.STORE]
-    releases = store.list_releases(app_name)
-    pointers = _pointers(store)
+    releases = await store.list_releases(app_name)
+    pointers = await _pointers(store)
     now = int(time.time())
     return web.json_response({"releases": [
         {**r.view(), "expired": r.expired(now), "channels": pointers.get(r.id, [])}
         for r in releases]})
 
 
-def _release_of(store: MetadataStore, app_name: str, version: str) -> Release:
+async def _release_of(store: MetadataStore, app_name: str, version: str) -> Release:
     """The release `version` of `app_name` names; NotFound (`unknown_release`) naming the
     versions there are."""
     if not SEMVER.fullmatch(version):
         raise BadRequest(f"version {version[:40]!r} is not a semantic version "
                          f"(MAJOR.MINOR.PATCH)", code="bad_field")
-    found = store.release_by_version(app_name, version)
+    found = await store.release_by_version(app_name, version)
     if found is None:
-        known = [r.version for r in store.list_releases(app_name)][-5:]
+        known = [r.version for r in await store.list_releases(app_name)][-5:]
         hint = f"; its latest versions: {', '.join(known)}" if known else \
             f"; no release of {app_name!r} is registered"
         raise NotFound(f"no release {app_name!r} {version}{hint}", code="unknown_release")
@@ -322,12 +323,13 @@ async def yank_release(request: web.Request) -> web.Response:
         if request.can_read_body else {}
     force = optional(doc, "force", bool, "yank") or False
     request[state.AUDIT_TARGET] = f"{app_name} {version[:40]}"
-    return web.json_response(yank(request.app[state.STORE], app_name, version, force=force))
+    return web.json_response(await yank(request.app[state.STORE], app_name, version, force=force))
 
 
 # The API's yank handler above and the dashboard's Yank button (ota_server/ui) both go through
 # yank, as the rollout actions go through act_on_rollout: one set of rules for both.
-def yank(store: MetadataStore, app_name: str, version: str, *, force: bool) -> dict[str, Any]:
+async def yank(store: MetadataStore, app_name: str, version: str, *,
+               force: bool) -> dict[str, Any]:
     """Yank release `version` of `app_name` (a checked name); with `force`, abort its active
     or paused rollouts first. The yanked release's view with `aborted`, the channels whose
     rollouts were aborted.
@@ -335,27 +337,27 @@ def yank(store: MetadataStore, app_name: str, version: str, *, force: bool) -> d
     Raises BadRequest for a version that is not semantic, NotFound (`unknown_release`) for an
     unknown release, Conflict (`rollout_active`) while it rolls out and `force` is not given.
     """
-    release = _release_of(store, app_name, version)
-    rolling = store.rollouts_of(release.id)
+    release = await _release_of(store, app_name, version)
+    rolling = await store.rollouts_of(release.id)
     if rolling and not force:
         where = ", ".join(f"{r.channel!r} ({r.state})" for r in rolling)
         raise Conflict(f"{app_name} {version} is rolling out on {where}; abort the rollout "
                        f"first, or yank with --force to abort it", code="rollout_active")
     for found in rolling:
-        store.update_rollout(found.id, state="aborted",
-                             reason=f"aborted: {app_name} {version} was yanked")
-    yanked = store.yank_release(release.id)
+        await store.update_rollout(found.id, state="aborted",
+                                   reason=f"aborted: {app_name} {version} was yanked")
+    yanked = await store.yank_release(release.id)
     return {**yanked.view(), "aborted": [r.channel for r in rolling]}
 
 
-def _registered(request: web.Request) -> Release:
+async def _registered(request: web.Request) -> Release:
     """The release the path's {app} and {version} name; NotFound when none is registered."""
     app_name = name(request.match_info["app"], "app")
     version = request.match_info["version"]
     if not SEMVER.fullmatch(version):
         raise BadRequest(f"version {version[:40]!r} is not a semantic version (MAJOR.MINOR.PATCH)",
                          code="bad_field")
-    release = request.app[state.STORE].release_by_version(app_name, version)
+    release = await request.app[state.STORE].release_by_version(app_name, version)
     if release is None:
         raise NotFound(f"no release {app_name} {version}", code="unknown_release")
     return release
@@ -365,8 +367,8 @@ def _registered(request: web.Request) -> Release:
 async def release_envelope(request: web.Request) -> web.Response:
     """A registered release's signed manifest envelope, the bytes its publisher signed
     (`ota install APP@VERSION` stages it on a board over USB)."""
-    release = _registered(request)
-    return web.Response(body=request.app[state.STORE].envelope(release.id),
+    release = await _registered(request)
+    return web.Response(body=await request.app[state.STORE].envelope(release.id),
                         content_type="application/vnd.dsse+json")
 
 
@@ -374,13 +376,17 @@ async def release_envelope(request: web.Request) -> web.Response:
 async def release_blob(request: web.Request) -> web.StreamResponse:
     """One blob of a registered release, for a publisher (`ota install APP@VERSION`); a blob
     the release does not name is 404 `unknown_blob`, stored or not."""
-    release = _registered(request)
+    release = await _registered(request)
     sha256 = blob_id(request.match_info["sha256"])
-    path = request.app[state.BLOBS].path(sha256)
-    if sha256 not in release.blobs or not path.is_file():
+    try:
+        if sha256 not in release.blobs:
+            raise StoreNotFound(sha256)
+        fobj = await request.app[state.BLOBS].open_blob(sha256)
+    except StoreNotFound:
         raise NotFound(f"release {release.app} {release.version} has no blob {sha256}",
-                       code="unknown_blob")
-    return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+                       code="unknown_blob") from None
+    # aiohttp streams the file in chunks and closes it once sent.
+    return web.Response(body=fobj, headers={"Content-Type": "application/octet-stream"})
 
 
 # -- roots ------------------------------------------------------------------------------------
@@ -391,17 +397,19 @@ async def upload_root(request: web.Request) -> web.Response:
     envelope = await read_body(request, request.app[state.SETTINGS].limits.max_envelope_bytes,
                                 "root")
     try:
-        new = request.app[state.TRUST].rotate(envelope)
+        new = await request.app[state.TRUST].rotate(envelope)
     except trust_errors.TrustError as err:
         raise trust_error(err, "root") from None
+    except RootRotationRace as err:
+        raise Conflict(f"root: {err}; look at `ota roots list`", code="root_exists") from None
     return web.json_response({"version": new.version, "expires": new.expires}, status=201)
 
 
 @reader
 async def list_roots(request: web.Request) -> web.Response:
-    versions = [v for v, _ in request.app[state.STORE].roots()]
+    versions = [v for v, _ in await request.app[state.STORE].roots()]
     return web.json_response({"versions": versions,
-                              "latest": request.app[state.TRUST].latest.version})
+                              "latest": (await request.app[state.TRUST].current()).version})
 
 
 # -- boards -----------------------------------------------------------------------------------
@@ -443,15 +451,16 @@ async def register_device(request: web.Request) -> web.Response:
     tags = _tags(doc)
     request[state.AUDIT_TARGET] = device_id
     store = request.app[state.STORE]
-    existing = store.device(device_id)
+    existing = await store.device(device_id)
     if existing is not None:
         if existing.public_key == point and existing.revoked is None:
             return web.json_response(existing.public_view(), status=200)
         raise Conflict(f"device {device_id!r} is already registered with another key or "
                        f"revoked", code="device_exists")
     try:
-        added = store.add_device(device_id, point, board, tags, channel, bucket_of(device_id))
-    except sqlite3.IntegrityError:
+        added = await store.add_device(device_id, point, board, tags, channel,
+                                       bucket_of(device_id))
+    except StoreConflict:
         raise Conflict(f"device {device_id!r} was registered concurrently",
                        code="device_exists") from None
     return web.json_response(added.public_view(), status=201)
@@ -459,7 +468,7 @@ async def register_device(request: web.Request) -> web.Response:
 
 @reader
 async def list_devices(request: web.Request) -> web.Response:
-    devices = request.app[state.STORE].list_devices()
+    devices = await request.app[state.STORE].list_devices()
     channel = request.query.get("channel")
     if channel is not None:
         _declared(request, channel)
@@ -467,9 +476,9 @@ async def list_devices(request: web.Request) -> web.Response:
                                           if channel is None or d.channel == channel]})
 
 
-def _device_or_404(request: web.Request) -> Any:
+async def _device_or_404(request: web.Request) -> Any:
     device_id = request.match_info["device_id"]
-    found = request.app[state.STORE].device(device_id)
+    found = await request.app[state.STORE].device(device_id)
     if found is None:
         raise NotFound(f"no device {device_id[:80]!r}", code="unknown_device")
     return found
@@ -478,8 +487,8 @@ def _device_or_404(request: web.Request) -> Any:
 @reader
 async def show_device(request: web.Request) -> web.Response:
     """The board, its inventory and its deployment history (`history`, oldest first)."""
-    found = _device_or_404(request)
-    history = request.app[state.STORE].device_history(found.device_id)
+    found = await _device_or_404(request)
+    history = await request.app[state.STORE].device_history(found.device_id)
     return web.json_response({**found.public_view(), "history": [h.view() for h in history]})
 
 
@@ -487,18 +496,18 @@ async def show_device(request: web.Request) -> web.Response:
 async def revoke_device(request: web.Request) -> web.Response:
     """Revoke a board: its requests are refused from now on (403 `revoked`)."""
     return web.json_response(
-        revoke_board(request.app[state.STORE], request.match_info["device_id"]))
+        await revoke_board(request.app[state.STORE], request.match_info["device_id"]))
 
 
 # The API's revoke handler above and the dashboard's Revoke button both go through this.
-def revoke_board(store: MetadataStore, device_id: str) -> dict[str, Any]:
+async def revoke_board(store: MetadataStore, device_id: str) -> dict[str, Any]:
     """Revoke the board `device_id` (a board revoked before keeps its first time); its public
     view afterwards. Raises NotFound (`unknown_device`) for an unknown board."""
-    found = store.device(device_id)
+    found = await store.device(device_id)
     if found is None:
         raise NotFound(f"no device {device_id[:80]!r}", code="unknown_device")
-    store.revoke_device(found.device_id)
-    revoked = store.device(found.device_id)
+    await store.revoke_device(found.device_id)
+    revoked = await store.device(found.device_id)
     assert revoked is not None
     return revoked.public_view()
 
@@ -528,16 +537,16 @@ async def list_channels(request: web.Request) -> web.Response:
     release, its rollout and its board count."""
     store = request.app[state.STORE]
     declared = request.app[state.SETTINGS].channels
-    counts = store.board_counts()
-    names = sorted({*store.list_channels(), *(declared or ())})
+    counts = await store.board_counts()
+    names = sorted({*await store.list_channels(), *(declared or ())})
     return web.json_response({"channels": [
-        {**rollout.status(store, c), "boards": counts.get(c, 0),
+        {**await rollout.status(store, c), "boards": counts.get(c, 0),
          "declared": None if declared is None else c in declared} for c in names]})
 
 
 @reader
 async def rollout_status(request: web.Request) -> web.Response:
-    return web.json_response(rollout.status(request.app[state.STORE], _channel(request)))
+    return web.json_response(await rollout.status(request.app[state.STORE], _channel(request)))
 
 
 @publisher
@@ -567,19 +576,19 @@ async def rollout_start(request: web.Request) -> web.Response:
     store = request.app[state.STORE]
     request[state.AUDIT_TARGET] = f"{channel}: {app_name} {version or sequence}"
     if version is not None:
-        release = _release_of(store, app_name, version)
+        release = await _release_of(store, app_name, version)
     else:
         assert sequence is not None
-        found = store.release(app_name, sequence)
+        found = await store.release(app_name, sequence)
         if found is None:
             raise NotFound(f"no release {app_name!r} sequence {sequence}",
                            code="unknown_release")
         release = found
     request[state.AUDIT_TARGET] = f"{channel}: {app_name} {release.version} (sequence " \
                                   f"{release.sequence})"
-    lower = rollout.downgrade_from(store, channel, release)
-    rollout.start(store, channel, release, policy, allow_downgrade_version=downgrade)
-    answer = rollout.status(store, channel)
+    lower = await rollout.downgrade_from(store, channel, release)
+    await rollout.start(store, channel, release, policy, allow_downgrade_version=downgrade)
+    answer = await rollout.status(store, channel)
     if lower is not None:
         answer["warnings"].insert(0, f"{release.version} is a lower version than "
                                   f"{lower.version}, which {channel!r} ran")
@@ -592,22 +601,22 @@ ROLLOUT_ACTIONS = {"pause": rollout.pause, "resume": rollout.resume, "abort": ro
                    "advance": rollout.advance}
 
 
-def act_on_rollout(store: MetadataStore, channel: str, action: str) -> dict[str, Any]:
+async def act_on_rollout(store: MetadataStore, channel: str, action: str) -> dict[str, Any]:
     """Apply the action named `action` (a key of ROLLOUT_ACTIONS) to the channel's rollout;
     its status afterwards, as GET /v1/channels/{channel}/rollout shows it.
 
     Raises Conflict when the rollout is missing or in a state the action does not apply to,
     KeyError for an unknown action name.
     """
-    ROLLOUT_ACTIONS[action](store, channel)
-    return rollout.status(store, channel)
+    await ROLLOUT_ACTIONS[action](store, channel)
+    return await rollout.status(store, channel)
 
 
 def _action(action: str) -> Any:
     @publisher
     async def handler(request: web.Request) -> web.Response:
         return web.json_response(
-            act_on_rollout(request.app[state.STORE], _channel(request), action))
+            await act_on_rollout(request.app[state.STORE], _channel(request), action))
     handler.__name__ = f"rollout_{action}"
     handler.__doc__ = f"{action.capitalize()} the channel's rollout."
     return handler
@@ -624,7 +633,7 @@ rollout_advance = _action("advance")
 @admin
 async def list_tokens(request: web.Request) -> web.Response:
     """Token names, scopes and times (never a token, never its hash)."""
-    rows = request.app[state.STORE].list_tokens()
+    rows = await request.app[state.STORE].list_tokens()
     return web.json_response({"tokens": [
         {k: row[k] for k in ("name", "scope", "created", "revoked")} for row in rows]})
 
@@ -643,7 +652,7 @@ async def create_token(request: web.Request) -> web.Response:
         raise BadRequest(f"token: scope {scope[:20]!r} is not one of {', '.join(SCOPES)}",
                          code="bad_field")
     request[state.AUDIT_TARGET] = f"{token_name} scope={scope}"
-    token = new_token(request.app[state.STORE], token_name, scope)
+    token = await new_token(request.app[state.STORE], token_name, scope)
     return web.json_response({"name": token_name, "scope": scope, "token": token}, status=201)
 
 
@@ -651,7 +660,7 @@ async def create_token(request: web.Request) -> web.Response:
 async def revoke_token(request: web.Request) -> web.Response:
     """Revoke every valid token of the name; 404 `unknown_token` when there is none."""
     token_name = name(request.match_info["name"], "token name")
-    count = request.app[state.STORE].revoke_token(token_name)
+    count = await request.app[state.STORE].revoke_token(token_name)
     if count == 0:
         raise NotFound(f"no valid token named {token_name!r}", code="unknown_token")
     return web.json_response({"name": token_name, "revoked": count})
@@ -662,16 +671,17 @@ async def revoke_token(request: web.Request) -> web.Response:
 @reader
 async def list_audit(request: web.Request) -> web.Response:
     """The newest audit entries, oldest first: ?limit= (1..1000, default 100), ?actor=."""
-    entries = audit_entries(request.app[state.STORE], request.query.get("limit", "100"),
-                            request.query.get("actor"))
+    entries = await audit_entries(request.app[state.STORE], request.query.get("limit", "100"),
+                                  request.query.get("actor"))
     return web.json_response({"entries": [e.view() for e in entries]})
 
 
-def audit_entries(store: MetadataStore, raw_limit: str, actor: str | None) -> list[AuditEntry]:
+async def audit_entries(store: MetadataStore, raw_limit: str,
+                        actor: str | None) -> list[AuditEntry]:
     """The newest `raw_limit` audit entries (of `actor` when given), oldest first: the API's
     GET /v1/audit and the dashboard's audit page. Raises BadRequest unless `raw_limit` is an
     integer from 1 to MAX_AUDIT_ROWS."""
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_AUDIT_ROWS:
         raise BadRequest(f"audit: limit must be an integer from 1 to {MAX_AUDIT_ROWS}",
                          code="bad_field")
-    return store.list_audit(int(raw_limit), actor)
+    return await store.list_audit(int(raw_limit), actor)

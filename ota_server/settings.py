@@ -70,6 +70,12 @@ class Settings:
     # The channels fleet.yaml declares (`ota serve --fleet`): any other is refused. None (no
     # fleet): any valid channel name is taken.
     channels: tuple[str, ...] | None = None
+    # The metadata store: None for the embedded SQLite file in the data directory, else a
+    # postgresql:// URL (docs/operations.md, "Scale-out"). Never logged: it may hold a password.
+    db_url: str | None = field(default=None, repr=False)
+    # The blob store: None for the data directory's blobs/, else s3://BUCKET?endpoint=...
+    # (keys from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
+    blobs_url: str | None = None
 
     @property
     def db_path(self) -> Path:
@@ -78,6 +84,11 @@ class Settings:
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def blob_cache_dir(self) -> Path:
+        """The local read-through cache of an S3 blob store (blobs sent with sendfile)."""
+        return self.data_dir / "blob-cache"
 
 
 # Environment variable -> (settings field, parser).
@@ -89,6 +100,8 @@ _ENV: dict[str, tuple[str, Any]] = {
     "MPOTA_TLS_CERT": ("tls_cert", Path),
     "MPOTA_TLS_KEY": ("tls_key", Path),
     "MPOTA_JSON_LOGS": ("json_logs", lambda v: v.strip().lower() in ("1", "true", "yes")),
+    "MPOTA_DB": ("db_url", str),
+    "MPOTA_BLOBS": ("blobs_url", str),
 }
 
 # Environment variable -> Limits field; flags use the field name. Each must be > 0.
@@ -147,7 +160,39 @@ def load_settings(
         tls_cert=Path(tls_cert) if tls_cert is not None else None,
         tls_key=Path(tls_key) if tls_key is not None else None,
         channels=tuple(values["channels"]) if values.get("channels") is not None else None,
+        db_url=check_db_url(values.get("db_url")),
+        blobs_url=check_blobs_url(values.get("blobs_url"), env),
     )
+
+
+def check_db_url(url: str | None) -> str | None:
+    """`url` if it names a PostgreSQL database (postgresql://USER[:PASSWORD]@HOST[:PORT]/DB),
+    None for the embedded SQLite store; SettingsError saying what is wrong otherwise (never
+    echoing the URL, which may hold a password)."""
+    if url is None or url == "":
+        return None
+    from ota_server.storage.postgres import check_dsn
+
+    try:
+        return check_dsn(url)
+    except ValueError as err:
+        raise SettingsError(f"--db / MPOTA_DB: {err}") from None
+
+
+def check_blobs_url(url: str | None, env: Mapping[str, str] | None = None) -> str | None:
+    """`url` if it names an S3 bucket (s3://BUCKET?endpoint=http(s)://HOST:PORT) and `env`
+    (default: os.environ) has its keys, None for the data directory's blobs/; SettingsError
+    saying what is wrong otherwise (never showing a key)."""
+    if url is None or url == "":
+        return None
+    from ota_server.storage.s3 import credentials_from_env, parse_s3_url
+
+    try:
+        parse_s3_url(url)
+        credentials_from_env(os.environ if env is None else env)
+    except ValueError as err:
+        raise SettingsError(f"--blobs / MPOTA_BLOBS: {err}") from None
+    return url
 
 
 def _limits(values: Mapping[str, Any], env: Mapping[str, str]) -> Limits:

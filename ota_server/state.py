@@ -8,15 +8,13 @@ from ota_server.counters import CounterCommits
 from ota_server.device_auth import DeviceAuthenticator
 from ota_server.metrics import Metrics
 from ota_server.settings import Settings
-from ota_server.storage import Device
-from ota_server.storage.blobs import FileBlobStore
-from ota_server.storage.sqlite import SqliteStore
+from ota_server.storage import BlobStore, Device, MetadataStore
 from ota_server.tls import ServerTls
 from ota_server.trust import TrustAnchor
 
 SETTINGS = web.AppKey("settings", Settings)
-STORE = web.AppKey("store", SqliteStore)
-BLOBS = web.AppKey("blobs", FileBlobStore)
+STORE = web.AppKey("store", MetadataStore)
+BLOBS = web.AppKey("blobs", BlobStore)
 TRUST = web.AppKey("trust", TrustAnchor)
 DEVICE_AUTH = web.AppKey("device_auth", DeviceAuthenticator)
 BOARD_WRITES = web.AppKey("board_writes", CounterCommits)

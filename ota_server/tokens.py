@@ -30,7 +30,7 @@ def allows(held: str, needed: str) -> bool:
     return SCOPES.index(held) >= SCOPES.index(needed)
 
 
-def create_token(store: MetadataStore, name: str, scope: str = "admin") -> str:
+async def create_token(store: MetadataStore, name: str, scope: str = "admin") -> str:
     """A new publisher token named `name` with `scope`; the caller shows it once, the store
     keeps its hash. Raises ValueError for a scope not in SCOPES or a name that is not a plain
     name (ota_server.validation.NAME)."""
@@ -42,5 +42,5 @@ def create_token(store: MetadataStore, name: str, scope: str = "admin") -> str:
     if not NAME.fullmatch(name):
         raise ValueError(f"token name {name[:80]!r} must match {NAME.pattern}")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    store.create_token(name, token_hash(token), scope)
+    await store.create_token(name, token_hash(token), scope)
     return token

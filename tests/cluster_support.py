@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -41,3 +42,19 @@ def s3_url(seaweed: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> str:
     for name, value in seaweed.credentials_env().items():
         monkeypatch.setenv(name, value)
     return seaweed.create_bucket(f"t-{secrets.token_hex(6)}")
+
+
+async def open_store(kind: str, location: str) -> Any:
+    """A metadata store of `kind` ("sqlite": a file path; "postgres": a database URL, migrated
+    here as `ota db migrate` would) opened in the running event loop."""
+    if kind == "sqlite":
+        from pathlib import Path
+
+        from ota_server.storage.sqlite import SqliteStore
+
+        return SqliteStore(Path(location))
+    from ota_server.storage.postgres import PostgresStore
+
+    store = await PostgresStore.open(location)
+    await store.migrate()
+    return store

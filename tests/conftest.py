@@ -96,8 +96,8 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     files: list[Any] = []
     real = FileBlobStore.open_blob
 
-    def recording(self: FileBlobStore, sha256: str) -> Any:
-        fobj = real(self, sha256)
+    async def recording(self: FileBlobStore, sha256: str) -> Any:
+        fobj = await real(self, sha256)
         files.append(fobj)
         return fobj
 

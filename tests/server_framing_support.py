@@ -58,7 +58,7 @@ async def live_server(directory: Path, *, keys: FleetKeys | None = None,
     given Limits fields changed; stopped on exit."""
     directory.mkdir(parents=True, exist_ok=True)
     keys = keys or FleetKeys.create(directory)
-    settings, token = new_data_dir(directory)
+    settings, token = await new_data_dir(directory)
     settings = replace(settings, root_path=keys.root_path,
                        limits=replace(settings.limits, **limits))
     runner = GuardedAppRunner(create_app(settings), settings.limits, access_log=None,

@@ -73,14 +73,14 @@ def bundle_blobs(bundle: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in (bundle / "blobs").iterdir()}
 
 
-def new_data_dir(directory: Path) -> tuple[Settings, str]:
+async def new_data_dir(directory: Path) -> tuple[Settings, str]:
     """Settings for a fresh data dir under `directory`, and a publisher token created in it."""
     settings = Settings(data_dir=directory / "data")
     store = SqliteStore(settings.db_path)
     try:
-        token = create_token(store, "tests")
+        token = await create_token(store, "tests")
     finally:
-        store.close()
+        await store.close()
     return settings, token
 
 
@@ -255,7 +255,7 @@ async def start_env(aiohttp_client: Any, tmp_path: Path) -> ServerEnv:
     from ota_server.app import create_app
 
     keys = FleetKeys.create(tmp_path)
-    settings, token = new_data_dir(tmp_path)
+    settings, token = await new_data_dir(tmp_path)
     settings = replace(settings, root_path=keys.root_path)
     client = await aiohttp_client(create_app(settings))
     return ServerEnv(client, settings, token, keys, tmp_path)

@@ -62,12 +62,12 @@ class Matrix:
 @pytest.fixture
 async def matrix(aiohttp_client, tmp_path: Path) -> Matrix:
     keys = FleetKeys.create(tmp_path)
-    settings, token = new_data_dir(tmp_path)
+    settings, token = await new_data_dir(tmp_path)
     store = SqliteStore(settings.db_path)
-    revoked_token = create_token(store, "gone")
-    store.revoke_token("gone")
-    scoped = {scope: create_token(store, f"{scope}-token", scope) for scope in SCOPES}
-    store.close()
+    revoked_token = await create_token(store, "gone")
+    await store.revoke_token("gone")
+    scoped = {scope: await create_token(store, f"{scope}-token", scope) for scope in SCOPES}
+    await store.close()
     settings = replace(settings, root_path=keys.root_path)
     client = await aiohttp_client(create_app(settings))
     env = ServerEnv(client, settings, token, keys, tmp_path)
@@ -192,7 +192,7 @@ async def test_replayed_board_request_is_refused(matrix: Matrix, method: str,
     assert first.status < 400, await first.text()
     # A check-in's records are written behind (ota_server.counters): the replay below must not
     # be what writes them, nor change anything else.
-    matrix.env.client.app[state.BOARD_WRITES].flush()
+    await matrix.env.client.app[state.BOARD_WRITES].flush()
     before = store_fingerprint(matrix.env.settings)
     again = await matrix.env.client.request(method, path, data=body or None, headers=headers)
     assert again.status == 401
@@ -254,7 +254,7 @@ async def test_every_publisher_route_needs_its_scope_and_lower_scopes_change_not
     store = matrix.env.app[state.STORE]
     for scope in SCOPES[: SCOPES.index(needed)]:
         before = store_fingerprint(matrix.env.settings)
-        audit_before = len(store.list_audit(1000))
+        audit_before = len(await store.list_audit(1000))
         resp = await matrix.env.client.request(
             method, path, data=body or None,
             headers={"Authorization": f"Bearer {matrix.scoped[scope]}"})
@@ -264,7 +264,7 @@ async def test_every_publisher_route_needs_its_scope_and_lower_scopes_change_not
             assert doc["code"] == "insufficient_scope"
             assert repr(needed) in doc["message"] and f"{scope}-token" in doc["message"]
         assert store_fingerprint(matrix.env.settings) == before
-        refused = store.list_audit(1000)[audit_before:]
+        refused = (await store.list_audit(1000))[audit_before:]
         if needed == "read":
             assert refused == []
         else:
@@ -272,12 +272,12 @@ async def test_every_publisher_route_needs_its_scope_and_lower_scopes_change_not
             assert (entry.actor, entry.scope, entry.status, entry.outcome) == \
                 (f"{scope}-token", scope, 403, "insufficient_scope")
     for scope in SCOPES[SCOPES.index(needed):]:
-        audit_before = len(store.list_audit(1000))
+        audit_before = len(await store.list_audit(1000))
         resp = await matrix.env.client.request(
             method, path, data=body or None,
             headers={"Authorization": f"Bearer {matrix.scoped[scope]}"})
         assert resp.status not in (401, 403), (scope, await resp.text())
-        recorded = store.list_audit(1000)[audit_before:]
+        recorded = (await store.list_audit(1000))[audit_before:]
         if needed == "read":
             assert recorded == []
         else:  # every call that may change state is in the audit log, whatever its outcome

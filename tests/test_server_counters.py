@@ -15,15 +15,16 @@ from ota_server import state
 from ota_server.app import create_app
 from ota_server.counters import CounterCommits
 from ota_server.device_auth import sign_request
+from ota_server.storage.errors import StoreError
 from ota_server.storage.sqlite import SqliteStore
 
 POINT = b"\x04" + b"\x00" * 64
 
 
-def _store(tmp_path: Path, *boards: str) -> SqliteStore:
+async def _store(tmp_path: Path, *boards: str) -> SqliteStore:
     store = SqliteStore(tmp_path / "db.sqlite3")
     for board in boards:
-        store.add_device(board, POINT, "unix", [], "stable", 1)
+        await store.add_device(board, POINT, "unix", [], "stable", 1)
     return store
 
 
@@ -36,26 +37,26 @@ def _counters(path: Path) -> dict[str, int]:
         db.close()
 
 
-def test_advance_counters_is_advance_counter_in_order(tmp_path: Path) -> None:
-    store = _store(tmp_path, "b1", "b2")
+async def test_advance_counters_is_advance_counter_in_order(tmp_path: Path) -> None:
+    store = await _store(tmp_path, "b1", "b2")
     try:
-        got = store.advance_counters([("b1", 5), ("b1", 5), ("b2", 3), ("b1", 4), ("b1", 6),
-                                      ("nobody", 9)])
+        got = await store.advance_counters([("b1", 5), ("b1", 5), ("b2", 3), ("b1", 4),
+                                            ("b1", 6), ("nobody", 9)])
         assert got == [True, False, True, False, True, False]
         assert _counters(tmp_path / "db.sqlite3") == {"b1": 6, "b2": 3}
     finally:
-        store.close()
+        await store.close()
 
 
 async def test_one_turn_of_the_loop_is_one_batch_with_sequential_outcomes(
         tmp_path: Path) -> None:
-    store = _store(tmp_path, "b1", "b2")
+    store = await _store(tmp_path, "b1", "b2")
     commits: list[int] = []
     batch_of = store.advance_counters
 
-    def counting(advances):  # the real store, counted: how many transactions ran
+    async def counting(advances):  # the real store, counted: how many transactions ran
         commits.append(len(advances))
-        return batch_of(advances)
+        return await batch_of(advances)
 
     store.advance_counters = counting  # type: ignore[method-assign]
     try:
@@ -71,11 +72,11 @@ async def test_one_turn_of_the_loop_is_one_batch_with_sequential_outcomes(
         assert commits == [4]
         assert _counters(tmp_path / "db.sqlite3") == {"b1": 7, "b2": 2}
     finally:
-        store.close()
+        await store.close()
 
 
 async def test_a_failed_batch_moves_no_counter_and_fails_every_request(tmp_path: Path) -> None:
-    store = _store(tmp_path, "b1", "b2")
+    store = await _store(tmp_path, "b1", "b2")
     db = sqlite3.connect(tmp_path / "db.sqlite3")
     db.execute("CREATE TRIGGER refuse BEFORE UPDATE OF counter ON devices "
                "WHEN NEW.counter = 666 BEGIN SELECT RAISE(ABORT, 'refused'); END")
@@ -86,13 +87,62 @@ async def test_a_failed_batch_moves_no_counter_and_fails_every_request(tmp_path:
         counters = CounterCommits(store)
         got = await asyncio.gather(counters.advance("b1", 10), counters.advance("b2", 666),
                                    return_exceptions=True)
-        assert all(isinstance(g, sqlite3.IntegrityError) for g in got), got
+        assert all(isinstance(g, StoreError) for g in got), got
         assert _counters(tmp_path / "db.sqlite3") == before
         assert before["b1"] < 10
         # the store is usable afterwards
         assert await counters.advance("b1", 10) is True
     finally:
-        store.close()
+        await store.close()
+
+
+async def test_requests_during_a_slow_commit_form_the_next_batch_committed_after_it(
+        tmp_path: Path) -> None:
+    """A commit that waits (PostgreSQL over the network) holds no request back but its own
+    batch: requests arriving meanwhile form the next batch, committed once it is done, never
+    two at once, so one board's counters are committed in the order they came."""
+    store = await _store(tmp_path, "b1", "b2")
+    gate = asyncio.Event()
+    batches: list[list[tuple[str, int]]] = []
+    running, overlapped = 0, False
+    real = store.advance_counters
+
+    async def slow(advances):
+        nonlocal running, overlapped
+        running += 1
+        overlapped |= running > 1
+        batches.append(list(advances))
+        try:
+            await gate.wait()
+            return await real(advances)
+        finally:
+            running -= 1
+
+    async def slow_one(device_id, counter):
+        return (await slow([(device_id, counter)]))[0]
+
+    store.advance_counters = slow  # type: ignore[method-assign]
+    store.advance_counter = slow_one  # type: ignore[method-assign]
+    try:
+        counters = CounterCommits(store)
+        first = [asyncio.create_task(counters.advance("b1", 5)),
+                 asyncio.create_task(counters.advance("b2", 1))]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        second = [asyncio.create_task(counters.advance("b1", 6)),
+                  asyncio.create_task(counters.advance("b1", 5))]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert batches == [[("b1", 5), ("b2", 1)]]  # the second batch waits for the first
+        assert not any(t.done() for t in first + second)
+        gate.set()
+        assert await asyncio.gather(*first) == [True, True]
+        assert await asyncio.gather(*second) == [True, False]
+        assert batches == [[("b1", 5), ("b2", 1)], [("b1", 6), ("b1", 5)]]
+        assert not overlapped
+        assert _counters(tmp_path / "db.sqlite3") == {"b1": 6, "b2": 1}
+    finally:
+        await store.close()
 
 
 @pytest.mark.parametrize("method,path", [("GET", "/v1/blobs/{sha}"),
@@ -100,7 +150,7 @@ async def test_a_failed_batch_moves_no_counter_and_fails_every_request(tmp_path:
 async def test_concurrent_replays_over_http_pass_once(aiohttp_client, tmp_path: Path,
                                                       method: str, path: str) -> None:
     keys = FleetKeys.create(tmp_path)
-    settings, token = new_data_dir(tmp_path)
+    settings, token = await new_data_dir(tmp_path)
     settings = replace(settings, root_path=keys.root_path)
     env = ServerEnv(await aiohttp_client(create_app(settings)), settings, token, keys, tmp_path)
     board = await env.add_board(SimBoard("board-a"))
@@ -142,19 +192,19 @@ def _records(path: Path) -> dict[str, object]:
         db.close()
 
 
-def _release(store: SqliteStore) -> int:
-    return store.add_release("demo", "1.0.0", 1, ["unix"], b"{}", [], 2**31).id
+async def _release(store: SqliteStore) -> int:
+    return (await store.add_release("demo", "1.0.0", 1, ["unix"], b"{}", [], 2**31)).id
 
 
 async def test_queued_records_go_into_the_boards_next_counter_commit(tmp_path: Path) -> None:
-    store = _store(tmp_path, "b1", "b2")
-    release = _release(store)
+    store = await _store(tmp_path, "b1", "b2")
+    release = await _release(store)
     transactions: list[tuple[int, int, int]] = []
     write = store.write_checkins
 
-    def counting(inventories, offers, advances=()):  # the real store, counted
+    async def counting(inventories, offers, advances=()):  # the real store, counted
         transactions.append((len(inventories), len(offers), len(advances)))
-        return write(inventories, offers, advances)
+        return await write(inventories, offers, advances)
 
     store.write_checkins = counting  # type: ignore[method-assign]
     db = tmp_path / "db.sqlite3"
@@ -176,30 +226,30 @@ async def test_queued_records_go_into_the_boards_next_counter_commit(tmp_path: P
         assert _counters(db)["b1"] == 1
         assert counters.queued == 0
     finally:
-        store.close()
+        await store.close()
 
 
 async def test_an_offer_never_overwrites_a_later_deployment_status(tmp_path: Path) -> None:
-    store = _store(tmp_path, "b1")
-    release = _release(store)
+    store = await _store(tmp_path, "b1")
+    release = await _release(store)
     try:
         counters = CounterCommits(store, write_behind=3600)
         counters.record_checkin("b1", INVENTORY, release)
         # the board's report is written at once (after its own counter commit, which writes
         # the offer first); an offer queued again afterwards must not undo it
         assert await counters.advance("b1", 1) is True
-        store.set_deployment("b1", release, "downloading")
+        await store.set_deployment("b1", release, "downloading")
         counters.record_checkin("b1", INVENTORY, release)
-        counters.flush()
+        await counters.flush()
         assert _records(tmp_path / "db.sqlite3")["deployments"] == [("b1", release, "downloading")]
     finally:
-        store.close()
+        await store.close()
 
 
 async def test_queued_records_are_written_within_the_window_without_other_requests(
         tmp_path: Path) -> None:
-    store = _store(tmp_path, "b1")
-    release = _release(store)
+    store = await _store(tmp_path, "b1")
+    release = await _release(store)
     db = tmp_path / "db.sqlite3"
     try:
         counters = CounterCommits(store, write_behind=0.2)
@@ -211,13 +261,13 @@ async def test_queued_records_are_written_within_the_window_without_other_reques
         assert _records(db) == {"inventory": [("b1", "1.0.0", 4321, "b")],
                                 "deployments": [("b1", release, "offered")]}
     finally:
-        store.close()
+        await store.close()
 
 
 async def test_records_survive_a_failed_counter_batch_and_counters_go_on_alone(
         tmp_path: Path) -> None:
-    store = _store(tmp_path, "b1", "b2")
-    release = _release(store)
+    store = await _store(tmp_path, "b1", "b2")
+    release = await _release(store)
     db = sqlite3.connect(tmp_path / "db.sqlite3")
     db.execute("CREATE TRIGGER refuse BEFORE UPDATE OF mem_free ON devices "
                "WHEN NEW.mem_free = 666 BEGIN SELECT RAISE(ABORT, 'refused'); END")
@@ -232,11 +282,11 @@ async def test_records_survive_a_failed_counter_batch_and_counters_go_on_alone(
         assert counters.queued == 2
         assert _records(tmp_path / "db.sqlite3") == {"inventory": [], "deployments": []}
         counters.record_checkin("b1", {"mem_free": 7}, None)  # newer fields over the old
-        counters.flush()
+        await counters.flush()
         assert _records(tmp_path / "db.sqlite3") == {
             "inventory": [("b1", "1.0.0", 7, "b")], "deployments": [("b1", release, "offered")]}
     finally:
-        store.close()
+        await store.close()
 
 
 async def test_shutdown_writes_every_answered_checkin(aiohttp_client, tmp_path: Path,
@@ -245,7 +295,7 @@ async def test_shutdown_writes_every_answered_checkin(aiohttp_client, tmp_path: 
     (the window is an hour here, so only the clean-up can have written it)."""
     monkeypatch.setattr("ota_server.counters.WRITE_BEHIND_SECONDS", 3600.0)
     keys = FleetKeys.create(tmp_path)
-    settings, token = new_data_dir(tmp_path)
+    settings, token = await new_data_dir(tmp_path)
     settings = replace(settings, root_path=keys.root_path)
     client = await aiohttp_client(create_app(settings))
     env = ServerEnv(client, settings, token, keys, tmp_path)

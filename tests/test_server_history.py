@@ -99,28 +99,28 @@ def test_a_reason_is_accepted_exactly_when_it_is_short_printable_utf8(text: str)
             report_reason(text)
 
 
-def test_a_board_s_history_keeps_its_newest_rows_only(tmp_path: Path) -> None:
+async def test_a_board_s_history_keeps_its_newest_rows_only(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "meta.db")
     try:
-        store.add_device("b1", b"\x04" + b"\x01" * 64, "unix", [], "stable", 1)
-        store.add_device("b2", b"\x04" + b"\x02" * 64, "unix", [], "stable", 2)
-        release = store.add_release("demo", "1.0.0", 1, ["unix"], b"{}", [], 2**40)
+        await store.add_device("b1", b"\x04" + b"\x01" * 64, "unix", [], "stable", 1)
+        await store.add_device("b2", b"\x04" + b"\x02" * 64, "unix", [], "stable", 2)
+        release = await store.add_release("demo", "1.0.0", 1, ["unix"], b"{}", [], 2**40)
         for board in ("b1", "b2"):
-            store.open_deployment_for(board, release.id, "stable")
+            await store.open_deployment_for(board, release.id, "stable")
         for i in range(HISTORY_PER_DEVICE + 5):
-            assert store.set_deployment("b1", release.id, "failed", f"try {i}")
-        assert store.set_deployment("b2", release.id, "confirmed", "")
-        history = store.device_history("b1")
+            assert await store.set_deployment("b1", release.id, "failed", f"try {i}")
+        assert await store.set_deployment("b2", release.id, "confirmed", "")
+        history = await store.device_history("b1")
         assert len(history) == HISTORY_PER_DEVICE
         assert history[0].reason == "try 5" and history[-1].reason == \
             f"try {HISTORY_PER_DEVICE + 4}"
-        assert [h.status for h in store.device_history("b2")] == ["confirmed"]
-        assert not store.set_deployment("b1", release.id + 1, "failed", "never offered")
+        assert [h.status for h in await store.device_history("b2")] == ["confirmed"]
+        assert not await store.set_deployment("b1", release.id + 1, "failed", "never offered")
     finally:
-        store.close()
+        await store.close()
 
 
-def test_a_version_2_database_migrates_to_the_history_table(tmp_path: Path) -> None:
+async def test_a_version_2_database_migrates_to_the_history_table(tmp_path: Path) -> None:
     path = tmp_path / "meta.db"
     db = sqlite3.connect(path)
     for version, sql in _migrations():
@@ -133,8 +133,8 @@ def test_a_version_2_database_migrates_to_the_history_table(tmp_path: Path) -> N
     db.close()
     store = SqliteStore(path)
     try:
-        assert store.schema_version() == max(v for v, _ in _migrations())
-        assert store.device_history("old") == []
+        assert await store.schema_version() == max(v for v, _ in _migrations())
+        assert await store.device_history("old") == []
     finally:
-        store.close()
+        await store.close()
     assert json.dumps([v for v, _ in _migrations()])  # the scripts are numbered

@@ -350,7 +350,7 @@ def test_tokens_have_scopes_every_change_is_audited_and_loose_token_files_are_re
     assert code == 0, err
 
 
-def test_tokens_from_before_scopes_stay_admin_and_releases_get_their_signers(
+async def test_tokens_from_before_scopes_stay_admin_and_releases_get_their_signers(
         tmp_path: Path, keys: FleetKeys) -> None:
     """A data directory of schema version 2 migrates: its tokens keep every power (admin),
     its releases get the key ids their envelopes name."""
@@ -368,14 +368,14 @@ def test_tokens_from_before_scopes_stay_admin_and_releases_get_their_signers(
     db.close()
     store = SqliteStore(path)
     try:
-        assert store.schema_version() >= 3
-        token = store.token("ab")
+        assert await store.schema_version() >= 3
+        token = await store.token("ab")
         assert token is not None and token.scope == "admin"
-        [release] = store.list_releases("demo")
+        [release] = await store.list_releases("demo")
         assert release.signers == (keyid(keys.release_key),)
         assert release.yanked is None
     finally:
-        store.close()
+        await store.close()
 
 
 def test_an_admin_token_manages_tokens_over_the_api_and_others_cannot(

@@ -152,7 +152,7 @@ async def test_rollout_start_names_a_release_by_version_or_by_sequence_not_both(
 
 async def test_declared_channels_refuse_others_everywhere(aiohttp_client, tmp_path: Path) -> None:
     keys = FleetKeys.create(tmp_path)
-    settings_, token = new_data_dir(tmp_path)
+    settings_, token = await new_data_dir(tmp_path)
     settings_ = replace(settings_, root_path=keys.root_path, channels=("stable", "beta"))
     client = await aiohttp_client(create_app(settings_))
     env = ServerEnv(client, settings_, token, keys, tmp_path)
@@ -181,11 +181,11 @@ async def test_every_state_changing_call_is_audited_with_its_outcome(env: Server
     assert resp.status == 422
     await env.client.get("/v1/releases", headers=env.bearer)  # a read: not audited
     await env.client.post("/v1/releases", data=b"x", headers={"Authorization": "Bearer no"})
-    entries = [(e.actor, e.action, e.status, e.outcome) for e in store.list_audit(100)]
+    entries = [(e.actor, e.action, e.status, e.outcome) for e in await store.list_audit(100)]
     assert entries[-2:] == [("tests", "POST /v1/releases", 201, "ok"),
                             ("tests", "POST /v1/releases", 422, "malformed")]
     assert all(action.split()[0] != "GET" for _, action, _, _ in entries)
-    assert store.list_audit(100)[-2].target == "demo 1.0.0"
+    assert (await store.list_audit(100))[-2].target == "demo 1.0.0"
     resp = await env.client.get("/v1/audit?limit=0", headers=env.bearer)
     assert resp.status == 400 and (await resp.json())["code"] == "bad_field"
     resp = await env.client.get("/v1/audit?limit=1", headers=env.bearer)

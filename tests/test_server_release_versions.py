@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from server_support import FleetKeys, ServerEnv, make_bundle
 
+from ota_server.storage.errors import StoreConflict
 from ota_server.storage.sqlite import SqliteStore, _migrations
 from signing.keys import save_private_key
 from tools.cli import main
@@ -169,7 +170,7 @@ def _published(out: str, version: str) -> int:
     return int(match.group(1))
 
 
-def test_migration_keeps_a_version_1_data_directory_and_its_duplicate_versions(
+async def test_migration_keeps_a_version_1_data_directory_and_its_duplicate_versions(
         tmp_path: Path) -> None:
     """A data directory written by schema version 1 (with two releases of one version, which
     version 1 allowed) opens, migrates, and keeps every row."""
@@ -193,21 +194,21 @@ def test_migration_keeps_a_version_1_data_directory_and_its_duplicate_versions(
     db.close()
     store = SqliteStore(path)
     try:
-        assert store.schema_version() == max(v for v, _ in _migrations())
-        releases = store.list_releases("demo")
+        assert await store.schema_version() == max(v for v, _ in _migrations())
+        releases = await store.list_releases("demo")
         assert [(r.sequence, r.version) for r in releases] == [(1, "7.0.0"), (2, "7.0.0")]
         assert [r.expires for r in releases] == \
             [json.loads(_payload(bundle))["expires"] for bundle in bundles]
-        named = store.release_by_version("demo", "7.0.0")
+        named = await store.release_by_version("demo", "7.0.0")
         assert named is not None and named.sequence == 1  # the first registered keeps the name
-        assert store.deployment_counts(2, "beta").confirmed == 1
-        assert store.reserve_sequence("demo", "7.0.0") == (1, True)
-        assert store.reserve_sequence("demo", "7.1.0") == (3, False)
-        assert store.reserve_sequence("demo", "7.2.0", floor=1000) == (1000, False)
-        with pytest.raises(sqlite3.IntegrityError):  # and no new duplicate gets in
-            store.add_release("demo", "7.0.0", 9, ["unix"], b"{}", [], 2**40)
+        assert (await store.deployment_counts(2, "beta")).confirmed == 1
+        assert await store.reserve_sequence("demo", "7.0.0") == (1, True)
+        assert await store.reserve_sequence("demo", "7.1.0") == (3, False)
+        assert await store.reserve_sequence("demo", "7.2.0", floor=1000) == (1000, False)
+        with pytest.raises(StoreConflict):  # and no new duplicate gets in
+            await store.add_release("demo", "7.0.0", 9, ["unix"], b"{}", [], 2**40)
     finally:
-        store.close()
+        await store.close()
 
 
 def _payload(bundle: Path) -> bytes:

@@ -189,7 +189,7 @@ async def _scenario(workdir: Path, fleet: list[tuple[str, bool]],
     from ota_server.app import create_app
 
     keys = FleetKeys.create(workdir)
-    settings, token = new_data_dir(workdir)
+    settings, token = await new_data_dir(workdir)
     settings = replace(settings, root_path=keys.root_path)
     async with TestClient(TestServer(create_app(settings))) as client:
         env = ServerEnv(client, settings, token, keys, workdir)

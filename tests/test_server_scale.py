@@ -109,7 +109,7 @@ def test_every_answered_checkin_is_in_the_database_after_a_clean_stop(
     assert offers == [(b.device_id, "offered") for b in boards]
 
 
-def test_the_key_cache_stays_bounded_one_key_at_a_time(tmp_path: Path,
+async def test_the_key_cache_stays_bounded_one_key_at_a_time(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The parsed-key cache never holds more than its bound and never empties at once (that
     stalled the server for a part of a second at 100,000 boards)."""
@@ -128,4 +128,4 @@ def test_the_key_cache_stays_bounded_one_key_at_a_time(tmp_path: Path,
         assert sizes == [1, 2, 3, 3, 3]
         assert list(auth._keys) == points[2:]  # the newest stay
     finally:
-        store.close()
+        await store.close()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ota_server.storage.blobs import BlobHashMismatch, BlobTooLarge, FileBlobStore, check_blob_id
+from ota_server.storage.errors import StoreConflict, StoreNotFound, StoreUnavailable
 from ota_server.storage.sqlite import SqliteStore, _migrations
 
 
@@ -17,43 +18,65 @@ async def _chunks(*parts: bytes):
         yield part
 
 
-def test_fresh_store_is_migrated_in_wal_mode(tmp_path: Path) -> None:
+async def test_fresh_store_is_migrated_in_wal_mode(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "db.sqlite3")
     try:
-        assert store.schema_version() == max(v for v, _ in _migrations())
-        assert store.integrity_check() == "ok"
+        assert await store.schema_version() == max(v for v, _ in _migrations())
+        assert await store.integrity_check() == "ok"
     finally:
-        store.close()
+        await store.close()
     db = sqlite3.connect(tmp_path / "db.sqlite3")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.close()
     # reopening does not migrate again (the tables already exist: it would fail)
-    SqliteStore(tmp_path / "db.sqlite3").close()
+    await SqliteStore(tmp_path / "db.sqlite3").close()
 
 
-def test_counter_only_moves_forward(tmp_path: Path) -> None:
+async def test_counter_only_moves_forward(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "db.sqlite3")
     try:
-        store.add_device("b1", b"\x04" + b"\x00" * 64, "unix", ["x"], "stable", 42)
-        assert store.advance_counter("b1", 5)
-        assert not store.advance_counter("b1", 5)
-        assert not store.advance_counter("b1", 4)
-        assert store.advance_counter("b1", 6)
-        assert not store.advance_counter("nobody", 100)
+        await store.add_device("b1", b"\x04" + b"\x00" * 64, "unix", ["x"], "stable", 42)
+        assert await store.advance_counter("b1", 5)
+        assert not await store.advance_counter("b1", 5)
+        assert not await store.advance_counter("b1", 4)
+        assert await store.advance_counter("b1", 6)
+        assert not await store.advance_counter("nobody", 100)
     finally:
-        store.close()
+        await store.close()
 
 
-def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
+async def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
+    """A clash is the store's own StoreConflict (never sqlite3's), and nothing of the failed
+    transaction is written."""
     store = SqliteStore(tmp_path / "db.sqlite3")
     try:
-        store.add_release("demo", "1.0.0", 1, ["unix"], b"{}", [("a" * 64, 3)], 2**40)
-        with pytest.raises(sqlite3.IntegrityError):
-            store.add_release("demo", "1.0.1", 1, ["unix"], b"{}", [("b" * 64, 3)], 2**40)
-        assert [r.version for r in store.list_releases()] == ["1.0.0"]
-        assert store.release_blob_refs() == ["a" * 64]
+        await store.add_release("demo", "1.0.0", 1, ["unix"], b"{}", [("a" * 64, 3)], 2**40)
+        with pytest.raises(StoreConflict):
+            await store.add_release("demo", "1.0.1", 1, ["unix"], b"{}", [("b" * 64, 3)],
+                                    2**40)
+        assert [r.version for r in await store.list_releases()] == ["1.0.0"]
+        assert await store.release_blob_refs() == ["a" * 64]
+        with pytest.raises(StoreNotFound):
+            await store.yank_release(999)
     finally:
-        store.close()
+        await store.close()
+
+
+async def test_a_locked_database_is_store_unavailable(tmp_path: Path) -> None:
+    """SQLite's `database is locked` (another writer past the busy timeout) is a
+    StoreUnavailable: the server answers 503 with Retry-After, as for PostgreSQL."""
+    store = SqliteStore(tmp_path / "db.sqlite3")
+    other = sqlite3.connect(tmp_path / "db.sqlite3", isolation_level=None)
+    try:
+        store._db.execute("PRAGMA busy_timeout=0")
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreUnavailable, match="locked"):
+            await store.create_token("t", "h" * 64, "admin")
+        other.execute("ROLLBACK")
+        assert await store.create_token("t", "h" * 64, "admin") > 0
+    finally:
+        other.close()
+        await store.close()
 
 
 async def test_blob_is_stored_under_its_hash_and_idempotently(tmp_path: Path) -> None:
@@ -63,7 +86,7 @@ async def test_blob_is_stored_under_its_hash_and_idempotently(tmp_path: Path) ->
     assert await blobs.put_stream(sha, _chunks(data[:10], data[10:]), 10_000)
     assert not await blobs.put_stream(sha, _chunks(data), 10_000)
     assert blobs.path(sha).read_bytes() == data
-    assert blobs.size(sha) == len(data)
+    assert await blobs.size(sha) == len(data)
     assert list((tmp_path / "blobs" / "tmp").iterdir()) == []
 
 
@@ -74,7 +97,7 @@ async def test_wrong_or_oversized_blob_leaves_no_file(tmp_path: Path) -> None:
         await blobs.put_stream(sha, _chunks(b"wrong"), 100)
     with pytest.raises(BlobTooLarge):
         await blobs.put_stream(sha, _chunks(b"x" * 60, b"y" * 60), 100)
-    assert not blobs.exists(sha)
+    assert not await blobs.exists(sha)
     assert [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()] == []
 
 

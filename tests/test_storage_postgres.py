@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,29 +29,6 @@ BLOB_A = "a" * 64
 BLOB_B = "b" * 64
 
 
-class AsyncSqlite:
-    """SqliteStore behind the async calls PostgresStore offers, its uniqueness errors as
-    StoreConflict: what the async storage boundary will make of it (issue #14)."""
-
-    def __init__(self, store: SqliteStore):
-        self.sync = store
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self.sync, name)
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return method(*args, **kwargs)
-            except sqlite3.IntegrityError as err:
-                if "UNIQUE" in str(err):
-                    raise StoreConflict(str(err)) from err
-                raise
-            except KeyError as err:  # SqliteStore's "no such id"
-                raise StoreNotFound(str(err)) from err
-
-        return call
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
     """(kind, location) of an empty store of each kind."""
@@ -66,8 +42,8 @@ async def store(backend: tuple[str, str]) -> AsyncIterator[Any]:
     kind, location = backend
     if kind == "sqlite":
         sqlite_store = SqliteStore(Path(location))
-        yield AsyncSqlite(sqlite_store)
-        sqlite_store.close()
+        yield sqlite_store
+        await sqlite_store.close()
         return
     pg = await PostgresStore.open(location)
     await pg.migrate()
@@ -265,6 +241,7 @@ async def test_check_ins_write_inventory_offers_and_counters_together(store: Any
 async def test_rollouts_and_base_releases(store: Any) -> None:
     one = await _release(store, version="1", sequence=1)
     two = await _release(store, version="2", sequence=2)
+    three = await _release(store, version="3", sequence=3)
     assert await store.base_release("stable") is None
     await store.set_base_release("stable", one.id)
     assert await store.base_release("stable") == one
@@ -272,16 +249,50 @@ async def test_rollouts_and_base_releases(store: Any) -> None:
     first = await store.start_rollout("stable", one.id, {"stages": [10, 100]})
     assert (first.stage, first.state, first.release, first.policy) == (
         0, "active", one, {"stages": [10, 100]})
-    await store.update_rollout(first.id, stage=1, reason="healthy")
+    assert await store.update_rollout(first.id, stage=1, reason="healthy")
     moved = await store.current_rollout("stable")
     assert (moved.stage, moved.state, moved.reason) == (1, "active", "healthy")
-    await store.update_rollout(first.id, state="paused")
+    assert await store.rollout(first.id) == moved
+    assert await store.update_rollout(first.id, state="paused")
     assert (await store.current_rollout("stable")).state == "paused"
-    second = await store.start_rollout("stable", two.id, {})
+    # A start names the rollout it replaces: one that is not the channel's current one (a
+    # start through another replica came first) is a conflict, and nothing changes.
+    for stale in (None, first.id + 100):
+        with pytest.raises(StoreConflict):
+            await store.start_rollout("stable", two.id, {}, base_release_id=two.id,
+                                      replaces=stale)
+    assert (await store.current_rollout("stable")).id == first.id
+    assert await store.base_release("stable") == one
+    second = await store.start_rollout("stable", two.id, {}, base_release_id=one.id,
+                                       replaces=first.id)
     current = await store.current_rollout("stable")
     assert current.id == second.id and current.release == two and current.stage == 0
+    assert await store.base_release("stable") == one
+    with pytest.raises(StoreConflict):  # `first` is superseded now
+        await store.start_rollout("stable", three.id, {}, replaces=first.id)
     assert await store.current_rollout("beta") is None
     assert await store.list_channels() == ["stable"]
+
+
+async def test_a_rollout_moves_only_from_the_stage_and_state_the_caller_saw(store: Any) -> None:
+    """Two replicas advancing (or pausing) the same rollout together: one changes it, the
+    other's conditional update changes nothing and says so."""
+    release = await _release(store)
+    rollout = await store.start_rollout("stable", release.id, {"stages": [10, 50, 100]})
+    assert await store.update_rollout(rollout.id, stage=1, expect_stage=0,
+                                      expect_state="active")
+    assert not await store.update_rollout(rollout.id, stage=1, expect_stage=0,
+                                          expect_state="active")
+    assert not await store.update_rollout(rollout.id, state="paused", reason="x",
+                                          expect_stage=1, expect_state="paused")
+    assert (await store.rollout(rollout.id)).stage == 1
+    assert await store.update_rollout(rollout.id, state="paused", reason="auto",
+                                      expect_stage=1, expect_state="active")
+    assert not await store.update_rollout(rollout.id, stage=2, expect_stage=1,
+                                          expect_state="active")
+    found = await store.rollout(rollout.id)
+    assert (found.stage, found.state, found.reason) == (1, "paused", "auto")
+    assert await store.rollout(rollout.id + 1000) is None
 
 
 async def test_deployments(store: Any) -> None:
@@ -313,9 +324,10 @@ async def test_both_backends_reach_the_same_schema_version(pg_dsn: str, tmp_path
     pg = await _migrated(pg_dsn)
     try:
         sqlite_store = SqliteStore(tmp_path / "meta.db")
-        assert await pg.schema_version() == sqlite_store.schema_version() == _migrations()[-1][0]
+        assert await pg.schema_version() == await sqlite_store.schema_version() \
+            == _migrations()[-1][0]
         assert [v for v, _ in pg_migrations()] == [v for v, _ in _migrations()]
-        sqlite_store.close()
+        await sqlite_store.close()
     finally:
         await pg.close()
 
@@ -540,22 +552,14 @@ def test_accepted_counters_are_exactly_the_running_maxima(
     async def run() -> list[bool]:
         kind, location = backend
         device_id = "p-" + secrets.token_hex(6)
-        if kind == "sqlite":
-            sqlite_store = SqliteStore(Path(location))
-            try:
-                sqlite_store.add_device(device_id, KEY, "esp32", [], "stable", 1)
-                if batch:
-                    return sqlite_store.advance_counters([(device_id, c) for c in counters])
-                return [sqlite_store.advance_counter(device_id, c) for c in counters]
-            finally:
-                sqlite_store.close()
-        pg = await _migrated(location)
+        store: Any = SqliteStore(Path(location)) if kind == "sqlite" \
+            else await _migrated(location)
         try:
-            await pg.add_device(device_id, KEY, "esp32", [], "stable", 1)
+            await store.add_device(device_id, KEY, "esp32", [], "stable", 1)
             if batch:
-                return await pg.advance_counters([(device_id, c) for c in counters])
-            return [await pg.advance_counter(device_id, c) for c in counters]
+                return list(await store.advance_counters([(device_id, c) for c in counters]))
+            return [await store.advance_counter(device_id, c) for c in counters]
         finally:
-            await pg.close()
+            await store.close()
 
     assert asyncio.run(run()) == expected

@@ -6,11 +6,14 @@ The browser end to end is tests/test_ui_browser.py; these pin the rules one requ
 
 from __future__ import annotations
 
+import asyncio
 import re
+import secrets
 import time
 from typing import Any
 
 import pytest
+from cluster_support import open_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from server_support import ServerEnv, SimBoard
@@ -18,7 +21,6 @@ from server_support import ServerEnv, SimBoard
 from ota_server.state import BOARD_WRITES, STORE
 from ota_server.storage.fleet_view import BOARD_STATUSES, BoardFilter
 from ota_server.storage.records import Token
-from ota_server.storage.sqlite import SqliteStore
 from ota_server.tokens import create_token
 from ota_server.ui import sessions as ui_sessions
 from ota_server.ui.routes import OPEN_ROUTES, session_scope
@@ -220,7 +222,7 @@ async def test_a_new_login_ends_the_session_the_browser_had(env: ServerEnv) -> N
 
 async def test_a_revoked_token_ends_its_sessions(env: ServerEnv) -> None:
     await _login(env)
-    assert env.app[STORE].revoke_token("tests") == 1
+    assert await env.app[STORE].revoke_token("tests") == 1
     assert (await env.client.get("/ui/fleet", allow_redirects=False)).status == 303
 
 
@@ -253,8 +255,9 @@ async def test_pages_show_the_fleet_and_the_board_table_filters_on_the_server(
 async def test_the_board_page_shows_a_deployments_failure_reason(env: ServerEnv) -> None:
     boards = await _rollout_fleet(env)
     store = env.app[STORE]
-    env.app[BOARD_WRITES].flush()  # the check-ins' offers are written behind
-    target = next(b for b in boards if store.deployment_status(b.device_id, 1) == "offered")
+    await env.app[BOARD_WRITES].flush()  # the check-ins' offers are written behind
+    offered = [b for b in boards if await store.deployment_status(b.device_id, 1) == "offered"]
+    target = offered[0]
     for status in ("downloading", "installed"):
         assert (await env.report(target, status, 1)).status == 204
     reason = "app crashed: <script>alert(1)</script>"
@@ -291,31 +294,54 @@ async def test_the_login_sends_only_to_a_dashboard_page(env: ServerEnv, target: 
 
 # -- the store's paging and statuses ----------------------------------------------------------
 
-def _fill(store: SqliteStore, count: int, now: int) -> None:
+async def _fill(store: Any, count: int, now: int) -> None:
     """`count` boards with every status, straight into the store (the fixture of the paging
     rules; the server paths are tested above)."""
     for i in range(count):
         device_id = f"dev-{i:05d}"
-        store.add_device(device_id, b"\x04" + bytes(64), "unix", [f"t{i % 3}"],
-                         "stable" if i % 2 else "beta", i % 10_000)
+        await store.add_device(device_id, b"\x04" + bytes(64), "unix", [f"t{i % 3}"],
+                               "stable" if i % 2 else "beta", i % 10_000)
         kind = i % 5
         if kind == 1:
-            store.record_checkin(device_id, {"last_seen": now - 10, "version": "1.0.0"})
+            await store.record_checkin(device_id, {"last_seen": now - 10, "version": "1.0.0"})
         elif kind == 2:
-            store.record_checkin(device_id, {"last_seen": now - 100_000})
+            await store.record_checkin(device_id, {"last_seen": now - 100_000})
         elif kind == 3:
-            store.record_checkin(device_id, {"last_seen": now - 10, "last_status": "failed"})
+            await store.record_checkin(device_id, {"last_seen": now - 10,
+                                                   "last_status": "failed"})
         elif kind == 4:
-            store.revoke_device(device_id)
+            await store.revoke_device(device_id)
 
 
-@pytest.fixture(scope="module")
-def filled(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    store = SqliteStore(tmp_path_factory.mktemp("ui") / "db.sqlite3")
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def filled_store(request: pytest.FixtureRequest,
+                 tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, int]:
+    """(backend, location, now) of a store filled once per module and backend: the dashboard's
+    views must read the same on SQLite and PostgreSQL."""
     now = int(time.time())
-    _fill(store, 400, now)
+    if request.param == "sqlite":
+        location = str(tmp_path_factory.mktemp("ui") / "db.sqlite3")
+    else:
+        location = request.getfixturevalue("postgres_server").create_database(
+            f"ui_{secrets.token_hex(6)}")
+
+    async def fill() -> None:
+        store = await open_store(request.param, location)
+        try:
+            await _fill(store, 400, now)
+        finally:
+            await store.close()
+
+    asyncio.run(fill())
+    return request.param, location, now
+
+
+@pytest.fixture
+async def filled(filled_store: tuple[str, str, int]) -> Any:
+    kind, location, now = filled_store
+    store = await open_store(kind, location)
     yield store, now
-    store.close()
+    await store.close()
 
 
 def _python_status(device: Any, cutoff: int) -> str:
@@ -337,14 +363,14 @@ def _python_status(device: Any, cutoff: int) -> str:
        tag=st.sampled_from((None, "t0", "t2")),
        search=st.sampled_from((None, "", "dev-001", "9")),
        limit=st.integers(1, 60))
-def test_keyset_pages_walk_every_matching_board_once_in_order(
+async def test_keyset_pages_walk_every_matching_board_once_in_order(
         filled: Any, status: str | None, channel: str | None, tag: str | None,
         search: str | None, limit: int) -> None:
     store, now = filled
     cutoff = now - 7200
     board_filter = BoardFilter(silent_before=cutoff, status=status, channel=channel, tag=tag,
                                search=search)
-    expected = [d.device_id for d in store.list_devices()
+    expected = [d.device_id for d in await store.list_devices()
                 if (status is None or _python_status(d, cutoff) == status)
                 and (channel is None or d.channel == channel)
                 and (tag is None or tag in d.tags)
@@ -352,7 +378,7 @@ def test_keyset_pages_walk_every_matching_board_once_in_order(
     walked: list[str] = []
     after = None
     for _ in range(500):
-        page = store.board_page(board_filter, after=after, limit=limit)
+        page = await store.board_page(board_filter, after=after, limit=limit)
         for device, found in page:
             assert found == _python_status(device, cutoff)
         walked += [d.device_id for d, _ in page]
@@ -360,12 +386,12 @@ def test_keyset_pages_walk_every_matching_board_once_in_order(
             break
         after = page[-1][0].device_id
     assert walked == expected
-    assert store.count_boards(board_filter) == len(expected)
+    assert await store.count_boards(board_filter) == len(expected)
     # and backwards from the end, page by page, the same boards
     back: list[str] = []
     before = "\uffff"
     for _ in range(500):
-        page = store.board_page(board_filter, before=before, limit=limit)
+        page = await store.board_page(board_filter, before=before, limit=limit)
         back = [d.device_id for d, _ in page] + back
         if len(page) < limit:
             break
@@ -373,11 +399,11 @@ def test_keyset_pages_walk_every_matching_board_once_in_order(
     assert back == expected
 
 
-def test_fleet_counts_add_up_to_the_boards_by_every_grouping(filled: Any) -> None:
+async def test_fleet_counts_add_up_to_the_boards_by_every_grouping(filled: Any) -> None:
     store, now = filled
     cutoff = now - 7200
-    counts = store.fleet_counts(cutoff)
-    devices = store.list_devices()
+    counts = await store.fleet_counts(cutoff)
+    devices = await store.list_devices()
     assert counts.total == len(devices) == 400
     assert sum(n for _, _, n in counts.by_version) == 400
     assert dict(counts.by_channel) == {"beta": 200, "stable": 200}
@@ -388,11 +414,11 @@ def test_fleet_counts_add_up_to_the_boards_by_every_grouping(filled: Any) -> Non
     assert all(by_rule[s] > 0 for s in BOARD_STATUSES)
 
 
-def test_a_page_limit_outside_the_bounds_is_refused(filled: Any) -> None:
+async def test_a_page_limit_outside_the_bounds_is_refused(filled: Any) -> None:
     store, now = filled
     for limit in (0, -1, 201):
         with pytest.raises(ValueError, match="limit must be 1 to 200"):
-            store.board_page(BoardFilter(silent_before=now), limit=limit)
+            await store.board_page(BoardFilter(silent_before=now), limit=limit)
 
 
 # -- sessions ---------------------------------------------------------------------------------
@@ -436,7 +462,7 @@ def test_a_session_holds_its_tokens_scope_and_those_below_it() -> None:
 async def test_a_read_token_sees_the_pages_but_cannot_pause_and_the_refusal_is_audited(
         env: ServerEnv) -> None:
     await _rollout_fleet(env)
-    reader = create_token(env.app[STORE], "viewer", "read")
+    reader = await create_token(env.app[STORE], "viewer", "read")
     csrf = await _login(env, reader)
     for page in ("/ui/fleet", "/ui/rollouts", "/ui/boards", "/ui/releases", "/ui/audit"):
         assert (await env.client.get(page, allow_redirects=False)).status == 200, page
@@ -445,14 +471,14 @@ async def test_a_read_token_sees_the_pages_but_cannot_pause_and_the_refusal_is_a
     assert resp.status == 403
     assert (await resp.json())["code"] == "missing_scope"
     assert (await env.rollout())["state"] == "active"
-    (entry,) = [e for e in env.app[STORE].list_audit(100) if e.actor == "viewer"]
+    (entry,) = [e for e in await env.app[STORE].list_audit(100) if e.actor == "viewer"]
     assert (entry.action, entry.status, entry.outcome, entry.scope) == (
         "POST /ui/rollouts/{channel}/{action}", 403, "missing_scope", "read")
 
 
 async def test_dashboard_actions_are_in_the_audit_log_as_the_apis_are(env: ServerEnv) -> None:
     await _rollout_fleet(env)
-    publisher = create_token(env.app[STORE], "operator", "publish")
+    publisher = await create_token(env.app[STORE], "operator", "publish")
     csrf = await _login(env, publisher)
     for _ in range(2):  # the second pause is refused by the rollout's own rules
         resp = await env.client.post("/ui/rollouts/stable/pause", data={"csrf": csrf},
@@ -461,7 +487,7 @@ async def test_dashboard_actions_are_in_the_audit_log_as_the_apis_are(env: Serve
     forged = await env.client.post("/ui/rollouts/stable/resume", data={"csrf": "forged"},
                                    allow_redirects=False)
     assert forged.status == 403
-    entries = [e for e in env.app[STORE].list_audit(100) if e.actor == "operator"]
+    entries = [e for e in await env.app[STORE].list_audit(100) if e.actor == "operator"]
     assert [(e.target, e.status, e.outcome) for e in entries] == [
         ("stable: pause", 303, "ok"), ("stable: pause", 409, "bad_rollout_state"),
         ("channel=stable action=resume", 403, "bad_csrf")]
@@ -479,7 +505,7 @@ async def test_the_session_cookie_is_secure_when_the_server_runs_tls(
 
     server_tls(tmp_path / "tls")
     keys = FleetKeys.create(tmp_path)
-    settings, token = new_data_dir(tmp_path)
+    settings, token = await new_data_dir(tmp_path)
     settings = replace(settings, root_path=keys.root_path,
                        tls_cert=tmp_path / "tls" / "server.pem",
                        tls_key=tmp_path / "tls" / "server.key")
@@ -538,7 +564,7 @@ async def _api_release(env: ServerEnv, version: str) -> dict[str, Any]:
 async def test_the_yank_button_takes_the_apis_path_its_refusal_and_its_force(
         env: ServerEnv) -> None:
     await _rollout_fleet(env)
-    csrf = await _login(env, create_token(env.app[STORE], "operator", "publish"))
+    csrf = await _login(env, await create_token(env.app[STORE], "operator", "publish"))
     page = _page_text(await (await env.client.get("/ui/releases")).text())
     assert 'value="force" class="danger"' in page
     assert "aborts the rollout on stable (active)" in page
@@ -572,7 +598,7 @@ async def test_the_yank_button_takes_the_apis_path_its_refusal_and_its_force(
                                      allow_redirects=False)
         assert resp.status == 303
         assert shown in _page_text(await (await env.client.get("/ui/releases")).text())
-    entries = [e for e in env.app[STORE].list_audit(100) if e.actor == "operator"]
+    entries = [e for e in await env.app[STORE].list_audit(100) if e.actor == "operator"]
     assert [(e.action, e.target, e.status, e.outcome) for e in entries] == [
         ("POST /ui/releases/{app}/{version}/yank", "demo 1.0.0", 409, "rollout_active"),
         ("POST /ui/releases/{app}/{version}/yank", "demo 1.0.0 (force)", 303, "ok"),
@@ -600,7 +626,7 @@ async def test_a_release_without_a_rollout_is_yanked_at_once_and_shows_its_signe
 async def test_yank_and_revoke_are_refused_below_their_scope_and_without_csrf(
         env: ServerEnv, path: str, scope: str) -> None:
     await _rollout_fleet(env)
-    csrf = await _login(env, create_token(env.app[STORE], "short", scope))
+    csrf = await _login(env, await create_token(env.app[STORE], "short", scope))
     refused = await env.client.post(path, data={"csrf": csrf, "force": "yes"},
                                     allow_redirects=False)
     assert refused.status == 403
@@ -614,7 +640,8 @@ async def test_yank_and_revoke_are_refused_below_their_scope_and_without_csrf(
     device = await env.client.get("/v1/devices/board-0", headers=env.bearer)
     assert (await device.json())["revoked"] is None
     assert (await env.rollout())["state"] == "active"
-    outcomes = [(e.actor, e.scope, e.status, e.outcome) for e in env.app[STORE].list_audit(100)
+    outcomes = [(e.actor, e.scope, e.status, e.outcome)
+                for e in await env.app[STORE].list_audit(100)
                 if e.action.startswith("POST /ui/")]
     assert outcomes == [("short", scope, 403, "missing_scope"),
                         ("tests", "admin", 403, "bad_csrf"), ("tests", "admin", 403, "bad_csrf")]
@@ -622,7 +649,7 @@ async def test_yank_and_revoke_are_refused_below_their_scope_and_without_csrf(
 
 async def test_the_revoke_button_revokes_the_board_as_the_api_does(env: ServerEnv) -> None:
     boards = await _rollout_fleet(env)
-    reader = create_token(env.app[STORE], "viewer", "read")
+    reader = await create_token(env.app[STORE], "viewer", "read")
     await _login(env, reader)
     page = await (await env.client.get("/ui/boards/board-0")).text()
     assert re.search(r'value="revoke" class="danger" data-confirm="[^"]*" disabled>', page)
@@ -647,7 +674,7 @@ async def test_the_revoke_button_revokes_the_board_as_the_api_does(env: ServerEn
     assert unknown.status == api.status == 404
     assert (await unknown.json())["code"] == (await api.json())["code"] == "unknown_device"
     entries = [(e.action, e.target, e.status, e.outcome)
-               for e in env.app[STORE].list_audit(100) if e.action.startswith("POST /ui/")]
+               for e in await env.app[STORE].list_audit(100) if e.action.startswith("POST /ui/")]
     assert entries == [("POST /ui/boards/{device_id}/revoke", "board-0", 303, "ok"),
                        ("POST /ui/boards/{device_id}/revoke", "board-9", 404, "unknown_device")]
 
@@ -655,7 +682,7 @@ async def test_the_revoke_button_revokes_the_board_as_the_api_does(env: ServerEn
 async def test_the_audit_page_shows_the_log_newest_first_bounded_as_the_api(
         env: ServerEnv) -> None:
     await _rollout_fleet(env)
-    csrf = await _login(env, create_token(env.app[STORE], "viewer", "read"))
+    csrf = await _login(env, await create_token(env.app[STORE], "viewer", "read"))
     await env.client.post("/ui/rollouts/stable/pause", data={"csrf": csrf},
                           allow_redirects=False)  # refused, and recorded
     api = (await (await env.client.get("/v1/audit?limit=1000", headers=env.bearer))

@@ -13,6 +13,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "tools.cmd_keys",
     "tools.cmd_tls",
     "tools.cmd_server",
+    "tools.cmd_db",
     "tools.cmd_publisher",
     "tools.cmd_board",
     "tools.cmd_backup",

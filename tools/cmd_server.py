@@ -5,10 +5,10 @@ The publisher's commands against a running server live in tools/cmd_publisher.py
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -19,6 +19,7 @@ TOKEN_ENV = "MPOTA_TOKEN"  # noqa: S105 -- the variable's name, not a secret
 SERVER_ENV = "MPOTA_SERVER"
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 DAY = 86400
+T = TypeVar("T")
 
 
 # -- serve and tokens (local: they work on the data directory) --------------------------------
@@ -71,6 +72,13 @@ def _fleet_values(path: Path) -> dict[str, Any]:
                    "[env MPOTA_TLS_CERT]")
 @click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path),
               help="the certificate's PEM private key [env MPOTA_TLS_KEY]")
+@click.option("--db", "db_url", default=None, metavar="URL",
+              help="metadata in PostgreSQL (postgresql://USER:PASSWORD@HOST/DB, migrated by "
+                   "`ota db migrate`) [default: SQLite in the data directory; env MPOTA_DB]")
+@click.option("--blobs", "blobs_url", default=None, metavar="URL",
+              help="blobs in an S3 bucket (s3://BUCKET?endpoint=http://HOST:PORT; keys from "
+                   "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) [default: the data directory; "
+                   "env MPOTA_BLOBS]")
 @click.option("--json-logs", is_flag=True, default=None, help="one JSON object per log line")
 @click.option("--quiet", is_flag=True, help="log warnings and errors only (benchmarks)")
 @click.option("--header-timeout", type=float, default=None,
@@ -93,7 +101,8 @@ def _fleet_values(path: Path) -> dict[str, Any]:
               help="open connections at most [default: 1000; env MPOTA_MAX_CONNECTIONS]")
 def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, port: int | None,
               fleet_path: Path | None, tls_cert: Path | None, tls_key: Path | None,
-              json_logs: bool | None, quiet: bool, **limits: float | None) -> None:
+              db_url: str | None, blobs_url: str | None, json_logs: bool | None, quiet: bool,
+              **limits: float | None) -> None:
     """Run the update server until interrupted."""
     import logging
 
@@ -102,6 +111,7 @@ def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, p
     from ota_server.datadir import DataDirInUse
     from ota_server.logs import configure_logging
     from ota_server.settings import SettingsError, load_settings
+    from ota_server.storage.errors import StoreError
     from ota_server.tls import TlsSetupError
     from ota_server.trust import TrustSetupError
 
@@ -109,7 +119,8 @@ def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, p
     try:
         settings = load_settings({"data_dir": data_dir, "root_path": root_path, "host": host,
                                   "port": port, "json_logs": json_logs,
-                                  "tls_cert": tls_cert, "tls_key": tls_key, **limits},
+                                  "tls_cert": tls_cert, "tls_key": tls_key,
+                                  "db_url": db_url, "blobs_url": blobs_url, **limits},
                                  fleet_values=fleet_values)
     except SettingsError as err:
         raise UserError(str(err)) from err
@@ -125,22 +136,33 @@ def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, p
         raise UserError(f"TLS: {err}") from err
     try:
         connections.run(app, settings, announce=announce)
-    except (TrustSetupError, DataDirInUse) as err:
+    except (TrustSetupError, DataDirInUse, StoreError) as err:
         raise UserError(str(err)) from err
     except OSError as err:
         raise UserError(f"cannot listen on {settings.host}:{settings.port}: {err}") from err
 
 
-@contextmanager
-def _open_store(data_dir: Path) -> Iterator[Any]:
-    from ota_server.settings import Settings
-    from ota_server.storage.sqlite import SqliteStore
+def _on_store(data_dir: Path, db_url: str | None, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `work(store)` on the data directory's SQLite store, or on PostgreSQL when `db_url`
+    is given; the store's errors as UserError."""
+    import asyncio
 
-    store = SqliteStore(Settings(data_dir=data_dir).db_path)
+    from ota_server.app import open_metadata_store
+    from ota_server.settings import Settings, SettingsError, check_db_url
+    from ota_server.storage.errors import StoreError
+
+    async def run() -> T:
+        store = await open_metadata_store(Settings(data_dir=data_dir,
+                                                   db_url=check_db_url(db_url)))
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
     try:
-        yield store
-    finally:
-        store.close()
+        return asyncio.run(run())
+    except (StoreError, SettingsError) as err:
+        raise UserError(str(err)) from err
 
 
 def _where(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -153,6 +175,10 @@ def _where(func: Callable[..., Any]) -> Callable[..., Any]:
         type=click.Path(file_okay=False, path_type=Path),
         help="work on this data directory [env MPOTA_DATA; default: ask the server, with an "
              "admin token]")(func)
+    func = click.option(
+        "--db", "db_url", envvar="MPOTA_DB", default=None, metavar="URL",
+        help="with --data: the server's PostgreSQL database instead of the data directory's "
+             "SQLite file [env MPOTA_DB]")(func)
     return client_options(func)
 
 
@@ -173,7 +199,7 @@ def tokens_group() -> None:
     server with an admin token."""
 
 
-def _audit_local(store: Any, action: str, target: str, outcome: str) -> None:
+async def _audit_local(store: Any, action: str, target: str, outcome: str) -> None:
     """Token management on the data directory goes to the audit log as the actor
     `local:<login name>`: whoever can write the data directory (no token name has a colon)."""
     import getpass
@@ -185,7 +211,7 @@ def _audit_local(store: Any, action: str, target: str, outcome: str) -> None:
         user = getpass.getuser()
     except (KeyError, OSError):  # no login name (a container's uid without a passwd entry)
         user = "?"
-    store.add_audit(AuditEntry(at=int(time.time()), actor=f"local:{user}", scope="admin",
+    await store.add_audit(AuditEntry(at=int(time.time()), actor=f"local:{user}", scope="admin",
                                action=action, target=target, status=0, outcome=outcome))
 
 
@@ -196,8 +222,8 @@ def _audit_local(store: Any, action: str, target: str, outcome: str) -> None:
               help="read: list; publish: also upload, register and roll out; admin: also "
                    "revoke boards, upload roots and manage tokens")
 @_where
-def tokens_create(name: str, scope: str, data_dir: Path | None, server: str,
-                  token_file: Path | None) -> None:
+def tokens_create(name: str, scope: str, data_dir: Path | None, db_url: str | None,
+                  server: str, token_file: Path | None) -> None:
     """Create a token NAME, printed once and stored only hashed.
 
     The token goes to stdout, once; the server keeps its SHA-256 and never shows it again."""
@@ -207,28 +233,35 @@ def tokens_create(name: str, scope: str, data_dir: Path | None, server: str,
         with _remote(server, token_file) as client:
             token = client.create_token(name, scope)
     else:
-        with _open_store(data_dir) as store:
+        async def create(store: Any) -> str:
             try:
-                token = create_token(store, name, scope)
+                made = await create_token(store, name, scope)
             except ValueError as err:
                 raise UserError(str(err)) from err
-            _audit_local(store, "ota tokens create", f"{name} scope={scope}", "ok")
+            await _audit_local(store, "ota tokens create", f"{name} scope={scope}", "ok")
+            return made
+
+        token = _on_store(data_dir, db_url, create)
     click.echo(token)
 
 
 @tokens_group.command("revoke")
 @click.argument("name")
 @_where
-def tokens_revoke(name: str, data_dir: Path | None, server: str,
+def tokens_revoke(name: str, data_dir: Path | None, db_url: str | None, server: str,
                   token_file: Path | None) -> None:
     """Revoke every valid token named NAME."""
     if data_dir is None:
         with _remote(server, token_file) as client:
             count = client.revoke_token(name)
     else:
-        with _open_store(data_dir) as store:
-            count = store.revoke_token(name)
-            _audit_local(store, "ota tokens revoke", name, "ok" if count else "unknown_token")
+        async def revoke(store: Any) -> int:
+            revoked = int(await store.revoke_token(name))
+            await _audit_local(store, "ota tokens revoke", name,
+                               "ok" if revoked else "unknown_token")
+            return revoked
+
+        count = _on_store(data_dir, db_url, revoke)
         if count == 0:
             raise UserError(f"no valid token named {name!r}")
     click.echo(f"revoked {count} token(s) named {name!r}")
@@ -241,15 +274,14 @@ _TOKEN_COLUMNS = (Column("NAME", "name"), Column("SCOPE", "scope"),
 @tokens_group.command("list")
 @json_option
 @_where
-def tokens_list(as_json: bool, data_dir: Path | None, server: str,
+def tokens_list(as_json: bool, data_dir: Path | None, db_url: str | None, server: str,
                 token_file: Path | None) -> None:
     """List tokens: names, scopes and times (never the tokens)."""
     if data_dir is None:
         with _remote(server, token_file) as client:
             docs = client.tokens()
     else:
-        with _open_store(data_dir) as store:
-            rows = store.list_tokens()
+        rows = _on_store(data_dir, db_url, lambda store: store.list_tokens())
         docs = [{k: row[k] for k in ("name", "scope", "created", "revoked")} for row in rows]
     emit(docs, _TOKEN_COLUMNS, docs, as_json=as_json, empty="no tokens")
 

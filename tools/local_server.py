@@ -10,6 +10,7 @@ output goes to `<data_dir>/server.log`.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -48,9 +49,12 @@ class LocalServer:
     def __init__(self, data_dir: Path | str, root_json: Path | str, *,
                  port: int | None = None, extra_args: Sequence[str] = (),
                  env: dict[str, str] | None = None, publisher: str = "local",
-                 tls_dir: Path | None = None):
+                 tls_dir: Path | None = None, db_url: str | None = None,
+                 blobs_url: str | None = None):
         """`tls_dir`: serve https with the certificate `ota tls init` made there (server.pem,
-        server.key; clients trust its ca.pem)."""
+        server.key; clients trust its ca.pem). `db_url`, `blobs_url`: PostgreSQL (already
+        migrated: `ota db migrate`) and an S3 bucket (keys in `env`) instead of the data
+        directory's SQLite file and blobs/ (docs/operations.md, "Scale-out")."""
         self.data_dir = Path(data_dir)
         self.root_json = Path(root_json)
         self.host = "127.0.0.1"
@@ -63,6 +67,8 @@ class LocalServer:
         self._env = env
         self._publisher = publisher
         self.tls_dir = Path(tls_dir) if tls_dir is not None else None
+        self.db_url = db_url
+        self.blobs_url = blobs_url
         self._token: str | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -115,10 +121,14 @@ class LocalServer:
     def _start_once(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self._token is None:
-            self._token = _create_token(self.data_dir, self._publisher)
+            self._token = _create_token(self.data_dir, self._publisher, self.db_url)
         command = [sys.executable, "-m", "tools.cli", "serve", "--data", str(self.data_dir),
                    "--root", str(self.root_json), "--host", self.host, "--port", str(self.port),
                    *self.extra_args]
+        if self.db_url is not None:
+            command += ["--db", self.db_url]
+        if self.blobs_url is not None:
+            command += ["--blobs", self.blobs_url]
         if self.tls_dir is not None:
             command += ["--tls-cert", str(self.tls_dir / "server.pem"),
                         "--tls-key", str(self.tls_dir / "server.key")]
@@ -206,14 +216,17 @@ class LocalServer:
         self.stop()
 
 
-def _create_token(data_dir: Path, name: str) -> str:
+def _create_token(data_dir: Path, name: str, db_url: str | None = None) -> str:
     # In-process, before the server runs: one writer, and the token never crosses a pipe.
+    from ota_server.app import open_metadata_store
     from ota_server.settings import Settings
-    from ota_server.storage.sqlite import SqliteStore
     from ota_server.tokens import create_token
 
-    store = SqliteStore(Settings(data_dir=data_dir).db_path)
-    try:
-        return create_token(store, name)
-    finally:
-        store.close()
+    async def create() -> str:
+        store = await open_metadata_store(Settings(data_dir=data_dir, db_url=db_url))
+        try:
+            return await create_token(store, name)
+        finally:
+            await store.close()
+
+    return asyncio.run(create())

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
+from ota_server.storage.errors import StoreNotFound
+
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -44,7 +46,9 @@ class FileBlobStore:
         self._root_name = os.fspath(root)
         self._tmp = root / "tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
-        # Leftovers of uploads cut short by a crash are never visible; drop them.
+        # Leftovers of uploads cut short by a crash are never visible; drop them. No other
+        # process writes here: the directory is in the data directory, which one server holds
+        # (ota_server.datadir.DataDirLock); replicas share blobs through S3, not a directory.
         for leftover in self._tmp.iterdir():
             leftover.unlink(missing_ok=True)
 
@@ -52,23 +56,29 @@ class FileBlobStore:
         check_blob_id(sha256)
         return self.root / sha256[:2] / sha256
 
-    def open_blob(self, sha256: str) -> BinaryIO:
-        """The stored blob opened for reading; FileNotFoundError when there is none.
+    async def open_blob(self, sha256: str) -> BinaryIO:
+        """The stored blob opened for reading; StoreNotFound when there is none.
 
         The name is joined as a string: this runs once per board download and pathlib's
         object building was a measurable part of serving a small blob.
         """
         check_blob_id(sha256)
-        return open(os.path.join(self._root_name, sha256[:2], sha256), "rb")
+        try:
+            return open(os.path.join(self._root_name, sha256[:2], sha256), "rb")
+        except FileNotFoundError:
+            raise StoreNotFound(f"no blob {sha256}") from None
 
-    def exists(self, sha256: str) -> bool:
+    async def exists(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
 
-    def size(self, sha256: str) -> int | None:
+    async def size(self, sha256: str) -> int | None:
         try:
             return self.path(sha256).stat().st_size
         except FileNotFoundError:
             return None
+
+    async def close(self) -> None:
+        """Nothing to release: every file is closed by its user."""
 
     async def put_stream(self, sha256: str, chunks: AsyncIterator[bytes], max_bytes: int) -> bool:
         final = self.path(sha256)

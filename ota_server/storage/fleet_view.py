@@ -12,6 +12,7 @@ and each board's own page alike, so the three can never disagree:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,15 +41,19 @@ class BoardFilter:
     status: str | None = None
     seen_since: int | None = None
 
-    def where(self) -> tuple[str, dict[str, Any]]:
-        """The SQL condition (named parameters only, never values) and its parameters."""
-        parts = ["1"]
+    def where(self, dialect: str = "sqlite") -> tuple[str, dict[str, Any]]:
+        """The SQL condition (named parameters only, never values) and its parameters, for
+        SQLite or (`dialect` "postgres") PostgreSQL, whose tags are JSONB."""
+        postgres = dialect == "postgres"
+        parts = ["TRUE"]
         args: dict[str, Any] = {"cutoff": self.silent_before}
         if self.search:
-            parts.append("instr(device_id, :search) > 0")
+            parts.append("strpos(device_id, :search) > 0" if postgres
+                         else "instr(device_id, :search) > 0")
             args["search"] = self.search
         if self.tag:
-            parts.append("EXISTS (SELECT 1 FROM json_each(devices.tags) WHERE value = :tag)")
+            parts.append("tags ? :tag" if postgres else
+                         "EXISTS (SELECT 1 FROM json_each(devices.tags) WHERE value = :tag)")
             args["tag"] = self.tag
         if self.channel:
             parts.append("channel = :channel")
@@ -88,3 +93,20 @@ class BoardDeployment:
     reason: str | None
     channel: str
     updated: int
+
+
+_NAMED = re.compile(r"(?<!:):([a-z_][a-z0-9_]*)")
+
+
+def positional(sql: str, args: dict[str, Any]) -> tuple[str, list[Any]]:
+    """`sql` with its :name parameters as PostgreSQL's $1, $2, ... and their values in that
+    order (a name used twice is one parameter); KeyError for a name without a value."""
+    order: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in order:
+            order.append(match.group(1))
+        return f"${order.index(match.group(1)) + 1}"
+
+    text = _NAMED.sub(number, sql)
+    return text, [args[name] for name in order]

@@ -32,6 +32,15 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from ota_server.storage.errors import StoreConflict, StoreError, StoreNotFound, StoreUnavailable
+from ota_server.storage.fleet_view import (
+    BOARD_STATUSES,
+    MAX_PAGE,
+    STATUS_SQL,
+    BoardDeployment,
+    BoardFilter,
+    FleetCounts,
+    positional,
+)
 from ota_server.storage.records import (
     HISTORY_PER_DEVICE,
     INVENTORY_FIELDS,
@@ -522,14 +531,29 @@ class PostgresStore:
             row = await conn.fetchrow("SELECT * FROM rollouts WHERE id = $1", rollout_id)
         return await self._rollout(row)
 
-    async def start_rollout(self, channel: str, release_id: int,
-                            policy: dict[str, Any]) -> Rollout:
-        """Supersede the channel's rollout and start a new one at stage 0, one transaction;
-        StoreNotFound when there is no such release."""
+    async def start_rollout(self, channel: str, release_id: int, policy: dict[str, Any], *,
+                            base_release_id: int | None = None,
+                            replaces: int | None = None) -> Rollout:
+        """In one transaction: check that the channel's current rollout is still `replaces`
+        (None: it has none), set its base release to `base_release_id` when given, supersede
+        its rollouts and start one of `release_id` at stage 0. StoreConflict, nothing
+        written, when the current rollout is another one (two replicas starting rollouts
+        together: one wins); StoreNotFound when there is no such release."""
         now = _now()
         async with self._transaction() as conn:
             await conn.execute(
                 "INSERT INTO channels (name) VALUES ($1) ON CONFLICT DO NOTHING", channel)
+            # The channel's row, locked: starts on one channel run one after the other.
+            await conn.execute("SELECT 1 FROM channels WHERE name = $1 FOR UPDATE", channel)
+            current = await conn.fetchval(
+                "SELECT id FROM rollouts WHERE channel = $1 AND state != 'superseded' "
+                "ORDER BY id DESC LIMIT 1", channel)
+            if current != replaces:
+                raise StoreConflict(f"channel {channel!r}: the current rollout is not "
+                                    f"{replaces}")
+            if base_release_id is not None:
+                await conn.execute("UPDATE channels SET base_release_id = $1 WHERE name = $2",
+                                   base_release_id, channel)
             await conn.execute(
                 "UPDATE rollouts SET state = 'superseded', updated = $1 "
                 "WHERE channel = $2 AND state != 'superseded'", now, channel)
@@ -645,6 +669,120 @@ class PostgresStore:
                 "AND d.status IN ('offered', 'downloading', 'installed') "
                 "ORDER BY r.sequence DESC LIMIT 1", device_id, app)
         return None if found is None else int(found)
+
+
+    async def rollouts_of(self, release_id: int) -> list[Rollout]:
+        """The active or paused rollouts of the release, one per channel at most."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT * FROM rollouts WHERE release_id = $1 AND state IN ('active', "  # noqa: S608
+                f"'paused') ORDER BY channel {_BYTEWISE}", release_id)
+        return [r for r in [await self._rollout(row) for row in rows] if r is not None]
+
+    async def board_counts(self) -> dict[str, int]:
+        """Boards not revoked, per channel (channels without one are absent)."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT channel, COUNT(*) FROM devices WHERE revoked IS NULL GROUP BY channel")
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    # -- the dashboard (ota_server/ui): the same views as SqliteStore's, paged on the server --
+
+    async def fleet_counts(self, silent_before: int) -> FleetCounts:
+        """Boards by version, by channel and by status (fleet_view.STATUS_SQL)."""
+        status_sql, args = positional(STATUS_SQL, {"cutoff": silent_before})
+        async with self._connection() as conn:
+            versions = await conn.fetch(
+                "SELECT app, version, COUNT(*) FROM devices GROUP BY app, version "  # noqa: S608
+                f"ORDER BY 3 DESC, app {_BYTEWISE} NULLS FIRST, "
+                f"version {_BYTEWISE} NULLS FIRST")
+            channels = await conn.fetch(
+                "SELECT channel, COUNT(*) FROM devices GROUP BY channel "  # noqa: S608
+                f"ORDER BY 2 DESC, channel {_BYTEWISE}")
+            statuses = await conn.fetch(
+                f"SELECT {status_sql}, COUNT(*) FROM devices GROUP BY 1", *args)  # noqa: S608
+        by_status = dict.fromkeys(BOARD_STATUSES, 0)
+        for row in statuses:
+            by_status[str(row[0])] = int(row[1])
+        return FleetCounts(total=sum(by_status.values()),
+                           by_version=[(r[0], r[1], int(r[2])) for r in versions],
+                           by_channel=[(str(r[0]), int(r[1])) for r in channels],
+                           by_status=by_status)
+
+    async def board_page(self, board_filter: BoardFilter, *, after: str | None = None,
+                         before: str | None = None, limit: int = 50) -> list[tuple[Device, str]]:
+        """Up to `limit` boards matching the filter, with their status, in device id order
+        (bytewise, as SQLite's): the first ones after `after`, or the last ones before
+        `before` (keyset paging on the primary key)."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"board page: limit must be 1 to {MAX_PAGE}, not {limit}")
+        where, named = board_filter.where("postgres")
+        order = "ASC"
+        if after is not None:
+            where += f" AND device_id {_BYTEWISE} > :key"
+            named["key"] = after
+        elif before is not None:
+            where += f" AND device_id {_BYTEWISE} < :key"
+            named["key"] = before
+            order = "DESC"
+        named["limit"] = limit
+        sql, args = positional(
+            f"SELECT {_DEVICE_COLUMNS}, {STATUS_SQL} AS status FROM devices "  # noqa: S608
+            f"WHERE {where} ORDER BY device_id {_BYTEWISE} {order} LIMIT :limit", named)
+        async with self._connection() as conn:
+            rows = await conn.fetch(sql, *args)
+        if order == "DESC":
+            rows.reverse()
+        out = []
+        for row in rows:
+            found = _device(row)
+            assert found is not None
+            out.append((found, str(row["status"])))
+        return out
+
+    async def count_boards(self, board_filter: BoardFilter) -> int:
+        """How many boards match the filter."""
+        sql, args = positional(
+            "SELECT COUNT(*) FROM devices WHERE " + board_filter.where("postgres")[0],  # noqa: S608
+            board_filter.where("postgres")[1])
+        async with self._connection() as conn:
+            return int(await conn.fetchval(sql, *args))
+
+    async def board_statuses(self, device_ids: Sequence[str],
+                             silent_before: int) -> dict[str, str]:
+        """The status of each known board among `device_ids` (at most MAX_PAGE of them)."""
+        if len(device_ids) > MAX_PAGE:
+            raise ValueError(f"board statuses: at most {MAX_PAGE} ids, not {len(device_ids)}")
+        if not device_ids:
+            return {}
+        sql, args = positional(
+            f"SELECT device_id, {STATUS_SQL} FROM devices "  # noqa: S608
+            "WHERE device_id = ANY(:ids::text[])",
+            {"cutoff": silent_before, "ids": list(device_ids)})
+        async with self._connection() as conn:
+            rows = await conn.fetch(sql, *args)
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    async def board_deployments(self, device_id: str, limit: int = 50) -> list[BoardDeployment]:
+        """The board's deployments, newest release first: each one's latest status and
+        reason."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT d.release_id, r.app, r.version, r.sequence, d.status, d.reason, "
+                "d.channel, d.updated FROM deployments d JOIN releases r ON r.id = d.release_id "
+                "WHERE d.device_id = $1 ORDER BY r.sequence DESC, d.release_id DESC LIMIT $2",
+                device_id, limit)
+        return [BoardDeployment(release_id=int(r[0]), app=r[1], version=r[2],
+                                sequence=int(r[3]), status=r[4], reason=r[5], channel=r[6],
+                                updated=int(r[7])) for r in rows]
+
+    async def board_versions(self) -> list[str]:
+        """Every app version some board reports running, sorted (the table's filter)."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT DISTINCT version {_BYTEWISE} AS version FROM devices "  # noqa: S608
+                "WHERE version IS NOT NULL ORDER BY 1")
+        return [str(r[0]) for r in rows]
 
 
 # -- rows to records ---------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
@@ -394,6 +394,18 @@ class S3BlobStore:
             self._evict(keep=path)
         self._fills.pop(sha256, None)
         return path
+
+    async def open_blob(self, sha256: str) -> BinaryIO:
+        """The blob as a local file opened for reading (the verified cache, filled first when
+        needed): what the server sends with sendfile. StoreNotFound, StoreUnavailable and
+        StoreError as local_path."""
+        for _ in range(2):  # another request's fill may evict the file between the two steps
+            path = await self.local_path(sha256)
+            try:
+                return open(path, "rb")
+            except FileNotFoundError:
+                self._verified.discard(sha256)
+        raise StoreUnavailable(f"blob {sha256}: the local cache is too small to hold it")
 
     def _evict(self, keep: Path) -> None:
         """Delete the least recently used cache files until the cache holds at most

@@ -1,25 +1,33 @@
 """The embedded metadata store: one SQLite file in WAL mode with versioned migrations.
 
-Calls are synchronous and short (indexed lookups, one small transaction each); on one machine
-that is cheaper than a thread hop per request. Every write is one transaction (a single
-statement in autocommit mode is one), so a crash leaves either all of a change or none of it.
+Its operations are the async MetadataStore protocol (ota_server.storage), as PostgresStore's
+are, but each one runs its SQLite calls at once on the event loop and never yields: the calls
+are short (indexed lookups, one small transaction each), and on one machine that is cheaper
+than a thread hop per request (figures S1-S3, docs/benchmarks.md). Every write is one
+transaction (a single statement in autocommit mode is one), so a crash leaves either all of a
+change or none of it. SQLite's exceptions never leave the store: they become the store's own
+(ota_server.storage.errors).
 
 Releases are immutable and cached; channel rollouts and base releases are cached too and the
-cache is dropped on every write through this object. That is correct because `ota serve` is
-the only writer of those tables (the CLI's local commands touch only tokens); a multi-replica
-backend would not cache.
+cache is dropped on every write through this object. That is correct because one `ota serve`
+process owns the data directory (ota_server.datadir.DataDirLock) and is the only writer of
+those tables (the CLI's local commands touch only tokens). Several replicas use PostgreSQL,
+which caches nothing mutable (docs/operations.md, "Scale-out").
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ota_server.storage.errors import StoreConflict, StoreError, StoreNotFound, StoreUnavailable
 from ota_server.storage.fleet_view import (
     BOARD_STATUSES,
     MAX_PAGE,
@@ -143,36 +151,36 @@ class SqliteStore:
     def _tx(self) -> _Transaction:
         return _Transaction(self._db)
 
-    def schema_version(self) -> int:
+    async def schema_version(self) -> int:
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
-    def integrity_check(self) -> str:
+    async def integrity_check(self) -> str:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self._db.close()
 
     # -- tokens -------------------------------------------------------------------------------
 
-    def create_token(self, name: str, token_hash: str, scope: str) -> int:
+    async def create_token(self, name: str, token_hash: str, scope: str) -> int:
         with self._tx():
             cur = self._db.execute(
                 "INSERT INTO tokens (name, token_hash, created, scope) VALUES (?, ?, ?, ?)",
                 (name, token_hash, _now(), scope))
         return int(cur.lastrowid or 0)
 
-    def revoke_token(self, name: str) -> int:
+    async def revoke_token(self, name: str) -> int:
         with self._tx():
             cur = self._db.execute(
                 "UPDATE tokens SET revoked = ? WHERE name = ? AND revoked IS NULL", (_now(), name))
         return cur.rowcount
 
-    def list_tokens(self) -> list[dict[str, Any]]:
+    async def list_tokens(self) -> list[dict[str, Any]]:
         rows = self._db.execute(
             "SELECT id, name, scope, created, revoked FROM tokens ORDER BY id")
         return [dict(row) for row in rows]
 
-    def token(self, token_hash: str) -> Token | None:
+    async def token(self, token_hash: str) -> Token | None:
         """The valid (not revoked) token with this hash, if any."""
         row = self._db.execute(
             "SELECT name, scope FROM tokens WHERE token_hash = ? AND revoked IS NULL",
@@ -181,14 +189,14 @@ class SqliteStore:
 
     # -- audit --------------------------------------------------------------------------------
 
-    def add_audit(self, entry: AuditEntry) -> None:
+    async def add_audit(self, entry: AuditEntry) -> None:
         self._db.execute(
             "INSERT INTO audit (at, actor, scope, action, target, status, outcome) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (entry.at, entry.actor, entry.scope, entry.action, entry.target, entry.status,
              entry.outcome))
 
-    def list_audit(self, limit: int, actor: str | None = None) -> list[AuditEntry]:
+    async def list_audit(self, limit: int, actor: str | None = None) -> list[AuditEntry]:
         """The newest `limit` entries (of `actor` when given), oldest first."""
         rows = self._db.execute(
             "SELECT * FROM (SELECT id, at, actor, scope, action, target, status, outcome "
@@ -200,23 +208,23 @@ class SqliteStore:
 
     # -- roots --------------------------------------------------------------------------------
 
-    def roots(self) -> list[tuple[int, bytes]]:
+    async def roots(self) -> list[tuple[int, bytes]]:
         rows = self._db.execute("SELECT version, envelope FROM roots ORDER BY version")
         return [(int(r["version"]), bytes(r["envelope"])) for r in rows]
 
-    def add_root(self, version: int, envelope: bytes) -> None:
+    async def add_root(self, version: int, envelope: bytes) -> None:
         with self._tx():
             self._db.execute("INSERT INTO roots (version, envelope, created) VALUES (?, ?, ?)",
                              (version, envelope, _now()))
 
     # -- releases -----------------------------------------------------------------------------
 
-    def max_sequence(self, app: str) -> int | None:
+    async def max_sequence(self, app: str) -> int | None:
         row = self._db.execute(
             "SELECT MAX(sequence) FROM releases WHERE app = ?", (app,)).fetchone()
         return None if row[0] is None else int(row[0])
 
-    def reserve_sequence(self, app: str, version: str, floor: int = 1) -> tuple[int, bool]:
+    async def reserve_sequence(self, app: str, version: str, floor: int = 1) -> tuple[int, bool]:
         """The sequence of `version` of `app`, and whether that release is registered.
 
         A registered version answers its own sequence; a version reserved before, the same
@@ -245,18 +253,18 @@ class SqliteStore:
                 "VALUES (?, ?, ?, ?)", (app, version, sequence, _now()))
         return sequence, False
 
-    def reserved_version(self, app: str, sequence: int) -> str | None:
+    async def reserved_version(self, app: str, sequence: int) -> str | None:
         """The version holding a reservation of `sequence`, if one does."""
         row = self._db.execute(
             "SELECT version FROM sequence_reservations WHERE app = ? AND sequence = ?",
             (app, sequence)).fetchone()
         return None if row is None else str(row[0])
 
-    def add_release(self, app: str, version: str, sequence: int, boards: Sequence[str],
+    async def add_release(self, app: str, version: str, sequence: int, boards: Sequence[str],
                     envelope: bytes, blobs: Sequence[tuple[str, int]], expires: int,
                     signers: Sequence[str] = ()) -> Release:
         """Register a release and spend the version's reservation; raises
-        sqlite3.IntegrityError when the sequence or the version is taken."""
+        StoreConflict when the sequence or the version is taken."""
         with self._tx():
             cur = self._db.execute(
                 "INSERT INTO releases (app, version, sequence, boards, envelope, created, "
@@ -269,7 +277,7 @@ class SqliteStore:
                 [(release_id, blob, size) for blob, size in blobs])
             self._db.execute("DELETE FROM sequence_reservations WHERE app = ? AND version = ?",
                              (app, version))
-        found = self.release_by_id(release_id)
+        found = self._release_by_id(release_id)
         assert found is not None
         return found
 
@@ -284,19 +292,22 @@ class SqliteStore:
                        yanked=None if row["yanked"] is None else int(row["yanked"]),
                        signers=tuple(json.loads(row["signers"])))
 
-    def release(self, app: str, sequence: int) -> Release | None:
+    async def release(self, app: str, sequence: int) -> Release | None:
         return self._release(self._db.execute(
             f"SELECT {_RELEASE_COLUMNS} FROM releases "  # noqa: S608
             "WHERE app = ? AND sequence = ?", (app, sequence)).fetchone())
 
-    def release_by_version(self, app: str, version: str) -> Release | None:
+    async def release_by_version(self, app: str, version: str) -> Release | None:
         """The release that `version` of `app` names (never a pre-v2 duplicate)."""
         return self._release(self._db.execute(
             f"SELECT {_RELEASE_COLUMNS} FROM releases "  # noqa: S608
             "WHERE app = ? AND version = ? AND duplicate_of IS NULL",
             (app, version)).fetchone())
 
-    def release_by_id(self, release_id: int) -> Release | None:
+    async def release_by_id(self, release_id: int) -> Release | None:
+        return self._release_by_id(release_id)
+
+    def _release_by_id(self, release_id: int) -> Release | None:
         cached = self._releases.get(release_id)
         if cached is not None:
             return cached
@@ -307,11 +318,11 @@ class SqliteStore:
             self._releases[release_id] = found
         return found
 
-    def envelope(self, release_id: int) -> bytes:
+    async def envelope(self, release_id: int) -> bytes:
         row = self._db.execute("SELECT envelope FROM releases WHERE id = ?", (release_id,))
         return bytes(row.fetchone()[0])
 
-    def list_releases(self, app: str | None = None) -> list[Release]:
+    async def list_releases(self, app: str | None = None) -> list[Release]:
         sql = f"SELECT {_RELEASE_COLUMNS} FROM releases"  # noqa: S608
         args: tuple[Any, ...] = ()
         if app is not None:
@@ -320,27 +331,27 @@ class SqliteStore:
         rows = self._db.execute(sql + " ORDER BY app, sequence", args).fetchall()
         return [r for r in (self._release(row) for row in rows) if r is not None]
 
-    def yank_release(self, release_id: int) -> Release:
+    async def yank_release(self, release_id: int) -> Release:
         """Mark the release yanked (offered to no board from now on); a release yanked before
-        keeps its first time. Raises KeyError for an unknown id."""
+        keeps its first time. Raises StoreNotFound for an unknown id."""
         with self._tx():
             self._db.execute("UPDATE releases SET yanked = ? WHERE id = ? AND yanked IS NULL",
                              (_now(), release_id))
         # The one change a release ever sees: drop it, and the rollouts and bases holding it.
         self._releases.pop(release_id, None)
         self._forget_channels()
-        found = self.release_by_id(release_id)
+        found = self._release_by_id(release_id)
         if found is None:
-            raise KeyError(release_id)
+            raise StoreNotFound(f"no release with id {release_id}")
         return found
 
-    def release_blob_refs(self) -> list[str]:
+    async def release_blob_refs(self) -> list[str]:
         """Every blob any release refers to (the crash-consistency check uses it)."""
         return [r[0] for r in self._db.execute("SELECT DISTINCT blob FROM release_blobs")]
 
     # -- devices ------------------------------------------------------------------------------
 
-    def add_device(self, device_id: str, public_key: bytes, board: str, tags: Iterable[str],
+    async def add_device(self, device_id: str, public_key: bytes, board: str, tags: Iterable[str],
                    channel: str, bucket: int) -> Device:
         with self._tx():
             self._db.execute(
@@ -348,7 +359,9 @@ class SqliteStore:
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (device_id, public_key, board, json.dumps(sorted(set(tags))), channel, bucket,
                  _now()))
-        found = self.device(device_id)
+        found = self._device(self._db.execute(
+            f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = ?",  # noqa: S608
+            (device_id,)).fetchone())
         assert found is not None
         return found
 
@@ -363,17 +376,17 @@ class SqliteStore:
                       counter=int(row["counter"]), created=int(row["created"]),
                       revoked=row["revoked"], inventory=inventory)
 
-    def device(self, device_id: str) -> Device | None:
+    async def device(self, device_id: str) -> Device | None:
         return self._device(self._db.execute(
             f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = ?",  # noqa: S608
             (device_id,)).fetchone())
 
-    def list_devices(self) -> list[Device]:
+    async def list_devices(self) -> list[Device]:
         rows = self._db.execute(
             f"SELECT {_DEVICE_COLUMNS} FROM devices ORDER BY device_id")  # noqa: S608
         return [d for d in (self._device(r) for r in rows) if d is not None]
 
-    def count_eligible(self, channel: str, tags: Sequence[str], bucket_limit: float) -> int:
+    async def count_eligible(self, channel: str, tags: Sequence[str], bucket_limit: float) -> int:
         """Active boards of `channel` with one of `tags` or a bucket below `bucket_limit`."""
         marks = ", ".join("?" for _ in tags) or "NULL"  # placeholders only, never values
         sql = ("SELECT COUNT(*) FROM devices WHERE channel = ? AND revoked IS NULL AND "  # noqa: S608
@@ -382,19 +395,19 @@ class SqliteStore:
         row = self._db.execute(sql, (channel, bucket_limit, *tags)).fetchone()
         return int(row[0])
 
-    def revoke_device(self, device_id: str) -> bool:
+    async def revoke_device(self, device_id: str) -> bool:
         cur = self._db.execute(
             "UPDATE devices SET revoked = ? WHERE device_id = ? AND revoked IS NULL",
             (_now(), device_id))
         return cur.rowcount == 1
 
-    def advance_counter(self, device_id: str, counter: int) -> bool:
+    async def advance_counter(self, device_id: str, counter: int) -> bool:
         """Accept `counter` only if it is greater than the last one (and mark the board seen);
         one statement, so two requests racing with the same counter cannot both pass."""
         cur = self._db.execute(_ADVANCE_COUNTER, (counter, _now(), device_id, counter))
         return cur.rowcount == 1
 
-    def advance_counters(self, advances: Sequence[tuple[str, int]]) -> list[bool]:
+    async def advance_counters(self, advances: Sequence[tuple[str, int]]) -> list[bool]:
         """advance_counter for each pair in order, in one transaction: one commit (the cost
         of a counter write) for the lot; either all of them are durable or none is."""
         now = _now()
@@ -402,7 +415,7 @@ class SqliteStore:
             return [self._db.execute(_ADVANCE_COUNTER, (counter, now, device_id, counter))
                     .rowcount == 1 for device_id, counter in advances]
 
-    def write_checkins(self, inventories: Sequence[tuple[str, dict[str, Any]]],
+    async def write_checkins(self, inventories: Sequence[tuple[str, dict[str, Any]]],
                        offers: Sequence[tuple[str, int, str]],
                        advances: Sequence[tuple[str, int]] = ()) -> list[bool]:
         """In one transaction: record_checkin for each (device_id, inventory) in order, mark
@@ -412,13 +425,16 @@ class SqliteStore:
         now = _now()
         with self._tx():
             for device_id, inventory in inventories:
-                self.record_checkin(device_id, inventory)
+                self._record_checkin(device_id, inventory)
             self._db.executemany(_OFFER, [(device_id, release_id, now, channel)
                                           for device_id, release_id, channel in offers])
             return [self._db.execute(_ADVANCE_COUNTER, (counter, now, device_id, counter))
                     .rowcount == 1 for device_id, counter in advances]
 
-    def record_checkin(self, device_id: str, inventory: dict[str, Any]) -> None:
+    async def record_checkin(self, device_id: str, inventory: dict[str, Any]) -> None:
+        self._record_checkin(device_id, inventory)
+
+    def _record_checkin(self, device_id: str, inventory: dict[str, Any]) -> None:
         fields = {k: v for k, v in inventory.items() if k in INVENTORY_FIELDS}
         if not fields:
             return
@@ -428,12 +444,12 @@ class SqliteStore:
 
     # -- channels and rollouts ----------------------------------------------------------------
 
-    def base_release(self, channel: str) -> Release | None:
+    async def base_release(self, channel: str) -> Release | None:
         if channel in self._bases:
             return self._bases[channel]
         row = self._db.execute("SELECT base_release_id FROM channels WHERE name = ?", (channel,))
         found = row.fetchone()
-        base = None if found is None or found[0] is None else self.release_by_id(int(found[0]))
+        base = None if found is None or found[0] is None else self._release_by_id(int(found[0]))
         self._bases[channel] = base
         return base
 
@@ -441,7 +457,7 @@ class SqliteStore:
         self._rollouts.clear()
         self._bases.clear()
 
-    def set_base_release(self, channel: str, release_id: int) -> None:
+    async def set_base_release(self, channel: str, release_id: int) -> None:
         self._forget_channels()
         with self._tx():
             self._db.execute(
@@ -452,14 +468,14 @@ class SqliteStore:
     def _rollout(self, row: sqlite3.Row | None) -> Rollout | None:
         if row is None:
             return None
-        release = self.release_by_id(int(row["release_id"]))
+        release = self._release_by_id(int(row["release_id"]))
         assert release is not None
         return Rollout(id=int(row["id"]), channel=row["channel"], release=release,
                        policy=json.loads(row["policy"]), stage=int(row["stage"]),
                        state=row["state"], reason=row["reason"], created=int(row["created"]),
                        updated=int(row["updated"]))
 
-    def current_rollout(self, channel: str) -> Rollout | None:
+    async def current_rollout(self, channel: str) -> Rollout | None:
         if channel in self._rollouts:
             return self._rollouts[channel]
         found = self._rollout(self._db.execute(
@@ -468,11 +484,26 @@ class SqliteStore:
         self._rollouts[channel] = found
         return found
 
-    def start_rollout(self, channel: str, release_id: int, policy: dict[str, Any]) -> Rollout:
+    async def start_rollout(self, channel: str, release_id: int, policy: dict[str, Any], *,
+                            base_release_id: int | None = None,
+                            replaces: int | None = None) -> Rollout:
+        """In one transaction: check that the channel's current rollout is still `replaces`
+        (None: it has none), set its base release to `base_release_id` when given, supersede
+        its rollouts and start one of `release_id` at stage 0. StoreConflict, nothing
+        written, when the current rollout is another one."""
         self._forget_channels()
         now = _now()
         with self._tx():
+            current = self._db.execute(
+                "SELECT id FROM rollouts WHERE channel = ? AND state != 'superseded' "
+                "ORDER BY id DESC LIMIT 1", (channel,)).fetchone()
+            if (None if current is None else int(current[0])) != replaces:
+                raise StoreConflict(f"channel {channel!r}: the current rollout is not "
+                                    f"{replaces}")
             self._db.execute("INSERT OR IGNORE INTO channels (name) VALUES (?)", (channel,))
+            if base_release_id is not None:
+                self._db.execute("UPDATE channels SET base_release_id = ? WHERE name = ?",
+                                 (base_release_id, channel))
             self._db.execute(
                 "UPDATE rollouts SET state = 'superseded', updated = ? "
                 "WHERE channel = ? AND state != 'superseded'", (now, channel))
@@ -485,27 +516,38 @@ class SqliteStore:
         assert found is not None
         return found
 
-    def update_rollout(self, rollout_id: int, *, stage: int | None = None,
-                       state: str | None = None, reason: str | None = None) -> None:
+    async def rollout(self, rollout_id: int) -> Rollout | None:
+        return self._rollout(self._db.execute(
+            "SELECT * FROM rollouts WHERE id = ?", (rollout_id,)).fetchone())
+
+    async def update_rollout(self, rollout_id: int, *, stage: int | None = None,
+                             state: str | None = None, reason: str | None = None,
+                             expect_stage: int | None = None,
+                             expect_state: str | None = None) -> bool:
+        """Set the given fields of the rollout, only if it is still at `expect_stage` and in
+        `expect_state` (when given): one conditional statement. True when it changed."""
         self._forget_channels()
         with self._tx():
-            self._db.execute(
+            cur = self._db.execute(
                 "UPDATE rollouts SET stage = COALESCE(?, stage), state = COALESCE(?, state), "
-                "reason = COALESCE(?, reason), updated = ? WHERE id = ?",
-                (stage, state, reason, _now(), rollout_id))
+                "reason = COALESCE(?, reason), updated = ? WHERE id = ? "
+                "AND (? IS NULL OR stage = ?) AND (? IS NULL OR state = ?)",
+                (stage, state, reason, _now(), rollout_id, expect_stage, expect_stage,
+                 expect_state, expect_state))
+        return cur.rowcount == 1
 
-    def list_channels(self) -> list[str]:
+    async def list_channels(self) -> list[str]:
         rows = self._db.execute(
             "SELECT name FROM channels UNION SELECT channel FROM devices ORDER BY 1")
         return [r[0] for r in rows]
 
-    def board_counts(self) -> dict[str, int]:
+    async def board_counts(self) -> dict[str, int]:
         """Boards not revoked, per channel (channels without one are absent)."""
         rows = self._db.execute(
             "SELECT channel, COUNT(*) FROM devices WHERE revoked IS NULL GROUP BY channel")
         return {str(r[0]): int(r[1]) for r in rows}
 
-    def rollouts_of(self, release_id: int) -> list[Rollout]:
+    async def rollouts_of(self, release_id: int) -> list[Rollout]:
         """The active or paused rollouts of the release, one per channel at most."""
         rows = self._db.execute(
             "SELECT * FROM rollouts WHERE release_id = ? AND state IN ('active', 'paused') "
@@ -514,13 +556,13 @@ class SqliteStore:
 
     # -- deployments --------------------------------------------------------------------------
 
-    def deployment_status(self, device_id: str, release_id: int) -> str | None:
+    async def deployment_status(self, device_id: str, release_id: int) -> str | None:
         row = self._db.execute(
             "SELECT status FROM deployments WHERE device_id = ? AND release_id = ?",
             (device_id, release_id)).fetchone()
         return None if row is None else str(row[0])
 
-    def deployment(self, device_id: str, release_id: int) -> Deployment | None:
+    async def deployment(self, device_id: str, release_id: int) -> Deployment | None:
         row = self._db.execute(
             "SELECT status, channel FROM deployments WHERE device_id = ? AND release_id = ?",
             (device_id, release_id)).fetchone()
@@ -528,14 +570,14 @@ class SqliteStore:
             device_id=device_id, release_id=release_id, status=str(row[0]),
             channel=str(row[1]))
 
-    def open_deployment_for(self, device_id: str, release_id: int, channel: str) -> None:
+    async def open_deployment_for(self, device_id: str, release_id: int, channel: str) -> None:
         """Record that `channel` offered the release to the board (status `offered`); a
         deployment already open stays as it is."""
         self._db.execute(
             "INSERT OR IGNORE INTO deployments (device_id, release_id, status, updated, channel) "
             "VALUES (?, ?, 'offered', ?, ?)", (device_id, release_id, _now(), channel))
 
-    def set_deployment(self, device_id: str, release_id: int, status: str,
+    async def set_deployment(self, device_id: str, release_id: int, status: str,
                        reason: str | None = None) -> bool:
         """Move an open deployment to `status` and add the move to the board's history, in
         one transaction; False (nothing written) when the server never opened one for this
@@ -565,7 +607,7 @@ class SqliteStore:
                 (device_id, device_id, HISTORY_PER_DEVICE))
         return True
 
-    def device_history(self, device_id: str) -> list[HistoryEntry]:
+    async def device_history(self, device_id: str) -> list[HistoryEntry]:
         rows = self._db.execute(
             "SELECT r.app, r.version, r.sequence, h.status, h.reason, h.at "
             "FROM deployment_history h JOIN releases r ON r.id = h.release_id "
@@ -573,14 +615,14 @@ class SqliteStore:
         return [HistoryEntry(app=str(r[0]), version=str(r[1]), sequence=int(r[2]),
                              status=str(r[3]), reason=r[4], at=int(r[5])) for r in rows]
 
-    def deployment_counts(self, release_id: int, channel: str) -> DeploymentCounts:
+    async def deployment_counts(self, release_id: int, channel: str) -> DeploymentCounts:
         """Boards by deployment status for the release, among deployments `channel` opened."""
         rows = self._db.execute(
             "SELECT status, COUNT(*) FROM deployments WHERE release_id = ? AND channel = ? "
             "GROUP BY status", (release_id, channel))
         return DeploymentCounts(**{str(r[0]): int(r[1]) for r in rows})
 
-    def open_deployment(self, device_id: str, app: str | None) -> int | None:
+    async def open_deployment(self, device_id: str, app: str | None) -> int | None:
         """The release id of the device's newest unfinished deployment of `app` (of any app
         when None), if any."""
         row = self._db.execute(
@@ -593,7 +635,7 @@ class SqliteStore:
 
     # -- the dashboard (ota_server/ui): read-only views, paged on the server ------------------
 
-    def fleet_counts(self, silent_before: int) -> FleetCounts:
+    async def fleet_counts(self, silent_before: int) -> FleetCounts:
         """Boards by version, by channel and by status (fleet_view.STATUS_SQL with
         `silent_before` as the silence cutoff)."""
         by_version = [(r[0], r[1], int(r[2])) for r in self._db.execute(
@@ -609,7 +651,7 @@ class SqliteStore:
         return FleetCounts(total=sum(by_status.values()), by_version=by_version,
                            by_channel=by_channel, by_status=by_status)
 
-    def board_page(self, board_filter: BoardFilter, *, after: str | None = None,
+    async def board_page(self, board_filter: BoardFilter, *, after: str | None = None,
                    before: str | None = None, limit: int = 50) -> list[tuple[Device, str]]:
         """Up to `limit` boards matching the filter, with their status, in device id order:
         the first ones after `after`, or the last ones before `before` (keyset paging on
@@ -638,14 +680,14 @@ class SqliteStore:
             out.append((found, str(row["status"])))
         return out
 
-    def count_boards(self, board_filter: BoardFilter) -> int:
+    async def count_boards(self, board_filter: BoardFilter) -> int:
         """How many boards match the filter."""
         where, args = board_filter.where()
         row = self._db.execute(
             f"SELECT COUNT(*) FROM devices WHERE {where}", args).fetchone()  # noqa: S608
         return int(row[0])
 
-    def board_statuses(self, device_ids: Sequence[str], silent_before: int) -> dict[str, str]:
+    async def board_statuses(self, device_ids: Sequence[str], silent_before: int) -> dict[str, str]:
         """The status of each known board among `device_ids` (at most MAX_PAGE of them)."""
         if len(device_ids) > MAX_PAGE:
             raise ValueError(f"board statuses: at most {MAX_PAGE} ids, not {len(device_ids)}")
@@ -659,7 +701,7 @@ class SqliteStore:
             f"WHERE device_id IN ({marks})", args)
         return {str(r[0]): str(r[1]) for r in rows}
 
-    def board_deployments(self, device_id: str, limit: int = 50) -> list[BoardDeployment]:
+    async def board_deployments(self, device_id: str, limit: int = 50) -> list[BoardDeployment]:
         """The board's deployments, newest release first: each one's latest status and
         reason."""
         rows = self._db.execute(
@@ -671,7 +713,7 @@ class SqliteStore:
                                 sequence=int(r[3]), status=r[4], reason=r[5], channel=r[6],
                                 updated=int(r[7])) for r in rows]
 
-    def board_versions(self) -> list[str]:
+    async def board_versions(self) -> list[str]:
         """Every app version some board reports running, sorted (the table's filter)."""
         return [str(r[0]) for r in self._db.execute(
             "SELECT DISTINCT version FROM devices WHERE version IS NOT NULL ORDER BY 1")]
@@ -688,3 +730,35 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+
+def _translate(err: sqlite3.Error) -> StoreError:
+    """The storage error for an SQLite error: a uniqueness clash is StoreConflict, a missing
+    referenced row StoreNotFound, a locked or unreadable database StoreUnavailable."""
+    text = str(err)
+    if isinstance(err, sqlite3.IntegrityError):
+        if "FOREIGN KEY" in text:
+            return StoreNotFound(f"refers to a missing record: {text}")
+        return StoreConflict(f"already stored: {text}")
+    if isinstance(err, sqlite3.OperationalError):
+        return StoreUnavailable(f"database unavailable: {text}")
+    return StoreError(f"database error: {text}")
+
+
+def _store_errors(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """The method with SQLite's exceptions turned into the store's own (_translate)."""
+
+    @functools.wraps(method)
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(*args, **kwargs)
+        except sqlite3.Error as err:
+            raise _translate(err) from err
+
+    return call
+
+
+# Every public operation raises the store's errors only, as PostgresStore's do.
+for _name, _method in list(vars(SqliteStore).items()):
+    if not _name.startswith("_") and inspect.iscoroutinefunction(_method):
+        setattr(SqliteStore, _name, _store_errors(_method))

@@ -97,9 +97,9 @@ def setup(app: web.Application, silent_after_s: int = SILENT_AFTER_S) -> None:
 
 # -- the guard --------------------------------------------------------------------------------
 
-def _session_of(request: web.Request) -> Session | None:
+async def _session_of(request: web.Request) -> Session | None:
     found = request.app[SESSIONS].get(request.cookies.get(COOKIE))
-    if found is not None and request.app[state.STORE].token(found.token_hash) is None:
+    if found is not None and await request.app[state.STORE].token(found.token_hash) is None:
         request.app[SESSIONS].end(found.id)  # the token was revoked: so is the session
         return None
     return found
@@ -111,7 +111,7 @@ def _guard(scope: str, *, page: bool = True) -> Callable[[Page], Any]:
     def wrap(handler: Page) -> Any:
         @functools.wraps(handler)
         async def run(request: web.Request) -> web.StreamResponse:
-            session = _session_of(request)
+            session = await _session_of(request)
             if session is None:
                 if page and request.method == "GET":
                     return _see_other("/ui/login?" + urlencode({"next": request.path_qs}))
@@ -135,7 +135,7 @@ async def _checked(request: web.Request, session: Session, scope: str,
             raise ApiError("this action needs the page's CSRF token", code="bad_csrf",
                            status=403)
     # Like the API's publisher routes: every check-in answered so far is visible.
-    request.app[state.BOARD_WRITES].flush()
+    await request.app[state.BOARD_WRITES].flush()
     response = await handler(request, session)
     response.headers.update(_SECURITY_HEADERS)
     return response
@@ -156,7 +156,7 @@ async def _audited(request: web.Request, session: Session, scope: str,
         status, outcome = err.status, err.code
         raise
     finally:
-        record_audit(request, Token(name=session.actor, scope=session.scope), status, outcome)
+        await record_audit(request, Token(name=session.actor, scope=session.scope), status, outcome)
 
 
 def session_scope(handler: Any) -> str | None:
@@ -223,7 +223,7 @@ async def login(request: web.Request) -> web.Response:
     token, raw_next = form.get("token"), form.get("next")
     target = _safe_next(raw_next if isinstance(raw_next, str) else None)
     store = request.app[state.STORE]
-    known = store.token(token_hash(token.strip())) if isinstance(token, str) and \
+    known = await store.token(token_hash(token.strip())) if isinstance(token, str) and \
         token.strip() else None
     if known is None:
         request.app[state.METRICS].inc("mpota_auth_failures_total", code="ui_bad_token")
@@ -271,7 +271,7 @@ async def home(request: web.Request) -> web.Response:
 
 @_guard("read")
 async def fleet(request: web.Request, session: Session) -> web.Response:
-    counts = request.app[state.STORE].fleet_counts(_silent_before(request))
+    counts = await request.app[state.STORE].fleet_counts(_silent_before(request))
 
     def link(**query: str | None) -> str | None:
         kept = {k: v for k, v in query.items() if v}
@@ -289,18 +289,18 @@ async def fleet(request: web.Request, session: Session) -> web.Response:
                     "silent_after_s": request.app[SILENT_AFTER]})
 
 
-def _rollout_rows(request: web.Request) -> list[dict[str, Any]]:
+async def _rollout_rows(request: web.Request) -> list[dict[str, Any]]:
     """Each channel's rollout as the API shows it, with its eligible boards and failure
     rate."""
     store = request.app[state.STORE]
     rows = []
-    for channel in store.list_channels():
-        status = rollout.status(store, channel)
-        current = store.current_rollout(channel)
+    for channel in await store.list_channels():
+        status = await rollout.status(store, channel)
+        current = await store.current_rollout(channel)
         row: dict[str, Any] = {"channel": channel, "status": status, "eligible": None,
                                "failure_rate": None}
         if current is not None:
-            row["eligible"] = rollout.eligible_count(store, current.channel, current.policy,
+            row["eligible"] = await rollout.eligible_count(store, current.channel, current.policy,
                                                     current.stage)
             counts = status["rollout"]["counts"]
             results = counts["confirmed"] + counts["failed"] + counts["rolled_back"]
@@ -314,7 +314,7 @@ def _rollout_rows(request: web.Request) -> list[dict[str, Any]]:
 
 @_guard("read")
 async def rollouts(request: web.Request, session: Session) -> web.Response:
-    return _render(request, session, "rollouts.html", {"rows": _rollout_rows(request)})
+    return _render(request, session, "rollouts.html", {"rows": await _rollout_rows(request)})
 
 
 @_guard("publish")
@@ -327,7 +327,7 @@ async def rollout_action(request: web.Request, session: Session) -> web.Response
         raise NotFound(f"no rollout action {action[:40]!r}", code="unknown_action")
     request[state.AUDIT_TARGET] = f"{channel}: {action}"
     try:
-        result = act_on_rollout(request.app[state.STORE], channel, action)
+        result = await act_on_rollout(request.app[state.STORE], channel, action)
     except ApiError as err:
         request[ACTION_OUTCOME] = (err.status, err.code)
         session.tell(f"{channel}: {err.message}")
@@ -363,7 +363,7 @@ async def boards(request: web.Request, session: Session) -> web.Response:
     board_filter, kept = _board_filter(request)
     after, before = request.query.get("after"), request.query.get("before")
     # One row more than shown tells whether there is a next page.
-    rows = store.board_page(board_filter, after=after, before=None if after else before,
+    rows = await store.board_page(board_filter, after=after, before=None if after else before,
                             limit=PAGE_SIZE + 1)
     more = len(rows) > PAGE_SIZE
     if before and not after:
@@ -382,9 +382,9 @@ async def boards(request: web.Request, session: Session) -> web.Response:
     }
     return _render(request, session, "boards.html",
                    {"rows": rows, "kept": kept, "links": links,
-                    "matching": store.count_boards(board_filter),
-                    "channels": store.list_channels(),
-                    "versions": store.board_versions(),
+                    "matching": await store.count_boards(board_filter),
+                    "channels": await store.list_channels(),
+                    "versions": await store.board_versions(),
                     "statuses": BOARD_STATUSES, "seen_choices": list(_SEEN_WITHIN)})
 
 
@@ -392,15 +392,15 @@ async def boards(request: web.Request, session: Session) -> web.Response:
 async def board(request: web.Request, session: Session) -> web.Response:
     store = request.app[state.STORE]
     device_id = request.match_info["device_id"]
-    found = store.device(device_id)
+    found = await store.device(device_id)
     if found is None:
         raise NotFound(f"no device {device_id[:80]!r}", code="unknown_device")
-    status = store.board_statuses([device_id], _silent_before(request))[device_id]
+    status = (await store.board_statuses([device_id], _silent_before(request)))[device_id]
     return _render(request, session, "board.html",
                    {"device": found, "status": status,
                     # newest first; the same history GET /v1/devices/{id} answers
-                    "history": list(reversed(store.device_history(device_id))),
-                    "deployments": store.board_deployments(device_id)})
+                    "history": list(reversed(await store.device_history(device_id))),
+                    "deployments": await store.board_deployments(device_id)})
 
 
 @_guard("admin")
@@ -408,18 +408,18 @@ async def board_revoke(request: web.Request, session: Session) -> web.Response:
     """The Revoke button: the API's own path (revoke_board); the board's page says so."""
     device_id = request.match_info["device_id"]
     request[state.AUDIT_TARGET] = device_id[:80]
-    revoked = revoke_board(request.app[state.STORE], device_id)
+    revoked = await revoke_board(request.app[state.STORE], device_id)
     session.tell(f"{device_id}: revoked; its requests are refused from now on "
                  f"(since {_when(revoked['revoked'])}).")
     return _see_other(f"/ui/boards/{quote(device_id, safe='')}")
 
 
-def _release_files(request: web.Request, release_id: int) -> list[dict[str, Any]]:
+async def _release_files(request: web.Request, release_id: int) -> list[dict[str, Any]]:
     """The files of a release from its stored manifest (verified when it was registered)."""
     from signing.dsse import parse_envelope
     from signing.manifest import MANIFEST_PAYLOAD_TYPE, Manifest
 
-    envelope = request.app[state.STORE].envelope(release_id)
+    envelope = await request.app[state.STORE].envelope(release_id)
     manifest = Manifest.from_payload(parse_envelope(envelope, MANIFEST_PAYLOAD_TYPE).payload)
     return [{"path": f.path, "size": f.size, "sha256": f.sha256, "encoding": f.encoding,
              "transfer_size": f.transfer_size} for f in manifest.files]
@@ -429,8 +429,8 @@ def _release_files(request: web.Request, release_id: int) -> list[dict[str, Any]
 async def releases(request: web.Request, session: Session) -> web.Response:
     store = request.app[state.STORE]
     pointing: dict[int, list[str]] = {}
-    for channel in store.list_channels():
-        current, base = store.current_rollout(channel), store.base_release(channel)
+    for channel in await store.list_channels():
+        current, base = await store.current_rollout(channel), await store.base_release(channel)
         if current is not None and current.state not in ("aborted", "superseded"):
             pointing.setdefault(current.release.id, []).append(
                 f"{channel} (rollout, {current.state})")
@@ -438,10 +438,10 @@ async def releases(request: web.Request, session: Session) -> web.Response:
             pointing.setdefault(base.id, []).append(f"{channel} (base)")
     now = int(time.time())
     rows = [{"release": r, "expired": r.expired(now), "channels": pointing.get(r.id, []),
-             "rolling": [f"{x.channel} ({x.state})" for x in store.rollouts_of(r.id)]
+             "rolling": [f"{x.channel} ({x.state})" for x in await store.rollouts_of(r.id)]
              if r.yanked is None else [],
-             "files": _release_files(request, r.id)}
-            for r in reversed(store.list_releases())]
+             "files": await _release_files(request, r.id)}
+            for r in reversed(await store.list_releases())]
     return _render(request, session, "releases.html", {"rows": rows})
 
 
@@ -455,7 +455,7 @@ async def release_yank(request: web.Request, session: Session) -> web.Response:
     force = form.get("force") == "yes"
     request[state.AUDIT_TARGET] = f"{app_name} {version[:40]}" + (" (force)" if force else "")
     try:
-        result = yank(request.app[state.STORE], app_name, version, force=force)
+        result = await yank(request.app[state.STORE], app_name, version, force=force)
     except ApiError as err:
         request[ACTION_OUTCOME] = (err.status, err.code)
         hint = "; use “Abort its rollouts and yank” to do both here" \
@@ -474,7 +474,7 @@ async def audit(request: web.Request, session: Session) -> web.Response:
     as GET /v1/audit checks them (audit_entries)."""
     limit = request.query.get("limit", AUDIT_ROWS)
     actor = request.query.get("actor", "").strip()[:100] or None
-    entries = audit_entries(request.app[state.STORE], limit, actor)
+    entries = await audit_entries(request.app[state.STORE], limit, actor)
     return _render(request, session, "audit.html",
                    {"entries": list(reversed(entries)), "limit": int(limit),
                     "actor": actor or "", "bounded": len(entries) == int(limit)})
@@ -490,7 +490,7 @@ async def live(request: web.Request, session: Session) -> web.Response:
     store = request.app[state.STORE]
     silent_before = _silent_before(request)
     out: dict[str, Any] = {"rollouts": {}}
-    for row in _rollout_rows(request):
+    for row in await _rollout_rows(request):
         current = row["status"]["rollout"]
         if current is None:
             continue
@@ -500,12 +500,12 @@ async def live(request: web.Request, session: Session) -> web.Response:
             "reason": current["reason"], "eligible": row["eligible"],
             "failure_rate": row["failure_rate"]}
     if request.query.get("fleet") == "1":
-        out["fleet"] = store.fleet_counts(silent_before).by_status
+        out["fleet"] = (await store.fleet_counts(silent_before)).by_status
     wanted = [b for b in request.query.get("boards", "").split(",") if b]
     if len(wanted) > _MAX_LIVE_BOARDS:
         raise BadRequest(f"live: at most {_MAX_LIVE_BOARDS} boards", code="bad_field")
     if wanted:
-        out["boards"] = store.board_statuses(wanted, silent_before)
+        out["boards"] = await store.board_statuses(wanted, silent_before)
     return web.json_response(out)
 
 
