@@ -12,7 +12,9 @@ the counter step in the same turn of the event loop share one transaction:
 - a failed transaction rolls back all of them and fails every request of the batch.
 
 Under no load a batch is one request and costs one commit, as before; under load (figures S1
-and S2 in docs/benchmarks.md) batches of a few requests share one.
+and S2 in docs/benchmarks.md) batches of a few requests share one. One batch commits at a
+time: on a store whose commit waits (PostgreSQL over the network), requests arriving
+meanwhile form the next batch, committed once the one before is done.
 
 What a check-in records (the inventory the board reports, and `offered` for a release it is
 offered) is written behind: the check-in is answered once its counter is committed, and its
@@ -148,6 +150,8 @@ class CounterCommits:
         self._timer = None
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_in_background())
+        else:  # the last write still waits for the database: try again one window later
+            self._arm()
 
     async def _flush_in_background(self) -> None:
         try:

@@ -264,6 +264,42 @@ async def test_queued_records_are_written_within_the_window_without_other_reques
         await store.close()
 
 
+async def test_records_queued_while_a_slow_write_runs_are_written_after_it(
+        tmp_path: Path) -> None:
+    """A write-behind timer that fires while the last write still waits for the database
+    (PostgreSQL over the network) is armed again: nothing queued meanwhile waits for a later
+    check-in to be written."""
+    store = await _store(tmp_path, "b1", "b2")
+    release = await _release(store)
+    gate = asyncio.Event()
+    real = store.write_checkins
+    writes: list[list[str]] = []
+
+    async def slow(inventories, offers, advances=()):
+        writes.append([device_id for device_id, _ in inventories])
+        await gate.wait()
+        return await real(inventories, offers, advances)
+
+    store.write_checkins = slow  # type: ignore[method-assign]
+    db = tmp_path / "db.sqlite3"
+    try:
+        counters = CounterCommits(store, write_behind=0.05)
+        counters.record_checkin("b1", INVENTORY, release)
+        while not writes:  # the first timer's write has started and waits
+            await asyncio.sleep(0.01)
+        counters.record_checkin("b2", INVENTORY, release)
+        await asyncio.sleep(0.2)  # b2's timer fires while b1's write still waits
+        gate.set()
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while len(_records(db)["inventory"]) < 2 \
+                and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        assert [row[0] for row in _records(db)["inventory"]] == ["b1", "b2"]
+        assert writes == [["b1"], ["b2"]]
+    finally:
+        await store.close()
+
+
 async def test_records_survive_a_failed_counter_batch_and_counters_go_on_alone(
         tmp_path: Path) -> None:
     store = await _store(tmp_path, "b1", "b2")
