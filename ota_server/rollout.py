@@ -130,7 +130,7 @@ def _fits(release: Release | None, app: str | None, sequence: int, board: str,
 
 
 async def release_for(store: MetadataStore, device: Device, app: str | None,
-                sequence: int, board: str, now: int | None = None) -> Release | None:
+                      sequence: int, board: str, now: int | None = None) -> Release | None:
     """The release to offer a `board` running (`app`, `sequence`) at `now` (Unix time; the
     clock when None), or None: "nothing new".
 
@@ -274,7 +274,7 @@ async def advance(store: MetadataStore, channel: str) -> Rollout:
 
 
 async def eligible_count(store: MetadataStore, channel: str, policy: dict[str, Any],
-                   stage: int) -> int:
+                         stage: int) -> int:
     """Boards of `channel` (not revoked) that stages 0..`stage` of the policy reach."""
     stages = policy["stages"][: stage + 1]
     tags = [s["tag"] for s in stages if "tag" in s]

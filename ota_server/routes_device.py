@@ -488,7 +488,7 @@ OFFLINE_CHANNEL = ""
 
 
 async def _offline_deployment(store: MetadataStore, device: Device, app: str,
-                        sequence: int) -> Deployment:
+                              sequence: int) -> Deployment:
     """The deployment of a release the board says it installed over USB (`offline`: ota
     install, docs/board.md), opened now if the server had none: its history and inventory
     record it, and no rollout counts it. Raises NotFound (`unknown_release`) for a release
@@ -507,7 +507,7 @@ async def _offline_deployment(store: MetadataStore, device: Device, app: str,
 
 
 async def _deployment_for(store: MetadataStore, device_id: str, app: str, sequence: int,
-                    status: str) -> Deployment:
+                          status: str) -> Deployment:
     """The deployment a report is about: one the server opened for this board.
 
     The report names a release by (`app`, `sequence`). `failed` and `rolled_back` may name the

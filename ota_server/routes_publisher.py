@@ -170,8 +170,8 @@ async def register_release(request: web.Request) -> web.Response:
                                   root.role_keys(root.release)))
     try:
         release = await store.add_release(manifest.app, manifest.version, manifest.sequence,
-                                    manifest.boards, envelope, sorted(needed.items()),
-                                    manifest.expires, signers)
+                                          manifest.boards, envelope, sorted(needed.items()),
+                                          manifest.expires, signers)
     except StoreConflict:
         raise Conflict(f"{manifest.app} {manifest.version} sequence {manifest.sequence} was "
                        f"registered concurrently", code="sequence_not_greater") from None
@@ -204,7 +204,7 @@ def _content(manifest: Manifest) -> tuple[Any, ...]:
 
 
 async def _registered_version(store: MetadataStore, manifest: Manifest, envelope: bytes,
-                        now: int) -> Release | None:
+                              now: int) -> Release | None:
     """The registered release of the manifest's version when the manifest has its content;
     None when the version is new. Raises Conflict (`version_exists`) when the version names
     a release of other content, or one that expired (boards refuse it; a new version is due).

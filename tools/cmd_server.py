@@ -212,7 +212,7 @@ async def _audit_local(store: Any, action: str, target: str, outcome: str) -> No
     except (KeyError, OSError):  # no login name (a container's uid without a passwd entry)
         user = "?"
     await store.add_audit(AuditEntry(at=int(time.time()), actor=f"local:{user}", scope="admin",
-                               action=action, target=target, status=0, outcome=outcome))
+                                     action=action, target=target, status=0, outcome=outcome))
 
 
 @tokens_group.command("create")

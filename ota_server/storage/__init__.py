@@ -93,8 +93,8 @@ class MetadataStore(Protocol):
 
     async def reserved_version(self, app: str, sequence: int) -> str | None: ...
     async def add_release(self, app: str, version: str, sequence: int, boards: Sequence[str],
-                    envelope: bytes, blobs: Sequence[tuple[str, int]], expires: int,
-                    signers: Sequence[str] = ()) -> Release:
+                          envelope: bytes, blobs: Sequence[tuple[str, int]], expires: int,
+                          signers: Sequence[str] = ()) -> Release:
         """Register a release and spend the version's reservation (one transaction)."""
         ...
 
@@ -109,7 +109,7 @@ class MetadataStore(Protocol):
 
     # devices
     async def add_device(self, device_id: str, public_key: bytes, board: str, tags: Iterable[str],
-                   channel: str, bucket: int) -> Device: ...
+                         channel: str, bucket: int) -> Device: ...
     async def device(self, device_id: str) -> Device | None: ...
     async def list_devices(self) -> list[Device]: ...
     async def revoke_device(self, device_id: str) -> bool: ...
@@ -128,8 +128,8 @@ class MetadataStore(Protocol):
         ...
 
     async def write_checkins(self, inventories: Sequence[tuple[str, dict[str, Any]]],
-                       offers: Sequence[tuple[str, int, str]],
-                       advances: Sequence[tuple[str, int]] = ()) -> list[bool]:
+                             offers: Sequence[tuple[str, int, str]],
+                             advances: Sequence[tuple[str, int]] = ()) -> list[bool]:
         """In one transaction: record_checkin for each, `offered` for each (device_id,
         release_id) without a deployment yet, then advance_counter for each advance in order
         (ota_server.counters writes check-in records behind with it)."""
@@ -171,7 +171,7 @@ class MetadataStore(Protocol):
         ...
 
     async def set_deployment(self, device_id: str, release_id: int, status: str,
-                       reason: str | None = None) -> bool:
+                             reason: str | None = None) -> bool:
         """Move an existing deployment and add the move to the board's history (one
         transaction); False, nothing written, when none was ever opened."""
         ...
@@ -193,7 +193,7 @@ class MetadataStore(Protocol):
     # the dashboard (ota_server/ui): read-only views; ota_server/storage/fleet_view.py
     async def fleet_counts(self, silent_before: int) -> FleetCounts: ...
     async def board_page(self, board_filter: BoardFilter, *, after: str | None = None,
-                   before: str | None = None, limit: int = 50) -> list[tuple[Device, str]]:
+                         before: str | None = None, limit: int = 50) -> list[tuple[Device, str]]:
         """Keyset-paged boards matching the filter, with their status, in device id order."""
         ...
 

@@ -261,8 +261,8 @@ class SqliteStore:
         return None if row is None else str(row[0])
 
     async def add_release(self, app: str, version: str, sequence: int, boards: Sequence[str],
-                    envelope: bytes, blobs: Sequence[tuple[str, int]], expires: int,
-                    signers: Sequence[str] = ()) -> Release:
+                          envelope: bytes, blobs: Sequence[tuple[str, int]], expires: int,
+                          signers: Sequence[str] = ()) -> Release:
         """Register a release and spend the version's reservation; raises
         StoreConflict when the sequence or the version is taken."""
         with self._tx():
@@ -352,7 +352,7 @@ class SqliteStore:
     # -- devices ------------------------------------------------------------------------------
 
     async def add_device(self, device_id: str, public_key: bytes, board: str, tags: Iterable[str],
-                   channel: str, bucket: int) -> Device:
+                         channel: str, bucket: int) -> Device:
         with self._tx():
             self._db.execute(
                 "INSERT INTO devices (device_id, public_key, board, tags, channel, bucket, created)"
@@ -416,8 +416,8 @@ class SqliteStore:
                     .rowcount == 1 for device_id, counter in advances]
 
     async def write_checkins(self, inventories: Sequence[tuple[str, dict[str, Any]]],
-                       offers: Sequence[tuple[str, int, str]],
-                       advances: Sequence[tuple[str, int]] = ()) -> list[bool]:
+                             offers: Sequence[tuple[str, int, str]],
+                             advances: Sequence[tuple[str, int]] = ()) -> list[bool]:
         """In one transaction: record_checkin for each (device_id, inventory) in order, mark
         each (device_id, release_id, channel) of `offers` offered unless the board already has a
         deployment of it, then advance_counter for each of `advances` in order; the outcomes
@@ -578,7 +578,7 @@ class SqliteStore:
             "VALUES (?, ?, 'offered', ?, ?)", (device_id, release_id, _now(), channel))
 
     async def set_deployment(self, device_id: str, release_id: int, status: str,
-                       reason: str | None = None) -> bool:
+                             reason: str | None = None) -> bool:
         """Move an open deployment to `status` and add the move to the board's history, in
         one transaction; False (nothing written) when the server never opened one for this
         board and release. The same status and reason again is no new event: nothing is
@@ -652,7 +652,7 @@ class SqliteStore:
                            by_channel=by_channel, by_status=by_status)
 
     async def board_page(self, board_filter: BoardFilter, *, after: str | None = None,
-                   before: str | None = None, limit: int = 50) -> list[tuple[Device, str]]:
+                         before: str | None = None, limit: int = 50) -> list[tuple[Device, str]]:
         """Up to `limit` boards matching the filter, with their status, in device id order:
         the first ones after `after`, or the last ones before `before` (keyset paging on
         the primary key, so a page costs the same at board 0 and at board 99,999)."""

@@ -364,7 +364,7 @@ async def boards(request: web.Request, session: Session) -> web.Response:
     after, before = request.query.get("after"), request.query.get("before")
     # One row more than shown tells whether there is a next page.
     rows = await store.board_page(board_filter, after=after, before=None if after else before,
-                            limit=PAGE_SIZE + 1)
+                                  limit=PAGE_SIZE + 1)
     more = len(rows) > PAGE_SIZE
     if before and not after:
         rows = rows[1:] if more else rows
