@@ -44,7 +44,6 @@ FORMAT = "mpota-dump"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 BLOB_DIR = "blobs"
-_INT64 = (-(2**63), 2**63 - 1)
 _CHUNK = 1 << 20
 
 
@@ -67,6 +66,7 @@ class Column:
     name: str
     kind: Kind
     nullable: bool = False
+    bits: int = 64  # an INT's width in the narrower backend (PostgreSQL INTEGER: 32)
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,8 @@ class Table:
         return tuple(c.name for c in self.columns)
 
 
-def _c(name: str, kind: Kind = Kind.INT, nullable: bool = False) -> Column:
-    return Column(name, kind, nullable)
+def _c(name: str, kind: Kind = Kind.INT, nullable: bool = False, bits: int = 64) -> Column:
+    return Column(name, kind, nullable, bits)
 
 
 _T, _B = Kind.TEXT, Kind.BYTES
@@ -110,7 +110,7 @@ TABLES: tuple[Table, ...] = (
     Table("sequence_reservations", (_c("app", _T), _c("version", _T), _c("sequence"),
                                     _c("created")), ("app", "version")),
     Table("devices", (_c("device_id", _T), _c("public_key", _B), _c("board", _T),
-                      _c("tags", Kind.TEXT_LIST), _c("channel", _T), _c("bucket"),
+                      _c("tags", Kind.TEXT_LIST), _c("channel", _T), _c("bucket", bits=32),
                       _c("counter"), _c("created"), _c("revoked", nullable=True),
                       _c("app", _T, True), _c("version", _T, True),
                       _c("sequence", nullable=True), _c("root_version", nullable=True),
@@ -120,7 +120,7 @@ TABLES: tuple[Table, ...] = (
           ("device_id",)),
     Table("channels", (_c("name", _T), _c("base_release_id", nullable=True)), ("name",)),
     Table("rollouts", (_c("id"), _c("channel", _T), _c("release_id"),
-                       _c("policy", Kind.OBJECT), _c("stage"), _c("state", _T),
+                       _c("policy", Kind.OBJECT), _c("stage", bits=32), _c("state", _T),
                        _c("reason", _T, True), _c("created"), _c("updated")), ("id",), "id"),
     Table("deployments", (_c("device_id", _T), _c("release_id"), _c("status", _T),
                           _c("reason", _T, True), _c("updated"), _c("channel", _T)),
@@ -129,7 +129,7 @@ TABLES: tuple[Table, ...] = (
                                  _c("status", _T), _c("reason", _T, True), _c("at")),
           ("id",), "id"),
     Table("audit", (_c("id"), _c("at"), _c("actor", _T), _c("scope", _T), _c("action", _T),
-                    _c("target", _T), _c("status"), _c("outcome", _T)), ("id",), "id"),
+                    _c("target", _T), _c("status", bits=32), _c("outcome", _T)), ("id",), "id"),
 )
 TABLES_BY_NAME = {t.name: t for t in TABLES}
 
@@ -155,24 +155,30 @@ class DumpSummary:
 
 def check_value(column: Column, value: Any) -> Any:
     """`value` if it is what `column` holds in its canonical Python form (int, str, bytes,
-    list of str, dict; None where nullable); ValueError saying what is wrong otherwise."""
+    list of str, dict; None where nullable) and fits both backends (an integer in the
+    column's width, no NUL character in text: PostgreSQL stores neither); ValueError saying
+    what is wrong otherwise."""
     if value is None:
         if column.nullable:
             return None
         raise ValueError(f"{column.name} must not be null")
     kind = column.kind
     if kind is Kind.INT:
-        if type(value) is not int or not _INT64[0] <= value <= _INT64[1]:
-            raise ValueError(f"{column.name} must be a 64-bit integer, got {_show(value)}")
+        top = 2 ** (column.bits - 1)
+        if type(value) is not int or not -top <= value < top:
+            raise ValueError(f"{column.name} must be a {column.bits}-bit integer, "
+                             f"got {_show(value)}")
     elif kind is Kind.TEXT:
-        if type(value) is not str:
-            raise ValueError(f"{column.name} must be a string, got {_show(value)}")
+        if type(value) is not str or "\x00" in value:
+            raise ValueError(f"{column.name} must be a string without NUL, got {_show(value)}")
     elif kind is Kind.BYTES:
         if type(value) is not bytes:
             raise ValueError(f"{column.name} must be bytes, got {_show(value)}")
     elif kind is Kind.TEXT_LIST:
-        if type(value) is not list or any(type(item) is not str for item in value):
-            raise ValueError(f"{column.name} must be a list of strings, got {_show(value)}")
+        if type(value) is not list or any(type(item) is not str or "\x00" in item
+                                          for item in value):
+            raise ValueError(f"{column.name} must be a list of strings without NUL, "
+                             f"got {_show(value)}")
     elif type(value) is not dict:
         raise ValueError(f"{column.name} must be an object, got {_show(value)}")
     return value
