@@ -374,6 +374,19 @@ async def test_export_refuses_an_existing_destination_and_an_unmigrated_database
     assert not (tmp_path / "d2").exists() and not (tmp_path / ".d2.partial").exists()
 
 
+
+async def test_export_refuses_a_value_the_other_backend_cannot_hold(
+        exported: Path, tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "data" / "mpota.sqlite3")
+    with db:  # SQLite holds any integer; PostgreSQL's INTEGER column does not
+        db.execute("UPDATE devices SET bucket = ? WHERE device_id = 'board-ok'", (2**40,))
+    db.close()
+    result = await ota_db("export", str(tmp_path / "d2"), "--data", str(tmp_path / "data"))
+    assert result.exit_code == 1
+    assert "table devices, row device_id='board-ok': bucket must be a 32-bit integer" \
+        in result.output
+    assert not (tmp_path / "d2").exists() and not (tmp_path / ".d2.partial").exists()
+
 # -- round trip, property-tested ---------------------------------------------------------------
 
 _CHAR = st.characters(codec="utf-8", exclude_characters="\x00")  # what both backends store
