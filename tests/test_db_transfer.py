@@ -181,8 +181,16 @@ async def test_an_embedded_server_moves_to_postgresql_and_s3_with_everything_it_
     started = await new.start_rollout("stable", "demo", 3, percent=100)
     assert registered["id"] == max(r["id"] for r in before["/v1/releases"]["releases"]) + 1
     assert started["rollout"]["id"] == before["/v1/channels/stable/rollout"]["rollout"]["id"] + 1
+    assert (await new.checkin(board, version="1.0.0", sequence=1)).status == 200  # offered 1.2.0
+    assert (await new.report(board, "downloading", 3)).status == 204  # a history row
+    made = await new.client.post("/v1/tokens", json={"name": "ci", "scope": "publish"},
+                                 headers=new.bearer)
+    assert made.status == 201, await made.text()
     entries = (await get_json(new, AUDIT))["entries"]
     assert entries[-1]["id"] > before[AUDIT]["entries"][-1]["id"]
+    history = (await get_json(new, "/v1/devices/board-ok"))["history"]
+    assert history[:-1] == before["/v1/devices/board-ok"]["history"]
+    assert (history[-1]["version"], history[-1]["status"]) == ("1.2.0", "downloading")
 
 
 async def test_postgresql_and_s3_move_back_to_an_embedded_data_directory(
