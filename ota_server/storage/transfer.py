@@ -254,6 +254,8 @@ async def _blob_store(location: StoreLocation) -> AsyncIterator[BlobStore]:
         store: BlobStore
         if location.blobs_url is None:
             assert location.data_dir is not None
+            # Opening it empties blobs/tmp/ (uploads a crash cut short), as `ota serve` does at
+            # start: safe, the data directory's lock is held (_data_dir_held).
             store = FileBlobStore(location.data_dir / BLOB_DIR)
         else:
             from ota_server.storage.s3 import S3BlobStore
