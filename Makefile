@@ -73,5 +73,9 @@ bench-station: $(STAMP) $(MP_STAMP)
 bench-dashboard: $(STAMP)
 	$(PY) bench/bench_dashboard.py
 
+.PHONY: bench-db-transfer
+bench-db-transfer: $(STAMP) cluster-components
+	$(PY) bench/bench_db_transfer.py
+
 clean:
 	rm -rf $(VENV) .cache demo-data bench/out

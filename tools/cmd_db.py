@@ -3,12 +3,18 @@
 `ota db migrate` brings a PostgreSQL database to this version's schema (under an advisory
 lock: replicas never race, and a server never migrates on its own) and creates the S3 bucket
 when one is named; on the embedded SQLite store it migrates the data directory's file.
+
+`ota db export` writes everything a server's storage holds to a portable dump directory, and
+`ota db import` writes a dump into empty storage: SQLite + a directory or PostgreSQL + S3, in
+either direction (ota_server/storage/transfer.py, ota_server/storage/dump.py;
+docs/operations.md, "Moving an embedded server to PostgreSQL + S3").
 """
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -91,6 +97,84 @@ async def _ensure_bucket(blobs_url: str) -> None:
             await store.ensure_bucket()
         finally:
             await store.close()
+
+
+def _storage_options(verb: str) -> Any:
+    """--data, --db and --blobs, as `ota serve` takes them: what is not given by --db or
+    --blobs is the data directory's."""
+    def wrap(command: Any) -> Any:
+        command = click.option(
+            "--blobs", "blobs_url", envvar="MPOTA_BLOBS", default=None, metavar="URL",
+            help=f"{verb} this S3 bucket (s3://BUCKET?endpoint=...; keys from "
+                 "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) instead of DIR/blobs/ "
+                 "[env MPOTA_BLOBS]")(command)
+        command = click.option(
+            "--db", "db_url", envvar="MPOTA_DB", default=None, metavar="URL",
+            help=f"{verb} this PostgreSQL database (postgresql://USER:PASSWORD@HOST/DB) "
+                 "instead of DIR/mpota.sqlite3 [env MPOTA_DB]")(command)
+        return click.option(
+            "--data", "data_dir", envvar="MPOTA_DATA", default=None,
+            type=click.Path(file_okay=False, path_type=Path),
+            help="the data directory (its SQLite file and blobs/, for what --db and --blobs "
+                 "do not name) [env MPOTA_DATA]")(command)
+    return wrap
+
+
+def _location(data_dir: Path | None, db_url: str | None, blobs_url: str | None) -> Any:
+    from ota_server.settings import SettingsError, check_blobs_url, check_db_url
+    from ota_server.storage.transfer import StoreLocation
+
+    try:
+        return StoreLocation(data_dir, check_db_url(db_url), check_blobs_url(blobs_url))
+    except (SettingsError, ValueError) as err:
+        raise UserError(str(err)) from err
+
+
+def _run_transfer(work: Any) -> Any:
+    """Run the export or import coroutine; its errors, for the user, once."""
+    from ota_server.storage.dump import DumpError
+    from ota_server.storage.errors import StoreError
+    from ota_server.storage.transfer import TransferError
+
+    try:
+        return asyncio.run(work)
+    except (DumpError, TransferError, StoreError) as err:
+        raise UserError(str(err)) from err
+
+
+@db_group.command("export")
+@click.argument("dest", type=click.Path(path_type=Path))
+@_storage_options("read")
+def export_cmd(dest: Path, data_dir: Path | None, db_url: str | None,
+               blobs_url: str | None) -> None:
+    """Write everything the server's storage holds to the new dump directory DEST.
+
+    Stop the server first: an embedded data directory is exported under its lock, and the
+    command refuses while ota serve runs on it.
+    """
+    from ota_server.storage.transfer import export_store
+
+    source = _location(data_dir, db_url, blobs_url)
+    summary = _run_transfer(export_store(source, dest))
+    click.echo(f"exported {source.describe()} to {dest}: {summary.describe()}")
+
+
+@db_group.command("import")
+@click.argument("dump", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@_storage_options("write into")
+def import_cmd(dump: Path, data_dir: Path | None, db_url: str | None,
+               blobs_url: str | None) -> None:
+    """Write the dump directory DUMP into empty storage (a new data directory, or a
+    PostgreSQL database set up with `ota db migrate`).
+
+    The dump is checked whole first; blobs go in first, then every row in one transaction:
+    on any error nothing of the rows is imported.
+    """
+    from ota_server.storage.transfer import import_dump
+
+    target = _location(data_dir, db_url, blobs_url)
+    summary = _run_transfer(import_dump(dump, target))
+    click.echo(f"imported {dump} into {target.describe()}: {summary.describe()}")
 
 
 def register(cli: click.Group) -> None:
