@@ -28,7 +28,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from server_support import SimBoard
@@ -380,6 +379,3 @@ def fetch(url: str) -> tuple[int, bytes]:
     finally:
         connection.close()
 
-
-def blob_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("blob-cache") if p.is_dir())
