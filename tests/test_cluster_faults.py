@@ -250,6 +250,9 @@ def test_s3_down_during_a_publish_fails_cleanly_and_the_retry_registers_it(
         result = cluster.api.publish(bundle, "stable", policy=POLICY)
         assert result.new and len(result.uploaded) == len(blobs) - 1
         assert bucket_keys(client, cluster.bucket) == {f"blobs/{b}" for b in blobs}
+        # Every blob a registered release names is in the bucket.
+        named = {f"blobs/{row[0]}" for row in cluster.sql("SELECT blob FROM release_blobs")}
+        assert named == {f"blobs/{b}" for b in blobs}
     finally:
         client.close()
     rows = cluster.sql("SELECT app, sequence FROM releases")
