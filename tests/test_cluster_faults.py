@@ -191,7 +191,8 @@ def test_postgresql_restarted_during_check_ins_answers_503_and_recovers_alone(
         while time.monotonic() < deadline and not all(
                 b.installed == 1 and not b.queue for b in boards):
             time.sleep(0.05)
-        time.sleep(0.5)
+        # A second more of check-ins, all of which must be answered.
+        time.sleep(max(0.0, up_at + 3 - time.monotonic()))
         stop["now"] = True
     assert [r.pid for r in cluster.replicas] == pids
     assert all(b.installed == 1 and not b.queue for b in boards), \
