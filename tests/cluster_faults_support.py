@@ -26,7 +26,7 @@ import http.client
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,7 +216,7 @@ class FieldBoard:
         if offer.status == 204:
             return
         if offer.status != 200:
-            self.queue.append(self._report("failed", self.installed,
+            self.queue.append(self.report("failed", self.installed,
                                            f"checkin: http {offer.status}"))
             self.flush()
             return
@@ -224,18 +224,18 @@ class FieldBoard:
         sequence = int(manifest["sequence"])
         if sequence <= self.installed:
             return
-        self.queue.append(self._report("downloading", sequence))
+        self.queue.append(self.report("downloading", sequence))
         self.flush()
         blobs = list(dict.fromkeys(f["blob"] for f in manifest["files"]))
         pack = self.request("GET", "/v1/device/pack?blobs=" + ",".join(blobs))
         reason = self._pack_fault(pack, manifest["files"], blobs)
         if reason:
-            self.queue.append(self._report("failed", sequence, reason))
+            self.queue.append(self.report("failed", sequence, reason))
             self.flush()
             return
         self.installed = sequence
-        self.queue.append(self._report("installed", sequence))
-        self.queue.append(self._report("confirmed", sequence))
+        self.queue.append(self.report("installed", sequence))
+        self.queue.append(self.report("confirmed", sequence))
         self.flush()
 
     @staticmethod
@@ -255,15 +255,16 @@ class FieldBoard:
                 return "hash mismatch"
         return "" if at == len(pack.body) else "length"
 
-    def _report(self, status: str, sequence: int, reason: str | None = None) -> dict[str, Any]:
-        # The round makes each reason this board's own, so the ledger can find it again.
+    def report(self, status: str, sequence: int, reason: str | None = None) -> dict[str, Any]:
+        """A report as the board queues it; the round makes each reason this board's own, so
+        the ledger can find it again."""
         text = None if reason is None else f"{reason} (round {self.rounds})"
         return {"app": self.sim.app, "sequence": sequence, "version": "x", "status": status,
                 "reason": text}
 
 
-def run_boards(boards: list[FieldBoard], until: Any, deadline_s: float,
-               pause_s: float = 0.05, stagger_s: float = 0.0) -> None:
+def run_boards(boards: list[FieldBoard], until: Callable[[FieldBoard], bool],
+               deadline_s: float, pause_s: float = 0.05, stagger_s: float = 0.0) -> None:
     """Each board in its own thread checks round after round (`pause_s` between rounds, the
     i-th board's first round `i * stagger_s` late) until `until(board)` is true or
     `deadline_s` passes."""
@@ -283,8 +284,9 @@ def run_boards(boards: list[FieldBoard], until: Any, deadline_s: float,
 
 
 @contextlib.contextmanager
-def boards_running(boards: list[FieldBoard], until: Any, deadline_s: float,
-                   pause_s: float = 0.05, stagger_s: float = 0.0) -> Iterator[None]:
+def boards_running(boards: list[FieldBoard], until: Callable[[FieldBoard], bool],
+                   deadline_s: float, pause_s: float = 0.05,
+                   stagger_s: float = 0.0) -> Iterator[None]:
     """run_boards in the background while the block runs (faults are made inside it); waits
     for them on leaving."""
     runner = threading.Thread(target=run_boards,

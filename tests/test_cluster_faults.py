@@ -311,7 +311,7 @@ def test_a_report_reaching_another_replica_finds_the_offer(cluster: Cluster) -> 
     offer = board.request("POST", "/v1/device/checkin", board.sim.checkin_body())
     assert offer.status == 200
     board.url = second.url
-    report = board._report("downloading", 1)
+    report = board.report("downloading", 1)
     answer = board.request("POST", "/v1/device/report", json.dumps(report).encode(), report)
     assert answer.status == 204, answer.body
     assert cluster.sql("SELECT status FROM deployments") == [["downloading"]]
