@@ -35,7 +35,7 @@ from cluster_faults_support import (
     query,
     run_boards,
 )
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from server_support import FleetKeys, SimBoard, make_bundle
 
@@ -72,8 +72,12 @@ class Cluster:
         return query(self.pg, self.database, text)
 
     def boards(self, count: int, ledger: Ledger) -> list[FieldBoard]:
+        return self.boards_from(0, count, ledger)
+
+    def boards_from(self, first: int, count: int, ledger: Ledger) -> list[FieldBoard]:
+        """`count` new boards, registered, numbered from `first`."""
         made = []
-        for i in range(count):
+        for i in range(first, first + count):
             sim = SimBoard(f"field-{i:02d}")
             self.api.register_device(sim.device_id, sim.point, board="unix")
             made.append(FieldBoard(sim, self.nginx.url, ledger))
@@ -344,3 +348,26 @@ def test_no_asyncpg_exception_leaves_the_store(kind: type[Exception], message: s
     # The store's promise (ota_server/storage/postgres.py): handlers see its own errors only,
     # so an outage is a 503 and never an unhandled driver exception (a 500).
     assert isinstance(postgres_storage._translate(kind(message)), StoreError)
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(route=st.lists(st.sampled_from((0, 1)), min_size=5, max_size=5))
+def test_a_board_s_requests_may_reach_any_replica(cluster: Cluster, route: list[int]) -> None:
+    # Whichever replica each request of an update reaches (`route`: check-in, downloading,
+    # installed, confirmed, the next check-in), the answers are those of one server.
+    if not cluster.sql("SELECT 1 FROM releases"):
+        cluster.publish(1)
+    count = int(cluster.sql("SELECT count(*) FROM devices")[0][0])
+    (board,) = cluster.boards_from(count, 1, Ledger())
+    steps = [("POST", "/v1/device/checkin", board.sim.checkin_body(), 200)]
+    for status in ("downloading", "installed", "confirmed"):
+        steps.append(("POST", "/v1/device/report",
+                      json.dumps(board.report(status, 1)).encode(), 204))
+    steps.append(("POST", "/v1/device/checkin", board.sim.checkin_body(sequence=1), 204))
+    for (method, path, body, expected), replica in zip(steps, route, strict=True):
+        board.url = cluster.replicas[replica].url
+        answer = board.request(method, path, body)
+        assert answer.status == expected, (route, path, answer.body)
+    assert cluster.sql(f"SELECT status FROM deployments WHERE device_id = "
+                       f"'{board.sim.device_id}'") == [["confirmed"]]
