@@ -137,7 +137,9 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
             app[state.STORE] = store
             app[state.BLOBS] = blobs
             app[state.TRUST] = await TrustAnchor.load(store, settings.root_path)
-            writes = app[state.BOARD_WRITES] = CounterCommits(store)
+            # On PostgreSQL other replicas serve the same boards (ota_server.counters, "Replicas").
+            writes = app[state.BOARD_WRITES] = CounterCommits(
+                store, shared=settings.db_url is not None)
             app[state.DEVICE_AUTH] = DeviceAuthenticator(store, writes)
             yield
             await writes.close()  # the check-in records written behind, before the store closes

@@ -28,6 +28,13 @@ records are queued and reach the database
   transaction;
 - when the server stops (`close`).
 
+Replicas (`shared`: several processes on one PostgreSQL database) break the first promise:
+a board's next request may reach another replica, which has none of this one's queue. So
+there a check-in that offers a release writes its records (with everything queued) before it
+is answered: the board's report about the offer finds the deployment on any replica. A
+check-in with nothing new is still written behind; a publisher on another replica sees it at
+most WRITE_BEHIND_SECONDS later.
+
 So a check-in costs its counter's commit alone instead of three commits, and the records of
 many check-ins share one transaction and the pages it writes (figure S3). A process killed
 without its clean-up (SIGKILL, OOM) can lose the records of the check-ins of its last
@@ -52,8 +59,12 @@ class CounterCommits:
     """Queue counter advances and commit them together at the next turn of the loop; queue
     check-in records and write them behind (module docstring)."""
 
-    def __init__(self, store: MetadataStore, write_behind: float | None = None):
+    def __init__(self, store: MetadataStore, write_behind: float | None = None, *,
+                 shared: bool = False):
+        """`shared`: other processes (replicas) serve the same boards from `store`, so a
+        board's next request may reach one of them (module docstring, "Replicas")."""
         self._store = store
+        self.shared = shared
         self._pending: list[_Pending] = []
         self._write_behind = WRITE_BEHIND_SECONDS if write_behind is None else write_behind
         # Queued check-in records: the inventory fields of each board, later ones over earlier

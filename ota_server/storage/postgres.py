@@ -128,10 +128,13 @@ def _translate(err: BaseException) -> BaseException:
         return StoreNotFound(f"refers to a missing record: {err.detail or err}")
     if isinstance(err, asyncpg.ClientConfigurationError):  # a bad URL parameter, not an outage
         return StoreError(f"database URL: {err}")
+    # InternalClientError: asyncpg found a pooled connection in a protocol state it cannot
+    # use, as when the server ended it while it was idle (a restart) and the end of the socket
+    # has not been seen yet; the pool replaces that connection.
     if isinstance(err, asyncpg.PostgresConnectionError | asyncpg.CannotConnectNowError
                   | asyncpg.AdminShutdownError | asyncpg.CrashShutdownError
                   | asyncpg.TooManyConnectionsError | asyncpg.InterfaceError
-                  | ConnectionError | OSError | TimeoutError):
+                  | asyncpg.InternalClientError | ConnectionError | OSError | TimeoutError):
         return StoreUnavailable(f"database unavailable: {type(err).__name__}: {err}")
     if isinstance(err, asyncpg.PostgresError):
         return StoreError(f"database error: {type(err).__name__}: {err}")

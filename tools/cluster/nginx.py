@@ -72,6 +72,12 @@ class Nginx:
         listen 127.0.0.1:{self.port};
         root {self.root};
     }}"""
+        # A replica that failed once is skipped for 2 s, then tried again. `proxy_next_upstream
+        # error timeout` passes a request on to the next replica only when nginx is allowed
+        # to: a POST (a check-in, a report: each spends the board's counter) never once it was
+        # sent to a replica, since nginx does not repeat a non-idempotent request; a 503 goes
+        # to the client as it is (a store outage is the same on every replica, and nginx does
+        # not count it against the replica). docs/operations.md, "Faults".
         servers = "\n".join(f"        server {u} max_fails=1 fail_timeout=2s;"
                             for u in self.upstreams)
         return f"""    upstream replicas {{
