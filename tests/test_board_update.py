@@ -221,7 +221,6 @@ FAULT_CASES = [
     ("drip", "/v1/device/pack", "timeout"),
     ("404", "/v1/device/pack", "http 404"),
     ("500", "/v1/device/pack", "http 500"),
-    ("500", "/checkin", "checkin: http 500"),
     ("junk_json", "/checkin", "MalformedError"),
     ("junk_envelope", "/checkin", "MalformedError"),
     ("flip", "/checkin", "manifest refused"),
@@ -248,6 +247,25 @@ def test_network_fault_keeps_old_app_reports_failure_and_retry_succeeds(case, fa
     assert slot_files(flash, "b") == app_hashes(new)
     failed = [r for r in _reports(rig) if r["status"] == "failed"]
     assert len(failed) == 1 and reason in failed[0]["reason"], failed
+    assert rig.api.device(name)["version"] == "1.1.0"
+
+
+def test_a_server_error_at_check_in_is_no_answer_and_no_failed_report(case):
+    """A check-in the server answers 5xx (its database restarting: 503) is the server's
+    failure, not the update's: the board reports nothing (a `failed` would count against the
+    rollout's pause rule, docs/operations.md "Faults") and tries again at its next check-in."""
+    rig, name = case
+    new = small_app("1.1.0", {"data/more.txt": b"x" * 700})
+    rig.publish(name, new, "1.1.0", 2, channel=name, deflate=False)
+    flash = rig.board(name, name, small_app("1.0.0"), channel=name, timeout_s=2)
+    rig.proxy.inject("500", match="/checkin")
+    faulty = rig.boot(flash, max_boots=1)
+    assert faulty.ended == "exit" and "APP 1.0.0" in faulty.output, faulty.output
+    assert "ota: no answer: checkin: http 500" in faulty.output, faulty.output
+    assert _sent(rig, "failed") == []
+    retry = rig.boot(flash)
+    assert "APP 1.1.0" in retry.boots[-1].output, retry.output
+    assert _sent(rig, "failed") == []
     assert rig.api.device(name)["version"] == "1.1.0"
 
 

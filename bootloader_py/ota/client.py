@@ -216,6 +216,9 @@ def checkin(sess, st, cfg, root_v, buf):
     try:
         if resp.status == 403:  # revoked: nothing to install, nothing the server would take
             raise HttpError("this board is revoked (403)")
+        if resp.status >= 500:  # the server failed (its database down: 503), not an update:
+            # as no answer, nothing to report (a `failed` would count against a rollout)
+            raise HttpError("%s: http %d" % ("checkin", resp.status))
         if resp.status == 204 or (resp.status == 200 and st.on_trial):
             return False, resp.root  # on trial nothing is installed: the offer is not read
         try:
