@@ -8,8 +8,9 @@ update.py):
 
 - a round is one check: queued reports first (in order, stopping at the first that gets no
   answer or a 5xx; a 4xx drops the report), then the check-in;
-- a check-in that gets no answer ends the round with nothing queued; one answered with an
-  error status queues a `failed` report naming what the board runs (`checkin: http N`);
+- a check-in that gets no answer, or a 5xx (the server failed), ends the round with nothing
+  queued; one answered with another error status queues a `failed` report naming what the
+  board runs (`checkin: http N`);
 - an offer: `downloading` is queued and sent, then one pack of every blob; a download that
   fails queues `failed` for the offered release (`blob PATH: ...`); one that arrives whole and
   hashes right installs the release and queues `installed` and `confirmed`;
@@ -211,8 +212,8 @@ class FieldBoard:
         self.flush()
         body = self.sim.checkin_body(sequence=self.installed)
         offer = self.request("POST", "/v1/device/checkin", body)
-        if offer.status == 0:
-            return  # no answer: nothing to report to
+        if offer.status == 0 or offer.status >= 500:
+            return  # no answer, or the server failed: nothing to report
         if offer.status == 204:
             return
         if offer.status != 200:
