@@ -178,8 +178,8 @@ class Stager:
         names, listed in its slot list) and which was offered `envelope`; runs _STAGE."""
         for name in ("app", "ota/part"):
             shutil.rmtree(self.flash / name, ignore_errors=True)
-        for pattern in ("ota/state0", "ota_rec/state1", "ota/slot_*.lst", "ota/offer.*"):
-            for leftover in self.flash.glob(pattern):  # the state records, lists
+        for pattern in ("state[01]", "slot_*.lst", "offer.*"):  # the state records, lists
+            for leftover in (self.flash / "ota").glob(pattern):  # (all in /ota: no /ota_id)
                 leftover.unlink()
         active = self.flash / "app" / "a"
         active.mkdir(parents=True)
@@ -201,7 +201,8 @@ def stager(tmp_path_factory: pytest.TempPathFactory, micropython: str,
     for path, data in client_files().items():
         if path.startswith("/ota/"):
             (flash / path[1:]).write_bytes(data)
-    (flash / "ota_id" / "trust.json").write_bytes(bench.keys.root_envelope)
+    # No device key: the client reads this board's files where boards before /ota_id had them.
+    (flash / "ota" / "trust.json").write_bytes(bench.keys.root_envelope)
     agent = ReplAgent(VirtualBoard(flash, micropython=micropython))
     agent.start()
     try:

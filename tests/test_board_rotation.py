@@ -148,7 +148,7 @@ def test_check_in_names_the_held_root_version_from_the_files_first_bytes(tmp_pat
     outcomes = {}
     for name, data in (("ours", root_v12), ("reordered", reordered),
                        ("cut short", root_v12[:80])):
-        (flash / "ota_id" / "trust.json").write_bytes(data)
+        (flash / "ota" / "trust.json").write_bytes(data)  # no key: the legacy layout's place
         outcomes[name] = VirtualBoard(flash, micropython=micropython).run().output.split()
     assert outcomes["ours"] == ["12", "0"]  # the verifier never loaded
     assert outcomes["reordered"] == ["12", "1"]  # load_root read it
