@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 from board_rig import EVERYONE_NO_PAUSE, Rig, board_rig
-from fat_support import dir_sector, overwrite
+from fat_support import SECTOR, dir_sector, overwrite
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bench.reference_app import build_release, provision_board, small_app
 from tools.board_files import app_hashes, read_state, slot_files
@@ -94,6 +96,35 @@ def test_the_boot_state_outlives_either_record_directory_and_a_half_staged_slot_
     state = read_state(flash)
     assert state is not None and state["active"] == "b", state
     assert slot_files(flash, "b") == app_hashes(_NEW)
+
+
+@settings(max_examples=8, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(garbage=st.one_of(st.binary(max_size=SECTOR), st.binary(min_size=SECTOR,
+                                                               max_size=SECTOR)),
+       where=st.sampled_from(["/ota", "/ota_rec"]))
+def test_whatever_a_record_directory_sector_holds_the_board_keeps_its_identity_and_updates(
+        rig: Rig, garbage: bytes, where: str) -> None:
+    """Random bytes over /ota's or /ota_rec's sector (the rest erased), as a torn program
+    leaves it: every boot runs 1.0.0 or 1.1.0 whole, and within two checks the board, still
+    itself, has updated."""
+    name = f"garbage-{len(list(rig.work.glob('garbage-*')))}"
+    flash, board = _fat_board(rig, name)
+    image = flash_image_path(flash)
+    overwrite(image, dir_sector(image, where), garbage)
+    for _ in range(2):
+        result = board.run(max_boots=3, timeout=60)
+        assert result.ended == "exit", result.output
+        for boot in result.boots:  # each resets into an update or runs an app whole
+            assert boot.ended == "reset" or "APP 1.0.0" in boot.output \
+                or "APP 1.1.0" in boot.output, result.output
+        assert "Traceback" not in result.output, result.output
+        state = read_state(flash)
+        if state is not None and (state["active"], state["ok"]) == ("b", 1):
+            break
+    assert "APP 1.1.0" in result.boots[-1].output, result.output
+    assert slot_files(flash, "b") == app_hashes(_NEW)
+    assert rig.server.client().device(name)["last_status"] == "confirmed"
 
 
 def test_a_board_provisioned_before_ota_id_keeps_its_files_in_ota_and_updates(

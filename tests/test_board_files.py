@@ -30,8 +30,9 @@ CONFIG = BoardConfig(device_id="b-1", server="http://127.0.0.1:9", wifi_ssid="la
 def test_board_files_hold_bootloader_client_config_key_trust_state_and_app():
     key = ec.generate_private_key(ec.SECP256R1())
     files = board_files(CONFIG, key, b'{"payloadType": "x"}', app=APP)
-    assert {"/boot.py", "/main.py", "/ota_id/config.json", "/ota_id/device.key", "/ota_id/trust.json",
-            "/ota/state0", "/ota/slot_a.lst", "/app/a/app_main.py"} <= set(files)
+    assert {"/boot.py", "/main.py", "/ota_id/config.json", "/ota_id/device.key",
+            "/ota_id/trust.json", "/ota/state0", "/ota_rec/state1", "/ota/slot_a.lst",
+            "/app/a/app_main.py"} <= set(files)
     assert files["/ota_id/device.key"] == key.private_numbers().private_value.to_bytes(32, "big")
     config = json.loads(files["/ota_id/config.json"])
     assert config["wifi"] == {"ssid": "lab", "password": "s3cret-pass"}
