@@ -15,9 +15,9 @@ def feed():
 
 def path(p):
     """Where this board keeps `p`, a file of the layout provisioned since 2026-12-06 (`/ota_id`:
-    identity, config, trust; `/ota_rec`: each A/B record's second copy; docs/board.md, Files).
-    On a board provisioned before (no /ota_id/device.key: everything in /ota) the same name
-    in /ota; a path outside /ota* as it is."""
+    identity, config, trust; `/ota_rec`: each A/B record's second copy; docs/board.md, Three
+    directories): `p` itself; on a board provisioned before (no /ota_id/device.key: every
+    file in /ota) the same name in /ota. A path outside /ota* comes back as it is."""
     if p[:4] == "/ota":
         import os
         try:
