@@ -65,6 +65,35 @@ def test_board_takes_a_new_root_only_after_verifying_it(tmp_path, micropython):
         assert api.device("rot-1")["root_version"] == 2
 
 
+def test_a_board_provisioned_before_ota_id_rotates_its_root_where_it_keeps_it(tmp_path,
+                                                                            micropython):
+    """Every file in /ota (the layout before /ota_id, docs/board.md, Three directories): the
+    rotated root replaces /ota/trust.json, and no /ota_id is made (the client's ota.path)."""
+    keys = make_keys()
+    (tmp_path / "root.json").write_bytes(keys.root_envelope)
+    root_v2 = sign_root(new_root(version=2, expires=int(time.time()) + 86400 * 30,
+                                 root_keys=[keys.root], release_keys=[keys.release]),
+                        [keys.root])
+    with LocalServer(tmp_path / "data", tmp_path / "root.json") as server:
+        api = server.client()
+        flash = tmp_path / "board"
+        provision_board(flash, api, "rot-legacy", server.url, keys, small_app("1.0.0"),
+                        app="rot")
+        for moved in ("ota_id/config.json", "ota_id/device.key", "ota_id/trust.json",
+                      "ota_rec/state1"):
+            (flash / moved).rename(flash / "ota" / moved.split("/")[1])
+        (flash / "ota_id").rmdir()
+        (flash / "ota_rec").rmdir()
+        api.upload_root(root_v2)
+        result = VirtualBoard(flash, micropython=micropython).run(max_boots=2, timeout=60)
+        assert result.ended == "exit" and "APP 1.0.0" in result.output, result.output
+        assert (flash / "ota" / "trust.json").read_bytes() == root_v2
+        assert not (flash / "ota_id").exists() and not (flash / "ota_rec").exists()
+        again = VirtualBoard(flash, micropython=micropython).run(max_boots=2, timeout=60)
+        assert again.ended == "exit", again.output
+        assert api.device("rot-legacy")["root_version"] == 2  # read back from /ota
+
+
 def test_board_follows_a_root_chain_through_an_expired_intermediate_root(tmp_path, micropython):
     keys = make_keys()
     (tmp_path / "root.json").write_bytes(keys.root_envelope)
