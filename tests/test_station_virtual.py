@@ -232,6 +232,21 @@ def test_reprovision_is_explicit_and_revokes_the_old_key(
     assert config["device_id"] == second.device_id
 
 
+def test_a_key_where_boards_before_ota_id_kept_it_is_an_identity_too(
+        tmp_path: Path, server: LocalServer, fleet_file: Path) -> None:
+    # A board provisioned before /ota_id (docs/board.md, Three directories), by another
+    # server: its /ota/device.key is an identity the station must not silently replace.
+    (board,) = flash_dirs(tmp_path, 1)
+    (board / "ota").mkdir(parents=True, exist_ok=True)
+    (board / "ota" / "device.key").write_bytes(os.urandom(32))
+    target = Target("virtual", str(board.resolve()))
+    (refused,) = Station(job_for(fleet_file, server), StationLog(tmp_path / "l.jsonl")).run(
+        [target])
+    assert refused.outcome == "failed" and refused.failed_step == "check", refused
+    assert "a key on the board" in (refused.error or "")
+    assert not (board / "ota_id").exists()
+
+
 def test_reprovisioning_leaves_no_boot_record_of_the_boards_earlier_life(
         tmp_path: Path, server: LocalServer, fleet_file: Path) -> None:
     """A board back from the field has two boot records; the newer one (any sequence) names
