@@ -26,7 +26,7 @@
   Median of 15.
 - D5_tls_boot_ms: as D4, with the check over https against `ota serve --tls-cert/--tls-key`
   (certificate from a fleet CA made by tools/tls_ca.py, as `ota tls init` makes it; the board
-  verifies the chain and the host name against /ota/ca.der): the TLS handshake (ECDHE-ECDSA,
+  verifies the chain and the host name against /ota_id/ca.der): the TLS handshake (ECDHE-ECDSA,
   P-256, in the port's mbedtls) is what it adds to D4. 64-bit port, median of 15.
 
 - R1_block_cuts: power-cut points tried on flash as boards have it (bench/block_cuts.py):

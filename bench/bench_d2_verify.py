@@ -4,7 +4,7 @@ runs it.
     python bench/bench_d2_verify.py        # both ports; `make bench-board` runs it too
 
 On a virtual board provisioned as D1's (the client as `.mpy` files in a ROMFS partition, the
-root as provisioned in /ota/trust.json, the reference app 1.0.0), the bench's main.py runs the
+root as provisioned in /ota_id/trust.json, the reference app 1.0.0), the bench's main.py runs the
 client's verify phase (`client.trusted_update`, docs/board.md) the way `client.check` runs it
 after a check-in that saved an offer in /ota/offer.dsse, with ota/run.py's GC threshold of a
 check in force, and times:

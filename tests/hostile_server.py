@@ -204,7 +204,7 @@ while True:
     cmd = json.loads(line)
     if cmd.get("ca"):
         from ota import tlsca
-        tlsca.CA_PATH = cmd["ca"]  # a board's /ota/ca.der, here in the test's directory
+        tlsca.CA_PATH = cmd["ca"]  # a board's /ota_id/ca.der, here in the test's directory
     out = {}
     t0 = time.ticks_ms()
     try:

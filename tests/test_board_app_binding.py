@@ -69,7 +69,7 @@ def test_board_refuses_a_signed_release_of_another_app_until_reprovisioned_for_i
     assert state is not None and (state["active"], state["slots"]["b"]) == ("a", None)
     assert slot_files(flash, "b") == {}
     # Re-provisioning the board's config for the other app is the authorised act.
-    (flash / "ota" / "config.json").write_bytes(rig.config(name, app=other).to_json())
+    (flash / "ota_id" / "config.json").write_bytes(rig.config(name, app=other).to_json())
     rig.proxy.clear()
     rig.proxy.inject("replace", match="/checkin", body=envelope)
     moved = rig.boot(flash)
@@ -83,7 +83,7 @@ def test_fresh_board_provisioned_for_an_app_takes_no_other_app(case):
     other = f"{name}-other"
     envelope = rig.publish(other, "2.0.0", 1, channel=name)  # the board's channel: other app
     flash = rig.bare_board(name, app=name, poll_every_min=0)
-    assert json.loads((flash / "ota" / "config.json").read_bytes())["app"] == name
+    assert json.loads((flash / "ota_id" / "config.json").read_bytes())["app"] == name
     first = rig.boot(flash)
     # The check-in names the board's app, so the server does not offer the other one.
     assert [b.ended for b in first.boots] == ["exit"], first.output
@@ -109,7 +109,7 @@ def test_fresh_board_without_an_app_is_bound_to_the_first_app_offered(case):
     rig.publish(first, "1.0.0", 3, channel=name)
     envelope = rig.publish(other, "2.0.0", 9, channel=other)
     flash = rig.bare_board(name, poll_every_min=0)
-    assert "app" not in json.loads((flash / "ota" / "config.json").read_bytes())
+    assert "app" not in json.loads((flash / "ota_id" / "config.json").read_bytes())
     rig.proxy.inject("500", match="/v1/device/pack", times=10)  # the first install fails
     failing = rig.boot(flash)
     assert [b.ended for b in failing.boots] == ["exit"], failing.output
@@ -141,7 +141,7 @@ def test_a_power_cut_while_the_first_app_is_recorded_leaves_the_board_bound_or_u
     for cut in range(1, whole.fs_ops + 1):
         board = tmp_path / f"cut{cut}"
         install_board(board, rig.config(name, poll_every_min=0),
-                      (flash / "ota" / "device.key").read_bytes(), rig.keys.root_envelope)
+                      (flash / "ota_id" / "device.key").read_bytes(), rig.keys.root_envelope)
         cut_run = rig.boot(board, max_boots=1, cut_at=cut)
         assert cut_run.ended == "power_cut", (cut, cut_run.output)
         state = read_state(board)
@@ -237,13 +237,13 @@ def test_provisioned_config_names_the_bound_app_and_refuses_a_contradiction():
     key = b"\x01" * 32
     bound = board_files(BoardConfig(device_id="b", server="http://127.0.0.1:1", app="greenhouse"),
                         key, b"{}")
-    assert json.loads(bound["/ota/config.json"])["app"] == "greenhouse"
+    assert json.loads(bound["/ota_id/config.json"])["app"] == "greenhouse"
     unbound = board_files(BoardConfig(device_id="b", server="http://127.0.0.1:1"), key, b"{}")
-    assert "app" not in json.loads(unbound["/ota/config.json"])
+    assert "app" not in json.loads(unbound["/ota_id/config.json"])
     first = InitialApp("weather", "1.0.0", 1, "app_main", {"app_main.py": b"pass\n"})
     with_app = board_files(BoardConfig(device_id="b", server="http://127.0.0.1:1"), key, b"{}",
                            app=first)
-    assert json.loads(with_app["/ota/config.json"])["app"] == "weather"
+    assert json.loads(with_app["/ota_id/config.json"])["app"] == "weather"
     with pytest.raises(BoardFilesError, match="first app is 'weather' but the config binds the "
                                               "board to app 'greenhouse'"):
         board_files(BoardConfig(device_id="b", server="http://127.0.0.1:1", app="greenhouse"),

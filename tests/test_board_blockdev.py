@@ -314,7 +314,7 @@ def test_a_station_built_image_boots_in_the_virtual_board_and_updates_end_to_end
         result = board.run(max_boots=4, timeout=90)
         assert [b.ended for b in result.boots] == ["reset", "exit"], result.output
         assert "APP 2.0.0" in result.boots[-1].output, result.output
-        assert json.loads((board_dir / "ota" / "config.json").read_text())["device_id"] \
+        assert json.loads((board_dir / "ota_id" / "config.json").read_text())["device_id"] \
             == device_id
         state = read_state(board_dir)
         assert state is not None and state["ok"] == 1, state

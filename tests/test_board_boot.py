@@ -59,7 +59,7 @@ def _stage_trial(flash: Path, files: dict[str, bytes], tries: int = 3) -> None:
     state.update(seq=state["seq"] + 1, active="b", ok=0, trial=0, tries=tries)
     state["slots"]["b"] = {"app": "demo", "version": "1.1.0", "sequence": 2,
                            "entry": "app_main"}
-    (flash / "ota" / "state1").write_bytes(record_bytes(state))
+    (flash / "ota_rec" / "state1").write_bytes(record_bytes(state))
 
 
 def _queued_reports(flash: Path) -> list[dict[str, object]]:
@@ -109,7 +109,7 @@ def test_board_keeps_a_trial_app_that_confirms(tmp_path, micropython):
 def test_board_ignores_a_torn_newest_state_record(tmp_path, micropython):
     flash = _board(tmp_path)
     _stage_trial(flash, CONFIRMING)
-    newest = flash / "ota" / "state1"
+    newest = flash / "ota_rec" / "state1"
     newest.write_bytes(newest.read_bytes()[:-20])  # power lost mid-write
     result = VirtualBoard(flash, micropython=micropython).run(max_boots=1, timeout=30)
     assert "APP 1.0.0" in result.output, result.output
@@ -233,7 +233,7 @@ def test_trial_boot_arms_the_provisioned_watchdog_without_a_check_and_confirmed_
     config = BoardConfig(device_id="board-1", server="http://127.0.0.1:9", poll_at_boot=False,
                          poll_every_min=0, timeout_s=1, wifi_timeout_s=1, trial_watchdog_s=11)
     install_board(flash, config, b"\x01" * 32, b"{}", app=OLD)
-    assert json.loads((flash / "ota" / "config.json").read_bytes())["trial_watchdog_s"] == 11
+    assert json.loads((flash / "ota_id" / "config.json").read_bytes())["trial_watchdog_s"] == 11
     _stage_trial(flash, {"app_main.py": b"import ota\nprint('ARMED', getattr(ota, 'wdt', None) "
                                         b"is not None)\nota.confirm()\n"})
     board = VirtualBoard(flash, micropython=micropython)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from board_rig import EVERYONE_NO_PAUSE, Rig, board_rig
+from fat_support import SECTOR as _SECTOR
+from fat_support import dir_sector, overwrite
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,49 +21,10 @@ from bench.reference_app import build_release, provision_board, small_app
 from tools.board_files import app_hashes, read_state, slot_files
 from tools.virtual_board import VirtualBoard, flash_image_path
 
-_SECTOR = 4096
 _CHANNEL = "fat-damage"
 _OLD = small_app("1.0.0")
 _NEW = small_app("1.1.0")
 _PART = "ab" * 32  # a partial download, named by its blob as the client names them
-
-
-def _le(data: bytes) -> int:
-    return int.from_bytes(data, "little")
-
-
-def dir_sector(image: Path, path: str) -> int:
-    """The byte offset, in a FAT12/16 image, of the first sector of the directory `path`
-    (short names only, as the client's directories are), found through the boot sector, the
-    root directory and each directory's entries."""
-    data = image.read_bytes()
-    per_sector, per_cluster = _le(data[11:13]), data[13]
-    root = (_le(data[14:16]) + data[16] * _le(data[22:24])) * per_sector
-    root_size = _le(data[17:19]) * 32
-    first_data = root + -(-root_size // per_sector) * per_sector
-    at, size = root, root_size
-    for name in path.strip("/").split("/"):
-        wanted = name.upper().encode().ljust(11)
-        for entry in range(at, at + size, 32):
-            raw = data[entry:entry + 32]
-            if raw[0] == 0:
-                break
-            if raw[11] != 0x0F and raw[11] & 0x10 and raw[:11] == wanted:
-                cluster = _le(raw[26:28]) | _le(raw[20:22]) << 16
-                at, size = first_data + (cluster - 2) * per_cluster * per_sector, \
-                    per_cluster * per_sector
-                break
-        else:
-            raise AssertionError(f"no directory {name!r} on the way to {path} in {image}")
-    return at
-
-
-def overwrite(image: Path, at: int, data: bytes) -> None:
-    """Write `data` at byte `at` of the image, the rest of that sector as erased flash: what an
-    erase, then a program torn after len(data) bytes, leaves."""
-    with open(image, "r+b") as handle:
-        handle.seek(at)
-        handle.write(data + b"\xff" * (_SECTOR - len(data)))
 
 
 @pytest.fixture(scope="module")

@@ -30,10 +30,11 @@ CONFIG = BoardConfig(device_id="b-1", server="http://127.0.0.1:9", wifi_ssid="la
 def test_board_files_hold_bootloader_client_config_key_trust_state_and_app():
     key = ec.generate_private_key(ec.SECP256R1())
     files = board_files(CONFIG, key, b'{"payloadType": "x"}', app=APP)
-    assert {"/boot.py", "/main.py", "/ota/config.json", "/ota/device.key", "/ota/trust.json",
-            "/ota/state0", "/ota/slot_a.lst", "/app/a/app_main.py"} <= set(files)
-    assert files["/ota/device.key"] == key.private_numbers().private_value.to_bytes(32, "big")
-    config = json.loads(files["/ota/config.json"])
+    assert {"/boot.py", "/main.py", "/ota_id/config.json", "/ota_id/device.key",
+            "/ota_id/trust.json", "/ota/state0", "/ota_rec/state1", "/ota/slot_a.lst",
+            "/app/a/app_main.py"} <= set(files)
+    assert files["/ota_id/device.key"] == key.private_numbers().private_value.to_bytes(32, "big")
+    config = json.loads(files["/ota_id/config.json"])
     assert config["wifi"] == {"ssid": "lab", "password": "s3cret-pass"}
     assert config["trial_boots"] == 3 and config["poll"]["at_boot"] is False
     assert "s3cret-pass" not in repr(CONFIG)
@@ -85,8 +86,8 @@ def test_update_repeats_the_entry_fields_of_slots():
 def test_installed_board_has_a_private_key_file_and_a_confirmed_slot_a(tmp_path):
     flash = tmp_path / "flash"
     install_board(flash, CONFIG, b"\x05" * 32, b"{}", app=APP)
-    assert stat.S_IMODE((flash / "ota" / "device.key").stat().st_mode) == 0o600
-    assert stat.S_IMODE((flash / "ota" / "config.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE((flash / "ota_id" / "device.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((flash / "ota_id" / "config.json").stat().st_mode) == 0o600
     state = read_state(flash)
     assert state is not None
     assert (state["active"], state["ok"], state["slots"]["a"]["version"]) == ("a", 1, "1.0.0")

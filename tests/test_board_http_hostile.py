@@ -213,7 +213,8 @@ BOOTS = {
 
 def _outside_ota(flash: Path) -> dict[str, str]:
     return {str(p.relative_to(flash)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in flash.rglob("*") if p.is_file() and p.relative_to(flash).parts[0] != "ota"}
+            for p in flash.rglob("*")
+            if p.is_file() and p.relative_to(flash).parts[0] not in ("ota", "ota_rec")}
 
 
 @pytest.fixture(scope="module")

@@ -113,7 +113,7 @@ def test_the_rollback_floor_of_the_counter_record_is_respected(rig: Offline):
 
     flash = rig.board("b1")
     (flash / "ota" / "ctr0").write_bytes(record_bytes({"seq": 1, "mark": 1, "floor": 5}))
-    (flash / "ota" / "ctr1").unlink(missing_ok=True)
+    (flash / "ota_rec" / "ctr1").unlink(missing_ok=True)
     rig.stage(flash, rig.release(NEW, "1.1.0", 3))
     _refused(rig, flash, "RollbackError")
 

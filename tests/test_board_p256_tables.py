@@ -22,7 +22,7 @@ from test_board_p256 import (
     run_board,
 )
 
-SECRET = bytes(range(1, 33))  # stands in for /ota/device.key
+SECRET = bytes(range(1, 33))  # stands in for /ota_id/device.key
 
 # Every way in which the client's verify may meet a key: a bare point (throw-away comb), a Key
 # whose table is built and stored now, a Key whose table is read back from the file, and a

@@ -179,7 +179,7 @@ class Stager:
         for name in ("app", "ota/part"):
             shutil.rmtree(self.flash / name, ignore_errors=True)
         for pattern in ("state[01]", "slot_*.lst", "offer.*"):  # the state records, lists
-            for leftover in (self.flash / "ota").glob(pattern):
+            for leftover in (self.flash / "ota").glob(pattern):  # (all in /ota: no /ota_id)
                 leftover.unlink()
         active = self.flash / "app" / "a"
         active.mkdir(parents=True)
@@ -201,6 +201,7 @@ def stager(tmp_path_factory: pytest.TempPathFactory, micropython: str,
     for path, data in client_files().items():
         if path.startswith("/ota/"):
             (flash / path[1:]).write_bytes(data)
+    # No device key: the client reads this board's files where boards before /ota_id had them.
     (flash / "ota" / "trust.json").write_bytes(bench.keys.root_envelope)
     agent = ReplAgent(VirtualBoard(flash, micropython=micropython))
     agent.start()

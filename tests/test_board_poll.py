@@ -150,7 +150,7 @@ def test_looping_app_with_a_week_long_poll_interval_checks_in_once(rig):
     flash = rig.board(name, app=name)
     (flash / "app" / "a" / "app_main.py").write_bytes(
         b"import ota\nprint('APP 1.0.0')\nfor _ in range(5):\n    print('POLL', ota.poll())\n")
-    config = flash / "ota" / "config.json"
+    config = flash / "ota_id" / "config.json"
     doc = json.loads(config.read_bytes())
     doc["poll"]["every_min"] = 7 * 24 * 60  # a config written by hand: past the bound
     config.write_text(json.dumps(doc))

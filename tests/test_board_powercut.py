@@ -113,7 +113,7 @@ for path in {paths!r}:
 def _trusted_file(flash: Path) -> Path:
     """The file client.load_root would take: trust.json, or the renamed-to-be copy when a
     rotation was cut between removing trust.json and renaming trust.json.new over it."""
-    trust = flash / "ota" / "trust.json"
+    trust = flash / "ota_id" / "trust.json"
     return trust if trust.exists() else trust.with_name("trust.json.new")
 
 
@@ -160,7 +160,7 @@ def test_update_with_a_root_rotation_survives_a_power_cut_at_every_file_operatio
 
         probe = fresh("probe").run(max_boots=4, timeout=60)
         assert [b.ended for b in probe.boots] == ["reset", "exit"], probe.output
-        assert (tmp_path / "probe" / "ota" / "trust.json").read_bytes() == root_last
+        assert (tmp_path / "probe" / "ota_id" / "trust.json").read_bytes() == root_last
         total = probe.fs_ops
         assert total > 10
         held_dir = tmp_path / "held"
@@ -187,7 +187,7 @@ def test_update_with_a_root_rotation_survives_a_power_cut_at_every_file_operatio
             seen.add((versions[0], running))
             # Network back: the board finishes the rotation and the update.
             _back_online(board, cut)
-            ota_dir = board.flash_dir / "ota"
+            ota_dir = board.flash_dir / "ota_id"
             assert (ota_dir / "trust.json").read_bytes() == root_last, cut
             assert not (ota_dir / "trust.json.new").exists(), cut
             assert api.device(f"cut{cut}")["root_version"] == last, cut

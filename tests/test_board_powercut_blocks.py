@@ -66,8 +66,10 @@ def test_on_fat_only_a_cut_that_leaves_a_sector_erased_or_torn_loses_anything(
         bench: Bench) -> None:
     """FAT as it is (docs/board.md, Flash and power cuts): a clean cut before a sector's erase
     loses nothing; what a cut loses, it loses through a sector erased and not yet programmed,
-    or torn."""
+    or torn. A board that booted an app whole updates once back online: the sectors an update
+    rewrites hold nothing of its identity (/ota_id) and at most one copy of its boot state."""
     tally = _sampled(bench, "fat")
     summary = tally.summary()
     assert all(_between_erase_and_program(p) for p in tally.bricked_at), summary
     assert all(_between_erase_and_program(p) for p in tally.unrecovered_at), summary
+    assert set(tally.unrecovered_at) <= set(tally.bricked_at), summary

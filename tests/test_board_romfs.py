@@ -93,7 +93,7 @@ def test_romfs_board_boots_its_app_with_ota_imported_from_rom(
     assert _client_code_in(flash) == ["boot.py", "main.py"]
     assert not [p for p in files if p.endswith((".py", ".mpy")) and p.startswith("/ota/")]
     # The data files stay on the filesystem, in /ota/ as in the files layout.
-    assert {"ota/config.json", "ota/device.key", "ota/trust.json", "ota/state0"} <= {
+    assert {"ota_id/config.json", "ota_id/device.key", "ota_id/trust.json", "ota/state0"} <= {
         p.relative_to(flash).as_posix() for p in flash.rglob("*")}
 
     result = VirtualBoard(flash, micropython=micropython).run(max_boots=1, timeout=30)
@@ -151,8 +151,8 @@ def test_romfs_install_writes_the_image_beside_the_flash_and_the_files_layout_er
     assert image.parent == tmp_path and not (flash / image.name).exists()
     assert stat.S_IMODE(image.stat().st_mode) == 0o644  # client code only, no secret in it
     assert b"s3cret-pass" not in image.read_bytes() and b"\x05" * 32 not in image.read_bytes()
-    assert stat.S_IMODE((flash / "ota" / "device.key").stat().st_mode) == 0o600
-    assert stat.S_IMODE((flash / "ota" / "config.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE((flash / "ota_id" / "device.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((flash / "ota_id" / "config.json").stat().st_mode) == 0o600
     assert not list(tmp_path.glob("*.partial"))
 
     # Re-provisioned with the files layout: an old ROM image would shadow the new client.

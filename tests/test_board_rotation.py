@@ -44,13 +44,13 @@ def test_board_takes_a_new_root_only_after_verifying_it(tmp_path, micropython):
         keys.release = new_release  # 1.1.0 is signed by the release key root v2 names
         api.publish(build_release(tmp_path, new, "1.1.0", 2, keys, app="rot"),
                     channel="stable", policy=EVERYONE_NO_PAUSE)
-        trust_v1 = (flash / "ota" / "trust.json").read_bytes()
+        trust_v1 = (flash / "ota_id" / "trust.json").read_bytes()
 
         proxy.inject("replace", match="/v1/device/root/2", body=forged_v2)
         refused = VirtualBoard(flash, micropython=micropython).run(max_boots=2, timeout=60)
         assert [b.ended for b in refused.boots] == ["exit"], refused.output
         assert "APP 1.0.0" in refused.output
-        assert (flash / "ota" / "trust.json").read_bytes() == trust_v1
+        assert (flash / "ota_id" / "trust.json").read_bytes() == trust_v1
         assert slot_files(flash, "a") == app_hashes(old)
         sent = [json.loads(e.request.partition(b"\r\n\r\n")[2]) for e in proxy.exchanges
                 if e.path.endswith("/report")]
@@ -60,9 +60,38 @@ def test_board_takes_a_new_root_only_after_verifying_it(tmp_path, micropython):
         updated = VirtualBoard(flash, micropython=micropython).run(max_boots=3, timeout=60)
         assert [b.ended for b in updated.boots] == ["reset", "exit"], updated.output
         assert "APP 1.1.0" in updated.boots[-1].output
-        assert (flash / "ota" / "trust.json").read_bytes() == root_v2
+        assert (flash / "ota_id" / "trust.json").read_bytes() == root_v2
         assert slot_files(flash, "b") == app_hashes(new)
         assert api.device("rot-1")["root_version"] == 2
+
+
+def test_a_board_provisioned_before_ota_id_rotates_its_root_where_it_keeps_it(tmp_path,
+                                                                            micropython):
+    """Every file in /ota (the layout before /ota_id, docs/board.md, Three directories): the
+    rotated root replaces /ota/trust.json, and no /ota_id is made (the client's ota.path)."""
+    keys = make_keys()
+    (tmp_path / "root.json").write_bytes(keys.root_envelope)
+    root_v2 = sign_root(new_root(version=2, expires=int(time.time()) + 86400 * 30,
+                                 root_keys=[keys.root], release_keys=[keys.release]),
+                        [keys.root])
+    with LocalServer(tmp_path / "data", tmp_path / "root.json") as server:
+        api = server.client()
+        flash = tmp_path / "board"
+        provision_board(flash, api, "rot-legacy", server.url, keys, small_app("1.0.0"),
+                        app="rot")
+        for moved in ("ota_id/config.json", "ota_id/device.key", "ota_id/trust.json",
+                      "ota_rec/state1"):
+            (flash / moved).rename(flash / "ota" / moved.split("/")[1])
+        (flash / "ota_id").rmdir()
+        (flash / "ota_rec").rmdir()
+        api.upload_root(root_v2)
+        result = VirtualBoard(flash, micropython=micropython).run(max_boots=2, timeout=60)
+        assert result.ended == "exit" and "APP 1.0.0" in result.output, result.output
+        assert (flash / "ota" / "trust.json").read_bytes() == root_v2
+        assert not (flash / "ota_id").exists() and not (flash / "ota_rec").exists()
+        again = VirtualBoard(flash, micropython=micropython).run(max_boots=2, timeout=60)
+        assert again.ended == "exit", again.output
+        assert api.device("rot-legacy")["root_version"] == 2  # read back from /ota
 
 
 def test_board_follows_a_root_chain_through_an_expired_intermediate_root(tmp_path, micropython):
@@ -89,7 +118,7 @@ def test_board_follows_a_root_chain_through_an_expired_intermediate_root(tmp_pat
         keys.release = new_release
         api.publish(build_release(tmp_path, new, "1.1.0", 2, keys, app="rot"),
                     channel="stable", policy=EVERYONE_NO_PAUSE)
-        trust_v1 = (flash / "ota" / "trust.json").read_bytes()
+        trust_v1 = (flash / "ota_id" / "trust.json").read_bytes()
 
         # Root 2 as a board that was offline meets it: signed alike, but expired by now.
         # An expired final root is still refused.
@@ -97,7 +126,7 @@ def test_board_follows_a_root_chain_through_an_expired_intermediate_root(tmp_pat
         proxy.inject("replace", match="/v1/device/root/3", body=root(3, expired))
         refused = VirtualBoard(flash, micropython=micropython).run(max_boots=2, timeout=60)
         assert [b.ended for b in refused.boots] == ["exit"], refused.output
-        assert (flash / "ota" / "trust.json").read_bytes() == trust_v1
+        assert (flash / "ota_id" / "trust.json").read_bytes() == trust_v1
         sent = [json.loads(e.request.partition(b"\r\n\r\n")[2]) for e in proxy.exchanges
                 if e.path.endswith("/report")]
         assert [r["reason"].split(":")[0] for r in sent] == ["root 3 refused"], sent
@@ -107,7 +136,7 @@ def test_board_follows_a_root_chain_through_an_expired_intermediate_root(tmp_pat
         updated = VirtualBoard(flash, micropython=micropython).run(max_boots=3, timeout=60)
         assert [b.ended for b in updated.boots] == ["reset", "exit"], updated.output
         assert "APP 1.1.0" in updated.boots[-1].output
-        assert (flash / "ota" / "trust.json").read_bytes() == root_v3
+        assert (flash / "ota_id" / "trust.json").read_bytes() == root_v3
         assert slot_files(flash, "b") == app_hashes(new)
 
 
@@ -148,7 +177,7 @@ def test_check_in_names_the_held_root_version_from_the_files_first_bytes(tmp_pat
     outcomes = {}
     for name, data in (("ours", root_v12), ("reordered", reordered),
                        ("cut short", root_v12[:80])):
-        (flash / "ota" / "trust.json").write_bytes(data)
+        (flash / "ota" / "trust.json").write_bytes(data)  # no key: the legacy layout's place
         outcomes[name] = VirtualBoard(flash, micropython=micropython).run().output.split()
     assert outcomes["ours"] == ["12", "0"]  # the verifier never loaded
     assert outcomes["reordered"] == ["12", "1"]  # load_root read it

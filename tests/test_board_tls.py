@@ -1,5 +1,5 @@
 """Boards verify the server over https (issue #13): the certificate must chain to the CA pinned
-at provisioning (/ota/ca.der) and name the host; anything else is refused with the reason on
+at provisioning (/ota_id/ca.der) and name the host; anything else is refused with the reason on
 the console, counted, and the old app keeps running (docs/board.md, TLS).
 
 The update runs against the real `ota serve --tls-cert/--tls-key` on 127.0.0.1. The refusals
@@ -82,7 +82,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory, micropython: str) -> Iterator[
 def test_board_with_the_fleet_ca_updates_end_to_end_over_https(rig: Rig) -> None:
     assert rig.secure.url.startswith("https://")
     flash = rig.board(rig.secure, "tls-ok", rig.secure.url, rig.fleet_ca_der)
-    assert (flash / "ota" / "ca.der").read_bytes() == rig.fleet_ca_der
+    assert (flash / "ota_id" / "ca.der").read_bytes() == rig.fleet_ca_der
     result = rig.boot(flash)
     assert [b.ended for b in result.boots] == ["reset", "exit"], result.output
     assert "APP 1.1.0" in result.boots[-1].output
@@ -155,7 +155,7 @@ def test_board_without_a_ca_never_speaks_https_unverified(rig: Rig, tmp_path: Pa
     front = server_tls(tmp_path, ("127.0.0.1",), ca=rig.fleet_ca)
     with FaultProxy(rig.plain.url, tls=front.context) as honest:
         flash = rig.board(rig.plain, "no-ca", honest.url, rig.fleet_ca_der)
-        (flash / "ota" / "ca.der").unlink()
+        (flash / "ota_id" / "ca.der").unlink()
         result = rig.boot(flash, max_boots=2)
         forwarded = list(honest.exchanges)
     assert [b.ended for b in result.boots] == ["exit"], result.output
@@ -214,7 +214,7 @@ def test_a_ca_rotation_through_root_metadata_moves_the_board_to_the_new_ca(
         api.upload_root(root(2, [der_a, der_b]))  # 1: trust both
         first = vb.run(max_boots=1, timeout=60)
         assert "certificate refused" not in first.output, first.output
-        assert (flash / "ota" / "ca.der").read_bytes() == der_a + der_b
+        assert (flash / "ota_id" / "ca.der").read_bytes() == der_a + der_b
         present("b")  # 2: the server's certificate from the new CA
         api.publish(build_release(tmp_path, NEW, "1.1.0", 2, keys), channel="stable",
                     percent=100)
@@ -224,7 +224,7 @@ def test_a_ca_rotation_through_root_metadata_moves_the_board_to_the_new_ca(
         api.upload_root(root(3, [der_b]))  # 3: the old CA goes
         dropped = vb.run(max_boots=1, timeout=60)
         assert "certificate refused" not in dropped.output, dropped.output
-        assert (flash / "ota" / "ca.der").read_bytes() == der_b
+        assert (flash / "ota_id" / "ca.der").read_bytes() == der_b
         present("a")  # a server (or a man in the middle) with the old CA's certificate
         refused = vb.run(max_boots=1, timeout=60)
     assert ("ota: server certificate refused: The certificate is not correctly signed by the "

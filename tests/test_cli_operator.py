@@ -340,4 +340,4 @@ def test_provision_virtual_creates_the_board_s_directory(
     board = tmp_path / "boards" / "new"
     assert main(["provision", "--fleet", str(fleet_file), "--profile", "lab", "--virtual",
                  str(board), "--log", str(tmp_path / "log.jsonl")]) == 0
-    assert json.loads((board / "ota" / "config.json").read_text())["channel"] == "stable"
+    assert json.loads((board / "ota_id" / "config.json").read_text())["channel"] == "stable"

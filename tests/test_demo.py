@@ -84,8 +84,8 @@ def test_demo_updates_every_board_rolls_back_a_bad_release_and_prints_the_fleet(
     assert (boards / "board3.romfs").is_file() and not (boards / "board1.romfs").exists()
     assert not list((boards / "board3" / "ota").glob("*.*py"))
     assert list((boards / "board1" / "ota").glob("*.mpy"))
-    ca_der = (boards / "board1" / "ota" / "ca.der").read_bytes()
-    assert all((boards / f"board{n}" / "ota" / "ca.der").read_bytes() == ca_der
+    ca_der = (boards / "board1" / "ota_id" / "ca.der").read_bytes()
+    assert all((boards / f"board{n}" / "ota_id" / "ca.der").read_bytes() == ca_der
                for n in (2, 3))
     # the boards' flash, said in one line: littlefs on a block device, an image file each
     assert ("the virtual boards' flash: MicroPython's own littlefs v2 (vfs.VfsLfs2) on a flash "
@@ -97,7 +97,7 @@ def test_demo_installs_offline_yanks_and_shows_scopes_the_audit_and_the_dashboar
         demo_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     done, demo_dir = demo_run
     out = done.stdout
-    board1 = json.loads((demo_dir / "boards" / "board1" / "ota" / "config.json").read_text())
+    board1 = json.loads((demo_dir / "boards" / "board1" / "ota_id" / "config.json").read_text())
     # 1. 1.3.0, signed and registered but rolled out nowhere, is installed on board1 over its
     # REPL while the server is down; the board runs it, and the server learns it at check-in.
     offline = _segment(out, "10. Offline install", "11. Yank")

@@ -201,6 +201,36 @@ def test_install_onto_a_virtual_board_boots_it_and_says_what_it_runs(rig: Offlin
     assert "WrongAppError" in queued(flash)[-1]["reason"]
 
 
+def test_install_reads_the_board_where_its_layout_keeps_its_files(rig: Offline, monkeypatch):
+    """A board provisioned before /ota_id (every file in /ota) takes an offline install; and
+    on a board of the current layout a stale /ota/state1 (its life before /ota_rec) is not
+    read: the client reads /ota_rec/state1 (docs/board.md, Three directories)."""
+    from tools.board_files import record_bytes
+    from tools.cli import main as ota
+
+    monkeypatch.setenv("MICROPYTHON", rig.micropython)
+    legacy = rig.board("legacy")
+    for moved in ("ota_id/config.json", "ota_id/device.key", "ota_id/trust.json",
+                  "ota_rec/state1"):
+        (legacy / moved).rename(legacy / "ota" / moved.split("/")[1])
+    (legacy / "ota_id").rmdir()
+    (legacy / "ota_rec").rmdir()
+    assert ota(["install", str(rig.release(NEW, "1.1.0", 2)), "--virtual", str(legacy)]) == 0
+    assert read_state(legacy)["slots"][read_state(legacy)["active"]]["version"] == "1.1.0"
+    assert not (legacy / "ota_id").exists()
+
+    current = rig.board("current")
+    stale = {**read_state(current), "seq": 99, "active": "b"}  # slot b holds nothing
+    (current / "ota" / "state1").write_bytes(record_bytes(stale))
+    with rig.port(current) as server:
+        link = MpremoteBoard(f"socket://127.0.0.1:{server.port}")
+        try:
+            view = read_board(link)
+        finally:
+            link.close()
+    assert (view.state["seq"], view.state["active"]) == (read_state(current)["seq"], "a")
+
+
 def test_the_server_learns_the_offline_install_at_the_next_checkin(rig: Offline):
     from tools.local_server import LocalServer
 

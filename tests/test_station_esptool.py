@@ -68,7 +68,7 @@ def test_identify_refuses_a_chip_the_profile_does_not_expect(tmp_path: Path) -> 
 
 def test_image_written_at_the_partition_offset_and_verified(tmp_path: Path) -> None:
     path = flash_file(tmp_path)
-    files = {"/boot.py": b"import ota\n", "/ota/device.key": os.urandom(32)}
+    files = {"/boot.py": b"import ota\n", "/ota_id/device.key": os.urandom(32)}
     image = build_littlefs_image(files, PartitionGeometry(0x200000, 0x200000))
     progress: list[tuple[int, int]] = []
     with connect_esp_board(fake_esp_serial.url_for(path, "24:0a:c4:00:00:02")) as esp:
@@ -162,18 +162,18 @@ def test_station_images_esp32_boards_over_esptool_and_registers_only_verified_on
         image = tmp_path / f"{record.device_id}.img"
         image.write_bytes(flash.read_bytes()[0x200000:])
         on_board = mount_in_micropython(micropython, image, geometry)
-        assert {"boot.py", "main.py", "ota/config.json", "ota/device.key",
-                "ota/trust.json"} <= set(on_board)
-        assert on_board["ota/trust.json"] == hashlib.sha256(
+        assert {"boot.py", "main.py", "ota_id/config.json", "ota_id/device.key",
+                "ota_id/trust.json"} <= set(on_board)
+        assert on_board["ota_id/trust.json"] == hashlib.sha256(
             server.root_json.read_bytes()).hexdigest()
         # The key in the image is the private half of what the server registered.
         files = read_image_files(image, geometry)
-        scalar = int.from_bytes(files["ota/device.key"], "big")
+        scalar = int.from_bytes(files["ota_id/device.key"], "big")
         point = public_point(ec.derive_private_key(scalar, ec.SECP256R1()))
         device = registered[str(record.device_id)]
         assert base64.b64decode(device["public_key"]) == point
         assert keyid_of_point(point) == record.key_fingerprint
-        assert json.loads(files["ota/config.json"])["device_id"] == record.device_id
+        assert json.loads(files["ota_id/config.json"])["device_id"] == record.device_id
         assert device["tags"] == ["batch-7"]
     logged = {r.port: r.outcome for r in log.records()}  # in the order boards finished
     assert logged == {r.port: r.outcome for r in records}
@@ -222,8 +222,8 @@ def test_secrets_stay_out_of_the_sqlite_log_and_the_output(
     assert record.outcome == "provisioned", record.error
     out, err = capfd.readouterr()
     files = read_image_files_from_flash(flash)
-    key = files["ota/device.key"]
-    assert WIFI_PASSWORD.encode() in files["ota/config.json"]  # it did reach the board
+    key = files["ota_id/device.key"]
+    assert WIFI_PASSWORD.encode() in files["ota_id/config.json"]  # it did reach the board
     raw_log = log_path.read_bytes()
     assert str(record.device_id).encode() in raw_log
     for secret in (WIFI_PASSWORD, server.token, key.hex(), base64.b64encode(key).decode()):
@@ -260,7 +260,7 @@ def test_firmware_is_flashed_first_then_the_image_each_at_its_offset(
     written = flash.read_bytes()
     assert written[0x1000:0x1000 + len(firmware)] == firmware
     assert set(written[0x1000 + len(firmware):0x200000]) == {0xFF}
-    assert "ota/device.key" in read_image_files_from_flash(flash)
+    assert "ota_id/device.key" in read_image_files_from_flash(flash)
 
 
 def test_cli_exits_non_zero_when_a_board_fails_and_the_others_still_finish(
@@ -312,7 +312,7 @@ def test_romfs_client_is_flashed_at_romfs_offset_beside_the_filesystem_image(
     assert "ota/client.mpy" in list_romfs(micropython, region)
     # The filesystem holds the data files and no client code.
     files = read_image_files_from_flash(flash)
-    assert {"boot.py", "main.py", "ota/config.json", "ota/device.key"} <= set(files)
+    assert {"boot.py", "main.py", "ota_id/config.json", "ota_id/device.key"} <= set(files)
     assert not [p for p in files if p.startswith("ota/") and p.endswith((".py", ".mpy"))]
 
 
@@ -333,7 +333,7 @@ def test_factory_image_of_a_romfs_board_merges_firmware_romfs_and_filesystem(
     assert merged[:len(firmware)] == firmware
     assert merged[start:start + len(rom)] == rom
     assert flash.read_bytes()[0x1000:] == merged
-    assert "ota/device.key" in read_image_files_from_flash(flash)
+    assert "ota_id/device.key" in read_image_files_from_flash(flash)
 
 
 def test_firmware_that_would_run_into_the_romfs_partition_is_refused_before_any_write(

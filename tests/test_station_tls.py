@@ -1,5 +1,5 @@
 """The station and an https server: boards get the CA they verify the server against
-(/ota/ca.der), and nothing is provisioned for https without a usable one
+(/ota_id/ca.der), and nothing is provisioned for https without a usable one
 (docs/provisioning.md, The server's CA)."""
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def test_a_board_provisioned_for_https_gets_the_fleet_ca_as_der(
     assert https_server.ca_path is not None
     fleet = _fleet(tmp_path, https_server, monkeypatch, f"ca: {https_server.ca_path}")
     assert _provision(fleet) == 0
-    written = (tmp_path / "board" / "ota" / "ca.der").read_bytes()
+    written = (tmp_path / "board" / "ota_id" / "ca.der").read_bytes()
     expected = x509.load_pem_x509_certificate(https_server.ca_path.read_bytes())
     assert written == expected.public_bytes(serialization.Encoding.DER)
     # the station registered the board over https, trusting that CA

@@ -18,7 +18,7 @@ import pytest
 
 from signing.keys import generate_private_key
 from signing.root import new_root, sign_root
-from tools.board_files import STATE_BASE, client_romfs, read_state, record_bytes
+from tools.board_files import STATE_FILES, client_romfs, read_state, record_bytes
 from tools.cli import main as ota
 from tools.fleet import load_fleet
 from tools.local_server import LocalServer
@@ -139,9 +139,9 @@ def test_four_virtual_boards_provisioned_in_parallel_boot_and_check_in(
         # What the server holds is the public half of the key the board holds.
         device = registered[record.device_id]
         assert device["revoked"] is None and device["tags"] == ["lab"]
-        config = json.loads((board / "ota" / "config.json").read_text())
+        config = json.loads((board / "ota_id" / "config.json").read_text())
         assert config["device_id"] == record.device_id and config["server"] == server.url
-        assert (board / "ota" / "device.key").stat().st_size == 32
+        assert (board / "ota_id" / "device.key").stat().st_size == 32
 
     # The four workers really overlapped: every write started before the first one ended.
     writes = [r.steps["write"] for r in records]
@@ -180,7 +180,7 @@ def _cli_devices_list(server: LocalServer, capfd: pytest.CaptureFixture[str],
 def _assert_no_secret_in(texts: list[str], boards: list[Path], server: LocalServer) -> None:
     secrets = [WIFI_PASSWORD, server.token]
     for board in boards:
-        key = (board / "ota" / "device.key").read_bytes()
+        key = (board / "ota_id" / "device.key").read_bytes()
         secrets += [key.hex(), base64.b64encode(key).decode(), repr(key)]
     for text in texts:
         for secret in secrets:
@@ -228,8 +228,23 @@ def test_reprovision_is_explicit_and_revokes_the_old_key(
     assert known[str(first.device_id)]["revoked"] is not None
     assert known[str(second.device_id)]["revoked"] is None
     assert second.key_fingerprint != first.key_fingerprint
-    config = json.loads((board / "ota" / "config.json").read_text())
+    config = json.loads((board / "ota_id" / "config.json").read_text())
     assert config["device_id"] == second.device_id
+
+
+def test_a_key_where_boards_before_ota_id_kept_it_is_an_identity_too(
+        tmp_path: Path, server: LocalServer, fleet_file: Path) -> None:
+    # A board provisioned before /ota_id (docs/board.md, Three directories), by another
+    # server: its /ota/device.key is an identity the station must not silently replace.
+    (board,) = flash_dirs(tmp_path, 1)
+    (board / "ota").mkdir(parents=True, exist_ok=True)
+    (board / "ota" / "device.key").write_bytes(os.urandom(32))
+    target = Target("virtual", str(board.resolve()))
+    (refused,) = Station(job_for(fleet_file, server), StationLog(tmp_path / "l.jsonl")).run(
+        [target])
+    assert refused.outcome == "failed" and refused.failed_step == "check", refused
+    assert "a key on the board" in (refused.error or "")
+    assert not (board / "ota_id").exists()
 
 
 def test_reprovisioning_leaves_no_boot_record_of_the_boards_earlier_life(
@@ -248,11 +263,11 @@ def test_reprovisioning_leaves_no_boot_record_of_the_boards_earlier_life(
                   "slots": {"a": fresh["slots"]["a"], "b": {"app": "old", "version": "9.9.9",
                                                             "sequence": 42,
                                                             "entry": "app_main"}}}
-    for index in "01":  # the board alternates between the two: either may be the newest
-        (board / f"{STATE_BASE.lstrip('/')}{index}").write_bytes(record_bytes(field_life))
+    for record in STATE_FILES:  # the board alternates between the two: either may be newest
+        (board / record.lstrip("/")).write_bytes(record_bytes(field_life))
         (again,) = Station(job_for(fleet_file, server, reprovision=True), log).run([target])
         assert again.outcome == "provisioned", again.error
-        assert read_state(board) == fresh, index
+        assert read_state(board) == fresh, record
 
 
 def test_missing_secret_is_refused_before_touching_any_board(
@@ -314,7 +329,7 @@ def test_virtual_board_provisioned_with_the_romfs_client_boots_it_from_its_rom_p
     assert sorted(p.name for p in board.rglob("*.py")) == ["app_main.py", "boot.py", "main.py"]
     assert not list(board.rglob("*.mpy"))
     # The profile's board settings reached the board; the others kept their defaults.
-    config = json.loads((board / "ota" / "config.json").read_text())
+    config = json.loads((board / "ota_id" / "config.json").read_text())
     assert (config["trial_boots"], config["timeout_s"], config["wifi_timeout_s"]) == (2, 5, 15)
 
     run = VirtualBoard(board, unique_id=virtual_unique_id(board)).run(max_boots=1, timeout=60)

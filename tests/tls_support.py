@@ -20,7 +20,7 @@ class ServerTls:
 
     context: ssl.SSLContext
     ca_der: bytes
-    ca_path: Path  # the DER, for a board's /ota/ca.der or http.CA_PATH
+    ca_path: Path  # the DER, for a board's /ota_id/ca.der or http.CA_PATH
 
 
 def server_tls(tmp: Path, hosts: tuple[str, ...] = ("127.0.0.1",), *, ca: Issued | None = None,

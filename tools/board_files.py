@@ -3,8 +3,10 @@
 Two client layouts (`ClientLayout`): "files" puts the `ota` package on the filesystem
 (`/ota/*.py` or `/ota/*.mpy`); "romfs" puts it, compiled to .mpy, in a ROMFS image for the
 board's ROM partition (mounted at /rom, first on sys.path), from which MicroPython runs the
-bytecode in place instead of copying it into the heap. The data files (`/ota/config.json`,
-key, trust root, state, `/app/a/`) are on the filesystem in both.
+bytecode in place instead of copying it into the heap. The data files are on the filesystem in
+both: what the board must never lose (config, key, trust root, server CA) in `/ota_id/`, which
+no update writes; the boot state's two records in `/ota/` and `/ota_rec/`, one each; the first
+app in `/app/a/` (docs/provisioning.md, Files on the board).
 
 `board_files()` returns the filesystem's files as a {board path: bytes} map (the provisioning
 station writes it through mpremote or into a littlefs image); `client_romfs()` returns the
@@ -37,12 +39,19 @@ BOOTLOADER_DIR = PROJECT_ROOT / "bootloader_py"
 CLIENT_PACKAGE = "ota"
 ROM_MOUNT = "/rom"  # where the "romfs" layout's partition is mounted (bootloader_py/boot.py)
 # Paths on the board's flash; bootloader_py/ota/{config,auth,client,state,slots}.py agree.
-CONFIG_PATH = "/ota/config.json"
-KEY_PATH = "/ota/device.key"
-TRUST_PATH = "/ota/trust.json"
+# Written at provisioning only (and trust.json, ca.der at a root rotation): never by an update,
+# so a FAT power cut that erases /ota's directory sector leaves them (docs/board.md).
+IDENTITY_DIR = "/ota_id"
+CONFIG_PATH = "/ota_id/config.json"
+KEY_PATH = "/ota_id/device.key"
+TRUST_PATH = "/ota_id/trust.json"
 # The CA an https server's certificate must chain to (DER; bootloader_py/ota/tlsca.py).
-CA_PATH = "/ota/ca.der"
-STATE_BASE = "/ota/state"
+CA_PATH = "/ota_id/ca.der"
+# The boot state's two records, one per directory (bootloader_py/ota/state.py, records.py).
+STATE_FILES = ("/ota/state0", "/ota_rec/state1")
+# Where boards provisioned before /ota_id (2026-12-06) keep every file above: bootloader_py/
+# ota/__init__.py, path(), reads them there while /ota_id/device.key is absent.
+LEGACY_DIR = "/ota"
 SECRET_PATHS = frozenset((CONFIG_PATH, KEY_PATH))
 _MAX_RECORD = 1024  # records.py _MAX_RECORD
 
@@ -194,7 +203,7 @@ def _initial_state(app: InitialApp | None, trial_boots: int) -> dict[str, bytes]
     # Both records: a board back for re-provisioning keeps its files, and whichever record of
     # its earlier life is the newer (any sequence) would otherwise win over this one.
     record = record_bytes(rec)
-    return {STATE_BASE + "0": record, STATE_BASE + "1": record}
+    return {STATE_FILES[0]: record, STATE_FILES[1]: record}
 
 
 def slot_list_line(path: str, data: bytes) -> str:
@@ -414,9 +423,24 @@ def parse_record(data: bytes) -> dict[str, Any] | None:
 
 def read_state(flash_dir: Path) -> dict[str, Any] | None:
     """The boot state a board would use (newest valid of the two records), or None."""
-    base = Path(flash_dir) / STATE_BASE.lstrip("/")
-    found = [r for r in (_read_record(base.with_name(base.name + i)) for i in "01") if r]
+    found = [r for r in (_read_record(Path(flash_dir) / board_path(flash_dir, p).lstrip("/"))
+                         for p in STATE_FILES) if r]
     return max(found, key=lambda r: r["seq"]) if found else None
+
+
+def legacy_path(path: str) -> str:
+    """Where a board provisioned before /ota_id keeps the file the current layout puts at
+    `path` (one of the paths above): the same name in /ota."""
+    return LEGACY_DIR + "/" + path.rsplit("/", 1)[1]
+
+
+def board_path(flash_dir: Path, path: str) -> str:
+    """Where the board with the host directory `flash_dir` keeps `path` (a path above), as its
+    client decides (bootloader_py/ota/__init__.py, path): the current layout when it holds
+    /ota_id/device.key, else the legacy one."""
+    if (Path(flash_dir) / KEY_PATH.lstrip("/")).is_file():
+        return path
+    return legacy_path(path)
 
 
 def slot_files(flash_dir: Path, slot: str) -> dict[str, str]:

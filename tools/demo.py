@@ -277,7 +277,7 @@ def _offline_install(server: LocalServer, board: Path, fleet: Path, keys: Path) 
     console.print(f"server stopped: {board.name} checks in to nothing while it is installed")
     _run("install", str(bundle), "--virtual", str(board))
     server.start()
-    device_id = json.loads((board / "ota" / "config.json").read_text())["device_id"]
+    device_id = json.loads((board / "ota_id" / "config.json").read_text())["device_id"]
     console.print(f"server started again at {server.url}: {board.name} ({device_id}) checks in")
     result = _board(board, small=False).run(max_boots=1, timeout=60)
     for line in result.output.splitlines()[-3:]:

@@ -46,7 +46,7 @@ class ServerSettings:
     url: str
     publisher_token: SecretRef
     root: Path | None = None  # signed root metadata the boards get as trust.json
-    # The CA boards trust for an https server (PEM or DER; boards get it as /ota/ca.der).
+    # The CA boards trust for an https server (PEM or DER; boards get it as /ota_id/ca.der).
     ca: Path | None = None
 
 

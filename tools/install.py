@@ -30,7 +30,7 @@ from signing.bundle import BLOB_DIR, ENVELOPE_NAME, MANIFEST_NAME, load_bundle
 from signing.dsse import parse_envelope
 from signing.errors import BundleError, TrustError
 from signing.manifest import MANIFEST_PAYLOAD_TYPE, Manifest
-from tools.board_files import STATE_BASE, TRUST_PATH, parse_record
+from tools.board_files import KEY_PATH, LEGACY_DIR, STATE_FILES, TRUST_PATH, parse_record
 
 STAGED = "/ota/staged"
 ENVELOPE = STAGED + "/manifest.dsse"
@@ -70,8 +70,11 @@ def _e(p):
         return True
     except OSError:
         return False
-print(json.dumps({'s0': _f(%(state)r + '0'), 's1': _f(%(state)r + '1'),
-                  'trust': _e(%(trust)r), 'staged': _d(%(staged)r),
+_new = _e(%(key)r)
+def _w(p):
+    return p if _new else %(legacy)r + p[p.rfind('/'):]
+print(json.dumps({'s0': _f(_w(%(s0)r)), 's1': _f(_w(%(s1)r)),
+                  'trust': _e(_w(%(trust)r)), 'staged': _d(%(staged)r),
                   'offline': any(_e(p) for p in %(offline)r)}))
 """
 # Runs on the board: a slot's file list, streamed a line at a time (never whole in its heap).
@@ -219,11 +222,16 @@ def read_board(link: Link) -> BoardView:
     Raises InstallError when the board holds no mpota client (no trust root, no boot state)
     or one without the offline module.
     """
-    survey = _last_json(link.exec(_SURVEY % {"state": STATE_BASE, "trust": TRUST_PATH,
-                                             "staged": STAGED, "offline": OFFLINE_MODULES}),
+    # Where the board keeps its files: the current layout, or the one of boards provisioned
+    # before /ota_id (tools/board_files.py, board_path), as its client decides.
+    survey = _last_json(link.exec(_SURVEY % {"s0": STATE_FILES[0], "s1": STATE_FILES[1],
+                                             "trust": TRUST_PATH, "key": KEY_PATH,
+                                             "legacy": LEGACY_DIR, "staged": STAGED,
+                                             "offline": OFFLINE_MODULES}),
                         "the board's survey")
     if not survey.get("trust"):
-        raise InstallError(f"the board has no {TRUST_PATH}: provision it first (ota provision)")
+        raise InstallError(f"the board has no {TRUST_PATH} (nor {LEGACY_DIR}/trust.json): "
+                           "provision it first (ota provision)")
     if not survey.get("offline"):
         raise InstallError("the board's OTA client predates offline installs (it has no "
                            "ota/offline module, so it would never look at a staged release): "
@@ -232,7 +240,7 @@ def read_board(link: Link) -> BoardView:
                if isinstance(text, str)]
     found = [r for r in records if r is not None]
     if not found:
-        raise InstallError(f"the board has no valid boot state ({STATE_BASE}0/1)")
+        raise InstallError(f"the board has no valid boot state ({', '.join(STATE_FILES)})")
     state = max(found, key=lambda r: r["seq"])
     active = state.get("active")
     if active not in ("a", "b"):

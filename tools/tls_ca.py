@@ -1,6 +1,6 @@
 """A private certificate authority for a fleet's server (`ota tls init`, `ota tls issue`).
 
-Boards pin the fleet's CA at provisioning (/ota/ca.der) and verify the server's certificate
+Boards pin the fleet's CA at provisioning (/ota_id/ca.der) and verify the server's certificate
 against it, host name included (docs/operations.md, TLS). Everything here is ECDSA P-256 with
 SHA-256: every MicroPython mbedtls build that has `tls` verifies it, and the handshake costs a
 board far less than RSA. Library first: the CLI (tools/cmd_tls.py) and the tests call these.

@@ -13,6 +13,20 @@ def feed():
         w.feed()
 
 
+def path(p):
+    """Where this board keeps `p`, a file of the layout provisioned since 2026-12-06 (`/ota_id`:
+    identity, config, trust; `/ota_rec`: each A/B record's second copy; docs/board.md, Three
+    directories): `p` itself; on a board provisioned before (no /ota_id/device.key: every
+    file in /ota) the same name in /ota. A path outside /ota* comes back as it is."""
+    if p[:4] == "/ota":
+        import os
+        try:
+            os.stat("/ota_id/device.key")
+        except OSError:
+            return "/ota" + p[p.find("/", 1):]
+    return p
+
+
 def tls_refused():
     """How many times since boot the server's certificate was refused (ota/http.py)."""
     return globals().get("refusals", 0)

@@ -13,10 +13,11 @@ import hashlib
 
 from micropython import const
 
+import ota
 from ota import records
 
-KEY_PATH = "/ota/device.key"
-COUNTER_BASE = "/ota/ctr"
+KEY_PATH = "/ota_id/device.key"  # ota.path: /ota/device.key on boards provisioned before
+COUNTER_BASE = ("/ota/ctr0", "/ota_rec/ctr1")
 _BLOCK = const(64)
 
 
@@ -43,7 +44,7 @@ def _hex(data):
 
 def load_key(path=KEY_PATH):
     """The board's 32-byte private scalar (ValueError when the file is not 32 bytes)."""
-    with open(path, "rb") as f:
+    with open(ota.path(path), "rb") as f:
         key = f.read(32)
     if len(key) != 32:
         raise ValueError("device key must be 32 bytes")

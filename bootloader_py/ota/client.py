@@ -9,7 +9,7 @@ from ota.fail import HttpError, UpdateFailed
 # ota.http and ota.reports are imported where used, never held here: the client unloads
 # them while the manifest is verified (_forget) and they load again for the transfer.
 
-TRUST_PATH = "/ota/trust.json"
+TRUST_PATH = "/ota_id/trust.json"  # ota.path: /ota/trust.json on boards provisioned before
 # The check-in's envelope as it arrived, and its payload as the signature check decodes it:
 # both stay on flash, walked through a small window (ota/jscan.py), never whole in the heap.
 ENVELOPE = "/ota/offer.dsse"
@@ -65,13 +65,15 @@ def load_root():
     Its own signatures are checked at its first use (Root.check in verify_manifest and
     verify_rotation), so loading it costs no ECDSA.
     """
+    import ota
     from ota import trust
+    path = ota.path(TRUST_PATH)
     try:
-        return trust.load_root(TRUST_PATH, defer_check=True)
+        return trust.load_root(path, defer_check=True)
     except OSError:
         import os
-        os.rename(TRUST_PATH + ".new", TRUST_PATH)
-        return trust.load_root(TRUST_PATH, defer_check=True)
+        os.rename(path + ".new", path)
+        return trust.load_root(path, defer_check=True)
 
 
 def root_version():
@@ -85,8 +87,9 @@ def root_version():
     sense of, goes through load_root, which raises its exact error.
     """
     import binascii
+    import ota
     try:
-        with open(TRUST_PATH, "rb") as f:
+        with open(ota.path(TRUST_PATH), "rb") as f:
             head = f.read(_ROOT_HEAD)
         at = head.find(b'"payload":"') + 11
         text = binascii.a2b_base64(head[at:at + 64]) if at > 10 else b""
@@ -144,11 +147,13 @@ def rotate_root(sess, root, newest, now, buf):
     """
     from ota import trust
     import os
+    import ota
+    path = ota.path(TRUST_PATH)
     final = newest
     version = root.version
     if newest - version > _MAX_ROOT_STEPS:
         newest = version + _MAX_ROOT_STEPS
-    new = TRUST_PATH + ".new"
+    new = path + ".new"
     cas = None  # the newest server CAs a root of the chain names (a root without keeps them)
     while version < newest:
         _fetch(sess, "/v1/device/root/%d" % (version + 1), new, buf, "root")
@@ -163,8 +168,8 @@ def rotate_root(sess, root, newest, now, buf):
         # and writes the same CAs; the other order could leave the new root with old CAs.
         from ota import tlsca
         tlsca.install(cas)
-    os.remove(TRUST_PATH)  # FAT cannot rename over a file; load_root covers the gap
-    os.rename(new, TRUST_PATH)
+    os.remove(path)  # FAT cannot rename over a file; load_root covers the gap
+    os.rename(new, path)
     return root
 
 

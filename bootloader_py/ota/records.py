@@ -1,15 +1,20 @@
 # A small record that survives power loss on littlefs and FAT alike.
 #
-# Two files, BASE0 and BASE1, each "<json>\n<hex sha256 of json>\n". The json carries a
+# Two files, base[0] and base[1], each "<json>\n<hex sha256 of json>\n". The json carries a
 # sequence number "seq"; the newest record whose checksum holds wins. A write always goes to
 # the file that does NOT hold the newest valid record, so a write torn by a power cut leaves
 # the previous record intact: no rename needed, so no reliance on an atomic rename (FAT has none).
+# The two files are in two directories (/ota, /ota_rec; ota.path: /ota on boards provisioned
+# before): on FAT a cut that erases one directory's sector takes one copy, never both
+# (docs/board.md, Flash and power cuts).
 import binascii
 import hashlib
 import json
 import os
 
 from micropython import const
+
+import ota
 
 _MAX_RECORD = const(1024)
 
@@ -42,11 +47,12 @@ def _read_one(path):
 
 
 def read(base):
-    """Return (record, index) of the newest valid record, or (None, 1) when there is none."""
+    """Return (record, index) of the newest valid record of the two files `base`, or (None, 1)
+    when there is none."""
     best = None
     index = 1
     for i in (0, 1):
-        rec = _read_one(base + str(i))
+        rec = _read_one(ota.path(base[i]))
         if rec is not None and (best is None or rec["seq"] > best["seq"]):
             best = rec
             index = i
@@ -63,6 +69,6 @@ def write(base, rec, index):
     body = json.dumps(rec).encode()
     if len(body) + 66 > _MAX_RECORD:
         raise ValueError("record too large")
-    with open(base + str(target), "wb") as f:
+    with open(ota.path(base[target]), "wb") as f:
         f.write(body + b"\n" + _tag(body) + b"\n")  # one write: one flash program
     return target

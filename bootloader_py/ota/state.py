@@ -14,7 +14,7 @@
 from ota import records
 
 ROOT = "/"
-BASE = "/ota/state"
+BASE = ("/ota/state0", "/ota_rec/state1")  # records.py: one copy in each directory
 SLOT_DIR = "/app/"
 
 

@@ -8,7 +8,7 @@ from ota.fail import HttpError
 
 # The CA(s) an https server's certificate must chain to, DER, back to back; written at
 # provisioning (tools/board_files.py CA_PATH, capped there at _MAX_CA bytes too).
-CA_PATH = "/ota/ca.der"
+CA_PATH = "/ota_id/ca.der"  # ota.path: /ota/ca.der on boards provisioned before
 _MAX_CA = const(4096)
 
 
@@ -51,17 +51,19 @@ def wrap(sock, host):
 
 def _read_cas():
     import os
+    import ota
+    path = ota.path(CA_PATH)
     try:
-        size = os.stat(CA_PATH)[6]
+        size = os.stat(path)[6]
     except OSError:
         try:  # a CA rotation cut between its remove and its rename (install)
-            os.rename(CA_PATH + ".new", CA_PATH)
-            size = os.stat(CA_PATH)[6]
+            os.rename(path + ".new", path)
+            size = os.stat(path)[6]
         except OSError:
-            raise HttpError("https needs the server's CA in " + CA_PATH + ": none provisioned")
+            raise HttpError("https needs the server's CA in " + path + ": none provisioned")
     if not 0 < size <= _MAX_CA:
         raise HttpError("bad CA file: %d bytes" % size)
-    with open(CA_PATH, "rb") as f:
+    with open(path, "rb") as f:
         return f.read(size)
 
 
@@ -119,10 +121,12 @@ def from_root(value):
 def install(der):
     """Replace CA_PATH with `der`, the CAs of a verified root (client.rotate_root)."""
     import os
-    with open(CA_PATH + ".new", "wb") as f:
+    import ota
+    path = ota.path(CA_PATH)
+    with open(path + ".new", "wb") as f:
         f.write(der)
     try:
-        os.remove(CA_PATH)  # FAT cannot rename over a file; _read_cas covers the gap
+        os.remove(path)  # FAT cannot rename over a file; _read_cas covers the gap
     except OSError:
         pass
-    os.rename(CA_PATH + ".new", CA_PATH)
+    os.rename(path + ".new", path)

@@ -4,7 +4,7 @@ Bytes and a reference time in, a verified object out, or one TrustError subclass
 and no clock reads.  Same rules, order of checks and error names as the host's signing/
 package (docs/manifest.md, docs/board-trust.md), so both refuse the same documents.
 
-    root = load_root("/ota/trust.json")
+    root = load_root("/ota_id/trust.json")
     manifest = verify_manifest(src, root, board="esp32", installed_sequence=3, now=None)
     new_root = verify_rotation(root, src, now=None)
 
@@ -144,7 +144,7 @@ def parse_root(src, precompute=False, defer_check=False):
     return rootmeta.parse_root(src, precompute, defer_check)
 
 
-def load_root(path="/ota/trust.json", precompute=False, defer_check=False):
+def load_root(path="/ota_id/trust.json", precompute=False, defer_check=False):
     """parse_root() of a file, which is size-checked (os.stat) before a byte of it is read.
 
     OSError when the file cannot be read; TooLargeError when it is over the envelope cap.

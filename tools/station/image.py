@@ -47,7 +47,7 @@ class PartitionGeometry:
 def build_littlefs_image(files: dict[str, bytes], geometry: PartitionGeometry) -> bytes:
     """A littlefs v2 image of exactly `geometry.size` bytes holding `files`.
 
-    Paths are board paths ("ota/config.json", "/boot.py"); directories are created as needed.
+    Paths are board paths ("ota_id/config.json", "/boot.py"); directories are created as needed.
     Raises ImageError when a path is unusable or the files do not fit the partition.
     """
     geometry.check()

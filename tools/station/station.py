@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.board_files import InitialApp
+from tools.board_files import KEY_PATH, InitialApp, legacy_path
 from tools.fleet import ProvisioningProfile
 from tools.station.firmware import check_firmware_image
 from tools.station.log import BoardRecord, StationLog
@@ -188,7 +188,7 @@ class BoardProvisioner:
         if mp is not None:
             with self.step("inspect"):
                 # A key already on the board is an identity too, even one the server never saw.
-                on_board_key = mp.exists("/ota/device.key")
+                on_board_key = mp.exists(KEY_PATH) or mp.exists(legacy_path(KEY_PATH))
         with self.step("check"):
             device_id = self._choose_device_id(base_id, on_board_key)
             self.record.device_id = device_id
@@ -201,7 +201,7 @@ class BoardProvisioner:
         with self.step("files"):
             files = self._board_files(device_id, key)
             # The key's own bytes must never leak into a message either.
-            self.redact.add(files["/ota/device.key"].hex())
+            self.redact.add(files[KEY_PATH].hex())
             rom = self._rom_image()
             writes = self._image(files, device_id, rom) if job.method == "image" else None
         with self.step("write"):
