@@ -252,6 +252,7 @@ def s5(cluster: Cluster, checkers: list[Board], reporters: list[Board], work: Pa
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     started = time.monotonic() + 0.2  # the generator's own start offset
     time.sleep(max(0.0, started + scale.s5_seconds / 3 - time.monotonic()))
+    victim_cpu = cpu_seconds(victim.pid)  # its CPU until the kill; the new process starts at 0
     victim.kill()
     killed_at = time.monotonic() - started
     time.sleep(max(0.0, started + 2 * scale.s5_seconds / 3 - time.monotonic()))
@@ -263,14 +264,18 @@ def s5(cluster: Cluster, checkers: list[Board], reporters: list[Board], work: Pa
         raise RuntimeError(f"S5 load generator failed ({generator.returncode}):\n{err}")
     figures: dict[str, Any] = json.loads(out.splitlines()[-1])
     after = cluster_cpu(cluster)
+    after["replica1"] += victim_cpu
     print(f"S5: {figures['requests']} boards over {scale.s5_seconds:.0f}s through nginx (half "
           f"check-ins, half reports), replica 1 killed at {killed_at:.1f}s, started again at "
           f"{restarted_at:.1f}s (healthy {restart_took:.1f}s later): p50 "
           f"{figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms, max "
           f"{figures['max_ms']:.1f} ms, errors {figures['errors']} "
           f"{figures['error_kinds'] or ''}; answers {figures['statuses']}")
-    print(f"S5 CPU: {cpu_delta(before, after)} (the killed replica's CPU only since its "
-          f"restart); generator {figures['generator_cpu_s']:.1f}s; load at the start {load}")
+    busy = sum(after[name] - before[name] for name in after if name != "generator")
+    print(f"S5 CPU: {cpu_delta(before, after)}; the cluster's {busy:.1f}s is "
+          f"{busy / figures['requests'] * 1e3:.2f} ms per request, {busy / scale.s5_seconds:.2f} "
+          f"cores on average; load generator {figures['generator_cpu_s']:.1f}s; load at the "
+          f"start {load}")
     if figures["slow_by_second"]:
         print(f"S5 slow (> 100 ms) by second of the run: {figures['slow_by_second']}")
     answered = [order[i] for i in figures["answered_ok"]]
