@@ -348,11 +348,12 @@ async def s6_round(cluster: Cluster, static: Nginx, boards: list[Board], sha: st
     return ota_mbs / ngx_mbs
 
 
-async def warm_caches(cluster: Cluster, board: Board, sha: str, size: int) -> None:
+async def warm_caches(cluster: Cluster, boards: list[Board], sha: str, size: int) -> None:
     """One download from each replica directly: each fills its verified cache from S3 once
-    (S6 measures the steady state, as a fleet downloading a release sees it)."""
+    (S6 measures the steady state, as a fleet downloading a release sees it). A board each:
+    one board's two requests in parallel could commit its counters out of order (a replay)."""
     lanes = [[board.signed(replica.url, "GET", f"/v1/blobs/{sha}")]
-             for replica in cluster.replicas]
+             for board, replica in zip(boards, cluster.replicas, strict=False)]
     _secs, got, errors = await closed_loop(lanes, len(lanes))
     if errors or got != size * len(lanes):
         raise RuntimeError(f"warming the blob caches: {errors} errors, {got} bytes")
@@ -413,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{statistics.median(ratios):.3f}", flush=True)
             figures["S4_ratio"] = round(statistics.median(ratios), 3)
 
-            asyncio.run(warm_caches(cluster, s4_boards[0], sha, len(blob)))
+            asyncio.run(warm_caches(cluster, s4_boards, sha, len(blob)))
             ratios = [asyncio.run(s6_round(cluster, static, s4_boards, sha, len(blob), scale,
                                            n + 1)) for n in range(scale.s6_rounds)]
             print(f"S6 ratio per round: {', '.join(f'{r:.3f}' for r in ratios)}; median "
