@@ -815,7 +815,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     LISTEN, settings, cursors) with one more round trip per borrowed connection, a third of a
     check-in's database trips; this store leaves no session state behind: it never SETs,
     LISTENs or keeps a cursor, and its one session lock (migrate's) is released in a
-    `finally` on the same connection (a lost connection releases it too)."""
+    `finally`, or its connection closed (_unlock_or_drop)."""
     del conn
 
 
