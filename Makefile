@@ -10,6 +10,7 @@ MP32_STAMP := .cache/micropython-i386/.ready
 PYTEST32_ARGS ?= tests/test_board_*.py tests/test_virtual_board.py tests/test_micropython_host.py
 
 .PHONY: test lint pytest demo bench-board bench-server bench-station micropython clean browser bench-dashboard
+.PHONY: demo-cluster bench-cluster
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +62,10 @@ test: lint pytest
 demo: $(STAMP) $(MP_STAMP) $(MP32_STAMP)
 	$(PY) -m tools.demo
 
+# The same story through PostgreSQL, SeaweedFS (S3) and two replicas behind nginx (https).
+demo-cluster: $(STAMP) $(MP_STAMP) $(MP32_STAMP) cluster-components
+	$(PY) -m tools.demo --cluster
+
 bench-board: $(STAMP) $(MP_STAMP) $(MP32_STAMP)
 	$(PY) bench/bench_board.py
 
@@ -69,6 +74,9 @@ bench-server: $(STAMP) $(MP_STAMP)
 
 bench-station: $(STAMP) $(MP_STAMP)
 	$(PY) bench/bench_station.py
+
+bench-cluster: $(STAMP) cluster-components
+	$(PY) bench/bench_cluster.py
 
 bench-dashboard: $(STAMP)
 	$(PY) bench/bench_dashboard.py

@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
                     ratio2 = asyncio.run(s2(srv, nginx, s1_boards, sha, len(blob), scale))
                 figures.update(S1_ratio=round(ratio1, 3), S2_ratio=round(ratio2, 3))
             third = s3(srv, s3_boards, len(envelope), work, scale)
-        answered = [s3_boards[i] for i in third["answered_200"]]
+        answered = [s3_boards[i] for i in third["answered_ok"]]
         lost = not_recorded(settings.db_path, answered)
         print(f"S3 recorded: {len(answered) - len(lost)} of the {len(answered)} check-ins answered "
               f"200 are in the database after the server stopped"

@@ -328,6 +328,13 @@ async def after_report(store: MetadataStore, channel: str, release_id: int) -> N
         return
     counts = await store.deployment_counts(release_id, channel)
     policy = rollout.policy
+    last = len(policy["stages"]) - 1
+    may_advance = policy["auto_advance"] and rollout.stage < last
+    if counts.failures == 0 and not may_advance:
+        # No failure cannot pause (the threshold is at least 0) and there is no stage to
+        # advance to: counting the eligible boards, a query over the whole fleet, would decide
+        # nothing. Most reports are a confirmation on a rollout's last stage (figure S5).
+        return
     eligible = await eligible_count(store, channel, policy, rollout.stage)
     if would_pause(counts.failures, counts.results, policy, min_results(policy, eligible)):
         # Conditional, as every automatic move: of two reports deciding together (on two
@@ -338,9 +345,7 @@ async def after_report(store: MetadataStore, channel: str, release_id: int) -> N
                    f"rolled back (threshold {policy['failure_threshold']:.0%})",
             expect_stage=rollout.stage, expect_state="active")
         return
-    last = len(policy["stages"]) - 1
-    if policy["auto_advance"] and rollout.stage < last \
-            and counts.confirmed >= success_target(rollout, eligible):
+    if may_advance and counts.confirmed >= success_target(rollout, eligible):
         await store.update_rollout(rollout.id, stage=rollout.stage + 1,
                                    expect_stage=rollout.stage, expect_state="active")
 

@@ -25,19 +25,31 @@ from tools.micropython import PROJECT_ROOT
 WIFI_PASSWORD = "demo-wifi-" + "s3cret-xq"
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory
+@pytest.fixture(scope="module", params=["embedded", "cluster"])
+def demo_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
              ) -> tuple[subprocess.CompletedProcess[str], Path]:
-    """One run of `python -m tools.demo` (as `make demo` runs it), shared by the tests below."""
+    """One run of `python -m tools.demo` (as `make demo` runs it), and one of `make
+    demo-cluster` (the same story through PostgreSQL, S3 and two replicas behind nginx),
+    each shared by the tests below: the two must tell the same story."""
+    cluster = request.param == "cluster"
     demo_dir = tmp_path_factory.mktemp("demo-run") / "demo"
     env = dict(os.environ, MPOTA_DEMO_DIR=str(demo_dir), COLUMNS="200",
                MPOTA_DEMO_WIFI=WIFI_PASSWORD)
     for name in ("MPOTA_TOKEN", "MPOTA_SERVER", "MPOTA_CA", "MPOTA_VB_FLASH",
                  "MPOTA_DEMO_KEEP"):
         env.pop(name, None)
-    done = subprocess.run([sys.executable, "-m", "tools.demo"], cwd=PROJECT_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run([sys.executable, "-m", "tools.demo", *["--cluster"] * cluster],
+                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    if cluster:  # through nginx, in front of two replicas on PostgreSQL and S3
+        assert "3. The cluster on 127.0.0.1: PostgreSQL, SeaweedFS (S3)" in done.stdout
+        balanced = done.stdout.split("nginx balances over ", 1)[1].split(";", 1)[0]
+        assert balanced.count("http://127.0.0.1:") == 2
+        assert "demo done: cluster stopped" in done.stdout
+        logs = list((demo_dir / "server" / "replicas").glob("replica*/server.log"))
+        # both replicas answered boards: nginx balanced the demo's requests over them
+        assert len(logs) == 2 and all("/v1/device/checkin" in log.read_text() for log in logs)
     return done, demo_dir
 
 
@@ -127,7 +139,8 @@ def test_demo_installs_offline_yanks_and_shows_scopes_the_audit_and_the_dashboar
     token = token_file.read_text().strip()
     assert len(token) >= 32
     assert token not in out + done.stderr
-    assert token not in (demo_dir / "server" / "server.log").read_text()
+    logs = list((demo_dir / "server").rglob("server.log"))  # the server's, or each replica's
+    assert logs and not [log for log in logs if token in log.read_text()]
     channels = _segment(scopes, "$ ota channels list --token-file ", "$ ota releases list")
     assert _row(channels, "stable")[1:5] == ["demo", "1.1.0", "demo", "1.2.0"]
     releases = _segment(scopes, "$ ota releases list --token-file ", "$ ota rollout pause")

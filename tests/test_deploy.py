@@ -1,7 +1,9 @@
-"""deploy/: the systemd unit passes systemd's own checks with a low exposure score, and the
-nginx site passes `nginx -t`, agrees with the server's body limits and really proxies: a
-publish over https through it, a board request over its 4 KiB cap refused (Debian's nginx,
-unpacked by the Makefile; docs/operations.md, "Running it on a server")."""
+"""deploy/: the systemd units (one server; one replica of a scale-out installation) pass
+systemd's own checks with a low exposure score, and the nginx sites pass `nginx -t`, agree with
+the server's body limits and really proxy: a publish over https through them, a board request
+over its 4 KiB cap refused, and with the scale-out site two replicas on PostgreSQL + S3 with
+one of them killed (Debian's nginx, unpacked by the Makefile; docs/operations.md, "Running it
+on a server" and "Production layout")."""
 
 from __future__ import annotations
 
@@ -26,10 +28,16 @@ from tools.micropython import PROJECT_ROOT
 
 DEPLOY = PROJECT_ROOT / "deploy"
 UNIT = DEPLOY / "mpota.service"
+REPLICA_UNIT = DEPLOY / "mpota@.service"
 SITE = DEPLOY / "nginx-mpota.conf"
+CLUSTER_SITE = DEPLOY / "nginx-mpota-cluster.conf"
 _HARDENING = ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes",
-              "ProtectHome=yes", "CapabilityBoundingSet=", "StateDirectory=mpota",
-              "User=mpota")
+              "ProtectHome=yes", "CapabilityBoundingSet=", "User=mpota")
+# The unit file, the unit systemd checks (an instance of the template), its state directory.
+_UNITS = [(UNIT, "mpota.service", "StateDirectory=mpota"),
+          (REPLICA_UNIT, "mpota@8081.service", "StateDirectory=mpota/replica-%i")]
+# What only the replicas' 0600 EnvironmentFile may hold, never the unit itself.
+_SECRETS = ("MPOTA_DB", "MPOTA_BLOBS", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 
 def _tool(name: str, *candidates: Path) -> Path:
@@ -42,24 +50,26 @@ def _tool(name: str, *candidates: Path) -> Path:
     return Path(found)
 
 
-def _unit_here(tmp_path: Path) -> Path:
-    """The unit with ExecStart pointing at this checkout's `ota` (systemd checks it exists)."""
+def _unit_here(tmp_path: Path, source: Path = UNIT, name: str = "mpota.service") -> Path:
+    """The unit with ExecStart pointing at this checkout's `ota` (systemd checks it exists),
+    as the unit `name` (an instance of a template is checked through the template)."""
     ota = PROJECT_ROOT / ".venv" / "bin" / "ota"
-    text = UNIT.read_text().replace("/opt/mpota/venv/bin/ota", str(ota))
-    path = tmp_path / "mpota.service"
-    path.write_text(text)
-    return path
+    text = source.read_text().replace("/opt/mpota/venv/bin/ota", str(ota))
+    (tmp_path / source.name).write_text(text)
+    return tmp_path / name
 
 
-def test_the_systemd_unit_verifies_cleanly_and_is_hardened(tmp_path: Path) -> None:
+@pytest.mark.parametrize("source, name, state", _UNITS, ids=["server", "replica"])
+def test_the_systemd_unit_verifies_cleanly_and_is_hardened(
+        tmp_path: Path, source: Path, name: str, state: str) -> None:
     analyze = _tool("systemd-analyze")
-    unit = _unit_here(tmp_path)
+    unit = _unit_here(tmp_path, source, name)
     done = subprocess.run([analyze, "verify", unit], capture_output=True, text=True,
                           timeout=60, check=False)
     # verify only warns (exit 0) about a misspelt key: any output is a defect here
     assert done.returncode == 0 and not done.stdout + done.stderr, done.stdout + done.stderr
-    lines = UNIT.read_text().splitlines()
-    assert all(option in lines for option in _HARDENING)
+    lines = source.read_text().splitlines()
+    assert all(option in lines for option in (*_HARDENING, state))
     security = subprocess.run([analyze, "security", "--offline=yes", unit],
                               capture_output=True, text=True, timeout=60, check=False)
     level = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security.stdout)
@@ -67,13 +77,31 @@ def test_the_systemd_unit_verifies_cleanly_and_is_hardened(tmp_path: Path) -> No
     assert float(level.group(1)) <= 2.0, security.stdout  # systemd calls up to 2.0 "OK"
 
 
-def test_a_misspelt_unit_option_is_caught(tmp_path: Path) -> None:
+@pytest.mark.parametrize("source, name, state", _UNITS, ids=["server", "replica"])
+def test_a_misspelt_unit_option_is_caught(tmp_path: Path, source: Path, name: str,
+                                          state: str) -> None:
     analyze = _tool("systemd-analyze")
-    unit = _unit_here(tmp_path)
-    unit.write_text(unit.read_text().replace("NoNewPrivileges=", "NoNewPrivilegs="))
+    unit = _unit_here(tmp_path, source, name)
+    template = tmp_path / source.name
+    template.write_text(template.read_text().replace("NoNewPrivileges=", "NoNewPrivilegs="))
     done = subprocess.run([analyze, "verify", unit], capture_output=True, text=True,
                           timeout=60, check=False)
     assert "NoNewPrivilegs" in done.stderr  # the check above would see it
+
+
+def test_replicas_take_their_secrets_only_from_a_root_only_environment_file() -> None:
+    """The database password and the S3 keys are never in the unit (world-readable, shown by
+    `systemctl show`): only in the EnvironmentFile, which the unit's own comment says to make
+    0600, and every replica has a data directory and port of its own (its instance name)."""
+    lines = [line.strip() for line in REPLICA_UNIT.read_text().splitlines()]
+    settings = [line for line in lines if line and not line.startswith("#")]
+    assert "EnvironmentFile=/etc/mpota/cluster.env" in settings
+    assert not [line for line in settings if any(name in line for name in _SECRETS)]
+    commented = [line for line in lines if line.startswith("#")]
+    assert all(any(f"{name}=" in line for line in commented) for name in _SECRETS)
+    assert any("0600" in line and "cluster.env" in line for line in commented)
+    assert "Environment=MPOTA_PORT=%i" in settings
+    assert "Environment=MPOTA_DATA=/var/lib/mpota/replica-%i" in settings
 
 
 def _size(text: str) -> int:
@@ -83,11 +111,11 @@ def _size(text: str) -> int:
     return int(match.group(1)) * units[match.group(2)]
 
 
-def _body_limits() -> dict[str, int]:
+def _body_limits(site: Path = SITE) -> dict[str, int]:
     """client_max_body_size per location ("" for the server block)."""
     limits: dict[str, int] = {}
     where = ""
-    for line in SITE.read_text().splitlines():
+    for line in site.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line.startswith("location "):
             where = line.split()[1]
@@ -98,21 +126,26 @@ def _body_limits() -> dict[str, int]:
     return limits
 
 
-def test_the_site_s_body_limits_are_the_server_s() -> None:
+@pytest.mark.parametrize("site", [SITE, CLUSTER_SITE], ids=["server", "cluster"])
+def test_the_site_s_body_limits_are_the_server_s(site: Path) -> None:
     limits = Limits()
-    assert _body_limits() == {"": limits.max_query_bytes,
+    assert _body_limits(site) == {"": limits.max_query_bytes,
                               "/v1/device/": limits.max_device_body_bytes,
                               "/v1/blobs/": limits.max_blob_bytes}
 
 
-def _site_here(tmp_path: Path, port: int, http_port: int, upstream: int) -> Path:
+def _site_here(tmp_path: Path, port: int, http_port: int, upstream: int,
+               source: Path = SITE, replicas: tuple[int, ...] = ()) -> Path:
     """The site as an nginx.conf for this machine: loopback ports, certificates from
-    `ota tls init`, temp files and logs under tmp_path."""
+    `ota tls init`, temp files and logs under tmp_path (the cluster site's replicas 8081,
+    8082 on the ports `replicas`)."""
     tls = tmp_path / "tls"
     assert main(["tls", "init", str(tls), "--host", "127.0.0.1"]) == 0
-    site = SITE.read_text()
+    site = source.read_text()
     site = site.replace("/etc/mpota/tls/", f"{tls}/")
     site = site.replace("127.0.0.1:8080", f"127.0.0.1:{upstream}")
+    for shipped, here in zip((8081, 8082), replicas, strict=False):
+        site = site.replace(f"127.0.0.1:{shipped} ", f"127.0.0.1:{here} ")
     site = re.sub(r"listen \[::\]:\d+[^;]*;", "", site)
     site = site.replace("listen 80;", f"listen 127.0.0.1:{http_port};")
     site = site.replace("listen 443 ssl http2;", f"listen 127.0.0.1:{port} ssl http2;")
@@ -145,8 +178,9 @@ def nginx() -> Path:
     return Path(nginx_binary(quiet=True))  # Debian's, unpacked under .cache if not installed
 
 
-def test_the_nginx_site_passes_nginx_t(nginx: Path, tmp_path: Path) -> None:
-    conf = _site_here(tmp_path, free_port(), free_port(), 8080)
+@pytest.mark.parametrize("site", [SITE, CLUSTER_SITE], ids=["server", "cluster"])
+def test_the_nginx_site_passes_nginx_t(nginx: Path, tmp_path: Path, site: Path) -> None:
+    conf = _site_here(tmp_path, free_port(), free_port(), 8080, site)
     done = subprocess.run([nginx, "-t", "-c", conf, "-p", tmp_path / "nginx", "-e", "stderr"],
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
@@ -198,3 +232,56 @@ def test_a_publish_goes_through_the_site_and_oversized_bodies_stop_there(
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10, context=context)
     assert refused.value.code == 413
+
+
+def test_the_cluster_site_balances_over_replicas_and_skips_a_dead_one(
+        nginx: Path, tmp_path: Path, pg_dsn: str, s3_url: str) -> None:
+    """Two replicas on one PostgreSQL database and S3 bucket (migrated first, as the
+    operator does) behind the shipped cluster site over https: a publish through it lands in
+    the shared database; each replica answers through it; with replica 1 killed (SIGKILL)
+    every request still answers, through replica 2."""
+    keys = FleetKeys.create(tmp_path)
+    assert main(["db", "migrate", "--db", pg_dsn, "--blobs", s3_url]) == 0
+    port = free_port()
+    with LocalServer(tmp_path / "r1", keys.root_path, db_url=pg_dsn, blobs_url=s3_url,
+                     publisher="r1") as first, \
+            LocalServer(tmp_path / "r2", keys.root_path, db_url=pg_dsn, blobs_url=s3_url,
+                        publisher="r2") as second:
+        conf = _site_here(tmp_path, port, free_port(), 8080, CLUSTER_SITE,
+                          (first.port, second.port))
+        proxy = subprocess.Popen([nginx, "-c", conf, "-p", tmp_path / "nginx", "-e", "stderr"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            url, ca = f"https://127.0.0.1:{port}", tmp_path / "tls" / "ca.pem"
+            client = ApiClient(url, first.token, ca=ca)
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    client.health()
+                    break
+                except Exception:
+                    if time.monotonic() > deadline or proxy.poll() is not None:
+                        raise
+                    time.sleep(0.1)
+            bundle = make_bundle(tmp_path, {"app_main.py": b"print(1)\n"}, version="1.0.0",
+                                 sequence=1, key=keys.release_key)
+            assert client.publish(bundle, channel="stable", percent=100).release["sequence"] == 1
+            # one database: either replica lists it, directly; nginx passes requests to both
+            for replica in (first, second):
+                assert [r["version"] for r in replica.client().list_releases()] == ["1.0.0"]
+            served = sum(_requests_seen(r) for r in (first, second))
+            for _ in range(6):
+                client.list_releases()
+            assert _requests_seen(first) > 0 and _requests_seen(second) > 0
+            assert sum(_requests_seen(r) for r in (first, second)) >= served + 6
+            first.kill()
+            for _ in range(6):  # round robin would send half of these to the dead replica
+                assert [r["version"] for r in client.list_releases()] == ["1.0.0"]
+        finally:
+            proxy.terminate()
+            proxy.wait(timeout=10)
+
+
+def _requests_seen(server: LocalServer) -> int:
+    """How many API requests the replica's log records (one line each, not --quiet)."""
+    return server.log_path.read_text(errors="replace").count("/v1/releases")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 from server_support import ServerEnv, SimBoard
 
-from ota_server.rollout import BUCKETS, bucket_of
+from ota_server.rollout import BUCKETS, after_report, bucket_of, normalize_policy
+from ota_server.storage.sqlite import SqliteStore
 
 FLEET_SIZE = 100
 
@@ -155,3 +159,48 @@ async def test_default_success_count_is_half_the_eligible_boards(env: ServerEnv)
     assert (await env.rollout())["stage"] == 0  # 1 of the 2 needed (half of 4 canaries)
     await env.report(canaries[1], "confirmed", 1)
     assert (await env.rollout())["stage"] == 1
+
+
+class _CountingStore(SqliteStore):
+    """The real SQLite store, counting the fleet-wide eligibility counts asked of it."""
+
+    fleet_counts = 0
+
+    async def count_eligible(self, channel: str, tags: Sequence[str],
+                             bucket_limit: float) -> int:
+        self.fleet_counts += 1
+        return await super().count_eligible(channel, tags, bucket_limit)
+
+
+async def test_a_confirmation_on_the_last_stage_does_not_count_the_fleet(tmp_path: Path) -> None:
+    """A report decides an automatic move only by the eligible boards when it could pause
+    (some failure) or advance (a stage left): most reports, confirmations on a rollout's last
+    stage, no longer cost a query over the whole fleet (S5, docs/benchmarks.md); a failure
+    still pauses as before."""
+    store = _CountingStore(tmp_path / "meta.db")
+    try:
+        sequence, _ = await store.reserve_sequence("app", "1.0.0")
+        release = await store.add_release("app", "1.0.0", sequence, ["esp32"], b"env", [],
+                                          2_000_000_000)
+        policy = normalize_policy({"stages": [{"percent": 100}], "min_results": 4,
+                                   "failure_threshold": 0.2})
+        await store.start_rollout("stable", release.id, policy)
+        for n in range(4):
+            await store.add_device(f"b{n}", b"\x04" + bytes(64), "esp32", [], "stable",
+                                   bucket_of(f"b{n}"))
+            await store.open_deployment_for(f"b{n}", release.id, "stable")
+        for n in (0, 1):
+            await store.set_deployment(f"b{n}", release.id, "confirmed")
+            await after_report(store, "stable", release.id)
+        assert store.fleet_counts == 0
+        assert (await store.current_rollout("stable")).state == "active"
+        # a failure, then a fourth result: 1 of 4 failed, above 20% once 4 results are in
+        await store.set_deployment("b2", release.id, "failed")
+        await after_report(store, "stable", release.id)
+        assert (await store.current_rollout("stable")).state == "active"  # 3 results
+        await store.set_deployment("b3", release.id, "confirmed")
+        await after_report(store, "stable", release.id)
+        assert store.fleet_counts == 2
+        assert (await store.current_rollout("stable")).state == "paused"
+    finally:
+        await store.close()

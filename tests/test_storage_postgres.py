@@ -387,6 +387,46 @@ async def test_two_replicas_racing_one_counter_exactly_one_wins(pg_dsn: str) -> 
         await b.close()
 
 
+async def test_replicas_writing_batches_of_shared_boards_never_deadlock(pg_dsn: str) -> None:
+    """Two replicas commit check-in batches for the same boards in opposite orders (nginx
+    sends a board's requests to either): each waits for the other, none fails. Taking the
+    row locks in arrival order, PostgreSQL found a deadlock and failed one batch (S4,
+    docs/benchmarks.md)."""
+    a, b = await _migrated(pg_dsn), await PostgresStore.open(pg_dsn)
+    boards = [f"d{n}" for n in range(6)]
+    try:
+        for board in boards:
+            await a.add_device(board, KEY, "esp32", [], "stable", 1)
+        inventory = {"app": "app", "version": "1.0", "mem_free": 1}
+        for counter in range(1, 31):
+            forward, backward = boards[:3], boards[3:][::-1]
+            outcomes = await asyncio.gather(
+                a.write_checkins([(d, inventory) for d in forward], [],
+                                 [(d, counter) for d in backward]),
+                b.write_checkins([(d, inventory) for d in backward], [],
+                                 [(d, counter) for d in forward]),
+                a.advance_counters([(d, counter + 100) for d in boards]),
+                b.advance_counters([(d, counter + 100) for d in boards[::-1]]),
+                return_exceptions=True)
+            assert not [o for o in outcomes if isinstance(o, BaseException)], outcomes
+            counters = [await a.device(d) for d in boards]
+            assert {c.counter for c in counters} == {counter + 100}
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_check_in_records_of_a_batch_are_merged_per_board_in_order(store: Any) -> None:
+    await store.add_device("d", KEY, "esp32", [], "stable", 1)
+    await store.add_device("e", KEY, "esp32", [], "stable", 1)
+    await store.write_checkins([("d", {"version": "1", "slot": "a"}), ("e", {"slot": "b"}),
+                                ("d", {"slot": "b"}), ("d", {"version": "2", "slot": "c"}),
+                                ("e", {"version": "9"})], [])
+    d, e = await store.device("d"), await store.device("e")
+    assert (d.inventory["version"], d.inventory["slot"]) == ("2", "c")
+    assert (e.inventory["version"], e.inventory["slot"]) == ("9", "b")
+
+
 async def test_two_replicas_advancing_one_stage_exactly_one_wins(pg_dsn: str) -> None:
     a, b = await _migrated(pg_dsn), await PostgresStore.open(pg_dsn)
     try:

@@ -19,10 +19,16 @@ says who did what; the dashboard's address and the file holding the viewer's tok
 never printed) are printed. Every command names releases by version (the server assigns
 sequences); everything started here is stopped at the end (`MPOTA_DEMO_KEEP=1`: the server
 is kept running for the dashboard until Ctrl-C).
+
+`make demo-cluster` (`python -m tools.demo --cluster`) tells the same story through the
+scale-out stack instead of one embedded server (tools/cluster/stack.py): PostgreSQL and
+SeaweedFS's S3 gateway, `ota db migrate`, two `ota serve` replicas on them and nginx in front,
+terminating https and balancing over the replicas; the boards and every command talk to nginx.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -37,6 +43,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from tools.cli import main as ota
+from tools.cluster.stack import Cluster
 from tools.local_server import LocalServer
 from tools.micropython import find_micropython_32bit
 from tools.station.image import BLOCK_SIZE
@@ -77,6 +84,9 @@ _FLASH_TEXT = {
     "dir": "a host directory (MPOTA_VB_FLASH=dir), not a flash image",
 }
 _README = "The demo app: app_main.py is the entry, sensor.py its one module.\n"
+CLUSTER_REPLICAS = 2
+# What the boards and commands talk to: one embedded server, or nginx in front of replicas.
+Server = LocalServer | Cluster
 
 
 def _step(text: str) -> None:
@@ -124,7 +134,7 @@ def _write_app(version: str) -> Path:
     return app
 
 
-def _write_fleet(server: LocalServer, first_app: Path) -> Path:
+def _write_fleet(server: Server, first_app: Path) -> Path:
     fleet = DEMO_DIR / "fleet.yaml"
     fleet.write_text(f"""\
 version: 1
@@ -183,7 +193,15 @@ def _board(flash: Path, small: bool) -> VirtualBoard:
     return VirtualBoard(flash)
 
 
-def demo() -> None:
+def _server(keys: Path, tls: Path, cluster: bool) -> Server:
+    """The embedded `ota serve` over https, or the scale-out stack with nginx on https."""
+    if not cluster:
+        return LocalServer(DEMO_DIR / "server", keys / "root.json", tls_dir=tls)
+    return Cluster(DEMO_DIR / "server", keys / "root.json", replicas=CLUSTER_REPLICAS,
+                   tls_dir=tls)
+
+
+def demo(cluster: bool = False) -> None:
     if DEMO_DIR.exists():
         shutil.rmtree(DEMO_DIR)
     DEMO_DIR.mkdir(parents=True)
@@ -198,12 +216,20 @@ def demo() -> None:
     tls = DEMO_DIR / "tls"
     _run("tls", "init", str(tls), "--host", "127.0.0.1")
 
-    _step("3. The server: ota serve on 127.0.0.1 over https, SQLite + blob directory")
-    with LocalServer(DEMO_DIR / "server", keys / "root.json", tls_dir=tls) as server:
+    if cluster:
+        _step(f"3. The cluster on 127.0.0.1: PostgreSQL, SeaweedFS (S3), `ota db migrate`, "
+              f"{CLUSTER_REPLICAS} ota serve replicas behind nginx (https)")
+    else:
+        _step("3. The server: ota serve on 127.0.0.1 over https, SQLite + blob directory")
+    with _server(keys, tls, cluster) as server:
         os.environ["MPOTA_SERVER"] = server.url
         os.environ["MPOTA_TOKEN"] = server.token
         os.environ["MPOTA_CA"] = str(tls / "ca.pem")  # publisher commands verify it too
         console.print(f"serving at {server.url} (data in {server.data_dir})")
+        if isinstance(server, Cluster):
+            console.print(f"nginx balances over {', '.join(r.url for r in server.replicas)}; "
+                          "metadata in PostgreSQL, blobs in the S3 bucket "
+                          f"{server.blobs_url.split('?', 1)[0]}")
 
         _step(f"4. The station provisions {BOARDS} virtual boards with app 1.0.0 and the CA; the "
               "last one "
@@ -262,10 +288,11 @@ def demo() -> None:
         _yank(boards)
         viewer = _viewer()
         _dashboard(server, viewer)
-    console.print("[green]demo done: server stopped; everything is in", DEMO_DIR)
+    console.print("[green]demo done: " + ("cluster" if cluster else "server")
+                  + " stopped; everything is in", DEMO_DIR)
 
 
-def _offline_install(server: LocalServer, board: Path, fleet: Path, keys: Path) -> None:
+def _offline_install(server: Server, board: Path, fleet: Path, keys: Path) -> None:
     """1.3.0 onto `board` over its REPL while it reaches no server; then its check-in."""
     _step(f"10. Offline install: 1.3.0 onto {board.name} over USB, no server in reach")
     fixed = _write_app("1.3.0")
@@ -308,7 +335,7 @@ def _viewer() -> Path:
     return token_file
 
 
-def _dashboard(server: LocalServer, token_file: Path) -> None:
+def _dashboard(server: Server, token_file: Path) -> None:
     """Where the dashboard is and how to log in; with MPOTA_DEMO_KEEP=1, wait for Ctrl-C."""
     _step("13. The dashboard")
     console.print(f"dashboard: {server.url}/ui/ (the browser must trust {server.ca_path}); "
@@ -323,8 +350,15 @@ def _dashboard(server: LocalServer, token_file: Path) -> None:
             time.sleep(3600)
 
 
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="the whole chain, on this machine")
+    parser.add_argument("--cluster", action="store_true",
+                        help="through PostgreSQL, S3 and two replicas behind nginx")
+    demo(cluster=parser.parse_args(argv).cluster)
+
+
 if __name__ == "__main__":
     try:
-        demo()
+        main()
     except KeyboardInterrupt:
         sys.exit(130)

@@ -57,6 +57,8 @@ from ota_server.storage.records import (
 # The replay check and the write are one statement: it matches only a smaller stored counter.
 _ADVANCE_COUNTER = ("UPDATE devices SET counter = $1, last_seen = $2 "
                     "WHERE device_id = $3 AND counter < $1")
+_LOCK_DEVICES = ("SELECT device_id FROM devices WHERE device_id = ANY($1::text[]) "
+                 "ORDER BY device_id FOR UPDATE")
 _OFFER = ("INSERT INTO deployments (device_id, release_id, status, updated, channel) "
           "VALUES ($1, $2, 'offered', $3, $4) ON CONFLICT (device_id, release_id) DO NOTHING")
 _RELEASE_SELECT = ("SELECT r.id, r.app, r.version, r.sequence, r.boards, r.created, r.expires, "
@@ -156,7 +158,8 @@ class PostgresStore:
         try:
             pool = await asyncpg.create_pool(
                 dsn, min_size=1, max_size=max_size, timeout=CONNECT_TIMEOUT,
-                command_timeout=COMMAND_TIMEOUT, init=_init_connection)
+                command_timeout=COMMAND_TIMEOUT, init=_init_connection,
+                reset=_keep_session)
         except BaseException as err:
             raise _translate(err) from None
         return cls(pool)
@@ -209,8 +212,7 @@ class PostgresStore:
                             version, _now())
                     current = version
             finally:
-                if not conn.is_closed():
-                    await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+                await _unlock_or_drop(conn)
         return int(current)
 
     async def schema_version(self) -> int:
@@ -470,7 +472,13 @@ class PostgresStore:
         """advance_counter for each pair in order, in one transaction: one commit for the lot;
         either all of them are durable or none is."""
         now = _now()
+        if len(advances) == 1:  # one statement commits on its own: no BEGIN / COMMIT trips
+            async with self._connection() as conn:
+                ((device_id, counter),) = advances
+                return [_rowcount(await conn.execute(_ADVANCE_COUNTER, counter, now,
+                                                     device_id)) == 1]
         async with self._transaction() as conn:
+            await _lock_devices(conn, [device_id for device_id, _ in advances])
             return [_rowcount(await conn.execute(_ADVANCE_COUNTER, counter, now, device_id)) == 1
                     for device_id, counter in advances]
 
@@ -483,8 +491,10 @@ class PostgresStore:
         of the advances."""
         now = _now()
         async with self._transaction() as conn:
-            for device_id, inventory in inventories:
-                await _record_checkin(conn, device_id, inventory)
+            await _lock_devices(conn, [*(device_id for device_id, _ in inventories),
+                                       *(device_id for device_id, _, _ in offers),
+                                       *(device_id for device_id, _ in advances)])
+            await _record_checkins(conn, inventories)
             if offers:
                 await conn.executemany(_OFFER, [(device_id, release_id, now, channel)
                                                 for device_id, release_id, channel in offers])
@@ -790,10 +800,49 @@ class PostgresStore:
 
 # -- rows to records ---------------------------------------------------------------------------
 
+async def _unlock_or_drop(conn: asyncpg.Connection) -> None:
+    """Release the migration lock; a connection that cannot release it is closed (which
+    releases it): the pool never hands out a connection holding it (_keep_session)."""
+    if conn.is_closed():
+        return
+    try:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+    except BaseException:
+        conn.terminate()
+        raise
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset of a returned connection: nothing beyond asyncpg's own (which rolls
+    back a transaction left open). asyncpg's default resets the whole session (advisory locks,
+    LISTEN, settings, cursors) with one more round trip per borrowed connection, a third of a
+    check-in's database trips; this store leaves no session state behind: it never SETs,
+    LISTENs or keeps a cursor, and its one session lock (migrate's) is released in a
+    `finally`, or its connection closed (_unlock_or_drop)."""
+    del conn
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     """Every pooled connection reads and writes JSONB as Python lists and dicts."""
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads,
                               schema="pg_catalog")
+
+
+async def _lock_devices(conn: asyncpg.Connection, device_ids: Sequence[str]) -> None:
+    """Lock the rows of `device_ids` in one order, the ids' (one round trip), before a
+    transaction writes several of them. Two replicas' batches that share boards then wait for
+    each other instead of deadlocking: each UPDATE takes its row's lock until the commit, so
+    batches taking them in arrival order (A: x then y, B: y then x) deadlock, and PostgreSQL
+    fails one of them. One board needs no order."""
+    unique = sorted(set(device_ids))
+    if len(unique) > 1:
+        await conn.execute(_LOCK_DEVICES, unique)
+
+
+def _inventory_update(fields: Sequence[str]) -> str:
+    # Column names come from INVENTORY_FIELDS only, never from the caller.
+    assigns = ", ".join(f"{name} = ${n}" for n, name in enumerate(fields, start=1))
+    return f"UPDATE devices SET {assigns} WHERE device_id = ${len(fields) + 1}"  # noqa: S608
 
 
 async def _record_checkin(conn: asyncpg.Connection, device_id: str,
@@ -801,10 +850,26 @@ async def _record_checkin(conn: asyncpg.Connection, device_id: str,
     fields = {k: v for k, v in inventory.items() if k in INVENTORY_FIELDS}
     if not fields:
         return
-    # Column names come from INVENTORY_FIELDS only, never from the caller.
-    assigns = ", ".join(f"{name} = ${n}" for n, name in enumerate(fields, start=1))
-    await conn.execute(f"UPDATE devices SET {assigns} WHERE device_id = ${len(fields) + 1}",  # noqa: S608
-                       *fields.values(), device_id)
+    await conn.execute(_inventory_update(list(fields)), *fields.values(), device_id)
+
+
+async def _record_checkins(conn: asyncpg.Connection,
+                           inventories: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """record_checkin for each (device_id, inventory) in order, as one executemany (one round
+    trip) per set of fields: a batch of check-ins, which all send the same fields, costs one
+    trip, not one per board. A board's inventories are merged first (later fields over
+    earlier ones, what updates in order leave), so each board is one row and the order
+    between boards does not matter."""
+    merged: dict[str, dict[str, Any]] = {}
+    for device_id, inventory in inventories:
+        merged.setdefault(device_id, {}).update(
+            (k, v) for k, v in inventory.items() if k in INVENTORY_FIELDS)
+    by_fields: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+    for device_id, fields in merged.items():
+        if fields:
+            by_fields.setdefault(tuple(fields), []).append((*fields.values(), device_id))
+    for names, rows in by_fields.items():
+        await conn.executemany(_inventory_update(names), rows)
 
 
 def _release(row: asyncpg.Record | None) -> Release | None:
