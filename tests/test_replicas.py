@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from cluster_support import open_store
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from server_support import DAY, FleetKeys, ServerEnv, SimBoard, bundle_blobs, make_bundle
 
 from ota_server import state
@@ -239,3 +243,101 @@ async def test_the_newest_root_never_moves_back(tmp_path: Path) -> None:
         assert anchor.latest.version == 2
     finally:
         await store.close()
+
+
+async def test_a_report_through_one_replica_finds_the_offer_made_through_the_other(
+        aiohttp_client: Any, tmp_path: Path, pg_dsn: str, s3_url: str) -> None:
+    """A check-in's records are written behind (ota_server/counters.py), but an offer is in the
+    database before the board hears of it: its next request may reach another replica."""
+    a, b = await _replicas(aiohttp_client, tmp_path, pg_dsn, s3_url)
+    boards = [await a.add_board(SimBoard(f"board-{n}")) for n in range(3)]
+    await a.publish({"app_main.py": b"v1\n"}, version="1.0.0", sequence=1)
+    await a.start_rollout("stable", "demo", 1, percent=100)
+    for board in boards:
+        assert await _checkin_status(a, board) == 200
+        reported = await b.report(board, "downloading", 1)
+        assert reported.status == 204, await reported.text()
+    counts = (await b.rollout())["counts"]
+    assert counts["downloading"] == 3
+
+
+# -- property: whatever moves through one replica, every replica offers what the database says --
+
+class Database:
+    """A database URL that a failing example's report does not print (it holds the password)."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def __repr__(self) -> str:
+        return "Database(...)"
+
+
+@pytest.fixture
+def database(pg_dsn: str) -> Database:
+    return Database(pg_dsn)
+
+
+_OPS = st.one_of(
+    st.tuples(st.just("start"), st.integers(0, 2), st.sampled_from(["all", "canary"])),
+    st.tuples(st.sampled_from(["pause", "resume", "abort", "advance", "look"])),
+    st.tuples(st.just("yank"), st.integers(0, 2)),
+)
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.tuples(st.integers(0, 1), _OPS), min_size=1, max_size=8))
+@example(steps=[(0, ("start", 0, "all")), (1, ("look",)), (0, ("start", 1, "canary")),
+                (0, ("yank", 0))])  # the base yanked behind B's back
+def test_every_replica_offers_what_a_store_without_a_cache_offers(
+        database: Database, steps: list[tuple[int, tuple[Any, ...]]]) -> None:
+    from ota_server.errors import ApiError
+    from ota_server.rollout import release_for, start
+    from ota_server.routes_publisher import act_on_rollout, yank
+    from ota_server.storage.postgres import PostgresStore
+
+    async def run() -> None:
+        tag = secrets.token_hex(4)
+        app, channel = f"app-{tag}", f"ch-{tag}"
+        replicas = [await PostgresStore.open(database.url) for _ in range(2)]
+        uncached = await PostgresStore.open(database.url)
+        try:
+            await uncached.migrate()
+            releases = [await replicas[0].add_release(
+                app, f"1.0.{n}", n + 1, ["esp32"], b"envelope", [], 2_000_000_000)
+                for n in range(3)]
+            for device_id, tags, bucket in ((f"in-{tag}", ["canary"], 5),
+                                            (f"out-{tag}", [], 9_999)):
+                await replicas[0].add_device(device_id, KEY_POINT, "esp32", tags, channel,
+                                             bucket)
+            for via, op in steps:
+                store = replicas[via]
+                try:
+                    if op[0] == "start":
+                        policy = {"stages": [{"percent": 100}] if op[2] == "all"
+                                  else [{"tag": "canary"}], "auto_advance": False,
+                                  "failure_threshold": 0.5, "min_results": None}
+                        await start(store, channel, releases[op[1]], policy)
+                    elif op[0] == "yank":
+                        await yank(store, app, releases[op[1]].version, force=True)
+                    elif op[0] != "look":
+                        await act_on_rollout(store, channel, op[0])
+                except ApiError:
+                    pass  # refused by the rules: nothing moved
+                for device_id in (f"in-{tag}", f"out-{tag}"):
+                    device = await uncached.device(device_id)
+                    assert device is not None
+                    uncached._releases.clear()  # a store that has never cached a release
+                    truth = await release_for(uncached, device, app, 0, "esp32")
+                    for replica in replicas:
+                        offered = await release_for(replica, device, app, 0, "esp32")
+                        assert offered == truth, (steps, device_id)
+        finally:
+            for store in [*replicas, uncached]:
+                await store.close()
+
+    asyncio.run(run())
+
+
+KEY_POINT = b"\x04" + bytes(64)
