@@ -81,17 +81,18 @@ async def checkin(request: web.Request) -> web.Response:
     # Written behind (ota_server.counters): in the database before any later request is
     # handled. The whole inventory, not what differs from `found`: `found` was read before
     # the counter commit that wrote this board's queued records (last_seen moved with it).
-    writes = request.app[state.BOARD_WRITES]
-    writes.record_checkin(found.device_id, inventory, None if offer is None else offer.id,
-                          found.channel)
+    # With PostgreSQL, replicas share the database: the board's next request (its report) may
+    # reach another one, which must find the offer there, so the offer is written now (one
+    # statement) and only the inventory behind (docs/operations.md, "Process-local state").
+    offer_now = offer is not None and request.app[state.SETTINGS].db_url is not None
+    request.app[state.BOARD_WRITES].record_checkin(
+        found.device_id, inventory, None if offer is None or offer_now else offer.id,
+        found.channel)
     if offer is None:
         metrics.inc("mpota_checkins_total", outcome="nothing_new")
         return web.Response(status=204, headers=headers)
-    if request.app[state.SETTINGS].db_url is not None:
-        # Replicas share the database: the board's next request (its report) may reach
-        # another one, which must find the offer there. Written now, with whatever else is
-        # queued (docs/operations.md, "Process-local state").
-        await writes.flush()
+    if offer_now:
+        await store.open_deployment_for(found.device_id, offer.id, found.channel)
     metrics.inc("mpota_checkins_total", outcome="offered")
     return web.Response(body=await _envelope(request.app, offer.id), content_type=ENVELOPE_TYPE,
                         headers=headers)
