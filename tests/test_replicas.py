@@ -162,13 +162,7 @@ async def test_a_dashboard_login_through_one_replica_works_on_the_other(
     await a.add_board(SimBoard("board-1"))
     await a.publish({"app_main.py": b"v1\n"}, version="1.0.0", sequence=1)
     await a.start_rollout("stable", "demo", 1, percent=50)
-    page = await a.client.get("/ui/login")
-    nonce = re.search(r'name="nonce" value="([^"]+)"', await page.text())
-    assert nonce is not None
-    login = await a.client.post("/ui/login", data={"nonce": nonce.group(1), "token": a.token},
-                                allow_redirects=False)
-    assert login.status == 303
-    cookie = {"Cookie": f"{COOKIE}={login.cookies[COOKIE].value}"}
+    cookie = await _dashboard_login(a, a.token)
     fleet = await b.client.get("/ui/rollouts", headers=cookie, allow_redirects=False)
     assert fleet.status == 200  # the session opened through A is known to B
     csrf = re.search(r'name="csrf" value="([^"]+)"', await fleet.text())
@@ -178,7 +172,8 @@ async def test_a_dashboard_login_through_one_replica_works_on_the_other(
                                 headers=cookie, allow_redirects=False)
     assert pause.status == 303
     assert (await a.rollout())["state"] == "paused"
-    shown = await (await a.client.get("/ui/rollouts", headers=cookie)).text()
+    shown = await (await a.client.get("/ui/rollouts", headers=cookie,
+                                      allow_redirects=False)).text()
     assert "stable: pause done" in shown
     forged = await b.client.post("/ui/rollouts/stable/resume", data={"csrf": "forged"},
                                  headers=cookie, allow_redirects=False)
@@ -189,6 +184,34 @@ async def test_a_dashboard_login_through_one_replica_works_on_the_other(
     assert out.status == 303
     after = await a.client.get("/ui/fleet", headers=cookie, allow_redirects=False)
     assert after.status == 303 and after.headers["Location"].startswith("/ui/login")
+    # Revoking a token through A ends its session opened through B.
+    viewer = await _dashboard_login(b, await _new_token(a, "viewer"))
+    assert (await a.client.get("/ui/fleet", headers=viewer, allow_redirects=False)).status == 200
+    revoked = await a.client.post("/v1/tokens/viewer/revoke", headers=a.bearer)
+    assert revoked.status == 200
+    ended = await b.client.get("/ui/fleet", headers=viewer, allow_redirects=False)
+    assert ended.status == 303
+
+
+async def _dashboard_login(env: ServerEnv, token: str) -> dict[str, str]:
+    """Log in to the dashboard through `env`'s replica; the session cookie as a header."""
+    page = await env.client.get("/ui/login")
+    nonce = re.search(r'name="nonce" value="([^"]+)"', await page.text())
+    assert nonce is not None
+    login = await env.client.post("/ui/login", data={"nonce": nonce.group(1), "token": token},
+                                  allow_redirects=False)
+    assert login.status == 303
+    # From here on the cookie goes only where a test sends it (a client's jar would add its own).
+    env.client.session.cookie_jar.clear()
+    return {"Cookie": f"{COOKIE}={login.cookies[COOKIE].value}"}
+
+
+async def _new_token(env: ServerEnv, name: str) -> str:
+    made = await env.client.post("/v1/tokens", json={"name": name, "scope": "read"},
+                                 headers=env.bearer)
+    assert made.status == 201, await made.text()
+    token: str = (await made.json())["token"]
+    return token
 
 
 async def test_replicas_started_at_once_all_start_and_store_each_root_once(
