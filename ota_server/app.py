@@ -136,7 +136,9 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
             stack.push_async_callback(blobs.close)
             app[state.STORE] = store
             app[state.BLOBS] = blobs
-            app[state.TRUST] = await TrustAnchor.load(store, settings.root_path)
+            trust = app[state.TRUST] = await TrustAnchor.load(store, settings.root_path)
+            stack.push_async_callback(trust.close)  # before the store closes
+            await trust.follow()  # roots stored through other replicas (PostgreSQL)
             # On PostgreSQL other replicas serve the same boards (ota_server.counters, "Replicas").
             writes = app[state.BOARD_WRITES] = CounterCommits(
                 store, shared=settings.db_url is not None)

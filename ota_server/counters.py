@@ -30,10 +30,10 @@ records are queued and reach the database
 
 Replicas (`shared`: several processes on one PostgreSQL database) break the first promise:
 a board's next request may reach another replica, which has none of this one's queue. So
-there a check-in that offers a release writes its records (with everything queued) before it
-is answered: the board's report about the offer finds the deployment on any replica. A
-check-in with nothing new is still written behind; a publisher on another replica sees it at
-most WRITE_BEHIND_SECONDS later.
+there a check-in that offers a release writes the offer (one statement) before it is
+answered (ota_server.routes_device.checkin): the board's report about the offer finds the
+deployment on any replica. The inventory is still written behind; a publisher on another
+replica sees it at most WRITE_BEHIND_SECONDS later.
 
 So a check-in costs its counter's commit alone instead of three commits, and the records of
 many check-ins share one transaction and the pages it writes (figure S3). A process killed

@@ -81,16 +81,18 @@ async def checkin(request: web.Request) -> web.Response:
     # Written behind (ota_server.counters): in the database before any later request is
     # handled. The whole inventory, not what differs from `found`: `found` was read before
     # the counter commit that wrote this board's queued records (last_seen moved with it).
+    # Replicas (PostgreSQL) share the database: the board's next request (its report) may
+    # reach another one, which must find the offer there, so the offer is written now (one
+    # statement) and only the inventory behind (ota_server.counters, "Replicas").
     writes = request.app[state.BOARD_WRITES]
-    writes.record_checkin(found.device_id, inventory, None if offer is None else offer.id,
-                          found.channel)
+    offer_now = offer is not None and writes.shared
+    writes.record_checkin(found.device_id, inventory,
+                          None if offer is None or offer_now else offer.id, found.channel)
     if offer is None:
         metrics.inc("mpota_checkins_total", outcome="nothing_new")
         return web.Response(status=204, headers=headers)
-    if writes.shared:
-        # The board's report about this offer may reach another replica: the offer must be in
-        # the database before the answer (else that report is refused as `not_offered`).
-        await writes.flush()
+    if offer_now:
+        await store.open_deployment_for(found.device_id, offer.id, found.channel)
     metrics.inc("mpota_checkins_total", outcome="offered")
     return web.Response(body=await _envelope(request.app, offer.id), content_type=ENVELOPE_TYPE,
                         headers=headers)

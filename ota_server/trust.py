@@ -2,15 +2,22 @@
 
 The first root comes from `--root` at the first start; later ones only by a verified rotation
 (`POST /v1/roots`). The server checks uploads so it can refuse junk early; boards verify again.
+
+Uploads are checked against the newest root in the store (`current()`, one query each).
+Check-ins only read `latest` (their `X-Ota-Root` hint, no query): `follow()` has the store
+tell this process when another replica stored a root (PostgreSQL LISTEN/NOTIFY), and
+`latest` moves then, in the background (docs/operations.md, "Process-local state").
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from pathlib import Path
 
 from ota_server.storage import MetadataStore
-from ota_server.storage.errors import StoreConflict
+from ota_server.storage.errors import StoreConflict, StoreError
 from signing.errors import TrustError
 from signing.root import RootMetadata, verify_root, verify_root_signatures, verify_rotation
 
@@ -23,12 +30,18 @@ class RootRotationRace(Exception):
     """Two rotations to the same root version raced; the other one was stored."""
 
 
+log = logging.getLogger("ota_server")
+
+
 class TrustAnchor:
-    """The stored root chain and the newest verified root."""
+    """The stored root chain and the newest verified root this process knows (`latest`: it
+    only ever moves to a higher version)."""
 
     def __init__(self, store: MetadataStore, latest: RootMetadata):
         self._store = store
         self.latest = latest
+        self._refresh: asyncio.Task[None] | None = None
+        self._refresh_again = False
 
     @classmethod
     async def load(cls, store: MetadataStore, root_path: Path | None) -> TrustAnchor:
@@ -73,12 +86,18 @@ class TrustAnchor:
             # newest stored one is accepted here as it would be by `ota roots upload`.
             try:
                 await anchor.rotate(given)
-            except TrustError as err:
+            except (TrustError, RootRotationRace) as err:
+                stored = await store.roots()
+                if any(given.strip() == env.strip() for _, env in stored):
+                    # Another replica starting with the same new root.json stored it first
+                    # (its rotation raced this one, or was stored before this one's check):
+                    # load the chain as it is now.
+                    return await cls.load(store, root_path)
                 raise TrustSetupError(
                     f"{root_path} is not among the stored roots (versions "
                     f"{[v for v, _ in stored]}) and not a verified rotation of version "
-                    f"{root.version} ({type(err).__name__}: {err}); later roots come only by "
-                    f"verified rotation (`ota keys rotate`, then `ota roots upload`)") from err
+                    f"{stored[-1][0]} ({type(err).__name__}: {err}); later roots come only "
+                    f"by verified rotation (`ota keys rotate`, then `ota roots upload`)") from err
         return anchor
 
     async def current(self) -> RootMetadata:
@@ -90,8 +109,49 @@ class TrustAnchor:
         for version, envelope in await self._store.roots():
             if version > root.version:
                 root = verify_rotation(root, envelope, now=0)  # expiry is checked on use
-        self.latest = root
-        return root
+        return self._newer(root)
+
+    def _newer(self, root: RootMetadata) -> RootMetadata:
+        """Make `root` the latest unless a higher version is already (two reads of the store
+        finishing out of order never move `latest` back); the latest."""
+        if root.version > self.latest.version:
+            self.latest = root
+        return self.latest
+
+    async def follow(self) -> None:
+        """Keep `latest` up with roots other processes store (the store's watch_roots:
+        PostgreSQL's notifications; nothing to do on SQLite). Until close()."""
+        await self._store.watch_roots(self._root_stored)
+
+    def _root_stored(self) -> None:
+        """A root may have been stored elsewhere: read the chain again in the background,
+        once at a time (a notice arriving meanwhile makes it read once more)."""
+        if self._refresh is not None:
+            self._refresh_again = True
+            return
+        self._refresh = asyncio.get_running_loop().create_task(self._refresh_latest())
+
+    async def _refresh_latest(self) -> None:
+        try:
+            while True:
+                self._refresh_again = False
+                try:
+                    await self.current()
+                except (StoreError, TrustError) as err:
+                    # Uploads read the store themselves; only the check-in hint waits for the
+                    # next notice (or the watch's reconnection, which reads again).
+                    log.warning("newest root not read after a rotation notice: %s: %s",
+                                type(err).__name__, err)
+                if not self._refresh_again:
+                    return
+        finally:
+            self._refresh = None
+
+    async def close(self) -> None:
+        """Stop a refresh under way (before the store closes)."""
+        if self._refresh is not None:
+            self._refresh.cancel()
+            await asyncio.gather(self._refresh, return_exceptions=True)
 
     async def rotate(self, envelope: bytes) -> RootMetadata:
         """Accept root N+1 signed by N's and its own root threshold; raises TrustError, or
@@ -102,7 +162,7 @@ class TrustAnchor:
         except StoreConflict:
             raise RootRotationRace(f"root version {new.version} was stored by another request "
                                    f"meanwhile") from None
-        self.latest = new
+        self._newer(new)
         return new
 
     async def envelope(self, version: int) -> bytes | None:

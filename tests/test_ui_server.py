@@ -10,6 +10,7 @@ import asyncio
 import re
 import secrets
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -423,28 +424,61 @@ async def test_a_page_limit_outside_the_bounds_is_refused(filled: Any) -> None:
 
 # -- sessions ---------------------------------------------------------------------------------
 
-def test_sessions_expire_when_idle_and_after_their_lifetime() -> None:
+@pytest.fixture
+async def session_store(tmp_path: Any) -> Any:
+    """The metadata store the sessions live in (SQLite here; PostgreSQL in
+    tests/test_replicas.py)."""
+    store = await open_store("sqlite", str(tmp_path / "sessions.db"))
+    yield store
+    await store.close()
+
+
+async def test_sessions_expire_when_idle_and_after_their_lifetime(session_store: Any) -> None:
     clock = [1000.0]
-    table = SessionTable(clock=lambda: clock[0])
-    session = table.create("h" * 64, ADMIN)
+    table = SessionTable(session_store, clock=lambda: clock[0])
+    session = await table.create("h" * 64, ADMIN)
     clock[0] += ui_sessions.IDLE_S - 1
-    assert table.get(session.id) is session
+    assert (await table.get(session.id)) == replace(session, seen=clock[0])
     clock[0] += ui_sessions.IDLE_S - 1
-    assert table.get(session.id) is session  # each request restarts the idle clock
+    # each request restarts the idle clock
+    assert (await table.get(session.id)) == replace(session, seen=clock[0])
     clock[0] += ui_sessions.IDLE_S
-    assert table.get(session.id) is None
-    kept = table.create("h" * 64, ADMIN)
+    assert await table.get(session.id) is None
+    kept = await table.create("h" * 64, ADMIN)
     for _ in range(ui_sessions.LIFETIME_S // (ui_sessions.IDLE_S // 2) + 1):
         clock[0] += ui_sessions.IDLE_S // 2
-        table.get(kept.id)
-    assert table.get(kept.id) is None
+        await table.get(kept.id)
+    assert await table.get(kept.id) is None
+    # the idle clock is stored at most once a SEEN_RESOLUTION_S, and never later than that
+    quiet = await table.create("h" * 64, ADMIN)
+    clock[0] += ui_sessions.SEEN_RESOLUTION_S - 1
+    await table.get(quiet.id)
+    clock[0] += ui_sessions.IDLE_S - ui_sessions.SEEN_RESOLUTION_S + 1
+    assert await table.get(quiet.id) is None
 
 
-def test_a_session_holds_its_tokens_scope_and_those_below_it() -> None:
-    table = SessionTable()
+async def test_the_store_keeps_a_hash_of_the_session_id_and_a_bounded_table(
+        session_store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    table = SessionTable(session_store, clock=lambda: clock[0])
+    session = await table.create("h" * 64, ADMIN)
+    assert await session_store.ui_session(session.id) is None  # the id itself opens nothing
+    stored = await session_store.ui_session(ui_sessions.session_id_hash(session.id))
+    assert stored is not None and stored.token_hash == "h" * 64 and stored.csrf == session.csrf
+    monkeypatch.setattr(ui_sessions, "MAX_SESSIONS", 3)
+    made = [session]
+    for _ in range(4):
+        clock[0] += 1
+        made.append(await table.create("h" * 64, ADMIN))
+    live = [s for s in made if await table.get(s.id) is not None]
+    assert live == made[-3:]  # past the bound the oldest went first
+
+
+async def test_a_session_holds_its_tokens_scope_and_those_below_it(session_store: Any) -> None:
+    table = SessionTable(session_store)
     for scope, held in (("read", {"read"}), ("publish", {"read", "publish"}),
                         ("admin", {"read", "publish", "admin"})):
-        session = table.create("h" * 64, Token("t", scope))
+        session = await table.create("h" * 64, Token("t", scope))
         assert session.scopes == held and (session.actor, session.scope) == ("t", scope)
         for wanted in ui_sessions.SCOPES:
             if wanted in held:
@@ -452,7 +486,7 @@ def test_a_session_holds_its_tokens_scope_and_those_below_it() -> None:
             else:
                 with pytest.raises(ui_sessions.ScopeError):
                     require_scope(session, wanted)
-    assert table.create("h" * 64, Token("t", "root")).scopes == frozenset()
+    assert (await table.create("h" * 64, Token("t", "root"))).scopes == frozenset()
     narrowed = Session(id="x", token_hash="h", csrf="c", scopes=frozenset({"read"}),
                        created=0, seen=0)
     with pytest.raises(ValueError, match="unknown scope"):
@@ -523,11 +557,15 @@ async def test_the_session_cookie_is_secure_when_the_server_runs_tls(
     assert len(header) == 1 and "Secure" in header[0] and "HttpOnly" in header[0]
 
 
-def test_a_session_keeps_only_the_last_few_messages() -> None:
-    session = SessionTable().create("h" * 64, ADMIN)
+async def test_a_session_keeps_only_the_last_few_messages(session_store: Any) -> None:
+    table = SessionTable(session_store)
+    session = await table.create("h" * 64, ADMIN)
     for n in range(100):
         session.tell(f"message {n}")
     assert session.flash == [f"message {n}" for n in range(95, 100)]
+    await table.save(session)
+    again = await table.get(session.id)
+    assert again is not None and again.flash == [f"message {n}" for n in range(95, 100)]
 
 
 async def test_the_session_cookie_is_secure_behind_an_https_proxy(env: ServerEnv) -> None:

@@ -5,7 +5,7 @@ can implement the same protocols without touching the handlers.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, BinaryIO, Protocol
 
 from ota_server.storage.fleet_view import BoardDeployment, BoardFilter, FleetCounts
@@ -19,6 +19,7 @@ from ota_server.storage.records import (
     Release,
     Rollout,
     Token,
+    UiSession,
 )
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "Release",
     "Rollout",
     "Token",
+    "UiSession",
 ]
 
 
@@ -83,6 +85,26 @@ class MetadataStore(Protocol):
     # roots
     async def roots(self) -> list[tuple[int, bytes]]: ...
     async def add_root(self, version: int, envelope: bytes) -> None: ...
+    async def watch_roots(self, changed: Callable[[], None]) -> None:
+        """Have `changed()` called (on the event loop) whenever another process may have
+        stored a root, until close(): PostgreSQL's LISTEN/NOTIFY; nothing for SQLite, which
+        one process owns. Returns once the watch is in place (or gave up waiting for it)."""
+        ...
+
+    # dashboard sessions (ota_server/ui/sessions.py), shared by every replica
+    async def add_ui_session(self, session: UiSession) -> None: ...
+    async def ui_session(self, id_hash: str) -> UiSession | None: ...
+    async def touch_ui_session(self, id_hash: str, seen: float) -> None:
+        """Move the session's last request time forward (never back)."""
+        ...
+
+    async def set_ui_session_flash(self, id_hash: str, flash: Sequence[str]) -> None: ...
+    async def end_ui_session(self, id_hash: str) -> None: ...
+    async def prune_ui_sessions(self, created_before: float, seen_before: float,
+                                keep: int) -> int:
+        """Delete the sessions created before `created_before` or last seen before
+        `seen_before`, then all but the `keep` newest; the number deleted."""
+        ...
 
     # releases
     async def max_sequence(self, app: str) -> int | None: ...

@@ -4,9 +4,12 @@ The same operations as the embedded SqliteStore, each an `async def` and each on
 (a single statement, or an explicit transaction for several). Correct with any number of
 server replicas on one database:
 
-- nothing mutable is cached in the process (rollouts, base releases, tokens, roots, counters
-  are read from the database on every call); only releases, which never change once
-  registered, are kept by id;
+- nothing mutable is cached in the process (rollouts, base releases, tokens, roots, counters,
+  dashboard sessions are read from the database on every call); only releases are kept by
+  id, and their one field that changes (`yanked`, once) is read along with every query that
+  names a release;
+- a stored root is announced (NOTIFY, `watch_roots`) so that each replica's check-in hint
+  follows a rotation made through another one;
 - read-modify-write is a conditional statement: a counter advances only `WHERE counter < $1`,
   a rollout moves only from the stage and state the caller saw (`update_rollout(expect_...)`),
   a sequence reservation holds a per-app transaction lock;
@@ -22,9 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
@@ -52,6 +57,7 @@ from ota_server.storage.records import (
     Release,
     Rollout,
     Token,
+    UiSession,
 )
 
 # The replay check and the write are one statement: it matches only a smaller stored counter.
@@ -65,6 +71,9 @@ _RELEASE_SELECT = ("SELECT r.id, r.app, r.version, r.sequence, r.boards, r.creat
                    "r.yanked, r.signers, "
                    "ARRAY(SELECT b.blob FROM release_blobs b WHERE b.release_id = r.id "
                    "ORDER BY b.blob) AS blobs FROM releases r")
+# A rollout with its release's `yanked`, the one field of a cached release that can change.
+_ROLLOUT_SELECT = ("SELECT ro.*, r.yanked AS release_yanked FROM rollouts ro "
+                   "JOIN releases r ON r.id = ro.release_id")
 _DEVICE_COLUMNS = ("device_id, public_key, board, tags, channel, bucket, counter, created, "
                    "revoked, " + ", ".join(INVENTORY_FIELDS))
 # Orders as SQLite does (bytewise), whatever locale the database was created with.
@@ -78,6 +87,14 @@ CONNECT_TIMEOUT = 5.0
 ACQUIRE_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 30.0
 CLOSE_TIMEOUT = 10.0
+# The channel a stored root is announced on (pg_migrations/0006: a trigger on roots).
+ROOTS_CHANNEL = "mpota_roots"
+# The root watch: a lost listening connection is opened again after WATCH_RETRY_S; one that
+# is quiet is asked `SELECT 1` every WATCH_CHECK_S, so a link dead without a word (a network
+# cut) is noticed within that time.
+WATCH_RETRY_S = 2.0
+WATCH_CHECK_S = 30.0
+log = logging.getLogger("ota_server")
 
 
 def pg_migrations() -> list[tuple[int, str]]:
@@ -146,9 +163,13 @@ def _translate(err: BaseException) -> BaseException:
 class PostgresStore:
     """MetadataStore on a PostgreSQL database, async (one asyncpg pool per process)."""
 
-    def __init__(self, pool: asyncpg.Pool):
+    def __init__(self, pool: asyncpg.Pool, dsn: str | None = None):
         self._pool = pool
-        self._releases: dict[int, Release] = {}  # immutable once registered
+        self._dsn = dsn  # for the root watch's own connection (watch_roots)
+        # Immutable once registered but for `yanked`, which is read along with every query
+        # that names a release (release_by_id, _release_yanked_at).
+        self._releases: dict[int, Release] = {}
+        self._watches: list[asyncio.Task[None]] = []
 
     @classmethod
     async def open(cls, dsn: str, *, max_size: int = POOL_MAX_SIZE) -> PostgresStore:
@@ -162,10 +183,15 @@ class PostgresStore:
                 reset=_keep_session)
         except BaseException as err:
             raise _translate(err) from None
-        return cls(pool)
+        return cls(pool, dsn)
 
     async def close(self) -> None:
-        """Close the pool, waiting at most CLOSE_TIMEOUT for borrowed connections."""
+        """Stop the root watch; close the pool, waiting at most CLOSE_TIMEOUT for borrowed
+        connections."""
+        for task in self._watches:
+            task.cancel()
+        await asyncio.gather(*self._watches, return_exceptions=True)
+        self._watches.clear()
         try:
             await asyncio.wait_for(self._pool.close(), CLOSE_TIMEOUT)
         except TimeoutError:
@@ -295,6 +321,85 @@ class PostgresStore:
                 "INSERT INTO roots (version, envelope, created) VALUES ($1, $2, $3)",
                 version, envelope, _now())
 
+    async def watch_roots(self, changed: Callable[[], None]) -> None:
+        """Call `changed()` on this event loop after any process stores a root in this
+        database (a NOTIFY on ROOTS_CHANNEL, sent when the storing transaction commits), and
+        each time the watch's own connection is opened (a root may have been stored while it
+        was not listening), until close(). A lost connection is opened again every
+        WATCH_RETRY_S. Returns once the first LISTEN is in place, or after CONNECT_TIMEOUT
+        when the database cannot be reached (the watch goes on trying in the background)."""
+        if self._dsn is None:
+            raise StoreError("this store was not opened from a URL: it cannot watch")
+        listening = asyncio.Event()
+        self._watches.append(asyncio.get_running_loop().create_task(
+            self._watch(self._dsn, ROOTS_CHANNEL, changed, listening)))
+        try:
+            await asyncio.wait_for(listening.wait(), CONNECT_TIMEOUT)
+        except TimeoutError:
+            log.warning("root watch: not listening yet; the newest root behind the check-in "
+                        "hint may lag until the database answers")
+
+    @staticmethod
+    async def _watch(dsn: str, channel: str, changed: Callable[[], None],
+                     listening: asyncio.Event) -> None:
+        """LISTEN on `channel` over a connection of its own, opened again whenever lost."""
+        while True:
+            try:
+                await _listen(dsn, channel, changed, listening)
+            except Exception as err:
+                log.warning("root watch lost (%s); listening again in %.0fs",
+                            _translate(err), WATCH_RETRY_S)
+            await asyncio.sleep(WATCH_RETRY_S)
+
+    # -- dashboard sessions -------------------------------------------------------------------
+
+    async def add_ui_session(self, session: UiSession) -> None:
+        """Store a new session; StoreConflict when its id hash is stored already."""
+        async with self._connection() as conn:
+            await conn.execute(
+                "INSERT INTO ui_sessions (id_hash, token_hash, csrf, actor, scope, created, "
+                "seen, flash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", session.id_hash,
+                session.token_hash, session.csrf, session.actor, session.scope,
+                session.created, session.seen, list(session.flash))
+
+    async def ui_session(self, id_hash: str) -> UiSession | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT id_hash, token_hash, csrf, actor, scope, created, seen, flash "
+                "FROM ui_sessions WHERE id_hash = $1", id_hash)
+        return None if row is None else UiSession(
+            id_hash=row[0], token_hash=row[1], csrf=row[2], actor=row[3], scope=row[4],
+            created=float(row[5]), seen=float(row[6]), flash=tuple(row[7]))
+
+    async def touch_ui_session(self, id_hash: str, seen: float) -> None:
+        """Move the session's last request time forward (never back)."""
+        async with self._connection() as conn:
+            await conn.execute(
+                "UPDATE ui_sessions SET seen = $1 WHERE id_hash = $2 AND seen < $1",
+                seen, id_hash)
+
+    async def set_ui_session_flash(self, id_hash: str, flash: Sequence[str]) -> None:
+        async with self._connection() as conn:
+            await conn.execute("UPDATE ui_sessions SET flash = $1 WHERE id_hash = $2",
+                               list(flash), id_hash)
+
+    async def end_ui_session(self, id_hash: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute("DELETE FROM ui_sessions WHERE id_hash = $1", id_hash)
+
+    async def prune_ui_sessions(self, created_before: float, seen_before: float,
+                                keep: int) -> int:
+        """Delete the sessions created before `created_before` or last seen before
+        `seen_before`, then all but the `keep` newest; the number deleted."""
+        async with self._transaction() as conn:
+            gone = _rowcount(await conn.execute(
+                "DELETE FROM ui_sessions WHERE created < $1 OR seen < $2",
+                created_before, seen_before))
+            gone += _rowcount(await conn.execute(
+                "DELETE FROM ui_sessions WHERE id_hash IN (SELECT id_hash FROM ui_sessions "
+                "ORDER BY created DESC, id_hash OFFSET $1)", keep))
+        return gone
+
     # -- releases -----------------------------------------------------------------------------
 
     async def max_sequence(self, app: str) -> int | None:
@@ -376,8 +481,11 @@ class PostgresStore:
             "r.app = $1 AND r.version = $2 AND r.duplicate_of IS NULL", app, version)
 
     async def release_by_id(self, release_id: int) -> Release | None:
+        """The release of that id as stored now. A cached release is returned as it is only
+        once it is yanked: `yanked` is the one field that changes, once, and another replica
+        may have set it since this one cached the release."""
         cached = self._releases.get(release_id)
-        if cached is not None:
+        if cached is not None and cached.yanked is not None:
             return cached
         found = await self._fetch_release("r.id = $1", release_id)
         if found is not None:
@@ -412,6 +520,20 @@ class PostgresStore:
             raise StoreNotFound(f"no release with id {release_id}")
         self._releases[release_id] = found  # the one change a release ever sees
         return found
+
+    async def _release_yanked_at(self, release_id: int, yanked: int | None) -> Release:
+        """The release of that id with the `yanked` its row showed in the query that named
+        it (a join on releases): from the cache without a query of its own, yet never with
+        a yank another replica made and this one did not see."""
+        cached = self._releases.get(release_id)
+        if cached is None:
+            found = await self.release_by_id(release_id)
+            if found is None:
+                raise StoreNotFound(f"no release with id {release_id}")
+            return found
+        if cached.yanked is None and yanked is not None:
+            cached = self._releases[release_id] = replace(cached, yanked=int(yanked))
+        return cached
 
     async def release_blob_refs(self) -> list[str]:
         """Every blob any release refers to."""
@@ -510,9 +632,11 @@ class PostgresStore:
 
     async def base_release(self, channel: str) -> Release | None:
         async with self._connection() as conn:
-            found = await conn.fetchval(
-                "SELECT base_release_id FROM channels WHERE name = $1", channel)
-        return None if found is None else await self.release_by_id(int(found))
+            found = await conn.fetchrow(
+                "SELECT c.base_release_id, r.yanked FROM channels c "
+                "JOIN releases r ON r.id = c.base_release_id WHERE c.name = $1", channel)
+        return None if found is None else await self._release_yanked_at(
+            int(found["base_release_id"]), found["yanked"])
 
     async def set_base_release(self, channel: str, release_id: int) -> None:
         """StoreNotFound when there is no such release."""
@@ -525,8 +649,13 @@ class PostgresStore:
     async def _rollout(self, row: asyncpg.Record | None) -> Rollout | None:
         if row is None:
             return None
-        release = await self.release_by_id(int(row["release_id"]))
-        assert release is not None  # a foreign key
+        if "release_yanked" in row.keys():  # noqa: SIM118 -- a Record, not a dict
+            release = await self._release_yanked_at(int(row["release_id"]),
+                                                    row["release_yanked"])
+        else:
+            found = await self.release_by_id(int(row["release_id"]))
+            assert found is not None  # a foreign key
+            release = found
         return Rollout(id=int(row["id"]), channel=row["channel"], release=release,
                        policy=row["policy"], stage=int(row["stage"]), state=row["state"],
                        reason=row["reason"], created=int(row["created"]),
@@ -535,13 +664,13 @@ class PostgresStore:
     async def current_rollout(self, channel: str) -> Rollout | None:
         async with self._connection() as conn:
             row = await conn.fetchrow(
-                "SELECT * FROM rollouts WHERE channel = $1 AND state != 'superseded' "
-                "ORDER BY id DESC LIMIT 1", channel)
+                f"{_ROLLOUT_SELECT} WHERE ro.channel = $1 AND ro.state != 'superseded' "
+                "ORDER BY ro.id DESC LIMIT 1", channel)
         return await self._rollout(row)
 
     async def rollout(self, rollout_id: int) -> Rollout | None:
         async with self._connection() as conn:
-            row = await conn.fetchrow("SELECT * FROM rollouts WHERE id = $1", rollout_id)
+            row = await conn.fetchrow(f"{_ROLLOUT_SELECT} WHERE ro.id = $1", rollout_id)
         return await self._rollout(row)
 
     async def start_rollout(self, channel: str, release_id: int, policy: dict[str, Any], *,
@@ -688,8 +817,8 @@ class PostgresStore:
         """The active or paused rollouts of the release, one per channel at most."""
         async with self._connection() as conn:
             rows = await conn.fetch(
-                "SELECT * FROM rollouts WHERE release_id = $1 AND state IN ('active', "  # noqa: S608
-                f"'paused') ORDER BY channel {_BYTEWISE}", release_id)
+                f"{_ROLLOUT_SELECT} WHERE ro.release_id = $1 AND ro.state IN ('active', "
+                f"'paused') ORDER BY ro.channel {_BYTEWISE}", release_id)
         return [r for r in [await self._rollout(row) for row in rows] if r is not None]
 
     async def board_counts(self) -> dict[str, int]:
@@ -843,6 +972,27 @@ def _inventory_update(fields: Sequence[str]) -> str:
     # Column names come from INVENTORY_FIELDS only, never from the caller.
     assigns = ", ".join(f"{name} = ${n}" for n, name in enumerate(fields, start=1))
     return f"UPDATE devices SET {assigns} WHERE device_id = ${len(fields) + 1}"  # noqa: S608
+
+
+async def _listen(dsn: str, channel: str, changed: Callable[[], None],
+                  listening: asyncio.Event) -> None:
+    """One connection of the root watch: LISTEN, call `changed()` once (a root stored while
+    nobody here listened) and on every notice; return when the connection is lost, raise
+    when it cannot be opened or a check of it (every WATCH_CHECK_S) fails."""
+    conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT)
+    try:
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _conn: lost.set())
+        await conn.add_listener(channel, lambda *_args: changed())
+        listening.set()
+        changed()
+        while not lost.is_set():
+            try:
+                await asyncio.wait_for(lost.wait(), WATCH_CHECK_S)
+            except TimeoutError:
+                await conn.fetchval("SELECT 1", timeout=CONNECT_TIMEOUT)
+    finally:
+        conn.terminate()
 
 
 async def _record_checkin(conn: asyncpg.Connection, device_id: str,

@@ -159,3 +159,20 @@ class AuditEntry:
         return {"id": self.id, "at": self.at, "actor": self.actor, "scope": self.scope,
                 "action": self.action, "target": self.target, "status": self.status,
                 "outcome": self.outcome}
+
+
+@dataclass(frozen=True)
+class UiSession:
+    """One dashboard login as the store keeps it (ota_server/ui/sessions.py): the SHA-256 of
+    the cookie's session id (never the id), the SHA-256 of the token that logged in (never the
+    token), the token's name and scope, the session's CSRF token, its times (Unix seconds)
+    and the messages waiting for the next page shown."""
+
+    id_hash: str
+    token_hash: str
+    csrf: str
+    actor: str
+    scope: str
+    created: float
+    seen: float
+    flash: tuple[str, ...] = ()

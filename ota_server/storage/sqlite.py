@@ -47,6 +47,7 @@ from ota_server.storage.records import (
     Release,
     Rollout,
     Token,
+    UiSession,
 )
 
 # The replay check and the write are one statement: it matches only a smaller stored counter.
@@ -206,6 +207,49 @@ class SqliteStore:
                            action=r["action"], target=r["target"], status=int(r["status"]),
                            outcome=r["outcome"]) for r in rows]
 
+    # -- dashboard sessions -------------------------------------------------------------------
+
+    async def add_ui_session(self, session: UiSession) -> None:
+        """Store a new session; StoreConflict when its id hash is stored already."""
+        self._db.execute(
+            "INSERT INTO ui_sessions (id_hash, token_hash, csrf, actor, scope, created, seen, "
+            "flash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (session.id_hash, session.token_hash, session.csrf, session.actor, session.scope,
+             session.created, session.seen, json.dumps(list(session.flash))))
+
+    async def ui_session(self, id_hash: str) -> UiSession | None:
+        row = self._db.execute(
+            "SELECT id_hash, token_hash, csrf, actor, scope, created, seen, flash "
+            "FROM ui_sessions WHERE id_hash = ?", (id_hash,)).fetchone()
+        return None if row is None else UiSession(
+            id_hash=row[0], token_hash=row[1], csrf=row[2], actor=row[3], scope=row[4],
+            created=float(row[5]), seen=float(row[6]), flash=tuple(json.loads(row[7])))
+
+    async def touch_ui_session(self, id_hash: str, seen: float) -> None:
+        """Move the session's last request time forward (never back)."""
+        self._db.execute("UPDATE ui_sessions SET seen = ? WHERE id_hash = ? AND seen < ?",
+                         (seen, id_hash, seen))
+
+    async def set_ui_session_flash(self, id_hash: str, flash: Sequence[str]) -> None:
+        self._db.execute("UPDATE ui_sessions SET flash = ? WHERE id_hash = ?",
+                         (json.dumps(list(flash)), id_hash))
+
+    async def end_ui_session(self, id_hash: str) -> None:
+        self._db.execute("DELETE FROM ui_sessions WHERE id_hash = ?", (id_hash,))
+
+    async def prune_ui_sessions(self, created_before: float, seen_before: float,
+                                keep: int) -> int:
+        """Delete the sessions created before `created_before` or last seen before
+        `seen_before`, then all but the `keep` newest; the number deleted."""
+        with self._tx():
+            gone = self._db.execute(
+                "DELETE FROM ui_sessions WHERE created < ? OR seen < ?",
+                (created_before, seen_before)).rowcount
+            gone += self._db.execute(
+                "DELETE FROM ui_sessions WHERE id_hash IN (SELECT id_hash FROM ui_sessions "
+                "ORDER BY created DESC, id_hash LIMIT -1 OFFSET ?)", (keep,)).rowcount
+        return gone
+
     # -- roots --------------------------------------------------------------------------------
 
     async def roots(self) -> list[tuple[int, bytes]]:
@@ -216,6 +260,10 @@ class SqliteStore:
         with self._tx():
             self._db.execute("INSERT INTO roots (version, envelope, created) VALUES (?, ?, ?)",
                              (version, envelope, _now()))
+
+    async def watch_roots(self, changed: Callable[[], None]) -> None:
+        """Nothing to watch: one process owns the file (ota_server.datadir) and stores its
+        roots itself, so no root can appear behind its back."""
 
     # -- releases -----------------------------------------------------------------------------
 

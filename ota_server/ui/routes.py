@@ -81,8 +81,9 @@ Page = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
 
 
 def setup(app: web.Application, silent_after_s: int = SILENT_AFTER_S) -> None:
-    """Add the dashboard's routes, templates and session table to `app`."""
-    app[SESSIONS] = SessionTable()
+    """Add the dashboard's routes, templates and session table to `app` (the table on the
+    store, once the store is open)."""
+    app.on_startup.append(_open_sessions)  # runs after create_app's cleanup_ctx opened it
     app[SILENT_AFTER] = silent_after_s
     env = aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("ota_server.ui", "templates"),
                                autoescape=True, undefined=jinja2.StrictUndefined)
@@ -95,12 +96,16 @@ def setup(app: web.Application, silent_after_s: int = SILENT_AFTER_S) -> None:
             app.router.add_post(path, handler)
 
 
+async def _open_sessions(app: web.Application) -> None:
+    app[SESSIONS] = SessionTable(app[state.STORE])
+
+
 # -- the guard --------------------------------------------------------------------------------
 
 async def _session_of(request: web.Request) -> Session | None:
-    found = request.app[SESSIONS].get(request.cookies.get(COOKIE))
+    found = await request.app[SESSIONS].get(request.cookies.get(COOKIE))
     if found is not None and await request.app[state.STORE].token(found.token_hash) is None:
-        request.app[SESSIONS].end(found.id)  # the token was revoked: so is the session
+        await request.app[SESSIONS].end(found.id)  # the token was revoked: so is the session
         return None
     return found
 
@@ -137,6 +142,7 @@ async def _checked(request: web.Request, session: Session, scope: str,
     # Like the API's publisher routes: every check-in answered so far is visible.
     await request.app[state.BOARD_WRITES].flush()
     response = await handler(request, session)
+    await request.app[SESSIONS].save(session)  # a message told, or the messages shown
     response.headers.update(_SECURITY_HEADERS)
     return response
 
@@ -233,9 +239,9 @@ async def login(request: web.Request) -> web.Response:
                         "error": "Unknown or revoked token."}, status=401)
     previous = request.cookies.get(COOKIE)
     if previous:  # a new login never keeps an old session id (no session fixation)
-        request.app[SESSIONS].end(previous)
+        await request.app[SESSIONS].end(previous)
     assert isinstance(token, str)
-    session = request.app[SESSIONS].create(token_hash(token.strip()), known)
+    session = await request.app[SESSIONS].create(token_hash(token.strip()), known)
     response = _see_other(target)
     _set_cookie(request, response, COOKIE, session.id, max_age=None)
     response.del_cookie(LOGIN_COOKIE, path=COOKIE_PATH)
@@ -256,7 +262,7 @@ def _set_cookie(request: web.Request, response: web.StreamResponse, key: str, va
 
 @_guard("read")
 async def logout(request: web.Request, session: Session) -> web.Response:
-    request.app[SESSIONS].end(session.id)
+    await request.app[SESSIONS].end(session.id)
     response = _see_other("/ui/login")
     response.del_cookie(COOKIE, path=COOKIE_PATH)
     return response
