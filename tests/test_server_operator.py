@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from server_support import FleetKeys, SimBoard, make_bundle
+from server_support import Backend, FleetKeys, SimBoard, make_bundle
 
 from ota_server.storage.sqlite import SqliteStore, _migrations
 from signing.keys import keyid, save_private_key
@@ -123,18 +123,19 @@ def keys(tmp_path: Path) -> FleetKeys:
 
 @pytest.fixture
 def operator(tmp_path: Path, keys: FleetKeys, monkeypatch: pytest.MonkeyPatch,
-             capsys: pytest.CaptureFixture[str]) -> Iterator[Operator]:
-    with LocalServer(tmp_path / "data", keys.root_path) as srv:
+             capsys: pytest.CaptureFixture[str], backend: Backend) -> Iterator[Operator]:
+    with LocalServer(tmp_path / "data", keys.root_path, **backend.urls) as srv:
         yield Operator(srv, keys, tmp_path, monkeypatch, capsys)
 
 
 @pytest.fixture
 def fleet_operator(tmp_path: Path, keys: FleetKeys, monkeypatch: pytest.MonkeyPatch,
-                   capsys: pytest.CaptureFixture[str]) -> Iterator[Operator]:
+                   capsys: pytest.CaptureFixture[str],
+                   backend: Backend) -> Iterator[Operator]:
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text(FLEET)
-    with LocalServer(tmp_path / "data", keys.root_path,
-                     extra_args=["--fleet", str(fleet)]) as srv:
+    with LocalServer(tmp_path / "data", keys.root_path, extra_args=["--fleet", str(fleet)],
+                     **backend.urls) as srv:
         yield Operator(srv, keys, tmp_path, monkeypatch, capsys)
 
 
@@ -350,6 +351,7 @@ def test_tokens_have_scopes_every_change_is_audited_and_loose_token_files_are_re
     assert code == 0, err
 
 
+@pytest.mark.sqlite_only(reason="migrates a SQLite file written by schema version 2")
 async def test_tokens_from_before_scopes_stay_admin_and_releases_get_their_signers(
         tmp_path: Path, keys: FleetKeys) -> None:
     """A data directory of schema version 2 migrates: its tokens keep every power (admin),
