@@ -354,11 +354,14 @@ class S3BlobStore:
         key = self.key(sha256)
         if length == 0:
             return
-        last = "" if length is None else str(start + length - 1)
+        # The whole blob is asked for without a Range: S3 answers any range of an empty
+        # object with InvalidRange (it has no byte 0), but the whole of it is its 0 bytes.
+        ranged = {} if start == 0 and length is None else {
+            "Range": f"bytes={start}-{'' if length is None else start + length - 1}"}
         async with _s3_errors(f"blob {sha256}"):
             try:
                 answer = await self._client.get_object(
-                    Bucket=self.location.bucket, Key=key, Range=f"bytes={start}-{last}")
+                    Bucket=self.location.bucket, Key=key, **ranged)
             except ClientError as err:
                 if err.response.get("Error", {}).get("Code") == "InvalidRange":
                     raise ValueError(f"blob {sha256} has no byte {start}") from None
