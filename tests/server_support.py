@@ -152,14 +152,13 @@ async def bucket_client(blobs_url: str) -> AsyncIterator[tuple[Any, str]]:
     """(an S3 client with the keys in os.environ, the bucket's name) for `blobs_url`."""
     import os
 
-    from aiobotocore.session import get_session
     from botocore.config import Config
 
-    from ota_server.storage.s3 import credentials_from_env, parse_s3_url
+    from ota_server.storage.s3 import credentials_from_env, parse_s3_url, shared_session
 
     where = parse_s3_url(blobs_url)
     access_key, secret_key = credentials_from_env(os.environ)
-    async with get_session().create_client(
+    async with shared_session().create_client(
             "s3", endpoint_url=where.endpoint, region_name=where.region,
             aws_access_key_id=access_key, aws_secret_access_key=secret_key,
             config=Config(s3={"addressing_style": "path"})) as client:
