@@ -293,17 +293,19 @@ def test_a_stage_that_reaches_no_board_warns_and_three_boards_can_pause_a_rollou
 def test_tokens_have_scopes_every_change_is_audited_and_loose_token_files_are_refused(
         operator: Operator, tmp_path: Path) -> None:
     op = operator
-    data = str(op.srv.data_dir)
-    code, out, err = op.run("tokens", "create", "viewer", "--scope", "read", "--data", data)
+    # the token commands reach the store the server runs on
+    store = ["--data", str(op.srv.data_dir)]
+    store += ["--db", op.srv.db_url] if op.srv.db_url else []
+    code, out, err = op.run("tokens", "create", "viewer", "--scope", "read", *store)
     assert code == 0, err
     viewer = out.strip()
-    code, out, err = op.run("tokens", "create", "ci", "--data", data)  # publish by default
+    code, out, err = op.run("tokens", "create", "ci", *store)  # publish by default
     assert code == 0, err
     ci = out.strip()
-    tokens = {t["name"]: t for t in op.json("tokens", "list", "--data", data)}
+    tokens = {t["name"]: t for t in op.json("tokens", "list", *store)}
     assert (tokens["viewer"]["scope"], tokens["ci"]["scope"], tokens["local"]["scope"]) == \
         ("read", "publish", "admin")
-    code, out, _ = op.run("tokens", "list", "--data", data)
+    code, out, _ = op.run("tokens", "list", *store)
     assert out.splitlines()[0].split() == ["NAME", "SCOPE", "CREATED", "REVOKED"]
     assert viewer not in out and ci not in out
     # publish: uploads and rolls out; cannot revoke a board
