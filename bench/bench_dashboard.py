@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from server_support import FleetKeys, make_bundle, new_data_dir  # noqa: E402
+from server_support import SQLITE, FleetKeys, make_bundle, new_data_dir  # noqa: E402
 
 from ota_server.rollout import bucket_of  # noqa: E402
 from ota_server.storage.sqlite import SqliteStore  # noqa: E402
@@ -85,7 +85,7 @@ async def measure(boards: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-dashboard-") as tmp:
         work = Path(tmp)
         keys = FleetKeys.create(work)
-        settings, token = new_data_dir(work)
+        settings, token = await new_data_dir(work, SQLITE)
         settings = replace(settings, root_path=keys.root_path)
         started = time.perf_counter()
         fill_boards(settings.db_path, boards, int(time.time()))
