@@ -15,9 +15,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from server_support import Backend, FleetKeys, SimBoard, make_bundle, query_rows
+from server_support import Backend, FleetKeys, SimBoard, make_bundle, open_metadata, query_rows
 
-from ota_server.storage.sqlite import SqliteStore
 from tools.local_server import LocalServer
 
 BURST = 1000  # new connections while the server cannot accept: ~0.6 s of S3's load
@@ -108,14 +107,15 @@ def test_every_answered_checkin_is_in_the_database_after_a_clean_stop(
 
 
 async def test_the_key_cache_stays_bounded_one_key_at_a_time(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      backend: Backend) -> None:
     """The parsed-key cache never holds more than its bound and never empties at once (that
     stalled the server for a part of a second at 100,000 boards)."""
     from ota_server import device_auth
     from signing import keys as keymod
 
     monkeypatch.setattr(device_auth, "KEY_CACHE_SIZE", 3, raising=False)
-    store = SqliteStore(tmp_path / "db.sqlite3")
+    store = await open_metadata(backend.settings(tmp_path / "data"))
     try:
         auth = device_auth.DeviceAuthenticator(store)
         points = [keymod.public_point(keymod.generate_private_key()) for _ in range(5)]
