@@ -49,6 +49,7 @@ class Databases:
         self._thread.start()
         self._connections: dict[str, Any] = {}  # purpose -> asyncpg connection
         self._finished: list[str] = []  # databases of finished tests, dropped later
+        self._next: Future[str] | None = None  # the next test's database, being made
         self._dropping: list[Future[None]] = []
         self._call(self._execute("create", f'CREATE DATABASE "{self.template}"'))
         self._call(_migrate(server.dsn(self.template)))
@@ -75,14 +76,25 @@ class Databases:
                     raise
 
     def create(self) -> str:
-        """The URL of a new database at this code's schema."""
+        """The URL of a new database at this code's schema. The next test's is made in the
+        background meanwhile (a copy costs about 0.1 s, while the test runs)."""
         if not self.server.running:  # a test that stopped it failed before starting it again
             self.server.start()
         self._drop_finished()
-        name = f"t_{secrets.token_hex(6)}"
-        self._call(self._execute("create",
-                                 f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"'))
+        made, self._next = self._next, None
+        name = None
+        if made is not None:
+            with suppress(Exception):  # made before a restart of the server, or cut by one
+                name = made.result(120)
+        if name is None:
+            name = self._call(self._copy())
+        self._next = asyncio.run_coroutine_threadsafe(self._copy(), self._loop)
         return self.server.dsn(name)
+
+    async def _copy(self) -> str:
+        name = f"t_{secrets.token_hex(6)}"
+        await self._execute("create", f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+        return name
 
     def drop_later(self, url: str) -> None:
         """Drop the database of `url` once the next test asks for one, in the background:
@@ -99,6 +111,8 @@ class Databases:
         self._finished = []
 
     def close(self) -> None:
+        if self._next is not None:
+            self._dropping.append(self._next)  # type: ignore[arg-type]
         for pending in self._dropping:
             with suppress(Exception):  # the server's directory goes away with the session
                 pending.result(30)
