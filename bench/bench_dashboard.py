@@ -43,7 +43,7 @@ RELEASES = 50
 _POINT = b"\x04" + bytes(64)  # never verified here: these boards only fill the tables
 
 
-def fill_boards(db: Path, count: int, now: int) -> None:
+async def fill_boards(db: Path, count: int, now: int) -> None:
     """`count` boards in one transaction, spread as a fleet is."""
     rng = random.Random(7)
     store = SqliteStore(db)
@@ -74,7 +74,7 @@ def fill_boards(db: Path, count: int, now: int) -> None:
         "last_seen, last_status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         rows)
     db_conn.execute("COMMIT")
-    asyncio.run(store.close())
+    await store.close()
 
 
 async def measure(boards: int) -> dict[str, Any]:
@@ -88,7 +88,7 @@ async def measure(boards: int) -> dict[str, Any]:
         settings, token = await new_data_dir(work, SQLITE)
         settings = replace(settings, root_path=keys.root_path)
         started = time.perf_counter()
-        fill_boards(settings.db_path, boards, int(time.time()))
+        await fill_boards(settings.db_path, boards, int(time.time()))
         fill_s = time.perf_counter() - started
         client = TestClient(TestServer(create_app(settings), host="127.0.0.1"))
         await client.start_server()
