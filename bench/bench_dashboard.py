@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from server_support import FleetKeys, make_bundle, new_data_dir  # noqa: E402
+from server_support import SQLITE, FleetKeys, make_bundle, new_data_dir  # noqa: E402
 
 from ota_server.rollout import bucket_of  # noqa: E402
 from ota_server.storage.sqlite import SqliteStore  # noqa: E402
@@ -43,7 +43,7 @@ RELEASES = 50
 _POINT = b"\x04" + bytes(64)  # never verified here: these boards only fill the tables
 
 
-def fill_boards(db: Path, count: int, now: int) -> None:
+async def fill_boards(db: Path, count: int, now: int) -> None:
     """`count` boards in one transaction, spread as a fleet is."""
     rng = random.Random(7)
     store = SqliteStore(db)
@@ -74,7 +74,7 @@ def fill_boards(db: Path, count: int, now: int) -> None:
         "last_seen, last_status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         rows)
     db_conn.execute("COMMIT")
-    asyncio.run(store.close())
+    await store.close()
 
 
 async def measure(boards: int) -> dict[str, Any]:
@@ -85,10 +85,10 @@ async def measure(boards: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-dashboard-") as tmp:
         work = Path(tmp)
         keys = FleetKeys.create(work)
-        settings, token = new_data_dir(work)
+        settings, token = await new_data_dir(work, SQLITE)
         settings = replace(settings, root_path=keys.root_path)
         started = time.perf_counter()
-        fill_boards(settings.db_path, boards, int(time.time()))
+        await fill_boards(settings.db_path, boards, int(time.time()))
         fill_s = time.perf_counter() - started
         client = TestClient(TestServer(create_app(settings), host="127.0.0.1"))
         await client.start_server()

@@ -80,30 +80,86 @@ def micropython32() -> str:
     return _port("32-bit")
 
 
+# Every server test runs on both storage backends, so that the embedded default and the
+# scale-out path cannot drift apart: a test asking for `backend` (directly or through `env`)
+# runs once on "sqlite" (the data directory) and once on "postgres" (PostgreSQL + S3), unless
+# it is marked `sqlite_only(reason)` because it is about SQLite or the directory itself.
+BACKENDS = ("sqlite", "postgres")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_only(reason): the test is about the embedded SQLite file or blob "
+                   "directory itself; run it on the sqlite backend only")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked sqlite_only runs on the sqlite backend alone: its postgres variant is
+    deselected. The marker must say why."""
+    keep, dropped = [], []
+    for item in items:
+        marker = item.get_closest_marker("sqlite_only")
+        if marker is not None and not (marker.kwargs.get("reason") or marker.args):
+            raise pytest.UsageError(f"{item.nodeid}: sqlite_only needs a reason")
+        callspec = getattr(item, "callspec", None)
+        on_postgres = callspec is not None and callspec.params.get("backend") == "postgres"
+        (dropped if marker is not None and on_postgres else keep).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Any:
+    """The storage a test's server runs on (tests/server_support.py Backend): "sqlite", or
+    "postgres" with a fresh migrated database (a copy of the session's template) and a fresh
+    S3 bucket (keys in the environment)."""
+    from server_support import SQLITE, Backend
+
+    if request.param == "sqlite":
+        return SQLITE
+    return Backend("postgres", db_url=request.getfixturevalue("pg_migrated"),
+                   blobs_url=request.getfixturevalue("s3_url"))
+
+
 @pytest.fixture
-async def env(aiohttp_client: Any, tmp_path: Path) -> Any:
-    """The server under pytest-aiohttp with a fresh fleet (tests/server_support.py)."""
+async def env(aiohttp_client: Any, tmp_path: Path, backend: Any) -> Any:
+    """The server under pytest-aiohttp with a fresh fleet on `backend`
+    (tests/server_support.py)."""
     from server_support import start_env
 
-    return await start_env(aiohttp_client, tmp_path)
+    return await start_env(aiohttp_client, tmp_path, backend)
 
 
 @pytest.fixture
 def opened(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Every blob file the server opens from now on (to check that each one gets closed)."""
+    """Every blob file the server opens from now on, from the directory or the S3 store's
+    cache (to check that each one gets closed)."""
     from ota_server.storage.blobs import FileBlobStore
+    from ota_server.storage.s3 import S3BlobStore
 
     files: list[Any] = []
-    real = FileBlobStore.open_blob
 
-    async def recording(self: FileBlobStore, sha256: str) -> Any:
-        fobj = await real(self, sha256)
-        files.append(fobj)
-        return fobj
+    def recorder(real: Any) -> Any:
+        async def recording(self: Any, sha256: str) -> Any:
+            fobj = await real(self, sha256)
+            files.append(fobj)
+            return fobj
 
-    monkeypatch.setattr(FileBlobStore, "open_blob", recording)
+        return recording
+
+    for store in (FileBlobStore, S3BlobStore):
+        monkeypatch.setattr(store, "open_blob", recorder(store.open_blob))
     return files
 
 
 # The scale-out components (PostgreSQL, SeaweedFS), started lazily once per session.
-from cluster_support import pg_dsn, postgres_server, s3_url, seaweed  # noqa: E402, F401
+from cluster_support import (  # noqa: E402, F401
+    pg_databases,
+    pg_dsn,
+    pg_migrated,
+    postgres_server,
+    s3_buckets,
+    s3_url,
+    seaweed,
+)

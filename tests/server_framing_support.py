@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from server_support import FleetKeys, new_data_dir
+from server_support import Backend, FleetKeys, new_data_dir
 
 from ota_server.app import create_app
 from ota_server.connections import GuardedAppRunner
@@ -52,13 +52,13 @@ class LiveServer:
 
 
 @asynccontextmanager
-async def live_server(directory: Path, *, keys: FleetKeys | None = None,
+async def live_server(directory: Path, backend: Backend, *, keys: FleetKeys | None = None,
                       **limits: Any) -> AsyncIterator[LiveServer]:
-    """A fresh data directory under `directory` served on 127.0.0.1 (a free port) with the
-    given Limits fields changed; stopped on exit."""
+    """A fresh data directory under `directory` on `backend`, served on 127.0.0.1 (a free
+    port) with the given Limits fields changed; stopped on exit."""
     directory.mkdir(parents=True, exist_ok=True)
     keys = keys or FleetKeys.create(directory)
-    settings, token = await new_data_dir(directory)
+    settings, token = await new_data_dir(directory, backend)
     settings = replace(settings, root_path=keys.root_path,
                        limits=replace(settings.limits, **limits))
     runner = GuardedAppRunner(create_app(settings), settings.limits, access_log=None,
@@ -155,15 +155,16 @@ class ThreadedServer:
 
 
 @contextmanager
-def threaded_server(directory: Path, **limits: Any) -> Iterator[ThreadedServer]:
-    """live_server(directory, **limits) served from a thread until the block ends."""
+def threaded_server(directory: Path, backend: Backend,
+                    **limits: Any) -> Iterator[ThreadedServer]:
+    """live_server(directory, backend, **limits) served from a thread until the block ends."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     ready: futures.Future[tuple[LiveServer, asyncio.Event]] = futures.Future()
 
     async def serve() -> None:
-        async with live_server(directory, **limits) as server:
+        async with live_server(directory, backend, **limits) as server:
             stop = asyncio.Event()
             ready.set_result((server, stop))
             await stop.wait()

@@ -3,20 +3,26 @@
 Simulated boards sign their requests exactly as docs/protocol.md says (through
 ota_server.device_auth.sign_request, which the protocol test pins against an independent
 implementation).
+
+Every server runs on a `Backend` (the `backend` fixture of tests/conftest.py runs each test that
+asks for it twice): the embedded SQLite file and blob directory, or a fresh PostgreSQL database
+and S3 bucket (tests/cluster_support.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ota_server.device_auth import sign_request
 from ota_server.settings import Settings
-from ota_server.storage.sqlite import SqliteStore
 from ota_server.tokens import create_token
 from signing import keys as keymod
 from signing.bundle import build_bundle, sign_bundle
@@ -73,15 +79,121 @@ def bundle_blobs(bundle: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in (bundle / "blobs").iterdir()}
 
 
-async def new_data_dir(directory: Path) -> tuple[Settings, str]:
-    """Settings for a fresh data dir under `directory`, and a publisher token created in it."""
-    settings = Settings(data_dir=directory / "data")
-    store = SqliteStore(settings.db_path)
+@dataclass(frozen=True)
+class Backend:
+    """Where a test server keeps metadata and blobs: `kind` "sqlite" (the data directory's
+    SQLite file and blobs/, the embedded default) or "postgres" (`db_url`, a database already
+    migrated, and `blobs_url`, an empty S3 bucket whose keys are in os.environ)."""
+
+    kind: str
+    db_url: str | None = None
+    blobs_url: str | None = None
+
+    @property
+    def urls(self) -> dict[str, str | None]:
+        """The keyword arguments Settings and tools.local_server.LocalServer take."""
+        return {"db_url": self.db_url, "blobs_url": self.blobs_url}
+
+    def settings(self, data_dir: Path, **fields: Any) -> Settings:
+        return Settings(data_dir=data_dir, **self.urls, **fields)
+
+
+SQLITE = Backend("sqlite")
+
+
+async def new_data_dir(directory: Path, backend: Backend) -> tuple[Settings, str]:
+    """Settings for a fresh data dir under `directory` on `backend`, and a publisher token
+    created in its metadata store."""
+    from ota_server.app import open_metadata_store
+
+    settings = backend.settings(directory / "data")
+    store = await open_metadata_store(settings)
     try:
         token = await create_token(store, "tests")
     finally:
         await store.close()
     return settings, token
+
+
+async def open_metadata(settings: Settings) -> Any:
+    """The metadata store `settings` name, opened beside the server's own (PostgreSQL: a
+    second pool; SQLite: a second connection to the file, for reads and for writes the
+    server is not running through)."""
+    from ota_server.app import open_metadata_store
+
+    return await open_metadata_store(settings)
+
+
+async def stored_blobs(settings: Settings) -> list[str]:
+    """Every blob object the blob store holds (file names under blobs/, or S3 object keys),
+    sorted; upload temporaries included, so a refused upload that leaves one shows."""
+    if settings.blobs_url is None:
+        blob_dir = settings.blob_dir
+        return sorted(p.name for p in blob_dir.rglob("*") if p.is_file()) \
+            if blob_dir.exists() else []
+    return await bucket_keys(settings.blobs_url)
+
+
+def served_blob_dir(settings: Settings) -> Path:
+    """The directory the server opens blob files in to send them: blobs/, or the S3 store's
+    local cache."""
+    return settings.blob_dir if settings.blobs_url is None else settings.blob_cache_dir
+
+
+async def blob_ids(settings: Settings) -> list[str]:
+    """The ids (hex SHA-256) of the complete blobs the blob store holds, sorted."""
+    names = (name.rsplit("/", 1)[-1] for name in await stored_blobs(settings)
+             if not name.startswith("upload:"))
+    return sorted(name for name in names if re.fullmatch(r"[0-9a-f]{64}", name))
+
+
+@asynccontextmanager
+async def bucket_client(blobs_url: str) -> AsyncIterator[tuple[Any, str]]:
+    """(an S3 client with the keys in os.environ, the bucket's name) for `blobs_url`."""
+    import os
+
+    from botocore.config import Config
+
+    from ota_server.storage.s3 import credentials_from_env, parse_s3_url, shared_session
+
+    where = parse_s3_url(blobs_url)
+    access_key, secret_key = credentials_from_env(os.environ)
+    async with shared_session().create_client(
+            "s3", endpoint_url=where.endpoint, region_name=where.region,
+            aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+            config=Config(s3={"addressing_style": "path"})) as client:
+        yield client, where.bucket
+
+
+async def bucket_keys(blobs_url: str) -> list[str]:
+    """The keys of every object in the bucket, plus `upload:KEY` for each multipart upload
+    started and neither completed nor aborted."""
+    keys: list[str] = []
+    async with bucket_client(blobs_url) as (client, bucket):
+        paginator = client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=bucket):
+            keys += [item["Key"] for item in page.get("Contents", [])]
+        uploads = await client.list_multipart_uploads(Bucket=bucket)
+        keys += [f"upload:{item['Key']}" for item in uploads.get("Uploads", [])]
+    return sorted(keys)
+
+
+async def stored_blob(settings: Settings, sha256: str) -> bytes:
+    """The bytes stored for a blob where the backend keeps it: `blobs/<aa>/<sha256>` in the
+    directory, object `blobs/<sha256>` in the bucket."""
+    if settings.blobs_url is None:
+        return (settings.blob_dir / sha256[:2] / sha256).read_bytes()
+    async with bucket_client(settings.blobs_url) as (client, bucket):
+        answer = await client.get_object(Bucket=bucket, Key=f"blobs/{sha256}")
+        async with answer["Body"] as body:
+            data: bytes = await body.read()
+    return data
+
+
+def upload_temporaries(settings: Settings) -> list[Path]:
+    """The local temporary files of uploads (blobs/tmp/, or the S3 store's cache tmp/)."""
+    tmp = served_blob_dir(settings) / "tmp"
+    return sorted(tmp.iterdir()) if tmp.exists() else []
 
 
 @dataclass
@@ -130,28 +242,72 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def store_fingerprint(settings: Settings) -> dict[str, Any]:
-    """Everything a refused request must not change: row counts, counters, states, blobs."""
-    import sqlite3
+async def query_rows(settings: Settings, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """The rows of one read-only SQL statement (`?` placeholders) on the settings' metadata
+    database, SQLite or PostgreSQL: what the tests check directly in the database, outside
+    the store's own methods. The schema's table and column names are the same on both."""
+    if settings.db_url is None:
+        import sqlite3
 
-    db = sqlite3.connect(settings.db_path)
+        db = sqlite3.connect(settings.db_path)
+        try:
+            return [tuple(row) for row in db.execute(sql, args).fetchall()]
+        finally:
+            db.close()
+    import asyncpg
+
+    parts = sql.split("?")
+    numbered = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+    conn = await asyncpg.connect(settings.db_url)
     try:
-        out: dict[str, Any] = {}
-        for table in ("tokens", "roots", "releases", "release_blobs", "devices", "channels",
-                      "rollouts", "deployments"):
-            out[table] = db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-        out["counters"] = db.execute("SELECT device_id, counter, revoked FROM devices "
-                                     "ORDER BY device_id").fetchall()
-        out["rollout_states"] = db.execute("SELECT id, state, stage FROM rollouts").fetchall()
-        out["deployment_states"] = db.execute(
-            "SELECT device_id, release_id, status FROM deployments ORDER BY 1, 2").fetchall()
-        out["inventory"] = db.execute("SELECT device_id, version, sequence, last_status "
-                                      "FROM devices ORDER BY 1").fetchall()
+        return [tuple(_plain(value) for value in row)
+                for row in await conn.fetch(numbered, *args)]
     finally:
-        db.close()
-    blob_dir = settings.blob_dir
-    out["blobs"] = sorted(p.name for p in blob_dir.rglob("*") if p.is_file()) \
-        if blob_dir.exists() else []
+        await conn.close()
+
+
+async def execute_sql(settings: Settings, sqlite_sql: str, postgres_sql: str) -> None:
+    """Run a statement (script) on the settings' metadata database: `sqlite_sql` on SQLite,
+    `postgres_sql` on PostgreSQL (a test's own set-up, e.g. a trigger that refuses a write)."""
+    if settings.db_url is None:
+        import sqlite3
+
+        db = sqlite3.connect(settings.db_path)
+        try:
+            db.executescript(sqlite_sql)
+            db.commit()
+        finally:
+            db.close()
+        return
+    import asyncpg
+
+    conn = await asyncpg.connect(settings.db_url)
+    try:
+        await conn.execute(postgres_sql)
+    finally:
+        await conn.close()
+
+
+def _plain(value: Any) -> Any:
+    """A PostgreSQL value as SQLite gives it (booleans are 0/1 there)."""
+    return int(value) if isinstance(value, bool) else value
+
+
+async def store_fingerprint(settings: Settings) -> dict[str, Any]:
+    """Everything a refused request must not change: row counts, counters, states, blobs."""
+    out: dict[str, Any] = {}
+    for table in ("tokens", "roots", "releases", "release_blobs", "devices", "channels",
+                  "rollouts", "deployments"):
+        out[table] = (await query_rows(settings, f"SELECT COUNT(*) FROM {table}"))[0][0]
+    out["counters"] = await query_rows(settings, "SELECT device_id, counter, revoked "
+                                                 "FROM devices ORDER BY device_id")
+    out["rollout_states"] = await query_rows(settings, "SELECT id, state, stage FROM rollouts "
+                                                       "ORDER BY id")
+    out["deployment_states"] = await query_rows(
+        settings, "SELECT device_id, release_id, status FROM deployments ORDER BY 1, 2")
+    out["inventory"] = await query_rows(settings, "SELECT device_id, version, sequence, "
+                                                  "last_status FROM devices ORDER BY 1")
+    out["blobs"] = await stored_blobs(settings)
     return out
 
 
@@ -248,14 +404,15 @@ class ServerEnv:
         return ids
 
 
-async def start_env(aiohttp_client: Any, tmp_path: Path) -> ServerEnv:
-    """A fresh fleet: keys, a data directory, a publisher token, the app under pytest-aiohttp."""
+async def start_env(aiohttp_client: Any, tmp_path: Path, backend: Backend) -> ServerEnv:
+    """A fresh fleet on `backend`: keys, a data directory, a publisher token, the app under
+    pytest-aiohttp."""
     from dataclasses import replace
 
     from ota_server.app import create_app
 
     keys = FleetKeys.create(tmp_path)
-    settings, token = await new_data_dir(tmp_path)
+    settings, token = await new_data_dir(tmp_path, backend)
     settings = replace(settings, root_path=keys.root_path)
     client = await aiohttp_client(create_app(settings))
     return ServerEnv(client, settings, token, keys, tmp_path)

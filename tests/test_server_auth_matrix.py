@@ -11,13 +11,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from server_support import FleetKeys, ServerEnv, SimBoard, new_data_dir, store_fingerprint
+from server_support import (
+    Backend,
+    FleetKeys,
+    ServerEnv,
+    SimBoard,
+    blob_ids,
+    new_data_dir,
+    open_metadata,
+    store_fingerprint,
+)
 
 from ota_server import state
 from ota_server.app import create_app
 from ota_server.middleware import auth_kind, required_scope
 from ota_server.settings import Settings
-from ota_server.storage.sqlite import SqliteStore
 from ota_server.tokens import SCOPES, create_token
 
 # Routes anyone may call: health, metrics and the API description. Nothing else.
@@ -60,10 +68,10 @@ class Matrix:
 
 
 @pytest.fixture
-async def matrix(aiohttp_client, tmp_path: Path) -> Matrix:
+async def matrix(aiohttp_client, tmp_path: Path, backend: Backend) -> Matrix:
     keys = FleetKeys.create(tmp_path)
-    settings, token = await new_data_dir(tmp_path)
-    store = SqliteStore(settings.db_path)
+    settings, token = await new_data_dir(tmp_path, backend)
+    store = await open_metadata(settings)
     revoked_token = await create_token(store, "gone")
     await store.revoke_token("gone")
     scoped = {scope: await create_token(store, f"{scope}-token", scope) for scope in SCOPES}
@@ -81,8 +89,7 @@ async def matrix(aiohttp_client, tmp_path: Path) -> Matrix:
     assert (await env.checkin(board)).status == 200
     blob = (await (await client.get("/v1/releases", headers=env.bearer)).json())
     assert blob["releases"][0]["id"] == release["id"]
-    sha = next(p.name for p in settings.blob_dir.rglob("*") if p.is_file()
-               and len(p.name) == 64)
+    sha = (await blob_ids(settings))[0]
     return Matrix(env, board, other, revoked, revoked_token, sha, scoped)
 
 
@@ -169,13 +176,13 @@ async def test_bad_credentials_are_refused_and_change_nothing(
     kind = KINDS[(method, template)]
     status, code = expected[kind]
     headers = credential(matrix, kind, method, path, body)
-    before = store_fingerprint(matrix.env.settings)
+    before = await store_fingerprint(matrix.env.settings)
     resp = await matrix.env.client.request(method, path, data=body or None, headers=headers)
     assert resp.status == status
     if method != "HEAD":
         doc = await resp.json()
         assert doc["code"] == code
-    assert store_fingerprint(matrix.env.settings) == before
+    assert (await store_fingerprint(matrix.env.settings)) == before
 
 
 DEVICE_ROUTES = [(m, p) for m, p, kind in ROUTES if kind == "device"]
@@ -193,12 +200,12 @@ async def test_replayed_board_request_is_refused(matrix: Matrix, method: str,
     # A check-in's records are written behind (ota_server.counters): the replay below must not
     # be what writes them, nor change anything else.
     await matrix.env.client.app[state.BOARD_WRITES].flush()
-    before = store_fingerprint(matrix.env.settings)
+    before = await store_fingerprint(matrix.env.settings)
     again = await matrix.env.client.request(method, path, data=body or None, headers=headers)
     assert again.status == 401
     if method != "HEAD":
         assert (await again.json())["code"] == "replay"
-    assert store_fingerprint(matrix.env.settings) == before
+    assert (await store_fingerprint(matrix.env.settings)) == before
     # an older counter is a replay too
     older = replace(matrix.board, counter=matrix.board.counter - 5)
     stale = await matrix.env.client.request(method, path, data=body or None,
@@ -216,11 +223,11 @@ async def test_a_boards_valid_signature_does_not_open_publisher_routes(
     """The publisher side of "replayed request": a board's fresh, valid request."""
     path = _concrete(template, matrix)
     body = _body(method, template, matrix)
-    before = store_fingerprint(matrix.env.settings)
+    before = await store_fingerprint(matrix.env.settings)
     resp = await matrix.env.client.request(method, path, data=body or None,
                                            headers=matrix.board.auth(method, path, body))
     assert resp.status == 401
-    assert store_fingerprint(matrix.env.settings) == before
+    assert (await store_fingerprint(matrix.env.settings)) == before
 
 
 async def test_changing_body_or_path_after_signing_breaks_the_signature(
@@ -253,7 +260,7 @@ async def test_every_publisher_route_needs_its_scope_and_lower_scopes_change_not
     body = _body(method, template, matrix)
     store = matrix.env.app[state.STORE]
     for scope in SCOPES[: SCOPES.index(needed)]:
-        before = store_fingerprint(matrix.env.settings)
+        before = await store_fingerprint(matrix.env.settings)
         audit_before = len(await store.list_audit(1000))
         resp = await matrix.env.client.request(
             method, path, data=body or None,
@@ -263,7 +270,7 @@ async def test_every_publisher_route_needs_its_scope_and_lower_scopes_change_not
             doc = await resp.json()
             assert doc["code"] == "insufficient_scope"
             assert repr(needed) in doc["message"] and f"{scope}-token" in doc["message"]
-        assert store_fingerprint(matrix.env.settings) == before
+        assert (await store_fingerprint(matrix.env.settings)) == before
         refused = (await store.list_audit(1000))[audit_before:]
         if needed == "read":
             assert refused == []

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from click.testing import CliRunner
-from server_support import FleetKeys, ServerEnv, SimBoard, new_data_dir, sha256_hex
+from server_support import SQLITE, FleetKeys, ServerEnv, SimBoard, new_data_dir, sha256_hex
 
 from ota_server import state
 from ota_server.app import create_app
@@ -121,7 +121,7 @@ async def test_a_database_that_goes_down_answers_503_and_the_server_recovers_alo
 async def test_the_server_refuses_an_unmigrated_database_and_names_the_fix(
         tmp_path: Path, pg_dsn: str) -> None:
     keys = FleetKeys.create(tmp_path)
-    settings, _ = await new_data_dir(tmp_path)
+    settings, _ = await new_data_dir(tmp_path, SQLITE)
     settings = replace(settings, root_path=keys.root_path, db_url=pg_dsn)
     runner = web.AppRunner(create_app(settings))
     with pytest.raises(StoreError, match="ota db migrate"):
@@ -169,6 +169,8 @@ def test_storage_settings_are_checked_at_start(env: dict[str, str], message: str
     assert "pw-x1" not in str(caught.value)
 
 
+@pytest.mark.sqlite_only(reason="checks that the default settings pick SQLite and the "
+                                "directory")
 async def test_the_embedded_default_is_still_sqlite_and_the_directory(env: ServerEnv) -> None:
     assert env.settings.db_url is None and env.settings.blobs_url is None
     assert isinstance(env.app[state.STORE], SqliteStore)

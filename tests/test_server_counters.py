@@ -4,53 +4,74 @@ one commit each, are durable before anyone is answered, and fail together."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
-from server_support import FleetKeys, ServerEnv, SimBoard, new_data_dir
+from server_support import (
+    Backend,
+    FleetKeys,
+    ServerEnv,
+    SimBoard,
+    blob_ids,
+    execute_sql,
+    new_data_dir,
+    open_metadata,
+    query_rows,
+)
 
 from ota_server import state
 from ota_server.app import create_app
 from ota_server.counters import CounterCommits
 from ota_server.device_auth import sign_request
+from ota_server.settings import Settings
 from ota_server.storage.errors import StoreError
-from ota_server.storage.sqlite import SqliteStore
 
 POINT = b"\x04" + b"\x00" * 64
 
 
-async def _store(tmp_path: Path, *boards: str) -> SqliteStore:
-    store = SqliteStore(tmp_path / "db.sqlite3")
+async def _store(tmp_path: Path, backend: Backend, *boards: str) -> tuple[Any, Settings]:
+    """A metadata store on `backend` with `boards` registered, and the settings naming it."""
+    settings = backend.settings(tmp_path / "data")
+    store = await open_metadata(settings)
     for board in boards:
         await store.add_device(board, POINT, "unix", [], "stable", 1)
-    return store
+    return store, settings
 
 
-def _counters(path: Path) -> dict[str, int]:
+async def _counters(settings: Settings) -> dict[str, int]:
     """The counters as another connection sees them: what survives a restart."""
-    db = sqlite3.connect(path)
-    try:
-        return dict(db.execute("SELECT device_id, counter FROM devices").fetchall())
-    finally:
-        db.close()
+    return dict(await query_rows(settings, "SELECT device_id, counter FROM devices"))
 
 
-async def test_advance_counters_is_advance_counter_in_order(tmp_path: Path) -> None:
-    store = await _store(tmp_path, "b1", "b2")
+async def _refuse(settings: Settings, column: str, value: int) -> None:
+    """A trigger that makes the database refuse to set `column` of a device to `value`."""
+    await execute_sql(
+        settings,
+        f"CREATE TRIGGER refuse BEFORE UPDATE OF {column} ON devices "
+        f"WHEN NEW.{column} = {value} BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'refused'; END $$; "
+        f"CREATE TRIGGER refuse BEFORE UPDATE OF {column} ON devices FOR EACH ROW "
+        f"WHEN (NEW.{column} = {value}) EXECUTE FUNCTION refuse()")
+
+
+async def test_advance_counters_is_advance_counter_in_order(
+        tmp_path: Path, backend: Backend) -> None:
+    store, settings = await _store(tmp_path, backend, "b1", "b2")
     try:
         got = await store.advance_counters([("b1", 5), ("b1", 5), ("b2", 3), ("b1", 4),
                                             ("b1", 6), ("nobody", 9)])
         assert got == [True, False, True, False, True, False]
-        assert _counters(tmp_path / "db.sqlite3") == {"b1": 6, "b2": 3}
+        assert (await _counters(settings)) == {"b1": 6, "b2": 3}
     finally:
         await store.close()
 
 
 async def test_one_turn_of_the_loop_is_one_batch_with_sequential_outcomes(
-        tmp_path: Path) -> None:
-    store = await _store(tmp_path, "b1", "b2")
+        tmp_path: Path, backend: Backend) -> None:
+    store, settings = await _store(tmp_path, backend, "b1", "b2")
     commits: list[int] = []
     batch_of = store.advance_counters
 
@@ -66,29 +87,26 @@ async def test_one_turn_of_the_loop_is_one_batch_with_sequential_outcomes(
         assert got == [True, False, True, False]
         assert commits == [4]
         # committed before the awaits returned
-        assert _counters(tmp_path / "db.sqlite3") == {"b1": 7, "b2": 1}
+        assert (await _counters(settings)) == {"b1": 7, "b2": 1}
         # alone: one autocommit statement, no batch transaction
         assert await counters.advance("b2", 2) is True
         assert commits == [4]
-        assert _counters(tmp_path / "db.sqlite3") == {"b1": 7, "b2": 2}
+        assert (await _counters(settings)) == {"b1": 7, "b2": 2}
     finally:
         await store.close()
 
 
-async def test_a_failed_batch_moves_no_counter_and_fails_every_request(tmp_path: Path) -> None:
-    store = await _store(tmp_path, "b1", "b2")
-    db = sqlite3.connect(tmp_path / "db.sqlite3")
-    db.execute("CREATE TRIGGER refuse BEFORE UPDATE OF counter ON devices "
-               "WHEN NEW.counter = 666 BEGIN SELECT RAISE(ABORT, 'refused'); END")
-    db.commit()
-    db.close()
-    before = _counters(tmp_path / "db.sqlite3")
+async def test_a_failed_batch_moves_no_counter_and_fails_every_request(
+        tmp_path: Path, backend: Backend) -> None:
+    store, settings = await _store(tmp_path, backend, "b1", "b2")
+    await _refuse(settings, "counter", 666)
+    before = (await _counters(settings))
     try:
         counters = CounterCommits(store)
         got = await asyncio.gather(counters.advance("b1", 10), counters.advance("b2", 666),
                                    return_exceptions=True)
         assert all(isinstance(g, StoreError) for g in got), got
-        assert _counters(tmp_path / "db.sqlite3") == before
+        assert (await _counters(settings)) == before
         assert before["b1"] < 10
         # the store is usable afterwards
         assert await counters.advance("b1", 10) is True
@@ -97,11 +115,11 @@ async def test_a_failed_batch_moves_no_counter_and_fails_every_request(tmp_path:
 
 
 async def test_requests_during_a_slow_commit_form_the_next_batch_committed_after_it(
-        tmp_path: Path) -> None:
+        tmp_path: Path, backend: Backend) -> None:
     """A commit that waits (PostgreSQL over the network) holds no request back but its own
     batch: requests arriving meanwhile form the next batch, committed once it is done, never
     two at once, so one board's counters are committed in the order they came."""
-    store = await _store(tmp_path, "b1", "b2")
+    store, settings = await _store(tmp_path, backend, "b1", "b2")
     gate = asyncio.Event()
     batches: list[list[tuple[str, int]]] = []
     running, overlapped = 0, False
@@ -140,7 +158,7 @@ async def test_requests_during_a_slow_commit_form_the_next_batch_committed_after
         assert await asyncio.gather(*second) == [True, False]
         assert batches == [[("b1", 5), ("b2", 1)], [("b1", 6), ("b1", 5)]]
         assert not overlapped
-        assert _counters(tmp_path / "db.sqlite3") == {"b1": 6, "b2": 1}
+        assert (await _counters(settings)) == {"b1": 6, "b2": 1}
     finally:
         await store.close()
 
@@ -148,14 +166,15 @@ async def test_requests_during_a_slow_commit_form_the_next_batch_committed_after
 @pytest.mark.parametrize("method,path", [("GET", "/v1/blobs/{sha}"),
                                          ("POST", "/v1/device/checkin")])
 async def test_concurrent_replays_over_http_pass_once(aiohttp_client, tmp_path: Path,
-                                                      method: str, path: str) -> None:
+                                                      backend: Backend, method: str,
+                                                      path: str) -> None:
     keys = FleetKeys.create(tmp_path)
-    settings, token = await new_data_dir(tmp_path)
+    settings, token = await new_data_dir(tmp_path, backend)
     settings = replace(settings, root_path=keys.root_path)
     env = ServerEnv(await aiohttp_client(create_app(settings)), settings, token, keys, tmp_path)
     board = await env.add_board(SimBoard("board-a"))
     await env.publish({"app_main.py": b"print(1)\n"}, version="1.0.0", sequence=1)
-    sha = next(p.name for p in settings.blob_dir.rglob("*") if len(p.name) == 64)
+    sha = (await blob_ids(settings))[0]
     path = path.format(sha=sha)
     body = board.checkin_body() if method == "POST" else b""
     # the same signed request six times at once, then a fresh counter
@@ -166,7 +185,7 @@ async def test_concurrent_replays_over_http_pass_once(aiohttp_client, tmp_path: 
     assert statuses[0] in (200, 204) and statuses[1:] == [401] * 5, statuses
     replayed = [await a.json() for a in answers if a.status == 401]
     assert {r["code"] for r in replayed} == {"replay"}
-    assert _counters(settings.db_path)["board-a"] == 5
+    assert (await _counters(settings))["board-a"] == 5
     fresh = {"Authorization": sign_request(board.key, board.device_id, 6, method, path, body)}
     again = await env.client.request(method, path, data=body or None, headers=fresh)
     assert again.status in (200, 204)
@@ -178,26 +197,24 @@ INVENTORY = {"app": "demo", "version": "1.0.0", "sequence": 1, "root_version": 1
              "micropython": "1.25.0", "mem_free": 4321, "slot": "b"}
 
 
-def _records(path: Path) -> dict[str, object]:
+async def _records(settings: Settings) -> dict[str, object]:
     """Inventory and deployments as another connection sees them: what survives a restart."""
-    db = sqlite3.connect(path)
-    try:
-        return {
-            "inventory": db.execute("SELECT device_id, version, mem_free, slot FROM devices "
-                                    "WHERE version IS NOT NULL ORDER BY 1").fetchall(),
-            "deployments": db.execute("SELECT device_id, release_id, status FROM deployments "
-                                      "ORDER BY 1, 2").fetchall(),
-        }
-    finally:
-        db.close()
+    return {
+        "inventory": await query_rows(settings, "SELECT device_id, version, mem_free, slot "
+                                                "FROM devices WHERE version IS NOT NULL "
+                                                "ORDER BY 1"),
+        "deployments": await query_rows(settings, "SELECT device_id, release_id, status "
+                                                  "FROM deployments ORDER BY 1, 2"),
+    }
 
 
-async def _release(store: SqliteStore) -> int:
+async def _release(store: Any) -> int:
     return (await store.add_release("demo", "1.0.0", 1, ["unix"], b"{}", [], 2**31)).id
 
 
-async def test_queued_records_go_into_the_boards_next_counter_commit(tmp_path: Path) -> None:
-    store = await _store(tmp_path, "b1", "b2")
+async def test_queued_records_go_into_the_boards_next_counter_commit(
+        tmp_path: Path, backend: Backend) -> None:
+    store, settings = await _store(tmp_path, backend, "b1", "b2")
     release = await _release(store)
     transactions: list[tuple[int, int, int]] = []
     write = store.write_checkins
@@ -207,30 +224,31 @@ async def test_queued_records_go_into_the_boards_next_counter_commit(tmp_path: P
         return await write(inventories, offers, advances)
 
     store.write_checkins = counting  # type: ignore[method-assign]
-    db = tmp_path / "db.sqlite3"
     try:
         counters = CounterCommits(store, write_behind=3600)  # no timer in this test
         counters.record_checkin("b1", INVENTORY, release)
         counters.record_checkin("b1", {"mem_free": 999}, release)  # later fields win
-        assert _records(db) == {"inventory": [], "deployments": []}  # queued, not written
+        # queued, not written
+        assert (await _records(settings)) == {"inventory": [], "deployments": []}
         # another board's request: its counter alone, b1's records wait (for the timer)
         assert await counters.advance("b2", 1) is True
         assert transactions == []
-        assert _records(db) == {"inventory": [], "deployments": []}
-        assert _counters(db)["b2"] == 1
+        assert (await _records(settings)) == {"inventory": [], "deployments": []}
+        assert (await _counters(settings))["b2"] == 1
         # b1's next request: its counter and its records in one transaction, before it goes on
         assert await counters.advance("b1", 1) is True
         assert transactions == [(1, 1, 1)]
-        assert _records(db) == {"inventory": [("b1", "1.0.0", 999, "b")],
+        assert (await _records(settings)) == {"inventory": [("b1", "1.0.0", 999, "b")],
                                 "deployments": [("b1", release, "offered")]}
-        assert _counters(db)["b1"] == 1
+        assert (await _counters(settings))["b1"] == 1
         assert counters.queued == 0
     finally:
         await store.close()
 
 
-async def test_an_offer_never_overwrites_a_later_deployment_status(tmp_path: Path) -> None:
-    store = await _store(tmp_path, "b1")
+async def test_an_offer_never_overwrites_a_later_deployment_status(
+        tmp_path: Path, backend: Backend) -> None:
+    store, settings = await _store(tmp_path, backend, "b1")
     release = await _release(store)
     try:
         counters = CounterCommits(store, write_behind=3600)
@@ -241,24 +259,24 @@ async def test_an_offer_never_overwrites_a_later_deployment_status(tmp_path: Pat
         await store.set_deployment("b1", release, "downloading")
         counters.record_checkin("b1", INVENTORY, release)
         await counters.flush()
-        assert _records(tmp_path / "db.sqlite3")["deployments"] == [("b1", release, "downloading")]
+        assert (await _records(settings))["deployments"] == [("b1", release, "downloading")]
     finally:
         await store.close()
 
 
 async def test_queued_records_are_written_within_the_window_without_other_requests(
-        tmp_path: Path) -> None:
-    store = await _store(tmp_path, "b1")
+        tmp_path: Path, backend: Backend) -> None:
+    store, settings = await _store(tmp_path, backend, "b1")
     release = await _release(store)
-    db = tmp_path / "db.sqlite3"
     try:
         counters = CounterCommits(store, write_behind=0.2)
         counters.record_checkin("b1", INVENTORY, release)
-        assert _records(db)["inventory"] == []
+        assert (await _records(settings))["inventory"] == []
         deadline = asyncio.get_running_loop().time() + 5.0  # the window plus a busy machine
-        while _records(db)["inventory"] == [] and asyncio.get_running_loop().time() < deadline:
+        while ((await _records(settings))["inventory"] == []
+               and asyncio.get_running_loop().time() < deadline):
             await asyncio.sleep(0.05)
-        assert _records(db) == {"inventory": [("b1", "1.0.0", 4321, "b")],
+        assert (await _records(settings)) == {"inventory": [("b1", "1.0.0", 4321, "b")],
                                 "deployments": [("b1", release, "offered")]}
     finally:
         await store.close()
@@ -301,37 +319,34 @@ async def test_records_queued_while_a_slow_write_runs_are_written_after_it(
 
 
 async def test_records_survive_a_failed_counter_batch_and_counters_go_on_alone(
-        tmp_path: Path) -> None:
-    store = await _store(tmp_path, "b1", "b2")
+        tmp_path: Path, backend: Backend) -> None:
+    store, settings = await _store(tmp_path, backend, "b1", "b2")
     release = await _release(store)
-    db = sqlite3.connect(tmp_path / "db.sqlite3")
-    db.execute("CREATE TRIGGER refuse BEFORE UPDATE OF mem_free ON devices "
-               "WHEN NEW.mem_free = 666 BEGIN SELECT RAISE(ABORT, 'refused'); END")
-    db.commit()
-    db.close()
+    await _refuse(settings, "mem_free", 666)
     try:
         counters = CounterCommits(store, write_behind=3600)
         counters.record_checkin("b1", {**INVENTORY, "mem_free": 666}, release)
         # the records cannot be written: the counter still moves, the records stay queued
         assert await counters.advance("b1", 5) is True
-        assert _counters(tmp_path / "db.sqlite3")["b1"] == 5
+        assert (await _counters(settings))["b1"] == 5
         assert counters.queued == 2
-        assert _records(tmp_path / "db.sqlite3") == {"inventory": [], "deployments": []}
+        assert (await _records(settings)) == {"inventory": [], "deployments": []}
         counters.record_checkin("b1", {"mem_free": 7}, None)  # newer fields over the old
         await counters.flush()
-        assert _records(tmp_path / "db.sqlite3") == {
+        assert (await _records(settings)) == {
             "inventory": [("b1", "1.0.0", 7, "b")], "deployments": [("b1", release, "offered")]}
     finally:
         await store.close()
 
 
 async def test_shutdown_writes_every_answered_checkin(aiohttp_client, tmp_path: Path,
+                                                      backend: Backend,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Nothing acknowledged is lost at a clean stop: the app's clean-up writes what is queued
     (the window is an hour here, so only the clean-up can have written it)."""
     monkeypatch.setattr("ota_server.counters.WRITE_BEHIND_SECONDS", 3600.0)
     keys = FleetKeys.create(tmp_path)
-    settings, token = await new_data_dir(tmp_path)
+    settings, token = await new_data_dir(tmp_path, backend)
     settings = replace(settings, root_path=keys.root_path)
     client = await aiohttp_client(create_app(settings))
     env = ServerEnv(client, settings, token, keys, tmp_path)
@@ -343,7 +358,7 @@ async def test_shutdown_writes_every_answered_checkin(aiohttp_client, tmp_path: 
     queued = env.app[state.BOARD_WRITES].queued
     assert queued >= 2  # the last check-ins are still queued: written behind
     await client.close()  # the app's clean-up runs
-    got = _records(settings.db_path)
+    got = await _records(settings)
     assert got["inventory"] == [(b.device_id, "0.9.0", 1000, "a") for b in boards]
     assert got["deployments"] == [(b.device_id, 1, "offered") for b in boards]
 

@@ -201,23 +201,23 @@ async def test_bad_reports_get_400_and_change_nothing(env: ServerEnv, body: byte
                                                      code: str) -> None:
     board = await env.add_board(SimBoard("bad-1"))
     await env.publish({"app_main.py": b"v1\n"}, version="1.0.0", sequence=1)
-    before = store_fingerprint(env.settings)
+    before = await store_fingerprint(env.settings)
     resp = await env.client.post("/v1/device/report", data=body,
                                  headers=board.auth("POST", "/v1/device/report", body))
     assert resp.status == 400, await resp.text()
     doc = await resp.json()
     assert doc["code"] == code
     assert doc["message"]
-    assert _without_counters(store_fingerprint(env.settings)) == _without_counters(before)
+    assert _without_counters(await store_fingerprint(env.settings)) == _without_counters(before)
 
 
 async def test_report_for_an_unknown_app_is_404_and_changes_nothing(env: ServerEnv) -> None:
     board = await env.add_board(SimBoard("unk-1"))
-    before = store_fingerprint(env.settings)
+    before = await store_fingerprint(env.settings)
     resp = await env.report(board, "confirmed", 3)
     assert resp.status == 404
     assert (await resp.json())["code"] == "unknown_release"
-    assert _without_counters(store_fingerprint(env.settings)) == _without_counters(before)
+    assert _without_counters(await store_fingerprint(env.settings)) == _without_counters(before)
 
 
 @pytest.mark.parametrize(("extra", "field"), [
@@ -231,20 +231,20 @@ async def test_report_for_an_unknown_app_is_404_and_changes_nothing(env: ServerE
 async def test_checkin_with_wrong_types_gets_400_naming_the_field(
         env: ServerEnv, extra: dict, field: str) -> None:
     board = await env.add_board(SimBoard("types-1"))
-    before = store_fingerprint(env.settings)
+    before = await store_fingerprint(env.settings)
     resp = await env.checkin(board, **extra)
     assert resp.status == 400
     doc = await resp.json()
     assert field in doc["message"]
-    assert _without_counters(store_fingerprint(env.settings)) == _without_counters(before)
+    assert _without_counters(await store_fingerprint(env.settings)) == _without_counters(before)
 
 
 async def test_device_body_over_the_cap_is_413(env: ServerEnv) -> None:
     board = await env.add_board(SimBoard("big-1"))
-    before = store_fingerprint(env.settings)
+    before = await store_fingerprint(env.settings)
     body = board.checkin_body(padding="x" * 10_000)
     resp = await env.client.post("/v1/device/checkin", data=body,
                                  headers=board.auth("POST", "/v1/device/checkin", body))
     assert resp.status == 413
     assert (await resp.json())["code"] == "too_large"
-    assert store_fingerprint(env.settings) == before
+    assert (await store_fingerprint(env.settings)) == before

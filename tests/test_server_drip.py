@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster_support import backend_of
 from server_framing_support import (
     LiveServer,
     RawAnswer,
@@ -26,7 +27,7 @@ from server_framing_support import (
     request_head,
     split,
 )
-from server_support import FleetKeys, SimBoard, bundle_blobs, make_bundle
+from server_support import Backend, FleetKeys, SimBoard, bundle_blobs, make_bundle
 
 from ota_server.device_auth import sign_request
 
@@ -156,9 +157,9 @@ class Run:
     answers: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
 
 
-async def _run(directory: Path, fleet: Fleet, send: Send) -> Run:
+async def _run(directory: Path, backend: Backend, fleet: Fleet, send: Send) -> Run:
     run = Run()
-    async with live_server(directory, keys=fleet.keys) as server:
+    async with live_server(directory, backend, keys=fleet.keys) as server:
         counter = fleet.counter
         for step in _script(fleet):
             counter += 1
@@ -184,9 +185,11 @@ def test_the_script_covers_every_endpoint_that_takes_a_body(fleet: Fleet) -> Non
 
 @pytest.mark.parametrize("framing", list(SENDERS))
 async def test_every_body_split_and_dripped_gets_the_answer_of_the_body_sent_whole(
-        tmp_path: Path, fleet: Fleet, framing: str) -> None:
-    whole = await _run(tmp_path / "whole", fleet, _whole)
-    dripped = await _run(tmp_path / "dripped", fleet, SENDERS[framing])
+        tmp_path: Path, fleet: Fleet, framing: str, backend: Backend,
+        request: pytest.FixtureRequest) -> None:
+    whole = await _run(tmp_path / "whole", backend, fleet, _whole)
+    with backend_of(backend.kind, request) as fresh:  # a second empty store of the same kind
+        dripped = await _run(tmp_path / "dripped", fresh, fleet, SENDERS[framing])
     assert set(whole.answers) == body_endpoints()
     for endpoint, answers in whole.answers.items():
         assert all(a["status"] < 300 for a in answers), (endpoint, answers)

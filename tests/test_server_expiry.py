@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from server_support import ServerEnv, SimBoard
+from server_support import Backend, ServerEnv, SimBoard
 
 from signing.bundle import build_bundle, sign_bundle
 from tools.cli import main
@@ -85,13 +85,13 @@ async def test_a_rollout_of_an_expired_release_is_refused(env: ServerEnv) -> Non
 
 def test_rollout_status_shows_an_expired_release(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], backend: Backend) -> None:
     from server_support import FleetKeys
 
     from tools.local_server import LocalServer
 
     keys = FleetKeys.create(tmp_path)
-    with LocalServer(tmp_path / "data", keys.root_path) as srv:
+    with LocalServer(tmp_path / "data", keys.root_path, **backend.urls) as srv:
         env = ServerEnv(None, None, srv.token, keys, tmp_path)  # type: ignore[arg-type]
         bundle, expires = _short_lived(env, "1.0.0", 1)
         srv.client().publish(bundle, channel="stable", percent=100)

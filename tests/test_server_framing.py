@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster_support import backend_of
+from conftest import BACKENDS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from server_framing_support import (
@@ -22,7 +24,7 @@ from server_framing_support import (
     send_in_pieces,
     threaded_server,
 )
-from server_support import ServerEnv, SimBoard
+from server_support import Backend, ServerEnv, SimBoard
 
 from ota_server.ranges import RangeNotSatisfiable, byte_range
 
@@ -34,10 +36,10 @@ def _json(doc: dict[str, Any]) -> bytes:
 
 
 async def test_board_checkin_in_two_segments_50ms_apart_is_verified_whole(
-        tmp_path: Path) -> None:
+        tmp_path: Path, backend: Backend) -> None:
     """A board on Wi-Fi, or a proxy that writes headers and body apart: the signature covers
     the whole body, so reading only the first segment answered 401 `bad_signature`."""
-    async with live_server(tmp_path) as server:
+    async with live_server(tmp_path, backend) as server:
         board = SimBoard("split-board")
         register = request_head("POST", "/v1/devices", server.bearer,
                                 body_length=len(_json(board.registration())))
@@ -51,8 +53,9 @@ async def test_board_checkin_in_two_segments_50ms_apart_is_verified_whole(
         assert answer.status == 204, answer.body
 
 
-async def test_publisher_json_in_two_segments_is_parsed_whole(tmp_path: Path) -> None:
-    async with live_server(tmp_path) as server:
+async def test_publisher_json_in_two_segments_is_parsed_whole(
+        tmp_path: Path, backend: Backend) -> None:
+    async with live_server(tmp_path, backend) as server:
         body = _json(SimBoard("split-json").registration())
         head = request_head("POST", "/v1/devices", server.bearer, body_length=len(body))
         answer = await exchange(server.port, [head + body[:10], body[10:]], pause=0.05)
@@ -97,9 +100,9 @@ BAD_REQUESTS = {
 
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
 async def test_requests_the_parser_refuses_get_a_json_error_without_the_input(
-        tmp_path: Path, case: str) -> None:
+        tmp_path: Path, case: str, backend: Backend) -> None:
     raw, code = BAD_REQUESTS[case]
-    async with live_server(tmp_path) as server:
+    async with live_server(tmp_path, backend) as server:
         answer = await exchange(server.port, [raw])
     assert answer.status == 400
     assert answer.headers["content-type"].startswith("application/json")
@@ -111,10 +114,10 @@ async def test_requests_the_parser_refuses_get_a_json_error_without_the_input(
 
 
 async def test_a_body_whose_chunked_framing_breaks_midway_is_refused_at_once(
-        tmp_path: Path) -> None:
+        tmp_path: Path, backend: Backend) -> None:
     """The parser queues the error as if it were a next request; the handler waiting for the
     body must not wait for its deadline."""
-    async with live_server(tmp_path, body_timeout=30) as server:
+    async with live_server(tmp_path, backend, body_timeout=30) as server:
         head = request_head("POST", "/v1/devices", server.bearer, body_length=None)
         answer = await exchange(server.port, [head, b"5\r\nab", b"cde\r\nZZ\r\n"],
                                 pause=0.05, timeout=5)
@@ -250,10 +253,11 @@ async def test_blob_and_pack_answer_ranges_as_the_model_says(env: ServerEnv,
 # -- any split of a request, found by hypothesis ----------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def threaded(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A server in a thread with one board registered: (server, board)."""
-    with threaded_server(tmp_path_factory.mktemp("threaded")) as served:
+@pytest.fixture(scope="module", params=BACKENDS)
+def threaded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A server in a thread with one board registered: (server, board), on each backend."""
+    with backend_of(request.param, request) as backend, \
+            threaded_server(tmp_path_factory.mktemp("threaded"), backend) as served:
         board = SimBoard("cut-board")
         registration = _json(board.registration())
         head = request_head("POST", "/v1/devices", served.server.bearer,

@@ -21,7 +21,7 @@ from server_framing_support import (
     parse_answer,
     request_head,
 )
-from server_support import FleetKeys, SimBoard
+from server_support import Backend, FleetKeys, SimBoard, served_blob_dir
 
 from ota_server.settings import Limits, SettingsError, load_settings
 from tools.local_server import LocalServer
@@ -72,8 +72,8 @@ async def _checkin(server: LiveServer, board: SimBoard) -> RawAnswer:
 
 
 async def test_slow_heads_are_closed_after_the_header_timeout_while_a_board_is_served(
-        tmp_path: Path) -> None:
-    async with live_server(tmp_path, header_timeout=2.0) as server:
+        tmp_path: Path, backend: Backend) -> None:
+    async with live_server(tmp_path, backend, header_timeout=2.0) as server:
         board = SimBoard("served-board")
         await _register(server, board)
         attack = [asyncio.create_task(trickle(server.port, SLOW_HEAD, 0.25, give_up=8))
@@ -92,8 +92,8 @@ async def test_slow_heads_are_closed_after_the_header_timeout_while_a_board_is_s
 
 
 async def test_a_slow_head_on_a_kept_alive_connection_is_timed_from_its_first_byte(
-        tmp_path: Path) -> None:
-    async with live_server(tmp_path, header_timeout=0.6, keepalive_timeout=30) as server:
+        tmp_path: Path, backend: Backend) -> None:
+    async with live_server(tmp_path, backend, header_timeout=0.6, keepalive_timeout=30) as server:
         reader, writer = await asyncio.open_connection(HOST, server.port)
         try:
             writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -111,8 +111,9 @@ async def test_a_slow_head_on_a_kept_alive_connection_is_timed_from_its_first_by
     assert parse_answer(rest).json()["code"] == "header_timeout"
 
 
-async def test_an_idle_connection_is_closed_after_the_keepalive_timeout(tmp_path: Path) -> None:
-    async with live_server(tmp_path, keepalive_timeout=0.5) as server:
+async def test_an_idle_connection_is_closed_after_the_keepalive_timeout(
+        tmp_path: Path, backend: Backend) -> None:
+    async with live_server(tmp_path, backend, keepalive_timeout=0.5) as server:
         reader, writer = await asyncio.open_connection(HOST, server.port)
         try:
             writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -131,9 +132,9 @@ STORED_BLOB = b"already here"
                                     "/v1/blobs/" + "a" * 64,
                                     "/v1/blobs/" + hashlib.sha256(STORED_BLOB).hexdigest()])
 async def test_a_body_slower_than_its_timeout_is_answered_408_and_closed(
-        tmp_path: Path, target: str) -> None:
+        tmp_path: Path, target: str, backend: Backend) -> None:
     """Publisher JSON, a board request, a new blob and one already stored (drained)."""
-    async with live_server(tmp_path, body_timeout=0.5, upload_timeout=0.5) as server:
+    async with live_server(tmp_path, backend, body_timeout=0.5, upload_timeout=0.5) as server:
         method = "PUT" if target.startswith("/v1/blobs/") and target != "/v1/blobs/missing" \
             else "POST"
         if method == "PUT":
@@ -171,8 +172,8 @@ async def _send_head_then_trickle(port: int, head: bytes) -> tuple[float, bytes]
 
 
 async def test_at_the_cap_the_longest_waiting_idle_connection_makes_room(
-        tmp_path: Path) -> None:
-    async with live_server(tmp_path, max_connections=20) as server:
+        tmp_path: Path, backend: Backend) -> None:
+    async with live_server(tmp_path, backend, max_connections=20) as server:
         board = SimBoard("cap-board")
         await _register(server, board)
         idle = [await asyncio.open_connection(HOST, server.port) for _ in range(20)]
@@ -189,8 +190,8 @@ async def test_at_the_cap_the_longest_waiting_idle_connection_makes_room(
 
 
 async def test_beyond_the_cap_with_every_connection_busy_a_new_one_gets_503_json(
-        tmp_path: Path) -> None:
-    async with live_server(tmp_path, max_connections=10, body_timeout=10) as server:
+        tmp_path: Path, backend: Backend) -> None:
+    async with live_server(tmp_path, backend, max_connections=10, body_timeout=10) as server:
         busy = []
         try:
             for _ in range(10):  # each in a request, its body still to come
@@ -216,9 +217,10 @@ async def _until(condition, limit: float = 5.0) -> None:  # type: ignore[no-unty
 
 # -- `ota serve` itself -----------------------------------------------------------------------
 
-def test_ota_serve_bounds_header_time_and_answers_parser_errors_in_json(tmp_path: Path) -> None:
+def test_ota_serve_bounds_header_time_and_answers_parser_errors_in_json(
+        tmp_path: Path, backend: Backend) -> None:
     keys = FleetKeys.create(tmp_path)
-    with LocalServer(tmp_path / "data", keys.root_path,
+    with LocalServer(tmp_path / "data", keys.root_path, **backend.urls,
                      extra_args=["--header-timeout", "1", "--quiet"]) as server:
         with socket.create_connection((HOST, server.port), timeout=5) as slow:
             slow.sendall(b"GET /healthz HTTP/1.1\r\n")
@@ -303,13 +305,13 @@ BIG_BLOB = bytes(range(256)) * (48 * 1024)  # 12 MiB: more than the kernel buffe
 
 @pytest.mark.parametrize("kind", ["blob", "pack"])
 async def test_an_answer_the_client_does_not_take_is_cut_at_the_send_deadline(
-        tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture, backend: Backend) -> None:
     """A board (or anyone with a board's key) that asks for a blob and stops reading holds a
     connection only until send_timeout + size / send_rate_floor (here 1 s + 0.75 s); the
     blob's file is closed with it and nothing is left waiting."""
     caplog.set_level(logging.INFO)
     rate = 16 * 1024 * 1024
-    async with live_server(tmp_path, send_timeout=1.0, send_rate_floor=rate) as server:
+    async with live_server(tmp_path, backend, send_timeout=1.0, send_rate_floor=rate) as server:
         board = SimBoard("slow-reader")
         await _register(server, board)
         sha = hashlib.sha256(BIG_BLOB).hexdigest()
@@ -331,7 +333,7 @@ async def test_an_answer_the_client_does_not_take_is_cut_at_the_send_deadline(
             await _until(lambda: server.open_connections() == 0, limit=8)
             cut_after = time.monotonic() - started
             received = await _drain(stalled, give_up=5)
-            await _until(lambda: not _open_files_under(server.settings.blob_dir))
+            await _until(lambda: not _open_files_under(served_blob_dir(server.settings)))
         finally:
             stalled.close()
     assert 1.5 < cut_after < 4.0

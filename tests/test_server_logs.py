@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from server_support import FleetKeys, SimBoard
+from server_support import Backend, FleetKeys, SimBoard
 
 from ota_server.logs import JsonFormatter, PlainFormatter
 from ota_server.tokens import TOKEN_PREFIX
@@ -64,10 +64,10 @@ def _malformed_authorizations(token: str, board_auth: str) -> list[bytes]:
 
 @pytest.mark.parametrize("log_format", ["plain", "json"])
 def test_no_credential_reaches_the_log_when_the_parser_refuses_a_header(
-        tmp_path: Path, keys: FleetKeys, log_format: str) -> None:
+        tmp_path: Path, keys: FleetKeys, log_format: str, backend: Backend) -> None:
     extra = ["--json-logs"] if log_format == "json" else []
     board = SimBoard("redact-board")
-    with LocalServer(tmp_path / "data", keys.root_path, extra_args=extra) as srv:
+    with LocalServer(tmp_path / "data", keys.root_path, extra_args=extra, **backend.urls) as srv:
         srv.client().register_device(board.device_id, board.point, board="unix")
         board_auth = board.auth("POST", "/v1/device/checkin", b"{}")["Authorization"]
         for raw in _malformed_authorizations(srv.token, board_auth):
@@ -83,11 +83,12 @@ def test_no_credential_reaches_the_log_when_the_parser_refuses_a_header(
 
 
 def test_a_path_cannot_forge_a_plain_log_line_or_hide_bytes(tmp_path: Path,
-                                                            keys: FleetKeys) -> None:
+                                                            keys: FleetKeys,
+                                                            backend: Backend) -> None:
     paths = ["/nope%0a2099-01-01T00:00:00.000Z%20INFO%20ota_server%20forged",
              "/nope%0d%0aforged", "/nope%00x", "/nope%1b[31mred", "/nope%e2%80%a8sep",
              "/nope%c2%85nel"]
-    with LocalServer(tmp_path / "data", keys.root_path) as srv:
+    with LocalServer(tmp_path / "data", keys.root_path, **backend.urls) as srv:
         for path in paths:
             answer = _send(srv, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             assert answer.split(b" ", 2)[1] == b"404"
@@ -101,8 +102,10 @@ def test_a_path_cannot_forge_a_plain_log_line_or_hide_bytes(tmp_path: Path,
 
 
 def test_json_logs_stay_one_object_a_line_for_hostile_paths(tmp_path: Path,
-                                                            keys: FleetKeys) -> None:
-    with LocalServer(tmp_path / "data", keys.root_path, extra_args=["--json-logs"]) as srv:
+                                                            keys: FleetKeys,
+                                                            backend: Backend) -> None:
+    with LocalServer(tmp_path / "data", keys.root_path, extra_args=["--json-logs"],
+                     **backend.urls) as srv:
         _send(srv, b"GET /nope%0a{%22level%22:%22error%22}%00 HTTP/1.1\r\nHost: x\r\n\r\n")
         text = _wait_for(srv, "nope")
     docs = [json.loads(line) for line in text.splitlines()]  # every line is one object
@@ -160,9 +163,10 @@ def _serve(data: Path, root: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_second_serve_on_a_data_directory_in_use_is_refused(tmp_path: Path,
-                                                              keys: FleetKeys) -> None:
+                                                              keys: FleetKeys,
+                                                              backend: Backend) -> None:
     data = tmp_path / "data"
-    with LocalServer(data, keys.root_path) as first:
+    with LocalServer(data, keys.root_path, **backend.urls) as first:
         board = SimBoard("kept")
         first.client().register_device(board.device_id, board.point, board="unix")
         second = _serve(data, keys.root_path)
@@ -173,5 +177,5 @@ def test_a_second_serve_on_a_data_directory_in_use_is_refused(tmp_path: Path,
         # the first one lost nothing and still serves
         assert first.client().device("kept")["device_id"] == "kept"
         first.kill()  # SIGKILL: the kernel drops the lock with the process
-        with LocalServer(data, keys.root_path) as after_crash:
+        with LocalServer(data, keys.root_path, **backend.urls) as after_crash:
             assert after_crash.client().device("kept")["device_id"] == "kept"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from server_support import FleetKeys, SimBoard, make_bundle
+from server_support import Backend, FleetKeys, SimBoard, make_bundle
 
 from ota_server.storage.sqlite import SqliteStore, _migrations
 from signing.keys import keyid, save_private_key
@@ -123,18 +123,19 @@ def keys(tmp_path: Path) -> FleetKeys:
 
 @pytest.fixture
 def operator(tmp_path: Path, keys: FleetKeys, monkeypatch: pytest.MonkeyPatch,
-             capsys: pytest.CaptureFixture[str]) -> Iterator[Operator]:
-    with LocalServer(tmp_path / "data", keys.root_path) as srv:
+             capsys: pytest.CaptureFixture[str], backend: Backend) -> Iterator[Operator]:
+    with LocalServer(tmp_path / "data", keys.root_path, **backend.urls) as srv:
         yield Operator(srv, keys, tmp_path, monkeypatch, capsys)
 
 
 @pytest.fixture
 def fleet_operator(tmp_path: Path, keys: FleetKeys, monkeypatch: pytest.MonkeyPatch,
-                   capsys: pytest.CaptureFixture[str]) -> Iterator[Operator]:
+                   capsys: pytest.CaptureFixture[str],
+                   backend: Backend) -> Iterator[Operator]:
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text(FLEET)
-    with LocalServer(tmp_path / "data", keys.root_path,
-                     extra_args=["--fleet", str(fleet)]) as srv:
+    with LocalServer(tmp_path / "data", keys.root_path, extra_args=["--fleet", str(fleet)],
+                     **backend.urls) as srv:
         yield Operator(srv, keys, tmp_path, monkeypatch, capsys)
 
 
@@ -292,17 +293,19 @@ def test_a_stage_that_reaches_no_board_warns_and_three_boards_can_pause_a_rollou
 def test_tokens_have_scopes_every_change_is_audited_and_loose_token_files_are_refused(
         operator: Operator, tmp_path: Path) -> None:
     op = operator
-    data = str(op.srv.data_dir)
-    code, out, err = op.run("tokens", "create", "viewer", "--scope", "read", "--data", data)
+    # the token commands reach the store the server runs on
+    store = ["--data", str(op.srv.data_dir)]
+    store += ["--db", op.srv.db_url] if op.srv.db_url else []
+    code, out, err = op.run("tokens", "create", "viewer", "--scope", "read", *store)
     assert code == 0, err
     viewer = out.strip()
-    code, out, err = op.run("tokens", "create", "ci", "--data", data)  # publish by default
+    code, out, err = op.run("tokens", "create", "ci", *store)  # publish by default
     assert code == 0, err
     ci = out.strip()
-    tokens = {t["name"]: t for t in op.json("tokens", "list", "--data", data)}
+    tokens = {t["name"]: t for t in op.json("tokens", "list", *store)}
     assert (tokens["viewer"]["scope"], tokens["ci"]["scope"], tokens["local"]["scope"]) == \
         ("read", "publish", "admin")
-    code, out, _ = op.run("tokens", "list", "--data", data)
+    code, out, _ = op.run("tokens", "list", *store)
     assert out.splitlines()[0].split() == ["NAME", "SCOPE", "CREATED", "REVOKED"]
     assert viewer not in out and ci not in out
     # publish: uploads and rolls out; cannot revoke a board
@@ -350,6 +353,7 @@ def test_tokens_have_scopes_every_change_is_audited_and_loose_token_files_are_re
     assert code == 0, err
 
 
+@pytest.mark.sqlite_only(reason="migrates a SQLite file written by schema version 2")
 async def test_tokens_from_before_scopes_stay_admin_and_releases_get_their_signers(
         tmp_path: Path, keys: FleetKeys) -> None:
     """A data directory of schema version 2 migrates: its tokens keep every power (admin),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from server_support import FleetKeys, ServerEnv, SimBoard, new_data_dir
+from server_support import Backend, FleetKeys, ServerEnv, SimBoard, new_data_dir
 
 from ota_server import state
 from ota_server.app import create_app
@@ -150,9 +150,10 @@ async def test_rollout_start_names_a_release_by_version_or_by_sequence_not_both(
     assert status["rollout"]["release"]["version"] == "1.0.0"
 
 
-async def test_declared_channels_refuse_others_everywhere(aiohttp_client, tmp_path: Path) -> None:
+async def test_declared_channels_refuse_others_everywhere(aiohttp_client, tmp_path: Path,
+                                                         backend: Backend) -> None:
     keys = FleetKeys.create(tmp_path)
-    settings_, token = await new_data_dir(tmp_path)
+    settings_, token = await new_data_dir(tmp_path, backend)
     settings_ = replace(settings_, root_path=keys.root_path, channels=("stable", "beta"))
     client = await aiohttp_client(create_app(settings_))
     env = ServerEnv(client, settings_, token, keys, tmp_path)

@@ -178,14 +178,14 @@ async def test_bad_pack_query_is_400_naming_the_problem_and_changes_nothing(
         env: ServerEnv, query: str | None, code: str, words: list[str]) -> None:
     board = await env.add_board(SimBoard("bad-pack"))
     await env.put_blobs(b"0", b"1")  # the ids of _ids(2) are stored: only the query is wrong
-    before = store_fingerprint(env.settings)
+    before = await store_fingerprint(env.settings)
     resp = await env.get_pack(board, query)
     assert resp.status == 400, await resp.text()
     doc = await resp.json()
     assert doc["code"] == code
     for word in words:
         assert word in doc["message"], doc["message"]
-    assert _without_counters(store_fingerprint(env.settings)) == _without_counters(before)
+    assert _without_counters(await store_fingerprint(env.settings)) == _without_counters(before)
     assert env.app[state.METRICS].value("mpota_pack_requests_total", code="400") == 1
 
 

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from server_support import FleetKeys, SimBoard, make_bundle
+from server_support import Backend, FleetKeys, SimBoard, make_bundle
 
 from tools.api_client import ApiClient, ApiClientError
 from tools.cli import main
@@ -59,6 +59,8 @@ def _big_bundle(tmp_path: Path, keys: FleetKeys, sequence: int = 1) -> Path:
                        key=keys.release_key)
 
 
+@pytest.mark.sqlite_only(reason="crash safety of the blob directory: a half upload in "
+                                "blobs/tmp/ after SIGKILL (S3's: tests/test_storage_s3.py)")
 def test_sigkill_mid_blob_upload_leaves_nothing_visible_and_publish_retries(
         tmp_path: Path, keys: FleetKeys) -> None:
     bundle = _big_bundle(tmp_path, keys)
@@ -89,6 +91,8 @@ def test_sigkill_mid_blob_upload_leaves_nothing_visible_and_publish_retries(
         assert again.rollout is not None and again.rollout["rollout"]["state"] == "active"
 
 
+@pytest.mark.sqlite_only(reason="SQLite's integrity check and the blob directory's files "
+                                "after SIGKILL at any point of a publish")
 def test_sigkill_at_any_point_of_a_publish_keeps_the_store_consistent(
         tmp_path: Path, keys: FleetKeys) -> None:
     bundle = _big_bundle(tmp_path, keys)
@@ -141,14 +145,14 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 
 def test_cli_publish_rollout_devices_and_tokens_against_a_real_server(
         tmp_path: Path, keys: FleetKeys, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], backend: Backend) -> None:
     app = tmp_path / "demo"
     app.mkdir()
     (app / "app_main.py").write_text("print('hello')\n")
     key_file = tmp_path / "release.key"
     from signing.keys import save_private_key
     save_private_key(key_file, keys.release_key, None)
-    with LocalServer(tmp_path / "data", keys.root_path) as srv:
+    with LocalServer(tmp_path / "data", keys.root_path, **backend.urls) as srv:
         monkeypatch.setenv("MPOTA_TOKEN", srv.token)
         monkeypatch.setenv("MPOTA_SERVER", srv.url)
         code, out, err = _run(["publish", str(app), "--version", "1.0.0", "--sequence", "5",
@@ -191,15 +195,15 @@ def test_cli_publish_rollout_devices_and_tokens_against_a_real_server(
         assert code == 0
         assert client.device("cli-board")["revoked"] is not None
         # tokens: create, list (names only), revoke; a revoked token is refused at once
-        code, out, _ = _run(["tokens", "create", "ci", "--data", str(tmp_path / "data")],
-                            capsys)
+        store_args = ["--data", str(tmp_path / "data")]
+        store_args += ["--db", backend.db_url] if backend.db_url else []
+        code, out, _ = _run(["tokens", "create", "ci", *store_args], capsys)
         ci_token = out.strip()
         assert ci_token.startswith("mpota_")
         assert ApiClient(srv.url, ci_token).list_releases() != []
-        code, out, _ = _run(["tokens", "list", "--data", str(tmp_path / "data")], capsys)
+        code, out, _ = _run(["tokens", "list", *store_args], capsys)
         assert "ci" in out and ci_token not in out
-        code, out, _ = _run(["tokens", "revoke", "ci", "--data", str(tmp_path / "data")],
-                            capsys)
+        code, out, _ = _run(["tokens", "revoke", "ci", *store_args], capsys)
         assert code == 0
         with pytest.raises(ApiClientError) as refused:
             ApiClient(srv.url, ci_token).list_releases()
@@ -215,7 +219,8 @@ def test_client_commands_without_a_token_say_how_to_get_one(
 
 
 def test_serve_refuses_to_start_without_a_valid_trust_anchor(tmp_path: Path,
-                                                             keys: FleetKeys) -> None:
+                                                             keys: FleetKeys,
+                                                             backend: Backend) -> None:
     junk = tmp_path / "junk.json"
     junk.write_text("{}")
     for root_args in ([], ["--root", str(junk)]):
@@ -225,22 +230,23 @@ def test_serve_refuses_to_start_without_a_valid_trust_anchor(tmp_path: Path,
         assert proc.returncode == 1
         assert proc.stderr.startswith("ota: ")
     # a different root on a later start is refused unless it is a verified rotation
-    with LocalServer(tmp_path / "d2", keys.root_path):
+    with LocalServer(tmp_path / "d2", keys.root_path, **backend.urls):
         pass
     (tmp_path / "other").mkdir()
     other = FleetKeys.create(tmp_path / "other")
     with pytest.raises(LocalServerError, match="not a verified rotation"):
-        LocalServer(tmp_path / "d2", other.root_path).start()
+        LocalServer(tmp_path / "d2", other.root_path, **backend.urls).start()
     rotated, _ = keys.rotated_root(version=2)
     (tmp_path / "root.2.json").write_bytes(rotated)
-    with LocalServer(tmp_path / "d2", tmp_path / "root.2.json") as srv:
+    with LocalServer(tmp_path / "d2", tmp_path / "root.2.json", **backend.urls) as srv:
         assert srv.client().list_roots() == {"versions": [1, 2], "latest": 2}
-    with LocalServer(tmp_path / "d2", keys.root_path) as srv:  # an older stored root is fine
+    # an older stored root is fine
+    with LocalServer(tmp_path / "d2", keys.root_path, **backend.urls) as srv:
         assert srv.client().list_roots()["latest"] == 2
 
 
-def test_server_answers_on_loopback_only(tmp_path: Path, keys: FleetKeys) -> None:
-    with LocalServer(tmp_path / "data", keys.root_path) as srv:
+def test_server_answers_on_loopback_only(tmp_path: Path, keys: FleetKeys, backend: Backend) -> None:
+    with LocalServer(tmp_path / "data", keys.root_path, **backend.urls) as srv:
         assert srv.host == "127.0.0.1"
         out = subprocess.run(["ss", "-ltnH", f"sport = :{srv.port}"], capture_output=True,
                              text=True).stdout
@@ -251,8 +257,10 @@ def test_server_answers_on_loopback_only(tmp_path: Path, keys: FleetKeys) -> Non
 
 
 def test_json_logs_have_one_object_per_request_and_no_secrets(tmp_path: Path,
-                                                              keys: FleetKeys) -> None:
-    with LocalServer(tmp_path / "data", keys.root_path, extra_args=["--json-logs"]) as srv:
+                                                              keys: FleetKeys,
+                                                              backend: Backend) -> None:
+    with LocalServer(tmp_path / "data", keys.root_path, extra_args=["--json-logs"],
+                     **backend.urls) as srv:
         srv.client().list_releases()
         board = SimBoard("log-board")
         srv.client().register_device(board.device_id, board.point, board="unix")
@@ -272,8 +280,9 @@ def test_json_logs_have_one_object_per_request_and_no_secrets(tmp_path: Path,
     assert token not in text and "Mpota-P256" not in text
 
 
-def test_restart_keeps_port_token_and_data(tmp_path: Path, keys: FleetKeys) -> None:
-    with LocalServer(tmp_path / "data", keys.root_path) as srv:
+def test_restart_keeps_port_token_and_data(
+        tmp_path: Path, keys: FleetKeys, backend: Backend) -> None:
+    with LocalServer(tmp_path / "data", keys.root_path, **backend.urls) as srv:
         board = SimBoard("kept")
         srv.client().register_device(board.device_id, board.point, board="unix")
         url, token, pid = srv.url, srv.token, srv.pid

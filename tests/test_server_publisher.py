@@ -13,6 +13,8 @@ from server_support import (
     make_bundle,
     sha256_hex,
     store_fingerprint,
+    stored_blob,
+    upload_temporaries,
 )
 
 from signing import keys as keymod
@@ -27,8 +29,7 @@ async def test_blob_upload_is_content_addressed_and_idempotent(env: ServerEnv) -
     again = await env.client.put(f"/v1/blobs/{sha}", data=data, headers=env.bearer)
     assert again.status == 200
     assert (await again.json())["created"] is False
-    stored = env.settings.blob_dir / sha[:2] / sha
-    assert stored.read_bytes() == data
+    assert await stored_blob(env.settings, sha) == data
     missing = await env.client.post("/v1/blobs/missing", json={"blobs": [sha, "a" * 64]},
                                     headers=env.bearer)
     assert (await missing.json()) == {"missing": ["a" * 64]}
@@ -36,17 +37,17 @@ async def test_blob_upload_is_content_addressed_and_idempotent(env: ServerEnv) -
 
 async def test_blob_whose_bytes_do_not_hash_to_its_id_is_refused_and_not_stored(
         env: ServerEnv) -> None:
-    before = store_fingerprint(env.settings)
+    before = await store_fingerprint(env.settings)
     resp = await env.client.put(f"/v1/blobs/{'0' * 64}", data=b"other bytes", headers=env.bearer)
     assert resp.status == 400
     assert (await resp.json())["code"] == "hash_mismatch"
-    assert store_fingerprint(env.settings) == before
-    assert list((env.settings.blob_dir / "tmp").iterdir()) == []
+    assert (await store_fingerprint(env.settings)) == before
+    assert upload_temporaries(env.settings) == []
 
 
 async def test_huge_blob_is_refused_with_413_and_leaves_nothing(env: ServerEnv) -> None:
     limit = env.settings.limits.max_blob_bytes
-    before = store_fingerprint(env.settings)
+    before = await store_fingerprint(env.settings)
 
     async def stream():  # no Content-Length: the cap must hold while streaming
         chunk = b"x" * (1 << 20)
@@ -56,8 +57,8 @@ async def test_huge_blob_is_refused_with_413_and_leaves_nothing(env: ServerEnv) 
     resp = await env.client.put(f"/v1/blobs/{'1' * 64}", data=stream(), headers=env.bearer)
     assert resp.status == 413
     assert (await resp.json())["code"] == "too_large"
-    assert store_fingerprint(env.settings) == before
-    assert list((env.settings.blob_dir / "tmp").iterdir()) == []
+    assert (await store_fingerprint(env.settings)) == before
+    assert upload_temporaries(env.settings) == []
 
 
 @pytest.mark.parametrize("blob_id", [
@@ -65,13 +66,13 @@ async def test_huge_blob_is_refused_with_413_and_leaves_nothing(env: ServerEnv) 
     "g" * 64, "0" * 62 + "/x",
 ])
 async def test_path_tricks_in_blob_ids_are_refused(env: ServerEnv, blob_id: str) -> None:
-    before = store_fingerprint(env.settings)
+    before = await store_fingerprint(env.settings)
     resp = await env.client.put(f"/v1/blobs/{blob_id}", data=b"x", headers=env.bearer)
     assert resp.status in (400, 404)
     body = await resp.json()
     assert body["code"] in ("bad_blob_id", "not_found")
     assert body["message"]
-    assert store_fingerprint(env.settings) == before
+    assert (await store_fingerprint(env.settings)) == before
 
 
 async def test_release_registers_after_its_blobs_and_is_listed(env: ServerEnv) -> None:
@@ -98,13 +99,13 @@ async def test_release_with_missing_blob_is_refused_and_nothing_registered(
                          version="1.0.0", sequence=1, key=env.keys.release_key)
     one_sha, one_data = next(iter(bundle_blobs(bundle).items()))
     await env.client.put(f"/v1/blobs/{one_sha}", data=one_data, headers=env.bearer)
-    before = store_fingerprint(env.settings)
+    before = await store_fingerprint(env.settings)
     resp = await env.client.post("/v1/releases",
                                  data=(bundle / "manifest.dsse.json").read_bytes(),
                                  headers=env.bearer)
     assert resp.status == 409
     assert (await resp.json())["code"] == "missing_blobs"
-    assert store_fingerprint(env.settings) == before
+    assert (await store_fingerprint(env.settings)) == before
 
 
 async def test_release_signed_by_an_unknown_key_is_refused(env: ServerEnv) -> None:
@@ -112,7 +113,7 @@ async def test_release_signed_by_an_unknown_key_is_refused(env: ServerEnv) -> No
                          key=keymod.generate_private_key())
     for sha, data in bundle_blobs(bundle).items():
         await env.client.put(f"/v1/blobs/{sha}", data=data, headers=env.bearer)
-    before = store_fingerprint(env.settings)
+    before = await store_fingerprint(env.settings)
     resp = await env.client.post("/v1/releases",
                                  data=(bundle / "manifest.dsse.json").read_bytes(),
                                  headers=env.bearer)
@@ -120,7 +121,7 @@ async def test_release_signed_by_an_unknown_key_is_refused(env: ServerEnv) -> No
     body = await resp.json()
     assert body["code"] == "signature_threshold"
     assert "ThresholdError" in body["message"]
-    assert store_fingerprint(env.settings) == before
+    assert (await store_fingerprint(env.settings)) == before
 
 
 async def test_sequence_must_grow_per_app(env: ServerEnv) -> None:
@@ -129,13 +130,13 @@ async def test_sequence_must_grow_per_app(env: ServerEnv) -> None:
                          key=env.keys.release_key)
     for sha, data in bundle_blobs(bundle).items():
         await env.client.put(f"/v1/blobs/{sha}", data=data, headers=env.bearer)
-    before = store_fingerprint(env.settings)
+    before = await store_fingerprint(env.settings)
     resp = await env.client.post("/v1/releases",
                                  data=(bundle / "manifest.dsse.json").read_bytes(),
                                  headers=env.bearer)
     assert resp.status == 409
     assert (await resp.json())["code"] == "sequence_not_greater"
-    assert store_fingerprint(env.settings) == before
+    assert (await store_fingerprint(env.settings)) == before
     # another app has its own sequence
     await env.publish({"app_main.py": b"other\n"}, version="0.1.0", sequence=1, app="other")
 
@@ -161,13 +162,13 @@ def _tampered(envelope: bytes) -> bytes:
 ])
 async def test_bad_envelopes_get_4xx_and_change_nothing(env: ServerEnv, body: bytes,
                                                          status: int, code: str) -> None:
-    before = store_fingerprint(env.settings)
+    before = await store_fingerprint(env.settings)
     resp = await env.client.post("/v1/releases", data=body, headers=env.bearer)
     assert resp.status == status, await resp.text()
     doc = await resp.json()
     assert doc["code"] == code
     assert doc["message"]
-    assert store_fingerprint(env.settings) == before
+    assert (await store_fingerprint(env.settings)) == before
 
 
 async def test_tampered_payload_is_refused(env: ServerEnv) -> None:
@@ -240,22 +241,22 @@ async def test_device_registration_revocation_and_listing(env: ServerEnv) -> Non
 ])
 async def test_bad_device_registrations_get_400_and_change_nothing(
         env: ServerEnv, body: bytes, code: str) -> None:
-    before = store_fingerprint(env.settings)
+    before = await store_fingerprint(env.settings)
     resp = await env.client.post("/v1/devices", data=body, headers=env.bearer)
     assert resp.status == 400, await resp.text()
     doc = await resp.json()
     assert doc["code"] == code
     assert doc["message"]
-    assert store_fingerprint(env.settings) == before
+    assert (await store_fingerprint(env.settings)) == before
 
 
 async def test_huge_json_body_is_refused_with_413(env: ServerEnv) -> None:
-    before = store_fingerprint(env.settings)
+    before = await store_fingerprint(env.settings)
     body = json.dumps({"device_id": "b1", "padding": "x" * 1_000_000}).encode()
     resp = await env.client.post("/v1/devices", data=body, headers=env.bearer)
     assert resp.status == 413
     assert (await resp.json())["code"] == "too_large"
-    assert store_fingerprint(env.settings) == before
+    assert (await store_fingerprint(env.settings)) == before
 
 
 @pytest.mark.parametrize(("payload", "status", "code"), [
@@ -273,11 +274,11 @@ async def test_huge_json_body_is_refused_with_413(env: ServerEnv) -> None:
 async def test_bad_rollout_requests_get_4xx_and_change_nothing(
         env: ServerEnv, payload: dict, status: int, code: str) -> None:
     await env.publish({"app_main.py": b"x=1\n"}, version="1.0.0", sequence=1)
-    before = store_fingerprint(env.settings)
+    before = await store_fingerprint(env.settings)
     resp = await env.client.post("/v1/channels/stable/rollout", json=payload, headers=env.bearer)
     assert resp.status == status, await resp.text()
     assert (await resp.json())["code"] == code
-    assert store_fingerprint(env.settings) == before
+    assert (await store_fingerprint(env.settings)) == before
 
 
 async def test_unknown_route_and_method_answer_json_errors(env: ServerEnv) -> None:

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from server_support import FleetKeys, ServerEnv, make_bundle
+from server_support import Backend, FleetKeys, ServerEnv, make_bundle, query_rows
 
 from ota_server.storage.errors import StoreConflict
 from ota_server.storage.sqlite import SqliteStore, _migrations
@@ -107,9 +107,8 @@ async def test_a_bad_sequence_request_is_refused_and_reserves_nothing(
     resp = await env.client.post("/v1/releases/sequence", json=body, headers=env.bearer)
     assert resp.status == 400
     assert (await resp.json())["code"] == code
-    rows = sqlite3.connect(env.settings.db_path).execute(
-        "SELECT COUNT(*) FROM sequence_reservations").fetchone()
-    assert rows == (0,)
+    rows = await query_rows(env.settings, "SELECT COUNT(*) FROM sequence_reservations")
+    assert rows == [(0,)]
 
 
 def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -120,7 +119,7 @@ def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 
 def test_cli_publishes_of_two_versions_in_one_second_both_succeed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], backend: Backend) -> None:
     keys = FleetKeys.create(tmp_path)
     key_file = tmp_path / "release.key"
     save_private_key(key_file, keys.release_key, None)
@@ -132,7 +131,7 @@ def test_cli_publishes_of_two_versions_in_one_second_both_succeed(
         apps[label] = app
     frozen = int(time.time())
     monkeypatch.setattr("tools.cmd_publisher.time.time", lambda: frozen)  # one second
-    with LocalServer(tmp_path / "data", keys.root_path) as srv:
+    with LocalServer(tmp_path / "data", keys.root_path, **backend.urls) as srv:
         monkeypatch.setenv("MPOTA_TOKEN", srv.token)
         monkeypatch.setenv("MPOTA_SERVER", srv.url)
         common = ["--board", "unix", "--key", str(key_file)]
@@ -170,6 +169,7 @@ def _published(out: str, version: str) -> int:
     return int(match.group(1))
 
 
+@pytest.mark.sqlite_only(reason="migrates a SQLite file written by schema version 1")
 async def test_migration_keeps_a_version_1_data_directory_and_its_duplicate_versions(
         tmp_path: Path) -> None:
     """A data directory written by schema version 1 (with two releases of one version, which

@@ -13,9 +13,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+from cluster_support import backend_of
+from conftest import BACKENDS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from server_support import FleetKeys, ServerEnv, SimBoard, make_bundle, new_data_dir
+from server_support import Backend, FleetKeys, ServerEnv, SimBoard, make_bundle, new_data_dir
 
 CANARY_FIRST = {"stages": [{"tag": "canary"}, {"percent": 100}], "auto_advance": True}
 
@@ -182,14 +185,14 @@ step_strategy = st.one_of(
 )
 
 
-async def _scenario(workdir: Path, fleet: list[tuple[str, bool]],
+async def _scenario(workdir: Path, backend: Backend, fleet: list[tuple[str, bool]],
                     steps: list[tuple[Any, ...]]) -> None:
     from aiohttp.test_utils import TestClient, TestServer
 
     from ota_server.app import create_app
 
     keys = FleetKeys.create(workdir)
-    settings, token = await new_data_dir(workdir)
+    settings, token = await new_data_dir(workdir, backend)
     settings = replace(settings, root_path=keys.root_path)
     async with TestClient(TestServer(create_app(settings))) as client:
         env = ServerEnv(client, settings, token, keys, workdir)
@@ -234,12 +237,17 @@ async def _scenario(workdir: Path, fleet: list[tuple[str, bool]],
         assert refused == model.refused
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.parametrize("kind", BACKENDS)
+# A fresh store for each example (backend_of), so the function-scoped `request` is safe to share.
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(fleet=boards_strategy, steps=st.lists(step_strategy, min_size=1, max_size=30))
 def test_only_reports_for_deployments_opened_for_the_board_move_counts(
-        fleet: list[tuple[str, bool]], steps: list[tuple[Any, ...]]) -> None:
-    with tempfile.TemporaryDirectory(prefix="report-rules-") as scratch:
-        asyncio.run(_scenario(Path(scratch), fleet, steps))
+        kind: str, request: pytest.FixtureRequest, fleet: list[tuple[str, bool]],
+        steps: list[tuple[Any, ...]]) -> None:
+    with tempfile.TemporaryDirectory(prefix="report-rules-") as scratch, \
+            backend_of(kind, request) as backend:
+        asyncio.run(_scenario(Path(scratch), backend, fleet, steps))
 
 
 async def test_a_board_running_no_app_reports_its_failed_first_install(env: ServerEnv) -> None:

@@ -5,19 +5,18 @@ cache never stalls the server."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import signal
 import socket
-import sqlite3
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from server_support import FleetKeys, SimBoard, make_bundle
+from server_support import Backend, FleetKeys, SimBoard, make_bundle, open_metadata, query_rows
 
-from ota_server.storage.sqlite import SqliteStore
 from tools.local_server import LocalServer
 
 BURST = 1000  # new connections while the server cannot accept: ~0.6 s of S3's load
@@ -45,13 +44,13 @@ def _established(socks: list[socket.socket], deadline: float) -> int:
     return done
 
 
-def test_a_burst_of_new_connections_waits_for_a_stalled_server(tmp_path: Path,
-                                                               keys: FleetKeys) -> None:
+def test_a_burst_of_new_connections_waits_for_a_stalled_server(tmp_path: Path, keys: FleetKeys,
+                                                               backend: Backend) -> None:
     """Boards open a connection per request. While the server is stalled (here: stopped), the
     kernel queues new connections up to the listen backlog and drops the SYNs beyond it, which
     a board's TCP stack only retries a second later; with aiohttp's default backlog (128) a
     stall of ~75 ms at S3's rate already drops boards."""
-    with LocalServer(tmp_path / "data", keys.root_path) as srv:
+    with LocalServer(tmp_path / "data", keys.root_path, **backend.urls) as srv:
         assert srv.pid is not None
         socks: list[socket.socket] = []
         os.kill(srv.pid, signal.SIGSTOP)
@@ -84,10 +83,10 @@ def _post_checkin(url: str, board: SimBoard) -> int:
 
 
 def test_every_answered_checkin_is_in_the_database_after_a_clean_stop(
-        tmp_path: Path, keys: FleetKeys) -> None:
+        tmp_path: Path, keys: FleetKeys, backend: Backend) -> None:
     data = tmp_path / "data"
     boards = [SimBoard(f"field-{i}") for i in range(5)]
-    with LocalServer(data, keys.root_path) as srv:
+    with LocalServer(data, keys.root_path, **backend.urls) as srv:
         client = srv.client()
         for board in boards:
             client.register_device(board.device_id, board.point, board="unix",
@@ -97,27 +96,26 @@ def test_every_answered_checkin_is_in_the_database_after_a_clean_stop(
         client.publish(bundle, "stable", percent=100)
         assert [_post_checkin(srv.url, b) for b in boards] == [200] * len(boards)
         # SIGTERM right away: the last check-in's records are still queued (written behind)
-    db = sqlite3.connect(data / "mpota.sqlite3")
-    try:
-        inventory = db.execute("SELECT device_id, mem_free, last_seen IS NOT NULL FROM devices "
-                               "ORDER BY device_id").fetchall()
-        offers = db.execute("SELECT device_id, status FROM deployments "
-                            "ORDER BY device_id").fetchall()
-    finally:
-        db.close()
+    settings = backend.settings(data)
+    inventory = asyncio.run(query_rows(
+        settings, "SELECT device_id, mem_free, last_seen IS NOT NULL FROM devices "
+                  "ORDER BY device_id"))
+    offers = asyncio.run(query_rows(settings, "SELECT device_id, status FROM deployments "
+                                              "ORDER BY device_id"))
     assert inventory == [(b.device_id, 31000 + i, 1) for i, b in enumerate(boards)]
     assert offers == [(b.device_id, "offered") for b in boards]
 
 
 async def test_the_key_cache_stays_bounded_one_key_at_a_time(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      backend: Backend) -> None:
     """The parsed-key cache never holds more than its bound and never empties at once (that
     stalled the server for a part of a second at 100,000 boards)."""
     from ota_server import device_auth
     from signing import keys as keymod
 
     monkeypatch.setattr(device_auth, "KEY_CACHE_SIZE", 3, raising=False)
-    store = SqliteStore(tmp_path / "db.sqlite3")
+    store = await open_metadata(backend.settings(tmp_path / "data"))
     try:
         auth = device_auth.DeviceAuthenticator(store)
         points = [keymod.public_point(keymod.generate_private_key()) for _ in range(5)]

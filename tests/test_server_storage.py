@@ -12,6 +12,10 @@ from ota_server.storage.blobs import BlobHashMismatch, BlobTooLarge, FileBlobSto
 from ota_server.storage.errors import StoreConflict, StoreNotFound, StoreUnavailable
 from ota_server.storage.sqlite import SqliteStore, _migrations
 
+# PostgreSQL's and S3's own: tests/test_storage_postgres.py, tests/test_storage_s3.py.
+pytestmark = pytest.mark.sqlite_only(reason="the SQLite store (WAL, its locks, its migrations) "
+                                            "and the blob directory on their own")
+
 
 async def _chunks(*parts: bytes):
     for part in parts:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from server_support import FleetKeys, SimBoard, make_bundle
+from server_support import Backend, FleetKeys, SimBoard, make_bundle
 
 from ota_server.tls import ServerTls, TlsSetupError
 from tools.cli import main
@@ -69,11 +69,11 @@ def test_tls_init_writes_a_ca_and_a_server_certificate_keys_0600(tls_dir: Path,
 
 
 def test_boards_and_publishers_work_over_https(tmp_path: Path, keys: FleetKeys,
-                                               tls_dir: Path) -> None:
+                                               tls_dir: Path, backend: Backend) -> None:
     payload = b"over tls " * 40000
     bundle = make_bundle(tmp_path, {"app_main.py": payload}, version="1.0.0", sequence=1,
                          key=keys.release_key)
-    with LocalServer(tmp_path / "data", keys.root_path, tls_dir=tls_dir) as srv:
+    with LocalServer(tmp_path / "data", keys.root_path, tls_dir=tls_dir, **backend.urls) as srv:
         assert srv.url.startswith("https://")
         client = srv.client()
         board = SimBoard("tls-board")
@@ -101,10 +101,11 @@ def test_boards_and_publishers_work_over_https(tmp_path: Path, keys: FleetKeys,
 
 
 def test_a_client_that_does_not_trust_the_fleet_ca_is_refused(tmp_path: Path, keys: FleetKeys,
-                                                              tls_dir: Path) -> None:
+                                                              tls_dir: Path,
+                                                              backend: Backend) -> None:
     other = tmp_path / "other"
     assert main(["tls", "init", str(other), "--host", "127.0.0.1"]) == 0
-    with LocalServer(tmp_path / "data", keys.root_path, tls_dir=tls_dir) as srv:
+    with LocalServer(tmp_path / "data", keys.root_path, tls_dir=tls_dir, **backend.urls) as srv:
         wrong = ssl.create_default_context(cafile=str(other / "ca.pem"))
         with socket.create_connection((srv.host, srv.port), timeout=5) as raw, \
                 pytest.raises(ssl.SSLCertVerificationError):
@@ -116,8 +117,8 @@ def test_a_client_that_does_not_trust_the_fleet_ca_is_refused(tmp_path: Path, ke
 
 
 def test_sighup_serves_a_renewed_certificate_without_dropping_a_connection(
-        tmp_path: Path, keys: FleetKeys, tls_dir: Path) -> None:
-    with LocalServer(tmp_path / "data", keys.root_path, tls_dir=tls_dir) as srv:
+        tmp_path: Path, keys: FleetKeys, tls_dir: Path, backend: Backend) -> None:
+    with LocalServer(tmp_path / "data", keys.root_path, tls_dir=tls_dir, **backend.urls) as srv:
         before = _served_cert(srv)
         context = ssl.create_default_context(cafile=str(srv.ca_path))
         kept = http.client.HTTPSConnection(srv.host, srv.port, context=context, timeout=10)

@@ -250,11 +250,14 @@ async def test_both_blob_backends_keep_the_same_upload_rules(blobs: Any) -> None
 
 @settings(max_examples=15, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(start=st.integers(min_value=0, max_value=99_999),
+@given(size=st.sampled_from([0, 1, 4, 102_404]), start=st.integers(min_value=0,
+                                                                  max_value=102_410),
        length=st.one_of(st.none(), st.integers(min_value=0, max_value=120_000)))
-def test_any_range_reads_exactly_those_bytes(s3_url: str, tmp_path: Path, start: int,
-                                             length: int | None) -> None:
-    data = bytes(range(256)) * 400 + b"tail"  # 102,404 bytes
+def test_any_range_reads_exactly_those_bytes(s3_url: str, tmp_path: Path, size: int,
+                                             start: int, length: int | None) -> None:
+    """Any range of a blob of any size (an empty one too: a pack may hold empty files) reads
+    exactly its bytes; a range starting past the end is a ValueError, the whole blob never."""
+    data = (bytes(range(256)) * 400 + b"tail")[:size]
     sha = _sha(data)
 
     async def run() -> bytes:
@@ -262,12 +265,18 @@ def test_any_range_reads_exactly_those_bytes(s3_url: str, tmp_path: Path, start:
         try:
             if not await store.exists(sha):
                 await store.put_stream(sha, _chunks(data), len(data))
+            if start == 0 and length is None:  # the whole blob, as a cache fill reads it
+                assert await _read_opened(store, sha) == data
             return await _read(store, sha, start, length)
         finally:
             await store.close()
 
     end = len(data) if length is None else start + length
-    assert asyncio.run(run()) == data[start:end]
+    if start >= len(data) and length != 0 and not (start == 0 and length is None):
+        with pytest.raises(ValueError, match="has no byte"):
+            asyncio.run(run())
+    else:
+        assert asyncio.run(run()) == data[start:end]
 
 
 # -- the store down or refusing -----------------------------------------------------------------

@@ -529,7 +529,7 @@ async def test_dashboard_actions_are_in_the_audit_log_as_the_apis_are(env: Serve
 
 
 async def test_the_session_cookie_is_secure_when_the_server_runs_tls(
-        aiohttp_client: Any, tmp_path: Any) -> None:
+        aiohttp_client: Any, tmp_path: Any, backend: Any) -> None:
     from dataclasses import replace
 
     from server_support import FleetKeys, new_data_dir
@@ -539,7 +539,7 @@ async def test_the_session_cookie_is_secure_when_the_server_runs_tls(
 
     server_tls(tmp_path / "tls")
     keys = FleetKeys.create(tmp_path)
-    settings, token = await new_data_dir(tmp_path)
+    settings, token = await new_data_dir(tmp_path, backend)
     settings = replace(settings, root_path=keys.root_path,
                        tls_cert=tmp_path / "tls" / "server.pem",
                        tls_key=tmp_path / "tls" / "server.key")

@@ -19,6 +19,7 @@ when the store cannot be reached or fails (5xx), StoreError when it refuses the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import re
@@ -32,7 +33,7 @@ from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
-from aiobotocore.session import get_session
+from aiobotocore.session import AioSession, get_session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
@@ -195,6 +196,15 @@ def _hash_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+@functools.cache
+def shared_session() -> AioSession:
+    """The process's one botocore session, which every S3 client is made from. A session holds
+    about 11 MB of parsed service descriptions, and botocore keeps recent clients (and so
+    their sessions) alive in a global cache: a process that opens stores again and again
+    (the test suite, tools) would hold a copy per client, up to a gigabyte."""
+    return get_session()
+
+
 class S3BlobStore:
     """BlobStore on an S3-compatible bucket: objects `blobs/<sha256>`, plus a local cache
     directory `<cache>/<aa>/<sha256>` (and `<cache>/tmp/` for fills in progress)."""
@@ -228,7 +238,7 @@ class S3BlobStore:
         access_key, secret_key = credentials_from_env(os.environ if environ is None
                                                       else environ)
         stack = AsyncExitStack()
-        client = await stack.enter_async_context(get_session().create_client(
+        client = await stack.enter_async_context(shared_session().create_client(
             "s3", endpoint_url=location.endpoint, region_name=location.region,
             aws_access_key_id=access_key, aws_secret_access_key=secret_key,
             config=Config(s3={"addressing_style": "path"}, connect_timeout=CONNECT_TIMEOUT,
@@ -354,11 +364,14 @@ class S3BlobStore:
         key = self.key(sha256)
         if length == 0:
             return
-        last = "" if length is None else str(start + length - 1)
+        # The whole blob is asked for without a Range: S3 answers any range of an empty
+        # object with InvalidRange (it has no byte 0), but the whole of it is its 0 bytes.
+        ranged = {} if start == 0 and length is None else {
+            "Range": f"bytes={start}-{'' if length is None else start + length - 1}"}
         async with _s3_errors(f"blob {sha256}"):
             try:
                 answer = await self._client.get_object(
-                    Bucket=self.location.bucket, Key=key, Range=f"bytes={start}-{last}")
+                    Bucket=self.location.bucket, Key=key, **ranged)
             except ClientError as err:
                 if err.response.get("Error", {}).get("Code") == "InvalidRange":
                     raise ValueError(f"blob {sha256} has no byte {start}") from None
