@@ -1,7 +1,7 @@
 """`.ci/run` is `make test`: it passes when the tests pass and fails when one fails.
 
 The nested run reuses the venv and MicroPython that the outer run installed (make's stamps), and
-points both pytest passes (the whole suite, then the board tests on the 32-bit port) at one
+points both pytest passes (the whole suite, and beside it the board tests on the 32-bit port) at one
 throw-away test file through PYTEST_ARGS and PYTEST32_ARGS, so it costs one lint pass.
 """
 

@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner, Result
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from server_support import ServerEnv, SimBoard, sha256_hex, start_env
+from server_support import SQLITE, ServerEnv, SimBoard, sha256_hex, start_env
 
 from ota_server.app import create_app
 from ota_server.device_auth import sign_request
@@ -103,7 +103,7 @@ class Fleet:
 
 
 async def _embedded_fleet(aiohttp_client: Any, tmp_path: Path) -> Fleet:
-    fleet = Fleet(await start_env(aiohttp_client, tmp_path))
+    fleet = Fleet(await start_env(aiohttp_client, tmp_path, SQLITE))
     await fleet.fill()
     return fleet
 

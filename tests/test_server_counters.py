@@ -283,11 +283,11 @@ async def test_queued_records_are_written_within_the_window_without_other_reques
 
 
 async def test_records_queued_while_a_slow_write_runs_are_written_after_it(
-        tmp_path: Path) -> None:
+        tmp_path: Path, backend: Backend) -> None:
     """A write-behind timer that fires while the last write still waits for the database
     (PostgreSQL over the network) is armed again: nothing queued meanwhile waits for a later
     check-in to be written."""
-    store = await _store(tmp_path, "b1", "b2")
+    store, settings = await _store(tmp_path, backend, "b1", "b2")
     release = await _release(store)
     gate = asyncio.Event()
     real = store.write_checkins
@@ -299,7 +299,6 @@ async def test_records_queued_while_a_slow_write_runs_are_written_after_it(
         return await real(inventories, offers, advances)
 
     store.write_checkins = slow  # type: ignore[method-assign]
-    db = tmp_path / "db.sqlite3"
     try:
         counters = CounterCommits(store, write_behind=0.05)
         counters.record_checkin("b1", INVENTORY, release)
@@ -309,10 +308,10 @@ async def test_records_queued_while_a_slow_write_runs_are_written_after_it(
         await asyncio.sleep(0.2)  # b2's timer fires while b1's write still waits
         gate.set()
         deadline = asyncio.get_running_loop().time() + 5.0
-        while len(_records(db)["inventory"]) < 2 \
+        while len((await _records(settings))["inventory"]) < 2 \
                 and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
-        assert [row[0] for row in _records(db)["inventory"]] == ["b1", "b2"]
+        assert [row[0] for row in (await _records(settings))["inventory"]] == ["b1", "b2"]
         assert writes == [["b1"], ["b2"]]
     finally:
         await store.close()
