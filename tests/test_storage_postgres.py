@@ -427,19 +427,25 @@ async def test_check_in_records_of_a_batch_are_merged_per_board_in_order(store: 
     assert (e.inventory["version"], e.inventory["slot"]) == ("9", "b")
 
 
+async def _advance(store: PostgresStore, rollout_id: int, from_stage: int) -> bool:
+    """Advance an active rollout from `from_stage`, as ota_server.rollout does: conditionally."""
+    return await store.update_rollout(rollout_id, stage=from_stage + 1,
+                                      expect_stage=from_stage, expect_state="active")
+
+
 async def test_two_replicas_advancing_one_stage_exactly_one_wins(pg_dsn: str) -> None:
     a, b = await _migrated(pg_dsn), await PostgresStore.open(pg_dsn)
     try:
         release = await _release(a)
         rollout = await a.start_rollout("stable", release.id, {})
         for stage in range(5):
-            wins = await asyncio.gather(a.advance_stage(rollout.id, stage),
-                                        b.advance_stage(rollout.id, stage))
+            wins = await asyncio.gather(_advance(a, rollout.id, stage),
+                                        _advance(b, rollout.id, stage))
             assert sorted(wins) == [False, True]
         assert (await b.current_rollout("stable")).stage == 5
         # Paused through one replica: the other cannot advance it any more.
         assert await a.update_rollout(rollout.id, state="paused", expect_state="active")
-        assert not await b.advance_stage(rollout.id, 5)
+        assert not await _advance(b, rollout.id, 5)
         assert not await b.update_rollout(rollout.id, state="paused", expect_state="active")
         current = await b.current_rollout("stable")
         assert (current.stage, current.state) == (5, "paused")

@@ -721,12 +721,6 @@ class PostgresStore:
                 "AND ($6::integer IS NULL OR stage = $6) AND ($7::text IS NULL OR state = $7)",
                 stage, state, reason, _now(), rollout_id, expect_stage, expect_state)) == 1
 
-    async def advance_stage(self, rollout_id: int, from_stage: int) -> bool:
-        """Move an active rollout from `from_stage` to the next stage; False when it is no
-        longer active or another caller moved it first."""
-        return await self.update_rollout(rollout_id, stage=from_stage + 1,
-                                         expect_stage=from_stage, expect_state="active")
-
     async def list_channels(self) -> list[str]:
         async with self._connection() as conn:
             rows = await conn.fetch(
