@@ -8,8 +8,11 @@ S5  10,000 boards over 60 s through the cluster, one request each on a new conne
     were offered; one replica is killed (SIGKILL) at 20 s and started again at 40 s. p99,
     errors, and `lost`: acknowledged requests whose counter, last-seen time or report status
     PostgreSQL does not hold after the run
-S6  1 MB blob MB/s through the cluster (blob in SeaweedFS, sent by the replica from its
-    verified local cache with sendfile, through nginx) ÷ nginx serving the same file statically
+S6  1 MB blob MB/s through the cluster (blob in SeaweedFS; the replica authenticates the
+    board and answers X-Accel-Redirect into its verified local cache, from which nginx sends
+    the file itself: the production layout, docs/operations.md "Blobs sent by nginx") ÷ nginx
+    serving the same file statically. `--s6-accel off`: the replica sends the blob with
+    sendfile and nginx relays it (the layout before --blob-accel), for comparisons
 
 Everything runs on this machine's two cores: the generator, nginx, both replicas, PostgreSQL
 and SeaweedFS share them, so the cluster's two replicas do not get a core each. PostgreSQL
@@ -17,7 +20,8 @@ runs with production's durability by default (`fsync=on`, `full_page_writes=on`,
 `synchronous_commit=on`); `--fsync off` uses the test settings of tools/cluster/postgres.py.
 All on 127.0.0.1, bounded in count and time.
 
-    python bench/bench_cluster.py [--quick] [--fsync on|off]
+    python bench/bench_cluster.py [--quick] [--fsync on|off] [--s6-accel on|off]
+                                  [--s6-downloads N]
 
 The last line printed is one JSON object with the figure ids.
 """
@@ -345,15 +349,23 @@ async def s6_round(cluster: Cluster, static: Nginx, boards: list[Board], sha: st
     print(f"S6 round {round_no} nginx:   {scale.s6_downloads} x 1 MB file in {ngx_secs:.2f}s = "
           f"{ngx_mbs:.0f} MB/s (CPU: nginx {ngx_cpu[0]:.2f}s, generator {ngx_cpu[1]:.2f}s)",
           flush=True)
+    per = {name: (after[name] - before[name]) * 1000 / scale.s6_downloads for name in after}
+    print(f"S6 round {round_no} CPU ms per download: cluster "
+          + ", ".join(f"{name} {ms:.2f}" for name, ms in per.items())
+          + f"; static nginx {ngx_cpu[0] * 1000 / scale.s6_downloads:.2f}", flush=True)
     return ota_mbs / ngx_mbs
 
 
 async def warm_caches(cluster: Cluster, boards: list[Board], sha: str, size: int) -> None:
     """One download from each replica directly: each fills its verified cache from S3 once
     (S6 measures the steady state, as a fleet downloading a release sees it). A board each:
-    one board's two requests in parallel could commit its counters out of order (a replay)."""
+    one board's two requests in parallel could commit its counters out of order (a replay).
+    With a Range of the whole blob: a replica answers that itself (a plain GET is handed to
+    nginx, which is not in this path)."""
     lanes = [[board.signed(replica.url, "GET", f"/v1/blobs/{sha}")]
              for board, replica in zip(boards, cluster.replicas, strict=False)]
+    for [req] in lanes:
+        req.headers["Range"] = "bytes=0-"
     _secs, got, errors = await closed_loop(lanes, len(lanes))
     if errors or got != size * len(lanes):
         raise RuntimeError(f"warming the blob caches: {errors} errors, {got} bytes")
@@ -368,8 +380,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="PostgreSQL durability: on (production, default) or off (tests)")
     parser.add_argument("--s5-boards", type=int, default=None, help="override S5's board count")
     parser.add_argument("--s5-seconds", type=float, default=None, help="override S5's span")
+    parser.add_argument("--s6-accel", choices=("on", "off"), default="on",
+                        help="whole blobs sent by nginx from the replicas' caches (on, "
+                             "production) or by the replicas through nginx (off)")
+    parser.add_argument("--s6-downloads", type=int, default=None,
+                        help="override S6's downloads per server and round")
     args = parser.parse_args(argv)
     scale = QUICK if args.quick else FULL
+    if args.s6_downloads:
+        scale = replace(scale, s6_downloads=args.s6_downloads)
     if args.s5_boards or args.s5_seconds:
         scale = replace(scale, s5_boards=args.s5_boards or scale.s5_boards,
                         s5_seconds=args.s5_seconds or scale.s5_seconds)
@@ -395,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         figures: dict[str, Any] = {}
         t0 = time.perf_counter()
         with Cluster(work / "cluster", keys.root_path, pg_settings=pg_settings,
-                     extra_args=["--quiet"]) as cluster, \
+                     extra_args=["--quiet"], blob_accel=args.s6_accel == "on") as cluster, \
                 LocalServer(embedded_settings.data_dir, keys.root_path,
                             extra_args=["--quiet"]) as embedded, \
                 Nginx(static_dir, work) as static:
@@ -424,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
             fifth = s5(cluster, checkers, reporters, work, scale)
         figures.update(S5_p99_ms=round(fifth["p99_ms"], 1), S5_errors=fifth["errors"],
                        S5_lost=fifth["lost"], S6_ratio=round(s6_ratio, 3),
-                       S5_boards=fifth["requests"], pg_fsync=args.fsync)
+                       S5_boards=fifth["requests"], pg_fsync=args.fsync,
+                       s6_accel=args.s6_accel)
     print(f"load average at the end {loadavg()}")
     print(json.dumps(figures))
     return 0
