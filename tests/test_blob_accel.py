@@ -121,7 +121,7 @@ async def test_a_whole_blob_through_nginx_is_the_servers_answer_byte_for_byte(
     assert fronted.metric("mpota_blob_bytes_served_total") == served + len(data)
 
 
-async def test_ranges_packs_and_304s_stay_the_servers_through_nginx(fronted: Fronted) -> None:
+async def test_ranges_packs_304s_and_heads_stay_the_servers(fronted: Fronted) -> None:
     board, sha, data = await _board_and_blob(fronted)
     status, headers, body = await fronted.blob(board, sha, Range="bytes=1000-1999")
     assert (status, body) == (206, data[1000:2000])
@@ -133,6 +133,10 @@ async def test_ranges_packs_and_304s_stay_the_servers_through_nginx(fronted: Fro
     path = f"/v1/device/pack?blobs={sha},{sha2}"
     status, headers, body = await fronted.get(path, board.auth("GET", path))
     assert (status, body) == (200, data + other)
+    path = f"/v1/blobs/{sha}"
+    head = await fronted.env.client.head(path, headers=board.auth("HEAD", path))
+    assert head.status == 200 and "X-Accel-Redirect" not in head.headers
+    assert head.headers["Content-Length"] == str(len(data))
     assert fronted.metric("mpota_blob_accel_total", code="200") == 0
 
 
