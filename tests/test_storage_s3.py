@@ -430,6 +430,58 @@ async def test_files_used_recently_are_kept_past_the_bound(s3_url: str, tmp_path
         await store.close()
 
 
+_DAMAGE = ("overwrite", "truncate", "append", "replace", "chmod_then_overwrite")
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(damage=st.sampled_from(_DAMAGE), at=st.integers(min_value=0, max_value=49_999),
+       via_open=st.booleans())
+def test_a_cache_file_changed_after_its_check_is_never_handed_out(
+        s3_url: str, tmp_path: Path, damage: str, at: int, via_open: bool) -> None:
+    """Whatever happens to a checked cache file between two uses (bytes overwritten in place,
+    cut short, grown, replaced by another file, its mode changed and then its bytes), the next
+    use (local_path for nginx, open_blob for sendfile) gets exactly the blob's bytes again."""
+    data = bytes(range(256)) * 195 + b"tail"  # 49,924 bytes
+    sha = _sha(data)
+
+    async def run() -> bytes:
+        store = await S3BlobStore.open(s3_url, tmp_path / "cache")
+        try:
+            if not await store.exists(sha):
+                await store.put_stream(sha, _chunks(data), len(data))
+            path = await store.local_path(sha)  # filled and checked
+            assert path.read_bytes() == data
+            offset = at % len(data)
+            if damage == "overwrite":
+                with open(path, "r+b") as out:
+                    out.seek(offset)
+                    out.write(bytes([data[offset] ^ 1]))
+            elif damage == "truncate":
+                os.truncate(path, offset)
+            elif damage == "append":
+                with open(path, "ab") as out:
+                    out.write(b"x")
+            elif damage == "replace":
+                other = path.with_name("other")
+                other.write_bytes(data[:offset] + bytes([data[offset] ^ 1]) + data[offset + 1:])
+                os.replace(other, path)
+            else:
+                path.chmod(0o600)
+                with open(path, "r+b") as out:
+                    out.seek(offset)
+                    out.write(bytes([data[offset] ^ 1]))
+                os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns - 10**9))
+            if via_open:
+                with await store.open_blob(sha) as fobj:
+                    return fobj.read()
+            return (await store.local_path(sha)).read_bytes()
+        finally:
+            await store.close()
+
+    assert asyncio.run(run()) == data
+
+
 async def test_a_blob_larger_than_the_cache_bound_is_still_served(
         s3_url: str, tmp_path: Path) -> None:
     store = await S3BlobStore.open(s3_url, tmp_path / "cache", cache_max_bytes=1000)
