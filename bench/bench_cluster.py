@@ -8,8 +8,14 @@ S5  10,000 boards over 60 s through the cluster, one request each on a new conne
     were offered; one replica is killed (SIGKILL) at 20 s and started again at 40 s. p99,
     errors, and `lost`: acknowledged requests whose counter, last-seen time or report status
     PostgreSQL does not hold after the run
-S6  1 MB blob MB/s through the cluster (blob in SeaweedFS, sent by the replica from its
-    verified local cache with sendfile, through nginx) ÷ nginx serving the same file statically
+S6  1 MB blob MB/s through the cluster (blob in SeaweedFS; the replica authenticates the
+    board and answers X-Accel-Redirect into its verified local cache, from which nginx sends
+    the file itself: the production layout, docs/operations.md "Blobs sent by nginx") ÷ nginx
+    serving the same file statically. `--s6-accel off`: the replica sends the blob with
+    sendfile and nginx relays it (the layout before --blob-accel). `--s6-compare`: after each
+    round, one of the same downloads with `If-None-Match: "x"` (which the replica answers
+    itself, nginx relaying), and the median CPU per download of both ways, measured in one
+    cluster (separate runs differ more by the machine's other load than by the change)
 
 Everything runs on this machine's two cores: the generator, nginx, both replicas, PostgreSQL
 and SeaweedFS share them, so the cluster's two replicas do not get a core each. PostgreSQL
@@ -17,7 +23,8 @@ runs with production's durability by default (`fsync=on`, `full_page_writes=on`,
 `synchronous_commit=on`); `--fsync off` uses the test settings of tools/cluster/postgres.py.
 All on 127.0.0.1, bounded in count and time.
 
-    python bench/bench_cluster.py [--quick] [--fsync on|off]
+    python bench/bench_cluster.py [--quick] [--fsync on|off] [--s6-accel on|off]
+                                  [--s6-downloads N] [--s6-compare]
 
 The last line printed is one JSON object with the figure ids.
 """
@@ -319,41 +326,84 @@ async def _not_recorded(dsn: str, answered: list[tuple[Board, bool]]) -> tuple[l
 
 # -- S6 -----------------------------------------------------------------------------------------
 
-async def s6_round(cluster: Cluster, static: Nginx, boards: list[Board], sha: str, size: int,
-                   scale: Scale, round_no: int) -> float:
+def s6_lanes(cluster: Cluster, boards: list[Board], sha: str, scale: Scale,
+             headers: dict[str, str] | None = None) -> list[list[Req]]:
+    """S6's signed downloads, a board's always in one lane (its counters in order)."""
     conc = scale.s6_concurrency
     lanes: list[list[Req]] = [[] for _ in range(conc)]
     for i in range(scale.s6_downloads):
         board = boards[i % len(boards)]
-        lanes[(i % len(boards)) % conc].append(board.signed(cluster.url, "GET",
-                                                            f"/v1/blobs/{sha}"))
+        req = board.signed(cluster.url, "GET", f"/v1/blobs/{sha}")
+        req.headers.update(headers or {})
+        lanes[(i % len(boards)) % conc].append(req)
+    return lanes
+
+
+async def s6_cluster_cpu(cluster: Cluster, lanes: list[list[Req]], size: int,
+                         scale: Scale) -> tuple[float, dict[str, float], dict[str, float]]:
+    """(seconds, CPU ms per download by process, CPU seconds by process) of S6's downloads
+    through the cluster; RuntimeError unless every one came back whole."""
     before = cluster_cpu(cluster)
-    ota_secs, ota_bytes, ota_errors = await closed_loop(lanes, conc)
+    secs, got, errors = await closed_loop(lanes, scale.s6_concurrency)
     after = cluster_cpu(cluster)
+    if errors or got != scale.s6_downloads * size:
+        raise RuntimeError(f"S6 errors: cluster {errors}, {got} bytes, expected "
+                           f"{scale.s6_downloads * size}")
+    spent = {name: after[name] - before[name] for name in after}
+    return secs, {name: cpu * 1000 / scale.s6_downloads for name, cpu in spent.items()}, spent
+
+
+async def s6_replica_sent(cluster: Cluster, boards: list[Board], sha: str, size: int,
+                          scale: Scale, round_no: int) -> dict[str, float]:
+    """The same downloads with `If-None-Match: "x"`: the replica sends the blob itself and
+    nginx relays it (with --blob-accel off, the plain GET goes that way too)."""
+    lanes = s6_lanes(cluster, boards, sha, scale, {"If-None-Match": '"x"'})
+    secs, per, _spent = await s6_cluster_cpu(cluster, lanes, size, scale)
+    print(f"S6 round {round_no} replica-sent: {scale.s6_downloads} x 1 MB in {secs:.2f}s = "
+          f"{scale.s6_downloads * size / secs / 1e6:.0f} MB/s; CPU ms per download: "
+          + ", ".join(f"{name} {ms:.2f}" for name, ms in per.items()), flush=True)
+    return per
+
+
+async def s6_round(cluster: Cluster, static: Nginx, boards: list[Board], sha: str, size: int,
+                   scale: Scale, round_no: int) -> tuple[float, dict[str, float]]:
+    """(S6's ratio, the cluster's CPU ms per download by process) of one round."""
+    conc = scale.s6_concurrency
+    lanes = s6_lanes(cluster, boards, sha, scale)
+    ota_secs, per, spent = await s6_cluster_cpu(cluster, lanes, size, scale)
+    ota_bytes = scale.s6_downloads * size
     plain = [Req("GET", static.url + "/blob.bin", {}) for _ in range(scale.s6_downloads)]
     cpu = nginx_cpu(static), time.process_time()
     ngx_secs, ngx_bytes, ngx_errors = await closed_loop([plain[i::conc] for i in range(conc)],
                                                         conc)
     ngx_cpu = nginx_cpu(static) - cpu[0], time.process_time() - cpu[1]
     expected = scale.s6_downloads * size
-    if ota_errors or ngx_errors or ota_bytes != expected or ngx_bytes != expected:
-        raise RuntimeError(f"S6 errors: cluster {ota_errors}/{ota_bytes}, nginx {ngx_errors}/"
-                           f"{ngx_bytes}, expected {expected} bytes each")
+    if ngx_errors or ngx_bytes != expected:
+        raise RuntimeError(f"S6 errors: nginx {ngx_errors}/{ngx_bytes}, expected {expected} "
+                           "bytes")
     ota_mbs, ngx_mbs = ota_bytes / ota_secs / 1e6, ngx_bytes / ngx_secs / 1e6
     print(f"S6 round {round_no} cluster: {scale.s6_downloads} x 1 MB blob in {ota_secs:.2f}s = "
-          f"{ota_mbs:.0f} MB/s (CPU {cpu_delta(before, after)})", flush=True)
+          f"{ota_mbs:.0f} MB/s (CPU "
+          + ", ".join(f"{name} {used:.2f}s" for name, used in spent.items()) + ")", flush=True)
     print(f"S6 round {round_no} nginx:   {scale.s6_downloads} x 1 MB file in {ngx_secs:.2f}s = "
           f"{ngx_mbs:.0f} MB/s (CPU: nginx {ngx_cpu[0]:.2f}s, generator {ngx_cpu[1]:.2f}s)",
           flush=True)
-    return ota_mbs / ngx_mbs
+    print(f"S6 round {round_no} CPU ms per download: cluster "
+          + ", ".join(f"{name} {ms:.2f}" for name, ms in per.items())
+          + f"; static nginx {ngx_cpu[0] * 1000 / scale.s6_downloads:.2f}", flush=True)
+    return ota_mbs / ngx_mbs, per
 
 
 async def warm_caches(cluster: Cluster, boards: list[Board], sha: str, size: int) -> None:
     """One download from each replica directly: each fills its verified cache from S3 once
     (S6 measures the steady state, as a fleet downloading a release sees it). A board each:
-    one board's two requests in parallel could commit its counters out of order (a replay)."""
+    one board's two requests in parallel could commit its counters out of order (a replay).
+    With a Range of the whole blob: a replica answers that itself (a plain GET is handed to
+    nginx, which is not in this path)."""
     lanes = [[board.signed(replica.url, "GET", f"/v1/blobs/{sha}")]
              for board, replica in zip(boards, cluster.replicas, strict=False)]
+    for [req] in lanes:
+        req.headers["Range"] = "bytes=0-"
     _secs, got, errors = await closed_loop(lanes, len(lanes))
     if errors or got != size * len(lanes):
         raise RuntimeError(f"warming the blob caches: {errors} errors, {got} bytes")
@@ -368,8 +418,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="PostgreSQL durability: on (production, default) or off (tests)")
     parser.add_argument("--s5-boards", type=int, default=None, help="override S5's board count")
     parser.add_argument("--s5-seconds", type=float, default=None, help="override S5's span")
+    parser.add_argument("--s6-accel", choices=("on", "off"), default="on",
+                        help="whole blobs sent by nginx from the replicas' caches (on, "
+                             "production) or by the replicas through nginx (off)")
+    parser.add_argument("--s6-downloads", type=int, default=None,
+                        help="override S6's downloads per server and round")
+    parser.add_argument("--s6-compare", action="store_true",
+                        help="after each S6 round, the same downloads sent by the replica "
+                             "itself (If-None-Match), and both ways' median CPU per download")
+    parser.add_argument("--s6-rounds", type=int, default=None, help="override S6's rounds")
     args = parser.parse_args(argv)
     scale = QUICK if args.quick else FULL
+    if args.s6_downloads or args.s6_rounds:
+        scale = replace(scale, s6_downloads=args.s6_downloads or scale.s6_downloads,
+                        s6_rounds=args.s6_rounds or scale.s6_rounds)
     if args.s5_boards or args.s5_seconds:
         scale = replace(scale, s5_boards=args.s5_boards or scale.s5_boards,
                         s5_seconds=args.s5_seconds or scale.s5_seconds)
@@ -395,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         figures: dict[str, Any] = {}
         t0 = time.perf_counter()
         with Cluster(work / "cluster", keys.root_path, pg_settings=pg_settings,
-                     extra_args=["--quiet"]) as cluster, \
+                     extra_args=["--quiet"], blob_accel=args.s6_accel == "on") as cluster, \
                 LocalServer(embedded_settings.data_dir, keys.root_path,
                             extra_args=["--quiet"]) as embedded, \
                 Nginx(static_dir, work) as static:
@@ -415,16 +477,29 @@ def main(argv: list[str] | None = None) -> int:
             figures["S4_ratio"] = round(statistics.median(ratios), 3)
 
             asyncio.run(warm_caches(cluster, s4_boards, sha, len(blob)))
-            ratios = [asyncio.run(s6_round(cluster, static, s4_boards, sha, len(blob), scale,
-                                           n + 1)) for n in range(scale.s6_rounds)]
+            ratios, cpu = [], []
+            for n in range(scale.s6_rounds):
+                ratio, per = asyncio.run(s6_round(cluster, static, s4_boards, sha, len(blob),
+                                                  scale, n + 1))
+                ratios.append(ratio)
+                cpu.append(per)
+                if args.s6_compare:
+                    cpu.append(asyncio.run(s6_replica_sent(cluster, s4_boards, sha, len(blob),
+                                                           scale, n + 1)))
             print(f"S6 ratio per round: {', '.join(f'{r:.3f}' for r in ratios)}; median "
                   f"{statistics.median(ratios):.3f}", flush=True)
             s6_ratio = statistics.median(ratios)
+            if args.s6_compare:
+                for name, rounds in (("as measured", cpu[0::2]), ("replica-sent", cpu[1::2])):
+                    print(f"S6 median CPU ms per download, {name}: " + ", ".join(
+                        f"{part} {statistics.median(r[part] for r in rounds):.2f}"
+                        for part in rounds[0]), flush=True)
 
             fifth = s5(cluster, checkers, reporters, work, scale)
         figures.update(S5_p99_ms=round(fifth["p99_ms"], 1), S5_errors=fifth["errors"],
                        S5_lost=fifth["lost"], S6_ratio=round(s6_ratio, 3),
-                       S5_boards=fifth["requests"], pg_fsync=args.fsync)
+                       S5_boards=fifth["requests"], pg_fsync=args.fsync,
+                       s6_accel=args.s6_accel)
     print(f"load average at the end {loadavg()}")
     print(json.dumps(figures))
     return 0

@@ -46,6 +46,10 @@ async def openapi_document(request: web.Request) -> web.Response:
     return web.json_response(openapi.document())
 
 
+# With --blob-accel, cache files used this recently are never evicted: nginx opens the file an
+# answer names moments after it left (seconds at most, even on a loaded host).
+ACCEL_KEEP_SECONDS = 30.0
+
 P = routes_publisher
 D = routes_device
 
@@ -169,12 +173,19 @@ async def open_metadata_store(settings: Settings) -> MetadataStore:
 
 async def open_blob_store(settings: Settings) -> BlobStore:
     """The blob store the settings name: the data directory's blobs/, or an S3 bucket with a
-    local read-through cache in the data directory (ValueError for missing S3 keys)."""
+    local read-through cache in the data directory, bounded by settings.blob_cache_bytes
+    (ValueError for missing S3 keys)."""
     if settings.blobs_url is None:
         return FileBlobStore(settings.blob_dir)
-    from ota_server.storage.s3 import S3BlobStore
+    from ota_server.storage.s3 import DEFAULT_CACHE_MAX_BYTES, S3BlobStore
 
-    return await S3BlobStore.open(settings.blobs_url, settings.blob_cache_dir)
+    bound = settings.blob_cache_bytes
+    # nginx opens a file after the answer naming it left (X-Accel-Redirect): one used that
+    # recently must still be there (docs/operations.md, "Blobs sent by nginx").
+    keep = ACCEL_KEEP_SECONDS if settings.blob_accel is not None else 0.0
+    return await S3BlobStore.open(settings.blobs_url, settings.blob_cache_dir,
+                                  cache_max_bytes=DEFAULT_CACHE_MAX_BYTES if bound is None
+                                  else bound, keep_recent=keep)
 
 
 async def _reload_tls_on_sighup(app: web.Application) -> AsyncIterator[None]:

@@ -29,6 +29,10 @@ class Metrics:
         "mpota_blob_bytes_served_total": ("counter",
                                           "Blob bytes sent to boards, single blobs and packs."),
         "mpota_blob_requests_total": ("counter", "Blob requests from boards by status code."),
+        "mpota_blob_accel_total": ("counter", "Whole-blob answers handed to nginx "
+                                   "(X-Accel-Redirect, --blob-accel) by status code."),
+        "mpota_blob_accel_bytes_total": ("counter", "Bytes of the blobs handed to nginx to "
+                                         "send (not in mpota_blob_bytes_served_total)."),
         "mpota_pack_requests_total": ("counter", "Pack requests from boards by status code."),
         "mpota_reports_total": ("counter", "Board status reports by status."),
         "mpota_reports_refused_total": ("counter",

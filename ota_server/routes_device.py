@@ -254,14 +254,28 @@ def _content_range(offset: int, count: int, size: int) -> str:
     return f"bytes {offset}-{offset + count - 1}/{size}"
 
 
+# With --blob-accel the server still answers these itself: nginx's static module would judge
+# a range or a condition by its own validators (the file's time and size), not by the blob's
+# hash (docs/operations.md, "Blobs sent by nginx").
+_SELF_ANSWERED = ("Range", "If-Range", "If-None-Match", "If-Match", "If-Modified-Since",
+                  "If-Unmodified-Since")
+
+
 @device
 async def blob(request: web.Request) -> web.StreamResponse:
-    """A blob by content address: Range, strong ETag, immutable caching, sendfile."""
+    """A blob by content address: Range, strong ETag, immutable caching, sendfile; or, with
+    --blob-accel, a plain GET of the whole blob handed to nginx (X-Accel-Redirect)."""
     sha256 = blob_id(request.match_info["sha256"])
     metrics = request.app[state.METRICS]
     tag = _strong_tag(sha256)
     headers = {"ETag": tag, "Cache-Control": BLOB_CACHE,
                "Content-Type": "application/octet-stream"}
+    accel = request.app[state.SETTINGS].blob_accel
+    if accel is not None and request.method == "GET" \
+            and not any(name in request.headers for name in _SELF_ANSWERED):
+        handed = await _handed_to_nginx(request, sha256, accel, headers, metrics)
+        if handed is not None:
+            return handed
     try:
         fobj = await request.app[state.BLOBS].open_blob(sha256)
     except StoreNotFound:
@@ -284,6 +298,29 @@ async def blob(request: web.Request) -> web.StreamResponse:
     return BlobResponse([fobj], [FileSpan(fobj, offset, count)], status=status,
                         headers=headers, metrics=metrics,
                         requests_metric="mpota_blob_requests_total")
+
+
+async def _handed_to_nginx(request: web.Request, sha256: str, prefix: str,
+                           headers: dict[str, str], metrics: Metrics) -> web.Response | None:
+    """The answer that has nginx send the whole blob from the verified local file: the blob's
+    headers and `X-Accel-Redirect: <prefix>/<aa>/<sha256>`, no body (nginx sets the length).
+    None when the file went away at once (a cache smaller than its recent use): the caller
+    sends the blob itself then. Raises NotFound (`unknown_blob`) when the blob is not stored."""
+    try:
+        # Verified, and kept at least ota_server.app.ACCEL_KEEP_SECONDS for nginx to open.
+        path = await request.app[state.BLOBS].local_path(sha256)
+    except StoreNotFound:
+        metrics.inc("mpota_blob_requests_total", code="404")
+        raise NotFound(f"no blob {sha256}", code="unknown_blob") from None
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return None
+    headers["X-Accel-Redirect"] = f"{prefix}/{sha256[:2]}/{sha256}"
+    metrics.inc("mpota_blob_requests_total", code="200")
+    metrics.inc("mpota_blob_accel_total", code="200")
+    metrics.inc("mpota_blob_accel_bytes_total", size)
+    return web.Response(status=200, headers=headers)
 
 
 def pack_blob_ids(raw_query: str) -> list[str]:

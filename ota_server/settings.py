@@ -8,6 +8,7 @@ declared channels).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,6 +16,9 @@ from typing import Any
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
+# An X-Accel-Redirect prefix (--blob-accel): an absolute URI path of plain segments.
+_ACCEL_PREFIX = re.compile(r"(/[A-Za-z0-9._~-]+)+/?")
+MAX_ACCEL_PREFIX = 200
 
 
 class SettingsError(ValueError):
@@ -76,6 +80,13 @@ class Settings:
     # The blob store: None for the data directory's blobs/, else s3://BUCKET?endpoint=...
     # (keys from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
     blobs_url: str | None = None
+    # Whole-blob answers handed to nginx (docs/operations.md, "Blobs sent by nginx"): the
+    # replica answers `X-Accel-Redirect: PREFIX/<aa>/<sha256>`, an `internal` location of nginx
+    # maps PREFIX to the blob directory. None: the server sends every blob itself (sendfile).
+    blob_accel: str | None = None
+    # The bound of the S3 store's local blob cache in bytes; None: the store's default (2 GiB,
+    # ota_server.storage.s3.DEFAULT_CACHE_MAX_BYTES).
+    blob_cache_bytes: int | None = None
 
     @property
     def db_path(self) -> Path:
@@ -102,6 +113,7 @@ _ENV: dict[str, tuple[str, Any]] = {
     "MPOTA_JSON_LOGS": ("json_logs", lambda v: v.strip().lower() in ("1", "true", "yes")),
     "MPOTA_DB": ("db_url", str),
     "MPOTA_BLOBS": ("blobs_url", str),
+    "MPOTA_BLOB_ACCEL": ("blob_accel", str),
 }
 
 # Environment variable -> Limits field; flags use the field name. Each must be > 0.
@@ -145,6 +157,7 @@ def load_settings(
         raise SettingsError(f"port: {port} is out of range")
     settings = Settings(data_dir=Path(values["data_dir"]),
                         limits=_limits(values, env))
+    blobs_url = check_blobs_url(values.get("blobs_url"), env)
     root = values.get("root_path")
     tls_cert, tls_key = values.get("tls_cert"), values.get("tls_key")
     if (tls_cert is None) != (tls_key is None):
@@ -161,7 +174,9 @@ def load_settings(
         tls_key=Path(tls_key) if tls_key is not None else None,
         channels=tuple(values["channels"]) if values.get("channels") is not None else None,
         db_url=check_db_url(values.get("db_url")),
-        blobs_url=check_blobs_url(values.get("blobs_url"), env),
+        blobs_url=blobs_url,
+        blob_accel=check_blob_accel(values.get("blob_accel")),
+        blob_cache_bytes=_blob_cache_bytes(values, env, blobs_url, settings.limits),
     )
 
 
@@ -193,6 +208,51 @@ def check_blobs_url(url: str | None, env: Mapping[str, str] | None = None) -> st
     except ValueError as err:
         raise SettingsError(f"--blobs / MPOTA_BLOBS: {err}") from None
     return url
+
+
+def check_blob_accel(prefix: str | None) -> str | None:
+    """The X-Accel-Redirect prefix without a trailing slash (`/internal/blobs`), None when off;
+    SettingsError unless it is an absolute URI path of plain segments (letters, digits,
+    `.`, `_`, `~`, `-`; no `.` or `..` segment, no empty segment, no query)."""
+    if prefix is None or prefix == "":
+        return None
+    what = "--blob-accel / MPOTA_BLOB_ACCEL"
+    if len(prefix) > MAX_ACCEL_PREFIX:
+        raise SettingsError(f"{what}: the prefix is {len(prefix)} characters, at most "
+                            f"{MAX_ACCEL_PREFIX} are allowed")
+    if not _ACCEL_PREFIX.fullmatch(prefix):
+        raise SettingsError(f"{what}: {prefix[:60]!r} is not an absolute URI path prefix such "
+                            "as /internal/blobs (segments of letters, digits, '.', '_', '~', "
+                            "'-', starting with '/')")
+    trimmed = prefix.rstrip("/")
+    if any(segment in (".", "..") for segment in trimmed.split("/")):
+        raise SettingsError(f"{what}: {prefix[:60]!r} has a '.' or '..' segment")
+    return trimmed
+
+
+def _blob_cache_bytes(values: Mapping[str, Any], env: Mapping[str, str], blobs_url: str | None,
+                      limits: Limits) -> int | None:
+    """The blob cache bound of the flags (`values`) or MPOTA_BLOB_CACHE_BYTES, None when
+    neither gives one. SettingsError naming the setting when it is not a whole number of
+    bytes, is smaller than the largest blob (limits.max_blob_bytes: such a blob could never
+    stay cached), or is given without an S3 blob store (the only store with a cache)."""
+    given, source = values.get("blob_cache_bytes"), "--blob-cache-bytes"
+    if given is None and env.get("MPOTA_BLOB_CACHE_BYTES", "") != "":
+        given = env["MPOTA_BLOB_CACHE_BYTES"]
+        source = "environment variable MPOTA_BLOB_CACHE_BYTES"
+    if given is None:
+        return None
+    text = str(given).strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 20:
+        raise SettingsError(f"{source}: not a whole number of bytes: {str(given)[:40]!r}")
+    value = int(text)
+    if value < limits.max_blob_bytes:
+        raise SettingsError(f"{source}: {value} bytes is smaller than the largest blob "
+                            f"({limits.max_blob_bytes} bytes); the cache must hold at least one")
+    if blobs_url is None:
+        raise SettingsError(f"{source}: only the S3 blob store has a cache (--blobs s3://...); "
+                            "the data directory's blobs/ has no bound")
+    return value
 
 
 def _limits(values: Mapping[str, Any], env: Mapping[str, str]) -> Limits:

@@ -120,6 +120,11 @@ def test_nginx_takes_a_root_or_upstreams_not_both(tmp_path: Path) -> None:
         Nginx(None, tmp_path)
 
 
+def test_nginx_maps_accel_prefixes_only_in_front_of_upstreams(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="need upstreams"):
+        Nginx(tmp_path, tmp_path, accel={"/_x": tmp_path})
+
+
 def test_a_component_that_exits_while_starting_is_reported_with_its_log(tmp_path: Path) -> None:
     log = tmp_path / "log"
     log.write_text("the reason it stopped")

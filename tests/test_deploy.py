@@ -102,6 +102,14 @@ def test_replicas_take_their_secrets_only_from_a_root_only_environment_file() ->
     assert any("0600" in line and "cluster.env" in line for line in commented)
     assert "Environment=MPOTA_PORT=%i" in settings
     assert "Environment=MPOTA_DATA=/var/lib/mpota/replica-%i" in settings
+    # Whole blobs sent by nginx: the unit's prefix is what the cluster site maps to the
+    # replica's cache, which the site reads as a member of the replica's group.
+    assert "Environment=MPOTA_BLOB_ACCEL=/_mpota/replica-%i" in settings
+    assert "StateDirectoryMode=0750" in settings and "UMask=0027" in settings
+    site = CLUSTER_SITE.read_text()
+    for port in (8081, 8082):
+        assert (f"location /_mpota/replica-{port}/ {{\n        internal;\n        alias "
+                f"/var/lib/mpota/replica-{port}/blob-cache/;") in site
 
 
 def _size(text: str) -> int:
@@ -135,10 +143,11 @@ def test_the_site_s_body_limits_are_the_server_s(site: Path) -> None:
 
 
 def _site_here(tmp_path: Path, port: int, http_port: int, upstream: int,
-               source: Path = SITE, replicas: tuple[int, ...] = ()) -> Path:
+               source: Path = SITE, replicas: tuple[int, ...] = (),
+               replica_dirs: tuple[Path, ...] = ()) -> Path:
     """The site as an nginx.conf for this machine: loopback ports, certificates from
     `ota tls init`, temp files and logs under tmp_path (the cluster site's replicas 8081,
-    8082 on the ports `replicas`)."""
+    8082 on the ports `replicas`, their data directories `replica_dirs`)."""
     tls = tmp_path / "tls"
     assert main(["tls", "init", str(tls), "--host", "127.0.0.1"]) == 0
     site = source.read_text()
@@ -146,6 +155,8 @@ def _site_here(tmp_path: Path, port: int, http_port: int, upstream: int,
     site = site.replace("127.0.0.1:8080", f"127.0.0.1:{upstream}")
     for shipped, here in zip((8081, 8082), replicas, strict=False):
         site = site.replace(f"127.0.0.1:{shipped} ", f"127.0.0.1:{here} ")
+    for shipped, data_dir in zip((8081, 8082), replica_dirs, strict=False):
+        site = site.replace(f"/var/lib/mpota/replica-{shipped}/", f"{data_dir}/")
     site = re.sub(r"listen \[::\]:\d+[^;]*;", "", site)
     site = site.replace("listen 80;", f"listen 127.0.0.1:{http_port};")
     site = site.replace("listen 443 ssl http2;", f"listen 127.0.0.1:{port} ssl http2;")
@@ -239,16 +250,20 @@ def test_the_cluster_site_balances_over_replicas_and_skips_a_dead_one(
     """Two replicas on one PostgreSQL database and S3 bucket (migrated first, as the
     operator does) behind the shipped cluster site over https: a publish through it lands in
     the shared database; each replica answers through it; with replica 1 killed (SIGKILL)
-    every request still answers, through replica 2."""
+    every request still answers, through replica 2. Each replica runs with the unit's
+    MPOTA_BLOB_ACCEL, and a board's blob download through the site is sent by nginx from
+    that replica's cache (the site's internal locations), whole and with the blob's tag."""
     keys = FleetKeys.create(tmp_path)
     assert main(["db", "migrate", "--db", pg_dsn, "--blobs", s3_url]) == 0
     port = free_port()
     with LocalServer(tmp_path / "r1", keys.root_path, db_url=pg_dsn, blobs_url=s3_url,
-                     publisher="r1") as first, \
+                     publisher="r1", extra_args=["--blob-accel", "/_mpota/replica-8081"]
+                     ) as first, \
             LocalServer(tmp_path / "r2", keys.root_path, db_url=pg_dsn, blobs_url=s3_url,
-                        publisher="r2") as second:
+                        publisher="r2", extra_args=["--blob-accel", "/_mpota/replica-8082"]
+                        ) as second:
         conf = _site_here(tmp_path, port, free_port(), 8080, CLUSTER_SITE,
-                          (first.port, second.port))
+                          (first.port, second.port), (first.data_dir, second.data_dir))
         proxy = subprocess.Popen([nginx, "-c", conf, "-p", tmp_path / "nginx", "-e", "stderr"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
@@ -274,12 +289,44 @@ def test_the_cluster_site_balances_over_replicas_and_skips_a_dead_one(
                 client.list_releases()
             assert _requests_seen(first) > 0 and _requests_seen(second) > 0
             assert sum(_requests_seen(r) for r in (first, second)) >= served + 6
+            _download_blobs_through(url, ca, client, b"print(1)\n", (first, second))
             first.kill()
             for _ in range(6):  # round robin would send half of these to the dead replica
                 assert [r["version"] for r in client.list_releases()] == ["1.0.0"]
         finally:
             proxy.terminate()
             proxy.wait(timeout=10)
+
+
+def _download_blobs_through(url: str, ca: Path, client: ApiClient, data: bytes,
+                            replicas: tuple[LocalServer, ...]) -> None:
+    """A registered board downloads the blob `data` through the site until every replica has
+    handed one download to nginx (round robin: a few requests)."""
+    import hashlib
+
+    from ota_server.device_auth import sign_request
+    from signing import keys as keymod
+
+    sha = hashlib.sha256(data).hexdigest()
+    key = keymod.generate_private_key()
+    client.register_device("deploy-board", keymod.public_point(key), board="unix")
+    context = ssl.create_default_context(cafile=str(ca))
+    path = f"/v1/blobs/{sha}"
+    for counter in range(1, 7):
+        request = urllib.request.Request(url + path, headers={
+            "Authorization": sign_request(key, "deploy-board", counter, "GET", path)})
+        with urllib.request.urlopen(request, timeout=10, context=context) as answer:
+            assert answer.status == 200 and answer.read() == data
+            assert answer.headers["ETag"] == f'"{sha}"'
+            assert answer.headers["Last-Modified"] is None
+    handed = [_metric(replica, "mpota_blob_accel_total{code=\"200\"}") for replica in replicas]
+    assert all(count >= 1 for count in handed) and sum(handed) == 6, handed
+
+
+def _metric(server: LocalServer, line_start: str) -> float:
+    text = urllib.request.urlopen(server.url + "/metrics", timeout=10).read().decode()
+    found = [line.split()[-1] for line in text.splitlines() if line.startswith(line_start)]
+    return float(found[0]) if found else 0.0
 
 
 def _requests_seen(server: LocalServer) -> int:

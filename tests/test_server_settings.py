@@ -43,3 +43,35 @@ def test_later_sources_win(tmp_path: Path) -> None:
 def test_bad_settings_name_what_is_wrong(flags: dict, env: dict, needle: str) -> None:
     with pytest.raises(SettingsError, match=needle):
         load_settings(flags, environ=env)
+
+
+def test_the_blob_cache_bound_comes_from_the_flag_or_the_environment() -> None:
+    env = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
+           "MPOTA_BLOBS": "s3://bucket?endpoint=http://127.0.0.1:9", "MPOTA_DATA": "/d"}
+    assert load_settings({}, environ=env).blob_cache_bytes is None  # the store's 2 GiB
+    given = {**env, "MPOTA_BLOB_CACHE_BYTES": str(64 << 20)}
+    assert load_settings({}, environ=given).blob_cache_bytes == 64 << 20
+    assert load_settings({"blob_cache_bytes": str(32 << 20)}, environ=given) \
+        .blob_cache_bytes == 32 << 20
+
+
+@pytest.mark.parametrize(("value", "needle"), [
+    ("-1", "not a whole number"),
+    ("1e9", "not a whole number"),
+    ("lots", "not a whole number"),
+    ("9" * 40, "not a whole number"),
+    ("1000", "smaller than the largest blob"),
+    ("0", "smaller than the largest blob"),
+])
+def test_a_bad_blob_cache_bound_is_refused_naming_the_setting(value: str, needle: str) -> None:
+    env = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
+           "MPOTA_BLOBS": "s3://bucket?endpoint=http://127.0.0.1:9", "MPOTA_DATA": "/d"}
+    with pytest.raises(SettingsError, match=f"--blob-cache-bytes: .*{needle}"):
+        load_settings({"blob_cache_bytes": value}, environ=env)
+    with pytest.raises(SettingsError, match=f"MPOTA_BLOB_CACHE_BYTES: .*{needle}"):
+        load_settings({}, environ={**env, "MPOTA_BLOB_CACHE_BYTES": value})
+
+
+def test_a_blob_cache_bound_without_an_s3_store_is_refused() -> None:
+    with pytest.raises(SettingsError, match="only the S3 blob store has a cache"):
+        load_settings({"data_dir": Path("/d"), "blob_cache_bytes": str(64 << 20)}, environ={})

@@ -387,6 +387,101 @@ async def test_the_cache_stays_under_its_bound_dropping_the_least_recently_used(
         await store.close()
 
 
+async def test_the_cache_bound_setting_reaches_the_store_and_eviction_honours_it(
+        s3_url: str, tmp_path: Path) -> None:
+    """--blob-cache-bytes (Settings.blob_cache_bytes) through open_blob_store: blobs of 100 KB
+    under a 250 KB bound (limits shrunk so that the bound may be that small)."""
+    from ota_server.app import open_blob_store
+    from ota_server.settings import Limits, Settings
+
+    settings = Settings(data_dir=tmp_path, blobs_url=s3_url, blob_cache_bytes=250_000,
+                        limits=Limits(max_blob_bytes=100_000))
+    store = await open_blob_store(settings)
+    try:
+        blobs = [os.urandom(100_000) for _ in range(4)]
+        for data in blobs:
+            await store.put_stream(_sha(data), _chunks(data), len(data))
+            await store.local_path(_sha(data))
+            await asyncio.sleep(0.02)  # file times tick in milliseconds
+        cached = list(settings.blob_cache_dir.glob("??/*"))
+        assert sorted(p.name for p in cached) == sorted(_sha(b) for b in blobs[2:])
+    finally:
+        await store.close()
+
+
+async def test_files_used_recently_are_kept_past_the_bound(s3_url: str, tmp_path: Path) -> None:
+    """With keep_recent (--blob-accel: nginx opens a file moments after the answer naming
+    it), a file used within that many seconds stays even when the cache is over its bound;
+    once older it goes first, as before."""
+    store = await S3BlobStore.open(s3_url, tmp_path / "cache", cache_max_bytes=150_000,
+                                   keep_recent=0.5)
+    try:
+        first, second, third = (os.urandom(100_000) for _ in range(3))
+        for data in (first, second):
+            await store.put_stream(_sha(data), _chunks(data), len(data))
+            await store.local_path(_sha(data))
+        assert store.cache_path(_sha(first)).exists()  # 200 KB cached: over the bound
+        await asyncio.sleep(0.6)
+        await store.put_stream(_sha(third), _chunks(third), len(third))
+        await store.local_path(_sha(third))
+        left = sorted(p.name for p in (tmp_path / "cache").glob("??/*"))
+        assert left == [_sha(third)]
+    finally:
+        await store.close()
+
+
+_DAMAGE = ("overwrite", "truncate", "append", "replace", "chmod_then_overwrite")
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(damage=st.sampled_from(_DAMAGE), at=st.integers(min_value=0, max_value=49_999),
+       via_open=st.booleans())
+def test_a_cache_file_changed_after_its_check_is_never_handed_out(
+        s3_url: str, tmp_path: Path, damage: str, at: int, via_open: bool) -> None:
+    """Whatever happens to a checked cache file between two uses (bytes overwritten in place,
+    cut short, grown, replaced by another file, its mode changed and then its bytes), the next
+    use (local_path for nginx, open_blob for sendfile) gets exactly the blob's bytes again."""
+    data = bytes(range(256)) * 195 + b"tail"  # 49,924 bytes
+    sha = _sha(data)
+
+    async def run() -> bytes:
+        store = await S3BlobStore.open(s3_url, tmp_path / "cache")
+        try:
+            if not await store.exists(sha):
+                await store.put_stream(sha, _chunks(data), len(data))
+            path = await store.local_path(sha)  # filled and checked
+            assert path.read_bytes() == data
+            offset = at % len(data)
+            if damage == "overwrite":
+                with open(path, "r+b") as out:
+                    out.seek(offset)
+                    out.write(bytes([data[offset] ^ 1]))
+            elif damage == "truncate":
+                os.truncate(path, offset)
+            elif damage == "append":
+                with open(path, "ab") as out:
+                    out.write(b"x")
+            elif damage == "replace":
+                other = path.with_name("other")
+                other.write_bytes(data[:offset] + bytes([data[offset] ^ 1]) + data[offset + 1:])
+                os.replace(other, path)
+            else:
+                path.chmod(0o600)
+                with open(path, "r+b") as out:
+                    out.seek(offset)
+                    out.write(bytes([data[offset] ^ 1]))
+                os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns - 10**9))
+            if via_open:
+                with await store.open_blob(sha) as fobj:
+                    return fobj.read()
+            return (await store.local_path(sha)).read_bytes()
+        finally:
+            await store.close()
+
+    assert asyncio.run(run()) == data
+
+
 async def test_a_blob_larger_than_the_cache_bound_is_still_served(
         s3_url: str, tmp_path: Path) -> None:
     store = await S3BlobStore.open(s3_url, tmp_path / "cache", cache_max_bytes=1000)

@@ -79,6 +79,13 @@ def _fleet_values(path: Path) -> dict[str, Any]:
               help="blobs in an S3 bucket (s3://BUCKET?endpoint=http://HOST:PORT; keys from "
                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) [default: the data directory; "
                    "env MPOTA_BLOBS]")
+@click.option("--blob-accel", default=None, metavar="PREFIX",
+              help="hand whole-blob answers to nginx: X-Accel-Redirect PREFIX/<aa>/<sha256>, "
+                   "an internal nginx location aliased to the blob directory (docs/"
+                   "operations.md, Blobs sent by nginx) [default: off; env MPOTA_BLOB_ACCEL]")
+@click.option("--blob-cache-bytes", default=None, metavar="BYTES",
+              help="bound of the S3 blob store's local cache, at least the largest blob "
+                   "(16 MiB) [default: 2 GiB; env MPOTA_BLOB_CACHE_BYTES]")
 @click.option("--json-logs", is_flag=True, default=None, help="one JSON object per log line")
 @click.option("--quiet", is_flag=True, help="log warnings and errors only (benchmarks)")
 @click.option("--header-timeout", type=float, default=None,
@@ -101,7 +108,8 @@ def _fleet_values(path: Path) -> dict[str, Any]:
               help="open connections at most [default: 1000; env MPOTA_MAX_CONNECTIONS]")
 def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, port: int | None,
               fleet_path: Path | None, tls_cert: Path | None, tls_key: Path | None,
-              db_url: str | None, blobs_url: str | None, json_logs: bool | None, quiet: bool,
+              db_url: str | None, blobs_url: str | None, blob_accel: str | None,
+              blob_cache_bytes: str | None, json_logs: bool | None, quiet: bool,
               **limits: float | None) -> None:
     """Run the update server until interrupted."""
     import logging
@@ -120,7 +128,9 @@ def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, p
         settings = load_settings({"data_dir": data_dir, "root_path": root_path, "host": host,
                                   "port": port, "json_logs": json_logs,
                                   "tls_cert": tls_cert, "tls_key": tls_key,
-                                  "db_url": db_url, "blobs_url": blobs_url, **limits},
+                                  "db_url": db_url, "blobs_url": blobs_url,
+                                  "blob_accel": blob_accel, "blob_cache_bytes": blob_cache_bytes,
+                                  **limits},
                                  fleet_values=fleet_values)
     except SettingsError as err:
         raise UserError(str(err)) from err

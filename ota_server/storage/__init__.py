@@ -6,6 +6,7 @@ can implement the same protocols without touching the handlers.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from ota_server.storage.fleet_view import BoardDeployment, BoardFilter, FleetCounts
@@ -51,6 +52,11 @@ class BlobStore(Protocol):
         """The blob's bytes as a local file opened for reading, which the server sends with
         sendfile (the S3 backend fills a verified local cache first); StoreNotFound when
         there is no such blob, StoreUnavailable when the object store cannot be reached."""
+        ...
+
+    async def local_path(self, sha256: str) -> Path:
+        """The local file `<directory>/<sha256[:2]>/<sha256>` holding exactly the blob (checked
+        against its hash), for nginx to send (X-Accel-Redirect); errors as open_blob."""
         ...
 
     async def put_stream(self, sha256: str, chunks: AsyncIterator[bytes], max_bytes: int) -> bool:

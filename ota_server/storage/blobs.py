@@ -68,6 +68,14 @@ class FileBlobStore:
         except FileNotFoundError:
             raise StoreNotFound(f"no blob {sha256}") from None
 
+    async def local_path(self, sha256: str) -> Path:
+        """The stored blob's file (written only after its hash matched); StoreNotFound when
+        there is none."""
+        path = self.path(sha256)
+        if not path.is_file():
+            raise StoreNotFound(f"no blob {sha256}")
+        return path
+
     async def exists(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
 

@@ -11,6 +11,8 @@ upload that is completed (the only step that makes an object visible) after the 
 byte matched, and aborted otherwise. Blobs are immutable, so the cache needs no invalidation:
 a file enters it only through an atomic rename after its hash matched, and a file this process
 did not write or check itself (left by an earlier run) is hashed again before its first use.
+A file changed on disk after this process checked it (its inode, size or change time differ
+from what the process saw after its own last use) is hashed again before it is handed out.
 
 Driver exceptions never leave this module: StoreNotFound for a missing blob, StoreUnavailable
 when the store cannot be reached or fails (5xx), StoreError when it refuses the request.
@@ -188,6 +190,18 @@ def _touch(path: Path) -> bool:
     return True
 
 
+# What a cache file's stat() said after this process last used it: (inode, size, change time).
+_Seen = tuple[int, int, int]
+
+
+def _stat_seen(path: Path) -> _Seen | None:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_ino, info.st_size, info.st_ctime_ns
+
+
 def _hash_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -211,18 +225,24 @@ class S3BlobStore:
 
     def __init__(self, client: Any, location: S3Location, cache_dir: Path,
                  exit_stack: AsyncExitStack, part_size: int = DEFAULT_PART_SIZE,
-                 cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES):
+                 cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES, keep_recent: float = 0.0):
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum)")
         if cache_max_bytes < 0:
             raise ValueError(f"cache_max_bytes must not be negative, got {cache_max_bytes}")
+        if not 0 <= keep_recent < float("inf"):
+            raise ValueError(f"keep_recent must be a number of seconds >= 0, got {keep_recent}")
         self._cache_max_bytes = cache_max_bytes
+        # Files used this recently are never evicted: another process (nginx, given the path
+        # by X-Accel-Redirect) may be about to open them.
+        self._keep_recent = keep_recent
         self._client = client
         self.location = location
         self.cache_dir = cache_dir
         self._exit_stack = exit_stack
         self._part_size = part_size
-        self._verified: set[str] = set()  # cache files this process wrote or hashed
+        # Cache files this process wrote or hashed, with what stat() said after its last use.
+        self._verified: dict[str, _Seen] = {}
         self._fills: dict[str, asyncio.Lock] = {}
         self._tmp = cache_dir / "tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
@@ -231,9 +251,12 @@ class S3BlobStore:
     @classmethod
     async def open(cls, url: str, cache_dir: Path, *, environ: Mapping[str, str] | None = None,
                    part_size: int = DEFAULT_PART_SIZE,
-                   cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES) -> S3BlobStore:
+                   cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES,
+                   keep_recent: float = 0.0) -> S3BlobStore:
         """A store on the bucket `url` names, keys from `environ` (default: os.environ);
-        ValueError for a malformed URL or missing keys. Opening sends no request."""
+        ValueError for a malformed URL or missing keys. Opening sends no request.
+        `cache_max_bytes` bounds the local cache; files used in the last `keep_recent`
+        seconds are never evicted (they may then hold the cache above its bound)."""
         location = parse_s3_url(url)
         access_key, secret_key = credentials_from_env(os.environ if environ is None
                                                       else environ)
@@ -245,7 +268,8 @@ class S3BlobStore:
                           read_timeout=READ_TIMEOUT,
                           retries={"max_attempts": 2, "mode": "standard"})))
         try:
-            return cls(client, location, cache_dir, stack, part_size, cache_max_bytes)
+            return cls(client, location, cache_dir, stack, part_size, cache_max_bytes,
+                       keep_recent)
         except BaseException:
             await stack.aclose()
             raise
@@ -386,27 +410,45 @@ class S3BlobStore:
         return self.cache_dir / sha256[:2] / check_blob_id(sha256)
 
     async def local_path(self, sha256: str) -> Path:
-        """A local file holding exactly the blob, for sendfile: from the cache when it is
-        there and its hash matches, else fetched from the store into the cache first.
-        StoreNotFound when the blob is not stored; StoreError when the store returned bytes
-        that do not hash to the id (nothing is cached then)."""
+        """A local file holding exactly the blob, for sendfile or nginx (X-Accel-Redirect):
+        from the cache when it is there and its hash matches, else fetched from the store into
+        the cache first. StoreNotFound when the blob is not stored; StoreError when the store
+        returned bytes that do not hash to the id (nothing is cached then)."""
         path = self.cache_path(sha256)
-        if sha256 in self._verified and _touch(path):
+        if self._use_if_unchanged(sha256, path):
             return path
         lock = self._fills.setdefault(sha256, asyncio.Lock())
         async with lock:
+            if self._use_if_unchanged(sha256, path):
+                return path
+            self._verified.pop(sha256, None)
             if _touch(path):
-                if sha256 in self._verified:
-                    return path
                 if await asyncio.to_thread(_hash_file, path) == sha256:
-                    self._verified.add(sha256)
+                    self._remember(sha256, path)
                     return path
-                path.unlink(missing_ok=True)  # damaged since an earlier run: fetch again
+                path.unlink(missing_ok=True)  # damaged on disk: fetch again
             await self._fill(sha256, path)
-            self._verified.add(sha256)
+            self._remember(sha256, path)
             self._evict(keep=path)
         self._fills.pop(sha256, None)
         return path
+
+    def _use_if_unchanged(self, sha256: str, path: Path) -> bool:
+        """Mark a verified cache file used now and True, if it is there and unchanged since
+        this process last used it (same inode, size and change time: any write, truncation,
+        replacement, chmod or time change moves the change time, which no one can set back)."""
+        seen = self._verified.get(sha256)
+        if seen is None or _stat_seen(path) != seen or not _touch(path):
+            return False
+        self._remember(sha256, path)
+        return True
+
+    def _remember(self, sha256: str, path: Path) -> None:
+        seen = _stat_seen(path)
+        if seen is None:
+            self._verified.pop(sha256, None)
+        else:
+            self._verified[sha256] = seen
 
     async def open_blob(self, sha256: str) -> BinaryIO:
         """The blob as a local file opened for reading (the verified cache, filled first when
@@ -417,13 +459,14 @@ class S3BlobStore:
             try:
                 return open(path, "rb")
             except FileNotFoundError:
-                self._verified.discard(sha256)
+                self._verified.pop(sha256, None)
         raise StoreUnavailable(f"blob {sha256}: the local cache is too small to hold it")
 
     def _evict(self, keep: Path) -> None:
         """Delete the least recently used cache files until the cache holds at most
-        cache_max_bytes (never `keep`, the file just filled). A file being sent stays readable
-        through its open descriptor; the next request for it fills it again."""
+        cache_max_bytes (never `keep`, the file just filled, nor a file used in the last
+        keep_recent seconds). A file being sent stays readable through its open descriptor;
+        the next request for it fills it again."""
         files = []
         for path in self.cache_dir.glob("??/*"):
             try:
@@ -432,13 +475,14 @@ class S3BlobStore:
                 continue
             files.append((info.st_mtime, info.st_size, path))
         total = sum(size for _, size, _ in files)
-        for _, size, path in sorted(files):
-            if total <= self._cache_max_bytes:
-                break
+        recent = time.time() - self._keep_recent
+        for mtime, size, path in sorted(files):
+            if total <= self._cache_max_bytes or (self._keep_recent and mtime >= recent):
+                break  # sorted by time: every later file is as recent
             if path == keep:
                 continue
             path.unlink(missing_ok=True)
-            self._verified.discard(path.name)
+            self._verified.pop(path.name, None)
             total -= size
 
     async def _fill(self, sha256: str, path: Path) -> None:

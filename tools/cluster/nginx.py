@@ -8,11 +8,13 @@ directory. `python -m tools.cluster.nginx` fetches the package (make test runs i
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tools.cluster import ComponentError, log_tail, stop_process
@@ -51,20 +53,52 @@ def nginx_binary(quiet: bool = False) -> str:
     return str(cached)
 
 
+def accel_location(prefix: str, directory: Path) -> str:
+    """The internal location that sends the blob files an upstream names with
+    `X-Accel-Redirect: <prefix>/<aa>/<sha256>` from `directory` (the replica's blob cache),
+    with the headers the replica itself would send (docs/operations.md, "Blobs sent by
+    nginx"): nginx keeps the upstream's Content-Type and Cache-Control on the redirect but
+    not its ETag, and adds its own validators (ETag, Last-Modified, Accept-Ranges), which
+    are not the blob's."""
+    return f"""        location {prefix}/ {{
+            internal;
+            alias {directory}/;
+            etag off;
+            add_header ETag $upstream_http_etag;
+            add_header Last-Modified "";
+            if_modified_since off;
+            max_ranges 0;
+        }}"""
+
+
 class Nginx:
     """nginx on 127.0.0.1:`port`, one worker, config in `workdir`: serving the files of `root`,
     or, given `upstreams` (base URLs such as http://127.0.0.1:8001), passing every request to
-    them in turn over kept-alive connections (a failed upstream is skipped)."""
+    them in turn over kept-alive connections (a failed upstream is skipped). `accel` maps the
+    X-Accel-Redirect prefix of each upstream (`ota serve --blob-accel`) to its blob directory.
+    """
 
     def __init__(self, root: Path | None, workdir: Path, *,
-                 upstreams: Sequence[str] = ()):
+                 upstreams: Sequence[str] = (), accel: Mapping[str, Path] | None = None):
         if (root is None) == (not upstreams):
             raise ValueError("Nginx serves either a root directory or upstreams, exactly one")
+        if accel and not upstreams:
+            raise ValueError("X-Accel-Redirect locations need upstreams that name them")
         self.root = root
         self.workdir = workdir
         self.upstreams = [u.removeprefix("http://").rstrip("/") for u in upstreams]
+        self.accel = dict(accel or {})
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+
+    def _user_line(self) -> str:
+        """Under root nginx's worker runs as nobody, which cannot enter the replicas' data
+        directories (test and benchmark scratch directories are 0700): the worker that sends
+        their blob files runs as the user that started nginx instead. Production gives nginx's
+        own user read access to the cache instead (docs/operations.md)."""
+        if not self.accel or os.geteuid() != 0:
+            return ""
+        return f"user {pwd.getpwuid(os.geteuid()).pw_name};"
 
     def _server_block(self) -> str:
         if self.root is not None:
@@ -80,6 +114,8 @@ class Nginx:
         # not count it against the replica). docs/operations.md, "Faults".
         servers = "\n".join(f"        server {u} max_fails=1 fail_timeout=2s;"
                             for u in self.upstreams)
+        accel = "\n".join(accel_location(prefix, directory)
+                          for prefix, directory in self.accel.items())
         return f"""    upstream replicas {{
 {servers}
         keepalive 64;
@@ -103,6 +139,7 @@ class Nginx:
             proxy_busy_buffers_size 256k;
             proxy_next_upstream error timeout;
         }}
+{accel}
     }}"""
 
     def __enter__(self) -> Nginx:
@@ -112,6 +149,7 @@ class Nginx:
         conf.write_text(f"""
 daemon off;
 master_process on;
+{self._user_line()}
 worker_processes 1;
 pid {self.workdir}/nginx.pid;
 error_log {self.workdir}/nginx-error.log warn;

@@ -38,8 +38,9 @@ DATABASE = "mpota"
 class TlsNginx(Nginx):
     """Nginx's load balancer, listening with TLS (the certificate `ota tls init` made)."""
 
-    def __init__(self, workdir: Path, upstreams: list[str], tls_dir: Path):
-        super().__init__(None, workdir, upstreams=upstreams)
+    def __init__(self, workdir: Path, upstreams: list[str], tls_dir: Path, *,
+                 accel: dict[str, Path] | None = None):
+        super().__init__(None, workdir, upstreams=upstreams, accel=accel)
         self.tls_dir = tls_dir
 
     def _server_block(self) -> str:
@@ -64,11 +65,14 @@ class Cluster:
     part does not come up: everything already started is stopped again).
 
     `pg_settings` override PostgresServer's test settings (e.g. {"fsync": "on"} for
-    production's durability); `extra_args` go to every `ota serve`."""
+    production's durability); `extra_args` go to every `ota serve`. With `blob_accel` (the
+    default, production's layout) nginx sends whole blobs from each replica's verified cache
+    itself: replica N runs with `--blob-accel /_mpota/replicaN`, which nginx maps to its
+    blob-cache/ (docs/operations.md, "Blobs sent by nginx")."""
 
     def __init__(self, workdir: Path, root_json: Path, *, replicas: int = 2,
                  pg_settings: dict[str, str] | None = None, extra_args: list[str] | None = None,
-                 tls_dir: Path | None = None):
+                 tls_dir: Path | None = None, blob_accel: bool = True):
         if replicas < 1:
             raise ValueError("a cluster needs at least one replica")
         self.workdir = workdir
@@ -77,6 +81,7 @@ class Cluster:
         self.pg_settings = pg_settings
         self.extra_args = list(extra_args or [])
         self.tls_dir = tls_dir
+        self.blob_accel = blob_accel
         self.postgres: PostgresServer | None = None
         self.s3: SeaweedS3 | None = None
         self.replicas: list[LocalServer] = []
@@ -135,18 +140,26 @@ class Cluster:
         self.s3 = self._stack.enter_context(SeaweedS3())
         self.blobs_url = self.s3.url()
         self.migrate()
+        accel: dict[str, Path] = {}
         for n in range(1, self.replica_count + 1):
-            replica = LocalServer(self.data_dir / f"replica{n}", self.root_json,
+            data_dir = self.data_dir / f"replica{n}"
+            extra = list(self.extra_args)
+            if self.blob_accel:
+                prefix = f"/_mpota/replica{n}"
+                extra += ["--blob-accel", prefix]
+                accel[prefix] = data_dir / "blob-cache"  # Settings.blob_cache_dir
+            replica = LocalServer(data_dir, self.root_json,
                                   db_url=self.db_url, blobs_url=self.blobs_url, env=self.env(),
-                                  extra_args=self.extra_args,
+                                  extra_args=extra,
                                   publisher="local" if n == 1 else f"local-{n}")
             self._stack.enter_context(replica)
             self.replicas.append(replica)
         upstreams = [replica.url for replica in self.replicas]
         lb_dir = self.workdir / "nginx"
         lb_dir.mkdir(exist_ok=True)
-        self.nginx = (Nginx(None, lb_dir, upstreams=upstreams) if self.tls_dir is None
-                      else TlsNginx(lb_dir, upstreams, self.tls_dir))
+        self.nginx = (Nginx(None, lb_dir, upstreams=upstreams, accel=accel)
+                      if self.tls_dir is None
+                      else TlsNginx(lb_dir, upstreams, self.tls_dir, accel=accel))
         self._stack.enter_context(self.nginx)
 
     def migrate(self) -> None:
