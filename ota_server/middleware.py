@@ -197,9 +197,11 @@ async def _authenticate_device(request: web.Request) -> None:
     limit = request.app[state.SETTINGS].limits.max_device_body_bytes
     # the signature covers the whole body: read it whole first (however it was split)
     body = await read_body(request, limit, "device request")
-    found = await request.app[state.DEVICE_AUTH].authenticate(
+    verified = await request.app[state.DEVICE_AUTH].authenticate(
         request.headers.get("Authorization"), request.method, request.raw_path, body)
-    request[state.DEVICE] = found
+    request[state.DEVICE] = verified.board
+    if verified.fleet_epoch is not None:
+        request[state.FLEET_EPOCH] = verified.fleet_epoch
     request[state.BODY] = body
 
 

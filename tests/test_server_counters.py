@@ -88,9 +88,10 @@ async def test_one_turn_of_the_loop_is_one_batch_with_sequential_outcomes(
         assert commits == [4]
         # committed before the awaits returned
         assert (await _counters(settings)) == {"b1": 7, "b2": 1}
-        # alone: one autocommit statement, no batch transaction
+        # alone: a batch of one, which each store writes as one autocommit statement, no
+        # transaction (test_storage_postgres.py, test_a_batch_of_one_board_is_one_statement)
         assert await counters.advance("b2", 2) is True
-        assert commits == [4]
+        assert commits == [4, 1]
         assert (await _counters(settings)) == {"b1": 7, "b2": 2}
     finally:
         await store.close()
@@ -372,3 +373,53 @@ async def test_publishers_see_every_answered_checkin(env) -> None:
     shown = await (await env.client.get("/v1/devices/seen-1", headers=env.bearer)).json()
     assert shown["mem_free"] == 2222
     assert (await env.rollout())["counts"]["offered"] == 1
+
+
+# -- offers written before the answer (replicas) -------------------------------------------
+
+async def test_offers_of_one_turn_share_one_write_done_before_anyone_goes_on(
+        tmp_path: Path, backend: Backend) -> None:
+    """With replicas an offered check-in is answered only once its offer is in the database;
+    the offers of one turn of the loop share one write, the next turn's waits for it, and a
+    failed write fails exactly the check-ins whose offers it held."""
+    store, settings = await _store(tmp_path, backend, "b1", "b2", "b3")
+    release = await _release(store)
+    gate = asyncio.Event()
+    batches: list[list[tuple[str, int, str]]] = []
+    real = store.open_deployments_for
+
+    async def slow(offers):
+        batches.append(list(offers))
+        await gate.wait()
+        return await real(offers)
+
+    store.open_deployments_for = slow  # type: ignore[method-assign]
+    try:
+        counters = CounterCommits(store, shared=True)
+        first = [asyncio.create_task(counters.write_offer(b, release, "stable"))
+                 for b in ("b1", "b2", "b1")]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        second = asyncio.create_task(counters.write_offer("b3", release, "stable"))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert batches == [[("b1", release, "stable"), ("b2", release, "stable")]]
+        assert not any(t.done() for t in [*first, second])
+        assert (await _records(settings))["deployments"] == []
+        gate.set()
+        await asyncio.gather(*first)
+        assert {row[0] for row in (await _records(settings))["deployments"]} >= {"b1", "b2"}
+        await second
+        assert batches[1:] == [[("b3", release, "stable")]]
+        assert (await _records(settings))["deployments"] == [
+            (b, release, "offered") for b in ("b1", "b2", "b3")]
+        # a write that fails fails its check-ins, and the next one works
+        got = await asyncio.gather(counters.write_offer("b1", release + 99, "stable"),
+                                   return_exceptions=True)
+        assert isinstance(got[0], StoreError), got
+        await counters.write_offer("b2", release, "beta")  # one open already: kept as it is
+        assert (await _records(settings))["deployments"] == [
+            (b, release, "offered") for b in ("b1", "b2", "b3")]
+        await counters.close()
+    finally:
+        await store.close()
