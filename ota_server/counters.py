@@ -22,7 +22,10 @@ records are queued and reach the database
 
 - in the transaction of the next counter commit of the same board, before that request is
   handled: the board's later requests (a report after an offer) are handled with them in the
-  database (no board request reads another board's inventory or offers);
+  database (no board request reads another board's inventory or offers). A request whose
+  handler needs none of them (`records_first=False`: a check-in, which reads no inventory and
+  no `offered` status, and whose own records merge with the queued ones) leaves them queued,
+  so a board checking in again and again costs its counter alone;
 - before a publisher request is handled (`flush`, from the auth middleware);
 - at the latest WRITE_BEHIND_SECONDS after they were queued (a timer), all of them in one
   transaction;
@@ -55,7 +58,8 @@ from ota_server.storage import Advances, MetadataStore
 WRITE_BEHIND_SECONDS = 0.25
 # A request's advance: accepted or not, and the fleet epoch its batch's statement saw.
 _Outcome = tuple[bool, int | None]
-_Pending = tuple[str, int, "asyncio.Future[_Outcome]"]
+# (device_id, counter, records_first, the request's future)
+_Pending = tuple[str, int, bool, "asyncio.Future[_Outcome]"]
 _Offer = tuple[str, int, str]  # (device_id, release_id, channel)
 log = logging.getLogger("ota_server")
 
@@ -92,12 +96,14 @@ class CounterCommits:
         accepted, _ = await self.advance_with_epoch(device_id, counter)
         return accepted
 
-    async def advance_with_epoch(self, device_id: str, counter: int) -> _Outcome:
+    async def advance_with_epoch(self, device_id: str, counter: int, *,
+                                 records_first: bool = True) -> _Outcome:
         """advance(), and the fleet epoch the committing statement saw (Advances.epoch: None
-        when refused or on a store without one), for the store's current_rollout."""
+        when refused or on a store without one), for the store's current_rollout. With
+        `records_first` False the board's queued records may stay queued (module docstring)."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[_Outcome] = loop.create_future()
-        self._pending.append((device_id, counter, done))
+        self._pending.append((device_id, counter, records_first, done))
         if self._committer is None:
             # Started now, it runs at the next turn of the loop: requests arriving in this turn
             # join the batch. While it waits for a commit (a database over the network), new
@@ -234,12 +240,13 @@ class CounterCommits:
 
     async def _commit(self) -> None:
         batch, self._pending = self._pending, []
-        advances = [(device_id, counter) for device_id, counter, _ in batch]
-        # A board's queued records go in with its own next counter (all queued ones then: one
-        # transaction either way); other boards' wait for the timer.
+        advances = [(device_id, counter) for device_id, counter, _, _ in batch]
+        # A board's queued records go in with its own next counter that wants them (all queued
+        # ones then: one transaction either way); other boards' wait for the timer.
         inventories: list[tuple[str, dict[str, Any]]] = []
         offers: list[tuple[str, int, str]] = []
-        if not self._inventories.keys().isdisjoint(device_id for device_id, _ in advances):
+        if not self._inventories.keys().isdisjoint(
+                device_id for device_id, _, records_first, _ in batch if records_first):
             inventories, offers = self._take_records()
         try:
             if inventories or offers:
@@ -255,7 +262,7 @@ class CounterCommits:
             else:
                 accepted = await self._advance(advances)
         except BaseException as err:  # the whole batch rolled back: nobody's counter moved
-            for _, _, done in batch:
+            for _, _, _, done in batch:
                 if done.done():
                     continue
                 if isinstance(err, Exception):
@@ -265,7 +272,7 @@ class CounterCommits:
             if not isinstance(err, Exception):
                 raise
             return
-        for (_, _, done), ok in zip(batch, accepted, strict=True):
+        for (_, _, _, done), ok in zip(batch, accepted, strict=True):
             if not done.done():  # a request cancelled meanwhile (client gone): nothing to tell
                 done.set_result((ok, accepted.epoch))
 

@@ -131,11 +131,12 @@ class DeviceAuthenticator:
         self._boards[board.device_id] = (board, key)
 
     async def authenticate(self, header: str | None, method: str, path_qs: str,
-                           body: bytes) -> VerifiedRequest:
+                           body: bytes, *, records_first: bool = True) -> VerifiedRequest:
         """Return the board that signed this request, or raise Unauthorized / Forbidden (the
         first failing check of docs/protocol.md's order).
 
-        Returns only once the new counter is committed (ota_server.counters)."""
+        Returns only once the new counter is committed (ota_server.counters), with the
+        board's queued check-in records unless `records_first` is False."""
         cred = parse_authorization(header)
         kept = self._boards.get(cred.device_id)
         if kept is None:
@@ -156,7 +157,8 @@ class DeviceAuthenticator:
             if kept is not None:  # its revocation was not read: it answers before this
                 await self._refuse_if_gone(cred.device_id)
             raise Unauthorized("request signature does not verify", code="bad_signature")
-        accepted, epoch = await self._counters.advance_with_epoch(cred.device_id, cred.counter)
+        accepted, epoch = await self._counters.advance_with_epoch(
+            cred.device_id, cred.counter, records_first=records_first)
         if not accepted:
             await self._refuse_if_gone(cred.device_id)
             raise Unauthorized(

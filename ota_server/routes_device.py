@@ -18,7 +18,7 @@ from aiohttp import web
 from ota_server import rollout, state
 from ota_server.errors import ApiError, BadRequest, Conflict, NotFound
 from ota_server.metrics import Metrics
-from ota_server.middleware import device
+from ota_server.middleware import device, device_records_behind
 from ota_server.ranges import RangeNotSatisfiable, byte_range
 from ota_server.storage import (
     DEPLOYMENT_STATUSES,
@@ -57,7 +57,7 @@ def _counter(doc: dict[str, Any], field: str, what: str) -> int | None:
     return value
 
 
-@device
+@device_records_behind
 async def checkin(request: web.Request) -> web.Response:
     """204: nothing new; 200: the envelope of the manifest to install. Records inventory."""
     found: BoardIdentity = request[state.DEVICE]

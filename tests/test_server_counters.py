@@ -247,6 +247,38 @@ async def test_queued_records_go_into_the_boards_next_counter_commit(
         await store.close()
 
 
+async def test_a_request_that_needs_no_records_leaves_them_queued(
+        tmp_path: Path, backend: Backend) -> None:
+    """A check-in (records_first=False) commits its counter alone, whatever its board has
+    queued; the board's next request that wants them (a report) carries them."""
+    store, settings = await _store(tmp_path, backend, "b1")
+    release = await _release(store)
+    transactions: list[tuple[int, int, int]] = []
+    write = store.write_checkins
+
+    async def counting(inventories, offers, advances=()):  # the real store, counted
+        transactions.append((len(inventories), len(offers), len(advances)))
+        return await write(inventories, offers, advances)
+
+    store.write_checkins = counting  # type: ignore[method-assign]
+    try:
+        counters = CounterCommits(store, write_behind=3600)  # no timer in this test
+        counters.record_checkin("b1", INVENTORY, release)
+        assert await counters.advance_with_epoch("b1", 1, records_first=False) == (
+            True, None if backend.kind == "sqlite" else (await _epoch(settings)))
+        assert transactions == [] and counters.queued == 2
+        assert (await _records(settings)) == {"inventory": [], "deployments": []}
+        assert await counters.advance("b1", 2) is True
+        assert transactions == [(1, 1, 1)] and counters.queued == 0
+        assert (await _records(settings))["deployments"] == [("b1", release, "offered")]
+    finally:
+        await store.close()
+
+
+async def _epoch(settings: Settings) -> int:
+    return int((await query_rows(settings, "SELECT epoch FROM fleet_epoch"))[0][0])
+
+
 async def test_an_offer_never_overwrites_a_later_deployment_status(
         tmp_path: Path, backend: Backend) -> None:
     store, settings = await _store(tmp_path, backend, "b1")
