@@ -37,8 +37,11 @@ there a check-in that offers a release writes the offer before it is answered
 (`write_offer`, from ota_server.routes_device.checkin): the board's report about the offer
 finds the deployment on any replica. Offers are group-committed as counters are: those of
 one turn of the loop share one statement, one batch at a time, and each check-in is answered
-once the statement holding its offer is done. The inventory is still written behind; a
-publisher on another replica sees it at most WRITE_BEHIND_SECONDS later.
+once the statement holding its offer is done. A deployment row, once there, is never
+deleted, and an offer never changes one that is there (ON CONFLICT DO NOTHING): so an offer
+this process has written once is not written again (a bounded memory of them, OFFERS_KEPT),
+and a board checking in again costs its counter alone. The inventory is still written
+behind; a publisher on another replica sees it at most WRITE_BEHIND_SECONDS later.
 
 So a check-in costs its counter's commit alone instead of three commits, and the records of
 many check-ins share one transaction and the pages it writes (figure S3). A process killed
@@ -56,6 +59,9 @@ from typing import Any
 from ota_server.storage import Advances, MetadataStore
 
 WRITE_BEHIND_SECONDS = 0.25
+# (board, release) offers written before an answer that this process remembers as written
+# (module docstring, "Replicas"); beyond that the oldest is forgotten, one at a time.
+OFFERS_KEPT = 100_000
 # A request's advance: accepted or not, and the fleet epoch its batch's statement saw.
 _Outcome = tuple[bool, int | None]
 # (device_id, counter, records_first, the request's future)
@@ -88,6 +94,7 @@ class CounterCommits:
         # writing them, while there is one.
         self._offers_now: list[tuple[_Offer, asyncio.Future[None]]] = []
         self._offerer: asyncio.Task[None] | None = None
+        self._offers_written: dict[tuple[str, int], None] = {}
 
     async def advance(self, device_id: str, counter: int) -> bool:
         """True when `counter` was greater than the last one of the board, which is not
@@ -115,8 +122,11 @@ class CounterCommits:
     async def write_offer(self, device_id: str, release_id: int, channel: str) -> None:
         """Write now that `channel` offered the release to the board (open_deployment_for),
         in one statement with the other offers of this turn of the loop; return once it is in
-        the database. Raises the store's error when that statement fails (the offers of its
-        batch are then not written)."""
+        the database (at once when this process wrote it before: module docstring). Raises
+        the store's error when that statement fails (the offers of its batch are then not
+        written)."""
+        if (device_id, release_id) in self._offers_written:
+            return
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         self._offers_now.append(((device_id, release_id, channel), done))
@@ -142,7 +152,11 @@ class CounterCommits:
                     if not isinstance(err, Exception):
                         raise
                     continue
-                for _, done in batch:
+                for (device_id, release_id, _), done in batch:
+                    if (device_id, release_id) not in self._offers_written:
+                        if len(self._offers_written) >= OFFERS_KEPT:
+                            del self._offers_written[next(iter(self._offers_written))]
+                        self._offers_written[(device_id, release_id)] = None
                     if not done.done():  # a request cancelled meanwhile: nothing to tell
                         done.set_result(None)
         finally:

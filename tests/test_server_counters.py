@@ -21,6 +21,7 @@ from server_support import (
     query_rows,
 )
 
+from ota_server import counters as counters_module
 from ota_server import state
 from ota_server.app import create_app
 from ota_server.counters import CounterCommits
@@ -449,9 +450,41 @@ async def test_offers_of_one_turn_share_one_write_done_before_anyone_goes_on(
         got = await asyncio.gather(counters.write_offer("b1", release + 99, "stable"),
                                    return_exceptions=True)
         assert isinstance(got[0], StoreError), got
-        await counters.write_offer("b2", release, "beta")  # one open already: kept as it is
+        # an offer this process wrote is not written again (deployments are never deleted)
+        written = len(batches)
+        await counters.write_offer("b2", release, "stable")
+        assert len(batches) == written
+        # another process's offer of it goes to the database and leaves the deployment as it is
+        await store.set_deployment("b2", release, "downloading")
+        other = CounterCommits(store, shared=True)
+        await other.write_offer("b2", release, "beta")
+        assert batches[written:] == [[("b2", release, "beta")]]
         assert (await _records(settings))["deployments"] == [
-            (b, release, "offered") for b in ("b1", "b2", "b3")]
+            ("b1", release, "offered"), ("b2", release, "downloading"), ("b3", release, "offered")]
+        await counters.close()
+        await other.close()
+    finally:
+        await store.close()
+
+
+async def test_the_offers_remembered_as_written_are_bounded_oldest_first(
+        tmp_path: Path, backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(counters_module, "OFFERS_KEPT", 2)
+    store, _ = await _store(tmp_path, backend, "b1", "b2", "b3")
+    release = await _release(store)
+    written: list[str] = []
+    real = store.open_deployments_for
+
+    async def counting(offers):
+        written.extend(device_id for device_id, _, _ in offers)
+        return await real(offers)
+
+    store.open_deployments_for = counting  # type: ignore[method-assign]
+    try:
+        counters = CounterCommits(store, shared=True)
+        for board in ("b1", "b2", "b3", "b3", "b2", "b1"):
+            await counters.write_offer(board, release, "stable")
+        assert written == ["b1", "b2", "b3", "b1"]  # b1 was forgotten first
         await counters.close()
     finally:
         await store.close()
