@@ -520,11 +520,14 @@ async def test_offers_are_one_statement_in_key_order_and_never_deadlock(pg_dsn: 
     orders (each board offered through both at once): each waits for the other, none fails,
     each batch costs one round trip."""
     a, b = await _migrated(pg_dsn), await PostgresStore.open(pg_dsn)
-    boards = [f"d{n}" for n in range(6)]
+    boards = [f"d{n:03d}" for n in range(300)]  # long enough for the two to overlap
     try:
-        for board in boards:
-            await a.add_device(board, KEY, "esp32", [], "stable", 1)
-        releases = [await _release(a, version=f"1.0.{n}", sequence=n + 1) for n in range(20)]
+        async with a._connection() as conn:
+            await conn.executemany(
+                "INSERT INTO devices (device_id, public_key, board, tags, channel, bucket, "
+                "created) VALUES ($1, $2, 'esp32', '[]', 'stable', 1, 1)",
+                [(board, KEY) for board in boards])
+        releases = [await _release(a, version=f"1.0.{n}", sequence=n + 1) for n in range(10)]
         async with _statements(a) as seen:
             await a.open_deployments_for([(d, releases[0].id, "stable") for d in boards])
         assert len(seen) == 1, seen
