@@ -452,8 +452,6 @@ async def report(request: web.Request) -> web.Response:
     except ApiError as err:
         metrics.inc("mpota_reports_refused_total", code=err.code)
         raise
-    if _may_replace(deployment.status, status):
-        await store.set_deployment(found.device_id, deployment.release_id, status, reason)
     inventory: dict[str, Any] = {"last_status": status}
     if status in ("failed", "rolled_back"):
         inventory["last_error"] = reason or status
@@ -464,7 +462,10 @@ async def report(request: web.Request) -> web.Response:
                          last_error=None)
     elif status == "rolled_back" and version is not None:
         inventory["version"] = version
-    await store.record_checkin(found.device_id, inventory)
+    # The move, its history row and the inventory: one transaction, one commit.
+    if not (_may_replace(deployment.status, status) and await store.set_deployment(
+            found.device_id, deployment.release_id, status, reason, inventory=inventory)):
+        await store.record_checkin(found.device_id, inventory)
     metrics.inc("mpota_reports_total", status=status)
     if status in FINAL_STATUSES:
         await rollout.after_report(store, deployment.channel, deployment.release_id)

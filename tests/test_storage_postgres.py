@@ -543,6 +543,29 @@ async def test_offers_are_one_statement_in_key_order_and_never_deadlock(pg_dsn: 
         await b.close()
 
 
+async def test_a_report_s_move_history_and_inventory_are_one_transaction(store: Any) -> None:
+    release = await _release(store)
+    await store.add_device("d", KEY, "esp32", [], "stable", 1)
+    assert not await store.set_deployment("d", release.id, "confirmed",
+                                          inventory={"last_status": "confirmed"})
+    assert (await store.device("d")).inventory["last_status"] is None  # none opened: nothing
+    await store.open_deployment_for("d", release.id, "stable")
+    async with _statements(store) as seen:
+        assert await store.set_deployment("d", release.id, "confirmed", inventory={
+            "last_status": "confirmed", "app": "app", "version": "1.0.0", "sequence": 1})
+    transactions = [s for s in seen if s == "transaction" or s.upper().startswith("BEGIN")]
+    assert len(transactions) == 1, seen
+    device = await store.device("d")
+    assert (device.inventory["last_status"], device.inventory["version"]) == (
+        "confirmed", "1.0.0")
+    assert [h.status for h in await store.device_history("d")] == ["confirmed"]
+    # the same report again: no new event, the inventory still written
+    assert await store.set_deployment("d", release.id, "confirmed",
+                                      inventory={"last_status": "again"})
+    assert (await store.device("d")).inventory["last_status"] == "again"
+    assert [h.status for h in await store.device_history("d")] == ["confirmed"]
+
+
 async def _epoch_seen(store: PostgresStore, device_id: str) -> int:
     """The fleet epoch a board request's counter statement sees now."""
     async with store._connection() as conn:

@@ -210,9 +210,11 @@ class MetadataStore(Protocol):
         ...
 
     async def set_deployment(self, device_id: str, release_id: int, status: str,
-                             reason: str | None = None) -> bool:
-        """Move an existing deployment and add the move to the board's history (one
-        transaction); False, nothing written, when none was ever opened."""
+                             reason: str | None = None, *,
+                             inventory: dict[str, Any] | None = None) -> bool:
+        """Move an existing deployment and add the move to the board's history, and overwrite
+        the board's `inventory` fields when given (one transaction); False, nothing written,
+        when none was ever opened. The same status again writes the inventory alone."""
         ...
 
     async def device_history(self, device_id: str) -> list[HistoryEntry]:

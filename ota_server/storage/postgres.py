@@ -841,11 +841,14 @@ class PostgresStore:
                                [o[2] for o in offers], _now())
 
     async def set_deployment(self, device_id: str, release_id: int, status: str,
-                             reason: str | None = None) -> bool:
-        """Move an open deployment to `status` and add the move to the board's history, in
-        one transaction; False (nothing written) when the server never opened one for this
-        board and release. The same status and reason again is no new event: nothing is
-        written. The history keeps the board's newest HISTORY_PER_DEVICE rows."""
+                             reason: str | None = None, *,
+                             inventory: dict[str, Any] | None = None) -> bool:
+        """Move an open deployment to `status` and add the move to the board's history, and
+        overwrite the board's `inventory` fields when given (record_checkin), in one
+        transaction (one commit for a report's writes); False (nothing written) when the
+        server never opened one for this board and release. The same status and reason again
+        is no new event: only the inventory is written. The history keeps the board's newest
+        HISTORY_PER_DEVICE rows."""
         now = _now()
         async with self._transaction() as conn:
             row = await conn.fetchrow(
@@ -853,6 +856,8 @@ class PostgresStore:
                 " FOR UPDATE", device_id, release_id)
             if row is None:
                 return False
+            if inventory:
+                await _record_checkin(conn, device_id, inventory)
             if (row[0], row[1]) == (status, reason):
                 return True  # the same report again (delivery is at least once)
             await conn.execute(

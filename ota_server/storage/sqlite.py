@@ -647,10 +647,12 @@ class SqliteStore:
                                           for device_id, release_id, channel in offers])
 
     async def set_deployment(self, device_id: str, release_id: int, status: str,
-                             reason: str | None = None) -> bool:
-        """Move an open deployment to `status` and add the move to the board's history, in
-        one transaction; False (nothing written) when the server never opened one for this
-        board and release. The same status and reason again is no new event: nothing is
+                             reason: str | None = None, *,
+                             inventory: dict[str, Any] | None = None) -> bool:
+        """Move an open deployment to `status` and add the move to the board's history, and
+        overwrite the board's `inventory` fields when given (record_checkin), in one
+        transaction; False (nothing written) when the server never opened one for this board
+        and release. The same status and reason again is no new event: only the inventory is
         written. The history keeps the board's newest HISTORY_PER_DEVICE rows."""
         now = _now()
         with self._tx():
@@ -659,6 +661,8 @@ class SqliteStore:
                 (device_id, release_id)).fetchone()
             if row is None:
                 return False
+            if inventory:
+                self._record_checkin(device_id, inventory)
             if (row[0], row[1]) == (status, reason):
                 return True  # the same report again (delivery is at least once): no new event
             self._db.execute(
