@@ -322,10 +322,13 @@ def failures_to_pause(failures: int, results: int, policy: dict[str, Any],
     return max(by_rate, needed - results)
 
 
-async def after_report(store: MetadataStore, channel: str, release_id: int) -> None:
+async def after_report(store: MetadataStore, channel: str, release_id: int, *,
+                       epoch: int | None = None) -> None:
     """Apply automatic pause and automatic advance after a board reported on `release_id`
-    for a deployment that `channel` opened; only that channel's counts decide."""
-    rollout = await store.current_rollout(channel)
+    for a deployment that `channel` opened; only that channel's counts decide. `epoch`: the
+    fleet epoch of the report's counter statement (current_rollout); every move is
+    conditional on the stage and state read, so a rollout moved meanwhile is left alone."""
+    rollout = await store.current_rollout(channel, epoch=epoch)
     if rollout is None or rollout.release.id != release_id or rollout.state != "active":
         return
     counts = await store.deployment_counts(release_id, channel)

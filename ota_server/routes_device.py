@@ -468,7 +468,8 @@ async def report(request: web.Request) -> web.Response:
         await store.record_checkin(found.device_id, inventory)
     metrics.inc("mpota_reports_total", status=status)
     if status in FINAL_STATUSES:
-        await rollout.after_report(store, deployment.channel, deployment.release_id)
+        await rollout.after_report(store, deployment.channel, deployment.release_id,
+                                   epoch=request.get(state.FLEET_EPOCH))
     return web.Response(status=204)
 
 
