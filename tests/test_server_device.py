@@ -12,10 +12,10 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from server_support import ServerEnv, SimBoard, open_metadata, query_rows, store_fingerprint
+from server_support import ServerEnv, SimBoard, query_rows, store_fingerprint
 
-from ota_server import device_auth, state
-from ota_server.device_auth import DeviceAuthenticator, sign_request
+from ota_server import state
+from ota_server.device_auth import sign_request
 from signing.root import RootMetadata
 from signing.verify import verify_manifest
 
@@ -106,25 +106,6 @@ async def test_an_unknown_board_is_not_kept_and_is_served_once_registered(
     assert "late" not in env.app[state.DEVICE_AUTH]._boards
     await env.add_board(board)
     assert (await env.checkin(board)).status == 204
-
-
-async def test_the_kept_boards_are_bounded_and_the_oldest_goes_first(
-        env: ServerEnv, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(device_auth, "BOARD_CACHE_SIZE", 2)
-    store = await open_metadata(env.settings)
-    try:
-        auth = DeviceAuthenticator(store)
-        boards = [await env.add_board(SimBoard(f"b{n}")) for n in range(3)]
-        for board in boards:
-            body = board.checkin_body()
-            verified = await auth.authenticate(
-                board.auth("POST", "/v1/device/checkin", body)["Authorization"], "POST",
-                "/v1/device/checkin", body)
-            assert verified.board.device_id == board.device_id
-        assert list(auth._boards) == ["b1", "b2"]
-        await auth._counters.close()
-    finally:
-        await store.close()
 
 
 async def test_checkin_says_nothing_new_then_offers_the_release(env: ServerEnv) -> None:
