@@ -807,3 +807,43 @@ def test_accepted_counters_are_exactly_the_running_maxima(
             await store.close()
 
     assert asyncio.run(run()) == expected
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 50)),
+                                 min_size=1, max_size=6), min_size=1, max_size=5),
+       revoked=st.sets(st.integers(0, 3), max_size=2))
+def test_counter_batches_over_several_boards_are_the_sequential_outcome(
+        backend: tuple[str, str], batches: list[list[tuple[int, int]]],
+        revoked: set[int]) -> None:
+    """Whichever path a batch takes (one statement for distinct boards, a transaction for a
+    board named twice), each advance has the outcome it would have alone, in order: accepted
+    exactly when the board is not revoked and the counter is above every one before."""
+    tag = secrets.token_hex(4)
+    names = [f"p{n}-{tag}" for n in range(4)]
+    top = dict.fromkeys(range(4), -1)
+    expected = []
+    for batch in batches:
+        outcomes = []
+        for board, counter in batch:
+            outcomes.append(board not in revoked and counter > top[board])
+            if board not in revoked:
+                top[board] = max(top[board], counter)
+        expected.append(outcomes)
+
+    async def run() -> list[list[bool]]:
+        kind, location = backend
+        store: Any = SqliteStore(Path(location)) if kind == "sqlite" \
+            else await _migrated(location)
+        try:
+            for n, name in enumerate(names):  # a new board's counter is -1
+                await store.add_device(name, KEY, "esp32", [], "stable", 1)
+                if n in revoked:
+                    await store.revoke_device(name)
+            return [list(await store.advance_counters([(names[b], c) for b, c in batch]))
+                    for batch in batches]
+        finally:
+            await store.close()
+
+    assert asyncio.run(run()) == expected
