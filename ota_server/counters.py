@@ -22,7 +22,10 @@ records are queued and reach the database
 
 - in the transaction of the next counter commit of the same board, before that request is
   handled: the board's later requests (a report after an offer) are handled with them in the
-  database (no board request reads another board's inventory or offers);
+  database (no board request reads another board's inventory or offers). A request whose
+  handler needs none of them (`records_first=False`: a check-in, which reads no inventory and
+  no `offered` status, and whose own records merge with the queued ones) leaves them queued,
+  so a board checking in again and again costs its counter alone;
 - before a publisher request is handled (`flush`, from the auth middleware);
 - at the latest WRITE_BEHIND_SECONDS after they were queued (a timer), all of them in one
   transaction;
@@ -30,10 +33,15 @@ records are queued and reach the database
 
 Replicas (`shared`: several processes on one PostgreSQL database) break the first promise:
 a board's next request may reach another replica, which has none of this one's queue. So
-there a check-in that offers a release writes the offer (one statement) before it is
-answered (ota_server.routes_device.checkin): the board's report about the offer finds the
-deployment on any replica. The inventory is still written behind; a publisher on another
-replica sees it at most WRITE_BEHIND_SECONDS later.
+there a check-in that offers a release writes the offer before it is answered
+(`write_offer`, from ota_server.routes_device.checkin): the board's report about the offer
+finds the deployment on any replica. Offers are group-committed as counters are: those of
+one turn of the loop share one statement, one batch at a time, and each check-in is answered
+once the statement holding its offer is done. A deployment row, once there, is never
+deleted, and an offer never changes one that is there (ON CONFLICT DO NOTHING): so an offer
+this process has written once is not written again (a bounded memory of them, OFFERS_KEPT),
+and a board checking in again costs its counter alone. The inventory is still written
+behind; a publisher on another replica sees it at most WRITE_BEHIND_SECONDS later.
 
 So a check-in costs its counter's commit alone instead of three commits, and the records of
 many check-ins share one transaction and the pages it writes (figure S3). A process killed
@@ -48,10 +56,17 @@ import asyncio
 import logging
 from typing import Any
 
-from ota_server.storage import MetadataStore
+from ota_server.storage import Advances, MetadataStore
 
 WRITE_BEHIND_SECONDS = 0.25
-_Pending = tuple[str, int, "asyncio.Future[bool]"]
+# (board, release) offers written before an answer that this process remembers as written
+# (module docstring, "Replicas"); beyond that the oldest is forgotten, one at a time.
+OFFERS_KEPT = 100_000
+# A request's advance: accepted or not, and the fleet epoch its batch's statement saw.
+_Outcome = tuple[bool, int | None]
+# (device_id, counter, records_first, the request's future)
+_Pending = tuple[str, int, bool, "asyncio.Future[_Outcome]"]
+_Offer = tuple[str, int, str]  # (device_id, release_id, channel)
 log = logging.getLogger("ota_server")
 
 
@@ -75,13 +90,27 @@ class CounterCommits:
         # The task committing batches, while there is one: one at a time, in arrival order.
         self._committer: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
+        # Offers to write before their check-ins are answered (`write_offer`), and the task
+        # writing them, while there is one.
+        self._offers_now: list[tuple[_Offer, asyncio.Future[None]]] = []
+        self._offerer: asyncio.Task[None] | None = None
+        self._offers_written: dict[tuple[str, int], None] = {}
 
     async def advance(self, device_id: str, counter: int) -> bool:
-        """True when `counter` was greater than the board's last one and is now committed
-        (and with it every check-in record of this board queued before)."""
+        """True when `counter` was greater than the last one of the board, which is not
+        revoked, and is now committed (and with it every check-in record of this board
+        queued before)."""
+        accepted, _ = await self.advance_with_epoch(device_id, counter)
+        return accepted
+
+    async def advance_with_epoch(self, device_id: str, counter: int, *,
+                                 records_first: bool = True) -> _Outcome:
+        """advance(), and the fleet epoch the committing statement saw (Advances.epoch: None
+        when refused or on a store without one), for the store's current_rollout. With
+        `records_first` False the board's queued records may stay queued (module docstring)."""
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[bool] = loop.create_future()
-        self._pending.append((device_id, counter, done))
+        done: asyncio.Future[_Outcome] = loop.create_future()
+        self._pending.append((device_id, counter, records_first, done))
         if self._committer is None:
             # Started now, it runs at the next turn of the loop: requests arriving in this turn
             # join the batch. While it waits for a commit (a database over the network), new
@@ -89,6 +118,49 @@ class CounterCommits:
             # a board's counters are committed in the order they came.
             self._committer = loop.create_task(self._commit_batches())
         return await done
+
+    async def write_offer(self, device_id: str, release_id: int, channel: str) -> None:
+        """Write now that `channel` offered the release to the board (open_deployment_for),
+        in one statement with the other offers of this turn of the loop; return once it is in
+        the database (at once when this process wrote it before: module docstring). Raises
+        the store's error when that statement fails (the offers of its batch are then not
+        written)."""
+        if (device_id, release_id) in self._offers_written:
+            return
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._offers_now.append(((device_id, release_id, channel), done))
+        if self._offerer is None:  # as the counter committer: one batch at a time
+            self._offerer = loop.create_task(self._write_offers())
+        await done
+
+    async def _write_offers(self) -> None:
+        try:
+            while self._offers_now:
+                batch, self._offers_now = self._offers_now, []
+                try:
+                    await self._store.open_deployments_for(
+                        list(dict.fromkeys(offer for offer, _ in batch)))
+                except BaseException as err:
+                    for _, done in batch:
+                        if done.done():
+                            continue
+                        if isinstance(err, Exception):
+                            done.set_exception(err)
+                        else:  # the server stopping: the requests end with it
+                            done.cancel()
+                    if not isinstance(err, Exception):
+                        raise
+                    continue
+                for (device_id, release_id, _), done in batch:
+                    if (device_id, release_id) not in self._offers_written:
+                        if len(self._offers_written) >= OFFERS_KEPT:
+                            del self._offers_written[next(iter(self._offers_written))]
+                        self._offers_written[(device_id, release_id)] = None
+                    if not done.done():  # a request cancelled meanwhile: nothing to tell
+                        done.set_result(None)
+        finally:
+            self._offerer = None
 
     def record_checkin(self, device_id: str, inventory: dict[str, Any],
                        offered: int | None, channel: str = "") -> None:
@@ -114,7 +186,7 @@ class CounterCommits:
 
     async def close(self) -> None:
         """Write what is queued (at shutdown, before the store closes); raises as flush."""
-        for task in (self._committer, self._flusher):
+        for task in (self._committer, self._offerer, self._flusher):
             if task is not None:
                 await asyncio.gather(task, return_exceptions=True)
         await self.flush()
@@ -182,12 +254,13 @@ class CounterCommits:
 
     async def _commit(self) -> None:
         batch, self._pending = self._pending, []
-        advances = [(device_id, counter) for device_id, counter, _ in batch]
-        # A board's queued records go in with its own next counter (all queued ones then: one
-        # transaction either way); other boards' wait for the timer.
+        advances = [(device_id, counter) for device_id, counter, _, _ in batch]
+        # A board's queued records go in with its own next counter that wants them (all queued
+        # ones then: one transaction either way); other boards' wait for the timer.
         inventories: list[tuple[str, dict[str, Any]]] = []
         offers: list[tuple[str, int, str]] = []
-        if not self._inventories.keys().isdisjoint(device_id for device_id, _ in advances):
+        if not self._inventories.keys().isdisjoint(
+                device_id for device_id, _, records_first, _ in batch if records_first):
             inventories, offers = self._take_records()
         try:
             if inventories or offers:
@@ -203,7 +276,7 @@ class CounterCommits:
             else:
                 accepted = await self._advance(advances)
         except BaseException as err:  # the whole batch rolled back: nobody's counter moved
-            for _, _, done in batch:
+            for _, _, _, done in batch:
                 if done.done():
                     continue
                 if isinstance(err, Exception):
@@ -213,11 +286,10 @@ class CounterCommits:
             if not isinstance(err, Exception):
                 raise
             return
-        for (_, _, done), ok in zip(batch, accepted, strict=True):
+        for (_, _, _, done), ok in zip(batch, accepted, strict=True):
             if not done.done():  # a request cancelled meanwhile (client gone): nothing to tell
-                done.set_result(ok)
+                done.set_result((ok, accepted.epoch))
 
-    async def _advance(self, advances: list[tuple[str, int]]) -> list[bool]:
-        if len(advances) == 1:  # autocommit: one statement is one transaction
-            return [await self._store.advance_counter(*advances[0])]
+    async def _advance(self, advances: list[tuple[str, int]]) -> Advances:
+        # A batch of one, or of distinct boards on PostgreSQL, is one autocommit statement.
         return await self._store.advance_counters(advances)

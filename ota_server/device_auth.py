@@ -7,6 +7,13 @@ The board signs (ECDSA P-256, SHA-256, raw low-S r||s) the string
 and the counter must be strictly greater than the last one accepted from that board. Checks run
 cheapest first; the counter is advanced only after the signature verified, so nobody but the
 board can burn its counters.
+
+A board's identity (its key, board type, tags, channel, bucket) never changes once registered,
+so the authenticator keeps it, with the parsed key, once a request of the board passed: its
+later requests cost one database statement, the counter's. What does change is never kept:
+the counter statement itself refuses a revoked board (`AND revoked IS NULL`), and only a
+refused request reads the board again to tell `unknown_device`, `revoked` and `replay` apart,
+so a request of a kept board gets the answer docs/protocol.md's order of checks gives.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from dataclasses import dataclass
 
 from ota_server.counters import CounterCommits
 from ota_server.errors import Forbidden, Unauthorized
-from ota_server.storage import Device, MetadataStore
+from ota_server.storage import BoardIdentity, MetadataStore
 from signing.errors import MalformedError
 from signing.keys import PrivateKey, PublicKey, public_key_from_point, sign_raw, verify_raw
 
@@ -28,11 +35,21 @@ REQUEST_CONTEXT = b"mpota-req-v1"
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 _PARAM = re.compile(r"^(id|ctr|sig)=([^,\s]+)$")
 _MAX_COUNTER = 2**63 - 1  # SQLite INTEGER
-# Parsed public keys kept (a board's later requests skip the point check). Bounded, and
-# trimmed one key at a time: emptying 100,000 keys at once stopped the event loop for a
-# noticeable part of a second under S3's load (figure S3, docs/benchmarks.md).
-KEY_CACHE_SIZE = 100_000
+# Boards kept (identity and parsed public key: a board's later requests skip the registry read
+# and the point check). Bounded, and trimmed one board at a time: emptying 100,000 keys at
+# once stopped the event loop for a noticeable part of a second under S3's load (figure S3,
+# docs/benchmarks.md).
+BOARD_CACHE_SIZE = 100_000
 _DECIMAL = re.compile(r"[0-9]{1,19}")
+
+
+@dataclass(frozen=True)
+class VerifiedRequest:
+    """A board request that passed: who signed it, and the fleet epoch its counter statement
+    saw (None on a store without one), for MetadataStore.current_rollout."""
+
+    board: BoardIdentity
+    fleet_epoch: int | None
 
 
 @dataclass(frozen=True)
@@ -100,42 +117,60 @@ def sign_request(private_key: PrivateKey, device_id: str, counter: int, method: 
 
 
 class DeviceAuthenticator:
-    """Verifies board requests against the registry; caches parsed public keys by point."""
+    """Verifies board requests against the registry; keeps the identities of boards whose
+    requests passed (module docstring)."""
 
     def __init__(self, store: MetadataStore, counters: CounterCommits | None = None):
         self._store = store
-        self._keys: dict[bytes, PublicKey] = {}
+        self._boards: dict[str, tuple[BoardIdentity, PublicKey]] = {}
         self._counters = CounterCommits(store) if counters is None else counters
 
-    def _public_key(self, point: bytes) -> PublicKey:
-        key = self._keys.get(point)
-        if key is None:
-            key = public_key_from_point(point)
-            if len(self._keys) >= KEY_CACHE_SIZE:  # the oldest goes; a re-parse is cheap
-                del self._keys[next(iter(self._keys))]
-            self._keys[point] = key
-        return key
+    def _remember(self, board: BoardIdentity, key: PublicKey) -> None:
+        if board.device_id not in self._boards and len(self._boards) >= BOARD_CACHE_SIZE:
+            del self._boards[next(iter(self._boards))]  # the oldest goes; a re-read is cheap
+        self._boards[board.device_id] = (board, key)
 
     async def authenticate(self, header: str | None, method: str, path_qs: str,
-                           body: bytes) -> Device:
-        """Return the board that signed this request, or raise Unauthorized / Forbidden.
+                           body: bytes, *, records_first: bool = True) -> VerifiedRequest:
+        """Return the board that signed this request, or raise Unauthorized / Forbidden (the
+        first failing check of docs/protocol.md's order).
 
-        Returns only once the new counter is committed (ota_server.counters)."""
+        Returns only once the new counter is committed (ota_server.counters), with the
+        board's queued check-in records unless `records_first` is False."""
         cred = parse_authorization(header)
-        device = await self._store.device(cred.device_id)
-        if device is None:
-            raise Unauthorized(f"unknown device {cred.device_id!r}", code="unknown_device")
-        if device.revoked is not None:
-            raise Forbidden(f"device {cred.device_id!r} is revoked", code="revoked")
-        try:
-            key = self._public_key(device.public_key)
-        except MalformedError:
-            raise Forbidden("the registered public key is unusable", code="revoked") from None
+        kept = self._boards.get(cred.device_id)
+        if kept is None:
+            device = await self._store.device(cred.device_id)
+            if device is None:
+                raise Unauthorized(f"unknown device {cred.device_id!r}", code="unknown_device")
+            if device.revoked is not None:
+                raise Forbidden(f"device {cred.device_id!r} is revoked", code="revoked")
+            board = device.identity()
+            try:
+                key = public_key_from_point(board.public_key)
+            except MalformedError:
+                raise Forbidden("the registered public key is unusable", code="revoked") from None
+        else:
+            board, key = kept
         message = signed_string(method, path_qs, cred.device_id, cred.counter, body)
         if not verify_raw(key, message, cred.signature):
+            if kept is not None:  # its revocation was not read: it answers before this
+                await self._refuse_if_gone(cred.device_id)
             raise Unauthorized("request signature does not verify", code="bad_signature")
-        if not await self._counters.advance(cred.device_id, cred.counter):
+        accepted, epoch = await self._counters.advance_with_epoch(
+            cred.device_id, cred.counter, records_first=records_first)
+        if not accepted:
+            await self._refuse_if_gone(cred.device_id)
             raise Unauthorized(
                 f"counter {cred.counter} is not greater than the last accepted one",
                 code="replay")
-        return device
+        self._remember(board, key)
+        return VerifiedRequest(board, epoch)
+
+    async def _refuse_if_gone(self, device_id: str) -> None:
+        """Raise unknown_device or revoked when the board, as stored now, is either."""
+        device = await self._store.device(device_id)
+        if device is None:
+            raise Unauthorized(f"unknown device {device_id!r}", code="unknown_device")
+        if device.revoked is not None:
+            raise Forbidden(f"device {device_id!r} is revoked", code="revoked")

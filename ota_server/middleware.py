@@ -1,10 +1,11 @@
 """Middlewares: domain errors -> JSON bodies, per-route authentication, request logging.
 
 Every handler declares who may call it with one of the decorators `@public`, `@reader`,
-`@publisher`, `@admin` or `@device`; a handler without a declaration is refused (deny by
-default). The three publisher decorators differ in the token scope they need (read, publish,
-admin: ota_server.tokens); every call to a publish or admin route is written to the audit log
-with its outcome.
+`@publisher`, `@admin` or `@device` (`@device_records_behind`: a board request that
+needs none of the board's check-in records in the database first); a handler without a
+declaration is refused (deny by default). The three publisher decorators differ in the token
+scope they need (read, publish, admin: ota_server.tokens); every call to a publish or admin
+route is written to the audit log with its outcome.
 """
 
 from __future__ import annotations
@@ -27,13 +28,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 AuthKind = Literal["public", "publisher", "device"]
 _AUTH_ATTR = "mpota_auth"
 _SCOPE_ATTR = "mpota_scope"
+_RECORDS_ATTR = "mpota_records_first"
 log = logging.getLogger("ota_server")
 
 
-def _declare(kind: AuthKind, scope: str | None = None) -> Callable[[Handler], Handler]:
+def _declare(kind: AuthKind, scope: str | None = None, *,
+             records_first: bool = True) -> Callable[[Handler], Handler]:
     def mark(handler: Handler) -> Handler:
         setattr(handler, _AUTH_ATTR, kind)
         setattr(handler, _SCOPE_ATTR, scope)
+        setattr(handler, _RECORDS_ATTR, records_first)
         return handler
     return mark
 
@@ -43,6 +47,10 @@ reader = _declare("publisher", "read")
 publisher = _declare("publisher", "publish")
 admin = _declare("publisher", "admin")
 device = _declare("device")
+# A board request whose handler reads and writes none of the board's check-in records queued
+# behind (ota_server.counters: its inventory, offers on one server): its counter is committed
+# without them, and they go in with the timer's write or the board's next other request.
+device_records_behind = _declare("device", records_first=False)
 
 
 def auth_kind(handler: Any) -> AuthKind | None:
@@ -197,9 +205,12 @@ async def _authenticate_device(request: web.Request) -> None:
     limit = request.app[state.SETTINGS].limits.max_device_body_bytes
     # the signature covers the whole body: read it whole first (however it was split)
     body = await read_body(request, limit, "device request")
-    found = await request.app[state.DEVICE_AUTH].authenticate(
-        request.headers.get("Authorization"), request.method, request.raw_path, body)
-    request[state.DEVICE] = found
+    verified = await request.app[state.DEVICE_AUTH].authenticate(
+        request.headers.get("Authorization"), request.method, request.raw_path, body,
+        records_first=getattr(request.match_info.handler, _RECORDS_ATTR, True))
+    request[state.DEVICE] = verified.board
+    if verified.fleet_epoch is not None:
+        request[state.FLEET_EPOCH] = verified.fleet_epoch
     request[state.BODY] = body
 
 

@@ -25,7 +25,7 @@ from fractions import Fraction
 from typing import Any
 
 from ota_server.errors import BadRequest, Conflict
-from ota_server.storage import Device, MetadataStore, Release, Rollout
+from ota_server.storage import BoardIdentity, MetadataStore, Release, Rollout
 from ota_server.storage.errors import StoreConflict
 from ota_server.storage.records import STARTED_STATUSES
 from ota_server.versions import is_lower
@@ -110,7 +110,7 @@ def percent_policy(percent: float) -> dict[str, Any]:
     return normalize_policy({"stages": [{"percent": percent}]})
 
 
-def eligible(device: Device, policy: dict[str, Any], stage: int) -> bool:
+def eligible(device: BoardIdentity, policy: dict[str, Any], stage: int) -> bool:
     """Is the board inside stages 0..stage of the policy?"""
     for spec in policy["stages"][: stage + 1]:
         if "tag" in spec and spec["tag"] in device.tags:
@@ -129,10 +129,12 @@ def _fits(release: Release | None, app: str | None, sequence: int, board: str,
             and release.offerable(now))
 
 
-async def release_for(store: MetadataStore, device: Device, app: str | None,
-                      sequence: int, board: str, now: int | None = None) -> Release | None:
+async def release_for(store: MetadataStore, device: BoardIdentity, app: str | None,
+                      sequence: int, board: str, now: int | None = None, *,
+                      epoch: int | None = None) -> Release | None:
     """The release to offer a `board` running (`app`, `sequence`) at `now` (Unix time; the
-    clock when None), or None: "nothing new".
+    clock when None), or None: "nothing new". `epoch`: the fleet epoch the board request's
+    counter statement saw (MetadataStore.current_rollout may answer from a copy that new).
 
     A paused rollout is offered only to boards that already started it (downloading or
     installed), so they can finish; an aborted one to nobody; an expired or yanked release to
@@ -140,7 +142,7 @@ async def release_for(store: MetadataStore, device: Device, app: str | None,
     but the deployment of a board outside the stage.
     """
     when = int(time.time()) if now is None else now
-    rollout = await store.current_rollout(device.channel)
+    rollout = await store.current_rollout(device.channel, epoch=epoch)
     if rollout is not None and rollout.state in _ACTIVE_STATES \
             and _fits(rollout.release, app, sequence, board, when):
         if rollout.state == "active" and eligible(device, rollout.policy, rollout.stage):
@@ -148,7 +150,7 @@ async def release_for(store: MetadataStore, device: Device, app: str | None,
         status = await store.deployment_status(device.device_id, rollout.release.id)
         if status in STARTED_STATUSES:
             return rollout.release
-    base = await store.base_release(device.channel)
+    base = await store.base_release(device.channel, epoch=epoch)
     return base if _fits(base, app, sequence, board, when) else None
 
 
@@ -320,10 +322,13 @@ def failures_to_pause(failures: int, results: int, policy: dict[str, Any],
     return max(by_rate, needed - results)
 
 
-async def after_report(store: MetadataStore, channel: str, release_id: int) -> None:
+async def after_report(store: MetadataStore, channel: str, release_id: int, *,
+                       epoch: int | None = None) -> None:
     """Apply automatic pause and automatic advance after a board reported on `release_id`
-    for a deployment that `channel` opened; only that channel's counts decide."""
-    rollout = await store.current_rollout(channel)
+    for a deployment that `channel` opened; only that channel's counts decide. `epoch`: the
+    fleet epoch of the report's counter statement (current_rollout); every move is
+    conditional on the stage and state read, so a rollout moved meanwhile is left alone."""
+    rollout = await store.current_rollout(channel, epoch=epoch)
     if rollout is None or rollout.release.id != release_id or rollout.state != "active":
         return
     counts = await store.deployment_counts(release_id, channel)

@@ -18,9 +18,15 @@ from aiohttp import web
 from ota_server import rollout, state
 from ota_server.errors import ApiError, BadRequest, Conflict, NotFound
 from ota_server.metrics import Metrics
-from ota_server.middleware import device
+from ota_server.middleware import device, device_records_behind
 from ota_server.ranges import RangeNotSatisfiable, byte_range
-from ota_server.storage import DEPLOYMENT_STATUSES, BlobStore, Deployment, Device, MetadataStore
+from ota_server.storage import (
+    DEPLOYMENT_STATUSES,
+    BlobStore,
+    BoardIdentity,
+    Deployment,
+    MetadataStore,
+)
 from ota_server.storage.blobs import check_blob_id
 from ota_server.storage.errors import StoreNotFound
 from ota_server.storage.records import FINAL_STATUSES
@@ -51,10 +57,10 @@ def _counter(doc: dict[str, Any], field: str, what: str) -> int | None:
     return value
 
 
-@device
+@device_records_behind
 async def checkin(request: web.Request) -> web.Response:
     """204: nothing new; 200: the envelope of the manifest to install. Records inventory."""
-    found: Device = request[state.DEVICE]
+    found: BoardIdentity = request[state.DEVICE]
     doc = parse_json_object(request[state.BODY], "check-in")
     what = "check-in"
     app_name = optional(doc, "app", str, what)
@@ -77,13 +83,15 @@ async def checkin(request: web.Request) -> web.Response:
     if root_version is not None and latest > root_version:
         headers["X-Ota-Root"] = str(latest)
     metrics = request.app[state.METRICS]
-    offer = await rollout.release_for(store, found, app_name, sequence or 0, board or found.board)
+    offer = await rollout.release_for(store, found, app_name, sequence or 0, board or found.board,
+                                      epoch=request.get(state.FLEET_EPOCH))
     # Written behind (ota_server.counters): in the database before any later request is
-    # handled. The whole inventory, not what differs from `found`: `found` was read before
-    # the counter commit that wrote this board's queued records (last_seen moved with it).
+    # handled. The whole inventory: `found` is the board's identity only (what never
+    # changes), not its stored inventory.
     # Replicas (PostgreSQL) share the database: the board's next request (its report) may
     # reach another one, which must find the offer there, so the offer is written now (one
-    # statement) and only the inventory behind (ota_server.counters, "Replicas").
+    # statement shared with the offers of the same turn of the loop) and only the inventory
+    # behind (ota_server.counters, "Replicas").
     writes = request.app[state.BOARD_WRITES]
     offer_now = offer is not None and writes.shared
     writes.record_checkin(found.device_id, inventory,
@@ -92,7 +100,7 @@ async def checkin(request: web.Request) -> web.Response:
         metrics.inc("mpota_checkins_total", outcome="nothing_new")
         return web.Response(status=204, headers=headers)
     if offer_now:
-        await store.open_deployment_for(found.device_id, offer.id, found.channel)
+        await writes.write_offer(found.device_id, offer.id, found.channel)
     metrics.inc("mpota_checkins_total", outcome="offered")
     return web.Response(body=await _envelope(request.app, offer.id), content_type=ENVELOPE_TYPE,
                         headers=headers)
@@ -451,7 +459,7 @@ async def report(request: web.Request) -> web.Response:
     moves: a report about anything else is refused (404 `unknown_release`, 409 `not_offered`),
     counted in `mpota_reports_refused_total` and changes nothing but the board's counter.
     """
-    found: Device = request[state.DEVICE]
+    found: BoardIdentity = request[state.DEVICE]
     what = "report"
     doc = parse_json_object(request[state.BODY], what)
     app_name = required(doc, "app", str, what)
@@ -481,8 +489,6 @@ async def report(request: web.Request) -> web.Response:
     except ApiError as err:
         metrics.inc("mpota_reports_refused_total", code=err.code)
         raise
-    if _may_replace(deployment.status, status):
-        await store.set_deployment(found.device_id, deployment.release_id, status, reason)
     inventory: dict[str, Any] = {"last_status": status}
     if status in ("failed", "rolled_back"):
         inventory["last_error"] = reason or status
@@ -493,10 +499,14 @@ async def report(request: web.Request) -> web.Response:
                          last_error=None)
     elif status == "rolled_back" and version is not None:
         inventory["version"] = version
-    await store.record_checkin(found.device_id, inventory)
+    # The move, its history row and the inventory: one transaction, one commit.
+    if not (_may_replace(deployment.status, status) and await store.set_deployment(
+            found.device_id, deployment.release_id, status, reason, inventory=inventory)):
+        await store.record_checkin(found.device_id, inventory)
     metrics.inc("mpota_reports_total", status=status)
     if status in FINAL_STATUSES:
-        await rollout.after_report(store, deployment.channel, deployment.release_id)
+        await rollout.after_report(store, deployment.channel, deployment.release_id,
+                                   epoch=request.get(state.FLEET_EPOCH))
     return web.Response(status=204)
 
 
@@ -530,7 +540,7 @@ def report_reason(value: Any) -> str | None:
 OFFLINE_CHANNEL = ""
 
 
-async def _offline_deployment(store: MetadataStore, device: Device, app: str,
+async def _offline_deployment(store: MetadataStore, device: BoardIdentity, app: str,
                               sequence: int) -> Deployment:
     """The deployment of a release the board says it installed over USB (`offline`: ota
     install, docs/board.md), opened now if the server had none: its history and inventory

@@ -8,7 +8,7 @@ from ota_server.counters import CounterCommits
 from ota_server.device_auth import DeviceAuthenticator
 from ota_server.metrics import Metrics
 from ota_server.settings import Settings
-from ota_server.storage import BlobStore, Device, MetadataStore
+from ota_server.storage import BlobStore, BoardIdentity, MetadataStore
 from ota_server.tls import ServerTls
 from ota_server.trust import TrustAnchor
 
@@ -22,7 +22,12 @@ METRICS = web.AppKey("metrics", Metrics)
 TLS = web.AppKey("tls", ServerTls)
 ENVELOPES = web.AppKey("envelopes", dict[int, bytes])
 
-DEVICE = web.RequestKey("device", Device)
+# The board that signed a board request: its identity only (what never changes; the server may
+# keep it in memory), never its counter, revocation or inventory.
+DEVICE = web.RequestKey("device", BoardIdentity)
+# The fleet epoch the board request's counter statement saw (absent on SQLite), for
+# MetadataStore.current_rollout.
+FLEET_EPOCH = web.RequestKey("fleet_epoch", int)
 BODY = web.RequestKey("body", bytes)
 # What a state-changing publisher call was about, for the audit log ("demo 1.2.0").
 AUDIT_TARGET = web.RequestKey("audit_target", str)

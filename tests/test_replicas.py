@@ -334,6 +334,7 @@ def test_every_replica_offers_what_a_store_without_a_cache_offers(
                                             (f"out-{tag}", [], 9_999)):
                 await replicas[0].add_device(device_id, KEY_POINT, "esp32", tags, channel,
                                              bucket)
+            counters = {f"in-{tag}": 0, f"out-{tag}": 0}
             for via, op in steps:
                 store = replicas[via]
                 try:
@@ -354,8 +355,16 @@ def test_every_replica_offers_what_a_store_without_a_cache_offers(
                     uncached._releases.clear()  # a store that has never cached a release
                     truth = await release_for(uncached, device, app, 0, "esp32")
                     for replica in replicas:
-                        offered = await release_for(replica, device, app, 0, "esp32")
+                        # As a board request does: its counter statement's fleet epoch lets
+                        # the replica answer from the channel it keeps, when that is as new.
+                        counters[device_id] += 1
+                        advanced = await replica.advance_counters(
+                            [(device_id, counters[device_id])])
+                        assert advanced == [True]
+                        offered = await release_for(replica, device, app, 0, "esp32",
+                                                    epoch=advanced.epoch)
                         assert offered == truth, (steps, device_id)
+                        assert await release_for(replica, device, app, 0, "esp32") == truth
         finally:
             for store in [*replicas, uncached]:
                 await store.close()

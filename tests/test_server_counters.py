@@ -21,6 +21,7 @@ from server_support import (
     query_rows,
 )
 
+from ota_server import counters as counters_module
 from ota_server import state
 from ota_server.app import create_app
 from ota_server.counters import CounterCommits
@@ -88,9 +89,10 @@ async def test_one_turn_of_the_loop_is_one_batch_with_sequential_outcomes(
         assert commits == [4]
         # committed before the awaits returned
         assert (await _counters(settings)) == {"b1": 7, "b2": 1}
-        # alone: one autocommit statement, no batch transaction
+        # alone: a batch of one, which each store writes as one autocommit statement, no
+        # transaction (test_storage_postgres.py, test_a_batch_of_one_board_is_one_statement)
         assert await counters.advance("b2", 2) is True
-        assert commits == [4]
+        assert commits == [4, 1]
         assert (await _counters(settings)) == {"b1": 7, "b2": 2}
     finally:
         await store.close()
@@ -246,6 +248,38 @@ async def test_queued_records_go_into_the_boards_next_counter_commit(
         await store.close()
 
 
+async def test_a_request_that_needs_no_records_leaves_them_queued(
+        tmp_path: Path, backend: Backend) -> None:
+    """A check-in (records_first=False) commits its counter alone, whatever its board has
+    queued; the board's next request that wants them (a report) carries them."""
+    store, settings = await _store(tmp_path, backend, "b1")
+    release = await _release(store)
+    transactions: list[tuple[int, int, int]] = []
+    write = store.write_checkins
+
+    async def counting(inventories, offers, advances=()):  # the real store, counted
+        transactions.append((len(inventories), len(offers), len(advances)))
+        return await write(inventories, offers, advances)
+
+    store.write_checkins = counting  # type: ignore[method-assign]
+    try:
+        counters = CounterCommits(store, write_behind=3600)  # no timer in this test
+        counters.record_checkin("b1", INVENTORY, release)
+        assert await counters.advance_with_epoch("b1", 1, records_first=False) == (
+            True, None if backend.kind == "sqlite" else (await _epoch(settings)))
+        assert transactions == [] and counters.queued == 2
+        assert (await _records(settings)) == {"inventory": [], "deployments": []}
+        assert await counters.advance("b1", 2) is True
+        assert transactions == [(1, 1, 1)] and counters.queued == 0
+        assert (await _records(settings))["deployments"] == [("b1", release, "offered")]
+    finally:
+        await store.close()
+
+
+async def _epoch(settings: Settings) -> int:
+    return int((await query_rows(settings, "SELECT epoch FROM fleet_epoch"))[0][0])
+
+
 async def test_an_offer_never_overwrites_a_later_deployment_status(
         tmp_path: Path, backend: Backend) -> None:
     store, settings = await _store(tmp_path, backend, "b1")
@@ -372,3 +406,85 @@ async def test_publishers_see_every_answered_checkin(env) -> None:
     shown = await (await env.client.get("/v1/devices/seen-1", headers=env.bearer)).json()
     assert shown["mem_free"] == 2222
     assert (await env.rollout())["counts"]["offered"] == 1
+
+
+# -- offers written before the answer (replicas) -------------------------------------------
+
+async def test_offers_of_one_turn_share_one_write_done_before_anyone_goes_on(
+        tmp_path: Path, backend: Backend) -> None:
+    """With replicas an offered check-in is answered only once its offer is in the database;
+    the offers of one turn of the loop share one write, the next turn's waits for it, and a
+    failed write fails exactly the check-ins whose offers it held."""
+    store, settings = await _store(tmp_path, backend, "b1", "b2", "b3")
+    release = await _release(store)
+    gate = asyncio.Event()
+    batches: list[list[tuple[str, int, str]]] = []
+    real = store.open_deployments_for
+
+    async def slow(offers):
+        batches.append(list(offers))
+        await gate.wait()
+        return await real(offers)
+
+    store.open_deployments_for = slow  # type: ignore[method-assign]
+    try:
+        counters = CounterCommits(store, shared=True)
+        first = [asyncio.create_task(counters.write_offer(b, release, "stable"))
+                 for b in ("b1", "b2", "b1")]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        second = asyncio.create_task(counters.write_offer("b3", release, "stable"))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert batches == [[("b1", release, "stable"), ("b2", release, "stable")]]
+        assert not any(t.done() for t in [*first, second])
+        assert (await _records(settings))["deployments"] == []
+        gate.set()
+        await asyncio.gather(*first)
+        assert {row[0] for row in (await _records(settings))["deployments"]} >= {"b1", "b2"}
+        await second
+        assert batches[1:] == [[("b3", release, "stable")]]
+        assert (await _records(settings))["deployments"] == [
+            (b, release, "offered") for b in ("b1", "b2", "b3")]
+        # a write that fails fails its check-ins, and the next one works
+        got = await asyncio.gather(counters.write_offer("b1", release + 99, "stable"),
+                                   return_exceptions=True)
+        assert isinstance(got[0], StoreError), got
+        # an offer this process wrote is not written again (deployments are never deleted)
+        written = len(batches)
+        await counters.write_offer("b2", release, "stable")
+        assert len(batches) == written
+        # another process's offer of it goes to the database and leaves the deployment as it is
+        await store.set_deployment("b2", release, "downloading")
+        other = CounterCommits(store, shared=True)
+        await other.write_offer("b2", release, "beta")
+        assert batches[written:] == [[("b2", release, "beta")]]
+        assert (await _records(settings))["deployments"] == [
+            ("b1", release, "offered"), ("b2", release, "downloading"), ("b3", release, "offered")]
+        await counters.close()
+        await other.close()
+    finally:
+        await store.close()
+
+
+async def test_the_offers_remembered_as_written_are_bounded_oldest_first(
+        tmp_path: Path, backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(counters_module, "OFFERS_KEPT", 2)
+    store, _ = await _store(tmp_path, backend, "b1", "b2", "b3")
+    release = await _release(store)
+    written: list[str] = []
+    real = store.open_deployments_for
+
+    async def counting(offers):
+        written.extend(device_id for device_id, _, _ in offers)
+        return await real(offers)
+
+    store.open_deployments_for = counting  # type: ignore[method-assign]
+    try:
+        counters = CounterCommits(store, shared=True)
+        for board in ("b1", "b2", "b3", "b3", "b2", "b1"):
+            await counters.write_offer(board, release, "stable")
+        assert written == ["b1", "b2", "b3", "b1"]  # b1 was forgotten first
+        await counters.close()
+    finally:
+        await store.close()

@@ -6,13 +6,16 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from server_support import ServerEnv, SimBoard, store_fingerprint
+from server_support import ServerEnv, SimBoard, query_rows, store_fingerprint
 
+from ota_server import state
+from ota_server.device_auth import sign_request
 from signing.root import RootMetadata
 from signing.verify import verify_manifest
 
@@ -43,6 +46,66 @@ async def test_board_signing_exactly_as_the_protocol_doc_says_is_accepted(
     again = await env.client.post(path, data=body, headers={"Authorization": header})
     assert again.status == 401
     assert (await again.json())["code"] == "replay"
+
+
+async def _counter(env: ServerEnv, device_id: str) -> int:
+    rows = await query_rows(env.settings, "SELECT counter FROM devices WHERE device_id = ?",
+                            device_id)
+    return int(rows[0][0])
+
+
+async def _code(resp: Any) -> tuple[int, str | None]:
+    return resp.status, (await resp.json())["code"] if resp.status >= 400 else None
+
+
+async def test_a_revoked_board_is_refused_though_the_server_keeps_its_identity(
+        env: ServerEnv) -> None:
+    """The server keeps a board's identity once a request of it passed (ota_server.device_auth):
+    a revocation still holds from the next request on, in the order of checks
+    docs/protocol.md gives (revoked before bad signature and replay), and the board's
+    counter does not move."""
+    board = await env.add_board(SimBoard("kept"))
+    assert (await env.checkin(board)).status == 204
+    assert "kept" in env.app[state.DEVICE_AUTH]._boards  # what this test is about
+    revoked = await env.client.post("/v1/devices/kept/revoke", headers=env.bearer)
+    assert revoked.status == 200
+    spent = await _counter(env, "kept")
+    assert await _code(await env.checkin(board)) == (403, "revoked")
+    body = board.checkin_body()
+    forged = sign_request(SimBoard("someone-else").key, "kept", spent + 10, "POST",
+                          "/v1/device/checkin", body)
+    assert await _code(await env.client.post(
+        "/v1/device/checkin", data=body, headers={"Authorization": forged})) == (403, "revoked")
+    replayed = sign_request(board.key, "kept", spent, "POST", "/v1/device/checkin", body)
+    assert await _code(await env.client.post(
+        "/v1/device/checkin", data=body, headers={"Authorization": replayed})) == (403, "revoked")
+    assert await _counter(env, "kept") == spent
+
+
+async def test_a_kept_board_gets_the_answers_of_an_unkept_one(env: ServerEnv) -> None:
+    """Bad signature and replay of a board whose identity is kept: the same codes as before."""
+    board = await env.add_board(SimBoard("kept"))
+    assert (await env.checkin(board)).status == 204
+    body = board.checkin_body()
+    forged = sign_request(SimBoard("someone-else").key, "kept", board.counter + 5, "POST",
+                          "/v1/device/checkin", body)
+    assert await _code(await env.client.post(
+        "/v1/device/checkin", data=body, headers={"Authorization": forged})) == (
+            401, "bad_signature")
+    replayed = sign_request(board.key, "kept", board.counter, "POST", "/v1/device/checkin",
+                            body)
+    assert await _code(await env.client.post(
+        "/v1/device/checkin", data=body, headers={"Authorization": replayed})) == (401, "replay")
+    assert (await env.checkin(board)).status == 204
+
+
+async def test_an_unknown_board_is_not_kept_and_is_served_once_registered(
+        env: ServerEnv) -> None:
+    board = SimBoard("late")
+    assert await _code(await env.checkin(board)) == (401, "unknown_device")
+    assert "late" not in env.app[state.DEVICE_AUTH]._boards
+    await env.add_board(board)
+    assert (await env.checkin(board)).status == 204
 
 
 async def test_checkin_says_nothing_new_then_offers_the_release(env: ServerEnv) -> None:

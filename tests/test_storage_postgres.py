@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -427,6 +428,203 @@ async def test_check_in_records_of_a_batch_are_merged_per_board_in_order(store: 
     assert (e.inventory["version"], e.inventory["slot"]) == ("9", "b")
 
 
+@asynccontextmanager
+async def _statements(store: Any) -> AsyncIterator[list[str]]:
+    """What `store` sends its database while the block runs: SQLite's statements (its trace),
+    PostgreSQL's calls on the connections it borrows (`transaction` for a BEGIN ... COMMIT),
+    each one round trip."""
+    seen: list[str] = []
+    if isinstance(store, SqliteStore):
+        store._db.set_trace_callback(seen.append)
+        try:
+            yield seen
+        finally:
+            store._db.set_trace_callback(None)
+        return
+    borrow = store._connection
+
+    class Counted:
+        def __init__(self, conn: Any) -> None:
+            self._conn = conn
+
+        def __getattr__(self, name: str) -> Any:
+            attr = getattr(self._conn, name)
+            if name == "transaction":
+                seen.append("transaction")
+            elif name in ("execute", "executemany", "fetch", "fetchrow", "fetchval"):
+                async def call(*args: Any, **kwargs: Any) -> Any:
+                    seen.append(args[0])
+                    return await attr(*args, **kwargs)
+                return call
+            return attr
+
+    @asynccontextmanager
+    async def counted() -> AsyncIterator[Any]:
+        async with borrow() as conn:
+            yield Counted(conn)
+
+    store._connection = counted
+    try:
+        yield seen
+    finally:
+        store._connection = borrow
+
+
+async def test_a_batch_of_one_board_is_one_statement(store: Any) -> None:
+    await store.add_device("d", KEY, "esp32", [], "stable", 1)
+    async with _statements(store) as seen:
+        assert await store.advance_counters([("d", 3)]) == [True]
+    assert len(seen) == 1 and seen[0].lstrip().startswith("UPDATE devices"), seen
+
+
+async def test_a_batch_of_distinct_boards_is_one_statement(pg_dsn: str) -> None:
+    """A counter batch of distinct boards costs PostgreSQL one round trip, no BEGIN / COMMIT;
+    a board named twice keeps the transaction of one statement per advance, in order."""
+    store = await _migrated(pg_dsn)
+    try:
+        for board in ("d", "e", "f"):
+            await store.add_device(board, KEY, "esp32", [], "stable", 1)
+        await store.advance_counter("e", 9)
+        async with _statements(store) as seen:
+            assert await store.advance_counters([("f", 2), ("e", 5), ("d", 1), ("x", 1)]) == [
+                True, False, True, False]
+        assert len(seen) == 1, seen
+        async with _statements(store) as seen:
+            assert await store.advance_counters([("d", 3), ("d", 2), ("e", 10)]) == [
+                True, False, True]
+        assert seen[0] == "transaction" and len(seen) == 5, seen  # lock, then one per advance
+        assert {d: (await store.device(d)).counter for d in "def"} == {"d": 3, "e": 10, "f": 2}
+    finally:
+        await store.close()
+
+
+async def test_a_revoked_board_s_counter_never_moves(store: Any) -> None:
+    """The counter statement itself refuses a revoked board, on every path that writes one:
+    a server that keeps the board's identity in memory relies on it (ota_server.device_auth)."""
+    for board in ("d", "e", "f"):
+        await store.add_device(board, KEY, "esp32", [], "stable", 1)
+    assert await store.advance_counters([("d", 1), ("e", 1), ("f", 1)]) == [True] * 3
+    assert await store.revoke_device("d")
+    assert not await store.advance_counter("d", 2)
+    assert await store.advance_counters([("d", 3)]) == [False]
+    assert await store.advance_counters([("e", 3), ("d", 3), ("f", 3)]) == [True, False, True]
+    assert await store.advance_counters([("d", 4), ("e", 4), ("d", 5)]) == [False, True, False]
+    assert await store.write_checkins([("d", {"slot": "b"})], [], [("d", 6), ("f", 6)]) == [
+        False, True]
+    assert (await store.device("d")).counter == 1
+    assert {(await store.device(b)).counter for b in ("e", "f")} == {4, 6}
+
+
+async def test_offers_are_one_statement_in_key_order_and_never_deadlock(pg_dsn: str) -> None:
+    """Two replicas write offer batches naming the same boards' deployments in opposite
+    orders (each board offered through both at once): each waits for the other, none fails,
+    each batch costs one round trip."""
+    a, b = await _migrated(pg_dsn), await PostgresStore.open(pg_dsn)
+    boards = [f"d{n:03d}" for n in range(300)]  # long enough for the two to overlap
+    try:
+        async with a._connection() as conn:
+            await conn.executemany(
+                "INSERT INTO devices (device_id, public_key, board, tags, channel, bucket, "
+                "created) VALUES ($1, $2, 'esp32', '[]', 'stable', 1, 1)",
+                [(board, KEY) for board in boards])
+        releases = [await _release(a, version=f"1.0.{n}", sequence=n + 1) for n in range(10)]
+        async with _statements(a) as seen:
+            await a.open_deployments_for([(d, releases[0].id, "stable") for d in boards])
+        assert len(seen) == 1, seen
+        for release in releases[1:]:
+            outcomes = await asyncio.gather(
+                a.open_deployments_for([(d, release.id, "stable") for d in boards]),
+                b.open_deployments_for([(d, release.id, "beta") for d in boards[::-1]]),
+                return_exceptions=True)
+            assert not [o for o in outcomes if isinstance(o, BaseException)], outcomes
+            assert {await a.deployment_status(d, release.id) for d in boards} == {"offered"}
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_report_s_move_history_and_inventory_are_one_transaction(store: Any) -> None:
+    release = await _release(store)
+    await store.add_device("d", KEY, "esp32", [], "stable", 1)
+    assert not await store.set_deployment("d", release.id, "confirmed",
+                                          inventory={"last_status": "confirmed"})
+    assert (await store.device("d")).inventory["last_status"] is None  # none opened: nothing
+    await store.open_deployment_for("d", release.id, "stable")
+    async with _statements(store) as seen:
+        assert await store.set_deployment("d", release.id, "confirmed", inventory={
+            "last_status": "confirmed", "app": "app", "version": "1.0.0", "sequence": 1})
+    transactions = [s for s in seen if s == "transaction" or s.upper().startswith("BEGIN")]
+    assert len(transactions) == 1, seen
+    device = await store.device("d")
+    assert (device.inventory["last_status"], device.inventory["version"]) == (
+        "confirmed", "1.0.0")
+    assert [h.status for h in await store.device_history("d")] == ["confirmed"]
+    # the same report again: no new event, the inventory still written
+    assert await store.set_deployment("d", release.id, "confirmed",
+                                      inventory={"last_status": "again"})
+    assert (await store.device("d")).inventory["last_status"] == "again"
+    assert [h.status for h in await store.device_history("d")] == ["confirmed"]
+
+
+async def _epoch_seen(store: PostgresStore, device_id: str) -> int:
+    """The fleet epoch a board request's counter statement sees now."""
+    async with store._connection() as conn:
+        counter = await conn.fetchval("SELECT counter FROM devices WHERE device_id = $1",
+                                      device_id)
+    advanced = await store.advance_counters([(device_id, counter + 1)])
+    assert advanced == [True] and advanced.epoch is not None
+    return advanced.epoch
+
+
+async def _pause(store: Any, rollout: Any, _: Any) -> None:
+    assert await store.update_rollout(rollout.id, state="paused")
+
+
+async def _restart(store: Any, rollout: Any, other: Any) -> None:
+    await store.start_rollout("stable", other.id, {"stages": [100]}, replaces=rollout.id)
+
+
+async def _rebase(store: Any, rollout: Any, other: Any) -> None:
+    await store.set_base_release("stable", other.id)
+
+
+async def _yank(store: Any, rollout: Any, _: Any) -> None:
+    await store.yank_release(rollout.release.id)
+
+
+@pytest.mark.parametrize("change", [_pause, _restart, _rebase, _yank])
+async def test_a_kept_channel_is_read_again_once_a_change_moved_the_fleet_epoch(
+        pg_dsn: str,
+        change: Callable[[Any, Any, Any], Awaitable[None]]) -> None:
+    """Replica B keeps the channel it read; each change through replica A that can change an
+    offer (pause, a new rollout, a new base, a yank) moves the epoch B's next counter
+    statement sees, and B then reads the channel again instead of using its copy."""
+    a, b = await _migrated(pg_dsn), await PostgresStore.open(pg_dsn)
+    try:
+        one = await _release(a, version="1", sequence=1)
+        two = await _release(a, version="2", sequence=2)
+        await a.add_device("d", KEY, "esp32", [], "stable", 1)
+        rollout = await a.start_rollout("stable", one.id, {"stages": [100]})
+        before = await _epoch_seen(b, "d")
+        kept = (await b.current_rollout("stable", epoch=before),
+                await b.base_release("stable", epoch=before))
+        assert kept[0].state == "active" and kept[1] is None
+        async with _statements(b) as seen:  # the copy serves its epoch: no query
+            assert await b.current_rollout("stable", epoch=before) == kept[0]
+            assert await b.base_release("stable", epoch=before) == kept[1]
+        assert seen == []
+        await change(a, rollout, two)
+        after = await _epoch_seen(b, "d")
+        assert after > before
+        now = (await a.current_rollout("stable"), await a.base_release("stable"))
+        assert now != kept
+        assert (await b.current_rollout("stable", epoch=after),
+                await b.base_release("stable", epoch=after)) == now
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def _advance(store: PostgresStore, rollout_id: int, from_stage: int) -> bool:
     """Advance an active rollout from `from_stage`, as ota_server.rollout does: conditionally."""
     return await store.update_rollout(rollout_id, stage=from_stage + 1,
@@ -605,6 +803,46 @@ def test_accepted_counters_are_exactly_the_running_maxima(
             if batch:
                 return list(await store.advance_counters([(device_id, c) for c in counters]))
             return [await store.advance_counter(device_id, c) for c in counters]
+        finally:
+            await store.close()
+
+    assert asyncio.run(run()) == expected
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 50)),
+                                 min_size=1, max_size=6), min_size=1, max_size=5),
+       revoked=st.sets(st.integers(0, 3), max_size=2))
+def test_counter_batches_over_several_boards_are_the_sequential_outcome(
+        backend: tuple[str, str], batches: list[list[tuple[int, int]]],
+        revoked: set[int]) -> None:
+    """Whichever path a batch takes (one statement for distinct boards, a transaction for a
+    board named twice), each advance has the outcome it would have alone, in order: accepted
+    exactly when the board is not revoked and the counter is above every one before."""
+    tag = secrets.token_hex(4)
+    names = [f"p{n}-{tag}" for n in range(4)]
+    top = dict.fromkeys(range(4), -1)
+    expected = []
+    for batch in batches:
+        outcomes = []
+        for board, counter in batch:
+            outcomes.append(board not in revoked and counter > top[board])
+            if board not in revoked:
+                top[board] = max(top[board], counter)
+        expected.append(outcomes)
+
+    async def run() -> list[list[bool]]:
+        kind, location = backend
+        store: Any = SqliteStore(Path(location)) if kind == "sqlite" \
+            else await _migrated(location)
+        try:
+            for n, name in enumerate(names):  # a new board's counter is -1
+                await store.add_device(name, KEY, "esp32", [], "stable", 1)
+                if n in revoked:
+                    await store.revoke_device(name)
+            return [list(await store.advance_counters([(names[b], c) for b, c in batch]))
+                    for batch in batches]
         finally:
             await store.close()
 

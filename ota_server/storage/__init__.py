@@ -12,7 +12,9 @@ from typing import Any, BinaryIO, Protocol
 from ota_server.storage.fleet_view import BoardDeployment, BoardFilter, FleetCounts
 from ota_server.storage.records import (
     DEPLOYMENT_STATUSES,
+    Advances,
     AuditEntry,
+    BoardIdentity,
     Deployment,
     DeploymentCounts,
     Device,
@@ -25,8 +27,10 @@ from ota_server.storage.records import (
 
 __all__ = [
     "DEPLOYMENT_STATUSES",
+    "Advances",
     "AuditEntry",
     "BlobStore",
+    "BoardIdentity",
     "Deployment",
     "DeploymentCounts",
     "Device",
@@ -144,11 +148,13 @@ class MetadataStore(Protocol):
     async def count_eligible(self, channel: str, tags: Sequence[str],
                              bucket_limit: float) -> int: ...
     async def advance_counter(self, device_id: str, counter: int) -> bool:
-        """Atomically accept a counter greater than the last one; also sets last_seen."""
+        """Atomically accept a counter greater than the last one of a board that is not
+        revoked; also sets last_seen. False for a replay, a revoked or an unknown board."""
         ...
 
-    async def advance_counters(self, advances: Sequence[tuple[str, int]]) -> list[bool]:
-        """advance_counter for each (device_id, counter) in order, all in one transaction."""
+    async def advance_counters(self, advances: Sequence[tuple[str, int]]) -> Advances:
+        """advance_counter for each (device_id, counter) in order, all in one transaction; the
+        outcomes and the fleet epoch the writing statement saw (current_rollout)."""
         ...
 
     async def record_checkin(self, device_id: str, inventory: dict[str, Any]) -> None:
@@ -157,17 +163,24 @@ class MetadataStore(Protocol):
 
     async def write_checkins(self, inventories: Sequence[tuple[str, dict[str, Any]]],
                              offers: Sequence[tuple[str, int, str]],
-                             advances: Sequence[tuple[str, int]] = ()) -> list[bool]:
+                             advances: Sequence[tuple[str, int]] = ()) -> Advances:
         """In one transaction: record_checkin for each, `offered` for each (device_id,
         release_id) without a deployment yet, then advance_counter for each advance in order
-        (ota_server.counters writes check-in records behind with it)."""
+        (ota_server.counters writes check-in records behind with it); as advance_counters."""
         ...
 
 
     # channels, rollouts, deployments
-    async def base_release(self, channel: str) -> Release | None: ...
+    async def base_release(self, channel: str, *, epoch: int | None = None) -> Release | None:
+        """The channel's base release; `epoch` as current_rollout's."""
+        ...
+
     async def set_base_release(self, channel: str, release_id: int) -> None: ...
-    async def current_rollout(self, channel: str) -> Rollout | None: ...
+    async def current_rollout(self, channel: str, *, epoch: int | None = None) -> Rollout | None:
+        """The channel's newest rollout that is not superseded, as stored now; with `epoch`
+        (the Advances.epoch of a board request's counter), possibly from a copy the store
+        keeps, but never older than what was committed before that counter statement."""
+        ...
     async def start_rollout(self, channel: str, release_id: int, policy: dict[str, Any], *,
                             base_release_id: int | None = None,
                             replaces: int | None = None) -> Rollout:
@@ -198,10 +211,16 @@ class MetadataStore(Protocol):
         """Record an offer: a deployment `offered`, counted in `channel`; no-op if open."""
         ...
 
+    async def open_deployments_for(self, offers: Sequence[tuple[str, int, str]]) -> None:
+        """open_deployment_for each (device_id, release_id, channel), in one transaction."""
+        ...
+
     async def set_deployment(self, device_id: str, release_id: int, status: str,
-                             reason: str | None = None) -> bool:
-        """Move an existing deployment and add the move to the board's history (one
-        transaction); False, nothing written, when none was ever opened."""
+                             reason: str | None = None, *,
+                             inventory: dict[str, Any] | None = None) -> bool:
+        """Move an existing deployment and add the move to the board's history, and overwrite
+        the board's `inventory` fields when given (one transaction); False, nothing written,
+        when none was ever opened. The same status again writes the inventory alone."""
         ...
 
     async def device_history(self, device_id: str) -> list[HistoryEntry]:

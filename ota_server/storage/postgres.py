@@ -4,10 +4,12 @@ The same operations as the embedded SqliteStore, each an `async def` and each on
 (a single statement, or an explicit transaction for several). Correct with any number of
 server replicas on one database:
 
-- nothing mutable is cached in the process (rollouts, base releases, tokens, roots, counters,
-  dashboard sessions are read from the database on every call); only releases are kept by
-  id, and their one field that changes (`yanked`, once) is read along with every query that
-  names a release;
+- nothing mutable is cached in the process unchecked (tokens, roots, counters, dashboard
+  sessions are read from the database on every call); releases are kept by id, and their one
+  field that changes (`yanked`, once) is read along with every query that names a release;
+  a channel's rollout and base release are kept with the fleet epoch they were read at, and
+  used for a board request only when its counter statement saw no newer epoch
+  (`current_rollout(channel, epoch=...)`, pg_migrations/0007_fleet_epoch.sql);
 - a stored root is announced (NOTIFY, `watch_roots`) so that each replica's check-in hint
   follows a rotation made through another one;
 - read-modify-write is a conditional statement: a counter advances only `WHERE counter < $1`,
@@ -49,6 +51,7 @@ from ota_server.storage.fleet_view import (
 from ota_server.storage.records import (
     HISTORY_PER_DEVICE,
     INVENTORY_FIELDS,
+    Advances,
     AuditEntry,
     Deployment,
     DeploymentCounts,
@@ -60,20 +63,57 @@ from ota_server.storage.records import (
     UiSession,
 )
 
-# The replay check and the write are one statement: it matches only a smaller stored counter.
+# The replay check and the write are one statement: it matches only a smaller stored counter
+# of a board that is not revoked, and returns the fleet epoch the statement saw (no row:
+# refused). The fleet epoch moves with every change to rollouts, base releases and yanks
+# (pg_migrations/0007_fleet_epoch.sql).
 _ADVANCE_COUNTER = ("UPDATE devices SET counter = $1, last_seen = $2 "
-                    "WHERE device_id = $3 AND counter < $1")
-_LOCK_DEVICES = ("SELECT device_id FROM devices WHERE device_id = ANY($1::text[]) "
-                 "ORDER BY device_id FOR UPDATE")
+                    "WHERE device_id = $3 AND counter < $1 AND revoked IS NULL "
+                    "RETURNING (SELECT epoch FROM fleet_epoch)")
+# Row locks in one order, the ids' (_lock_devices says why). NO KEY UPDATE: what an UPDATE of
+# non-key columns takes, so a deployment's foreign key check (KEY SHARE) never waits on it.
+_LOCK_IN_ORDER = ("SELECT device_id FROM devices WHERE device_id = ANY($1::text[]) "
+                  "ORDER BY device_id FOR NO KEY UPDATE")
+# A batch of advances of distinct boards as one statement (one round trip, autocommit): each
+# board's advance is _ADVANCE_COUNTER's. The `locked` CTE (_LOCK_IN_ORDER) takes the rows'
+# locks in device id order before the UPDATE touches a row (a row reaches the UPDATE only
+# through the join with `locked`, which emits it locked, in that order), so two replicas'
+# batches sharing boards wait for each other instead of deadlocking, as _lock_devices makes
+# the sequential path do.
+_ADVANCE_DISTINCT = (
+    "WITH wanted AS (SELECT * FROM unnest($1::text[], $2::bigint[]) AS w(device_id, counter)), "
+    "locked AS MATERIALIZED (SELECT device_id FROM devices WHERE device_id = ANY($1::text[]) "
+    "ORDER BY device_id FOR NO KEY UPDATE) "
+    "UPDATE devices d SET counter = w.counter, last_seen = $3 FROM wanted w, locked l "
+    "WHERE d.device_id = w.device_id AND l.device_id = w.device_id "
+    "AND d.counter < w.counter AND d.revoked IS NULL "
+    "RETURNING d.device_id, (SELECT epoch FROM fleet_epoch)")
 _OFFER = ("INSERT INTO deployments (device_id, release_id, status, updated, channel) "
           "VALUES ($1, $2, 'offered', $3, $4) ON CONFLICT (device_id, release_id) DO NOTHING")
 _RELEASE_SELECT = ("SELECT r.id, r.app, r.version, r.sequence, r.boards, r.created, r.expires, "
                    "r.yanked, r.signers, "
                    "ARRAY(SELECT b.blob FROM release_blobs b WHERE b.release_id = r.id "
                    "ORDER BY b.blob) AS blobs FROM releases r")
+# Several offers as one statement (PostgresStore.open_deployments_for), in key order.
+_OFFERS = ("INSERT INTO deployments (device_id, release_id, status, updated, channel) "
+           "SELECT o.device_id, o.release_id, 'offered', $4, o.channel "
+           "FROM unnest($1::text[], $2::bigint[], $3::text[]) AS o(device_id, release_id, channel) "
+           "ORDER BY o.device_id, o.release_id ON CONFLICT (device_id, release_id) DO NOTHING")
 # A rollout with its release's `yanked`, the one field of a cached release that can change.
 _ROLLOUT_SELECT = ("SELECT ro.*, r.yanked AS release_yanked FROM rollouts ro "
                    "JOIN releases r ON r.id = ro.release_id")
+# A channel as a check-in needs it, in one statement (one snapshot): the fleet epoch, the
+# current rollout (current_rollout's query; NULL columns when there is none) and the base
+# release with its `yanked`.
+_CHANNEL_VIEW = (
+    "SELECT (SELECT epoch FROM fleet_epoch) AS epoch, cur.*, c.base_release_id, "
+    "b.yanked AS base_yanked FROM (SELECT $1::text AS name) AS ch LEFT JOIN LATERAL ("
+    "SELECT ro.*, r.yanked AS release_yanked FROM rollouts ro "
+    "JOIN releases r ON r.id = ro.release_id WHERE ro.channel = ch.name "
+    "AND ro.state != 'superseded' ORDER BY ro.id DESC LIMIT 1) AS cur ON TRUE "
+    "LEFT JOIN channels c ON c.name = ch.name LEFT JOIN releases b ON b.id = c.base_release_id")
+# Channels whose view a replica keeps (few in practice); the oldest goes first beyond that.
+CHANNEL_CACHE_SIZE = 10_000
 _DEVICE_COLUMNS = ("device_id, public_key, board, tags, channel, bucket, counter, created, "
                    "revoked, " + ", ".join(INVENTORY_FIELDS))
 # Orders as SQLite does (bytewise), whatever locale the database was created with.
@@ -169,6 +209,8 @@ class PostgresStore:
         # Immutable once registered but for `yanked`, which is read along with every query
         # that names a release (release_by_id, _release_yanked_at).
         self._releases: dict[int, Release] = {}
+        # channel -> (fleet epoch, current rollout, base release), read in one statement.
+        self._channels: dict[str, tuple[int, Rollout | None, Release | None]] = {}
         self._watches: list[asyncio.Task[None]] = []
 
     @classmethod
@@ -583,34 +625,41 @@ class PostgresStore:
                 _now(), device_id)) == 1
 
     async def advance_counter(self, device_id: str, counter: int) -> bool:
-        """Accept `counter` only if it is greater than the last one (and mark the board seen);
-        one conditional statement, so two requests racing with one counter cannot both pass,
-        through one replica or two."""
+        """Accept `counter` only if it is greater than the last one and the board is not
+        revoked (and mark the board seen); one conditional statement, so two requests racing
+        with one counter cannot both pass, through one replica or two."""
         async with self._connection() as conn:
-            return _rowcount(await conn.execute(
-                _ADVANCE_COUNTER, counter, _now(), device_id)) == 1
+            return await conn.fetchval(_ADVANCE_COUNTER, counter, _now(), device_id) is not None
 
-    async def advance_counters(self, advances: Sequence[tuple[str, int]]) -> list[bool]:
-        """advance_counter for each pair in order, in one transaction: one commit for the lot;
-        either all of them are durable or none is."""
+    async def advance_counters(self, advances: Sequence[tuple[str, int]]) -> Advances:
+        """advance_counter for each pair in order, all or none durable, with the fleet epoch
+        the writing statement saw. Distinct boards: one statement (one round trip, no
+        BEGIN / COMMIT); a board named twice: one transaction of one statement per pair, in
+        order (the second of a board's pairs must see the first)."""
         now = _now()
-        if len(advances) == 1:  # one statement commits on its own: no BEGIN / COMMIT trips
+        ids = [device_id for device_id, _ in advances]
+        if len(advances) == 1:
             async with self._connection() as conn:
-                ((device_id, counter),) = advances
-                return [_rowcount(await conn.execute(_ADVANCE_COUNTER, counter, now,
-                                                     device_id)) == 1]
+                epoch = await conn.fetchval(_ADVANCE_COUNTER, advances[0][1], now, ids[0])
+            return Advances([epoch is not None], epoch)
+        if len(set(ids)) == len(ids):
+            async with self._connection() as conn:
+                rows = await conn.fetch(_ADVANCE_DISTINCT, ids,
+                                        [counter for _, counter in advances], now)
+            accepted = {row[0] for row in rows}
+            return Advances([device_id in accepted for device_id in ids],
+                            max((int(row[1]) for row in rows), default=None))
         async with self._transaction() as conn:
-            await _lock_devices(conn, [device_id for device_id, _ in advances])
-            return [_rowcount(await conn.execute(_ADVANCE_COUNTER, counter, now, device_id)) == 1
-                    for device_id, counter in advances]
+            await _lock_devices(conn, ids)
+            return await _advance_each(conn, advances, now)
 
     async def write_checkins(self, inventories: Sequence[tuple[str, dict[str, Any]]],
                              offers: Sequence[tuple[str, int, str]],
-                             advances: Sequence[tuple[str, int]] = ()) -> list[bool]:
+                             advances: Sequence[tuple[str, int]] = ()) -> Advances:
         """In one transaction: record_checkin for each (device_id, inventory) in order, mark
         each (device_id, release_id, channel) of `offers` offered unless the board already has
         a deployment of it, then advance_counter for each of `advances` in order; the outcomes
-        of the advances."""
+        of the advances and the fleet epoch they saw."""
         now = _now()
         async with self._transaction() as conn:
             await _lock_devices(conn, [*(device_id for device_id, _ in inventories),
@@ -620,8 +669,7 @@ class PostgresStore:
             if offers:
                 await conn.executemany(_OFFER, [(device_id, release_id, now, channel)
                                                 for device_id, release_id, channel in offers])
-            return [_rowcount(await conn.execute(_ADVANCE_COUNTER, counter, now, device_id)) == 1
-                    for device_id, counter in advances]
+            return await _advance_each(conn, advances, now)
 
     async def record_checkin(self, device_id: str, inventory: dict[str, Any]) -> None:
         """Overwrite the given inventory fields (others are ignored)."""
@@ -630,7 +678,10 @@ class PostgresStore:
 
     # -- channels and rollouts ----------------------------------------------------------------
 
-    async def base_release(self, channel: str) -> Release | None:
+    async def base_release(self, channel: str, *, epoch: int | None = None) -> Release | None:
+        """The channel's base release; with `epoch`, as current_rollout's."""
+        if epoch is not None:
+            return (await self._channel_view(channel, epoch))[2]
         async with self._connection() as conn:
             found = await conn.fetchrow(
                 "SELECT c.base_release_id, r.yanked FROM channels c "
@@ -661,12 +712,41 @@ class PostgresStore:
                        reason=row["reason"], created=int(row["created"]),
                        updated=int(row["updated"]))
 
-    async def current_rollout(self, channel: str) -> Rollout | None:
+    async def current_rollout(self, channel: str, *, epoch: int | None = None) -> Rollout | None:
+        """The channel's newest rollout that is not superseded. Without `epoch`, read now.
+        With `epoch` (the fleet epoch a board request's counter statement saw), from this
+        process's copy of the channel if that copy was read at that epoch or a later one:
+        every change a rollout, base or yank makes moves the epoch in its own transaction, so
+        such a copy holds every change committed before the request's counter was; else the
+        channel is read again (one statement, with the base release and the epoch)."""
+        if epoch is not None:
+            return (await self._channel_view(channel, epoch))[1]
         async with self._connection() as conn:
             row = await conn.fetchrow(
                 f"{_ROLLOUT_SELECT} WHERE ro.channel = $1 AND ro.state != 'superseded' "
                 "ORDER BY ro.id DESC LIMIT 1", channel)
         return await self._rollout(row)
+
+    async def _channel_view(self, channel: str,
+                            epoch: int) -> tuple[int, Rollout | None, Release | None]:
+        """The kept (epoch, rollout, base) of `channel` if read at `epoch` or later, else the
+        one read now (and kept, unless a newer one was kept meanwhile)."""
+        view = self._channels.get(channel)
+        if view is not None and view[0] >= epoch:
+            return view
+        async with self._connection() as conn:
+            row = await conn.fetchrow(_CHANNEL_VIEW, channel)
+        assert row is not None  # one row whatever the channel holds
+        rollout = None if row["id"] is None else await self._rollout(row)
+        base = None if row["base_release_id"] is None else await self._release_yanked_at(
+            int(row["base_release_id"]), row["base_yanked"])
+        view = (int(row["epoch"]), rollout, base)
+        kept = self._channels.get(channel)
+        if kept is None or kept[0] < view[0]:
+            if kept is None and len(self._channels) >= CHANNEL_CACHE_SIZE:
+                del self._channels[next(iter(self._channels))]  # the oldest
+            self._channels[channel] = view
+        return view
 
     async def rollout(self, rollout_id: int) -> Rollout | None:
         async with self._connection() as conn:
@@ -750,12 +830,25 @@ class PostgresStore:
         async with self._connection() as conn:
             await conn.execute(_OFFER, device_id, release_id, _now(), channel)
 
+    async def open_deployments_for(self, offers: Sequence[tuple[str, int, str]]) -> None:
+        """open_deployment_for each (device_id, release_id, channel): one statement (one round
+        trip, autocommit). Its rows go in in key order: two replicas' batches that share a
+        board's deployment wait for each other instead of deadlocking on the unique index."""
+        if not offers:
+            return
+        async with self._connection() as conn:
+            await conn.execute(_OFFERS, [o[0] for o in offers], [o[1] for o in offers],
+                               [o[2] for o in offers], _now())
+
     async def set_deployment(self, device_id: str, release_id: int, status: str,
-                             reason: str | None = None) -> bool:
-        """Move an open deployment to `status` and add the move to the board's history, in
-        one transaction; False (nothing written) when the server never opened one for this
-        board and release. The same status and reason again is no new event: nothing is
-        written. The history keeps the board's newest HISTORY_PER_DEVICE rows."""
+                             reason: str | None = None, *,
+                             inventory: dict[str, Any] | None = None) -> bool:
+        """Move an open deployment to `status` and add the move to the board's history, and
+        overwrite the board's `inventory` fields when given (record_checkin), in one
+        transaction (one commit for a report's writes); False (nothing written) when the
+        server never opened one for this board and release. The same status and reason again
+        is no new event: only the inventory is written. The history keeps the board's newest
+        HISTORY_PER_DEVICE rows."""
         now = _now()
         async with self._transaction() as conn:
             row = await conn.fetchrow(
@@ -763,6 +856,8 @@ class PostgresStore:
                 " FOR UPDATE", device_id, release_id)
             if row is None:
                 return False
+            if inventory:
+                await _record_checkin(conn, device_id, inventory)
             if (row[0], row[1]) == (status, reason):
                 return True  # the same report again (delivery is at least once)
             await conn.execute(
@@ -951,6 +1046,16 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
                               schema="pg_catalog")
 
 
+async def _advance_each(conn: asyncpg.Connection, advances: Sequence[tuple[str, int]],
+                        now: int) -> Advances:
+    """_ADVANCE_COUNTER for each (device_id, counter) in order, on `conn` (in a transaction
+    whose rows _lock_devices locked); the outcomes and the newest epoch the statements saw."""
+    epochs = [await conn.fetchval(_ADVANCE_COUNTER, counter, now, device_id)
+              for device_id, counter in advances]
+    return Advances([epoch is not None for epoch in epochs],
+                    max((int(e) for e in epochs if e is not None), default=None))
+
+
 async def _lock_devices(conn: asyncpg.Connection, device_ids: Sequence[str]) -> None:
     """Lock the rows of `device_ids` in one order, the ids' (one round trip), before a
     transaction writes several of them. Two replicas' batches that share boards then wait for
@@ -959,7 +1064,7 @@ async def _lock_devices(conn: asyncpg.Connection, device_ids: Sequence[str]) -> 
     fails one of them. One board needs no order."""
     unique = sorted(set(device_ids))
     if len(unique) > 1:
-        await conn.execute(_LOCK_DEVICES, unique)
+        await conn.execute(_LOCK_IN_ORDER, unique)
 
 
 def _inventory_update(fields: Sequence[str]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,17 +22,32 @@ INVENTORY_FIELDS = ("app", "version", "sequence", "root_version", "micropython",
 
 
 @dataclass(frozen=True)
-class Device:
+class BoardIdentity:
+    """What a board is registered as: the fields no statement ever changes once the board is
+    registered (a re-provisioned board gets a new id). A server may keep these in memory;
+    what changes (counter, revocation, inventory) it reads from the store."""
+
     device_id: str
     public_key: bytes
     board: str
     tags: tuple[str, ...]
     channel: str
     bucket: int
+
+
+@dataclass(frozen=True)
+class Device(BoardIdentity):
+    """A registered board as stored now: its identity and its changing fields."""
+
     counter: int
     created: int
     revoked: int | None = None
     inventory: dict[str, Any] = field(default_factory=dict)
+
+    def identity(self) -> BoardIdentity:
+        """The board's immutable fields alone."""
+        return BoardIdentity(self.device_id, self.public_key, self.board, self.tags,
+                             self.channel, self.bucket)
 
     def public_view(self) -> dict[str, Any]:
         """What the publisher API shows: no counter, the key as base64."""
@@ -176,3 +192,13 @@ class UiSession:
     created: float
     seen: float
     flash: tuple[str, ...] = ()
+
+
+class Advances(list[bool]):
+    """The outcomes of counter advances, in the order asked (True: accepted and written), and
+    the fleet epoch the store's counter statement saw (PostgreSQL's fleet_epoch, pg_migrations
+    0007; None when no advance was accepted, or the store keeps no epoch: SQLite)."""
+
+    def __init__(self, outcomes: Iterable[bool] = (), epoch: int | None = None):
+        super().__init__(outcomes)
+        self.epoch = epoch

@@ -39,6 +39,7 @@ from ota_server.storage.fleet_view import (
 from ota_server.storage.records import (
     HISTORY_PER_DEVICE,
     INVENTORY_FIELDS,
+    Advances,
     AuditEntry,
     Deployment,
     DeploymentCounts,
@@ -50,9 +51,10 @@ from ota_server.storage.records import (
     UiSession,
 )
 
-# The replay check and the write are one statement: it matches only a smaller stored counter.
+# The replay check and the write are one statement: it matches only a smaller stored counter
+# of a board that is not revoked.
 _ADVANCE_COUNTER = ("UPDATE devices SET counter = ?, last_seen = ? "
-                    "WHERE device_id = ? AND counter < ?")
+                    "WHERE device_id = ? AND counter < ? AND revoked IS NULL")
 _RELEASE_COLUMNS = "id, app, version, sequence, boards, created, expires, yanked, signers"
 # A check-in's offer, with the channel that made it (the report rules count per channel):
 # recorded unless the board already has a deployment of the release.
@@ -450,22 +452,29 @@ class SqliteStore:
         return cur.rowcount == 1
 
     async def advance_counter(self, device_id: str, counter: int) -> bool:
-        """Accept `counter` only if it is greater than the last one (and mark the board seen);
-        one statement, so two requests racing with the same counter cannot both pass."""
+        """Accept `counter` only if it is greater than the last one and the board is not
+        revoked (and mark the board seen); one statement, so two requests racing with the same
+        counter cannot both pass."""
         cur = self._db.execute(_ADVANCE_COUNTER, (counter, _now(), device_id, counter))
         return cur.rowcount == 1
 
-    async def advance_counters(self, advances: Sequence[tuple[str, int]]) -> list[bool]:
+    async def advance_counters(self, advances: Sequence[tuple[str, int]]) -> Advances:
         """advance_counter for each pair in order, in one transaction: one commit (the cost
-        of a counter write) for the lot; either all of them are durable or none is."""
+        of a counter write) for the lot; either all of them are durable or none is. No fleet
+        epoch: this process drops its copies of channels on every write (module docstring).
+        One pair is one statement, without BEGIN / COMMIT."""
         now = _now()
+        if len(advances) == 1:
+            ((device_id, counter),) = advances
+            return Advances([self._db.execute(_ADVANCE_COUNTER, (counter, now, device_id, counter))
+                             .rowcount == 1])
         with self._tx():
-            return [self._db.execute(_ADVANCE_COUNTER, (counter, now, device_id, counter))
-                    .rowcount == 1 for device_id, counter in advances]
+            return Advances([self._db.execute(_ADVANCE_COUNTER, (counter, now, device_id, counter))
+                             .rowcount == 1 for device_id, counter in advances])
 
     async def write_checkins(self, inventories: Sequence[tuple[str, dict[str, Any]]],
                              offers: Sequence[tuple[str, int, str]],
-                             advances: Sequence[tuple[str, int]] = ()) -> list[bool]:
+                             advances: Sequence[tuple[str, int]] = ()) -> Advances:
         """In one transaction: record_checkin for each (device_id, inventory) in order, mark
         each (device_id, release_id, channel) of `offers` offered unless the board already has a
         deployment of it, then advance_counter for each of `advances` in order; the outcomes
@@ -476,8 +485,8 @@ class SqliteStore:
                 self._record_checkin(device_id, inventory)
             self._db.executemany(_OFFER, [(device_id, release_id, now, channel)
                                           for device_id, release_id, channel in offers])
-            return [self._db.execute(_ADVANCE_COUNTER, (counter, now, device_id, counter))
-                    .rowcount == 1 for device_id, counter in advances]
+            return Advances([self._db.execute(_ADVANCE_COUNTER, (counter, now, device_id, counter))
+                             .rowcount == 1 for device_id, counter in advances])
 
     async def record_checkin(self, device_id: str, inventory: dict[str, Any]) -> None:
         self._record_checkin(device_id, inventory)
@@ -492,7 +501,9 @@ class SqliteStore:
 
     # -- channels and rollouts ----------------------------------------------------------------
 
-    async def base_release(self, channel: str) -> Release | None:
+    async def base_release(self, channel: str, *, epoch: int | None = None) -> Release | None:
+        """The channel's base release (from this process's copy: `epoch` is not needed)."""
+        del epoch
         if channel in self._bases:
             return self._bases[channel]
         row = self._db.execute("SELECT base_release_id FROM channels WHERE name = ?", (channel,))
@@ -523,7 +534,10 @@ class SqliteStore:
                        state=row["state"], reason=row["reason"], created=int(row["created"]),
                        updated=int(row["updated"]))
 
-    async def current_rollout(self, channel: str) -> Rollout | None:
+    async def current_rollout(self, channel: str, *, epoch: int | None = None) -> Rollout | None:
+        """The channel's newest rollout that is not superseded (from this process's copy, exact
+        without `epoch`: the module docstring says why)."""
+        del epoch
         if channel in self._rollouts:
             return self._rollouts[channel]
         found = self._rollout(self._db.execute(
@@ -625,11 +639,20 @@ class SqliteStore:
             "INSERT OR IGNORE INTO deployments (device_id, release_id, status, updated, channel) "
             "VALUES (?, ?, 'offered', ?, ?)", (device_id, release_id, _now(), channel))
 
+    async def open_deployments_for(self, offers: Sequence[tuple[str, int, str]]) -> None:
+        """open_deployment_for each (device_id, release_id, channel), in one transaction."""
+        now = _now()
+        with self._tx():
+            self._db.executemany(_OFFER, [(device_id, release_id, now, channel)
+                                          for device_id, release_id, channel in offers])
+
     async def set_deployment(self, device_id: str, release_id: int, status: str,
-                             reason: str | None = None) -> bool:
-        """Move an open deployment to `status` and add the move to the board's history, in
-        one transaction; False (nothing written) when the server never opened one for this
-        board and release. The same status and reason again is no new event: nothing is
+                             reason: str | None = None, *,
+                             inventory: dict[str, Any] | None = None) -> bool:
+        """Move an open deployment to `status` and add the move to the board's history, and
+        overwrite the board's `inventory` fields when given (record_checkin), in one
+        transaction; False (nothing written) when the server never opened one for this board
+        and release. The same status and reason again is no new event: only the inventory is
         written. The history keeps the board's newest HISTORY_PER_DEVICE rows."""
         now = _now()
         with self._tx():
@@ -638,6 +661,8 @@ class SqliteStore:
                 (device_id, release_id)).fetchone()
             if row is None:
                 return False
+            if inventory:
+                self._record_checkin(device_id, inventory)
             if (row[0], row[1]) == (status, reason):
                 return True  # the same report again (delivery is at least once): no new event
             self._db.execute(

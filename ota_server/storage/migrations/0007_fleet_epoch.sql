@@ -1,0 +1,4 @@
+-- Version 7: nothing for SQLite. PostgreSQL's pg_migrations/0007_fleet_epoch.sql adds the
+-- fleet epoch its replicas check their copies of rollouts and base releases against; one
+-- process owns a SQLite database and drops its copies on every write through it, so it needs
+-- none. Kept so that both backends keep one schema version number.
