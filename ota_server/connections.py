@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 from collections.abc import Callable
@@ -340,6 +341,11 @@ async def _serve(app: web.Application, settings: Settings,
                            ssl_context=tls.context if tls is not None else None,
                            backlog=LISTEN_BACKLOG)
         await site.start()
+        # What start-up made (modules, classes, the app, the store's connections) lives as
+        # long as the process: out of the cycle collector's way, so its full passes scan only
+        # what serving allocates (figure S3: they grew to 100-300 ms under 100,000 boards).
+        gc.collect()
+        gc.freeze()
         announce(f"Running on {site.name}")
         await asyncio.Event().wait()  # until a signal raises GracefulExit
     finally:

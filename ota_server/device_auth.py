@@ -41,6 +41,12 @@ _MAX_COUNTER = 2**63 - 1  # SQLite INTEGER
 # docs/benchmarks.md).
 BOARD_CACHE_SIZE = 100_000
 _DECIMAL = re.compile(r"[0-9]{1,19}")
+# A kept board as one flat tuple of its identity's fields and its parsed key: strings, bytes,
+# an int, a tuple of strings and a key object the cycle collector does not track, so the
+# collector untracks the tuple and 100,000 kept boards add nothing to each of its full passes.
+# Kept as BoardIdentity objects (tracked, like every class instance) they made those passes
+# take 100-300 ms by the end of S3's 100,000 boards (docs/benchmarks.md, S3).
+_KeptBoard = tuple[str, bytes, str, tuple[str, ...], str, int, PublicKey]
 
 
 @dataclass(frozen=True)
@@ -122,13 +128,14 @@ class DeviceAuthenticator:
 
     def __init__(self, store: MetadataStore, counters: CounterCommits | None = None):
         self._store = store
-        self._boards: dict[str, tuple[BoardIdentity, PublicKey]] = {}
+        self._boards: dict[str, _KeptBoard] = {}
         self._counters = CounterCommits(store) if counters is None else counters
 
     def _remember(self, board: BoardIdentity, key: PublicKey) -> None:
         if board.device_id not in self._boards and len(self._boards) >= BOARD_CACHE_SIZE:
             del self._boards[next(iter(self._boards))]  # the oldest goes; a re-read is cheap
-        self._boards[board.device_id] = (board, key)
+        self._boards[board.device_id] = (board.device_id, board.public_key, board.board,
+                                         board.tags, board.channel, board.bucket, key)
 
     async def authenticate(self, header: str | None, method: str, path_qs: str,
                            body: bytes, *, records_first: bool = True) -> VerifiedRequest:
@@ -151,7 +158,7 @@ class DeviceAuthenticator:
             except MalformedError:
                 raise Forbidden("the registered public key is unusable", code="revoked") from None
         else:
-            board, key = kept
+            board, key = BoardIdentity(*kept[:6]), kept[6]
         message = signed_string(method, path_qs, cred.device_id, cred.counter, body)
         if not verify_raw(key, message, cred.signature):
             if kept is not None:  # its revocation was not read: it answers before this

@@ -34,6 +34,9 @@ POINT_SIZE = 65
 # which lets a board compute a keyid without an ASN.1 encoder.
 SPKI_PREFIX = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200")
 
+# One curve object for every parsed key: a key keeps the curve it was made with, and a curve
+# object per key is one more object the cycle collector tracks for each key a server keeps.
+_P256 = ec.SECP256R1()
 # RFC 6979 nonces: signing needs no good randomness and the test vectors are reproducible.
 _ECDSA = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
 
@@ -75,7 +78,7 @@ def public_key_from_point(point: bytes) -> PublicKey:
     if len(point) != POINT_SIZE or point[0] != 4:
         raise MalformedError(f"public key must be a {POINT_SIZE}-byte uncompressed P-256 point")
     try:
-        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+        return ec.EllipticCurvePublicKey.from_encoded_point(_P256, point)
     except ValueError as err:
         raise MalformedError("public key is not a point on P-256") from err
 
