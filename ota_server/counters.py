@@ -142,15 +142,7 @@ class CounterCommits:
                     await self._store.open_deployments_for(
                         list(dict.fromkeys(offer for offer, _ in batch)))
                 except BaseException as err:
-                    for _, done in batch:
-                        if done.done():
-                            continue
-                        if isinstance(err, Exception):
-                            done.set_exception(err)
-                        else:  # the server stopping: the requests end with it
-                            done.cancel()
-                    if not isinstance(err, Exception):
-                        raise
+                    _fail_waiters([done for _, done in batch], err)
                     continue
                 for (device_id, release_id, _), done in batch:
                     if (device_id, release_id) not in self._offers_written:
@@ -276,15 +268,7 @@ class CounterCommits:
             else:
                 accepted = await self._advance(advances)
         except BaseException as err:  # the whole batch rolled back: nobody's counter moved
-            for _, _, _, done in batch:
-                if done.done():
-                    continue
-                if isinstance(err, Exception):
-                    done.set_exception(err)
-                else:  # the server stopping: the requests end with it
-                    done.cancel()
-            if not isinstance(err, Exception):
-                raise
+            _fail_waiters([done for _, _, _, done in batch], err)
             return
         for (_, _, _, done), ok in zip(batch, accepted, strict=True):
             if not done.done():  # a request cancelled meanwhile (client gone): nothing to tell
@@ -293,3 +277,17 @@ class CounterCommits:
     async def _advance(self, advances: list[tuple[str, int]]) -> Advances:
         # A batch of one, or of distinct boards on PostgreSQL, is one autocommit statement.
         return await self._store.advance_counters(advances)
+
+
+def _fail_waiters(waiters: list[asyncio.Future[Any]], err: BaseException) -> None:
+    """Tell every request still waiting on a failed write: the store's error, or a cancel
+    when the server is stopping (then `err` is raised again, from the caller's except)."""
+    for done in waiters:
+        if done.done():
+            continue
+        if isinstance(err, Exception):
+            done.set_exception(err)
+        else:  # the server stopping: the requests end with it
+            done.cancel()
+    if not isinstance(err, Exception):
+        raise err
