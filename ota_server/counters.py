@@ -56,7 +56,8 @@ import asyncio
 import logging
 from typing import Any
 
-from ota_server.storage import Advances, MetadataStore
+from ota_server.bounded import keep
+from ota_server.storage import MetadataStore
 
 WRITE_BEHIND_SECONDS = 0.25
 # (board, release) offers written before an answer that this process remembers as written
@@ -145,10 +146,7 @@ class CounterCommits:
                     _fail_waiters([done for _, done in batch], err)
                     continue
                 for (device_id, release_id, _), done in batch:
-                    if (device_id, release_id) not in self._offers_written:
-                        if len(self._offers_written) >= OFFERS_KEPT:
-                            del self._offers_written[next(iter(self._offers_written))]
-                        self._offers_written[(device_id, release_id)] = None
+                    keep(self._offers_written, (device_id, release_id), None, OFFERS_KEPT)
                     if not done.done():  # a request cancelled meanwhile: nothing to tell
                         done.set_result(None)
         finally:
@@ -264,19 +262,16 @@ class CounterCommits:
                     self._requeue(inventories, offers)
                     log.exception("check-in records (%d queued) not written with the counters",
                                   self.queued)
-                    accepted = await self._advance(advances)
+                    accepted = await self._store.advance_counters(advances)
             else:
-                accepted = await self._advance(advances)
+                # a batch of one, or of distinct boards on PostgreSQL: one statement
+                accepted = await self._store.advance_counters(advances)
         except BaseException as err:  # the whole batch rolled back: nobody's counter moved
             _fail_waiters([done for _, _, _, done in batch], err)
             return
         for (_, _, _, done), ok in zip(batch, accepted, strict=True):
             if not done.done():  # a request cancelled meanwhile (client gone): nothing to tell
                 done.set_result((ok, accepted.epoch))
-
-    async def _advance(self, advances: list[tuple[str, int]]) -> Advances:
-        # A batch of one, or of distinct boards on PostgreSQL, is one autocommit statement.
-        return await self._store.advance_counters(advances)
 
 
 def _fail_waiters(waiters: list[asyncio.Future[Any]], err: BaseException) -> None:

@@ -24,6 +24,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from ota_server.bounded import keep
 from ota_server.counters import CounterCommits
 from ota_server.errors import Forbidden, Unauthorized
 from ota_server.storage import BoardIdentity, MetadataStore
@@ -132,10 +133,10 @@ class DeviceAuthenticator:
         self._counters = CounterCommits(store) if counters is None else counters
 
     def _remember(self, board: BoardIdentity, key: PublicKey) -> None:
-        if board.device_id not in self._boards and len(self._boards) >= BOARD_CACHE_SIZE:
-            del self._boards[next(iter(self._boards))]  # the oldest goes; a re-read is cheap
-        self._boards[board.device_id] = (board.device_id, board.public_key, board.board,
-                                         board.tags, board.channel, board.bucket, key)
+        # beyond the bound the oldest goes; a re-read is cheap
+        keep(self._boards, board.device_id, (board.device_id, board.public_key, board.board,
+                                             board.tags, board.channel, board.bucket, key),
+             BOARD_CACHE_SIZE)
 
     async def authenticate(self, header: str | None, method: str, path_qs: str,
                            body: bytes, *, records_first: bool = True) -> VerifiedRequest:

@@ -287,8 +287,7 @@ async def blob(request: web.Request) -> web.StreamResponse:
     try:
         fobj = await request.app[state.BLOBS].open_blob(sha256)
     except StoreNotFound:
-        metrics.inc("mpota_blob_requests_total", code="404")
-        raise NotFound(f"no blob {sha256}", code="unknown_blob") from None
+        raise _unknown_blob(sha256, metrics) from None
     try:
         size = os.fstat(fobj.fileno()).st_size
         if_none_match = request.headers.get("If-None-Match", "")
@@ -308,6 +307,12 @@ async def blob(request: web.Request) -> web.StreamResponse:
                         requests_metric="mpota_blob_requests_total")
 
 
+def _unknown_blob(sha256: str, metrics: Metrics) -> NotFound:
+    """The 404 for a blob that is not stored, counted."""
+    metrics.inc("mpota_blob_requests_total", code="404")
+    return NotFound(f"no blob {sha256}", code="unknown_blob")
+
+
 async def _handed_to_nginx(request: web.Request, sha256: str, prefix: str,
                            headers: dict[str, str], metrics: Metrics) -> web.Response | None:
     """The answer that has nginx send the whole blob from the verified local file: the blob's
@@ -318,8 +323,7 @@ async def _handed_to_nginx(request: web.Request, sha256: str, prefix: str,
         # Verified, and kept at least ota_server.app.ACCEL_KEEP_SECONDS for nginx to open.
         path = await request.app[state.BLOBS].local_path(sha256)
     except StoreNotFound:
-        metrics.inc("mpota_blob_requests_total", code="404")
-        raise NotFound(f"no blob {sha256}", code="unknown_blob") from None
+        raise _unknown_blob(sha256, metrics) from None
     try:
         size = os.stat(path).st_size
     except FileNotFoundError:

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from ota_server.bounded import keep
 from ota_server.storage.errors import StoreConflict, StoreError, StoreNotFound, StoreUnavailable
 from ota_server.storage.fleet_view import (
     BOARD_STATUSES,
@@ -628,8 +629,7 @@ class PostgresStore:
         """Accept `counter` only if it is greater than the last one and the board is not
         revoked (and mark the board seen); one conditional statement, so two requests racing
         with one counter cannot both pass, through one replica or two."""
-        async with self._connection() as conn:
-            return await conn.fetchval(_ADVANCE_COUNTER, counter, _now(), device_id) is not None
+        return (await self.advance_counters([(device_id, counter)]))[0]
 
     async def advance_counters(self, advances: Sequence[tuple[str, int]]) -> Advances:
         """advance_counter for each pair in order, all or none durable, with the fleet epoch
@@ -743,9 +743,7 @@ class PostgresStore:
         view = (int(row["epoch"]), rollout, base)
         kept = self._channels.get(channel)
         if kept is None or kept[0] < view[0]:
-            if kept is None and len(self._channels) >= CHANNEL_CACHE_SIZE:
-                del self._channels[next(iter(self._channels))]  # the oldest
-            self._channels[channel] = view
+            keep(self._channels, channel, view, CHANNEL_CACHE_SIZE)
         return view
 
     async def rollout(self, rollout_id: int) -> Rollout | None:

@@ -455,8 +455,7 @@ class SqliteStore:
         """Accept `counter` only if it is greater than the last one and the board is not
         revoked (and mark the board seen); one statement, so two requests racing with the same
         counter cannot both pass."""
-        cur = self._db.execute(_ADVANCE_COUNTER, (counter, _now(), device_id, counter))
-        return cur.rowcount == 1
+        return self._advance_each([(device_id, counter)], _now())[0]
 
     async def advance_counters(self, advances: Sequence[tuple[str, int]]) -> Advances:
         """advance_counter for each pair in order, in one transaction: one commit (the cost
@@ -465,12 +464,13 @@ class SqliteStore:
         One pair is one statement, without BEGIN / COMMIT."""
         now = _now()
         if len(advances) == 1:
-            ((device_id, counter),) = advances
-            return Advances([self._db.execute(_ADVANCE_COUNTER, (counter, now, device_id, counter))
-                             .rowcount == 1])
+            return self._advance_each(advances, now)
         with self._tx():
-            return Advances([self._db.execute(_ADVANCE_COUNTER, (counter, now, device_id, counter))
-                             .rowcount == 1 for device_id, counter in advances])
+            return self._advance_each(advances, now)
+
+    def _advance_each(self, advances: Sequence[tuple[str, int]], now: int) -> Advances:
+        return Advances([self._db.execute(_ADVANCE_COUNTER, (counter, now, device_id, counter))
+                         .rowcount == 1 for device_id, counter in advances])
 
     async def write_checkins(self, inventories: Sequence[tuple[str, dict[str, Any]]],
                              offers: Sequence[tuple[str, int, str]],
@@ -485,8 +485,7 @@ class SqliteStore:
                 self._record_checkin(device_id, inventory)
             self._db.executemany(_OFFER, [(device_id, release_id, now, channel)
                                           for device_id, release_id, channel in offers])
-            return Advances([self._db.execute(_ADVANCE_COUNTER, (counter, now, device_id, counter))
-                             .rowcount == 1 for device_id, counter in advances])
+            return self._advance_each(advances, now)
 
     async def record_checkin(self, device_id: str, inventory: dict[str, Any]) -> None:
         self._record_checkin(device_id, inventory)
