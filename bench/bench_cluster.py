@@ -427,8 +427,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="after each S6 round, the same downloads sent by the replica "
                              "itself (If-None-Match), and both ways' median CPU per download")
     parser.add_argument("--s6-rounds", type=int, default=None, help="override S6's rounds")
+    parser.add_argument("--s4-checkins", type=int, default=None,
+                        help="override S4's check-ins per server and round")
+    parser.add_argument("--s4-only", action="store_true",
+                        help="run S4 alone (no S5, S6 figures): for profiling")
     args = parser.parse_args(argv)
     scale = QUICK if args.quick else FULL
+    if args.s4_checkins:
+        scale = replace(scale, s4_checkins=args.s4_checkins)
     if args.s6_downloads or args.s6_rounds:
         scale = replace(scale, s6_downloads=args.s6_downloads or scale.s6_downloads,
                         s6_rounds=args.s6_rounds or scale.s6_rounds)
@@ -476,6 +482,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{statistics.median(ratios):.3f}", flush=True)
             figures["S4_ratio"] = round(statistics.median(ratios), 3)
 
+            if args.s4_only:
+                print(f"load average at the end {loadavg()}")
+                print(json.dumps(figures))
+                return 0
             asyncio.run(warm_caches(cluster, s4_boards, sha, len(blob)))
             ratios, cpu = [], []
             for n in range(scale.s6_rounds):

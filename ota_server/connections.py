@@ -110,7 +110,7 @@ class GuardedRequestHandler(RequestHandler):
         super().connection_made(transport)
         # the first request's head is due `header_timeout` after the connection opens: a
         # client that connects and says nothing is closed then too
-        self.waiting_since = self._loop.time()
+        self._start_waiting()
         self._arm_header_timer()
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -129,7 +129,7 @@ class GuardedRequestHandler(RequestHandler):
         super().data_received(data)
         if self._request_count != heads:  # the parser completed a request's head (or failed)
             self._cancel_header_timer()
-            self.waiting_since = None
+            self._stop_waiting()
             self._head_started = False
             self._note_new_messages(list(self._messages)[heads - self._request_count:])
         elif starts_head:
@@ -189,8 +189,16 @@ class GuardedRequestHandler(RequestHandler):
         if not self._messages:
             # idle from now on (keepalive_timeout); the next head's deadline starts with its
             # first byte
-            self.waiting_since = self._loop.time()
+            self._start_waiting()
         return answered
+
+    def _start_waiting(self) -> None:
+        self.waiting_since = self._loop.time()
+        self._guard.waits(self)
+
+    def _stop_waiting(self) -> None:
+        self.waiting_since = None
+        self._guard.busy(self)
 
     # -- the send deadline --------------------------------------------------------------------
 
@@ -272,6 +280,12 @@ class GuardedServer(web.Server):
         super().__init__(handler, **kwargs)
         self.limits = limits
         self._open: set[GuardedRequestHandler] = set()
+        # The open connections waiting for a request, longest-waiting first (a dict keeps its
+        # insertion order, and a connection re-enters at the end each time it starts to wait):
+        # at the cap the one to shed is the first, found without looking at the others. A
+        # scan of every open connection per new one made an overloaded server slower still
+        # (figure S3, docs/benchmarks.md).
+        self._waiting: dict[GuardedRequestHandler, None] = {}
 
     def __call__(self) -> RequestHandler:
         return GuardedRequestHandler(self, loop=self._loop, **self._kwargs)
@@ -281,17 +295,26 @@ class GuardedServer(web.Server):
         a request (idle or with a head still arriving) when the cap is reached; False when
         every open connection is busy with a request."""
         if len(self._open) >= self.limits.max_connections:
-            waiting = [c for c in self._open if c.waiting_since is not None]
-            if not waiting:
+            if not self._waiting:
                 return False
-            oldest = min(waiting, key=lambda c: c.waiting_since or 0.0)
-            self._open.discard(oldest)
+            oldest = next(iter(self._waiting))
+            self.release(oldest)
             oldest.shed()
         self._open.add(newcomer)
         return True
 
+    def waits(self, handler: GuardedRequestHandler) -> None:
+        """`handler` waits for a request from now on (its waiting_since is now)."""
+        self._waiting.pop(handler, None)
+        self._waiting[handler] = None
+
+    def busy(self, handler: GuardedRequestHandler) -> None:
+        """`handler` has a request's head and no longer waits."""
+        self._waiting.pop(handler, None)
+
     def release(self, handler: GuardedRequestHandler) -> None:
         self._open.discard(handler)
+        self._waiting.pop(handler, None)
 
 
 class GuardedAppRunner(web.AppRunner):

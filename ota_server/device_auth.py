@@ -10,10 +10,11 @@ board can burn its counters.
 
 A board's identity (its key, board type, tags, channel, bucket) never changes once registered,
 so the authenticator keeps it, with the parsed key, once a request of the board passed: its
-later requests cost one database statement, the counter's. What does change is never kept:
-the counter statement itself refuses a revoked board (`AND revoked IS NULL`), and only a
-refused request reads the board again to tell `unknown_device`, `revoked` and `replay` apart,
-so a request of a kept board gets the answer docs/protocol.md's order of checks gives.
+later requests cost one database statement, the counter's. A board it does not keep costs one
+read more, of its identity alone. What does change is never kept or read up front: the counter
+statement itself refuses a revoked board (`AND revoked IS NULL`), and only a refused request
+reads the whole board to tell `unknown_device`, `revoked` and `replay` apart, so every request
+gets the answer docs/protocol.md's order of checks gives.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ _MAX_COUNTER = 2**63 - 1  # SQLite INTEGER
 # docs/benchmarks.md).
 BOARD_CACHE_SIZE = 100_000
 _DECIMAL = re.compile(r"[0-9]{1,19}")
+# The header as boards write it: DEVICE_ID, _DECIMAL and 64 bytes of base64 (86 characters and
+# its padding), in the order id, ctr, sig.
+_CANONICAL = re.compile(
+    SCHEME + r" id=([A-Za-z0-9][A-Za-z0-9._:-]{0,63}),ctr=([0-9]{1,19}),sig=([A-Za-z0-9+/]{86}==)")
 # A kept board as one flat tuple of its identity's fields and its parsed key: strings, bytes,
 # an int, a tuple of strings and a key object the cycle collector does not track, so the
 # collector untracks the tuple and 100,000 kept boards add nothing to each of its full passes.
@@ -68,6 +73,20 @@ class DeviceCredential:
 
 def parse_authorization(header: str | None) -> DeviceCredential:
     """Parse the header; raises Unauthorized (`missing_credentials` / `bad_credentials`)."""
+    # Boards send the parameters in this order without spaces (bootloader_py/ota/auth.py):
+    # one match takes them, what it accepts the general parse below accepts too (a property
+    # test holds the two to the same answers), and anything else gets that parse's message.
+    canonical = _CANONICAL.fullmatch(header) if header else None
+    if canonical is not None:
+        device_id, counter, sig = canonical.groups()
+        if int(counter) <= _MAX_COUNTER:
+            return DeviceCredential(device_id, int(counter), base64.b64decode(sig))
+    return _parse_any_order(header)
+
+
+def _parse_any_order(header: str | None) -> DeviceCredential:
+    """parse_authorization for every form the protocol allows (parameters in any order, spaces
+    around them), naming what is wrong."""
     if not header:
         raise Unauthorized("this endpoint needs an `Authorization: Mpota-P256 ...` header",
                            code="missing_credentials")
@@ -148,12 +167,12 @@ class DeviceAuthenticator:
         cred = parse_authorization(header)
         kept = self._boards.get(cred.device_id)
         if kept is None:
-            device = await self._store.device(cred.device_id)
-            if device is None:
+            # The identity alone (not the whole stored board): revocation is the counter
+            # statement's to check, as for a kept board (module docstring).
+            found = await self._store.board_identity(cred.device_id)
+            if found is None:
                 raise Unauthorized(f"unknown device {cred.device_id!r}", code="unknown_device")
-            if device.revoked is not None:
-                raise Forbidden(f"device {cred.device_id!r} is revoked", code="revoked")
-            board = device.identity()
+            board = found
             try:
                 key = public_key_from_point(board.public_key)
             except MalformedError:
@@ -162,8 +181,8 @@ class DeviceAuthenticator:
             board, key = BoardIdentity(*kept[:6]), kept[6]
         message = signed_string(method, path_qs, cred.device_id, cred.counter, body)
         if not verify_raw(key, message, cred.signature):
-            if kept is not None:  # its revocation was not read: it answers before this
-                await self._refuse_if_gone(cred.device_id)
+            # its revocation was not read: it answers before this
+            await self._refuse_if_gone(cred.device_id)
             raise Unauthorized("request signature does not verify", code="bad_signature")
         accepted, epoch = await self._counters.advance_with_epoch(
             cred.device_id, cred.counter, records_first=records_first)

@@ -99,6 +99,25 @@ async def test_a_kept_board_gets_the_answers_of_an_unkept_one(env: ServerEnv) ->
     assert (await env.checkin(board)).status == 204
 
 
+async def test_a_board_revoked_before_its_first_request_gets_the_answers_of_the_doc(
+        env: ServerEnv) -> None:
+    """A board the server has not kept reads its identity alone (revocation is left to the
+    counter statement): revoked still answers before bad signature and replay, nothing of
+    the board's counter is spent, and the board is not kept."""
+    board = await env.add_board(SimBoard("gone"))
+    assert "gone" not in env.app[state.DEVICE_AUTH]._boards
+    assert (await env.client.post("/v1/devices/gone/revoke", headers=env.bearer)).status == 200
+    before = await _counter(env, "gone")
+    assert await _code(await env.checkin(board)) == (403, "revoked")
+    body = board.checkin_body()
+    forged = sign_request(SimBoard("someone-else").key, "gone", before + 10, "POST",
+                          "/v1/device/checkin", body)
+    assert await _code(await env.client.post(
+        "/v1/device/checkin", data=body, headers={"Authorization": forged})) == (403, "revoked")
+    assert await _counter(env, "gone") == before
+    assert "gone" not in env.app[state.DEVICE_AUTH]._boards
+
+
 async def test_an_unknown_board_is_not_kept_and_is_served_once_registered(
         env: ServerEnv) -> None:
     board = SimBoard("late")

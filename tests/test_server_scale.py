@@ -15,8 +15,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from server_support import Backend, FleetKeys, SimBoard, make_bundle, open_metadata, query_rows
 
+from ota_server.connections import GuardedServer
+from ota_server.settings import Limits
 from tools.local_server import LocalServer
 
 BURST = 1000  # new connections while the server cannot accept: ~0.6 s of S3's load
@@ -171,3 +175,73 @@ async def test_the_kept_boards_stay_bounded_one_board_at_a_time(tmp_path: Path,
         await auth._counters.close()
     finally:
         await store.close()
+
+
+class _Conn:
+    """What GuardedServer's bookkeeping sees of a connection: a key, and shed()."""
+
+    def __init__(self, name: int) -> None:
+        self.name = name
+        self.shed_count = 0
+
+    def shed(self) -> None:
+        self.shed_count += 1
+
+
+_CAP_OPS = st.lists(st.tuples(st.sampled_from(["open", "wait", "busy", "close"]),
+                              st.integers(0, 4)), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 3), _CAP_OPS)
+def test_at_the_cap_the_longest_waiting_connection_is_shed_whatever_came_before(
+        cap: int, ops: list[tuple[str, int]]) -> None:
+    """GuardedServer's admission against a model that looks at every open connection: the
+    connection shed for a newcomer is the one waiting longest (re-waiting moves a connection
+    to the back), a newcomer is refused only when none waits, and nothing else is shed. The
+    server finds that connection without looking at the others (figure S3)."""
+    loop = asyncio.new_event_loop()
+    try:
+        server = GuardedServer(lambda request: None, limits=Limits(max_connections=cap),
+                               loop=loop)
+        conns: dict[int, _Conn] = {}
+        model_open: set[int] = set()
+        model_waiting: dict[int, int] = {}  # connection -> the clock when it began to wait
+        clock = 0
+        for op, name in ops:
+            clock += 1
+            if op == "open":
+                if name in conns:
+                    continue
+                conn = conns[name] = _Conn(name)
+                if len(model_open) >= cap:
+                    if not model_waiting:
+                        assert not server.admit(conn)  # type: ignore[arg-type]
+                        server.release(conns.pop(name))  # type: ignore[arg-type]  # its close
+                        continue
+                    oldest = min(model_waiting, key=model_waiting.__getitem__)
+                    shed_before = conns[oldest].shed_count
+                    assert server.admit(conn)  # type: ignore[arg-type]
+                    assert conns[oldest].shed_count == shed_before + 1
+                    model_open.discard(oldest)
+                    del model_waiting[oldest]
+                    server.release(conns.pop(oldest))  # type: ignore[arg-type]  # its close
+                else:
+                    assert server.admit(conn)  # type: ignore[arg-type]
+                model_open.add(name)
+            elif name in conns:
+                conn = conns[name]
+                if op == "wait":
+                    server.waits(conn)  # type: ignore[arg-type]
+                    model_waiting[name] = clock
+                elif op == "busy":
+                    server.busy(conn)  # type: ignore[arg-type]
+                    model_waiting.pop(name, None)
+                else:
+                    server.release(conn)  # type: ignore[arg-type]
+                    model_open.discard(name)
+                    model_waiting.pop(name, None)
+                    del conns[name]
+        assert all(c.shed_count <= 1 for c in conns.values())
+    finally:
+        loop.close()

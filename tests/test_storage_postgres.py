@@ -20,7 +20,13 @@ from hypothesis import strategies as st
 
 from ota_server.storage.errors import StoreConflict, StoreError, StoreNotFound, StoreUnavailable
 from ota_server.storage.postgres import PostgresStore, check_dsn, pg_migrations
-from ota_server.storage.records import HISTORY_PER_DEVICE, AuditEntry, DeploymentCounts, Token
+from ota_server.storage.records import (
+    HISTORY_PER_DEVICE,
+    AuditEntry,
+    BoardIdentity,
+    DeploymentCounts,
+    Token,
+)
 from ota_server.storage.sqlite import SqliteStore, _migrations
 from tools.cluster.postgres import PostgresServer
 from tools.local_server import free_port
@@ -193,6 +199,9 @@ async def test_devices(store: Any) -> None:
         await store.add_device("b-1", KEY, "rp2", [], "beta", 1)
     assert await store.device("b-1") == added
     assert await store.device("zz") is None
+    assert await store.board_identity("b-1") == added.identity()
+    assert type(await store.board_identity("b-1")) is BoardIdentity
+    assert await store.board_identity("zz") is None
     assert [d.device_id for d in await store.list_devices()] == ["B-2", "a-3", "b-1"]
     assert await store.count_eligible("stable", [], 100) == 1
     assert await store.count_eligible("stable", [], 9000.5) == 2
@@ -200,6 +209,8 @@ async def test_devices(store: Any) -> None:
     assert await store.count_eligible("stable", ["nope"], 0) == 0
     assert await store.revoke_device("b-1")
     assert not await store.revoke_device("b-1")
+    # revoked or not: revocation is the counter statement's to check (ota_server.device_auth)
+    assert await store.board_identity("b-1") == added.identity()
     assert await store.count_eligible("stable", ["lab"], 10_000) == 1
     assert await store.list_channels() == ["beta", "stable"]
 

@@ -54,6 +54,7 @@ from ota_server.storage.records import (
     INVENTORY_FIELDS,
     Advances,
     AuditEntry,
+    BoardIdentity,
     Deployment,
     DeploymentCounts,
     Device,
@@ -115,6 +116,8 @@ _CHANNEL_VIEW = (
     "LEFT JOIN channels c ON c.name = ch.name LEFT JOIN releases b ON b.id = c.base_release_id")
 # Channels whose view a replica keeps (few in practice); the oldest goes first beyond that.
 CHANNEL_CACHE_SIZE = 10_000
+# In BoardIdentity's order.
+_IDENTITY_COLUMNS = "device_id, public_key, board, tags, channel, bucket"
 _DEVICE_COLUMNS = ("device_id, public_key, board, tags, channel, bucket, counter, created, "
                    "revoked, " + ", ".join(INVENTORY_FIELDS))
 # Orders as SQLite does (bytewise), whatever locale the database was created with.
@@ -603,6 +606,15 @@ class PostgresStore:
             return _device(await conn.fetchrow(
                 f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = $1",  # noqa: S608
                 device_id))
+
+    async def board_identity(self, device_id: str) -> BoardIdentity | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_IDENTITY_COLUMNS} FROM devices WHERE device_id = $1",  # noqa: S608
+                device_id)
+        if row is None:
+            return None
+        return BoardIdentity(row[0], bytes(row[1]), row[2], tuple(row[3]), row[4], int(row[5]))
 
     async def list_devices(self) -> list[Device]:
         async with self._connection() as conn:

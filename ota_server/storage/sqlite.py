@@ -41,6 +41,7 @@ from ota_server.storage.records import (
     INVENTORY_FIELDS,
     Advances,
     AuditEntry,
+    BoardIdentity,
     Deployment,
     DeploymentCounts,
     Device,
@@ -60,6 +61,9 @@ _RELEASE_COLUMNS = "id, app, version, sequence, boards, created, expires, yanked
 # recorded unless the board already has a deployment of the release.
 _OFFER = ("INSERT INTO deployments (device_id, release_id, status, updated, channel) "
           "VALUES (?, ?, 'offered', ?, ?) ON CONFLICT(device_id, release_id) DO NOTHING")
+# A board's identity, in BoardIdentity's order.
+_IDENTITY_BY_ID = ("SELECT device_id, public_key, board, tags, channel, bucket FROM devices "
+                   "WHERE device_id = ?")
 _DEVICE_COLUMNS = ("device_id, public_key, board, tags, channel, bucket, counter, created, "
                    "revoked, " + ", ".join(INVENTORY_FIELDS))
 
@@ -430,6 +434,13 @@ class SqliteStore:
         return self._device(self._db.execute(
             f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = ?",  # noqa: S608
             (device_id,)).fetchone())
+
+    async def board_identity(self, device_id: str) -> BoardIdentity | None:
+        row = self._db.execute(_IDENTITY_BY_ID, (device_id,)).fetchone()
+        if row is None:
+            return None
+        return BoardIdentity(row[0], bytes(row[1]), row[2], tuple(json.loads(row[3])), row[4],
+                             int(row[5]))
 
     async def list_devices(self) -> list[Device]:
         rows = self._db.execute(
