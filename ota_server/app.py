@@ -7,7 +7,7 @@ from contextlib import AsyncExitStack
 
 from aiohttp import web
 
-from ota_server import openapi, routes_device, routes_publisher, state, ui
+from ota_server import blob_answers, openapi, routes_device, routes_publisher, state, ui
 from ota_server.counters import CounterCommits
 from ota_server.datadir import DataDirLock
 from ota_server.device_auth import DeviceAuthenticator
@@ -52,6 +52,7 @@ ACCEL_KEEP_SECONDS = 30.0
 
 P = routes_publisher
 D = routes_device
+B = blob_answers
 
 # The one route table: (method, path, handler). Auth is declared on each handler.
 ROUTES: list[tuple[str, str, object]] = [
@@ -61,8 +62,8 @@ ROUTES: list[tuple[str, str, object]] = [
     # boards
     ("POST", "/v1/device/checkin", D.checkin),
     ("GET", "/v1/device/root/{version}", D.root_metadata),
-    ("GET", "/v1/blobs/{sha256}", D.blob),
-    ("GET", "/v1/device/pack", D.pack),
+    ("GET", "/v1/blobs/{sha256}", B.blob),
+    ("GET", "/v1/device/pack", B.pack),
     ("POST", "/v1/device/report", D.report),
     # publishers
     ("PUT", "/v1/blobs/{sha256}", P.put_blob),

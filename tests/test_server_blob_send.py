@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from server_support import ServerEnv, SimBoard
 
-from ota_server import routes_device, state
+from ota_server import blob_answers, state
 
 BLOB = os.urandom(3 * 1024 * 1024 + 17)
 
@@ -47,7 +47,7 @@ def _small_send_buffer(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]
     """Give the server's sockets a small send buffer, as on a slow link (loopback would take
     megabytes at once); the (sent, count) of every direct sendfile from now on."""
     direct: list[tuple[int, int]] = []
-    real = routes_device._sendfile_now
+    real = blob_answers._sendfile_now
 
     def recording(transport, fobj, offset, count):  # the real function, its results noted
         transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
@@ -56,7 +56,7 @@ def _small_send_buffer(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]
         direct.append((sent, count))
         return sent
 
-    monkeypatch.setattr(routes_device, "_sendfile_now", recording)
+    monkeypatch.setattr(blob_answers, "_sendfile_now", recording)
     return direct
 
 
