@@ -13,6 +13,12 @@ middleware runs. Three things are decided there, so they are decided here:
 
 Bodies get their own deadline where they are read (ota_server.validation.read_body). The
 limits and their defaults are in docs/operations.md; the errors in docs/protocol.md.
+
+Memory: a closed connection leaves no reference cycle, so its objects are freed the moment it
+closes, not by Python's cycle collector. Boards open a connection per request; with a cycle
+each (the protocol and its request body, asyncio's transport and its own read callback), the
+collector's passes grew with the connections of the last moments and, at ~1,700 connections a
+second, came in storms that held every board up (figure S3, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -116,6 +122,11 @@ class GuardedRequestHandler(RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._guard.release(self)
         self._cancel_header_timer()
+        # The request bodies refer back to this handler (their protocol): dropped, so the
+        # connection's objects go when their last reference does, not at the cycle collector's
+        # next pass (module docstring, "Memory").
+        self._newest_body = self._unread_body = None
+        _untie_reader(self.transport)
         if self._refused:
             return  # never set up (connection_made refused it)
         super().connection_lost(exc)
@@ -262,6 +273,20 @@ class GuardedRequestHandler(RequestHandler):
                                         headers={"Connection": "close"})
         response.force_close()
         return response
+
+
+def _untie_reader(transport: asyncio.BaseTransport | None) -> None:
+    """Break the cycle an asyncio socket transport makes with itself: on Python 3.11 it keeps
+    its read callback as its own bound method (`_read_ready_cb`), so a closed transport, its
+    socket and buffers wait for the cycle collector. Called from connection_lost, after which
+    the transport reads nothing more; the no-op stands in should a read event still be
+    queued. Other transports (uvloop's, TLS) have no such attribute and are left alone."""
+    if transport is not None and hasattr(transport, "_read_ready_cb"):
+        transport._read_ready_cb = _read_nothing  # type: ignore[attr-defined]
+
+
+def _read_nothing() -> None:
+    """A closed transport's read callback (_untie_reader)."""
 
 
 class _ParserErrorResponse(web.Response):

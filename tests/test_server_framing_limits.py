@@ -4,6 +4,8 @@ bodies, idle connections, more connections than the cap; and the settings that s
 from __future__ import annotations
 
 import asyncio
+import collections
+import gc
 import hashlib
 import json
 import logging
@@ -359,3 +361,51 @@ def _open_files_under(directory: Path) -> list[str]:
         if str(target).startswith(str(directory)):
             found.append(str(target))
     return found
+
+
+def _blocking_exchange(port: int, data: bytes) -> bytes:
+    """One request on a new connection from plain blocking sockets (run in a thread): the
+    client side makes no asyncio transport of its own, whose garbage would blur the count."""
+    with socket.create_connection((HOST, port), timeout=5) as conn:
+        conn.sendall(data)
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def test_a_closed_connection_leaves_nothing_for_the_cycle_collector(
+        tmp_path: Path, backend: Backend) -> None:
+    """A connection's objects (its protocol, transport, socket, request bodies) go with its
+    last reference when it closes. Each used to be a reference cycle (the protocol and its
+    request body; asyncio's transport and its own read callback): ~15 objects per connection
+    left for the cycle collector, whose passes then grew with the connections of the last
+    moments and, at S3's rate, came in storms that held every board up (docs/benchmarks.md,
+    S3)."""
+    async with live_server(tmp_path, backend) as server:
+        board = SimBoard("tidy-board")
+        await _register(server, board)
+        loop = asyncio.get_running_loop()
+
+        async def checkin() -> bytes:
+            body = board.checkin_body()
+            head = request_head("POST", "/v1/device/checkin",
+                                board.auth("POST", "/v1/device/checkin", body),
+                                body_length=len(body))
+            return await loop.run_in_executor(None, _blocking_exchange, server.port, head + body)
+
+        assert (await checkin()).startswith(b"HTTP/1.1 204")  # caches filled
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(30):
+                assert (await checkin()).startswith(b"HTTP/1.1 204")
+            await _until(lambda: server.open_connections() == 0)
+            gc.collect()
+            left = collections.Counter(type(o).__qualname__ for o in gc.garbage)
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+    per_connection = ("GuardedRequestHandler", "StreamReader", "_SelectorSocketTransport",
+                      "TransportSocket", "socket")
+    assert {name: left[name] for name in per_connection if left[name]} == {}
