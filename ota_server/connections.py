@@ -112,6 +112,7 @@ class GuardedRequestHandler(RequestHandler):
                 f"the server holds {self._guard.limits.max_connections} connections busy "
                 f"with requests; try again later"))
             writer.close()
+            _untie_reader(writer)  # closed: it reads nothing more
             return
         super().connection_made(transport)
         # the first request's head is due `header_timeout` after the connection opens: a
