@@ -100,6 +100,8 @@ class GuardedRequestHandler(RequestHandler):
         # breaking, which its reader must learn at once (not at its deadline)
         self._newest_body: Any = None
         self._framing_broken = False
+        # the socket transport under this connection (under TLS's own), untied when it closes
+        self._carrier: asyncio.BaseTransport | None = None
 
     # -- connection lifetime ------------------------------------------------------------------
 
@@ -115,6 +117,7 @@ class GuardedRequestHandler(RequestHandler):
             _untie_reader(writer)  # closed: it reads nothing more
             return
         super().connection_made(transport)
+        self._carrier = _socket_transport(transport)
         # the first request's head is due `header_timeout` after the connection opens: a
         # client that connects and says nothing is closed then too
         self._start_waiting()
@@ -127,7 +130,8 @@ class GuardedRequestHandler(RequestHandler):
         # connection's objects go when their last reference does, not at the cycle collector's
         # next pass (module docstring, "Memory").
         self._newest_body = self._unread_body = None
-        _untie_reader(self.transport)
+        _untie_reader(self._carrier)
+        self._carrier = None
         if self._refused:
             return  # never set up (connection_made refused it)
         super().connection_lost(exc)
@@ -276,12 +280,22 @@ class GuardedRequestHandler(RequestHandler):
         return response
 
 
+def _socket_transport(transport: asyncio.BaseTransport) -> asyncio.BaseTransport | None:
+    """The asyncio socket transport carrying `transport`: itself for plain TCP, the one under
+    asyncio's TLS transport (whose protocol lets go of it before this connection's
+    connection_lost runs, hence taken now); None for others (uvloop's)."""
+    if hasattr(transport, "_read_ready_cb"):
+        return transport
+    under = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)
+    return under if hasattr(under, "_read_ready_cb") else None
+
+
 def _untie_reader(transport: asyncio.BaseTransport | None) -> None:
     """Break the cycle an asyncio socket transport makes with itself: on Python 3.11 it keeps
     its read callback as its own bound method (`_read_ready_cb`), so a closed transport, its
-    socket and buffers wait for the cycle collector. Called from connection_lost, after which
-    the transport reads nothing more; the no-op stands in should a read event still be
-    queued. Other transports (uvloop's, TLS) have no such attribute and are left alone."""
+    socket and buffers wait for the cycle collector. Called once the transport is closed and
+    reads nothing more; the no-op stands in should a read event still be queued. Transports
+    without that attribute (uvloop's) are left alone."""
     if transport is not None and hasattr(transport, "_read_ready_cb"):
         transport._read_ready_cb = _read_nothing  # type: ignore[attr-defined]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -53,9 +54,10 @@ class LiveServer:
 
 @asynccontextmanager
 async def live_server(directory: Path, backend: Backend, *, keys: FleetKeys | None = None,
+                      tls: ssl.SSLContext | None = None,
                       **limits: Any) -> AsyncIterator[LiveServer]:
     """A fresh data directory under `directory` on `backend`, served on 127.0.0.1 (a free
-    port) with the given Limits fields changed; stopped on exit."""
+    port, over TLS with `tls`) with the given Limits fields changed; stopped on exit."""
     directory.mkdir(parents=True, exist_ok=True)
     keys = keys or FleetKeys.create(directory)
     settings, token = await new_data_dir(directory, backend)
@@ -65,7 +67,7 @@ async def live_server(directory: Path, backend: Backend, *, keys: FleetKeys | No
                               shutdown_timeout=1)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, HOST, 0)
+        site = web.TCPSite(runner, HOST, 0, ssl_context=tls)
         await site.start()
         port = runner.addresses[0][1]
         yield LiveServer(settings, token, keys, port, runner)

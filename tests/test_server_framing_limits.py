@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,6 +29,8 @@ from server_support import Backend, FleetKeys, SimBoard, served_blob_dir
 
 from ota_server import state
 from ota_server.settings import Limits, SettingsError, load_settings
+from ota_server.tls import ServerTls
+from tools.cli import main as cli_main
 from tools.local_server import LocalServer
 
 SLOW_HEAD = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 2000
@@ -363,10 +366,11 @@ def _open_files_under(directory: Path) -> list[str]:
     return found
 
 
-def _blocking_exchange(port: int, data: bytes) -> bytes:
+def _blocking_exchange(port: int, data: bytes, tls: ssl.SSLContext | None) -> bytes:
     """One request on a new connection from plain blocking sockets (run in a thread): the
     client side makes no asyncio transport of its own, whose garbage would blur the count."""
-    with socket.create_connection((HOST, port), timeout=5) as conn:
+    with socket.create_connection((HOST, port), timeout=5) as raw, \
+            (tls.wrap_socket(raw, server_hostname=HOST) if tls else raw) as conn:
         conn.sendall(data)
         chunks = []
         while chunk := conn.recv(65536):
@@ -374,25 +378,39 @@ def _blocking_exchange(port: int, data: bytes) -> bytes:
     return b"".join(chunks)
 
 
+@pytest.mark.parametrize("over_tls", [False, True], ids=["tcp", "tls"])
 async def test_a_closed_connection_leaves_nothing_for_the_cycle_collector(
-        tmp_path: Path, backend: Backend) -> None:
+        tmp_path: Path, backend: Backend, over_tls: bool) -> None:
     """A connection's objects (its protocol, transport, socket, request bodies) go with its
     last reference when it closes. Each used to be a reference cycle (the protocol and its
     request body; asyncio's transport and its own read callback): ~15 objects per connection
     left for the cycle collector, whose passes then grew with the connections of the last
     moments and, at S3's rate, came in storms that held every board up (docs/benchmarks.md,
-    S3)."""
-    async with live_server(tmp_path, backend) as server:
+    S3). Over TLS too (`ota serve --tls-cert`), where the socket transport sits under
+    asyncio's TLS transport."""
+    server_tls = client_tls = None
+    if over_tls:
+        assert cli_main(["tls", "init", str(tmp_path / "tls"), "--host", HOST]) == 0
+        server_tls = ServerTls(tmp_path / "tls" / "server.pem",
+                               tmp_path / "tls" / "server.key").context
+        client_tls = ssl.create_default_context(cafile=str(tmp_path / "tls" / "ca.pem"))
+    async with live_server(tmp_path, backend, tls=server_tls) as server:
         board = SimBoard("tidy-board")
-        await _register(server, board)
         loop = asyncio.get_running_loop()
+        registration = json.dumps(board.registration()).encode()
+        registered = await loop.run_in_executor(
+            None, _blocking_exchange, server.port,
+            request_head("POST", "/v1/devices", server.bearer, body_length=len(registration))
+            + registration, client_tls)
+        assert registered.startswith(b"HTTP/1.1 201")
 
         async def checkin() -> bytes:
             body = board.checkin_body()
             head = request_head("POST", "/v1/device/checkin",
                                 board.auth("POST", "/v1/device/checkin", body),
                                 body_length=len(body))
-            return await loop.run_in_executor(None, _blocking_exchange, server.port, head + body)
+            return await loop.run_in_executor(None, _blocking_exchange, server.port,
+                                              head + body, client_tls)
 
         assert (await checkin()).startswith(b"HTTP/1.1 204")  # caches filled
         gc.collect()
