@@ -678,10 +678,14 @@ class PostgresStore:
                                        *(device_id for device_id, _, _ in offers),
                                        *(device_id for device_id, _ in advances)])
             await _record_checkins(conn, inventories)
+            advanced = await _advance_each(conn, advances, now)
             if offers:
-                await conn.executemany(_OFFER, [(device_id, release_id, now, channel)
-                                                for device_id, release_id, channel in offers])
-            return await _advance_each(conn, advances, now)
+                # One statement, last: its tally rows (pg_migrations/0008) are locked in key
+                # order by one trigger call, never in the batch's order, and held only
+                # until the commit that follows.
+                await conn.execute(_OFFERS, [o[0] for o in offers], [o[1] for o in offers],
+                                   [o[2] for o in offers], now)
+            return advanced
 
     async def record_checkin(self, device_id: str, inventory: dict[str, Any]) -> None:
         """Overwrite the given inventory fields (others are ignored)."""
@@ -871,16 +875,19 @@ class PostgresStore:
             if (row[0], row[1]) == (status, reason):
                 return True  # the same report again (delivery is at least once)
             await conn.execute(
-                "UPDATE deployments SET status = $1, reason = $2, updated = $3 "
-                "WHERE device_id = $4 AND release_id = $5",
-                status, reason, now, device_id, release_id)
-            await conn.execute(
                 "INSERT INTO deployment_history (device_id, release_id, status, reason, at) "
                 "VALUES ($1, $2, $3, $4, $5)", device_id, release_id, status, reason, now)
             await conn.execute(
                 "DELETE FROM deployment_history WHERE device_id = $1 AND id <= "
                 "(SELECT id FROM deployment_history WHERE device_id = $1 "
                 "ORDER BY id DESC LIMIT 1 OFFSET $2)", device_id, HISTORY_PER_DEVICE)
+            # Last: its trigger locks the rollout's two tally rows (pg_migrations/0008, in
+            # key order), which every report of the rollout needs; they are held only
+            # until the commit.
+            await conn.execute(
+                "UPDATE deployments SET status = $1, reason = $2, updated = $3 "
+                "WHERE device_id = $4 AND release_id = $5",
+                status, reason, now, device_id, release_id)
         return True
 
     async def device_history(self, device_id: str) -> list[HistoryEntry]:
@@ -893,11 +900,13 @@ class PostgresStore:
                              status=str(r[3]), reason=r[4], at=int(r[5])) for r in rows]
 
     async def deployment_counts(self, release_id: int, channel: str) -> DeploymentCounts:
-        """Boards by deployment status for the release, among deployments `channel` opened."""
+        """Boards by deployment status for the release, among deployments `channel` opened:
+        the tallies the triggers of pg_migrations/0008 keep, at most six rows read whatever
+        the size of the rollout (exact: each tally moves in the transaction of its write)."""
         async with self._connection() as conn:
             rows = await conn.fetch(
-                "SELECT status, COUNT(*) FROM deployments WHERE release_id = $1 AND channel = $2 "
-                "GROUP BY status", release_id, channel)
+                "SELECT status, boards FROM deployment_tallies WHERE release_id = $1 "
+                "AND channel = $2", release_id, channel)
         return DeploymentCounts(**{str(r[0]): int(r[1]) for r in rows})
 
     async def open_deployment(self, device_id: str, app: str | None) -> int | None:
