@@ -668,10 +668,11 @@ class PostgresStore:
     async def write_checkins(self, inventories: Sequence[tuple[str, dict[str, Any]]],
                              offers: Sequence[tuple[str, int, str]],
                              advances: Sequence[tuple[str, int]] = ()) -> Advances:
-        """In one transaction: record_checkin for each (device_id, inventory) in order, mark
-        each (device_id, release_id, channel) of `offers` offered unless the board already has
-        a deployment of it, then advance_counter for each of `advances` in order; the outcomes
-        of the advances and the fleet epoch they saw."""
+        """In one transaction: record_checkin for each (device_id, inventory) in order,
+        advance_counter for each of `advances` in order, and mark each (device_id, release_id,
+        channel) of `offers` offered unless the board already has a deployment of it (one
+        statement, as open_deployments_for); the outcomes of the advances and the fleet epoch
+        they saw."""
         now = _now()
         async with self._transaction() as conn:
             await _lock_devices(conn, [*(device_id for device_id, _ in inventories),
