@@ -360,6 +360,13 @@ class _Raw:
         await self._conn.execute(
             "".join(f"{p}${n}" for n, p in enumerate(parts[:-1], start=1)) + parts[-1], *args)
 
+    async def script(self, sql: str) -> None:
+        """Several statements, no parameters."""
+        if self._kind == "sqlite":
+            self._conn.executescript(sql)
+        else:
+            await self._conn.execute(sql)
+
     async def counted(self, release_id: int, channel: str) -> DeploymentCounts:
         sql = ("SELECT status, COUNT(*) FROM deployments WHERE release_id = ? AND channel = ? "
                "GROUP BY status")
@@ -502,6 +509,58 @@ async def test_both_backends_reach_the_same_schema_version(pg_dsn: str, tmp_path
     finally:
         await pg.close()
 
+
+async def test_migration_8_back_fills_the_tallies_from_the_deployments_stored(
+        backend: tuple[str, str]) -> None:
+    """A database at schema version 7 holding deployments migrates to 8 with each
+    (release, channel, status) tallied, and the tallies move from there."""
+    kind, location = backend
+    raw = await _Raw.open(kind, location)
+    try:
+        scripts = (_migrations() if kind == "sqlite" else pg_migrations())[:7]
+        assert scripts[-1][0] == 7
+        if kind == "sqlite":
+            for version, sql in scripts:  # no data step has a row to read in an empty file
+                await raw.script(f"BEGIN;\n{sql}\n;PRAGMA user_version={version};COMMIT;")
+        else:
+            await raw.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
+                              "applied BIGINT NOT NULL)")
+            for version, sql in scripts:
+                await raw.script(sql)
+                await raw.execute("INSERT INTO schema_migrations VALUES (?, 0)", version)
+        for release_id in (1, 2):
+            await raw.execute(
+                "INSERT INTO releases (id, app, version, sequence, boards, envelope, created, "
+                "expires) VALUES (?, 'app', ?, ?, '[\"esp32\"]', ?, 0, 2000000000)",
+                release_id, f"{release_id}.0", release_id, b"env")
+        moves = [("offered", "stable"), ("offered", "stable"), ("failed", "stable"),
+                 ("confirmed", "beta"), ("offered", "beta")]
+        for n, (status, channel) in enumerate(moves):
+            await raw.execute("INSERT INTO devices (device_id, public_key, board, tags, channel, "
+                              "bucket, created) VALUES (?, ?, 'esp32', '[]', ?, 1, 0)",
+                              f"d{n}", KEY, channel)
+            for release_id in (1, 2):
+                await raw.execute("INSERT INTO deployments (device_id, release_id, status, "
+                                  "updated, channel) VALUES (?, ?, ?, 0, ?)",
+                                  f"d{n}", release_id, status, channel)
+        store: Any = SqliteStore(Path(location)) if kind == "sqlite" \
+            else await _migrated(location)
+        try:
+            assert await store.schema_version() == _migrations()[-1][0]
+            for release_id in (1, 2):
+                assert await store.deployment_counts(release_id, "stable") \
+                    == DeploymentCounts(offered=2, failed=1)
+                assert await store.deployment_counts(release_id, "beta") \
+                    == DeploymentCounts(offered=1, confirmed=1)
+            assert await store.set_deployment("d0", 2, "downloading")
+            assert await store.deployment_counts(2, "stable") \
+                == DeploymentCounts(offered=1, downloading=1, failed=1)
+            assert await store.deployment_counts(1, "stable") \
+                == DeploymentCounts(offered=2, failed=1)
+        finally:
+            await store.close()
+    finally:
+        await raw.close()
 
 async def test_opening_never_migrates_and_an_unmigrated_database_is_refused(pg_dsn: str) -> None:
     pg = await PostgresStore.open(pg_dsn)
