@@ -17,7 +17,9 @@
 -- rows in the same order: the second waits for the first to commit instead of each holding
 -- one row and waiting for the other (a deadlock, one report failed). A transaction of
 -- several statements (PostgresStore.write_checkins, set_deployment) makes one statement of
--- its deployment writes for the same reason.
+-- its deployment writes for the same reason, and makes it its last: a transaction holding a
+-- tally lock then waits for nothing but its commit, so tally locks close no cycle with the
+-- row locks of boards and deployments either, and each is held for a commit's time.
 CREATE TABLE deployment_tallies (
     release_id  BIGINT NOT NULL,
     channel     TEXT NOT NULL,
