@@ -684,8 +684,7 @@ class PostgresStore:
                 # One statement, last: its tally rows (pg_migrations/0008) are locked in key
                 # order by one trigger call, never in the batch's order, and held only
                 # until the commit that follows.
-                await conn.execute(_OFFERS, [o[0] for o in offers], [o[1] for o in offers],
-                                   [o[2] for o in offers], now)
+                await _write_offers(conn, offers, now)
             return advanced
 
     async def record_checkin(self, device_id: str, inventory: dict[str, Any]) -> None:
@@ -852,8 +851,7 @@ class PostgresStore:
         if not offers:
             return
         async with self._connection() as conn:
-            await conn.execute(_OFFERS, [o[0] for o in offers], [o[1] for o in offers],
-                               [o[2] for o in offers], _now())
+            await _write_offers(conn, offers, _now())
 
     async def set_deployment(self, device_id: str, release_id: int, status: str,
                              reason: str | None = None, *,
@@ -1074,6 +1072,13 @@ async def _advance_each(conn: asyncpg.Connection, advances: Sequence[tuple[str, 
               for device_id, counter in advances]
     return Advances([epoch is not None for epoch in epochs],
                     max((int(e) for e in epochs if e is not None), default=None))
+
+
+async def _write_offers(conn: asyncpg.Connection, offers: Sequence[tuple[str, int, str]],
+                        now: int) -> None:
+    """_OFFERS for each (device_id, release_id, channel): one statement."""
+    await conn.execute(_OFFERS, [o[0] for o in offers], [o[1] for o in offers],
+                       [o[2] for o in offers], now)
 
 
 async def _lock_devices(conn: asyncpg.Connection, device_ids: Sequence[str]) -> None:
