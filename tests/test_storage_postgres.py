@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -329,6 +331,170 @@ async def test_deployments(store: Any) -> None:
     assert await store.deployment_counts(new.id, "beta") == DeploymentCounts(offered=1)
 
 
+# -- deployment tallies (migrations/0008): deployment_counts reads them, triggers keep them ------
+
+_STATUSES = ("offered", "downloading", "installed", "confirmed", "failed", "rolled_back")
+_TALLY_BOARDS, _TALLY_RELEASES, _TALLY_CHANNELS = 4, 2, ("stable", "beta")
+
+
+class _Raw:
+    """A connection of the test's own to a store's database, beside the store: the counts as
+    deployment_counts made them before tallies (a GROUP BY over `deployments`), and the
+    writes no store method makes (`?` placeholders on both backends)."""
+
+    def __init__(self, kind: str, conn: Any):
+        self._kind = kind
+        self._conn = conn
+
+    @classmethod
+    async def open(cls, kind: str, location: str) -> _Raw:
+        if kind == "sqlite":
+            return cls(kind, sqlite3.connect(location, isolation_level=None))
+        return cls(kind, await asyncpg.connect(location))
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        if self._kind == "sqlite":
+            self._conn.execute(sql, args)
+            return
+        parts = sql.split("?")
+        await self._conn.execute(
+            "".join(f"{p}${n}" for n, p in enumerate(parts[:-1], start=1)) + parts[-1], *args)
+
+    async def script(self, sql: str) -> None:
+        """Several statements, no parameters."""
+        if self._kind == "sqlite":
+            self._conn.executescript(sql)
+        else:
+            await self._conn.execute(sql)
+
+    async def counted(self, release_id: int, channel: str) -> DeploymentCounts:
+        sql = ("SELECT status, COUNT(*) FROM deployments WHERE release_id = ? AND channel = ? "
+               "GROUP BY status")
+        if self._kind == "sqlite":
+            rows = self._conn.execute(sql, (release_id, channel)).fetchall()
+        else:
+            rows = await self._conn.fetch(sql.replace("?", "$1", 1).replace("?", "$2", 1),
+                                          release_id, channel)
+        return DeploymentCounts(**{str(r[0]): int(r[1]) for r in rows})
+
+    async def close(self) -> None:
+        if self._kind == "sqlite":
+            self._conn.close()
+        else:
+            await self._conn.close()
+
+
+_TALLY_OFFER = st.tuples(st.integers(0, _TALLY_BOARDS - 1), st.integers(0, _TALLY_RELEASES - 1),
+                         st.sampled_from(_TALLY_CHANNELS))
+_TALLY_STEP = st.one_of(
+    st.tuples(st.just("offer"), _TALLY_OFFER),
+    st.tuples(st.just("offers"), st.lists(_TALLY_OFFER, max_size=5)),
+    st.tuples(st.just("checkins"), st.lists(_TALLY_OFFER, max_size=5)),
+    st.tuples(st.just("move"), st.tuples(st.integers(0, _TALLY_BOARDS - 1),
+                                         st.integers(0, _TALLY_RELEASES - 1),
+                                         st.sampled_from(_STATUSES),
+                                         st.sampled_from([None, "flash full"]))),
+    st.tuples(st.just("yank"), st.integers(0, _TALLY_RELEASES - 1)),
+    st.tuples(st.just("delete"), st.tuples(st.integers(0, _TALLY_BOARDS - 1),
+                                           st.integers(0, _TALLY_RELEASES - 1))),
+    st.tuples(st.just("reassign"), st.tuples(_TALLY_OFFER, st.integers(0, _TALLY_RELEASES - 1))),
+)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(_TALLY_STEP, min_size=1, max_size=14))
+def test_deployment_counts_are_the_deployments_counted_after_every_write(
+        backend: tuple[str, str], steps: list[tuple[str, Any]]) -> None:
+    """Whatever writes `deployments` (offers one by one, in batches and with check-ins,
+    report moves with or without a new reason, re-offers, yanks; and the deletes and moves
+    to another channel or release that no store method makes, only an operator's SQL), the
+    tallies deployment_counts reads equal a fresh count of the deployments, for every
+    (release, channel), after every step."""
+    kind, location = backend
+    tag = secrets.token_hex(4)  # one database for every example: names of this one's own
+    boards = [f"t{n}-{tag}" for n in range(_TALLY_BOARDS)]
+    channels = {name: f"{name}-{tag}" for name in _TALLY_CHANNELS}
+
+    async def run() -> None:
+        store: Any = SqliteStore(Path(location)) if kind == "sqlite" \
+            else await _migrated(location)
+        raw = await _Raw.open(kind, location)
+        try:
+            for board in boards:
+                await store.add_device(board, KEY, "esp32", [], channels["stable"], 1)
+            releases = [(await _release(store, app=f"app-{tag}", version=f"{n}.0")).id
+                        for n in range(_TALLY_RELEASES)]
+
+            def offer(o: tuple[int, int, str]) -> tuple[str, int, str]:
+                return boards[o[0]], releases[o[1]], channels[o[2]]
+
+            for step, arg in steps:
+                if step == "offer":
+                    await store.open_deployment_for(*offer(arg))
+                elif step == "offers":
+                    await store.open_deployments_for([offer(o) for o in arg])
+                elif step == "checkins":
+                    await store.write_checkins([], [offer(o) for o in arg])
+                elif step == "move":
+                    await store.set_deployment(boards[arg[0]], releases[arg[1]], arg[2], arg[3])
+                elif step == "yank":
+                    await store.yank_release(releases[arg])
+                elif step == "delete":
+                    await raw.execute("DELETE FROM deployments WHERE device_id = ? "
+                                      "AND release_id = ?", boards[arg[0]], releases[arg[1]])
+                else:  # reassign: another channel, and perhaps another release
+                    (board, release, channel), target = offer(arg[0]), releases[arg[1]]
+                    await raw.execute(
+                        "UPDATE deployments SET channel = ?, release_id = ? WHERE device_id = ? "
+                        "AND release_id = ? AND NOT EXISTS (SELECT 1 FROM deployments o "
+                        "WHERE o.device_id = ? AND o.release_id = ? AND o.release_id != ?)",
+                        channel, target, board, release, board, target, release)
+                for release_id in releases:
+                    for channel in channels.values():
+                        assert await store.deployment_counts(release_id, channel) \
+                            == await raw.counted(release_id, channel), (step, arg)
+        finally:
+            await raw.close()
+            await store.close()
+
+    asyncio.run(run())
+
+
+async def test_replicas_moving_boards_in_opposite_directions_never_deadlock(
+        pg_dsn: str) -> None:
+    """Two replicas take reports together, one moving boards from offered to downloading,
+    the other from downloading to offered (and back, round after round): each move needs the
+    same two tally rows, locked in key order by every transaction, so each waits for the
+    other and none fails; the tallies stay exact."""
+    a, b = await _migrated(pg_dsn), await PostgresStore.open(pg_dsn)
+    raw = await _Raw.open("postgres", pg_dsn)
+    boards = [f"d{n:02d}" for n in range(40)]
+    ours, theirs = boards[:20], boards[20:]
+    try:
+        release = await _release(a)
+        for board in boards:
+            await a.add_device(board, KEY, "esp32", [], "stable", 1)
+        await a.open_deployments_for([(d, release.id, "stable") for d in boards])
+        for board in theirs:
+            assert await a.set_deployment(board, release.id, "downloading")
+        for round_ in range(8):
+            ours_to, theirs_to = ("downloading", "offered") if round_ % 2 == 0 \
+                else ("offered", "downloading")
+            outcomes = await asyncio.gather(
+                *(a.set_deployment(d, release.id, ours_to) for d in ours),
+                *(b.set_deployment(d, release.id, theirs_to) for d in theirs),
+                return_exceptions=True)
+            assert outcomes == [True] * len(boards), outcomes
+            counts = await b.deployment_counts(release.id, "stable")
+            assert counts == DeploymentCounts(offered=20, downloading=20)
+            assert counts == await raw.counted(release.id, "stable")
+    finally:
+        await raw.close()
+        await a.close()
+        await b.close()
+
+
 # -- schema --------------------------------------------------------------------------------------
 
 async def test_both_backends_reach_the_same_schema_version(pg_dsn: str, tmp_path: Path) -> None:
@@ -343,6 +509,58 @@ async def test_both_backends_reach_the_same_schema_version(pg_dsn: str, tmp_path
     finally:
         await pg.close()
 
+
+async def test_migration_8_back_fills_the_tallies_from_the_deployments_stored(
+        backend: tuple[str, str]) -> None:
+    """A database at schema version 7 holding deployments migrates to 8 with each
+    (release, channel, status) tallied, and the tallies move from there."""
+    kind, location = backend
+    raw = await _Raw.open(kind, location)
+    try:
+        scripts = (_migrations() if kind == "sqlite" else pg_migrations())[:7]
+        assert scripts[-1][0] == 7
+        if kind == "sqlite":
+            for version, sql in scripts:  # no data step has a row to read in an empty file
+                await raw.script(f"BEGIN;\n{sql}\n;PRAGMA user_version={version};COMMIT;")
+        else:
+            await raw.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
+                              "applied BIGINT NOT NULL)")
+            for version, sql in scripts:
+                await raw.script(sql)
+                await raw.execute("INSERT INTO schema_migrations VALUES (?, 0)", version)
+        for release_id in (1, 2):
+            await raw.execute(
+                "INSERT INTO releases (id, app, version, sequence, boards, envelope, created, "
+                "expires) VALUES (?, 'app', ?, ?, '[\"esp32\"]', ?, 0, 2000000000)",
+                release_id, f"{release_id}.0", release_id, b"env")
+        moves = [("offered", "stable"), ("offered", "stable"), ("failed", "stable"),
+                 ("confirmed", "beta"), ("offered", "beta")]
+        for n, (status, channel) in enumerate(moves):
+            await raw.execute("INSERT INTO devices (device_id, public_key, board, tags, channel, "
+                              "bucket, created) VALUES (?, ?, 'esp32', '[]', ?, 1, 0)",
+                              f"d{n}", KEY, channel)
+            for release_id in (1, 2):
+                await raw.execute("INSERT INTO deployments (device_id, release_id, status, "
+                                  "updated, channel) VALUES (?, ?, ?, 0, ?)",
+                                  f"d{n}", release_id, status, channel)
+        store: Any = SqliteStore(Path(location)) if kind == "sqlite" \
+            else await _migrated(location)
+        try:
+            assert await store.schema_version() == _migrations()[-1][0]
+            for release_id in (1, 2):
+                assert await store.deployment_counts(release_id, "stable") \
+                    == DeploymentCounts(offered=2, failed=1)
+                assert await store.deployment_counts(release_id, "beta") \
+                    == DeploymentCounts(offered=1, confirmed=1)
+            assert await store.set_deployment("d0", 2, "downloading")
+            assert await store.deployment_counts(2, "stable") \
+                == DeploymentCounts(offered=1, downloading=1, failed=1)
+            assert await store.deployment_counts(1, "stable") \
+                == DeploymentCounts(offered=2, failed=1)
+        finally:
+            await store.close()
+    finally:
+        await raw.close()
 
 async def test_opening_never_migrates_and_an_unmigrated_database_is_refused(pg_dsn: str) -> None:
     pg = await PostgresStore.open(pg_dsn)

@@ -94,8 +94,10 @@ def _c(name: str, kind: Kind = Kind.INT, nullable: bool = False, bits: int = 64)
 
 _T, _B = Kind.TEXT, Kind.BYTES
 
-# Every table of schema version 5 (ota_server/storage/migrations and pg_migrations), in an
-# order that inserts referenced rows first. A schema change adds its columns here.
+# Every table of the schema (ota_server/storage/migrations and pg_migrations), in an order
+# that inserts referenced rows first. A schema change adds its columns here. Not
+# deployment_tallies (version 8): it is derived, and the triggers on `deployments` rebuild it
+# from the imported rows as they go in.
 TABLES: tuple[Table, ...] = (
     Table("tokens", (_c("id"), _c("name", _T), _c("token_hash", _T), _c("created"),
                      _c("revoked", nullable=True), _c("scope", _T)), ("id",), "id"),

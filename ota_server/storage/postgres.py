@@ -668,20 +668,24 @@ class PostgresStore:
     async def write_checkins(self, inventories: Sequence[tuple[str, dict[str, Any]]],
                              offers: Sequence[tuple[str, int, str]],
                              advances: Sequence[tuple[str, int]] = ()) -> Advances:
-        """In one transaction: record_checkin for each (device_id, inventory) in order, mark
-        each (device_id, release_id, channel) of `offers` offered unless the board already has
-        a deployment of it, then advance_counter for each of `advances` in order; the outcomes
-        of the advances and the fleet epoch they saw."""
+        """In one transaction: record_checkin for each (device_id, inventory) in order,
+        advance_counter for each of `advances` in order, and mark each (device_id, release_id,
+        channel) of `offers` offered unless the board already has a deployment of it (one
+        statement, as open_deployments_for); the outcomes of the advances and the fleet epoch
+        they saw."""
         now = _now()
         async with self._transaction() as conn:
             await _lock_devices(conn, [*(device_id for device_id, _ in inventories),
                                        *(device_id for device_id, _, _ in offers),
                                        *(device_id for device_id, _ in advances)])
             await _record_checkins(conn, inventories)
+            advanced = await _advance_each(conn, advances, now)
             if offers:
-                await conn.executemany(_OFFER, [(device_id, release_id, now, channel)
-                                                for device_id, release_id, channel in offers])
-            return await _advance_each(conn, advances, now)
+                # One statement, last: its tally rows (pg_migrations/0008) are locked in key
+                # order by one trigger call, never in the batch's order, and held only
+                # until the commit that follows.
+                await _write_offers(conn, offers, now)
+            return advanced
 
     async def record_checkin(self, device_id: str, inventory: dict[str, Any]) -> None:
         """Overwrite the given inventory fields (others are ignored)."""
@@ -847,8 +851,7 @@ class PostgresStore:
         if not offers:
             return
         async with self._connection() as conn:
-            await conn.execute(_OFFERS, [o[0] for o in offers], [o[1] for o in offers],
-                               [o[2] for o in offers], _now())
+            await _write_offers(conn, offers, _now())
 
     async def set_deployment(self, device_id: str, release_id: int, status: str,
                              reason: str | None = None, *,
@@ -871,16 +874,19 @@ class PostgresStore:
             if (row[0], row[1]) == (status, reason):
                 return True  # the same report again (delivery is at least once)
             await conn.execute(
-                "UPDATE deployments SET status = $1, reason = $2, updated = $3 "
-                "WHERE device_id = $4 AND release_id = $5",
-                status, reason, now, device_id, release_id)
-            await conn.execute(
                 "INSERT INTO deployment_history (device_id, release_id, status, reason, at) "
                 "VALUES ($1, $2, $3, $4, $5)", device_id, release_id, status, reason, now)
             await conn.execute(
                 "DELETE FROM deployment_history WHERE device_id = $1 AND id <= "
                 "(SELECT id FROM deployment_history WHERE device_id = $1 "
                 "ORDER BY id DESC LIMIT 1 OFFSET $2)", device_id, HISTORY_PER_DEVICE)
+            # Last: its trigger locks the rollout's two tally rows (pg_migrations/0008, in
+            # key order), which every report of the rollout needs; they are held only
+            # until the commit.
+            await conn.execute(
+                "UPDATE deployments SET status = $1, reason = $2, updated = $3 "
+                "WHERE device_id = $4 AND release_id = $5",
+                status, reason, now, device_id, release_id)
         return True
 
     async def device_history(self, device_id: str) -> list[HistoryEntry]:
@@ -893,11 +899,13 @@ class PostgresStore:
                              status=str(r[3]), reason=r[4], at=int(r[5])) for r in rows]
 
     async def deployment_counts(self, release_id: int, channel: str) -> DeploymentCounts:
-        """Boards by deployment status for the release, among deployments `channel` opened."""
+        """Boards by deployment status for the release, among deployments `channel` opened:
+        the tallies the triggers of pg_migrations/0008 keep, at most six rows read whatever
+        the size of the rollout (exact: each tally moves in the transaction of its write)."""
         async with self._connection() as conn:
             rows = await conn.fetch(
-                "SELECT status, COUNT(*) FROM deployments WHERE release_id = $1 AND channel = $2 "
-                "GROUP BY status", release_id, channel)
+                "SELECT status, boards FROM deployment_tallies WHERE release_id = $1 "
+                "AND channel = $2", release_id, channel)
         return DeploymentCounts(**{str(r[0]): int(r[1]) for r in rows})
 
     async def open_deployment(self, device_id: str, app: str | None) -> int | None:
@@ -1064,6 +1072,13 @@ async def _advance_each(conn: asyncpg.Connection, advances: Sequence[tuple[str, 
               for device_id, counter in advances]
     return Advances([epoch is not None for epoch in epochs],
                     max((int(e) for e in epochs if e is not None), default=None))
+
+
+async def _write_offers(conn: asyncpg.Connection, offers: Sequence[tuple[str, int, str]],
+                        now: int) -> None:
+    """_OFFERS for each (device_id, release_id, channel): one statement."""
+    await conn.execute(_OFFERS, [o[0] for o in offers], [o[1] for o in offers],
+                       [o[2] for o in offers], now)
 
 
 async def _lock_devices(conn: asyncpg.Connection, device_ids: Sequence[str]) -> None:
