@@ -229,6 +229,15 @@ def test_the_superblock_reader_tells_the_two_formats_apart() -> None:
     assert read_superblock(bytes(fs.context.buffer)) == (0x0002_0001, BLOCK_SIZE, 32)
 
 
+def test_a_path_that_is_a_file_and_a_directory_is_refused_naming_both() -> None:
+    """Found by the property test below: littlefs refused the directory half-way through the
+    image with its own error, which was not an ImageError."""
+    with pytest.raises(ImageError, match=r"'_' is a file, but '_/_/_' needs it as a directory"):
+        build_littlefs_image({"_": b"", "_/_/_": b""}, PartitionGeometry(0, 64 * BLOCK_SIZE, 32))
+    with pytest.raises(ImageError, match="unusable board path"):
+        build_littlefs_image({"a/../b": b""}, PartitionGeometry(0, 64 * BLOCK_SIZE, 32))
+
+
 _PATHS = st.lists(st.text("abcdefghijklmnopqrstuvwxyz_.", min_size=1, max_size=12)
                   .filter(lambda name: name not in (".", "..")),
                   min_size=1, max_size=3).map("/".join)

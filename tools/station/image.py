@@ -61,10 +61,9 @@ def build_littlefs_image(files: dict[str, bytes], geometry: PartitionGeometry) -
         cache_size=geometry.prog_size,
         disk_version=DISK_VERSION,
     )
+    _check_tree(files)
     for path, data in sorted(files.items()):
         parts = [p for p in path.split("/") if p]
-        if not parts or any(p in (".", "..") for p in parts):
-            raise ImageError(f"unusable board path {path!r} for the filesystem image")
         if len(parts) > 1:
             fs.makedirs("/".join(parts[:-1]), exist_ok=True)
         try:
@@ -79,6 +78,25 @@ def build_littlefs_image(files: dict[str, bytes], geometry: PartitionGeometry) -
     image = bytes(fs.context.buffer)
     assert len(image) == geometry.size
     return image
+
+
+def _check_tree(files: dict[str, bytes]) -> None:
+    """Raise ImageError unless every path names a file under directories only: no empty, `.`
+    or `..` part, and no file that another path needs as a directory (littlefs would refuse
+    it half-way through the image)."""
+    names = set()
+    for path in files:
+        parts = [p for p in path.split("/") if p]
+        if not parts or any(p in (".", "..") for p in parts):
+            raise ImageError(f"unusable board path {path!r} for the filesystem image")
+        names.add("/".join(parts))
+    for name in names:
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            directory = "/".join(parts[:depth])
+            if directory in names:
+                raise ImageError(f"board path {directory!r} is a file, but {name!r} needs it "
+                                 f"as a directory")
 
 
 @dataclass(frozen=True)
