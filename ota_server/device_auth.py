@@ -44,9 +44,10 @@ _MAX_COUNTER = 2**63 - 1  # SQLite INTEGER
 BOARD_CACHE_SIZE = 100_000
 _DECIMAL = re.compile(r"[0-9]{1,19}")
 # The header as boards write it: DEVICE_ID, _DECIMAL and 64 bytes of base64 (86 characters and
-# its padding), in the order id, ctr, sig.
+# its padding), in the order id, ctr, sig; built from the same rules as the general parse.
 _CANONICAL = re.compile(
-    SCHEME + r" id=([A-Za-z0-9][A-Za-z0-9._:-]{0,63}),ctr=([0-9]{1,19}),sig=([A-Za-z0-9+/]{86}==)")
+    f"{re.escape(SCHEME)} id=({DEVICE_ID.pattern.removeprefix('^').removesuffix('$')}),"
+    f"ctr=({_DECIMAL.pattern}),sig=([A-Za-z0-9+/]{{86}}==)")
 # A kept board as one flat tuple of its identity's fields and its parsed key: strings, bytes,
 # an int, a tuple of strings and a key object the cycle collector does not track, so the
 # collector untracks the tuple and 100,000 kept boards add nothing to each of its full passes.
@@ -169,10 +170,9 @@ class DeviceAuthenticator:
         if kept is None:
             # The identity alone (not the whole stored board): revocation is the counter
             # statement's to check, as for a kept board (module docstring).
-            found = await self._store.board_identity(cred.device_id)
-            if found is None:
+            board = await self._store.board_identity(cred.device_id)
+            if board is None:
                 raise Unauthorized(f"unknown device {cred.device_id!r}", code="unknown_device")
-            board = found
             try:
                 key = public_key_from_point(board.public_key)
             except MalformedError:

@@ -13,6 +13,7 @@ import socket
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -110,6 +111,14 @@ def test_every_answered_checkin_is_in_the_database_after_a_clean_stop(
     assert offers == [(b.device_id, "offered") for b in boards]
 
 
+async def _registered_checkin(store: Any, board: SimBoard,
+                              tags: list[str]) -> tuple[str, bytes]:
+    """Register `board` in `store`; the Authorization header and body of its next check-in."""
+    await store.add_device(board.device_id, board.point, "unix", tags, "stable", 1)
+    body = board.checkin_body()
+    return board.auth("POST", "/v1/device/checkin", body)["Authorization"], body
+
+
 @pytest.mark.sqlite_only(reason="the authenticator's own memory; the store plays no part")
 async def test_kept_boards_add_nothing_to_the_cycle_collectors_passes(tmp_path: Path,
                                                                        backend: Backend) -> None:
@@ -124,13 +133,7 @@ async def test_kept_boards_add_nothing_to_the_cycle_collectors_passes(tmp_path: 
     try:
         auth = device_auth.DeviceAuthenticator(store)
         boards = [SimBoard(f"gc{n:03d}") for n in range(200)]
-        requests = []
-        for board in boards:
-            await store.add_device(board.device_id, board.point, "unix", ["t1", "t2"],
-                                   "stable", 1)
-            body = board.checkin_body()
-            requests.append((board.auth("POST", "/v1/device/checkin", body)["Authorization"],
-                             body))
+        requests = [await _registered_checkin(store, board, ["t1", "t2"]) for board in boards]
         # one board first: whatever a first request sets up once is not counted
         await auth.authenticate(requests[0][0], "POST", "/v1/device/checkin", requests[0][1])
         gc.collect()
@@ -164,9 +167,7 @@ async def test_the_kept_boards_stay_bounded_one_board_at_a_time(tmp_path: Path,
         boards = [SimBoard(f"b{n}") for n in range(5)]
         sizes = []
         for board in boards:
-            await store.add_device(board.device_id, board.point, "unix", [], "stable", 1)
-            body = board.checkin_body()
-            header = board.auth("POST", "/v1/device/checkin", body)["Authorization"]
+            header, body = await _registered_checkin(store, board, [])
             verified = await auth.authenticate(header, "POST", "/v1/device/checkin", body)
             assert verified.board.public_key == board.point
             sizes.append(len(auth._boards))

@@ -211,6 +211,18 @@ async def test_concurrent_uploads_of_one_blob_both_succeed(store: S3BlobStore) -
 
 # -- the same upload rules on both blob backends -----------------------------------------------
 
+async def _store_holding(s3_url: str, cache: Path, sha: str, data: bytes) -> S3BlobStore:
+    """A store on the bucket, with `data` stored under `sha` (put once, kept across examples)."""
+    store = await S3BlobStore.open(s3_url, cache)
+    try:
+        if not await store.exists(sha):
+            await store.put_stream(sha, _chunks(data), len(data))
+    except BaseException:
+        await store.close()
+        raise
+    return store
+
+
 async def _read_opened(blobs: Any, sha: str, start: int = 0, length: int = -1) -> bytes:
     """Bytes of a blob through the BlobStore protocol's open_blob (what the server sends)."""
     with await blobs.open_blob(sha) as fobj:
@@ -261,10 +273,8 @@ def test_any_range_reads_exactly_those_bytes(s3_url: str, tmp_path: Path, size: 
     sha = _sha(data)
 
     async def run() -> bytes:
-        store = await S3BlobStore.open(s3_url, tmp_path / "cache")
+        store = await _store_holding(s3_url, tmp_path / "cache", sha, data)
         try:
-            if not await store.exists(sha):
-                await store.put_stream(sha, _chunks(data), len(data))
             if start == 0 and length is None:  # the whole blob, as a cache fill reads it
                 assert await _read_opened(store, sha) == data
             return await _read(store, sha, start, length)
@@ -446,10 +456,8 @@ def test_a_cache_file_changed_after_its_check_is_never_handed_out(
     sha = _sha(data)
 
     async def run() -> bytes:
-        store = await S3BlobStore.open(s3_url, tmp_path / "cache")
+        store = await _store_holding(s3_url, tmp_path / "cache", sha, data)
         try:
-            if not await store.exists(sha):
-                await store.put_stream(sha, _chunks(data), len(data))
             path = await store.local_path(sha)  # filled and checked
             assert path.read_bytes() == data
             offset = at % len(data)
