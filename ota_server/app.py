@@ -11,6 +11,7 @@ from ota_server import blob_answers, openapi, routes_device, routes_publisher, s
 from ota_server.counters import CounterCommits
 from ota_server.datadir import DataDirLock
 from ota_server.device_auth import DeviceAuthenticator
+from ota_server.grants import GrantKey
 from ota_server.metrics import Metrics
 from ota_server.middleware import (
     auth_middleware,
@@ -134,6 +135,9 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     lock = DataDirLock(settings.data_dir)
     lock.acquire()  # one server per data directory (its SQLite file, blobs/, blob-cache/)
     try:
+        grant_key = settings.grant_key_path
+        if grant_key is not None:  # GrantKeyError now, before the store opens
+            app[state.GRANTS] = GrantKey.load_or_create(grant_key)
         async with AsyncExitStack() as stack:
             store = await open_metadata_store(settings)
             stack.push_async_callback(store.close)

@@ -24,7 +24,7 @@ from aiohttp import web
 from ota_server import state
 from ota_server.errors import ApiError, BadRequest, NotFound
 from ota_server.metrics import Metrics
-from ota_server.middleware import device
+from ota_server.middleware import download
 from ota_server.ranges import RangeNotSatisfiable, byte_range
 from ota_server.storage import BlobStore
 from ota_server.storage.blobs import check_blob_id
@@ -182,7 +182,7 @@ _SELF_ANSWERED = ("Range", "If-Range", "If-None-Match", "If-Match", "If-Modified
                   "If-Unmodified-Since")
 
 
-@device
+@download
 async def blob(request: web.Request) -> web.StreamResponse:
     """A blob by content address: Range, strong ETag, immutable caching, sendfile; or, with
     --blob-accel, a plain GET of the whole blob handed to nginx (X-Accel-Redirect)."""
@@ -346,7 +346,7 @@ async def _pack_response(request: web.Request, metrics: Metrics) -> BlobResponse
                         requests_metric="mpota_pack_requests_total")
 
 
-@device
+@download
 async def pack(request: web.Request) -> web.StreamResponse:
     """Several blobs back to back in one answer (`?blobs=<sha256>,...`): Range over their
     concatenation, sendfile file by file. Refusals are counted here, answers once sent."""

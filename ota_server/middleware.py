@@ -19,13 +19,14 @@ from aiohttp import web
 
 from ota_server import state
 from ota_server.errors import ApiError, Forbidden, Unauthorized
+from ota_server.grants import is_grant
 from ota_server.storage import AuditEntry, Token
 from ota_server.storage.errors import StoreUnavailable
 from ota_server.tokens import allows, token_hash
 from ota_server.validation import read_body
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-AuthKind = Literal["public", "publisher", "device"]
+AuthKind = Literal["public", "publisher", "device", "download"]
 _AUTH_ATTR = "mpota_auth"
 _SCOPE_ATTR = "mpota_scope"
 _RECORDS_ATTR = "mpota_records_first"
@@ -47,6 +48,9 @@ reader = _declare("publisher", "read")
 publisher = _declare("publisher", "publish")
 admin = _declare("publisher", "admin")
 device = _declare("device")
+# A board's download (blobs, packs): a signed request as `device`, or the download grant its
+# offer carried (ota_server.grants): one HMAC, no counter.
+download = _declare("download")
 # A board request whose handler reads and writes none of the board's check-in records queued
 # behind (ota_server.counters: its inventory, offers on one server): its counter is committed
 # without them, and they go in with the timer's write or the board's next other request.
@@ -135,8 +139,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             await request.app[state.BOARD_WRITES].flush()
             return await handler(request)
         return await _audited(request, handler, token, needed)
-    if kind == "device":
+    if kind == "device" or (kind == "download" and not is_grant(
+            request.headers.get("Authorization"))):
         await _authenticate_device(request)
+        return await handler(request)
+    if kind == "download":
+        _check_grant(request)
         return await handler(request)
     log.error("route %s %s declares no auth; refused", request.method, request.path)
     raise Unauthorized("this route is not open to anyone", code="no_auth_declared")
@@ -214,6 +222,17 @@ async def _authenticate_device(request: web.Request) -> None:
     request[state.BODY] = body
 
 
+def _check_grant(request: web.Request) -> None:
+    """Accept a download grant (ota_server.grants) or raise Unauthorized. A grant names its
+    board but carries no counter: nothing is written, the body (a GET has none) is not read."""
+    key = request.app.get(state.GRANTS)
+    if key is None:
+        raise Unauthorized("this server gives no download grants; sign the request",
+                           code="bad_credentials")
+    request[state.GRANTED] = key.check(request.headers["Authorization"], time.time())
+    request.app[state.METRICS].inc("mpota_grant_requests_total")
+
+
 # Headers aiohttp adds that no client of ours reads. Boards pay for every header byte (figure
 # D3); `Server` also names our software and versions to anyone who asks.
 _UNREAD_HEADERS = ("Server",)
@@ -227,7 +246,7 @@ async def trim_headers(request: web.Request, response: web.StreamResponse) -> No
     something is new, blobs are immutable), and RFC 9111 has a cache that stores an answer
     without `Date` add its own.
     """
-    board = auth_kind(request.match_info.handler) == "device"
+    board = auth_kind(request.match_info.handler) in ("device", "download")
     for name in _UNREAD_BY_BOARDS if board else _UNREAD_HEADERS:
         response.headers.popall(name, None)
 
@@ -248,7 +267,8 @@ async def log_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 
 def _log_request(request: web.Request, status: int, started: float) -> None:
     found = request.get(state.DEVICE)
+    device_id = found.device_id if found else request.get(state.GRANTED)
     log.info("%s %s %d %.1fms", request.method, request.path, status,
              (time.perf_counter() - started) * 1000,
              extra={"method": request.method, "path": request.path, "status": status,
-                    "device_id": found.device_id if found else None})
+                    "device_id": device_id})

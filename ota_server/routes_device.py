@@ -8,6 +8,7 @@ request and its counter, and put the board and the exact body bytes on the reque
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 from aiohttp import web
@@ -91,6 +92,10 @@ async def checkin(request: web.Request) -> web.Response:
     if offer_now:
         await writes.write_offer(found.device_id, offer.id, found.channel)
     metrics.inc("mpota_checkins_total", outcome="offered")
+    grants = request.app.get(state.GRANTS)
+    if grants is not None:  # the downloads of this offer need no signature (ota_server.grants)
+        headers["X-Ota-Grant"] = grants.mint(found.device_id, time.time(),
+                                             request.app[state.SETTINGS].grant_lifetime)
     return web.Response(body=await _envelope(request.app, offer.id), content_type=ENVELOPE_TYPE,
                         headers=headers)
 

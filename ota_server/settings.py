@@ -19,6 +19,11 @@ DEFAULT_PORT = 8080
 # An X-Accel-Redirect prefix (--blob-accel): an absolute URI path of plain segments.
 _ACCEL_PREFIX = re.compile(r"(/[A-Za-z0-9._~-]+)+/?")
 MAX_ACCEL_PREFIX = 200
+# Download grants (ota_server.grants): how long one is valid by default, and at most. Long
+# enough for a pack on a slow link and its resumptions; short, as a grant outlives a
+# revocation by that much (docs/threat-model.md).
+DEFAULT_GRANT_LIFETIME_S = 900
+MAX_GRANT_LIFETIME_S = 86_400
 
 
 class SettingsError(ValueError):
@@ -87,6 +92,18 @@ class Settings:
     # The bound of the S3 store's local blob cache in bytes; None: the store's default (2 GiB,
     # ota_server.storage.s3.DEFAULT_CACHE_MAX_BYTES).
     blob_cache_bytes: int | None = None
+    # Download grants (docs/protocol.md, "Download grants"): the HMAC key's file, shared by
+    # every replica and nginx. None: DIR/grant.key on the embedded store (created at the first
+    # start), and no grants at all on a shared database unless one file is named for all.
+    grant_key: Path | None = None
+    grant_lifetime: int = DEFAULT_GRANT_LIFETIME_S
+
+    @property
+    def grant_key_path(self) -> Path | None:
+        """The grant key file this server uses, None when it issues and takes no grants."""
+        if self.grant_key is not None:
+            return self.grant_key
+        return self.data_dir / "grant.key" if self.db_url is None else None
 
     @property
     def db_path(self) -> Path:
@@ -114,6 +131,8 @@ _ENV: dict[str, tuple[str, Any]] = {
     "MPOTA_DB": ("db_url", str),
     "MPOTA_BLOBS": ("blobs_url", str),
     "MPOTA_BLOB_ACCEL": ("blob_accel", str),
+    "MPOTA_GRANT_KEY": ("grant_key", Path),
+    "MPOTA_GRANT_LIFETIME": ("grant_lifetime", str),
 }
 
 # Environment variable -> Limits field; flags use the field name. Each must be > 0.
@@ -177,7 +196,24 @@ def load_settings(
         blobs_url=blobs_url,
         blob_accel=check_blob_accel(values.get("blob_accel")),
         blob_cache_bytes=_blob_cache_bytes(values, env, blobs_url, settings.limits),
+        grant_key=Path(values["grant_key"]) if values.get("grant_key") is not None else None,
+        grant_lifetime=check_grant_lifetime(values.get("grant_lifetime")),
     )
+
+
+def check_grant_lifetime(given: Any) -> int:
+    """A download grant's lifetime in whole seconds, 60..MAX_GRANT_LIFETIME_S (the default when
+    `given` is None); SettingsError naming the setting otherwise."""
+    if given is None:
+        return DEFAULT_GRANT_LIFETIME_S
+    text = str(given).strip()
+    what = "--grant-lifetime / MPOTA_GRANT_LIFETIME"
+    if not text.isascii() or not text.isdigit() or len(text) > 6:
+        raise SettingsError(f"{what}: not a whole number of seconds: {str(given)[:40]!r}")
+    value = int(text)
+    if not 60 <= value <= MAX_GRANT_LIFETIME_S:
+        raise SettingsError(f"{what}: {value} s is outside 60..{MAX_GRANT_LIFETIME_S} s")
+    return value
 
 
 def check_db_url(url: str | None) -> str | None:

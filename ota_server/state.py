@@ -6,6 +6,7 @@ from aiohttp import web
 
 from ota_server.counters import CounterCommits
 from ota_server.device_auth import DeviceAuthenticator
+from ota_server.grants import GrantKey
 from ota_server.metrics import Metrics
 from ota_server.settings import Settings
 from ota_server.storage import BlobStore, BoardIdentity, MetadataStore
@@ -21,6 +22,8 @@ BOARD_WRITES = web.AppKey("board_writes", CounterCommits)
 METRICS = web.AppKey("metrics", Metrics)
 TLS = web.AppKey("tls", ServerTls)
 ENVELOPES = web.AppKey("envelopes", dict[int, bytes])
+# The download grants' key (absent: this server gives and takes no grants).
+GRANTS = web.AppKey("grants", GrantKey)
 
 # The board that signed a board request: its identity only (what never changes; the server may
 # keep it in memory), never its counter, revocation or inventory.
@@ -29,5 +32,7 @@ DEVICE = web.RequestKey("device", BoardIdentity)
 # MetadataStore.current_rollout.
 FLEET_EPOCH = web.RequestKey("fleet_epoch", int)
 BODY = web.RequestKey("body", bytes)
+# The board a download grant named (a download authorised by grant has no DEVICE).
+GRANTED = web.RequestKey("granted", str)
 # What a state-changing publisher call was about, for the audit log ("demo 1.2.0").
 AUDIT_TARGET = web.RequestKey("audit_target", str)

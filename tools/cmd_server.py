@@ -86,6 +86,13 @@ def _fleet_values(path: Path) -> dict[str, Any]:
 @click.option("--blob-cache-bytes", default=None, metavar="BYTES",
               help="bound of the S3 blob store's local cache, at least the largest blob "
                    "(16 MiB) [default: 2 GiB; env MPOTA_BLOB_CACHE_BYTES]")
+@click.option("--grant-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="the download grants' key file, created (0600) when missing; the same file "
+                   "for every replica and nginx (docs/protocol.md, Download grants) [default: "
+                   "DIR/grant.key on SQLite, no grants with --db; env MPOTA_GRANT_KEY]")
+@click.option("--grant-lifetime", default=None, metavar="SECONDS",
+              help="how long a download grant is valid, 60..86400 [default: 900; env "
+                   "MPOTA_GRANT_LIFETIME]")
 @click.option("--json-logs", is_flag=True, default=None, help="one JSON object per log line")
 @click.option("--quiet", is_flag=True, help="log warnings and errors only (benchmarks)")
 @click.option("--header-timeout", type=float, default=None,
@@ -109,7 +116,8 @@ def _fleet_values(path: Path) -> dict[str, Any]:
 def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, port: int | None,
               fleet_path: Path | None, tls_cert: Path | None, tls_key: Path | None,
               db_url: str | None, blobs_url: str | None, blob_accel: str | None,
-              blob_cache_bytes: str | None, json_logs: bool | None, quiet: bool,
+              blob_cache_bytes: str | None, grant_key: Path | None,
+              grant_lifetime: str | None, json_logs: bool | None, quiet: bool,
               **limits: float | None) -> None:
     """Run the update server until interrupted."""
     import logging
@@ -117,6 +125,7 @@ def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, p
     from ota_server import connections
     from ota_server.app import create_app
     from ota_server.datadir import DataDirInUse
+    from ota_server.grants import GrantKeyError
     from ota_server.logs import configure_logging
     from ota_server.settings import SettingsError, load_settings
     from ota_server.storage.errors import StoreError
@@ -130,6 +139,7 @@ def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, p
                                   "tls_cert": tls_cert, "tls_key": tls_key,
                                   "db_url": db_url, "blobs_url": blobs_url,
                                   "blob_accel": blob_accel, "blob_cache_bytes": blob_cache_bytes,
+                                  "grant_key": grant_key, "grant_lifetime": grant_lifetime,
                                   **limits},
                                  fleet_values=fleet_values)
     except SettingsError as err:
@@ -146,7 +156,7 @@ def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, p
         raise UserError(f"TLS: {err}") from err
     try:
         connections.run(app, settings, announce=announce)
-    except (TrustSetupError, DataDirInUse, StoreError) as err:
+    except (TrustSetupError, DataDirInUse, StoreError, GrantKeyError) as err:
         raise UserError(str(err)) from err
     except OSError as err:
         raise UserError(f"cannot listen on {settings.host}:{settings.port}: {err}") from err
