@@ -164,7 +164,7 @@ async def open_metadata_store(settings: Settings) -> MetadataStore:
     (`ota db migrate`: replicas never migrate on their own). Raises StoreError (StoreUnavailable
     when the database cannot be reached)."""
     if settings.db_url is None:
-        return SqliteStore(settings.db_path)
+        return SqliteStore(settings.db_path, checkpoint_thread=True)
     from ota_server.storage.postgres import PostgresStore
 
     store = await PostgresStore.open(settings.db_url)

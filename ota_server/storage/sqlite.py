@@ -51,6 +51,7 @@ from ota_server.storage.records import (
     Token,
     UiSession,
 )
+from ota_server.storage.wal_checkpoint import WalCheckpointer
 
 # The replay check and the write are one statement: it matches only a smaller stored counter
 # of a board that is not revoked.
@@ -120,7 +121,10 @@ _DATA_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
 class SqliteStore:
     """MetadataStore on one SQLite database file."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, checkpoint_thread: bool = False):
+        """Open (and migrate) the database at `path`. `checkpoint_thread`: the server's store,
+        whose WAL is checkpointed by a thread of its own instead of on the event loop
+        (ota_server.storage.wal_checkpoint); short-lived CLI stores keep SQLite's own."""
         self._releases: dict[int, Release] = {}
         self._rollouts: dict[str, Rollout | None] = {}
         self._bases: dict[str, Release | None] = {}
@@ -133,6 +137,10 @@ class SqliteStore:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._migrate()
+        self._checkpointer: WalCheckpointer | None = None
+        if checkpoint_thread:
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = WalCheckpointer(path)
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -165,6 +173,8 @@ class SqliteStore:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self._db.close()
 
     # -- tokens -------------------------------------------------------------------------------
