@@ -65,7 +65,7 @@ async def test_the_servers_store_never_checkpoints_on_the_event_loop(tmp_path: P
     assert not checkpointer._thread.is_alive()  # closing the store stops its thread
 
 
-async def test_a_store_opened_without_the_thread_keeps_sqlites_own_checkpoints(tmp_path: Path) -> None:
+async def test_a_store_without_the_thread_keeps_sqlites_checkpoints(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "cli.sqlite3")
     try:
         assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
