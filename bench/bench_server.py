@@ -1,7 +1,9 @@
 """Server benchmarks S1-S3: `ota serve` next to nginx, measured by load generators.
 
 S1  signed check-ins per second / nginx static responses per second of the same size
-S2  blob download MB/s / nginx MB/s, 1 MB file (median of 3 rounds, each ota serve then nginx)
+S2  blob download MB/s / nginx MB/s, 1 MB file (median of 3 rounds, each ota serve then nginx);
+    each board downloads with the download grant its offer carried, as boards do
+    (docs/protocol.md, "Download grants"); --s2-signed: with signed requests instead
 S3  100,000 registered boards, one signed check-in each on a new connection, spread evenly
     over 60 s (open loop): p50, p99, errors (non-200, timeouts, wrong bodies, and answered
     check-ins missing from the database after the server stopped)
@@ -13,7 +15,7 @@ starts. nginx is the Debian package: `nginx` on PATH, else the .deb fetched with
 `apt-get download` and unpacked under .cache/nginx (nothing is installed system-wide, no
 service is started). Everything is bounded in count and time.
 
-    python bench/bench_server.py [--quick] [--s3-only]
+    python bench/bench_server.py [--quick] [--s3-only] [--s2-signed]
 
 The last line printed is one JSON object with the figure ids.
 """
@@ -147,12 +149,19 @@ class Board:
     device_id: str
     key: keymod.PrivateKey
     counter: int = 0
+    grant: str | None = None  # the X-Ota-Grant of its last offer (obtain_grants)
 
     def signed(self, base: str, method: str, path: str, body: bytes = b"") -> Req:
         self.counter += 1
         header = sign_request(self.key, self.device_id, self.counter, method, path, body)
         return Req(method, base + path, {"Authorization": header,
                                          "Content-Type": "application/json"}, body or None)
+
+    def granted(self, base: str, path: str) -> Req:
+        """A GET with the board's download grant as its Authorization (no counter spent)."""
+        if self.grant is None:
+            raise RuntimeError(f"{self.device_id} has no download grant; obtain_grants first")
+        return Req("GET", base + path, {"Authorization": self.grant})
 
 
 def register_boards(settings: Settings, prefix: str, count: int) -> list[Board]:
@@ -206,11 +215,31 @@ async def s1(srv: LocalServer, nginx: Nginx, boards: list[Board], envelope_size:
     return ota_rps / ngx_rps
 
 
+async def obtain_grants(srv: LocalServer, boards: list[Board]) -> None:
+    """Each board checks in (signed, as it would) and keeps the download grant of the offer it
+    is answered: a real 200 from the rollout main() started, not a grant minted here."""
+    async with aiohttp.ClientSession() as session:
+        for board in boards:
+            req = board.signed(srv.url, "POST", "/v1/device/checkin",
+                               checkin_body(board.device_id))
+            async with session.post(req.url, data=req.body, headers=req.headers) as resp:
+                await resp.read()
+                board.grant = resp.headers.get("X-Ota-Grant")
+                if resp.status != 200 or board.grant is None:
+                    raise RuntimeError(f"S2 set-up: {board.device_id}'s check-in got "
+                                       f"{resp.status} without a grant; no offer to download")
+
+
 async def s2(srv: LocalServer, nginx: Nginx, boards: list[Board], sha: str, size: int,
-             scale: Scale) -> float:
+             scale: Scale, signed: bool) -> float:
     """Median over `scale.s2_rounds` rounds, each `ota serve` then nginx back to back, so a
-    burst of unrelated load on the machine spoils one round rather than the figure."""
-    ratios = [await _s2_round(srv, nginx, boards, sha, size, scale, n + 1)
+    burst of unrelated load on the machine spoils one round rather than the figure. The boards
+    download with the grants of their offers (obtained before the clock starts; one lasts 900 s,
+    far longer than the rounds), or with signed requests if `signed`."""
+    if not signed:
+        await obtain_grants(srv, boards)
+    print(f"S2 downloads authorised by {'signed requests' if signed else 'download grants'}")
+    ratios = [await _s2_round(srv, nginx, boards, sha, size, scale, n + 1, signed)
               for n in range(scale.s2_rounds)]
     print(f"S2 ratio per round: {', '.join(f'{r:.3f}' for r in ratios)}; median "
           f"{statistics.median(ratios):.3f}")
@@ -218,12 +247,14 @@ async def s2(srv: LocalServer, nginx: Nginx, boards: list[Board], sha: str, size
 
 
 async def _s2_round(srv: LocalServer, nginx: Nginx, boards: list[Board], sha: str, size: int,
-                    scale: Scale, round_no: int) -> float:
+                    scale: Scale, round_no: int, signed: bool) -> float:
     conc = scale.s2_concurrency
     lanes: list[list[Req]] = [[] for _ in range(conc)]
+    path = f"/v1/blobs/{sha}"
     for i in range(scale.downloads):
-        board = boards[i % len(boards)]
-        lanes[(i % len(boards)) % conc].append(board.signed(srv.url, "GET", f"/v1/blobs/{sha}"))
+        board = boards[i % len(boards)]  # one board, one lane: its counters stay in order
+        lanes[(i % len(boards)) % conc].append(
+            board.signed(srv.url, "GET", path) if signed else board.granted(srv.url, path))
     cpu = cpu_seconds(srv.pid), time.process_time()
     ota_secs, ota_bytes, ota_errors = await _closed_loop(lanes, conc)
     ota_cpu = cpu_seconds(srv.pid) - cpu[0], time.process_time() - cpu[1]
@@ -328,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--s2-concurrency", type=int, default=None,
                         help="override S2's number of connections")
     parser.add_argument("--s2-downloads", type=int, default=None, help="override S2's count")
+    parser.add_argument("--s2-signed", action="store_true",
+                        help="S2 with signed requests instead of download grants (comparison)")
     parser.add_argument("--s3-only", action="store_true",
                         help="run S3 alone (no nginx, no S1/S2 figures): for profiling")
     args = parser.parse_args(argv)
@@ -363,8 +396,10 @@ def main(argv: list[str] | None = None) -> int:
             if not args.s3_only:
                 with Nginx(static, work) as nginx:
                     ratio1 = asyncio.run(s1(srv, nginx, s1_boards, len(envelope), scale))
-                    ratio2 = asyncio.run(s2(srv, nginx, s1_boards, sha, len(blob), scale))
-                figures.update(S1_ratio=round(ratio1, 3), S2_ratio=round(ratio2, 3))
+                    ratio2 = asyncio.run(s2(srv, nginx, s1_boards, sha, len(blob), scale,
+                                            args.s2_signed))
+                figures.update(S1_ratio=round(ratio1, 3), S2_ratio=round(ratio2, 3),
+                               S2_auth="signed" if args.s2_signed else "grant")
             third = s3(srv, s3_boards, len(envelope), work, scale)
         answered = [s3_boards[i] for i in third["answered_ok"]]
         lost = not_recorded(settings.db_path, answered)

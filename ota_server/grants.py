@@ -26,6 +26,7 @@ import hashlib
 import hmac
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,23 +64,37 @@ class GrantKey:
     @classmethod
     def load_or_create(cls, path: Path) -> GrantKey:
         """Read the key at `path` (64 lowercase hex digits and a newline), or create it with
-        32 random bytes, 0600, when it does not exist yet. Creation is exclusive (O_EXCL):
-        replicas starting together on one host all end up with the one key written.
+        32 random bytes, 0600, when it does not exist yet. Creation is exclusive and atomic:
+        the key is written whole to a temporary file beside `path`, then linked to `path`,
+        which fails if `path` exists; so replicas starting together on one host all end up
+        with the one key that was linked first, and none ever reads a file half-written.
 
         Raises GrantKeyError naming the file when it is not a key or is readable by others.
         """
+        if not path.exists():
+            cls._create(path)
+        return cls._read(path)
+
+    @classmethod
+    def _create(cls, path: Path) -> None:
+        """Link a new key to `path` unless a key got there first (then leave that one)."""
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return cls._read(path)
+            fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         except OSError as err:
             raise GrantKeyError(f"{path}: cannot create the grant key: {err.strerror}") from None
         try:
-            os.write(fd, os.urandom(KEY_BYTES).hex().encode("ascii") + b"\n")
-            os.fsync(fd)
+            try:  # mkstemp makes it 0600 whatever the umask
+                os.write(fd, os.urandom(KEY_BYTES).hex().encode("ascii") + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another process or thread linked its key first: that one is the key
+        except OSError as err:
+            raise GrantKeyError(f"{path}: cannot create the grant key: {err.strerror}") from None
         finally:
-            os.close(fd)
-        return cls._read(path)
+            os.unlink(temporary)
 
     @classmethod
     def _read(cls, path: Path) -> GrantKey:

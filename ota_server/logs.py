@@ -5,7 +5,8 @@ request's raw header line), goes through the same two steps before it is written
 (docs/operations.md, Logs):
 
 - credentials are redacted: the value of any `Authorization` header, and anything shaped like
-  a publisher token, wherever they appear in the message, the exception text or the fields;
+  a publisher token or a download grant (its scheme onwards, and any `mac=` value), wherever
+  they appear in the message, the exception text or the fields;
 - control characters are escaped, so no field (a percent-decoded path, a header value echoed
   in a parser error) can start a forged line or hide bytes in it. In plain logs a record is one
   line; a traceback's lines follow it, each indented, so a line at column 0 always starts a
@@ -21,6 +22,7 @@ import sys
 import time
 from typing import Any
 
+from ota_server.grants import SCHEME as GRANT_SCHEME
 from ota_server.tokens import TOKEN_PREFIX
 
 REDACTED = "[redacted]"
@@ -35,6 +37,11 @@ _AUTH_VALUE = re.compile(r"""(?i)(authorization['"]?\s*[:=]\s*['"]?)[^'"\r\n]*""
 # A publisher token anywhere else (a URL, a message that quotes one): prefix + any run of
 # token characters, however short, since a cut token still narrows the search for it.
 _TOKEN = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_\-]+")
+# A download grant is a bearer credential too (ota_server.grants), and travels outside
+# Authorization as well (the check-in's X-Ota-Grant): its scheme up to the end of the line or
+# quoted string, and a grant's MAC wherever it shows without its scheme.
+_GRANT = re.compile(re.escape(GRANT_SCHEME) + r"""[^'"\r\n]*""")
+_GRANT_MAC = re.compile(r"(?i)(\bmac=)[A-Za-z0-9_\-]+")
 # C0 controls, DEL, C1 controls and the Unicode line and paragraph separators: everything a
 # terminal or a log reader may take for a line break or a command.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -43,6 +50,8 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 def redact(text: str) -> str:
     """`text` with every credential it shows replaced by [redacted]."""
     text = _AUTH_VALUE.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _GRANT.sub(f"{GRANT_SCHEME} {REDACTED}", text)
+    text = _GRANT_MAC.sub(lambda m: m.group(1) + REDACTED, text)
     return _TOKEN.sub(TOKEN_PREFIX + REDACTED, text)
 
 

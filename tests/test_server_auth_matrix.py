@@ -5,7 +5,9 @@ fails here until it is declared public or given a path parameter value (or query
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +26,7 @@ from server_support import (
 
 from ota_server import state
 from ota_server.app import create_app
+from ota_server.grants import GrantKey
 from ota_server.middleware import auth_kind, required_scope
 from ota_server.settings import Settings
 from ota_server.tokens import SCOPES, create_token
@@ -49,7 +52,12 @@ ROUTES = _routes()
 
 
 def test_every_route_declares_its_auth_and_only_the_listed_ones_are_public() -> None:
-    assert all(kind in ("public", "publisher", "device") for _, _, kind in ROUTES), ROUTES
+    assert all(kind in ("public", "publisher", "device", "download")
+               for _, _, kind in ROUTES), ROUTES
+    # A download grant opens the blob and pack downloads, and nothing else.
+    downloads = {(m, p) for m, p, kind in ROUTES if kind == "download"}
+    assert downloads == {("GET", "/v1/blobs/{sha256}"), ("HEAD", "/v1/blobs/{sha256}"),
+                         ("GET", "/v1/device/pack")}
     # The dashboard's routes are public to the bearer check and check their own session
     # (ota_server/ui/routes.py; tests/test_ui_server.py holds each of them to it).
     public = {(m, p) for m, p, kind in ROUTES if kind == "public" and not p.startswith("/ui")}
@@ -65,6 +73,11 @@ class Matrix:
     revoked_token: str
     blob: str
     scoped: dict[str, str]  # scope -> a valid token of that scope
+    grant: str              # the download grant board A's offer carried
+
+    @property
+    def grant_key(self) -> GrantKey:
+        return self.env.app[state.GRANTS]
 
 
 @pytest.fixture
@@ -76,7 +89,8 @@ async def matrix(aiohttp_client, tmp_path: Path, backend: Backend) -> Matrix:
     await store.revoke_token("gone")
     scoped = {scope: await create_token(store, f"{scope}-token", scope) for scope in SCOPES}
     await store.close()
-    settings = replace(settings, root_path=keys.root_path)
+    # a grant key on both backends (PostgreSQL gives grants only with one named)
+    settings = replace(settings, root_path=keys.root_path, grant_key=tmp_path / "grant.key")
     client = await aiohttp_client(create_app(settings))
     env = ServerEnv(client, settings, token, keys, tmp_path)
     board = await env.add_board(SimBoard("board-a", tags=("canary",)))
@@ -86,11 +100,13 @@ async def matrix(aiohttp_client, tmp_path: Path, backend: Backend) -> Matrix:
     release = await env.publish({"app_main.py": b"print(1)\n"}, version="1.0.0", sequence=1)
     await env.start_rollout("stable", "demo", 1, percent=100)
     # offered the release, so its reports about it count (docs/protocol.md)
-    assert (await env.checkin(board)).status == 200
+    offered = await env.checkin(board)
+    assert offered.status == 200
+    grant = offered.headers["X-Ota-Grant"]
     blob = (await (await client.get("/v1/releases", headers=env.bearer)).json())
     assert blob["releases"][0]["id"] == release["id"]
     sha = (await blob_ids(settings))[0]
-    return Matrix(env, board, other, revoked, revoked_token, sha, scoped)
+    return Matrix(env, board, other, revoked, revoked_token, sha, scoped, grant)
 
 
 # Routes that take a query: the one a valid request carries (it is signed with the path).
@@ -147,15 +163,60 @@ def _revoked(m: Matrix, kind: str, method: str, path: str, body: bytes) -> dict[
     return m.revoked.auth(method, path, body)
 
 
+def _grant(device_id: str, expires: int, mac: str) -> dict[str, str]:
+    return {"Authorization": f"Mpota-Grant id={device_id},exp={expires},mac={mac}"}
+
+
+def _malformed_grant(m: Matrix, kind: str, method: str, path: str,
+                     body: bytes) -> dict[str, str]:
+    """The grant board A was given, its MAC cut short by one character."""
+    return {"Authorization": m.grant[:-1]}
+
+
+def _expired_grant(m: Matrix, kind: str, method: str, path: str,
+                   body: bytes) -> dict[str, str]:
+    """A grant the server's own key made, whose expiry has passed."""
+    expires = int(time.time()) - 1
+    return _grant(m.board.device_id, expires, m.grant_key.mac(m.board.device_id, expires))
+
+
+def _wrong_mac_grant(m: Matrix, kind: str, method: str, path: str,
+                     body: bytes) -> dict[str, str]:
+    """Board A's grant with another board's MAC (the right form, this server's key)."""
+    fields = dict(part.split("=", 1) for part in m.grant.split(" ", 1)[1].split(","))
+    expires = int(fields["exp"])
+    return _grant(m.board.device_id, expires, m.grant_key.mac(m.other.device_id, expires))
+
+
+def _foreign_grant(m: Matrix, kind: str, method: str, path: str,
+                   body: bytes) -> dict[str, str]:
+    """A grant in every way valid, but made with a key that is not this server's."""
+    return {"Authorization": GrantKey(os.urandom(32)).mint(m.board.device_id, time.time(), 900)}
+
+
+# A grant on a route that takes none: refused as any credential of an unknown scheme.
+_NOT_A_DOWNLOAD = {"publisher": (401, "bad_credentials"), "device": (401, "bad_credentials")}
+
 CASES: dict[str, tuple[Credential, dict[str, tuple[int, str]]]] = {
     # case: (credential, {route kind: (status, code)})
     "no credential": (_none, {"publisher": (401, "missing_credentials"),
-                              "device": (401, "missing_credentials")}),
+                              "device": (401, "missing_credentials"),
+                              "download": (401, "missing_credentials")}),
     "wrong credential": (_wrong, {"publisher": (401, "bad_token"),
-                                  "device": (401, "bad_signature")}),
+                                  "device": (401, "bad_signature"),
+                                  "download": (401, "bad_signature")}),
     "another board's credential": (_other_board, {"publisher": (401, "bad_credentials"),
-                                                  "device": (401, "bad_signature")}),
-    "revoked": (_revoked, {"publisher": (401, "bad_token"), "device": (403, "revoked")}),
+                                                  "device": (401, "bad_signature"),
+                                                  "download": (401, "bad_signature")}),
+    "revoked": (_revoked, {"publisher": (401, "bad_token"), "device": (403, "revoked"),
+                           "download": (403, "revoked")}),
+    "malformed grant": (_malformed_grant, {**_NOT_A_DOWNLOAD,
+                                           "download": (401, "bad_credentials")}),
+    "expired grant": (_expired_grant, {**_NOT_A_DOWNLOAD, "download": (401, "grant_expired")}),
+    "grant with a wrong mac": (_wrong_mac_grant, {**_NOT_A_DOWNLOAD,
+                                                  "download": (401, "bad_grant")}),
+    "grant of another key": (_foreign_grant, {**_NOT_A_DOWNLOAD,
+                                              "download": (401, "bad_grant")}),
 }
 
 
@@ -185,7 +246,9 @@ async def test_bad_credentials_are_refused_and_change_nothing(
     assert (await store_fingerprint(matrix.env.settings)) == before
 
 
-DEVICE_ROUTES = [(m, p) for m, p, kind in ROUTES if kind == "device"]
+# A signed request spends its counter on the download routes too (a grant spends none:
+# tests/test_server_grants.py).
+DEVICE_ROUTES = [(m, p) for m, p, kind in ROUTES if kind in ("device", "download")]
 
 
 @pytest.mark.parametrize(("method", "template"), DEVICE_ROUTES,
@@ -211,6 +274,30 @@ async def test_replayed_board_request_is_refused(matrix: Matrix, method: str,
     stale = await matrix.env.client.request(method, path, data=body or None,
                                             headers=older.auth(method, path, body))
     assert stale.status == 401
+
+
+NOT_DOWNLOADS = [(m, p) for m, p, kind in ROUTES if kind in ("device", "publisher")]
+
+
+@pytest.mark.parametrize(("method", "template"), NOT_DOWNLOADS,
+                         ids=[f"{m} {p}" for m, p in NOT_DOWNLOADS])
+async def test_a_valid_grant_opens_no_route_but_the_downloads(
+        matrix: Matrix, method: str, template: str) -> None:
+    """Board A's own, valid grant on its check-in, report, root or any publisher route: 401
+    bad_credentials, nothing changed (the same grant downloads: test_server_grants.py)."""
+    path = _concrete(template, matrix)
+    body = _body(method, template, matrix)
+    before = await store_fingerprint(matrix.env.settings)
+    resp = await matrix.env.client.request(method, path, data=body or None,
+                                           headers={"Authorization": matrix.grant})
+    assert resp.status == 401
+    if method != "HEAD":
+        assert (await resp.json())["code"] == "bad_credentials"
+    assert (await store_fingerprint(matrix.env.settings)) == before
+    # the same grant does download (so the refusal above is the route's, not the grant's)
+    blob = await matrix.env.client.get(f"/v1/blobs/{matrix.blob}",
+                                       headers={"Authorization": matrix.grant})
+    assert blob.status == 200
 
 
 PUBLISHER_ROUTES = [(m, p) for m, p, kind in ROUTES if kind == "publisher"]

@@ -11,13 +11,16 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from server_support import Backend, FleetKeys, SimBoard
+from server_support import Backend, FleetKeys, SimBoard, make_bundle, sha256_hex
 
+from ota_server.grants import GrantKey
 from ota_server.logs import JsonFormatter, PlainFormatter
 from ota_server.tokens import TOKEN_PREFIX
 from tools.local_server import LocalServer, free_port
@@ -80,6 +83,70 @@ def test_no_credential_reaches_the_log_when_the_parser_refuses_a_header(
     assert token not in text
     assert token[len(TOKEN_PREFIX):][:12] not in text  # not even a prefix of the secret part
     assert board_auth.split()[-1][:16] not in text
+
+
+def _with_grant_key(backend: Backend, directory: Path) -> list[str]:
+    """The flag a server on `backend` needs to give grants (the default on SQLite)."""
+    return [] if backend.kind == "sqlite" else ["--grant-key", str(directory / "grant.key")]
+
+
+def _fetch(srv: LocalServer, path: str, authorization: str) -> int:
+    request = urllib.request.Request(srv.url + path, headers={"Authorization": authorization})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            answer.read()
+            return int(answer.status)
+    except urllib.error.HTTPError as err:
+        err.read()
+        return int(err.code)
+
+
+@pytest.mark.parametrize("log_format", ["plain", "json"])
+def test_no_download_grant_reaches_the_log(tmp_path: Path, keys: FleetKeys, log_format: str,
+                                           backend: Backend) -> None:
+    """A grant is a bearer credential (issue #12: credentials are never logged): after valid,
+    refused and malformed grant requests, neither a grant nor its MAC is in the log."""
+    extra = (["--json-logs"] if log_format == "json" else []) + \
+        _with_grant_key(backend, tmp_path)
+    board = SimBoard("grant-log")
+    blob = b"logged? no\n" * 50
+    sha = sha256_hex(blob)
+    with LocalServer(tmp_path / "data", keys.root_path, extra_args=extra, **backend.urls) as srv:
+        client = srv.client()
+        client.register_device(board.device_id, board.point, board="unix")
+        client.publish(make_bundle(tmp_path, {"app_main.py": blob}, version="1.0.0",
+                                   sequence=1, key=keys.release_key),
+                       channel="stable", percent=100)
+        body = board.checkin_body()
+        request = urllib.request.Request(
+            srv.url + "/v1/device/checkin", data=body, method="POST",
+            headers=board.auth("POST", "/v1/device/checkin", body))
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            grant = answer.headers["X-Ota-Grant"]
+        mac = grant.rsplit("mac=", 1)[1]
+        other_mac = GrantKey(bytes(32)).mint(board.device_id, time.time(), 900)
+        expired = grant.replace("exp=", "exp=1")  # ten times further: refused as bad_grant
+        for path in (f"/v1/blobs/{sha}", f"/v1/device/pack?blobs={sha}"):
+            assert _fetch(srv, path, grant) == 200
+            assert _fetch(srv, path, other_mac) == 401
+            assert _fetch(srv, path, expired) == 401
+            assert _fetch(srv, path, grant[:-1]) == 401
+        for bad in (b"\x00", b"\r", b"\x7f"):  # the parser refuses these before any handler
+            cut = len(grant) - 20
+            raw = (f"GET /v1/blobs/{sha} HTTP/1.1\r\nHost: x\r\nAuthorization: ".encode()
+                   + grant[:cut].encode() + bad + grant[cut:].encode() + b"\r\n\r\n")
+            assert _send(srv, raw).split(b" ", 2)[1] == b"400"
+        assert _fetch(srv, f"/v1/blobs/{sha}", grant) == 200  # still up, still logging
+        text = _wait_for(srv, "refused a malformed request")
+    assert text.count("refused a malformed request") == 3, text
+    assert grant not in text and other_mac not in text
+    for secret in (mac, other_mac.rsplit("mac=", 1)[1]):
+        assert secret[:12] not in text and secret[-12:] not in text
+    if log_format == "json":  # a download by grant is logged with the board it names
+        docs = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        granted = [doc for doc in docs if doc.get("path") == f"/v1/blobs/{sha}"
+                   and doc.get("status") == 200]
+        assert granted and all(doc["device_id"] == board.device_id for doc in granted)
 
 
 def test_a_path_cannot_forge_a_plain_log_line_or_hide_bytes(tmp_path: Path,
@@ -152,6 +219,38 @@ def test_formatters_redact_credentials_and_escape_controls_in_every_field(
     assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]", plain)
     assert "\n" not in as_json
     json.loads(as_json)
+
+
+_GRANT_SHAPES = ["{g}", "X-Ota-Grant: {g}", "{{'X-Ota-Grant': '{g}'}}",
+                 "b'Authorization: {g}\\x00'", "authorization={g}", "<CIMultiDict('X-Ota-Grant': "
+                 "'{g}', 'Content-Type': 'x')>", "{fields}"]
+
+
+@st.composite
+def _grant_text(draw: st.DrawFn) -> tuple[str, str]:
+    """Text holding a download grant (or its fields without the scheme), and its MAC."""
+    key = GrantKey(draw(st.binary(min_size=32, max_size=32)))
+    device_id = draw(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,20}", fullmatch=True))
+    grant = key.mint(device_id, draw(st.integers(1, 10**10)), 900)
+    shape = draw(st.sampled_from(_GRANT_SHAPES))
+    text = shape.format(g=grant, fields=grant.split(" ", 1)[1])
+    return draw(_noise) + text + draw(_noise), grant.rsplit("mac=", 1)[1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(leak=_grant_text(), field=_grant_text(), crash=_grant_text())
+def test_formatters_redact_download_grants_in_every_field(
+        leak: tuple[str, str], field: tuple[str, str], crash: tuple[str, str]) -> None:
+    try:
+        raise ValueError(crash[0])
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("ota_server", logging.ERROR, __file__, 1, "%s", (leak[0],),
+                               exc_info)
+    record.headers = {"X-Ota-Grant": field[0]}
+    for out in (PlainFormatter().format(record), JsonFormatter().format(record)):
+        for mac in (leak[1], field[1], crash[1]):
+            assert mac not in out
 
 
 # -- one server per data directory --------------------------------------------------------

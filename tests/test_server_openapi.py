@@ -40,9 +40,13 @@ async def test_openapi_documents_every_real_route_and_no_other(env: ServerEnv) -
     assert documented == set(real)
     # and each documents the auth the route really requires, publisher routes their scope
     for (method, path), (kind, scope) in real.items():
+        # a download takes either credential: each is its own requirement object (OR)
         expected = {"public": [], "device": [{"deviceSignature": []}],
+                    "download": [{"deviceSignature": []}, {"downloadGrant": []}],
                     "publisher": [{"publisherToken": [scope]}]}[str(kind)]
         assert doc["paths"][path][method]["security"] == expected, (method, path)
+        for requirement in expected:
+            assert set(requirement) <= set(doc["components"]["securitySchemes"]), (method, path)
         if kind == "publisher":
             assert scope in ("read", "publish", "admin"), (method, path)
             assert "403" in doc["paths"][path][method]["responses"], (method, path)
