@@ -23,6 +23,7 @@ var KEY = /^[0-9a-f]{64}$/;
 var BLOB_REQUEST = /^\/v1\/blobs\/[0-9a-f]{64}$/;
 // Requests the replica answers itself (ota_server/blob_answers.py _SELF_ANSWERED): nginx's
 // static module would judge a range or a condition by the file's time and size.
+// Present at all is enough, even empty (r.headersIn gives "" for it, undefined when absent).
 var SELF_ANSWERED = ['Range', 'If-Range', 'If-None-Match', 'If-Match', 'If-Modified-Since',
                      'If-Unmodified-Since'];
 
