@@ -14,6 +14,7 @@ import http.client
 import json
 import os
 import re
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -28,11 +29,16 @@ from server_support import FleetKeys, SimBoard, make_bundle
 from ota_server.device_auth import DEVICE_ID
 from ota_server.errors import Unauthorized
 from ota_server.grants import MAX_LIFETIME_S, SCHEME, GrantKey
-from tools.cluster.nginx import cached_blob_locations, granted_blob_location
+from tools.cluster.nginx import (
+    cached_blob_locations,
+    grant_key_include,
+    granted_blob_location,
+)
 from tools.cluster.stack import Cluster
 from tools.micropython import PROJECT_ROOT
 
 CLUSTER_SITE = PROJECT_ROOT / "deploy" / "nginx-mpota-cluster.conf"
+OPERATIONS = PROJECT_ROOT / "docs" / "operations.md"
 # What a replica counts of each request that reaches it: a blob answer by status, or a refusal
 # of its credentials (ota_server/metrics.py).
 _SEEN = re.compile(r"^mpota_(?:blob_requests|auth_failures)_total\{[^}]*\} (\d+)$", re.M)
@@ -120,6 +126,29 @@ def test_the_shipped_site_has_the_stacks_grant_locations() -> None:
     assert cached_blob_locations("mpota", ["/var/lib/mpota/replica-8081/blob-cache",
                                            "/var/lib/mpota/replica-8082/blob-cache"],
                                  " " * 4) in site
+
+
+def test_the_documented_key_include_command_makes_the_include_njs_reads(
+        tmp_path: Path) -> None:
+    """docs/operations.md's one line that makes nginx's key include from the replicas' key
+    file writes what the stack's nginx is given (grant_key_include), mode 0600; a key file
+    that is not a key gives an empty include (njs then checks nothing)."""
+    lines = [line for line in OPERATIONS.read_text().splitlines()
+             if line.startswith("install -m 0600 -o root -g root /dev/null "
+                                "/etc/nginx/mpota-grant-key.conf && sed ")]
+    assert lines and len(set(lines)) == 1, lines  # the same line wherever the docs give it
+    key_file, include = tmp_path / "grant.key", tmp_path / "mpota-grant-key.conf"
+    GrantKey.load_or_create(key_file)
+    command = (lines[0].replace("-o root -g root ", "")
+               .replace("/etc/mpota/grant.key", str(key_file))
+               .replace("/etc/nginx/mpota-grant-key.conf", str(include)))
+    subprocess.run(["sh", "-c", command], check=True, timeout=30)
+    assert include.read_text() == grant_key_include(key_file)
+    assert include.stat().st_mode & 0o777 == 0o600
+    include.unlink()
+    key_file.write_text("not a key\n")
+    subprocess.run(["sh", "-c", command], check=True, timeout=30)
+    assert include.read_text() == ""
 
 
 # -- what nginx sends itself --------------------------------------------------------------------

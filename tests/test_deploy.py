@@ -105,6 +105,8 @@ def test_replicas_take_their_secrets_only_from_a_root_only_environment_file() ->
     # Whole blobs sent by nginx: the unit's prefix is what the cluster site maps to the
     # replica's cache, which the site reads as a member of the replica's group.
     assert "Environment=MPOTA_BLOB_ACCEL=/_mpota/replica-%i" in settings
+    # Download grants: every replica on the one key file that nginx's include is made from.
+    assert "Environment=MPOTA_GRANT_KEY=/etc/mpota/grant.key" in settings
     assert "StateDirectoryMode=0750" in settings and "UMask=0027" in settings
     site = CLUSTER_SITE.read_text()
     for port in (8081, 8082):
