@@ -116,8 +116,8 @@ def _indented(text: str, indent: str) -> str:
 def grant_key_include(key_file: Path) -> str:
     """The http-level include that gives deploy/mpota-grant.js the replicas' grant key:
     `js_var $mpota_grant_key <64 hex>;` (what the operator's one-line command writes,
-    docs/operations.md, "Blobs sent by nginx"). GrantKeyError when `key_file` is not a key
-    file the server would take."""
+    docs/operations.md, "Blobs sent by nginx"); the file is made (0600) when missing, as a
+    replica makes it. GrantKeyError when `key_file` is not a key file the server would take."""
     from ota_server.grants import GrantKey
 
     return f"js_var $mpota_grant_key {GrantKey.load_or_create(key_file).secret.hex()};\n"
@@ -137,6 +137,7 @@ def granted_blob_location(upstream: str, indent: str) -> str:
     return _indented(f"""location ~ "^/v1/blobs/([0-9a-f]{{2}})([0-9a-f]{{62}})$" {{
     set $mpota_blob_file $1/$1$2;
     set $mpota_blob_tag '"$1$2"';
+    # 418: only the jump to the named location (an `if` cannot pick one), never an answer.
     error_page 418 = @mpota_cached_blob;
     if ({GRANT_VARIABLE}) {{
         return 418;
