@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from server_support import FleetKeys, SimBoard, make_bundle
 
@@ -336,16 +336,22 @@ def _accepts(key: GrantKey, text: str, now: float) -> bool:
     return True
 
 
-def _nginx_judges_as_the_server(stack: Stack, text: str) -> bool | None:
+@pytest.fixture(scope="module")
+def probe(stack: Stack) -> tuple[str, bytes]:
+    """A blob a replica's cache holds: whether nginx sends it turns on the grant alone."""
+    sha, data = stack.new_blob()
+    _cached(stack, sha, data)
+    return sha, data
+
+
+def _nginx_judges_as_the_server(stack: Stack, probe: tuple[str, bytes],
+                                text: str) -> bool | None:
     """`text` as a grant through nginx: nginx sends the cached blob itself exactly when
     GrantKey.check accepts the text (judged at the request's start and end, which agree but
     for the rare second that crosses an edge: None then); otherwise a replica answers, 200
     when the server accepts what njs did not (it never should), else its JSON 401. Whether
     the server accepted it."""
-    if not hasattr(stack, "probe"):
-        stack.probe = stack.new_blob()  # type: ignore[attr-defined]
-        _cached(stack, *stack.probe)  # type: ignore[attr-defined]
-    sha, blob = stack.probe  # type: ignore[attr-defined]
+    sha, blob = probe
     before, start = stack.seen(), time.time()
     answer = stack.ask("GET", f"/v1/blobs/{sha}", {"Authorization": text})
     end = time.time()
@@ -361,12 +367,12 @@ def _nginx_judges_as_the_server(stack: Stack, text: str) -> bool | None:
     return accepted
 
 
-@settings(max_examples=100, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None)
 @given(data=st.data())
 def test_nginx_and_the_server_accept_exactly_the_same_grants(
-        stack: Stack, data: st.DataObject) -> None:
-    event(f"accepted: {_nginx_judges_as_the_server(stack, data.draw(_grant_texts(stack.key)))}")
+        stack: Stack, probe: tuple[str, bytes], data: st.DataObject) -> None:
+    text = data.draw(_grant_texts(stack.key))
+    event(f"accepted: {_nginx_judges_as_the_server(stack, probe, text)}")
 
 
 # Each rule's edge, on the side a random grant seldom lands: (device id, exp from now, how the
@@ -392,10 +398,11 @@ _EDGES = {
 
 
 @pytest.mark.parametrize("edge", sorted(_EDGES))
-def test_nginx_and_the_server_agree_on_each_rules_edge(stack: Stack, edge: str) -> None:
+def test_nginx_and_the_server_agree_on_each_rules_edge(
+        stack: Stack, probe: tuple[str, bytes], edge: str) -> None:
     device_id, offset, change = _EDGES[edge]
     text = _signed_with(stack.key, device_id, int(time.time()) + offset)
-    _nginx_judges_as_the_server(stack, text if change is None else change(text))
+    _nginx_judges_as_the_server(stack, probe, text if change is None else change(text))
 
 
 # -- nginx alone --------------------------------------------------------------------------------
