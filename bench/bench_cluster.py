@@ -8,11 +8,15 @@ S5  10,000 boards over 60 s through the cluster, one request each on a new conne
     were offered; one replica is killed (SIGKILL) at 20 s and started again at 40 s. p99,
     errors, and `lost`: acknowledged requests whose counter, last-seen time or report status
     PostgreSQL does not hold after the run
-S6  1 MB blob MB/s through the cluster (blob in SeaweedFS; the replica authenticates the
-    board and answers X-Accel-Redirect into its verified local cache, from which nginx sends
-    the file itself: the production layout, docs/operations.md "Blobs sent by nginx") ÷ nginx
-    serving the same file statically. `--s6-accel off`: the replica sends the blob with
-    sendfile and nginx relays it (the layout before --blob-accel). `--s6-compare`: after each
+S6  1 MB blob MB/s through the cluster ÷ nginx serving the same file statically. The blob is
+    in SeaweedFS; each board downloads it with the download grant its check-in's offer gave
+    (X-Ota-Grant, a real signed check-in answered 200 before the rounds), which nginx checks
+    itself (njs) and answers from a replica's verified cache without asking a replica: the
+    production layout, docs/operations.md "Blobs sent by nginx". `--s6-signed`: signed
+    requests instead (a counter each), which the replica authenticates and answers with
+    X-Accel-Redirect into its cache, nginx sending the file. `--s6-accel off` (with
+    --s6-signed): the replica sends the blob with sendfile and nginx relays it (the layout
+    before --blob-accel). `--s6-compare`: after each
     round, one of the same downloads with `If-None-Match: "x"` (which the replica answers
     itself, nginx relaying), and the median CPU per download of both ways, measured in one
     cluster (separate runs differ more by the machine's other load than by the change)
@@ -24,7 +28,7 @@ runs with production's durability by default (`fsync=on`, `full_page_writes=on`,
 All on 127.0.0.1, bounded in count and time.
 
     python bench/bench_cluster.py [--quick] [--fsync on|off] [--s6-accel on|off]
-                                  [--s6-downloads N] [--s6-compare]
+                                  [--s6-signed] [--s6-downloads N] [--s6-compare]
 
 The last line printed is one JSON object with the figure ids.
 """
@@ -42,9 +46,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -326,39 +333,78 @@ async def _not_recorded(dsn: str, answered: list[tuple[Board, bool]]) -> tuple[l
 
 # -- S6 -----------------------------------------------------------------------------------------
 
+async def checkin_grants(cluster: Cluster, boards: list[Board]) -> dict[str, str]:
+    """Each board's download grant, from a real signed check-in through nginx answered 200
+    (the release is published to every board): the X-Ota-Grant value, by device id.
+    RuntimeError when a check-in gets no offer or no grant."""
+    grants: dict[str, str] = {}
+    async with aiohttp.ClientSession() as session:
+        for board in boards:
+            req = board.signed(cluster.url, "POST", "/v1/device/checkin",
+                               checkin_body(board.device_id))
+            async with session.post(req.url, data=req.body, headers=req.headers) as resp:
+                await resp.read()
+                grant = resp.headers.get("X-Ota-Grant")
+                if resp.status != 200 or grant is None:
+                    raise RuntimeError(f"S6 check-in of {board.device_id}: {resp.status}, "
+                                       f"grant {'given' if grant else 'missing'}")
+                grants[board.device_id] = grant
+    return grants
+
+
 def s6_lanes(cluster: Cluster, boards: list[Board], sha: str, scale: Scale,
-             headers: dict[str, str] | None = None) -> list[list[Req]]:
-    """S6's signed downloads, a board's always in one lane (its counters in order)."""
+             grants: dict[str, str] | None, headers: dict[str, str] | None = None
+             ) -> list[list[Req]]:
+    """S6's downloads, a board's always in one lane (its counters in order): each with the
+    board's grant, or signed when `grants` is None. A board will send its grant on a pack
+    (`GET /v1/device/pack`) too; S6 measures the one-blob route, which nginx answers itself."""
     conc = scale.s6_concurrency
     lanes: list[list[Req]] = [[] for _ in range(conc)]
+    path = f"/v1/blobs/{sha}"
     for i in range(scale.s6_downloads):
         board = boards[i % len(boards)]
-        req = board.signed(cluster.url, "GET", f"/v1/blobs/{sha}")
+        req = (board.signed(cluster.url, "GET", path) if grants is None
+               else Req("GET", cluster.url + path, {"Authorization": grants[board.device_id]}))
         req.headers.update(headers or {})
         lanes[(i % len(boards)) % conc].append(req)
     return lanes
 
 
+def replicas_asked(cluster: Cluster) -> int:
+    """Blob requests the replicas have answered so far, together (their metrics)."""
+    total = 0
+    for replica in cluster.replicas:
+        text = urllib.request.urlopen(replica.url + "/metrics", timeout=10).read().decode()
+        total += sum(int(float(line.split()[-1])) for line in text.splitlines()
+                     if line.startswith("mpota_blob_requests_total{"))
+    return total
+
+
 async def s6_cluster_cpu(cluster: Cluster, lanes: list[list[Req]], size: int,
-                         scale: Scale) -> tuple[float, dict[str, float], dict[str, float]]:
-    """(seconds, CPU ms per download by process, CPU seconds by process) of S6's downloads
-    through the cluster; RuntimeError unless every one came back whole."""
+                         scale: Scale) -> tuple[float, dict[str, float], dict[str, float], int]:
+    """(seconds, CPU ms per download by process, CPU seconds by process, downloads a replica
+    answered) of S6's downloads through the cluster; RuntimeError unless every one came back
+    whole."""
+    asked = replicas_asked(cluster)
     before = cluster_cpu(cluster)
     secs, got, errors = await closed_loop(lanes, scale.s6_concurrency)
     after = cluster_cpu(cluster)
+    asked = replicas_asked(cluster) - asked
     if errors or got != scale.s6_downloads * size:
         raise RuntimeError(f"S6 errors: cluster {errors}, {got} bytes, expected "
                            f"{scale.s6_downloads * size}")
     spent = {name: after[name] - before[name] for name in after}
-    return secs, {name: cpu * 1000 / scale.s6_downloads for name, cpu in spent.items()}, spent
+    return (secs, {name: cpu * 1000 / scale.s6_downloads for name, cpu in spent.items()},
+            spent, asked)
 
 
 async def s6_replica_sent(cluster: Cluster, boards: list[Board], sha: str, size: int,
-                          scale: Scale, round_no: int) -> dict[str, float]:
+                          scale: Scale, round_no: int, grants: dict[str, str] | None
+                          ) -> dict[str, float]:
     """The same downloads with `If-None-Match: "x"`: the replica sends the blob itself and
     nginx relays it (with --blob-accel off, the plain GET goes that way too)."""
-    lanes = s6_lanes(cluster, boards, sha, scale, {"If-None-Match": '"x"'})
-    secs, per, _spent = await s6_cluster_cpu(cluster, lanes, size, scale)
+    lanes = s6_lanes(cluster, boards, sha, scale, grants, {"If-None-Match": '"x"'})
+    secs, per, _spent, _asked = await s6_cluster_cpu(cluster, lanes, size, scale)
     print(f"S6 round {round_no} replica-sent: {scale.s6_downloads} x 1 MB in {secs:.2f}s = "
           f"{scale.s6_downloads * size / secs / 1e6:.0f} MB/s; CPU ms per download: "
           + ", ".join(f"{name} {ms:.2f}" for name, ms in per.items()), flush=True)
@@ -366,11 +412,12 @@ async def s6_replica_sent(cluster: Cluster, boards: list[Board], sha: str, size:
 
 
 async def s6_round(cluster: Cluster, static: Nginx, boards: list[Board], sha: str, size: int,
-                   scale: Scale, round_no: int) -> tuple[float, dict[str, float]]:
+                   scale: Scale, round_no: int, grants: dict[str, str] | None
+                   ) -> tuple[float, dict[str, float]]:
     """(S6's ratio, the cluster's CPU ms per download by process) of one round."""
     conc = scale.s6_concurrency
-    lanes = s6_lanes(cluster, boards, sha, scale)
-    ota_secs, per, spent = await s6_cluster_cpu(cluster, lanes, size, scale)
+    lanes = s6_lanes(cluster, boards, sha, scale, grants)
+    ota_secs, per, spent, asked = await s6_cluster_cpu(cluster, lanes, size, scale)
     ota_bytes = scale.s6_downloads * size
     plain = [Req("GET", static.url + "/blob.bin", {}) for _ in range(scale.s6_downloads)]
     cpu = nginx_cpu(static), time.process_time()
@@ -383,7 +430,7 @@ async def s6_round(cluster: Cluster, static: Nginx, boards: list[Board], sha: st
                            "bytes")
     ota_mbs, ngx_mbs = ota_bytes / ota_secs / 1e6, ngx_bytes / ngx_secs / 1e6
     print(f"S6 round {round_no} cluster: {scale.s6_downloads} x 1 MB blob in {ota_secs:.2f}s = "
-          f"{ota_mbs:.0f} MB/s (CPU "
+          f"{ota_mbs:.0f} MB/s, {asked} of them answered by a replica (CPU "
           + ", ".join(f"{name} {used:.2f}s" for name, used in spent.items()) + ")", flush=True)
     print(f"S6 round {round_no} nginx:   {scale.s6_downloads} x 1 MB file in {ngx_secs:.2f}s = "
           f"{ngx_mbs:.0f} MB/s (CPU: nginx {ngx_cpu[0]:.2f}s, generator {ngx_cpu[1]:.2f}s)",
@@ -421,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--s6-accel", choices=("on", "off"), default="on",
                         help="whole blobs sent by nginx from the replicas' caches (on, "
                              "production) or by the replicas through nginx (off)")
+    parser.add_argument("--s6-signed", action="store_true",
+                        help="S6's downloads signed (a counter each, the replica checks) "
+                             "instead of with the check-ins' download grants (nginx checks)")
     parser.add_argument("--s6-downloads", type=int, default=None,
                         help="override S6's downloads per server and round")
     parser.add_argument("--s6-compare", action="store_true",
@@ -487,15 +537,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(figures))
                 return 0
             asyncio.run(warm_caches(cluster, s4_boards, sha, len(blob)))
+            grants = None if args.s6_signed else asyncio.run(checkin_grants(cluster, s4_boards))
+            if grants is not None:
+                print(f"S6: {len(grants)} boards checked in through nginx, each offer with a "
+                      f"download grant", flush=True)
             ratios, cpu = [], []
             for n in range(scale.s6_rounds):
                 ratio, per = asyncio.run(s6_round(cluster, static, s4_boards, sha, len(blob),
-                                                  scale, n + 1))
+                                                  scale, n + 1, grants))
                 ratios.append(ratio)
                 cpu.append(per)
                 if args.s6_compare:
                     cpu.append(asyncio.run(s6_replica_sent(cluster, s4_boards, sha, len(blob),
-                                                           scale, n + 1)))
+                                                           scale, n + 1, grants)))
             print(f"S6 ratio per round: {', '.join(f'{r:.3f}' for r in ratios)}; median "
                   f"{statistics.median(ratios):.3f}", flush=True)
             s6_ratio = statistics.median(ratios)
@@ -509,7 +563,8 @@ def main(argv: list[str] | None = None) -> int:
         figures.update(S5_p99_ms=round(fifth["p99_ms"], 1), S5_errors=fifth["errors"],
                        S5_lost=fifth["lost"], S6_ratio=round(s6_ratio, 3),
                        S5_boards=fifth["requests"], pg_fsync=args.fsync,
-                       s6_accel=args.s6_accel)
+                       s6_accel=args.s6_accel,
+                       s6_auth="signed" if args.s6_signed else "grant")
     print(f"load average at the end {loadavg()}")
     print(json.dumps(figures))
     return 0

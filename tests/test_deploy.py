@@ -105,6 +105,8 @@ def test_replicas_take_their_secrets_only_from_a_root_only_environment_file() ->
     # Whole blobs sent by nginx: the unit's prefix is what the cluster site maps to the
     # replica's cache, which the site reads as a member of the replica's group.
     assert "Environment=MPOTA_BLOB_ACCEL=/_mpota/replica-%i" in settings
+    # Download grants: every replica on the one key file that nginx's include is made from.
+    assert "Environment=MPOTA_GRANT_KEY=/etc/mpota/grant.key" in settings
     assert "StateDirectoryMode=0750" in settings and "UMask=0027" in settings
     site = CLUSTER_SITE.read_text()
     for port in (8081, 8082):
@@ -147,10 +149,22 @@ def _site_here(tmp_path: Path, port: int, http_port: int, upstream: int,
                replica_dirs: tuple[Path, ...] = ()) -> Path:
     """The site as an nginx.conf for this machine: loopback ports, certificates from
     `ota tls init`, temp files and logs under tmp_path (the cluster site's replicas 8081,
-    8082 on the ports `replicas`, their data directories `replica_dirs`)."""
+    8082 on the ports `replicas`, their data directories `replica_dirs`; its grant check
+    with the njs module Debian's libnginx-mod-http-js loads, deploy/mpota-grant.js, and the
+    key include made from tmp_path/grant.key, the replicas' --grant-key)."""
+    from tools.cluster.nginx import grant_key_include, njs_module
+
     tls = tmp_path / "tls"
     assert main(["tls", "init", str(tls), "--host", "127.0.0.1"]) == 0
     site = source.read_text()
+    modules = ""
+    if "js_import" in site:
+        include = tmp_path / "mpota-grant-key.conf"
+        include.write_text(grant_key_include(tmp_path / "grant.key"))
+        include.chmod(0o600)
+        site = site.replace("/etc/nginx/mpota-grant.js", str(DEPLOY / "mpota-grant.js"))
+        site = site.replace("/etc/nginx/mpota-grant-key.conf", str(include))
+        modules = f"load_module {njs_module(quiet=True)};"
     site = site.replace("/etc/mpota/tls/", f"{tls}/")
     site = site.replace("127.0.0.1:8080", f"127.0.0.1:{upstream}")
     for shipped, here in zip((8081, 8082), replicas, strict=False):
@@ -166,6 +180,7 @@ def _site_here(tmp_path: Path, port: int, http_port: int, upstream: int,
     conf.write_text(f"""\
 daemon off;
 master_process off;
+{modules}
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log;
 events {{ worker_connections 64; }}
@@ -252,15 +267,18 @@ def test_the_cluster_site_balances_over_replicas_and_skips_a_dead_one(
     the shared database; each replica answers through it; with replica 1 killed (SIGKILL)
     every request still answers, through replica 2. Each replica runs with the unit's
     MPOTA_BLOB_ACCEL, and a board's blob download through the site is sent by nginx from
-    that replica's cache (the site's internal locations), whole and with the blob's tag."""
+    that replica's cache (the site's internal locations), whole and with the blob's tag; with
+    a download grant under the replicas' key, nginx sends it without asking a replica."""
     keys = FleetKeys.create(tmp_path)
     assert main(["db", "migrate", "--db", pg_dsn, "--blobs", s3_url]) == 0
     port = free_port()
     with LocalServer(tmp_path / "r1", keys.root_path, db_url=pg_dsn, blobs_url=s3_url,
-                     publisher="r1", extra_args=["--blob-accel", "/_mpota/replica-8081"]
+                     publisher="r1", extra_args=["--blob-accel", "/_mpota/replica-8081",
+                                                 "--grant-key", str(tmp_path / "grant.key")]
                      ) as first, \
             LocalServer(tmp_path / "r2", keys.root_path, db_url=pg_dsn, blobs_url=s3_url,
-                        publisher="r2", extra_args=["--blob-accel", "/_mpota/replica-8082"]
+                        publisher="r2", extra_args=["--blob-accel", "/_mpota/replica-8082",
+                                                    "--grant-key", str(tmp_path / "grant.key")]
                         ) as second:
         conf = _site_here(tmp_path, port, free_port(), 8080, CLUSTER_SITE,
                           (first.port, second.port), (first.data_dir, second.data_dir))
@@ -290,6 +308,8 @@ def test_the_cluster_site_balances_over_replicas_and_skips_a_dead_one(
             assert _requests_seen(first) > 0 and _requests_seen(second) > 0
             assert sum(_requests_seen(r) for r in (first, second)) >= served + 6
             _download_blobs_through(url, ca, client, b"print(1)\n", (first, second))
+            _granted_download_sent_by_nginx(url, ca, tmp_path / "grant.key", b"print(1)\n",
+                                            (first, second))
             first.kill()
             for _ in range(6):  # round robin would send half of these to the dead replica
                 assert [r["version"] for r in client.list_releases()] == ["1.0.0"]
@@ -321,6 +341,28 @@ def _download_blobs_through(url: str, ca: Path, client: ApiClient, data: bytes,
             assert answer.headers["Last-Modified"] is None
     handed = [_metric(replica, "mpota_blob_accel_total{code=\"200\"}") for replica in replicas]
     assert all(count >= 1 for count in handed) and sum(handed) == 6, handed
+
+
+_BLOB_200 = 'mpota_blob_requests_total{code="200"}'
+
+
+def _granted_download_sent_by_nginx(url: str, ca: Path, key_file: Path, data: bytes,
+                                    replicas: tuple[LocalServer, ...]) -> None:
+    """A download with a grant under the replicas' key, of a blob the replicas' caches hold:
+    nginx sends it (the site's njs check and cached-blob location), no replica counts it."""
+    import hashlib
+
+    from ota_server.grants import GrantKey
+
+    sha = hashlib.sha256(data).hexdigest()
+    grant = GrantKey.load_or_create(key_file).mint("deploy-board", time.time(), 900)
+    asked = [_metric(r, _BLOB_200) for r in replicas]
+    context = ssl.create_default_context(cafile=str(ca))
+    request = urllib.request.Request(url + f"/v1/blobs/{sha}", headers={"Authorization": grant})
+    with urllib.request.urlopen(request, timeout=10, context=context) as answer:
+        assert answer.status == 200 and answer.read() == data
+        assert answer.headers["ETag"] == f'"{sha}"' and answer.headers["Last-Modified"] is None
+    assert [_metric(r, _BLOB_200) for r in replicas] == asked
 
 
 def _metric(server: LocalServer, line_start: str) -> float:

@@ -23,9 +23,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
 
+from ota_server.grants import GrantKey
 from tools.api_client import ApiClient
 from tools.cluster import ComponentError
-from tools.cluster.nginx import Nginx
+from tools.cluster.nginx import BlobGrants, Nginx
 from tools.cluster.postgres import PostgresServer
 from tools.cluster.seaweed import SeaweedS3
 from tools.local_server import LocalServer
@@ -39,8 +40,8 @@ class TlsNginx(Nginx):
     """Nginx's load balancer, listening with TLS (the certificate `ota tls init` made)."""
 
     def __init__(self, workdir: Path, upstreams: list[str], tls_dir: Path, *,
-                 accel: dict[str, Path] | None = None):
-        super().__init__(None, workdir, upstreams=upstreams, accel=accel)
+                 accel: dict[str, Path] | None = None, grants: BlobGrants | None = None):
+        super().__init__(None, workdir, upstreams=upstreams, accel=accel, grants=grants)
         self.tls_dir = tls_dir
 
     def _server_block(self) -> str:
@@ -68,11 +69,14 @@ class Cluster:
     production's durability); `extra_args` go to every `ota serve`. With `blob_accel` (the
     default, production's layout) nginx sends whole blobs from each replica's verified cache
     itself: replica N runs with `--blob-accel /_mpota/replicaN`, which nginx maps to its
-    blob-cache/ (docs/operations.md, "Blobs sent by nginx")."""
+    blob-cache/ (docs/operations.md, "Blobs sent by nginx"). With `grants` (the default, too)
+    every replica runs with `--grant-key` on one key file (`grant_key_path`), so check-ins
+    that get an offer carry a download grant, and nginx checks grants itself (njs) and sends
+    a granted blob from whichever replica's cache holds it, asking no replica."""
 
     def __init__(self, workdir: Path, root_json: Path, *, replicas: int = 2,
                  pg_settings: dict[str, str] | None = None, extra_args: list[str] | None = None,
-                 tls_dir: Path | None = None, blob_accel: bool = True):
+                 tls_dir: Path | None = None, blob_accel: bool = True, grants: bool = True):
         if replicas < 1:
             raise ValueError("a cluster needs at least one replica")
         self.workdir = workdir
@@ -82,6 +86,7 @@ class Cluster:
         self.extra_args = list(extra_args or [])
         self.tls_dir = tls_dir
         self.blob_accel = blob_accel
+        self.grants = grants
         self.postgres: PostgresServer | None = None
         self.s3: SeaweedS3 | None = None
         self.replicas: list[LocalServer] = []
@@ -109,6 +114,11 @@ class Cluster:
     def data_dir(self) -> Path:
         """Where the replicas' data directories (and logs) are."""
         return self.workdir / "replicas"
+
+    @property
+    def grant_key_path(self) -> Path:
+        """The replicas' shared grant key file (`--grant-key`), when `grants`."""
+        return self.workdir / "grant.key"
 
     def client(self) -> ApiClient:
         """A publisher client of the cluster, through nginx."""
@@ -141,9 +151,15 @@ class Cluster:
         self.blobs_url = self.s3.url()
         self.migrate()
         accel: dict[str, Path] = {}
+        caches: list[Path] = []
+        if self.grants:
+            GrantKey.load_or_create(self.grant_key_path)  # 0600, as every replica needs it
         for n in range(1, self.replica_count + 1):
             data_dir = self.data_dir / f"replica{n}"
+            caches.append(data_dir / "blob-cache")  # Settings.blob_cache_dir
             extra = list(self.extra_args)
+            if self.grants:
+                extra += ["--grant-key", str(self.grant_key_path)]
             if self.blob_accel:
                 prefix = f"/_mpota/replica{n}"
                 extra += ["--blob-accel", prefix]
@@ -157,9 +173,11 @@ class Cluster:
         upstreams = [replica.url for replica in self.replicas]
         lb_dir = self.workdir / "nginx"
         lb_dir.mkdir(exist_ok=True)
-        self.nginx = (Nginx(None, lb_dir, upstreams=upstreams, accel=accel)
+        grants = BlobGrants(self.grant_key_path, tuple(caches)) if self.grants else None
+        self.nginx = (Nginx(None, lb_dir, upstreams=upstreams, accel=accel, grants=grants)
                       if self.tls_dir is None
-                      else TlsNginx(lb_dir, upstreams, self.tls_dir, accel=accel))
+                      else TlsNginx(lb_dir, upstreams, self.tls_dir, accel=accel,
+                                    grants=grants))
         self._stack.enter_context(self.nginx)
 
     def migrate(self) -> None:
