@@ -261,8 +261,9 @@ def demo(cluster: bool = False) -> None:
              "--board", "unix", "--fleet", str(fleet), "--key", str(keys / "release.key"),
              "--deflate", "--channel", "stable", "--percent", "100")
 
-        _step("7. The boards check in, verify, fetch the changed file in one signed request "
-              "(GET /v1/device/pack), swap, confirm")
+        _step("7. The boards check in, verify, fetch the changed file in one request "
+              "(GET /v1/device/pack) with the download grant their offer carried (no "
+              "signature, no counter: docs/protocol.md), swap, confirm")
         _boot_all(boards, boots=4)
         _run("rollout", "status", "stable")
 
