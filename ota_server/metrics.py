@@ -34,6 +34,8 @@ class Metrics:
         "mpota_blob_accel_bytes_total": ("counter", "Bytes of the blobs handed to nginx to "
                                          "send (not in mpota_blob_bytes_served_total)."),
         "mpota_pack_requests_total": ("counter", "Pack requests from boards by status code."),
+        "mpota_grant_requests_total": ("counter", "Blob and pack requests from boards "
+                                       "authorised by a download grant (no signature)."),
         "mpota_reports_total": ("counter", "Board status reports by status."),
         "mpota_reports_refused_total": ("counter",
                                         "Board reports refused by error code: about a release "

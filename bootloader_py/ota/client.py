@@ -38,25 +38,42 @@ class Session:
         # Anti-rollback floor: set by the client, merged with the counter record's at each
         # reservation (auth._counter), where it survives the boot state's loss.
         self.floor = 0
+        # The download grant this conversation's offer carried (X-Ota-Grant), in RAM only:
+        # never written, printed or parsed (docs/board.md, Download grants).
+        self.auth = None
 
-    def request(self, method, path, body=b"", extra="", more_s=0):
+    def request(self, method, path, body=b"", extra="", more_s=0, auth=None):
         """Signed request, ended by timeout_s (+ more_s: a pack's time on the slowest link);
         raises HttpError on transport failures.
 
+        `auth`: a download grant (Session.auth) to send as the Authorization instead of a
+        signature, which uses no counter. A grant answered 401 (expired, the server's key
+        changed, a server without grants) is dropped for the rest of the conversation and the
+        request goes again at once, signed: a refused grant never fails an update.
         Feeds the trial watchdog first: a request, bounded by timeout_s, is the longest the
         client works unfed (config trial_watchdog_s, docs/board.md); a pack (more_s) is only
         fetched on a confirmed boot, when no watchdog runs."""
         import ota
-        ota.feed()
-        from ota import auth, http
+        from ota import http
         path = self.prefix + path
-        headers = "Authorization: " + auth.authorization(self, method, path, body) + "\r\n"
-        auth = None
-        _forget("auth")  # the verifier's heap matters more than reloading it next time
-        if body:
-            headers += "Content-Type: application/json\r\n"
-        return http.request(self.url, method, path, headers + extra, body,
-                            self.timeout + more_s)
+        while True:
+            ota.feed()
+            if auth:
+                head = auth
+            else:
+                from ota import auth as signer
+                head = signer.authorization(self, method, path, body)
+                signer = None
+                _forget("auth")  # the verifier's heap matters more than reloading it next time
+            headers = "Authorization: " + head + "\r\n"
+            if body:
+                headers += "Content-Type: application/json\r\n"
+            resp = http.request(self.url, method, path, headers + extra, body,
+                                self.timeout + more_s)
+            if resp.status != 401 or not auth:
+                return resp
+            resp.close()
+            auth = self.auth = None
 
 
 def load_root():
@@ -226,6 +243,8 @@ def checkin(sess, st, cfg, root_v, buf):
             raise HttpError("%s: http %d" % ("checkin", resp.status))
         if resp.status == 204 or (resp.status == 200 and st.on_trial):
             return False, resp.root  # on trial nothing is installed: the offer is not read
+        if resp.status == 200:  # its download grant, if any, for this offer's pack (ota/http.py)
+            sess.auth = getattr(resp, "auth", None)
         try:
             _save(resp, ENVELOPE, buf, "manifest" if resp.status == 200 else "checkin")
         except HttpError as e:

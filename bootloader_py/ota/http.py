@@ -195,6 +195,19 @@ class Response:
             if self.root is not None:
                 raise HttpError("repeated x-ota-root")
             self.root = _number(value, "x-ota-root")
+        elif name == b"x-ota-grant":
+            # A download grant (docs/board.md, Download grants): `auth`, a str, echoed as the
+            # pack's Authorization, never parsed. Its line is at most _LINE bytes (a longer one
+            # was skipped), and only printable ASCII is kept: no CR, LF or control byte can
+            # reach the request it goes into. Anything else, or a repeat, leaves "": no grant,
+            # the board signs. The member exists only on an answer that carried the header:
+            # one more in every Response grew each one's dict, and that alone moved the 64-bit
+            # port's heap edge (docs/board.md).
+            for c in value:
+                if not 32 <= c <= 126:
+                    value = b""
+                    break
+            self.auth = "" if hasattr(self, "auth") else value.decode()
         elif name == b"content-range":
             self._range(value)
         elif name == b"transfer-encoding":

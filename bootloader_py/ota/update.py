@@ -3,9 +3,10 @@
 # The release's files are the lines of slots.OFFER. Each file of the new slot comes from
 # (1) the target slot itself when an earlier attempt already put it there, (2) a copy of an
 # active-slot file with the same SHA-256, or (3) the server: every file that needs it in one
-# signed request (GET /v1/device/pack), its blobs back to back. Each blob lands in
-# /ota/part/<blob> first, through the one buffer into SHA-256 and flash, cut off at its
-# declared size; an attempt cut short resumes the blob it was in with Range.
+# request (GET /v1/device/pack, with the offer's download grant, else signed), its blobs back
+# to back. Each blob lands in /ota/part/<blob> first, through the one buffer into SHA-256 and
+# flash, cut off at its declared size; an attempt cut short resumes the blob it was in with
+# Range.
 import hashlib
 
 from micropython import const
@@ -172,8 +173,9 @@ def _fetch(sess, todo, root, buf):
     extra = "Range: bytes=%d-\r\n" % have if have else ""
     name = slots.entry_at(OFFER, todo[0])[_PATH]
     try:
+        # with the offer's download grant when it came with one (Session.request)
         resp = sess.request("GET", "/v1/device/pack?blobs=" + ",".join(ids), b"", extra,
-                            size // _SLOWEST)
+                            size // _SLOWEST, sess.auth)
     except HttpError as e:
         raise UpdateFailed("blob %s: %s" % (name, e))
     ids = None
