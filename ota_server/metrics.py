@@ -41,8 +41,6 @@ class Metrics:
                                         "Board reports refused by error code: about a release "
                                         "the server never offered that board, or unknown."),
         "mpota_auth_failures_total": ("counter", "Refused credentials by error code."),
-        "mpota_grant_requests_total": ("counter", "Board downloads authorised by a download "
-                                       "grant (one HMAC, no signature, no counter)."),
         "mpota_releases_registered_total": ("counter", "Releases registered since start."),
         "mpota_store_unavailable_total": ("counter", "Requests answered 503 because the "
                                           "database or object store was unavailable."),
