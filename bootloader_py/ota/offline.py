@@ -77,7 +77,7 @@ class _Usb(client.Session):
     """A session with no server: the device key (the verifier's comb tables are authenticated
     with it) and a pack endpoint served from the staging area. Nothing goes on the network."""
 
-    def request(self, method, path, body=b"", extra="", more_s=0):
+    def request(self, method, path, body=b"", extra="", more_s=0, auth=None):
         at = path.find("?blobs=")
         if method != "GET" or at < 0:
             raise HttpError("no server during an offline install")
