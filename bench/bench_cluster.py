@@ -51,8 +51,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
@@ -66,6 +64,7 @@ from bench_server import (  # noqa: E402
     checkin_body,
     cpu_seconds,
     nginx_cpu,
+    obtain_grants,
 )
 from bench_server import _closed_loop as closed_loop  # noqa: E402
 from checkin_load import write_requests  # noqa: E402
@@ -335,21 +334,9 @@ async def _not_recorded(dsn: str, answered: list[tuple[Board, bool]]) -> tuple[l
 
 async def checkin_grants(cluster: Cluster, boards: list[Board]) -> dict[str, str]:
     """Each board's download grant, from a real signed check-in through nginx answered 200
-    (the release is published to every board): the X-Ota-Grant value, by device id.
-    RuntimeError when a check-in gets no offer or no grant."""
-    grants: dict[str, str] = {}
-    async with aiohttp.ClientSession() as session:
-        for board in boards:
-            req = board.signed(cluster.url, "POST", "/v1/device/checkin",
-                               checkin_body(board.device_id))
-            async with session.post(req.url, data=req.body, headers=req.headers) as resp:
-                await resp.read()
-                grant = resp.headers.get("X-Ota-Grant")
-                if resp.status != 200 or grant is None:
-                    raise RuntimeError(f"S6 check-in of {board.device_id}: {resp.status}, "
-                                       f"grant {'given' if grant else 'missing'}")
-                grants[board.device_id] = grant
-    return grants
+    (the release is published to every board): the X-Ota-Grant value, by device id."""
+    await obtain_grants(cluster.url, boards, "S6")
+    return {board.device_id: board.grant for board in boards if board.grant is not None}
 
 
 def s6_lanes(cluster: Cluster, boards: list[Board], sha: str, scale: Scale,

@@ -215,18 +215,19 @@ async def s1(srv: LocalServer, nginx: Nginx, boards: list[Board], envelope_size:
     return ota_rps / ngx_rps
 
 
-async def obtain_grants(srv: LocalServer, boards: list[Board]) -> None:
-    """Each board checks in (signed, as it would) and keeps the download grant of the offer it
-    is answered: a real 200 from the rollout main() started, not a grant minted here."""
+async def obtain_grants(base_url: str, boards: list[Board], figure: str = "S2") -> None:
+    """Each board checks in at `base_url` (signed, as it would) and keeps the download grant of
+    the offer it is answered: a real 200 from a rollout the bench started, not a grant minted
+    here. RuntimeError naming `figure` when a check-in gets no offer or no grant."""
     async with aiohttp.ClientSession() as session:
         for board in boards:
-            req = board.signed(srv.url, "POST", "/v1/device/checkin",
+            req = board.signed(base_url, "POST", "/v1/device/checkin",
                                checkin_body(board.device_id))
             async with session.post(req.url, data=req.body, headers=req.headers) as resp:
                 await resp.read()
                 board.grant = resp.headers.get("X-Ota-Grant")
                 if resp.status != 200 or board.grant is None:
-                    raise RuntimeError(f"S2 set-up: {board.device_id}'s check-in got "
+                    raise RuntimeError(f"{figure} set-up: {board.device_id}'s check-in got "
                                        f"{resp.status} without a grant; no offer to download")
 
 
@@ -237,7 +238,7 @@ async def s2(srv: LocalServer, nginx: Nginx, boards: list[Board], sha: str, size
     download with the grants of their offers (obtained before the clock starts; one lasts 900 s,
     far longer than the rounds), or with signed requests if `signed`."""
     if not signed:
-        await obtain_grants(srv, boards)
+        await obtain_grants(srv.url, boards)
     print(f"S2 downloads authorised by {'signed requests' if signed else 'download grants'}")
     ratios = [await _s2_round(srv, nginx, boards, sha, size, scale, n + 1, signed)
               for n in range(scale.s2_rounds)]

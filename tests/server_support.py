@@ -15,6 +15,8 @@ import hashlib
 import json
 import re
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -416,3 +418,15 @@ async def start_env(aiohttp_client: Any, tmp_path: Path, backend: Backend) -> Se
     settings = replace(settings, root_path=keys.root_path)
     client = await aiohttp_client(create_app(settings))
     return ServerEnv(client, settings, token, keys, tmp_path)
+
+
+def get_status(url: str, authorization: str) -> int:
+    """The status of a GET of `url` with this Authorization (the body read and dropped)."""
+    request = urllib.request.Request(url, headers={"Authorization": authorization})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            answer.read()
+            return int(answer.status)
+    except urllib.error.HTTPError as err:
+        err.read()
+        return int(err.code)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from server_support import Backend, FleetKeys, SimBoard, make_bundle, sha256_hex
+from server_support import Backend, FleetKeys, SimBoard, get_status, make_bundle, sha256_hex
 
 from ota_server.grants import GrantKey
 from ota_server.logs import JsonFormatter, PlainFormatter
@@ -90,17 +90,6 @@ def _with_grant_key(backend: Backend, directory: Path) -> list[str]:
     return [] if backend.kind == "sqlite" else ["--grant-key", str(directory / "grant.key")]
 
 
-def _fetch(srv: LocalServer, path: str, authorization: str) -> int:
-    request = urllib.request.Request(srv.url + path, headers={"Authorization": authorization})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            answer.read()
-            return int(answer.status)
-    except urllib.error.HTTPError as err:
-        err.read()
-        return int(err.code)
-
-
 @pytest.mark.parametrize("log_format", ["plain", "json"])
 def test_no_download_grant_reaches_the_log(tmp_path: Path, keys: FleetKeys, log_format: str,
                                            backend: Backend) -> None:
@@ -127,16 +116,16 @@ def test_no_download_grant_reaches_the_log(tmp_path: Path, keys: FleetKeys, log_
         other_mac = GrantKey(bytes(32)).mint(board.device_id, time.time(), 900)
         expired = grant.replace("exp=", "exp=1")  # ten times further: refused as bad_grant
         for path in (f"/v1/blobs/{sha}", f"/v1/device/pack?blobs={sha}"):
-            assert _fetch(srv, path, grant) == 200
-            assert _fetch(srv, path, other_mac) == 401
-            assert _fetch(srv, path, expired) == 401
-            assert _fetch(srv, path, grant[:-1]) == 401
+            assert get_status(srv.url + path, grant) == 200
+            assert get_status(srv.url + path, other_mac) == 401
+            assert get_status(srv.url + path, expired) == 401
+            assert get_status(srv.url + path, grant[:-1]) == 401
         for bad in (b"\x00", b"\r", b"\x7f"):  # the parser refuses these before any handler
             cut = len(grant) - 20
             raw = (f"GET /v1/blobs/{sha} HTTP/1.1\r\nHost: x\r\nAuthorization: ".encode()
                    + grant[:cut].encode() + bad + grant[cut:].encode() + b"\r\n\r\n")
             assert _send(srv, raw).split(b" ", 2)[1] == b"400"
-        assert _fetch(srv, f"/v1/blobs/{sha}", grant) == 200  # still up, still logging
+        assert get_status(f"{srv.url}/v1/blobs/{sha}", grant) == 200  # still up, still logging
         text = _wait_for(srv, "refused a malformed request")
     assert text.count("refused a malformed request") == 3, text
     assert grant not in text and other_mac not in text
