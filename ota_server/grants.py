@@ -36,7 +36,6 @@ from ota_server.settings import MAX_GRANT_LIFETIME_S
 
 SCHEME = "Mpota-Grant"
 GRANT_CONTEXT = b"mpota-grant-v1"
-KEY_NAME = "grant.key"
 KEY_BYTES = 32
 # The longest lifetime a server may give (the setting's bound) is also the furthest `exp` any
 # checker accepts: a grant claiming more was not minted by a server of this protocol.
