@@ -29,6 +29,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 from ota_server.device_auth import DEVICE_ID
 from ota_server.errors import Unauthorized
@@ -144,7 +145,7 @@ class GrantKey:
         return device_id
 
 
-def is_grant(header: str | None) -> bool:
+def is_grant(header: str | None) -> TypeGuard[str]:
     """Whether an Authorization value is meant as a grant (the scheme), valid or not."""
     return header is not None and header.startswith(SCHEME + " ")
 

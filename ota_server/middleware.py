@@ -51,6 +51,7 @@ device = _declare("device")
 # A board's download (blobs, packs): a signed request as `device`, or the download grant its
 # offer carried (ota_server.grants): one HMAC, no counter.
 download = _declare("download")
+_BOARD_KINDS = ("device", "download")
 # A board request whose handler reads and writes none of the board's check-in records queued
 # behind (ota_server.counters: its inventory, offers on one server): its counter is committed
 # without them, and they go in with the timer's write or the board's next other request.
@@ -139,12 +140,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             await request.app[state.BOARD_WRITES].flush()
             return await handler(request)
         return await _audited(request, handler, token, needed)
-    if kind == "device" or (kind == "download" and not is_grant(
-            request.headers.get("Authorization"))):
-        await _authenticate_device(request)
-        return await handler(request)
-    if kind == "download":
-        _check_grant(request)
+    if kind in _BOARD_KINDS:
+        header = request.headers.get("Authorization")
+        if kind == "download" and is_grant(header):
+            _check_grant(request, header)
+        else:
+            await _authenticate_device(request)
         return await handler(request)
     log.error("route %s %s declares no auth; refused", request.method, request.path)
     raise Unauthorized("this route is not open to anyone", code="no_auth_declared")
@@ -222,14 +223,14 @@ async def _authenticate_device(request: web.Request) -> None:
     request[state.BODY] = body
 
 
-def _check_grant(request: web.Request) -> None:
+def _check_grant(request: web.Request, header: str) -> None:
     """Accept a download grant (ota_server.grants) or raise Unauthorized. A grant names its
     board but carries no counter: nothing is written, the body (a GET has none) is not read."""
     key = request.app.get(state.GRANTS)
     if key is None:
         raise Unauthorized("this server gives no download grants; sign the request",
                            code="bad_credentials")
-    request[state.GRANTED] = key.check(request.headers["Authorization"], time.time())
+    request[state.GRANTED] = key.check(header, time.time())
     request.app[state.METRICS].inc("mpota_grant_requests_total")
 
 
@@ -246,7 +247,7 @@ async def trim_headers(request: web.Request, response: web.StreamResponse) -> No
     something is new, blobs are immutable), and RFC 9111 has a cache that stores an answer
     without `Date` add its own.
     """
-    board = auth_kind(request.match_info.handler) in ("device", "download")
+    board = auth_kind(request.match_info.handler) in _BOARD_KINDS
     for name in _UNREAD_BY_BOARDS if board else _UNREAD_HEADERS:
         response.headers.popall(name, None)
 
