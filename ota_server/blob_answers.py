@@ -102,7 +102,7 @@ async def _send_span(request: web.BaseRequest, writer: Any, span: FileSpan) -> N
         if sent < span.count:  # it stops quietly at the end of the file
             # Content-Length promised more: cut the connection rather than let the board wait
             raise ConnectionResetError("blob shorter than its size")
-    except NotImplementedError:  # a transport without sendfile (TLS): copy in chunks
+    except NotImplementedError:  # no sendfile for this transport (TLS) or loop (uvloop): copy
         span.fobj.seek(span.offset + sent)
         left = span.count - sent
         while left:

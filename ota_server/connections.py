@@ -190,10 +190,12 @@ class GuardedRequestHandler(RequestHandler):
             # back to its transport) and the response's clean-up (which closes its files);
             # an abort alone would leave the sendfile waiting for ever.
             task.uncancel()
-            self.force_close()
             if self.transport is not None:
-                # abort, not close: close would wait to flush exactly the bytes nobody takes
+                # abort, and before force_close (which closes): a close waits to flush exactly
+                # the bytes nobody takes, and a copied answer (TLS, uvloop: no sendfile) has
+                # them queued in the transport, so the connection stayed open
                 self.transport.abort()
+            self.force_close()
             return resp, True
         finally:
             deadline.cancel()
@@ -389,14 +391,29 @@ def run(app: web.Application, settings: Settings, *, announce: Callable[[str], N
     Raises what the app's start-up raises (ota_server.trust.TrustSetupError) and OSError when
     the address cannot be bound.
     """
-    with contextlib.suppress(web.GracefulExit):
-        asyncio.run(_serve(app, settings, announce))
+    with contextlib.suppress(web.GracefulExit), \
+            asyncio.Runner(loop_factory=event_loop_factory(settings.event_loop)) as runner:
+        runner.run(_serve(app, settings, announce))
+
+
+def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop factory of an `event_loop` setting: uvloop's (the default: libuv's accept,
+    socket and timer handling in C, ~8 % less CPU per new-connection check-in than asyncio's
+    own, figure S3 in docs/benchmarks.md) or None for asyncio's."""
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
 
 
 async def _serve(app: web.Application, settings: Settings,
                  announce: Callable[[str], None]) -> None:
+    # No TCP keepalive probes: every phase of a connection is bounded by a deadline of its own
+    # (header, body, send, keep-alive; docs/operations.md), all of which fire long before the
+    # kernel's first probe (2 hours), and turning them on costs a system call per connection.
     runner = GuardedAppRunner(app, settings.limits, handle_signals=True, access_log=None,
-                              shutdown_timeout=5)
+                              shutdown_timeout=5, tcp_keepalive=False)
     try:
         await runner.setup()
         tls = app.get(state.TLS)

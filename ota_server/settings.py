@@ -97,6 +97,9 @@ class Settings:
     # start), and no grants at all on a shared database unless one file is named for all.
     grant_key: Path | None = None
     grant_lifetime: int = DEFAULT_GRANT_LIFETIME_S
+    # The event loop serving connections: "uvloop" (default) or "asyncio" (Python's own;
+    # ota_server.connections.event_loop_factory).
+    event_loop: str = "uvloop"
 
     @property
     def grant_key_path(self) -> Path | None:
@@ -133,6 +136,7 @@ _ENV: dict[str, tuple[str, Any]] = {
     "MPOTA_BLOB_ACCEL": ("blob_accel", str),
     "MPOTA_GRANT_KEY": ("grant_key", Path),
     "MPOTA_GRANT_LIFETIME": ("grant_lifetime", str),
+    "MPOTA_EVENT_LOOP": ("event_loop", str),
 }
 
 # Environment variable -> Limits field; flags use the field name. Each must be > 0.
@@ -198,7 +202,21 @@ def load_settings(
         blob_cache_bytes=_blob_cache_bytes(values, env, blobs_url, settings.limits),
         grant_key=Path(values["grant_key"]) if values.get("grant_key") is not None else None,
         grant_lifetime=check_grant_lifetime(values.get("grant_lifetime")),
+        event_loop=_one_of("event loop", EVENT_LOOPS, values.get("event_loop")),
     )
+
+
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+def _one_of(what: str, choices: tuple[str, ...], given: Any) -> str:
+    """A setting with a fixed set of values: `given`, the first of `choices` when not given."""
+    if given is None:
+        return choices[0]
+    if given not in choices:
+        raise SettingsError(f"{what}: must be one of {', '.join(choices)}, "
+                            f"got {str(given)[:40]!r}")
+    return str(given)
 
 
 def check_grant_lifetime(given: Any) -> int:

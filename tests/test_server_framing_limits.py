@@ -28,10 +28,24 @@ from server_framing_support import (
 from server_support import Backend, FleetKeys, SimBoard, served_blob_dir
 
 from ota_server import state
-from ota_server.settings import Limits, SettingsError, load_settings
+from ota_server.connections import event_loop_factory
+from ota_server.settings import EVENT_LOOPS, Limits, SettingsError, load_settings
 from ota_server.tls import ServerTls
 from tools.cli import main as cli_main
 from tools.local_server import LocalServer
+
+
+@pytest.fixture(scope="module", params=EVENT_LOOPS)
+def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
+    """Each test here on both event loops `ota serve` runs on (--event-loop): uvloop, the
+    default, and asyncio's own. The server, and the test's clients with it, run on it."""
+    factory = event_loop_factory(request.param)
+    if factory is None:
+        return asyncio.DefaultEventLoopPolicy()
+    import uvloop
+
+    return uvloop.EventLoopPolicy()
+
 
 SLOW_HEAD = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 2000
 
@@ -52,17 +66,28 @@ async def trickle(port: int, data: bytes, interval: float, give_up: float) -> tu
             except ConnectionError:
                 break
             try:
-                received = await asyncio.wait_for(reader.read(), interval)
-                break  # the server closed it
+                # read(n), not read(): a read() cancelled by the timeout loses what it had read
+                # so far when the answer and the close come in two turns of the loop (uvloop)
+                first = await asyncio.wait_for(reader.read(65536), interval)
             except TimeoutError:
                 continue
             except ConnectionError:
                 break
+            received = first + await _rest(reader, give_up)  # the server answered and closes
+            break
         else:
             received = await asyncio.wait_for(reader.read(), give_up)
     finally:
         writer.close()
     return time.monotonic() - started, received
+
+
+async def _rest(reader: asyncio.StreamReader, give_up: float) -> bytes:
+    """What the server sends until it closes (or resets) the connection."""
+    try:
+        return await asyncio.wait_for(reader.read(), give_up)
+    except ConnectionError:
+        return b""
 
 
 async def _register(server: LiveServer, board: SimBoard) -> None:
@@ -268,6 +293,23 @@ def test_limits_come_from_the_environment_and_flags_win() -> None:
     assert settings.limits.max_json_bytes == Limits().max_json_bytes
 
 
+def test_the_event_loop_is_uvloop_unless_set_and_anything_else_is_refused_naming_it() -> None:
+    assert load_settings({"data_dir": "/d"}, environ={}).event_loop == "uvloop"
+    env = {"MPOTA_EVENT_LOOP": "asyncio"}
+    assert load_settings({"data_dir": "/d"}, environ=env).event_loop == "asyncio"
+    assert load_settings({"data_dir": "/d", "event_loop": "uvloop"},
+                         environ=env).event_loop == "uvloop"  # the flag wins
+    with pytest.raises(SettingsError, match="event loop: must be one of uvloop, asyncio, "
+                                            "got 'trio'"):
+        load_settings({"data_dir": "/d"}, environ={"MPOTA_EVENT_LOOP": "trio"})
+    assert event_loop_factory("asyncio") is None
+    loop = event_loop_factory("uvloop")()  # type: ignore[misc]
+    try:
+        assert type(loop).__module__.startswith("uvloop")
+    finally:
+        loop.close()
+
+
 @pytest.mark.parametrize(("source", "value"), [("env", "0"), ("env", "-1"), ("env", "nan"),
                                                ("env", "soon"), ("flag", 0.0),
                                                ("flag", float("inf"))])
@@ -314,39 +356,100 @@ async def _drain(sock: socket.socket, give_up: float) -> int:
 BIG_BLOB = bytes(range(256)) * (48 * 1024)  # 12 MiB: more than the kernel buffers hold
 
 
-@pytest.mark.parametrize("kind", ["blob", "pack"])
+def _tls_request_never_read(port: int, head: bytes, ca: Path) -> ssl.SSLSocket:
+    """_blob_request_never_read over TLS, from a blocking socket (run in a thread)."""
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window
+    raw.settimeout(10)
+    raw.connect((HOST, port))
+    conn = ssl.create_default_context(cafile=str(ca)).wrap_socket(raw, server_hostname=HOST)
+    conn.sendall(head)
+    return conn
+
+
+def _tls_drain(conn: ssl.SSLSocket) -> int:
+    total = 0
+    try:
+        while chunk := conn.recv(1 << 20):
+            total += len(chunk)
+    except (ConnectionError, ssl.SSLError, TimeoutError):
+        pass
+    return total
+
+
+@pytest.mark.parametrize(("kind", "over_tls"), [("blob", False), ("pack", False),
+                                                ("blob", True)], ids=["blob", "pack", "blob-tls"])
 async def test_an_answer_the_client_does_not_take_is_cut_at_the_send_deadline(
-        tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture, backend: Backend) -> None:
+        tmp_path: Path, kind: str, over_tls: bool, caplog: pytest.LogCaptureFixture,
+        backend: Backend) -> None:
     """A board (or anyone with a board's key) that asks for a blob and stops reading holds a
     connection only until send_timeout + size / send_rate_floor (here 1 s + 0.75 s); the
-    blob's file is closed with it and nothing is left waiting."""
+    blob's file is closed with it and nothing is left waiting. Over TLS too, and on uvloop:
+    there the answer is copied through the transport (no sendfile), and the connection used
+    to wait for ever to flush what nobody took."""
     caplog.set_level(logging.INFO)
     rate = 16 * 1024 * 1024
-    async with live_server(tmp_path, backend, send_timeout=1.0, send_rate_floor=rate) as server:
+    server_tls, ca = None, tmp_path / "tls" / "ca.pem"
+    if over_tls:
+        assert cli_main(["tls", "init", str(tmp_path / "tls"), "--host", HOST]) == 0
+        server_tls = ServerTls(tmp_path / "tls" / "server.pem",
+                               tmp_path / "tls" / "server.key").context
+    async with live_server(tmp_path, backend, tls=server_tls, send_timeout=1.0,
+                           send_rate_floor=rate) as server:
         board = SimBoard("slow-reader")
-        await _register(server, board)
+        loop = asyncio.get_running_loop()
         sha = hashlib.sha256(BIG_BLOB).hexdigest()
-        put = request_head("PUT", f"/v1/blobs/{sha}", server.bearer, body_length=len(BIG_BLOB))
-        assert (await exchange(server.port, [put + BIG_BLOB], timeout=30)).status == 201
         target = f"/v1/blobs/{sha}" if kind == "blob" else f"/v1/device/pack?blobs={sha}"
-        # control: a client that reads gets the whole blob under the same limits
-        control = await _blob_request_never_read(server, board, target)
-        try:
-            assert await _drain(control, give_up=10) > len(BIG_BLOB)
-        finally:
+        if over_tls:
+            registration = json.dumps(board.registration()).encode()
+            registered = await loop.run_in_executor(
+                None, _blocking_exchange, server.port,
+                request_head("POST", "/v1/devices", server.bearer,
+                             body_length=len(registration)) + registration,
+                ssl.create_default_context(cafile=str(ca)))
+            assert registered.startswith(b"HTTP/1.1 201")
+            put = await loop.run_in_executor(
+                None, _blocking_exchange, server.port,
+                request_head("PUT", f"/v1/blobs/{sha}", server.bearer,
+                             body_length=len(BIG_BLOB)) + BIG_BLOB,
+                ssl.create_default_context(cafile=str(ca)))
+            assert put.startswith(b"HTTP/1.1 201")
+            head = request_head("GET", target, board.auth("GET", target), body_length=0)
+            control = await loop.run_in_executor(None, _tls_request_never_read, server.port,
+                                                 head, ca)
+            assert await loop.run_in_executor(None, _tls_drain, control) > len(BIG_BLOB)
             control.close()
+        else:
+            await _register(server, board)
+            put = request_head("PUT", f"/v1/blobs/{sha}", server.bearer,
+                               body_length=len(BIG_BLOB))
+            assert (await exchange(server.port, [put + BIG_BLOB], timeout=30)).status == 201
+            # control: a client that reads gets the whole blob under the same limits
+            control = await _blob_request_never_read(server, board, target)
+            try:
+                assert await _drain(control, give_up=10) > len(BIG_BLOB)
+            finally:
+                control.close()
         started = time.monotonic()
-        stalled = await _blob_request_never_read(server, board, target)
+        if over_tls:
+            head = request_head("GET", target, board.auth("GET", target), body_length=0)
+            stalled_tls = await loop.run_in_executor(None, _tls_request_never_read,
+                                                     server.port, head, ca)
+        else:
+            stalled = await _blob_request_never_read(server, board, target)
         try:
             await _until(lambda: server.open_connections() == 1)
             await asyncio.sleep(0.5)  # well into the answer: it stalls at the client's window
             assert server.open_connections() == 1
             await _until(lambda: server.open_connections() == 0, limit=8)
             cut_after = time.monotonic() - started
-            received = await _drain(stalled, give_up=5)
+            if over_tls:
+                received = await loop.run_in_executor(None, _tls_drain, stalled_tls)
+            else:
+                received = await _drain(stalled, give_up=5)
             await _until(lambda: not _open_files_under(served_blob_dir(server.settings)))
         finally:
-            stalled.close()
+            (stalled_tls if over_tls else stalled).close()
     assert 1.5 < cut_after < 4.0
     assert received < len(BIG_BLOB)
     assert "send deadline" in caplog.text

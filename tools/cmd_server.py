@@ -93,6 +93,9 @@ def _fleet_values(path: Path) -> dict[str, Any]:
 @click.option("--grant-lifetime", default=None, metavar="SECONDS",
               help="how long a download grant is valid, 60..86400 [default: 900; env "
                    "MPOTA_GRANT_LIFETIME]")
+@click.option("--event-loop", type=click.Choice(["uvloop", "asyncio"]), default=None,
+              help="the event loop serving connections [default: uvloop; env "
+                   "MPOTA_EVENT_LOOP]")
 @click.option("--json-logs", is_flag=True, default=None, help="one JSON object per log line")
 @click.option("--quiet", is_flag=True, help="log warnings and errors only (benchmarks)")
 @click.option("--header-timeout", type=float, default=None,
@@ -117,7 +120,8 @@ def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, p
               fleet_path: Path | None, tls_cert: Path | None, tls_key: Path | None,
               db_url: str | None, blobs_url: str | None, blob_accel: str | None,
               blob_cache_bytes: str | None, grant_key: Path | None,
-              grant_lifetime: str | None, json_logs: bool | None, quiet: bool,
+              grant_lifetime: str | None, event_loop: str | None, json_logs: bool | None,
+              quiet: bool,
               **limits: float | None) -> None:
     """Run the update server until interrupted."""
     import logging
@@ -140,6 +144,7 @@ def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, p
                                   "db_url": db_url, "blobs_url": blobs_url,
                                   "blob_accel": blob_accel, "blob_cache_bytes": blob_cache_bytes,
                                   "grant_key": grant_key, "grant_lifetime": grant_lifetime,
+                                  "event_loop": event_loop,
                                   **limits},
                                  fleet_values=fleet_values)
     except SettingsError as err:
