@@ -399,10 +399,14 @@ def run(app: web.Application, settings: Settings, *, announce: Callable[[str], N
 def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The loop factory of an `event_loop` setting: uvloop's (the default: libuv's accept,
     socket and timer handling in C, ~8 % less CPU per new-connection check-in than asyncio's
-    own, figure S3 in docs/benchmarks.md) or None for asyncio's."""
+    own, figure S3 in docs/benchmarks.md) or None for asyncio's, also where uvloop is not
+    installed (it has no Windows build), which is logged."""
     if name == "uvloop":
-        import uvloop
-
+        try:
+            import uvloop
+        except ImportError:
+            log.warning("uvloop is not installed: serving on asyncio's event loop")
+            return None
         return uvloop.new_event_loop
     return None
 

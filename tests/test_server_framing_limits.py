@@ -11,6 +11,7 @@ import json
 import logging
 import socket
 import ssl
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -308,6 +309,13 @@ def test_the_event_loop_is_uvloop_unless_set_and_anything_else_is_refused_naming
         assert type(loop).__module__.startswith("uvloop")
     finally:
         loop.close()
+
+
+def test_without_uvloop_the_server_says_so_and_runs_on_asyncio(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # what `import uvloop` finds uninstalled
+    assert event_loop_factory("uvloop") is None
+    assert "uvloop is not installed: serving on asyncio's event loop" in caplog.text
 
 
 @pytest.mark.parametrize(("source", "value"), [("env", "0"), ("env", "-1"), ("env", "nan"),
