@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from server_framing_support import (
@@ -40,8 +41,7 @@ from tools.local_server import LocalServer
 def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
     """Each test here on both event loops `ota serve` runs on (--event-loop): uvloop, the
     default, and asyncio's own. The server, and the test's clients with it, run on it."""
-    factory = event_loop_factory(request.param)
-    if factory is None:
+    if request.param == "asyncio":
         return asyncio.DefaultEventLoopPolicy()
     import uvloop
 
@@ -335,47 +335,23 @@ def test_a_limit_that_is_not_a_positive_number_is_refused_naming_it(source: str,
 
 # -- the send deadline ------------------------------------------------------------------------
 
-async def _blob_request_never_read(server: LiveServer, board: SimBoard, target: str,
-                                   ) -> socket.socket:
-    """A signed GET of `target` from a client with a tiny receive window that reads nothing."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window
-    sock.setblocking(False)
-    loop = asyncio.get_running_loop()
-    await loop.sock_connect(sock, (HOST, server.port))
-    head = request_head("GET", target, board.auth("GET", target), body_length=0)
-    await loop.sock_sendall(sock, head)
-    return sock
-
-
-async def _drain(sock: socket.socket, give_up: float) -> int:
-    """Read to the connection's end (EOF or reset); the bytes read."""
-    loop, total = asyncio.get_running_loop(), 0
-    try:
-        while True:
-            chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), give_up)
-            if not chunk:
-                return total
-            total += len(chunk)
-    except ConnectionError:
-        return total
-
-
 BIG_BLOB = bytes(range(256)) * (48 * 1024)  # 12 MiB: more than the kernel buffers hold
 
 
-def _tls_request_never_read(port: int, head: bytes, ca: Path) -> ssl.SSLSocket:
-    """_blob_request_never_read over TLS, from a blocking socket (run in a thread)."""
+def _request_never_read(port: int, head: bytes, tls: ssl.SSLContext | None) -> socket.socket:
+    """`head` sent from a client with a tiny receive window that reads nothing (yet), over TLS
+    with `tls`; a blocking socket (run in a thread)."""
     raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window
     raw.settimeout(10)
     raw.connect((HOST, port))
-    conn = ssl.create_default_context(cafile=str(ca)).wrap_socket(raw, server_hostname=HOST)
+    conn = tls.wrap_socket(raw, server_hostname=HOST) if tls else raw
     conn.sendall(head)
     return conn
 
 
-def _tls_drain(conn: ssl.SSLSocket) -> int:
+def _drain(conn: socket.socket) -> int:
+    """Read to the connection's end (EOF, reset or 10 s of silence); the bytes read."""
     total = 0
     try:
         while chunk := conn.recv(1 << 20):
@@ -397,67 +373,51 @@ async def test_an_answer_the_client_does_not_take_is_cut_at_the_send_deadline(
     to wait for ever to flush what nobody took."""
     caplog.set_level(logging.INFO)
     rate = 16 * 1024 * 1024
-    server_tls, ca = None, tmp_path / "tls" / "ca.pem"
+    server_tls = client_tls = None
     if over_tls:
         assert cli_main(["tls", "init", str(tmp_path / "tls"), "--host", HOST]) == 0
         server_tls = ServerTls(tmp_path / "tls" / "server.pem",
                                tmp_path / "tls" / "server.key").context
+        client_tls = ssl.create_default_context(cafile=str(tmp_path / "tls" / "ca.pem"))
     async with live_server(tmp_path, backend, tls=server_tls, send_timeout=1.0,
                            send_rate_floor=rate) as server:
         board = SimBoard("slow-reader")
         loop = asyncio.get_running_loop()
+
+        async def run(call: Any, *args: Any) -> Any:
+            return await loop.run_in_executor(None, call, *args)
+
         sha = hashlib.sha256(BIG_BLOB).hexdigest()
         target = f"/v1/blobs/{sha}" if kind == "blob" else f"/v1/device/pack?blobs={sha}"
-        if over_tls:
-            registration = json.dumps(board.registration()).encode()
-            registered = await loop.run_in_executor(
-                None, _blocking_exchange, server.port,
-                request_head("POST", "/v1/devices", server.bearer,
-                             body_length=len(registration)) + registration,
-                ssl.create_default_context(cafile=str(ca)))
-            assert registered.startswith(b"HTTP/1.1 201")
-            put = await loop.run_in_executor(
-                None, _blocking_exchange, server.port,
-                request_head("PUT", f"/v1/blobs/{sha}", server.bearer,
-                             body_length=len(BIG_BLOB)) + BIG_BLOB,
-                ssl.create_default_context(cafile=str(ca)))
-            assert put.startswith(b"HTTP/1.1 201")
-            head = request_head("GET", target, board.auth("GET", target), body_length=0)
-            control = await loop.run_in_executor(None, _tls_request_never_read, server.port,
-                                                 head, ca)
-            assert await loop.run_in_executor(None, _tls_drain, control) > len(BIG_BLOB)
+        registration = json.dumps(board.registration()).encode()
+        for head, body in ((request_head("POST", "/v1/devices", server.bearer,
+                                         body_length=len(registration)), registration),
+                           (request_head("PUT", f"/v1/blobs/{sha}", server.bearer,
+                                         body_length=len(BIG_BLOB)), BIG_BLOB)):
+            answer = await run(_blocking_exchange, server.port, head + body, client_tls)
+            assert answer.startswith(b"HTTP/1.1 201")
+
+        def blob_request() -> bytes:
+            return request_head("GET", target, board.auth("GET", target), body_length=0)
+
+        # control: a client that reads gets the whole blob under the same limits
+        control = await run(_request_never_read, server.port, blob_request(), client_tls)
+        try:
+            assert await run(_drain, control) > len(BIG_BLOB)
+        finally:
             control.close()
-        else:
-            await _register(server, board)
-            put = request_head("PUT", f"/v1/blobs/{sha}", server.bearer,
-                               body_length=len(BIG_BLOB))
-            assert (await exchange(server.port, [put + BIG_BLOB], timeout=30)).status == 201
-            # control: a client that reads gets the whole blob under the same limits
-            control = await _blob_request_never_read(server, board, target)
-            try:
-                assert await _drain(control, give_up=10) > len(BIG_BLOB)
-            finally:
-                control.close()
         started = time.monotonic()
-        if over_tls:
-            head = request_head("GET", target, board.auth("GET", target), body_length=0)
-            stalled_tls = await loop.run_in_executor(None, _tls_request_never_read,
-                                                     server.port, head, ca)
-        else:
-            stalled = await _blob_request_never_read(server, board, target)
+        stalled = await run(_request_never_read, server.port, blob_request(), client_tls)
         try:
             await _until(lambda: server.open_connections() == 1)
             await asyncio.sleep(0.5)  # well into the answer: it stalls at the client's window
             assert server.open_connections() == 1
             await _until(lambda: server.open_connections() == 0, limit=8)
             cut_after = time.monotonic() - started
-            if over_tls:
-                received = await loop.run_in_executor(None, _tls_drain, stalled_tls)
-            else:
-                received = await _drain(stalled, give_up=5)
+            received = await run(_drain, stalled)
             await _until(lambda: not _open_files_under(served_blob_dir(server.settings)))
         finally:
-            (stalled_tls if over_tls else stalled).close()
+            stalled.close()
     assert 1.5 < cut_after < 4.0
     assert received < len(BIG_BLOB)
     assert "send deadline" in caplog.text
