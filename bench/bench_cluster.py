@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
@@ -107,21 +106,6 @@ def loadavg() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def tree_cpu(pid: int | None) -> float:
-    """CPU seconds of a process and its children (PostgreSQL's backends, nginx's worker)."""
-    if pid is None:
-        return 0.0
-    total = cpu_seconds(pid)
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return total
-    for child in children:
-        with contextlib.suppress(OSError, ValueError):  # a backend that just exited
-            total += cpu_seconds(int(child))
-    return total
-
-
 def cluster_cpu(cluster: Cluster) -> dict[str, float]:
     """CPU seconds so far of each part of the cluster, by name."""
     assert cluster.postgres is not None and cluster.s3 is not None
@@ -129,8 +113,8 @@ def cluster_cpu(cluster: Cluster) -> dict[str, float]:
     parts = {f"replica{n}": cpu_seconds(r.pid) for n, r in enumerate(cluster.replicas, 1)}
     # The postmaster and `weed server`: the components keep their process to themselves.
     pg, s3 = cluster.postgres._process, cluster.s3._process
-    parts["postgres"] = tree_cpu(None if pg is None else pg.pid)
-    parts["seaweedfs"] = tree_cpu(None if s3 is None else s3.pid)
+    parts["postgres"] = cpu_seconds(None if pg is None else pg.pid)
+    parts["seaweedfs"] = cpu_seconds(None if s3 is None else s3.pid)
     parts["nginx"] = nginx_cpu(cluster.nginx)
     parts["generator"] = time.process_time()
     return parts

@@ -8,14 +8,15 @@ S3  100,000 registered boards, one signed check-in each on a new connection, spr
     over 60 s (open loop): p50, p99, errors (non-200, timeouts, wrong bodies, and answered
     check-ins missing from the database after the server stopped)
 
-Both servers run on 127.0.0.1 with one worker process each (`ota serve` is one process);
-the S1/S2 load generator is this process (asyncio + aiohttp client), S3's is
-bench/checkin_load.py in a process of its own; every request is signed before the clock
-starts. nginx is the Debian package: `nginx` on PATH, else the .deb fetched with
-`apt-get download` and unpacked under .cache/nginx (nothing is installed system-wide, no
-service is started). Everything is bounded in count and time.
+S1 and S2 compare one process with one: `ota serve` (one process) and nginx (one worker),
+both on 127.0.0.1. S3 measures the machine: `ota serve --workers N`, one worker per core
+(--s3-workers; docs/operations.md, "Workers"). The S1/S2 load generator is this process
+(asyncio + aiohttp client), S3's is bench/checkin_load.py in a process of its own; every
+request is signed before the clock starts. nginx is the Debian package: `nginx` on PATH,
+else the .deb fetched with `apt-get download` and unpacked under .cache/nginx (nothing is
+installed system-wide, no service is started). Everything is bounded in count and time.
 
-    python bench/bench_server.py [--quick] [--s3-only] [--s2-signed]
+    python bench/bench_server.py [--quick] [--s3-only] [--s2-signed] [--s3-workers N]
 
 The last line printed is one JSON object with the figure ids.
 """
@@ -82,27 +83,38 @@ def listen_overflows() -> int:
 
 
 def cpu_split(pid: int | None) -> tuple[float, float]:
-    """(user, system) CPU seconds of a process (Linux /proc)."""
+    """(user, system) CPU seconds of a process and its children alive now (Linux /proc):
+    `ota serve --workers N`'s workers, nginx's worker, PostgreSQL's backends."""
     if pid is None:
         return 0.0, 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
+    user = system = 0.0
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for each in [pid, *map(int, children)]:
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            if each == pid:
+                raise
+            continue  # a child that just exited
+        user += int(fields[11]) / tick
+        system += int(fields[12]) / tick
+    return user, system
 
 
 def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU time of a process (Linux /proc), to show who was busy in a phase."""
+    """User + system CPU time of a process and its children, to show who was busy in a
+    phase."""
     return sum(cpu_split(pid))
 
 
 def nginx_cpu(nginx: Nginx) -> float:
     """CPU of nginx's master and its worker (the worker is the master's only child)."""
     assert nginx.process is not None
-    total = cpu_seconds(nginx.process.pid)
-    children = Path(f"/proc/{nginx.process.pid}/task/{nginx.process.pid}/children")
-    for child in children.read_text().split():
-        total += cpu_seconds(int(child))
-    return total
+    return cpu_seconds(nginx.process.pid)
 
 
 # -- load generator -----------------------------------------------------------------------------
@@ -364,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="S2 with signed requests instead of download grants (comparison)")
     parser.add_argument("--s3-only", action="store_true",
                         help="run S3 alone (no nginx, no S1/S2 figures): for profiling")
+    parser.add_argument("--s3-workers", type=int, default=os.cpu_count() or 1,
+                        help="`ota serve --workers` for S3 [default: the machine's cores]")
     args = parser.parse_args(argv)
     scale = QUICK if args.quick else FULL
     if args.s2_concurrency:
@@ -392,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         (static / "blob.bin").write_bytes(blob)
         sha = hashlib.sha256(blob).hexdigest()
         figures: dict[str, Any] = {}
-        with LocalServer(settings.data_dir, keys.root_path, extra_args=["--quiet"]) as srv:
+        srv = LocalServer(settings.data_dir, keys.root_path, extra_args=["--quiet"])
+        with srv:
             srv.client().publish(bundle, "stable", percent=100)
             if not args.s3_only:
                 with Nginx(static, work) as nginx:
@@ -401,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
                                             args.s2_signed))
                 figures.update(S1_ratio=round(ratio1, 3), S2_ratio=round(ratio2, 3),
                                S2_auth="signed" if args.s2_signed else "grant")
+        # S3 on the server as a fleet that size runs it: one worker per core.
+        srv.extra_args = ["--quiet", "--workers", str(args.s3_workers)]
+        with srv:
             third = s3(srv, s3_boards, len(envelope), work, scale)
         answered = [s3_boards[i] for i in third["answered_ok"]]
         lost = not_recorded(settings.db_path, answered)
@@ -409,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
               + (f"; missing: {lost[:5]}" if lost else ""))
     errors = third["errors"] + len(lost)
     figures.update(S3_p99_ms=round(third["p99_ms"], 1), S3_errors=errors,
-                   S3_boards=len(s3_boards))
+                   S3_boards=len(s3_boards), S3_workers=args.s3_workers)
     print(json.dumps(figures))
     return 0
 

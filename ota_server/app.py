@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
@@ -9,10 +11,10 @@ from aiohttp import web
 
 from ota_server import blob_answers, openapi, routes_device, routes_publisher, state, ui
 from ota_server.counters import CounterCommits
-from ota_server.datadir import DataDirLock
+from ota_server.datadir import WORKERS_DIR, DataDirLock
 from ota_server.device_auth import DeviceAuthenticator
 from ota_server.grants import GrantKey
-from ota_server.metrics import Metrics
+from ota_server.metrics import SAVE_INTERVAL_S, Metrics
 from ota_server.middleware import (
     auth_middleware,
     errors_middleware,
@@ -26,6 +28,8 @@ from ota_server.storage.blobs import FileBlobStore
 from ota_server.storage.sqlite import SqliteStore
 from ota_server.tls import ServerTls
 from ota_server.trust import TrustAnchor
+
+log = logging.getLogger("ota_server")
 
 
 @public
@@ -99,9 +103,12 @@ ROUTES: list[tuple[str, str, object]] = [
 GET_WITHOUT_HEAD = frozenset({"/v1/device/pack"})
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, *, worker: int | None = None) -> web.Application:
     """The server as an aiohttp application; storage opens on startup, closes on cleanup.
 
+    `worker`: this application serves as worker number `worker` of `ota serve --workers N`,
+    whose supervisor holds the data directory's lock, prepared the store and clears `blobs/tmp`
+    (ota_server.workers); None: it is the server's only process and does all of that itself.
     Startup raises ota_server.trust.TrustSetupError when no trust anchor can be set up.
     """
     app = web.Application(
@@ -110,7 +117,12 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=max(settings.limits.max_json_bytes, settings.limits.max_envelope_bytes),
     )
     app[state.SETTINGS] = settings
-    app[state.METRICS] = Metrics()
+    if worker is None:
+        app[state.METRICS] = Metrics()
+    else:
+        app[state.WORKER] = worker
+        app[state.METRICS] = Metrics(settings.data_dir / WORKERS_DIR, worker)
+        app.cleanup_ctx.append(_save_metrics)
     app[state.ENVELOPES] = {}
     if settings.tls_cert is not None and settings.tls_key is not None:
         # Raises ota_server.tls.TlsSetupError now, before the server binds its port.
@@ -132,25 +144,28 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     settings = app[state.SETTINGS]
+    worker = state.WORKER in app
     lock = DataDirLock(settings.data_dir)
-    lock.acquire()  # one server per data directory (its SQLite file, blobs/, blob-cache/)
+    if not worker:  # a worker's supervisor holds it (and the worker a copy of it)
+        lock.acquire()  # one server per data directory (its SQLite file, blobs/, blob-cache/)
     try:
         grant_key = settings.grant_key_path
         if grant_key is not None:  # GrantKeyError now, before the store opens
             app[state.GRANTS] = GrantKey.load_or_create(grant_key)
         async with AsyncExitStack() as stack:
-            store = await open_metadata_store(settings)
+            store = await open_metadata_store(settings, worker=worker)
             stack.push_async_callback(store.close)
-            blobs = await open_blob_store(settings)
+            blobs = await open_blob_store(settings, worker=worker)
             stack.push_async_callback(blobs.close)
             app[state.STORE] = store
             app[state.BLOBS] = blobs
             trust = app[state.TRUST] = await TrustAnchor.load(store, settings.root_path)
             stack.push_async_callback(trust.close)  # before the store closes
             await trust.follow()  # roots stored through other replicas (PostgreSQL)
-            # On PostgreSQL other replicas serve the same boards (ota_server.counters, "Replicas").
+            # Other replicas (PostgreSQL) or workers (SQLite) serve the same boards: a board's
+            # next request may reach one of them (ota_server.counters, "Replicas").
             writes = app[state.BOARD_WRITES] = CounterCommits(
-                store, shared=settings.db_url is not None)
+                store, shared=settings.db_url is not None or worker)
             app[state.DEVICE_AUTH] = DeviceAuthenticator(store, writes)
             yield
             await writes.close()  # the check-in records written behind, before the store closes
@@ -158,13 +173,15 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         lock.release()
 
 
-async def open_metadata_store(settings: Settings) -> MetadataStore:
+async def open_metadata_store(settings: Settings, *, worker: bool = False) -> MetadataStore:
     """The metadata store the settings name: the data directory's SQLite file (migrated as it
-    opens: one process owns it), or PostgreSQL, which must already be at this code's schema
-    (`ota db migrate`: replicas never migrate on their own). Raises StoreError (StoreUnavailable
-    when the database cannot be reached)."""
+    opens; a `worker`'s supervisor migrated it and checkpoints its WAL: ota_server.workers), or
+    PostgreSQL, which must already be at this code's schema (`ota db migrate`: replicas never
+    migrate on their own). Raises StoreError (StoreUnavailable when the database cannot be
+    reached)."""
     if settings.db_url is None:
-        return SqliteStore(settings.db_path, checkpoint_thread=True)
+        return SqliteStore(settings.db_path,
+                           checkpoints="elsewhere" if worker else "thread")
     from ota_server.storage.postgres import PostgresStore
 
     store = await PostgresStore.open(settings.db_url)
@@ -176,12 +193,12 @@ async def open_metadata_store(settings: Settings) -> MetadataStore:
     return store
 
 
-async def open_blob_store(settings: Settings) -> BlobStore:
-    """The blob store the settings name: the data directory's blobs/, or an S3 bucket with a
-    local read-through cache in the data directory, bounded by settings.blob_cache_bytes
-    (ValueError for missing S3 keys)."""
+async def open_blob_store(settings: Settings, *, worker: bool = False) -> BlobStore:
+    """The blob store the settings name: the data directory's blobs/ (whose `tmp/` a `worker`
+    leaves to its supervisor), or an S3 bucket with a local read-through cache in the data
+    directory, bounded by settings.blob_cache_bytes (ValueError for missing S3 keys)."""
     if settings.blobs_url is None:
-        return FileBlobStore(settings.blob_dir)
+        return FileBlobStore(settings.blob_dir, clear_tmp=not worker)
     from ota_server.storage.s3 import DEFAULT_CACHE_MAX_BYTES, S3BlobStore
 
     bound = settings.blob_cache_bytes
@@ -191,6 +208,31 @@ async def open_blob_store(settings: Settings) -> BlobStore:
     return await S3BlobStore.open(settings.blobs_url, settings.blob_cache_dir,
                                   cache_max_bytes=DEFAULT_CACHE_MAX_BYTES if bound is None
                                   else bound, keep_recent=keep)
+
+
+async def _save_metrics(app: web.Application) -> AsyncIterator[None]:
+    """A worker's counters saved for the other workers' scrapes (ota_server.metrics), about
+    once a second and once more when it stops."""
+    import asyncio
+
+    metrics = app[state.METRICS]
+    (app[state.SETTINGS].data_dir / WORKERS_DIR).mkdir(exist_ok=True)
+
+    async def every_second() -> None:
+        while True:
+            await asyncio.sleep(SAVE_INTERVAL_S)
+            try:
+                metrics.save()
+            except OSError as err:  # a full disk: the next pass tries again
+                log.warning("cannot save this worker's metrics: %s", err)
+
+    task = asyncio.get_running_loop().create_task(every_second())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(OSError):
+            metrics.save()
 
 
 async def _reload_tls_on_sighup(app: web.Application) -> AsyncIterator[None]:

@@ -28,7 +28,8 @@ import contextlib
 import gc
 import json
 import logging
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from aiohttp import web
@@ -385,15 +386,17 @@ class GuardedAppRunner(web.AppRunner):
 LISTEN_BACKLOG = 2048
 
 
-def run(app: web.Application, settings: Settings, *, announce: Callable[[str], None]) -> None:
-    """Serve `app` on settings.host:settings.port until SIGINT or SIGTERM.
+def run(app: web.Application, settings: Settings, *, announce: Callable[[str], None],
+        listening: Sequence[socket.socket] = ()) -> None:
+    """Serve `app` until SIGINT or SIGTERM: on settings.host:settings.port, or on the
+    `listening` sockets a worker's supervisor bound for it (ota_server.workers).
 
     Raises what the app's start-up raises (ota_server.trust.TrustSetupError) and OSError when
     the address cannot be bound.
     """
     with contextlib.suppress(web.GracefulExit), \
             asyncio.Runner(loop_factory=event_loop_factory(settings.event_loop)) as runner:
-        runner.run(_serve(app, settings, announce))
+        runner.run(_serve(app, settings, announce, listening))
 
 
 def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -411,8 +414,8 @@ def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | N
     return None
 
 
-async def _serve(app: web.Application, settings: Settings,
-                 announce: Callable[[str], None]) -> None:
+async def _serve(app: web.Application, settings: Settings, announce: Callable[[str], None],
+                 listening: Sequence[socket.socket]) -> None:
     # No TCP keepalive probes: every phase of a connection is bounded by a deadline of its own
     # (header, body, send, keep-alive; docs/operations.md), all of which fire long before the
     # kernel's first probe (2 hours), and turning them on costs a system call per connection.
@@ -421,16 +424,20 @@ async def _serve(app: web.Application, settings: Settings,
     try:
         await runner.setup()
         tls = app.get(state.TLS)
-        site = web.TCPSite(runner, settings.host, settings.port,
-                           ssl_context=tls.context if tls is not None else None,
-                           backlog=LISTEN_BACKLOG)
-        await site.start()
+        context = tls.context if tls is not None else None
+        sites: list[web.BaseSite] = [web.SockSite(runner, sock, ssl_context=context)
+                                     for sock in listening]
+        if not sites:
+            sites.append(web.TCPSite(runner, settings.host, settings.port, ssl_context=context,
+                                     backlog=LISTEN_BACKLOG))
+        for site in sites:
+            await site.start()
         # What start-up made (modules, classes, the app, the store's connections) lives as
         # long as the process: out of the cycle collector's way, so its full passes scan only
         # what serving allocates (figure S3: they grew to 100-300 ms under 100,000 boards).
         gc.collect()
         gc.freeze()
-        announce(f"Running on {site.name}")
+        announce(f"Running on {', '.join(site.name for site in sites)}")
         await asyncio.Event().wait()  # until a signal raises GracefulExit
     finally:
         await runner.cleanup()

@@ -1,12 +1,12 @@
 """The data directory's lock: one `ota serve` per embedded data directory.
 
-The embedded backend keeps caches in the process (rollouts, bases, the trust anchor's newest
-root, replay counters reserved in blocks) and clears `blobs/tmp/` at start; a second process on
-the same directory would act on stale caches and delete the first one's uploads in progress.
-So `ota serve` takes an exclusive lock on `DIR/serve.lock` for its whole life. The kernel
-releases the lock when the process ends, however it ends (kill -9 included), so a crash never
-leaves a directory locked. CLI commands that open the store briefly (`ota tokens`) need no
-lock: SQLite serialises their writes with the server's.
+A server clears `blobs/tmp/` and `DIR/workers/` at start and checkpoints the SQLite WAL; a
+second server on the same directory would delete the first one's uploads in progress. So
+`ota serve` takes an exclusive lock on `DIR/serve.lock` for its whole life (with `--workers N`,
+its supervisor takes it and every worker holds a copy of the descriptor: ota_server.workers).
+The kernel releases the lock when the last process holding it ends, however it ends (kill -9
+included), so a crash never leaves a directory locked. CLI commands that open the store
+briefly (`ota tokens`) need no lock: SQLite serialises their writes with the server's.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ import os
 from pathlib import Path
 
 LOCK_NAME = "serve.lock"
+# What the workers of one `ota serve --workers N` share besides the store: each one's saved
+# metrics (ota_server.metrics), emptied by their supervisor at start (ota_server.workers).
+WORKERS_DIR = "workers"
 
 
 class DataDirInUse(Exception):
@@ -49,6 +52,13 @@ class DataDirLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, b"%d\n" % os.getpid(), 0)
         self._fd = fd
+
+    def fileno(self) -> int:
+        """The locked file's descriptor: a duplicate of it (a worker's, ota_server.workers)
+        shares the lock, which then holds until every holder has closed it."""
+        if self._fd is None:
+            raise RuntimeError("the data directory lock is not held")
+        return self._fd
 
     def release(self) -> None:
         if self._fd is not None:

@@ -1,11 +1,27 @@
-"""Prometheus counters kept in memory and rendered as the text exposition format."""
+"""Prometheus counters kept in memory and rendered as the text exposition format.
+
+With several worker processes (`ota serve --workers N`, ota_server.workers) a scrape reaches
+one of them, chosen by the kernel. So each worker saves its counters to a file of its own in a
+directory they share (`save`, about once a second: `SAVE_INTERVAL_S`) and renders its own live
+counters plus the others' saved ones: a scrape sees every worker's counts, the others' at most
+that old. A worker started again in place of one that died goes on from its predecessor's
+file, so no sum ever goes down while the server runs.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import time
 from collections import defaultdict
+from pathlib import Path
 
 from ota_server.storage import MetadataStore
+
+SAVE_INTERVAL_S = 1.0
+log = logging.getLogger("ota_server")
+_Key = tuple[str, tuple[tuple[str, str], ...]]
 
 _ROLLOUT_STATES = ("active", "paused", "aborted", "superseded")
 
@@ -46,26 +62,75 @@ class Metrics:
                                           "database or object store was unavailable."),
     }
 
-    def __init__(self) -> None:
-        self._values: defaultdict[tuple[str, tuple[tuple[str, str], ...]], float] = \
-            defaultdict(float)
+    def __init__(self, shared: Path | None = None, worker: int = 0) -> None:
+        """`shared`: the directory the workers of one server save their counters in (module
+        docstring), this one as `worker`; None: a server of one process."""
+        self._values: defaultdict[_Key, float] = defaultdict(float)
+        self._shared = shared
+        self._worker = worker
+        self._changes = 0  # increments since the last save
+        if shared is not None:
+            self._values.update(_load(self._file(worker)))
+
+    def _file(self, worker: int) -> Path:
+        assert self._shared is not None
+        return self._shared / f"metrics-{worker}.json"
 
     def inc(self, name: str, amount: float = 1, **labels: str) -> None:
         self._values[(name, tuple(sorted(labels.items())))] += amount
+        self._changes += 1
+
+    def save(self) -> None:
+        """Write this worker's counters for the others to render (replacing the file whole:
+        a reader sees the old one or the new one), when they changed since the last save."""
+        if self._shared is None or not self._changes:
+            return
+        self._changes = 0
+        path = self._file(self._worker)
+        tmp = path.with_suffix(".tmp")
+        rows = [[name, dict(labels), value] for (name, labels), value in self._values.items()]
+        tmp.write_text(json.dumps(rows), encoding="utf-8")
+        os.replace(tmp, path)
+
+    def _all_workers(self) -> dict[_Key, float]:
+        """This worker's counters plus every other worker's saved ones."""
+        if self._shared is None:
+            return self._values
+        total: defaultdict[_Key, float] = defaultdict(float, self._values)
+        for path in self._shared.glob("metrics-*.json"):
+            if path.name != self._file(self._worker).name:
+                for key, value in _load(path).items():
+                    total[key] += value
+        return total
 
     def value(self, name: str, **labels: str) -> float:
         return self._values.get((name, tuple(sorted(labels.items()))), 0.0)
 
     async def render(self, store: MetadataStore, now: int | None = None) -> str:
         lines: list[str] = []
+        values = sorted(self._all_workers().items())
         for name, (kind, text) in self._HELP.items():
             lines.append(f"# HELP {name} {text}")
             lines.append(f"# TYPE {name} {kind}")
-            for (metric, labels), value in sorted(self._values.items()):
+            for (metric, labels), value in values:
                 if metric == name:
                     lines.append(f"{name}{_labels(labels)} {value:g}")
         lines.extend(await _rollout_lines(store, int(time.time()) if now is None else now))
         return "\n".join(lines) + "\n"
+
+
+def _load(path: Path) -> dict[_Key, float]:
+    """The counters a worker saved at `path`; none when there is no such file or it does not
+    hold what `Metrics.save` writes (a scrape never fails on another worker's file)."""
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        return {(str(name), tuple(sorted((str(k), str(v)) for k, v in labels.items()))):
+                float(value) for name, labels, value in rows}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        log.warning("metrics of another worker unreadable (%s): %s", path.name, err)
+        return {}
 
 
 async def _rollout_lines(store: MetadataStore, now: int) -> list[str]:

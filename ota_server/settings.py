@@ -100,6 +100,9 @@ class Settings:
     # The event loop serving connections: "uvloop" (default) or "asyncio" (Python's own;
     # ota_server.connections.event_loop_factory).
     event_loop: str = "uvloop"
+    # Processes serving connections on the embedded store (`--workers`, ota_server.workers):
+    # 1 is the server itself; more share its listening socket and its SQLite file.
+    workers: int = 1
 
     @property
     def grant_key_path(self) -> Path | None:
@@ -137,6 +140,7 @@ _ENV: dict[str, tuple[str, Any]] = {
     "MPOTA_GRANT_KEY": ("grant_key", Path),
     "MPOTA_GRANT_LIFETIME": ("grant_lifetime", str),
     "MPOTA_EVENT_LOOP": ("event_loop", str),
+    "MPOTA_WORKERS": ("workers", str),
 }
 
 # Environment variable -> Limits field; flags use the field name. Each must be > 0.
@@ -203,6 +207,7 @@ def load_settings(
         grant_key=Path(values["grant_key"]) if values.get("grant_key") is not None else None,
         grant_lifetime=check_grant_lifetime(values.get("grant_lifetime")),
         event_loop=_one_of("event loop", EVENT_LOOPS, values.get("event_loop")),
+        workers=check_workers(values.get("workers"), values.get("db_url"), blobs_url),
     )
 
 
@@ -231,6 +236,30 @@ def check_grant_lifetime(given: Any) -> int:
     value = int(text)
     if not 60 <= value <= MAX_GRANT_LIFETIME_S:
         raise SettingsError(f"{what}: {value} s is outside 60..{MAX_GRANT_LIFETIME_S} s")
+    return value
+
+
+# Worker processes at most: more than a machine's cores only adds SQLite lock waits.
+MAX_WORKERS = 64
+
+
+def check_workers(given: Any, db_url: str | None, blobs_url: str | None) -> int:
+    """The number of worker processes, 1..MAX_WORKERS (1 when `given` is None); more than one
+    only on the embedded store (SQLite and blobs/ in the data directory), whose file they
+    share. SettingsError naming the setting otherwise."""
+    if given is None:
+        return 1
+    text = str(given).strip()
+    what = "--workers / MPOTA_WORKERS"
+    if not text.isascii() or not text.isdigit() or len(text) > 3:
+        raise SettingsError(f"{what}: not a whole number of processes: {str(given)[:40]!r}")
+    value = int(text)
+    if not 1 <= value <= MAX_WORKERS:
+        raise SettingsError(f"{what}: {value} is outside 1..{MAX_WORKERS}")
+    if value > 1 and (db_url or blobs_url):
+        raise SettingsError(f"{what}: several workers share the embedded store (the data "
+                            "directory's SQLite file and blobs/); with --db or --blobs run "
+                            "replicas instead (docs/operations.md, Scale-out components)")
     return value
 
 

@@ -14,6 +14,8 @@ from ota_server.tls import ServerTls
 from ota_server.trust import TrustAnchor
 
 SETTINGS = web.AppKey("settings", Settings)
+# This process's number among `ota serve --workers N`'s workers; absent: the only process.
+WORKER = web.AppKey("worker", int)
 STORE = web.AppKey("store", MetadataStore)
 BLOBS = web.AppKey("blobs", BlobStore)
 TRUST = web.AppKey("trust", TrustAnchor)

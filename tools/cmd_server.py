@@ -96,6 +96,10 @@ def _fleet_values(path: Path) -> dict[str, Any]:
 @click.option("--event-loop", type=click.Choice(["uvloop", "asyncio"]), default=None,
               help="the event loop serving connections [default: uvloop; env "
                    "MPOTA_EVENT_LOOP]")
+@click.option("--workers", default=None, metavar="N",
+              help="processes serving connections on the embedded store, 1..64; more than "
+                   "one share its SQLite file (docs/operations.md, Workers) [default: 1; env "
+                   "MPOTA_WORKERS]")
 @click.option("--json-logs", is_flag=True, default=None, help="one JSON object per log line")
 @click.option("--quiet", is_flag=True, help="log warnings and errors only (benchmarks)")
 @click.option("--header-timeout", type=float, default=None,
@@ -120,7 +124,8 @@ def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, p
               fleet_path: Path | None, tls_cert: Path | None, tls_key: Path | None,
               db_url: str | None, blobs_url: str | None, blob_accel: str | None,
               blob_cache_bytes: str | None, grant_key: Path | None,
-              grant_lifetime: str | None, event_loop: str | None, json_logs: bool | None,
+              grant_lifetime: str | None, event_loop: str | None, workers: str | None,
+              json_logs: bool | None,
               quiet: bool,
               **limits: float | None) -> None:
     """Run the update server until interrupted."""
@@ -135,6 +140,7 @@ def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, p
     from ota_server.storage.errors import StoreError
     from ota_server.tls import TlsSetupError
     from ota_server.trust import TrustSetupError
+    from ota_server.workers import WorkerFailed, serve_workers
 
     fleet_values = _fleet_values(fleet_path) if fleet_path is not None else None
     try:
@@ -144,24 +150,31 @@ def serve_cmd(data_dir: Path | None, root_path: Path | None, host: str | None, p
                                   "db_url": db_url, "blobs_url": blobs_url,
                                   "blob_accel": blob_accel, "blob_cache_bytes": blob_cache_bytes,
                                   "grant_key": grant_key, "grant_lifetime": grant_lifetime,
-                                  "event_loop": event_loop,
+                                  "event_loop": event_loop, "workers": workers,
                                   **limits},
                                  fleet_values=fleet_values)
     except SettingsError as err:
         raise UserError(str(err)) from err
-    configure_logging(settings.json_logs, logging.WARNING if quiet else logging.INFO)
+    level = logging.WARNING if quiet else logging.INFO
+    configure_logging(settings.json_logs, level)
     log = logging.getLogger("ota_server")
 
     def announce(text: str) -> None:  # aiohttp's "Running on ..." banner, as one log line
         log.info(" ".join(text.replace("=", " ").split()))
 
     try:
+        # Built here with a single process, and by each worker with several; either way a bad
+        # certificate is refused before any port is bound.
         app = create_app(settings)
     except TlsSetupError as err:
         raise UserError(f"TLS: {err}") from err
     try:
-        connections.run(app, settings, announce=announce)
-    except (TrustSetupError, DataDirInUse, StoreError, GrantKeyError) as err:
+        if settings.workers > 1:
+            serve_workers(settings, log_level=level, announce=announce)
+        else:
+            connections.run(app, settings, announce=announce)
+    except (TrustSetupError, DataDirInUse, StoreError, GrantKeyError,
+            WorkerFailed) as err:
         raise UserError(str(err)) from err
     except OSError as err:
         raise UserError(f"cannot listen on {settings.host}:{settings.port}: {err}") from err

@@ -41,16 +41,20 @@ def check_blob_id(sha256: str) -> str:
 class FileBlobStore:
     """BlobStore on a local directory: `<root>/<aa>/<sha256>` plus `<root>/tmp/`."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, clear_tmp: bool = True):
+        """`clear_tmp`: drop what `tmp/` holds. Leftovers of uploads cut short by a crash are
+        never visible, and no other server writes here: the directory is in the data
+        directory, which one server holds (ota_server.datadir.DataDirLock); replicas share
+        blobs through S3, not a directory. The workers of one server share it, so a worker
+        (False) leaves it to the server's supervisor, which clears it before any worker starts
+        (ota_server.workers)."""
         self.root = root
         self._root_name = os.fspath(root)
         self._tmp = root / "tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
-        # Leftovers of uploads cut short by a crash are never visible; drop them. No other
-        # process writes here: the directory is in the data directory, which one server holds
-        # (ota_server.datadir.DataDirLock); replicas share blobs through S3, not a directory.
-        for leftover in self._tmp.iterdir():
-            leftover.unlink(missing_ok=True)
+        if clear_tmp:
+            for leftover in self._tmp.iterdir():
+                leftover.unlink(missing_ok=True)
 
     def path(self, sha256: str) -> Path:
         check_blob_id(sha256)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ota_server.storage.errors import StoreConflict, StoreError, StoreNotFound, StoreUnavailable
 from ota_server.storage.fleet_view import (
@@ -121,10 +121,13 @@ _DATA_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {
 class SqliteStore:
     """MetadataStore on one SQLite database file."""
 
-    def __init__(self, path: Path, *, checkpoint_thread: bool = False):
-        """Open (and migrate) the database at `path`. `checkpoint_thread`: the server's store,
-        whose WAL is checkpointed by a thread of its own instead of on the event loop
-        (ota_server.storage.wal_checkpoint); short-lived CLI stores keep SQLite's own."""
+    def __init__(self, path: Path, *,
+                 checkpoints: Literal["sqlite", "thread", "elsewhere"] = "sqlite"):
+        """Open (and migrate) the database at `path`. `checkpoints`: who checkpoints the WAL;
+        "thread": the server's store, checkpointed by a thread of its own instead of on the
+        event loop (ota_server.storage.wal_checkpoint); "elsewhere": a worker's store, whose
+        supervisor runs that thread (ota_server.workers); "sqlite": short-lived CLI stores
+        keep SQLite's own."""
         self._releases: dict[int, Release] = {}
         self._rollouts: dict[str, Rollout | None] = {}
         self._bases: dict[str, Release | None] = {}
@@ -138,8 +141,9 @@ class SqliteStore:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._migrate()
         self._checkpointer: WalCheckpointer | None = None
-        if checkpoint_thread:
+        if checkpoints != "sqlite":
             self._db.execute("PRAGMA wal_autocheckpoint=0")
+        if checkpoints == "thread":
             self._checkpointer = WalCheckpointer(path)
 
     # -- plumbing -----------------------------------------------------------------------------
