@@ -185,6 +185,7 @@ class _Pool:
         self._workers: dict[int, BaseProcess] = {}
         self._started: dict[int, float] = {}
         self._delay: dict[int, float] = {}
+        self._stopping = False
 
     def run(self, announce: Callable[[str], None]) -> None:
         previous = {sig: signal.signal(sig, self._on_signal)
@@ -208,7 +209,9 @@ class _Pool:
                 if process.pid is not None and process.is_alive():
                     os.kill(process.pid, signal.SIGHUP)
             return
-        raise _Stop
+        if not self._stopping:  # a second Ctrl-C must not cut the workers' clean stop short
+            self._stopping = True
+            raise _Stop
 
     def _spawn(self, index: int) -> connection.Connection:
         """Start worker `index`; the end of the pipe it says it serves on."""
