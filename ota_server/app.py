@@ -160,9 +160,9 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
 
 async def open_metadata_store(settings: Settings) -> MetadataStore:
     """The metadata store the settings name: the data directory's SQLite file (migrated as it
-    opens: one process owns it), or PostgreSQL, which must already be at this code's schema
-    (`ota db migrate`: replicas never migrate on their own). Raises StoreError (StoreUnavailable
-    when the database cannot be reached)."""
+    opens; worker processes opening it together apply each migration once), or PostgreSQL,
+    which must already be at this code's schema (`ota db migrate`: replicas never migrate on
+    their own). Raises StoreError (StoreUnavailable when the database cannot be reached)."""
     if settings.db_url is None:
         return SqliteStore(settings.db_path, checkpoint_thread=True)
     from ota_server.storage.postgres import PostgresStore
