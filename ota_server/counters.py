@@ -31,8 +31,9 @@ records are queued and reach the database
   transaction;
 - when the server stops (`close`).
 
-Replicas (`shared`: several processes on one PostgreSQL database) break the first promise:
-a board's next request may reach another replica, which has none of this one's queue. So
+Replicas (`shared`: several processes on one database, PostgreSQL's replicas or the worker
+processes sharing one SQLite file) break the first promise: a board's next request may reach
+another replica, which has none of this one's queue. So
 there a check-in that offers a release writes the offer before it is answered
 (`write_offer`, from ota_server.routes_device.checkin): the board's report about the offer
 finds the deployment on any replica. Offers are group-committed as counters are: those of

@@ -30,7 +30,7 @@ GRANTS = web.AppKey("grants", GrantKey)
 # The board that signed a board request: its identity only (what never changes; the server may
 # keep it in memory), never its counter, revocation or inventory.
 DEVICE = web.RequestKey("device", BoardIdentity)
-# The fleet epoch the board request's counter statement saw (absent on SQLite), for
+# The fleet epoch the board request's counter statement saw, for
 # MetadataStore.current_rollout.
 FLEET_EPOCH = web.RequestKey("fleet_epoch", int)
 BODY = web.RequestKey("body", bytes)

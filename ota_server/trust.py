@@ -120,7 +120,7 @@ class TrustAnchor:
 
     async def follow(self) -> None:
         """Keep `latest` up with roots other processes store (the store's watch_roots:
-        PostgreSQL's notifications; nothing to do on SQLite). Until close()."""
+        PostgreSQL's notifications; SQLite's poll of the newest root version). Until close()."""
         await self._store.watch_roots(self._root_stored)
 
     def _root_stored(self) -> None:

@@ -1,5 +1,6 @@
 """Several server replicas on one PostgreSQL database and one S3 bucket (issue #14, item 4: no
-process-local truth): what one replica changes, the other acts on at once.
+process-local truth): what one replica changes, the other acts on at once. The property test
+also runs on a SQLite file shared by several stores (the worker processes of one `ota serve`).
 
 Each test runs two (or more) `create_app` servers in this process under pytest-aiohttp, each
 with its own data directory (its lock, its blob cache), on one database and one bucket
@@ -287,18 +288,23 @@ async def test_a_report_through_one_replica_finds_the_offer_made_through_the_oth
 # -- property: whatever moves through one replica, every replica offers what the database says --
 
 class Database:
-    """A database URL that a failing example's report does not print (it holds the password)."""
+    """One database the property test's stores share: a PostgreSQL URL (which a failing
+    example's report does not print: it holds the password), or a SQLite file that several
+    worker processes of one `ota serve` share (each store its own connection, as a process)."""
 
-    def __init__(self, url: str):
-        self.url = url
+    def __init__(self, kind: str, location: str):
+        self.kind = kind
+        self.location = location
 
     def __repr__(self) -> str:
-        return "Database(...)"
+        return f"Database({self.kind!r})"
 
 
-@pytest.fixture
-def database(pg_dsn: str) -> Database:
-    return Database(pg_dsn)
+@pytest.fixture(params=["postgres", "sqlite"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    if request.param == "postgres":
+        return Database("postgres", request.getfixturevalue("pg_dsn"))
+    return Database("sqlite", str(tmp_path / "mpota.sqlite3"))
 
 
 _OPS = st.one_of(
@@ -313,20 +319,33 @@ _OPS = st.one_of(
 @given(steps=st.lists(st.tuples(st.integers(0, 1), _OPS), min_size=1, max_size=8))
 @example(steps=[(0, ("start", 0, "all")), (1, ("look",)), (0, ("start", 1, "canary")),
                 (0, ("yank", 0))])  # the base yanked behind B's back
+@example(steps=[(1, ("start", 0, "all")), (1, ("look",)), (0, ("pause",))])  # paused through A
 def test_every_replica_offers_what_a_store_without_a_cache_offers(
         database: Database, steps: list[tuple[int, tuple[Any, ...]]]) -> None:
     from ota_server.errors import ApiError
     from ota_server.rollout import release_for, start
     from ota_server.routes_publisher import act_on_rollout, yank
-    from ota_server.storage.postgres import PostgresStore
 
     async def run() -> None:
         tag = secrets.token_hex(4)
         app, channel = f"app-{tag}", f"ch-{tag}"
-        replicas = [await PostgresStore.open(database.url) for _ in range(2)]
-        uncached = await PostgresStore.open(database.url)
+        replicas = [await open_store(database.kind, database.location) for _ in range(2)]
+        uncached = await open_store(database.kind, database.location)
+
+        async def truth(device: Any) -> Any:
+            """What a store that has kept nothing offers: on SQLite a store opened now (a
+            process just started), on PostgreSQL one whose kept releases are forgotten (it
+            reads channels afresh without an epoch)."""
+            if database.kind == "sqlite":
+                fresh = await open_store(database.kind, database.location)
+                try:
+                    return await release_for(fresh, device, app, 0, "esp32")
+                finally:
+                    await fresh.close()
+            uncached._releases.clear()
+            return await release_for(uncached, device, app, 0, "esp32")
+
         try:
-            await uncached.migrate()
             releases = [await replicas[0].add_release(
                 app, f"1.0.{n}", n + 1, ["esp32"], b"envelope", [], 2_000_000_000)
                 for n in range(3)]
@@ -352,8 +371,7 @@ def test_every_replica_offers_what_a_store_without_a_cache_offers(
                 for device_id in (f"in-{tag}", f"out-{tag}"):
                     device = await uncached.device(device_id)
                     assert device is not None
-                    uncached._releases.clear()  # a store that has never cached a release
-                    truth = await release_for(uncached, device, app, 0, "esp32")
+                    expected = await truth(device)
                     for replica in replicas:
                         # As a board request does: its counter statement's fleet epoch lets
                         # the replica answer from the channel it keeps, when that is as new.
@@ -363,8 +381,8 @@ def test_every_replica_offers_what_a_store_without_a_cache_offers(
                         assert advanced == [True]
                         offered = await release_for(replica, device, app, 0, "esp32",
                                                     epoch=advanced.epoch)
-                        assert offered == truth, (steps, device_id)
-                        assert await release_for(replica, device, app, 0, "esp32") == truth
+                        assert offered == expected, (steps, device_id)
+                        assert await release_for(replica, device, app, 0, "esp32") == expected
         finally:
             for store in [*replicas, uncached]:
                 await store.close()

@@ -97,8 +97,9 @@ class MetadataStore(Protocol):
     async def add_root(self, version: int, envelope: bytes) -> None: ...
     async def watch_roots(self, changed: Callable[[], None]) -> None:
         """Have `changed()` called (on the event loop) whenever another process may have
-        stored a root, until close(): PostgreSQL's LISTEN/NOTIFY; nothing for SQLite, which
-        one process owns. Returns once the watch is in place (or gave up waiting for it)."""
+        stored a root, until close(): PostgreSQL's LISTEN/NOTIFY; on SQLite, a poll of the
+        newest root version once a second. Returns once the watch is in place (or gave up
+        waiting for it)."""
         ...
 
     # dashboard sessions (ota_server/ui/sessions.py), shared by every replica

@@ -196,8 +196,9 @@ class UiSession:
 
 class Advances(list[bool]):
     """The outcomes of counter advances, in the order asked (True: accepted and written), and
-    the fleet epoch the store's counter statement saw (PostgreSQL's fleet_epoch, pg_migrations
-    0007; None when no advance was accepted, or the store keeps no epoch: SQLite)."""
+    the newest fleet epoch the store's counter statements saw (the `fleet_epoch` table:
+    pg_migrations/0007 on PostgreSQL, migrations/0009 on SQLite; None when no advance was
+    accepted)."""
 
     def __init__(self, outcomes: Iterable[bool] = (), epoch: int | None = None):
         super().__init__(outcomes)

@@ -8,21 +8,35 @@ transaction (a single statement in autocommit mode is one), so a crash leaves ei
 change or none of it. SQLite's exceptions never leave the store: they become the store's own
 (ota_server.storage.errors).
 
-Releases are immutable and cached; channel rollouts and base releases are cached too and the
-cache is dropped on every write through this object. That is correct because one `ota serve`
-process owns the data directory (ota_server.datadir.DataDirLock) and is the only writer of
-those tables (the CLI's local commands touch only tokens). Several replicas use PostgreSQL,
-which caches nothing mutable (docs/operations.md, "Scale-out").
+Several worker processes of one `ota serve` share the file, each with its own connection
+(and the CLI's local commands open it briefly), so nothing mutable is kept unchecked, as on
+PostgreSQL (docs/operations.md, "Process-local state"):
+
+- releases are kept by id; their one field that changes, `yanked` (once), is read along with
+  every query that names a release, and `release_by_id` reads it again until it is set;
+- a channel's rollout and base release are kept with the fleet epoch they were read at
+  (migrations/0009_fleet_epoch.sql: triggers move it in the transaction of every change to
+  rollouts, base releases and yanks); every counter statement returns the epoch it saw, and a
+  board request is answered from the copy only when that copy is at least as new; a call
+  without an epoch (publishers, dashboard) reads the epoch first. Writes through this object
+  drop its copies as well;
+- read-then-write is one `BEGIN IMMEDIATE` transaction (SQLite's write lock, taken at BEGIN,
+  so another process's writes wait for it; `busy_timeout`) or one conditional statement;
+- a root stored by another process is noticed by polling the newest root version
+  (`watch_roots`, ROOT_POLL_SECONDS).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -54,9 +68,33 @@ from ota_server.storage.records import (
 from ota_server.storage.wal_checkpoint import WalCheckpointer
 
 # The replay check and the write are one statement: it matches only a smaller stored counter
-# of a board that is not revoked.
+# of a board that is not revoked, and returns the fleet epoch the statement saw (no row:
+# refused). A write statement reads the newest commit (WAL), so the epoch is at least that of
+# every change committed before it (migrations/0009_fleet_epoch.sql).
 _ADVANCE_COUNTER = ("UPDATE devices SET counter = ?, last_seen = ? "
-                    "WHERE device_id = ? AND counter < ? AND revoked IS NULL")
+                    "WHERE device_id = ? AND counter < ? AND revoked IS NULL "
+                    "RETURNING (SELECT epoch FROM fleet_epoch)")
+_EPOCH = "SELECT epoch FROM fleet_epoch"
+# A rollout with its release's `yanked`, the one field of a kept release that can change.
+_ROLLOUT_SELECT = ("SELECT ro.*, r.yanked AS release_yanked FROM rollouts ro "
+                   "JOIN releases r ON r.id = ro.release_id")
+# A channel as a check-in needs it, in one statement (one read snapshot): the fleet epoch, the
+# current rollout with its release's `yanked`, the base release id with its `yanked`. One row
+# whatever the channel holds.
+_CHANNEL_VIEW = (
+    "SELECT (SELECT epoch FROM fleet_epoch) AS epoch, ro.*, r.yanked AS release_yanked, "
+    "c.base_release_id, b.yanked AS base_yanked FROM (SELECT ? AS name) AS ch "
+    "LEFT JOIN rollouts ro ON ro.id = (SELECT id FROM rollouts WHERE channel = ch.name "
+    "AND state != 'superseded' ORDER BY id DESC LIMIT 1) "
+    "LEFT JOIN releases r ON r.id = ro.release_id "
+    "LEFT JOIN channels c ON c.name = ch.name "
+    "LEFT JOIN releases b ON b.id = c.base_release_id")
+# How long a statement waits for another connection's lock (other worker processes, the CLI).
+BUSY_TIMEOUT_S = 5.0
+# How often watch_roots looks for a root another process stored (the check-in's hint lags by
+# at most this; uploads read the newest root themselves).
+ROOT_POLL_SECONDS = 1.0
+log = logging.getLogger("ota_server")
 _RELEASE_COLUMNS = "id, app, version, sequence, boards, created, expires, yanked, signers"
 # A check-in's offer, with the channel that made it (the report rules count per channel):
 # recorded unless the board already has a deployment of the release.
@@ -78,6 +116,42 @@ def _migrations() -> list[tuple[int, str]]:
         if name.endswith(".sql") and name[:4].isdigit():
             out.append((int(name[:4]), entry.read_text(encoding="utf-8")))
     return sorted(out)
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a migration script, one by one (a trigger's body stays whole):
+    executescript() would commit the transaction the migration runs in first."""
+    out: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            out.append(pending)
+            pending = ""
+    if any(line.strip() and not line.lstrip().startswith("--")
+           for line in pending.splitlines()):
+        raise ValueError(f"migration script ends in an unfinished statement: {pending!r}")
+    return out
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    """Put the file in WAL mode (which the file keeps: only its first opening switches it).
+    Processes opening a new file together can each hold the lock the other one needs for the
+    switch; SQLite answers that with "locked" at once, not after busy_timeout, and one of
+    them switches: so try again for as long as busy_timeout would have waited."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+        else:
+            if str(mode).lower() == "wal":
+                return
+            if time.monotonic() > deadline:
+                raise StoreUnavailable(f"database stays in {mode} mode, not wal")
+        time.sleep(0.01)
 
 
 def _now() -> int:
@@ -128,17 +202,22 @@ class SqliteStore:
         event loop (ota_server.storage.wal_checkpoint); "elsewhere": a worker's store, whose
         supervisor runs that thread (ota_server.workers); "sqlite": short-lived CLI stores
         keep SQLite's own."""
+        # Immutable once registered but for `yanked`, which is read along with every query
+        # that names a release (release_by_id, _release_yanked_at).
         self._releases: dict[int, Release] = {}
-        self._rollouts: dict[str, Rollout | None] = {}
-        self._bases: dict[str, Release | None] = {}
+        # channel -> (fleet epoch, current rollout, base release), read in one statement.
+        self._channels: dict[str, tuple[int, Rollout | None, Release | None]] = {}
+        self._root_polls: list[asyncio.Task[None]] = []
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
+        # First: worker processes opening the file together wait for each other's locks
+        # (migrating, writing) instead of failing at once.
+        self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000:.0f}")
+        _use_wal(self._db)
         # NORMAL in WAL mode: a power cut can lose the last commits but never corrupts the file.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=5000")
         self._migrate()
         self._checkpointer: WalCheckpointer | None = None
         if checkpoints != "sqlite":
@@ -149,14 +228,20 @@ class SqliteStore:
     # -- plumbing -----------------------------------------------------------------------------
 
     def _migrate(self) -> None:
-        current = self._db.execute("PRAGMA user_version").fetchone()[0]
         for version, sql in _migrations():
-            if version <= current:
+            if version <= self._schema_version():
                 continue
             # One script and its data step, one transaction: a crash mid-migration leaves the
             # old schema.
             try:
-                self._db.executescript(f"BEGIN IMMEDIATE;\n{sql}\n;")
+                self._db.execute("BEGIN IMMEDIATE")
+                # Read again under the write lock: a worker process opening the file at the
+                # same time may have applied this version while this one waited for the lock.
+                if version <= self._schema_version():
+                    self._db.execute("COMMIT")
+                    continue
+                for statement in _statements(sql):
+                    self._db.execute(statement)
                 step = _DATA_STEPS.get(version)
                 if step is not None:
                     step(self._db)
@@ -167,16 +252,23 @@ class SqliteStore:
                     self._db.execute("ROLLBACK")
                 raise
 
+    def _schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
     def _tx(self) -> _Transaction:
         return _Transaction(self._db)
 
     async def schema_version(self) -> int:
-        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        return self._schema_version()
 
     async def integrity_check(self) -> str:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
 
     async def close(self) -> None:
+        for task in self._root_polls:
+            task.cancel()
+        await asyncio.gather(*self._root_polls, return_exceptions=True)
+        self._root_polls.clear()
         if self._checkpointer is not None:
             self._checkpointer.close()
         self._db.close()
@@ -282,8 +374,41 @@ class SqliteStore:
                              (version, envelope, _now()))
 
     async def watch_roots(self, changed: Callable[[], None]) -> None:
-        """Nothing to watch: one process owns the file (ota_server.datadir) and stores its
-        roots itself, so no root can appear behind its back."""
+        """Call `changed()` on this event loop once (a root stored between the caller's own
+        read of the roots and this watch), then whenever a root version newer than the last
+        one seen appears in the file (stored by another worker process, or this one), until
+        close(): a poll of the newest version every ROOT_POLL_SECONDS (SQLite has no
+        notifications; the query reads one index entry). Returns at once."""
+        seen = self._newest_root()
+        self._root_polls.append(asyncio.get_running_loop().create_task(
+            self._poll_roots(changed, seen)))
+
+    def _newest_root(self) -> int:
+        row = self._db.execute("SELECT MAX(version) FROM roots").fetchone()
+        return 0 if row[0] is None else int(row[0])
+
+    @staticmethod
+    def _root_changed(changed: Callable[[], None]) -> None:
+        try:
+            changed()
+        except Exception:  # the poll goes on: the next root calls again
+            log.exception("root poll: the callback failed")
+
+    async def _poll_roots(self, changed: Callable[[], None], seen: int) -> None:
+        """The watch's task: never raises (a failed poll is logged and tried again)."""
+        self._root_changed(changed)
+        while True:
+            await asyncio.sleep(ROOT_POLL_SECONDS)
+            try:
+                newest = self._newest_root()
+            except sqlite3.Error as err:
+                # Locked past busy_timeout, say: the hint waits for the next poll.
+                log.warning("root poll: %s; polling again in %.0fs", _translate(err),
+                            ROOT_POLL_SECONDS)
+                continue
+            if newest > seen:
+                seen = newest
+                self._root_changed(changed)
 
     # -- releases -----------------------------------------------------------------------------
 
@@ -373,9 +498,19 @@ class SqliteStore:
             (app, version)).fetchone())
 
     async def release_by_id(self, release_id: int) -> Release | None:
-        return self._release_by_id(release_id)
+        """The release of that id as stored now. A kept release is returned as it is only
+        once it is yanked: `yanked` is the one field that changes, once, and another process
+        may have set it since this one kept the release (then only `yanked` is read)."""
+        cached = self._releases.get(release_id)
+        if cached is None or cached.yanked is not None:
+            return self._release_by_id(release_id)
+        row = self._db.execute("SELECT yanked FROM releases WHERE id = ?",
+                               (release_id,)).fetchone()
+        return None if row is None else self._release_yanked_at(release_id, row[0])
 
     def _release_by_id(self, release_id: int) -> Release | None:
+        """The release of that id, from this process's copy when there is one (its `yanked`
+        as this process last saw it: callers that need it now read it, _release_yanked_at)."""
         cached = self._releases.get(release_id)
         if cached is not None:
             return cached
@@ -384,6 +519,17 @@ class SqliteStore:
             (release_id,)).fetchone())
         if found is not None:
             self._releases[release_id] = found
+        return found
+
+    def _release_yanked_at(self, release_id: int, yanked: int | None) -> Release:
+        """The release of that id with the `yanked` its row showed in the query that named it
+        (a join on releases): from this process's copy without a query of its own, yet never
+        without a yank another process made and this one did not see."""
+        found = self._release_by_id(release_id)
+        if found is None:
+            raise StoreNotFound(f"no release with id {release_id}")
+        if found.yanked is None and yanked is not None:
+            found = self._releases[release_id] = replace(found, yanked=int(yanked))
         return found
 
     async def envelope(self, release_id: int) -> bytes:
@@ -405,7 +551,8 @@ class SqliteStore:
         with self._tx():
             self._db.execute("UPDATE releases SET yanked = ? WHERE id = ? AND yanked IS NULL",
                              (_now(), release_id))
-        # The one change a release ever sees: drop it, and the rollouts and bases holding it.
+        # The one change a release ever sees: drop it, and the rollouts and bases holding it
+        # (a yank moves the fleet epoch too, for the other processes' copies).
         self._releases.pop(release_id, None)
         self._forget_channels()
         found = self._release_by_id(release_id)
@@ -479,14 +626,14 @@ class SqliteStore:
     async def advance_counter(self, device_id: str, counter: int) -> bool:
         """Accept `counter` only if it is greater than the last one and the board is not
         revoked (and mark the board seen); one statement, so two requests racing with the same
-        counter cannot both pass."""
+        counter cannot both pass, through one process or two."""
         return self._advance_each([(device_id, counter)], _now())[0]
 
     async def advance_counters(self, advances: Sequence[tuple[str, int]]) -> Advances:
         """advance_counter for each pair in order, in one transaction: one commit (the cost
-        of a counter write) for the lot; either all of them are durable or none is. No fleet
-        epoch: this process drops its copies of channels on every write (module docstring).
-        One pair is one statement, without BEGIN / COMMIT."""
+        of a counter write) for the lot; either all of them are durable or none is. With the
+        newest fleet epoch the statements saw (current_rollout). One pair is one statement,
+        without BEGIN / COMMIT (an autocommitted statement is its own transaction)."""
         now = _now()
         if len(advances) == 1:
             return self._advance_each(advances, now)
@@ -494,8 +641,17 @@ class SqliteStore:
             return self._advance_each(advances, now)
 
     def _advance_each(self, advances: Sequence[tuple[str, int]], now: int) -> Advances:
-        return Advances([self._db.execute(_ADVANCE_COUNTER, (counter, now, device_id, counter))
-                         .rowcount == 1 for device_id, counter in advances])
+        """The advances one statement each, in order: the outcomes and the newest epoch seen
+        (None when none was accepted). fetchall(): the statement runs to its end, so an
+        autocommitted one is committed when this returns. A plain loop: it runs for
+        every board request, and comprehensions plus max() cost it ~0.6 us more."""
+        outcomes = Advances()
+        for device_id, counter in advances:
+            rows = self._db.execute(_ADVANCE_COUNTER, (counter, now, device_id, counter)).fetchall()
+            outcomes.append(bool(rows))
+            if rows and (outcomes.epoch is None or rows[0][0] > outcomes.epoch):
+                outcomes.epoch = int(rows[0][0])
+        return outcomes
 
     async def write_checkins(self, inventories: Sequence[tuple[str, dict[str, Any]]],
                              offers: Sequence[tuple[str, int, str]],
@@ -526,19 +682,13 @@ class SqliteStore:
     # -- channels and rollouts ----------------------------------------------------------------
 
     async def base_release(self, channel: str, *, epoch: int | None = None) -> Release | None:
-        """The channel's base release (from this process's copy: `epoch` is not needed)."""
-        del epoch
-        if channel in self._bases:
-            return self._bases[channel]
-        row = self._db.execute("SELECT base_release_id FROM channels WHERE name = ?", (channel,))
-        found = row.fetchone()
-        base = None if found is None or found[0] is None else self._release_by_id(int(found[0]))
-        self._bases[channel] = base
-        return base
+        """The channel's base release; `epoch` as current_rollout's."""
+        return self._channel_view(channel, epoch)[2]
 
     def _forget_channels(self) -> None:
-        self._rollouts.clear()
-        self._bases.clear()
+        """Drop this process's copies of channels (after a write through it: its own next
+        reads need not wait for a request with a newer epoch)."""
+        self._channels.clear()
 
     async def set_base_release(self, channel: str, release_id: int) -> None:
         self._forget_channels()
@@ -549,26 +699,42 @@ class SqliteStore:
                 (channel, release_id))
 
     def _rollout(self, row: sqlite3.Row | None) -> Rollout | None:
+        """The rollout of a _ROLLOUT_SELECT (or _CHANNEL_VIEW) row, its release's `yanked` as
+        that row saw it."""
         if row is None:
             return None
-        release = self._release_by_id(int(row["release_id"]))
-        assert release is not None
+        release = self._release_yanked_at(int(row["release_id"]), row["release_yanked"])
         return Rollout(id=int(row["id"]), channel=row["channel"], release=release,
                        policy=json.loads(row["policy"]), stage=int(row["stage"]),
                        state=row["state"], reason=row["reason"], created=int(row["created"]),
                        updated=int(row["updated"]))
 
     async def current_rollout(self, channel: str, *, epoch: int | None = None) -> Rollout | None:
-        """The channel's newest rollout that is not superseded (from this process's copy, exact
-        without `epoch`: the module docstring says why)."""
-        del epoch
-        if channel in self._rollouts:
-            return self._rollouts[channel]
-        found = self._rollout(self._db.execute(
-            "SELECT * FROM rollouts WHERE channel = ? AND state != 'superseded' "
-            "ORDER BY id DESC LIMIT 1", (channel,)).fetchone())
-        self._rollouts[channel] = found
-        return found
+        """The channel's newest rollout that is not superseded. With `epoch` (the fleet epoch a
+        board request's counter statement saw), from this process's copy of the channel if
+        that copy was read at that epoch or a later one: every change a rollout, base or yank
+        makes moves the epoch in its own transaction, so such a copy holds every change
+        committed before the request's counter was; else the channel is read again (one
+        statement, with the base release and the epoch). Without `epoch`, as new as the
+        epoch read now (one small query; the copy when nothing changed since)."""
+        return self._channel_view(channel, epoch)[1]
+
+    def _channel_view(self, channel: str,
+                      epoch: int | None) -> tuple[int, Rollout | None, Release | None]:
+        """The kept (epoch, rollout, base) of `channel` if read at `epoch` (the current one
+        when None) or later, else the one read now (and kept)."""
+        if epoch is None:
+            epoch = int(self._db.execute(_EPOCH).fetchone()[0])
+        view = self._channels.get(channel)
+        if view is not None and view[0] >= epoch:
+            return view
+        row = self._db.execute(_CHANNEL_VIEW, (channel,)).fetchone()
+        rollout = None if row["id"] is None else self._rollout(row)
+        base = None if row["base_release_id"] is None else self._release_yanked_at(
+            int(row["base_release_id"]), row["base_yanked"])
+        # Nothing yields between the read and here, so no newer copy was kept meanwhile.
+        view = self._channels[channel] = (int(row["epoch"]), rollout, base)
+        return view
 
     async def start_rollout(self, channel: str, release_id: int, policy: dict[str, Any], *,
                             base_release_id: int | None = None,
@@ -576,7 +742,8 @@ class SqliteStore:
         """In one transaction: check that the channel's current rollout is still `replaces`
         (None: it has none), set its base release to `base_release_id` when given, supersede
         its rollouts and start one of `release_id` at stage 0. StoreConflict, nothing
-        written, when the current rollout is another one."""
+        written, when the current rollout is another one (two processes starting rollouts
+        together: one wins, BEGIN IMMEDIATE runs them one after the other)."""
         self._forget_channels()
         now = _now()
         with self._tx():
@@ -597,14 +764,16 @@ class SqliteStore:
                 "INSERT INTO rollouts (channel, release_id, policy, stage, state, created, updated)"
                 " VALUES (?, ?, ?, 0, 'active', ?, ?)",
                 (channel, release_id, json.dumps(policy), now, now))
-        found = self._rollout(self._db.execute(
-            "SELECT * FROM rollouts WHERE id = ?", (cur.lastrowid,)).fetchone())
+            # Read in the transaction: the rollout as started, not as another process may
+            # have moved it a moment later.
+            found = self._rollout(self._db.execute(
+                f"{_ROLLOUT_SELECT} WHERE ro.id = ?", (cur.lastrowid,)).fetchone())
         assert found is not None
         return found
 
     async def rollout(self, rollout_id: int) -> Rollout | None:
         return self._rollout(self._db.execute(
-            "SELECT * FROM rollouts WHERE id = ?", (rollout_id,)).fetchone())
+            f"{_ROLLOUT_SELECT} WHERE ro.id = ?", (rollout_id,)).fetchone())
 
     async def update_rollout(self, rollout_id: int, *, stage: int | None = None,
                              state: str | None = None, reason: str | None = None,
@@ -636,8 +805,8 @@ class SqliteStore:
     async def rollouts_of(self, release_id: int) -> list[Rollout]:
         """The active or paused rollouts of the release, one per channel at most."""
         rows = self._db.execute(
-            "SELECT * FROM rollouts WHERE release_id = ? AND state IN ('active', 'paused') "
-            "ORDER BY channel", (release_id,)).fetchall()
+            f"{_ROLLOUT_SELECT} WHERE ro.release_id = ? "
+            "AND ro.state IN ('active', 'paused') ORDER BY ro.channel", (release_id,)).fetchall()
         return [r for r in (self._rollout(row) for row in rows) if r is not None]
 
     # -- deployments --------------------------------------------------------------------------

@@ -2,3 +2,6 @@
 -- fleet epoch its replicas check their copies of rollouts and base releases against; one
 -- process owns a SQLite database and drops its copies on every write through it, so it needs
 -- none. Kept so that both backends keep one schema version number.
+-- Since several worker processes of one `ota serve` share the SQLite file, SQLite needs the
+-- epoch too: migrations/0009_fleet_epoch.sql adds it (this file stays empty: databases at
+-- version 7 or later have run it already).

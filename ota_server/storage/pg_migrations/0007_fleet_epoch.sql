@@ -5,8 +5,8 @@
 -- statement of a board request returns the epoch it saw: a replica decides from its copy
 -- only when that copy is at least as new, else it reads the channel again
 -- (PostgresStore.current_rollout, docs/operations.md "Scale-out components"). SQLite's
--- migrations/0007_fleet_epoch.sql is empty: one process owns that database and drops its
--- copies itself on every write.
+-- migrations/0007_fleet_epoch.sql is empty; SQLite's epoch came with version 9
+-- (migrations/0009_fleet_epoch.sql), once several processes shared its file.
 CREATE TABLE fleet_epoch (
     one   BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),   -- a single row
     epoch BIGINT NOT NULL
