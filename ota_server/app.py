@@ -162,10 +162,12 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
             trust = app[state.TRUST] = await TrustAnchor.load(store, settings.root_path)
             stack.push_async_callback(trust.close)  # before the store closes
             await trust.follow()  # roots stored through other replicas (PostgreSQL)
-            # Other replicas (PostgreSQL) or workers (SQLite) serve the same boards: a board's
-            # next request may reach one of them (ota_server.counters, "Replicas").
+            # On PostgreSQL other replicas serve the same boards (ota_server.counters,
+            # "Replicas"). The workers of one server on SQLite write offers behind, as a lone
+            # server does: a report through another worker waits for them (PEER_OFFER_WAIT_S,
+            # ota_server.routes_device), which costs check-ins nothing (figure S3).
             writes = app[state.BOARD_WRITES] = CounterCommits(
-                store, shared=settings.db_url is not None or worker)
+                store, shared=settings.db_url is not None)
             app[state.DEVICE_AUTH] = DeviceAuthenticator(store, writes)
             yield
             await writes.close()  # the check-in records written behind, before the store closes

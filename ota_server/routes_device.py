@@ -7,6 +7,7 @@ request and its counter, and put the board and the exact body bytes on the reque
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from ota_server import rollout, state
+from ota_server.counters import WRITE_BEHIND_SECONDS
 from ota_server.errors import ApiError, BadRequest, Conflict, NotFound
 from ota_server.middleware import device, device_records_behind
 from ota_server.storage import (
@@ -115,6 +117,10 @@ async def root_metadata(request: web.Request) -> web.Response:
 
 # Reports that may name the release the board runs rather than the one that failed.
 _REDIRECTED = ("failed", "rolled_back")
+# How long a report through one worker waits for an offer another worker writes behind: the
+# offer is in the database WRITE_BEHIND_SECONDS after its check-in, and this leaves three
+# times that for the write itself on a loaded server.
+PEER_OFFER_WAIT_S = 4 * WRITE_BEHIND_SECONDS
 
 
 # Once confirmed, a deployment only changes again by a rollback.
@@ -153,7 +159,8 @@ async def report(request: web.Request) -> web.Response:
     offline = doc.get("offline") in (1, True)
     try:
         try:
-            deployment = await _deployment_for(store, found.device_id, app_name, sequence, status)
+            deployment = await _deployment_seen_by_every_worker(
+                request, found.device_id, app_name, sequence, status)
         except (NotFound, Conflict):
             if not offline:
                 raise
@@ -180,6 +187,25 @@ async def report(request: web.Request) -> web.Response:
         await rollout.after_report(store, deployment.channel, deployment.release_id,
                                    epoch=request.get(state.FLEET_EPOCH))
     return web.Response(status=204)
+
+
+async def _deployment_seen_by_every_worker(request: web.Request, device_id: str, app: str,
+                                           sequence: int, status: str) -> Deployment:
+    """_deployment_for; on a worker of `ota serve --workers N`, a report refused for want of a
+    deployment looks again every WRITE_BEHIND_SECONDS for PEER_OFFER_WAIT_S first: the offer
+    may be queued in the worker that answered the check-in, which writes it behind
+    (ota_server.counters), at most WRITE_BEHIND_SECONDS after its check-in (docs/operations.md,
+    Workers)."""
+    store = request.app[state.STORE]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + PEER_OFFER_WAIT_S if state.WORKER in request.app else None
+    while True:
+        try:
+            return await _deployment_for(store, device_id, app, sequence, status)
+        except (NotFound, Conflict):
+            if deadline is None or loop.time() >= deadline:
+                raise
+            await asyncio.sleep(WRITE_BEHIND_SECONDS)
 
 
 def report_reason(value: Any) -> str | None:
