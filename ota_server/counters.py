@@ -31,9 +31,8 @@ records are queued and reach the database
   transaction;
 - when the server stops (`close`).
 
-Replicas (`shared`: several processes on one database, PostgreSQL's replicas or the worker
-processes sharing one SQLite file) break the first promise: a board's next request may reach
-another replica, which has none of this one's queue. So
+Replicas (`shared`: several processes on one PostgreSQL database) break the first promise: a
+board's next request may reach another replica, which has none of this one's queue. So
 there a check-in that offers a release writes the offer before it is answered
 (`write_offer`, from ota_server.routes_device.checkin): the board's report about the offer
 finds the deployment on any replica. Offers are group-committed as counters are: those of
@@ -43,6 +42,11 @@ deleted, and an offer never changes one that is there (ON CONFLICT DO NOTHING): 
 this process has written once is not written again (a bounded memory of them, OFFERS_KEPT),
 and a board checking in again costs its counter alone. The inventory is still written
 behind; a publisher on another replica sees it at most WRITE_BEHIND_SECONDS later.
+
+The worker processes of one `ota serve --workers N` on SQLite are not `shared`: there a second
+commit per offered check-in contends for the file's one write lock with the other workers'
+commits (figure S3's p99 went from 7 ms to over 100 ms). They write offers behind, and a report
+that reaches another worker first waits for them (ota_server.routes_device.PEER_OFFER_WAIT_S).
 
 So a check-in costs its counter's commit alone instead of three commits, and the records of
 many check-ins share one transaction and the pages it writes (figure S3). A process killed
