@@ -165,10 +165,11 @@ def test_a_pause_and_a_yank_through_one_worker_hold_on_every_worker(
     _taken_by_each(server, before, SPREAD)
 
 
-def test_a_report_through_any_worker_finds_the_offer_another_made(
+def test_a_report_through_any_worker_finds_the_offer_another_wrote_behind(
         server: LocalServer, keys: FleetKeys, tmp_path: Path) -> None:
-    """A check-in's offer is in the database before its answer: the board's report, on a new
-    connection, may reach the other worker."""
+    """A check-in's offer is written behind by the worker that answered it; the board's report,
+    sent at once on a new connection, may reach the other worker first, which waits for it
+    (ota_server.routes_device.PEER_OFFER_WAIT_S) instead of refusing it."""
     boards = _boards(server, 30)
     _publish(server, keys, tmp_path, "1.0.0", 1)
     for board in boards:
