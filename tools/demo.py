@@ -223,8 +223,8 @@ def demo(cluster: bool = False) -> None:
         _step(f"3. The cluster on 127.0.0.1: PostgreSQL, SeaweedFS (S3), `ota db migrate`, "
               f"{CLUSTER_REPLICAS} ota serve replicas behind nginx (https)")
     else:
-        _step(f"3. The server: ota serve on 127.0.0.1 over https, SQLite + blob directory, "
-              f"{DEMO_WORKERS} worker processes")
+        _step(f"3. The server: ota serve on 127.0.0.1 over https, SQLite + blobs, "
+              f"{DEMO_WORKERS} workers")
     with _server(keys, tls, cluster) as server:
         os.environ["MPOTA_SERVER"] = server.url
         os.environ["MPOTA_TOKEN"] = server.token
