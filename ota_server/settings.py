@@ -229,13 +229,21 @@ def check_grant_lifetime(given: Any) -> int:
     `given` is None); SettingsError naming the setting otherwise."""
     if given is None:
         return DEFAULT_GRANT_LIFETIME_S
+    return _whole_number(given, "--grant-lifetime / MPOTA_GRANT_LIFETIME", "seconds",
+                         60, MAX_GRANT_LIFETIME_S)
+
+
+def _whole_number(given: Any, what: str, unit: str, low: int, high: int) -> int:
+    """`given` as a whole number of `unit` in low..high; SettingsError naming the setting
+    `what` otherwise (a sign, a fraction or a string of digits no setting is near is not
+    one)."""
     text = str(given).strip()
-    what = "--grant-lifetime / MPOTA_GRANT_LIFETIME"
-    if not text.isascii() or not text.isdigit() or len(text) > 6:
-        raise SettingsError(f"{what}: not a whole number of seconds: {str(given)[:40]!r}")
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise SettingsError(f"{what}: not a whole number of {unit}: {str(given)[:40]!r}")
     value = int(text)
-    if not 60 <= value <= MAX_GRANT_LIFETIME_S:
-        raise SettingsError(f"{what}: {value} s is outside 60..{MAX_GRANT_LIFETIME_S} s")
+    if not low <= value <= high:
+        suffix = " s" if unit == "seconds" else ""
+        raise SettingsError(f"{what}: {value}{suffix} is outside {low}..{high}{suffix}")
     return value
 
 
@@ -249,13 +257,8 @@ def check_workers(given: Any, db_url: str | None, blobs_url: str | None) -> int:
     share. SettingsError naming the setting otherwise."""
     if given is None:
         return 1
-    text = str(given).strip()
     what = "--workers / MPOTA_WORKERS"
-    if not text.isascii() or not text.isdigit() or len(text) > 3:
-        raise SettingsError(f"{what}: not a whole number of processes: {str(given)[:40]!r}")
-    value = int(text)
-    if not 1 <= value <= MAX_WORKERS:
-        raise SettingsError(f"{what}: {value} is outside 1..{MAX_WORKERS}")
+    value = _whole_number(given, what, "processes", 1, MAX_WORKERS)
     if value > 1 and (db_url or blobs_url):
         raise SettingsError(f"{what}: several workers share the embedded store (the data "
                             "directory's SQLite file and blobs/); with --db or --blobs run "
