@@ -43,6 +43,10 @@ this process has written once is not written again (a bounded memory of them, OF
 and a board checking in again costs its counter alone. The inventory is still written
 behind; a publisher on another replica sees it at most WRITE_BEHIND_SECONDS later.
 
+Inventories carry their request's counter (storage.records.RECORDS_COUNTER) and are written
+only over an older request's records: one written behind never undoes a later request of the
+board written first through another process.
+
 The worker processes of one `ota serve --workers N` on SQLite are not `shared`: there a second
 commit per offered check-in contends for the file's one write lock with the other workers'
 commits (figure S3's p99 went from 7 ms to over 100 ms). They write offers behind, and a report

@@ -58,11 +58,13 @@ _KeptBoard = tuple[str, bytes, str, tuple[str, ...], str, int, PublicKey]
 
 @dataclass(frozen=True)
 class VerifiedRequest:
-    """A board request that passed: who signed it, and the fleet epoch its counter statement
-    saw (None on a store without one), for MetadataStore.current_rollout."""
+    """A board request that passed: who signed it, its counter (now committed), and the fleet
+    epoch its counter statement saw (None on a store without one), for
+    MetadataStore.current_rollout."""
 
     board: BoardIdentity
     fleet_epoch: int | None
+    counter: int
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,7 @@ class DeviceAuthenticator:
                 f"counter {cred.counter} is not greater than the last accepted one",
                 code="replay")
         self._remember(board, key)
-        return VerifiedRequest(board, epoch)
+        return VerifiedRequest(board, epoch, cred.counter)
 
     async def _refuse_if_gone(self, device_id: str) -> None:
         """Raise unknown_device or revoked when the board, as stored now, is either."""

@@ -218,6 +218,7 @@ async def _authenticate_device(request: web.Request) -> None:
         request.headers.get("Authorization"), request.method, request.raw_path, body,
         records_first=getattr(request.match_info.handler, _RECORDS_ATTR, True))
     request[state.DEVICE] = verified.board
+    request[state.COUNTER] = verified.counter
     if verified.fleet_epoch is not None:
         request[state.FLEET_EPOCH] = verified.fleet_epoch
     request[state.BODY] = body

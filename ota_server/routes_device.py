@@ -24,7 +24,7 @@ from ota_server.storage import (
     Deployment,
     MetadataStore,
 )
-from ota_server.storage.records import FINAL_STATUSES
+from ota_server.storage.records import FINAL_STATUSES, RECORDS_COUNTER
 from ota_server.validation import name, optional, parse_json_object, required
 
 ENVELOPE_TYPE = "application/vnd.dsse+json"
@@ -68,6 +68,9 @@ async def checkin(request: web.Request) -> web.Response:
         "micropython": optional(doc, "micropython", str, what),
         "mem_free": _counter(doc, "mem_free", what),
         "slot": None if slot is None else str(slot),
+        # Written behind, maybe after a later request of the board through another process
+        # wrote its own records: only over older ones (storage.records.RECORDS_COUNTER).
+        RECORDS_COUNTER: request[state.COUNTER],
     }
     store = request.app[state.STORE]
     headers = {}
@@ -168,7 +171,7 @@ async def report(request: web.Request) -> web.Response:
     except ApiError as err:
         metrics.inc("mpota_reports_refused_total", code=err.code)
         raise
-    inventory: dict[str, Any] = {"last_status": status}
+    inventory: dict[str, Any] = {"last_status": status, RECORDS_COUNTER: request[state.COUNTER]}
     if status in ("failed", "rolled_back"):
         inventory["last_error"] = reason or status
     if status == "confirmed":

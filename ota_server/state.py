@@ -33,6 +33,9 @@ DEVICE = web.RequestKey("device", BoardIdentity)
 # The fleet epoch the board request's counter statement saw, for
 # MetadataStore.current_rollout.
 FLEET_EPOCH = web.RequestKey("fleet_epoch", int)
+# The board request's counter (committed): what it writes of the board's records is written
+# only over an older request's (storage.records.RECORDS_COUNTER).
+COUNTER = web.RequestKey("counter", int)
 BODY = web.RequestKey("body", bytes)
 # The board a download grant named (a download authorised by grant has no DEVICE).
 GRANTED = web.RequestKey("granted", str)

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from server_support import FleetKeys, SimBoard, make_bundle
 
+from ota_server.counters import WRITE_BEHIND_SECONDS
 from ota_server.datadir import WORKERS_DIR
 from ota_server.settings import SettingsError, load_settings
 from tools.local_server import LocalServer, LocalServerError
@@ -179,6 +180,28 @@ def test_a_report_through_any_worker_finds_the_offer_another_wrote_behind(
         assert status == 204, body
     counts = server.client().rollout_status("stable")["rollout"]["counts"]
     assert counts["downloading"] == 30
+
+
+def test_a_check_in_written_behind_never_undoes_a_later_report_through_another_worker(
+        server: LocalServer, keys: FleetKeys, tmp_path: Path) -> None:
+    """A board checks in (its inventory queued behind in the worker that answered) and at once
+    reports a rollback through a new connection, maybe to the other worker, which writes it
+    first: the check-in's older inventory, written after, must not bring its version back."""
+    boards = _boards(server, 30)
+    _publish(server, keys, tmp_path, "1.0.0", 1)
+    for board in boards:
+        assert _checkin(server, board) == 200  # offered 1.0.0
+    for board in boards:
+        # It runs 1.0.0 on trial: nothing new for it; then the trial fails.
+        body = board.checkin_body(version="1.0.0", sequence=1)
+        assert _send(server, board, "POST", "/v1/device/checkin", body)[0] == 204
+        report = json.dumps({"app": "demo", "sequence": 1, "version": "0.9.0",
+                             "status": "rolled_back", "reason": "boom"}).encode()
+        status, answer = _send(server, board, "POST", "/v1/device/report", report)
+        assert status == 204, answer
+    time.sleep(4 * WRITE_BEHIND_SECONDS)  # every record queued behind is written by now
+    versions = {d["device_id"]: d["version"] for d in server.client().list_devices()}
+    assert versions == {board.device_id: "0.9.0" for board in boards}
 
 
 def test_a_root_rotated_through_one_worker_is_hinted_by_every_worker(

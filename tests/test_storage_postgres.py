@@ -24,6 +24,7 @@ from ota_server.storage.errors import StoreConflict, StoreError, StoreNotFound, 
 from ota_server.storage.postgres import PostgresStore, check_dsn, pg_migrations
 from ota_server.storage.records import (
     HISTORY_PER_DEVICE,
+    RECORDS_COUNTER,
     AuditEntry,
     BoardIdentity,
     DeploymentCounts,
@@ -249,6 +250,33 @@ async def test_check_ins_write_inventory_offers_and_counters_together(store: Any
     await store.write_checkins([], [("d", release.id, "stable")])
     assert await store.deployment_status("d", release.id) == "downloading"
     await store.record_checkin("d", {"slot": "b", "last_status": "ok"})
+    assert (await store.device("d")).inventory["slot"] == "b"
+
+
+async def test_records_written_behind_never_overwrite_a_later_request(store: Any) -> None:
+    """A check-in's inventory is written behind; a later request of the board (its report,
+    through another worker or replica) may be written first. Each write carries its request's
+    counter (RECORDS_COUNTER) and lands only over an older request's records, whichever path
+    writes it: record_checkin, write_checkins (one board or a batch) or set_deployment."""
+    release = await _release(store)
+    for device_id in ("d", "e"):
+        await store.add_device(device_id, KEY, "esp32", [], "stable", 1)
+    await store.write_checkins([], [("d", release.id, "stable")])
+    # The report (counter 6) lands first and sets the version it confirmed.
+    assert await store.set_deployment("d", release.id, "confirmed", inventory={
+        "version": "1.0.0", "last_status": "confirmed", RECORDS_COUNTER: 6})
+    # The check-in before it (counter 5), written behind, changes nothing of the row.
+    await store.write_checkins([("d", {"version": "0.9", "mem_free": 5, RECORDS_COUNTER: 5}),
+                                ("e", {"version": "0.9", RECORDS_COUNTER: 5})], [])
+    await store.record_checkin("d", {"version": "0.8", RECORDS_COUNTER: 4})
+    device = await store.device("d")
+    assert (device.inventory["version"], device.inventory["mem_free"]) == ("1.0.0", None)
+    assert (await store.device("e")).inventory["version"] == "0.9"  # nothing newer for e
+    # A later check-in (counter 7) does land; an inventory without a counter always does.
+    await store.write_checkins([("d", {"version": "1.0.0", "mem_free": 7,
+                                       RECORDS_COUNTER: 7})], [])
+    assert (await store.device("d")).inventory["mem_free"] == 7
+    await store.record_checkin("d", {"slot": "b"})
     assert (await store.device("d")).inventory["slot"] == "b"
 
 

@@ -85,6 +85,7 @@ _FLASH_TEXT = {
 }
 _README = "The demo app: app_main.py is the entry, sensor.py its one module.\n"
 CLUSTER_REPLICAS = 2
+DEMO_WORKERS = 2  # `ota serve --workers`: the embedded server on two processes
 # What the boards and commands talk to: one embedded server, or nginx in front of replicas.
 Server = LocalServer | Cluster
 
@@ -196,7 +197,9 @@ def _board(flash: Path, small: bool) -> VirtualBoard:
 def _server(keys: Path, tls: Path, cluster: bool) -> Server:
     """The embedded `ota serve` over https, or the scale-out stack with nginx on https."""
     if not cluster:
-        return LocalServer(DEMO_DIR / "server", keys / "root.json", tls_dir=tls)
+        # One worker process per core of a small server (docs/operations.md, "Workers").
+        return LocalServer(DEMO_DIR / "server", keys / "root.json", tls_dir=tls,
+                           extra_args=["--workers", str(DEMO_WORKERS)])
     return Cluster(DEMO_DIR / "server", keys / "root.json", replicas=CLUSTER_REPLICAS,
                    tls_dir=tls)
 
@@ -220,7 +223,8 @@ def demo(cluster: bool = False) -> None:
         _step(f"3. The cluster on 127.0.0.1: PostgreSQL, SeaweedFS (S3), `ota db migrate`, "
               f"{CLUSTER_REPLICAS} ota serve replicas behind nginx (https)")
     else:
-        _step("3. The server: ota serve on 127.0.0.1 over https, SQLite + blob directory")
+        _step(f"3. The server: ota serve on 127.0.0.1 over https, SQLite + blobs, "
+              f"{DEMO_WORKERS} workers")
     with _server(keys, tls, cluster) as server:
         os.environ["MPOTA_SERVER"] = server.url
         os.environ["MPOTA_TOKEN"] = server.token

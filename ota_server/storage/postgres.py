@@ -63,6 +63,7 @@ from ota_server.storage.records import (
     Rollout,
     Token,
     UiSession,
+    inventory_fields,
 )
 
 # The replay check and the write are one statement: it matches only a smaller stored counter
@@ -1092,10 +1093,17 @@ async def _lock_devices(conn: asyncpg.Connection, device_ids: Sequence[str]) -> 
         await conn.execute(_LOCK_IN_ORDER, unique)
 
 
-def _inventory_update(fields: Sequence[str]) -> str:
+def _inventory_update(fields: Sequence[str], counted: bool = False) -> str:
+    """UPDATE of `fields` ($1..$n) of the device $n+1; `counted`: the request's counter is
+    $n+2, and the row is written only over the records of an older request
+    (records.inventory_fields)."""
     # Column names come from INVENTORY_FIELDS only, never from the caller.
     assigns = ", ".join(f"{name} = ${n}" for n, name in enumerate(fields, start=1))
-    return f"UPDATE devices SET {assigns} WHERE device_id = ${len(fields) + 1}"  # noqa: S608
+    end = len(fields)
+    if not counted:
+        return f"UPDATE devices SET {assigns} WHERE device_id = ${end + 1}"  # noqa: S608
+    return (f"UPDATE devices SET {assigns}, records_counter = ${end + 2} "  # noqa: S608
+            f"WHERE device_id = ${end + 1} AND records_counter <= ${end + 2}")
 
 
 async def _listen(dsn: str, channel: str, changed: Callable[[], None],
@@ -1121,10 +1129,12 @@ async def _listen(dsn: str, channel: str, changed: Callable[[], None],
 
 async def _record_checkin(conn: asyncpg.Connection, device_id: str,
                           inventory: dict[str, Any]) -> None:
-    fields = {k: v for k, v in inventory.items() if k in INVENTORY_FIELDS}
+    fields, counter = inventory_fields(inventory)
     if not fields:
         return
-    await conn.execute(_inventory_update(list(fields)), *fields.values(), device_id)
+    counted = () if counter is None else (counter,)
+    await conn.execute(_inventory_update(list(fields), bool(counted)), *fields.values(),
+                       device_id, *counted)
 
 
 async def _record_checkins(conn: asyncpg.Connection,
@@ -1136,14 +1146,16 @@ async def _record_checkins(conn: asyncpg.Connection,
     between boards does not matter."""
     merged: dict[str, dict[str, Any]] = {}
     for device_id, inventory in inventories:
-        merged.setdefault(device_id, {}).update(
-            (k, v) for k, v in inventory.items() if k in INVENTORY_FIELDS)
-    by_fields: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
-    for device_id, fields in merged.items():
+        merged.setdefault(device_id, {}).update(inventory)
+    by_fields: dict[tuple[tuple[str, ...], bool], list[tuple[Any, ...]]] = {}
+    for device_id, inventory in merged.items():
+        fields, counter = inventory_fields(inventory)
         if fields:
-            by_fields.setdefault(tuple(fields), []).append((*fields.values(), device_id))
-    for names, rows in by_fields.items():
-        await conn.executemany(_inventory_update(names), rows)
+            counted = () if counter is None else (counter,)
+            by_fields.setdefault((tuple(fields), bool(counted)), []).append(
+                (*fields.values(), device_id, *counted))
+    for (names, with_counter), rows in by_fields.items():
+        await conn.executemany(_inventory_update(names, with_counter), rows)
 
 
 def _release(row: asyncpg.Record | None) -> Release | None:

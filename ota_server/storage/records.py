@@ -19,6 +19,19 @@ HISTORY_PER_DEVICE = 100
 # (Device.inventory), the same columns in every metadata store.
 INVENTORY_FIELDS = ("app", "version", "sequence", "root_version", "micropython", "mem_free",
                     "slot", "last_seen", "last_status", "last_error")
+# The key of an inventory dict that names the counter of the board request it comes from: the
+# stores write such an inventory only over the records of an older request (the device row's
+# `records_counter`, migration 10), so a check-in's inventory written behind never undoes what
+# a later request of the board wrote first through another process.
+RECORDS_COUNTER = "records_counter"
+
+
+def inventory_fields(inventory: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """The INVENTORY_FIELDS of `inventory` to write, and the counter of the request they come
+    from (None: written whatever the row holds)."""
+    counter = inventory.get(RECORDS_COUNTER)
+    return ({k: v for k, v in inventory.items() if k in INVENTORY_FIELDS},
+            None if counter is None else int(counter))
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ from ota_server.storage.records import (
     Rollout,
     Token,
     UiSession,
+    inventory_fields,
 )
 from ota_server.storage.wal_checkpoint import WalCheckpointer
 
@@ -672,12 +673,19 @@ class SqliteStore:
         self._record_checkin(device_id, inventory)
 
     def _record_checkin(self, device_id: str, inventory: dict[str, Any]) -> None:
-        fields = {k: v for k, v in inventory.items() if k in INVENTORY_FIELDS}
+        """Write the board's inventory fields; with a request counter (RECORDS_COUNTER), only
+        over the records of an older request (records.inventory_fields)."""
+        fields, counter = inventory_fields(inventory)
         if not fields:
             return
         assigns = ", ".join(f"{k} = ?" for k in fields)
-        self._db.execute(f"UPDATE devices SET {assigns} WHERE device_id = ?",  # noqa: S608
-                         (*fields.values(), device_id))
+        if counter is None:
+            self._db.execute(f"UPDATE devices SET {assigns} WHERE device_id = ?",  # noqa: S608
+                             (*fields.values(), device_id))
+            return
+        self._db.execute(f"UPDATE devices SET {assigns}, records_counter = ? "  # noqa: S608
+                         "WHERE device_id = ? AND records_counter <= ?",
+                         (*fields.values(), counter, device_id, counter))
 
     # -- channels and rollouts ----------------------------------------------------------------
 
