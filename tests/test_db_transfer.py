@@ -466,7 +466,8 @@ def store_contents(draw: Any) -> tuple[dict[str, list[dict[str, Any]]], dict[str
         device = {"device_id": device_id, "public_key": draw(st.binary(max_size=65)),
                   "board": draw(_TEXT), "tags": draw(st.lists(_TEXT, max_size=2)),
                   "channel": draw(_TEXT), "bucket": draw(_INT32), "counter": draw(_INT),
-                  "created": draw(_INT), "revoked": draw(_TIME)}
+                  "created": draw(_INT), "revoked": draw(_TIME),
+                  "records_counter": draw(_INT)}
         for field in ("app", "version", "micropython", "slot", "last_status", "last_error"):
             device[field] = draw(st.none() | _TEXT)
         for field in ("sequence", "root_version", "mem_free", "last_seen"):
