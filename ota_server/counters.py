@@ -63,10 +63,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ota_server.bounded import keep
 from ota_server.storage import MetadataStore
+from ota_server.storage.errors import StoreBusy
+from ota_server.storage.records import Advances
 
 WRITE_BEHIND_SECONDS = 0.25
 # (board, release) offers written before an answer that this process remembers as written
@@ -77,6 +80,12 @@ _Outcome = tuple[bool, int | None]
 # (device_id, counter, records_first, the request's future)
 _Pending = tuple[str, int, bool, "asyncio.Future[_Outcome]"]
 _Offer = tuple[str, int, str]  # (device_id, release_id, channel)
+# A group commit that finds another process's write lock held tries again after this, then
+# after twice as long each time up to LOCK_RETRY_MAX_S, for LOCK_PATIENCE_S (CounterCommits
+# ._write). A commit holds the lock for a fraction of a millisecond.
+LOCK_RETRY_S = 0.0002
+LOCK_RETRY_MAX_S = 0.005
+LOCK_PATIENCE_S = 5.0
 log = logging.getLogger("ota_server")
 
 
@@ -178,7 +187,7 @@ class CounterCommits:
         if not inventories and not offers:
             return
         try:
-            await self._store.write_checkins(inventories, offers)
+            await self._write(lambda: self._store.write_checkins(inventories, offers))
         except BaseException:
             self._requeue(inventories, offers)
             raise
@@ -264,23 +273,47 @@ class CounterCommits:
         try:
             if inventories or offers:
                 try:
-                    accepted = await self._store.write_checkins(inventories, offers, advances)
+                    accepted = await self._write(
+                        lambda: self._store.write_checkins(inventories, offers, advances))
                 except Exception:
                     # Whatever failed, the counters must not wait on the records: they go back
                     # to the queue and the counters are tried alone.
                     self._requeue(inventories, offers)
                     log.exception("check-in records (%d queued) not written with the counters",
                                   self.queued)
-                    accepted = await self._store.advance_counters(advances)
+                    accepted = await self._write(lambda: self._store.advance_counters(advances))
             else:
                 # a batch of one, or of distinct boards on PostgreSQL: one statement
-                accepted = await self._store.advance_counters(advances)
+                accepted = await self._write(lambda: self._store.advance_counters(advances))
         except BaseException as err:  # the whole batch rolled back: nobody's counter moved
             _fail_waiters([done for _, _, _, done in batch], err)
             return
         for (_, _, _, done), ok in zip(batch, accepted, strict=True):
             if not done.done():  # a request cancelled meanwhile (client gone): nothing to tell
                 done.set_result((ok, accepted.epoch))
+
+
+    async def _write(self, write: Callable[[], Awaitable[Advances]]) -> Advances:
+        """`write()`, on a store shared with other processes' connections that can stop the
+        event loop to wait for their lock (SqliteStore.lock_waits_off: the workers of
+        `ota serve --workers N`), without that: while another process holds the lock, the
+        write is tried again on the loop (LOCK_RETRY_S, doubling up to LOCK_RETRY_MAX_S), and
+        this worker's other requests go on meanwhile; after LOCK_PATIENCE_S it waits in the
+        store as before (a lock held that long is a stuck writer, not contention)."""
+        lock_waits_off = getattr(self._store, "lock_waits_off", None)
+        if lock_waits_off is None:
+            return await write()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LOCK_PATIENCE_S
+        pause = LOCK_RETRY_S
+        while loop.time() < deadline:
+            try:
+                with lock_waits_off():
+                    return await write()
+            except StoreBusy:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, LOCK_RETRY_MAX_S)
+        return await write()
 
 
 def _fail_waiters(waiters: list[asyncio.Future[Any]], err: BaseException) -> None:

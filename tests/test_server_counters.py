@@ -488,3 +488,43 @@ async def test_the_offers_remembered_as_written_are_bounded_oldest_first(
         await counters.close()
     finally:
         await store.close()
+
+
+async def test_a_commit_waiting_for_another_process_lock_leaves_the_event_loop_running(
+        tmp_path: Path) -> None:
+    """With several workers on one SQLite file, a group commit may find the write lock held by
+    another worker. SQLite's own wait (busy_timeout) sleeps with the event loop stopped, and
+    every request of the worker with it; CounterCommits tries again on the loop instead."""
+    import sqlite3
+
+    from ota_server.storage.sqlite import SqliteStore
+
+    path = tmp_path / "mpota.sqlite3"
+    store = SqliteStore(path)
+    other = sqlite3.connect(path, isolation_level=None)  # another worker's connection
+    try:
+        await store.add_device("b1", b"\x04" + bytes(64), "esp32", [], "stable", 1)
+        commits = CounterCommits(store)
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.005)
+                ticks += 1
+
+        ticker = asyncio.get_running_loop().create_task(tick())
+        other.execute("BEGIN IMMEDIATE")  # the other worker holds the write lock 0.3 s
+        asyncio.get_running_loop().call_later(0.3, other.execute, "COMMIT")
+        started = asyncio.get_running_loop().time()
+        assert await commits.advance("b1", 1)
+        waited = asyncio.get_running_loop().time() - started
+        ticker.cancel()
+        assert waited >= 0.29  # it did wait for the lock ...
+        assert ticks >= 20, ticks  # ... while the loop went on (a stopped loop: ~1 tick)
+        device = await store.device("b1")
+        assert device is not None and device.counter == 1
+        await commits.close()
+    finally:
+        other.close()
+        await store.close()

@@ -21,3 +21,8 @@ class StoreUnavailable(StoreError):
     """The database or object store could not be reached or dropped the connection (a restart,
     a network fault): worth retrying later (a server answers 503 with Retry-After). A write
     that raised this may or may not have been committed."""
+
+
+class StoreBusy(StoreUnavailable):
+    """Another process holds the database's write lock and the operation was asked not to wait
+    for it (SqliteStore.lock_waits_off): nothing was written; try again."""
