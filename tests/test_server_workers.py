@@ -31,8 +31,8 @@ from tools.micropython import PROJECT_ROOT
 
 WORKERS = 2
 # Boards checking in at once, and their check-ins in one burst: the kernel hands each new
-# connection to a worker waiting in accept, so requests one after the other may all reach the
-# same one; together, they reach every worker (which the tests check).
+# connection to one worker's socket by a hash of its address and port, so 48 of them reach
+# every worker but with a chance of 2 in 2**48 (and the tests check that they did).
 BURST_BOARDS = 6
 SPREAD = BURST_BOARDS * 8
 DEADLINE_S = 15.0
