@@ -78,7 +78,6 @@ class WorkerSpec:
 
     settings: Settings
     index: int
-    json_logs: bool
     log_level: int
 
 
@@ -147,7 +146,7 @@ def _listen(host: str, port: int, count: int) -> list[list[socket.socket]]:
     from ota_server.connections import LISTEN_BACKLOG
 
     per_worker: list[list[socket.socket]] = [[] for _ in range(count)]
-    every = [sock for sockets in per_worker for sock in sockets]
+    every: list[socket.socket] = []  # all of them, closed if one cannot be bound
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
@@ -216,7 +215,7 @@ class _Pool:
     def _spawn(self, index: int) -> connection.Connection:
         """Start worker `index`; the end of the pipe it says it serves on."""
         reader, writer = self._context.Pipe(duplex=False)
-        spec = WorkerSpec(self._settings, index, self._settings.json_logs, self._log_level)
+        spec = WorkerSpec(self._settings, index, self._log_level)
         process = self._context.Process(
             target=_worker_main, name=f"ota-serve-worker-{index}",
             args=(spec, self._sockets[index], _InheritedFd(self._lock_fd), writer, os.getpid()))
@@ -316,7 +315,7 @@ def _worker_main(spec: WorkerSpec, sockets: Sequence[socket.socket], lock: _Inhe
     from ota_server.logs import configure_logging
 
     del lock  # held open for the process's life, never used
-    configure_logging(spec.json_logs, spec.log_level)
+    configure_logging(spec.settings.json_logs, spec.log_level)
 
     def serving(text: str) -> None:
         log.debug("worker %d: %s", spec.index, text)
